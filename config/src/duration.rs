@@ -1,0 +1,60 @@
+//! Durations in config files: `"250ms"`, `"5s"`, `"10m"`, `"1h"`, or a bare number of seconds.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"10m"`, `"1h"`, `"0"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration (expected e.g. \"500ms\", \"5s\", \"10m\", \"1h\")")
+    })?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 1.0e9 {
+        return Err(format!("duration `{text}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Text(String),
+    Seconds(u64),
+}
+
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match Raw::deserialize(d)? {
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// Formats a duration the way config files write it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 || ms == 0 {
+        format!("{ms}ms")
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}

@@ -1,0 +1,265 @@
+//! The configuration schema. Field docs are the reference; `shardgate.example.toml` at the
+//! repository root shows every key with its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub pool: Pool,
+    #[serde(default)]
+    pub sharding: Sharding,
+    /// Client accounts. At least one is required.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// The shards. At least one is required.
+    #[serde(default)]
+    pub shards: Vec<Shard>,
+}
+
+/// Where clients connect, and the limits that protect the proxy from them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// TCP address for clients.
+    pub addr: String,
+    /// Directory for a unix socket named `.s.PGSQL.<port>` (as libpq expects); none if unset.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Client connections beyond this are refused with 53300.
+    pub max_client_connections: usize,
+    /// Largest client message accepted; a larger one is refused with 08P01 before reading it.
+    pub max_message_size: usize,
+    /// A client that has not finished startup and authentication by then is disconnected.
+    #[serde(with = "duration")]
+    pub startup_timeout: Duration,
+    /// Close a client that sends nothing for this long while not in a transaction (0 = never).
+    #[serde(with = "duration")]
+    pub client_idle_timeout: Duration,
+    /// How long SIGTERM waits for clients to finish before closing them.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            addr: "127.0.0.1:6432".into(),
+            unix_socket_dir: None,
+            max_client_connections: 10_000,
+            max_message_size: 64 * 1024 * 1024,
+            startup_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// HTTP address of the admin API, metrics and probes.
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: "127.0.0.1:9930".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is the client's for one transaction (default).
+    Transaction,
+    /// A server connection is the client's until it disconnects.
+    Session,
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        })
+    }
+}
+
+/// Server connection pools: one per (database, user, shard, role).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    pub mode: PoolMode,
+    /// Most server connections one pool opens.
+    pub size: u32,
+    /// Server connections a pool keeps open even when idle.
+    pub min_size: u32,
+    /// Time allowed to open and authenticate one server connection.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest a client waits for a free server connection before getting 53300.
+    #[serde(with = "duration")]
+    pub checkout_timeout: Duration,
+    /// An idle server connection above `min_size` is closed after this.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// A server connection is closed after this age (when next idle).
+    #[serde(with = "duration")]
+    pub max_lifetime: Duration,
+    /// Prepared statements each server connection keeps; the least recently used beyond it
+    /// are closed.
+    pub prepared_statements_per_connection: usize,
+    /// Run on a session-mode connection before it serves another client.
+    pub reset_query: String,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_size: 0,
+            connect_timeout: Duration::from_secs(5),
+            checkout_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            prepared_statements_per_connection: 500,
+            reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+impl std::fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Trust => "trust",
+        })
+    }
+}
+
+/// A client account, and the server credentials its pools use.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// The client's password (required unless `auth = "trust"`); also used to log in to the
+    /// servers unless `server_password` is set.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// How clients authenticate to shardgate.
+    #[serde(default)]
+    pub auth: AuthMethod,
+    /// Server role to log in as (defaults to `name`).
+    #[serde(default)]
+    pub server_user: Option<String>,
+    /// Server password (defaults to `password`).
+    #[serde(default)]
+    pub server_password: Option<String>,
+    /// Overrides `pool.mode` for this user.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides `pool.size` for this user.
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+}
+
+impl User {
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn server_password(&self) -> Option<&str> {
+        self.server_password.as_deref().or(self.password.as_deref())
+    }
+}
+
+impl std::fmt::Debug for User {
+    // Never print passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .field("server_user", &self.server_user())
+            .field("pool_mode", &self.pool_mode)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One PostgreSQL server address.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Host name or IP address, or a directory holding a unix socket when it starts with `/`.
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A shard: one primary and zero or more streaming replicas.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub name: String,
+    pub primary: Host,
+    #[serde(default)]
+    pub replicas: Vec<Host>,
+}
+
+/// How statements map to shards.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sharding {
+    /// Shard that holds unsharded tables; the first shard when unset.
+    pub default_shard: Option<String>,
+    /// Column that holds the shard key in sharded tables.
+    pub key_column: String,
+}
+
+impl Default for Sharding {
+    fn default() -> Self {
+        Sharding {
+            default_shard: None,
+            key_column: "user_id".into(),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[users]]
+name = "app"
+password = "secret"
+
+[[shards]]
+name = "s0"
+primary = { host = "127.0.0.1", port = 5432 }
+"#;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"))
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.listen.addr, "127.0.0.1:6432");
+    assert_eq!(c.pool.mode, PoolMode::Transaction);
+    assert_eq!(c.pool.size, 20);
+    assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+    assert_eq!(c.default_shard().name, "s0");
+    assert_eq!(c.sharding.key_column, "user_id");
+}
+
+#[test]
+fn unknown_key_is_named_with_the_file() {
+    let text = format!("{MINIMAL}\n[pool]\nsizee = 3\n");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("test.toml"), "{e}");
+    assert!(e.contains("sizee"), "{e}");
+    assert!(e.contains("size"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text = format!("{MINIMAL}\n[pool]\nsize = \"big\"\n");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("size"), "{e}");
+    assert!(e.contains("integer") || e.contains("u32"), "{e}");
+}
+
+#[test]
+fn missing_password_is_refused() {
+    let text = MINIMAL.replace("password = \"secret\"\n", "");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("users[0].password"), "{e}");
+    let trust = text.replace("name = \"app\"", "name = \"app\"\nauth = \"trust\"");
+    assert!(load(&trust).is_ok());
+}
+
+#[test]
+fn missing_shards_and_bad_references_are_refused() {
+    let e = load("[[users]]\nname='a'\npassword='b'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`shards`"), "{e}");
+    let text = format!("{MINIMAL}\n[sharding]\ndefault_shard = \"nope\"\n");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("sharding.default_shard"), "{e}");
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+    assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert!(parse_duration("5 parsecs").is_err());
+    let text = format!("{MINIMAL}\n[pool]\ncheckout_timeout = \"2x\"\n");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("checkout_timeout") && e.contains("unit"), "{e}");
+    assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+}
+
+#[test]
+fn example_file_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shardgate.example.toml");
+    Config::load(&path).unwrap();
+}
+
+#[test]
+fn user_debug_hides_passwords() {
+    let c = load(MINIMAL).unwrap();
+    assert!(!format!("{:?}", c.users[0]).contains("secret"));
+}

@@ -1,0 +1,136 @@
+//! Checks that serde cannot express: required lists, uniqueness, references, ranges.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use crate::{AuthMethod, Config};
+
+/// Returns `(key, what is wrong)` for the first problem found.
+pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
+    let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+
+    if c.listen.addr.parse::<SocketAddr>().is_err() {
+        return err(
+            "listen.addr",
+            format!(
+                "`{}` is not an IP:port address (e.g. \"127.0.0.1:6432\")",
+                c.listen.addr
+            ),
+        );
+    }
+    if c.admin.listen.parse::<SocketAddr>().is_err() {
+        return err(
+            "admin.listen",
+            format!(
+                "`{}` is not an IP:port address (e.g. \"127.0.0.1:9930\")",
+                c.admin.listen
+            ),
+        );
+    }
+    if c.listen.max_client_connections == 0 {
+        return err("listen.max_client_connections", "must be at least 1".into());
+    }
+    if c.listen.max_message_size < 1024 {
+        return err(
+            "listen.max_message_size",
+            "must be at least 1024 bytes".into(),
+        );
+    }
+    if c.pool.size == 0 {
+        return err("pool.size", "must be at least 1".into());
+    }
+    if c.pool.min_size > c.pool.size {
+        return err(
+            "pool.min_size",
+            format!(
+                "{} is larger than pool.size ({})",
+                c.pool.min_size, c.pool.size
+            ),
+        );
+    }
+    if c.pool.connect_timeout.is_zero() {
+        return err("pool.connect_timeout", "must be more than 0".into());
+    }
+    if c.pool.checkout_timeout.is_zero() {
+        return err("pool.checkout_timeout", "must be more than 0".into());
+    }
+
+    if c.users.is_empty() {
+        return err(
+            "users",
+            "at least one [[users]] entry is required (name, password)".into(),
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, u) in c.users.iter().enumerate() {
+        let key = |f: &str| format!("users[{i}].{f}");
+        if u.name.is_empty() {
+            return err(&key("name"), "must not be empty".into());
+        }
+        if !names.insert(u.name.as_str()) {
+            return err(&key("name"), format!("user `{}` is defined twice", u.name));
+        }
+        if u.auth != AuthMethod::Trust && u.password.as_deref().unwrap_or("").is_empty() {
+            return err(
+                &key("password"),
+                format!("user `{}` authenticates with {} and needs a password (or set auth = \"trust\")", u.name, u.auth),
+            );
+        }
+        if u.pool_size == Some(0) {
+            return err(&key("pool_size"), "must be at least 1".into());
+        }
+    }
+
+    if c.shards.is_empty() {
+        return err(
+            "shards",
+            "at least one [[shards]] entry is required (name, primary)".into(),
+        );
+    }
+    let mut shard_names = HashSet::new();
+    for (i, s) in c.shards.iter().enumerate() {
+        let key = |f: &str| format!("shards[{i}].{f}");
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            return err(
+                &key("name"),
+                format!("`{}` must be non-empty letters, digits, `_` or `-`", s.name),
+            );
+        }
+        if !shard_names.insert(s.name.as_str()) {
+            return err(&key("name"), format!("shard `{}` is defined twice", s.name));
+        }
+        for (field, host) in std::iter::once(("primary".to_owned(), &s.primary)).chain(
+            s.replicas
+                .iter()
+                .enumerate()
+                .map(|(j, h)| (format!("replicas[{j}]"), h)),
+        ) {
+            if host.host.is_empty() {
+                return err(&key(&format!("{field}.host")), "must not be empty".into());
+            }
+            if host.port == 0 {
+                return err(
+                    &key(&format!("{field}.port")),
+                    "must be between 1 and 65535".into(),
+                );
+            }
+        }
+    }
+    if let Some(d) = &c.sharding.default_shard {
+        if !shard_names.contains(d.as_str()) {
+            return err(
+                "sharding.default_shard",
+                format!("`{d}` is not one of the [[shards]] names"),
+            );
+        }
+    }
+    if c.sharding.key_column.is_empty() {
+        return err("sharding.key_column", "must not be empty".into());
+    }
+    Ok(())
+}

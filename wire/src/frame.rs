@@ -1,0 +1,251 @@
+//! Cutting tagged messages out of a byte stream by their header, with a size limit.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Length of a tagged message header: one tag byte and a big-endian i32 length that counts
+/// itself but not the tag.
+pub const HEADER_LEN: usize = 5;
+
+/// One whole message, header included, as it came off the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    bytes: Bytes,
+}
+
+impl Frame {
+    /// Wraps bytes that hold exactly one message with its header.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        debug_assert!(bytes.len() >= HEADER_LEN);
+        Frame { bytes }
+    }
+
+    pub fn tag(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    /// The body after the 5-byte header.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+
+    /// The whole message, header included, ready to forward.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("message of {claimed} bytes is larger than the limit of {limit} bytes")]
+    TooLarge { claimed: usize, limit: usize },
+    #[error("message length {0} is invalid")]
+    BadLength(i32),
+    #[error("connection closed in the middle of a message")]
+    UnexpectedEof,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Checks a tagged message header and returns the total message length (header included),
+/// or `None` if fewer than 5 bytes are available.
+pub fn peek_tagged_len(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(FrameError::BadLength(len));
+    }
+    let total = len as usize + 1;
+    if total > limit {
+        return Err(FrameError::TooLarge {
+            claimed: total,
+            limit,
+        });
+    }
+    Ok(Some(total))
+}
+
+/// Reads tagged messages from a stream. `read_frame` is cancel-safe: a frame is only taken out
+/// of the internal buffer once it is complete, so it can sit in a `tokio::select!`.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    limit: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, limit: usize) -> Self {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            limit,
+        }
+    }
+
+    /// Wraps a stream whose first bytes were already read into `buffered`.
+    pub fn with_buffered(inner: R, limit: usize, buffered: BytesMut) -> Self {
+        FrameReader {
+            inner,
+            buf: buffered,
+            limit,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Whether a complete frame is already buffered (no I/O needed to read it).
+    pub fn has_buffered_frame(&self) -> bool {
+        matches!(peek_tagged_len(&self.buf, self.limit), Ok(Some(n)) if self.buf.len() >= n)
+    }
+
+    /// Returns a buffered frame without doing any I/O, if one is complete.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        match peek_tagged_len(&self.buf, self.limit)? {
+            Some(total) if self.buf.len() >= total => {
+                let bytes = self.buf.split_to(total).freeze();
+                Ok(Some(Frame::from_bytes(bytes)))
+            }
+            Some(total) => {
+                // Reserve what the frame needs (it is under the limit) so large
+                // messages are read in few syscalls.
+                self.buf.reserve(total - self.buf.len());
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the next whole frame; `Ok(None)` on a clean end of stream between messages.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if let Some(frame) = self.try_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(8 * 1024);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::UnexpectedEof)
+                };
+            }
+        }
+    }
+
+    /// Reads an untagged startup-family packet (length-prefixed, no tag byte). Returns its body
+    /// after the length; `Ok(None)` on a clean end of stream.
+    pub async fn read_startup_packet(&mut self) -> Result<Option<Bytes>, FrameError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                if len < 8 {
+                    return Err(FrameError::BadLength(len));
+                }
+                let total = len as usize;
+                if total > self.limit {
+                    return Err(FrameError::TooLarge {
+                        claimed: total,
+                        limit: self.limit,
+                    });
+                }
+                if self.buf.len() >= total {
+                    let mut packet = self.buf.split_to(total);
+                    packet.advance(4);
+                    return Ok(Some(packet.freeze()));
+                }
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::UnexpectedEof)
+                };
+            }
+        }
+    }
+
+    /// Bytes read from the stream but not yet returned as frames.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn splits_frames_and_rejects_oversized() {
+        let mut data = vec![b'Q', 0, 0, 0, 8, b's', b'e', b'l', 0, b'S', 0, 0, 0, 4];
+        data.extend_from_slice(&[b'Q', 0x7f, 0, 0, 0]);
+        let mut reader = FrameReader::new(&data[..], 1024);
+        let f = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(f.tag(), b'Q');
+        assert_eq!(f.body(), b"sel\0");
+        let f = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(f.tag(), b'S');
+        assert!(f.body().is_empty());
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn eof_mid_message_is_an_error() {
+        let data = [b'Q', 0, 0, 0, 9, b's'];
+        let mut reader = FrameReader::new(&data[..], 1024);
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(FrameError::UnexpectedEof)
+        ));
+        let mut empty = FrameReader::new(&[][..], 1024);
+        assert!(empty.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_length_is_an_error() {
+        let data = [b'Q', 0, 0, 0, 3];
+        let mut reader = FrameReader::new(&data[..], 1024);
+        assert!(matches!(
+            reader.read_frame().await,
+            Err(FrameError::BadLength(3))
+        ));
+    }
+}

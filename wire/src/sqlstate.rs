@@ -1,0 +1,18 @@
+//! SQLSTATE codes shardgate itself reports (PostgreSQL Appendix A).
+
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+pub const CONNECTION_FAILURE: &str = "08006";
+pub const CONNECTION_EXCEPTION: &str = "08000";
+pub const SQLCLIENT_UNABLE_TO_ESTABLISH: &str = "08001";
+pub const INVALID_PASSWORD: &str = "28P01";
+pub const INVALID_AUTHORIZATION: &str = "28000";
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+pub const INVALID_CATALOG_NAME: &str = "3D000";
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const QUERY_CANCELED: &str = "57014";
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+pub const INTERNAL_ERROR: &str = "XX000";
+pub const SERIALIZATION_FAILURE: &str = "40001";
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
+pub const SYNTAX_ERROR: &str = "42601";
