@@ -1,1 +1,180 @@
-//! placeholder
+//! The client side of shardgate: listeners, startup and authentication, and the session state
+//! machine that forwards each client's messages to pooled server connections.
+//!
+//! `start` runs a proxy from a [`Config`] and returns a handle to stop it; the `shardgate`
+//! binary (main.rs) and the end-to-end tests both use it.
+
+mod auth;
+mod cancel;
+mod io;
+mod listener;
+mod prepared;
+mod relay;
+mod session;
+mod session_state;
+mod startup;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shardgate_config::{Config, User};
+use shardgate_pool::{ConnectTarget, PoolKey, PoolSettings, Pools, ServerPool};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use listener::ListenError;
+
+/// Why a client session ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client disconnected")]
+    ClientGone,
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("too many client connections")]
+    TooManyClients,
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("server error: {0}")]
+    Server(String),
+    #[error("{0}")]
+    ServerLost(String),
+    #[error("startup failed: {0}")]
+    Startup(String),
+    #[error("idle timeout")]
+    IdleTimeout,
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// State every session shares.
+pub struct Shared {
+    config: Arc<Config>,
+    auth: auth::Authenticator,
+    pools: Pools,
+    statements: prepared::StatementRegistry,
+    cancels: cancel::CancelRegistry,
+    client_slots: Arc<Semaphore>,
+    next_client_id: AtomicU64,
+}
+
+impl Shared {
+    fn new(config: Config) -> Self {
+        Shared {
+            auth: auth::Authenticator::new(&config),
+            client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
+            config: Arc::new(config),
+            pools: Pools::default(),
+            statements: prepared::StatementRegistry::default(),
+            cancels: cancel::CancelRegistry::default(),
+            next_client_id: AtomicU64::new(1),
+        }
+    }
+
+    fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config)
+    }
+
+    fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.client_slots).try_acquire_owned().ok()
+    }
+
+    /// The pool for `key`, created on first use from the config.
+    fn pool(&self, key: PoolKey, user: &User) -> ServerPool {
+        let config = &self.config;
+        self.pools.get_or_create(key.clone(), || {
+            let host = config
+                .shards
+                .iter()
+                .find(|s| s.name == key.shard)
+                .map(|s| s.primary.clone())
+                .unwrap_or_else(|| config.default_shard().primary.clone());
+            let target = ConnectTarget {
+                host,
+                user: user.server_user().to_owned(),
+                password: user.server_password().map(str::to_owned),
+                database: key.database.clone(),
+                application_name: "shardgate".into(),
+                connect_timeout: config.pool.connect_timeout,
+            };
+            let settings = PoolSettings {
+                max_size: user.pool_size.unwrap_or(config.pool.size),
+                min_size: config.pool.min_size,
+                checkout_timeout: config.pool.checkout_timeout,
+                idle_timeout: config.pool.idle_timeout,
+                max_lifetime: config.pool.max_lifetime,
+                prepared_capacity: config.pool.prepared_statements_per_connection,
+            };
+            (target, settings)
+        })
+    }
+
+    /// Clients connected right now.
+    pub fn client_count(&self) -> usize {
+        self.config.listen.max_client_connections - self.client_slots.available_permits()
+    }
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    addr: SocketAddr,
+    unix_socket: Option<PathBuf>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// The TCP address clients connect to (the real port when the config said port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn unix_socket(&self) -> Option<&PathBuf> {
+        self.unix_socket.as_ref()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, asks idle clients to leave, waits up to `listen.shutdown_timeout` for
+    /// the rest to finish their transactions, then returns.
+    pub async fn shutdown(self) {
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+        let _ = self.shutdown.send(true);
+        if let Some(p) = &self.unix_socket {
+            let _ = std::fs::remove_file(p);
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config.listen.shutdown_timeout;
+        while self.shared.client_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Starts listening and serving clients.
+pub async fn start(config: Config) -> Result<ProxyHandle, ListenError> {
+    let shared = Arc::new(Shared::new(config));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let listeners = listener::bind(&shared.config).await?;
+    let addr = listeners.addr;
+    let unix_socket = listeners.unix_path.clone();
+    let accept_tasks = listeners.spawn(Arc::clone(&shared), shutdown_rx);
+    tracing::info!(%addr, unix_socket = ?unix_socket, "shardgate listening");
+    Ok(ProxyHandle {
+        addr,
+        unix_socket,
+        shared,
+        shutdown,
+        accept_tasks,
+    })
+}

@@ -1,1 +1,124 @@
-fn main() {}
+//! The `shardgate` command: `serve`, `check` and `demo`.
+
+mod demo;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shardgate_config::{format_duration, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    about = "A sharding-aware PostgreSQL proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file (TOML); see shardgate.example.toml.
+        #[arg(long, short, env = "SHARDGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print what would run.
+    Check {
+        #[arg(long, short, env = "SHARDGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start a local PostgreSQL and the proxy in front of it, ready for psql; Ctrl-C stops and
+    /// removes everything.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match cli.command {
+        Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Check { config } => check(&config),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
+    }
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let admin = shardgate_admin::AdminServer::start(&config.admin.listen).await?;
+    let proxy = shardgate_proxy::start(config).await?;
+    wait_for_stop_signal().await?;
+    tracing::info!("shutting down");
+    proxy.shutdown().await;
+    admin.stop();
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn check(path: &PathBuf) -> anyhow::Result<()> {
+    let c = Config::load(path)?;
+    println!("config {} is valid", path.display());
+    println!(
+        "listen      {} (max {} clients, messages up to {} bytes)",
+        c.listen.addr, c.listen.max_client_connections, c.listen.max_message_size
+    );
+    if let Some(dir) = &c.listen.unix_socket_dir {
+        println!("unix socket {}/.s.PGSQL.<port>", dir.display());
+    }
+    println!("admin       http://{}", c.admin.listen);
+    println!(
+        "pools       {} mode, size {} (min {}), connect timeout {}, checkout timeout {}",
+        c.pool.mode,
+        c.pool.size,
+        c.pool.min_size,
+        format_duration(c.pool.connect_timeout),
+        format_duration(c.pool.checkout_timeout)
+    );
+    for u in &c.users {
+        println!(
+            "user        {} (auth {}, server role {}, {} mode, pool size {})",
+            u.name,
+            u.auth,
+            u.server_user(),
+            u.pool_mode.unwrap_or(c.pool.mode),
+            u.pool_size.unwrap_or(c.pool.size)
+        );
+    }
+    let default = &c.default_shard().name;
+    for s in &c.shards {
+        let mark = if &s.name == default {
+            " (default shard)"
+        } else {
+            ""
+        };
+        println!("shard       {}{mark}: primary {}", s.name, s.primary);
+        for r in &s.replicas {
+            println!("              replica {r}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Accepting clients on TCP and an optional unix socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use shardgate_config::Config;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::io::ClientStream;
+use crate::session::handle_client;
+use crate::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr} (listen.addr): {source}")]
+    Tcp {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create unix socket {path} (listen.unix_socket_dir): {source}")]
+    Unix {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Listeners {
+    pub addr: SocketAddr,
+    pub unix_path: Option<PathBuf>,
+    tcp: TcpListener,
+    unix: Option<UnixListener>,
+}
+
+pub async fn bind(config: &Config) -> Result<Listeners, ListenError> {
+    let tcp_err = |source| ListenError::Tcp {
+        addr: config.listen.addr.clone(),
+        source,
+    };
+    let tcp = TcpListener::bind(&config.listen.addr)
+        .await
+        .map_err(tcp_err)?;
+    let addr = tcp.local_addr().map_err(tcp_err)?;
+    let (unix, unix_path) = match &config.listen.unix_socket_dir {
+        Some(dir) => {
+            // libpq looks for <dir>/.s.PGSQL.<port>.
+            let path = dir.join(format!(".s.PGSQL.{}", addr.port()));
+            if path.exists() {
+                // A stale socket from a previous run; if another process still listens there
+                // the bind below fails for it, as it should.
+                let _ = std::fs::remove_file(&path);
+            }
+            let l = UnixListener::bind(&path).map_err(|source| ListenError::Unix {
+                path: path.clone(),
+                source,
+            })?;
+            (Some(l), Some(path))
+        }
+        None => (None, None),
+    };
+    Ok(Listeners {
+        addr,
+        unix_path,
+        tcp,
+        unix,
+    })
+}
+
+impl Listeners {
+    pub fn spawn(
+        self,
+        shared: Arc<Shared>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let (s, rx) = (Arc::clone(&shared), shutdown.clone());
+        let tcp = self.tcp;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match tcp.accept().await {
+                    Ok((stream, _peer)) => {
+                        tokio::spawn(handle_client(
+                            ClientStream::Tcp(stream),
+                            Arc::clone(&s),
+                            rx.clone(),
+                        ));
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }));
+        if let Some(unix) = self.unix {
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match unix.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(handle_client(
+                                ClientStream::Unix(stream),
+                                Arc::clone(&shared),
+                                shutdown.clone(),
+                            ));
+                        }
+                        Err(e) => accept_error(e).await,
+                    }
+                }
+            }));
+        }
+        tasks
+    }
+}
+
+/// Out of file descriptors and similar: log, back off briefly, keep accepting.
+async fn accept_error(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}

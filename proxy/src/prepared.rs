@@ -1,0 +1,99 @@
+//! Named prepared statements in transaction mode.
+//!
+//! A client's statement `S` belongs to the client, not to a server connection. Each distinct
+//! (text, parameter types) gets one proxy-wide name `sg_<n>`; clients with the same text share
+//! it, and a server connection that lacks it gets a Parse from the proxy right before the
+//! client's Bind or Describe needs it (see DESIGN.md "Prepared statements in transaction mode").
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use shardgate_wire::frontend;
+
+/// A statement under its proxy-wide name, with the Parse that creates it on a server.
+#[derive(Debug)]
+pub struct GlobalStatement {
+    pub name: String,
+    /// A ready-to-send Parse message for `name`.
+    pub parse_message: Bytes,
+}
+
+type Key = (String, Vec<u32>);
+
+/// Interns statements by (text, parameter types).
+pub struct StatementRegistry {
+    statements: Mutex<HashMap<Key, Arc<GlobalStatement>>>,
+    next_id: AtomicU64,
+    /// Above this many entries, statements no client holds any more are dropped.
+    sweep_above: usize,
+}
+
+impl Default for StatementRegistry {
+    fn default() -> Self {
+        StatementRegistry {
+            statements: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            sweep_above: 10_000,
+        }
+    }
+}
+
+impl StatementRegistry {
+    pub fn intern(&self, query: &str, param_types: &[u32]) -> Arc<GlobalStatement> {
+        let mut map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        // Look up by borrowed parts first: the common case (a known statement) allocates once
+        // for the key only.
+        let key = (query.to_owned(), param_types.to_vec());
+        if let Some(s) = map.get(&key) {
+            return Arc::clone(s);
+        }
+        if map.len() >= self.sweep_above {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let name = format!("sg_{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut parse = BytesMut::new();
+        frontend::write_parse(&mut parse, &name, query, param_types);
+        let stmt = Arc::new(GlobalStatement {
+            name,
+            parse_message: parse.freeze(),
+        });
+        map.insert(key, Arc::clone(&stmt));
+        stmt
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.statements.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_shares_a_name_and_types_matter() {
+        let r = StatementRegistry::default();
+        let a = r.intern("select $1", &[23]);
+        let b = r.intern("select $1", &[23]);
+        let c = r.intern("select $1", &[25]);
+        assert_eq!(a.name, b.name);
+        assert_ne!(a.name, c.name);
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn unused_statements_are_swept() {
+        let r = StatementRegistry {
+            sweep_above: 2,
+            ..Default::default()
+        };
+        let kept = r.intern("a", &[]);
+        drop(r.intern("b", &[]));
+        drop(r.intern("c", &[]));
+        assert!(r.len() <= 2);
+        assert_eq!(r.intern("a", &[]).name, kept.name);
+    }
+}

@@ -1,0 +1,357 @@
+//! Forwarding while a client holds a server connection: client messages are rewritten where
+//! prepared statements need it and sent on; server replies are streamed back, except those the
+//! client did not cause, and the replies the server will not send (for work the proxy answered
+//! itself) are synthesised in order. The queue of expected replies keeps both in step.
+
+use std::sync::Arc;
+
+use shardgate_pool::ServerConn;
+use shardgate_wire::backend::{self, TransactionStatus};
+use shardgate_wire::{frontend, sqlstate, Frame};
+
+use crate::prepared::GlobalStatement;
+use crate::session::Session;
+use crate::session_state::{session_effects, SessionEffect};
+use crate::SessionError;
+
+/// A reply the session is waiting for, in the order the server will send them.
+#[derive(Debug)]
+pub enum Expect {
+    /// ParseComplete for a Parse; forwarded to the client unless the proxy injected the Parse.
+    /// `global` names the statement so a failed Parse can be forgotten.
+    Parse {
+        global: Option<String>,
+        to_client: bool,
+    },
+    Bind,
+    /// ParameterDescription then RowDescription/NoData.
+    DescribeStatement,
+    /// RowDescription/NoData.
+    DescribePortal,
+    /// Rows, then CommandComplete, PortalSuspended or EmptyQueryResponse.
+    Execute,
+    /// CloseComplete; forwarded unless the proxy closed an evicted statement.
+    Close {
+        to_client: bool,
+    },
+    Sync,
+    /// A simple query or function call: everything up to ReadyForQuery.
+    Query,
+    /// A reply the proxy writes itself when every earlier reply has been delivered.
+    Synth(Synth),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Synth {
+    ParseComplete,
+    CloseComplete,
+}
+
+/// What the session loop should do after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The transaction ended and nothing is outstanding: give the server connection back.
+    Release,
+    /// The client sent Terminate.
+    Terminate,
+}
+
+impl Session {
+    pub(crate) fn push_expect(&mut self, e: Expect) {
+        if let Expect::Synth(s) = e {
+            if self.expect.is_empty() {
+                self.emit_synth(s);
+                return;
+            }
+        }
+        self.expect.push_back(e);
+    }
+
+    fn emit_synth(&mut self, s: Synth) {
+        match s {
+            Synth::ParseComplete => backend::write_parse_complete(&mut self.io.out),
+            Synth::CloseComplete => backend::write_close_complete(&mut self.io.out),
+        }
+    }
+
+    fn drain_synth(&mut self) {
+        while let Some(Expect::Synth(s)) = self.expect.front() {
+            let s = *s;
+            self.expect.pop_front();
+            self.emit_synth(s);
+        }
+    }
+
+    /// Makes sure `stmt` exists on the server connection, queueing a Parse for it if not.
+    /// `client_parse` is true when this answers the client's own Parse.
+    fn ensure_prepared(
+        &mut self,
+        server: &mut ServerConn,
+        stmt: &Arc<GlobalStatement>,
+        client_parse: bool,
+    ) {
+        if server.prepared().contains(&stmt.name) {
+            if client_parse {
+                self.push_expect(Expect::Synth(Synth::ParseComplete));
+            }
+            return;
+        }
+        if let Some(evicted) = server.prepared().insert(stmt.name.clone()) {
+            frontend::write_close(&mut self.to_server, b'S', &evicted);
+            self.push_expect(Expect::Close { to_client: false });
+        }
+        self.to_server.extend_from_slice(&stmt.parse_message);
+        self.push_expect(Expect::Parse {
+            global: Some(stmt.name.clone()),
+            to_client: client_parse,
+        });
+    }
+
+    fn protocol_error(&self, e: impl std::fmt::Display) -> SessionError {
+        SessionError::Protocol(e.to_string())
+    }
+
+    /// Handles one client message while attached to `server`.
+    pub(crate) fn client_message(
+        &mut self,
+        server: &mut ServerConn,
+        frame: Frame,
+    ) -> Result<Flow, SessionError> {
+        match frame.tag() {
+            frontend::QUERY => {
+                let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
+                let effects = session_effects(text);
+                self.pending_effects.extend(effects);
+                self.to_server.extend_from_slice(frame.as_bytes());
+                self.push_expect(Expect::Query);
+            }
+            frontend::PARSE => {
+                let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
+                let effects = session_effects(parse.query);
+                self.pending_effects.extend(effects);
+                if parse.name.is_empty() {
+                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.push_expect(Expect::Parse {
+                        global: None,
+                        to_client: true,
+                    });
+                } else {
+                    let stmt = self
+                        .shared
+                        .statements
+                        .intern(parse.query, &parse.param_types);
+                    // Redefining a name replaces it (PostgreSQL would refuse with 42P05; drivers
+                    // never rely on that, and the old text may live on other connections).
+                    self.statements
+                        .insert(parse.name.to_owned(), Arc::clone(&stmt));
+                    self.ensure_prepared(server, &stmt, true);
+                }
+            }
+            frontend::BIND => {
+                let bind = frontend::bind(&frame).map_err(|e| self.protocol_error(e))?;
+                match self.statements.get(bind.statement).cloned() {
+                    Some(stmt) => {
+                        self.ensure_prepared(server, &stmt, false);
+                        frontend::write_bind_renamed(
+                            &mut self.to_server,
+                            &frame,
+                            &bind,
+                            &stmt.name,
+                        );
+                    }
+                    // Unnamed, or unknown to this client: the server answers (26000 if unknown).
+                    None => self.to_server.extend_from_slice(frame.as_bytes()),
+                }
+                self.push_expect(Expect::Bind);
+            }
+            frontend::DESCRIBE => {
+                let target = frontend::describe(&frame).map_err(|e| self.protocol_error(e))?;
+                if target.kind == b'P' {
+                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.push_expect(Expect::DescribePortal);
+                } else {
+                    match self.statements.get(target.name).cloned() {
+                        Some(stmt) => {
+                            self.ensure_prepared(server, &stmt, false);
+                            frontend::write_describe(&mut self.to_server, b'S', &stmt.name);
+                        }
+                        None => self.to_server.extend_from_slice(frame.as_bytes()),
+                    }
+                    self.push_expect(Expect::DescribeStatement);
+                }
+            }
+            frontend::EXECUTE => {
+                frontend::execute(&frame).map_err(|e| self.protocol_error(e))?;
+                self.to_server.extend_from_slice(frame.as_bytes());
+                self.push_expect(Expect::Execute);
+            }
+            frontend::CLOSE => {
+                let target = frontend::close(&frame).map_err(|e| self.protocol_error(e))?;
+                if target.kind == b'S' && !target.name.is_empty() {
+                    // The client's name only: other clients may share the server statement.
+                    self.statements.remove(target.name);
+                    self.push_expect(Expect::Synth(Synth::CloseComplete));
+                } else {
+                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.push_expect(Expect::Close { to_client: true });
+                }
+            }
+            frontend::SYNC => {
+                self.to_server.extend_from_slice(frame.as_bytes());
+                self.push_expect(Expect::Sync);
+            }
+            frontend::FUNCTION_CALL => {
+                self.to_server.extend_from_slice(frame.as_bytes());
+                self.push_expect(Expect::Query);
+            }
+            frontend::FLUSH | frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
+                self.to_server.extend_from_slice(frame.as_bytes());
+            }
+            frontend::TERMINATE => return Ok(Flow::Terminate),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "invalid frontend message type {}",
+                    other as char
+                )));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Handles one server message while attached.
+    pub(crate) fn server_message(
+        &mut self,
+        server: &mut ServerConn,
+        frame: Frame,
+    ) -> Result<Flow, SessionError> {
+        let mut forward = true;
+        let mut flow = Flow::Continue;
+        match frame.tag() {
+            backend::ERROR_RESPONSE => {
+                self.transaction_error = true;
+                if !matches!(self.expect.front(), Some(Expect::Query)) {
+                    // Extended protocol: the server skips everything up to the next Sync, so
+                    // nothing is coming for those messages (nor for what we would synthesise).
+                    while let Some(e) = self.expect.front() {
+                        if matches!(e, Expect::Sync) {
+                            break;
+                        }
+                        if let Some(Expect::Parse {
+                            global: Some(name), ..
+                        }) = self.expect.pop_front()
+                        {
+                            server.prepared().remove(&name);
+                        }
+                    }
+                }
+            }
+            backend::READY_FOR_QUERY => {
+                let status = backend::ready_for_query_status(&frame)
+                    .map_err(|e| SessionError::Server(e.to_string()))?;
+                self.expect.pop_front();
+                server.set_status(status);
+                self.status = status;
+                if status == TransactionStatus::Idle {
+                    self.end_of_transaction(server);
+                    if self.expect.is_empty() && self.releases_at_idle() {
+                        flow = Flow::Release;
+                    }
+                }
+            }
+            backend::PARSE_COMPLETE => {
+                if let Some(Expect::Parse { to_client, .. }) = self.expect.pop_front() {
+                    forward = to_client;
+                }
+            }
+            backend::CLOSE_COMPLETE => {
+                if let Some(Expect::Close { to_client }) = self.expect.pop_front() {
+                    forward = to_client;
+                }
+            }
+            backend::BIND_COMPLETE | backend::NO_DATA | backend::PORTAL_SUSPENDED => {
+                self.pop_unless_query();
+            }
+            backend::ROW_DESCRIPTION => {
+                if matches!(
+                    self.expect.front(),
+                    Some(Expect::DescribeStatement | Expect::DescribePortal)
+                ) {
+                    self.expect.pop_front();
+                }
+            }
+            backend::COMMAND_COMPLETE => {
+                if !self.pending_effects.is_empty() && frame.body().starts_with(b"ROLLBACK") {
+                    self.saw_rollback = true;
+                }
+                self.pop_unless_query();
+            }
+            backend::EMPTY_QUERY_RESPONSE => self.pop_unless_query(),
+            _ => {}
+        }
+        if forward {
+            self.io.out.extend_from_slice(frame.as_bytes());
+        }
+        self.drain_synth();
+        Ok(flow)
+    }
+
+    fn pop_unless_query(&mut self) {
+        if !matches!(self.expect.front(), Some(Expect::Query) | None) {
+            self.expect.pop_front();
+        }
+    }
+
+    /// At ReadyForQuery `I`: session effects of a transaction that committed become the
+    /// client's state (and the server's); those of one that failed or rolled back are dropped.
+    fn end_of_transaction(&mut self, server: &mut ServerConn) {
+        if !self.pending_effects.is_empty() {
+            let effects = std::mem::take(&mut self.pending_effects);
+            if !self.transaction_error && !self.saw_rollback {
+                for e in &effects {
+                    if matches!(
+                        e,
+                        SessionEffect::DeallocateAll
+                            | SessionEffect::ResetAll {
+                                drops_prepared: true
+                            }
+                    ) {
+                        server.prepared().clear();
+                    }
+                }
+                self.state.apply(&effects);
+                server.set_session_fingerprint(self.state.fingerprint());
+            }
+        }
+        self.transaction_error = false;
+        self.saw_rollback = false;
+    }
+
+    /// The server connection broke while attached: tell the client, keep it if it was not
+    /// inside a transaction (its next statement gets a new connection), else close it.
+    pub(crate) fn server_lost(
+        &mut self,
+        shard_desc: &str,
+        error: &str,
+    ) -> Result<(), SessionError> {
+        let msg = format!("lost the connection to server {shard_desc}: {error}");
+        let needs_ready = self
+            .expect
+            .iter()
+            .any(|e| matches!(e, Expect::Sync | Expect::Query));
+        self.expect.clear();
+        self.pending_effects.clear();
+        if self.status != TransactionStatus::Idle || self.mode_is_session() {
+            return Err(SessionError::ServerLost(msg));
+        }
+        self.io.push_error(
+            sqlstate::CONNECTION_FAILURE,
+            &msg,
+            Some("the statement did not complete; retry it"),
+        );
+        if needs_ready {
+            self.io.push_ready(TransactionStatus::Idle);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,594 @@
+//! One client connection from accept to close: startup, authentication, then the loop that
+//! alternates between waiting with no server connection (detached) and forwarding while holding
+//! one (attached).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shardgate_config::PoolMode;
+use shardgate_pool::{
+    CheckoutError, PoolKey, PooledConn, Role, ServerConn, ServerError, ServerPool,
+};
+use shardgate_wire::backend::{self, TransactionStatus};
+use shardgate_wire::{frontend, sqlstate, Frame};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::cancel::{CancelSlot, CancelTarget};
+use crate::io::{ClientIo, ClientStream};
+use crate::prepared::GlobalStatement;
+use crate::relay::{Expect, Flow};
+use crate::session_state::{SessionEffect, SessionState};
+use crate::{auth, startup, SessionError, Shared};
+
+/// Messages buffered while detached before the proxy takes a connection anyway.
+const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How long the proxy waits for a ROLLBACK or reset when cleaning a connection up.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Session {
+    pub(crate) id: u64,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) io: ClientIo,
+    mode: PoolMode,
+    pool: ServerPool,
+    pub(crate) statements: HashMap<String, Arc<GlobalStatement>>,
+    pub(crate) state: SessionState,
+    /// Session effects seen in the current transaction, applied when it commits.
+    pub(crate) pending_effects: Vec<SessionEffect>,
+    pub(crate) transaction_error: bool,
+    pub(crate) saw_rollback: bool,
+    pub(crate) expect: VecDeque<Expect>,
+    /// Transaction status as last reported to the client.
+    pub(crate) status: TransactionStatus,
+    /// Bytes for the server, written at the next flush point.
+    pub(crate) to_server: BytesMut,
+    cancel: CancelSlot,
+    /// The BackendKeyData this client was given.
+    cancel_key: (i32, i32),
+    /// After an error answered by the proxy in an extended-protocol batch, messages up to the
+    /// next Sync are discarded (as the server would).
+    skip_until_sync: bool,
+    shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Entry point for an accepted connection.
+pub async fn handle_client(
+    stream: ClientStream,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = shared.next_client_id();
+    let span = tracing::info_span!(
+        "client",
+        client = id,
+        user = tracing::field::Empty,
+        db = tracing::field::Empty
+    );
+    async move {
+        let config = shared.config();
+        let mut io = ClientIo::new(stream, config.listen.max_message_size);
+        let login = match tokio::time::timeout(
+            config.listen.startup_timeout,
+            login(&mut io, &shared),
+        )
+        .await
+        {
+            Ok(Ok(Some(login))) => login,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                debug!(error = %e, "client startup ended");
+                return;
+            }
+            Err(_) => {
+                io.fatal(
+                    sqlstate::QUERY_CANCELED,
+                    "canceling authentication due to timeout",
+                    Some("finish startup within listen.startup_timeout"),
+                )
+                .await;
+                return;
+            }
+        };
+        let mut session = Session::new(id, io, &shared, login, shutdown);
+        let result = match session.finish_login().await {
+            Ok(server) => session.run(server).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
+            Err(e) => info!(error = %e, "client session ended"),
+        }
+        session.shared.cancels.unregister(session.cancel_key.0);
+        session.io.shutdown().await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// What startup and authentication established.
+struct Login {
+    params: Vec<(String, String)>,
+    user: shardgate_config::User,
+    database: String,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Startup and authentication; `None` for a cancel request.
+async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>, SessionError> {
+    let Some(params) = startup::read_startup(io, shared).await? else {
+        return Ok(None);
+    };
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = param("user").unwrap_or_default();
+    let database = param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    tracing::Span::current()
+        .record("user", user.as_str())
+        .record("db", database.as_str());
+
+    let Some(permit) = shared.try_admit() else {
+        let max = shared.config().listen.max_client_connections;
+        io.fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            &format!("sorry, too many clients already (listen.max_client_connections = {max})"),
+            Some("close idle connections, or raise listen.max_client_connections"),
+        )
+        .await;
+        return Err(SessionError::TooManyClients);
+    };
+    let user_auth = shared.auth.user(&user);
+    auth::authenticate(io, user_auth, &user).await?;
+    let user = user_auth
+        .map(|a| a.user.clone())
+        .ok_or(SessionError::AuthFailed)?;
+    Ok(Some(Login {
+        params,
+        user,
+        database,
+        permit,
+    }))
+}
+
+impl Session {
+    pub(crate) fn mode_is_session(&self) -> bool {
+        self.mode == PoolMode::Session
+    }
+
+    pub(crate) fn releases_at_idle(&self) -> bool {
+        self.mode == PoolMode::Transaction
+    }
+
+    fn new(
+        id: u64,
+        io: ClientIo,
+        shared: &Arc<Shared>,
+        login: Login,
+        shutdown: watch::Receiver<bool>,
+    ) -> Session {
+        let config = shared.config();
+        let mode = login.user.pool_mode.unwrap_or(config.pool.mode);
+        let shard = config.default_shard().name.clone();
+        let key = PoolKey {
+            database: login.database,
+            user: login.user.name.clone(),
+            shard,
+            role: Role::Primary,
+        };
+        let pool = shared.pool(key, &login.user);
+        let (pid, secret, cancel) = shared.cancels.register();
+        Session {
+            id,
+            shared: Arc::clone(shared),
+            io,
+            mode,
+            pool,
+            statements: HashMap::new(),
+            state: SessionState::from_startup(&login.params),
+            pending_effects: Vec::new(),
+            transaction_error: false,
+            saw_rollback: false,
+            expect: VecDeque::new(),
+            status: TransactionStatus::Idle,
+            to_server: BytesMut::with_capacity(8 * 1024),
+            cancel,
+            cancel_key: (pid, secret),
+            skip_until_sync: false,
+            shutdown,
+            _permit: login.permit,
+        }
+    }
+
+    /// Takes a server connection once to check the database and the client's settings really
+    /// work there and to learn the server's parameters; then greets the client.
+    async fn finish_login(&mut self) -> Result<Option<PooledConn>, SessionError> {
+        let (mut server, reported) = match self.checkout(true).await {
+            Ok(v) => v,
+            Err((code, msg, hint)) => {
+                self.io.fatal(&code, &msg, hint.as_deref()).await;
+                return Err(SessionError::Startup(msg));
+            }
+        };
+        let mut params: Vec<(String, String)> = server.parameters().to_vec();
+        for (k, v) in reported {
+            match params.iter_mut().find(|(n, _)| *n == k) {
+                Some(p) => p.1 = v,
+                None => params.push((k, v)),
+            }
+        }
+        backend::write_auth_ok(&mut self.io.out);
+        for (k, v) in &params {
+            backend::write_parameter_status(&mut self.io.out, k, v);
+        }
+        backend::write_backend_key_data(&mut self.io.out, self.cancel_key.0, self.cancel_key.1);
+        self.io.push_ready(TransactionStatus::Idle);
+        self.io.flush().await?;
+        debug!(client = self.id, mode = %self.mode, pool = %self.pool.name(), "client logged in");
+        if self.mode == PoolMode::Session {
+            Ok(Some(server))
+        } else {
+            self.release(&mut server).await;
+            Ok(None)
+        }
+    }
+
+    /// Checks a server connection out and brings it to the client's session state. With
+    /// `collect`, returns the ParameterStatus values the server reported while doing so.
+    #[allow(clippy::type_complexity)]
+    async fn checkout(
+        &mut self,
+        collect: bool,
+    ) -> Result<(PooledConn, Vec<(String, String)>), (String, String, Option<String>)> {
+        let mut server =
+            match self.pool.checkout().await {
+                Ok(s) => s,
+                Err(CheckoutError::Timeout { pool, waited }) => return Err((
+                    sqlstate::TOO_MANY_CONNECTIONS.into(),
+                    format!("no server connection became free in pool {pool} within {waited:?}"),
+                    Some(
+                        "raise pool.size or pool.checkout_timeout, or make transactions shorter"
+                            .into(),
+                    ),
+                )),
+                Err(CheckoutError::Connect(e)) => return Err(connect_error(&self.pool, e)),
+            };
+        let mut reported = Vec::new();
+        if server.session_fingerprint() != self.state.fingerprint() || collect {
+            let sql = self.state.replay_sql();
+            match run_collecting(&mut server, &sql).await {
+                Ok(r) => reported = r,
+                Err(ServerError::Query { code, message }) => {
+                    server.set_session_fingerprint(u64::MAX);
+                    return Err((
+                        code,
+                        message,
+                        Some(
+                            "a setting from the startup packet or a SET was refused by the server"
+                                .into(),
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    server.mark_broken();
+                    return Err(connect_error(&self.pool, e));
+                }
+            }
+            server.set_session_fingerprint(self.state.fingerprint());
+        }
+        let (spid, ssecret) = server.backend_key();
+        *self.cancel.lock().await = Some(CancelTarget {
+            host: server.host().clone(),
+            pid: spid,
+            secret: ssecret,
+        });
+        Ok((server, reported))
+    }
+
+    /// Gives a server connection back: clears the cancel target first, so a late cancel cannot
+    /// reach whoever gets the connection next.
+    async fn release(&mut self, server: &mut PooledConn) {
+        *self.cancel.lock().await = None;
+        let _ = server;
+    }
+
+    /// The main loop.
+    async fn run(&mut self, mut held: Option<PooledConn>) -> Result<(), SessionError> {
+        loop {
+            let (mut server, batch) = match held.take() {
+                Some(s) => (s, Vec::new()),
+                None => {
+                    let Some(batch) = self.read_detached_batch().await? else {
+                        return Ok(());
+                    };
+                    match self.checkout(false).await {
+                        Ok((s, _)) => (s, batch),
+                        Err((code, msg, hint)) => {
+                            warn!(pool = %self.pool.name(), error = %msg, "checkout failed");
+                            self.fail_batch(&batch, &code, &msg, hint.as_deref());
+                            self.io.flush().await?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let outcome = self.attached(&mut server, batch).await;
+            match outcome {
+                Ok(Flow::Release) => {
+                    self.release(&mut server).await;
+                }
+                Ok(Flow::Terminate) => {
+                    self.cleanup(&mut server).await;
+                    return Ok(());
+                }
+                Ok(Flow::Continue) => {
+                    // The server connection was lost; it is broken and will not be reused.
+                    self.release(&mut server).await;
+                }
+                Err(e) => {
+                    self.cleanup(&mut server).await;
+                    if let SessionError::ServerLost(msg) = &e {
+                        self.io
+                            .fatal(
+                                sqlstate::CONNECTION_FAILURE,
+                                msg,
+                                Some("reconnect and retry the transaction"),
+                            )
+                            .await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for the client's next unit of work while holding no server connection.
+    async fn read_detached_batch(&mut self) -> Result<Option<Vec<Frame>>, SessionError> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let idle_timeout = self.shared.config().listen.client_idle_timeout;
+        loop {
+            self.io.flush().await?;
+            let frame = tokio::select! {
+                f = self.io.read_frame() => f?,
+                _ = sleep_or_forever(idle_timeout), if batch.is_empty() => {
+                    self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
+                    return Err(SessionError::IdleTimeout);
+                }
+                _ = self.shutdown.changed(), if batch.is_empty() => {
+                    self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
+                    return Err(SessionError::Shutdown);
+                }
+            };
+            let Some(frame) = frame else { return Ok(None) };
+            if self.skip_until_sync {
+                if frame.tag() == frontend::SYNC {
+                    self.skip_until_sync = false;
+                    self.io.push_ready(self.status);
+                }
+                continue;
+            }
+            match frame.tag() {
+                frontend::TERMINATE => return Ok(None),
+                // Nothing pending: a lone Sync is answered here without a server.
+                frontend::SYNC if batch.is_empty() => self.io.push_ready(self.status),
+                frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC | frontend::FLUSH => {
+                    batch.push(frame);
+                    return Ok(Some(batch));
+                }
+                frontend::PARSE
+                | frontend::BIND
+                | frontend::DESCRIBE
+                | frontend::EXECUTE
+                | frontend::CLOSE => {
+                    bytes += frame.len();
+                    batch.push(frame);
+                    if bytes > MAX_DETACHED_BATCH_BYTES {
+                        return Ok(Some(batch));
+                    }
+                }
+                // COPY messages outside a COPY are ignored, as the server does.
+                frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {}
+                other => {
+                    let msg = format!("invalid frontend message type {}", other as char);
+                    self.io
+                        .fatal(sqlstate::PROTOCOL_VIOLATION, &msg, None)
+                        .await;
+                    return Err(SessionError::Protocol(msg));
+                }
+            }
+        }
+    }
+
+    /// Answers a batch that could not get a server connection: one error, then the client's
+    /// messages up to Sync are skipped as after any error.
+    fn fail_batch(&mut self, batch: &[Frame], code: &str, msg: &str, hint: Option<&str>) {
+        self.io.push_error(code, msg, hint);
+        match batch.last().map(|f| f.tag()) {
+            Some(frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC) => {
+                self.io.push_ready(self.status)
+            }
+            _ => self.skip_until_sync = true,
+        }
+    }
+
+    /// Forwards between the client and `server` until the connection can be released, the
+    /// client leaves, or the server connection is lost (then `Ok(Flow::Continue)`).
+    async fn attached(
+        &mut self,
+        server: &mut PooledConn,
+        batch: Vec<Frame>,
+    ) -> Result<Flow, SessionError> {
+        for frame in batch {
+            if let Err(e) = self.client_message(server, frame) {
+                return Err(self.report_protocol_error(e).await);
+            }
+        }
+        let idle_timeout = self.shared.config().listen.client_idle_timeout;
+        loop {
+            if !self.to_server.is_empty() && !self.io.reader.has_buffered_frame() {
+                let res = server.write_all(&self.to_server).await;
+                self.to_server.clear();
+                if let Err(e) = res {
+                    self.server_lost(&self.pool.name(), &e.to_string())?;
+                    self.io.flush().await?;
+                    return Ok(Flow::Continue);
+                }
+            }
+            if !self.io.out.is_empty() && !server.has_buffered_frame() {
+                self.io.flush().await?;
+            } else {
+                self.io.flush_if_large().await?;
+            }
+            let idle = self.expect.is_empty() && self.status == TransactionStatus::Idle;
+            tokio::select! {
+                biased;
+                msg = server.read_frame() => match msg {
+                    Ok(frame) => {
+                        if self.server_message(server, frame)? == Flow::Release {
+                            self.io.flush().await?;
+                            return Ok(Flow::Release);
+                        }
+                    }
+                    Err(e) => {
+                        server.mark_broken();
+                        self.server_lost(&self.pool.name(), &e.to_string())?;
+                        self.io.flush().await?;
+                        return Ok(Flow::Continue);
+                    }
+                },
+                msg = self.io.read_frame() => {
+                    let Some(frame) = msg? else { return Err(SessionError::ClientGone) };
+                    match self.client_message(server, frame) {
+                        Ok(Flow::Terminate) => return Ok(Flow::Terminate),
+                        Ok(_) => {}
+                        Err(e) => return Err(self.report_protocol_error(e).await),
+                    }
+                }
+                _ = sleep_or_forever(idle_timeout), if idle => {
+                    self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
+                    return Err(SessionError::IdleTimeout);
+                }
+                _ = self.shutdown.changed(), if idle => {
+                    self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
+                    return Err(SessionError::Shutdown);
+                }
+            }
+        }
+    }
+
+    async fn report_protocol_error(&mut self, e: SessionError) -> SessionError {
+        if let SessionError::Protocol(msg) = &e {
+            self.io.fatal(sqlstate::PROTOCOL_VIOLATION, msg, None).await;
+        }
+        e
+    }
+
+    /// The client is leaving while holding `server`: leave the connection clean for the next
+    /// client, or make sure it is closed.
+    async fn cleanup(&mut self, server: &mut PooledConn) {
+        *self.cancel.lock().await = None;
+        if server.is_broken() {
+            return;
+        }
+        if !self.expect.is_empty() || !self.to_server.is_empty() {
+            // Mid-query: the server's state is unknown; close rather than guess.
+            server.mark_broken();
+            return;
+        }
+        let mut reset = Vec::new();
+        if server.status() != TransactionStatus::Idle {
+            reset.push("ROLLBACK".to_owned());
+        }
+        if self.mode == PoolMode::Session {
+            reset.push(self.shared.config().pool.reset_query.clone());
+        }
+        for sql in reset {
+            match tokio::time::timeout(CLEANUP_TIMEOUT, server.run_internal(&sql)).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    server.mark_broken();
+                    return;
+                }
+            }
+        }
+        if self.mode == PoolMode::Session {
+            // DISCARD ALL dropped the statements and settings.
+            server.prepared().clear();
+            server.set_session_fingerprint(0);
+        }
+    }
+}
+
+fn connect_error(pool: &ServerPool, e: ServerError) -> (String, String, Option<String>) {
+    match e {
+        ServerError::Refused { code, message } => (
+            code,
+            message,
+            Some(format!(
+                "the server refused shardgate's connection for pool {}",
+                pool.name()
+            )),
+        ),
+        other => (
+            sqlstate::CONNECTION_FAILURE.into(),
+            format!(
+                "cannot connect to the server for pool {}: {other}",
+                pool.name()
+            ),
+            Some("check that the shard's server is up and the [[shards]] address is right".into()),
+        ),
+    }
+}
+
+/// Runs a proxy-internal query, collecting the ParameterStatus values it causes.
+async fn run_collecting(
+    server: &mut ServerConn,
+    sql: &str,
+) -> Result<Vec<(String, String)>, ServerError> {
+    let mut out = BytesMut::new();
+    frontend::write_query(&mut out, sql);
+    server.write_all(&out).await?;
+    let mut reported = Vec::new();
+    let mut error = None;
+    loop {
+        let frame = server.read_frame().await?;
+        match frame.tag() {
+            backend::PARAMETER_STATUS => {
+                if let Ok((k, v)) = backend::parameter_status(&frame) {
+                    reported.retain(|(n, _): &(String, String)| n != k);
+                    reported.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                let f = backend::error_fields(&frame).unwrap_or_default();
+                error = Some(ServerError::Query {
+                    code: f.code,
+                    message: f.message,
+                });
+            }
+            backend::READY_FOR_QUERY => {
+                let status = backend::ready_for_query_status(&frame)
+                    .map_err(|e| ServerError::Protocol(e.to_string()))?;
+                server.set_status(status);
+                return match error {
+                    Some(e) => Err(e),
+                    None => Ok(reported),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn sleep_or_forever(d: Duration) {
+    if d.is_zero() {
+        std::future::pending::<()>().await;
+    } else {
+        tokio::time::sleep(d).await;
+    }
+}
