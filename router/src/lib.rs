@@ -1,1 +1,4 @@
-//! placeholder
+//! SQL to route: PostgreSQL-compatible hashing of shard keys, the consistent-hash ring, and
+//! (with the routing work) statement classification and shard-key extraction.
+
+pub mod hash;
