@@ -1,1 +1,39 @@
-//! placeholder
+//! The server side of shardgate: raw connections to PostgreSQL servers and their pools.
+//!
+//! - [`ServerConn`] opens a connection (TCP or unix socket), runs the startup and
+//!   authentication exchange as a client (SCRAM-SHA-256, md5, cleartext, trust), and then
+//!   carries whole messages as bytes for the proxy, tracking only the transaction status,
+//!   fatal errors and the prepared statements it holds.
+//! - [`ServerPool`] is a bb8 pool of them for one (database, user, shard, role); [`Pools`]
+//!   holds every pool of the process. A connection never goes back to a pool broken, inside
+//!   a transaction or past its lifetime.
+//! - [`send_cancel`] forwards a client's CancelRequest to the server running its query.
+
+mod auth;
+mod cancel;
+mod conn;
+mod error;
+mod pool;
+mod prepared;
+
+pub use cancel::{send_cancel, CANCEL_TIMEOUT};
+pub use conn::{ConnectTarget, ServerConn, DEFAULT_PREPARED_CAPACITY, MAX_SERVER_FRAME};
+pub use error::{CheckoutError, ServerError};
+pub use pool::{Manager, PoolKey, PoolSettings, PoolState, PooledConn, Pools, Role, ServerPool};
+pub use prepared::PreparedSet;
+pub use shardgate_wire::backend::TransactionStatus;
+
+/// Compile-time checks: the proxy runs these futures in spawned tasks.
+#[cfg(test)]
+#[allow(dead_code)]
+fn futures_are_send(pool: &ServerPool, pools: &Pools, conn: &mut ServerConn, t: &ConnectTarget) {
+    fn is_send<T: Send>(_: &T) {}
+    fn is_send_sync<T: Send + Sync>(_: &T) {}
+    is_send_sync(pool);
+    is_send_sync(pools);
+    is_send(&pool.checkout());
+    is_send(&ServerConn::connect(t));
+    is_send(&send_cancel(&t.host, 1, 2));
+    is_send(&conn.read_frame());
+    is_send(&conn.run_internal(";"));
+}

@@ -1,0 +1,469 @@
+//! One authenticated raw server connection: bytes are forwarded, only the few messages the
+//! proxy must track (ReadyForQuery, fatal errors) are looked into.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use shardgate_config::Host;
+use shardgate_wire::backend::{self, TransactionStatus};
+use shardgate_wire::{frontend, Frame, FrameError, FrameReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tracing::debug;
+
+use crate::auth;
+use crate::error::ServerError;
+use crate::prepared::PreparedSet;
+
+/// Largest message accepted from a server. Servers are trusted, but a corrupt length must not
+/// make us allocate without bound.
+pub const MAX_SERVER_FRAME: usize = 1 << 30;
+
+/// Prepared-statement cap of a connection opened with [`ServerConn::connect`] (the config
+/// default of `pool.prepared_statements_per_connection`).
+pub const DEFAULT_PREPARED_CAPACITY: usize = 500;
+
+/// Where and how to open one server connection.
+#[derive(Clone)]
+pub struct ConnectTarget {
+    /// Host (IP or hostname, or a unix socket directory starting with '/') and port.
+    pub host: Host,
+    /// Server role.
+    pub user: String,
+    /// Plaintext password, for SCRAM-SHA-256, md5 or cleartext.
+    pub password: Option<String>,
+    pub database: String,
+    /// Sent in the startup packet ("shardgate" by default).
+    pub application_name: String,
+    /// Bounds TCP connect and authentication together; zero means no limit.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectTarget {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectTarget")
+            .field("host", &self.host)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("database", &self.database)
+            .field("application_name", &self.application_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// A TCP or unix-socket stream. A `match` per poll costs nothing next to the syscall.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Opens a stream to `host`: a unix socket `{dir}/.s.PGSQL.{port}` when the host starts
+    /// with '/', else TCP with TCP_NODELAY.
+    pub(crate) async fn open(host: &Host) -> io::Result<Stream> {
+        if host.host.starts_with('/') {
+            let path = format!("{}/.s.PGSQL.{}", host.host.trim_end_matches('/'), host.port);
+            Ok(Stream::Unix(UnixStream::connect(path).await?))
+        } else {
+            // Accept a bracketed IPv6 literal as well as a bare one.
+            let name = host
+                .host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(&host.host);
+            let tcp = TcpStream::connect((name, host.port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(Stream::Tcp(tcp))
+        }
+    }
+
+    /// Writes without waiting; for best-effort messages from `Drop`.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Unix(s) => s.try_write(buf),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One authenticated raw server connection. Bytes are forwarded, not decoded.
+pub struct ServerConn {
+    id: u64,
+    host: Host,
+    reader: FrameReader<Stream>,
+    backend_key: (i32, i32),
+    parameters: Vec<(String, String)>,
+    status: TransactionStatus,
+    broken: bool,
+    created: Instant,
+    prepared: PreparedSet,
+    session_fingerprint: u64,
+}
+
+impl ServerConn {
+    /// Opens and authenticates a connection, with [`DEFAULT_PREPARED_CAPACITY`].
+    pub async fn connect(target: &ConnectTarget) -> Result<ServerConn, ServerError> {
+        Self::connect_with(target, DEFAULT_PREPARED_CAPACITY).await
+    }
+
+    /// Opens and authenticates a connection whose prepared-statement set holds at most
+    /// `prepared_capacity` names. TCP connect and authentication together are bounded by
+    /// `target.connect_timeout`.
+    pub async fn connect_with(
+        target: &ConnectTarget,
+        prepared_capacity: usize,
+    ) -> Result<ServerConn, ServerError> {
+        let attempt = async {
+            let stream =
+                Stream::open(&target.host)
+                    .await
+                    .map_err(|source| ServerError::Connect {
+                        host: target.host.to_string(),
+                        source,
+                    })?;
+            let mut reader = FrameReader::new(stream, MAX_SERVER_FRAME);
+            let startup = auth::startup(&mut reader, target).await?;
+            Ok::<_, ServerError>((reader, startup))
+        };
+        let (reader, startup) = if target.connect_timeout.is_zero() {
+            attempt.await?
+        } else {
+            tokio::time::timeout(target.connect_timeout, attempt)
+                .await
+                .map_err(|_| ServerError::ConnectTimeout {
+                    host: target.host.to_string(),
+                })??
+        };
+        let conn = ServerConn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            host: target.host.clone(),
+            reader,
+            backend_key: startup.backend_key,
+            parameters: startup.parameters,
+            status: startup.status,
+            broken: false,
+            created: Instant::now(),
+            prepared: PreparedSet::new(prepared_capacity),
+            session_fingerprint: 0,
+        };
+        debug!(
+            conn = conn.id,
+            host = %conn.host,
+            pid = conn.backend_key.0,
+            user = %target.user,
+            database = %target.database,
+            "server connection opened"
+        );
+        Ok(conn)
+    }
+
+    /// Process-unique id for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// (pid, secret) from BackendKeyData; (0, 0) if the server sent none.
+    pub fn backend_key(&self) -> (i32, i32) {
+        self.backend_key
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// ParameterStatus values seen at startup, as (name, value), in the order received.
+    pub fn parameters(&self) -> &[(String, String)] {
+        &self.parameters
+    }
+
+    /// Writes all bytes; marks the connection broken on error.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        match self.reader.get_mut().write_all(bytes).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.broken = true;
+                Err(ServerError::Io(e))
+            }
+        }
+    }
+
+    /// Next whole message from the server. Cancel-safe (a frame leaves the buffer only when it
+    /// is complete). EOF or an I/O error marks the connection broken, and so does a FATAL or
+    /// PANIC ErrorResponse (which is still returned, to be forwarded). A ReadyForQuery updates
+    /// [`ServerConn::status`].
+    pub async fn read_frame(&mut self) -> Result<Frame, ServerError> {
+        let result = self.reader.read_frame().await;
+        self.accept(result)
+    }
+
+    /// Whether a whole message is already buffered, so reading it needs no I/O. The proxy
+    /// delays flushing to the client while more replies are at hand.
+    pub fn has_buffered_frame(&self) -> bool {
+        self.reader.has_buffered_frame()
+    }
+
+    fn accept(&mut self, result: Result<Option<Frame>, FrameError>) -> Result<Frame, ServerError> {
+        match result {
+            Ok(Some(frame)) => {
+                self.observe(&frame)?;
+                Ok(frame)
+            }
+            Ok(None) | Err(FrameError::UnexpectedEof) => {
+                self.broken = true;
+                Err(ServerError::Closed)
+            }
+            Err(FrameError::Io(e)) => {
+                self.broken = true;
+                Err(ServerError::Io(e))
+            }
+            Err(e @ (FrameError::TooLarge { .. } | FrameError::BadLength(_))) => {
+                self.broken = true;
+                Err(ServerError::Protocol(e.to_string()))
+            }
+        }
+    }
+
+    /// Tracks the transaction status and fatal errors. Cheap for every other message.
+    fn observe(&mut self, frame: &Frame) -> Result<(), ServerError> {
+        match frame.tag() {
+            backend::READY_FOR_QUERY => match backend::ready_for_query_status(frame) {
+                Ok(status) => self.status = status,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(ServerError::Protocol(format!("bad ReadyForQuery: {e}")));
+                }
+            },
+            backend::ERROR_RESPONSE => match backend::error_fields(frame) {
+                Ok(fields) => {
+                    if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                        debug!(
+                            conn = self.id,
+                            host = %self.host,
+                            pid = self.backend_key.0,
+                            code = %fields.code,
+                            "server sent a fatal error"
+                        );
+                        self.broken = true;
+                    }
+                }
+                Err(e) => {
+                    self.broken = true;
+                    return Err(ServerError::Protocol(format!("bad ErrorResponse: {e}")));
+                }
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Runs a proxy-internal simple query and swallows every response until ReadyForQuery.
+    /// Returns `Err(ServerError::Query{..})` if the server answered ErrorResponse (the
+    /// connection is then still usable, at ReadyForQuery). Updates the transaction status.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 6);
+        frontend::write_query(&mut out, sql);
+        self.write_all(&out).await?;
+        let mut error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag() {
+                backend::READY_FOR_QUERY => break,
+                backend::ERROR_RESPONSE => {
+                    // `read_frame` already checked it parses.
+                    if let Ok(fields) = backend::error_fields(&frame) {
+                        error.get_or_insert(ServerError::Query {
+                            code: fields.code,
+                            message: fields.message,
+                        });
+                    }
+                }
+                backend::COPY_IN_RESPONSE => {
+                    // Nothing to send: refuse the copy so the server reaches ReadyForQuery.
+                    let mut fail = BytesMut::new();
+                    frontend::write_message(&mut fail, frontend::COPY_FAIL, |b| {
+                        frontend::put_cstr(b, "COPY FROM STDIN is not supported here")
+                    });
+                    self.write_all(&fail).await?;
+                }
+                backend::COPY_BOTH_RESPONSE => {
+                    self.broken = true;
+                    return Err(ServerError::Protocol(
+                        "internal query started a COPY BOTH stream".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks, without waiting, that an idle connection is still sound: if the server closed
+    /// it or sent anything unasked (a FATAL on termination, a notification), it is marked
+    /// broken and `false` is returned. Usually costs no syscall.
+    pub fn check_idle(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let result = {
+            let read = self.reader.read_frame();
+            let mut read = std::pin::pin!(read);
+            match read.as_mut().poll(&mut cx) {
+                Poll::Pending => return true,
+                Poll::Ready(result) => result,
+            }
+        };
+        let tag = result
+            .as_ref()
+            .ok()
+            .and_then(|f| f.as_ref().map(|f| f.tag() as char));
+        debug!(
+            conn = self.id,
+            host = %self.host,
+            pid = self.backend_key.0,
+            ?tag,
+            "idle server connection closed or sent an unexpected message"
+        );
+        let _ = self.accept(result);
+        self.broken = true;
+        false
+    }
+
+    /// Transaction status from the last ReadyForQuery seen.
+    pub fn status(&self) -> TransactionStatus {
+        self.status
+    }
+
+    pub fn set_status(&mut self, s: TransactionStatus) {
+        self.status = s;
+    }
+
+    /// Never hand this connection out again: it is closed when returned to its pool.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// Named prepared statements this connection holds (global names like `sg_12`).
+    pub fn prepared(&mut self) -> &mut PreparedSet {
+        &mut self.prepared
+    }
+
+    /// Which client session state (SETs) was applied; 0 = none.
+    pub fn session_fingerprint(&self) -> u64 {
+        self.session_fingerprint
+    }
+
+    pub fn set_session_fingerprint(&mut self, f: u64) {
+        self.session_fingerprint = f;
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        debug!(
+            conn = self.id,
+            host = %self.host,
+            pid = self.backend_key.0,
+            broken = self.broken,
+            "server connection closed"
+        );
+        if !self.broken {
+            // Best effort: a Terminate lets the server end the session cleanly. If the socket
+            // buffer is full the server sees EOF instead, which it handles the same way.
+            let _ = self
+                .reader
+                .get_ref()
+                .try_write(&[frontend::TERMINATE, 0, 0, 0, 4]);
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("id", &self.id)
+            .field("host", &self.host)
+            .field("pid", &self.backend_key.0)
+            .field("status", &self.status)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
