@@ -79,7 +79,7 @@ pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: &PathBuf) -> anyhow::Result<()> {
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let c = Config::load(path)?;
     println!("config {} is valid", path.display());
     println!(

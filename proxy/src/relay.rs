@@ -11,7 +11,7 @@ use shardgate_wire::{frontend, sqlstate, Frame};
 
 use crate::prepared::GlobalStatement;
 use crate::session::Session;
-use crate::session_state::{session_effects, SessionEffect};
+use crate::session_state::session_effects;
 use crate::SessionError;
 
 /// A reply the session is waiting for, in the order the server will send them.
@@ -284,6 +284,19 @@ impl Session {
                 if !self.pending_effects.is_empty() && frame.body().starts_with(b"ROLLBACK") {
                     self.saw_rollback = true;
                 }
+                // DEALLOCATE ALL / DISCARD ALL take effect at once and survive a rollback: the
+                // server connection lost every statement, except Parses queued after this one.
+                if frame.body() == b"DEALLOCATE ALL\0" || frame.body() == b"DISCARD ALL\0" {
+                    server.prepared().clear();
+                    for e in &self.expect {
+                        if let Expect::Parse {
+                            global: Some(name), ..
+                        } = e
+                        {
+                            server.prepared().insert(name.clone());
+                        }
+                    }
+                }
                 self.pop_unless_query();
             }
             backend::EMPTY_QUERY_RESPONSE => self.pop_unless_query(),
@@ -308,17 +321,8 @@ impl Session {
         if !self.pending_effects.is_empty() {
             let effects = std::mem::take(&mut self.pending_effects);
             if !self.transaction_error && !self.saw_rollback {
-                for e in &effects {
-                    if matches!(
-                        e,
-                        SessionEffect::DeallocateAll
-                            | SessionEffect::ResetAll {
-                                drops_prepared: true
-                            }
-                    ) {
-                        server.prepared().clear();
-                    }
-                }
+                // (Prepared statements dropped by DEALLOCATE/DISCARD ALL were forgotten at its
+                // CommandComplete: they are gone even if the transaction rolls back.)
                 self.state.apply(&effects);
                 server.set_session_fingerprint(self.state.fingerprint());
             }

@@ -154,12 +154,11 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
         let assignment = if words[i] == "-c" {
             i += 1;
             words.get(i).cloned()
-        } else if let Some(rest) = words[i].strip_prefix("--") {
-            Some(rest.to_owned())
-        } else if let Some(rest) = words[i].strip_prefix("-c") {
-            Some(rest.to_owned())
         } else {
-            None
+            words[i]
+                .strip_prefix("--")
+                .or_else(|| words[i].strip_prefix("-c"))
+                .map(str::to_owned)
         };
         if let Some((k, v)) = assignment.as_deref().and_then(|a| a.split_once('=')) {
             out.push((k.replace('-', "_"), v.to_owned()));
