@@ -42,7 +42,11 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeats: u32,
         /// Protocol modes to run.
-        #[arg(long, value_delimiter = ',', default_value = "simple,extended,prepared")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "simple,extended,prepared"
+        )]
         modes: Vec<String>,
     },
 }
@@ -57,15 +61,29 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Cmd::Compare { clients, pool, seconds, repeats, modes } => {
-            compare(clients, pool, seconds, repeats, &modes).await
-        }
+        Cmd::Compare {
+            clients,
+            pool,
+            seconds,
+            repeats,
+            modes,
+        } => compare(clients, pool, seconds, repeats, &modes).await,
     }
 }
 
-async fn compare(clients: u32, pool: u32, seconds: u32, repeats: u32, modes: &[String]) -> anyhow::Result<()> {
+async fn compare(
+    clients: u32,
+    pool: u32,
+    seconds: u32,
+    repeats: u32,
+    modes: &[String],
+) -> anyhow::Result<()> {
     let cluster = tokio::task::spawn_blocking(move || -> anyhow::Result<PgCluster> {
-        let c = PgCluster::start(ClusterOptions::default().max_connections(clients + 50).user(USER, PASSWORD, Auth::Scram))?;
+        let c = PgCluster::start(
+            ClusterOptions::default()
+                .max_connections(clients + 50)
+                .user(USER, PASSWORD, Auth::Scram),
+        )?;
         c.create_database(DB, USER)?;
         Ok(c)
     })
@@ -93,23 +111,54 @@ primary = {{ host = "127.0.0.1", port = {port} }}
     let direct_port = cluster.port();
     let proxy_port = proxy.addr().port();
 
-    let init: Vec<String> = ["-i", "-s", "10", "-q", "-h", "127.0.0.1", "-p", &direct_port.to_string(), "-U", USER, DB]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    tokio::task::spawn_blocking(move || pgbench_raw(&init, &[("PGPASSWORD", PASSWORD)])).await?.context("pgbench -i")?;
+    let init: Vec<String> = [
+        "-i",
+        "-s",
+        "10",
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &direct_port.to_string(),
+        "-U",
+        USER,
+        DB,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    tokio::task::spawn_blocking(move || pgbench_raw(&init, &[("PGPASSWORD", PASSWORD)]))
+        .await?
+        .context("pgbench -i")?;
 
     println!("pgbench -S -c {clients} -j 2 -T {seconds}, {repeats} runs each, median TPS; shardgate pool size {pool}");
-    println!("{:<10} {:>12} {:>12} {:>8} {:>12} {:>12}", "mode", "direct", "shardgate", "ratio", "direct lat", "sg lat");
+    println!(
+        "{:<10} {:>12} {:>12} {:>8} {:>12} {:>12}",
+        "mode", "direct", "shardgate", "ratio", "direct lat", "sg lat"
+    );
     for mode in modes {
         let mut direct = Vec::new();
         let mut proxied = Vec::new();
         for _ in 0..repeats {
             for (port, out) in [(direct_port, &mut direct), (proxy_port, &mut proxied)] {
-                let args = ["-S", "-M", mode, "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()];
+                let args = [
+                    "-S",
+                    "-M",
+                    mode,
+                    "-c",
+                    &clients.to_string(),
+                    "-j",
+                    "2",
+                    "-T",
+                    &seconds.to_string(),
+                ];
                 let r = run_pgbench(port, &args).await?;
                 if r.failed > 0 {
-                    bail!("pgbench reported {} failed transactions on port {port}:\n{}", r.failed, r.stdout);
+                    bail!(
+                        "pgbench reported {} failed transactions on port {port}:\n{}",
+                        r.failed,
+                        r.stdout
+                    );
                 }
                 out.push(r);
             }
@@ -133,7 +182,15 @@ primary = {{ host = "127.0.0.1", port = {port} }}
 
 async fn run_pgbench(port: u16, args: &[&str]) -> anyhow::Result<PgbenchResult> {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(["-h".into(), "127.0.0.1".into(), "-p".into(), port.to_string(), "-U".into(), USER.into(), DB.into()]);
+    all.extend([
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-U".into(),
+        USER.into(),
+        DB.into(),
+    ]);
     tokio::task::spawn_blocking(move || pgbench(&all, &[("PGPASSWORD", PASSWORD)]))
         .await?
         .context("running pgbench")

@@ -60,7 +60,9 @@ fn seeded(len: u32, seed: u64) -> (u32, u32, u32) {
 }
 
 fn word(k: &[u8]) -> u32 {
-    k.iter().enumerate().fold(0u32, |acc, (i, byte)| acc | (u32::from(*byte) << (8 * i)))
+    k.iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, byte)| acc | (u32::from(*byte) << (8 * i)))
 }
 
 /// `hash_bytes_extended(k, len, seed)`: the hash behind `hashtextextended` and
@@ -136,9 +138,13 @@ mod pg_values {
     fn match_postgresql() {
         assert_eq!(hashtextextended("hello", 0), 3449563369152288809);
         assert_eq!(hashtextextended("", 7), 2755504096093790112);
-        assert_eq!(hashtextextended("abcdefghijklmnopqrstuvwxyz", 123456789), -3334104692855917419);
+        assert_eq!(
+            hashtextextended("abcdefghijklmnopqrstuvwxyz", 123456789),
+            -3334104692855917419
+        );
         let uuid = [
-            0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38, 0x0a, 0x11,
+            0xa0, 0xee, 0xbc, 0x99, 0x9c, 0x0b, 0x4e, 0xf8, 0xbb, 0x6d, 0x6b, 0xb9, 0xbd, 0x38,
+            0x0a, 0x11,
         ];
         assert_eq!(uuid_hash_extended(&uuid, 5), 5022697189270312796);
         assert_eq!(hashint8extended(-5, 99), -2654457402417760754);
