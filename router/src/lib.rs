@@ -2,3 +2,4 @@
 //! (with the routing work) statement classification and shard-key extraction.
 
 pub mod hash;
+pub mod ring;
