@@ -251,8 +251,20 @@ pub struct Shard {
 pub struct Sharding {
     /// Shard that holds unsharded tables; the first shard when unset.
     pub default_shard: Option<String>,
-    /// Column that holds the shard key in sharded tables.
+    /// Column that holds the shard key in sharded tables (unless a table says otherwise).
     pub key_column: String,
+    /// Type of the shard key (unless a table says otherwise).
+    pub key_type: KeyType,
+    /// Seed passed to PostgreSQL's hash functions (`hashint8extended(key, seed)`).
+    pub hash_seed: i64,
+    /// The ring has 2^slot_bits equal slots (8..=20).
+    pub slot_bits: u32,
+    /// Statements whose routing is cached (by text).
+    pub route_cache_size: usize,
+    /// What a write on a sharded table without a shard key does.
+    pub keyless_writes: KeylessWrites,
+    /// The sharded tables. Every other table lives on the default shard.
+    pub tables: Vec<ShardedTable>,
 }
 
 impl Default for Sharding {
@@ -260,6 +272,69 @@ impl Default for Sharding {
         Sharding {
             default_shard: None,
             key_column: "user_id".into(),
+            key_type: KeyType::Bigint,
+            hash_seed: 0,
+            slot_bits: 14,
+            route_cache_size: 10_000,
+            keyless_writes: KeylessWrites::Refuse,
+            tables: Vec::new(),
         }
     }
+}
+
+/// A table split across shards by its key column.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedTable {
+    /// Table name, optionally schema-qualified (`public.orders`); unqualified names match in
+    /// any schema.
+    pub name: String,
+    /// Overrides `sharding.key_column`.
+    #[serde(default)]
+    pub key_column: Option<String>,
+    /// Overrides `sharding.key_type`.
+    #[serde(default)]
+    pub key_type: Option<KeyType>,
+}
+
+/// Shard-key types, each hashed with PostgreSQL's own function for it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// int2, int4 or int8 keys, hashed as int8 with `hashint8extended`.
+    #[serde(
+        rename = "bigint",
+        alias = "int8",
+        alias = "int",
+        alias = "integer",
+        alias = "int4",
+        alias = "smallint",
+        alias = "int2"
+    )]
+    Bigint,
+    /// text or varchar keys, hashed with `hashtextextended`.
+    #[serde(rename = "text", alias = "varchar")]
+    Text,
+    /// uuid keys, hashed with `uuid_hash_extended`.
+    #[serde(rename = "uuid")]
+    Uuid,
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyType::Bigint => "bigint",
+            KeyType::Text => "text",
+            KeyType::Uuid => "uuid",
+        })
+    }
+}
+
+/// What to do with a write on a sharded table that names no shard key.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeylessWrites {
+    /// Refuse it with a hint (default).
+    Refuse,
+    /// Run it on every shard.
+    Broadcast,
 }

@@ -89,3 +89,22 @@ fn user_debug_hides_passwords() {
     let c = load(MINIMAL).unwrap();
     assert!(!format!("{:?}", c.users[0]).contains("secret"));
 }
+
+#[test]
+fn sharded_tables_parse_with_overrides() {
+    let text = format!(
+        "{MINIMAL}\n[sharding]\nkey_type = \"int\"\n[[sharding.tables]]\nname = \"users\"\n[[sharding.tables]]\nname = \"public.events\"\nkey_column = \"account\"\nkey_type = \"uuid\"\n"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.sharding.key_type, KeyType::Bigint);
+    assert_eq!(c.sharding.tables.len(), 2);
+    assert_eq!(c.sharding.tables[1].key_type, Some(KeyType::Uuid));
+    let dup = format!("{text}[[sharding.tables]]\nname = \"USERS\"\n");
+    assert!(load(&dup)
+        .unwrap_err()
+        .to_string()
+        .contains("sharding.tables[2].name"));
+    let bad = format!("{MINIMAL}\n[sharding]\nkey_type = \"float\"\n");
+    let e = load(&bad).unwrap_err().to_string();
+    assert!(e.contains("key_type") && e.contains("bigint"), "{e}");
+}

@@ -132,5 +132,31 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.sharding.key_column.is_empty() {
         return err("sharding.key_column", "must not be empty".into());
     }
+    if !(8..=20).contains(&c.sharding.slot_bits) {
+        return err(
+            "sharding.slot_bits",
+            format!("{} is outside 8..=20", c.sharding.slot_bits),
+        );
+    }
+    let mut tables = HashSet::new();
+    for (i, t) in c.sharding.tables.iter().enumerate() {
+        let key = |f: &str| format!("sharding.tables[{i}].{f}");
+        let parts: Vec<&str> = t.name.split('.').collect();
+        if t.name.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+            return err(
+                &key("name"),
+                format!(
+                    "`{}` is not a table name (`orders` or `schema.orders`)",
+                    t.name
+                ),
+            );
+        }
+        if !tables.insert(t.name.to_ascii_lowercase()) {
+            return err(&key("name"), format!("table `{}` is listed twice", t.name));
+        }
+        if t.key_column.as_deref() == Some("") {
+            return err(&key("key_column"), "must not be empty".into());
+        }
+    }
     Ok(())
 }
