@@ -6,7 +6,7 @@
 //! client's Bind or Describe needs it (see DESIGN.md "Prepared statements in transaction mode").
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +18,20 @@ pub struct GlobalStatement {
     pub name: String,
     /// A ready-to-send Parse message for `name`.
     pub parse_message: Bytes,
+    /// A server has accepted the Parse once: the text is valid SQL for these parameter types.
+    accepted: AtomicBool,
+}
+
+impl GlobalStatement {
+    /// Whether a server has accepted this statement's Parse (see [`Self::mark_accepted`]).
+    pub fn accepted(&self) -> bool {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Records that a server answered this statement's Parse with ParseComplete.
+    pub fn mark_accepted(&self) {
+        self.accepted.store(true, Ordering::Relaxed);
+    }
 }
 
 type Key = (String, Vec<u32>);
@@ -58,9 +72,18 @@ impl StatementRegistry {
         let stmt = Arc::new(GlobalStatement {
             name,
             parse_message: parse.freeze(),
+            accepted: AtomicBool::new(false),
         });
         map.insert(key, Arc::clone(&stmt));
         stmt
+    }
+
+    /// Forgets `stmt` (its plan went stale on servers): the next Parse of its text gets a new
+    /// global name and so a fresh Parse on every server connection. Clients still bound to the
+    /// old name keep it until they prepare again, as on a direct connection.
+    pub fn retire(&self, stmt: &Arc<GlobalStatement>) {
+        let mut map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, s| !Arc::ptr_eq(s, stmt));
     }
 
     #[cfg(test)]
@@ -82,6 +105,18 @@ mod tests {
         assert_eq!(a.name, b.name);
         assert_ne!(a.name, c.name);
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn retired_statements_get_a_new_name_and_start_unaccepted() {
+        let r = StatementRegistry::default();
+        let a = r.intern("select * from t", &[]);
+        a.mark_accepted();
+        assert!(r.intern("select * from t", &[]).accepted());
+        r.retire(&a);
+        let b = r.intern("select * from t", &[]);
+        assert_ne!(a.name, b.name);
+        assert!(!b.accepted());
     }
 
     #[test]

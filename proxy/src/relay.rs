@@ -18,12 +18,16 @@ use crate::SessionError;
 #[derive(Debug)]
 pub enum Expect {
     /// ParseComplete for a Parse; forwarded to the client unless the proxy injected the Parse.
-    /// `global` names the statement so a failed Parse can be forgotten.
+    /// `global` is the statement, so a failed Parse can be forgotten and an accepted one
+    /// marked as such.
     Parse {
-        global: Option<String>,
+        global: Option<Arc<GlobalStatement>>,
         to_client: bool,
     },
-    Bind,
+    /// BindComplete; `global` is the client's named statement, if it has one.
+    Bind {
+        global: Option<Arc<GlobalStatement>>,
+    },
     /// ParameterDescription then RowDescription/NoData.
     DescribeStatement,
     /// RowDescription/NoData.
@@ -103,9 +107,46 @@ impl Session {
         }
         self.to_server.extend_from_slice(&stmt.parse_message);
         self.push_expect(Expect::Parse {
-            global: Some(stmt.name.clone()),
+            global: Some(Arc::clone(stmt)),
             to_client: client_parse,
         });
+    }
+
+    /// Answers a detached batch made only of named Parses (its Sync just arrived) without a
+    /// server connection, when a server already accepted every one of those statements: the
+    /// client's names are recorded, and the statements are prepared on a server connection when
+    /// a Bind or Describe needs them. A client that prepares with a blocking call while other
+    /// clients of its thread hold server connections in open transactions (pgbench -M prepared
+    /// prepares each command on first use) would otherwise wait for a connection forever.
+    /// Returns false, changing nothing, when the batch needs a server.
+    pub(crate) fn answer_parses_locally(&mut self, batch: &[Frame]) -> bool {
+        let mut parsed = Vec::with_capacity(batch.len());
+        for frame in batch {
+            if frame.tag() != frontend::PARSE {
+                return false;
+            }
+            let Ok(parse) = frontend::parse(frame) else {
+                return false;
+            };
+            if parse.name.is_empty() {
+                return false;
+            }
+            let stmt = self
+                .shared
+                .statements
+                .intern(parse.query, &parse.param_types);
+            if !stmt.accepted() {
+                return false;
+            }
+            parsed.push((parse.name.to_owned(), session_effects(parse.query), stmt));
+        }
+        for (name, effects, stmt) in parsed {
+            self.pending_effects.extend(effects);
+            self.statements.insert(name, stmt);
+            backend::write_parse_complete(&mut self.io.out);
+        }
+        self.io.push_ready(self.status);
+        true
     }
 
     fn protocol_error(&self, e: impl std::fmt::Display) -> SessionError {
@@ -150,9 +191,10 @@ impl Session {
             }
             frontend::BIND => {
                 let bind = frontend::bind(&frame).map_err(|e| self.protocol_error(e))?;
-                match self.statements.get(bind.statement).cloned() {
+                let global = self.statements.get(bind.statement).cloned();
+                match &global {
                     Some(stmt) => {
-                        self.ensure_prepared(server, &stmt, false);
+                        self.ensure_prepared(server, stmt, false);
                         frontend::write_bind_renamed(
                             &mut self.to_server,
                             &frame,
@@ -163,7 +205,7 @@ impl Session {
                     // Unnamed, or unknown to this client: the server answers (26000 if unknown).
                     None => self.to_server.extend_from_slice(frame.as_bytes()),
                 }
-                self.push_expect(Expect::Bind);
+                self.push_expect(Expect::Bind { global });
             }
             frontend::DESCRIBE => {
                 let target = frontend::describe(&frame).map_err(|e| self.protocol_error(e))?;
@@ -199,13 +241,20 @@ impl Session {
             }
             frontend::SYNC => {
                 self.to_server.extend_from_slice(frame.as_bytes());
-                self.push_expect(Expect::Sync);
+                // The server ignores a Sync during COPY FROM STDIN (tokio-postgres sends one
+                // right after the Execute that starts the COPY): nothing will answer it.
+                if !self.copy_in {
+                    self.push_expect(Expect::Sync);
+                }
             }
             frontend::FUNCTION_CALL => {
                 self.to_server.extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
             }
             frontend::FLUSH | frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
+                if matches!(frame.tag(), frontend::COPY_DONE | frontend::COPY_FAIL) {
+                    self.copy_in = false;
+                }
                 self.to_server.extend_from_slice(frame.as_bytes());
             }
             frontend::TERMINATE => return Ok(Flow::Terminate),
@@ -230,6 +279,18 @@ impl Session {
         match frame.tag() {
             backend::ERROR_RESPONSE => {
                 self.transaction_error = true;
+                if let Some(Expect::Bind { global: Some(stmt) }) = self.expect.front() {
+                    // A schema change made this statement's plan unusable on this server
+                    // connection (and likely on others). A client answers by preparing it
+                    // again, which must give a fresh plan: future Parses of the text get a new
+                    // global name instead of the stale one.
+                    if backend::error_fields(&frame).is_ok_and(|f| {
+                        f.code == "0A000" && f.message == "cached plan must not change result type"
+                    }) {
+                        self.shared.statements.retire(stmt);
+                    }
+                }
+                self.copy_in = false;
                 if !matches!(self.expect.front(), Some(Expect::Query)) {
                     // Extended protocol: the server skips everything up to the next Sync, so
                     // nothing is coming for those messages (nor for what we would synthesise).
@@ -238,10 +299,10 @@ impl Session {
                             break;
                         }
                         if let Some(Expect::Parse {
-                            global: Some(name), ..
+                            global: Some(stmt), ..
                         }) = self.expect.pop_front()
                         {
-                            server.prepared().remove(&name);
+                            server.prepared().remove(&stmt.name);
                         }
                     }
                 }
@@ -250,6 +311,7 @@ impl Session {
                 let status = backend::ready_for_query_status(&frame)
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 self.expect.pop_front();
+                self.copy_in = false;
                 server.set_status(status);
                 self.status = status;
                 if status == TransactionStatus::Idle {
@@ -259,9 +321,20 @@ impl Session {
                     }
                 }
             }
+            backend::COPY_IN_RESPONSE => {
+                // Syncs the client sent after the Execute (or Query) that started this COPY,
+                // before ending it, are ignored by the server: expect no ReadyForQuery for them.
+                self.copy_in = true;
+                while matches!(self.expect.get(1), Some(Expect::Sync)) {
+                    self.expect.remove(1);
+                }
+            }
             backend::PARSE_COMPLETE => {
-                if let Some(Expect::Parse { to_client, .. }) = self.expect.pop_front() {
+                if let Some(Expect::Parse { to_client, global }) = self.expect.pop_front() {
                     forward = to_client;
+                    if let Some(stmt) = global {
+                        stmt.mark_accepted();
+                    }
                 }
             }
             backend::CLOSE_COMPLETE => {
@@ -290,10 +363,10 @@ impl Session {
                     server.prepared().clear();
                     for e in &self.expect {
                         if let Expect::Parse {
-                            global: Some(name), ..
+                            global: Some(stmt), ..
                         } = e
                         {
-                            server.prepared().insert(name.clone());
+                            server.prepared().insert(stmt.name.clone());
                         }
                     }
                 }
@@ -324,7 +397,18 @@ impl Session {
                 // (Prepared statements dropped by DEALLOCATE/DISCARD ALL were forgotten at its
                 // CommandComplete: they are gone even if the transaction rolls back.)
                 self.state.apply(&effects);
-                server.set_session_fingerprint(self.state.fingerprint());
+                if self.state.server_diverges(&effects) {
+                    // E.g. a RESET took the server back to its own default, not the client's
+                    // startup value: the next checkout replays the client's settings.
+                    server.set_session_fingerprint(u64::MAX);
+                } else {
+                    server.set_session_fingerprint(self.state.fingerprint());
+                }
+            } else {
+                // Which SETs the server kept is unknown: one before a savepoint that was rolled
+                // back to survives a COMMIT. Never hand that state to another client: the next
+                // checkout resets the connection and replays the client's settings.
+                server.set_session_fingerprint(u64::MAX);
             }
         }
         self.transaction_error = false;

@@ -29,6 +29,11 @@ const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
 /// How long the proxy waits for a ROLLBACK or reset when cleaning a connection up.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Largest message before login (startup packet, password/SASL messages), as PostgreSQL
+/// (which allows 10,000 bytes for a startup packet and 65,535 for an auth token): a bigger
+/// claimed length is refused at once instead of being waited for and allocated.
+const MAX_LOGIN_MESSAGE: usize = 65_536;
+
 pub struct Session {
     pub(crate) id: u64,
     pub(crate) shared: Arc<Shared>,
@@ -52,6 +57,9 @@ pub struct Session {
     /// After an error answered by the proxy in an extended-protocol batch, messages up to the
     /// next Sync are discarded (as the server would).
     skip_until_sync: bool,
+    /// The server is in COPY FROM STDIN mode and the client has not ended it: the server
+    /// ignores Sync until CopyDone/CopyFail, so no ReadyForQuery answers one.
+    pub(crate) copy_in: bool,
     shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -72,6 +80,8 @@ pub async fn handle_client(
     async move {
         let config = shared.config();
         let mut io = ClientIo::new(stream, config.listen.max_message_size);
+        io.reader
+            .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
         let login = match tokio::time::timeout(
             config.listen.startup_timeout,
             login(&mut io, &shared),
@@ -94,6 +104,7 @@ pub async fn handle_client(
                 return;
             }
         };
+        io.reader.set_limit(config.listen.max_message_size);
         let mut session = Session::new(id, io, &shared, login, shutdown);
         let result = match session.finish_login().await {
             Ok(server) => session.run(server).await,
@@ -199,6 +210,7 @@ impl Session {
             cancel,
             cancel_key: (pid, secret),
             skip_until_sync: false,
+            copy_in: false,
             shutdown,
             _permit: login.permit,
         }
@@ -376,6 +388,11 @@ impl Session {
                 frontend::TERMINATE => return Ok(None),
                 // Nothing pending: a lone Sync is answered here without a server.
                 frontend::SYNC if batch.is_empty() => self.io.push_ready(self.status),
+                // Parses of statements a server already accepted need no server connection.
+                frontend::SYNC if self.answer_parses_locally(&batch) => {
+                    batch.clear();
+                    bytes = 0;
+                }
                 frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC | frontend::FLUSH => {
                     batch.push(frame);
                     return Ok(Some(batch));

@@ -21,6 +21,9 @@ pub enum SessionEffect {
     ResetAll { drops_prepared: bool },
     /// `DEALLOCATE ALL`: drops the server's prepared statements.
     DeallocateAll,
+    /// A change the proxy cannot follow (`set_config(...)`): the server connection's settings
+    /// are unknown afterwards.
+    Untracked,
 }
 
 /// One tracked setting.
@@ -37,6 +40,8 @@ enum Setting {
 #[derive(Debug, Default, Clone)]
 pub struct SessionState {
     settings: BTreeMap<String, Setting>,
+    /// Values from the startup packet: what RESET goes back to, as on a direct connection.
+    startup: BTreeMap<String, String>,
     fingerprint: u64,
 }
 
@@ -62,6 +67,11 @@ impl SessionState {
                 }
             }
         }
+        for (name, setting) in &state.settings {
+            if let Setting::Value(v) = setting {
+                state.startup.insert(name.clone(), v.clone());
+            }
+        }
         state.refresh();
         state
     }
@@ -79,14 +89,41 @@ impl SessionState {
                     self.settings
                         .insert(name.clone(), Setting::Statement(statement.clone()));
                 }
-                SessionEffect::Reset { name } => {
-                    self.settings.remove(name);
+                // RESET goes back to the startup packet's value, not the server default.
+                SessionEffect::Reset { name } => match self.startup.get(name) {
+                    Some(v) => {
+                        self.settings
+                            .insert(name.clone(), Setting::Value(v.clone()));
+                    }
+                    None => {
+                        self.settings.remove(name);
+                    }
+                },
+                SessionEffect::ResetAll { .. } => {
+                    self.settings = self
+                        .startup
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Setting::Value(v.clone())))
+                        .collect();
                 }
-                SessionEffect::ResetAll { .. } => self.settings.clear(),
-                SessionEffect::DeallocateAll => {}
+                SessionEffect::DeallocateAll | SessionEffect::Untracked => {}
             }
         }
         self.refresh();
+    }
+
+    /// Whether, after `effects`, the server connection no longer holds exactly this state, so
+    /// it must be brought back with [`Self::replay_sql`] before it is used again: a RESET of a
+    /// startup setting leaves the server's default there (the proxy applied the value with
+    /// `set_config`, so the server's RESET does not know it), and `set_config()` calls are not
+    /// tracked at all.
+    pub fn server_diverges(&self, effects: &[SessionEffect]) -> bool {
+        effects.iter().any(|e| match e {
+            SessionEffect::Reset { name } => self.startup.contains_key(name),
+            SessionEffect::ResetAll { .. } => !self.startup.is_empty(),
+            SessionEffect::Untracked => true,
+            _ => false,
+        })
     }
 
     /// SQL that brings a server connection from its pristine state to this client's state.
@@ -179,10 +216,14 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
     if !(lower_has("set") || lower_has("discard") || lower_has("deallocate")) {
         return Vec::new();
     }
-    split_statements(sql)
+    let mut effects: Vec<SessionEffect> = split_statements(sql)
         .into_iter()
         .filter_map(statement_effect)
-        .collect()
+        .collect();
+    if lower_has("set_config") {
+        effects.push(SessionEffect::Untracked);
+    }
+    effects
 }
 
 fn statement_effect(stmt: &str) -> Option<SessionEffect> {
@@ -443,5 +484,26 @@ mod tests {
             sql.contains("set_config('work_mem', '4MB', false)"),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn reset_returns_to_startup_values() {
+        let mut s = SessionState::from_startup(&[("options".into(), "-c search_path=a".into())]);
+        let startup = s.fingerprint();
+        s.apply(&session_effects("SET search_path = b"));
+        assert_ne!(s.fingerprint(), startup);
+        let reset = session_effects("RESET search_path");
+        assert!(s.server_diverges(&reset));
+        s.apply(&reset);
+        assert_eq!(s.fingerprint(), startup);
+        s.apply(&session_effects(
+            "SET search_path = b; SET work_mem = '8MB'",
+        ));
+        s.apply(&session_effects("RESET ALL"));
+        assert_eq!(s.fingerprint(), startup);
+        assert!(!s.server_diverges(&session_effects("RESET work_mem")));
+        assert!(s.server_diverges(&session_effects(
+            "select set_config('work_mem', '1MB', false)"
+        )));
     }
 }

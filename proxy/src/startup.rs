@@ -72,11 +72,30 @@ pub async fn read_startup(
                     .await;
                     return Err(SessionError::Protocol(msg.into()));
                 }
-                // Protocol options (`_pq_.*`) are not supported; drop them like an older server.
-                let params = params
+                // Protocol options (`_pq_.*`) are not supported; drop them like an older server,
+                // and tell the client (as PostgreSQL does) when it asked for a newer 3.x minor
+                // version or for options: NegotiateProtocolVersion with 3.0 and their names.
+                let (options, params): (Vec<_>, Vec<_>) = params
                     .into_iter()
-                    .filter(|(k, _)| !k.starts_with("_pq_."))
-                    .collect();
+                    .partition(|(k, _)| k.starts_with("_pq_."));
+                let minor = packet
+                    .get(2..4)
+                    .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                if minor > 0 || !options.is_empty() {
+                    let mut out = bytes::BytesMut::new();
+                    shardgate_wire::frontend::write_message(
+                        &mut out,
+                        shardgate_wire::backend::NEGOTIATE_PROTOCOL_VERSION,
+                        |b| {
+                            b.extend_from_slice(&startup::PROTOCOL_3_0.to_be_bytes());
+                            b.extend_from_slice(&(options.len() as i32).to_be_bytes());
+                            for (k, _) in &options {
+                                shardgate_wire::frontend::put_cstr(b, k);
+                            }
+                        },
+                    );
+                    io.send(&out).await?;
+                }
                 return Ok(Some(params));
             }
         }
