@@ -428,6 +428,7 @@ impl Session {
             .iter()
             .any(|e| matches!(e, Expect::Sync | Expect::Query));
         self.expect.clear();
+        self.copy_in = false;
         self.pending_effects.clear();
         if self.status != TransactionStatus::Idle || self.mode_is_session() {
             return Err(SessionError::ServerLost(msg));
