@@ -1,4 +1,5 @@
-//! Listeners and the client lifecycle: the unix socket, the idle timeout, graceful shutdown.
+//! Listeners and the client lifecycle: the unix socket, trust logins, the idle timeout,
+//! notifications in session mode, graceful shutdown.
 
 mod common;
 
@@ -122,4 +123,71 @@ async fn shutdown_closes_idle_clients_and_lets_transactions_finish() {
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_users_log_in_without_a_password() {
+    let setup = Setup {
+        extra: format!(
+            "[[users]]\nname = \"trusted\"\nauth = \"trust\"\nserver_user = \"{USER}\"\nserver_password = \"{PASSWORD}\"\n"
+        ),
+        ..Setup::default()
+    };
+    let env = Env::start(setup).await;
+    let conn = format!("host=127.0.0.1 port={} user=trusted dbname=app", env.port());
+    let client = common::connect(&conn).await;
+    let row = client
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap();
+    // The server role is the one configured for the trusted client.
+    assert_eq!(row.get::<_, String>(0), USER);
+    drop(client);
+
+    // A user shardgate does not know is refused even under trust.
+    let unknown = format!(
+        "host=127.0.0.1 port={} user=nobody password=guess dbname=app",
+        env.port()
+    );
+    let err = tokio_postgres::connect(&unknown, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("unknown user refused");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_reaches_session_mode_clients() {
+    use futures_util::StreamExt;
+
+    let env = Env::start(Setup::session()).await;
+    let (client, mut connection) = tokio_postgres::connect(&env.conn_str(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(stream.for_each(move |m| {
+        if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = m {
+            let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+        }
+        async {}
+    }));
+    client.batch_execute("LISTEN jobs").await.unwrap();
+
+    let other = env.connect().await;
+    other.batch_execute("NOTIFY jobs, 'first'").await.unwrap();
+    other
+        .query("select pg_notify('jobs', $1)", &[&"second"])
+        .await
+        .unwrap();
+    for expected in ["first", "second"] {
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("notification")
+            .unwrap();
+        assert_eq!(got, ("jobs".to_owned(), expected.to_owned()));
+    }
+    drop((client, other));
+    env.stop().await;
 }
