@@ -1,5 +1,36 @@
-//! SQL to route: PostgreSQL-compatible hashing of shard keys, the consistent-hash ring, and
-//! (with the routing work) statement classification and shard-key extraction.
+//! SQL to route: PostgreSQL-compatible hashing of shard keys, the consistent-hash ring,
+//! statement classification, shard-key extraction and route resolution.
+//!
+//! Entry point: [`Router`] — [`Router::plan`] analyses a statement text once (cached by text)
+//! into a [`Plan`]; [`Router::route`] turns a plan plus Bind parameters and hints into a
+//! [`Route`].
 
+mod analysis;
+mod cache;
+mod classify;
+mod dml;
 pub mod hash;
+mod hints;
+mod keys;
+pub mod merge;
+mod params;
+pub mod plan;
+mod planner;
 pub mod ring;
+mod router;
+mod rules;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::CacheStats;
+pub use merge::{AggregateKind, MergeAggregate, MergeSpec, RowCount, SortColumn, SortKey};
+pub use params::BoundParams;
+pub use plan::{
+    Hint, KeyExpr, KeyValue, Placement, Plan, Refusal, ShardgateParam, ShardgateSetting,
+    StatementKind,
+};
+pub use ring::{Ring, RingError, ShardIndex};
+pub use router::{Route, RouteError, Router, RouterError};
+pub use shardgate_config::KeyType;

@@ -1,0 +1,163 @@
+//! What the router decides about a statement from its text alone (cached by text), and how a
+//! decision becomes a concrete route once parameter values are known.
+
+use shardgate_config::KeyType;
+
+/// What kind of statement it is, as far as routing, roles and transactions care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementKind {
+    /// SELECT, VALUES, TABLE, WITH … SELECT. `locking` for FOR UPDATE / FOR SHARE (and
+    /// FOR NO KEY UPDATE / FOR KEY SHARE). `side_effects` when it calls a function known to
+    /// write (nextval, setval, pg_advisory_lock*, set_config, …).
+    Read {
+        locking: bool,
+        side_effects: bool,
+    },
+    /// INSERT, UPDATE, DELETE, MERGE, COPY … FROM, and WITH queries containing them.
+    Write,
+    /// CREATE / ALTER / DROP / TRUNCATE / CREATE INDEX / COMMENT / GRANT / REVOKE …
+    Ddl,
+    /// BEGIN / START TRANSACTION; `read_only` for `READ ONLY`.
+    Begin {
+        read_only: bool,
+    },
+    Commit,
+    Rollback,
+    /// SAVEPOINT, RELEASE, ROLLBACK TO, SET TRANSACTION, PREPARE TRANSACTION, …
+    TransactionOther,
+    /// A session SET / RESET / DISCARD that is not one of shardgate's own.
+    Set,
+    /// `SET [LOCAL] shardgate.shard_key|shardgate.shard = …` or `RESET shardgate.…`.
+    ShardgateSet(ShardgateSetting),
+    /// `SHARDGATE ROUTE <statement>`: answer where the statement would go.
+    ShardgateRoute(String),
+    /// SHOW, EXPLAIN, LISTEN, VACUUM, ANALYZE, and other statements that are neither reads of
+    /// sharded data nor writes.
+    Utility,
+    /// sqlparser could not parse it (e.g. `DO $$…$$`, `CREATE PUBLICATION`).
+    Unparsed,
+}
+
+/// A `SET shardgate.…` statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardgateSetting {
+    pub name: ShardgateParam,
+    /// `None` for RESET or `SET … TO DEFAULT`.
+    pub value: Option<String>,
+    /// `SET LOCAL`: for the current transaction only.
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardgateParam {
+    ShardKey,
+    Shard,
+}
+
+/// A shard-key value, typed as the table's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyValue {
+    Int(i64),
+    Text(String),
+    Uuid([u8; 16]),
+}
+
+/// Where a shard key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyExpr {
+    /// A literal in the statement.
+    Value(KeyValue),
+    /// Parameter `$n` (1-based), bound at Bind.
+    Param(usize),
+    /// Parameter `$n` holding an array of keys (`key = ANY($n)`): every element is a key.
+    ParamArray(usize),
+}
+
+/// Which shards a statement needs, before parameter values are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Touches no sharded table: the default shard.
+    Default,
+    /// Touches sharded tables and names keys: the shards owning them. For an IN list (or
+    /// `= ANY`) any subset; for a multi-row INSERT every row must land on one shard.
+    Keys {
+        key_type: KeyType,
+        keys: Vec<KeyExpr>,
+        single_shard_required: bool,
+    },
+    /// Touches sharded tables without a usable key: every shard (a cross-shard read, a
+    /// broadcast DDL, or a refused keyless write).
+    AllShards,
+}
+
+/// A routing hint in a comment: `/* shardgate: shard_key=42 */` or `/* shardgate: shard=s1 */`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    ShardKey(String),
+    Shard(String),
+}
+
+/// Everything the router knows about a statement text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub kind: StatementKind,
+    pub placement: Placement,
+    pub hint: Option<Hint>,
+    /// Sharded tables the statement touches (as written, lower-cased), for messages.
+    pub sharded_tables: Vec<String>,
+    /// For a cross-shard read that cannot be merged correctly: the feature that prevents it
+    /// (e.g. "DISTINCT across shards"), reported as 0A000.
+    pub unsupported_cross_shard: Option<String>,
+    /// Number of statements in the text (a simple Query may carry several).
+    pub statement_count: usize,
+    /// The kind of each statement, in order (`kind` is their combination: the most demanding
+    /// of Write/Unparsed > Ddl > Read, else the first), so that e.g. a `SET shardgate.…` inside
+    /// a multi-statement text is not lost.
+    pub statement_kinds: Vec<StatementKind>,
+    /// A refusal known from the text alone (a malformed key literal, an UPDATE of the key
+    /// column to an unknown value, an INSERT without a column list…): routing it fails.
+    pub refusal: Option<Refusal>,
+    /// Key type of the first sharded table the statement touches: a `shard_key` hint is hashed
+    /// as this type (the configured default type when there is none).
+    pub key_type: Option<KeyType>,
+    /// New key values an UPDATE (or `ON CONFLICT DO UPDATE`) assigns to the key column: each
+    /// must land on the statement's one shard, or the row would end up on the wrong shard.
+    pub key_updates: Vec<KeyExpr>,
+    /// The command of the (first) statement, upper case: `SELECT`, `INSERT`, `UPDATE`,
+    /// `DELETE`, `MERGE`, `COPY`, … (`""` for unparsed text); for messages.
+    pub command: &'static str,
+    /// For a read that may run on several shards: how to merge the shards' results.
+    pub merge: Option<crate::merge::MergeSpec>,
+}
+
+/// A statement shardgate refuses to route, with the SQLSTATE and message the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+    /// Whether a routing hint (comment or session) lifts the refusal: true for "shardgate
+    /// cannot see where this goes" (e.g. INSERT without a column list), false for errors in
+    /// the statement itself (a malformed key literal).
+    pub hint_overrides: bool,
+}
+
+impl Plan {
+    /// A plan with the given kind that touches no sharded table.
+    pub fn simple(kind: StatementKind, command: &'static str) -> Plan {
+        Plan {
+            statement_kinds: vec![kind.clone()],
+            kind,
+            placement: Placement::Default,
+            hint: None,
+            sharded_tables: Vec::new(),
+            unsupported_cross_shard: None,
+            statement_count: 1,
+            refusal: None,
+            key_type: None,
+            key_updates: Vec::new(),
+            command,
+            merge: None,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! A small lexer over raw SQL text, for what the parser cannot give: comments (sqlparser drops
+//! them, but routing hints live there), splitting a text into statements when the parser fails
+//! on one of them, and the leading keywords that the text fallbacks look at.
+//!
+//! It knows exactly enough of PostgreSQL's lexical rules not to be fooled by a `;`, `--` or
+//! `/*` inside a literal: single-quoted strings (with `''`), `E'…'` strings (with backslash
+//! escapes), dollar-quoted strings, quoted identifiers and nested block comments.
+
+use std::ops::Range;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokKind {
+    /// A keyword or unquoted identifier.
+    Word,
+    /// `-- …` or `/* … */`; the range covers the whole comment.
+    Comment,
+    /// A string literal, dollar-quoted string or quoted identifier.
+    Quoted,
+    Semicolon,
+    /// Anything else: operators, numbers, parameters, punctuation.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tok {
+    pub kind: TokKind,
+    pub range: Range<usize>,
+}
+
+fn is_word_start(c: char) -> bool {
+    c.is_alphabetic() || c == '_'
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
+}
+
+/// Tokens of `sql`, whitespace skipped. Unterminated literals and comments run to the end.
+pub(crate) fn tokens(sql: &str) -> Vec<Tok> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < sql.len() {
+        let Some(c) = sql[i..].chars().next() else {
+            break;
+        };
+        let start = i;
+        let next = bytes.get(i + 1).copied();
+        let (kind, end) = if c.is_whitespace() {
+            i += c.len_utf8();
+            continue;
+        } else if c == '-' && next == Some(b'-') {
+            let end = sql[i..].find('\n').map_or(sql.len(), |n| i + n);
+            (TokKind::Comment, end)
+        } else if c == '/' && next == Some(b'*') {
+            (TokKind::Comment, block_comment_end(bytes, i))
+        } else if c == '\'' {
+            (TokKind::Quoted, quoted_end(bytes, i, b'\'', false))
+        } else if c == '"' {
+            (TokKind::Quoted, quoted_end(bytes, i, b'"', false))
+        } else if c == '$' {
+            match dollar_tag(sql, i) {
+                Some(tag) => {
+                    let body = i + tag.len();
+                    let end = sql[body..]
+                        .find(tag)
+                        .map_or(sql.len(), |n| body + n + tag.len());
+                    (TokKind::Quoted, end)
+                }
+                None => (TokKind::Other, i + 1),
+            }
+        } else if c == ';' {
+            (TokKind::Semicolon, i + 1)
+        } else if is_word_start(c) {
+            let rest = &sql[i..];
+            let len = rest
+                .char_indices()
+                .skip(1)
+                .find(|(_, ch)| !is_word_char(*ch))
+                .map_or(rest.len(), |(off, _)| off);
+            let end = i + len;
+            // E'…' (escape string) and U&'…' prefixes glue to the literal.
+            let word = &sql[i..end];
+            if bytes.get(end) == Some(&b'\'') && word.eq_ignore_ascii_case("e") {
+                (TokKind::Quoted, quoted_end(bytes, end, b'\'', true))
+            } else {
+                (TokKind::Word, end)
+            }
+        } else {
+            (TokKind::Other, i + c.len_utf8())
+        };
+        out.push(Tok {
+            kind,
+            range: start..end,
+        });
+        i = end.max(start + 1);
+    }
+    out
+}
+
+fn block_comment_end(bytes: &[u8], start: usize) -> usize {
+    let mut depth = 0usize;
+    let mut i = start;
+    while i + 1 < bytes.len() {
+        if bytes[i] == b'/' && bytes[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    bytes.len()
+}
+
+/// End (exclusive) of a literal opened by `quote` at `start`; a doubled quote is an escaped
+/// quote, and with `backslash` so is `\'`.
+fn quoted_end(bytes: &[u8], start: usize, quote: u8, backslash: bool) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if backslash && b == b'\\' {
+            i += 2;
+        } else if b == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    bytes.len()
+}
+
+/// `$tag$` or `$$` starting at `i` (not `$1`, a parameter).
+fn dollar_tag(sql: &str, i: usize) -> Option<&str> {
+    let rest = &sql[i + 1..];
+    let close = rest.find('$')?;
+    let tag = &rest[..close];
+    let mut chars = tag.chars();
+    let valid = match chars.next() {
+        None => true,
+        Some(c) => is_word_start(c) && chars.all(|c| c.is_alphanumeric() || c == '_'),
+    };
+    valid.then(|| &sql[i..i + close + 2])
+}
+
+/// The statements of a text, split at top-level semicolons, without the ones that hold only
+/// comments and whitespace.
+pub(crate) fn split_statements(sql: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut has_code = false;
+    for tok in tokens(sql) {
+        match tok.kind {
+            TokKind::Semicolon => {
+                if has_code {
+                    out.push(sql[start..tok.range.start].trim());
+                }
+                start = tok.range.end;
+                has_code = false;
+            }
+            TokKind::Comment => {}
+            _ => has_code = true,
+        }
+    }
+    if has_code {
+        out.push(sql[start..].trim());
+    }
+    out
+}
+
+/// The text of every comment, without its `--` or `/* */` markers.
+pub(crate) fn comments(sql: &str) -> impl Iterator<Item = &str> {
+    tokens(sql)
+        .into_iter()
+        .filter(|t| t.kind == TokKind::Comment)
+        .map(move |t| {
+            let c = &sql[t.range];
+            if let Some(line) = c.strip_prefix("--") {
+                line
+            } else {
+                let inner = c.strip_prefix("/*").unwrap_or(c);
+                inner.strip_suffix("*/").unwrap_or(inner)
+            }
+        })
+}
+
+/// The code tokens (no comments) of a text.
+pub(crate) fn code_tokens(sql: &str) -> Vec<Tok> {
+    tokens(sql)
+        .into_iter()
+        .filter(|t| t.kind != TokKind::Comment)
+        .collect()
+}
+
+/// The first `n` words of a text (upper case), stopping at the first token that is not a word.
+pub(crate) fn leading_words(sql: &str, n: usize) -> Vec<String> {
+    code_tokens(sql)
+        .into_iter()
+        .take_while(|t| t.kind == TokKind::Word)
+        .take(n)
+        .map(|t| sql[t.range].to_ascii_uppercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_outside_literals_and_comments() {
+        let sql = "SELECT ';' ; /* ; */ SELECT $$;$$; -- ;\n SELECT E'\\';' ;; SELECT \"a;b\"";
+        assert_eq!(
+            split_statements(sql),
+            vec![
+                "SELECT ';'",
+                "/* ; */ SELECT $$;$$",
+                "-- ;\n SELECT E'\\';'",
+                "SELECT \"a;b\""
+            ]
+        );
+        assert_eq!(split_statements("  ; -- nothing\n"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn finds_comments_but_not_lookalikes_in_strings() {
+        let sql = "SELECT '/* no */' /* a /* nested */ b */ -- line\n, $1, $t$ -- no $t$";
+        let found: Vec<&str> = comments(sql).collect();
+        assert_eq!(found, vec![" a /* nested */ b ", " line"]);
+    }
+
+    #[test]
+    fn leading_words_skip_comments() {
+        assert_eq!(
+            leading_words("/* x */ -- y\n begin read only;", 3),
+            vec!["BEGIN", "READ", "ONLY"]
+        );
+        assert_eq!(leading_words("'unterminated", 2), Vec::<String>::new());
+    }
+}
