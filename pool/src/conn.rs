@@ -84,6 +84,23 @@ impl Stream {
         }
     }
 
+    /// Asks the kernel (not tokio's cached readiness, which lags until the runtime next polls
+    /// for events) whether the server sent anything or closed the connection. An idle server
+    /// connection has nothing to say, so either means it is no longer usable (typically a
+    /// FATAL from `pg_terminate_backend` or a server restart). One `recv(MSG_PEEK)` syscall.
+    pub(crate) fn has_input_or_eof(&self) -> bool {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+        };
+        // tokio's sockets are non-blocking: no data gives WouldBlock at once.
+        match sock.peek(&mut buf) {
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Writes without waiting; for best-effort messages from `Drop`.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
@@ -369,24 +386,25 @@ impl ServerConn {
 
     /// Checks, without waiting, that an idle connection is still sound: if the server closed
     /// it or sent anything unasked (a FATAL on termination, a notification), it is marked
-    /// broken and `false` is returned. Usually costs no syscall.
+    /// broken and `false` is returned. Costs one `recv(MSG_PEEK)` syscall.
     pub fn check_idle(&mut self) -> bool {
         if self.broken {
             return false;
         }
+        if self.reader.buffered().is_empty() && !self.reader.get_ref().has_input_or_eof() {
+            return true;
+        }
+        // Read what is there for the log; tokio may not know yet that it is readable, in
+        // which case the tag is simply unknown. Either way the connection is not reusable.
         let mut cx = Context::from_waker(Waker::noop());
-        let result = {
+        let tag = {
             let read = self.reader.read_frame();
             let mut read = std::pin::pin!(read);
             match read.as_mut().poll(&mut cx) {
-                Poll::Pending => return true,
-                Poll::Ready(result) => result,
+                Poll::Ready(Ok(Some(frame))) => Some(frame.tag() as char),
+                _ => None,
             }
         };
-        let tag = result
-            .as_ref()
-            .ok()
-            .and_then(|f| f.as_ref().map(|f| f.tag() as char));
         debug!(
             conn = self.id,
             host = %self.host,
@@ -394,7 +412,6 @@ impl ServerConn {
             ?tag,
             "idle server connection closed or sent an unexpected message"
         );
-        let _ = self.accept(result);
         self.broken = true;
         false
     }

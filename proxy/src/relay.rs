@@ -59,6 +59,8 @@ pub enum Flow {
     Release,
     /// The client sent Terminate.
     Terminate,
+    /// The server sent a FATAL error: its connection is ending. Carries the server's message.
+    ServerGone(String),
 }
 
 impl Session {
@@ -278,6 +280,17 @@ impl Session {
         let mut flow = Flow::Continue;
         match frame.tag() {
             backend::ERROR_RESPONSE => {
+                if server.is_broken() {
+                    // A FATAL (the pool saw it): the backend is going away, e.g. terminated by
+                    // an administrator or a restart. The client's own connection is fine, so it
+                    // gets an ordinary error per waiting request instead of the FATAL, and its
+                    // next statements go to a new server connection.
+                    let fields = backend::error_fields(&frame).unwrap_or_default();
+                    return Ok(Flow::ServerGone(format!(
+                        "{} ({})",
+                        fields.message, fields.code
+                    )));
+                }
                 self.transaction_error = true;
                 if let Some(Expect::Bind { global: Some(stmt) }) = self.expect.front() {
                     // A schema change made this statement's plan unusable on this server
@@ -423,23 +436,34 @@ impl Session {
         error: &str,
     ) -> Result<(), SessionError> {
         let msg = format!("lost the connection to server {shard_desc}: {error}");
-        let needs_ready = self
+        // Every request the client is waiting for (one per Sync or Query) gets an answer, or
+        // the client waits forever; messages after the last Sync are skipped up to the next
+        // one, as after any error.
+        let requests = self
             .expect
             .iter()
-            .any(|e| matches!(e, Expect::Sync | Expect::Query));
+            .filter(|e| matches!(e, Expect::Sync | Expect::Query))
+            .count();
+        let unfinished_batch = !matches!(
+            self.expect.back(),
+            None | Some(Expect::Sync | Expect::Query)
+        );
         self.expect.clear();
         self.copy_in = false;
         self.pending_effects.clear();
         if self.status != TransactionStatus::Idle || self.mode_is_session() {
             return Err(SessionError::ServerLost(msg));
         }
-        self.io.push_error(
-            sqlstate::CONNECTION_FAILURE,
-            &msg,
-            Some("the statement did not complete; retry it"),
-        );
-        if needs_ready {
+        for _ in 0..requests {
+            self.io.push_error(
+                sqlstate::CONNECTION_FAILURE,
+                &msg,
+                Some("the statement did not complete; retry it"),
+            );
             self.io.push_ready(TransactionStatus::Idle);
+        }
+        if unfinished_batch {
+            self.skip_until_sync = true;
         }
         Ok(())
     }

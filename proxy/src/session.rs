@@ -56,7 +56,7 @@ pub struct Session {
     cancel_key: (i32, i32),
     /// After an error answered by the proxy in an extended-protocol batch, messages up to the
     /// next Sync are discarded (as the server would).
-    skip_until_sync: bool,
+    pub(crate) skip_until_sync: bool,
     /// The server is in COPY FROM STDIN mode and the client has not ended it: the server
     /// ignores Sync until CopyDone/CopyFail, so no ReadyForQuery answers one.
     pub(crate) copy_in: bool,
@@ -337,7 +337,7 @@ impl Session {
                     self.cleanup(&mut server).await;
                     return Ok(());
                 }
-                Ok(Flow::Continue) => {
+                Ok(Flow::Continue | Flow::ServerGone(_)) => {
                     // The server connection was lost; it is broken and will not be reused.
                     self.release(&mut server).await;
                 }
@@ -465,12 +465,18 @@ impl Session {
             tokio::select! {
                 biased;
                 msg = server.read_frame() => match msg {
-                    Ok(frame) => {
-                        if self.server_message(server, frame)? == Flow::Release {
+                    Ok(frame) => match self.server_message(server, frame)? {
+                        Flow::Release => {
                             self.io.flush().await?;
                             return Ok(Flow::Release);
                         }
-                    }
+                        Flow::ServerGone(reason) => {
+                            self.server_lost(&self.pool.name(), &reason)?;
+                            self.io.flush().await?;
+                            return Ok(Flow::Continue);
+                        }
+                        Flow::Continue | Flow::Terminate => {}
+                    },
                     Err(e) => {
                         server.mark_broken();
                         self.server_lost(&self.pool.name(), &e.to_string())?;

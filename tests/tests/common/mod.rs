@@ -77,6 +77,7 @@ impl Env {
 
     /// Starts a proxy in front of an existing cluster.
     pub async fn start_with(cluster: PgCluster, setup: Setup) -> Env {
+        init_logs();
         let text = config_toml(&cluster, &setup);
         let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid test config");
         let proxy = shardgate_proxy::start(config.clone())
@@ -133,6 +134,16 @@ impl Env {
         tokio::task::spawn_blocking(move || drop(self.cluster))
             .await
             .ok();
+    }
+}
+
+/// Shows the proxy's logs when `RUST_LOG` is set (e.g. `RUST_LOG=shardgate_proxy=debug`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 
