@@ -6,10 +6,13 @@
 
 mod auth;
 mod cancel;
+mod cross;
 mod io;
 mod listener;
 mod prepared;
 mod relay;
+mod routing;
+mod scatter;
 mod session;
 mod session_state;
 mod startup;
@@ -25,6 +28,16 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use listener::ListenError;
+pub use routing::explain;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot build the shard ring: {0}")]
+    Router(shardgate_router::RouterError),
+}
 
 /// Why a client session ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +65,7 @@ pub enum SessionError {
 /// State every session shares.
 pub struct Shared {
     config: Arc<Config>,
+    router: shardgate_router::Router,
     auth: auth::Authenticator,
     pools: Pools,
     statements: prepared::StatementRegistry,
@@ -61,8 +75,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(config: Config) -> Self {
+    fn new(config: Config, router: shardgate_router::Router) -> Self {
         Shared {
+            router,
             auth: auth::Authenticator::new(&config),
             client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
             config: Arc::new(config),
@@ -162,8 +177,9 @@ impl ProxyHandle {
 }
 
 /// Starts listening and serving clients.
-pub async fn start(config: Config) -> Result<ProxyHandle, ListenError> {
-    let shared = Arc::new(Shared::new(config));
+pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
+    let router = shardgate_router::Router::new(&config).map_err(StartError::Router)?;
+    let shared = Arc::new(Shared::new(config, router));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listeners = listener::bind(&shared.config).await?;
     let addr = listeners.addr;

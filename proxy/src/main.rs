@@ -27,13 +27,16 @@ enum Command {
         #[arg(long, short, env = "SHARDGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config file and print what would run.
+    /// Validate a config file and print what would run; with --route, where a statement goes.
     Check {
         #[arg(long, short, env = "SHARDGATE_CONFIG")]
         config: PathBuf,
+        /// A SQL statement: print its shard, role, keys and the reason.
+        #[arg(long)]
+        route: Option<String>,
     },
-    /// Start a local PostgreSQL and the proxy in front of it, ready for psql; Ctrl-C stops and
-    /// removes everything.
+    /// Start local shards (PostgreSQL primaries with streaming replicas) and the proxy in front
+    /// of them, ready for psql; Ctrl-C stops and removes everything.
     Demo(demo::DemoArgs),
 }
 
@@ -52,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
-        Command::Check { config } => check(&config),
+        Command::Check { config, route } => check(&config, route.as_deref()),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
     }
 }
@@ -79,8 +82,17 @@ pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
+fn check(path: &std::path::Path, route: Option<&str>) -> anyhow::Result<()> {
     let c = Config::load(path)?;
+    if let Some(sql) = route {
+        let router = shardgate_router::Router::new(&c)?;
+        let [shard, role, keys, reason] = shardgate_proxy::explain(&router, sql, None);
+        println!("shard   {shard}");
+        println!("role    {role}");
+        println!("keys    {keys}");
+        println!("reason  {reason}");
+        return Ok(());
+    }
     println!("config {} is valid", path.display());
     println!(
         "listen      {} (max {} clients, messages up to {} bytes)",

@@ -16,6 +16,9 @@ use shardgate_wire::frontend;
 #[derive(Debug)]
 pub struct GlobalStatement {
     pub name: String,
+    /// The statement text and parameter types, for routing its Binds.
+    pub query: String,
+    pub param_types: Vec<u32>,
     /// A ready-to-send Parse message for `name`.
     pub parse_message: Bytes,
     /// A server has accepted the Parse once: the text is valid SQL for these parameter types.
@@ -71,6 +74,8 @@ impl StatementRegistry {
         frontend::write_parse(&mut parse, &name, query, param_types);
         let stmt = Arc::new(GlobalStatement {
             name,
+            query: query.to_owned(),
+            param_types: param_types.to_vec(),
             parse_message: parse.freeze(),
             accepted: AtomicBool::new(false),
         });

@@ -13,6 +13,7 @@ use crate::prepared::GlobalStatement;
 use crate::session::Session;
 use crate::session_state::session_effects;
 use crate::SessionError;
+use shardgate_router::RouteError;
 
 /// A reply the session is waiting for, in the order the server will send them.
 #[derive(Debug)]
@@ -43,12 +44,19 @@ pub enum Expect {
     Query,
     /// A reply the proxy writes itself when every earlier reply has been delivered.
     Synth(Synth),
+    /// Replies to a statement the proxy sent for itself (a deferred BEGIN): none reach the
+    /// client, up to and including its ReadyForQuery.
+    Swallow,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Synth {
     ParseComplete,
     CloseComplete,
+    /// An error the proxy raised for a statement it did not forward.
+    Error(Box<RouteError>),
+    /// ReadyForQuery after such an error in a simple Query (status as of then).
+    Ready,
 }
 
 /// What the session loop should do after a message.
@@ -65,27 +73,37 @@ pub enum Flow {
 
 impl Session {
     pub(crate) fn push_expect(&mut self, e: Expect) {
-        if let Expect::Synth(s) = e {
-            if self.expect.is_empty() {
-                self.emit_synth(s);
-                return;
-            }
+        match e {
+            Expect::Synth(s) if self.expect.is_empty() => self.emit_synth(s),
+            e => self.expect.push_back(e),
         }
-        self.expect.push_back(e);
     }
 
     fn emit_synth(&mut self, s: Synth) {
         match s {
             Synth::ParseComplete => backend::write_parse_complete(&mut self.io.out),
             Synth::CloseComplete => backend::write_close_complete(&mut self.io.out),
+            Synth::Error(e) => self.io.push_error(e.code, &e.message, e.hint.as_deref()),
+            Synth::Ready => self.io.push_ready(self.status),
         }
     }
 
     fn drain_synth(&mut self) {
-        while let Some(Expect::Synth(s)) = self.expect.front() {
-            let s = *s;
-            self.expect.pop_front();
-            self.emit_synth(s);
+        while matches!(self.expect.front(), Some(Expect::Synth(_))) {
+            if let Some(Expect::Synth(s)) = self.expect.pop_front() {
+                self.emit_synth(s);
+            }
+        }
+    }
+
+    /// A statement for another shard than the transaction's: answered with the error instead
+    /// of being forwarded; in the extended protocol the rest of the batch is dropped up to Sync.
+    fn refuse(&mut self, e: RouteError, simple: bool) {
+        self.push_expect(Expect::Synth(Synth::Error(Box::new(e))));
+        if simple {
+            self.push_expect(Expect::Synth(Synth::Ready));
+        } else {
+            self.refuse_until_sync = true;
         }
     }
 
@@ -161,6 +179,24 @@ impl Session {
         server: &mut ServerConn,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
+        if self.refuse_until_sync {
+            if frame.tag() != frontend::SYNC {
+                return Ok(Flow::Continue);
+            }
+            self.refuse_until_sync = false;
+        }
+        if matches!(
+            frame.tag(),
+            frontend::QUERY | frontend::BIND | frontend::PARSE
+        ) {
+            if let Err(e) = self.check_pinned(&frame) {
+                if e.code == sqlstate::PROTOCOL_VIOLATION {
+                    return Err(SessionError::Protocol(e.message));
+                }
+                self.refuse(e, frame.tag() == frontend::QUERY);
+                return Ok(Flow::Continue);
+            }
+        }
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
@@ -278,6 +314,18 @@ impl Session {
     ) -> Result<Flow, SessionError> {
         let mut forward = true;
         let mut flow = Flow::Continue;
+        if matches!(self.expect.front(), Some(Expect::Swallow)) && !server.is_broken() {
+            // The replies to a BEGIN the proxy answered earlier itself.
+            if frame.tag() == backend::READY_FOR_QUERY {
+                self.expect.pop_front();
+                let status = backend::ready_for_query_status(&frame)
+                    .map_err(|e| SessionError::Server(e.to_string()))?;
+                server.set_status(status);
+                self.status = status;
+            }
+            self.drain_synth();
+            return Ok(Flow::Continue);
+        }
         match frame.tag() {
             backend::ERROR_RESPONSE => {
                 if server.is_broken() {
@@ -328,6 +376,7 @@ impl Session {
                 server.set_status(status);
                 self.status = status;
                 if status == TransactionStatus::Idle {
+                    self.local_hint = None;
                     self.end_of_transaction(server);
                     if self.expect.is_empty() && self.releases_at_idle() {
                         flow = Flow::Release;
@@ -430,12 +479,11 @@ impl Session {
 
     /// The server connection broke while attached: tell the client, keep it if it was not
     /// inside a transaction (its next statement gets a new connection), else close it.
-    pub(crate) fn server_lost(
-        &mut self,
-        shard_desc: &str,
-        error: &str,
-    ) -> Result<(), SessionError> {
-        let msg = format!("lost the connection to server {shard_desc}: {error}");
+    pub(crate) fn server_lost(&mut self, error: &str) -> Result<(), SessionError> {
+        let msg = format!(
+            "lost the connection to server {}: {error}",
+            self.pool().name()
+        );
         // Every request the client is waiting for (one per Sync or Query) gets an answer, or
         // the client waits forever; messages after the last Sync are skipped up to the next
         // one, as after any error.

@@ -11,6 +11,7 @@ use shardgate_config::PoolMode;
 use shardgate_pool::{
     CheckoutError, PoolKey, PooledConn, Role, ServerConn, ServerError, ServerPool,
 };
+use shardgate_router::{Hint, ShardIndex};
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -20,6 +21,7 @@ use crate::cancel::{CancelSlot, CancelTarget};
 use crate::io::{ClientIo, ClientStream};
 use crate::prepared::GlobalStatement;
 use crate::relay::{Expect, Flow};
+use crate::routing::Target;
 use crate::session_state::{SessionEffect, SessionState};
 use crate::{auth, startup, SessionError, Shared};
 
@@ -39,7 +41,22 @@ pub struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) io: ClientIo,
     mode: PoolMode,
-    pool: ServerPool,
+    database: String,
+    user: shardgate_config::User,
+    /// Server pools by shard index, created on first use.
+    pools: Vec<Option<ServerPool>>,
+    /// The shard of the current (or last) server connection.
+    pub(crate) shard: ShardIndex,
+    /// `SET shardgate.shard_key|shard` for the session, and `SET LOCAL` for the transaction.
+    pub(crate) session_hint: Option<Hint>,
+    pub(crate) local_hint: Option<Hint>,
+    /// Text and parameter types of the client's unnamed statement (for routing its Binds).
+    pub(crate) unnamed: Option<(String, Vec<u32>)>,
+    /// A BEGIN answered by the proxy, sent to the server once the transaction's first
+    /// statement says which shard it belongs to.
+    pub(crate) deferred_begin: Option<String>,
+    /// After a statement refused mid-batch, the client's messages up to Sync are dropped.
+    pub(crate) refuse_until_sync: bool,
     pub(crate) statements: HashMap<String, Arc<GlobalStatement>>,
     pub(crate) state: SessionState,
     /// Session effects seen in the current transaction, applied when it commits.
@@ -51,7 +68,7 @@ pub struct Session {
     pub(crate) status: TransactionStatus,
     /// Bytes for the server, written at the next flush point.
     pub(crate) to_server: BytesMut,
-    cancel: CancelSlot,
+    pub(crate) cancel: CancelSlot,
     /// The BackendKeyData this client was given.
     cancel_key: (i32, i32),
     /// After an error answered by the proxy in an extended-protocol batch, messages up to the
@@ -167,6 +184,32 @@ async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>,
 }
 
 impl Session {
+    /// The server pool of the current shard, created on first use.
+    pub(crate) fn pool(&mut self) -> ServerPool {
+        let shard = self.shard;
+        if let Some(Some(p)) = self.pools.get(shard) {
+            return p.clone();
+        }
+        let name = self
+            .shared
+            .router
+            .shard_names()
+            .get(shard)
+            .cloned()
+            .unwrap_or_default();
+        let key = PoolKey {
+            database: self.database.clone(),
+            user: self.user.name.clone(),
+            shard: name,
+            role: Role::Primary,
+        };
+        let pool = self.shared.pool(key, &self.user);
+        if let Some(slot) = self.pools.get_mut(shard) {
+            *slot = Some(pool.clone());
+        }
+        pool
+    }
+
     pub(crate) fn mode_is_session(&self) -> bool {
         self.mode == PoolMode::Session
     }
@@ -184,21 +227,22 @@ impl Session {
     ) -> Session {
         let config = shared.config();
         let mode = login.user.pool_mode.unwrap_or(config.pool.mode);
-        let shard = config.default_shard().name.clone();
-        let key = PoolKey {
-            database: login.database,
-            user: login.user.name.clone(),
-            shard,
-            role: Role::Primary,
-        };
-        let pool = shared.pool(key, &login.user);
         let (pid, secret, cancel) = shared.cancels.register();
+        let shards = shared.router.shard_names().len();
         Session {
             id,
             shared: Arc::clone(shared),
             io,
             mode,
-            pool,
+            database: login.database,
+            user: login.user,
+            pools: vec![None; shards],
+            shard: shared.router.default_shard(),
+            session_hint: None,
+            local_hint: None,
+            unnamed: None,
+            deferred_begin: None,
+            refuse_until_sync: false,
             statements: HashMap::new(),
             state: SessionState::from_startup(&login.params),
             pending_effects: Vec::new(),
@@ -240,7 +284,8 @@ impl Session {
         backend::write_backend_key_data(&mut self.io.out, self.cancel_key.0, self.cancel_key.1);
         self.io.push_ready(TransactionStatus::Idle);
         self.io.flush().await?;
-        debug!(client = self.id, mode = %self.mode, pool = %self.pool.name(), "client logged in");
+        let pool = self.pool().name();
+        debug!(client = self.id, mode = %self.mode, %pool, "client logged in");
         if self.mode == PoolMode::Session {
             Ok(Some(server))
         } else {
@@ -252,12 +297,13 @@ impl Session {
     /// Checks a server connection out and brings it to the client's session state. With
     /// `collect`, returns the ParameterStatus values the server reported while doing so.
     #[allow(clippy::type_complexity)]
-    async fn checkout(
+    pub(crate) async fn checkout(
         &mut self,
         collect: bool,
     ) -> Result<(PooledConn, Vec<(String, String)>), (String, String, Option<String>)> {
+        let pool = self.pool();
         let mut server =
-            match self.pool.checkout().await {
+            match pool.checkout().await {
                 Ok(s) => s,
                 Err(CheckoutError::Timeout { pool, waited }) => return Err((
                     sqlstate::TOO_MANY_CONNECTIONS.into(),
@@ -267,7 +313,7 @@ impl Session {
                             .into(),
                     ),
                 )),
-                Err(CheckoutError::Connect(e)) => return Err(connect_error(&self.pool, e)),
+                Err(CheckoutError::Connect(e)) => return Err(connect_error(&pool, e)),
             };
         let mut reported = Vec::new();
         if server.session_fingerprint() != self.state.fingerprint() || collect {
@@ -287,7 +333,7 @@ impl Session {
                 }
                 Err(e) => {
                     server.mark_broken();
-                    return Err(connect_error(&self.pool, e));
+                    return Err(connect_error(&pool, e));
                 }
             }
             server.set_session_fingerprint(self.state.fingerprint());
@@ -317,10 +363,30 @@ impl Session {
                     let Some(batch) = self.read_detached_batch().await? else {
                         return Ok(());
                     };
+                    if self.answer_locally(&batch) {
+                        continue;
+                    }
+                    match self.route_batch(&batch) {
+                        Ok(Target::Shard(shard)) => self.shard = shard,
+                        Ok(Target::Many { shards, plan }) => {
+                            self.run_many(batch, shards, plan).await?;
+                            continue;
+                        }
+                        Err(e) => {
+                            if e.code == sqlstate::PROTOCOL_VIOLATION {
+                                self.io.fatal(e.code, &e.message, None).await;
+                                return Err(SessionError::Protocol(e.message));
+                            }
+                            self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                            self.io.flush().await?;
+                            continue;
+                        }
+                    }
                     match self.checkout(false).await {
                         Ok((s, _)) => (s, batch),
                         Err((code, msg, hint)) => {
-                            warn!(pool = %self.pool.name(), error = %msg, "checkout failed");
+                            let pool = self.pool().name();
+                            warn!(%pool, error = %msg, "checkout failed");
                             self.fail_batch(&batch, &code, &msg, hint.as_deref());
                             self.io.flush().await?;
                             continue;
@@ -328,6 +394,10 @@ impl Session {
                     }
                 }
             };
+            if let Some(begin) = self.deferred_begin.take() {
+                frontend::write_query(&mut self.to_server, &begin);
+                self.expect.push_back(Expect::Swallow);
+            }
             let outcome = self.attached(&mut server, batch).await;
             match outcome {
                 Ok(Flow::Release) => {
@@ -423,7 +493,13 @@ impl Session {
 
     /// Answers a batch that could not get a server connection: one error, then the client's
     /// messages up to Sync are skipped as after any error.
-    fn fail_batch(&mut self, batch: &[Frame], code: &str, msg: &str, hint: Option<&str>) {
+    pub(crate) fn fail_batch(
+        &mut self,
+        batch: &[Frame],
+        code: &str,
+        msg: &str,
+        hint: Option<&str>,
+    ) {
         self.io.push_error(code, msg, hint);
         match batch.last().map(|f| f.tag()) {
             Some(frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC) => {
@@ -451,7 +527,7 @@ impl Session {
                 let res = server.write_all(&self.to_server).await;
                 self.to_server.clear();
                 if let Err(e) = res {
-                    self.server_lost(&self.pool.name(), &e.to_string())?;
+                    self.server_lost(&e.to_string())?;
                     self.io.flush().await?;
                     return Ok(Flow::Continue);
                 }
@@ -471,7 +547,7 @@ impl Session {
                             return Ok(Flow::Release);
                         }
                         Flow::ServerGone(reason) => {
-                            self.server_lost(&self.pool.name(), &reason)?;
+                            self.server_lost(&reason)?;
                             self.io.flush().await?;
                             return Ok(Flow::Continue);
                         }
@@ -479,7 +555,7 @@ impl Session {
                     },
                     Err(e) => {
                         server.mark_broken();
-                        self.server_lost(&self.pool.name(), &e.to_string())?;
+                        self.server_lost(&e.to_string())?;
                         self.io.flush().await?;
                         return Ok(Flow::Continue);
                     }

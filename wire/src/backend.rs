@@ -320,3 +320,76 @@ mod tests {
         );
     }
 }
+
+/// Appends a RowDescription of text columns (as the proxy's own result sets use).
+pub fn write_text_row_description(out: &mut BytesMut, names: &[&str]) {
+    write_message(out, ROW_DESCRIPTION, |b| {
+        b.put_i16(names.len() as i16);
+        for name in names {
+            put_cstr(b, name);
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_u32(25); // text
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// Appends a DataRow; `None` is NULL.
+pub fn write_data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    write_message(out, DATA_ROW, |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+pub fn write_command_complete(out: &mut BytesMut, tag: &str) {
+    write_message(out, COMMAND_COMPLETE, |b| put_cstr(b, tag));
+}
+
+pub fn write_bind_complete(out: &mut BytesMut) {
+    out.put_slice(&[BIND_COMPLETE, 0, 0, 0, 4]);
+}
+
+pub fn write_no_data(out: &mut BytesMut) {
+    out.put_slice(&[NO_DATA, 0, 0, 0, 4]);
+}
+
+/// Re-encodes an ErrorResponse with `prefix` put before its message (e.g. the shard's name),
+/// keeping every other field.
+pub fn write_error_with_prefix(
+    out: &mut BytesMut,
+    frame: &Frame,
+    prefix: &str,
+) -> Result<(), DecodeError> {
+    let mut c = Cursor::new(frame.tag(), frame.body());
+    let mut fields = Vec::new();
+    loop {
+        let kind = c.u8()?;
+        if kind == 0 {
+            break;
+        }
+        fields.push((kind, c.cstr()?));
+    }
+    write_message(out, frame.tag(), |b| {
+        for (kind, value) in &fields {
+            b.put_u8(*kind);
+            if *kind == b'M' {
+                b.put_slice(prefix.as_bytes());
+            }
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    });
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Cross-shard reads: one SELECT run on every shard at once, and the shards' results merged
+//! into the one result a single unsharded PostgreSQL would have returned — concatenated,
+//! merge-sorted by the ORDER BY keys, cut by LIMIT/OFFSET, or re-aggregated (count, sum, min,
+//! max, avg, GROUP BY) — as the router's [`MergeSpec`] says. A shard's error replaces the whole
+//! result (no partial rows), and every server is left idle at ReadyForQuery.
+//!
+//! The merged result is written to the caller's output buffer, which the caller flushes
+//! afterwards: so a large cross-shard result is held in memory once (the merge itself only
+//! holds each shard's head row). A streaming version can take the client writer instead.
+
+mod collation;
+mod combine;
+mod compare;
+mod datetime;
+mod decode;
+mod execute;
+mod merge;
+mod numeric;
+#[cfg(test)]
+mod real_servers;
+mod request;
+mod shard;
+
+use bytes::{Bytes, BytesMut};
+use shardgate_pool::{ServerConn, ServerError};
+use shardgate_router::{MergeSpec, SortColumn};
+use shardgate_wire::backend::{self, Severity};
+use shardgate_wire::{sqlstate, Frame};
+
+use collation::Collation;
+use decode::write_prefixed_error;
+use execute::Ctx;
+use request::{row_count, shard_messages};
+use shard::{join_all, ShardStream};
+
+/// One cross-shard read, already checked by the router to be mergeable.
+#[derive(Debug, Clone)]
+pub(crate) enum ScatterRequest {
+    /// A simple-protocol Query with one statement: `sql` (the spec's `shard_sql` or the
+    /// client's text) runs on every server.
+    Simple { sql: String },
+    /// One extended-protocol execution. Every server gets Parse (unnamed, `sql`,
+    /// `param_types`), Describe statement if the client described it, Bind (unnamed portal, the
+    /// client's parameters and result formats), Describe portal, Execute (all rows), Sync.
+    Extended {
+        sql: String,
+        param_types: Vec<u32>,
+        param_formats: Vec<i16>,
+        params: Vec<Option<Bytes>>,
+        result_formats: Vec<i16>,
+        /// The client sent the Parse (it gets a ParseComplete).
+        client_sent_parse: bool,
+        /// `b'S'`: the client described the statement (ParameterDescription and
+        /// RowDescription/NoData, after ParseComplete); `b'P'`: the portal (RowDescription/
+        /// NoData, after BindComplete).
+        client_describe: Option<u8>,
+    },
+}
+
+/// A server connection broke during a cross-shard read (the caller marks it broken and tells
+/// the client 08006). The other servers were left idle where possible.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {shard}: {source}")]
+pub(crate) struct ScatterError {
+    pub shard: String,
+    pub source: ServerError,
+}
+
+impl ScatterError {
+    /// The SQLSTATE to report to the client.
+    #[allow(dead_code)]
+    pub fn sqlstate(&self) -> &str {
+        self.source.sqlstate()
+    }
+}
+
+/// Why a merge stopped early.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// A shard sent ErrorResponse (it is in that shard's stream).
+    ShardFailed,
+    /// The final aggregate query failed on the first shard.
+    Final(Frame),
+    /// The proxy cannot give a correct result: tell the client, keep the connections.
+    Refuse { code: &'static str, message: String },
+    /// A server sent something malformed: that connection (unknown which) cannot be trusted.
+    Protocol(String),
+    /// Server `i`'s connection failed.
+    Server(usize, ServerError),
+}
+
+impl Stop {
+    pub(crate) fn protocol(e: impl Into<String>) -> Stop {
+        Stop::Protocol(e.into())
+    }
+
+    pub(crate) fn unsupported(message: String) -> Stop {
+        Stop::Refuse {
+            code: sqlstate::FEATURE_NOT_SUPPORTED,
+            message,
+        }
+    }
+
+    pub(crate) fn internal(message: String) -> Stop {
+        Stop::Refuse {
+            code: sqlstate::INTERNAL_ERROR,
+            message,
+        }
+    }
+}
+
+/// Runs `request` on every server (checked out, idle, one per shard, in shard order; `shards`
+/// holds their names) and writes one merged result to `out`: RowDescription (or the extended
+/// protocol's expected replies), DataRows, CommandComplete — never ReadyForQuery. A shard
+/// error or a refusal becomes one ErrorResponse instead. `Err` only when a server connection
+/// broke.
+pub(crate) async fn run(
+    servers: &mut [&mut ServerConn],
+    shards: &[String],
+    request: &ScatterRequest,
+    spec: &MergeSpec,
+    out: &mut BytesMut,
+) -> Result<(), ScatterError> {
+    let start = out.len();
+    let name = |i: usize| shards.get(i).map_or("?", String::as_str);
+    if servers.is_empty() {
+        refuse(
+            out,
+            start,
+            sqlstate::INTERNAL_ERROR,
+            "a cross-shard read with no shards",
+        );
+        return Ok(());
+    }
+    let combine = !spec.group_by.is_empty() || !spec.aggregates.is_empty();
+    // A bad LIMIT/OFFSET parameter (negative, not an integer) is left to the shards, whose
+    // error names it as PostgreSQL does; if they accept it anyway, it is refused below.
+    let (limit, offset, limit_error) = match limits(spec, request) {
+        Ok((l, o)) => (l, o, None),
+        Err(e) => (None, 0, Some(e)),
+    };
+    if combine && limit.is_some() && !limit_keeps_groups_whole(spec) {
+        refuse(
+            out,
+            start,
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "GROUP BY with LIMIT across shards needs an ORDER BY on all the group columns first",
+        );
+        return Ok(());
+    }
+
+    let messages = shard_messages(request, spec, combine);
+    let extended = matches!(request, ScatterRequest::Extended { .. });
+    let mut streams: Vec<ShardStream<'_>> = servers
+        .iter_mut()
+        .enumerate()
+        .map(|(i, s)| ShardStream::new(&mut **s, name(i), extended))
+        .collect();
+    let mut failure: Option<ScatterError> = None;
+    let mut sent = 0;
+    for s in streams.iter_mut() {
+        if let Err(e) = s.conn.write_all(&messages).await {
+            failure = Some(ScatterError {
+                shard: s.name.to_owned(),
+                source: e,
+            });
+            break;
+        }
+        sent += 1;
+    }
+    streams.truncate(sent);
+
+    let mut needs_c_collation = None;
+    let result = if failure.is_some() {
+        Ok(())
+    } else {
+        let ctx = Ctx {
+            request,
+            spec,
+            combine,
+            limit,
+            offset,
+        };
+        ctx.merge(&mut streams, out, &mut needs_c_collation).await
+    };
+
+    // Leave every sound connection idle, whatever happened.
+    let finished = join_all(
+        streams
+            .iter_mut()
+            .filter(|s| !s.conn.is_broken())
+            .map(|s| async move {
+                let r = s.finish().await;
+                (s.name, r)
+            })
+            .collect(),
+    )
+    .await;
+    for (shard, r) in finished {
+        if let Err(source) = r {
+            failure.get_or_insert(ScatterError {
+                shard: shard.to_owned(),
+                source,
+            });
+        }
+    }
+    let result = match result {
+        Err(Stop::Server(i, source)) => {
+            failure.get_or_insert(ScatterError {
+                shard: name(i).to_owned(),
+                source,
+            });
+            Ok(())
+        }
+        Err(Stop::Protocol(message)) => {
+            for s in streams.iter_mut() {
+                s.conn.mark_broken();
+            }
+            failure.get_or_insert(ScatterError {
+                shard: shards.join(","),
+                source: ServerError::Protocol(message),
+            });
+            Ok(())
+        }
+        other => other,
+    };
+    if let Some(f) = failure {
+        out.truncate(start);
+        return Err(f);
+    }
+    // Any shard's error wins over the rows, even one that came after the LIMIT was reached.
+    let keep_position = spec.shard_sql.is_none();
+    if let Some(s) = streams.iter().find(|s| s.error.is_some()) {
+        out.truncate(start);
+        if let Some(e) = &s.error {
+            write_shard_error(out, e, s.name, keep_position);
+        }
+        return Ok(());
+    }
+    if let Some(e) = limit_error {
+        refuse(out, start, INVALID_PARAMETER_VALUE, &e);
+        return Ok(());
+    }
+    let result = match (result, needs_c_collation) {
+        (Ok(()), Some(column)) => check_collation(&mut streams[0], &column).await,
+        (r, _) => r,
+    };
+    match result {
+        Ok(()) => {}
+        Err(Stop::Refuse { code, message }) => refuse(out, start, code, &message),
+        Err(Stop::Final(e)) => {
+            out.truncate(start);
+            write_shard_error(out, &e, name(0), false);
+        }
+        Err(Stop::ShardFailed) => {
+            // The error is in a stream (handled above); be safe anyway.
+            refuse(out, start, sqlstate::INTERNAL_ERROR, "a shard failed");
+        }
+        Err(Stop::Server(i, source)) => {
+            out.truncate(start);
+            return Err(ScatterError {
+                shard: name(i).to_owned(),
+                source,
+            });
+        }
+        Err(Stop::Protocol(message)) => {
+            out.truncate(start);
+            return Err(ScatterError {
+                shard: name(0).to_owned(),
+                source: ServerError::Protocol(message),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Resolved LIMIT (None = all) and OFFSET.
+fn limits(spec: &MergeSpec, request: &ScatterRequest) -> Result<(Option<u64>, u64), String> {
+    let resolve = |c: &Option<shardgate_router::RowCount>| match c {
+        None => Ok(None),
+        Some(c) => row_count(c, request),
+    };
+    Ok((resolve(&spec.limit)?, resolve(&spec.offset)?.unwrap_or(0)))
+}
+
+/// SQLSTATE invalid_parameter_value.
+const INVALID_PARAMETER_VALUE: &str = "22023";
+
+/// Whether every shard's LIMIT keeps each group it returns whole: the ORDER BY must put all
+/// the group columns first, so that a group in the global top N is in each shard's top N.
+fn limit_keeps_groups_whole(spec: &MergeSpec) -> bool {
+    if spec.group_by.is_empty() {
+        return true;
+    }
+    let mut covered = std::collections::HashSet::new();
+    for key in &spec.order_by {
+        let SortColumn::Position(p) = key.column else {
+            return false;
+        };
+        if !spec.group_by.contains(&p) {
+            return false;
+        }
+        covered.insert(p);
+        if spec.group_by.iter().all(|g| covered.contains(g)) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Replaces whatever this call wrote with an ErrorResponse made by the proxy.
+fn refuse(out: &mut BytesMut, start: usize, code: &str, message: &str) {
+    out.truncate(start);
+    let hint = (code == sqlstate::FEATURE_NOT_SUPPORTED)
+        .then_some("add the shard key to the statement, or do this part in the application");
+    backend::write_error(out, Severity::Error, code, message, hint);
+}
+
+fn write_shard_error(out: &mut BytesMut, frame: &Frame, shard: &str, keep_position: bool) {
+    if write_prefixed_error(out, frame, &format!("shard {shard}: "), keep_position).is_err() {
+        let (code, message) = decode::error_summary(frame);
+        backend::write_error(
+            out,
+            Severity::Error,
+            &code,
+            &format!("shard {shard}: {message}"),
+            None,
+        );
+    }
+}
+
+async fn check_collation(first: &mut ShardStream<'_>, column: &str) -> Result<(), Stop> {
+    match collation::database_collation(first.conn)
+        .await
+        .map_err(|e| Stop::Server(0, e))?
+    {
+        Collation::Bytewise => Ok(()),
+        Collation::Other(c) => Err(Stop::unsupported(format!(
+            "ORDER BY on a text column ({column}) across shards needs a C collation (database \
+             collation is {c}); add the shard key or sort in the application"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardgate_router::SortKey;
+
+    fn key(p: usize) -> SortKey {
+        SortKey {
+            column: SortColumn::Position(p),
+            descending: false,
+            nulls_first: false,
+        }
+    }
+
+    #[test]
+    fn grouped_limits_need_the_groups_ordered_first() {
+        let mut spec = MergeSpec {
+            group_by: vec![0, 2],
+            ..MergeSpec::default()
+        };
+        assert!(!limit_keeps_groups_whole(&spec));
+        spec.order_by = vec![key(2), key(0), key(1)];
+        assert!(limit_keeps_groups_whole(&spec));
+        spec.order_by = vec![key(0), key(1), key(2)];
+        assert!(!limit_keeps_groups_whole(&spec));
+        spec.order_by = vec![key(0)];
+        assert!(!limit_keeps_groups_whole(&spec));
+        spec.group_by.clear();
+        assert!(limit_keeps_groups_whole(&spec));
+    }
+}
