@@ -58,7 +58,7 @@ pub struct DemoArgs {
     dir: Option<PathBuf>,
     /// How the sample rows are written: straight into each shard's primary (placed by the
     /// ring, as the proxy would), or through the proxy.
-    #[arg(long, value_enum, default_value_t = InsertVia::Shards, hide = true)]
+    #[arg(long, value_enum, default_value_t = InsertVia::Proxy, hide = true)]
     insert_via: InsertVia,
 }
 
