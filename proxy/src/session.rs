@@ -57,6 +57,12 @@ pub struct Session {
     pub(crate) deferred_begin: Option<String>,
     /// After a statement refused mid-batch, the client's messages up to Sync are dropped.
     pub(crate) refuse_until_sync: bool,
+    /// The start of the client's next batch, read while the server connection was still
+    /// finishing the previous one, held back because it belongs to another shard.
+    parked: Vec<Frame>,
+    /// The last client message processed ended a request (Sync, Query): the next one starts a
+    /// new batch, which may go to another shard if no transaction is open.
+    at_request_boundary: bool,
     pub(crate) statements: HashMap<String, Arc<GlobalStatement>>,
     pub(crate) state: SessionState,
     /// Session effects seen in the current transaction, applied when it commits.
@@ -243,6 +249,8 @@ impl Session {
             unnamed: None,
             deferred_begin: None,
             refuse_until_sync: false,
+            parked: Vec::new(),
+            at_request_boundary: true,
             statements: HashMap::new(),
             state: SessionState::from_startup(&login.params),
             pending_effects: Vec::new(),
@@ -360,7 +368,8 @@ impl Session {
             let (mut server, batch) = match held.take() {
                 Some(s) => (s, Vec::new()),
                 None => {
-                    let Some(batch) = self.read_detached_batch().await? else {
+                    let initial = std::mem::take(&mut self.parked);
+                    let Some(batch) = self.read_detached_batch(initial).await? else {
                         return Ok(());
                     };
                     if self.answer_locally(&batch) {
@@ -429,9 +438,15 @@ impl Session {
     }
 
     /// Waits for the client's next unit of work while holding no server connection.
-    async fn read_detached_batch(&mut self) -> Result<Option<Vec<Frame>>, SessionError> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
+    async fn read_detached_batch(
+        &mut self,
+        initial: Vec<Frame>,
+    ) -> Result<Option<Vec<Frame>>, SessionError> {
+        if initial.last().is_some_and(|f| ends_batch(f.tag())) {
+            return Ok(Some(initial));
+        }
+        let mut bytes = initial.iter().map(Frame::len).sum();
+        let mut batch = initial;
         let idle_timeout = self.shared.config().listen.client_idle_timeout;
         loop {
             self.io.flush().await?;
@@ -517,13 +532,32 @@ impl Session {
         batch: Vec<Frame>,
     ) -> Result<Flow, SessionError> {
         for frame in batch {
+            self.at_request_boundary = ends_batch(frame.tag());
             if let Err(e) = self.client_message(server, frame) {
                 return Err(self.report_protocol_error(e).await);
             }
         }
         let idle_timeout = self.shared.config().listen.client_idle_timeout;
+        let rerouting =
+            self.mode == PoolMode::Transaction && self.shared.router.shard_names().len() > 1;
+        // The next batch's first messages, held until its Query or Bind says where it goes.
+        let mut lookahead: Vec<Frame> = Vec::new();
         loop {
-            if !self.to_server.is_empty() && !self.io.reader.has_buffered_frame() {
+            if !self.parked.is_empty()
+                && self.expect.is_empty()
+                && self.status != TransactionStatus::Idle
+            {
+                // The pipelined batch opened a transaction here after all: it stays here.
+                for frame in std::mem::take(&mut self.parked) {
+                    self.at_request_boundary = ends_batch(frame.tag());
+                    if let Err(e) = self.client_message(server, frame) {
+                        return Err(self.report_protocol_error(e).await);
+                    }
+                }
+            }
+            let reading = self.parked.is_empty();
+            // Batch writes while more client messages are at hand, unless they are held back.
+            if !self.to_server.is_empty() && (!reading || !self.io.reader.has_buffered_frame()) {
                 let res = server.write_all(&self.to_server).await;
                 self.to_server.clear();
                 if let Err(e) = res {
@@ -560,19 +594,44 @@ impl Session {
                         return Ok(Flow::Continue);
                     }
                 },
-                msg = self.io.read_frame() => {
+                msg = self.io.read_frame(), if reading => {
                     let Some(frame) = msg? else { return Err(SessionError::ClientGone) };
-                    match self.client_message(server, frame) {
-                        Ok(Flow::Terminate) => return Ok(Flow::Terminate),
-                        Ok(_) => {}
-                        Err(e) => return Err(self.report_protocol_error(e).await),
+                    let starts_batch = rerouting
+                        && (self.at_request_boundary || !lookahead.is_empty())
+                        && self.status == TransactionStatus::Idle
+                        && !self.copy_in;
+                    let frames = if starts_batch {
+                        let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)
+                            || ends_batch(frame.tag());
+                        lookahead.push(frame);
+                        if !done {
+                            self.at_request_boundary = false;
+                            continue;
+                        }
+                        let batch = std::mem::take(&mut lookahead);
+                        if self.belongs_elsewhere(&batch) {
+                            // Finish the previous request here first; then route it afresh.
+                            self.parked = batch;
+                            continue;
+                        }
+                        batch
+                    } else {
+                        vec![frame]
+                    };
+                    for frame in frames {
+                        self.at_request_boundary = ends_batch(frame.tag());
+                        match self.client_message(server, frame) {
+                            Ok(Flow::Terminate) => return Ok(Flow::Terminate),
+                            Ok(_) => {}
+                            Err(e) => return Err(self.report_protocol_error(e).await),
+                        }
                     }
                 }
-                _ = sleep_or_forever(idle_timeout), if idle => {
+                _ = sleep_or_forever(idle_timeout), if idle && reading => {
                     self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
                     return Err(SessionError::IdleTimeout);
                 }
-                _ = self.shutdown.changed(), if idle => {
+                _ = self.shutdown.changed(), if idle && reading => {
                     self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
                     return Err(SessionError::Shutdown);
                 }
@@ -682,6 +741,14 @@ async fn run_collecting(
             _ => {}
         }
     }
+}
+
+/// Messages after which the client waits for replies: the end of a batch.
+fn ends_batch(tag: u8) -> bool {
+    matches!(
+        tag,
+        frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL | frontend::FLUSH
+    )
 }
 
 async fn sleep_or_forever(d: Duration) {

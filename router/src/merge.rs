@@ -363,8 +363,14 @@ pub(crate) fn merge_spec(q: &Query) -> Result<MergeSpec, String> {
                 return Err("ORDER BY … USING".into());
             }
             let descending = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+            // A position (`ORDER BY 1`) counts output columns, which `*` expands: with a
+            // wildcard it is still a position (checked against the RowDescription when
+            // merging), while names are looked up in the RowDescription.
             let column = match output_column(&o.expr, items) {
                 Some(p) if !wildcard => SortColumn::Position(p),
+                _ if wildcard && position_literal(&o.expr).is_some() => {
+                    SortColumn::Position(position_literal(&o.expr).unwrap_or_default())
+                }
                 _ => match (&o.expr, wildcard) {
                     (Expr::Identifier(id), true) => SortColumn::Name(id.value.to_lowercase()),
                     (Expr::CompoundIdentifier(ids), true) if !grouped => SortColumn::Name(

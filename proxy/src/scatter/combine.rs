@@ -237,20 +237,28 @@ pub(crate) fn text_array(values: &[Option<Bytes>]) -> Bytes {
     b.freeze()
 }
 
-/// Runs the final query on `conn` (idle) and appends its DataRows (in `result_formats`) to
-/// `out`; returns the row count. A failure of the query itself is `Stop::Final`.
+/// The final query's inputs besides the partial rows.
+pub(crate) struct Final<'a> {
+    pub spec: &'a MergeSpec,
+    /// The shards' full RowDescription (hidden columns included).
+    pub fields: &'a [Field],
+    /// Columns the client sees.
+    pub visible: usize,
+    pub tail: Tail,
+    /// The client's result formats (the final query answers in them).
+    pub result_formats: &'a [i16],
+}
+
+/// Runs the final query on `conn` (idle) and appends its DataRows (in the client's result
+/// formats) to `out`; returns the row count. A failure of the query itself is `Stop::Final`.
 pub(crate) async fn run_final(
     conn: &mut ServerConn,
-    spec: &MergeSpec,
-    fields: &[Field],
-    visible: usize,
-    tail: &Tail,
+    q: &Final<'_>,
     partials: &Partials,
-    result_formats: &[i16],
     out: &mut BytesMut,
 ) -> Result<u64, Stop> {
-    let types = cast_names(conn, fields).await?;
-    let sql = final_sql(spec, &types, visible, tail)?;
+    let types = cast_names(conn, q.fields).await?;
+    let sql = final_sql(q.spec, &types, q.visible, &q.tail)?;
     tracing::debug!(%sql, rows = partials.columns.first().map_or(0, Vec::len), "combining partial aggregates");
     let params: Vec<Option<Bytes>> = partials
         .columns
@@ -259,7 +267,7 @@ pub(crate) async fn run_final(
         .collect();
     let mut msg = BytesMut::new();
     frontend::write_parse(&mut msg, "", &sql, &vec![TEXT_ARRAY; params.len()]);
-    write_bind(&mut msg, &[1], &params, result_formats);
+    write_bind(&mut msg, &[1], &params, q.result_formats);
     write_execute(&mut msg);
     frontend::write_sync(&mut msg);
     conn.write_all(&msg).await.map_err(|e| Stop::Server(0, e))?;

@@ -85,17 +85,14 @@ impl Ctx<'_> {
                 limit: self.limit,
                 offset: self.offset,
             };
-            combine::run_final(
-                streams[0].conn,
-                self.spec,
-                &fields,
+            let query = combine::Final {
+                spec: self.spec,
+                fields: &fields,
                 visible,
-                &tail,
-                &partials,
-                self.client_result_formats(),
-                out,
-            )
-            .await?
+                tail,
+                result_formats: self.client_result_formats(),
+            };
+            combine::run_final(streams[0].conn, &query, &partials, out).await?
         } else {
             let mut sort = Vec::new();
             for (index, direction) in self.sort_columns(&fields[..visible])? {
@@ -211,27 +208,34 @@ impl Ctx<'_> {
             }
             return Ok(());
         };
+        // The replies in the order of tokio-postgres' one-batch query (Parse, Bind,
+        // Describe statement or portal, Execute): ParseComplete, BindComplete, then the
+        // description. (The shards were sent Describe statement before Bind; their order is
+        // not the client's.)
         if *client_sent_parse {
             backend::write_parse_complete(out);
         }
-        if *client_describe == Some(b'S') {
-            if let Some(p) = first.prelude_reply(backend::PARAMETER_DESCRIPTION, 0) {
-                out.extend_from_slice(p.as_bytes());
-            }
-            if let Some(d) = first
-                .prelude
-                .iter()
-                .find(|f| matches!(f.tag(), backend::ROW_DESCRIPTION | backend::NO_DATA))
-            {
-                strip(d, None, out)?;
-            }
-        }
         out.extend_from_slice(&[backend::BIND_COMPLETE, 0, 0, 0, 4]);
-        if *client_describe == Some(b'P') {
-            if let Some(d) = first.prelude.last() {
-                let formats = self.combine.then(|| self.client_result_formats());
-                strip(d, formats, out)?;
+        match client_describe {
+            Some(b'S') => {
+                if let Some(p) = first.prelude_reply(backend::PARAMETER_DESCRIPTION, 0) {
+                    out.extend_from_slice(p.as_bytes());
+                }
+                if let Some(d) = first
+                    .prelude
+                    .iter()
+                    .find(|f| matches!(f.tag(), backend::ROW_DESCRIPTION | backend::NO_DATA))
+                {
+                    strip(d, None, out)?;
+                }
             }
+            Some(b'P') => {
+                if let Some(d) = first.prelude.last() {
+                    let formats = self.combine.then(|| self.client_result_formats());
+                    strip(d, formats, out)?;
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

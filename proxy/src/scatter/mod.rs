@@ -51,8 +51,10 @@ pub(crate) enum ScatterRequest {
         /// The client sent the Parse (it gets a ParseComplete).
         client_sent_parse: bool,
         /// `b'S'`: the client described the statement (ParameterDescription and
-        /// RowDescription/NoData, after ParseComplete); `b'P'`: the portal (RowDescription/
-        /// NoData, after BindComplete).
+        /// RowDescription/NoData); `b'P'`: the portal (RowDescription/NoData). Either is
+        /// answered after BindComplete, as for tokio-postgres' Parse, Bind, Describe,
+        /// Execute, Sync (a Describe before the Bind, as pgjdbc sends it, would need its
+        /// position here).
         client_describe: Option<u8>,
     },
 }
@@ -154,7 +156,7 @@ pub(crate) async fn run(
     let mut streams: Vec<ShardStream<'_>> = servers
         .iter_mut()
         .enumerate()
-        .map(|(i, s)| ShardStream::new(&mut **s, name(i), extended))
+        .map(|(i, s)| ShardStream::new(s, name(i), extended))
         .collect();
     let mut failure: Option<ScatterError> = None;
     let mut sent = 0;

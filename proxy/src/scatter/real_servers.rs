@@ -180,12 +180,9 @@ async fn reference(
             ..
         } => {
             frontend::write_parse(&mut m, "", client_sql, param_types);
-            if *client_describe == Some(b'S') {
-                frontend::write_describe(&mut m, b'S', "");
-            }
             write_bind(&mut m, param_formats, params, result_formats);
-            if *client_describe == Some(b'P') {
-                frontend::write_describe(&mut m, b'P', "");
+            if let Some(kind) = client_describe {
+                frontend::write_describe(&mut m, *kind, "");
             }
             write_execute(&mut m);
             frontend::write_sync(&mut m);

@@ -1,0 +1,103 @@
+//! Micro-benchmarks of the routing hot path: classification with and without the cache, key
+//! hashing, and ring lookups. `cargo bench -p shardgate-router`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate_config::Config;
+use shardgate_router::hash::{hashint8extended, hashtextextended};
+use shardgate_router::{BoundParams, KeyValue, Router};
+
+const STATEMENTS: &[(&str, &str)] = &[
+    (
+        "point select",
+        "select * from orders where user_id = 42 and order_id = 7",
+    ),
+    (
+        "param select",
+        "select o.amount from orders o join users u on o.user_id = u.user_id where u.user_id = $1",
+    ),
+    (
+        "insert",
+        "insert into orders (order_id, user_id, amount) values ($1, $2, $3)",
+    ),
+    (
+        "cross-shard agg",
+        "select status, count(*), avg(amount) from orders group by status order by status limit 10",
+    ),
+    ("begin", "BEGIN"),
+];
+
+fn router(cache: usize) -> Router {
+    let toml = format!(
+        r#"
+[sharding]
+route_cache_size = {cache}
+[[sharding.tables]]
+name = "orders"
+[[sharding.tables]]
+name = "users"
+[[users]]
+name = "app"
+password = "x"
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = 5432 }}
+[[shards]]
+name = "s1"
+primary = {{ host = "127.0.0.1", port = 5433 }}
+[[shards]]
+name = "s2"
+primary = {{ host = "127.0.0.1", port = 5434 }}
+"#
+    );
+    let config = Config::from_toml(&toml, Path::new("bench.toml")).expect("valid config");
+    Router::new(&config).expect("router")
+}
+
+fn classification(c: &mut Criterion) {
+    let cached = router(10_000);
+    let uncached = router(0);
+    let mut group = c.benchmark_group("plan");
+    for (name, sql) in STATEMENTS {
+        group.bench_function(format!("{name} (cached)"), |b| {
+            b.iter(|| cached.plan(black_box(sql)))
+        });
+        group.bench_function(format!("{name} (uncached)"), |b| {
+            b.iter(|| uncached.plan(black_box(sql)))
+        });
+    }
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let router = router(10_000);
+    let plan = router.plan("select * from orders where user_id = $1");
+    let value = 42i64.to_be_bytes();
+    let values = [Some(&value[..])];
+    let params = BoundParams {
+        values: &values,
+        formats: &[1],
+        types: &[20],
+    };
+    c.bench_function("route (cached plan, binary int8 param)", |b| {
+        b.iter(|| router.route(black_box(&plan), black_box(&params), None))
+    });
+}
+
+fn hashing(c: &mut Criterion) {
+    c.bench_function("hashint8extended", |b| {
+        b.iter(|| hashint8extended(black_box(123_456_789), 0))
+    });
+    c.bench_function("hashtextextended (16 bytes)", |b| {
+        b.iter(|| hashtextextended(black_box("user-1234567890a"), 0))
+    });
+    let router = router(10_000);
+    c.bench_function("shard_for_key (int)", |b| {
+        b.iter(|| router.shard_for_key(black_box(&KeyValue::Int(987_654))))
+    });
+}
+
+criterion_group!(benches, classification, routing, hashing);
+criterion_main!(benches);

@@ -1,0 +1,503 @@
+//! The differential test of cross-shard reads: a corpus of SELECTs (keyed lookups, IN lists,
+//! joins on the shard key, cross-shard ORDER BY / LIMIT / OFFSET, count/sum/min/max/avg,
+//! GROUP BY, NULLs, empty results) runs through shardgate in front of 3 shards and directly on
+//! one plain PostgreSQL holding the same rows. Column names, column types, rows (and their
+//! order where the ORDER BY fixes it) and row counts must be identical — in text (simple
+//! protocol) and binary (extended protocol, named and unnamed statements). Statements that
+//! cannot be merged correctly must be refused with 0A000, leaving the connection usable; and
+//! a text ORDER BY across shards must be refused on a database whose collation is not C.
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use shardgate_config::Config;
+use shardgate_proxy::ProxyHandle;
+use shardgate_router::{KeyValue, Router};
+use shardgate_tests::{Auth, ClusterOptions, PgCluster};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+#[path = "cross_shard/compare.rs"]
+mod compare;
+#[path = "cross_shard/corpus.rs"]
+mod corpus;
+
+use compare::{differ, is_error, run_prepared, run_text, run_unnamed, sqlstate, usable, Outcome};
+use corpus::{Order, Query};
+
+use common::{PASSWORD, USER};
+
+const DB: &str = "app";
+const SHARDS: usize = 3;
+/// Deterministic data set size.
+const USERS: i64 = 300;
+const ORDERS: i64 = 1_500;
+
+const SCHEMA: &str = "
+create table users (user_id bigint primary key, name text, age int, score numeric(10,2),
+                    created_at timestamptz, active bool);
+create table orders (order_id bigint, user_id bigint, amount numeric(12,2), qty int, status text,
+                     primary key (user_id, order_id));
+";
+
+/// A small deterministic generator (splitmix64): the same rows on every run.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A decimal with two places from a count of cents in `[lo, lo + span)`.
+    fn cents(&mut self, lo: i64, span: u64) -> String {
+        let c = lo + self.below(span) as i64;
+        let sign = if c < 0 { "-" } else { "" };
+        format!("{sign}{}.{:02}", c.abs() / 100, c.abs() % 100)
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// One row: its shard key, its table, and its `values (…)` tuple.
+struct Row {
+    key: i64,
+    table: &'static str,
+    values: String,
+}
+
+fn rows() -> Vec<Row> {
+    const NAMES: &[&str] = &[
+        "alice", "Alice", "bob", "Bob", "carol", "dave", "Émile", "émile", "zoë", "Zed", "ann",
+        "ann ", "O'Brien", "李", "bob",
+    ];
+    let mut g = Gen(20_240_101);
+    let mut out = Vec::new();
+    for id in 1..=USERS {
+        let name = match g.below(13) {
+            0 => "NULL".to_owned(),
+            _ => quote(NAMES[g.below(NAMES.len() as u64) as usize]),
+        };
+        let age = match g.below(15) {
+            0 => "NULL".to_owned(),
+            _ => (18 + g.below(62)).to_string(),
+        };
+        let score = match g.below(11) {
+            0 => "NULL".to_owned(),
+            _ => g.cents(-50_000, 150_000),
+        };
+        let created_at = match id {
+            1 => "'-infinity'".to_owned(),
+            2 => "'infinity'".to_owned(),
+            3 => "'0044-03-15 12:00:00+00 BC'".to_owned(),
+            4 | 50 | 150 => "NULL".to_owned(),
+            _ => format!(
+                "timestamptz '2023-01-01 00:00:00+00' + interval '{}.{:06} seconds'",
+                g.below(40_000_000),
+                if id % 4 == 0 { g.below(1_000_000) } else { 0 }
+            ),
+        };
+        let active = ["true", "false", "NULL"][g.below(3) as usize];
+        out.push(Row {
+            key: id,
+            table: "users",
+            values: format!("({id}, {name}, {age}, {score}, {created_at}, {active})"),
+        });
+    }
+    for order_id in 1..=ORDERS {
+        // Users 301..=320 have orders but no users row; some users have no orders.
+        let user_id = 1 + g.below(320) as i64;
+        let amount = match g.below(20) {
+            0 => "NULL".to_owned(),
+            _ => g.cents(0, 200_000),
+        };
+        let qty = match g.below(20) {
+            0 => "NULL".to_owned(),
+            _ => (1 + g.below(10)).to_string(),
+        };
+        let status = ["'new'", "'paid'", "'shipped'", "'cancelled'", "NULL"][g.below(5) as usize];
+        out.push(Row {
+            key: user_id,
+            table: "orders",
+            values: format!("({order_id}, {user_id}, {amount}, {qty}, {status})"),
+        });
+    }
+    out
+}
+
+/// Connects to a server directly as `app`.
+async fn connect_to(port: u16, db: &str) -> Client {
+    common::connect(&format!(
+        "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={db}"
+    ))
+    .await
+}
+
+/// Starts `n` clusters at once, each with user `app` and the database `app` (C collation).
+async fn start_clusters(n: usize) -> Vec<PgCluster> {
+    let starts = (0..n).map(|_| {
+        tokio::task::spawn_blocking(|| {
+            let c = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+                .expect("start PostgreSQL");
+            c.psql(
+                "postgres",
+                &format!(
+                    "create database {DB} owner {USER} template template0 \
+                     lc_collate 'C' lc_ctype 'C'"
+                ),
+            )
+            .expect("create database");
+            c
+        })
+    });
+    join_all(starts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("join"))
+        .collect()
+}
+
+fn proxy_config(shards: &[PgCluster]) -> Config {
+    let mut text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[pool]
+mode = "transaction"
+size = 4
+checkout_timeout = "10s"
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[sharding.tables]]
+name = "users"
+
+[[sharding.tables]]
+name = "orders"
+"#
+    );
+    for (i, c) in shards.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {} }}\n",
+            c.port()
+        ));
+    }
+    Config::from_toml(&text, Path::new("cross_shard.toml")).expect("valid config")
+}
+
+/// The schema and `rows` on the server behind `client`.
+async fn load(client: &Client, rows: &[&Row]) {
+    client.batch_execute(SCHEMA).await.expect("schema");
+    for table in ["users", "orders"] {
+        let values: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.table == table)
+            .map(|r| r.values.as_str())
+            .collect();
+        for chunk in values.chunks(500) {
+            client
+                .batch_execute(&format!("insert into {table} values {}", chunk.join(",")))
+                .await
+                .expect("insert");
+        }
+    }
+    client.batch_execute("analyze").await.expect("analyze");
+}
+
+/// 3 shards holding exactly the rows the ring gives them, a reference server holding all
+/// rows, and a proxy in front of the shards.
+struct World {
+    proxy: ProxyHandle,
+    shards: Vec<PgCluster>,
+    reference: PgCluster,
+}
+
+impl World {
+    async fn start() -> World {
+        common::init_logs();
+        let mut clusters = start_clusters(SHARDS + 1).await;
+        let reference = clusters.remove(0);
+        let shards = clusters;
+        let config = proxy_config(&shards);
+        let router = Router::new(&config).expect("router");
+        let all = rows();
+        let reference_client = connect_to(reference.port(), DB).await;
+        let collation: String = reference_client
+            .query_one(
+                "select datcollate::text from pg_database where datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("datcollate")
+            .get(0);
+        assert_eq!(
+            collation, "C",
+            "the test compares text order under the C collation"
+        );
+        load(&reference_client, &all.iter().collect::<Vec<_>>()).await;
+        for (i, shard) in shards.iter().enumerate() {
+            let mine: Vec<&Row> = all
+                .iter()
+                .filter(|r| router.shard_for_key(&KeyValue::Int(r.key)) == i)
+                .collect();
+            assert!(mine.len() > 100, "shard {i} holds {} rows", mine.len());
+            load(&connect_to(shard.port(), DB).await, &mine).await;
+        }
+        let proxy = shardgate_proxy::start(config).await.expect("start proxy");
+        World {
+            proxy,
+            shards,
+            reference,
+        }
+    }
+
+    async fn proxy_client(&self, db: &str) -> Client {
+        connect_to(self.proxy.addr().port(), db).await
+    }
+
+    async fn stop(self) {
+        self.proxy.shutdown().await;
+        let World {
+            shards, reference, ..
+        } = self;
+        tokio::task::spawn_blocking(move || {
+            drop(shards);
+            drop(reference);
+        })
+        .await
+        .ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_reads_match_one_postgresql() {
+    let started = Instant::now();
+    let world = World::start().await;
+    let setup = started.elapsed();
+    let proxy = world.proxy_client(DB).await;
+    let direct = connect_to(world.reference.port(), DB).await;
+    let mut failures = Vec::new();
+    let mut statements = 0;
+
+    for q in corpus::QUERIES {
+        statements += 1;
+        let Query { sql, order } = *q;
+        let text = differ(
+            order,
+            run_text(&proxy, sql).await,
+            run_text(&direct, sql).await,
+        );
+        let prepared = differ(
+            order,
+            run_prepared(&proxy, sql, &[]).await,
+            run_prepared(&direct, sql, &[]).await,
+        );
+        let unnamed = differ(
+            order,
+            run_unnamed(&proxy, sql, &[]).await,
+            run_unnamed(&direct, sql, &[]).await,
+        );
+        for (mode, d) in [
+            ("text", text),
+            ("binary prepared", prepared),
+            ("binary unnamed", unnamed),
+        ] {
+            if let Some(d) = d {
+                failures.push(format!("[{mode}] {sql}\n    {d}"));
+            }
+        }
+        if !usable(&proxy).await {
+            panic!("the proxy connection is unusable after: {sql}");
+        }
+    }
+
+    for p in corpus::parameterised() {
+        statements += 1;
+        let refs: Vec<&(dyn ToSql + Sync)> = p.params.iter().map(|(v, _)| v.as_ref()).collect();
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = p
+            .params
+            .iter()
+            .map(|(v, t)| (v.as_ref(), t.clone()))
+            .collect();
+        let prepared = differ(
+            p.order,
+            run_prepared(&proxy, p.sql, &refs).await,
+            run_prepared(&direct, p.sql, &refs).await,
+        );
+        let unnamed = differ(
+            p.order,
+            run_unnamed(&proxy, p.sql, &typed).await,
+            run_unnamed(&direct, p.sql, &typed).await,
+        );
+        for (mode, d) in [("binary prepared", prepared), ("binary unnamed", unnamed)] {
+            if let Some(d) = d {
+                failures.push(format!(
+                    "[{mode}, {:?}] {}\n    {d}",
+                    p.params
+                        .iter()
+                        .map(|(v, _)| format!("{v:?}"))
+                        .collect::<Vec<_>>(),
+                    p.sql
+                ));
+            }
+        }
+    }
+
+    for sql in corpus::REFUSED {
+        statements += 1;
+        let text = run_text(&proxy, sql).await;
+        let prepared = run_prepared(&proxy, sql, &[]).await;
+        let unnamed = run_unnamed(&proxy, sql, &[]).await;
+        for (mode, got) in [
+            ("text", is_error(&text, "0A000")),
+            ("binary prepared", is_error(&prepared, "0A000")),
+            ("binary unnamed", is_error(&unnamed, "0A000")),
+        ] {
+            if !got {
+                failures.push(format!(
+                    "[{mode}] {sql}\n    expected 0A000, got {text:?} / {prepared:?} / {unnamed:?}"
+                ));
+            }
+        }
+        if !usable(&proxy).await {
+            failures.push(format!("connection unusable after the refused {sql}"));
+        }
+        // The direct server runs them: they are valid SQL.
+        assert!(
+            matches!(run_text(&direct, sql).await, Outcome::Rows { .. }),
+            "{sql}"
+        );
+    }
+
+    let total = started.elapsed();
+    eprintln!(
+        "cross-shard differential test: {statements} statements, {} failures; set-up {setup:?}, total {total:?}",
+        failures.len()
+    );
+    drop(proxy);
+    drop(direct);
+    world.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} of the comparisons differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A database whose collation is not C refuses a cross-shard ORDER BY on text (the proxy's
+/// byte-wise merge would give a different order), while other sorts, aggregates and GROUP BY
+/// (combined by PostgreSQL itself) still work and equal the reference's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_order_across_shards_needs_a_c_collation() {
+    let clusters = start_clusters(SHARDS + 1).await;
+    let (reference, shards) = clusters.split_first().expect("clusters");
+    let config = proxy_config(shards);
+    let router = Router::new(&config).expect("router");
+    const ICU_DB: &str = "app_icu";
+    let names = ["b", "B", "a", "A", "é", "z", "Z", "ä"];
+    let rows: Vec<(i64, String)> = (1..=40)
+        .map(|id| (id, names[id as usize % names.len()].to_owned()))
+        .collect();
+    for (i, c) in clusters.iter().enumerate() {
+        c.psql(
+            "postgres",
+            &format!(
+                "create database {ICU_DB} owner {USER} template template0 \
+                 locale_provider icu icu_locale 'en-US' lc_collate 'C' lc_ctype 'C'"
+            ),
+        )
+        .expect("create ICU database");
+        let client = connect_to(c.port(), ICU_DB).await;
+        client
+            .batch_execute("create table users (user_id bigint primary key, name text)")
+            .await
+            .expect("table");
+        for (id, name) in &rows {
+            // Cluster 0 is the reference: it gets every row.
+            if i == 0 || router.shard_for_key(&KeyValue::Int(*id)) == i - 1 {
+                client
+                    .execute("insert into users values ($1, $2)", &[id, name])
+                    .await
+                    .expect("insert");
+            }
+        }
+    }
+    let proxy = shardgate_proxy::start(config).await.expect("start proxy");
+    let client = connect_to(proxy.addr().port(), ICU_DB).await;
+    let direct = connect_to(reference.port(), ICU_DB).await;
+
+    let sorted_text = "select user_id, name from users order by name, user_id";
+    match client.simple_query(sorted_text).await {
+        Err(e) => {
+            assert_eq!(sqlstate(&e), "0A000", "{e}");
+            let message = e
+                .as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_default();
+            assert!(message.contains("C collation"), "{message}");
+        }
+        Ok(_) => panic!("a text ORDER BY across shards under ICU en-US was not refused"),
+    }
+    let err = client
+        .query(sorted_text, &[])
+        .await
+        .expect_err("refused in binary too");
+    assert_eq!(sqlstate(&err), "0A000");
+    assert!(usable(&client).await);
+
+    for (sql, order) in [
+        (
+            "select user_id, name from users order by user_id",
+            Order::Total,
+        ),
+        (
+            "select name, count(*) from users group by name order by name",
+            Order::Total,
+        ),
+        (
+            "select min(name), max(name), count(*) from users",
+            Order::Total,
+        ),
+    ] {
+        if let Some(d) = differ(
+            order,
+            run_text(&client, sql).await,
+            run_text(&direct, sql).await,
+        ) {
+            panic!("{sql}\n    {d}");
+        }
+        if let Some(d) = differ(
+            order,
+            run_prepared(&client, sql, &[]).await,
+            run_prepared(&direct, sql, &[]).await,
+        ) {
+            panic!("{sql} (binary)\n    {d}");
+        }
+    }
+    drop(client);
+    drop(direct);
+    proxy.shutdown().await;
+    tokio::task::spawn_blocking(move || drop(clusters))
+        .await
+        .ok();
+}
