@@ -48,6 +48,9 @@ enum Cmd {
             default_value = "simple,extended,prepared"
         )]
         modes: Vec<String>,
+        /// Also run through a shardgate routing pgbench_accounts by aid over this many shards.
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
     },
 }
 
@@ -67,8 +70,32 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             repeats,
             modes,
-        } => compare(clients, pool, seconds, repeats, &modes).await,
+            shards,
+        } => compare(clients, pool, seconds, repeats, &modes, shards).await,
     }
+}
+
+/// A place pgbench connects to.
+struct Target {
+    name: String,
+    port: u16,
+}
+
+fn proxy_config(pool: u32, shards: &[u16], sharded: bool) -> anyhow::Result<Config> {
+    let mut toml = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[pool]\nmode = \"transaction\"\nsize = {pool}\n\
+         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+    );
+    if sharded {
+        // pgbench -S reads pgbench_accounts by aid: make aid the shard key.
+        toml.push_str("[[sharding.tables]]\nname = \"pgbench_accounts\"\nkey_column = \"aid\"\n");
+    }
+    for (i, port) in shards.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {port} }}\n"
+        ));
+    }
+    Ok(Config::from_toml(&toml, Path::new("<bench>"))?)
 }
 
 async fn compare(
@@ -77,70 +104,84 @@ async fn compare(
     seconds: u32,
     repeats: u32,
     modes: &[String],
+    shards: u32,
 ) -> anyhow::Result<()> {
-    let cluster = tokio::task::spawn_blocking(move || -> anyhow::Result<PgCluster> {
-        let c = PgCluster::start(
-            ClusterOptions::default()
-                .max_connections(clients + 50)
-                .user(USER, PASSWORD, Auth::Scram),
-        )?;
-        c.create_database(DB, USER)?;
-        Ok(c)
+    let shards = shards.max(1);
+    let clusters = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<PgCluster>> {
+        (0..shards)
+            .map(|_| {
+                let c = PgCluster::start(
+                    ClusterOptions::default()
+                        .max_connections(clients + 50)
+                        .user(USER, PASSWORD, Auth::Scram),
+                )?;
+                c.create_database(DB, USER)?;
+                Ok(c)
+            })
+            .collect()
     })
     .await??;
-    let config = Config::from_toml(
-        &format!(
-            r#"
-[listen]
-addr = "127.0.0.1:0"
-[pool]
-mode = "transaction"
-size = {pool}
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-[[shards]]
-name = "s0"
-primary = {{ host = "127.0.0.1", port = {port} }}
-"#,
-            port = cluster.port()
-        ),
-        Path::new("<bench>"),
-    )?;
-    let proxy = shardgate_proxy::start(config).await?;
-    let direct_port = cluster.port();
-    let proxy_port = proxy.addr().port();
+    let ports: Vec<u16> = clusters.iter().map(|c| c.port()).collect();
+    // Every shard gets the full pgbench data set: the routed benchmark measures the proxy's
+    // routing cost, and each key's owner has its row.
+    for port in &ports {
+        let init: Vec<String> = [
+            "-i",
+            "-s",
+            "10",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            USER,
+            DB,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        tokio::task::spawn_blocking(move || pgbench_raw(&init, &[("PGPASSWORD", PASSWORD)]))
+            .await?
+            .context("pgbench -i")?;
+    }
+    let single = shardgate_proxy::start(proxy_config(pool, &ports[..1], false)?).await?;
+    let mut targets = vec![
+        Target {
+            name: "direct".into(),
+            port: ports[0],
+        },
+        Target {
+            name: "shardgate".into(),
+            port: single.addr().port(),
+        },
+    ];
+    let routed = if shards > 1 {
+        let p = shardgate_proxy::start(proxy_config(pool, &ports, true)?).await?;
+        targets.push(Target {
+            name: format!("sg {shards} shards"),
+            port: p.addr().port(),
+        });
+        Some(p)
+    } else {
+        None
+    };
 
-    let init: Vec<String> = [
-        "-i",
-        "-s",
-        "10",
-        "-q",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &direct_port.to_string(),
-        "-U",
-        USER,
-        DB,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    tokio::task::spawn_blocking(move || pgbench_raw(&init, &[("PGPASSWORD", PASSWORD)]))
-        .await?
-        .context("pgbench -i")?;
-
-    println!("pgbench -S -c {clients} -j 2 -T {seconds}, {repeats} runs each, median TPS; shardgate pool size {pool}");
     println!(
-        "{:<10} {:>12} {:>12} {:>8} {:>12} {:>12}",
-        "mode", "direct", "shardgate", "ratio", "direct lat", "sg lat"
+        "pgbench -S -c {clients} -j 2 -T {seconds}, {repeats} interleaved runs each, median TPS; shardgate pool size {pool}"
     );
+    let mut header = format!("{:<10}", "mode");
+    for t in &targets {
+        header.push_str(&format!(" {:>14}", t.name));
+    }
+    for t in &targets[1..] {
+        header.push_str(&format!(" {:>14}", format!("{}/direct", t.name)));
+    }
+    println!("{header}");
     for mode in modes {
-        let mut direct = Vec::new();
-        let mut proxied = Vec::new();
+        let mut results: Vec<Vec<PgbenchResult>> = targets.iter().map(|_| Vec::new()).collect();
         for _ in 0..repeats {
-            for (port, out) in [(direct_port, &mut direct), (proxy_port, &mut proxied)] {
+            for (t, out) in targets.iter().zip(results.iter_mut()) {
                 let args = [
                     "-S",
                     "-M",
@@ -152,31 +193,38 @@ primary = {{ host = "127.0.0.1", port = {port} }}
                     "-T",
                     &seconds.to_string(),
                 ];
-                let r = run_pgbench(port, &args).await?;
+                let r = run_pgbench(t.port, &args).await?;
                 if r.failed > 0 {
                     bail!(
-                        "pgbench reported {} failed transactions on port {port}:\n{}",
+                        "pgbench reported {} failed transactions against {}:\n{}",
                         r.failed,
+                        t.name,
                         r.stdout
                     );
                 }
                 out.push(r);
             }
         }
-        let (d, p) = (median_tps(&direct), median_tps(&proxied));
-        println!(
-            "{:<10} {:>12.0} {:>12.0} {:>8.2} {:>10.3}ms {:>10.3}ms",
-            mode,
-            d,
-            p,
-            p / d,
-            median_latency(&direct),
-            median_latency(&proxied)
-        );
+        let tps: Vec<f64> = results.iter().map(|r| median_tps(r)).collect();
+        let mut line = format!("{mode:<10}");
+        for v in &tps {
+            line.push_str(&format!(" {v:>14.0}"));
+        }
+        for v in &tps[1..] {
+            line.push_str(&format!(" {:>14.2}", v / tps[0]));
+        }
+        let lat: Vec<String> = results
+            .iter()
+            .map(|r| format!("{:.3}ms", median_latency(r)))
+            .collect();
+        println!("{line}   (latency: {})", lat.join(" / "));
     }
-    proxy.shutdown().await;
+    single.shutdown().await;
+    if let Some(p) = routed {
+        p.shutdown().await;
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    tokio::task::spawn_blocking(move || drop(clusters)).await?;
     Ok(())
 }
 
