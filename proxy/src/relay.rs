@@ -375,7 +375,14 @@ impl Session {
                 self.copy_in = false;
                 server.set_status(status);
                 self.status = status;
-                if status == TransactionStatus::Idle {
+                if status == TransactionStatus::Idle && self.deferred_begin.is_some() {
+                    // Statements were only prepared while the client's BEGIN waits for the
+                    // statement that says where the transaction goes: it is still open for the
+                    // client.
+                    forward = false;
+                    self.status = TransactionStatus::InTransaction;
+                    self.io.push_ready(self.status);
+                } else if status == TransactionStatus::Idle {
                     self.local_hint = None;
                     self.end_of_transaction(server);
                     if self.expect.is_empty() && self.releases_at_idle() {
@@ -441,6 +448,16 @@ impl Session {
             self.io.out.extend_from_slice(frame.as_bytes());
         }
         self.drain_synth();
+        // The replies owed for a pipelined statement refused after this ReadyForQuery went out
+        // just now: nothing is left for the server, so the connection can go back.
+        if flow == Flow::Continue
+            && frame.tag() == backend::READY_FOR_QUERY
+            && server.status() == TransactionStatus::Idle
+            && self.expect.is_empty()
+            && self.releases_at_idle()
+        {
+            flow = Flow::Release;
+        }
         Ok(flow)
     }
 

@@ -135,6 +135,14 @@ impl Session {
     pub(crate) fn route_batch(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
         for frame in batch {
             if let Some((route, plan)) = self.route_frame(frame)? {
+                // A BEGIN sent with the transaction's first statement (JDBC sends both in one
+                // batch) goes where that statement goes.
+                if matches!(plan.kind, StatementKind::Begin { .. })
+                    && plan.statement_count == 1
+                    && plan.hint.is_none()
+                {
+                    continue;
+                }
                 return Ok(match route {
                     Route::Shard(s) => Target::Shard(s),
                     Route::Shards(shards) => Target::Many { shards, plan },
@@ -146,6 +154,30 @@ impl Session {
             }
         }
         Ok(Target::Shard(self.shared.router.default_shard()))
+    }
+
+    /// Whether a batch that arrived while the previous one was still running on the current
+    /// server connection (outside a transaction) must go to another shard.
+    pub(crate) fn belongs_elsewhere(&mut self, batch: &[Frame]) -> bool {
+        if self.deferred_begin.is_some() {
+            // Only statements were prepared here: the BEGIN goes out with the batch, routed.
+            return true;
+        }
+        for frame in batch {
+            match self.route_frame(frame) {
+                // A BEGIN waits for the statement that says where the transaction goes (it is
+                // deferred, or routed with that statement), whatever shard is at hand.
+                Ok(Some((_, plan))) if matches!(plan.kind, StatementKind::Begin { .. }) => {
+                    return true
+                }
+                Ok(Some((Route::Shard(s), _))) => return s != self.shard,
+                Ok(Some(_)) => return true,
+                Ok(None) => {}
+                // Errors are reported in order by the normal path.
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// Checks that a statement sent while holding a server connection belongs to its shard.
@@ -185,6 +217,9 @@ impl Session {
     /// Answers batches that need no server: `SHARDGATE ROUTE`, and a BEGIN (and an empty
     /// transaction's COMMIT/ROLLBACK) while the shard is not known yet. Returns whether it did.
     pub(crate) fn answer_locally(&mut self, batch: &[Frame]) -> bool {
+        if self.answer_transaction_locally(batch) {
+            return true;
+        }
         let [frame] = batch else { return false };
         if frame.tag() != frontend::QUERY {
             return false;
@@ -226,6 +261,147 @@ impl Session {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Whether BEGIN / COMMIT / ROLLBACK in `text` would be answered by the proxy now (see
+    /// [`Session::answer_locally`]); returns the command tag.
+    fn local_transaction_tag(&self, text: &str) -> Option<&'static str> {
+        let plan = self.shared.router.plan(text);
+        if plan.statement_count != 1 {
+            return None;
+        }
+        match plan.kind {
+            StatementKind::Begin { .. }
+                if self.status == TransactionStatus::Idle
+                    && !self.mode_is_session()
+                    && self.shared.router.shard_names().len() > 1 =>
+            {
+                Some("BEGIN")
+            }
+            StatementKind::Commit if self.deferred_begin.is_some() => Some("COMMIT"),
+            StatementKind::Rollback if self.deferred_begin.is_some() => Some("ROLLBACK"),
+            _ => None,
+        }
+    }
+
+    /// The extended-protocol form of the BEGIN (and empty transaction's COMMIT / ROLLBACK)
+    /// that [`Session::answer_locally`] answers: one `Parse? Bind Describe? Execute Sync` run of
+    /// such a statement is answered message by message as the server would.
+    fn answer_transaction_locally(&mut self, batch: &[Frame]) -> bool {
+        let Some((last, body)) = batch.split_last() else {
+            return false;
+        };
+        if last.tag() != frontend::SYNC {
+            return false;
+        }
+        use frontend::{BIND as B, DESCRIBE as D, EXECUTE as E, PARSE as P};
+        let tags: Vec<u8> = body.iter().map(Frame::tag).collect();
+        if !matches!(
+            tags.as_slice(),
+            [B, E] | [B, D, E] | [P, B, E] | [P, B, D, E] | [P, D, B, E]
+        ) {
+            return false;
+        }
+        // The statement: the batch's own Parse, or the one its Bind names.
+        let mut parsed: Option<(String, String, Vec<u32>)> = None;
+        let mut text = None;
+        for frame in body {
+            match frame.tag() {
+                frontend::PARSE => {
+                    let Ok(p) = frontend::parse(frame) else {
+                        return false;
+                    };
+                    parsed = Some((p.name.to_owned(), p.query.to_owned(), p.param_types.clone()));
+                }
+                frontend::BIND => {
+                    let Ok(b) = frontend::bind(frame) else {
+                        return false;
+                    };
+                    if !b.portal.is_empty() {
+                        return false;
+                    }
+                    text = match &parsed {
+                        Some((name, query, _)) if name == b.statement => Some(query.clone()),
+                        Some(_) => return false,
+                        None if b.statement.is_empty() => {
+                            self.unnamed.as_ref().map(|u| u.0.clone())
+                        }
+                        None => self.statements.get(b.statement).map(|s| s.query.clone()),
+                    };
+                    let Ok(p) = frontend::bind_params(frame, &b) else {
+                        return false;
+                    };
+                    if !p.values.is_empty() {
+                        return false;
+                    }
+                }
+                frontend::EXECUTE
+                    if !frontend::execute(frame).is_ok_and(|(portal, _)| portal.is_empty()) =>
+                {
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        let Some(tag) = text.as_deref().and_then(|t| self.local_transaction_tag(t)) else {
+            return false;
+        };
+        if let Some((name, query, types)) = parsed {
+            if name.is_empty() {
+                self.unnamed = Some((query, types));
+            } else {
+                let stmt = self.shared.statements.intern(&query, &types);
+                self.statements.insert(name, stmt);
+            }
+        }
+        for frame in body {
+            match frame.tag() {
+                frontend::PARSE => backend::write_parse_complete(&mut self.io.out),
+                frontend::BIND => backend::write_bind_complete(&mut self.io.out),
+                frontend::DESCRIBE => {
+                    if frontend::describe(frame).is_ok_and(|d| d.kind == b'S') {
+                        frontend::write_message(
+                            &mut self.io.out,
+                            backend::PARAMETER_DESCRIPTION,
+                            |b| b.extend_from_slice(&[0, 0]),
+                        );
+                    }
+                    backend::write_no_data(&mut self.io.out);
+                }
+                _ => {}
+            }
+        }
+        if tag == "BEGIN" {
+            self.deferred_begin = text;
+            self.status = TransactionStatus::InTransaction;
+        } else {
+            self.deferred_begin = None;
+            self.local_hint = None;
+            self.status = TransactionStatus::Idle;
+        }
+        backend::write_command_complete(&mut self.io.out, tag);
+        self.io.push_ready(self.status);
+        true
+    }
+
+    /// The deferred BEGIN to send to the server ahead of `batch`, taken; `None` when there is
+    /// none, or when the batch only prepares or describes statements (`Parse`, `Describe`,
+    /// `Close` up to `Sync`, as drivers do before their first execution of a statement): that
+    /// runs outside the transaction, whose BEGIN waits for a statement that says where the
+    /// transaction belongs (the client is told it is still in its transaction).
+    pub(crate) fn take_deferred_begin(&mut self, batch: &[Frame]) -> Option<String> {
+        let prepares_only = batch.last().is_some_and(|f| f.tag() == frontend::SYNC)
+            && batch.iter().all(|f| {
+                matches!(
+                    f.tag(),
+                    frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE | frontend::SYNC
+                )
+            });
+        if prepares_only {
+            None
+        } else {
+            self.deferred_begin.take()
         }
     }
 

@@ -403,7 +403,7 @@ impl Session {
                     }
                 }
             };
-            if let Some(begin) = self.deferred_begin.take() {
+            if let Some(begin) = self.take_deferred_begin(&batch) {
                 frontend::write_query(&mut self.to_server, &begin);
                 self.expect.push_back(Expect::Swallow);
             }
@@ -598,7 +598,7 @@ impl Session {
                     let Some(frame) = msg? else { return Err(SessionError::ClientGone) };
                     let starts_batch = rerouting
                         && (self.at_request_boundary || !lookahead.is_empty())
-                        && self.status == TransactionStatus::Idle
+                        && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
                         && !self.copy_in;
                     let frames = if starts_batch {
                         let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)

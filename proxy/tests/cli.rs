@@ -422,3 +422,56 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     all
 }
+
+/// `shardgate check --config F --route SQL` prints where a statement goes, by the config's ring
+/// (nothing is started or connected to).
+#[test]
+fn check_route_prints_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sharded.toml");
+    let mut text = String::from(
+        "[[users]]\nname = \"app\"\npassword = \"app-secret\"\n\n\
+         [[sharding.tables]]\nname = \"users\"\n[[sharding.tables]]\nname = \"orders\"\n",
+    );
+    for i in 0..3 {
+        text.push_str(&format!(
+            "\n[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {} }}\n",
+            15432 + i
+        ));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let config = shardgate_config::Config::load(&path).unwrap();
+    let router = shardgate_router::Router::new(&config).unwrap();
+    let route = |sql: &str| {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .args(["--route", sql])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{sql}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    for key in [42i64, 7, 1_000_001] {
+        let home =
+            &router.shard_names()[router.shard_for_key(&shardgate_router::KeyValue::Int(key))];
+        let out = route(&format!("select * from users where user_id = {key}"));
+        assert!(out.contains(&format!("shard   {home}\n")), "{key}: {out}");
+        assert!(out.contains(&format!("keys    {key}\n")), "{key}: {out}");
+        let out = route(&format!(
+            "insert into orders (order_id, user_id) values (1, {key})"
+        ));
+        assert!(out.contains(&format!("shard   {home}\n")), "{key}: {out}");
+    }
+    let out = route("select count(*) from users");
+    assert!(out.contains("shard   s0,s1,s2\n"), "{out}");
+    let out = route("select * from settings");
+    assert!(out.contains("shard   s0\n"), "{out}");
+    let out = route("update users set name = 'x'");
+    assert!(out.contains("0A000"), "{out}");
+}

@@ -281,46 +281,6 @@ pub fn write_auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_round_trip() {
-        let mut b = BytesMut::new();
-        write_error(&mut b, Severity::Error, "53300", "too many", Some("wait"));
-        let f = Frame::from_bytes(b.freeze());
-        let e = error_fields(&f).unwrap();
-        assert_eq!(e.code, "53300");
-        assert_eq!(e.message, "too many");
-        assert_eq!(e.severity, "ERROR");
-    }
-
-    #[test]
-    fn ready_for_query_round_trip() {
-        let mut b = BytesMut::new();
-        write_ready_for_query(&mut b, TransactionStatus::InTransaction);
-        let f = Frame::from_bytes(b.freeze());
-        assert_eq!(
-            ready_for_query_status(&f).unwrap(),
-            TransactionStatus::InTransaction
-        );
-    }
-
-    #[test]
-    fn sasl_request_lists_mechanisms() {
-        let mut b = BytesMut::new();
-        write_auth_sasl(&mut b, &["SCRAM-SHA-256"]);
-        let f = Frame::from_bytes(b.freeze());
-        assert_eq!(
-            auth_request(&f).unwrap(),
-            AuthRequest::Sasl {
-                mechanisms: vec!["SCRAM-SHA-256"]
-            }
-        );
-    }
-}
-
 /// Appends a RowDescription of text columns (as the proxy's own result sets use).
 pub fn write_text_row_description(out: &mut BytesMut, names: &[&str]) {
     write_message(out, ROW_DESCRIPTION, |b| {
@@ -392,4 +352,44 @@ pub fn write_error_with_prefix(
         b.put_u8(0);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_round_trip() {
+        let mut b = BytesMut::new();
+        write_error(&mut b, Severity::Error, "53300", "too many", Some("wait"));
+        let f = Frame::from_bytes(b.freeze());
+        let e = error_fields(&f).unwrap();
+        assert_eq!(e.code, "53300");
+        assert_eq!(e.message, "too many");
+        assert_eq!(e.severity, "ERROR");
+    }
+
+    #[test]
+    fn ready_for_query_round_trip() {
+        let mut b = BytesMut::new();
+        write_ready_for_query(&mut b, TransactionStatus::InTransaction);
+        let f = Frame::from_bytes(b.freeze());
+        assert_eq!(
+            ready_for_query_status(&f).unwrap(),
+            TransactionStatus::InTransaction
+        );
+    }
+
+    #[test]
+    fn sasl_request_lists_mechanisms() {
+        let mut b = BytesMut::new();
+        write_auth_sasl(&mut b, &["SCRAM-SHA-256"]);
+        let f = Frame::from_bytes(b.freeze());
+        assert_eq!(
+            auth_request(&f).unwrap(),
+            AuthRequest::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256"]
+            }
+        );
+    }
 }
