@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::process::run;
 
 /// libpq variables that would redirect a connection if inherited from the environment.
-const LIBPQ_ENV: &[&str] = &[
+pub const LIBPQ_ENV: &[&str] = &[
     "PGHOST",
     "PGHOSTADDR",
     "PGPORT",

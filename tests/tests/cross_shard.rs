@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Instant;
 
 use futures_util::future::join_all;
@@ -170,38 +169,7 @@ async fn start_clusters(n: usize) -> Vec<PgCluster> {
 }
 
 fn proxy_config(shards: &[PgCluster]) -> Config {
-    let mut text = format!(
-        r#"
-[listen]
-addr = "127.0.0.1:0"
-shutdown_timeout = "2s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[pool]
-mode = "transaction"
-size = 4
-checkout_timeout = "10s"
-
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-
-[[sharding.tables]]
-name = "users"
-
-[[sharding.tables]]
-name = "orders"
-"#
-    );
-    for (i, c) in shards.iter().enumerate() {
-        text.push_str(&format!(
-            "\n[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {} }}\n",
-            c.port()
-        ));
-    }
-    Config::from_toml(&text, Path::new("cross_shard.toml")).expect("valid config")
+    common::sharded_config(shards, &["users", "orders"], "")
 }
 
 /// The schema and `rows` on the server behind `client`.

@@ -9,23 +9,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use common::{Env, Setup, DB, PASSWORD, USER};
+use shardgate_tests::psql::LIBPQ_ENV;
 use shardgate_tests::{pg_bin, pgbench, pgbench_raw, PgbenchResult};
-
-/// libpq variables that must not redirect the tools away from the URL they are given.
-const LIBPQ_ENV: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGDATABASE",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGOPTIONS",
-    "PGSSLMODE",
-    "PGTARGETSESSIONATTRS",
-    "PGAPPNAME",
-];
 
 /// `psql -X -v ON_ERROR_STOP=1 -d <url> args…`, in `dir` (for relative `\copy` paths).
 fn psql(url: &str, dir: &Path, args: &[&str]) -> Output {

@@ -723,37 +723,7 @@ impl ShardedEnv {
                 .await
                 .expect("schema on a shard");
         }
-        let mut text = format!(
-            r#"
-{extra}
-
-[listen]
-addr = "127.0.0.1:0"
-shutdown_timeout = "2s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[pool]
-mode = "transaction"
-size = 4
-checkout_timeout = "10s"
-
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#
-        );
-        for t in sharded_tables {
-            text.push_str(&format!("\n[[sharding.tables]]\nname = \"{t}\"\n"));
-        }
-        for (i, c) in shards.iter().enumerate() {
-            text.push_str(&format!(
-                "\n[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {} }}\n",
-                c.port()
-            ));
-        }
-        let config = Config::from_toml(&text, Path::new("sharded.toml")).expect("valid config");
+        let config = sharded_config(&shards, sharded_tables, extra);
         let router = shardgate_router::Router::new(&config).expect("router");
         let proxy = shardgate_proxy::start(config.clone())
             .await
@@ -814,4 +784,40 @@ fn shard_conn_str(c: &PgCluster) -> String {
         "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
         c.port()
     )
+}
+
+/// A transaction-mode proxy config over `shards` (named `s0`, `s1`, …) with `sharded_tables`;
+/// `extra` (e.g. a `[sharding]` table) goes first.
+pub fn sharded_config(shards: &[PgCluster], sharded_tables: &[&str], extra: &str) -> Config {
+    let mut text = format!(
+        r#"
+{extra}
+
+[listen]
+addr = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[pool]
+mode = "transaction"
+size = 4
+checkout_timeout = "10s"
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+"#
+    );
+    for t in sharded_tables {
+        text.push_str(&format!("\n[[sharding.tables]]\nname = \"{t}\"\n"));
+    }
+    for (i, c) in shards.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {} }}\n",
+            c.port()
+        ));
+    }
+    Config::from_toml(&text, Path::new("sharded.toml")).expect("valid config")
 }
