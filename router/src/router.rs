@@ -71,6 +71,8 @@ pub struct Router {
     default_key_type: KeyType,
     keyless_writes: KeylessWrites,
     cache: PlanCache,
+    /// Statement texts sqlparser could not parse (routed by hint, transaction or default).
+    unparsed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Router {
@@ -109,6 +111,7 @@ impl Router {
             default_key_type: s.key_type,
             keyless_writes: s.keyless_writes,
             cache: PlanCache::new(s.route_cache_size),
+            unparsed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -130,6 +133,20 @@ impl Router {
     }
 
     fn plan_uncached(&self, sql: &str) -> Plan {
+        let plan = self.plan_text(sql);
+        if plan.statement_kinds.contains(&StatementKind::Unparsed)
+            || plan.kind == StatementKind::Unparsed
+        {
+            self.unparsed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The start of the text only: enough to recognise it, not a data dump.
+            let start: String = sql.chars().take(60).collect();
+            tracing::info!(statement = %start, len = sql.len(), "SQL parser could not read a statement; routing it by hint, transaction or default shard");
+        }
+        plan
+    }
+
+    fn plan_text(&self, sql: &str) -> Plan {
         if sql.len() <= LARGE_TEXT {
             return self.planner.plan(sql);
         }
@@ -150,6 +167,12 @@ impl Router {
 
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+
+    /// How many distinct statement texts sqlparser could not parse (each is planned once;
+    /// the cache serves repeats).
+    pub fn unparsed_count(&self) -> u64 {
+        self.unparsed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn shard_names(&self) -> &[String] {

@@ -414,3 +414,15 @@ fn bad_config_is_an_error() {
     c.sharding.default_shard = Some("nope".into());
     assert!(Router::new(&c).is_err());
 }
+
+#[test]
+fn unparseable_statements_are_counted_once_per_text() {
+    let router = super::router();
+    assert_eq!(router.unparsed_count(), 0);
+    let p = router.plan("DO $$ begin perform 1; end $$");
+    assert_eq!(p.kind, crate::StatementKind::Unparsed);
+    router.plan("DO $$ begin perform 1; end $$");
+    assert_eq!(router.unparsed_count(), 1);
+    router.plan("select 1");
+    assert_eq!(router.unparsed_count(), 1);
+}
