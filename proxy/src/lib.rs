@@ -66,6 +66,8 @@ pub enum SessionError {
 pub struct Shared {
     config: Arc<Config>,
     router: shardgate_router::Router,
+    /// False for a plain pooler (one shard, no sharded tables): statements are not planned.
+    routing: bool,
     auth: auth::Authenticator,
     pools: Pools,
     statements: prepared::StatementRegistry,
@@ -77,6 +79,7 @@ pub struct Shared {
 impl Shared {
     fn new(config: Config, router: shardgate_router::Router) -> Self {
         Shared {
+            routing: config.shards.len() > 1 || !config.sharding.tables.is_empty(),
             router,
             auth: auth::Authenticator::new(&config),
             client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),

@@ -133,6 +133,9 @@ impl Session {
     /// Where a detached batch goes: the route of its first Query or Bind; a batch with neither
     /// (Parse/Describe only) goes to the default shard.
     pub(crate) fn route_batch(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
+        if !self.shared.routing {
+            return Ok(Target::Shard(self.shared.router.default_shard()));
+        }
         for frame in batch {
             if let Some((route, plan)) = self.route_frame(frame)? {
                 // A BEGIN sent with the transaction's first statement (JDBC sends both in one
@@ -182,6 +185,9 @@ impl Session {
 
     /// Checks that a statement sent while holding a server connection belongs to its shard.
     pub(crate) fn check_pinned(&mut self, frame: &Frame) -> Result<(), RouteError> {
+        if !self.shared.routing {
+            return Ok(());
+        }
         let Some((route, plan)) = self.route_frame(frame)? else {
             return Ok(());
         };
@@ -217,7 +223,7 @@ impl Session {
     /// Answers batches that need no server: `SHARDGATE ROUTE`, and a BEGIN (and an empty
     /// transaction's COMMIT/ROLLBACK) while the shard is not known yet. Returns whether it did.
     pub(crate) fn answer_locally(&mut self, batch: &[Frame]) -> bool {
-        if self.answer_transaction_locally(batch) {
+        if self.shared.routing && self.answer_transaction_locally(batch) {
             return true;
         }
         let [frame] = batch else { return false };
@@ -227,6 +233,15 @@ impl Session {
         let Ok(text) = frontend::query_text(frame) else {
             return false;
         };
+        // A plain pooler only answers SHARDGATE ROUTE itself: skip planning everything else.
+        if !self.shared.routing
+            && !text
+                .trim_start()
+                .get(..9)
+                .is_some_and(|w| w.eq_ignore_ascii_case("shardgate"))
+        {
+            return false;
+        }
         let plan = self.shared.router.plan(text);
         if plan.statement_count != 1 {
             return false;
