@@ -344,25 +344,36 @@ impl ServerConn {
     /// Returns `Err(ServerError::Query{..})` if the server answered ErrorResponse (the
     /// connection is then still usable, at ReadyForQuery). Updates the transaction status.
     pub async fn run_internal(&mut self, sql: &str) -> Result<(), ServerError> {
+        let replies = self.query_frames(sql).await?;
+        match replies.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
+            // `read_frame` already checked it parses.
+            Some(e) => {
+                let fields = backend::error_fields(e).unwrap_or_default();
+                Err(ServerError::Query {
+                    code: fields.code,
+                    message: fields.message,
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a proxy-internal simple query and returns every reply up to and including
+    /// ReadyForQuery (for internal queries, whose results are small). A COPY FROM STDIN is
+    /// refused with CopyFail so the server reaches ReadyForQuery.
+    pub async fn query_frames(&mut self, sql: &str) -> Result<Vec<Frame>, ServerError> {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         frontend::write_query(&mut out, sql);
         self.write_all(&out).await?;
-        let mut error = None;
+        let mut replies = Vec::new();
         loop {
             let frame = self.read_frame().await?;
             match frame.tag() {
-                backend::READY_FOR_QUERY => break,
-                backend::ERROR_RESPONSE => {
-                    // `read_frame` already checked it parses.
-                    if let Ok(fields) = backend::error_fields(&frame) {
-                        error.get_or_insert(ServerError::Query {
-                            code: fields.code,
-                            message: fields.message,
-                        });
-                    }
+                backend::READY_FOR_QUERY => {
+                    replies.push(frame);
+                    return Ok(replies);
                 }
                 backend::COPY_IN_RESPONSE => {
-                    // Nothing to send: refuse the copy so the server reaches ReadyForQuery.
                     let mut fail = BytesMut::new();
                     frontend::write_message(&mut fail, frontend::COPY_FAIL, |b| {
                         frontend::put_cstr(b, "COPY FROM STDIN is not supported here")
@@ -377,10 +388,7 @@ impl ServerConn {
                 }
                 _ => {}
             }
-        }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(()),
+            replies.push(frame);
         }
     }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use shardgate_pool::{PooledConn, ServerConn, ServerError};
+use shardgate_pool::{PooledConn, ServerConn};
 use shardgate_router::{Plan, RouteError, ShardIndex, StatementKind};
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
@@ -218,7 +218,7 @@ async fn broadcast(
     let mut first_replies: Vec<Frame> = Vec::new();
     for (i, server) in servers.iter_mut().enumerate() {
         let name = names.get(i).map_or("?", String::as_str);
-        let replies = match run_query(server, sql).await {
+        let replies = match server.query_frames(sql).await {
             Ok(r) => r,
             Err(e) => return Some((name.to_owned(), e.to_string())),
         };
@@ -265,22 +265,6 @@ async fn broadcast(
         out.extend_from_slice(frame.as_bytes());
     }
     None
-}
-
-/// Runs a simple query and returns every reply up to and including ReadyForQuery.
-async fn run_query(server: &mut ServerConn, sql: &str) -> Result<Vec<Frame>, ServerError> {
-    let mut msg = BytesMut::new();
-    frontend::write_query(&mut msg, sql);
-    server.write_all(&msg).await?;
-    let mut replies = Vec::new();
-    loop {
-        let frame = server.read_frame().await?;
-        let done = frame.tag() == backend::READY_FOR_QUERY;
-        replies.push(frame);
-        if done {
-            return Ok(replies);
-        }
-    }
 }
 
 fn error_frame(code: &str, message: &str) -> BytesMut {

@@ -708,39 +708,26 @@ async fn run_collecting(
     server: &mut ServerConn,
     sql: &str,
 ) -> Result<Vec<(String, String)>, ServerError> {
-    let mut out = BytesMut::new();
-    frontend::write_query(&mut out, sql);
-    server.write_all(&out).await?;
-    let mut reported = Vec::new();
-    let mut error = None;
-    loop {
-        let frame = server.read_frame().await?;
+    let mut reported: Vec<(String, String)> = Vec::new();
+    for frame in server.query_frames(sql).await? {
         match frame.tag() {
             backend::PARAMETER_STATUS => {
                 if let Ok((k, v)) = backend::parameter_status(&frame) {
-                    reported.retain(|(n, _): &(String, String)| n != k);
+                    reported.retain(|(n, _)| n != k);
                     reported.push((k.to_owned(), v.to_owned()));
                 }
             }
             backend::ERROR_RESPONSE => {
                 let f = backend::error_fields(&frame).unwrap_or_default();
-                error = Some(ServerError::Query {
+                return Err(ServerError::Query {
                     code: f.code,
                     message: f.message,
                 });
             }
-            backend::READY_FOR_QUERY => {
-                let status = backend::ready_for_query_status(&frame)
-                    .map_err(|e| ServerError::Protocol(e.to_string()))?;
-                server.set_status(status);
-                return match error {
-                    Some(e) => Err(e),
-                    None => Ok(reported),
-                };
-            }
             _ => {}
         }
     }
+    Ok(reported)
 }
 
 /// Messages after which the client waits for replies: the end of a batch.
