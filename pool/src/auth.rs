@@ -9,8 +9,9 @@ use shardgate_wire::backend::{self, AuthRequest, TransactionStatus};
 use shardgate_wire::{startup, Frame, FrameError, FrameReader};
 use tokio::io::AsyncWriteExt;
 
-use crate::conn::{ConnectTarget, Stream};
+use crate::conn::ConnectTarget;
 use crate::error::ServerError;
+use shardgate_wire::stream::Stream;
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 

@@ -9,7 +9,7 @@ use shardgate_wire::startup;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
-use crate::conn::Stream;
+use crate::conn::open_stream;
 
 /// Upper bound for the whole cancel exchange (connect, send, wait for the server to close).
 pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,7 +18,7 @@ pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// the server to close it (as libpq does), so the cancel has been delivered when this returns.
 pub async fn send_cancel(host: &Host, pid: i32, secret: i32) -> io::Result<()> {
     let exchange = async {
-        let mut stream = Stream::open(host).await?;
+        let mut stream = open_stream(host).await?;
         let mut out = BytesMut::with_capacity(16);
         startup::write_cancel_request(&mut out, pid, secret);
         stream.write_all(&out).await?;

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use shardgate_config::Host;
 use shardgate_wire::backend::{self, TransactionStatus};
+use shardgate_wire::stream::Stream;
 use shardgate_wire::{frontend, Frame, FrameError, FrameReader};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
@@ -58,113 +59,22 @@ impl std::fmt::Debug for ConnectTarget {
     }
 }
 
-/// A TCP or unix-socket stream. A `match` per poll costs nothing next to the syscall.
-pub(crate) enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    /// Opens a stream to `host`: a unix socket `{dir}/.s.PGSQL.{port}` when the host starts
-    /// with '/', else TCP with TCP_NODELAY.
-    pub(crate) async fn open(host: &Host) -> io::Result<Stream> {
-        if host.host.starts_with('/') {
-            let path = format!("{}/.s.PGSQL.{}", host.host.trim_end_matches('/'), host.port);
-            Ok(Stream::Unix(UnixStream::connect(path).await?))
-        } else {
-            // Accept a bracketed IPv6 literal as well as a bare one.
-            let name = host
-                .host
-                .strip_prefix('[')
-                .and_then(|h| h.strip_suffix(']'))
-                .unwrap_or(&host.host);
-            let tcp = TcpStream::connect((name, host.port)).await?;
-            tcp.set_nodelay(true)?;
-            Ok(Stream::Tcp(tcp))
-        }
-    }
-
-    /// Asks the kernel (not tokio's cached readiness, which lags until the runtime next polls
-    /// for events) whether the server sent anything or closed the connection. An idle server
-    /// connection has nothing to say, so either means it is no longer usable (typically a
-    /// FATAL from `pg_terminate_backend` or a server restart). One `recv(MSG_PEEK)` syscall.
-    pub(crate) fn has_input_or_eof(&self) -> bool {
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        let sock = match self {
-            Stream::Tcp(s) => socket2::SockRef::from(s),
-            Stream::Unix(s) => socket2::SockRef::from(s),
-        };
-        // tokio's sockets are non-blocking: no data gives WouldBlock at once.
-        match sock.peek(&mut buf) {
-            Ok(_) => true,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        }
-    }
-
-    /// Writes without waiting; for best-effort messages from `Drop`.
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_write(buf),
-            Stream::Unix(s) => s.try_write(buf),
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+/// Opens a stream to `host`: a unix socket `{dir}/.s.PGSQL.{port}` when the host starts with
+/// '/', else TCP with TCP_NODELAY.
+pub(crate) async fn open_stream(host: &Host) -> io::Result<Stream> {
+    if host.host.starts_with('/') {
+        let path = format!("{}/.s.PGSQL.{}", host.host.trim_end_matches('/'), host.port);
+        Ok(Stream::Unix(UnixStream::connect(path).await?))
+    } else {
+        // Accept a bracketed IPv6 literal as well as a bare one.
+        let name = host
+            .host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&host.host);
+        let tcp = TcpStream::connect((name, host.port)).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Stream::Tcp(tcp))
     }
 }
 
@@ -199,7 +109,7 @@ impl ServerConn {
     ) -> Result<ServerConn, ServerError> {
         let attempt = async {
             let stream =
-                Stream::open(&target.host)
+                open_stream(&target.host)
                     .await
                     .map_err(|source| ServerError::Connect {
                         host: target.host.to_string(),

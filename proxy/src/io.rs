@@ -1,80 +1,18 @@
 //! The client's socket: TCP or unix, framed reads with the size limit, buffered writes, and
 //! proxy-made errors.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::BytesMut;
 use shardgate_wire::backend::{self, Severity, TransactionStatus};
+use shardgate_wire::stream::Stream;
 use shardgate_wire::{Frame, FrameError, FrameReader};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio::io::AsyncWriteExt;
 
 use crate::SessionError;
 
-/// Read half of a client connection.
-pub enum ClientRead {
-    Tcp(tcp::OwnedReadHalf),
-    Unix(unix::OwnedReadHalf),
-}
-
-/// Write half of a client connection.
-pub enum ClientWrite {
-    Tcp(tcp::OwnedWriteHalf),
-    Unix(unix::OwnedWriteHalf),
-}
-
-impl AsyncRead for ClientRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientRead::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientWrite {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientWrite::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientWrite::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWrite::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientWrite::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ClientWrite::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A client socket after accept.
-pub enum ClientStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-/// Framed, buffered I/O with one client.
+/// Framed, buffered I/O with one client. The socket lives in the reader; writes go through
+/// it too (the session never reads and writes the client at the same time).
 pub struct ClientIo {
-    pub reader: FrameReader<ClientRead>,
-    writer: ClientWrite,
+    pub reader: FrameReader<Stream>,
     /// Bytes for the client, written out at the next flush.
     pub out: BytesMut,
 }
@@ -83,21 +21,12 @@ pub struct ClientIo {
 const FLUSH_THRESHOLD: usize = 64 * 1024;
 
 impl ClientIo {
-    pub fn new(stream: ClientStream, max_message_size: usize) -> Self {
-        let (r, w) = match stream {
-            ClientStream::Tcp(s) => {
-                let _ = s.set_nodelay(true);
-                let (r, w) = s.into_split();
-                (ClientRead::Tcp(r), ClientWrite::Tcp(w))
-            }
-            ClientStream::Unix(s) => {
-                let (r, w) = s.into_split();
-                (ClientRead::Unix(r), ClientWrite::Unix(w))
-            }
-        };
+    pub fn new(stream: Stream, max_message_size: usize) -> Self {
+        if let Stream::Tcp(s) = &stream {
+            let _ = s.set_nodelay(true);
+        }
         ClientIo {
-            reader: FrameReader::new(r, max_message_size),
-            writer: w,
+            reader: FrameReader::new(stream, max_message_size),
             out: BytesMut::with_capacity(16 * 1024),
         }
     }
@@ -136,7 +65,8 @@ impl ClientIo {
 
     /// Writes bytes now (used during startup, where every step waits for an answer).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
-        self.writer
+        self.reader
+            .get_mut()
             .write_all(bytes)
             .await
             .map_err(|_| SessionError::ClientGone)
@@ -145,7 +75,7 @@ impl ClientIo {
     /// Writes out everything buffered in `out`.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
-            let res = self.writer.write_all(&self.out).await;
+            let res = self.reader.get_mut().write_all(&self.out).await;
             self.out.clear();
             res.map_err(|_| SessionError::ClientGone)?;
         }
@@ -178,6 +108,6 @@ impl ClientIo {
 
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;
-        let _ = self.writer.shutdown().await;
+        let _ = self.reader.get_mut().shutdown().await;
     }
 }

@@ -9,9 +9,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::io::ClientStream;
 use crate::session::handle_client;
 use crate::Shared;
+use shardgate_wire::stream::Stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -82,7 +82,7 @@ impl Listeners {
                 match tcp.accept().await {
                     Ok((stream, _peer)) => {
                         tokio::spawn(handle_client(
-                            ClientStream::Tcp(stream),
+                            Stream::Tcp(stream),
                             Arc::clone(&s),
                             rx.clone(),
                         ));
@@ -97,7 +97,7 @@ impl Listeners {
                     match unix.accept().await {
                         Ok((stream, _)) => {
                             tokio::spawn(handle_client(
-                                ClientStream::Unix(stream),
+                                Stream::Unix(stream),
                                 Arc::clone(&shared),
                                 shutdown.clone(),
                             ));

@@ -18,12 +18,13 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::cancel::{CancelSlot, CancelTarget};
-use crate::io::{ClientIo, ClientStream};
+use crate::io::ClientIo;
 use crate::prepared::GlobalStatement;
 use crate::relay::{Expect, Flow};
 use crate::routing::Target;
 use crate::session_state::{SessionEffect, SessionState};
 use crate::{auth, startup, SessionError, Shared};
+use shardgate_wire::stream::Stream;
 
 /// Messages buffered while detached before the proxy takes a connection anyway.
 const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
@@ -88,11 +89,7 @@ pub struct Session {
 }
 
 /// Entry point for an accepted connection.
-pub async fn handle_client(
-    stream: ClientStream,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) {
+pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let id = shared.next_client_id();
     let span = tracing::info_span!(
         "client",

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod frontend;
 pub mod sqlstate;
 pub mod startup;
+pub mod stream;
 
 pub use frame::{Frame, FrameError, FrameReader};
 

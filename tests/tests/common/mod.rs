@@ -60,7 +60,12 @@ pub struct Env {
 
 impl Env {
     pub async fn start(setup: Setup) -> Env {
-        let cluster = tokio::task::spawn_blocking(|| {
+        Self::start_edited(setup, |text| text).await
+    }
+
+    /// A cluster with `app` (SCRAM) owning database `app`, and `md5_user` (md5).
+    async fn start_cluster() -> PgCluster {
+        tokio::task::spawn_blocking(|| {
             let c = PgCluster::start(
                 ClusterOptions::default()
                     .user(USER, PASSWORD, Auth::Scram)
@@ -71,14 +76,18 @@ impl Env {
             c
         })
         .await
-        .expect("join");
-        Self::start_with(cluster, setup).await
+        .expect("join")
     }
 
     /// Starts a proxy in front of an existing cluster.
     pub async fn start_with(cluster: PgCluster, setup: Setup) -> Env {
-        init_logs();
         let text = config_toml(&cluster, &setup);
+        Self::proxy_in_front(cluster, text).await
+    }
+
+    /// Starts a proxy with config `text` in front of `cluster`.
+    async fn proxy_in_front(cluster: PgCluster, text: String) -> Env {
+        init_logs();
         let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid test config");
         let proxy = shardgate_proxy::start(config.clone())
             .await
@@ -211,28 +220,9 @@ impl Env {
     /// Like [`Env::start`], but the rendered config text passes through `edit` first (to change
     /// keys the [`Setup`] fields already set, e.g. `checkout_timeout`).
     pub async fn start_edited(setup: Setup, edit: impl FnOnce(String) -> String) -> Env {
-        let cluster = tokio::task::spawn_blocking(|| {
-            let c = PgCluster::start(
-                ClusterOptions::default()
-                    .user(USER, PASSWORD, Auth::Scram)
-                    .user("md5_user", "md5-secret", Auth::Md5),
-            )
-            .expect("start PostgreSQL");
-            c.create_database(DB, USER).expect("create database");
-            c
-        })
-        .await
-        .expect("join");
+        let cluster = Self::start_cluster().await;
         let text = edit(config_toml(&cluster, &setup));
-        let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid test config");
-        let proxy = shardgate_proxy::start(config.clone())
-            .await
-            .expect("start proxy");
-        Env {
-            proxy,
-            cluster,
-            config,
-        }
+        Self::proxy_in_front(cluster, text).await
     }
 
     /// tokio-postgres connection string through the proxy with extra `key=value` words.
