@@ -1,6 +1,8 @@
 //! shardgate's operator surface: the admin HTTP server (probes now; the API, metrics and the
 //! rebalancer come with their issues) and, later, the admin CLI client.
 
+pub mod control;
+
 use std::net::SocketAddr;
 
 use axum::routing::get;

@@ -25,6 +25,10 @@ pub struct Config {
     /// The shards. At least one is required.
     #[serde(default)]
     pub shards: Vec<Shard>,
+    #[serde(default)]
+    pub replicas: Replicas,
+    #[serde(default)]
+    pub log: Log,
 }
 
 /// Where clients connect, and the limits that protect the proxy from them.
@@ -69,12 +73,97 @@ impl Default for Listen {
 pub struct Admin {
     /// HTTP address of the admin API, metrics and probes.
     pub listen: String,
+    /// Bearer token required by `/api/v1/*` (probes and `/metrics` stay open).
+    pub token: Option<String>,
+    /// Name of an environment variable holding the token (used when `token` is unset).
+    pub token_env: Option<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: "127.0.0.1:9930".into(),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+impl Admin {
+    /// The token from `token`, else from the variable `token_env` names; `None` when neither
+    /// gives a non-empty value (the API is then open).
+    pub fn resolved_token(&self) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| {
+                self.token_env
+                    .as_ref()
+                    .and_then(|name| std::env::var(name).ok())
+            })
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// Read/write split: which replicas serve reads, and how they are watched.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replicas {
+    /// How often each replica's health and lag are checked.
+    #[serde(with = "duration")]
+    pub check_interval: Duration,
+    /// A replica further behind its primary than this leaves the read rotation.
+    #[serde(with = "duration")]
+    pub max_lag: Duration,
+    /// Same, in bytes of WAL not yet replayed (0 = no byte limit).
+    pub max_lag_bytes: u64,
+    /// The primary also serves reads, alongside its replicas.
+    pub include_primary_in_reads: bool,
+    /// Reads go to the primary when no replica is eligible; when false they fail with 08006.
+    pub fallback_to_primary: bool,
+    /// After a client's write commits, its reads only use replicas that replayed it (the
+    /// default for users that do not set `read_your_writes`).
+    pub read_your_writes: bool,
+    /// First ban of a host that refuses connections; doubled on each failure up to `ban_max`.
+    #[serde(with = "duration")]
+    pub ban_initial: Duration,
+    #[serde(with = "duration")]
+    pub ban_max: Duration,
+    /// Functions with side effects besides the built-in ones (nextval, setval, set_config,
+    /// pg_advisory_lock*, …): a read calling one goes to the primary.
+    pub side_effect_functions: Vec<String>,
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Replicas {
+            check_interval: Duration::from_secs(1),
+            max_lag: Duration::from_secs(5),
+            max_lag_bytes: 0,
+            include_primary_in_reads: false,
+            fallback_to_primary: true,
+            read_your_writes: true,
+            ban_initial: Duration::from_secs(1),
+            ban_max: Duration::from_secs(30),
+            side_effect_functions: Vec::new(),
+        }
+    }
+}
+
+/// What is logged besides errors.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// Statements slower than this many milliseconds are logged (0 = off).
+    pub slow_query_ms: u64,
+    /// Include bound parameter values in the slow-query log (off: they may hold personal data).
+    pub log_parameters: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            slow_query_ms: 1000,
+            log_parameters: false,
         }
     }
 }
@@ -102,10 +191,21 @@ impl std::fmt::Display for PoolMode {
 #[serde(deny_unknown_fields, default)]
 pub struct Pool {
     pub mode: PoolMode,
-    /// Most server connections one pool opens.
+    /// Most server connections one pool opens (`max_size` is accepted as another name).
+    #[serde(alias = "max_size")]
     pub size: u32,
-    /// Server connections a pool keeps open even when idle.
+    /// Server connections a pool keeps open even when idle, and the size it starts at.
     pub min_size: u32,
+    /// A pool grows when this share of its connections is in use (or clients wait).
+    pub scale_up_at: f64,
+    /// A pool shrinks toward `min_size` when its use stays under this share for
+    /// `idle_timeout`.
+    pub scale_down_at: f64,
+    /// Connections left free on every server (`max_connections` minus this is what all
+    /// pools of this proxy on that host may open together).
+    pub host_reserve: u32,
+    /// Share of a host's budget this proxy may use (e.g. 0.25 for one of four sidecars).
+    pub host_share: f64,
     /// Time allowed to open and authenticate one server connection.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
@@ -131,6 +231,10 @@ impl Default for Pool {
             mode: PoolMode::Transaction,
             size: 20,
             min_size: 0,
+            scale_up_at: 0.8,
+            scale_down_at: 0.2,
+            host_reserve: 5,
+            host_share: 1.0,
             connect_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
@@ -186,6 +290,9 @@ pub struct User {
     /// Overrides `pool.size` for this user.
     #[serde(default)]
     pub pool_size: Option<u32>,
+    /// Overrides `replicas.read_your_writes` for this user.
+    #[serde(default)]
+    pub read_your_writes: Option<bool>,
 }
 
 impl User {
@@ -207,6 +314,7 @@ impl std::fmt::Debug for User {
             .field("server_user", &self.server_user())
             .field("pool_mode", &self.pool_mode)
             .field("pool_size", &self.pool_size)
+            .field("read_your_writes", &self.read_your_writes)
             .finish_non_exhaustive()
     }
 }

@@ -48,6 +48,37 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             ),
         );
     }
+    let share = |x: f64| x > 0.0 && x <= 1.0;
+    if !share(c.pool.scale_up_at) {
+        return err(
+            "pool.scale_up_at",
+            "must be more than 0 and at most 1".into(),
+        );
+    }
+    if !(0.0..c.pool.scale_up_at).contains(&c.pool.scale_down_at) {
+        return err(
+            "pool.scale_down_at",
+            format!(
+                "must be at least 0 and less than pool.scale_up_at ({})",
+                c.pool.scale_up_at
+            ),
+        );
+    }
+    if !share(c.pool.host_share) {
+        return err(
+            "pool.host_share",
+            "must be more than 0 and at most 1".into(),
+        );
+    }
+    if c.replicas.check_interval.is_zero() {
+        return err("replicas.check_interval", "must be more than 0".into());
+    }
+    if c.replicas.ban_initial.is_zero() || c.replicas.ban_max < c.replicas.ban_initial {
+        return err(
+            "replicas.ban_max",
+            "replicas.ban_initial must be more than 0 and at most replicas.ban_max".into(),
+        );
+    }
     if c.pool.connect_timeout.is_zero() {
         return err("pool.connect_timeout", "must be more than 0".into());
     }

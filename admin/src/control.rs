@@ -1,0 +1,117 @@
+//! What the admin server asks of the running proxy. The proxy implements [`ControlPlane`];
+//! the HTTP handlers and the metrics renderer only read these snapshots, so this crate never
+//! reaches into the proxy's internals (and the proxy's hot path never waits on HTTP).
+
+use serde::{Deserialize, Serialize};
+
+/// Whether the proxy should receive traffic (`GET /ready`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why it is not ready (empty when ready): "draining", "shard s1: primary 127.0.0.1:5433
+    /// unreachable", …
+    pub reasons: Vec<String>,
+}
+
+/// One shard of the current topology (`GET /api/v1/shards`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardInfo {
+    pub name: String,
+    /// `host:port` of the primary.
+    pub primary: String,
+    pub replicas: Vec<String>,
+    /// The primary answered its last health check.
+    pub primary_up: bool,
+    /// Ring slots this shard owns, and the ring's total.
+    pub slots: u32,
+    pub total_slots: u32,
+    /// Version of the topology this proxy holds.
+    pub topology_version: u64,
+}
+
+/// One server connection pool (`GET /api/v1/pools`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PoolInfo {
+    pub database: String,
+    pub user: String,
+    pub shard: String,
+    /// "primary" or "replica".
+    pub role: String,
+    /// `host:port` this pool connects to.
+    pub host: String,
+    /// Connections the pool may open right now (its self-sized target), and its bounds.
+    pub size: u32,
+    pub min_size: u32,
+    pub max_size: u32,
+    /// Open connections, idle ones, ones serving a client.
+    pub connections: u32,
+    pub idle: u32,
+    pub in_use: u32,
+    /// Clients waiting for a connection right now.
+    pub waiting: u64,
+    pub checkouts_timed_out: u64,
+    pub connections_created: u64,
+    /// Times the pool grew and shrank.
+    pub grown: u64,
+    pub shrunk: u64,
+}
+
+/// One replica and what the lag monitor knows of it (`GET /api/v1/replicas`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaInfo {
+    pub shard: String,
+    pub host: String,
+    /// "ok", "lagging" (past max_lag), "down" (banned after failed checks) or "unknown"
+    /// (not checked yet).
+    pub state: String,
+    /// In the read rotation now.
+    pub in_rotation: bool,
+    pub lag_seconds: Option<f64>,
+    pub lag_bytes: Option<u64>,
+    /// `pg_last_wal_replay_lsn()` at the last check, as PostgreSQL prints it (`0/3000148`).
+    pub replay_lsn: Option<String>,
+    /// Queries sent to it since start, and running on it now.
+    pub queries: u64,
+    pub outstanding: u64,
+    /// Milliseconds left of its ban, when banned.
+    pub banned_ms: Option<u64>,
+}
+
+/// Client connection counts, for the `shardgate_clients` gauge.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClientCounts {
+    /// Holding a server connection.
+    pub active: u64,
+    /// Connected, holding nothing.
+    pub idle: u64,
+    /// Waiting for a server connection.
+    pub waiting: u64,
+}
+
+/// What a reload changed (`POST /api/v1/reload`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadOutcome {
+    /// Config keys (or sections) whose values changed and were applied, e.g. "pool.size".
+    pub applied: Vec<String>,
+    /// Changed keys that need a restart to take effect (e.g. "listen.addr").
+    pub needs_restart: Vec<String>,
+}
+
+/// A refused reload: the running configuration is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ReloadError {
+    pub message: String,
+    pub hint: String,
+}
+
+/// The running proxy, as the admin server sees it. Every method is a cheap snapshot.
+pub trait ControlPlane: Send + Sync + 'static {
+    fn readiness(&self) -> Readiness;
+    fn shards(&self) -> Vec<ShardInfo>;
+    fn pools(&self) -> Vec<PoolInfo>;
+    fn replicas(&self) -> Vec<ReplicaInfo>;
+    fn clients(&self) -> ClientCounts;
+    /// Re-reads the config file and applies what can change live.
+    fn reload(&self) -> Result<ReloadOutcome, ReloadError>;
+}
