@@ -131,6 +131,11 @@ pub struct Replicas {
     /// Functions with side effects besides the built-in ones (nextval, setval, set_config,
     /// pg_advisory_lock*, …): a read calling one goes to the primary.
     pub side_effect_functions: Vec<String>,
+    /// The `[[users]]` entry whose server login runs the health and lag checks (default: the
+    /// first one).
+    pub monitor_user: Option<String>,
+    /// Database the checks connect to.
+    pub monitor_database: String,
 }
 
 impl Default for Replicas {
@@ -145,6 +150,8 @@ impl Default for Replicas {
             ban_initial: Duration::from_secs(1),
             ban_max: Duration::from_secs(30),
             side_effect_functions: Vec::new(),
+            monitor_user: None,
+            monitor_database: "postgres".into(),
         }
     }
 }

@@ -79,6 +79,14 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             "replicas.ban_initial must be more than 0 and at most replicas.ban_max".into(),
         );
     }
+    if let Some(name) = &c.replicas.monitor_user {
+        if c.user(name).is_none() {
+            return err(
+                "replicas.monitor_user",
+                format!("`{name}` is not a [[users]] entry"),
+            );
+        }
+    }
     if c.pool.connect_timeout.is_zero() {
         return err("pool.connect_timeout", "must be more than 0".into());
     }

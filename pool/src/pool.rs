@@ -1,4 +1,4 @@
-//! bb8 pools of server connections, one per (database, user, shard, role).
+//! bb8 pools of server connections, one per (database, user, shard, role, host).
 //!
 //! bb8 0.9 opens connections in background tasks and never hands a connect error to the
 //! waiting `get()`: the error goes to the pool's error sink and `get()` waits until its
@@ -26,6 +26,8 @@ pub struct PoolKey {
     pub user: String,
     pub shard: String,
     pub role: Role,
+    /// The server this pool connects to (a shard's primary or one of its replicas).
+    pub host: shardgate_config::Host,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -170,8 +172,11 @@ impl ServerPool {
     /// Builds the pool without connecting (connections open on demand, and `min_size` of them
     /// in the background). Must be called inside a tokio runtime: bb8 spawns its reaper.
     pub fn new(key: PoolKey, target: ConnectTarget, settings: PoolSettings) -> ServerPool {
-        let name: Arc<str> =
-            format!("{}/{}@{} ({})", key.database, key.user, key.shard, key.role).into();
+        let name: Arc<str> = format!(
+            "{}/{}@{} ({} {})",
+            key.database, key.user, key.shard, key.role, key.host
+        )
+        .into();
         let (errors, _) = broadcast::channel(16);
         let max_size = settings.max_size.max(1);
         let checkout_timeout = settings.checkout_timeout.max(Duration::from_millis(1));

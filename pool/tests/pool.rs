@@ -17,6 +17,10 @@ fn key(user: &str) -> PoolKey {
         user: user.into(),
         shard: "s0".into(),
         role: Role::Primary,
+        host: shardgate_config::Host {
+            host: "127.0.0.1".into(),
+            port: 5432,
+        },
     }
 }
 

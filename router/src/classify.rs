@@ -118,10 +118,14 @@ fn shardgate_param(name: &ObjectName) -> Option<Result<ShardgateParam, Refusal>>
         [ns, param] if ns == "shardgate" => Some(match param.as_str() {
             "shard_key" => Ok(ShardgateParam::ShardKey),
             "shard" => Ok(ShardgateParam::Shard),
+            "role" => Ok(ShardgateParam::Role),
             other => Err(Refusal {
                 code: "42704",
                 message: format!("unrecognized configuration parameter \"shardgate.{other}\""),
-                hint: Some("shardgate knows shardgate.shard_key and shardgate.shard".into()),
+                hint: Some(
+                    "shardgate knows shardgate.shard_key, shardgate.shard and shardgate.role"
+                        .into(),
+                ),
                 hint_overrides: false,
             }),
         }),
@@ -239,7 +243,15 @@ pub(crate) fn classify(st: &Statement, extra: &HashSet<String>) -> Classified {
         Statement::Rollback { .. }
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. } => ok(K::TransactionOther, "SAVEPOINT"),
-        Statement::Set(Set::SetTransaction { .. }) => ok(K::TransactionOther, "SET"),
+        Statement::Set(Set::SetTransaction { session: true, .. }) => ok(K::Set, "SET"),
+        Statement::Set(Set::SetTransaction { modes, .. }) => ok(
+            K::SetTransaction {
+                read_only: modes.contains(&TransactionMode::AccessMode(
+                    TransactionAccessMode::ReadOnly,
+                )),
+            },
+            "SET",
+        ),
         Statement::Set(Set::SingleAssignment {
             scope,
             variable,
@@ -362,7 +374,8 @@ pub(crate) fn fallback(sql: &str) -> StatementKind {
         (Some("ROLLBACK" | "ABORT"), _) => K::Rollback,
         (Some("PREPARE"), Some("TRANSACTION")) => K::TransactionOther,
         (Some("SAVEPOINT" | "RELEASE"), _) => K::TransactionOther,
-        (Some("SET"), Some("CONSTRAINTS" | "TRANSACTION")) => K::TransactionOther,
+        (Some("SET"), Some("CONSTRAINTS")) => K::TransactionOther,
+        (Some("SET"), Some("TRANSACTION")) => K::SetTransaction { read_only },
         (Some("SET" | "RESET" | "DISCARD"), _) => K::Set,
         _ => K::Unparsed,
     }

@@ -1,13 +1,24 @@
-//! Routing hints in comments: `/* shardgate: shard_key=42 */`, `/* shardgate: shard=s1 */`
-//! or `-- shardgate: shard=s1`. They are read from the raw text because sqlparser drops
+//! Routing hints in comments: `/* shardgate: shard_key=42 */`, `/* shardgate: shard=s1 */`,
+//! `/* shardgate: role=replica */` (pairs may be combined with commas) or
+//! `-- shardgate: shard=s1`. They are read from the raw text because sqlparser drops
 //! comments; the lexer in [`crate::text`] keeps lookalikes inside string literals out.
 
-use crate::plan::Hint;
+use crate::plan::{Hint, RoleHint};
 use crate::text::comments;
 
+/// What the first `shardgate:` comment asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Hints {
+    pub route: Option<Hint>,
+    pub role: Option<RoleHint>,
+}
+
+const HINT_HELP: &str = "write shard_key=<key>, shard=<name> or role=primary|replica|auto";
+
 /// The first `shardgate:` hint in the text's comments. `Err` names a `shardgate:` comment
-/// that does not say `shard_key=…` or `shard=…` (a typo should not silently route elsewhere).
-pub(crate) fn find_hint(sql: &str) -> Result<Option<Hint>, String> {
+/// that does not say `shard_key=…`, `shard=…` or `role=…` (a typo should not silently route
+/// elsewhere).
+pub(crate) fn find_hints(sql: &str) -> Result<Hints, String> {
     for comment in comments(sql) {
         let body = comment.trim_start();
         let Some(prefix) = body.get(..9) else {
@@ -19,33 +30,72 @@ pub(crate) fn find_hint(sql: &str) -> Result<Option<Hint>, String> {
         let Some(rest) = body[9..].trim_start().strip_prefix(':') else {
             continue;
         };
-        return parse_pairs(rest).map(Some);
+        let mut hints = Hints::default();
+        for pair in split_pairs(rest) {
+            match parse_pair(pair)? {
+                Pair::Route(h) => hints.route = Some(h),
+                Pair::Role(r) => hints.role = Some(r),
+            }
+        }
+        if hints == Hints::default() {
+            return Err(format!("empty shardgate hint: {HINT_HELP}"));
+        }
+        return Ok(hints);
     }
-    Ok(None)
+    Ok(Hints::default())
 }
 
-fn parse_pairs(text: &str) -> Result<Hint, String> {
+/// The routing (shard) part of the first hint only.
+#[cfg(test)]
+pub(crate) fn find_hint(sql: &str) -> Result<Option<Hint>, String> {
+    find_hints(sql).map(|h| h.route)
+}
+
+enum Pair {
+    Route(Hint),
+    Role(RoleHint),
+}
+
+/// Splits `a=1, b='x, y'` at the commas outside quotes.
+fn split_pairs(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut quote = None;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ',') => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+fn parse_pair(text: &str) -> Result<Pair, String> {
     let text = text.trim();
     let (name, value) = match text.split_once('=') {
         Some((n, v)) => (n.trim(), v.trim_start()),
-        None => {
-            return Err(format!(
-                "malformed shardgate hint `{text}`: write shard_key=<key> or shard=<name>"
-            ))
-        }
+        None => return Err(format!("malformed shardgate hint `{text}`: {HINT_HELP}")),
     };
     let value = read_value(value);
     if value.is_empty() {
         return Err(format!("shardgate hint `{name}` has no value"));
     }
     if name.eq_ignore_ascii_case("shard_key") {
-        Ok(Hint::ShardKey(value))
+        Ok(Pair::Route(Hint::ShardKey(value)))
     } else if name.eq_ignore_ascii_case("shard") {
-        Ok(Hint::Shard(value))
+        Ok(Pair::Route(Hint::Shard(value)))
+    } else if name.eq_ignore_ascii_case("role") {
+        RoleHint::parse(&value).map(Pair::Role).ok_or_else(|| {
+            format!("shardgate hint role={value}: write role=primary, role=replica or role=auto")
+        })
     } else {
-        Err(format!(
-            "unknown shardgate hint `{name}`: write shard_key=<key> or shard=<name>"
-        ))
+        Err(format!("unknown shardgate hint `{name}`: {HINT_HELP}"))
     }
 }
 
@@ -108,6 +158,26 @@ mod tests {
         assert_eq!(find_hint("SELECT '/* shardgate: shard=s1 */'"), Ok(None));
         assert_eq!(find_hint("SELECT 1 /* shardgate is great */"), Ok(None));
         assert_eq!(find_hint("SELECT 1"), Ok(None));
+    }
+
+    #[test]
+    fn role_hints_combine_with_routing_hints() {
+        assert_eq!(
+            find_hints("/* shardgate: role=replica */ SELECT 1"),
+            Ok(Hints {
+                route: None,
+                role: Some(RoleHint::Replica)
+            })
+        );
+        assert_eq!(
+            find_hints("/* shardgate: shard_key='a,b', role=PRIMARY */ SELECT 1"),
+            Ok(Hints {
+                route: Some(Hint::ShardKey("a,b".into())),
+                role: Some(RoleHint::Primary)
+            })
+        );
+        assert!(find_hints("/* shardgate: role=leader */").is_err());
+        assert!(find_hints("/* shardgate: */").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use cache::CacheStats;
 pub use merge::{AggregateKind, MergeAggregate, MergeSpec, RowCount, SortColumn, SortKey};
 pub use params::BoundParams;
 pub use plan::{
-    Hint, KeyExpr, KeyValue, Placement, Plan, Refusal, ShardgateParam, ShardgateSetting,
+    Hint, KeyExpr, KeyValue, Placement, Plan, Refusal, RoleHint, ShardgateParam, ShardgateSetting,
     StatementKind,
 };
 pub use ring::{Ring, RingError, ShardIndex};

@@ -23,8 +23,12 @@ pub enum StatementKind {
     },
     Commit,
     Rollback,
-    /// SAVEPOINT, RELEASE, ROLLBACK TO, SET TRANSACTION, PREPARE TRANSACTION, …
+    /// SAVEPOINT, RELEASE, ROLLBACK TO, PREPARE TRANSACTION, SET CONSTRAINTS, …
     TransactionOther,
+    /// `SET TRANSACTION …` (not `SET SESSION CHARACTERISTICS`); `read_only` for READ ONLY.
+    SetTransaction {
+        read_only: bool,
+    },
     /// A session SET / RESET / DISCARD that is not one of shardgate's own.
     Set,
     /// `SET [LOCAL] shardgate.shard_key|shardgate.shard = …` or `RESET shardgate.…`.
@@ -52,6 +56,31 @@ pub struct ShardgateSetting {
 pub enum ShardgateParam {
     ShardKey,
     Shard,
+    /// `shardgate.role = primary | replica | auto`: where reads go.
+    Role,
+}
+
+/// Which server of a shard a statement should use, when a hint or `SET shardgate.role` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoleHint {
+    /// Always the primary.
+    Primary,
+    /// Reads on a replica (writes still go to the primary, or fail there if in a read-only
+    /// transaction).
+    Replica,
+    /// shardgate decides (the default).
+    Auto,
+}
+
+impl RoleHint {
+    pub fn parse(value: &str) -> Option<RoleHint> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "primary" => Some(RoleHint::Primary),
+            "replica" => Some(RoleHint::Replica),
+            "auto" => Some(RoleHint::Auto),
+            _ => None,
+        }
+    }
 }
 
 /// A shard-key value, typed as the table's key.
@@ -103,6 +132,8 @@ pub struct Plan {
     pub kind: StatementKind,
     pub placement: Placement,
     pub hint: Option<Hint>,
+    /// `/* shardgate: role=… */` in the text.
+    pub role_hint: Option<RoleHint>,
     /// Sharded tables the statement touches (as written, lower-cased), for messages.
     pub sharded_tables: Vec<String>,
     /// For a cross-shard read that cannot be merged correctly: the feature that prevents it
@@ -150,6 +181,7 @@ impl Plan {
             kind,
             placement: Placement::Default,
             hint: None,
+            role_hint: None,
             sharded_tables: Vec::new(),
             unsupported_cross_shard: None,
             statement_count: 1,
@@ -159,5 +191,30 @@ impl Plan {
             command,
             merge: None,
         }
+    }
+
+    /// Whether the text may run on a replica when no transaction is open: every statement is
+    /// a plain read (no FOR UPDATE/SHARE, no function with side effects), possibly inside a
+    /// `BEGIN READ ONLY` (or `BEGIN; SET TRANSACTION READ ONLY`) … `COMMIT` of its own. A
+    /// read inside a read-write transaction belongs on the primary with the transaction.
+    pub fn runs_on_replica(&self) -> bool {
+        use StatementKind as K;
+        // Some(read_only) while a transaction opened by this text is open.
+        let mut transaction: Option<bool> = None;
+        for kind in &self.statement_kinds {
+            match kind {
+                K::Read {
+                    locking: false,
+                    side_effects: false,
+                } if transaction != Some(false) => {}
+                K::Begin { read_only } if transaction.is_none() => transaction = Some(*read_only),
+                K::SetTransaction { read_only: true } if transaction.is_some() => {
+                    transaction = Some(true)
+                }
+                K::Commit | K::Rollback if transaction == Some(true) => transaction = None,
+                _ => return false,
+            }
+        }
+        self.statement_count > 0 && transaction != Some(false)
     }
 }

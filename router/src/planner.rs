@@ -15,7 +15,7 @@ use sqlparser::parser::Parser;
 
 use crate::analysis::{Analysis, Rules};
 use crate::classify::{classify, fallback, rewrite_key_locks, rewrite_table};
-use crate::hints::find_hint;
+use crate::hints::find_hints;
 use crate::keys::union;
 use crate::merge::{merge_spec, MergeSpec};
 use crate::plan::{KeyExpr, Placement, Plan, Refusal, StatementKind};
@@ -72,14 +72,17 @@ impl Planner {
             return too_complex(sql);
         }
         let mut plan = self.plan_text(sql);
-        match find_hint(sql) {
-            Ok(h) => plan.hint = h,
+        match find_hints(sql) {
+            Ok(h) => {
+                plan.hint = h.route;
+                plan.role_hint = h.role;
+            }
             Err(message) => {
                 plan.refusal.get_or_insert(Refusal {
                     code: "22023",
                     message,
                     hint: Some(
-                        "write /* shardgate: shard_key=<key> */ or /* shardgate: shard=<name> */"
+                        "write /* shardgate: shard_key=<key> */, /* shardgate: shard=<name> */ or /* shardgate: role=primary|replica|auto */"
                             .into(),
                     ),
                     hint_overrides: false,

@@ -103,7 +103,12 @@ impl Router {
         Ok(Router {
             planner: Planner {
                 rules,
-                side_effects: HashSet::new(),
+                side_effects: config
+                    .replicas
+                    .side_effect_functions
+                    .iter()
+                    .map(|f| f.to_ascii_lowercase())
+                    .collect::<HashSet<_>>(),
             },
             ring,
             seed: s.hash_seed as u64,

@@ -212,7 +212,10 @@ fn cases() -> Vec<(&'static str, StatementKind, Exp)> {
         ("ROLLBACK TO SAVEPOINT a", TX, Default),
         ("SAVEPOINT a", TX, Default),
         ("PREPARE TRANSACTION 'x'", TX, Default),
-        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", TX, Default),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", StatementKind::SetTransaction { read_only: false }, Default),
+        ("SET TRANSACTION READ ONLY", StatementKind::SetTransaction { read_only: true }, Default),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", StatementKind::Set, Default),
+        ("SET shardgate.role = replica", set(ShardgateParam::Role, Some("replica"), false), Default),
         ("SET search_path TO a, b", StatementKind::Set, Default),
         ("RESET ALL", StatementKind::Set, Default),
         ("SET shardgate.shard_key = 42", set(ShardgateParam::ShardKey, Some("42"), false), Default),
@@ -298,6 +301,47 @@ fn plans_carry_tables_hints_and_key_updates() {
     );
     let p = router.plan("SELECT * FROM \"Events\" WHERE tenant = $1");
     assert_eq!(p.key_type, Some(crate::KeyType::Text));
+}
+
+#[test]
+fn replica_eligibility() {
+    let router = router();
+    let on_replica = |sql: &str| router.plan(sql).runs_on_replica();
+    for sql in [
+        "SELECT * FROM orders WHERE user_id = 1",
+        "SELECT 1; SELECT 2",
+        "BEGIN READ ONLY; SELECT * FROM orders WHERE user_id = 1; COMMIT",
+        "BEGIN; SET TRANSACTION READ ONLY; SELECT 1; COMMIT",
+        "BEGIN READ ONLY",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+    ] {
+        assert!(on_replica(sql), "{sql} should be allowed on a replica");
+    }
+    for sql in [
+        "SELECT * FROM orders WHERE user_id = 1 FOR UPDATE",
+        "SELECT nextval('s')",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT set_config('a.b', '1', false)",
+        "INSERT INTO orders (user_id) VALUES (1)",
+        "BEGIN; SELECT 1; COMMIT",
+        "BEGIN",
+        "SELECT 1; UPDATE orders SET x = 1 WHERE user_id = 1",
+        "CREATE TABLE t (a int)",
+        "SHOW search_path",
+        "SET TRANSACTION READ ONLY",
+    ] {
+        assert!(!on_replica(sql), "{sql} belongs on the primary");
+    }
+}
+
+#[test]
+fn configured_side_effect_functions_go_to_the_primary() {
+    let mut config = super::config("");
+    config.replicas.side_effect_functions = vec!["Audit_Touch".into()];
+    let router = crate::Router::new(&config).unwrap();
+    let plan = router.plan("SELECT audit_touch(1)");
+    assert!(!plan.runs_on_replica());
+    assert!(router.plan("SELECT other_fn(1)").runs_on_replica());
 }
 
 #[test]
