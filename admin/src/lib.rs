@@ -5,12 +5,16 @@
 //!   replicas, reload; the shard-changing endpoints answer 501 until live rebalancing lands),
 //!   guarded by the admin token when one is set.
 //! - [`metrics`]: the process-wide Prometheus recorder and the description of every metric.
+//! - [`cli`]: `shardgate admin …`, the command-line client of that API.
 //!
 //! The running proxy is seen only through the [`control::ControlPlane`] trait it implements,
 //! so this crate never reaches into the proxy's internals.
 
+pub mod cli;
+mod client;
 pub mod control;
 pub mod metrics;
 mod server;
+mod table;
 
 pub use server::{AdminError, AdminServer, ErrorBody};

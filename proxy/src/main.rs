@@ -1,4 +1,4 @@
-//! The `shardgate` command: `serve`, `check` and `demo`.
+//! The `shardgate` command: `serve`, `check`, `demo` and `admin`.
 
 mod demo;
 
@@ -38,6 +38,8 @@ enum Command {
     /// Start local shards (PostgreSQL primaries with streaming replicas) and the proxy in front
     /// of them, ready for psql; Ctrl-C stops and removes everything.
     Demo(demo::DemoArgs),
+    /// Talk to a running shardgate's admin API: shards, pools, replicas, reload.
+    Admin(shardgate_admin::cli::AdminArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +59,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config } => runtime.block_on(serve(config)),
         Command::Check { config, route } => check(&config, route.as_deref()),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
+        // A blocking HTTP client; it prints its own one-line failure reason.
+        Command::Admin(args) => std::process::exit(shardgate_admin::cli::run(args)),
     }
 }
 
