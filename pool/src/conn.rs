@@ -268,6 +268,23 @@ impl ServerConn {
         }
     }
 
+    /// Runs a proxy-internal query and returns the first column of its first row as text
+    /// (`None` for no row or NULL).
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        let replies = self.query_frames(sql).await?;
+        if let Some(e) = replies.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
+            let fields = backend::error_fields(e).unwrap_or_default();
+            return Err(ServerError::Query {
+                code: fields.code,
+                message: fields.message,
+            });
+        }
+        let Some(row) = replies.iter().find(|f| f.tag() == backend::DATA_ROW) else {
+            return Ok(None);
+        };
+        Ok(first_column(row.body()))
+    }
+
     /// Runs a proxy-internal simple query and returns every reply up to and including
     /// ReadyForQuery (for internal queries, whose results are small). A COPY FROM STDIN is
     /// refused with CopyFail so the server reaches ReadyForQuery.
@@ -401,4 +418,16 @@ impl std::fmt::Debug for ServerConn {
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
+}
+
+/// The first value of a DataRow body (a count, then length-prefixed values), as text.
+fn first_column(body: &[u8]) -> Option<String> {
+    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    if count < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let value = body.get(6..6 + len)?;
+    String::from_utf8(value.to_vec()).ok()
 }

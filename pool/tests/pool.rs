@@ -48,7 +48,10 @@ async fn reuses_idle_connections() {
     common::init_tracing();
     let pg = PgServer::start();
     let pool = pool(&pg, settings(4));
-    assert_eq!(pool.name(), "postgres/scram_user@s0 (primary)");
+    assert_eq!(
+        pool.name(),
+        "postgres/scram_user@s0 (primary 127.0.0.1:5432)"
+    );
     assert_eq!(pool.key(), &key(SCRAM_USER));
     assert_eq!(
         pool.state().connections,
@@ -103,9 +106,11 @@ async fn checkout_times_out_naming_the_pool() {
             let CheckoutError::Timeout { pool: name, waited } = &e else {
                 unreachable!()
             };
-            assert_eq!(name, "postgres/scram_user@s0 (primary)");
+            assert_eq!(name, "postgres/scram_user@s0 (primary 127.0.0.1:5432)");
             assert!(*waited >= Duration::from_millis(300), "{waited:?}");
-            assert!(e.to_string().contains("postgres/scram_user@s0 (primary)"));
+            assert!(e
+                .to_string()
+                .contains("postgres/scram_user@s0 (primary 127.0.0.1:5432)"));
         }
         other => panic!(
             "expected a timeout, got {:?}",
@@ -316,7 +321,7 @@ async fn pools_are_created_once_per_key() {
     replica.role = Role::Replica;
     let r = pools.get_or_create(replica.clone(), make);
     assert_eq!(made.load(Ordering::SeqCst), 2);
-    assert_eq!(r.name(), "postgres/scram_user@s0 (replica)");
+    assert_eq!(r.name(), "postgres/scram_user@s0 (replica 127.0.0.1:5432)");
     assert_eq!(pools.all().len(), 2);
     assert!(pools.get(&replica).is_some());
     assert!(pools.remove(&replica).is_some());

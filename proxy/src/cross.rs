@@ -51,14 +51,19 @@ impl Session {
             }
         };
 
+        let read = self.wants_replica(&batch);
         let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
+        let mut running = Vec::with_capacity(shards.len());
         for shard in &shards {
             self.shard = *shard;
-            match self.checkout(false).await {
-                Ok((conn, _)) => conns.push(conn),
-                Err((code, msg, hint)) => {
+            match self.checkout_for(read).await {
+                Ok((conn, guard)) => {
+                    conns.push(conn);
+                    running.push(guard);
+                }
+                Err(f) => {
                     *self.cancel.lock().await = None;
-                    self.fail_batch(&batch, &code, &msg, hint.as_deref());
+                    self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
                     return self.io.flush().await;
                 }
             }
@@ -92,6 +97,7 @@ impl Session {
         }
         // A connection that is not idle now (a server error mid-way) is closed by the pool.
         drop(conns);
+        drop(running);
         self.io.push_ready(TransactionStatus::Idle);
         self.io.flush().await
     }

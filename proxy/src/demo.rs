@@ -200,8 +200,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.insert_via == InsertVia::Shards {
         insert_directly(&servers, &rows).await?;
     }
-    let admin = shardgate_admin::AdminServer::start(&config.admin.listen).await?;
+    let admin_config = config.admin.clone();
     let proxy = shardgate_proxy::start(config).await?;
+    let admin = shardgate_admin::AdminServer::start(
+        proxy.control(Some(config_path.clone())),
+        &admin_config,
+    )
+    .await?;
     let proxy_url = format!(
         "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
         proxy.addr().port()

@@ -6,11 +6,13 @@
 
 mod auth;
 mod cancel;
+mod control;
 mod cross;
 mod io;
 mod listener;
 mod prepared;
 mod relay;
+mod replicas;
 mod routing;
 mod scatter;
 mod session;
@@ -27,6 +29,7 @@ use shardgate_pool::{ConnectTarget, PoolKey, PoolSettings, Pools, ServerPool};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+pub use control::ProxyControl;
 pub use listener::ListenError;
 pub use routing::explain;
 
@@ -66,8 +69,19 @@ pub enum SessionError {
 pub struct Shared {
     config: Arc<Config>,
     router: shardgate_router::Router,
-    /// False for a plain pooler (one shard, no sharded tables): statements are not planned.
+    /// False for a plain pooler (one shard, no sharded tables, no replicas): statements are
+    /// not planned.
     routing: bool,
+    /// BEGIN is answered by the proxy and sent with the transaction's first statement, which
+    /// says where it goes (several shards, or replicas for read-only transactions).
+    defers_begin: bool,
+    /// Some shard has replicas, or the primary is configured to share reads with them.
+    reads_can_leave_primary: bool,
+    /// Every host's health, lag and load.
+    health: Arc<shardgate_pool::Health>,
+    activity: control::ClientActivity,
+    /// Set when shutdown starts: `/ready` answers 503.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     auth: auth::Authenticator,
     pools: Pools,
     statements: prepared::StatementRegistry,
@@ -78,8 +92,14 @@ pub struct Shared {
 
 impl Shared {
     fn new(config: Config, router: shardgate_router::Router) -> Self {
+        let has_replicas = config.shards.iter().any(|s| !s.replicas.is_empty());
         Shared {
-            routing: config.shards.len() > 1 || !config.sharding.tables.is_empty(),
+            routing: config.shards.len() > 1 || !config.sharding.tables.is_empty() || has_replicas,
+            defers_begin: config.shards.len() > 1 || has_replicas,
+            reads_can_leave_primary: has_replicas,
+            health: shardgate_pool::Health::from_config(&config),
+            activity: control::ClientActivity::default(),
+            draining: Arc::default(),
             router,
             auth: auth::Authenticator::new(&config),
             client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
@@ -103,18 +123,32 @@ impl Shared {
         Arc::clone(&self.client_slots).try_acquire_owned().ok()
     }
 
+    /// The role and address of a shard's host.
+    fn host_of(
+        &self,
+        shard: shardgate_router::ShardIndex,
+        choice: shardgate_pool::HostChoice,
+    ) -> (shardgate_pool::Role, shardgate_config::Host) {
+        let fallback = || {
+            (
+                shardgate_pool::Role::Primary,
+                self.config.default_shard().primary.clone(),
+            )
+        };
+        let Some(s) = self.health.shard(shard) else {
+            return fallback();
+        };
+        s.host(choice)
+            .map(|h| (h.role, h.host.clone()))
+            .unwrap_or_else(fallback)
+    }
+
     /// The pool for `key`, created on first use from the config.
     fn pool(&self, key: PoolKey, user: &User) -> ServerPool {
         let config = &self.config;
         self.pools.get_or_create(key.clone(), || {
-            let host = config
-                .shards
-                .iter()
-                .find(|s| s.name == key.shard)
-                .map(|s| s.primary.clone())
-                .unwrap_or_else(|| config.default_shard().primary.clone());
             let target = ConnectTarget {
-                host,
+                host: key.host.clone(),
                 user: user.server_user().to_owned(),
                 password: user.server_password().map(str::to_owned),
                 database: key.database.clone(),
@@ -146,6 +180,7 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
+    monitor: Option<JoinHandle<()>>,
 }
 
 impl ProxyHandle {
@@ -162,11 +197,24 @@ impl ProxyHandle {
         &self.shared
     }
 
+    /// The admin server's view of this proxy; `config_path` is what a reload re-reads.
+    pub fn control(&self, config_path: Option<PathBuf>) -> Arc<ProxyControl> {
+        Arc::new(ProxyControl {
+            shared: Arc::clone(&self.shared),
+            config_path,
+            draining: Arc::clone(&self.shared.draining),
+        })
+    }
+
     /// Stops accepting, asks idle clients to leave, waits up to `listen.shutdown_timeout` for
     /// the rest to finish their transactions, then returns.
     pub async fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
         for t in &self.accept_tasks {
             t.abort();
+        }
+        if let Some(m) = &self.monitor {
+            m.abort();
         }
         let _ = self.shutdown.send(true);
         if let Some(p) = &self.unix_socket {
@@ -188,6 +236,13 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
     let addr = listeners.addr;
     let unix_socket = listeners.unix_path.clone();
     let accept_tasks = listeners.spawn(Arc::clone(&shared), shutdown_rx);
+    let monitor = shardgate_pool::MonitorLogin::from_config(&shared.config).map(|login| {
+        shardgate_pool::spawn_monitor(
+            Arc::clone(&shared.health),
+            shared.config.replicas.clone(),
+            login,
+        )
+    });
     tracing::info!(%addr, unix_socket = ?unix_socket, "shardgate listening");
     Ok(ProxyHandle {
         addr,
@@ -195,5 +250,6 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
         shared,
         shutdown,
         accept_tasks,
+        monitor,
     })
 }

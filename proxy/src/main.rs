@@ -66,8 +66,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let admin = shardgate_admin::AdminServer::start(&config.admin.listen).await?;
+    let admin_config = config.admin.clone();
     let proxy = shardgate_proxy::start(config).await?;
+    let admin =
+        shardgate_admin::AdminServer::start(proxy.control(Some(path.clone())), &admin_config)
+            .await?;
     wait_for_stop_signal().await?;
     tracing::info!("shutting down");
     proxy.shutdown().await;

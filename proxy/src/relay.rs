@@ -384,6 +384,7 @@ impl Session {
                     self.io.push_ready(self.status);
                 } else if status == TransactionStatus::Idle {
                     self.local_hint = None;
+                    self.local_role = None;
                     self.end_of_transaction(server);
                     if self.expect.is_empty() && self.releases_at_idle() {
                         flow = Flow::Release;

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use shardgate_router::{
-    BoundParams, Hint, KeyExpr, Placement, Plan, Route, RouteError, ShardIndex, ShardgateParam,
-    StatementKind,
+    BoundParams, Hint, KeyExpr, Placement, Plan, RoleHint, Route, RouteError, ShardIndex,
+    ShardgateParam, StatementKind,
 };
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
@@ -65,8 +65,17 @@ impl Session {
             let StatementKind::ShardgateSet(set) = kind else {
                 continue;
             };
+            if set.name == ShardgateParam::Role {
+                let role = set.value.as_deref().and_then(RoleHint::parse);
+                if set.local {
+                    self.local_role = role;
+                } else {
+                    self.session_role = role;
+                }
+                continue;
+            }
             let hint = set.value.clone().map(|v| match set.name {
-                ShardgateParam::ShardKey => Hint::ShardKey(v),
+                ShardgateParam::ShardKey | ShardgateParam::Role => Hint::ShardKey(v),
                 ShardgateParam::Shard => Hint::Shard(v),
             });
             if set.local {
@@ -166,6 +175,10 @@ impl Session {
             // Only statements were prepared here: the BEGIN goes out with the batch, routed.
             return true;
         }
+        // Reads and writes may need different servers of the shard.
+        if self.shared.reads_can_leave_primary && self.wants_replica(batch) != self.attached_read {
+            return true;
+        }
         for frame in batch {
             match self.route_frame(frame) {
                 // A BEGIN waits for the statement that says where the transaction goes (it is
@@ -251,20 +264,35 @@ impl Session {
                 self.answer_route(inner);
                 true
             }
-            StatementKind::Begin { .. }
+            StatementKind::Begin { read_only }
                 if self.status == TransactionStatus::Idle
                     && !self.mode_is_session()
-                    && self.shared.router.shard_names().len() > 1 =>
+                    && self.shared.defers_begin =>
             {
                 self.deferred_begin = Some(text.to_owned());
+                self.deferred_read_only = *read_only;
                 backend::write_command_complete(&mut self.io.out, "BEGIN");
                 self.status = TransactionStatus::InTransaction;
                 self.io.push_ready(self.status);
                 true
             }
+            // `SET TRANSACTION …` right after a deferred BEGIN goes out with it (and a READ
+            // ONLY one lets the transaction use a replica).
+            StatementKind::SetTransaction { read_only } => match self.deferred_begin.as_mut() {
+                Some(begin) => {
+                    begin.push_str("; ");
+                    begin.push_str(text);
+                    self.deferred_read_only |= *read_only;
+                    backend::write_command_complete(&mut self.io.out, "SET");
+                    self.io.push_ready(self.status);
+                    true
+                }
+                None => false,
+            },
             StatementKind::Commit | StatementKind::Rollback if self.deferred_begin.is_some() => {
                 self.deferred_begin = None;
                 self.local_hint = None;
+                self.local_role = None;
                 let tag = if plan.kind == StatementKind::Commit {
                     "COMMIT"
                 } else {
@@ -290,7 +318,7 @@ impl Session {
             StatementKind::Begin { .. }
                 if self.status == TransactionStatus::Idle
                     && !self.mode_is_session()
-                    && self.shared.router.shard_names().len() > 1 =>
+                    && self.shared.defers_begin =>
             {
                 Some("BEGIN")
             }
@@ -388,11 +416,15 @@ impl Session {
             }
         }
         if tag == "BEGIN" {
+            self.deferred_read_only = text.as_deref().is_some_and(|t| {
+                self.shared.router.plan(t).kind == StatementKind::Begin { read_only: true }
+            });
             self.deferred_begin = text;
             self.status = TransactionStatus::InTransaction;
         } else {
             self.deferred_begin = None;
             self.local_hint = None;
+            self.local_role = None;
             self.status = TransactionStatus::Idle;
         }
         backend::write_command_complete(&mut self.io.out, tag);

@@ -9,15 +9,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use shardgate_config::PoolMode;
 use shardgate_pool::{
-    CheckoutError, PoolKey, PooledConn, Role, ServerConn, ServerError, ServerPool,
+    CheckoutError, HostChoice, PoolKey, PooledConn, QueryGuard, ServerConn, ServerError, ServerPool,
 };
-use shardgate_router::{Hint, ShardIndex};
+use shardgate_router::{Hint, RoleHint, ShardIndex};
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::cancel::{CancelSlot, CancelTarget};
+use crate::control::CountGuard;
 use crate::io::ClientIo;
 use crate::prepared::GlobalStatement;
 use crate::relay::{Expect, Flow};
@@ -44,10 +45,27 @@ pub struct Session {
     mode: PoolMode,
     database: String,
     user: shardgate_config::User,
-    /// Server pools by shard index, created on first use.
-    pools: Vec<Option<ServerPool>>,
-    /// The shard of the current (or last) server connection.
+    /// Server pools by shard and host, created on first use.
+    pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
+    /// The shard and host of the current (or last) server connection.
     pub(crate) shard: ShardIndex,
+    pub(crate) host: HostChoice,
+    /// The current attachment was taken for reads only (on a replica, or the primary when
+    /// none was eligible).
+    pub(crate) attached_read: bool,
+    /// Counts the current attachment as a query running on its host (for balancing) and the
+    /// client as active.
+    query_guard: Option<(QueryGuard, CountGuard)>,
+    /// `SET shardgate.role` for the session, and `SET LOCAL` for the transaction.
+    pub(crate) session_role: Option<RoleHint>,
+    pub(crate) local_role: Option<RoleHint>,
+    /// The deferred BEGIN opens a read-only transaction.
+    pub(crate) deferred_read_only: bool,
+    /// Read-your-writes is on for this client.
+    pub(crate) read_your_writes: bool,
+    /// Per shard: the primary's WAL position after this client's last write there; a replica
+    /// serves its reads only once it has replayed that far.
+    pub(crate) read_after: Vec<u64>,
     /// `SET shardgate.shard_key|shard` for the session, and `SET LOCAL` for the transaction.
     pub(crate) session_hint: Option<Hint>,
     pub(crate) local_hint: Option<Hint>,
@@ -187,29 +205,22 @@ async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>,
 }
 
 impl Session {
-    /// The server pool of the current shard, created on first use.
+    /// The server pool of the current shard and host, created on first use.
     pub(crate) fn pool(&mut self) -> ServerPool {
-        let shard = self.shard;
-        if let Some(Some(p)) = self.pools.get(shard) {
+        let at = (self.shard, self.host);
+        if let Some(p) = self.pools.get(&at) {
             return p.clone();
         }
-        let name = self
-            .shared
-            .router
-            .shard_names()
-            .get(shard)
-            .cloned()
-            .unwrap_or_default();
+        let (role, host) = self.shared.host_of(self.shard, self.host);
         let key = PoolKey {
             database: self.database.clone(),
             user: self.user.name.clone(),
-            shard: name,
-            role: Role::Primary,
+            shard: self.shard_name(self.shard).to_owned(),
+            role,
+            host,
         };
         let pool = self.shared.pool(key, &self.user);
-        if let Some(slot) = self.pools.get_mut(shard) {
-            *slot = Some(pool.clone());
-        }
+        self.pools.insert(at, pool.clone());
         pool
     }
 
@@ -232,6 +243,10 @@ impl Session {
         let mode = login.user.pool_mode.unwrap_or(config.pool.mode);
         let (pid, secret, cancel) = shared.cancels.register();
         let shards = shared.router.shard_names().len();
+        let read_your_writes = login
+            .user
+            .read_your_writes
+            .unwrap_or(config.replicas.read_your_writes);
         Session {
             id,
             shared: Arc::clone(shared),
@@ -239,8 +254,16 @@ impl Session {
             mode,
             database: login.database,
             user: login.user,
-            pools: vec![None; shards],
+            pools: HashMap::new(),
             shard: shared.router.default_shard(),
+            host: HostChoice::Primary,
+            attached_read: false,
+            query_guard: None,
+            session_role: None,
+            local_role: None,
+            deferred_read_only: false,
+            read_your_writes,
+            read_after: vec![0; shards],
             session_hint: None,
             local_hint: None,
             unnamed: None,
@@ -270,9 +293,9 @@ impl Session {
     async fn finish_login(&mut self) -> Result<Option<PooledConn>, SessionError> {
         let (mut server, reported) = match self.checkout(true).await {
             Ok(v) => v,
-            Err((code, msg, hint)) => {
-                self.io.fatal(&code, &msg, hint.as_deref()).await;
-                return Err(SessionError::Startup(msg));
+            Err(f) => {
+                self.io.fatal(&f.code, &f.message, f.hint.as_deref()).await;
+                return Err(SessionError::Startup(f.message));
             }
         };
         let mut params: Vec<(String, String)> = server.parameters().to_vec();
@@ -301,22 +324,21 @@ impl Session {
 
     /// Checks a server connection out and brings it to the client's session state. With
     /// `collect`, returns the ParameterStatus values the server reported while doing so.
-    #[allow(clippy::type_complexity)]
     pub(crate) async fn checkout(
         &mut self,
         collect: bool,
-    ) -> Result<(PooledConn, Vec<(String, String)>), (String, String, Option<String>)> {
+    ) -> Result<(PooledConn, Vec<(String, String)>), CheckoutFailure> {
         let pool = self.pool();
+        let waiting = CountGuard::new(&self.shared.activity.waiting);
+        let checked_out = pool.checkout().await;
+        drop(waiting);
         let mut server =
-            match pool.checkout().await {
+            match checked_out {
                 Ok(s) => s,
-                Err(CheckoutError::Timeout { pool, waited }) => return Err((
-                    sqlstate::TOO_MANY_CONNECTIONS.into(),
+                Err(CheckoutError::Timeout { pool, waited }) => return Err(CheckoutFailure::new(
+                    sqlstate::TOO_MANY_CONNECTIONS,
                     format!("no server connection became free in pool {pool} within {waited:?}"),
-                    Some(
-                        "raise pool.size or pool.checkout_timeout, or make transactions shorter"
-                            .into(),
-                    ),
+                    Some("raise pool.size or pool.checkout_timeout, or make transactions shorter"),
                 )),
                 Err(CheckoutError::Connect(e)) => return Err(connect_error(&pool, e)),
             };
@@ -327,14 +349,14 @@ impl Session {
                 Ok(r) => reported = r,
                 Err(ServerError::Query { code, message }) => {
                     server.set_session_fingerprint(u64::MAX);
-                    return Err((
+                    return Err(CheckoutFailure {
                         code,
                         message,
-                        Some(
+                        hint: Some(
                             "a setting from the startup packet or a SET was refused by the server"
                                 .into(),
                         ),
-                    ));
+                    });
                 }
                 Err(e) => {
                     server.mark_broken();
@@ -356,7 +378,8 @@ impl Session {
     /// reach whoever gets the connection next.
     async fn release(&mut self, server: &mut PooledConn) {
         *self.cancel.lock().await = None;
-        let _ = server;
+        self.remember_write_position(server).await;
+        self.query_guard = None;
     }
 
     /// The main loop.
@@ -388,12 +411,17 @@ impl Session {
                             continue;
                         }
                     }
-                    match self.checkout(false).await {
-                        Ok((s, _)) => (s, batch),
-                        Err((code, msg, hint)) => {
+                    let read = self.wants_replica(&batch);
+                    match self.checkout_for(read).await {
+                        Ok((s, guard)) => {
+                            let active = CountGuard::new(&self.shared.activity.active);
+                            self.query_guard = Some((guard, active));
+                            (s, batch)
+                        }
+                        Err(f) => {
                             let pool = self.pool().name();
-                            warn!(%pool, error = %msg, "checkout failed");
-                            self.fail_batch(&batch, &code, &msg, hint.as_deref());
+                            warn!(%pool, error = %f.message, "checkout failed");
+                            self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
                             self.io.flush().await?;
                             continue;
                         }
@@ -679,23 +707,47 @@ impl Session {
     }
 }
 
-fn connect_error(pool: &ServerPool, e: ServerError) -> (String, String, Option<String>) {
+/// Why no server connection could be had for a client: the ErrorResponse it gets.
+#[derive(Debug)]
+pub(crate) struct CheckoutFailure {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CheckoutFailure {
+    pub(crate) fn new(code: &str, message: String, hint: Option<&str>) -> Self {
+        CheckoutFailure {
+            code: code.to_owned(),
+            message,
+            hint: hint.map(str::to_owned),
+        }
+    }
+
+    /// The server could not be reached (or is starting or shutting down): another server
+    /// of the shard may do.
+    pub(crate) fn is_connect_error(&self) -> bool {
+        self.code.starts_with("08") || self.code == "57P03" || self.code == "57P01"
+    }
+}
+
+fn connect_error(pool: &ServerPool, e: ServerError) -> CheckoutFailure {
     match e {
-        ServerError::Refused { code, message } => (
+        ServerError::Refused { code, message } => CheckoutFailure {
             code,
             message,
-            Some(format!(
+            hint: Some(format!(
                 "the server refused shardgate's connection for pool {}",
                 pool.name()
             )),
-        ),
-        other => (
-            sqlstate::CONNECTION_FAILURE.into(),
+        },
+        other => CheckoutFailure::new(
+            sqlstate::CONNECTION_FAILURE,
             format!(
                 "cannot connect to the server for pool {}: {other}",
                 pool.name()
             ),
-            Some("check that the shard's server is up and the [[shards]] address is right".into()),
+            Some("check that the shard's server is up and the [[shards]] address is right"),
         ),
     }
 }

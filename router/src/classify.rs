@@ -178,6 +178,18 @@ fn shardgate_set(
     local: bool,
 ) -> Classified {
     match (param, value) {
+        (Ok(ShardgateParam::Role), Ok(Some(v))) if crate::plan::RoleHint::parse(&v).is_none() => {
+            Classified {
+                kind: StatementKind::Set,
+                command: "SET",
+                refusal: Some(Refusal {
+                    code: "22023",
+                    message: format!("invalid value for parameter \"shardgate.role\": \"{v}\""),
+                    hint: Some("use primary, replica or auto".into()),
+                    hint_overrides: false,
+                }),
+            }
+        }
         (Ok(name), Ok(value)) => ok(
             StatementKind::ShardgateSet(ShardgateSetting { name, value, local }),
             "SET",

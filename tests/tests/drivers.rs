@@ -82,7 +82,7 @@ async fn assert_pool_bounded(env: &Env) {
     let direct = env.connect_direct().await;
     let n: i64 = direct
         .query_one(
-            "select count(*) from pg_stat_activity where usename = 'app' and pid <> pg_backend_pid()",
+            "select count(*) from pg_stat_activity where usename = 'app' and datname = 'app' and pid <> pg_backend_pid()",
             &[],
         )
         .await

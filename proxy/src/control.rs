@@ -1,0 +1,181 @@
+//! The proxy as the admin server sees it: snapshots of shards, pools, replicas and clients,
+//! readiness, and reload (see `shardgate_admin::control`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use shardgate_admin::control::{
+    ClientCounts, ControlPlane, PoolInfo, Readiness, ReloadError, ReloadOutcome, ReplicaInfo,
+    ShardInfo,
+};
+use shardgate_pool::Role;
+
+use crate::Shared;
+
+/// Counts something while alive (a client holding a server connection, or waiting for one).
+#[derive(Debug)]
+pub(crate) struct CountGuard(Arc<AtomicU64>);
+
+impl CountGuard {
+    pub(crate) fn new(counter: &Arc<AtomicU64>) -> CountGuard {
+        counter.fetch_add(1, Ordering::Relaxed);
+        CountGuard(Arc::clone(counter))
+    }
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Client activity counters the sessions keep.
+#[derive(Debug, Default)]
+pub(crate) struct ClientActivity {
+    pub active: Arc<AtomicU64>,
+    pub waiting: Arc<AtomicU64>,
+}
+
+/// The [`ControlPlane`] of a running proxy.
+pub struct ProxyControl {
+    pub(crate) shared: Arc<Shared>,
+    /// Where `reload` reads the configuration from (none: reload is refused).
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) draining: Arc<AtomicBool>,
+}
+
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+impl ControlPlane for ProxyControl {
+    fn readiness(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            reasons.push("draining: shutting down".to_owned());
+        }
+        for shard in &self.shared.health.shards {
+            let p = shard.primary.snapshot();
+            if p.state == "down" {
+                reasons.push(format!(
+                    "shard {}: primary {} unreachable: {}",
+                    shard.name,
+                    p.host,
+                    p.last_error.unwrap_or_default()
+                ));
+            }
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    fn shards(&self) -> Vec<ShardInfo> {
+        let ring = self.shared.router.ring();
+        let total = 1u32 << ring.slot_bits();
+        self.shared
+            .health
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ShardInfo {
+                name: s.name.clone(),
+                primary: s.primary.host.to_string(),
+                replicas: s.replicas.iter().map(|r| r.host.to_string()).collect(),
+                primary_up: s.primary.is_up(),
+                slots: ring.slots(i).len() as u32,
+                total_slots: total,
+                topology_version: 1,
+            })
+            .collect()
+    }
+
+    fn pools(&self) -> Vec<PoolInfo> {
+        let mut pools: Vec<PoolInfo> = self
+            .shared
+            .pools
+            .all()
+            .iter()
+            .map(|p| {
+                let key = p.key();
+                let state = p.state();
+                let settings = p.settings();
+                PoolInfo {
+                    database: key.database.clone(),
+                    user: key.user.clone(),
+                    shard: key.shard.clone(),
+                    role: key.role.to_string(),
+                    host: key.host.to_string(),
+                    size: settings.max_size,
+                    min_size: settings.min_size,
+                    max_size: settings.max_size,
+                    connections: state.connections,
+                    idle: state.idle,
+                    in_use: state.in_use,
+                    waiting: state.waiting,
+                    checkouts_timed_out: state.checkouts_timed_out,
+                    connections_created: state.connections_created,
+                    grown: 0,
+                    shrunk: 0,
+                }
+            })
+            .collect();
+        pools.sort_by(|a, b| {
+            (&a.shard, &a.role, &a.host, &a.database, &a.user).cmp(&(
+                &b.shard,
+                &b.role,
+                &b.host,
+                &b.database,
+                &b.user,
+            ))
+        });
+        pools
+    }
+
+    fn replicas(&self) -> Vec<ReplicaInfo> {
+        self.shared
+            .health
+            .snapshot()
+            .into_iter()
+            .filter(|h| h.role == Role::Replica)
+            .map(|h| ReplicaInfo {
+                shard: h.shard,
+                host: h.host.to_string(),
+                state: h.state.to_owned(),
+                in_rotation: h.in_rotation,
+                lag_seconds: h.lag.map(|l| l.seconds),
+                lag_bytes: h.lag.map(|l| l.bytes),
+                replay_lsn: h.replay_lsn.map(lsn_text),
+                queries: h.queries,
+                outstanding: h.outstanding,
+                banned_ms: h.banned_for.map(|d| d.as_millis() as u64),
+            })
+            .collect()
+    }
+
+    fn clients(&self) -> ClientCounts {
+        let total = self.shared.client_count() as u64;
+        let active = self.shared.activity.active.load(Ordering::Relaxed);
+        let waiting = self.shared.activity.waiting.load(Ordering::Relaxed);
+        ClientCounts {
+            active,
+            waiting,
+            idle: total.saturating_sub(active + waiting),
+        }
+    }
+
+    fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        let Some(path) = &self.config_path else {
+            return Err(ReloadError {
+                message: "this proxy was not started from a config file".into(),
+                hint: "start it with `shardgate serve --config FILE` to reload".into(),
+            });
+        };
+        Err(ReloadError {
+            message: format!("reloading {} is not implemented yet", path.display()),
+            hint: "restart shardgate to apply a changed configuration".into(),
+        })
+    }
+}
