@@ -1,22 +1,48 @@
-//! Benchmarks that compare shardgate with a direct connection to PostgreSQL, side by side in
-//! one run, reported as ratios (the machines are shared and noisy, so absolute figures from
-//! different runs do not compare).
+//! Benchmarks that compare shardgate with a direct connection to PostgreSQL and with PgBouncer,
+//! side by side in one run, reported as ratios (the machines are shared and noisy, so absolute
+//! figures from different runs do not compare).
 //!
-//! `cargo run -p bench --release -- compare` starts a local PostgreSQL and an in-process
-//! shardgate in transaction mode, then runs pgbench against each target in turn (interleaved,
-//! repeated) for every protocol mode, and prints the median TPS of each and the ratio.
+//! `cargo run -p bench --release -- compare` starts a local PostgreSQL, PgBouncer and the
+//! release shardgate binary (both in transaction mode with the same pool size), runs pgbench
+//! against each target in turn (interleaved, repeated) for every case, and prints and records
+//! (in `bench/RESULTS.md`) TPS, ratios, latency, and each proxy's CPU time per transaction and
+//! memory. `profile` runs shardgate under callgrind for instructions per transaction.
 
-use std::path::Path;
-use std::time::Duration;
+mod cases;
+mod idle;
+mod machine;
+mod pgbench_log;
+mod pgbouncer;
+mod procfs;
+mod profile;
+mod report;
+mod service;
+mod shardgate;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
-use shardgate_config::Config;
+use clap::{Args, Parser, Subcommand};
 use shardgate_tests::{pgbench, pgbench_raw, Auth, ClusterOptions, PgCluster, PgbenchResult};
+
+use cases::{Case, Protocol, Workload};
+use report::{Outcome, Row, Run};
+use service::Service;
+use stats::Latency;
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-secret";
 const DB: &str = "bench";
+
+/// Environment every pgbench run gets: the password, and no TLS or GSS negotiation round trip
+/// (none of the targets offers either; libpq would ask each of them first).
+const PGBENCH_ENV: [(&str, &str); 3] = [
+    ("PGPASSWORD", PASSWORD),
+    ("PGSSLMODE", "disable"),
+    ("PGGSSENCMODE", "disable"),
+];
 
 #[derive(Parser)]
 #[command(about = "shardgate benchmarks")]
@@ -27,35 +53,66 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// pgbench -S through shardgate vs directly, for simple, extended and prepared protocols.
-    Compare {
-        /// pgbench clients.
-        #[arg(long, default_value_t = 32)]
-        clients: u32,
-        /// shardgate's server pool size (direct runs use one server connection per client).
-        #[arg(long, default_value_t = 8)]
-        pool: u32,
-        /// Seconds per pgbench run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u32,
-        /// Runs per target and mode (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        repeats: u32,
-        /// Protocol modes to run.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "simple,extended,prepared"
-        )]
-        modes: Vec<String>,
-        /// Also run through a shardgate routing pgbench_accounts by aid over this many shards.
-        #[arg(long, default_value_t = 1)]
-        shards: u32,
-    },
+    /// pgbench through shardgate vs PgBouncer vs directly, interleaved, as ratios.
+    Compare(CompareArgs),
+    /// Instructions per transaction of the release shardgate binary under callgrind.
+    Profile(profile::ProfileArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Args, Clone)]
+struct CompareArgs {
+    /// Seconds per pgbench run.
+    #[arg(long, default_value_t = 8)]
+    seconds: u32,
+    /// Runs per target and case (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: u32,
+    /// Server pool size of both proxies (PgBouncer default_pool_size, shardgate pool.size).
+    #[arg(long, default_value_t = 20)]
+    pool: u32,
+    /// Cases to run (default: all). A filter picks every case whose name has all its
+    /// `-`-separated words: `select-c64`, `prepared`, `tpcb`, `idle-5000`, `select-simple-c1`.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// Client counts of the `-S` cases.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<u32>,
+    /// Idle client counts of the connection-scale cases.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    idle: Vec<u32>,
+    /// Active pgbench clients during the connection-scale cases.
+    #[arg(long, default_value_t = 8)]
+    idle_active: u32,
+    /// Targets to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,pgbouncer,shardgate"
+    )]
+    targets: Vec<String>,
+    /// pgbench scale factor (100,000 accounts per unit).
+    #[arg(long, default_value_t = 10)]
+    scale: u32,
+    /// Also run the -S cases through a shardgate routing pgbench_accounts by aid over this
+    /// many shards (each shard a PostgreSQL of its own holding the full data set).
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+    /// Use this shardgate binary instead of building the release one.
+    #[arg(long)]
+    shardgate_bin: Option<PathBuf>,
+    /// Where to record the results (the `compare` section is replaced).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
+    results: PathBuf,
+    /// Print the table only; leave the results file alone.
+    #[arg(long)]
+    no_write: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    // No inherited libpq settings may redirect pgbench; cleared before any thread starts.
+    for var in shardgate_tests::psql::LIBPQ_ENV {
+        std::env::remove_var(var);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -63,56 +120,215 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Cmd::Compare {
-            clients,
-            pool,
-            seconds,
-            repeats,
-            modes,
-            shards,
-        } => compare(clients, pool, seconds, repeats, &modes, shards).await,
-    }
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let work = async {
+            match cli.command {
+                Cmd::Compare(args) => compare(args).await,
+                Cmd::Profile(args) => profile::run(args).await,
+            }
+        };
+        // On Ctrl-C the work is dropped, which stops and removes every server it started.
+        tokio::select! {
+            r = work => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        }
+    })
+}
+
+/// Which kind of place pgbench connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Direct,
+    PgBouncer,
+    Shardgate,
+    /// shardgate routing over several shards (only for `-S`).
+    Routed,
 }
 
 /// A place pgbench connects to.
+#[derive(Debug, Clone)]
 struct Target {
     name: String,
+    kind: Kind,
     port: u16,
+    /// The proxy process (for CPU and memory); `None` for direct.
+    pid: Option<u32>,
 }
 
-fn proxy_config(pool: u32, shards: &[u16], sharded: bool) -> anyhow::Result<Config> {
-    let mut toml = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n[pool]\nmode = \"transaction\"\nsize = {pool}\n\
-         [[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
-    );
-    if sharded {
-        // pgbench -S reads pgbench_accounts by aid: make aid the shard key.
-        toml.push_str("[[sharding.tables]]\nname = \"pgbench_accounts\"\nkey_column = \"aid\"\n");
+/// Raises the soft open-file limit towards `wanted` (never above the hard limit) and
+/// returns the limit now in force. Children (PgBouncer, shardgate, pgbench) inherit it.
+fn raise_nofile_limit(wanted: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < wanted {
+            let new = libc::rlimit {
+                rlim_cur: wanted.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
+                lim = new;
+            }
+        }
     }
-    for (i, port) in shards.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {port} }}\n"
-        ));
-    }
-    Ok(Config::from_toml(&toml, Path::new("<bench>"))?)
+    lim.rlim_cur
 }
 
-async fn compare(
-    clients: u32,
-    pool: u32,
+fn pgbench_base_args(port: u16) -> Vec<String> {
+    [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        USER,
+        "--no-vacuum",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn run_pgbench(args: Vec<String>) -> anyhow::Result<PgbenchResult> {
+    tokio::task::spawn_blocking(move || pgbench(&args, &PGBENCH_ENV))
+        .await?
+        .context("running pgbench")
+}
+
+/// One measured pgbench run of `case` against `target`.
+async fn measure(
+    case: &Case,
+    target: &Target,
     seconds: u32,
-    repeats: u32,
-    modes: &[String],
-    shards: u32,
-) -> anyhow::Result<()> {
-    let shards = shards.max(1);
+    log_prefix: &Path,
+) -> anyhow::Result<Run> {
+    let mut args = case.pgbench_args();
+    args.extend(pgbench_base_args(target.port));
+    args.extend([
+        "-T".to_string(),
+        seconds.to_string(),
+        "-l".to_string(),
+        format!("--log-prefix={}", log_prefix.display()),
+        DB.to_string(),
+    ]);
+    let cpu_before = target.pid.and_then(procfs::cpu_time);
+    let result = run_pgbench(args).await;
+    let cpu_after = target.pid.and_then(procfs::cpu_time);
+    let rss = target.pid.and_then(procfs::rss_kib);
+    let mut latencies = pgbench_log::collect_and_remove(log_prefix)
+        .with_context(|| format!("reading pgbench logs {}.*", log_prefix.display()))?;
+    let result = result?;
+    if result.exit_code != 0 || result.failed > 0 {
+        let stderr: String = result
+            .stderr
+            .lines()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" / ");
+        bail!(
+            "pgbench exit {} with {} failed transactions: {stderr}",
+            result.exit_code,
+            result.failed
+        );
+    }
+    let proxy_cpu = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    Ok(Run {
+        tps: result.tps,
+        transactions: result.transactions,
+        latency: Latency::from_micros(&mut latencies),
+        proxy_cpu,
+        proxy_rss_kib: rss,
+    })
+}
+
+/// Why `target` does not run `case`, if it does not.
+fn skip_reason(
+    case: &Case,
+    target: &Target,
+    pgbouncer: Option<&pgbouncer::PgBouncerBin>,
+) -> Option<String> {
+    match (target.kind, case.workload) {
+        (Kind::PgBouncer, Workload::Select(Protocol::Prepared)) => {
+            pgbouncer.filter(|b| !b.supports_prepared()).map(|b| {
+                format!(
+                    "PgBouncer {} < 1.21 has no max_prepared_statements",
+                    b.version_string()
+                )
+            })
+        }
+        (Kind::Routed, Workload::Select(_)) => None,
+        (Kind::Routed, _) => Some("routed target runs -S only".into()),
+        _ => None,
+    }
+}
+
+struct Cell {
+    runs: Vec<Run>,
+    failed: Option<String>,
+    skipped: Option<String>,
+    note: String,
+}
+
+async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cases: Vec<Case> = cases::all_cases(&args.clients, &args.idle, args.idle_active)
+        .into_iter()
+        .filter(|c| cases::selected(&c.name, &args.cases))
+        .collect();
+    if cases.is_empty() {
+        bail!("--cases {:?} selects no case", args.cases);
+    }
+    let want = |t: &str| args.targets.iter().any(|x| x.trim() == t);
+    let max_idle = cases
+        .iter()
+        .filter_map(|c| match c.workload {
+            Workload::Idle { idle } => Some(idle),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let proxies = u64::from(want("pgbouncer")) + u64::from(want("shardgate"));
+    // The benchmark holds every idle connection on every proxy at once.
+    let fd_limit = raise_nofile_limit(proxies * u64::from(max_idle) + 2048);
+    let load_start = machine::load_average();
+
+    let shardgate_bin = if want("shardgate") {
+        Some(match &args.shardgate_bin {
+            Some(p) => p.clone(),
+            None => tokio::task::spawn_blocking(shardgate::build_release_binary).await??,
+        })
+    } else {
+        None
+    };
+
+    // PostgreSQL: room for the largest direct run plus every proxy's pool.
+    let max_clients = cases.iter().map(|c| c.clients).max().unwrap_or(1);
+    let shards = args.shards.max(1);
+    let max_connections = max_clients + args.pool * 3 + 40;
+    eprintln!(
+        "starting PostgreSQL ({shards} server(s)) and loading pgbench data (scale {})",
+        args.scale
+    );
     let clusters = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<PgCluster>> {
         (0..shards)
             .map(|_| {
                 let c = PgCluster::start(
                     ClusterOptions::default()
-                        .max_connections(clients + 50)
+                        .max_connections(max_connections)
                         .user(USER, PASSWORD, Auth::Scram),
                 )?;
                 c.create_database(DB, USER)?;
@@ -122,140 +338,438 @@ async fn compare(
     })
     .await??;
     let ports: Vec<u16> = clusters.iter().map(|c| c.port()).collect();
-    // Every shard gets the full pgbench data set: the routed benchmark measures the proxy's
-    // routing cost, and each key's owner has its row.
     for port in &ports {
-        let init: Vec<String> = [
-            "-i",
-            "-s",
-            "10",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            USER,
-            DB,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        tokio::task::spawn_blocking(move || pgbench_raw(&init, &[("PGPASSWORD", PASSWORD)]))
+        let mut init = vec![
+            "-i".to_string(),
+            "-s".into(),
+            args.scale.to_string(),
+            "-q".into(),
+        ];
+        init.extend(
+            pgbench_base_args(*port)
+                .into_iter()
+                .filter(|a| a != "--no-vacuum"),
+        );
+        init.push(DB.into());
+        tokio::task::spawn_blocking(move || pgbench_raw(&init, &PGBENCH_ENV))
             .await?
             .context("pgbench -i")?;
     }
-    let single = shardgate_proxy::start(proxy_config(pool, &ports[..1], false)?).await?;
-    let mut targets = vec![
-        Target {
-            name: "direct".into(),
-            port: ports[0],
-        },
-        Target {
-            name: "shardgate".into(),
-            port: single.addr().port(),
-        },
-    ];
-    let routed = if shards > 1 {
-        let p = shardgate_proxy::start(proxy_config(pool, &ports, true)?).await?;
-        targets.push(Target {
-            name: format!("sg {shards} shards"),
-            port: p.addr().port(),
-        });
-        Some(p)
-    } else {
-        None
-    };
+    let postgres_version = clusters[0]
+        .psql("postgres", "show server_version")
+        .unwrap_or_else(|_| "unknown".into());
 
-    println!(
-        "pgbench -S -c {clients} -j 2 -T {seconds}, {repeats} interleaved runs each, median TPS; shardgate pool size {pool}"
-    );
-    let mut header = format!("{:<10}", "mode");
-    for t in &targets {
-        header.push_str(&format!(" {:>14}", t.name));
+    let mut notes: Vec<String> = Vec::new();
+    let mut targets = Vec::new();
+    if want("direct") {
+        targets.push(Target {
+            name: "direct".into(),
+            kind: Kind::Direct,
+            port: ports[0],
+            pid: None,
+        });
     }
-    for t in &targets[1..] {
-        header.push_str(&format!(" {:>14}", format!("{}/direct", t.name)));
-    }
-    println!("{header}");
-    for mode in modes {
-        let mut results: Vec<Vec<PgbenchResult>> = targets.iter().map(|_| Vec::new()).collect();
-        for _ in 0..repeats {
-            for (t, out) in targets.iter().zip(results.iter_mut()) {
-                let args = [
-                    "-S",
-                    "-M",
-                    mode,
-                    "-c",
-                    &clients.to_string(),
-                    "-j",
-                    "2",
-                    "-T",
-                    &seconds.to_string(),
-                ];
-                let r = run_pgbench(t.port, &args).await?;
-                if r.failed > 0 {
-                    bail!(
-                        "pgbench reported {} failed transactions against {}:\n{}",
-                        r.failed,
-                        t.name,
-                        r.stdout
-                    );
+    let max_client_conn = max_idle + max_clients + 500;
+    let mut pgbouncer_bin = None;
+    let mut pgbouncer_service: Option<Service> = None;
+    if want("pgbouncer") {
+        match pgbouncer::locate_or_install() {
+            Ok(bin) => {
+                let secret = clusters[0]
+                    .psql(
+                        "postgres",
+                        &format!("select rolpassword from pg_authid where rolname = '{USER}'"),
+                    )
+                    .context("reading the SCRAM verifier for PgBouncer's userlist")?;
+                let b = bin.clone();
+                let port = ports[0];
+                let svc = tokio::task::spawn_blocking(move || {
+                    pgbouncer::start(
+                        &b,
+                        USER,
+                        secret.trim(),
+                        DB,
+                        port,
+                        args.pool,
+                        max_client_conn,
+                    )
+                })
+                .await??;
+                targets.push(Target {
+                    name: "pgbouncer".into(),
+                    kind: Kind::PgBouncer,
+                    port: svc.port(),
+                    pid: Some(svc.pid()),
+                });
+                if !bin.supports_prepared() {
+                    notes.push(format!(
+                        "PgBouncer {} predates max_prepared_statements (1.21): its `-M prepared` \
+                         cells are skipped (in transaction mode they fail once a client's \
+                         statement is on another server connection).",
+                        bin.version_string()
+                    ));
                 }
-                out.push(r);
+                pgbouncer_service = Some(svc);
+                pgbouncer_bin = Some(bin);
+            }
+            Err(e) => {
+                let msg = format!("PgBouncer unavailable, its columns are skipped: {e:#}");
+                eprintln!("NOTICE: {msg}");
+                notes.push(msg);
             }
         }
-        let tps: Vec<f64> = results.iter().map(|r| median_tps(r)).collect();
-        let mut line = format!("{mode:<10}");
-        for v in &tps {
-            line.push_str(&format!(" {v:>14.0}"));
+    }
+    let mut shardgate_services: Vec<Service> = Vec::new();
+    if let Some(bin) = &shardgate_bin {
+        let settings = shardgate::Settings {
+            port: 0,
+            admin_port: 0,
+            user: USER.into(),
+            password: PASSWORD.into(),
+            pool_size: args.pool,
+            max_client_connections: max_client_conn.max(10_000),
+            shards: ports[..1].to_vec(),
+            sharded: false,
+        };
+        let (b, s) = (bin.clone(), settings.clone());
+        let svc =
+            tokio::task::spawn_blocking(move || shardgate::start(&b, s, "shardgate")).await??;
+        targets.push(Target {
+            name: "shardgate".into(),
+            kind: Kind::Shardgate,
+            port: svc.port(),
+            pid: Some(svc.pid()),
+        });
+        shardgate_services.push(svc);
+        if shards > 1 {
+            let s = shardgate::Settings {
+                shards: ports.clone(),
+                sharded: true,
+                ..settings
+            };
+            let b = bin.clone();
+            let svc =
+                tokio::task::spawn_blocking(move || shardgate::start(&b, s, "shardgate-routed"))
+                    .await??;
+            targets.push(Target {
+                name: format!("sg-{shards}-shards"),
+                kind: Kind::Routed,
+                port: svc.port(),
+                pid: Some(svc.pid()),
+            });
+            shardgate_services.push(svc);
         }
-        for v in &tps[1..] {
-            line.push_str(&format!(" {:>14.2}", v / tps[0]));
-        }
-        let lat: Vec<String> = results
+    }
+    if targets.is_empty() {
+        bail!("no target to run (--targets {:?})", args.targets);
+    }
+
+    let log_dir = tempfile::Builder::new()
+        .prefix("shardgate-bench-logs-")
+        .tempdir_in(shardgate_tests::template::temp_base())
+        .context("creating a directory for pgbench logs")?;
+
+    // Warm-up: open the pools, fill the caches; not measured.
+    for t in &targets {
+        let mut a = vec![
+            "-S".to_string(),
+            "-c".into(),
+            "4".into(),
+            "-j".into(),
+            "2".into(),
+        ];
+        a.extend(pgbench_base_args(t.port));
+        a.extend(["-T".into(), "2".into(), DB.into()]);
+        run_pgbench(a)
+            .await
+            .with_context(|| format!("warm-up against {}", t.name))?;
+    }
+
+    let total_runs: usize = cases
+        .iter()
+        .map(|c| {
+            targets
+                .iter()
+                .filter(|t| skip_reason(c, t, pgbouncer_bin.as_ref()).is_none())
+                .count()
+        })
+        .sum::<usize>()
+        * args.repeats as usize;
+    eprintln!(
+        "{} cases × {} targets, {} runs of {} s (about {} min of pgbench)",
+        cases.len(),
+        targets.len(),
+        total_runs,
+        args.seconds,
+        (total_runs as u64 * u64::from(args.seconds)).div_ceil(60)
+    );
+
+    let mut rows = Vec::new();
+    let mut done = 0usize;
+    for case in &cases {
+        let mut cells: Vec<Cell> = targets
             .iter()
-            .map(|r| format!("{:.3}ms", median_latency(r)))
+            .map(|t| Cell {
+                runs: Vec::new(),
+                failed: None,
+                skipped: skip_reason(case, t, pgbouncer_bin.as_ref()),
+                note: String::new(),
+            })
             .collect();
-        println!("{line}   (latency: {})", lat.join(" / "));
+        // Connection scale: hold the idle clients on every proxy for the whole case.
+        let mut held = Vec::new();
+        if let Workload::Idle { idle } = case.workload {
+            let needed = proxies * u64::from(idle) + 1024;
+            for (t, cell) in targets.iter().zip(cells.iter_mut()) {
+                if t.kind == Kind::Direct {
+                    cell.note = "no idle clients (PostgreSQL's max_connections)".into();
+                    continue;
+                }
+                if cell.skipped.is_some() {
+                    continue;
+                }
+                if fd_limit < needed {
+                    cell.skipped = Some(format!("open-file limit {fd_limit} < {needed}"));
+                    continue;
+                }
+                let rss_before = t.pid.and_then(procfs::rss_kib);
+                eprintln!(
+                    "{}: logging in {idle} idle clients to {}",
+                    case.name, t.name
+                );
+                match idle::open(t.port, USER, PASSWORD, DB, idle, 64).await {
+                    Ok(clients) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let rss_idle = t.pid.and_then(procfs::rss_kib);
+                        cell.note = format!(
+                            "{idle} logins in {:.1} s; RSS {} → {} MiB with them idle",
+                            clients.connect_time.as_secs_f64(),
+                            mib(rss_before),
+                            mib(rss_idle)
+                        );
+                        held.push(clients);
+                    }
+                    Err(e) => cell.failed = Some(format!("{e:#}")),
+                }
+            }
+        }
+        for r in 0..args.repeats {
+            for (t, cell) in targets.iter().zip(cells.iter_mut()) {
+                if cell.skipped.is_some() || cell.failed.is_some() {
+                    continue;
+                }
+                done += 1;
+                let prefix = log_dir.path().join(format!("run-{done}"));
+                match measure(case, t, args.seconds, &prefix).await {
+                    Ok(run) => {
+                        eprintln!(
+                            "[{done}/{total_runs}] {} {} run {}/{}: {:.0} tps{}",
+                            case.name,
+                            t.name,
+                            r + 1,
+                            args.repeats,
+                            run.tps,
+                            run.latency
+                                .map(|l| format!(", p99 {:.3} ms", l.p99_ms))
+                                .unwrap_or_default()
+                        );
+                        cell.runs.push(run);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "[{done}/{total_runs}] {} {} FAILED: {e:#}",
+                            case.name, t.name
+                        );
+                        cell.failed = Some(format!("{e:#}"));
+                    }
+                }
+            }
+            check_alive(pgbouncer_service.as_mut(), &mut shardgate_services)?;
+        }
+        for clients in &held {
+            if clients.closed() > 0 {
+                notes.push(format!(
+                    "{}: {} of {} idle connections were closed during the case",
+                    case.name,
+                    clients.closed(),
+                    clients.len()
+                ));
+            }
+        }
+        drop(held);
+        for (t, cell) in targets.iter().zip(cells) {
+            let outcome = if let Some(why) = cell.skipped {
+                Outcome::Skipped(why)
+            } else if let Some(why) = cell.failed {
+                Outcome::Failed(first_line(&why, 120))
+            } else {
+                match report::summarize(&cell.runs) {
+                    Some(s) => Outcome::Measured(s),
+                    None => Outcome::Skipped("no runs".into()),
+                }
+            };
+            rows.push(Row {
+                case: case.name.clone(),
+                target: t.name.clone(),
+                outcome,
+                vs_direct: None,
+                vs_pgbouncer: None,
+                note: cell.note,
+            });
+        }
+        // Let the idle clients' disconnections settle before the next case.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    single.shutdown().await;
-    if let Some(p) = routed {
-        p.shutdown().await;
+    report::add_ratios(&mut rows, "direct", "pgbouncer");
+    let table = report::render_table(&rows);
+    println!();
+    println!("{table}");
+    for n in &notes {
+        println!("- {n}");
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let load_end = machine::load_average();
+    if !args.no_write {
+        let info = RunInfo {
+            args: &args,
+            cases: &cases,
+            postgres_version: postgres_version.trim().to_string(),
+            pgbouncer_version: pgbouncer_bin.as_ref().map(|b| b.version_string()),
+            shardgate_rev: machine::git_rev(&shardgate::workspace_root()),
+            load: (load_start, load_end),
+            elapsed: started.elapsed(),
+        };
+        let section = render_compare_section(&info, &table, &notes);
+        let doc = load_results(&args.results);
+        std::fs::write(
+            &args.results,
+            report::replace_section(&doc, "compare", &section),
+        )
+        .with_context(|| format!("writing {}", args.results.display()))?;
+        eprintln!("results written to {}", args.results.display());
+    }
+
+    drop(pgbouncer_service);
+    drop(shardgate_services);
     tokio::task::spawn_blocking(move || drop(clusters)).await?;
+    eprintln!("done in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     Ok(())
 }
 
-async fn run_pgbench(port: u16, args: &[&str]) -> anyhow::Result<PgbenchResult> {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend([
-        "-h".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-        "-U".into(),
-        USER.into(),
-        DB.into(),
-    ]);
-    tokio::task::spawn_blocking(move || pgbench(&all, &[("PGPASSWORD", PASSWORD)]))
-        .await?
-        .context("running pgbench")
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
-fn median_tps(runs: &[PgbenchResult]) -> f64 {
-    median(runs.iter().map(|r| r.tps).collect())
-}
-
-fn median_latency(runs: &[PgbenchResult]) -> f64 {
-    median(runs.iter().filter_map(|r| r.latency_avg_ms).collect())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
+fn first_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    let mut out: String = line.chars().take(max).collect();
+    if line.chars().count() > max {
+        out.push('…');
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    out.replace('|', "/")
+}
+
+/// Fails when a proxy died during the benchmark (its figures would be meaningless).
+fn check_alive(pgbouncer: Option<&mut Service>, shardgate: &mut [Service]) -> anyhow::Result<()> {
+    for svc in pgbouncer.into_iter().chain(shardgate.iter_mut()) {
+        if !svc.is_running() {
+            bail!(
+                "{} exited during the benchmark:\n{}",
+                svc.name(),
+                svc.log_tail(30)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The results file's text, or a fresh header when it is missing or empty.
+fn load_results(path: &Path) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    if old.trim().is_empty() {
+        RESULTS_HEADER.to_string()
+    } else {
+        old
+    }
+}
+
+const RESULTS_HEADER: &str = "# shardgate benchmark results\n\nWritten by \
+    `cargo run -p bench --release -- compare` and `-- profile`; each command replaces its own \
+    section. See the Benchmarks section of the README for how to run and read them.\n";
+
+struct RunInfo<'a> {
+    args: &'a CompareArgs,
+    cases: &'a [Case],
+    postgres_version: String,
+    pgbouncer_version: Option<String>,
+    shardgate_rev: String,
+    load: (Option<f64>, Option<f64>),
+    elapsed: Duration,
+}
+
+fn render_compare_section(info: &RunInfo<'_>, table: &str, notes: &[String]) -> String {
+    let a = info.args;
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let load = |l: Option<f64>| l.map_or("?".into(), |l| format!("{l:.2}"));
+    let mut s = String::new();
+    s.push_str("## pgbench: direct vs PgBouncer vs shardgate\n\n");
+    s.push_str(&format!("- Date: {}\n", machine::now_utc()));
+    s.push_str(&format!(
+        "- Machine: {} CPUs ({}), {} GiB RAM, Linux {}. **Shared**: other engineers were \
+         compiling and testing on it during the run (1-minute load average {} at the start, {} \
+         at the end), so absolute figures are noisy; compare the ratios within this run.\n",
+        machine::nproc(),
+        machine::cpu_model(),
+        machine::mem_gib().map_or("?".into(), |g| format!("{g:.0}")),
+        machine::kernel(),
+        load(info.load.0),
+        load(info.load.1),
+    ));
+    s.push_str(&format!(
+        "- Versions: PostgreSQL {}, PgBouncer {}, shardgate {} (release build), {}\n",
+        info.postgres_version,
+        info.pgbouncer_version.as_deref().unwrap_or("not run"),
+        info.shardgate_rev,
+        machine::program_version(
+            &shardgate_tests::pg_bin("pgbench").unwrap_or_else(|_| "pgbench".into())
+        ),
+    ));
+    s.push_str(&format!(
+        "- Command: `cargo run -p bench --release -- {}` ({:.1} min)\n",
+        command.join(" "),
+        info.elapsed.as_secs_f64() / 60.0
+    ));
+    s.push_str(&format!(
+        "- Setup: transaction pooling, pool size {} in both proxies (PgBouncer \
+         `default_pool_size`, shardgate `pool.size`), SCRAM-SHA-256 logins, everything on \
+         127.0.0.1; pgbench scale {}, `-T {}` per run, {} repeats interleaved (each target in \
+         turn, then again), `-j 2` (`-j 1` at `-c 1`), per-transaction logs (`-l`) for latency.\n",
+        a.pool, a.scale, a.seconds, a.repeats
+    ));
+    s.push_str(&format!(
+        "- Cases: {}\n\n",
+        info.cases
+            .iter()
+            .map(|c| format!("`{}` ({})", c.name, c.describe()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    s.push_str(table);
+    s.push_str(
+        "\nColumns: TPS is the median over repeats (pgbench's \"without initial connection \
+         time\"); ×direct and ×pgbouncer divide it by the same case's direct and PgBouncer TPS; \
+         avg and p99 are per-transaction latencies from the pgbench logs (median over \
+         repeats); CPU µs/tx is the proxy process's utime+stime (/proc/PID/stat) during the \
+         run divided by its transactions (it includes the clients' logins); RSS is the \
+         proxy's VmRSS after a run (largest over repeats). In `idle-N` cases N clients log in \
+         to each proxy and stay connected (idle) while pgbench runs; the direct row there is \
+         the same pgbench with no idle clients.\n",
+    );
+    if !notes.is_empty() {
+        s.push('\n');
+        for n in notes {
+            s.push_str(&format!("- {n}\n"));
+        }
+    }
+    s
 }

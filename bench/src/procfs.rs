@@ -1,0 +1,93 @@
+//! What the benchmarks read about a proxy process from `/proc`: CPU time (utime + stime from
+//! `/proc/PID/stat`) and resident memory (`VmRSS` from `/proc/PID/status`).
+
+use std::time::Duration;
+
+/// CPU time the process has used so far (user + system), or `None` when it cannot be read.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_stat_cpu_ticks(&stat)?;
+    Some(ticks_to_duration(ticks, clock_ticks_per_second()))
+}
+
+/// Resident set size in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_field_kib(pid, "VmRSS")
+}
+
+fn status_field_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, field)
+}
+
+/// `utime + stime` in clock ticks from the text of `/proc/PID/stat`. The command name (field
+/// 2) is in parentheses and may itself hold spaces or parentheses, so fields are counted from
+/// the last `)`: utime and stime are fields 14 and 15.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field n is fields[n - 3].
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `Name:  123 kB` line of `/proc/PID/status`, in KiB.
+pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        let mut parts = rest.split_whitespace();
+        let value = parts.next()?.parse().ok()?;
+        (parts.next() == Some("kB")).then_some(value)
+    })
+}
+
+fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
+    let per_second = per_second.max(1);
+    Duration::from_secs(ticks / per_second)
+        + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second)
+}
+
+/// `sysconf(_SC_CLK_TCK)`, the unit of the times in `/proc/PID/stat` (100 on Linux).
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (shard gate) (x)) S 1 4242 4242 0 -1 4194560 1234 0 0 0 \
+                        250 75 0 0 20 0 5 0 123456 1000000 2000 18446744073709551615";
+
+    #[test]
+    fn stat_cpu_ticks_after_odd_comm() {
+        assert_eq!(parse_stat_cpu_ticks(STAT), Some(325));
+        assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2"), None);
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn status_fields() {
+        let status = "Name:\tshardgate\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_kib(status, "VmRSS"), Some(10240));
+        assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
+        assert_eq!(parse_status_kib(status, "Threads"), None);
+        assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn ticks_convert() {
+        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
+        assert_eq!(ticks_to_duration(3, 1000), Duration::from_millis(3));
+    }
+
+    #[test]
+    fn reads_our_own_process() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).is_some_and(|k| k > 0));
+        assert!(cpu_time(pid).is_some());
+    }
+}
