@@ -126,7 +126,7 @@ fn merge_by_name(costs: Vec<Cost>) -> Vec<Cost> {
             }),
         }
     }
-    merged.sort_by(|a, b| b.ir.cmp(&a.ir));
+    merged.sort_by_key(|c| std::cmp::Reverse(c.ir));
     merged
 }
 
@@ -150,7 +150,7 @@ fn ours_by_name(costs: Vec<Cost>) -> Vec<Cost> {
             });
         }
     }
-    ours.sort_by(|a, b| b.ir.cmp(&a.ir));
+    ours.sort_by_key(|c| std::cmp::Reverse(c.ir));
     ours
 }
 
