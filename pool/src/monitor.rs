@@ -1,5 +1,5 @@
 //! The health and lag monitor: every `replicas.check_interval` it asks each shard's primary
-//! for its WAL insert position and each replica for its replay position (over tokio-postgres,
+//! for its WAL flush position (what a standby can have received) and each replica for its replay position (over tokio-postgres,
 //! the control-plane client, never the data path), then updates [`Health`]: hosts that do
 //! not answer are banned with backoff and probed again when the ban ends, replicas past
 //! `max_lag` / `max_lag_bytes` leave the read rotation and come back once under it.
@@ -41,7 +41,7 @@ impl MonitorLogin {
 }
 
 /// One check's answer: whether the server is in recovery, and its WAL position (replay
-/// position on a standby, insert position on a primary).
+/// position on a standby, flush position on a primary).
 struct Position {
     in_recovery: bool,
     lsn: u64,
@@ -49,7 +49,7 @@ struct Position {
 
 const POSITION_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') \
-      ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::int8";
+      ELSE pg_current_wal_flush_lsn() END - '0/0'::pg_lsn)::int8";
 
 /// Open control connections, one per host, reused across checks.
 #[derive(Default)]

@@ -51,12 +51,12 @@ impl Session {
             }
         };
 
-        let read = self.wants_replica(&batch);
+        let role = self.batch_role(&batch);
         let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
         let mut running = Vec::with_capacity(shards.len());
         for shard in &shards {
             self.shard = *shard;
-            match self.checkout_for(read).await {
+            match self.checkout_for(role).await {
                 Ok((conn, guard)) => {
                     conns.push(conn);
                     running.push(guard);
@@ -68,6 +68,9 @@ impl Session {
                 }
             }
         }
+        // Read-your-writes is tracked for single-shard writes only: a broadcast write's
+        // clients read from the primaries until the monitor sees the replicas caught up.
+        self.may_have_written = false;
         let names: Vec<String> = shards
             .iter()
             .map(|s| self.shard_name(*s).to_owned())

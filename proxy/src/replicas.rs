@@ -18,7 +18,19 @@ use tracing::{debug, warn};
 
 use crate::session::{CheckoutFailure, Session};
 
-/// Asks the primary, right after a write, how far its WAL goes (as a byte position).
+/// Where a batch runs: on a replica (or wherever reads go), and whether it may write (then
+/// read-your-writes takes the primary's WAL position after it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchRole {
+    pub read: bool,
+    pub may_write: bool,
+}
+
+/// Asks the primary, right after a write transaction, where its WAL ends (as a byte
+/// position). The insert position covers the commit record even with `synchronous_commit =
+/// off` (the flush position would not). It may point just past a page header when the commit
+/// was the last record before a page boundary; replay reports the end of the last record, so
+/// until another record follows, such a client reads from the primary: never stale.
 const WAL_POSITION_SQL: &str = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn";
 
 impl Session {
@@ -49,43 +61,72 @@ impl Session {
         }
     }
 
-    /// Whether `batch` (detached, about to be routed to `self.shard`) should read from a
-    /// replica.
-    pub(crate) fn wants_replica(&mut self, batch: &[Frame]) -> bool {
+    /// Where a detached batch (about to be routed to `self.shard`) should run.
+    pub(crate) fn batch_role(&mut self, batch: &[Frame]) -> BatchRole {
+        let primary_write = BatchRole {
+            read: false,
+            may_write: true,
+        };
         if !self.shared.reads_can_leave_primary || self.mode_is_session() {
-            return false;
+            return primary_write;
         }
         if self.deferred_begin.is_some() {
             // A transaction the proxy deferred: its BEGIN says whether it only reads.
-            return match self.forced_role(None) {
+            let read_only = self.deferred_read_only;
+            let read = match self.forced_role(None) {
                 Some(RoleHint::Primary) => false,
                 Some(_) => true,
-                None => self.deferred_read_only,
+                None => read_only,
+            };
+            return BatchRole {
+                read,
+                may_write: !read_only,
             };
         }
         if self.status != TransactionStatus::Idle {
-            return false;
+            return primary_write;
         }
-        let mut executes = false;
+        let mut statements = false;
+        let mut read = true;
+        let mut reads_only = true;
         for frame in batch {
             let plan = match frame.tag() {
                 frontend::QUERY => match frontend::query_text(frame) {
                     Ok(text) => self.shared.router.plan(text),
-                    Err(_) => return false,
+                    Err(_) => return primary_write,
+                },
+                // Preparing a read can happen on a replica too (drivers prepare before they
+                // execute, often in a batch of its own).
+                frontend::PARSE => match frontend::parse(frame) {
+                    Ok(p) => self.shared.router.plan(p.query),
+                    Err(_) => return primary_write,
                 },
                 frontend::BIND => match self.bound_statement_text(frame) {
                     Some(text) => self.shared.router.plan(&text),
-                    None => return false,
+                    None => return primary_write,
                 },
-                frontend::FUNCTION_CALL | frontend::COPY_DATA => return false,
+                frontend::FUNCTION_CALL | frontend::COPY_DATA => return primary_write,
                 _ => continue,
             };
-            if !self.plan_on_replica(&plan) {
-                return false;
-            }
-            executes = true;
+            statements = true;
+            read &= self.plan_on_replica(&plan);
+            reads_only &= plan.runs_on_replica();
         }
-        executes
+        BatchRole {
+            read: read && statements,
+            may_write: !(reads_only && statements) && Self::batch_executes(batch),
+        }
+    }
+
+    /// Whether a batch runs statements (rather than only preparing, describing or closing
+    /// them): only those can write.
+    fn batch_executes(batch: &[Frame]) -> bool {
+        batch.iter().any(|f| {
+            matches!(
+                f.tag(),
+                frontend::QUERY | frontend::EXECUTE | frontend::FUNCTION_CALL
+            )
+        })
     }
 
     /// The text of the statement a Bind executes.
@@ -103,8 +144,9 @@ impl Session {
     /// `self.host` to the server taken.
     pub(crate) async fn checkout_for(
         &mut self,
-        read: bool,
+        role: BatchRole,
     ) -> Result<(PooledConn, QueryGuard), CheckoutFailure> {
+        let BatchRole { read, may_write } = role;
         let shard = self.shard;
         let Some(health) = self.shared.health.shard(shard).cloned() else {
             return Err(CheckoutFailure::new(
@@ -117,7 +159,12 @@ impl Session {
         let mut tried: Vec<HostChoice> = Vec::new();
         loop {
             let choice = if read {
-                let min_lsn = self.read_after.get(shard).copied().unwrap_or(0);
+                let mut min_lsn = self.read_after.get(shard).copied().unwrap_or(0);
+                if min_lsn > 0 && !health.primary.is_up() {
+                    // Read-your-writes would send this read to a primary that is down: serve
+                    // it from a replica rather than fail it (availability over freshness).
+                    min_lsn = 0;
+                }
                 match health.pick_read(min_lsn, settings.include_primary_in_reads, &tried) {
                     Some(c) => c,
                     None if settings.fallback_to_primary => HostChoice::Primary,
@@ -143,6 +190,7 @@ impl Session {
                     Some("check that the shard's servers are up"),
                 ));
             }
+            debug!(shard = %health.name, read, ?choice, min_lsn = self.read_after.get(shard).copied().unwrap_or(0), "server chosen");
             self.host = choice;
             let Some(host) = health.host(choice).cloned() else {
                 return Err(CheckoutFailure::new(
@@ -154,6 +202,7 @@ impl Session {
             match self.checkout(false).await {
                 Ok((conn, _)) => {
                     self.attached_read = read;
+                    self.may_have_written = may_write && !read && choice == HostChoice::Primary;
                     return Ok((conn, host.start_query()));
                 }
                 Err(failure) if failure.is_connect_error() => {
@@ -172,17 +221,11 @@ impl Session {
         }
     }
 
-    /// Whether the current attachment may have written on the primary (so read-your-writes
-    /// needs the WAL position when it ends).
-    fn wrote_on_primary(&self) -> bool {
-        self.host == HostChoice::Primary && !self.attached_read
-    }
-
     /// Before a primary connection that served writes goes back to the pool: remember the
     /// WAL position the client's later reads must see on a replica.
     pub(crate) async fn remember_write_position(&mut self, server: &mut PooledConn) {
-        if !self.read_your_writes
-            || !self.wrote_on_primary()
+        if !std::mem::take(&mut self.may_have_written)
+            || !self.read_your_writes
             || server.is_broken()
             || server.status() != TransactionStatus::Idle
         {
@@ -196,7 +239,9 @@ impl Session {
         if !has_replicas {
             return;
         }
-        match server.query_value(WAL_POSITION_SQL).await {
+        let position = server.query_value(WAL_POSITION_SQL).await;
+        debug!(shard = self.shard, ?position, "WAL position after a write");
+        match position {
             Ok(Some(v)) => {
                 // numeric text, e.g. "50331944"
                 let lsn = v.split('.').next().and_then(|d| d.parse::<u64>().ok());

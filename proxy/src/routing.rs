@@ -176,7 +176,8 @@ impl Session {
             return true;
         }
         // Reads and writes may need different servers of the shard.
-        if self.shared.reads_can_leave_primary && self.wants_replica(batch) != self.attached_read {
+        if self.shared.reads_can_leave_primary && self.batch_role(batch).read != self.attached_read
+        {
             return true;
         }
         for frame in batch {
@@ -262,6 +263,16 @@ impl Session {
         match &plan.kind {
             StatementKind::ShardgateRoute(inner) => {
                 self.answer_route(inner);
+                true
+            }
+            // `SET shardgate.role = primary` is the proxy's alone (PostgreSQL would refuse the
+            // bare keyword `primary`).
+            StatementKind::ShardgateSet(set)
+                if set.name == ShardgateParam::Role && plan.refusal.is_none() =>
+            {
+                self.observe_shardgate_sets(&plan);
+                backend::write_command_complete(&mut self.io.out, "SET");
+                self.io.push_ready(self.status);
                 true
             }
             StatementKind::Begin { read_only }
@@ -499,12 +510,10 @@ pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>
             .join(", "),
         _ => String::new(),
     };
-    let role = match plan.kind {
-        StatementKind::Read {
-            locking: false,
-            side_effects: false,
-        } => "primary (reads use replicas once configured)",
-        _ => "primary",
+    let role = if plan.runs_on_replica() && plan.role_hint != Some(RoleHint::Primary) {
+        "replica (the primary when the shard has none in rotation)"
+    } else {
+        "primary"
     };
     let from_params = matches!(&plan.placement, Placement::Keys { keys, .. }
         if keys.iter().any(|k| !matches!(k, KeyExpr::Value(_))));

@@ -53,6 +53,9 @@ pub struct Session {
     /// The current attachment was taken for reads only (on a replica, or the primary when
     /// none was eligible).
     pub(crate) attached_read: bool,
+    /// The current attachment is on a primary for statements that may write: read-your-writes
+    /// takes the WAL position when it ends.
+    pub(crate) may_have_written: bool,
     /// Counts the current attachment as a query running on its host (for balancing) and the
     /// client as active.
     query_guard: Option<(QueryGuard, CountGuard)>,
@@ -258,6 +261,7 @@ impl Session {
             shard: shared.router.default_shard(),
             host: HostChoice::Primary,
             attached_read: false,
+            may_have_written: false,
             query_guard: None,
             session_role: None,
             local_role: None,
@@ -411,8 +415,8 @@ impl Session {
                             continue;
                         }
                     }
-                    let read = self.wants_replica(&batch);
-                    match self.checkout_for(read).await {
+                    let role = self.batch_role(&batch);
+                    match self.checkout_for(role).await {
                         Ok((s, guard)) => {
                             let active = CountGuard::new(&self.shared.activity.active);
                             self.query_guard = Some((guard, active));
@@ -563,8 +567,8 @@ impl Session {
             }
         }
         let idle_timeout = self.shared.config().listen.client_idle_timeout;
-        let rerouting =
-            self.mode == PoolMode::Transaction && self.shared.router.shard_names().len() > 1;
+        let rerouting = self.mode == PoolMode::Transaction
+            && (self.shared.router.shard_names().len() > 1 || self.shared.reads_can_leave_primary);
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
         loop {

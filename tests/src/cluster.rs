@@ -354,6 +354,12 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Stops the server at once (`pg_ctl stop -m immediate`: a crash, as far as clients can
+    /// tell); the directory stays, so [`PgCluster::restart`] brings it back.
+    pub fn kill(&mut self) {
+        self.stop_immediately();
+    }
+
     /// Starts a stopped server again on the same port.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
