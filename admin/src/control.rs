@@ -114,4 +114,7 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn clients(&self) -> ClientCounts;
     /// Re-reads the config file and applies what can change live.
     fn reload(&self) -> Result<ReloadOutcome, ReloadError>;
+    /// Called at each `/metrics` scrape: lets the proxy publish figures it keeps itself
+    /// (e.g. its statement cache's hit counts) as metrics.
+    fn record_metrics(&self) {}
 }

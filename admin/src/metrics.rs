@@ -281,5 +281,6 @@ fn with(
 /// Sets the snapshot gauges and renders every metric in the Prometheus text format.
 pub fn render(handle: &PrometheusHandle, control: &dyn ControlPlane) -> String {
     record_snapshot(control);
+    control.record_metrics();
     handle.render()
 }

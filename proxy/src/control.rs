@@ -166,6 +166,12 @@ impl ControlPlane for ProxyControl {
         }
     }
 
+    fn record_metrics(&self) {
+        let cache = self.shared.router.cache_stats();
+        metrics::counter!("shardgate_parse_cache_hits_total").absolute(cache.hits);
+        metrics::counter!("shardgate_parse_cache_misses_total").absolute(cache.misses);
+    }
+
     fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let Some(path) = &self.config_path else {
             return Err(ReloadError {

@@ -16,6 +16,7 @@ use shardgate_wire::{frontend, sqlstate, Frame};
 use crate::routing::feature_error;
 use crate::scatter::{self, ScatterRequest};
 use crate::session::Session;
+use crate::stats::RouteKind;
 use crate::SessionError;
 
 impl Session {
@@ -75,6 +76,7 @@ impl Session {
             .iter()
             .map(|s| self.shard_name(*s).to_owned())
             .collect();
+        let started = std::time::Instant::now();
         let broken = {
             let mut servers: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
             if matches!(plan.kind, StatementKind::Read { .. }) {
@@ -88,6 +90,16 @@ impl Session {
             }
         };
         *self.cancel.lock().await = None;
+        let route = if matches!(plan.kind, StatementKind::Read { .. }) {
+            RouteKind::Multi
+        } else {
+            RouteKind::Broadcast
+        };
+        let took = started.elapsed();
+        for (shard, guard) in shards.iter().zip(&running) {
+            let role = guard.host().role;
+            self.shared.query_stats.query(*shard, role, route, took);
+        }
         if let Some((shard, error)) = broken {
             if let Some(i) = names.iter().position(|n| *n == shard) {
                 conns[i].mark_broken();

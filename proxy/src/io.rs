@@ -35,7 +35,12 @@ impl ClientIo {
     /// An oversized or malformed header is answered with 08P01 here.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, SessionError> {
         match self.reader.read_frame().await {
-            Ok(f) => Ok(f),
+            Ok(f) => {
+                if let Some(frame) = &f {
+                    crate::stats::bytes_received(frame.len());
+                }
+                Ok(f)
+            }
             Err(e) => Err(self.frame_error(e).await),
         }
     }
@@ -75,6 +80,7 @@ impl ClientIo {
     /// Writes out everything buffered in `out`.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
+            crate::stats::bytes_sent(self.out.len());
             let res = self.reader.get_mut().write_all(&self.out).await;
             self.out.clear();
             res.map_err(|_| SessionError::ClientGone)?;
@@ -92,6 +98,7 @@ impl ClientIo {
 
     /// Queues a proxy-made ErrorResponse (severity ERROR).
     pub fn push_error(&mut self, code: &str, message: &str, hint: Option<&str>) {
+        crate::stats::count_error(code);
         backend::write_error(&mut self.out, Severity::Error, code, message, hint);
     }
 
@@ -102,6 +109,7 @@ impl ClientIo {
     /// Sends a FATAL error and flushes; the caller then closes the connection. Failures to
     /// write are ignored: the client is being dropped anyway.
     pub async fn fatal(&mut self, code: &str, message: &str, hint: Option<&str>) {
+        crate::stats::count_error(code);
         backend::write_error(&mut self.out, Severity::Fatal, code, message, hint);
         let _ = self.flush().await;
     }

@@ -18,6 +18,7 @@ mod scatter;
 mod session;
 mod session_state;
 mod startup;
+mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,6 +81,7 @@ pub struct Shared {
     /// Every host's health, lag and load.
     health: Arc<shardgate_pool::Health>,
     activity: control::ClientActivity,
+    query_stats: stats::QueryStats,
     /// Set when shutdown starts: `/ready` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
     auth: auth::Authenticator,
@@ -99,6 +101,7 @@ impl Shared {
             reads_can_leave_primary: has_replicas,
             health: shardgate_pool::Health::from_config(&config),
             activity: control::ClientActivity::default(),
+            query_stats: stats::QueryStats::new(router.shard_names()),
             draining: Arc::default(),
             router,
             auth: auth::Authenticator::new(&config),

@@ -34,14 +34,30 @@ pub struct Listeners {
     unix: Option<UnixListener>,
 }
 
+/// A TCP listener with SO_REUSEPORT, so a new shardgate can bind the same port while the old
+/// one drains (zero-downtime restarts); the kernel spreads new connections over both.
+fn bind_tcp(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 pub async fn bind(config: &Config) -> Result<Listeners, ListenError> {
     let tcp_err = |source| ListenError::Tcp {
         addr: config.listen.addr.clone(),
         source,
     };
-    let tcp = TcpListener::bind(&config.listen.addr)
-        .await
-        .map_err(tcp_err)?;
+    let tcp = bind_tcp(&config.listen.addr).map_err(tcp_err)?;
     let addr = tcp.local_addr().map_err(tcp_err)?;
     let (unix, unix_path) = match &config.listen.unix_socket_dir {
         Some(dir) => {

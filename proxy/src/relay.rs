@@ -185,6 +185,7 @@ impl Session {
             }
             self.refuse_until_sync = false;
         }
+        self.note_request_message(&frame);
         if matches!(
             frame.tag(),
             frontend::QUERY | frontend::BIND | frontend::PARSE
@@ -340,6 +341,9 @@ impl Session {
                     )));
                 }
                 self.transaction_error = true;
+                if let Ok(fields) = backend::error_fields(&frame) {
+                    crate::stats::count_error(&fields.code);
+                }
                 if let Some(Expect::Bind { global: Some(stmt) }) = self.expect.front() {
                     // A schema change made this statement's plan unusable on this server
                     // connection (and likely on others). A client answers by preparing it
@@ -372,6 +376,7 @@ impl Session {
                 let status = backend::ready_for_query_status(&frame)
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 self.expect.pop_front();
+                self.note_request_done();
                 self.copy_in = false;
                 server.set_status(status);
                 self.status = status;

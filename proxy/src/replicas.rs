@@ -130,7 +130,7 @@ impl Session {
     }
 
     /// The text of the statement a Bind executes.
-    fn bound_statement_text(&self, frame: &Frame) -> Option<String> {
+    pub(crate) fn bound_statement_text(&self, frame: &Frame) -> Option<String> {
         let bind = frontend::bind(frame).ok()?;
         if bind.statement.is_empty() {
             self.unnamed.as_ref().map(|(t, _)| t.clone())

@@ -69,6 +69,10 @@ pub struct Session {
     /// Per shard: the primary's WAL position after this client's last write there; a replica
     /// serves its reads only once it has replayed that far.
     pub(crate) read_after: Vec<u64>,
+    /// When the running request's first message was forwarded (for metrics and the
+    /// slow-query log), and its Query or Bind.
+    pub(crate) request_started: Option<std::time::Instant>,
+    pub(crate) last_statement: Option<Frame>,
     /// `SET shardgate.shard_key|shard` for the session, and `SET LOCAL` for the transaction.
     pub(crate) session_hint: Option<Hint>,
     pub(crate) local_hint: Option<Hint>,
@@ -268,6 +272,8 @@ impl Session {
             deferred_read_only: false,
             read_your_writes,
             read_after: vec![0; shards],
+            request_started: None,
+            last_statement: None,
             session_hint: None,
             local_hint: None,
             unnamed: None,
@@ -334,8 +340,12 @@ impl Session {
     ) -> Result<(PooledConn, Vec<(String, String)>), CheckoutFailure> {
         let pool = self.pool();
         let waiting = CountGuard::new(&self.shared.activity.waiting);
+        let wait_started = std::time::Instant::now();
         let checked_out = pool.checkout().await;
         drop(waiting);
+        self.shared
+            .query_stats
+            .checkout_wait(self.shard, pool.key().role, wait_started.elapsed());
         let mut server =
             match checked_out {
                 Ok(s) => s,

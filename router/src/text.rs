@@ -152,6 +152,57 @@ fn dollar_tag(sql: &str, i: usize) -> Option<&str> {
     valid.then(|| &sql[i..i + close + 2])
 }
 
+/// `sql` with literals replaced by `?`, comments dropped and whitespace collapsed, for logs
+/// (the slow-query log): the statement's shape without the values it carried.
+pub fn normalize_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len().min(4096));
+    // Tokens of numbers and `$n` parameters come one character at a time: the run they make
+    // (adjacent tokens) is one number, or one parameter kept as written.
+    let mut prev_end = usize::MAX;
+    let mut run: Option<bool> = None; // Some(true): in a parameter, Some(false): in a number
+    for tok in tokens(sql) {
+        let text = &sql[tok.range.clone()];
+        let adjacent = tok.range.start == prev_end;
+        prev_end = tok.range.end;
+        let numeric = tok.kind == TokKind::Other
+            && text.starts_with(|c: char| c.is_ascii_digit() || c == '.');
+        match run {
+            Some(true) if adjacent && numeric => {
+                out.push_str(text);
+                continue;
+            }
+            // 1.5e3: the exponent lexes as a word.
+            Some(false)
+                if adjacent
+                    && (numeric
+                        || text.starts_with(['e', 'E'])
+                            && text[1..].chars().all(|c| c.is_ascii_digit())) =>
+            {
+                continue
+            }
+            _ => run = None,
+        }
+        let piece = match tok.kind {
+            TokKind::Comment => continue,
+            TokKind::Quoted if !text.starts_with('"') => "?",
+            TokKind::Other if text == "$" => {
+                run = Some(true);
+                "$"
+            }
+            TokKind::Other if numeric => {
+                run = Some(false);
+                "?"
+            }
+            _ => text,
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(piece);
+    }
+    out
+}
+
 /// The statements of a text, split at top-level semicolons, without the ones that hold only
 /// comments and whitespace.
 pub(crate) fn split_statements(sql: &str) -> Vec<&str> {
@@ -214,6 +265,20 @@ pub(crate) fn leading_words(sql: &str, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalized_statements_carry_no_values() {
+        assert_eq!(
+            normalize_sql(
+                "SELECT * FROM \"T\" /* hi */ WHERE a = 'secret' AND b = 42\n  AND c = $1"
+            ),
+            "SELECT * FROM \"T\" WHERE a = ? AND b = ? AND c = $1"
+        );
+        assert_eq!(
+            normalize_sql("select $$x$$, E'y', 1.5e3"),
+            "select ? , ? , ?"
+        );
+    }
 
     #[test]
     fn splits_outside_literals_and_comments() {

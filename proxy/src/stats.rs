@@ -1,0 +1,200 @@
+//! Metrics the data path records, and the slow-query log. Labelled handles are registered
+//! once per (shard, role, route) and reused, so a query costs a few atomic adds, not a
+//! registry lookup with label strings.
+//!
+//! The names are the ones the admin crate describes and the README documents.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+use shardgate_pool::Role;
+
+/// How a request was routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RouteKind {
+    Single,
+    /// A read on several shards, merged.
+    Multi,
+    /// DDL or a keyless write on every shard.
+    Broadcast,
+}
+
+impl RouteKind {
+    fn label(self) -> &'static str {
+        match self {
+            RouteKind::Single => "single",
+            RouteKind::Multi => "multi",
+            RouteKind::Broadcast => "broadcast",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+fn role_label(role: Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        Role::Replica => "replica",
+    }
+}
+
+fn role_index(role: Role) -> usize {
+    usize::from(role == Role::Replica)
+}
+
+struct ShardCell {
+    queries: Counter,
+}
+
+/// Per-shard and per-role handles, created on first use.
+pub(crate) struct QueryStats {
+    shard_names: Vec<String>,
+    /// [shard][role][route]
+    queries: Vec<OnceLock<ShardCell>>,
+    /// [role][route]
+    durations: Vec<OnceLock<Histogram>>,
+    /// [shard][role]
+    checkout_waits: Vec<OnceLock<Histogram>>,
+}
+
+impl QueryStats {
+    pub(crate) fn new(shard_names: &[String]) -> QueryStats {
+        let n = shard_names.len();
+        QueryStats {
+            shard_names: shard_names.to_vec(),
+            queries: (0..n * 2 * 3).map(|_| OnceLock::new()).collect(),
+            durations: (0..2 * 3).map(|_| OnceLock::new()).collect(),
+            checkout_waits: (0..n * 2).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn shard_name(&self, shard: usize) -> String {
+        self.shard_names.get(shard).cloned().unwrap_or_default()
+    }
+
+    /// One request (up to its ReadyForQuery) finished on `shard`.
+    pub(crate) fn query(&self, shard: usize, role: Role, route: RouteKind, took: Duration) {
+        let at = (shard * 2 + role_index(role)) * 3 + route.index();
+        if let Some(cell) = self.queries.get(at) {
+            cell.get_or_init(|| ShardCell {
+                queries: metrics::counter!("shardgate_queries_total",
+                    "shard" => self.shard_name(shard), "role" => role_label(role), "route" => route.label()),
+            })
+            .queries
+            .increment(1);
+        }
+        if let Some(h) = self.durations.get(role_index(role) * 3 + route.index()) {
+            h.get_or_init(|| {
+                metrics::histogram!("shardgate_query_duration_seconds",
+                    "role" => role_label(role), "route" => route.label())
+            })
+            .record(took.as_secs_f64());
+        }
+    }
+
+    /// A client waited `waited` for a server connection of `shard`.
+    pub(crate) fn checkout_wait(&self, shard: usize, role: Role, waited: Duration) {
+        if let Some(h) = self.checkout_waits.get(shard * 2 + role_index(role)) {
+            h.get_or_init(|| {
+                metrics::histogram!("shardgate_checkout_wait_seconds",
+                    "shard" => self.shard_name(shard), "role" => role_label(role))
+            })
+            .record(waited.as_secs_f64());
+        }
+    }
+}
+
+/// An error sent to a client, counted by SQLSTATE class (the first two characters).
+pub(crate) fn count_error(code: &str) {
+    let class = code.get(..2).unwrap_or("??").to_owned();
+    metrics::counter!("shardgate_errors_total", "class" => class).increment(1);
+}
+
+fn bytes_counter(cell: &'static OnceLock<Counter>, name: &'static str) -> &'static Counter {
+    cell.get_or_init(|| metrics::counter!(name))
+}
+
+pub(crate) fn bytes_received(n: usize) {
+    static C: OnceLock<Counter> = OnceLock::new();
+    bytes_counter(&C, "shardgate_client_bytes_received_total").increment(n as u64);
+}
+
+pub(crate) fn bytes_sent(n: usize) {
+    static C: OnceLock<Counter> = OnceLock::new();
+    bytes_counter(&C, "shardgate_client_bytes_sent_total").increment(n as u64);
+}
+
+impl crate::session::Session {
+    /// A client message is about to be forwarded: the request it belongs to starts now if
+    /// none is running.
+    pub(crate) fn note_request_message(&mut self, frame: &shardgate_wire::Frame) {
+        use shardgate_wire::frontend;
+        if self.request_started.is_none() {
+            self.request_started = Some(std::time::Instant::now());
+        }
+        if matches!(frame.tag(), frontend::QUERY | frontend::BIND) {
+            // A cheap clone (shared bytes), kept for the slow-query log.
+            self.last_statement = Some(frame.clone());
+        }
+    }
+
+    /// The server's ReadyForQuery ended a request: count it, and log it when slow.
+    pub(crate) fn note_request_done(&mut self) {
+        let Some(started) = self.request_started.take() else {
+            return;
+        };
+        let took = started.elapsed();
+        let role = match self.host {
+            shardgate_pool::HostChoice::Primary => Role::Primary,
+            shardgate_pool::HostChoice::Replica(_) => Role::Replica,
+        };
+        self.shared
+            .query_stats
+            .query(self.shard, role, RouteKind::Single, took);
+        let log = &self.shared.config().log;
+        if log.slow_query_ms > 0 && took.as_millis() >= u128::from(log.slow_query_ms) {
+            let (statement, parameters) = self.describe_last_statement(log.log_parameters);
+            tracing::warn!(
+                shard = self.shard_name(self.shard),
+                role = role_label(role),
+                duration_ms = took.as_millis() as u64,
+                statement,
+                parameters,
+                "slow query"
+            );
+        }
+    }
+
+    /// The last statement sent, normalised (literals replaced by `?`), and its parameters
+    /// when configured.
+    fn describe_last_statement(&self, with_parameters: bool) -> (String, Option<String>) {
+        use shardgate_wire::frontend;
+        let Some(frame) = &self.last_statement else {
+            return (String::new(), None);
+        };
+        let text = match frame.tag() {
+            frontend::QUERY => frontend::query_text(frame).ok().map(str::to_owned),
+            _ => self.bound_statement_text(frame),
+        };
+        let statement = shardgate_router::normalize_sql(text.as_deref().unwrap_or(""));
+        let parameters = (with_parameters && frame.tag() == frontend::BIND)
+            .then(|| {
+                let bind = frontend::bind(frame).ok()?;
+                let params = frontend::bind_params(frame, &bind).ok()?;
+                let shown: Vec<String> = params
+                    .values
+                    .iter()
+                    .map(|v| match v {
+                        Some(b) => String::from_utf8_lossy(b).into_owned(),
+                        None => "NULL".into(),
+                    })
+                    .collect();
+                Some(shown.join(", "))
+            })
+            .flatten();
+        (statement, parameters)
+    }
+}
