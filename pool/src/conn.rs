@@ -30,7 +30,7 @@ pub const MAX_SERVER_FRAME: usize = 1 << 30;
 pub const DEFAULT_PREPARED_CAPACITY: usize = 500;
 
 /// Where and how to open one server connection.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct ConnectTarget {
     /// Host (IP or hostname, or a unix socket directory starting with '/') and port.
     pub host: Host,

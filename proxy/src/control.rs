@@ -55,7 +55,7 @@ impl ControlPlane for ProxyControl {
         if self.draining.load(Ordering::Relaxed) {
             reasons.push("draining: shutting down".to_owned());
         }
-        for shard in &self.shared.health.shards {
+        for shard in &self.shared.health.load().shards {
             let p = shard.primary.snapshot();
             if p.state == "down" {
                 reasons.push(format!(
@@ -77,6 +77,7 @@ impl ControlPlane for ProxyControl {
         let total = 1u32 << ring.slot_bits();
         self.shared
             .health
+            .load()
             .shards
             .iter()
             .enumerate()
@@ -108,7 +109,7 @@ impl ControlPlane for ProxyControl {
                     shard: key.shard.clone(),
                     role: key.role.to_string(),
                     host: key.host.to_string(),
-                    size: settings.max_size,
+                    size: state.target,
                     min_size: settings.min_size,
                     max_size: settings.max_size,
                     connections: state.connections,
@@ -117,8 +118,8 @@ impl ControlPlane for ProxyControl {
                     waiting: state.waiting,
                     checkouts_timed_out: state.checkouts_timed_out,
                     connections_created: state.connections_created,
-                    grown: 0,
-                    shrunk: 0,
+                    grown: state.grown,
+                    shrunk: state.shrunk,
                 }
             })
             .collect();
@@ -137,6 +138,7 @@ impl ControlPlane for ProxyControl {
     fn replicas(&self) -> Vec<ReplicaInfo> {
         self.shared
             .health
+            .load()
             .snapshot()
             .into_iter()
             .filter(|h| h.role == Role::Replica)
@@ -179,9 +181,16 @@ impl ControlPlane for ProxyControl {
                 hint: "start it with `shardgate serve --config FILE` to reload".into(),
             });
         };
-        Err(ReloadError {
-            message: format!("reloading {} is not implemented yet", path.display()),
-            hint: "restart shardgate to apply a changed configuration".into(),
+        let config = shardgate_config::Config::load(path).map_err(|e| ReloadError {
+            message: e.to_string(),
+            hint: "fix the file and reload again; the running configuration is kept".into(),
+        })?;
+        let applied = self.shared.apply_config(config);
+        tracing::info!(applied = ?applied.applied, needs_restart = ?applied.needs_restart,
+            file = %path.display(), "configuration reloaded");
+        Ok(ReloadOutcome {
+            applied: applied.applied,
+            needs_restart: applied.needs_restart,
         })
     }
 }

@@ -12,6 +12,7 @@ mod io;
 mod listener;
 mod prepared;
 mod relay;
+mod reload;
 mod replicas;
 mod routing;
 mod scatter;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use shardgate_config::{Config, User};
 use shardgate_pool::{ConnectTarget, PoolKey, PoolSettings, Pools, ServerPool};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -66,9 +68,10 @@ pub enum SessionError {
     Shutdown,
 }
 
-/// State every session shares.
+/// State every session shares. What a reload may change sits behind an `ArcSwap`: sessions
+/// load the current value when they need it, and in-flight work keeps the one it started with.
 pub struct Shared {
-    config: Arc<Config>,
+    config: ArcSwap<Config>,
     router: shardgate_router::Router,
     /// False for a plain pooler (one shard, no sharded tables, no replicas): statements are
     /// not planned.
@@ -79,12 +82,18 @@ pub struct Shared {
     /// Some shard has replicas, or the primary is configured to share reads with them.
     reads_can_leave_primary: bool,
     /// Every host's health, lag and load.
-    health: Arc<shardgate_pool::Health>,
+    health: ArcSwap<shardgate_pool::Health>,
+    /// The health and lag monitor (restarted when a reload changes what it watches).
+    monitor: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Bumped by each reload that changes pools: sessions drop the pools they cached.
+    generation: AtomicU64,
+    /// `listen.max_client_connections` as the client slots were last sized.
+    max_clients: std::sync::atomic::AtomicUsize,
     activity: control::ClientActivity,
     query_stats: stats::QueryStats,
     /// Set when shutdown starts: `/ready` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
-    auth: auth::Authenticator,
+    auth: ArcSwap<auth::Authenticator>,
     pools: Pools,
     statements: prepared::StatementRegistry,
     cancels: cancel::CancelRegistry,
@@ -99,14 +108,17 @@ impl Shared {
             routing: config.shards.len() > 1 || !config.sharding.tables.is_empty() || has_replicas,
             defers_begin: config.shards.len() > 1 || has_replicas,
             reads_can_leave_primary: has_replicas,
-            health: shardgate_pool::Health::from_config(&config),
+            health: ArcSwap::new(shardgate_pool::Health::from_config(&config)),
             activity: control::ClientActivity::default(),
             query_stats: stats::QueryStats::new(router.shard_names()),
             draining: Arc::default(),
             router,
-            auth: auth::Authenticator::new(&config),
+            auth: ArcSwap::from_pointee(auth::Authenticator::new(&config)),
             client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
-            config: Arc::new(config),
+            max_clients: config.listen.max_client_connections.into(),
+            monitor: std::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            config: ArcSwap::from_pointee(config),
             pools: Pools::default(),
             statements: prepared::StatementRegistry::default(),
             cancels: cancel::CancelRegistry::default(),
@@ -115,7 +127,33 @@ impl Shared {
     }
 
     fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.config)
+        self.config.load_full()
+    }
+
+    /// (Re)starts the health and lag monitor for the current hosts and settings.
+    fn restart_monitor(&self) {
+        let config = self.config();
+        let task = shardgate_pool::MonitorLogin::from_config(&config).map(|login| {
+            shardgate_pool::spawn_monitor(self.health.load_full(), config.replicas.clone(), login)
+        });
+        let old = std::mem::replace(
+            &mut *self.monitor.lock().unwrap_or_else(|e| e.into_inner()),
+            task,
+        );
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    fn stop_monitor(&self) {
+        if let Some(task) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
     }
 
     fn next_client_id(&self) -> u64 {
@@ -135,10 +173,11 @@ impl Shared {
         let fallback = || {
             (
                 shardgate_pool::Role::Primary,
-                self.config.default_shard().primary.clone(),
+                self.config().default_shard().primary.clone(),
             )
         };
-        let Some(s) = self.health.shard(shard) else {
+        let health = self.health.load();
+        let Some(s) = health.shard(shard) else {
             return fallback();
         };
         s.host(choice)
@@ -148,32 +187,34 @@ impl Shared {
 
     /// The pool for `key`, created on first use from the config.
     fn pool(&self, key: PoolKey, user: &User) -> ServerPool {
-        let config = &self.config;
-        self.pools.get_or_create(key.clone(), || {
-            let target = ConnectTarget {
-                host: key.host.clone(),
-                user: user.server_user().to_owned(),
-                password: user.server_password().map(str::to_owned),
-                database: key.database.clone(),
-                application_name: "shardgate".into(),
-                connect_timeout: config.pool.connect_timeout,
-            };
-            let settings = PoolSettings {
-                max_size: user.pool_size.unwrap_or(config.pool.size),
-                min_size: config.pool.min_size,
-                checkout_timeout: config.pool.checkout_timeout,
-                idle_timeout: config.pool.idle_timeout,
-                max_lifetime: config.pool.max_lifetime,
-                prepared_capacity: config.pool.prepared_statements_per_connection,
-            };
-            (target, settings)
-        })
+        let config = self.config();
+        self.pools
+            .get_or_create(key.clone(), || pool_setup(&config, &key, user))
     }
 
     /// Clients connected right now.
     pub fn client_count(&self) -> usize {
-        self.config.listen.max_client_connections - self.client_slots.available_permits()
+        self.max_clients
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.client_slots.available_permits())
     }
+}
+
+/// How the pool for `key` connects and is sized under `config`.
+fn pool_setup(config: &Config, key: &PoolKey, user: &User) -> (ConnectTarget, PoolSettings) {
+    let target = ConnectTarget {
+        host: key.host.clone(),
+        user: user.server_user().to_owned(),
+        password: user.server_password().map(str::to_owned),
+        database: key.database.clone(),
+        application_name: "shardgate".into(),
+        connect_timeout: config.pool.connect_timeout,
+    };
+    let settings = PoolSettings {
+        max_size: user.pool_size.unwrap_or(config.pool.size),
+        ..PoolSettings::from_config(&config.pool)
+    };
+    (target, settings)
 }
 
 /// A running proxy.
@@ -183,7 +224,6 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
-    monitor: Option<JoinHandle<()>>,
 }
 
 impl ProxyHandle {
@@ -216,14 +256,12 @@ impl ProxyHandle {
         for t in &self.accept_tasks {
             t.abort();
         }
-        if let Some(m) = &self.monitor {
-            m.abort();
-        }
+        self.shared.stop_monitor();
         let _ = self.shutdown.send(true);
         if let Some(p) = &self.unix_socket {
             let _ = std::fs::remove_file(p);
         }
-        let deadline = tokio::time::Instant::now() + self.shared.config.listen.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + self.shared.config().listen.shutdown_timeout;
         while self.shared.client_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -235,17 +273,11 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
     let router = shardgate_router::Router::new(&config).map_err(StartError::Router)?;
     let shared = Arc::new(Shared::new(config, router));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let listeners = listener::bind(&shared.config).await?;
+    let listeners = listener::bind(&shared.config()).await?;
     let addr = listeners.addr;
     let unix_socket = listeners.unix_path.clone();
     let accept_tasks = listeners.spawn(Arc::clone(&shared), shutdown_rx);
-    let monitor = shardgate_pool::MonitorLogin::from_config(&shared.config).map(|login| {
-        shardgate_pool::spawn_monitor(
-            Arc::clone(&shared.health),
-            shared.config.replicas.clone(),
-            login,
-        )
-    });
+    shared.restart_monitor();
     tracing::info!(%addr, unix_socket = ?unix_socket, "shardgate listening");
     Ok(ProxyHandle {
         addr,
@@ -253,6 +285,5 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
         shared,
         shutdown,
         accept_tasks,
-        monitor,
     })
 }

@@ -3,9 +3,11 @@
 mod demo;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shardgate_admin::control::ControlPlane;
 use shardgate_config::{format_duration, Config};
 
 #[derive(Parser)]
@@ -71,8 +73,28 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let admin =
         shardgate_admin::AdminServer::start(proxy.control(Some(path.clone())), &admin_config)
             .await?;
-    wait_for_stop_signal().await?;
-    tracing::info!("shutting down");
+    let control = proxy.control(Some(path.clone()));
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stop = wait_for_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            done = &mut stop => {
+                done?;
+                break;
+            }
+            _ = hangup.recv() => {
+                // Reading the file is blocking work; the outcome is logged either way.
+                let control = Arc::clone(&control);
+                match tokio::task::spawn_blocking(move || control.reload()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e.message, hint = %e.hint, "reload refused"),
+                    Err(e) => tracing::error!(error = %e, "reload failed"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: draining clients");
     proxy.shutdown().await;
     admin.stop();
     Ok(())

@@ -148,14 +148,14 @@ impl Session {
     ) -> Result<(PooledConn, QueryGuard), CheckoutFailure> {
         let BatchRole { read, may_write } = role;
         let shard = self.shard;
-        let Some(health) = self.shared.health.shard(shard).cloned() else {
+        let Some(health) = self.shared.health.load().shard(shard).cloned() else {
             return Err(CheckoutFailure::new(
                 sqlstate::INTERNAL_ERROR,
                 format!("shard #{shard} is not in the topology"),
                 None,
             ));
         };
-        let settings = self.shared.config.replicas.clone();
+        let settings = self.shared.config().replicas.clone();
         let mut tried: Vec<HostChoice> = Vec::new();
         loop {
             let choice = if read {
@@ -206,8 +206,7 @@ impl Session {
                     return Ok((conn, host.start_query()));
                 }
                 Err(failure) if failure.is_connect_error() => {
-                    let r = &self.shared.config.replicas;
-                    host.report_failure(r.ban_initial, r.ban_max, &failure.message);
+                    host.report_failure(settings.ban_initial, settings.ban_max, &failure.message);
                     if !read || choice == HostChoice::Primary {
                         return Err(failure);
                     }
@@ -234,6 +233,7 @@ impl Session {
         let has_replicas = self
             .shared
             .health
+            .load()
             .shard(self.shard)
             .is_some_and(|s| !s.replicas.is_empty());
         if !has_replicas {

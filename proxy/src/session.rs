@@ -47,6 +47,8 @@ pub struct Session {
     user: shardgate_config::User,
     /// Server pools by shard and host, created on first use.
     pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
+    /// The reload generation `pools` belongs to.
+    pools_generation: u64,
     /// The shard and host of the current (or last) server connection.
     pub(crate) shard: ShardIndex,
     pub(crate) host: HostChoice,
@@ -198,7 +200,8 @@ async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>,
         .await;
         return Err(SessionError::TooManyClients);
     };
-    let user_auth = shared.auth.user(&user);
+    let authenticator = shared.auth.load_full();
+    let user_auth = authenticator.user(&user);
     auth::authenticate(io, user_auth, &user).await?;
     let user = user_auth
         .map(|a| a.user.clone())
@@ -214,6 +217,12 @@ async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>,
 impl Session {
     /// The server pool of the current shard and host, created on first use.
     pub(crate) fn pool(&mut self) -> ServerPool {
+        let generation = self.shared.generation();
+        if generation != self.pools_generation {
+            // A reload replaced pools (or hosts): forget the ones cached here.
+            self.pools.clear();
+            self.pools_generation = generation;
+        }
         let at = (self.shard, self.host);
         if let Some(p) = self.pools.get(&at) {
             return p.clone();
@@ -262,6 +271,7 @@ impl Session {
             database: login.database,
             user: login.user,
             pools: HashMap::new(),
+            pools_generation: shared.generation(),
             shard: shared.router.default_shard(),
             host: HostChoice::Primary,
             attached_read: false,

@@ -1,0 +1,416 @@
+//! The operator surface of a real `shardgate serve` process in front of a real PostgreSQL:
+//! the admin HTTP API with its token, `/metrics`, the `shardgate admin` CLI, reload under
+//! load (and a refused one), pools sizing themselves, and the drain on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate_tests::{free_port, Auth, ClusterOptions, PgCluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
+const TOKEN: &str = "s3cret-admin-token";
+const USER: &str = "app";
+const PASSWORD: &str = "app-secret";
+
+/// A `shardgate serve` child process; killed on drop if still running.
+struct Server {
+    child: Child,
+    port: u16,
+    admin: u16,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn config_text(pg: &PgCluster, port: u16, admin: u16, pool: &str) -> String {
+    format!(
+        r#"
+[listen]
+addr = "127.0.0.1:{port}"
+shutdown_timeout = "20s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+token_env = "TEST_ADMIN_TOKEN"
+
+[pool]
+{pool}
+
+[replicas]
+check_interval = "200ms"
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = {pg} }}
+"#,
+        pg = pg.port()
+    )
+}
+
+impl Server {
+    fn start(pg: &PgCluster, pool: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let config = dir.path().join("shardgate.toml");
+        std::fs::write(&config, config_text(pg, port, admin, pool)).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("TEST_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            port,
+            admin,
+            config,
+            _dir: dir,
+        };
+        let up = wait(Duration::from_secs(20), || {
+            http(server.admin, "GET", "/ready", None, "").0 == 200
+        });
+        assert!(up, "shardgate did not become ready");
+        server
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{USER}",
+            self.port
+        )
+    }
+
+    fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin)
+    }
+
+    fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        http(self.admin, method, path, Some(TOKEN), body)
+    }
+
+    /// `shardgate admin --url … <args>` → (exit code, stdout, stderr).
+    fn cli(&self, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["admin", "--url", &self.admin_url()]);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let out = cmd
+            .args(args)
+            .env_remove("SHARDGATE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn wait(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request; (status, body). Status 0 when nothing answers.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+fn start_pg() -> PgCluster {
+    let pg = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+        .expect("start PostgreSQL");
+    pg.create_database(USER, USER).expect("create database");
+    pg
+}
+
+/// The value of a metric line `name{labels} value` (summed over label sets matching
+/// `label_filter`).
+fn metric(text: &str, name: &str, label_filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(label_filter))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_metrics_and_cli_on_a_running_proxy() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let server = Server::start(&pg, "size = 4");
+
+    // Probes and /metrics are open; the API needs the token.
+    assert_eq!(http(server.admin, "GET", "/health", None, "").0, 200);
+    let (status, body) = http(server.admin, "GET", "/ready", None, "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["ready"], true);
+    assert_eq!(http(server.admin, "GET", "/api/v1/pools", None, "").0, 401);
+    assert_eq!(
+        http(server.admin, "GET", "/api/v1/pools", Some("wrong"), "").0,
+        401
+    );
+
+    let client = connect(&server.url()).await;
+    let before = http(server.admin, "GET", "/metrics", None, "").1;
+    for _ in 0..20 {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let _ = client.simple_query("SELECT 1/0").await;
+    let after = http(server.admin, "GET", "/metrics", None, "").1;
+    let queries = |t: &str| metric(t, "shardgate_queries_total", "shard=\"s0\"");
+    assert!(
+        queries(&after) >= queries(&before) + 20.0,
+        "queries counted: {} -> {}",
+        queries(&before),
+        queries(&after)
+    );
+    assert!(metric(&after, "shardgate_errors_total", "class=\"22\"") >= 1.0);
+    assert!(metric(&after, "shardgate_client_bytes_sent_total", "") > 0.0);
+    assert!(
+        metric(
+            &after,
+            "shardgate_query_duration_seconds_count",
+            "route=\"single\""
+        ) >= 20.0
+    );
+    assert!(metric(&after, "shardgate_clients", "state=\"idle\"") >= 1.0);
+    assert!(after.contains("# TYPE shardgate_queries_total counter"));
+
+    let (status, body) = server.api("GET", "/api/v1/shards", "");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)[0]["name"], "s0");
+    assert_eq!(json(&body)[0]["primary_up"], true);
+    let (status, body) = server.api("GET", "/api/v1/pools", "");
+    assert_eq!(status, 200);
+    let pools = json(&body);
+    assert_eq!(pools[0]["shard"], "s0");
+    assert_eq!(pools[0]["max_size"], 4);
+    let (status, body) = server.api("GET", "/api/v1/replicas", "");
+    assert_eq!((status, json(&body)), (200, serde_json::json!([])));
+    let (status, body) = server.api("POST", "/api/v1/shards", "{}");
+    assert_eq!(status, 501, "{body}");
+
+    // The CLI: tables for people, JSON for scripts, a reason and an exit code on failure.
+    let (code, out, err) = server.cli(Some(TOKEN), &["pools"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SHARD") && out.contains("s0"), "{out}");
+    let (code, out, _) = server.cli(Some(TOKEN), &["shards", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("s0"), "{out}");
+    let (code, out, _) = server.cli(Some(TOKEN), &["--json", "shards", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)[0]["name"], "s0");
+    let (code, _, _) = server.cli(Some(TOKEN), &["replicas"]);
+    assert_eq!(code, 0);
+    let (code, out, err) = server.cli(Some(TOKEN), &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = server.cli(Some("wrong"), &["pools"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("token"),
+        "{err}"
+    );
+    let (code, _, err) = server.cli(None, &["pools"]);
+    assert_ne!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_changes_pool_size_under_load_and_refuses_a_bad_file() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let server = Server::start(&pg, "size = 3");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let c = connect(&server.url()).await;
+        let (stop, errors, done) = (stop.clone(), errors.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match c
+                    .query_one("SELECT pg_sleep(0.005), $1::int", &[&1i32])
+                    .await
+                {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("query failed: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pool_max = || {
+        json(&server.api("GET", "/api/v1/pools", "").1)[0]["max_size"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(pool_max(), 3);
+
+    let text = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(&server.config, text.replace("size = 3", "size = 6")).unwrap();
+    let (status, body) = server.api("POST", "/api/v1/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        json(&body)["applied"].to_string().contains("pool"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wait(Duration::from_secs(5), || pool_max() == 6),
+        "new size live"
+    );
+
+    // A broken file is refused with the reason; the running settings stay.
+    std::fs::write(&server.config, "[pool]\nsize = \"many\"\n").unwrap();
+    let (status, body) = server.api("POST", "/api/v1/reload", "");
+    assert_eq!(status, 422, "{body}");
+    assert!(json(&body)["error"].to_string().contains("size"), "{body}");
+    // SIGHUP is refused the same way (the process keeps serving).
+    Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool_max(), 6);
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 100);
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "no client saw an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_transactions_and_refuses_new_clients() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let mut server = Server::start(&pg, "size = 4");
+    let client = connect(&server.url()).await;
+    client
+        .batch_execute("CREATE TABLE drained (id int)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN; INSERT INTO drained VALUES (1)")
+        .await
+        .unwrap();
+
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    // /ready turns 503 at once, so a load balancer stops sending.
+    assert!(
+        wait(Duration::from_secs(5), || http(
+            server.admin,
+            "GET",
+            "/ready",
+            None,
+            ""
+        )
+        .0 == 503),
+        "ready answers 503 while draining"
+    );
+    // New clients are refused.
+    let refused = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .is_err();
+    assert!(refused, "a new connection is refused while draining");
+    // A second instance can bind the same port meanwhile (SO_REUSEPORT).
+    let reuse = socket2_like_bind(server.port);
+    assert!(reuse, "the client port can be bound again while draining");
+
+    // The open transaction still commits, then the process exits.
+    client.batch_execute("COMMIT").await.unwrap();
+    let exited = wait(Duration::from_secs(15), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "shardgate exits once its clients are gone");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    let direct = connect(&pg.url(USER, PASSWORD, USER)).await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM drained", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the drained transaction committed");
+}
+
+/// Binds `port` with SO_REUSEPORT as a second shardgate would.
+fn socket2_like_bind(port: u16) -> bool {
+    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+        return false;
+    };
+    let _ = socket.set_reuseaddr(true);
+    let _ = socket.set_reuseport(true);
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .is_ok()
+        && socket.listen(16).is_ok()
+}
