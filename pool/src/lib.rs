@@ -6,26 +6,34 @@
 //!   fatal errors and the prepared statements it holds.
 //! - [`ServerPool`] is a bb8 pool of them for one (database, user, shard, role); [`Pools`]
 //!   holds every pool of the process. A connection never goes back to a pool broken, inside
-//!   a transaction or past its lifetime.
+//!   a transaction or past its lifetime (`max_lifetime` ±10% per connection).
+//! - Each pool sizes itself between `min_size` and `max_size` by its use, and the pools on one
+//!   host together stay within that host's [`HostBudgets`] (from its `max_connections`).
 //! - [`Health`] is what is known of every host (up, banned, lag, load) and picks the host
 //!   for a read; [`spawn_monitor`] keeps it current with health and replication-lag checks.
 //! - [`send_cancel`] forwards a client's CancelRequest to the server running its query.
 
 mod auth;
+mod autosize;
+mod budget;
 mod cancel;
 mod conn;
 mod error;
 mod health;
 mod monitor;
 mod pool;
+mod pools;
 mod prepared;
+mod sizing;
 
+pub use budget::{HostBudgets, HostPolicy};
 pub use cancel::{send_cancel, CANCEL_TIMEOUT};
 pub use conn::{ConnectTarget, ServerConn, DEFAULT_PREPARED_CAPACITY, MAX_SERVER_FRAME};
 pub use error::{CheckoutError, ServerError};
 pub use health::{Health, HostChoice, HostHealth, HostSnapshot, Lag, QueryGuard, ShardHealth};
-pub use monitor::{spawn_monitor, MonitorLogin};
-pub use pool::{Manager, PoolKey, PoolSettings, PoolState, PooledConn, Pools, Role, ServerPool};
+pub use monitor::{spawn_monitor, spawn_monitor_with_budgets, MonitorLogin};
+pub use pool::{Manager, PoolKey, PoolSettings, PoolState, PooledConn, Role, ServerPool};
+pub use pools::Pools;
 pub use prepared::PreparedSet;
 pub use shardgate_wire::backend::TransactionStatus;
 

@@ -2,7 +2,8 @@
 //! for its WAL flush position (what a standby can have received) and each replica for its replay position (over tokio-postgres,
 //! the control-plane client, never the data path), then updates [`Health`]: hosts that do
 //! not answer are banned with backoff and probed again when the ban ends, replicas past
-//! `max_lag` / `max_lag_bytes` leave the read rotation and come back once under it.
+//! `max_lag` / `max_lag_bytes` leave the read rotation and come back once under it. The same
+//! query reads each server's `max_connections` for the host connection budgets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_postgres::NoTls;
 use tracing::debug;
 
+use crate::budget::HostBudgets;
 use crate::health::{Health, HostHealth, Lag, ShardHealth};
 
 /// Who the checks log in as, and where.
@@ -40,16 +42,18 @@ impl MonitorLogin {
     }
 }
 
-/// One check's answer: whether the server is in recovery, and its WAL position (replay
-/// position on a standby, flush position on a primary).
+/// One check's answer: whether the server is in recovery, its WAL position (replay
+/// position on a standby, flush position on a primary) and its `max_connections`.
 struct Position {
     in_recovery: bool,
     lsn: u64,
+    max_connections: u32,
 }
 
 const POSITION_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') \
-      ELSE pg_current_wal_flush_lsn() END - '0/0'::pg_lsn)::int8";
+      ELSE pg_current_wal_flush_lsn() END - '0/0'::pg_lsn)::int8, \
+     current_setting('max_connections')::int";
 
 /// Open control connections, one per host, reused across checks.
 #[derive(Default)]
@@ -69,10 +73,12 @@ impl Clients {
             .map_err(|e| e.to_string())?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: i64 = row.try_get(1).map_err(|e| e.to_string())?;
+        let max_connections: i32 = row.try_get(2).map_err(|e| e.to_string())?;
         self.open.insert(host.clone(), client);
         Ok(Position {
             in_recovery,
             lsn: lsn.max(0) as u64,
+            max_connections: max_connections.max(0) as u32,
         })
     }
 }
@@ -105,6 +111,17 @@ pub fn spawn_monitor(
     settings: Replicas,
     login: MonitorLogin,
 ) -> JoinHandle<()> {
+    spawn_monitor_with_budgets(health, settings, login, None)
+}
+
+/// [`spawn_monitor`] that also records each host's `max_connections` in `budgets` (pass
+/// [`crate::Pools::budgets`]), which sets the host connection budgets of the pools.
+pub fn spawn_monitor_with_budgets(
+    health: Arc<Health>,
+    settings: Replicas,
+    login: MonitorLogin,
+    budgets: Option<Arc<HostBudgets>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut clients: Vec<Clients> = health.shards.iter().map(|_| Clients::default()).collect();
         let mut tick = tokio::time::interval(settings.check_interval);
@@ -116,8 +133,9 @@ pub fn spawn_monitor(
             for (shard, mut c) in health.shards.iter().cloned().zip(clients.drain(..)) {
                 let settings = settings.clone();
                 let login = login.clone();
+                let budgets = budgets.clone();
                 round.spawn(async move {
-                    check_shard(&shard, &mut c, &settings, &login).await;
+                    check_shard(&shard, &mut c, &settings, &login, budgets.as_deref()).await;
                     c
                 });
             }
@@ -134,12 +152,16 @@ async fn check_shard(
     clients: &mut Clients,
     settings: &Replicas,
     login: &MonitorLogin,
+    budgets: Option<&HostBudgets>,
 ) {
     let primary = &shard.primary;
     if primary.ban_expired() {
         match clients.position(&primary.host, login).await {
             Ok(p) => {
                 primary.report_up();
+                if let Some(b) = budgets {
+                    b.record_max_connections(&primary.host, p.max_connections);
+                }
                 if p.in_recovery {
                     debug!(shard = %shard.name, host = %primary.host, "the configured primary is in recovery");
                 } else {
@@ -151,7 +173,7 @@ async fn check_shard(
     }
     for replica in &shard.replicas {
         if replica.ban_expired() {
-            check_replica(shard, replica, clients, settings, login).await;
+            check_replica(shard, replica, clients, settings, login, budgets).await;
         }
     }
 }
@@ -162,6 +184,7 @@ async fn check_replica(
     clients: &mut Clients,
     settings: &Replicas,
     login: &MonitorLogin,
+    budgets: Option<&HostBudgets>,
 ) {
     let position = match clients.position(&replica.host, login).await {
         Ok(p) => p,
@@ -171,6 +194,9 @@ async fn check_replica(
         }
     };
     replica.report_up();
+    if let Some(b) = budgets {
+        b.record_max_connections(&replica.host, position.max_connections);
+    }
     if !position.in_recovery {
         // Promoted, or misconfigured: its data may have diverged from the primary's.
         replica.report_lag(

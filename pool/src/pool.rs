@@ -6,9 +6,17 @@
 //! `get()` against that broadcast: a refused login (28P01, 3D000, ...) reaches the waiting
 //! client at once with the server's own SQLSTATE instead of a timeout. A connect error fails
 //! every checkout waiting on that pool at the time, since they would all meet the same server.
+//!
+//! Each pool sizes itself between `min_size` and `max_size` (see [`crate::sizing`]): a
+//! checkout first takes a permit from the pool's [`Gate`], whose permits are the current
+//! target, and a background task per pool moves the target, closes idle connections above it
+//! and keeps `min_size` connections open. bb8's own `max_size` is the fixed ceiling, its
+//! `min_idle` and idle reaping are off (they count idle connections only and would open or
+//! close connections behind the target's back).
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bb8::{ErrorSink, ManageConnection, RunError};
@@ -16,8 +24,11 @@ use shardgate_wire::backend::TransactionStatus;
 use tokio::sync::broadcast;
 use tracing::warn;
 
+use crate::autosize::spawn_sizer;
+use crate::budget::HostBudgets;
 use crate::conn::{ConnectTarget, ServerConn};
 use crate::error::{CheckoutError, ServerError};
+use crate::sizing::{jittered, Gate, Permit, Sizer};
 
 /// Identifies one pool.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,12 +57,19 @@ impl std::fmt::Display for Role {
 }
 
 /// Sizing and timeouts of one pool. Zero `idle_timeout` / `max_lifetime` mean "never".
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PoolSettings {
+    /// The ceiling: the pool never holds more connections.
     pub max_size: u32,
+    /// The floor: the pool starts at this size (at least 1) and keeps this many open.
     pub min_size: u32,
+    /// Grow when more than this share of the target is in use (or checkouts wait).
+    pub scale_up_at: f64,
+    /// Shrink toward `min_size` when use stays under this share for `idle_timeout`.
+    pub scale_down_at: f64,
     pub checkout_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection is closed when next returned after this age, ±10% per connection.
     pub max_lifetime: Duration,
     pub prepared_capacity: usize,
 }
@@ -63,6 +81,8 @@ impl PoolSettings {
         PoolSettings {
             max_size: pool.size,
             min_size: pool.min_size,
+            scale_up_at: pool.scale_up_at,
+            scale_down_at: pool.scale_down_at,
             checkout_timeout: pool.checkout_timeout,
             idle_timeout: pool.idle_timeout,
             max_lifetime: pool.max_lifetime,
@@ -90,13 +110,18 @@ pub struct PoolState {
     pub checkouts_timed_out: u64,
     pub connections_created: u64,
     pub connections_closed_broken: u64,
+    /// The current self-sized target (connections the pool may hold right now).
+    pub target: u32,
+    /// Times the pool grew and shrank since it was created.
+    pub grown: u64,
+    pub shrunk: u64,
 }
 
 /// The bb8 manager: opens [`ServerConn`]s and decides which may go back to the pool.
 pub struct Manager {
     target: ConnectTarget,
     prepared_capacity: usize,
-    max_lifetime: Duration,
+    lifetimes: Lifetimes,
 }
 
 impl ManageConnection for Manager {
@@ -117,13 +142,49 @@ impl ManageConnection for Manager {
     fn has_broken(&self, conn: &mut ServerConn) -> bool {
         conn.is_broken()
             || conn.status() != TransactionStatus::Idle
-            || (!self.max_lifetime.is_zero() && conn.age() >= self.max_lifetime)
+            || self.lifetimes.of(conn).is_some_and(|l| conn.age() >= l)
     }
 }
 
 /// A checked-out connection: derefs to [`ServerConn`]; dropping it returns it to the pool
-/// (or closes it if [`Manager::has_broken`] says so).
-pub type PooledConn = bb8::PooledConnection<'static, Manager>;
+/// (or closes it if [`Manager::has_broken`] says so, or if the pool shrank below it), then
+/// frees its place for the next checkout.
+pub struct PooledConn {
+    // Dropped before `permit`: the connection is back in bb8's idle list before the permit
+    // lets the next checkout in, which then finds it instead of opening another.
+    conn: bb8::PooledConnection<'static, Manager>,
+    permit: Permit,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        &mut self.conn
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if self.permit.retire_if_owed() {
+            self.conn.mark_broken();
+        }
+    }
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn")
+            .field("pid", &self.conn.backend_key().0)
+            .field("host", self.conn.host())
+            .finish()
+    }
+}
 
 /// Broadcasts connect errors to the checkouts waiting on the pool.
 #[derive(Clone)]
@@ -152,14 +213,24 @@ impl ErrorSink<ServerError> for ConnectErrors {
     }
 }
 
-struct Inner {
-    key: PoolKey,
-    name: Arc<str>,
+/// A pool's shared state; the sizing task (`autosize`) holds it weakly.
+pub(crate) struct Inner {
+    pub(crate) key: PoolKey,
+    pub(crate) name: Arc<str>,
     target: ConnectTarget,
-    settings: PoolSettings,
+    pub(crate) settings: PoolSettings,
     checkout_timeout: Duration,
-    pool: bb8::Pool<Manager>,
+    pub(crate) pool: bb8::Pool<Manager>,
     errors: broadcast::Sender<Arc<ServerError>>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) budgets: Arc<HostBudgets>,
+    lifetimes: Lifetimes,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.budgets.release(&self.key.host, self.gate.target());
+    }
 }
 
 /// A bb8 pool of [`ServerConn`] for one [`PoolKey`]. Cheap to clone.
@@ -169,9 +240,21 @@ pub struct ServerPool {
 }
 
 impl ServerPool {
-    /// Builds the pool without connecting (connections open on demand, and `min_size` of them
-    /// in the background). Must be called inside a tokio runtime: bb8 spawns its reaper.
+    /// A pool with a host budget of its own (so only `max_size` limits it); [`Pools`] builds
+    /// its pools with [`ServerPool::with_budgets`] instead.
     pub fn new(key: PoolKey, target: ConnectTarget, settings: PoolSettings) -> ServerPool {
+        Self::with_budgets(key, target, settings, Arc::default())
+    }
+
+    /// Builds the pool without connecting (connections open on demand, and `min_size` of them
+    /// in the background), counting its target against `budgets` for its host. Must be called
+    /// inside a tokio runtime: it spawns the pool's sizing task.
+    pub fn with_budgets(
+        key: PoolKey,
+        target: ConnectTarget,
+        settings: PoolSettings,
+        budgets: Arc<HostBudgets>,
+    ) -> ServerPool {
         let name: Arc<str> = format!(
             "{}/{}@{} ({} {})",
             key.database, key.user, key.shard, key.role, key.host
@@ -179,37 +262,61 @@ impl ServerPool {
         .into();
         let (errors, _) = broadcast::channel(16);
         let max_size = settings.max_size.max(1);
+        let floor = settings.min_size.clamp(1, max_size);
         let checkout_timeout = settings.checkout_timeout.max(Duration::from_millis(1));
-        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let lifetimes = Lifetimes {
+            max: settings.max_lifetime,
+            jitter: RandomState::new(),
+        };
         let manager = Manager {
             target: target.clone(),
             prepared_capacity: settings.prepared_capacity,
-            max_lifetime: settings.max_lifetime,
+            lifetimes: lifetimes.clone(),
         };
+        // bb8 only reaps idle connections past this, as a backstop for ones that sit idle:
+        // returned ones are closed earlier, at their own jittered lifetime (has_broken).
+        let reap_after = (!settings.max_lifetime.is_zero())
+            .then(|| {
+                settings
+                    .max_lifetime
+                    .checked_add(settings.max_lifetime / 10)
+            })
+            .flatten();
         let pool = bb8::Pool::builder()
             .max_size(max_size)
-            .min_idle((settings.min_size > 0).then_some(settings.min_size.min(max_size)))
+            .min_idle(None)
             .test_on_check_out(false)
             .connection_timeout(checkout_timeout)
-            .idle_timeout(nonzero(settings.idle_timeout))
-            .max_lifetime(nonzero(settings.max_lifetime))
+            .idle_timeout(None)
+            .max_lifetime(reap_after)
             .retry_connection(false)
             .error_sink(Box::new(ConnectErrors {
                 pool: name.clone(),
                 tx: errors.clone(),
             }))
             .build_unchecked(manager);
-        ServerPool {
-            inner: Arc::new(Inner {
-                key,
-                name,
-                target,
-                settings,
-                checkout_timeout,
-                pool,
-                errors,
-            }),
-        }
+        budgets.register(&key.host, floor);
+        let sizer = Sizer::new(
+            floor,
+            max_size,
+            settings.scale_up_at,
+            settings.scale_down_at,
+            settings.idle_timeout,
+        );
+        let inner = Arc::new(Inner {
+            key,
+            name,
+            target,
+            settings,
+            checkout_timeout,
+            pool,
+            errors,
+            gate: Gate::new(floor),
+            budgets,
+            lifetimes,
+        });
+        spawn_sizer(Arc::downgrade(&inner), Arc::clone(&inner.gate), sizer);
+        ServerPool { inner }
     }
 
     pub fn key(&self) -> &PoolKey {
@@ -229,65 +336,90 @@ impl ServerPool {
         &self.inner.settings
     }
 
-    /// Checks a connection out, waiting at most the checkout timeout. A connection found
-    /// closed while idle (the server terminated it) is dropped and another is taken.
+    /// The lifetime this pool gives `conn`: `max_lifetime` ±10%; `None` if unlimited.
+    pub fn lifetime_of(&self, conn: &ServerConn) -> Option<Duration> {
+        self.inner.lifetimes.of(conn)
+    }
+
+    /// Checks a connection out, waiting at most the checkout timeout (first for a place
+    /// within the pool's current size, then for a connection). A connection found closed
+    /// while idle (the server terminated it) is dropped and another is taken.
     ///
     /// Errors: [`CheckoutError::Timeout`] (report 53300 naming the pool) or
     /// [`CheckoutError::Connect`] with the reason a new connection could not be opened.
     pub async fn checkout(&self) -> Result<PooledConn, CheckoutError> {
         let start = Instant::now();
         let deadline = start + self.inner.checkout_timeout;
+        let _waiting = self.inner.gate.checking_out();
         let mut errors = self.inner.errors.subscribe();
-        let mut retry = false;
-        loop {
-            let got = tokio::select! {
-                biased;
-                got = self.get(retry.then_some(deadline)) => got,
-                error = next_error(&mut errors) => return Err(CheckoutError::Connect(error)),
-            };
-            match got {
-                Ok(mut conn) => {
-                    if conn.check_idle() {
-                        return Ok(conn);
-                    }
-                    // Dropping it closes it (it is marked broken); try again.
-                    retry = true;
-                }
-                Err(RunError::TimedOut) => {
-                    return Err(CheckoutError::Timeout {
-                        pool: self.name(),
-                        waited: start.elapsed(),
-                    })
-                }
-                Err(RunError::User(e)) => return Err(CheckoutError::Connect(e)),
+        let got = tokio::select! {
+            biased;
+            got = self.acquire(deadline) => got,
+            error = next_error(&mut errors) => return Err(CheckoutError::Connect(error)),
+        };
+        match got {
+            Ok(conn) => Ok(conn),
+            Err(RunError::TimedOut) => {
+                self.inner.gate.timed_out.fetch_add(1, Ordering::Relaxed);
+                Err(CheckoutError::Timeout {
+                    pool: self.name(),
+                    waited: start.elapsed(),
+                })
             }
+            Err(RunError::User(e)) => Err(CheckoutError::Connect(e)),
         }
     }
 
-    /// bb8's `get` (bounded by its own timeout), also bounded by `deadline` on retries.
-    async fn get(&self, deadline: Option<Instant>) -> Result<PooledConn, RunError<ServerError>> {
-        let get = self.inner.pool.get_owned();
-        match deadline {
-            None => get.await,
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), get)
+    /// A permit, then a sound connection from bb8, both by `deadline`.
+    async fn acquire(&self, deadline: Instant) -> Result<PooledConn, RunError<ServerError>> {
+        let permit = self
+            .inner
+            .gate
+            .acquire(deadline)
+            .await
+            .ok_or(RunError::TimedOut)?;
+        loop {
+            let mut conn = tokio::time::timeout_at(deadline.into(), self.inner.pool.get_owned())
                 .await
-                .unwrap_or(Err(RunError::TimedOut)),
+                .unwrap_or(Err(RunError::TimedOut))?;
+            if conn.check_idle() {
+                return Ok(PooledConn { conn, permit });
+            }
+            // Dropping it closes it (it is marked broken); try again.
         }
     }
 
-    /// Connection counts (for metrics and the admin API).
+    /// Connection counts and sizing (for metrics and the admin API).
     pub fn state(&self) -> PoolState {
         let state = self.inner.pool.state();
         let stats = &state.statistics;
+        let gate = &self.inner.gate;
         PoolState {
             connections: state.connections,
             idle: state.idle_connections,
             in_use: state.connections.saturating_sub(state.idle_connections),
-            waiting: stats.pending_gets(),
-            checkouts_timed_out: stats.get_timed_out,
+            waiting: gate.waiting(),
+            checkouts_timed_out: gate.timed_out.load(Ordering::Relaxed),
             connections_created: stats.connections_created,
             connections_closed_broken: stats.connections_closed_broken,
+            target: gate.target(),
+            grown: gate.grown.load(Ordering::Relaxed),
+            shrunk: gate.shrunk.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Per-connection lifetimes: `max_lifetime` ±10%, drawn from a hash of the connection's
+/// backend key under a per-pool random key (fixed per connection, no state to keep).
+#[derive(Clone)]
+struct Lifetimes {
+    max: Duration,
+    jitter: RandomState,
+}
+
+impl Lifetimes {
+    fn of(&self, conn: &ServerConn) -> Option<Duration> {
+        (!self.max.is_zero()).then(|| jittered(self.max, self.jitter.hash_one(conn.backend_key())))
     }
 }
 
@@ -308,64 +440,5 @@ async fn next_error(rx: &mut broadcast::Receiver<Arc<ServerError>>) -> ServerErr
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
-    }
-}
-
-/// All pools of the process, created on first use.
-#[derive(Default)]
-pub struct Pools {
-    pools: RwLock<HashMap<PoolKey, ServerPool>>,
-}
-
-impl Pools {
-    /// The pool for `key`, built from `make()` if there is none yet.
-    pub fn get_or_create(
-        &self,
-        key: PoolKey,
-        make: impl FnOnce() -> (ConnectTarget, PoolSettings),
-    ) -> ServerPool {
-        if let Some(pool) = self
-            .pools
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return pool.clone();
-        }
-        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
-        pools
-            .entry(key)
-            .or_insert_with_key(|key| {
-                let (target, settings) = make();
-                ServerPool::new(key.clone(), target, settings)
-            })
-            .clone()
-    }
-
-    /// The pool for `key`, if it exists.
-    pub fn get(&self, key: &PoolKey) -> Option<ServerPool> {
-        self.pools
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    /// Forgets a pool (e.g. its shard was removed). Its connections close once the last clone
-    /// of it and the last connection checked out of it are dropped.
-    pub fn remove(&self, key: &PoolKey) -> Option<ServerPool> {
-        self.pools
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-    }
-
-    pub fn all(&self) -> Vec<ServerPool> {
-        self.pools
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
     }
 }

@@ -28,6 +28,8 @@ fn settings(max_size: u32) -> PoolSettings {
     PoolSettings {
         max_size,
         min_size: 0,
+        scale_up_at: 0.8,
+        scale_down_at: 0.2,
         checkout_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),

@@ -1,0 +1,144 @@
+//! The sizing task each pool runs: every [`SIZING_INTERVAL`], and at once when a checkout has
+//! to wait, it moves the pool's target (within its bounds and its host's budget), closes idle
+//! connections above the target and keeps `min_size` connections open.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use crate::pool::Inner;
+use crate::sizing::{Gate, Sizer, Step};
+
+/// How often a pool reconsiders its size.
+const SIZING_INTERVAL: Duration = Duration::from_millis(250);
+/// Shortest gap between two rounds woken by waiting checkouts, so a queue of clients cannot
+/// keep the sizing task spinning while the pool is at its ceiling or budget.
+const WAKE_GAP: Duration = Duration::from_millis(25);
+
+impl Inner {
+    /// One sizing round: move the target, close idle connections above it, keep `min_size`.
+    async fn resize(&self, sizer: &mut Sizer, warm: &mut WarmUp) {
+        let gate = &self.gate;
+        let host = &self.key.host;
+        let (demand, held) = gate.take_peaks();
+        let from = gate.target();
+        let over_budget = self.budgets.excess(host) > 0;
+        match sizer.decide(Instant::now(), from, demand, held, over_budget) {
+            Step::Grow(n) => {
+                let granted = self.budgets.claim(host, n, &self.name);
+                if granted > 0 {
+                    gate.grow(granted);
+                    gate.grown.fetch_add(1, Ordering::Relaxed);
+                    debug!(pool = %self.name, shard = %self.key.shard, %host, from,
+                        to = from + granted, demand, "pool grew");
+                }
+            }
+            Step::Shrink(n) => {
+                gate.shrink(n);
+                self.budgets.release(host, n);
+                gate.shrunk.fetch_add(1, Ordering::Relaxed);
+                debug!(pool = %self.name, shard = %self.key.shard, %host, from,
+                    to = gate.target(), held, over_budget, "pool shrank");
+            }
+            Step::Hold => {}
+        }
+        gate.settle();
+        self.close_idle_above_target().await;
+        self.keep_min_size(warm).await;
+    }
+
+    /// Closes idle connections while the pool holds more than its target (plus the checked-out
+    /// ones already due to close on return).
+    async fn close_idle_above_target(&self) {
+        for _ in 0..self.settings.max_size.max(1) {
+            let state = self.pool.state();
+            let allowed = self.gate.target().saturating_add(self.gate.owed());
+            if state.connections <= allowed || state.idle_connections == 0 {
+                return;
+            }
+            // bb8 cannot close a chosen idle connection; taking one out pops an idle one (no
+            // connect starts while one is idle) and marking it broken closes it on return.
+            match tokio::time::timeout(Duration::from_millis(5), self.pool.get()).await {
+                Ok(Ok(mut conn)) => {
+                    conn.mark_broken();
+                    debug!(pool = %self.name, shard = %self.key.shard, host = %self.key.host,
+                        pid = conn.backend_key().0, "closed an idle connection above the target");
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Opens connections until `min_size` are open, under permits so that clients checking
+    /// out meanwhile cannot push the pool past its target. Backs off after a failure (the
+    /// error went to the error sink, and to any checkout waiting).
+    async fn keep_min_size(&self, warm: &mut WarmUp) {
+        let min = self.settings.min_size.min(self.gate.target());
+        let state = self.pool.state();
+        if min == 0 || state.connections >= min || Instant::now() < warm.next {
+            return;
+        }
+        let in_use = state.connections.saturating_sub(state.idle_connections);
+        // Holding `min - in_use` connections at once (idle ones first) leaves `min` open.
+        let permits: Vec<_> = (0..min.saturating_sub(in_use))
+            .map_while(|_| self.gate.try_internal())
+            .collect();
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..permits.len() {
+            let pool = self.pool.clone();
+            opening.spawn(async move { pool.get_owned().await.ok() });
+        }
+        let mut conns = Vec::with_capacity(permits.len());
+        while let Some(done) = opening.join_next().await {
+            if let Ok(Some(conn)) = done {
+                conns.push(conn);
+            }
+        }
+        let failed = conns.len() < permits.len();
+        // Connections back to idle before the permits let checkouts in.
+        drop(conns);
+        drop(permits);
+        if failed {
+            warm.backoff =
+                (warm.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            warm.next = Instant::now() + warm.backoff;
+        } else {
+            warm.backoff = Duration::ZERO;
+        }
+    }
+}
+
+/// When the next `min_size` warm-up may run.
+struct WarmUp {
+    next: Instant,
+    backoff: Duration,
+}
+
+/// Runs sizing rounds every [`SIZING_INTERVAL`] and whenever a checkout has to wait, until
+/// the pool is dropped.
+pub(crate) fn spawn_sizer(pool: Weak<Inner>, gate: Arc<Gate>, mut sizer: Sizer) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SIZING_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warm = WarmUp {
+            next: Instant::now(),
+            backoff: Duration::ZERO,
+        };
+        loop {
+            let woken = tokio::select! {
+                _ = tick.tick() => false,
+                _ = gate.wake.notified() => true,
+            };
+            let Some(inner) = pool.upgrade() else {
+                return;
+            };
+            inner.resize(&mut sizer, &mut warm).await;
+            drop(inner);
+            if woken {
+                tokio::time::sleep(WAKE_GAP).await;
+            }
+        }
+    });
+}
