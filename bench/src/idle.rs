@@ -8,6 +8,9 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+/// Longest one login (TCP connect, startup, SCRAM) may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Idle connections held open. Dropping this closes them all.
 pub struct IdleClients {
     clients: Vec<tokio_postgres::Client>,
@@ -112,13 +115,23 @@ async fn login(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match config.connect(tokio_postgres::NoTls).await {
+        // connect_timeout bounds the TCP connect only; this bounds the login too.
+        let result = match tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            config.connect(tokio_postgres::NoTls),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("no login within {LOGIN_TIMEOUT:?}")),
+        };
+        match result {
             Ok(pair) => return Ok(pair),
-            Err(e) if attempt < 4 => {
+            Err(e) if attempt < 3 => {
                 tracing::debug!(error = %e, attempt, "idle client login failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            Err(e) => return Err(e).context("idle client login"),
+            Err(e) => return Err(e.context("idle client login")),
         }
     }
 }

@@ -160,31 +160,6 @@ struct Target {
     pid: Option<u32>,
 }
 
-/// Raises the soft open-file limit towards `wanted` (never above the hard limit) and
-/// returns the limit now in force. Children (PgBouncer, shardgate, pgbench) inherit it.
-fn raise_nofile_limit(wanted: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < wanted {
-            let new = libc::rlimit {
-                rlim_cur: wanted.min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
-                lim = new;
-            }
-        }
-    }
-    lim.rlim_cur
-}
-
 fn pgbench_base_args(port: u16) -> Vec<String> {
     [
         "-h",
@@ -303,7 +278,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     let proxies = u64::from(want("pgbouncer")) + u64::from(want("shardgate"));
     // The benchmark holds every idle connection on every proxy at once.
-    let fd_limit = raise_nofile_limit(proxies * u64::from(max_idle) + 2048);
+    let fd_limit = service::raise_nofile_limit(proxies * u64::from(max_idle) + 2048);
     let load_start = machine::load_average();
 
     let shardgate_bin = if want("shardgate") {

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::Context;
 use shardgate_tests::process::{is_root, server_command, write_server_file};
 
-use crate::service::{PidSource, Service, PID_FILE};
+use crate::service::{with_nofile, PidSource, Service, PID_FILE};
 
 /// The first PgBouncer version with `max_prepared_statements` (protocol-level prepared
 /// statements in transaction mode).
@@ -189,7 +189,10 @@ pub fn start(
             dir: svc.dir().to_path_buf(),
         };
         write_server_file(&ini_path, &render_ini(&settings))?;
-        Ok(server_command(&bin.path, &[Path::new(&ini_path)])?)
+        // runuser's PAM session resets the open-file limit: set it again for PgBouncer.
+        let nofile = crate::service::raise_nofile_limit(0).max(1024);
+        let args = with_nofile(nofile, &bin.path, &[Path::new(&ini_path)]);
+        Ok(server_command(Path::new("/bin/sh"), &args)?)
     })?;
     Ok(service)
 }

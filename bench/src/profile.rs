@@ -29,6 +29,10 @@ pub struct ProfileArgs {
     /// Protocols to profile.
     #[arg(long, value_delimiter = ',', default_value = "simple,extended")]
     modes: Vec<String>,
+    /// Idle clients logged in (before instrumentation starts) and held during the runs, to
+    /// see what many idle sessions cost the active ones.
+    #[arg(long, default_value_t = 0)]
+    idle: u32,
     /// Functions listed per view.
     #[arg(long, default_value_t = 15)]
     top: usize,
@@ -61,6 +65,11 @@ pub fn parse_annotate(text: &str) -> Option<(u64, Vec<Cost>)> {
     let mut costs = Vec::new();
     for line in text.lines() {
         let Some(cost) = parse_cost_line(line) else {
+            // The function list ends at the first blank line after it began (source
+            // annotation, if any, follows and repeats costs per line and per call).
+            if !costs.is_empty() && line.trim().is_empty() {
+                break;
+            }
             continue;
         };
         if cost.function == "PROGRAM TOTALS" {
@@ -184,6 +193,7 @@ fn annotate(file: &Path, inclusive: bool) -> anyhow::Result<(u64, Vec<Cost>)> {
             if inclusive { "yes" } else { "no" }
         ))
         .arg("--threshold=100")
+        .arg("--auto=no")
         .arg(file)
         .output()
         .context("running callgrind_annotate")?;
@@ -220,6 +230,8 @@ struct ModeProfile {
 }
 
 pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
+    // Children (valgrind and shardgate) inherit it.
+    crate::service::raise_nofile_limit(u64::from(args.idle) + 2048);
     let valgrind = tool("valgrind")?;
     tool("callgrind_control")?;
     tool("callgrind_annotate")?;
@@ -251,7 +263,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         user: USER.into(),
         password: PASSWORD.into(),
         pool_size: 20,
-        max_client_connections: 1000,
+        max_client_connections: args.idle + 1000,
         shards: vec![pg_port],
         sharded: false,
     };
@@ -285,6 +297,15 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let pid = svc.pid();
     let port = svc.port();
     let threads = args.clients.clamp(1, 2).to_string();
+    let held = if args.idle > 0 {
+        eprintln!(
+            "profile: logging in {} idle clients (uninstrumented)",
+            args.idle
+        );
+        Some(crate::idle::open(port, USER, PASSWORD, DB, args.idle, 16).await?)
+    } else {
+        None
+    };
     let mut profiles = Vec::new();
     let mut seen = Vec::new();
     for mode in &args.modes {
@@ -346,6 +367,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
             inclusive,
         });
     }
+    drop(held);
     svc.stop();
     drop(svc);
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
@@ -383,6 +405,12 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
         args.clients,
         args.transactions
     ));
+    if args.idle > 0 {
+        s.push_str(&format!(
+            "- {} idle clients were logged in (before instrumentation) and held during the runs.\n",
+            args.idle
+        ));
+    }
     s.push_str(
         "- Counts user-space instructions of the proxy only (not the kernel's work in its \
          syscalls); they include the run's client logins (SCRAM verification), spread over \
@@ -440,6 +468,9 @@ Ir                    file:function
 123,456,789 (10.00%)  ./string/../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S:__memcpy_avx_unaligned_erms [/usr/lib/x86_64-linux-gnu/libc.so.6]
  98,765,432 ( 8.00%)  proxy/src/relay.rs:shardgate_proxy::relay::forward [/var/tmp/t/release/shardgate]
       1,000 ( 0.00%)  ???:0x0000000000012345 [/usr/lib/ld.so]
+
+-- Auto-annotated source: /work/main/proxy/src/session.rs
+  5,000 ( 1.00%)  => tokio::runtime::task::raw::poll (30,659x)
 ";
 
     #[test]

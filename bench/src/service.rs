@@ -245,3 +245,67 @@ fn signal(pid: u32, sig: i32) {
         libc::kill(pid, sig);
     }
 }
+
+/// Raises this process's soft open-file limit towards `wanted` (never above the hard limit)
+/// and returns the soft limit now in force. Children inherit it, but not through `runuser`,
+/// whose PAM session resets it: see [`with_nofile`].
+pub fn raise_nofile_limit(wanted: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < wanted {
+            let new = libc::rlimit {
+                rlim_cur: wanted.min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
+                lim = new;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// `program args…` wrapped in `sh -c 'ulimit -n N && exec "$@"'`, so a program started
+/// through runuser (which resets limits) still gets `nofile` open files; the service keeps
+/// the program's own pid and command line.
+pub fn with_nofile(nofile: u64, program: &Path, args: &[&Path]) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        format!("ulimit -n {nofile} && exec \"$@\"").into(),
+        "sh".into(),
+        program.into(),
+    ];
+    out.extend(args.iter().map(|a| a.as_os_str().to_owned()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_nofile_sets_the_limit_and_execs() {
+        let args = with_nofile(
+            300,
+            Path::new("/bin/sh"),
+            &[Path::new("-c"), Path::new("ulimit -n; echo \"$0\"")],
+        );
+        let out = Command::new("/bin/sh").args(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "300\n/bin/sh\n");
+    }
+
+    #[test]
+    fn nofile_limit_is_reported() {
+        let now = raise_nofile_limit(0);
+        assert!(now >= 1);
+        assert_eq!(raise_nofile_limit(now), now);
+    }
+}
