@@ -41,6 +41,11 @@ pub struct Listen {
     pub unix_socket_dir: Option<PathBuf>,
     /// Client connections beyond this are refused with 53300.
     pub max_client_connections: usize,
+    /// Most client connections one user may hold (0 = no limit; `[[users]]
+    /// max_client_connections` overrides it per user).
+    pub max_clients_per_user: usize,
+    /// Most client connections to one database (0 = no limit).
+    pub max_clients_per_database: usize,
     /// Largest client message accepted; a larger one is refused with 08P01 before reading it.
     pub max_message_size: usize,
     /// A client that has not finished startup and authentication by then is disconnected.
@@ -60,6 +65,8 @@ impl Default for Listen {
             addr: "127.0.0.1:6432".into(),
             unix_socket_dir: None,
             max_client_connections: 10_000,
+            max_clients_per_user: 0,
+            max_clients_per_database: 0,
             max_message_size: 64 * 1024 * 1024,
             startup_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::ZERO,
@@ -300,6 +307,9 @@ pub struct User {
     /// Overrides `replicas.read_your_writes` for this user.
     #[serde(default)]
     pub read_your_writes: Option<bool>,
+    /// Overrides `listen.max_clients_per_user` for this user.
+    #[serde(default)]
+    pub max_client_connections: Option<usize>,
 }
 
 impl User {

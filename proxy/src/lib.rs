@@ -9,6 +9,7 @@ mod cancel;
 mod control;
 mod cross;
 mod io;
+mod limits;
 mod listener;
 mod prepared;
 mod relay;
@@ -98,6 +99,7 @@ pub struct Shared {
     statements: prepared::StatementRegistry,
     cancels: cancel::CancelRegistry,
     client_slots: Arc<Semaphore>,
+    client_caps: Arc<limits::ClientCaps>,
     next_client_id: AtomicU64,
 }
 
@@ -115,6 +117,7 @@ impl Shared {
             router,
             auth: ArcSwap::from_pointee(auth::Authenticator::new(&config)),
             client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
+            client_caps: Arc::default(),
             max_clients: config.listen.max_client_connections.into(),
             monitor: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),

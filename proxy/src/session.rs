@@ -20,6 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::control::CountGuard;
 use crate::io::ClientIo;
+use crate::limits::{CapReached, CapSlot};
 use crate::prepared::GlobalStatement;
 use crate::relay::{Expect, Flow};
 use crate::routing::Target;
@@ -113,6 +114,7 @@ pub struct Session {
     pub(crate) copy_in: bool,
     shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
+    _cap_slot: CapSlot,
 }
 
 /// Entry point for an accepted connection.
@@ -174,6 +176,7 @@ struct Login {
     user: shardgate_config::User,
     database: String,
     permit: OwnedSemaphorePermit,
+    cap_slot: CapSlot,
 }
 
 /// Startup and authentication; `None` for a cancel request.
@@ -206,11 +209,39 @@ async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>,
     let user = user_auth
         .map(|a| a.user.clone())
         .ok_or(SessionError::AuthFailed)?;
+    let config = shared.config();
+    let user_cap = user
+        .max_client_connections
+        .unwrap_or(config.listen.max_clients_per_user);
+    let cap_slot = match shared.client_caps.admit(
+        &user.name,
+        &database,
+        user_cap,
+        config.listen.max_clients_per_database,
+    ) {
+        Ok(slot) => slot,
+        Err(reached) => {
+            let (message, hint) = match reached {
+                CapReached::User(n) => (
+                    format!("too many connections for role \"{}\" (at most {n})", user.name),
+                    "close idle connections, or raise listen.max_clients_per_user or the user's max_client_connections",
+                ),
+                CapReached::Database(n) => (
+                    format!("too many connections for database \"{database}\" (at most {n})"),
+                    "close idle connections, or raise listen.max_clients_per_database",
+                ),
+            };
+            io.fatal(sqlstate::TOO_MANY_CONNECTIONS, &message, Some(hint))
+                .await;
+            return Err(SessionError::TooManyClients);
+        }
+    };
     Ok(Some(Login {
         params,
         user,
         database,
         permit,
+        cap_slot,
     }))
 }
 
@@ -305,6 +336,7 @@ impl Session {
             copy_in: false,
             shutdown,
             _permit: login.permit,
+            _cap_slot: login.cap_slot,
         }
     }
 
