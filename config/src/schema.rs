@@ -29,6 +29,8 @@ pub struct Config {
     pub replicas: Replicas,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub tls: Tls,
 }
 
 /// Where clients connect, and the limits that protect the proxy from them.
@@ -160,6 +162,76 @@ impl Default for Replicas {
             monitor_user: None,
             monitor_database: "postgres".into(),
         }
+    }
+}
+
+/// TLS for client connections (`[tls]`). TLS to the servers is set per host (`sslmode`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Whether clients may or must use TLS.
+    pub mode: TlsMode,
+    /// The server certificate chain (PEM), leaf first. Required unless `mode = "disable"`.
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `tls.mode`: what the proxy does with a client's SSLRequest.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// SSLRequest is answered `N`: clients stay in plaintext (default).
+    #[default]
+    Disable,
+    /// SSLRequest is answered `S` and the handshake runs; plaintext clients are served too.
+    Allow,
+    /// Like `allow`, but a plaintext TCP client is refused with 28000 (unix-socket clients,
+    /// which cannot use TLS, are not).
+    Require,
+}
+
+impl std::fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Allow => "allow",
+            TlsMode::Require => "require",
+        })
+    }
+}
+
+/// TLS to one server, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+pub enum SslMode {
+    /// Plaintext; no SSLRequest is sent.
+    #[serde(rename = "disable")]
+    Disable,
+    /// TLS when the server offers it, else plaintext; the certificate is not checked (unless
+    /// `sslrootcert` is set, as libpq does). The default, as in libpq.
+    #[default]
+    #[serde(rename = "prefer")]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked (unless `sslrootcert` is set).
+    #[serde(rename = "require")]
+    Require,
+    /// TLS, and the certificate chain must lead to a CA in `sslrootcert` (any host name).
+    #[serde(rename = "verify-ca")]
+    VerifyCa,
+    /// `verify-ca`, and the certificate must name the host (DNS name or IP address).
+    #[serde(rename = "verify-full")]
+    VerifyFull,
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
     }
 }
 
@@ -336,14 +408,21 @@ impl std::fmt::Debug for User {
     }
 }
 
-/// One PostgreSQL server address.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+/// One PostgreSQL server address, and how to secure the connection to it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     /// Host name or IP address, or a directory holding a unix socket when it starts with `/`.
     pub host: String,
     #[serde(default = "default_pg_port")]
     pub port: u16,
+    /// TLS to this server (libpq's `sslmode`; default `prefer`). Unix sockets never use TLS.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA certificates (PEM) the server's certificate must chain to; required by `verify-ca`
+    /// and `verify-full`, and turns `prefer`/`require` into `verify-ca` when set (as libpq).
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
 }
 
 fn default_pg_port() -> u16 {

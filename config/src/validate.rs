@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use crate::{AuthMethod, Config};
+use crate::{AuthMethod, Config, Host, SslMode, Tls, TlsMode};
 
 /// Returns `(key, what is wrong)` for the first problem found.
 pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
@@ -158,6 +158,9 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
                     "must be between 1 and 65535".into(),
                 );
             }
+            if let Err(msg) = check_host_tls(host) {
+                return err(&key(&format!("{field}.sslmode")), msg);
+            }
         }
     }
     if let Some(d) = &c.sharding.default_shard {
@@ -197,5 +200,71 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             return err(&key("key_column"), "must not be empty".into());
         }
     }
+    check_client_tls(&c.tls)
+}
+
+/// `[tls]`: `allow` and `require` need a certificate and its key, both readable.
+fn check_client_tls(tls: &Tls) -> Result<(), (String, String)> {
+    let err = |key: &str, msg: String| Err((key.to_owned(), msg));
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => {
+            return err(
+                "tls.key_file",
+                "tls.cert_file is set, so the key file is needed too".into(),
+            )
+        }
+        (None, Some(_)) => {
+            return err(
+                "tls.cert_file",
+                "tls.key_file is set, so the certificate file is needed too".into(),
+            )
+        }
+        (None, None) if tls.mode != TlsMode::Disable => {
+            let msg = format!(
+                "tls.mode = \"{}\" needs a certificate: set cert_file and key_file (PEM)",
+                tls.mode
+            );
+            return err("tls.cert_file", msg);
+        }
+        _ => {}
+    }
+    if tls.mode == TlsMode::Disable {
+        // The files are not read.
+        return Ok(());
+    }
+    for (key, path) in [
+        ("tls.cert_file", &tls.cert_file),
+        ("tls.key_file", &tls.key_file),
+    ] {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::File::open(path) {
+                return err(key, format!("cannot read {}: {e}", path.display()));
+            }
+        }
+    }
     Ok(())
+}
+
+/// A host's `sslmode` and `sslrootcert` fit together and the CA file is readable.
+fn check_host_tls(host: &Host) -> Result<(), String> {
+    let verifies = matches!(host.sslmode, SslMode::VerifyCa | SslMode::VerifyFull);
+    if host.host.starts_with('/')
+        && host.sslmode != SslMode::Disable
+        && host.sslmode != SslMode::Prefer
+    {
+        return Err(format!(
+            "sslmode = \"{}\" cannot be met over a unix socket ({}), which never uses TLS",
+            host.sslmode, host.host
+        ));
+    }
+    match &host.sslrootcert {
+        None if verifies => Err(format!(
+            "sslmode = \"{}\" needs sslrootcert (a PEM file of the CA certificates to trust)",
+            host.sslmode
+        )),
+        Some(path) if host.sslmode != SslMode::Disable => std::fs::File::open(path)
+            .map(|_| ())
+            .map_err(|e| format!("sslrootcert: cannot read {}: {e}", path.display())),
+        _ => Ok(()),
+    }
 }

@@ -214,6 +214,7 @@ mod tests {
         Host {
             host: "db1".into(),
             port: 5432,
+            ..Default::default()
         }
     }
 

@@ -108,13 +108,15 @@ impl ServerConn {
         prepared_capacity: usize,
     ) -> Result<ServerConn, ServerError> {
         let attempt = async {
-            let stream =
-                open_stream(&target.host)
-                    .await
-                    .map_err(|source| ServerError::Connect {
-                        host: target.host.to_string(),
-                        source,
-                    })?;
+            let connect_err = |source| ServerError::Connect {
+                host: target.host.to_string(),
+                source,
+            };
+            let mut stream = open_stream(&target.host).await.map_err(connect_err)?;
+            // SSLRequest and the TLS handshake, as the host's sslmode says.
+            crate::tls::negotiate(&mut stream, &target.host)
+                .await
+                .map_err(connect_err)?;
             let mut reader = FrameReader::new(stream, MAX_SERVER_FRAME);
             let startup = auth::startup(&mut reader, target).await?;
             Ok::<_, ServerError>((reader, startup))
@@ -402,7 +404,7 @@ impl Drop for ServerConn {
             // buffer is full the server sees EOF instead, which it handles the same way.
             let _ = self
                 .reader
-                .get_ref()
+                .get_mut()
                 .try_write(&[frontend::TERMINATE, 0, 0, 0, 4]);
         }
     }

@@ -408,6 +408,7 @@ mod tests {
         let host = |port| Host {
             host: "127.0.0.1".into(),
             port,
+            ..Default::default()
         };
         ShardHealth {
             name: "s0".into(),

@@ -25,6 +25,7 @@ mod pool;
 mod pools;
 mod prepared;
 mod sizing;
+mod tls;
 
 pub use budget::{HostBudgets, HostPolicy};
 pub use cancel::{send_cancel, CANCEL_TIMEOUT};

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use shardgate_config::{Config, Host, Replicas};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_postgres::NoTls;
 use tracing::debug;
 
 use crate::budget::HostBudgets;
@@ -95,14 +94,13 @@ async fn connect(host: &Host, login: &MonitorLogin) -> Result<tokio_postgres::Cl
     if let Some(p) = &login.password {
         config.password(p);
     }
-    let (client, connection) = tokio::time::timeout(login.connect_timeout, config.connect(NoTls))
-        .await
-        .map_err(|_| format!("connecting to {host} timed out"))?
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    // TLS as the host's sslmode says, like the data path's connections.
+    tokio::time::timeout(
+        login.connect_timeout,
+        crate::tls::connect_control(&mut config, host),
+    )
+    .await
+    .map_err(|_| format!("connecting to {host} timed out"))?
 }
 
 /// Starts the monitor; it runs until the handle is aborted.

@@ -247,6 +247,7 @@ async fn connect_timeout_and_refused_port() {
         host: Host {
             host: "127.0.0.1".into(),
             port,
+            ..Default::default()
         },
         user: "u".into(),
         password: Some("p".into()),

@@ -20,6 +20,7 @@ fn key(user: &str) -> PoolKey {
         host: shardgate_config::Host {
             host: "127.0.0.1".into(),
             port: 5432,
+            ..Default::default()
         },
     }
 }
@@ -182,6 +183,7 @@ async fn connect_errors_reach_the_checkout_quickly() {
         host: Host {
             host: "127.0.0.1".into(),
             port,
+            ..Default::default()
         },
         ..pg.target(SCRAM_USER, Some(SCRAM_PW))
     };

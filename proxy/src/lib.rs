@@ -21,6 +21,7 @@ mod session;
 mod session_state;
 mod startup;
 mod stats;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ pub enum StartError {
     Listen(#[from] ListenError),
     #[error("cannot build the shard ring: {0}")]
     Router(shardgate_router::RouterError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Why a client session ended abnormally.
@@ -95,6 +98,8 @@ pub struct Shared {
     /// Set when shutdown starts: `/ready` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
     auth: ArcSwap<auth::Authenticator>,
+    /// TLS to clients (`[tls]`); its certificate is re-read on reload.
+    tls: tls::ClientTls,
     pools: Pools,
     statements: prepared::StatementRegistry,
     cancels: cancel::CancelRegistry,
@@ -116,6 +121,7 @@ impl Shared {
             draining: Arc::default(),
             router,
             auth: ArcSwap::from_pointee(auth::Authenticator::new(&config)),
+            tls: tls::ClientTls::disabled(),
             client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
             client_caps: Arc::default(),
             max_clients: config.listen.max_client_connections.into(),
@@ -275,6 +281,7 @@ impl ProxyHandle {
 pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
     let router = shardgate_router::Router::new(&config).map_err(StartError::Router)?;
     let shared = Arc::new(Shared::new(config, router));
+    shared.tls.start(&shared.config().tls)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listeners = listener::bind(&shared.config()).await?;
     let addr = listeners.addr;

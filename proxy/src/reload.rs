@@ -115,6 +115,7 @@ impl Shared {
         if self.retire_changed_pools(&new) > 0 || hosts_changed {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
+        out.applied.extend(self.tls.reload(&old.tls, &new.tls));
         out
     }
 

@@ -1,6 +1,8 @@
-//! Before a session exists: TLS/GSS negotiation (answered "no" for now), the startup packet,
-//! and cancel requests, which arrive on their own short connection.
+//! Before a session exists: TLS negotiation (`S` and the handshake when `[tls]` allows it,
+//! `N` otherwise; GSS encryption is always `N`), the startup packet, and cancel requests,
+//! which arrive on their own short connection.
 
+use shardgate_config::TlsMode;
 use shardgate_wire::sqlstate;
 use shardgate_wire::startup::{self, StartupPacket};
 
@@ -28,6 +30,7 @@ pub async fn read_startup(
                 return Err(SessionError::Protocol(msg));
             }
         };
+        let is_ssl_request = matches!(decoded, StartupPacket::SslRequest);
         match decoded {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 negotiations += 1;
@@ -36,9 +39,13 @@ pub async fn read_startup(
                     io.fatal(sqlstate::PROTOCOL_VIOLATION, msg, None).await;
                     return Err(SessionError::Protocol(msg.into()));
                 }
-                // 'N': no TLS / no GSS encryption; the client continues in plaintext (or gives
-                // up if it requires encryption).
-                io.send(b"N").await?;
+                if is_ssl_request {
+                    negotiate_tls(io, shared).await?;
+                } else {
+                    // 'N': no GSS encryption; the client goes on with an SSLRequest or in
+                    // plaintext (or gives up if it requires GSS encryption).
+                    io.send(b"N").await?;
+                }
             }
             StartupPacket::Cancel { pid, secret } => {
                 shared.cancels.cancel(pid, secret).await;
@@ -54,6 +61,16 @@ pub async fn read_startup(
                 return Err(SessionError::Protocol(msg));
             }
             StartupPacket::Startup { params } => {
+                if tls_missing(io, shared) {
+                    let msg = "TLS is required: shardgate does not accept unencrypted connections";
+                    io.fatal(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        msg,
+                        Some("connect with sslmode=require (or verify-ca / verify-full)"),
+                    )
+                    .await;
+                    return Err(SessionError::Protocol(msg.into()));
+                }
                 if !params.iter().any(|(k, _)| k == "user") {
                     let msg = "no PostgreSQL user name specified in startup packet";
                     io.fatal(sqlstate::INVALID_AUTHORIZATION, msg, None).await;
@@ -100,4 +117,44 @@ pub async fn read_startup(
             }
         }
     }
+}
+
+/// Answers an SSLRequest: `S` and the server side of the handshake when a certificate is
+/// configured and the client is on plaintext TCP, `N` otherwise (a unix socket gets `N` as
+/// from PostgreSQL; the client then goes on in plaintext or gives up).
+async fn negotiate_tls(io: &mut ClientIo, shared: &Shared) -> Result<(), SessionError> {
+    let tls = shared.tls.current();
+    let stream = io.reader.get_ref();
+    let acceptor = match &tls.acceptor {
+        Some(a) if !stream.is_unix() => a,
+        _ => return io.send(b"N").await,
+    };
+    if stream.is_tls() {
+        let msg = "SSLRequest on a connection that is already encrypted";
+        io.fatal(sqlstate::PROTOCOL_VIOLATION, msg, None).await;
+        return Err(SessionError::Protocol(msg.into()));
+    }
+    // Bytes the client sent after the SSLRequest, before our answer, arrived unencrypted;
+    // reading them as if they came through TLS would let a man in the middle inject them
+    // (CVE-2021-23214 in PostgreSQL). Refuse, as PostgreSQL does.
+    if !io.reader.buffered().is_empty() {
+        let msg = "received unencrypted data after SSL request";
+        io.fatal(sqlstate::PROTOCOL_VIOLATION, msg, None).await;
+        return Err(SessionError::Protocol(msg.into()));
+    }
+    io.send(b"S").await?;
+    io.reader
+        .get_mut()
+        .accept_tls(acceptor)
+        .await
+        // The client is mid-handshake: rustls has sent it an alert, an ErrorResponse would
+        // not be understood.
+        .map_err(|e| SessionError::Protocol(format!("TLS handshake failed: {e}")))
+}
+
+/// Whether `tls.mode = "require"` refuses this connection: plaintext TCP. Unix-socket
+/// clients cannot use TLS (PostgreSQL never offers it there) and are local, so they pass.
+fn tls_missing(io: &ClientIo, shared: &Shared) -> bool {
+    let stream = io.reader.get_ref();
+    shared.tls.current().mode == TlsMode::Require && !stream.is_tls() && !stream.is_unix()
 }

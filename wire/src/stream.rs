@@ -1,16 +1,27 @@
-//! A client or server socket: TCP or unix, one type for both sides of the proxy.
+//! A client or server socket: TCP, unix, or TLS over TCP; one type for both sides of the proxy.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
-/// A TCP or unix-socket stream. A `match` per poll costs nothing next to the syscall.
+/// A TCP, unix-socket or TLS stream. A `match` per poll costs nothing next to the syscall.
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS over TCP, either side: a client that sent SSLRequest, or a server we asked. Boxed
+    /// because the TLS state is a few hundred bytes the plaintext variants should not carry.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// What is left after a failed TLS handshake consumed the socket: every operation fails.
+    Closed,
+}
+
+fn not_connected() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
 }
 
 impl Stream {
@@ -18,12 +29,28 @@ impl Stream {
     /// for events) whether the server sent anything or closed the connection. An idle server
     /// connection has nothing to say, so either means it is no longer usable (typically a
     /// FATAL from `pg_terminate_backend` or a server restart). One `recv(MSG_PEEK)` syscall.
+    ///
+    /// Over TLS the same peek sees the encrypted bytes, which is as good: any record (data,
+    /// a close_notify or another alert) means the server spoke. Bytes TLS has already
+    /// decrypted but nobody read, or a close_notify it already processed, count too. A partial
+    /// record TLS has taken off the socket and is still waiting to complete is not seen (a
+    /// server sends records whole, so that is a few microseconds of a record in flight).
     pub fn has_input_or_eof(&self) -> bool {
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         let sock = match self {
             Stream::Tcp(s) => socket2::SockRef::from(s),
             Stream::Unix(s) => socket2::SockRef::from(s),
+            Stream::Tls(s) => {
+                let (tcp, tls) = s.get_ref();
+                // Established: wants_read is false only with plaintext pending or after a
+                // close_notify.
+                if !tls.is_handshaking() && !tls.wants_read() {
+                    return true;
+                }
+                socket2::SockRef::from(tcp)
+            }
+            Stream::Closed => return true,
         };
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         // tokio's sockets are non-blocking: no data gives WouldBlock at once.
         match sock.peek(&mut buf) {
             Ok(_) => true,
@@ -31,11 +58,79 @@ impl Stream {
         }
     }
 
-    /// Writes without waiting; for best-effort messages from `Drop`.
-    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+    /// Writes without waiting; for best-effort messages from `Drop`. Over TLS the bytes are
+    /// encrypted and whatever the socket takes at once is sent; the rest is dropped.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
             Stream::Unix(s) => s.try_write(buf),
+            Stream::Tls(s) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut s = Pin::new(s.as_mut());
+                match s.as_mut().poll_write(&mut cx, buf) {
+                    Poll::Ready(Ok(n)) => {
+                        let _ = s.poll_flush(&mut cx);
+                        Ok(n)
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            Stream::Closed => Err(not_connected()),
+        }
+    }
+
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// Whether the stream is a unix socket (where PostgreSQL never uses TLS).
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
+    /// The TLS session, once encrypted (its certificates, protocol version).
+    pub fn tls_state(&self) -> Option<&tokio_rustls::rustls::CommonState> {
+        match self {
+            Stream::Tls(s) => Some(s.get_ref().1),
+            _ => None,
+        }
+    }
+
+    /// Runs the server side of a TLS handshake on a TCP stream (after answering `S` to an
+    /// SSLRequest) and becomes the TLS stream. On failure the socket is gone ([`Stream::Closed`]).
+    pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        let tcp = self.take_tcp()?;
+        let tls = acceptor.accept(tcp).await?;
+        *self = Stream::Tls(Box::new(tls.into()));
+        Ok(())
+    }
+
+    /// Runs the client side of a TLS handshake on a TCP stream (after the server answered `S`
+    /// to our SSLRequest) and becomes the TLS stream. On failure the socket is gone.
+    pub async fn connect_tls(
+        &mut self,
+        connector: &TlsConnector,
+        name: ServerName<'static>,
+    ) -> io::Result<()> {
+        let tcp = self.take_tcp()?;
+        let tls = connector.connect(name, tcp).await?;
+        *self = Stream::Tls(Box::new(tls.into()));
+        Ok(())
+    }
+
+    /// Takes the TCP socket out, leaving [`Stream::Closed`]; anything else stays as it was.
+    fn take_tcp(&mut self) -> io::Result<TcpStream> {
+        match std::mem::replace(self, Stream::Closed) {
+            Stream::Tcp(tcp) => Ok(tcp),
+            other => {
+                *self = other;
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS is only negotiated on a plaintext TCP connection",
+                ))
+            }
         }
     }
 }
@@ -49,6 +144,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Err(not_connected())),
         }
     }
 }
@@ -62,6 +159,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(not_connected())),
         }
     }
 
@@ -73,6 +172,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Closed => Poll::Ready(Err(not_connected())),
         }
     }
 
@@ -80,6 +181,8 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Closed => false,
         }
     }
 
@@ -87,6 +190,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 
@@ -94,6 +199,9 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            // Sends close_notify, then shuts the socket down.
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }

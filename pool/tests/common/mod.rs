@@ -174,6 +174,7 @@ impl PgServer {
         Host {
             host: "127.0.0.1".into(),
             port: self.port,
+            ..Default::default()
         }
     }
 
@@ -181,6 +182,7 @@ impl PgServer {
         Host {
             host: self.dir.path().display().to_string(),
             port: self.port,
+            ..Default::default()
         }
     }
 

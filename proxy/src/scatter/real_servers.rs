@@ -117,6 +117,7 @@ async fn connect(port: u16) -> ServerConn {
         host: Host {
             host: "127.0.0.1".into(),
             port,
+            ..Default::default()
         },
         user: USER.into(),
         password: Some(PASSWORD.into()),
