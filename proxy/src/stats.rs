@@ -135,7 +135,10 @@ impl crate::session::Session {
         if self.request_started.is_none() {
             self.request_started = Some(std::time::Instant::now());
         }
-        if matches!(frame.tag(), frontend::QUERY | frontend::BIND) {
+        if matches!(
+            frame.tag(),
+            frontend::QUERY | frontend::BIND | frontend::PARSE
+        ) {
             // A cheap clone (shared bytes), kept for the slow-query log.
             self.last_statement = Some(frame.clone());
         }
@@ -177,6 +180,7 @@ impl crate::session::Session {
         };
         let text = match frame.tag() {
             frontend::QUERY => frontend::query_text(frame).ok().map(str::to_owned),
+            frontend::PARSE => frontend::parse(frame).ok().map(|p| p.query.to_owned()),
             _ => self.bound_statement_text(frame),
         };
         let statement = shardgate_router::normalize_sql(text.as_deref().unwrap_or(""));

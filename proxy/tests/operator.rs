@@ -35,7 +35,7 @@ impl Drop for Server {
     }
 }
 
-fn config_text(pg: &PgCluster, port: u16, admin: u16, pool: &str) -> String {
+fn config_text(pg: &PgCluster, port: u16, admin: u16, pool: &str, extra: &str) -> String {
     format!(
         r#"
 [listen]
@@ -52,6 +52,8 @@ token_env = "TEST_ADMIN_TOKEN"
 [replicas]
 check_interval = "200ms"
 
+{extra}
+
 [[users]]
 name = "{USER}"
 password = "{PASSWORD}"
@@ -66,17 +68,22 @@ primary = {{ host = "127.0.0.1", port = {pg} }}
 
 impl Server {
     fn start(pg: &PgCluster, pool: &str) -> Server {
+        Self::start_with(pg, pool, "", Stdio::inherit())
+    }
+
+    fn start_with(pg: &PgCluster, pool: &str, extra: &str, stderr: Stdio) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin) = (free_port(), free_port());
         let config = dir.path().join("shardgate.toml");
-        std::fs::write(&config, config_text(pg, port, admin, pool)).unwrap();
+        std::fs::write(&config, config_text(pg, port, admin, pool, extra)).unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config)
             .env("TEST_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let server = Server {
@@ -413,4 +420,62 @@ fn socket2_like_bind(port: u16) -> bool {
         .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .is_ok()
         && socket.listen(16).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_statements_are_logged_without_their_values() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let mut server = Server::start_with(
+        &pg,
+        "size = 2",
+        "[log]\nslow_query_ms = 100",
+        Stdio::piped(),
+    );
+    let client = connect(&server.url()).await;
+    client
+        .simple_query("SELECT pg_sleep(0.3), 'secret-value' AS v")
+        .await
+        .unwrap();
+    client
+        .query("SELECT pg_sleep($1::float8 / 10), 42", &[&3f64])
+        .await
+        .unwrap();
+    client.simple_query("SELECT 'fast'").await.unwrap();
+    drop(client);
+    let _ = server.child.kill();
+    let out = server.child.wait_with_output_stderr();
+    let slow: Vec<&str> = out.lines().filter(|l| l.contains("slow query")).collect();
+    assert_eq!(slow.len(), 2, "two slow statements logged: {out}");
+    assert!(slow[0].contains("pg_sleep(?)"), "{}", slow[0]);
+    assert!(
+        slow[0].contains("s0") && slow[0].contains("primary"),
+        "{}",
+        slow[0]
+    );
+    assert!(slow[0].contains("duration_ms="), "{}", slow[0]);
+    assert!(
+        !out.contains("secret-value"),
+        "literal values are not logged: {out}"
+    );
+    assert!(slow[1].contains("$1::float8 / ?"), "{}", slow[1]);
+    assert!(
+        !slow[1].contains("parameters="),
+        "parameters are off by default: {}",
+        slow[1]
+    );
+}
+
+trait StderrOutput {
+    fn wait_with_output_stderr(&mut self) -> String;
+}
+
+impl StderrOutput for Child {
+    fn wait_with_output_stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        let _ = self.wait();
+        text
+    }
 }

@@ -195,7 +195,8 @@ pub fn normalize_sql(sql: &str) -> String {
             }
             _ => text,
         };
-        if !out.is_empty() {
+        // Keep the text's own spacing between tokens (collapsed to one space).
+        if !out.is_empty() && !adjacent {
             out.push(' ');
         }
         out.push_str(piece);
@@ -270,13 +271,13 @@ mod tests {
     fn normalized_statements_carry_no_values() {
         assert_eq!(
             normalize_sql(
-                "SELECT * FROM \"T\" /* hi */ WHERE a = 'secret' AND b = 42\n  AND c = $1"
+                "SELECT * FROM \"T\" /* hi */ WHERE a = 'secret' AND b = 42\n  AND c = $1::int"
             ),
-            "SELECT * FROM \"T\" WHERE a = ? AND b = ? AND c = $1"
+            "SELECT * FROM \"T\" WHERE a = ? AND b = ? AND c = $1::int"
         );
         assert_eq!(
-            normalize_sql("select $$x$$, E'y', 1.5e3"),
-            "select ? , ? , ?"
+            normalize_sql("select f($$x$$, E'y', 1.5e3)"),
+            "select f(?, ?, ?)"
         );
     }
 
