@@ -111,6 +111,7 @@ pub struct Shared {
 impl Shared {
     fn new(config: Config, router: shardgate_router::Router) -> Self {
         let has_replicas = config.shards.iter().any(|s| !s.replicas.is_empty());
+        let host_policy = shardgate_pool::HostPolicy::from_config(&config.pool);
         Shared {
             routing: config.shards.len() > 1 || !config.sharding.tables.is_empty() || has_replicas,
             defers_begin: config.shards.len() > 1 || has_replicas,
@@ -128,7 +129,7 @@ impl Shared {
             monitor: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             config: ArcSwap::from_pointee(config),
-            pools: Pools::default(),
+            pools: Pools::new(host_policy),
             statements: prepared::StatementRegistry::default(),
             cancels: cancel::CancelRegistry::default(),
             next_client_id: AtomicU64::new(1),
@@ -142,8 +143,14 @@ impl Shared {
     /// (Re)starts the health and lag monitor for the current hosts and settings.
     fn restart_monitor(&self) {
         let config = self.config();
+        // The monitor also reads each server's max_connections for the pools' host budgets.
         let task = shardgate_pool::MonitorLogin::from_config(&config).map(|login| {
-            shardgate_pool::spawn_monitor(self.health.load_full(), config.replicas.clone(), login)
+            shardgate_pool::spawn_monitor_with_budgets(
+                self.health.load_full(),
+                config.replicas.clone(),
+                login,
+                Some(Arc::clone(self.pools.budgets())),
+            )
         });
         let old = std::mem::replace(
             &mut *self.monitor.lock().unwrap_or_else(|e| e.into_inner()),

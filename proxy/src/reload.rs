@@ -103,6 +103,9 @@ impl Shared {
         }
 
         self.resize_client_slots(new.listen.max_client_connections);
+        self.pools
+            .budgets()
+            .set_policy(shardgate_pool::HostPolicy::from_config(&new.pool));
         self.auth.store(Arc::new(auth::Authenticator::new(&new)));
         let new = Arc::new(new);
         self.config.store(Arc::clone(&new));
