@@ -294,7 +294,7 @@ pub(crate) async fn connect_control(
         let (client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_causes(&e))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -309,11 +309,24 @@ pub(crate) async fn connect_control(
         connector: TlsConnector::from(client_config(host).map_err(|e| e.to_string())?),
         name: server_name(host).map_err(|e| e.to_string())?,
     };
-    let (client, connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| with_causes(&e))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// An error and its causes: tokio-postgres' own text ("error performing TLS handshake") does
+/// not say why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// tokio-postgres' TLS hook over our rustls configuration. The name is fixed from the

@@ -93,6 +93,9 @@ pub struct ClusterOptions {
     pub extra_conf: Vec<String>,
     /// Roles to create once the server is up.
     pub users: Vec<User>,
+    /// TCP clients must use TLS: `hostssl` lines, and `hostnossl … reject` (see
+    /// [`ClusterOptions::require_tls`]).
+    pub ssl_only: bool,
 }
 
 impl Default for ClusterOptions {
@@ -105,6 +108,7 @@ impl Default for ClusterOptions {
             max_replication_slots: 10,
             extra_conf: Vec::new(),
             users: Vec::new(),
+            ssl_only: false,
         }
     }
 }
@@ -125,6 +129,21 @@ impl ClusterOptions {
     /// Adds a `postgresql.conf` line such as `"log_statement = 'all'"`.
     pub fn conf(mut self, line: impl Into<String>) -> Self {
         self.extra_conf.push(line.into());
+        self
+    }
+
+    /// Turns TLS on with this certificate and key (PEM files the server user can read; the
+    /// key mode 0600) and refuses unencrypted TCP connections: every `host` line becomes
+    /// `hostssl`, followed by `hostnossl all all … reject`. Unix-socket logins stay as they are
+    /// (the harness sets up over the socket).
+    pub fn require_tls(mut self, cert_file: &Path, key_file: &Path) -> Self {
+        let quote = |p: &Path| p.display().to_string().replace('\'', "''");
+        self.extra_conf.push("ssl = on".into());
+        self.extra_conf
+            .push(format!("ssl_cert_file = '{}'", quote(cert_file)));
+        self.extra_conf
+            .push(format!("ssl_key_file = '{}'", quote(key_file)));
+        self.ssl_only = true;
         self
     }
 
@@ -174,17 +193,22 @@ impl ClusterOptions {
     pub(crate) fn render_hba(&self) -> String {
         let mut s = String::from("# written by shardgate-tests\n");
         s.push_str("local all all trust\nlocal replication all trust\n");
-        let mut host = |db: &str, user: &str, method: &str| {
+        let kind = if self.ssl_only { "hostssl" } else { "host" };
+        let mut host = |kind: &str, db: &str, user: &str, method: &str| {
             for net in ["127.0.0.1/32", "::1/128"] {
-                let _ = writeln!(s, "host {db} {user} {net} {method}");
+                let _ = writeln!(s, "{kind} {db} {user} {net} {method}");
             }
         };
-        host("replication", "all", "md5");
-        host("all", "postgres", self.superuser_auth.hba_method());
+        host(kind, "replication", "all", "md5");
+        host(kind, "all", "postgres", self.superuser_auth.hba_method());
         for u in &self.users {
-            host("all", &hba_quote(&u.name), u.auth.hba_method());
+            host(kind, "all", &hba_quote(&u.name), u.auth.hba_method());
         }
-        host("all", "all", "scram-sha-256");
+        host(kind, "all", "all", "scram-sha-256");
+        if self.ssl_only {
+            host("hostnossl", "all", "all", "reject");
+            host("hostnossl", "replication", "all", "reject");
+        }
         s
     }
 
@@ -242,6 +266,25 @@ mod tests {
         assert!(!hba
             .lines()
             .any(|l| l.starts_with("host") && l.ends_with("trust")));
+    }
+
+    #[test]
+    fn require_tls_makes_tcp_lines_hostssl_and_rejects_the_rest() {
+        let o = ClusterOptions::default()
+            .user("app", "pw", Auth::Scram)
+            .require_tls(Path::new("/x/server.crt"), Path::new("/x/server.key"));
+        let hba = o.render_hba();
+        assert!(!hba.lines().any(|l| l.starts_with("host ")), "{hba}");
+        assert!(
+            hba.contains("hostssl all app 127.0.0.1/32 scram-sha-256"),
+            "{hba}"
+        );
+        assert!(
+            hba.contains("hostnossl all all 127.0.0.1/32 reject"),
+            "{hba}"
+        );
+        let conf = o.render_conf(5432, Path::new("/tmp"));
+        assert!(conf.contains("ssl = on") && conf.contains("ssl_key_file = '/x/server.key'"));
     }
 
     #[test]
