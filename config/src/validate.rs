@@ -268,3 +268,72 @@ fn check_host_tls(host: &Host) -> Result<(), String> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use std::path::Path;
+
+    use crate::{Config, SslMode, TlsMode};
+
+    fn load(extra: &str, primary: &str) -> Result<Config, String> {
+        let text = format!(
+            "{extra}\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n[[shards]]\nname = \"s0\"\nprimary = {primary}\n"
+        );
+        Config::from_toml(&text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    const HOST: &str = "{ host = \"127.0.0.1\", port = 5432 }";
+
+    #[test]
+    fn defaults_are_no_client_tls_and_prefer_to_servers() {
+        let c = load("", HOST).unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Disable);
+        assert_eq!(c.shards[0].primary.sslmode, SslMode::Prefer);
+        assert_eq!(c.shards[0].primary.sslrootcert, None);
+    }
+
+    #[test]
+    fn client_tls_needs_readable_cert_and_key() {
+        let e = load("[tls]\nmode = \"require\"", HOST).unwrap_err();
+        assert!(e.contains("tls.cert_file") && e.contains("require"), "{e}");
+        let e = load("[tls]\nmode = \"allow\"\ncert_file = \"/x.crt\"", HOST).unwrap_err();
+        assert!(e.contains("tls.key_file"), "{e}");
+        let e = load(
+            "[tls]\nmode = \"allow\"\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"",
+            HOST,
+        )
+        .unwrap_err();
+        assert!(e.contains("/nonexistent.crt"), "{e}");
+        let e = load("[tls]\nmode = \"sometimes\"", HOST).unwrap_err();
+        assert!(e.contains("mode"), "{e}");
+        // disable does not read the files.
+        load(
+            "[tls]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"",
+            HOST,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn server_sslmodes() {
+        let e = load("", "{ host = \"db\", sslmode = \"verify-full\" }").unwrap_err();
+        assert!(
+            e.contains("shards[0].primary.sslmode") && e.contains("sslrootcert"),
+            "{e}"
+        );
+        let e = load(
+            "",
+            "{ host = \"db\", sslmode = \"verify-ca\", sslrootcert = \"/nonexistent/ca.pem\" }",
+        )
+        .unwrap_err();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let e = load("", "{ host = \"/run/pg\", sslmode = \"require\" }").unwrap_err();
+        assert!(e.contains("unix socket"), "{e}");
+        let e = load("", "{ host = \"db\", sslmode = \"verify_full\" }").unwrap_err();
+        assert!(e.contains("verify-full"), "{e}");
+        let c = load("", "{ host = \"db\", sslmode = \"require\" }").unwrap();
+        assert_eq!(c.shards[0].primary.sslmode, SslMode::Require);
+        let c = load("", "{ host = \"/run/pg\", sslmode = \"disable\" }").unwrap();
+        assert_eq!(c.shards[0].primary.sslmode, SslMode::Disable);
+    }
+}

@@ -579,3 +579,39 @@ async fn a_cancel_request_over_tls_reaches_a_tls_only_server() {
     proxy.shutdown().await;
     drop(pki.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_tls_server_connection_is_not_handed_out_again() {
+    let pki = make_pki();
+    let cluster = tls_only_cluster(&pki).await;
+    let proxy = start_proxy(&config_text(&cluster, "", &verify_full(&pki.ca))).await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
+        proxy.addr().port()
+    );
+    let client = common::connect(&conn).await;
+    let pid: i32 = client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The idle pooled connection's backend goes away: its FATAL and the close arrive
+    // encrypted, and the idle check (a peek under TLS) must see them.
+    let sql = format!("select pg_terminate_backend({pid})");
+    let killed =
+        tokio::task::spawn_blocking(move || cluster.psql("postgres", &sql).map(|o| (o, cluster)))
+            .await
+            .unwrap()
+            .expect("terminate");
+    assert_eq!(killed.0, "t");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .expect("served on a fresh server connection");
+    assert_ne!(row.get::<_, i32>(0), pid);
+    drop(client);
+    proxy.shutdown().await;
+    drop(killed.1);
+    drop(pki.dir);
+}
