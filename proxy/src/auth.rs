@@ -1,4 +1,5 @@
 //! Client authentication: SCRAM-SHA-256 (default), md5 or trust, per user from the config.
+//! Over TLS, SCRAM-SHA-256-PLUS (channel binding `tls-server-end-point`) is offered too.
 //!
 //! SCRAM secrets are derived once per user when the proxy starts (PBKDF2 is deliberately slow),
 //! so a login costs two HMACs, not 4096.
@@ -17,6 +18,7 @@ use crate::SessionError;
 
 const SCRAM_ITERATIONS: usize = 4096;
 const SCRAM_MECHANISM: &str = "SCRAM-SHA-256";
+const SCRAM_PLUS_MECHANISM: &str = "SCRAM-SHA-256-PLUS";
 
 /// What the proxy needs to check one user's password.
 pub struct UserAuth {
@@ -127,17 +129,34 @@ async fn md5_exchange(
 }
 
 async fn scram_exchange(io: &mut ClientIo, auth: Option<&UserAuth>) -> Result<bool, SessionError> {
+    // Channel binding whenever the client came over TLS with the certificate we presented
+    // (whatever the user, so the offer does not tell which users exist). A certificate whose
+    // signature algorithm pgwire cannot hash (e.g. Ed25519) gets plain SCRAM.
+    let mut server = ScramServerAuth::new();
+    let plus = io
+        .reader
+        .get_ref()
+        .tls_local_cert_pem()
+        .is_some_and(|pem| server.configure_certificate(&pem).is_ok());
     let mut out = BytesMut::new();
-    backend::write_auth_sasl(&mut out, &[SCRAM_MECHANISM]);
+    if plus {
+        // PLUS first: the stronger one, which libpq and tokio-postgres pick when they can.
+        backend::write_auth_sasl(&mut out, &[SCRAM_PLUS_MECHANISM, SCRAM_MECHANISM]);
+    } else {
+        backend::write_auth_sasl(&mut out, &[SCRAM_MECHANISM]);
+    }
     io.send(&out).await?;
 
     let first = read_password_message(io).await?;
+    // The mechanism and the gs2 header must agree: `p=` (binding) with -PLUS only, as
+    // PostgreSQL checks; pgwire then refuses `y` while PLUS was offered (a downgrade).
     let client_first = match sasl_initial_response(first.body()) {
-        Some((SCRAM_MECHANISM, data)) => data,
+        Some((SCRAM_PLUS_MECHANISM, data)) if plus && data.starts_with(b"p=") => data,
+        Some((SCRAM_MECHANISM, data)) if !data.starts_with(b"p") => data,
         _ => {
             io.fatal(
                 sqlstate::PROTOCOL_VIOLATION,
-                "expected a SASL SCRAM-SHA-256 initial response",
+                "expected a SASL SCRAM-SHA-256 (or -PLUS with channel binding) initial response",
                 None,
             )
             .await;
@@ -153,7 +172,6 @@ async fn scram_exchange(io: &mut ClientIo, auth: Option<&UserAuth>) -> Result<bo
             (salt, vec![0u8; 32])
         }
     };
-    let server = ScramServerAuth::new();
     let secret = ScramSecret::SaltedPassword {
         salt,
         salted_password: salted,

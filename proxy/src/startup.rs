@@ -145,7 +145,7 @@ async fn negotiate_tls(io: &mut ClientIo, shared: &Shared) -> Result<(), Session
     io.send(b"S").await?;
     io.reader
         .get_mut()
-        .accept_tls(acceptor)
+        .accept_tls(acceptor, tls.cert_pem.clone())
         .await
         // The client is mid-handshake: rustls has sent it an alert, an ErrorResponse would
         // not be understood.

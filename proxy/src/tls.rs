@@ -28,9 +28,11 @@ pub(crate) struct TlsState {
     pub mode: TlsMode,
     /// Present unless `mode` is disable.
     pub acceptor: Option<TlsAcceptor>,
-    /// The certificate chain served (leaf first), to tell a changed certificate on reload and
-    /// for channel binding (tls-server-end-point hashes the leaf).
+    /// The certificate chain served (leaf first), to tell a changed certificate on reload.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The certificate file as read, for channel binding (tls-server-end-point hashes the
+    /// leaf; pgwire's SCRAM takes it as PEM).
+    pub cert_pem: Option<Arc<[u8]>>,
 }
 
 impl TlsState {
@@ -39,6 +41,7 @@ impl TlsState {
             mode: TlsMode::Disable,
             acceptor: None,
             chain: Vec::new(),
+            cert_pem: None,
         }
     }
 
@@ -54,7 +57,7 @@ impl TlsState {
                 reason: format!("tls.mode = \"{}\" needs cert_file and key_file", tls.mode),
             });
         };
-        let chain = read_chain(cert_path)?;
+        let (chain, cert_pem) = read_chain(cert_path)?;
         let key = read_key(key_path)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -67,11 +70,15 @@ impl TlsState {
             mode: tls.mode,
             acceptor: Some(TlsAcceptor::from(Arc::new(config))),
             chain,
+            cert_pem: Some(cert_pem.into()),
         })
     }
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file, and the file's bytes.
+type Chain = (Vec<CertificateDer<'static>>, Vec<u8>);
+
+fn read_chain(path: &Path) -> Result<Chain, TlsError> {
     let err = |reason: String| TlsError::Cert {
         path: path.display().to_string(),
         reason,
@@ -83,7 +90,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     if chain.is_empty() {
         return Err(err("holds no PEM certificate".into()));
     }
-    Ok(chain)
+    Ok((chain, pem))
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {

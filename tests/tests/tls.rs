@@ -181,14 +181,16 @@ fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
-/// tokio-postgres over rustls through `port`, trusting `ca`.
+/// tokio-postgres over rustls through `port`, trusting `ca`, with channel binding required
+/// (SCRAM-SHA-256-PLUS over shardgate's certificate).
 async fn connect_rustls(
     port: u16,
     ca: &Path,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let tls = rustls_connector(ca);
     let conn = format!(
-        "host=localhost port={port} user={USER} password={PASSWORD} dbname={DB} sslmode=require"
+        "host=localhost port={port} user={USER} password={PASSWORD} dbname={DB} sslmode=require \
+         channel_binding=require"
     );
     let (client, connection) = tokio_postgres::connect(&conn, tls).await?;
     tokio::spawn(async move {
@@ -234,6 +236,21 @@ async fn psql_with_require_and_verify_full_through_shardgate_to_a_tls_only_serve
     let port = proxy.addr().port();
     let out = psql(url(port, "127.0.0.1", "sslmode=require"), SERVER_SIDE_SSL).await;
     assert_eq!(out.as_deref(), Ok("t"), "sslmode=require");
+    for (binding, what) in [
+        ("require", "SCRAM-SHA-256-PLUS"),
+        ("disable", "plain SCRAM"),
+    ] {
+        let params = format!("sslmode=require&channel_binding={binding}");
+        let out = psql(url(port, "127.0.0.1", &params), "select 1").await;
+        assert_eq!(out.as_deref(), Ok("1"), "{what} over TLS");
+    }
+    let wrong = format!("postgres://{USER}:wrong@127.0.0.1:{port}/{DB}?channel_binding=require");
+    let out = psql(wrong, "select 1").await;
+    assert!(
+        out.as_ref()
+            .is_err_and(|e| e.contains("password authentication failed")),
+        "{out:?}"
+    );
 
     for host in ["127.0.0.1", "localhost"] {
         let params = format!("sslmode=verify-full&sslrootcert={}", pki.ca.display());

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -15,9 +16,18 @@ pub enum Stream {
     Unix(UnixStream),
     /// TLS over TCP, either side: a client that sent SSLRequest, or a server we asked. Boxed
     /// because the TLS state is a few hundred bytes the plaintext variants should not carry.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsConn>),
     /// What is left after a failed TLS handshake consumed the socket: every operation fails.
     Closed,
+}
+
+/// An encrypted connection, and what channel binding needs to know about it.
+pub struct TlsConn {
+    pub stream: TlsStream<TcpStream>,
+    /// The certificate file (PEM) this side presented, when it is the TLS server: SCRAM's
+    /// `tls-server-end-point` channel binding hashes it. Kept per connection, so a certificate
+    /// reloaded after the handshake does not change what this client's login binds to.
+    pub local_cert_pem: Option<Arc<[u8]>>,
 }
 
 fn not_connected() -> io::Error {
@@ -40,7 +50,7 @@ impl Stream {
             Stream::Tcp(s) => socket2::SockRef::from(s),
             Stream::Unix(s) => socket2::SockRef::from(s),
             Stream::Tls(s) => {
-                let (tcp, tls) = s.get_ref();
+                let (tcp, tls) = s.stream.get_ref();
                 // Established: wants_read is false only with plaintext pending or after a
                 // close_notify.
                 if !tls.is_handshaking() && !tls.wants_read() {
@@ -66,7 +76,7 @@ impl Stream {
             Stream::Unix(s) => s.try_write(buf),
             Stream::Tls(s) => {
                 let mut cx = Context::from_waker(Waker::noop());
-                let mut s = Pin::new(s.as_mut());
+                let mut s = Pin::new(&mut s.stream);
                 match s.as_mut().poll_write(&mut cx, buf) {
                     Poll::Ready(Ok(n)) => {
                         let _ = s.poll_flush(&mut cx);
@@ -93,17 +103,34 @@ impl Stream {
     /// The TLS session, once encrypted (its certificates, protocol version).
     pub fn tls_state(&self) -> Option<&tokio_rustls::rustls::CommonState> {
         match self {
-            Stream::Tls(s) => Some(s.get_ref().1),
+            Stream::Tls(s) => Some(s.stream.get_ref().1),
+            _ => None,
+        }
+    }
+
+    /// The certificate (PEM) presented as TLS server on this connection, for channel binding.
+    pub fn tls_local_cert_pem(&self) -> Option<Arc<[u8]>> {
+        match self {
+            Stream::Tls(s) => s.local_cert_pem.clone(),
             _ => None,
         }
     }
 
     /// Runs the server side of a TLS handshake on a TCP stream (after answering `S` to an
-    /// SSLRequest) and becomes the TLS stream. On failure the socket is gone ([`Stream::Closed`]).
-    pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+    /// SSLRequest) and becomes the TLS stream; `cert_pem` is the certificate the acceptor
+    /// presents (see [`TlsConn::local_cert_pem`]). On failure the socket is gone
+    /// ([`Stream::Closed`]).
+    pub async fn accept_tls(
+        &mut self,
+        acceptor: &TlsAcceptor,
+        cert_pem: Option<Arc<[u8]>>,
+    ) -> io::Result<()> {
         let tcp = self.take_tcp()?;
         let tls = acceptor.accept(tcp).await?;
-        *self = Stream::Tls(Box::new(tls.into()));
+        *self = Stream::Tls(Box::new(TlsConn {
+            stream: tls.into(),
+            local_cert_pem: cert_pem,
+        }));
         Ok(())
     }
 
@@ -116,7 +143,10 @@ impl Stream {
     ) -> io::Result<()> {
         let tcp = self.take_tcp()?;
         let tls = connector.connect(name, tcp).await?;
-        *self = Stream::Tls(Box::new(tls.into()));
+        *self = Stream::Tls(Box::new(TlsConn {
+            stream: tls.into(),
+            local_cert_pem: None,
+        }));
         Ok(())
     }
 
@@ -144,7 +174,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut s.stream).poll_read(cx, buf),
             Stream::Closed => Poll::Ready(Err(not_connected())),
         }
     }
@@ -159,7 +189,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut s.stream).poll_write(cx, buf),
             Stream::Closed => Poll::Ready(Err(not_connected())),
         }
     }
@@ -172,7 +202,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut s.stream).poll_write_vectored(cx, bufs),
             Stream::Closed => Poll::Ready(Err(not_connected())),
         }
     }
@@ -181,7 +211,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.stream.is_write_vectored(),
             Stream::Closed => false,
         }
     }
@@ -190,7 +220,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut s.stream).poll_flush(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -200,7 +230,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             // Sends close_notify, then shuts the socket down.
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut s.stream).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
