@@ -298,7 +298,8 @@ pub struct Pool {
     /// Longest a client waits for a free server connection before getting 53300.
     #[serde(with = "duration")]
     pub checkout_timeout: Duration,
-    /// An idle server connection above `min_size` is closed after this.
+    /// A pool whose use stays under `scale_down_at` this long shrinks a step toward
+    /// `min_size`, closing idle connections above its new size.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// A server connection is closed after this age (when next idle).
