@@ -289,6 +289,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The tree as it was compiled (other people's uncommitted work shows as -dirty).
+    let shardgate_rev = machine::git_rev(&shardgate::workspace_root());
+    let build_time = started.elapsed();
+    let started = Instant::now();
 
     // PostgreSQL: room for the largest direct run plus every proxy's pool.
     let max_clients = cases.iter().map(|c| c.clients).max().unwrap_or(1);
@@ -538,7 +542,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 match measure(case, t, args.seconds, &prefix).await {
                     Ok(run) => {
                         eprintln!(
-                            "[{done}/{total_runs}] {} {} run {}/{}: {:.0} tps{}",
+                            "[{done}/{total_runs} {:.1} min] {} {} run {}/{}: {:.0} tps{}",
+                            started.elapsed().as_secs_f64() / 60.0,
                             case.name,
                             t.name,
                             r + 1,
@@ -610,9 +615,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             cases: &cases,
             postgres_version: postgres_version.trim().to_string(),
             pgbouncer_version: pgbouncer_bin.as_ref().map(|b| b.version_string()),
-            shardgate_rev: machine::git_rev(&shardgate::workspace_root()),
+            shardgate_rev,
             load: (load_start, load_end),
             elapsed: started.elapsed(),
+            build_time,
         };
         let section = render_compare_section(&info, &table, &notes);
         let doc = load_results(&args.results);
@@ -680,6 +686,7 @@ struct RunInfo<'a> {
     shardgate_rev: String,
     load: (Option<f64>, Option<f64>),
     elapsed: Duration,
+    build_time: Duration,
 }
 
 fn render_compare_section(info: &RunInfo<'_>, table: &str, notes: &[String]) -> String {
@@ -710,9 +717,11 @@ fn render_compare_section(info: &RunInfo<'_>, table: &str, notes: &[String]) -> 
         ),
     ));
     s.push_str(&format!(
-        "- Command: `cargo run -p bench --release -- {}` ({:.1} min)\n",
+        "- Command: `cargo run -p bench --release -- {}`: {:.1} min of benchmark (after {:.1} \
+         min building the shardgate binary)\n",
         command.join(" "),
-        info.elapsed.as_secs_f64() / 60.0
+        info.elapsed.as_secs_f64() / 60.0,
+        info.build_time.as_secs_f64() / 60.0
     ));
     s.push_str(&format!(
         "- Setup: transaction pooling, pool size {} in both proxies (PgBouncer \

@@ -21,7 +21,7 @@ use crate::{pgbench_base_args, run_pgbench, shardgate, DB, PASSWORD, PGBENCH_ENV
 #[derive(Args, Clone)]
 pub struct ProfileArgs {
     /// Transactions per client in the measured run (pgbench -t).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2000)]
     transactions: u32,
     /// pgbench clients.
     #[arg(long, default_value_t = 8)]
