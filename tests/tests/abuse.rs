@@ -104,9 +104,9 @@ async fn per_user_and_per_database_caps() {
         )
     };
     let third = env.try_connect(&conn(USER)).await;
-    let err = third
-        .err()
-        .expect("a third client of the same user is refused");
+    let Err(err) = third else {
+        panic!("a third client of the same user is refused")
+    };
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
     let message = err
         .as_db_error()
@@ -122,11 +122,9 @@ async fn per_user_and_per_database_caps() {
     assert!(ok);
     // A user's own cap.
     let _first = env.try_connect(&conn("capped")).await.unwrap();
-    let err = env
-        .try_connect(&conn("capped"))
-        .await
-        .err()
-        .expect("capped user's second client is refused");
+    let Err(err) = env.try_connect(&conn("capped")).await else {
+        panic!("capped user's second client is refused")
+    };
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     b.simple_query("SELECT 1").await.unwrap();
     env.stop().await;
