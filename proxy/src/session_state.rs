@@ -207,15 +207,13 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
 
 /// Session effects of every statement in a query string.
 pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
-    // Fast path: no statement can have an effect without one of these words.
-    let lower_has = |w: &str| {
-        sql.as_bytes()
-            .windows(w.len())
-            .any(|win| win.eq_ignore_ascii_case(w.as_bytes()))
-    };
-    if !(lower_has("set") || lower_has("discard") || lower_has("deallocate")) {
+    // Fast path: no statement can have an effect without one of these words. One pass that
+    // only looks closer at an `s` or `d` (this runs for every simple query: the profile had
+    // three full scans at ~9% of the proxy's instructions).
+    if !mentions_any(sql.as_bytes(), &[b"set", b"discard", b"deallocate"]) {
         return Vec::new();
     }
+    let lower_has = |w: &str| mentions_any(sql.as_bytes(), &[w.as_bytes()]);
     let mut effects: Vec<SessionEffect> = split_statements(sql)
         .into_iter()
         .filter_map(statement_effect)
@@ -224,6 +222,19 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
         effects.push(SessionEffect::Untracked);
     }
     effects
+}
+
+/// Whether `text` contains one of `words` (lower-case ASCII), ignoring ASCII case.
+fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
+    text.iter().enumerate().any(|(i, b)| {
+        let first = b.to_ascii_lowercase();
+        words.iter().any(|w| {
+            w.first() == Some(&first)
+                && text
+                    .get(i..i + w.len())
+                    .is_some_and(|win| win.eq_ignore_ascii_case(w))
+        })
+    })
 }
 
 fn statement_effect(stmt: &str) -> Option<SessionEffect> {
@@ -505,5 +516,24 @@ mod tests {
         assert!(s.server_diverges(&session_effects(
             "select set_config('work_mem', '1MB', false)"
         )));
+    }
+}
+
+#[cfg(test)]
+mod mention_tests {
+    use super::mentions_any;
+
+    #[test]
+    fn finds_words_in_any_case_anywhere() {
+        let words: &[&[u8]] = &[b"set", b"discard"];
+        assert!(mentions_any(b"SELECT 1; SeT search_path = a", words));
+        assert!(mentions_any(b"discard all", words));
+        assert!(mentions_any(b"x_set", words));
+        assert!(!mentions_any(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            words
+        ));
+        assert!(!mentions_any(b"se", words));
+        assert!(!mentions_any(b"", words));
     }
 }
