@@ -383,8 +383,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 if !bin.supports_prepared() {
                     notes.push(format!(
                         "PgBouncer {} predates max_prepared_statements (1.21): its `-M prepared` \
-                         cells are skipped (in transaction mode they fail once a client's \
-                         statement is on another server connection).",
+                         cells are skipped (without it, in transaction mode a client's prepared \
+                         statement exists only on the server connection that prepared it).",
                         bin.version_string()
                     ));
                 }
