@@ -290,6 +290,10 @@ impl ServerPool {
             .idle_timeout(None)
             .max_lifetime(reap_after)
             .retry_connection(false)
+            // The most recently used connection first: a lone client keeps one warm server
+            // backend instead of rotating over all of them (FIFO), and idle ones stay idle
+            // long enough for the sizer to close them.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             .error_sink(Box::new(ConnectErrors {
                 pool: name.clone(),
                 tx: errors.clone(),

@@ -27,7 +27,9 @@ impl ClientIo {
         }
         ClientIo {
             reader: FrameReader::new(stream, max_message_size),
-            out: BytesMut::with_capacity(16 * 1024),
+            // Small to start: an idle client should cost little (thousands may sit idle);
+            // the buffer grows to what the client's results need and keeps that capacity.
+            out: BytesMut::with_capacity(1024),
         }
     }
 

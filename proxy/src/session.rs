@@ -329,7 +329,7 @@ impl Session {
             saw_rollback: false,
             expect: VecDeque::new(),
             status: TransactionStatus::Idle,
-            to_server: BytesMut::with_capacity(8 * 1024),
+            to_server: BytesMut::with_capacity(1024),
             cancel,
             cancel_key: (pid, secret),
             skip_until_sync: false,

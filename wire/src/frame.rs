@@ -91,7 +91,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, limit: usize) -> Self {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(8 * 1024),
+            // Grows by 8 KiB when a read needs room (see `read_frame`); small to start so
+            // that idle connections stay cheap.
+            buf: BytesMut::with_capacity(2 * 1024),
             limit,
         }
     }
