@@ -155,7 +155,9 @@ impl Session {
                 None,
             ));
         };
-        let settings = self.shared.config().replicas.clone();
+        // An Arc, not a copy of the settings: this runs for every checkout.
+        let config = self.shared.config();
+        let settings = &config.replicas;
         let mut tried: Vec<HostChoice> = Vec::new();
         loop {
             let choice = if read {
