@@ -130,6 +130,28 @@ replicas = [{replica_list}]
         .await
     }
 
+    /// Runs blocking `f` (kill, restart) on the primary off the async threads.
+    async fn with_primary(self, f: impl FnOnce(&mut PgCluster) + Send + 'static) -> ReplicaEnv {
+        let ReplicaEnv {
+            proxy,
+            control,
+            mut primary,
+            replicas,
+        } = self;
+        let primary = tokio::task::spawn_blocking(move || {
+            f(&mut primary);
+            primary
+        })
+        .await
+        .expect("join");
+        ReplicaEnv {
+            proxy,
+            control,
+            primary,
+            replicas,
+        }
+    }
+
     async fn stop(self) {
         self.proxy.shutdown().await;
         tokio::task::spawn_blocking(move || {
@@ -441,25 +463,7 @@ async fn reads_survive_the_primary_and_writes_resume_when_it_returns() {
     })
     .await;
     assert!(replicated, "the replica received the row");
-    let ReplicaEnv {
-        proxy,
-        control,
-        primary,
-        replicas,
-    } = env;
-    let primary = tokio::task::spawn_blocking(move || {
-        let mut p = primary;
-        p.kill();
-        p
-    })
-    .await
-    .unwrap();
-    let env = ReplicaEnv {
-        proxy,
-        control,
-        primary,
-        replicas,
-    };
+    let env = env.with_primary(PgCluster::kill).await;
     // Writes: a clear error naming the shard.
     let err = c
         .execute("INSERT INTO items VALUES (2, 'during')", &[])
@@ -481,25 +485,9 @@ async fn reads_survive_the_primary_and_writes_resume_when_it_returns() {
     let ready = env.control.readiness();
     assert!(!ready.ready, "not ready without a primary: {ready:?}");
 
-    let ReplicaEnv {
-        proxy,
-        control,
-        primary,
-        replicas,
-    } = env;
-    let primary = tokio::task::spawn_blocking(move || {
-        let mut p = primary;
-        p.restart().expect("restart primary");
-        p
-    })
-    .await
-    .unwrap();
-    let env = ReplicaEnv {
-        proxy,
-        control,
-        primary,
-        replicas,
-    };
+    let env = env
+        .with_primary(|p| p.restart().expect("restart primary"))
+        .await;
     // Writes resume without restarting the proxy.
     let resumed = wait_for(Duration::from_secs(10), || async {
         c.execute("INSERT INTO items VALUES (3, 'after')", &[])
