@@ -117,4 +117,8 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Called at each `/metrics` scrape: lets the proxy publish figures it keeps itself
     /// (e.g. its statement cache's hit counts) as metrics.
     fn record_metrics(&self) {}
+    /// The rebalancer behind the shard-changing endpoints (`None`: they answer 501).
+    fn rebalancer(&self) -> Option<std::sync::Arc<crate::rebalance::Rebalancer>> {
+        None
+    }
 }

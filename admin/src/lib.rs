@@ -14,6 +14,7 @@ pub mod cli;
 mod client;
 pub mod control;
 pub mod metrics;
+pub mod rebalance;
 mod server;
 mod table;
 

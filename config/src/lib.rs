@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::{format_duration, parse_duration};
 pub use schema::*;
+pub use validate::check_shard_name;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

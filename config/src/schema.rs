@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::duration;
 
@@ -31,6 +31,10 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub tls: Tls,
+    #[serde(default)]
+    pub topology: Topology,
+    #[serde(default)]
+    pub rebalance: Rebalance,
 }
 
 /// Where clients connect, and the limits that protect the proxy from them.
@@ -202,7 +206,7 @@ impl std::fmt::Display for TlsMode {
 }
 
 /// TLS to one server, as libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, Default)]
 pub enum SslMode {
     /// Plaintext; no SSLRequest is sent.
     #[serde(rename = "disable")]
@@ -410,7 +414,7 @@ impl std::fmt::Debug for User {
 }
 
 /// One PostgreSQL server address, and how to secure the connection to it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     /// Host name or IP address, or a directory holding a unix socket when it starts with `/`.
@@ -441,13 +445,130 @@ impl std::fmt::Display for Host {
 }
 
 /// A shard: one primary and zero or more streaming replicas.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Shard {
     pub name: String,
     pub primary: Host,
     #[serde(default)]
     pub replicas: Vec<Host>,
+    /// Role the rebalancer logs in as on this shard (publications, subscriptions, fences);
+    /// `rebalance.admin_user` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_user: Option<String>,
+    /// Its password; `rebalance.admin_password` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
+}
+
+impl Shard {
+    /// The rebalancer's login on this shard: its own, else the `[rebalance]` default.
+    pub fn admin_login<'a>(&'a self, defaults: &'a Rebalance) -> (&'a str, Option<&'a str>) {
+        match &self.admin_user {
+            Some(user) => (user, self.admin_password.as_deref()),
+            None => (
+                &defaults.admin_user,
+                self.admin_password
+                    .as_deref()
+                    .or(defaults.admin_password.as_deref()),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shard {
+    // Never print passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("name", &self.name)
+            .field("primary", &self.primary)
+            .field("replicas", &self.replicas)
+            .field("admin_user", &self.admin_user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the shard map (topology) lives, and how proxies follow it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topology {
+    /// `"file"` (one proxy: the config's `[[shards]]` plus `state_file`), or a
+    /// `postgres://user:password@host:port/db` URL of a metadata database shared by a fleet.
+    pub store: String,
+    /// The file store's state file (JSON, written atomically). Unset: `<config file>.topology.json`
+    /// for `shardgate serve`; kept in memory only for an embedded proxy.
+    pub state_file: Option<PathBuf>,
+    /// How often a proxy re-reads the postgres store besides LISTEN/NOTIFY.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// This proxy's name in `rebalance status` (default: `hostname:admin-port`).
+    pub proxy_id: Option<String>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            store: "file".into(),
+            state_file: None,
+            poll_interval: Duration::from_millis(500),
+            proxy_id: None,
+        }
+    }
+}
+
+/// How the rebalancer moves data when a shard is added or removed.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rebalance {
+    /// The databases whose sharded tables move (each shard has them all).
+    pub databases: Vec<String>,
+    /// Default admin role on every shard (see the README for the privileges it needs).
+    pub admin_user: String,
+    pub admin_password: Option<String>,
+    /// Rows deleted from a source per statement after a move.
+    pub delete_batch_size: u32,
+    /// Catch-up is done when the target trails the source by at most this many WAL bytes.
+    pub catchup_max_lag_bytes: u64,
+    /// Longest a cutover may hold its fence waiting for the final changes; past it the fence
+    /// is lifted and the cutover is tried again.
+    #[serde(with = "duration")]
+    pub cutover_timeout: Duration,
+    /// Cutover attempts before the job fails (and cleans up).
+    pub cutover_attempts: u32,
+    /// How long a proxy holds a statement that hit a fence, waiting for the new topology,
+    /// before answering 40001.
+    #[serde(with = "duration")]
+    pub fence_wait: Duration,
+}
+
+impl Default for Rebalance {
+    fn default() -> Self {
+        Rebalance {
+            databases: Vec::new(),
+            admin_user: "postgres".into(),
+            admin_password: None,
+            delete_batch_size: 5_000,
+            catchup_max_lag_bytes: 64 * 1024,
+            cutover_timeout: Duration::from_secs(5),
+            cutover_attempts: 5,
+            fence_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+impl std::fmt::Debug for Rebalance {
+    // Never print passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rebalance")
+            .field("databases", &self.databases)
+            .field("admin_user", &self.admin_user)
+            .field("delete_batch_size", &self.delete_batch_size)
+            .field("catchup_max_lag_bytes", &self.catchup_max_lag_bytes)
+            .field("cutover_timeout", &self.cutover_timeout)
+            .field("cutover_attempts", &self.cutover_attempts)
+            .field("fence_wait", &self.fence_wait)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How statements map to shards.

@@ -6,6 +6,22 @@ use std::net::SocketAddr;
 use crate::{AuthMethod, Config, Host, SslMode, Tls, TlsMode};
 
 /// Returns `(key, what is wrong)` for the first problem found.
+/// A shard name: non-empty ASCII letters, digits, `_` or `-` (it ends up in SQL identifiers
+/// and URLs), at most 40 characters.
+pub fn check_shard_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 40
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+    {
+        return Err(format!(
+            "`{name}` must be 1 to 40 letters, digits, `_` or `-`"
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     let err = |key: &str, msg: String| Err((key.to_owned(), msg));
 
@@ -129,16 +145,8 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     let mut shard_names = HashSet::new();
     for (i, s) in c.shards.iter().enumerate() {
         let key = |f: &str| format!("shards[{i}].{f}");
-        if s.name.is_empty()
-            || !s
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
-        {
-            return err(
-                &key("name"),
-                format!("`{}` must be non-empty letters, digits, `_` or `-`", s.name),
-            );
+        if let Err(msg) = check_shard_name(&s.name) {
+            return err(&key("name"), msg);
         }
         if !shard_names.insert(s.name.as_str()) {
             return err(&key("name"), format!("shard `{}` is defined twice", s.name));
@@ -162,6 +170,25 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
                 return err(&key(&format!("{field}.sslmode")), msg);
             }
         }
+    }
+    let store = c.topology.store.as_str();
+    if store != "file" && !store.starts_with("postgres://") && !store.starts_with("postgresql://") {
+        return err(
+            "topology.store",
+            format!("`{store}` must be \"file\" or a postgres://user:password@host:port/db URL"),
+        );
+    }
+    if c.topology.poll_interval.is_zero() {
+        return err("topology.poll_interval", "must be more than 0".into());
+    }
+    if c.rebalance.delete_batch_size == 0 {
+        return err("rebalance.delete_batch_size", "must be at least 1".into());
+    }
+    if c.rebalance.cutover_attempts == 0 {
+        return err("rebalance.cutover_attempts", "must be at least 1".into());
+    }
+    if c.rebalance.admin_user.is_empty() {
+        return err("rebalance.admin_user", "must not be empty".into());
     }
     if let Some(d) = &c.sharding.default_shard {
         if !shard_names.contains(d.as_str()) {

@@ -37,6 +37,7 @@ pub use pool::{Manager, PoolKey, PoolSettings, PoolState, PooledConn, Role, Serv
 pub use pools::Pools;
 pub use prepared::PreparedSet;
 pub use shardgate_wire::backend::TransactionStatus;
+pub use tls::connect_control;
 
 /// Compile-time checks: the proxy runs these futures in spawned tasks.
 #[cfg(test)]

@@ -283,9 +283,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// Opens a tokio-postgres control connection (the health and lag monitor) to `host` with the
-/// same TLS rules as the data path, and drives it in a task.
-pub(crate) async fn connect_control(
+/// Opens a tokio-postgres control connection (the health and lag monitor, the rebalancer) to
+/// `host` with the same TLS rules as the data path, and drives it in a task.
+pub async fn connect_control(
     config: &mut tokio_postgres::Config,
     host: &Host,
 ) -> Result<tokio_postgres::Client, String> {

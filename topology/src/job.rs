@@ -1,0 +1,147 @@
+//! The record of one rebalance job, as stored (so a restarted proxy can find it) and as shown
+//! by `GET /api/v1/rebalance`.
+
+use serde::{Deserialize, Serialize};
+use shardgate_config::Shard;
+
+/// What the job changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum JobKind {
+    /// Bring `shard` in: the ring slots it wins move to it from every other shard.
+    Add { shard: Shard },
+    /// Take the shard named `shard` out: each of its slots moves to the shard that wins it next.
+    Remove { shard: String },
+}
+
+/// Where a job is. The order is the order of a successful job; `Aborting`, `Aborted`, `Failed`
+/// and `Done` are reached from any phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Checking that the move can run (nothing changed yet).
+    Preflight,
+    /// Copying the schema to the target, installing the (open) fences, creating publications
+    /// and subscriptions.
+    Preparing,
+    /// The subscriptions copy the existing rows of the moving slots.
+    Copying,
+    /// The subscriptions stream changes; waiting until the targets trail by little.
+    CatchingUp,
+    /// Fence closed on the moving slots; waiting for the last changes, verifying counts and
+    /// checksums, publishing the new shard map.
+    Cutover,
+    /// New map published: dropping subscriptions, publications and slots, deleting the moved
+    /// rows from the sources, removing the fences.
+    Cleanup,
+    Done,
+    /// Undoing: back to the old map, the targets' partial copies removed.
+    Aborting,
+    Aborted,
+    /// Stopped on an error; its cleanup ran (see `error`).
+    Failed,
+}
+
+impl Phase {
+    /// Done, aborted or failed: a new job may start.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Done | Phase::Aborted | Phase::Failed)
+    }
+
+    /// The new shard map is published: from here the job finishes forward.
+    pub fn is_committed(self) -> bool {
+        matches!(self, Phase::Cleanup | Phase::Done)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::Preparing => "preparing",
+            Phase::Copying => "copying",
+            Phase::CatchingUp => "catching_up",
+            Phase::Cutover => "cutover",
+            Phase::Cleanup => "cleanup",
+            Phase::Done => "done",
+            Phase::Aborting => "aborting",
+            Phase::Aborted => "aborted",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One source → target stream of a job (one publication and one subscription per database).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MoveProgress {
+    pub source: String,
+    pub target: String,
+    /// Ring slots that move from `source` to `target`.
+    pub slots: u32,
+    pub rows_estimated: u64,
+    pub rows_copied: u64,
+    /// WAL bytes the target trails the source by (its slot's confirmed flush position).
+    pub lag_bytes: Option<u64>,
+    /// Rows counted and checksummed equal on both sides at cutover.
+    pub verified_rows: Option<u64>,
+    pub rows_deleted: u64,
+}
+
+/// Figures for `rebalance status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub rows_estimated: u64,
+    pub rows_copied: u64,
+    /// Worst lag over the moves, in bytes and seconds.
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    /// How long the fence held writes to the moving keys, per cutover attempt (milliseconds);
+    /// the last one is the one that committed.
+    pub cutover_pauses_ms: Vec<f64>,
+    pub rows_deleted: u64,
+    pub moves: Vec<MoveProgress>,
+    /// What the job is doing right now, in words.
+    pub message: String,
+}
+
+/// One rebalance job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// `rb-<unix ms>`: also names the publications, slots, subscriptions and fence objects.
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: JobKind,
+    pub phase: Phase,
+    /// Phase when the job was aborted or failed (where the undo started).
+    pub stopped_in: Option<Phase>,
+    /// Shard map version the job started from, and the shards before and after.
+    pub from_version: u64,
+    pub old_shards: Vec<Shard>,
+    pub new_shards: Vec<Shard>,
+    /// The version the job published (set in cutover).
+    pub to_version: Option<u64>,
+    /// The proxy running it, and when it last said so (ms since the epoch): a job whose
+    /// heartbeat is older than a few seconds has lost its runner.
+    pub owner: String,
+    pub heartbeat_ms: u64,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Set by `rebalance abort` (possibly on another proxy); the runner acts on it.
+    pub abort_requested: bool,
+    pub error: Option<String>,
+    pub progress: Progress,
+}
+
+impl Job {
+    /// The shard being added or removed.
+    pub fn shard_name(&self) -> &str {
+        match &self.kind {
+            JobKind::Add { shard } => &shard.name,
+            JobKind::Remove { shard } => shard,
+        }
+    }
+}
