@@ -1,0 +1,200 @@
+//! The stores that hold the shard map, the job record and the proxies' reported versions:
+//! [`file`] (one proxy) and [`postgres`] (a fleet sharing a metadata database). Both make
+//! publishing a compare-and-swap on the version and starting a job a test-and-set, so two
+//! writers can never both win.
+
+mod file;
+mod follow;
+mod postgres;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shardgate_config::{Config, Shard};
+use tokio::sync::watch;
+
+use crate::{Job, ShardMap};
+
+/// Why the store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Publishing found another version than expected: someone else changed the map.
+    #[error("the shard map changed underneath (expected version {expected}, found {found})")]
+    Conflict { expected: u64, found: u64 },
+    /// `try_start_job` found a job that has not finished.
+    #[error("rebalance job {} is running ({})", .0.id, .0.phase)]
+    Busy(Box<Job>),
+    #[error("topology state file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("topology store database: {0}")]
+    Database(String),
+}
+
+/// A proxy and the shard-map version it last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyVersion {
+    pub proxy_id: String,
+    pub version: u64,
+    /// Seconds since it last reported (proxies report every poll interval).
+    pub seen_seconds_ago: f64,
+}
+
+enum Backend {
+    File(Box<file::FileStore>),
+    Postgres(Box<postgres::PgStore>),
+}
+
+/// Where the shard map and the job record live (`[topology] store`).
+pub struct Store {
+    backend: Backend,
+    /// The newest map this store has read or published. Followers start from it, and an
+    /// in-process publish wakes them through it at once. It is dropped with the store, which
+    /// is what ends the follower tasks.
+    latest: watch::Sender<Arc<ShardMap>>,
+    poll_interval: Duration,
+}
+
+impl Store {
+    /// Opens the store named by `config.topology` (creating its tables or state file on first
+    /// use, seeded with version 1 = `config.shards`). `state_file` is the file store's path
+    /// (`None`: in memory only).
+    pub async fn open(
+        config: &Config,
+        state_file: Option<PathBuf>,
+    ) -> Result<Arc<Store>, StoreError> {
+        let seed = ShardMap {
+            version: 1,
+            shards: config.shards.clone(),
+        };
+        let backend = if config.topology.store == "file" {
+            Backend::File(Box::new(file::FileStore::open(state_file, seed).await?))
+        } else {
+            Backend::Postgres(Box::new(
+                postgres::PgStore::open(&config.topology.store, seed).await?,
+            ))
+        };
+        let current = match &backend {
+            Backend::File(f) => f.shard_map().await?,
+            Backend::Postgres(p) => p.shard_map().await?,
+        };
+        let (latest, _) = watch::channel(Arc::new(current));
+        Ok(Arc::new(Store {
+            backend,
+            latest,
+            poll_interval: config.topology.poll_interval,
+        }))
+    }
+
+    /// "file" or "postgres".
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::File(_) => "file",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The current shard map, read from the store.
+    pub async fn shard_map(&self) -> Result<ShardMap, StoreError> {
+        let map = match &self.backend {
+            Backend::File(f) => f.shard_map().await?,
+            Backend::Postgres(p) => p.shard_map().await?,
+        };
+        self.observe(&map);
+        Ok(map)
+    }
+
+    /// Publishes `shards` as version `expected_version + 1` if the stored version is still
+    /// `expected_version` (else `Conflict`), and wakes every follower.
+    pub async fn publish(
+        &self,
+        expected_version: u64,
+        shards: Vec<Shard>,
+    ) -> Result<ShardMap, StoreError> {
+        let map = match &self.backend {
+            Backend::File(f) => f.publish(expected_version, shards).await?,
+            Backend::Postgres(p) => p.publish(expected_version, shards).await?,
+        };
+        tracing::info!(version = map.version, shards = ?map.names(), "published shard map");
+        self.observe(&map);
+        Ok(map)
+    }
+
+    /// The current (or last finished) job.
+    pub async fn job(&self) -> Result<Option<Job>, StoreError> {
+        match &self.backend {
+            Backend::File(f) => f.job().await,
+            Backend::Postgres(p) => p.job().await,
+        }
+    }
+
+    /// Records `job` as the one job, unless a job that is not terminal is stored (`Busy`).
+    pub async fn try_start_job(&self, job: &Job) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(f) => f.try_start_job(job).await,
+            Backend::Postgres(p) => p.try_start_job(job).await,
+        }
+    }
+
+    /// Overwrites the stored job with `job` (same id; the runner's progress and phase).
+    pub async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(f) => f.save_job(job).await,
+            Backend::Postgres(p) => p.save_job(job).await,
+        }
+    }
+
+    /// Sets `abort_requested` on the stored job if it is not terminal; returns it.
+    pub async fn request_abort(&self) -> Result<Option<Job>, StoreError> {
+        match &self.backend {
+            Backend::File(f) => f.request_abort().await,
+            Backend::Postgres(p) => p.request_abort().await,
+        }
+    }
+
+    /// Records that `proxy_id` now routes by `version`.
+    pub async fn report_version(&self, proxy_id: &str, version: u64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(f) => {
+                f.report_version(proxy_id, version);
+                Ok(())
+            }
+            Backend::Postgres(p) => p.report_version(proxy_id, version).await,
+        }
+    }
+
+    /// Every proxy that has reported, most recent first.
+    pub async fn proxies(&self) -> Result<Vec<ProxyVersion>, StoreError> {
+        match &self.backend {
+            Backend::File(f) => Ok(f.proxies()),
+            Backend::Postgres(p) => p.proxies().await,
+        }
+    }
+
+    /// A receiver that always holds the newest shard map: woken at once by `publish` on this
+    /// store, by NOTIFY from other processes (postgres), and by polling every
+    /// `poll_interval` as a fallback. The follower task stops when the store is dropped.
+    pub fn follow(self: &Arc<Self>) -> watch::Receiver<Arc<ShardMap>> {
+        follow::spawn(self)
+    }
+
+    /// Remembers `map` as the newest one if its version differs from the last seen.
+    fn observe(&self, map: &ShardMap) {
+        self.latest.send_if_modified(|current| {
+            if current.version == map.version {
+                return false;
+            }
+            *current = Arc::new(map.clone());
+            true
+        });
+    }
+
+    /// The connection settings a follower LISTENs with (postgres store only).
+    fn listen_config(&self) -> Option<tokio_postgres::Config> {
+        match &self.backend {
+            Backend::File(_) => None,
+            Backend::Postgres(p) => Some(p.connect_config().clone()),
+        }
+    }
+}
