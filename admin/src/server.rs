@@ -1,11 +1,13 @@
 //! The admin HTTP server: probes, `/metrics`, and the `/api/v1` JSON API over a
-//! [`ControlPlane`]. Every error is JSON `{ "error": …, "hint": … }` with its status code.
+//! [`ControlPlane`]. Every error is JSON `{ "error": …, "hint": … }` (plus `job_id` when a
+//! running rebalance job refused the request) with its status code.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::control::ControlPlane;
 use crate::metrics;
+use crate::rebalance::{AddShardRequest, RebalanceError, RebalanceStatus, Rebalancer};
+use shardgate_topology::{Job, JobKind};
 
 /// How long `stop` lets running requests finish before closing their connections.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -27,8 +31,14 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest piece of a client's path echoed back in an error.
 const ECHO_LIMIT: usize = 200;
 
-const REBALANCE_HINT: &str = "live rebalancing is not available yet: shards cannot be added \
-    or removed while shardgate runs; the shard list comes from the config file";
+const REBALANCE_HINT: &str = "live rebalancing is not available yet on this proxy: shards \
+    cannot be added or removed while it runs; the shard list comes from the config file";
+
+/// Largest request body accepted: the biggest is an add-shard request, well under 1 KiB.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// What a job's shards show instead of their admin passwords.
+const REDACTED: &str = "********";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -44,6 +54,10 @@ pub enum AdminError {
 pub struct ErrorBody {
     pub error: String,
     pub hint: String,
+    /// The running rebalance job that made the request fail (409); absent otherwise, so older
+    /// clients and bodies without it still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// An error answer: a status code and an [`ErrorBody`].
@@ -59,9 +73,52 @@ impl ApiError {
             body: ErrorBody {
                 error: error.into(),
                 hint: hint.into(),
+                job_id: None,
             },
         }
     }
+}
+
+impl From<RebalanceError> for ApiError {
+    fn from(e: RebalanceError) -> ApiError {
+        // The rebalancer names its statuses; anything outside 4xx/5xx would be a bug there, and
+        // must not reach the client as a success.
+        let status = StatusCode::from_u16(e.status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: e.message,
+                hint: e.hint,
+                job_id: e.job_id,
+            },
+        }
+    }
+}
+
+/// A request body the JSON extractor refused (axum answers those in plain text): its status
+/// (400 bad JSON, 413 too large, 415 not JSON, 422 wrong fields) and reason, as JSON.
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = if rejection.status() == StatusCode::UNPROCESSABLE_ENTITY {
+        // Missing or mistyped fields: the request is wrong, not refused by a check.
+        StatusCode::BAD_REQUEST
+    } else {
+        rejection.status()
+    };
+    let hint = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("request bodies are limited to {} KiB", BODY_LIMIT / 1024)
+    } else {
+        "send Content-Type: application/json with a JSON object, e.g. {\"name\": \"s4\", \
+         \"primary\": \"postgres://admin@10.0.0.4:5432\", \"replicas\": []}"
+            .to_owned()
+    };
+    ApiError::new(
+        status,
+        format!("bad request body: {}", rejection.body_text()),
+        hint,
+    )
 }
 
 impl IntoResponse for ApiError {
@@ -170,16 +227,17 @@ fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
-        .route("/api/v1/shards", get(shards).post(not_implemented))
-        .route("/api/v1/shards/{name}", delete(not_implemented))
+        .route("/api/v1/shards", get(shards).post(add_shard))
+        .route("/api/v1/shards/{name}", delete(remove_shard))
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/reload", post(reload))
-        .route("/api/v1/rebalance", get(not_implemented))
-        .route("/api/v1/rebalance/abort", post(not_implemented))
+        .route("/api/v1/rebalance", get(rebalance_status))
+        .route("/api/v1/rebalance/abort", post(abort_rebalance))
         // Both fallbacks apply to the routes registered above, so they come last.
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Around everything, fallbacks included: an unknown /api/v1 path answers 401, not 404,
         // to a caller without the token.
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -282,20 +340,110 @@ async fn reload(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn not_implemented(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!("{method} {} is not implemented yet", echo(uri.path())),
-        REBALANCE_HINT,
-    )
+/// The rebalancer, or the 501 a proxy without one answers.
+fn rebalancer(state: &AppState, method: &Method, uri: &Uri) -> Result<Arc<Rebalancer>, ApiError> {
+    state.control.rebalancer().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("{method} {} is not implemented yet", echo(uri.path())),
+            REBALANCE_HINT,
+        )
+    })
+}
+
+/// A started (or aborting) job: 202, the work goes on in the background.
+fn accepted(job: Job) -> Response {
+    (StatusCode::ACCEPTED, Json(redact(job))).into_response()
+}
+
+async fn add_shard(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    body: Result<Json<AddShardRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    // 501 before looking at the body: without a rebalancer no body is right.
+    let rebalancer = rebalancer(&state, &method, &uri)?;
+    let Json(request) = body.map_err(json_rejection)?;
+    let name = request.name.clone();
+    let job = rebalancer.add_shard(request).await.map_err(|e| {
+        tracing::warn!(shard = %name, status = e.status, reason = %e.message, "add shard refused");
+        ApiError::from(e)
+    })?;
+    tracing::info!(job = %job.id, shard = %name, "add shard started via the admin API");
+    Ok(accepted(job))
+}
+
+async fn remove_shard(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let rebalancer = rebalancer(&state, &method, &uri)?;
+    let Path(name) = name.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad shard name in the path: {}", rejection.body_text()),
+            "percent-encode the shard name as UTF-8",
+        )
+    })?;
+    let job = rebalancer.remove_shard(&name).await.map_err(|e| {
+        tracing::warn!(shard = %name, status = e.status, reason = %e.message, "remove shard refused");
+        ApiError::from(e)
+    })?;
+    tracing::info!(job = %job.id, shard = %name, "remove shard started via the admin API");
+    Ok(accepted(job))
+}
+
+async fn rebalance_status(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let rebalancer = rebalancer(&state, &method, &uri)?;
+    let mut status: RebalanceStatus = rebalancer.status().await?;
+    status.job = status.job.map(redact);
+    Ok(Json(status).into_response())
+}
+
+async fn abort_rebalance(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let rebalancer = rebalancer(&state, &method, &uri)?;
+    let job = rebalancer.abort().await.map_err(|e| {
+        tracing::warn!(status = e.status, reason = %e.message, "rebalance abort refused");
+        ApiError::from(e)
+    })?;
+    tracing::info!(job = %job.id, "rebalance abort requested via the admin API");
+    Ok(accepted(job))
+}
+
+/// The job without its shards' admin passwords: status output gets pasted into tickets and
+/// chats, and the caller never needs them back.
+fn redact(mut job: Job) -> Job {
+    let hide = |shard: &mut shardgate_config::Shard| {
+        if shard.admin_password.is_some() {
+            shard.admin_password = Some(REDACTED.to_owned());
+        }
+    };
+    if let JobKind::Add { shard } = &mut job.kind {
+        hide(shard);
+    }
+    job.old_shards.iter_mut().for_each(hide);
+    job.new_shards.iter_mut().for_each(hide);
+    job
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {method} {}", echo(uri.path())),
-        "endpoints: GET /health, /ready, /metrics; /api/v1/shards, /api/v1/pools, \
-         /api/v1/replicas, POST /api/v1/reload, /api/v1/rebalance",
+        "endpoints: GET /health, /ready, /metrics; /api/v1/shards (GET, POST), \
+         DELETE /api/v1/shards/{name}, GET /api/v1/pools, /api/v1/replicas, /api/v1/rebalance; \
+         POST /api/v1/reload, /api/v1/rebalance/abort",
     )
 }
 
@@ -310,4 +458,152 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 /// A client-sent path, cut to a sane length for an error message.
 fn echo(path: &str) -> String {
     path.chars().take(ECHO_LIMIT).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::extract::FromRequest;
+    use shardgate_config::{Host, Shard};
+    use shardgate_topology::{Phase, Progress};
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), BODY_LIMIT)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn error_body_job_id_is_optional_both_ways() {
+        let plain = ErrorBody {
+            error: "e".into(),
+            hint: "h".into(),
+            job_id: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            serde_json::json!({ "error": "e", "hint": "h" })
+        );
+        let busy = ErrorBody {
+            job_id: Some("rb-1".into()),
+            ..plain.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(&busy).unwrap(),
+            serde_json::json!({ "error": "e", "hint": "h", "job_id": "rb-1" })
+        );
+        // Bodies from servers that predate job_id still parse.
+        let old: ErrorBody = serde_json::from_str(r#"{"error":"e","hint":"h"}"#).unwrap();
+        assert_eq!(old, plain);
+    }
+
+    #[tokio::test]
+    async fn rebalance_errors_keep_status_and_job_id() {
+        let error = |status: u16, job_id: Option<&str>| RebalanceError {
+            status,
+            code: "busy".into(),
+            message: "a rebalance job is running".into(),
+            hint: "wait for it or abort it".into(),
+            job_id: job_id.map(str::to_owned),
+        };
+        let response = ApiError::from(error(409, Some("rb-42"))).into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            body_json(response).await,
+            serde_json::json!({
+                "error": "a rebalance job is running",
+                "hint": "wait for it or abort it",
+                "job_id": "rb-42",
+            })
+        );
+        for (given, answered) in [(422, 422), (503, 503), (404, 404), (200, 500), (999, 500)] {
+            let response = ApiError::from(error(given, None)).into_response();
+            assert_eq!(response.status().as_u16(), answered, "{given}");
+        }
+    }
+
+    /// What the add-shard handler's extractor makes of a body, mapped as the handler does.
+    async fn extract(content_type: Option<&str>, body: impl Into<Body>) -> (u16, ErrorBody) {
+        let mut request = Request::post("/api/v1/shards");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(body.into()).unwrap();
+        let rejection = match Json::<AddShardRequest>::from_request(request, &()).await {
+            Ok(_) => panic!("the body was accepted"),
+            Err(rejection) => rejection,
+        };
+        let response = json_rejection(rejection).into_response();
+        let status = response.status().as_u16();
+        let json = body_json(response).await;
+        (status, serde_json::from_value(json).unwrap())
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_answer_json() {
+        let json = Some("application/json");
+        let (status, body) = extract(json, "{not json").await;
+        assert_eq!(status, 400);
+        assert!(body.error.starts_with("bad request body:"), "{body:?}");
+        assert!(body.hint.contains("application/json"), "{body:?}");
+
+        let (status, body) = extract(json, r#"{"name":"s4"}"#).await;
+        assert_eq!(status, 400);
+        assert!(body.error.contains("primary"), "{body:?}");
+
+        let (status, body) = extract(json, r#"{"name":4,"primary":"h"}"#).await;
+        assert_eq!(status, 400, "{body:?}");
+
+        let (status, _) = extract(None, r#"{"name":"s4","primary":"h"}"#).await;
+        assert_eq!(status, 415);
+
+        // Past the limit (axum's default here; the router sets BODY_LIMIT).
+        let huge = format!(r#"{{"name":"{}","primary":"h"}}"#, "x".repeat(3 << 20));
+        let (status, body) = extract(json, huge).await;
+        assert_eq!(status, 413);
+        assert!(body.hint.contains("KiB"), "{body:?}");
+    }
+
+    #[test]
+    fn jobs_are_shown_without_admin_passwords() {
+        let shard = |name: &str, password: Option<&str>| Shard {
+            name: name.into(),
+            primary: Host {
+                host: "10.0.0.4".into(),
+                ..Default::default()
+            },
+            replicas: vec![],
+            admin_user: Some("rebalancer".into()),
+            admin_password: password.map(str::to_owned),
+        };
+        let job = Job {
+            id: "rb-1".into(),
+            kind: JobKind::Add {
+                shard: shard("s4", Some("hunter2")),
+            },
+            phase: Phase::Copying,
+            stopped_in: None,
+            from_version: 3,
+            old_shards: vec![shard("s1", Some("pw1")), shard("s2", None)],
+            new_shards: vec![shard("s1", Some("pw1")), shard("s4", Some("hunter2"))],
+            to_version: None,
+            owner: "p1".into(),
+            heartbeat_ms: 0,
+            started_ms: 0,
+            finished_ms: None,
+            abort_requested: false,
+            error: None,
+            progress: Progress::default(),
+        };
+        let shown = serde_json::to_string(&redact(job)).unwrap();
+        for secret in ["hunter2", "pw1"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains(REDACTED));
+        // A shard without a password of its own still shows none.
+        let value: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert!(value["old_shards"][1].get("admin_password").is_none());
+    }
 }
