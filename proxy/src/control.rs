@@ -55,7 +55,7 @@ impl ControlPlane for ProxyControl {
         if self.draining.load(Ordering::Relaxed) {
             reasons.push("draining: shutting down".to_owned());
         }
-        for shard in &self.shared.health.load().shards {
+        for shard in &self.shared.topo().health.shards {
             let p = shard.primary.snapshot();
             if p.state == "down" {
                 reasons.push(format!(
@@ -73,11 +73,10 @@ impl ControlPlane for ProxyControl {
     }
 
     fn shards(&self) -> Vec<ShardInfo> {
-        let ring = self.shared.router.ring();
+        let topo = self.shared.topo();
+        let ring = topo.router.ring();
         let total = 1u32 << ring.slot_bits();
-        self.shared
-            .health
-            .load()
+        topo.health
             .shards
             .iter()
             .enumerate()
@@ -88,7 +87,7 @@ impl ControlPlane for ProxyControl {
                 primary_up: s.primary.is_up(),
                 slots: ring.slots(i).len() as u32,
                 total_slots: total,
-                topology_version: 1,
+                topology_version: topo.version,
             })
             .collect()
     }
@@ -137,8 +136,8 @@ impl ControlPlane for ProxyControl {
 
     fn replicas(&self) -> Vec<ReplicaInfo> {
         self.shared
+            .topo()
             .health
-            .load()
             .snapshot()
             .into_iter()
             .filter(|h| h.role == Role::Replica)
@@ -169,9 +168,13 @@ impl ControlPlane for ProxyControl {
     }
 
     fn record_metrics(&self) {
-        let cache = self.shared.router.cache_stats();
+        let cache = self.shared.topo().router.cache_stats();
         metrics::counter!("shardgate_parse_cache_hits_total").absolute(cache.hits);
         metrics::counter!("shardgate_parse_cache_misses_total").absolute(cache.misses);
+    }
+
+    fn rebalancer(&self) -> Option<Arc<shardgate_admin::rebalance::Rebalancer>> {
+        self.shared.rebalancer.get().cloned()
     }
 
     fn reload(&self) -> Result<ReloadOutcome, ReloadError> {

@@ -72,10 +72,7 @@ impl Session {
         // Read-your-writes is tracked for single-shard writes only: a broadcast write's
         // clients read from the primaries until the monitor sees the replicas caught up.
         self.may_have_written = false;
-        let names: Vec<String> = shards
-            .iter()
-            .map(|s| self.shard_name(*s).to_owned())
-            .collect();
+        let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
         let broken = {
             let mut servers: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
@@ -98,7 +95,10 @@ impl Session {
         let took = started.elapsed();
         for (shard, guard) in shards.iter().zip(&running) {
             let role = guard.host().role;
-            self.shared.query_stats.query(*shard, role, route, took);
+            self.shared
+                .topo()
+                .query_stats
+                .query(*shard, role, route, took);
         }
         if let Some((shard, error)) = broken {
             if let Some(i) = names.iter().position(|n| *n == shard) {

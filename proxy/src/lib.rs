@@ -8,6 +8,7 @@ mod auth;
 mod cancel;
 mod control;
 mod cross;
+mod fence;
 mod io;
 mod limits;
 mod listener;
@@ -22,6 +23,7 @@ mod session_state;
 mod startup;
 mod stats;
 mod tls;
+mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub enum StartError {
     Router(shardgate_router::RouterError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("cannot open the topology store: {0}")]
+    Topology(shardgate_topology::StoreError),
 }
 
 /// Why a client session ended abnormally.
@@ -76,25 +80,21 @@ pub enum SessionError {
 /// load the current value when they need it, and in-flight work keeps the one it started with.
 pub struct Shared {
     config: ArcSwap<Config>,
-    router: shardgate_router::Router,
-    /// False for a plain pooler (one shard, no sharded tables, no replicas): statements are
-    /// not planned.
-    routing: bool,
-    /// BEGIN is answered by the proxy and sent with the transaction's first statement, which
-    /// says where it goes (several shards, or replicas for read-only transactions).
-    defers_begin: bool,
-    /// Some shard has replicas, or the primary is configured to share reads with them.
-    reads_can_leave_primary: bool,
-    /// Every host's health, lag and load.
-    health: ArcSwap<shardgate_pool::Health>,
+    /// The shard map's routing state: router, hosts' health, per-shard metric handles.
+    topo: ArcSwap<topology::Topo>,
+    /// The version of each map applied, for sessions waiting out a rebalance fence.
+    topo_changed: watch::Sender<u64>,
+    /// Where the shard map lives (none: a static map, e.g. `shardgate check`).
+    store: Option<Arc<shardgate_topology::Store>>,
+    rebalancer: std::sync::OnceLock<Arc<shardgate_admin::rebalance::Rebalancer>>,
     /// The health and lag monitor (restarted when a reload changes what it watches).
     monitor: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// Bumped by each reload that changes pools: sessions drop the pools they cached.
+    /// Bumped by each reload or shard-map change that changes pools: sessions drop the pools
+    /// they cached.
     generation: AtomicU64,
     /// `listen.max_client_connections` as the client slots were last sized.
     max_clients: std::sync::atomic::AtomicUsize,
     activity: control::ClientActivity,
-    query_stats: stats::QueryStats,
     /// Set when shutdown starts: `/ready` answers 503.
     draining: Arc<std::sync::atomic::AtomicBool>,
     auth: ArcSwap<auth::Authenticator>,
@@ -109,18 +109,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(config: Config, router: shardgate_router::Router) -> Self {
-        let has_replicas = config.shards.iter().any(|s| !s.replicas.is_empty());
+    fn new(config: Config, topo: topology::Topo) -> Self {
         let host_policy = shardgate_pool::HostPolicy::from_config(&config.pool);
         Shared {
-            routing: config.shards.len() > 1 || !config.sharding.tables.is_empty() || has_replicas,
-            defers_begin: config.shards.len() > 1 || has_replicas,
-            reads_can_leave_primary: has_replicas,
-            health: ArcSwap::new(shardgate_pool::Health::from_config(&config)),
+            topo_changed: watch::Sender::new(topo.version),
+            topo: ArcSwap::from_pointee(topo),
+            store: None,
+            rebalancer: std::sync::OnceLock::new(),
             activity: control::ClientActivity::default(),
-            query_stats: stats::QueryStats::new(router.shard_names()),
             draining: Arc::default(),
-            router,
             auth: ArcSwap::from_pointee(auth::Authenticator::new(&config)),
             tls: tls::ClientTls::disabled(),
             client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
@@ -146,7 +143,7 @@ impl Shared {
         // The monitor also reads each server's max_connections for the pools' host budgets.
         let task = shardgate_pool::MonitorLogin::from_config(&config).map(|login| {
             shardgate_pool::spawn_monitor_with_budgets(
-                self.health.load_full(),
+                Arc::clone(&self.topo().health),
                 config.replicas.clone(),
                 login,
                 Some(Arc::clone(self.pools.budgets())),
@@ -192,8 +189,8 @@ impl Shared {
                 self.config().default_shard().primary.clone(),
             )
         };
-        let health = self.health.load();
-        let Some(s) = health.shard(shard) else {
+        let topo = self.topo();
+        let Some(s) = topo.health.shard(shard) else {
             return fallback();
         };
         s.host(choice)
@@ -284,10 +281,34 @@ impl ProxyHandle {
     }
 }
 
-/// Starts listening and serving clients.
+/// Starts listening and serving clients, with the shard map in `[topology]`'s store (a file
+/// store keeps its state in `topology.state_file`, or in memory when unset).
 pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
-    let router = shardgate_router::Router::new(&config).map_err(StartError::Router)?;
-    let shared = Arc::new(Shared::new(config, router));
+    let state_file = config.topology.state_file.clone();
+    start_with_state_file(config, state_file).await
+}
+
+/// As [`start`], with the file store's state file given (`shardgate serve` puts it next to the
+/// config file).
+pub async fn start_with_state_file(
+    mut config: Config,
+    state_file: Option<PathBuf>,
+) -> Result<ProxyHandle, StartError> {
+    let store = shardgate_topology::Store::open(&config, state_file)
+        .await
+        .map_err(StartError::Topology)?;
+    let map = store.shard_map().await.map_err(StartError::Topology)?;
+    if map.shards != config.shards {
+        // The store records rebalances; the file's [[shards]] only seeded it.
+        tracing::info!(version = map.version, shards = ?map.names(),
+            "routing by the topology store's shard map, not the config file's [[shards]]");
+        config.shards = map.shards.clone();
+    }
+    let topo = topology::Topo::build(&config, map.version).map_err(StartError::Router)?;
+    let poll_interval = config.topology.poll_interval;
+    let mut shared = Shared::new(config, topo);
+    shared.store = Some(Arc::clone(&store));
+    let shared = Arc::new(shared);
     shared.tls.start(&shared.config().tls)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listeners = listener::bind(&shared.config()).await?;
@@ -295,7 +316,36 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
     let unix_socket = listeners.unix_path.clone();
     let accept_tasks = listeners.spawn(Arc::clone(&shared), shutdown_rx);
     shared.restart_monitor();
-    tracing::info!(%addr, unix_socket = ?unix_socket, "shardgate listening");
+
+    let proxy_id = shared
+        .config()
+        .topology
+        .proxy_id
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
+    let weak = Arc::downgrade(&shared);
+    let fallback = shared.config();
+    let config_source: shardgate_admin::rebalance::ConfigSource = Arc::new(move || {
+        weak.upgrade()
+            .map(|s| s.config())
+            .unwrap_or_else(|| Arc::clone(&fallback))
+    });
+    let rebalancer = shardgate_admin::rebalance::Rebalancer::new(
+        Arc::clone(&store),
+        config_source,
+        proxy_id.clone(),
+    );
+    let _ = shared.rebalancer.set(Arc::clone(&rebalancer));
+    topology::follow(
+        Arc::downgrade(&shared),
+        store,
+        proxy_id.clone(),
+        poll_interval,
+    );
+    // A job this proxy (or a vanished one) left unfinished is undone or finished.
+    tokio::spawn(async move { rebalancer.resume().await });
+
+    tracing::info!(%addr, unix_socket = ?unix_socket, %proxy_id, version = map.version, "shardgate listening");
     Ok(ProxyHandle {
         addr,
         unix_socket,
@@ -303,4 +353,14 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
         shutdown,
         accept_tasks,
     })
+}
+
+/// This machine's name, for the default proxy id.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

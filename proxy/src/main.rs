@@ -69,7 +69,13 @@ fn main() -> anyhow::Result<()> {
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let admin_config = config.admin.clone();
-    let proxy = shardgate_proxy::start(config).await?;
+    // The file store keeps the shard map that rebalancing changes next to the config file.
+    let state_file = config.topology.state_file.clone().unwrap_or_else(|| {
+        let mut name = path.clone().into_os_string();
+        name.push(".topology.json");
+        PathBuf::from(name)
+    });
+    let proxy = shardgate_proxy::start_with_state_file(config, Some(state_file)).await?;
     let admin =
         shardgate_admin::AdminServer::start(proxy.control(Some(path.clone())), &admin_config)
             .await?;

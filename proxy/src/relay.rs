@@ -344,6 +344,14 @@ impl Session {
                 if let Ok(fields) = backend::error_fields(&frame) {
                     crate::stats::count_error(&fields.code);
                 }
+                if crate::fence::is_fence(&frame) {
+                    // Held for a retry on the new shard map, or already rewritten to 40001.
+                    let only_query = self.expect.len() == 1
+                        && matches!(self.expect.front(), Some(Expect::Query))
+                        && self.parked.is_empty();
+                    self.on_fence_error(&frame, only_query);
+                    forward = false;
+                }
                 if let Some(Expect::Bind { global: Some(stmt) }) = self.expect.front() {
                     // A schema change made this statement's plan unusable on this server
                     // connection (and likely on others). A client answers by preparing it
@@ -375,6 +383,8 @@ impl Session {
             backend::READY_FOR_QUERY => {
                 let status = backend::ready_for_query_status(&frame)
                     .map_err(|e| SessionError::Server(e.to_string()))?;
+                // The statement that hit a fence runs again; its own ReadyForQuery will answer.
+                forward = !self.fence.has_pending();
                 self.expect.pop_front();
                 self.note_request_done();
                 self.copy_in = false;
@@ -452,6 +462,7 @@ impl Session {
         }
         if forward {
             self.io.out.extend_from_slice(frame.as_bytes());
+            self.fence.disarm();
         }
         self.drain_synth();
         // The replies owed for a pipelined statement refused after this ReadyForQuery went out

@@ -62,8 +62,11 @@ impl Shared {
         );
         new.sharding = old.sharding.clone();
         if shard_map(&old) != shard_map(&new) {
-            out.needs_restart
-                .push("shards (names and primaries; add or remove shards with rebalancing)".into());
+            out.needs_restart.push(
+                "shards (names and primaries: the shard map is the topology store's; add or \
+                 remove shards with `shardgate admin shards add|remove`)"
+                    .into(),
+            );
             let replicas: Vec<_> = old
                 .shards
                 .iter()
@@ -97,6 +100,19 @@ impl Shared {
         changed(&mut out.applied, "pool", &old.pool, &new.pool);
         changed(&mut out.applied, "replicas", &old.replicas, &new.replicas);
         changed(&mut out.applied, "log", &old.log, &new.log);
+        changed(
+            &mut out.applied,
+            "rebalance",
+            &old.rebalance,
+            &new.rebalance,
+        );
+        changed(
+            &mut out.needs_restart,
+            "topology",
+            &old.topology,
+            &new.topology,
+        );
+        new.topology = old.topology.clone();
         let hosts_changed = old.shards != new.shards;
         if hosts_changed {
             out.applied.push("shards.replicas".into());
@@ -110,7 +126,12 @@ impl Shared {
         let new = Arc::new(new);
         self.config.store(Arc::clone(&new));
         if hosts_changed {
-            self.health.store(shardgate_pool::Health::from_config(&new));
+            // Same shard map and router; new hosts to watch and balance over.
+            let topo = self.topo();
+            let next =
+                crate::topology::Topo::with_router(&new, topo.version, Arc::clone(&topo.router));
+            drop(topo);
+            self.topo.store(Arc::new(next));
         }
         if hosts_changed || old.replicas != new.replicas || old.users != new.users {
             self.restart_monitor();

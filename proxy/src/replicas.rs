@@ -67,7 +67,7 @@ impl Session {
             read: false,
             may_write: true,
         };
-        if !self.shared.reads_can_leave_primary || self.mode_is_session() {
+        if !self.shared.topo().reads_can_leave_primary || self.mode_is_session() {
             return primary_write;
         }
         if self.deferred_begin.is_some() {
@@ -92,17 +92,17 @@ impl Session {
         for frame in batch {
             let plan = match frame.tag() {
                 frontend::QUERY => match frontend::query_text(frame) {
-                    Ok(text) => self.shared.router.plan(text),
+                    Ok(text) => self.shared.topo().router.plan(text),
                     Err(_) => return primary_write,
                 },
                 // Preparing a read can happen on a replica too (drivers prepare before they
                 // execute, often in a batch of its own).
                 frontend::PARSE => match frontend::parse(frame) {
-                    Ok(p) => self.shared.router.plan(p.query),
+                    Ok(p) => self.shared.topo().router.plan(p.query),
                     Err(_) => return primary_write,
                 },
                 frontend::BIND => match self.bound_statement_text(frame) {
-                    Some(text) => self.shared.router.plan(&text),
+                    Some(text) => self.shared.topo().router.plan(&text),
                     None => return primary_write,
                 },
                 frontend::FUNCTION_CALL | frontend::COPY_DATA => return primary_write,
@@ -148,7 +148,7 @@ impl Session {
     ) -> Result<(PooledConn, QueryGuard), CheckoutFailure> {
         let BatchRole { read, may_write } = role;
         let shard = self.shard;
-        let Some(health) = self.shared.health.load().shard(shard).cloned() else {
+        let Some(health) = self.shared.topo().health.shard(shard).cloned() else {
             return Err(CheckoutFailure::new(
                 sqlstate::INTERNAL_ERROR,
                 format!("shard #{shard} is not in the topology"),
@@ -234,8 +234,8 @@ impl Session {
         }
         let has_replicas = self
             .shared
+            .topo()
             .health
-            .load()
             .shard(self.shard)
             .is_some_and(|s| !s.replicas.is_empty());
         if !has_replicas {

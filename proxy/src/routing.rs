@@ -51,12 +51,13 @@ impl Session {
         self.local_hint.as_ref().or(self.session_hint.as_ref())
     }
 
-    pub(crate) fn shard_name(&self, shard: ShardIndex) -> &str {
+    pub(crate) fn shard_name(&self, shard: ShardIndex) -> String {
         self.shared
+            .topo()
             .router
             .shard_names()
             .get(shard)
-            .map_or("?", String::as_str)
+            .map_or_else(|| "?".to_owned(), String::clone)
     }
 
     /// Applies `SET [LOCAL] shardgate.shard_key|shard` statements of a plan to the session.
@@ -94,12 +95,13 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(frame).map_err(protocol_error)?;
-                let plan = self.shared.router.plan(text);
+                let plan = self.shared.topo().router.plan(text);
                 self.observe_shardgate_sets(&plan);
-                let route = self
-                    .shared
-                    .router
-                    .route(&plan, &BoundParams::NONE, self.hint())?;
+                let route =
+                    self.shared
+                        .topo()
+                        .router
+                        .route(&plan, &BoundParams::NONE, self.hint())?;
                 Ok(Some((route, plan)))
             }
             frontend::BIND => {
@@ -117,13 +119,17 @@ impl Session {
                     }
                 };
                 let params = frontend::bind_params(frame, &bind).map_err(protocol_error)?;
-                let plan = self.shared.router.plan(&text);
+                let plan = self.shared.topo().router.plan(&text);
                 let bound = BoundParams {
                     values: &params.values,
                     formats: &params.formats,
                     types: &types,
                 };
-                let route = self.shared.router.route(&plan, &bound, self.hint())?;
+                let route = self
+                    .shared
+                    .topo()
+                    .router
+                    .route(&plan, &bound, self.hint())?;
                 Ok(Some((route, plan)))
             }
             frontend::PARSE => {
@@ -131,7 +137,7 @@ impl Session {
                 if parse.name.is_empty() {
                     self.unnamed = Some((parse.query.to_owned(), parse.param_types.clone()));
                 }
-                let plan = self.shared.router.plan(parse.query);
+                let plan = self.shared.topo().router.plan(parse.query);
                 self.observe_shardgate_sets(&plan);
                 Ok(None)
             }
@@ -142,8 +148,8 @@ impl Session {
     /// Where a detached batch goes: the route of its first Query or Bind; a batch with neither
     /// (Parse/Describe only) goes to the default shard.
     pub(crate) fn route_batch(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
-        if !self.shared.routing {
-            return Ok(Target::Shard(self.shared.router.default_shard()));
+        if !self.shared.topo().routing {
+            return Ok(Target::Shard(self.shared.topo().router.default_shard()));
         }
         for frame in batch {
             if let Some((route, plan)) = self.route_frame(frame)? {
@@ -159,13 +165,13 @@ impl Session {
                     Route::Shard(s) => Target::Shard(s),
                     Route::Shards(shards) => Target::Many { shards, plan },
                     Route::AllShards => Target::Many {
-                        shards: (0..self.shared.router.shard_names().len()).collect(),
+                        shards: (0..self.shared.topo().router.shard_names().len()).collect(),
                         plan,
                     },
                 });
             }
         }
-        Ok(Target::Shard(self.shared.router.default_shard()))
+        Ok(Target::Shard(self.shared.topo().router.default_shard()))
     }
 
     /// Whether a batch that arrived while the previous one was still running on the current
@@ -176,7 +182,8 @@ impl Session {
             return true;
         }
         // Reads and writes may need different servers of the shard.
-        if self.shared.reads_can_leave_primary && self.batch_role(batch).read != self.attached_read
+        if self.shared.topo().reads_can_leave_primary
+            && self.batch_role(batch).read != self.attached_read
         {
             return true;
         }
@@ -199,7 +206,7 @@ impl Session {
 
     /// Checks that a statement sent while holding a server connection belongs to its shard.
     pub(crate) fn check_pinned(&mut self, frame: &Frame) -> Result<(), RouteError> {
-        if !self.shared.routing {
+        if !self.shared.topo().routing {
             return Ok(());
         }
         let Some((route, plan)) = self.route_frame(frame)? else {
@@ -237,7 +244,7 @@ impl Session {
     /// Answers batches that need no server: `SHARDGATE ROUTE`, and a BEGIN (and an empty
     /// transaction's COMMIT/ROLLBACK) while the shard is not known yet. Returns whether it did.
     pub(crate) fn answer_locally(&mut self, batch: &[Frame]) -> bool {
-        if self.shared.routing && self.answer_transaction_locally(batch) {
+        if self.shared.topo().routing && self.answer_transaction_locally(batch) {
             return true;
         }
         let [frame] = batch else { return false };
@@ -248,7 +255,7 @@ impl Session {
             return false;
         };
         // A plain pooler only answers SHARDGATE ROUTE itself: skip planning everything else.
-        if !self.shared.routing
+        if !self.shared.topo().routing
             && !text
                 .trim_start()
                 .get(..9)
@@ -256,7 +263,7 @@ impl Session {
         {
             return false;
         }
-        let plan = self.shared.router.plan(text);
+        let plan = self.shared.topo().router.plan(text);
         if plan.statement_count != 1 {
             return false;
         }
@@ -278,7 +285,7 @@ impl Session {
             StatementKind::Begin { read_only }
                 if self.status == TransactionStatus::Idle
                     && !self.mode_is_session()
-                    && self.shared.defers_begin =>
+                    && self.shared.topo().defers_begin =>
             {
                 self.deferred_begin = Some(text.to_owned());
                 self.deferred_read_only = *read_only;
@@ -321,7 +328,7 @@ impl Session {
     /// Whether BEGIN / COMMIT / ROLLBACK in `text` would be answered by the proxy now (see
     /// [`Session::answer_locally`]); returns the command tag.
     fn local_transaction_tag(&self, text: &str) -> Option<&'static str> {
-        let plan = self.shared.router.plan(text);
+        let plan = self.shared.topo().router.plan(text);
         if plan.statement_count != 1 {
             return None;
         }
@@ -329,7 +336,7 @@ impl Session {
             StatementKind::Begin { .. }
                 if self.status == TransactionStatus::Idle
                     && !self.mode_is_session()
-                    && self.shared.defers_begin =>
+                    && self.shared.topo().defers_begin =>
             {
                 Some("BEGIN")
             }
@@ -428,7 +435,7 @@ impl Session {
         }
         if tag == "BEGIN" {
             self.deferred_read_only = text.as_deref().is_some_and(|t| {
-                self.shared.router.plan(t).kind == StatementKind::Begin { read_only: true }
+                self.shared.topo().router.plan(t).kind == StatementKind::Begin { read_only: true }
             });
             self.deferred_begin = text;
             self.status = TransactionStatus::InTransaction;
@@ -465,7 +472,7 @@ impl Session {
 
     /// `SHARDGATE ROUTE <statement>`: one row saying where the statement would go and why.
     fn answer_route(&mut self, sql: &str) {
-        let explained = explain(&self.shared.router, sql, self.hint());
+        let explained = explain(&self.shared.topo().router, sql, self.hint());
         backend::write_text_row_description(&mut self.io.out, &["shard", "role", "keys", "reason"]);
         let row: Vec<Option<&str>> = explained.iter().map(|v| Some(v.as_str())).collect();
         backend::write_data_row(&mut self.io.out, &row);

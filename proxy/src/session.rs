@@ -88,7 +88,9 @@ pub struct Session {
     pub(crate) refuse_until_sync: bool,
     /// The start of the client's next batch, read while the server connection was still
     /// finishing the previous one, held back because it belongs to another shard.
-    parked: Vec<Frame>,
+    pub(crate) parked: Vec<Frame>,
+    /// A statement that may be (or is waiting to be) retried after a rebalance fence.
+    pub(crate) fence: crate::fence::FenceRetry,
     /// The last client message processed ended a request (Sync, Query): the next one starts a
     /// new batch, which may go to another shard if no transaction is open.
     at_request_boundary: bool,
@@ -250,9 +252,13 @@ impl Session {
     pub(crate) fn pool(&mut self) -> ServerPool {
         let generation = self.shared.generation();
         if generation != self.pools_generation {
-            // A reload replaced pools (or hosts): forget the ones cached here.
+            // A reload or a new shard map replaced pools (or hosts): forget the ones cached
+            // here. Read-your-writes positions follow the shard count (an added shard comes
+            // last, so the others keep their positions).
             self.pools.clear();
             self.pools_generation = generation;
+            let shards = self.shared.topo().router.shard_names().len();
+            self.read_after.resize(shards, 0);
         }
         let at = (self.shard, self.host);
         if let Some(p) = self.pools.get(&at) {
@@ -262,7 +268,7 @@ impl Session {
         let key = PoolKey {
             database: self.database.clone(),
             user: self.user.name.clone(),
-            shard: self.shard_name(self.shard).to_owned(),
+            shard: self.shard_name(self.shard),
             role,
             host,
         };
@@ -289,7 +295,7 @@ impl Session {
         let config = shared.config();
         let mode = login.user.pool_mode.unwrap_or(config.pool.mode);
         let (pid, secret, cancel) = shared.cancels.register();
-        let shards = shared.router.shard_names().len();
+        let shards = shared.topo().router.shard_names().len();
         let read_your_writes = login
             .user
             .read_your_writes
@@ -303,7 +309,7 @@ impl Session {
             user: login.user,
             pools: HashMap::new(),
             pools_generation: shared.generation(),
-            shard: shared.router.default_shard(),
+            shard: shared.topo().router.default_shard(),
             host: HostChoice::Primary,
             attached_read: false,
             may_have_written: false,
@@ -321,6 +327,7 @@ impl Session {
             deferred_begin: None,
             refuse_until_sync: false,
             parked: Vec::new(),
+            fence: Default::default(),
             at_request_boundary: true,
             statements: HashMap::new(),
             state: SessionState::from_startup(&login.params),
@@ -385,9 +392,11 @@ impl Session {
         let wait_started = std::time::Instant::now();
         let checked_out = pool.checkout().await;
         drop(waiting);
-        self.shared
-            .query_stats
-            .checkout_wait(self.shard, pool.key().role, wait_started.elapsed());
+        self.shared.topo().query_stats.checkout_wait(
+            self.shard,
+            pool.key().role,
+            wait_started.elapsed(),
+        );
         let mut server =
             match checked_out {
                 Ok(s) => s,
@@ -451,6 +460,7 @@ impl Session {
                     if self.answer_locally(&batch) {
                         continue;
                     }
+                    let version = self.shared.topology_version();
                     match self.route_batch(&batch) {
                         Ok(Target::Shard(shard)) => self.shard = shard,
                         Ok(Target::Many { shards, plan }) => {
@@ -472,6 +482,9 @@ impl Session {
                         Ok((s, guard)) => {
                             let active = CountGuard::new(&self.shared.activity.active);
                             self.query_guard = Some((guard, active));
+                            if self.releases_at_idle() {
+                                self.fence.arm(&batch, self.status, version);
+                            }
                             (s, batch)
                         }
                         Err(f) => {
@@ -492,6 +505,7 @@ impl Session {
             match outcome {
                 Ok(Flow::Release) => {
                     self.release(&mut server).await;
+                    self.retry_fenced().await;
                 }
                 Ok(Flow::Terminate) => {
                     self.cleanup(&mut server).await;
@@ -499,6 +513,8 @@ impl Session {
                 }
                 Ok(Flow::Continue | Flow::ServerGone(_)) => {
                     // The server connection was lost; it is broken and will not be reused.
+                    // (Its requests were answered with errors, a held statement's too.)
+                    self.fence.take_pending();
                     self.release(&mut server).await;
                 }
                 Err(e) => {
@@ -620,7 +636,8 @@ impl Session {
         }
         let idle_timeout = self.shared.config().listen.client_idle_timeout;
         let rerouting = self.mode == PoolMode::Transaction
-            && (self.shared.router.shard_names().len() > 1 || self.shared.reads_can_leave_primary);
+            && (self.shared.topo().router.shard_names().len() > 1
+                || self.shared.topo().reads_can_leave_primary);
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
         loop {

@@ -155,6 +155,7 @@ impl crate::session::Session {
             shardgate_pool::HostChoice::Replica(_) => Role::Replica,
         };
         self.shared
+            .topo()
             .query_stats
             .query(self.shard, role, RouteKind::Single, took);
         let log = &self.shared.config().log;

@@ -1,0 +1,117 @@
+//! Rebalance fences as clients see them. At cutover the rebalancer fences the moving keys on
+//! their old shard: a write to one fails there with `FENCE_SQLSTATE` until the new shard map
+//! is out. The proxy hides that when it safely can:
+//!
+//! - a single simple-protocol statement outside a transaction, none of whose replies reached
+//!   the client yet, is held until this proxy has a newer shard map and then sent again (to
+//!   the new owner) as if the client had just sent it;
+//! - anything else (inside a transaction, extended protocol, several statements in one Query)
+//!   gets `40001 serialization_failure`, which clients and ORMs already retry.
+
+use bytes::BytesMut;
+use shardgate_topology::FENCE_SQLSTATE;
+use shardgate_wire::backend::{self, Severity, TransactionStatus};
+use shardgate_wire::{frontend, sqlstate, Frame};
+
+use crate::session::Session;
+
+const RETRY_HINT: &str = "a rebalance moved this key to another shard while the statement ran; \
+    retry the transaction";
+
+/// The statement that may be retried, and the one waiting to be.
+#[derive(Debug, Default)]
+pub(crate) struct FenceRetry {
+    /// The single simple-protocol statement on the server now, while none of its replies has
+    /// reached the client, and the shard-map version it was routed by.
+    armed: Option<(Frame, u64)>,
+    /// A statement that hit a fence, to run again once a map newer than its version arrives.
+    pending: Option<(Frame, u64)>,
+}
+
+impl FenceRetry {
+    /// Called with each batch about to run: only a lone Query outside a transaction qualifies.
+    pub(crate) fn arm(&mut self, batch: &[Frame], status: TransactionStatus, version: u64) {
+        self.armed = match batch {
+            [frame] if frame.tag() == frontend::QUERY && status == TransactionStatus::Idle => {
+                // Several statements run as one implicit transaction whose first results may
+                // already be on their way: only one statement is retried.
+                let single = frontend::query_text(frame)
+                    .is_ok_and(|t| !t.trim_end().trim_end_matches(';').contains(';'));
+                single.then(|| (frame.clone(), version))
+            }
+            _ => None,
+        };
+    }
+
+    /// A reply went to the client: the statement can no longer be retried invisibly.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = None;
+    }
+
+    pub(crate) fn take_pending(&mut self) -> Option<(Frame, u64)> {
+        self.pending.take()
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+/// The server's error is a rebalance fence.
+pub(crate) fn is_fence(frame: &Frame) -> bool {
+    backend::error_fields(frame).is_ok_and(|f| f.code == FENCE_SQLSTATE)
+}
+
+/// The fence error as clients get it: 40001, which drivers and ORMs know to retry.
+pub(crate) fn write_retryable(out: &mut BytesMut, server_message: &str) {
+    backend::write_error(
+        out,
+        Severity::Error,
+        sqlstate::SERIALIZATION_FAILURE,
+        &format!("could not complete the statement: {server_message}"),
+        Some(RETRY_HINT),
+    );
+}
+
+impl Session {
+    /// A fence error from the server: either held for a retry (true: nothing goes to the
+    /// client, and the ReadyForQuery that follows is swallowed too) or rewritten to 40001.
+    pub(crate) fn on_fence_error(&mut self, frame: &Frame, only_query_pending: bool) -> bool {
+        let message = backend::error_fields(frame)
+            .map(|f| f.message)
+            .unwrap_or_default();
+        tracing::info!(client = self.id, shard = self.shard, %message, "write hit a rebalance fence");
+        if let Some(armed) = self.fence.armed.take() {
+            if only_query_pending {
+                self.fence.pending = Some(armed);
+                return true;
+            }
+        }
+        write_retryable(&mut self.io.out, &message);
+        false
+    }
+
+    /// After the connection went back: wait for the new shard map and queue the held
+    /// statement again, or answer 40001 when none comes within `rebalance.fence_wait`.
+    pub(crate) async fn retry_fenced(&mut self) {
+        let Some((frame, version)) = self.fence.take_pending() else {
+            return;
+        };
+        let wait = self.shared.config().rebalance.fence_wait;
+        if self.shared.wait_for_newer(version, wait).await {
+            tracing::info!(
+                client = self.id,
+                "retrying a fenced statement on the new shard map"
+            );
+            self.parked.insert(0, frame);
+        } else {
+            write_retryable(
+                &mut self.io.out,
+                &format!(
+                    "the key is being moved by a rebalance (no new shard map within {wait:?})"
+                ),
+            );
+            self.io.push_ready(self.status);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The shard map a proxy routes by, and how it follows the topology store.
+//!
+//! Everything that depends on the shard list (the router and its ring, each host's health,
+//! the per-shard metric handles, whether statements need planning at all) is built together
+//! into one [`Topo`] and swapped atomically: a session loads one `Topo` per decision, so it
+//! never pairs one map's shard indices with another map's hosts. A new version comes from the
+//! store's follower (LISTEN/NOTIFY or polling for the postgres store, in-process for the
+//! file store); sessions that hit a rebalance fence wait for it with [`Shared::wait_for_newer`].
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use shardgate_config::Config;
+use shardgate_pool::Health;
+use shardgate_router::{Router, RouterError};
+use shardgate_topology::{ShardMap, Store};
+
+use crate::{stats, Shared};
+
+/// Everything built from one version of the shard map.
+pub(crate) struct Topo {
+    pub version: u64,
+    pub router: Arc<Router>,
+    pub health: Arc<Health>,
+    pub query_stats: Arc<stats::QueryStats>,
+    /// False for a plain pooler (one shard, no sharded tables, no replicas): statements are
+    /// not planned.
+    pub routing: bool,
+    /// BEGIN is answered by the proxy and sent with the transaction's first statement, which
+    /// says where it goes (several shards, or replicas for read-only transactions).
+    pub defers_begin: bool,
+    /// Some shard has replicas: reads may leave the primary.
+    pub reads_can_leave_primary: bool,
+}
+
+impl Topo {
+    /// Builds the routing state for `config` (whose `shards` are the map's) at `version`.
+    pub(crate) fn build(config: &Config, version: u64) -> Result<Topo, RouterError> {
+        let router = Arc::new(Router::new(config)?);
+        Ok(Topo::with_router(config, version, router))
+    }
+
+    /// As `build`, keeping a router (a reload that changes only replicas or settings).
+    pub(crate) fn with_router(config: &Config, version: u64, router: Arc<Router>) -> Topo {
+        let has_replicas = config.shards.iter().any(|s| !s.replicas.is_empty());
+        Topo {
+            version,
+            query_stats: Arc::new(stats::QueryStats::new(router.shard_names())),
+            health: Health::from_config(config),
+            routing: config.shards.len() > 1 || !config.sharding.tables.is_empty() || has_replicas,
+            defers_begin: config.shards.len() > 1 || has_replicas,
+            reads_can_leave_primary: has_replicas,
+            router,
+        }
+    }
+}
+
+impl Shared {
+    /// The current shard map's routing state.
+    pub(crate) fn topo(&self) -> arc_swap::Guard<Arc<Topo>> {
+        self.topo.load()
+    }
+
+    pub(crate) fn topology_version(&self) -> u64 {
+        self.topo.load().version
+    }
+
+    /// Switches to `map` if it is newer than what this proxy holds. A map the router refuses
+    /// (it cannot happen for maps the rebalancer publishes) is logged and skipped.
+    pub(crate) fn apply_shard_map(&self, map: &ShardMap) -> bool {
+        let current = self.topo();
+        if map.version <= current.version {
+            return false;
+        }
+        let mut config = (*self.config()).clone();
+        config.shards = map.shards.clone();
+        let topo = match Topo::build(&config, map.version) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(version = map.version, error = %e,
+                    "cannot route by the new shard map; keeping version {}", current.version);
+                return false;
+            }
+        };
+        drop(current);
+        tracing::info!(version = map.version, shards = ?map.names(), "shard map changed");
+        self.config.store(Arc::new(config));
+        self.topo.store(Arc::new(topo));
+        // Sessions drop the pools they cached by shard index.
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.restart_monitor();
+        self.topo_changed.send_replace(map.version);
+        true
+    }
+
+    /// Waits until this proxy holds a shard map newer than `version`, at most `timeout`.
+    pub(crate) async fn wait_for_newer(&self, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.topo_changed.subscribe();
+        let newer = async move { rx.wait_for(|v| *v > version).await.is_ok() };
+        tokio::time::timeout(timeout, newer).await.unwrap_or(false)
+    }
+}
+
+/// Follows `store`: applies each new map and reports the version held, every poll interval
+/// (the report doubles as this proxy's heartbeat in `rebalance status`). Ends with the proxy.
+pub(crate) fn follow(shared: Weak<Shared>, store: Arc<Store>, proxy_id: String, every: Duration) {
+    let mut maps = store.follow();
+    tokio::spawn(async move {
+        let mut report = tokio::time::interval(every);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let changed = tokio::select! {
+                changed = maps.changed() => changed.is_ok(),
+                _ = report.tick() => false,
+            };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if changed {
+                let map = maps.borrow_and_update().clone();
+                shared.apply_shard_map(&map);
+            }
+            let version = shared.topology_version();
+            drop(shared);
+            if let Err(e) = store.report_version(&proxy_id, version).await {
+                tracing::warn!(error = %e, "cannot report the shard-map version to the store");
+            }
+        }
+    });
+}
