@@ -5,12 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_config::{Config, Shard};
+use shardgate_tests::{ClusterOptions, PgCluster};
 use shardgate_topology::{Job, JobKind, Phase, Progress, ShardMap, Store, StoreError};
 use tokio::sync::watch;
 
 fn config(store: &str, shards: &[&str]) -> Config {
+    config_polling(store, shards, "200ms")
+}
+
+fn config_polling(store: &str, shards: &[&str], poll_interval: &str) -> Config {
     let mut text = format!(
-        "[topology]\nstore = \"{store}\"\npoll_interval = \"200ms\"\n\n\
+        "[topology]\nstore = \"{store}\"\npoll_interval = \"{poll_interval}\"\n\n\
          [[users]]\nname = \"app\"\npassword = \"secret\"\n"
     );
     for (i, name) in shards.iter().enumerate() {
@@ -207,4 +212,192 @@ async fn file_store_follow() {
     })
     .await;
     assert!(closed.is_ok(), "the follower outlived its store");
+}
+
+/// A server with an empty metadata database; returns it and the store URL.
+fn metadata_db() -> (PgCluster, String) {
+    let cluster = PgCluster::start(ClusterOptions::default()).unwrap();
+    cluster.create_database("meta", "postgres").unwrap();
+    let url = cluster.superuser_url("meta");
+    (cluster, url)
+}
+
+/// Backends of `meta` running LISTEN (the followers' dedicated connections).
+fn listeners(cluster: &PgCluster) -> usize {
+    let out = cluster
+        .psql(
+            "meta",
+            "select count(*) from pg_stat_activity where query like 'LISTEN%'",
+        )
+        .unwrap();
+    out.trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn postgres_store_shared_by_two_proxies() {
+    let (_cluster, url) = metadata_db();
+    let a = Store::open(&config(&url, &["s0", "s1"]), None)
+        .await
+        .unwrap();
+    assert_eq!(a.kind(), "postgres");
+    // The second proxy's config is stale: what is stored wins.
+    let b = Store::open(&config(&url, &["s0"]), None).await.unwrap();
+    assert_eq!(b.shard_map().await.unwrap().names(), ["s0", "s1"]);
+
+    // Polling is slow here, so only NOTIFY can deliver the new version within a second.
+    let slow = Store::open(&config_polling(&url, &["s0"], "60s"), None)
+        .await
+        .unwrap();
+    let mut rx = slow.follow();
+    assert_eq!(rx.borrow().version, 1);
+    let published = a.publish(1, shards(&["s0", "s1", "s2"])).await.unwrap();
+    assert_eq!(published.version, 2);
+    wait_version(&mut rx, 2, Duration::from_secs(1)).await;
+    assert_eq!(rx.borrow().names(), ["s0", "s1", "s2"]);
+
+    // The loser of a compare-and-swap learns the winner's version.
+    match b.publish(1, shards(&["s0"])).await {
+        Err(StoreError::Conflict { expected, found }) => assert_eq!((expected, found), (1, 2)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let mut rx_b = b.follow();
+    b.publish(2, shards(&["s0", "s1"])).await.unwrap();
+    wait_version(&mut rx_b, 3, Duration::from_millis(200)).await;
+    wait_version(&mut rx, 3, Duration::from_secs(1)).await;
+
+    a.report_version("proxy-a", 3).await.unwrap();
+    b.report_version("proxy-b", 2).await.unwrap();
+    b.report_version("proxy-b", 3).await.unwrap();
+    let proxies = a.proxies().await.unwrap();
+    let listed: Vec<_> = proxies
+        .iter()
+        .map(|p| (p.proxy_id.as_str(), p.version))
+        .collect();
+    assert_eq!(
+        listed,
+        [("proxy-b", 3), ("proxy-a", 3)],
+        "most recent first"
+    );
+    assert!(proxies.iter().all(|p| p.seen_seconds_ago < 5.0));
+}
+
+#[tokio::test]
+async fn postgres_store_one_job_across_proxies() {
+    let (_cluster, url) = metadata_db();
+    let a = Store::open(&config(&url, &["s0", "s1"]), None)
+        .await
+        .unwrap();
+    let b = Store::open(&config(&url, &["s0", "s1"]), None)
+        .await
+        .unwrap();
+    assert!(a.job().await.unwrap().is_none());
+    assert!(a.request_abort().await.unwrap().is_none());
+
+    // Many attempts at once from both proxies: exactly one job starts.
+    let attempts: Vec<_> = (0..8)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                store
+                    .try_start_job(&job(&format!("rb-{i}"), Phase::Preflight))
+                    .await
+            })
+        })
+        .collect();
+    let mut started = Vec::new();
+    for (i, attempt) in attempts.into_iter().enumerate() {
+        match attempt.await.unwrap() {
+            Ok(()) => started.push(format!("rb-{i}")),
+            Err(StoreError::Busy(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(started.len(), 1, "{started:?}");
+    let mut running = b.job().await.unwrap().unwrap();
+    assert_eq!(running.id, started[0]);
+    match a.try_start_job(&job("rb-late", Phase::Preflight)).await {
+        Err(StoreError::Busy(job)) => assert_eq!(job.id, started[0]),
+        other => panic!("expected busy, got {other:?}"),
+    }
+
+    let aborting = b.request_abort().await.unwrap().unwrap();
+    assert!(aborting.abort_requested);
+    assert!(a.job().await.unwrap().unwrap().abort_requested);
+
+    running.phase = Phase::Aborted;
+    a.save_job(&running).await.unwrap();
+    assert!(!b.request_abort().await.unwrap().unwrap().abort_requested);
+    b.try_start_job(&job("rb-next", Phase::Preflight))
+        .await
+        .unwrap();
+    assert_eq!(a.job().await.unwrap().unwrap().id, "rb-next");
+}
+
+#[tokio::test]
+async fn postgres_follow_survives_a_killed_listen_connection() {
+    let (cluster, url) = metadata_db();
+    let a = Store::open(&config(&url, &["s0"]), None).await.unwrap();
+    // Slow polling: recovery has to come from re-opening the LISTEN connection.
+    let b = Store::open(&config_polling(&url, &["s0"], "60s"), None)
+        .await
+        .unwrap();
+    let mut rx = b.follow();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while listeners(&cluster) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never LISTENed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster
+        .psql(
+            "meta",
+            "select pg_terminate_backend(pid) from pg_stat_activity where query like 'LISTEN%'",
+        )
+        .unwrap();
+    a.publish(1, shards(&["s0", "s1"])).await.unwrap();
+    wait_version(&mut rx, 2, Duration::from_secs(2)).await;
+    // And NOTIFY works again on the new connection.
+    a.publish(2, shards(&["s0"])).await.unwrap();
+    wait_version(&mut rx, 3, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn postgres_store_survives_a_database_restart() {
+    let (mut cluster, url) = metadata_db();
+    let a = Store::open(&config(&url, &["s0"]), None).await.unwrap();
+    let mut rx = a.follow();
+    cluster.stop().unwrap();
+    match a.shard_map().await {
+        Err(StoreError::Database(message)) => {
+            assert!(message.contains("topology.store"), "{message}")
+        }
+        other => panic!("expected a database error, got {other:?}"),
+    }
+    assert!(matches!(
+        a.publish(1, shards(&["s0", "s1"])).await,
+        Err(StoreError::Database(_))
+    ));
+    cluster.restart().unwrap();
+    assert_eq!(a.shard_map().await.unwrap().version, 1);
+    let b = Store::open(&config(&url, &["s0"]), None).await.unwrap();
+    b.publish(1, shards(&["s0", "s1"])).await.unwrap();
+    wait_version(&mut rx, 2, Duration::from_secs(3)).await;
+    drop(a);
+    let closed = tokio::time::timeout(Duration::from_secs(2), async {
+        while rx.changed().await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the follower outlived its store");
+}
+
+#[tokio::test]
+async fn postgres_store_refuses_tls_urls() {
+    let config = config("postgres://u:p@127.0.0.1:1/meta?sslmode=require", &["s0"]);
+    match Store::open(&config, None).await {
+        Err(StoreError::Database(message)) => assert!(message.contains("sslmode"), "{message}"),
+        Err(e) => panic!("expected a database error, got {e}"),
+        Ok(_) => panic!("opened a store it cannot secure"),
+    }
 }

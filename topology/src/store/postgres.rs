@@ -1,48 +1,341 @@
-//! The postgres store (in progress).
+//! The postgres store: a fleet of proxies shares the shard map, the job record and their
+//! reported versions through three tables in a metadata database the operator already runs.
+//! Publishing is a conditional UPDATE on the version plus a NOTIFY in the same transaction;
+//! starting a job is a conditional upsert; both are atomic across processes.
+//!
+//! TLS to the metadata database is not supported yet: connections use `NoTls`, so the URL's
+//! `sslmode` must be `disable` or `prefer` (which then connects in plaintext).
+
+use std::time::Duration;
 
 use shardgate_config::Shard;
+use tokio::sync::Mutex;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
 
+use super::follow::CHANNEL;
 use super::{ProxyVersion, StoreError};
-use crate::{Job, ShardMap};
+use crate::{Job, Phase, ShardMap};
+
+/// Idempotent; run by every proxy that opens the store.
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS shardgate_topology (
+        id int PRIMARY KEY CHECK (id = 1),
+        version bigint NOT NULL,
+        shards jsonb NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS shardgate_job (
+        id int PRIMARY KEY CHECK (id = 1),
+        job jsonb NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS shardgate_proxies (
+        proxy_id text PRIMARY KEY,
+        version bigint NOT NULL,
+        seen_at timestamptz NOT NULL)",
+];
+
+/// Used when the URL sets no connect_timeout, so a dead metadata host fails fast.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `$body` (a future using `$client: &mut Client`, yielding `Result<T, tokio_postgres::Error>`)
+/// on the shared connection, opening it if needed. If it fails because the connection had
+/// closed (the database restarted), reconnects and runs it once more.
+macro_rules! with_client {
+    ($self:expr, |$client:ident| $body:expr) => {{
+        let mut guard = $self.client.lock().await;
+        let mut retried = false;
+        loop {
+            let $client = $self.connected(&mut guard).await?;
+            match $body.await {
+                Ok(value) => break Ok::<_, StoreError>(value),
+                Err(e) if !retried && (e.is_closed() || $client.is_closed()) => {
+                    tracing::info!(error = %e, "topology store connection closed; reconnecting");
+                    *guard = None;
+                    retried = true;
+                }
+                Err(e) => break Err(db_error(&e)),
+            }
+        }
+    }};
+}
 
 pub(super) struct PgStore {
     config: tokio_postgres::Config,
-}
-
-fn todo_err() -> StoreError {
-    StoreError::Database("the postgres topology store is not implemented yet".into())
+    /// One long-lived connection for every query, opened on demand.
+    client: Mutex<Option<Client>>,
 }
 
 impl PgStore {
-    pub(super) async fn open(url: &str, _seed: ShardMap) -> Result<Self, StoreError> {
-        let _ = url.parse::<tokio_postgres::Config>();
-        Err(todo_err())
+    pub(super) async fn open(url: &str, seed: ShardMap) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Database(format!(
+                "topology.store is not a valid postgres:// URL ({e}); \
+                 use postgres://user:password@host:port/db"
+            ))
+        })?;
+        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
+            return Err(StoreError::Database(
+                "TLS to the topology metadata database is not supported yet; \
+                 set sslmode=disable in topology.store"
+                    .into(),
+            ));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("shardgate-topology");
+        }
+        let store = PgStore {
+            config,
+            client: Mutex::new(None),
+        };
+        store.create_schema(&seed).await?;
+        Ok(store)
     }
+
     pub(super) fn connect_config(&self) -> &tokio_postgres::Config {
         &self.config
     }
+
+    async fn create_schema(&self, seed: &ShardMap) -> Result<(), StoreError> {
+        for statement in SCHEMA {
+            let result = with_client!(self, |client| client.batch_execute(statement));
+            if let Err(e) = result {
+                // Two proxies creating the table at the same instant: one loses on the
+                // catalog's unique index; the table exists either way.
+                let raced = matches!(&e, StoreError::Database(m)
+                    if m.starts_with(SqlState::UNIQUE_VIOLATION.code())
+                        || m.starts_with(SqlState::DUPLICATE_TABLE.code()));
+                if !raced {
+                    return Err(e);
+                }
+            }
+        }
+        let shards = shards_json(&seed.shards)?;
+        let version = to_i64(seed.version);
+        with_client!(self, |client| client.execute(
+            "INSERT INTO shardgate_topology (id, version, shards)
+             VALUES (1, $1, $2::text::jsonb) ON CONFLICT (id) DO NOTHING",
+            &[&version, &shards],
+        ))?;
+        Ok(())
+    }
+
     pub(super) async fn shard_map(&self) -> Result<ShardMap, StoreError> {
-        Err(todo_err())
+        let row = with_client!(self, |client| client.query_opt(
+            "SELECT version, shards::text FROM shardgate_topology WHERE id = 1",
+            &[]
+        ))?;
+        let row = row.ok_or_else(|| {
+            StoreError::Database(
+                "the shard map row of shardgate_topology is missing; restore it \
+                 (or delete the table to start again from the config's [[shards]])"
+                    .into(),
+            )
+        })?;
+        let shards: String = row.get(1);
+        let shards = serde_json::from_str(&shards).map_err(|e| {
+            StoreError::Database(format!(
+                "the shard map in shardgate_topology cannot be parsed ({e}); restore it"
+            ))
+        })?;
+        Ok(ShardMap {
+            version: from_i64(row.get(0)),
+            shards,
+        })
     }
-    pub(super) async fn publish(&self, _e: u64, _s: Vec<Shard>) -> Result<ShardMap, StoreError> {
-        Err(todo_err())
+
+    pub(super) async fn publish(
+        &self,
+        expected: u64,
+        shards: Vec<Shard>,
+    ) -> Result<ShardMap, StoreError> {
+        let json = shards_json(&shards)?;
+        let (old, new) = (to_i64(expected), to_i64(expected + 1));
+        let note = (expected + 1).to_string();
+        let found = with_client!(self, |client| async {
+            let tx = client.transaction().await?;
+            let updated = tx
+                .execute(
+                    "UPDATE shardgate_topology
+                     SET version = $1, shards = $2::text::jsonb, updated_at = now()
+                     WHERE id = 1 AND version = $3",
+                    &[&new, &json, &old],
+                )
+                .await?;
+            if updated == 0 {
+                let row = tx
+                    .query_opt("SELECT version FROM shardgate_topology WHERE id = 1", &[])
+                    .await?;
+                return Ok(Some(row.map(|r| from_i64(r.get(0))).unwrap_or(0)));
+            }
+            // Delivered at commit, so a follower that wakes up reads the new row.
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note])
+                .await?;
+            tx.commit().await?;
+            Ok::<_, tokio_postgres::Error>(None)
+        })?;
+        match found {
+            Some(found) => Err(StoreError::Conflict { expected, found }),
+            None => Ok(ShardMap {
+                version: expected + 1,
+                shards,
+            }),
+        }
     }
+
     pub(super) async fn job(&self) -> Result<Option<Job>, StoreError> {
-        Err(todo_err())
+        let row = with_client!(self, |client| client
+            .query_opt("SELECT job::text FROM shardgate_job WHERE id = 1", &[]))?;
+        row.map(|r| parse_job(r.get(0))).transpose()
     }
-    pub(super) async fn try_start_job(&self, _job: &Job) -> Result<(), StoreError> {
-        Err(todo_err())
+
+    pub(super) async fn try_start_job(&self, job: &Job) -> Result<(), StoreError> {
+        let json = job_json(job)?;
+        let terminal = terminal_phases();
+        // The WHERE of ON CONFLICT DO UPDATE is evaluated on the locked row, so of two
+        // proxies starting jobs at once exactly one wins.
+        for _ in 0..3 {
+            let inserted = with_client!(self, |client| client.execute(
+                "INSERT INTO shardgate_job (id, job) VALUES (1, $1::text::jsonb)
+                 ON CONFLICT (id) DO UPDATE SET job = EXCLUDED.job
+                 WHERE shardgate_job.job->>'phase' = ANY($2)",
+                &[&json, &terminal],
+            ))?;
+            if inserted == 1 {
+                return Ok(());
+            }
+            match self.job().await? {
+                Some(running) if !running.phase.is_terminal() => {
+                    return Err(StoreError::Busy(Box::new(running)))
+                }
+                // It finished between the two statements: try again.
+                _ => continue,
+            }
+        }
+        Err(StoreError::Database(
+            "the stored job kept changing while starting a new one; try again".into(),
+        ))
     }
-    pub(super) async fn save_job(&self, _job: &Job) -> Result<(), StoreError> {
-        Err(todo_err())
+
+    pub(super) async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
+        let json = job_json(job)?;
+        with_client!(self, |client| client.execute(
+            "INSERT INTO shardgate_job (id, job) VALUES (1, $1::text::jsonb)
+             ON CONFLICT (id) DO UPDATE SET job = EXCLUDED.job",
+            &[&json],
+        ))?;
+        Ok(())
     }
+
     pub(super) async fn request_abort(&self) -> Result<Option<Job>, StoreError> {
-        Err(todo_err())
+        let terminal = terminal_phases();
+        let row = with_client!(self, |client| client.query_opt(
+            "UPDATE shardgate_job SET job = jsonb_set(job, '{abort_requested}', 'true')
+             WHERE id = 1 AND NOT (job->>'phase' = ANY($1))
+             RETURNING job::text",
+            &[&terminal],
+        ))?;
+        match row {
+            Some(row) => parse_job(row.get(0)).map(Some),
+            // No job, or a finished one: nothing to abort.
+            None => self.job().await,
+        }
     }
-    pub(super) async fn report_version(&self, _p: &str, _v: u64) -> Result<(), StoreError> {
-        Err(todo_err())
+
+    pub(super) async fn report_version(
+        &self,
+        proxy_id: &str,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let version = to_i64(version);
+        with_client!(self, |client| client.execute(
+            "INSERT INTO shardgate_proxies (proxy_id, version, seen_at) VALUES ($1, $2, now())
+             ON CONFLICT (proxy_id) DO UPDATE SET version = EXCLUDED.version, seen_at = now()",
+            &[&proxy_id, &version],
+        ))?;
+        Ok(())
     }
+
     pub(super) async fn proxies(&self) -> Result<Vec<ProxyVersion>, StoreError> {
-        Err(todo_err())
+        // Ages come from the database's clock, so proxies' clock skew does not matter.
+        let rows = with_client!(self, |client| client.query(
+            "SELECT proxy_id, version, extract(epoch FROM now() - seen_at)::float8
+             FROM shardgate_proxies ORDER BY seen_at DESC, proxy_id",
+            &[],
+        ))?;
+        Ok(rows
+            .iter()
+            .map(|r| ProxyVersion {
+                proxy_id: r.get(0),
+                version: from_i64(r.get(1)),
+                seen_seconds_ago: r.get::<_, f64>(2).max(0.0),
+            })
+            .collect())
     }
+
+    /// The shared client, (re)connecting when there is none or it has closed.
+    async fn connected<'a>(
+        &self,
+        slot: &'a mut Option<Client>,
+    ) -> Result<&'a mut Client, StoreError> {
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) =
+                self.config.connect(NoTls).await.map_err(|e| db_error(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "topology store connection ended");
+                }
+            });
+            *slot = Some(client);
+        }
+        slot.as_mut()
+            .ok_or_else(|| StoreError::Database("no connection to the metadata database".into()))
+    }
+}
+
+/// A database error as `SQLSTATE: message` (callers match on the code), else the client's
+/// own description, with what to check.
+fn db_error(e: &tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
+        None => StoreError::Database(format!(
+            "{e}; check that the metadata database in topology.store is running and reachable"
+        )),
+    }
+}
+
+fn terminal_phases() -> Vec<&'static str> {
+    [Phase::Done, Phase::Aborted, Phase::Failed]
+        .map(Phase::as_str)
+        .to_vec()
+}
+
+fn shards_json(shards: &[Shard]) -> Result<String, StoreError> {
+    serde_json::to_string(shards)
+        .map_err(|e| StoreError::Database(format!("cannot encode the shard map: {e}")))
+}
+
+fn job_json(job: &Job) -> Result<String, StoreError> {
+    serde_json::to_string(job)
+        .map_err(|e| StoreError::Database(format!("cannot encode the job: {e}")))
+}
+
+fn parse_job(text: String) -> Result<Job, StoreError> {
+    serde_json::from_str(&text).map_err(|e| {
+        StoreError::Database(format!(
+            "the job in shardgate_job cannot be parsed ({e}); delete that row if no rebalance \
+             is running"
+        ))
+    })
+}
+
+// Versions count publishes; they never come near i64::MAX, and the column has no negatives.
+fn to_i64(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+fn from_i64(version: i64) -> u64 {
+    u64::try_from(version).unwrap_or(0)
 }
