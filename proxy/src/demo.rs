@@ -17,6 +17,9 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 const USER: &str = "app";
 const PASSWORD: &str = "app-secret";
 const DATABASE: &str = "app";
+/// The harness clusters' superuser, which the rebalancer uses.
+const SUPERUSER: &str = "postgres";
+const SUPERUSER_PASSWORD: &str = "postgres";
 /// Sample users 1..=USERS, each with 1 to 3 orders.
 const USERS: i64 = 100;
 
@@ -46,6 +49,10 @@ pub struct DemoArgs {
     /// Streaming replicas per shard.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=4))]
     replicas: u16,
+    /// Extra primaries started empty and left out of the shard map, each ready to be brought
+    /// in live with the `shardgate admin shards add …` command the demo prints.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=4))]
+    spare_shards: u16,
     /// Port for the proxy.
     #[arg(long, default_value_t = 6432)]
     port: u16,
@@ -81,20 +88,26 @@ impl Drop for Shard {
     }
 }
 
-/// All the demo's servers. Dropping stops every replica, then every primary (each group in
-/// parallel), and removes their directories. It blocks: drop it on a blocking thread.
+/// All the demo's servers: the shards, then the spare primaries. Dropping stops every
+/// replica, then every primary (each group in parallel), and removes their directories. It
+/// blocks: drop it on a blocking thread.
 #[derive(Default)]
-struct Servers(Vec<Shard>);
+struct Servers {
+    shards: Vec<Shard>,
+    spares: Vec<Shard>,
+}
 
 impl Drop for Servers {
     fn drop(&mut self) {
         let replicas: Vec<PgCluster> = self
-            .0
+            .shards
             .iter_mut()
             .flat_map(|s| std::mem::take(&mut s.replicas))
             .collect();
         drop_in_parallel(replicas);
-        drop_in_parallel(std::mem::take(&mut self.0));
+        let mut primaries = std::mem::take(&mut self.shards);
+        primaries.append(&mut self.spares);
+        drop_in_parallel(primaries);
     }
 }
 
@@ -174,7 +187,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut starting = tokio::task::spawn_blocking({
         let cancel = Arc::clone(&cancel);
         let (shards, replicas) = (usize::from(args.shards), usize::from(args.replicas));
-        move || start_servers(shards, replicas, &cancel)
+        let spares = usize::from(args.spare_shards);
+        move || start_servers(shards, replicas, spares, &cancel)
     });
     let servers = tokio::select! {
         started = &mut starting => started.context("starting PostgreSQL")??,
@@ -187,10 +201,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let servers = BlockingDrop(Some(servers));
-    let shards = &servers.get().0;
+    let shards = &servers.get().shards;
+    let spares = &servers.get().spares;
 
     let config_path = dir.0.join("shardgate.toml");
-    let config_text = config_toml(&args, shards);
+    let config_text = config_toml(&args, shards, &dir.0);
     std::fs::write(&config_path, &config_text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::from_toml(&config_text, &config_path)?;
@@ -259,6 +274,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         out,
         "  SHARDGATE ROUTE select * from orders where user_id = 42;   -- where it goes, and why\n"
     );
+    if !spares.is_empty() {
+        let _ = writeln!(
+            out,
+            "Spare shard(s), empty and not in the shard map yet. Bring one in while traffic flows \
+             (its rows move live; the schema is copied):\n"
+        );
+        for s in spares {
+            let _ = writeln!(
+                out,
+                "  cargo run --release -- admin --url http://{} shards add {} --primary {}",
+                admin.addr(),
+                s.name,
+                s.primary.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  cargo run --release -- admin --url http://{} rebalance status --watch\n",
+            admin.addr()
+        );
+    }
     let _ = writeln!(out, "config: {}", config_path.display());
     let _ = writeln!(out, "admin: http://{}/health", admin.addr());
     let _ = writeln!(out, "data directory: {}", dir.0.display());
@@ -276,10 +312,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Starts every shard in parallel: a primary with the `app` user, database and sample schema,
 /// then its replicas. Stops early (dropping what started) once `cancel` is set.
-fn start_servers(shards: usize, replicas: usize, cancel: &AtomicBool) -> anyhow::Result<Servers> {
+fn start_servers(
+    shards: usize,
+    replicas: usize,
+    spares: usize,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Servers> {
     let started: Vec<anyhow::Result<Shard>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..shards)
-            .map(|i| scope.spawn(move || start_shard(format!("s{i}"), replicas, cancel)))
+        let workers: Vec<_> = (0..shards + spares)
+            .map(|i| {
+                let spare = i >= shards;
+                let replicas = if spare { 0 } else { replicas };
+                scope.spawn(move || start_shard(format!("s{i}"), replicas, spare, cancel))
+            })
             .collect();
         workers
             .into_iter()
@@ -291,9 +336,10 @@ fn start_servers(shards: usize, replicas: usize, cancel: &AtomicBool) -> anyhow:
     });
     let mut servers = Servers::default();
     let mut first_error = None;
-    for shard in started {
+    for (i, shard) in started.into_iter().enumerate() {
         match shard {
-            Ok(s) => servers.0.push(s),
+            Ok(s) if i < shards => servers.shards.push(s),
+            Ok(s) => servers.spares.push(s),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -306,7 +352,14 @@ fn start_servers(shards: usize, replicas: usize, cancel: &AtomicBool) -> anyhow:
     }
 }
 
-fn start_shard(name: String, replicas: usize, cancel: &AtomicBool) -> anyhow::Result<Shard> {
+/// A shard's primary with the `app` user and database, its sample schema unless it is a
+/// spare (the rebalancer copies the schema when the spare is added), and its replicas.
+fn start_shard(
+    name: String,
+    replicas: usize,
+    spare: bool,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Shard> {
     let cancelled = || {
         if cancel.load(Ordering::SeqCst) {
             Err(anyhow::anyhow!("cancelled"))
@@ -324,6 +377,9 @@ fn start_shard(name: String, replicas: usize, cancel: &AtomicBool) -> anyhow::Re
     };
     cancelled()?;
     shard.primary.create_database(DATABASE, USER)?;
+    if spare {
+        return Ok(shard);
+    }
     shard
         .primary
         .psql_as(USER, PASSWORD, DATABASE, SCHEMA)
@@ -365,7 +421,7 @@ impl<T: Send + 'static> Drop for BlockingDrop<T> {
 
 /// The generated config: the shards with their replicas, `users` and `orders` sharded by
 /// `user_id`.
-fn config_toml(args: &DemoArgs, shards: &[Shard]) -> String {
+fn config_toml(args: &DemoArgs, shards: &[Shard], dir: &Path) -> String {
     let mut text = format!(
         r#"# Written by `shardgate demo`; removed when the demo stops.
 [listen]
@@ -386,9 +442,20 @@ name = "users"
 
 [[sharding.tables]]
 name = "orders"
+
+# The shard map changes with `shardgate admin shards add|remove`; it is kept here.
+[topology]
+state_file = "{state}"
+
+# The rebalancer logs in to each shard as the clusters' superuser.
+[rebalance]
+databases = ["{DATABASE}"]
+admin_user = "{SUPERUSER}"
+admin_password = "{SUPERUSER_PASSWORD}"
 "#,
         port = args.port,
         admin = args.admin_port,
+        state = dir.join("topology.json").display(),
     );
     for s in shards {
         let replicas: Vec<String> = s
@@ -441,7 +508,7 @@ fn sample_rows(router: &Router) -> Vec<UserRows> {
 
 /// Writes each user's rows into the primary of the shard the ring names, as the proxy would.
 async fn insert_directly(servers: &BlockingDrop<Servers>, rows: &[UserRows]) -> anyhow::Result<()> {
-    for (i, shard) in servers.get().0.iter().enumerate() {
+    for (i, shard) in servers.get().shards.iter().enumerate() {
         let mut sql = String::from("begin;\n");
         sql.extend(rows.iter().filter(|r| r.shard == i).map(|r| r.sql.as_str()));
         sql.push_str("commit;\n");
