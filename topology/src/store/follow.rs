@@ -53,6 +53,7 @@ impl Follower {
         let mut retry_at = Instant::now();
         // Read at once: the receiver started from the last map the store knew.
         let mut next_poll = Instant::now();
+        let mut failing = false;
         loop {
             if let Some(config) = &self.listen {
                 if listener.is_none() && Instant::now() >= retry_at {
@@ -102,9 +103,20 @@ impl Follower {
                     return;
                 };
                 match store.shard_map().await {
-                    Ok(map) => self.forward(Arc::new(map)),
+                    Ok(map) => {
+                        if failing {
+                            tracing::info!("topology follower reads the store again");
+                            failing = false;
+                        }
+                        self.forward(Arc::new(map));
+                    }
+                    // Warn once per outage, not on every poll.
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "topology follower cannot read the store; keeping the last shard map");
+                        failing = true;
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "topology follower cannot read the store")
+                        tracing::debug!(error = %e, "topology follower still cannot read the store")
                     }
                 }
                 drop(store);
