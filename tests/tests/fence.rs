@@ -1,0 +1,184 @@
+//! How clients see a rebalance fence, without the rebalancer: a trigger on the old owner raises
+//! the fence SQLSTATE, and the test publishes the new shard map to the postgres topology store
+//! itself. A lone simple-protocol statement is held and retried on the new owner; a fenced
+//! write the proxy cannot retry reaches the client as 40001.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shardgate_config::Config;
+use shardgate_router::hash::hashint8extended;
+use shardgate_router::Ring;
+use shardgate_tests::{Auth, ClusterOptions, PgCluster};
+use shardgate_topology::{Store, FENCE_SQLSTATE};
+
+const USER: &str = "app";
+const PASSWORD: &str = "app-secret";
+
+fn start(name: &str) -> PgCluster {
+    let c = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    c.create_database("app", USER).expect("create database");
+    c
+}
+
+fn host(c: &PgCluster) -> String {
+    format!("{{ host = \"{}\", port = {} }}", c.host(), c.port())
+}
+
+/// A key that the two-shard ring [s0, s1] places on s1 (so the new map moves it).
+fn keys_moving_to_s1(n: usize) -> Vec<i64> {
+    let ring = Ring::new(&["s0", "s1"], 14).expect("ring");
+    (1..)
+        .filter(|k| ring.shard_for_hash(hashint8extended(*k, 0)) == 1)
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_are_retried_on_the_new_owner_or_answered_40001() {
+    let (a, b, meta) = tokio::task::spawn_blocking(|| {
+        let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
+        meta.psql("postgres", "create database meta")
+            .expect("meta db");
+        (start("a"), start("b"), meta)
+    })
+    .await
+    .expect("join");
+    let schema = "create table t (user_id bigint primary key, v int not null)";
+    for c in [&a, &b] {
+        c.psql_as(USER, PASSWORD, "app", schema).expect("schema");
+    }
+    // Every write on the old owner hits the fence, as during a cutover.
+    a.psql(
+        "app",
+        &format!(
+            "create function fence() returns trigger language plpgsql as $$ begin \
+             raise exception using errcode = '{FENCE_SQLSTATE}', message = 'key is moving'; end $$;
+             create trigger fence before insert or update or delete on t \
+             for each row execute function fence();"
+        ),
+    )
+    .expect("fence");
+
+    let store_url = format!(
+        "postgres://postgres:postgres@127.0.0.1:{}/meta",
+        meta.port()
+    );
+    let text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+[pool]
+size = 4
+[topology]
+store = "{store_url}"
+poll_interval = "200ms"
+proxy_id = "fence-test"
+[rebalance]
+fence_wait = "5s"
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+[[sharding.tables]]
+name = "t"
+[[shards]]
+name = "s0"
+primary = {}
+"#,
+        host(&a)
+    );
+    let config = Config::from_toml(&text, Path::new("fence.toml")).expect("config");
+    let proxy = shardgate_proxy::start(config.clone()).await.expect("proxy");
+    let url = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app",
+        proxy.addr().port()
+    );
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    };
+    let keys = keys_moving_to_s1(3);
+
+    // A lone simple-protocol INSERT is held while the map is still the old one ...
+    let simple = connect().await;
+    let held_key = keys[0];
+    let held = tokio::spawn(async move {
+        simple
+            .simple_query(&format!("insert into t values ({held_key}, 1)"))
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "the fenced statement should be held");
+
+    // ... and runs on the new owner once the store has the map with s1.
+    let store = Store::open(&config, None).await.expect("open store");
+    let map = store.shard_map().await.expect("map");
+    let mut shards = map.shards.clone();
+    let mut s1 = shards[0].clone();
+    s1.name = "s1".into();
+    s1.primary.port = b.port();
+    shards.push(s1);
+    store.publish(map.version, shards).await.expect("publish");
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held statement finishes")
+        .expect("join")
+        .expect("the retried statement succeeds");
+    assert_eq!(
+        b.psql(
+            "app",
+            &format!("select v from t where user_id = {held_key}")
+        )
+        .expect("query"),
+        "1"
+    );
+    assert_eq!(a.psql("app", "select count(*) from t").expect("query"), "0");
+
+    // Statements the proxy cannot retry get 40001: the extended protocol, and a transaction.
+    let s0_key = {
+        let ring = Ring::new(&["s0", "s1"], 14).expect("ring");
+        (1..)
+            .find(|k| ring.shard_for_hash(hashint8extended(*k, 0)) == 0)
+            .expect("a key")
+    };
+    let client = connect().await;
+    let err = client
+        .execute("insert into t values ($1, 2)", &[&s0_key])
+        .await
+        .expect_err("fenced");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    let err = client
+        .batch_execute(&format!(
+            "begin; insert into t values ({s0_key}, 3); commit;"
+        ))
+        .await
+        .expect_err("fenced");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    // The connection is still usable, and writes to keys that are not fenced work.
+    client.simple_query("rollback").await.expect("rollback");
+    client
+        .execute("insert into t values ($1, 4)", &[&keys[1]])
+        .await
+        .expect("a write on s1");
+
+    // With no new map, a held statement gives up after fence_wait with 40001.
+    let late = connect().await;
+    let started = std::time::Instant::now();
+    let err = late
+        .simple_query(&format!("insert into t values ({s0_key}, 5)"))
+        .await
+        .expect_err("no new map comes");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "it waited for a new map"
+    );
+    late.simple_query("select 1").await.expect("still usable");
+
+    proxy.shutdown().await;
+}
