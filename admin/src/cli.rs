@@ -1,27 +1,33 @@
 //! `shardgate admin …`: the command-line client of the admin HTTP API. Tables for people,
 //! `--json` for scripts (the server's JSON as it came), and on failure a non-zero exit status
-//! with one line on stderr saying why.
+//! with one line on stderr saying why — or, for the rebalance commands, `error:` and `hint:`
+//! lines (and the running job's id when one is in the way).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde::de::DeserializeOwned;
+use shardgate_topology::Job;
 
 use crate::client::{AdminClient, ClientError, Reply};
-use crate::control::{PoolInfo, ReloadOutcome, ReplicaInfo, ShardInfo};
-use crate::table::{self, Align};
+use crate::control::ReloadOutcome;
+use crate::rebalance::{AddShardRequest, RebalanceStatus};
+use crate::status;
+use crate::table::{pools_table, replicas_table, shards_table};
+use crate::watch::{self, Fetched, Screen};
 use crate::ErrorBody;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:9930";
 
-/// How often `rebalance status --watch` asks again.
-const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Shortest `--interval`: each ask reads the topology store.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Exit status of a failed command (clap uses 2 for usage errors).
 pub const EXIT_FAILURE: i32 = 1;
 
-/// See the shards, pools and replicas of a running shardgate, reload its config.
+/// See the shards, pools and replicas of a running shardgate, reload its config, add or
+/// remove shards live.
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
     /// Root URL of shardgate's admin API (admin.listen).
@@ -62,116 +68,279 @@ pub enum AdminCommand {
 pub enum ShardsCommand {
     /// The shards of the current topology.
     List,
-    /// Add a shard and rebalance onto it (not available yet).
+    /// Add a shard and move its share of the data onto it, live; returns at once with the job.
     Add {
         name: String,
-        /// HOST:PORT of the new shard's primary.
-        #[arg(long)]
+        // In `help`, not a doc comment: rustdoc reads the brackets as links.
+        #[arg(
+            long,
+            help = "The new shard's primary: postgres://[USER[:PASSWORD]@]HOST[:PORT][?sslmode=…] \
+                    or HOST[:PORT]; a user and password in it are the rebalancer's login there"
+        )]
         primary: String,
-        /// HOST:PORT of a replica (repeatable).
+        /// A replica, in the same form (repeatable).
         #[arg(long = "replica")]
         replicas: Vec<String>,
+        /// Role the rebalancer logs in as on the new shard (default: rebalance.admin_user).
+        #[arg(long)]
+        admin_user: Option<String>,
+        /// Its password (the environment keeps it out of the process list).
+        #[arg(long, env = "SHARDGATE_SHARD_ADMIN_PASSWORD", hide_env_values = true)]
+        admin_password: Option<String>,
     },
-    /// Move a shard's data away and remove it (not available yet).
+    /// Move a shard's data to the others, live, and remove it; returns at once with the job.
     Remove { name: String },
 }
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum RebalanceCommand {
-    /// Progress of the running rebalance.
+    /// The running (or last) rebalance job, the topology version and each proxy's version.
     Status {
-        /// Ask again every 2 seconds until interrupted.
+        /// Follow the job with a progress bar until it ends; exit 0 if it is done, 1 if it
+        /// failed or was aborted.
         #[arg(long)]
         watch: bool,
+        /// How often --watch asks: 500ms, 2s, 1m.
+        #[arg(long, default_value = "500ms", value_parser = parse_interval, requires = "watch")]
+        interval: Duration,
     },
-    /// Abort the running rebalance.
+    /// Abort the running job: back to the old topology, the targets' partial copies removed.
     Abort,
 }
 
 /// Runs the command, printing to stdout and stderr; returns the process exit status.
 pub fn run(args: AdminArgs) -> i32 {
-    run_with(&args, &mut std::io::stdout(), &mut std::io::stderr())
+    // The bar redraws in place on stderr, the summary goes to stdout: both must be terminals.
+    let tty = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    run_on(&args, &mut std::io::stdout(), &mut std::io::stderr(), tty)
 }
 
-/// [`run`] with the output streams given (tests capture them).
+/// [`run`] with the output streams given (tests capture them); never draws a progress bar.
 pub fn run_with(args: &AdminArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let result = execute(args, out).and_then(|()| out.flush().map_err(|e| e.to_string()));
+    run_on(args, out, err, false)
+}
+
+fn run_on(args: &AdminArgs, out: &mut dyn Write, err: &mut dyn Write, tty: bool) -> i32 {
+    let result = execute(args, out, tty).and_then(|code| {
+        out.flush()?;
+        Ok(code)
+    });
     match result {
-        Ok(()) => 0,
-        Err(reason) => {
-            let _ = writeln!(err, "shardgate admin: {reason}");
+        Ok(code) => code,
+        Err(failure) => {
+            let _ = err.write_all(failure.render().as_bytes());
             EXIT_FAILURE
         }
     }
 }
 
-fn execute(args: &AdminArgs, out: &mut dyn Write) -> Result<(), String> {
-    let client = AdminClient::new(&args.url, args.token.clone()).map_err(|e| e.to_string())?;
+/// Why a command failed, and how to say it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Failure {
+    message: String,
+    hint: String,
+    /// The running job that refused the request.
+    job_id: Option<String>,
+    /// `error:`/`hint:` lines (rebalance commands) instead of one `shardgate admin:` line.
+    labeled: bool,
+}
+
+impl Failure {
+    fn plain(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            hint: String::new(),
+            job_id: None,
+            labeled: false,
+        }
+    }
+
+    fn labeled(mut self) -> Failure {
+        self.labeled = true;
+        self
+    }
+
+    fn render(&self) -> String {
+        if !self.labeled {
+            return if self.hint.is_empty() {
+                format!("shardgate admin: {}\n", self.message)
+            } else {
+                format!("shardgate admin: {}; {}\n", self.message, self.hint)
+            };
+        }
+        let mut text = format!("error: {}\n", self.message);
+        if !self.hint.is_empty() {
+            text.push_str(&format!("hint: {}\n", self.hint));
+        }
+        if let Some(id) = &self.job_id {
+            text.push_str(&format!(
+                "running job: {id} (follow it with `{}`, or stop it with `shardgate admin \
+                 rebalance abort`)\n",
+                status::WATCH_COMMAND
+            ));
+        }
+        text
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::plain(e.to_string())
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure::plain(e.to_string())
+    }
+}
+
+fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Failure> {
+    let client = AdminClient::new(&args.url, args.token.clone())?;
     let json = args.json;
     match &args.command {
         AdminCommand::Shards(ShardsCommand::List) => {
             let reply = expect_success(client.get("/api/v1/shards"))?;
-            show(out, json, &reply, shards_table)
+            show(out, json, &reply, shards_table)?;
         }
         AdminCommand::Shards(ShardsCommand::Add {
             name,
             primary,
             replicas,
+            admin_user,
+            admin_password,
         }) => {
-            let body =
-                serde_json::json!({ "name": name, "primary": primary, "replicas": replicas });
-            let reply = expect_success(client.post("/api/v1/shards", Some(&body)))?;
-            show_raw(out, json, &reply)
+            let request = AddShardRequest {
+                name: name.clone(),
+                primary: primary.clone(),
+                replicas: replicas.clone(),
+                admin_user: admin_user.clone(),
+                admin_password: admin_password.clone(),
+            };
+            let body = serde_json::to_value(&request)
+                .map_err(|e| Failure::plain(format!("cannot encode the request: {e}")))?;
+            let reply = labeled(expect_success(client.post("/api/v1/shards", Some(&body))))?;
+            show(out, json, &reply, |job: Job| status::started(&job)).map_err(Failure::labeled)?;
         }
         AdminCommand::Shards(ShardsCommand::Remove { name }) => {
             let path = format!("/api/v1/shards/{}", percent_encode(name));
-            let reply = expect_success(client.delete(&path))?;
-            show_raw(out, json, &reply)
+            let reply = labeled(expect_success(client.delete(&path)))?;
+            show(out, json, &reply, |job: Job| status::started(&job)).map_err(Failure::labeled)?;
         }
         AdminCommand::Pools => {
             let reply = expect_success(client.get("/api/v1/pools"))?;
-            show(out, json, &reply, pools_table)
+            show(out, json, &reply, pools_table)?;
         }
         AdminCommand::Replicas => {
             let reply = expect_success(client.get("/api/v1/replicas"))?;
-            show(out, json, &reply, replicas_table)
+            show(out, json, &reply, replicas_table)?;
         }
         AdminCommand::Reload => {
             let reply = expect_success(client.post("/api/v1/reload", None))?;
-            show(out, json, &reply, reload_text)
+            show(out, json, &reply, reload_text)?;
         }
-        AdminCommand::Rebalance(RebalanceCommand::Status { watch }) => loop {
-            let reply = expect_success(client.get("/api/v1/rebalance"))?;
-            show_raw(out, json, &reply)?;
-            if !watch {
-                return Ok(());
-            }
-            out.flush().map_err(|e| e.to_string())?;
-            std::thread::sleep(WATCH_INTERVAL);
-        },
+        AdminCommand::Rebalance(RebalanceCommand::Status { watch: false, .. }) => {
+            let reply = labeled(expect_success(client.get("/api/v1/rebalance")))?;
+            show(out, json, &reply, |s: RebalanceStatus| {
+                status::summary(&s, shardgate_topology::now_ms())
+            })
+            .map_err(Failure::labeled)?;
+        }
+        AdminCommand::Rebalance(RebalanceCommand::Status {
+            watch: true,
+            interval,
+        }) => {
+            let mut screen = if json {
+                Screen::json()
+            } else if tty {
+                Screen::bar(indicatif::ProgressDrawTarget::stderr())
+            } else {
+                Screen::lines()
+            };
+            let mut fetch = || fetch_status(&client);
+            let code = watch::watch(
+                &mut fetch,
+                &mut std::thread::sleep,
+                *interval,
+                &mut screen,
+                out,
+            )
+            .map_err(Failure::labeled)?;
+            return Ok(code);
+        }
         AdminCommand::Rebalance(RebalanceCommand::Abort) => {
-            let reply = expect_success(client.post("/api/v1/rebalance/abort", None))?;
-            show_raw(out, json, &reply)
+            let reply = labeled(expect_success(client.post("/api/v1/rebalance/abort", None)))?;
+            show(out, json, &reply, |job: Job| status::aborting(&job)).map_err(Failure::labeled)?;
         }
     }
+    Ok(0)
 }
 
-/// A 2xx reply, or the one-line reason the request failed.
-fn expect_success(result: Result<Reply, ClientError>) -> Result<Reply, String> {
-    let reply = result.map_err(|e| e.to_string())?;
+fn fetch_status(client: &AdminClient) -> Result<Fetched, Failure> {
+    let reply = expect_success(client.get("/api/v1/rebalance"))?;
+    let status = parse::<RebalanceStatus>(&reply)?;
+    Ok(Fetched {
+        status,
+        raw: reply.body,
+    })
+}
+
+fn labeled<T>(result: Result<T, Failure>) -> Result<T, Failure> {
+    result.map_err(Failure::labeled)
+}
+
+/// `--interval`: a number and a unit (ms, s, m), at least 100ms.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 500ms or 2s, got {text:?}"))?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "s" | "" => number,
+        "m" => number * 60.0,
+        other => return Err(format!("unknown unit {other:?}: use ms, s or m")),
+    };
+    let interval = Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())?;
+    if interval < MIN_INTERVAL {
+        return Err(format!(
+            "{text} is too short: at least {}ms",
+            MIN_INTERVAL.as_millis()
+        ));
+    }
+    Ok(interval)
+}
+
+/// A 2xx reply, or why the request failed: the server's error, hint and job id.
+fn expect_success(result: Result<Reply, ClientError>) -> Result<Reply, Failure> {
+    let reply = result?;
     if reply.is_success() {
         return Ok(reply);
     }
     let body = serde_json::from_str::<ErrorBody>(&reply.body).ok();
     Err(match body {
         // The server's hint speaks of the HTTP header; say what to do with this command.
-        Some(body) if reply.status == 401 => format!(
-            "{} (HTTP 401): pass --token or set SHARDGATE_ADMIN_TOKEN",
-            body.error
-        ),
-        Some(body) if body.hint.is_empty() => format!("{} (HTTP {})", body.error, reply.status),
-        Some(body) => format!("{} (HTTP {}); {}", body.error, reply.status, body.hint),
-        None => format!("HTTP {}: {}", reply.status, first_line(&reply.body)),
+        Some(body) if reply.status == 401 => Failure {
+            message: format!("{} (HTTP 401)", body.error),
+            hint: "pass --token or set SHARDGATE_ADMIN_TOKEN".to_owned(),
+            job_id: None,
+            labeled: false,
+        },
+        Some(body) => Failure {
+            message: format!("{} (HTTP {})", body.error, reply.status),
+            hint: body.hint,
+            job_id: body.job_id,
+            labeled: false,
+        },
+        None => Failure::plain(format!(
+            "HTTP {}: {}",
+            reply.status,
+            first_line(&reply.body)
+        )),
     })
 }
 
@@ -184,147 +353,27 @@ fn first_line(text: &str) -> String {
     }
 }
 
-/// Prints the server's JSON (`--json`), or the table `format` makes of it.
+/// Prints the server's JSON (`--json`), or the text `format` makes of it.
 fn show<T: DeserializeOwned>(
     out: &mut dyn Write,
     json: bool,
     reply: &Reply,
-    format: fn(T) -> String,
-) -> Result<(), String> {
+    format: impl FnOnce(T) -> String,
+) -> Result<(), Failure> {
     let text = if json {
         format!("{}\n", reply.body.trim_end())
     } else {
-        let value = serde_json::from_str::<T>(&reply.body)
-            .map_err(|e| format!("unexpected answer from the admin API ({e}); try --json"))?;
-        format(value)
+        format(parse(reply)?)
     };
-    out.write_all(text.as_bytes()).map_err(|e| e.to_string())
+    Ok(out.write_all(text.as_bytes())?)
 }
 
-/// For answers without a fixed shape yet: the JSON as it came, or indented for people.
-fn show_raw(out: &mut dyn Write, json: bool, reply: &Reply) -> Result<(), String> {
-    let pretty = serde_json::from_str::<serde_json::Value>(&reply.body)
-        .ok()
-        .filter(|_| !json)
-        .and_then(|v| serde_json::to_string_pretty(&v).ok());
-    let text = pretty.unwrap_or_else(|| reply.body.trim_end().to_owned());
-    writeln!(out, "{text}").map_err(|e| e.to_string())
-}
-
-fn shards_table(shards: Vec<ShardInfo>) -> String {
-    let Some(version) = shards.iter().map(|s| s.topology_version).max() else {
-        return "no shards\n".to_owned();
-    };
-    let rows: Vec<Vec<String>> = shards
-        .into_iter()
-        .map(|s| {
-            let share = if s.total_slots == 0 {
-                "-".to_owned()
-            } else {
-                format!(
-                    "{:.1}%",
-                    100.0 * f64::from(s.slots) / f64::from(s.total_slots)
-                )
-            };
-            vec![
-                s.name,
-                s.primary,
-                yes_no(s.primary_up).to_owned(),
-                list_or_dash(&s.replicas),
-                s.slots.to_string(),
-                share,
-            ]
-        })
-        .collect();
-    let columns = [
-        ("NAME", Align::Left),
-        ("PRIMARY", Align::Left),
-        ("UP", Align::Left),
-        ("REPLICAS", Align::Left),
-        ("SLOTS", Align::Right),
-        ("SHARE", Align::Right),
-    ];
-    format!(
-        "topology version {version}\n{}",
-        table::render(&columns, &rows)
-    )
-}
-
-fn pools_table(pools: Vec<PoolInfo>) -> String {
-    if pools.is_empty() {
-        return "no pools\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = pools
-        .into_iter()
-        .map(|p| {
-            vec![
-                p.shard,
-                p.role,
-                p.host,
-                p.database,
-                p.user,
-                p.size.to_string(),
-                p.min_size.to_string(),
-                p.max_size.to_string(),
-                p.connections.to_string(),
-                p.idle.to_string(),
-                p.in_use.to_string(),
-                p.waiting.to_string(),
-            ]
-        })
-        .collect();
-    let columns = [
-        ("SHARD", Align::Left),
-        ("ROLE", Align::Left),
-        ("HOST", Align::Left),
-        ("DB", Align::Left),
-        ("USER", Align::Left),
-        ("SIZE", Align::Right),
-        ("MIN", Align::Right),
-        ("MAX", Align::Right),
-        ("OPEN", Align::Right),
-        ("IDLE", Align::Right),
-        ("IN_USE", Align::Right),
-        ("WAITING", Align::Right),
-    ];
-    table::render(&columns, &rows)
-}
-
-fn replicas_table(replicas: Vec<ReplicaInfo>) -> String {
-    if replicas.is_empty() {
-        return "no replicas\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = replicas
-        .into_iter()
-        .map(|r| {
-            vec![
-                r.shard,
-                r.host,
-                r.state,
-                yes_no(r.in_rotation).to_owned(),
-                r.lag_seconds.map_or("-".into(), |s| format!("{s:.3}s")),
-                r.lag_bytes.map_or("-".into(), |b| b.to_string()),
-                r.replay_lsn.unwrap_or_else(|| "-".into()),
-                r.queries.to_string(),
-                r.outstanding.to_string(),
-                r.banned_ms
-                    .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
-            ]
-        })
-        .collect();
-    let columns = [
-        ("SHARD", Align::Left),
-        ("HOST", Align::Left),
-        ("STATE", Align::Left),
-        ("READS", Align::Left),
-        ("LAG", Align::Right),
-        ("LAG_BYTES", Align::Right),
-        ("REPLAY_LSN", Align::Left),
-        ("QUERIES", Align::Right),
-        ("RUNNING", Align::Right),
-        ("BANNED_FOR", Align::Right),
-    ];
-    table::render(&columns, &rows)
+fn parse<T: DeserializeOwned>(reply: &Reply) -> Result<T, Failure> {
+    serde_json::from_str::<T>(&reply.body).map_err(|e| {
+        Failure::plain(format!(
+            "unexpected answer from the admin API ({e}); try --json"
+        ))
+    })
 }
 
 fn reload_text(outcome: ReloadOutcome) -> String {
@@ -341,22 +390,6 @@ fn reload_text(outcome: ReloadOutcome) -> String {
         ));
     }
     text
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
-    }
-}
-
-fn list_or_dash(items: &[String]) -> String {
-    if items.is_empty() {
-        "-".to_owned()
-    } else {
-        items.join(",")
-    }
 }
 
 /// Percent-encodes a path segment (everything but RFC 3986's unreserved characters).
@@ -382,24 +415,71 @@ mod tests {
         assert_eq!(percent_encode("a b/c?é"), "a%20b%2Fc%3F%C3%A9");
     }
 
+    fn reply(status: u16, body: &str) -> Result<Reply, ClientError> {
+        Ok(Reply {
+            status,
+            body: body.to_owned(),
+        })
+    }
+
+    fn failure(status: u16, body: &str) -> Failure {
+        match expect_success(reply(status, body)) {
+            Ok(_) => panic!("HTTP {status} taken for a success"),
+            Err(failure) => failure,
+        }
+    }
+
     #[test]
     fn error_replies_become_one_line() {
-        let reply = |status, body: &str| {
-            Ok(Reply {
-                status,
-                body: body.to_owned(),
-            })
-        };
-        let e = expect_success(reply(501, r#"{"error":"not yet","hint":"later"}"#));
-        assert_eq!(e.unwrap_err(), "not yet (HTTP 501); later");
-        let e = expect_success(reply(401, r#"{"error":"wrong admin token","hint":""}"#));
+        let e = failure(501, r#"{"error":"not yet","hint":"later"}"#);
+        assert_eq!(e.render(), "shardgate admin: not yet (HTTP 501); later\n");
+        let e = failure(401, r#"{"error":"wrong admin token","hint":""}"#);
         assert_eq!(
-            e.unwrap_err(),
-            "wrong admin token (HTTP 401): pass --token or set SHARDGATE_ADMIN_TOKEN"
+            e.render(),
+            "shardgate admin: wrong admin token (HTTP 401); pass --token or set \
+             SHARDGATE_ADMIN_TOKEN\n"
         );
-        let e = expect_success(reply(502, "<html>\nbad gateway"));
-        assert_eq!(e.unwrap_err(), "HTTP 502: <html>");
+        let e = failure(409, r#"{"error":"busy","hint":""}"#);
+        assert_eq!(e.render(), "shardgate admin: busy (HTTP 409)\n");
+        let e = failure(502, "<html>\nbad gateway");
+        assert_eq!(e.render(), "shardgate admin: HTTP 502: <html>\n");
         assert!(expect_success(reply(200, "[]")).is_ok());
+    }
+
+    #[test]
+    fn rebalance_errors_are_labeled_and_name_the_running_job() {
+        let e = failure(
+            409,
+            r#"{"error":"a rebalance job is running","hint":"one job at a time","job_id":"rb-7"}"#,
+        )
+        .labeled();
+        assert_eq!(
+            e.render(),
+            "error: a rebalance job is running (HTTP 409)\n\
+             hint: one job at a time\n\
+             running job: rb-7 (follow it with `shardgate admin rebalance status --watch`, or \
+             stop it with `shardgate admin rebalance abort`)\n"
+        );
+        let e = failure(422, r#"{"error":"table t has no primary key","hint":""}"#).labeled();
+        assert_eq!(e.render(), "error: table t has no primary key (HTTP 422)\n");
+        let e = failure(401, r#"{"error":"wrong admin token","hint":"x"}"#).labeled();
+        assert_eq!(
+            e.render(),
+            "error: wrong admin token (HTTP 401)\nhint: pass --token or set \
+             SHARDGATE_ADMIN_TOKEN\n"
+        );
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_interval("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_interval("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "ms", "10ms", "2h", "-1s", "1e9999s", "fast"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

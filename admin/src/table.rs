@@ -1,4 +1,6 @@
-//! Aligned plain-text tables for the admin CLI.
+//! Aligned plain-text tables for the admin CLI, and the tables of shards, pools and replicas.
+
+use crate::control::{PoolInfo, ReplicaInfo, ShardInfo};
 
 /// How a column's cells line up.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -45,6 +47,135 @@ pub fn render(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+pub(crate) fn shards_table(shards: Vec<ShardInfo>) -> String {
+    let Some(version) = shards.iter().map(|s| s.topology_version).max() else {
+        return "no shards\n".to_owned();
+    };
+    let rows: Vec<Vec<String>> = shards
+        .into_iter()
+        .map(|s| {
+            let share = if s.total_slots == 0 {
+                "-".to_owned()
+            } else {
+                format!(
+                    "{:.1}%",
+                    100.0 * f64::from(s.slots) / f64::from(s.total_slots)
+                )
+            };
+            vec![
+                s.name,
+                s.primary,
+                yes_no(s.primary_up).to_owned(),
+                list_or_dash(&s.replicas),
+                s.slots.to_string(),
+                share,
+            ]
+        })
+        .collect();
+    let columns = [
+        ("NAME", Align::Left),
+        ("PRIMARY", Align::Left),
+        ("UP", Align::Left),
+        ("REPLICAS", Align::Left),
+        ("SLOTS", Align::Right),
+        ("SHARE", Align::Right),
+    ];
+    format!("topology version {version}\n{}", render(&columns, &rows))
+}
+
+pub(crate) fn pools_table(pools: Vec<PoolInfo>) -> String {
+    if pools.is_empty() {
+        return "no pools\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = pools
+        .into_iter()
+        .map(|p| {
+            vec![
+                p.shard,
+                p.role,
+                p.host,
+                p.database,
+                p.user,
+                p.size.to_string(),
+                p.min_size.to_string(),
+                p.max_size.to_string(),
+                p.connections.to_string(),
+                p.idle.to_string(),
+                p.in_use.to_string(),
+                p.waiting.to_string(),
+            ]
+        })
+        .collect();
+    let columns = [
+        ("SHARD", Align::Left),
+        ("ROLE", Align::Left),
+        ("HOST", Align::Left),
+        ("DB", Align::Left),
+        ("USER", Align::Left),
+        ("SIZE", Align::Right),
+        ("MIN", Align::Right),
+        ("MAX", Align::Right),
+        ("OPEN", Align::Right),
+        ("IDLE", Align::Right),
+        ("IN_USE", Align::Right),
+        ("WAITING", Align::Right),
+    ];
+    render(&columns, &rows)
+}
+
+pub(crate) fn replicas_table(replicas: Vec<ReplicaInfo>) -> String {
+    if replicas.is_empty() {
+        return "no replicas\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = replicas
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.shard,
+                r.host,
+                r.state,
+                yes_no(r.in_rotation).to_owned(),
+                r.lag_seconds.map_or("-".into(), |s| format!("{s:.3}s")),
+                r.lag_bytes.map_or("-".into(), |b| b.to_string()),
+                r.replay_lsn.unwrap_or_else(|| "-".into()),
+                r.queries.to_string(),
+                r.outstanding.to_string(),
+                r.banned_ms
+                    .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+            ]
+        })
+        .collect();
+    let columns = [
+        ("SHARD", Align::Left),
+        ("HOST", Align::Left),
+        ("STATE", Align::Left),
+        ("READS", Align::Left),
+        ("LAG", Align::Right),
+        ("LAG_BYTES", Align::Right),
+        ("REPLAY_LSN", Align::Left),
+        ("QUERIES", Align::Right),
+        ("RUNNING", Align::Right),
+        ("BANNED_FOR", Align::Right),
+    ];
+    render(&columns, &rows)
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(",")
+    }
 }
 
 #[cfg(test)]

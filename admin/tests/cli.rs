@@ -65,6 +65,20 @@ fn fails(server_url: &str, args: &[&str]) -> String {
     out.stderr
 }
 
+/// Runs a rebalance command against `server`; asserts failure with `error:` and `hint:` lines.
+fn fails_labeled(server_url: &str, args: &[&str]) -> String {
+    let mut full = vec!["--url", server_url];
+    full.extend_from_slice(args);
+    let out = admin(&full);
+    assert_eq!(out.code, 1, "{args:?} should fail: {}", out.stdout);
+    assert_eq!(out.stdout, "");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{:?}", out.stderr);
+    assert!(lines[0].starts_with("error: "), "{:?}", out.stderr);
+    assert!(lines[1].starts_with("hint: "), "{:?}", out.stderr);
+    out.stderr
+}
+
 #[test]
 fn clap_definition_is_consistent() {
     Shardgate::command().debug_assert();
@@ -199,16 +213,29 @@ fn shard_changes_print_the_servers_refusal() {
             "--replica",
             "127.0.0.1:5439",
         ],
+        vec![
+            "shards",
+            "add",
+            "s3",
+            "--primary",
+            "postgres://rebalancer:pw@127.0.0.1:5437",
+            "--admin-user",
+            "rebalancer",
+            "--admin-password",
+            "pw",
+        ],
         vec!["shards", "remove", "s2"],
         vec!["shards", "remove", "odd name/with?chars"],
         vec!["rebalance", "status"],
         vec!["rebalance", "status", "--watch"],
+        vec!["rebalance", "status", "--watch", "--interval", "1s"],
+        vec!["--json", "rebalance", "status", "--watch"],
         vec!["rebalance", "abort"],
         vec!["--json", "rebalance", "abort"],
     ] {
         let mut full = vec!["--token", TOKEN];
         full.extend_from_slice(&args);
-        let err = fails(&server.url, &full);
+        let err = fails_labeled(&server.url, &full);
         assert!(
             err.contains("is not implemented yet (HTTP 501)"),
             "{args:?}: {err}"
@@ -219,7 +246,7 @@ fn shard_changes_print_the_servers_refusal() {
         );
     }
     // The name reaches the server as one path segment.
-    let err = fails(&server.url, &["--token", TOKEN, "shards", "remove", "a/b"]);
+    let err = fails_labeled(&server.url, &["--token", TOKEN, "shards", "remove", "a/b"]);
     assert!(err.contains("DELETE /api/v1/shards/a%2Fb"), "{err}");
     server.shutdown();
 }
@@ -251,6 +278,10 @@ fn usage_errors_are_clap_errors() {
     for args in [
         vec!["shards", "add", "s3"],
         vec!["shards"],
+        // --interval only means something with --watch, and must not hammer the server.
+        vec!["rebalance", "status", "--interval", "1s"],
+        vec!["rebalance", "status", "--watch", "--interval", "10ms"],
+        vec!["rebalance", "status", "--watch", "--interval", "soon"],
         vec!["frobnicate"],
     ] {
         let argv = ["shardgate", "admin"]
