@@ -4,7 +4,7 @@
 //! lines (and the running job's id when one is in the way).
 
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde::de::DeserializeOwned;
@@ -22,6 +22,10 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:9930";
 
 /// Shortest `--interval`: each ask reads the topology store.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long `--watch` keeps asking a proxy that stopped answering: long enough for it to
+/// restart (and take the job over) without ending the watch.
+const RECONNECT_GRACE: Duration = Duration::from_secs(15);
 
 /// Exit status of a failed command (clap uses 2 for usage errors).
 pub const EXIT_FAILURE: i32 = 1;
@@ -257,7 +261,15 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
             } else {
                 Screen::lines()
             };
-            let mut fetch = || fetch_status(&client);
+            // Only a proxy that answered before gets the grace: a wrong --url fails at once.
+            let mut grace = Duration::ZERO;
+            let mut fetch = || {
+                let fetched = fetch_status(&client, *interval, grace);
+                if fetched.is_ok() {
+                    grace = RECONNECT_GRACE;
+                }
+                fetched
+            };
             let code = watch::watch(
                 &mut fetch,
                 &mut std::thread::sleep,
@@ -276,8 +288,21 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
     Ok(0)
 }
 
-fn fetch_status(client: &AdminClient) -> Result<Fetched, Failure> {
-    let reply = expect_success(client.get("/api/v1/rebalance"))?;
+/// Asks for the status, asking again for up to `grace` while the proxy does not answer.
+fn fetch_status(
+    client: &AdminClient,
+    interval: Duration,
+    grace: Duration,
+) -> Result<Fetched, Failure> {
+    let deadline = Instant::now() + grace;
+    let reply = loop {
+        match client.get("/api/v1/rebalance") {
+            Err(ClientError::Unreachable { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(interval);
+            }
+            result => break expect_success(result)?,
+        }
+    };
     let status = parse::<RebalanceStatus>(&reply)?;
     Ok(Fetched {
         status,
