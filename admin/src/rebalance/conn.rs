@@ -1,0 +1,237 @@
+//! Control connections to the shards' primaries, as each shard's admin login, one per
+//! (shard, database), reopened when they drop.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shardgate_config::{Rebalance, Shard};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+/// How long opening a control connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Server-side bound on every statement, so no wait can be endless; `CREATE SUBSCRIPTION`
+/// (which waits for the source's slot to be created) is the slowest we send.
+const STATEMENT_TIMEOUT_MS: u64 = 120_000;
+/// Client-side bound, a little above the server's.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(130);
+
+/// An error with the server's detail and hint when there are any.
+pub(crate) fn pg_err(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        }
+    }
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub(crate) fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}
+
+/// Opens a control connection to `shard`'s primary, database `db`, as its admin login.
+pub(crate) async fn connect(shard: &Shard, db: &str, rb: &Rebalance) -> Result<Client, String> {
+    let (user, password) = shard.admin_login(rb);
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&shard.primary.host)
+        .port(shard.primary.port)
+        .user(user)
+        .dbname(db)
+        .application_name("shardgate-rebalance")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    if let Some(p) = password {
+        cfg.password(p);
+    }
+    let host = shard.primary.clone();
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT + Duration::from_secs(1),
+        shardgate_pool::connect_control(&mut cfg, &host),
+    )
+    .await
+    {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!(
+            "cannot connect to shard {} ({}) database {db} as {user}: {e}",
+            shard.name, shard.primary
+        )),
+        Err(_) => Err(format!(
+            "cannot connect to shard {} ({}) database {db} as {user}: timed out",
+            shard.name, shard.primary
+        )),
+    }
+}
+
+/// The open control connections of a job.
+pub(crate) struct Conns {
+    rb: Rebalance,
+    map: HashMap<(String, String), Client>,
+}
+
+impl Conns {
+    pub fn new(rb: Rebalance) -> Conns {
+        Conns {
+            rb,
+            map: HashMap::new(),
+        }
+    }
+
+    /// The connection to (`shard`, `db`), opened or reopened as needed.
+    pub async fn get(&mut self, shard: &Shard, db: &str) -> Result<&Client, String> {
+        let key = (shard.name.clone(), db.to_owned());
+        let stale = self.map.get(&key).is_none_or(|c| c.is_closed());
+        if stale {
+            let c = connect(shard, db, &self.rb).await?;
+            self.map.insert(key.clone(), c);
+        }
+        self.map
+            .get(&key)
+            .ok_or_else(|| "control connection vanished".to_owned())
+    }
+
+    /// Forgets a connection (after an error that may have left it unusable).
+    pub fn drop_conn(&mut self, shard: &Shard, db: &str) {
+        self.map.remove(&(shard.name.clone(), db.to_owned()));
+    }
+
+    /// Runs `sql` (no parameters, one statement) on (`shard`, `db`).
+    pub async fn exec(&mut self, shard: &Shard, db: &str, sql: &str) -> Result<u64, String> {
+        self.exec_params(shard, db, sql, &[]).await
+    }
+
+    pub async fn exec_params(
+        &mut self,
+        shard: &Shard,
+        db: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, String> {
+        let c = self.get(shard, db).await?;
+        match tokio::time::timeout(CLIENT_TIMEOUT, c.execute(sql, params)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(self.describe(shard, db, &e)),
+            Err(_) => {
+                self.drop_conn(shard, db);
+                Err(format!(
+                    "shard {} database {db}: statement timed out",
+                    shard.name
+                ))
+            }
+        }
+    }
+
+    /// Like `exec`, keeping the SQLSTATE so callers can retry on specific errors.
+    pub async fn exec_raw(
+        &mut self,
+        shard: &Shard,
+        db: &str,
+        sql: &str,
+    ) -> Result<u64, (Option<String>, String)> {
+        let c = self.get(shard, db).await.map_err(|e| (None, e))?;
+        match tokio::time::timeout(CLIENT_TIMEOUT, c.execute(sql, &[])).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err((sqlstate(&e), self.describe(shard, db, &e))),
+            Err(_) => {
+                self.drop_conn(shard, db);
+                Err((
+                    None,
+                    format!("shard {} database {db}: statement timed out", shard.name),
+                ))
+            }
+        }
+    }
+
+    pub async fn query(
+        &mut self,
+        shard: &Shard,
+        db: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, String> {
+        let c = self.get(shard, db).await?;
+        match tokio::time::timeout(CLIENT_TIMEOUT, c.query(sql, params)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(self.describe(shard, db, &e)),
+            Err(_) => {
+                self.drop_conn(shard, db);
+                Err(format!(
+                    "shard {} database {db}: query timed out",
+                    shard.name
+                ))
+            }
+        }
+    }
+
+    /// The first row of a query that must return one.
+    pub async fn one(
+        &mut self,
+        shard: &Shard,
+        db: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, String> {
+        self.query(shard, db, sql, params)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("shard {} database {db}: no row from `{sql}`", shard.name))
+    }
+
+    /// Deletes rows in batches inside transactions with `shardgate.bypass` on (the fence
+    /// trigger lets them through); returns the rows deleted by this batch.
+    pub async fn delete_bypassing(
+        &mut self,
+        shard: &Shard,
+        db: &str,
+        sql: &str,
+    ) -> Result<u64, String> {
+        let key = (shard.name.clone(), db.to_owned());
+        self.get(shard, db).await?;
+        let Some(c) = self.map.get_mut(&key) else {
+            return Err("control connection vanished".into());
+        };
+        let work = async {
+            let tx = c.transaction().await?;
+            tx.batch_execute("SET LOCAL shardgate.bypass = 'on'")
+                .await?;
+            let n = tx.execute(sql, &[]).await?;
+            tx.commit().await?;
+            Ok::<u64, tokio_postgres::Error>(n)
+        };
+        match tokio::time::timeout(CLIENT_TIMEOUT, work).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(self.describe(shard, db, &e)),
+            Err(_) => {
+                self.drop_conn(shard, db);
+                Err(format!(
+                    "shard {} database {db}: delete timed out",
+                    shard.name
+                ))
+            }
+        }
+    }
+
+    fn describe(&mut self, shard: &Shard, db: &str, e: &tokio_postgres::Error) -> String {
+        if e.as_db_error().is_none() {
+            self.drop_conn(shard, db);
+        }
+        format!("shard {} database {db}: {}", shard.name, pg_err(e))
+    }
+}

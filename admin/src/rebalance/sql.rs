@@ -1,0 +1,340 @@
+//! Every statement the rebalancer sends, built from the plan with quoted identifiers and
+//! literals. Values that can be bound (job id, slot lists, names in lookups) are parameters.
+
+use super::plan::{ident, literal, Plan, TablePlan};
+use shardgate_topology::FENCE_SQLSTATE;
+
+/// Creates the schema and the fence table (idempotent). The application roles read the fence
+/// table from the trigger (which runs as them), hence the grants; its contents are not secret.
+pub(crate) fn create_fence_table() -> Vec<String> {
+    vec![
+        "CREATE SCHEMA IF NOT EXISTS shardgate".into(),
+        "CREATE TABLE IF NOT EXISTS shardgate.fence (job text NOT NULL, slot bigint NOT NULL, \
+         target text NOT NULL DEFAULT '', PRIMARY KEY (job, slot))"
+            .into(),
+        "GRANT USAGE ON SCHEMA shardgate TO PUBLIC".into(),
+        "GRANT SELECT ON shardgate.fence TO PUBLIC".into(),
+    ]
+}
+
+/// The fence trigger function of table number `t`: a write whose old or new key falls in a
+/// fenced slot of this job fails with SG001. While the fence table holds no rows of the job
+/// (until cutover) it costs one index probe per row.
+pub(crate) fn create_fence_function(plan: &Plan, t: usize, table: &TablePlan) -> String {
+    let shift = 64 - plan.bits;
+    let new_slot = format!("({}) >> {shift}", table.hash_expr(plan.seed, "NEW."));
+    let old_slot = format!("({}) >> {shift}", table.hash_expr(plan.seed, "OLD."));
+    let job = literal(&plan.job_id);
+    let code = literal(FENCE_SQLSTATE);
+    let hint = literal(
+        "shardgate retries such statements itself; run the statement through shardgate, or retry it",
+    );
+    format!(
+        "CREATE OR REPLACE FUNCTION shardgate.{func}() RETURNS trigger LANGUAGE plpgsql AS $sg$
+DECLARE
+  dest text;
+BEGIN
+  IF current_setting('shardgate.bypass', true) = 'on' THEN
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
+  END IF;
+  IF TG_OP <> 'DELETE' THEN
+    SELECT f.target INTO dest FROM shardgate.fence f WHERE f.job = {job} AND f.slot = {new_slot};
+    IF FOUND THEN
+      RAISE EXCEPTION USING ERRCODE = {code},
+        MESSAGE = 'shardgate: this key is moving to shard ' || dest || '; retry the statement',
+        HINT = {hint};
+    END IF;
+  END IF;
+  IF TG_OP <> 'INSERT' THEN
+    SELECT f.target INTO dest FROM shardgate.fence f WHERE f.job = {job} AND f.slot = {old_slot};
+    IF FOUND THEN
+      RAISE EXCEPTION USING ERRCODE = {code},
+        MESSAGE = 'shardgate: this key is moving to shard ' || dest || '; retry the statement',
+        HINT = {hint};
+    END IF;
+  END IF;
+  IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+  RETURN NEW;
+END
+$sg$",
+        func = ident(&plan.function_name(t)),
+    )
+}
+
+pub(crate) fn create_fence_trigger(plan: &Plan, t: usize, table: &TablePlan) -> String {
+    format!(
+        "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} \
+         FOR EACH ROW EXECUTE FUNCTION shardgate.{}()",
+        ident(&plan.trigger_name()),
+        table.qualified(),
+        ident(&plan.function_name(t))
+    )
+}
+
+/// Drops the trigger and its function, if there (the table may be gone too).
+pub(crate) fn drop_fence_trigger(plan: &Plan, t: usize, table: &TablePlan) -> Vec<String> {
+    let mut out = Vec::new();
+    out.push(format!(
+        "DO $sg$ BEGIN IF to_regclass({reg}) IS NOT NULL THEN \
+         EXECUTE {drop}; END IF; END $sg$",
+        reg = literal(&table.qualified()),
+        drop = literal(&format!(
+            "DROP TRIGGER IF EXISTS {} ON {}",
+            ident(&plan.trigger_name()),
+            table.qualified()
+        )),
+    ));
+    out.push(format!(
+        "DROP FUNCTION IF EXISTS shardgate.{}()",
+        ident(&plan.function_name(t))
+    ));
+    out
+}
+
+/// `INSERT` of the job's fence rows: params `$1` job, `$2` slots (int8[]), `$3` targets (text[]).
+pub(crate) const FENCE_INSERT: &str = "INSERT INTO shardgate.fence (job, slot, target) \
+     SELECT $1, s, t FROM unnest($2::int8[], $3::text[]) AS u(s, t) ON CONFLICT DO NOTHING";
+
+/// Lifts the job's fence (param `$1` job), if the fence table exists.
+pub(crate) const FENCE_DELETE: &str = "DELETE FROM shardgate.fence WHERE job = $1";
+
+pub(crate) const FENCE_TABLE_EXISTS: &str = "SELECT to_regclass('shardgate.fence') IS NOT NULL";
+
+/// Drops the fence table once no job's rows or trigger functions remain, and the schema once it
+/// is empty (an error from a non-empty schema is expected and ignored by the caller).
+pub(crate) fn drop_fence_table_if_unused() -> String {
+    "DO $sg$ BEGIN
+  IF to_regclass('shardgate.fence') IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM shardgate.fence)
+     AND NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE n.nspname = 'shardgate' AND p.proname LIKE 'sg\\_fence\\_%') THEN
+    DROP TABLE shardgate.fence;
+  END IF;
+END $sg$"
+        .into()
+}
+
+pub(crate) const DROP_SCHEMA_IF_EMPTY: &str = "DROP SCHEMA IF EXISTS shardgate RESTRICT";
+
+/// The publication of move `m` in database number `db`: each sharded table filtered to the
+/// move's slots. TRUNCATE is not published: a row filter cannot apply to it, and a TRUNCATE on a
+/// source would otherwise empty the target's tables for every slot.
+pub(crate) fn create_publication(plan: &Plan, db: usize, m: usize) -> String {
+    let slots = &plan.moves[m].slots;
+    let tables: Vec<String> = plan
+        .tables
+        .iter()
+        .map(|t| format!("{} WHERE ({})", t.qualified(), plan.predicate(t, slots)))
+        .collect();
+    format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete')",
+        ident(&plan.object_name(db, m)),
+        tables.join(", ")
+    )
+}
+
+pub(crate) fn drop_publication(plan: &Plan, db: usize, m: usize) -> String {
+    format!(
+        "DROP PUBLICATION IF EXISTS {}",
+        ident(&plan.object_name(db, m))
+    )
+}
+
+/// The subscription on the target: copies the existing rows, then streams changes.
+pub(crate) fn create_subscription(plan: &Plan, db: usize, m: usize, conninfo: &str) -> String {
+    let name = plan.object_name(db, m);
+    format!(
+        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, \
+         create_slot = true, slot_name = {}, enabled = true)",
+        ident(&name),
+        literal(conninfo),
+        ident(&name),
+        literal(&name)
+    )
+}
+
+pub(crate) fn drop_subscription(name: &str) -> String {
+    format!("DROP SUBSCRIPTION IF EXISTS {}", ident(name))
+}
+
+/// When the source cannot be reached, DROP SUBSCRIPTION fails trying to drop the slot there;
+/// detaching the slot first lets it drop locally (the slot is then dropped on the source later).
+pub(crate) fn detach_subscription(name: &str) -> Vec<String> {
+    vec![
+        format!("ALTER SUBSCRIPTION {} DISABLE", ident(name)),
+        format!("ALTER SUBSCRIPTION {} SET (slot_name = NONE)", ident(name)),
+    ]
+}
+
+/// Params `$1` subscription name. Returns the subscription's oid (for its tablesync slots'
+/// names), or nothing.
+pub(crate) const SUBSCRIPTION_OID: &str =
+    "SELECT oid::int8 FROM pg_subscription WHERE subname = $1";
+
+/// This server's system identifier (part of tablesync slot names; tells servers apart).
+pub(crate) const SYSTEM_ID: &str = "SELECT system_identifier::text FROM pg_control_system()";
+
+/// The job's replication slots on a source: params `$1` LIKE pattern of the job's own slots,
+/// `$2` array of LIKE patterns of its subscriptions' tablesync slots. Returns name, active pid.
+pub(crate) const JOB_SLOTS: &str = "SELECT slot_name::text, active_pid FROM pg_replication_slots \
+     WHERE slot_name LIKE $1 OR slot_name LIKE ANY($2::text[])";
+
+pub(crate) const TERMINATE: &str = "SELECT pg_terminate_backend($1)";
+pub(crate) const DROP_SLOT: &str = "SELECT pg_drop_replication_slot($1)";
+
+/// `LIKE` pattern of a job's slots (`_` escaped).
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    format!("{}\\_%", prefix.replace('_', "\\_"))
+}
+
+/// `LIKE` pattern of every tablesync slot of subscriber `sysid`.
+pub(crate) fn tablesync_like_any(sysid: &str) -> String {
+    format!("pg\\_%\\_sync\\_%\\_{sysid}")
+}
+
+/// Rows of `table` in `slots`: count and an order-independent checksum of the whole rows
+/// (`sum` of their text's hash, as numeric text so it cannot overflow).
+pub(crate) fn count_and_checksum(plan: &Plan, table: &TablePlan, slots: &[i64]) -> String {
+    format!(
+        "SELECT count(*)::int8, coalesce(sum(hashtextextended(sg_row::text, 0)), 0)::text \
+         FROM {} AS sg_row WHERE {}",
+        table.qualified(),
+        plan.predicate(table, slots)
+    )
+}
+
+pub(crate) fn count(plan: &Plan, table: &TablePlan, slots: &[i64]) -> String {
+    format!(
+        "SELECT count(*)::int8 FROM {} WHERE {}",
+        table.qualified(),
+        plan.predicate(table, slots)
+    )
+}
+
+pub(crate) fn any_row(plan: &Plan, table: &TablePlan, slots: &[i64]) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+        table.qualified(),
+        plan.predicate(table, slots)
+    )
+}
+
+/// One batch of deleting the rows of `slots` (run with `shardgate.bypass` on).
+pub(crate) fn delete_batch(plan: &Plan, table: &TablePlan, slots: &[i64], batch: u32) -> String {
+    let t = table.qualified();
+    format!(
+        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {} LIMIT {batch}))",
+        plan.predicate(table, slots)
+    )
+}
+
+/// Params `$1` subscription name: tables not yet ready, and all tables, of the subscription.
+pub(crate) const SUBSCRIPTION_SYNC_STATE: &str =
+    "SELECT count(*) FILTER (WHERE sr.srsubstate <> 'r')::int8, count(*)::int8 \
+     FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid \
+     WHERE s.subname = $1";
+
+/// Params `$1` subscription name: apply and sync errors so far (PostgreSQL 15+).
+pub(crate) const SUBSCRIPTION_ERRORS: &str =
+    "SELECT (apply_error_count + sync_error_count)::int8 FROM pg_stat_subscription_stats \
+     WHERE subname = $1";
+
+/// Params `$1` slot name: WAL bytes between the source's current position and what the
+/// target confirmed.
+pub(crate) const SLOT_LAG: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), \
+     confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1";
+
+/// Params `$1` subscription name: seconds since the target last heard of a source position.
+pub(crate) const SUBSCRIPTION_LAG_SECONDS: &str =
+    "SELECT coalesce(extract(epoch FROM now() - latest_end_time)::float8, 0) \
+     FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL";
+
+pub(crate) const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+
+/// Params `$1` slot name, `$2` LSN text: whether the target has confirmed everything up to it.
+pub(crate) const SLOT_REACHED: &str = "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, \
+     false) FROM pg_replication_slots WHERE slot_name = $1";
+
+/// Transactions in this database that began before `$1` (timestamptz text) and are still open:
+/// one that took its snapshot before the fence committed may still write a fenced key.
+pub(crate) const OLD_TRANSACTIONS: &str = "SELECT count(*)::int8, min(pid) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+     AND backend_type = 'client backend' AND xact_start < $1::text::timestamptz";
+
+pub(crate) const NOW_TEXT: &str = "SELECT clock_timestamp()::text";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rebalance::plan::Move;
+    use shardgate_config::{KeyType, Shard};
+
+    fn plan() -> Plan {
+        let shard = |n: &str| Shard {
+            name: n.into(),
+            primary: Default::default(),
+            replicas: vec![],
+            admin_user: None,
+            admin_password: None,
+        };
+        Plan {
+            job_id: "rb-1700000000000".into(),
+            bits: 14,
+            seed: 0,
+            tables: vec![TablePlan {
+                schema: "public".into(),
+                name: "orders".into(),
+                key_column: "user_id".into(),
+                key_type: KeyType::Text,
+            }],
+            moves: vec![Move {
+                index: 0,
+                source: shard("s1"),
+                target: shard("s3"),
+                slots: vec![-3, 5],
+            }],
+            databases: vec!["app".into()],
+        }
+    }
+
+    #[test]
+    fn publication_and_subscription() {
+        let p = plan();
+        assert_eq!(
+            create_publication(&p, 0, 0),
+            "CREATE PUBLICATION \"sg_rb_1700000000000_d0_m0\" FOR TABLE \"public\".\"orders\" \
+             WHERE (((hashtextextended((\"user_id\")::text, 0)) >> 50) IN (-3,5)) \
+             WITH (publish = 'insert, update, delete')"
+        );
+        let s = create_subscription(&p, 0, 0, "host='h' password='it\\'s'");
+        assert!(
+            s.contains("CONNECTION 'host=''h'' password=''it\\''s'''"),
+            "{s}"
+        );
+        assert!(s.contains("slot_name = 'sg_rb_1700000000000_d0_m0'"), "{s}");
+    }
+
+    #[test]
+    fn fence_function_checks_both_rows() {
+        let p = plan();
+        let f = create_fence_function(&p, 0, &p.tables[0]);
+        assert!(
+            f.contains("shardgate.\"sg_fence_rb_1700000000000_t0\"()"),
+            "{f}"
+        );
+        assert!(f.contains("(hashtextextended((NEW.\"user_id\")::text, 0)) >> 50"));
+        assert!(f.contains("(hashtextextended((OLD.\"user_id\")::text, 0)) >> 50"));
+        assert!(f.contains("ERRCODE = 'SG001'"));
+        let t = create_fence_trigger(&p, 0, &p.tables[0]);
+        assert!(t.contains("ON \"public\".\"orders\" FOR EACH ROW"), "{t}");
+    }
+
+    #[test]
+    fn slot_patterns() {
+        assert_eq!(like_prefix("sg_rb_1"), "sg\\_rb\\_1\\_%");
+        assert_eq!(tablesync_like_any("7"), "pg\\_%\\_sync\\_%\\_7");
+        let d = delete_batch(&plan(), &plan().tables[0], &[1], 10);
+        assert!(d.contains("LIMIT 10"), "{d}");
+    }
+}

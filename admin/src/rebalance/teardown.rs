@@ -1,0 +1,464 @@
+//! Taking a job's objects down: the undo after an abort or failure (nothing moved: the targets'
+//! partial copies go), and the cleanup after commit (the sources' moved rows go). Both are
+//! idempotent — every drop says IF EXISTS — so they can run again after a restart.
+
+use std::time::Duration;
+
+use shardgate_config::Shard;
+use shardgate_topology::{now_ms, Phase};
+
+use super::conn::Conns;
+use super::ctx::{Ctx, Stop};
+use super::plan::Move;
+use super::sql;
+
+/// Attempts at undo or cleanup before giving up and reporting what is left.
+const ATTEMPTS: u32 = 4;
+/// How long cleanup waits for every live proxy to route by the new map.
+const PROXY_WAIT: Duration = Duration::from_secs(10);
+/// A proxy not heard from for this long is not waited for.
+const PROXY_LIVE_SECS: f64 = 5.0;
+
+/// Lifts the job's fence on every source.
+pub(crate) async fn unfence_all(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for source in ctx.plan.sources() {
+        for db in &ctx.plan.databases {
+            if let Err(e) = unfence(ctx, conns, source, db).await {
+                errors.push(e);
+            }
+        }
+    }
+    join(errors)
+}
+
+async fn unfence(ctx: &Ctx, conns: &mut Conns, source: &Shard, db: &str) -> Result<(), String> {
+    let exists: bool = conns
+        .one(source, db, sql::FENCE_TABLE_EXISTS, &[])
+        .await?
+        .get(0);
+    if exists {
+        conns
+            .exec_params(source, db, sql::FENCE_DELETE, &[&ctx.plan.job_id])
+            .await?;
+    }
+    Ok(())
+}
+
+fn join(errors: Vec<String>) -> Result<(), String> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Drops move `m`'s subscription in database number `d` on its target, and its slots (the
+/// main one and any initial-copy ones) on the source. When the source cannot be reached the
+/// subscription is detached from its slot first, and the slot is dropped when it can be.
+async fn drop_stream(ctx: &Ctx, conns: &mut Conns, m: &Move, d: usize) -> Result<(), String> {
+    let plan = &ctx.plan;
+    let db = &plan.databases[d];
+    let name = plan.object_name(d, m.index);
+    let sysid: String = conns.one(&m.target, db, sql::SYSTEM_ID, &[]).await?.get(0);
+    let suboid: Option<i64> = conns
+        .query(&m.target, db, sql::SUBSCRIPTION_OID, &[&name])
+        .await?
+        .first()
+        .map(|r| r.get(0));
+    if suboid.is_some() {
+        if let Err(e) = conns
+            .exec(&m.target, db, &sql::drop_subscription(&name))
+            .await
+        {
+            tracing::warn!(job = %plan.job_id, target = %m.target.name, error = %e, "DROP SUBSCRIPTION failed; detaching it from its slot");
+            for stmt in sql::detach_subscription(&name) {
+                conns.exec(&m.target, db, &stmt).await?;
+            }
+            conns
+                .exec(&m.target, db, &sql::drop_subscription(&name))
+                .await?;
+        }
+    }
+    // The job's own slots match its prefix. Initial-copy slots are named
+    // pg_<subscription oid>_sync_<table oid>_<target system id>: drop those of this target whose
+    // subscription no longer exists (ours, just dropped, or an earlier run's).
+    let live: Vec<i64> = conns
+        .query(&m.target, db, "SELECT oid::int8 FROM pg_subscription", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let like = sql::tablesync_like_any(&sysid);
+    let mut patterns = Vec::new();
+    for r in conns
+        .query(
+            &m.source,
+            db,
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1",
+            &[&like],
+        )
+        .await?
+    {
+        let slot: String = r.get(0);
+        let oid = slot.split('_').nth(1).and_then(|o| o.parse::<i64>().ok());
+        if oid.is_some_and(|o| !live.contains(&o)) {
+            patterns.push(slot.replace('_', "\\_"));
+        }
+    }
+    drop_slots(ctx, conns, &m.source, db, &patterns).await
+}
+
+/// Drops the source's slots named by the job's prefix or one of `extra` LIKE patterns,
+/// ending the WAL sender that still holds one.
+async fn drop_slots(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    source: &Shard,
+    db: &str,
+    extra: &[String],
+) -> Result<(), String> {
+    let prefix = sql::like_prefix(&ctx.plan.prefix());
+    let extra: Vec<String> = extra.to_vec();
+    for attempt in 0..20 {
+        let rows = conns
+            .query(source, db, sql::JOB_SLOTS, &[&prefix, &extra])
+            .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut last = String::new();
+        for r in rows {
+            let (slot, pid): (String, Option<i32>) = (r.get(0), r.get(1));
+            if let Some(pid) = pid {
+                let _ = conns.query(source, db, sql::TERMINATE, &[&pid]).await;
+                continue;
+            }
+            if let Err(e) = conns.query(source, db, sql::DROP_SLOT, &[&slot]).await {
+                last = e;
+            }
+        }
+        if attempt == 19 && !last.is_empty() {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "replication slots of job {} are still in use on shard {}; drop them with \
+         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name \
+         LIKE '{}%'",
+        ctx.plan.job_id,
+        source.name,
+        ctx.plan.prefix()
+    ))
+}
+
+/// Subscriptions, publications and slots of every move, in every database.
+async fn drop_streams(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<String>, String> {
+    let plan = &ctx.plan;
+    let mut errors = Vec::new();
+    // Targets whose subscriptions could not be dropped: their rows must not be touched.
+    let mut stuck = Vec::new();
+    for d in 0..plan.databases.len() {
+        for m in &plan.moves {
+            if let Err(e) = drop_stream(ctx, conns, m, d).await {
+                stuck.push(m.target.name.clone());
+                errors.push(e);
+            }
+            if let Err(e) = conns
+                .exec(
+                    &m.source,
+                    &plan.databases[d],
+                    &sql::drop_publication(plan, d, m.index),
+                )
+                .await
+            {
+                errors.push(e);
+            }
+        }
+    }
+    // Slots a failed CREATE SUBSCRIPTION may have left behind.
+    for source in plan.sources() {
+        if let Err(e) = drop_slots(ctx, conns, source, &plan.databases[0], &[]).await {
+            errors.push(e);
+        }
+    }
+    join(errors)?;
+    Ok(stuck)
+}
+
+/// Drops the fence triggers and functions on every source, the job's fence rows, and the
+/// fence table when nothing else uses it.
+async fn drop_fences(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+    let plan = &ctx.plan;
+    let mut errors = Vec::new();
+    for source in plan.sources() {
+        for db in &plan.databases {
+            if let Err(e) = drop_fence_on(ctx, conns, source, db).await {
+                errors.push(e);
+            }
+        }
+    }
+    join(errors)
+}
+
+async fn drop_fence_on(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    source: &Shard,
+    db: &str,
+) -> Result<(), String> {
+    let plan = &ctx.plan;
+    for (i, t) in plan.tables.iter().enumerate() {
+        for stmt in sql::drop_fence_trigger(plan, i, t) {
+            conns.exec(source, db, &stmt).await?;
+        }
+    }
+    unfence(ctx, conns, source, db).await?;
+    conns
+        .exec(source, db, &sql::drop_fence_table_if_unused())
+        .await?;
+    // A schema that still holds something else stays (and that error is expected).
+    let _ = conns.exec_raw(source, db, sql::DROP_SCHEMA_IF_EMPTY).await;
+    Ok(())
+}
+
+/// Deletes the rows of each move's slots on one side (`on_target`: the undo; else the
+/// cleanup), batch by batch, with the fence bypassed. Returns rows deleted per move.
+async fn delete_moved(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    on_target: bool,
+    skip: &[String],
+) -> Result<Vec<u64>, String> {
+    let plan = &ctx.plan;
+    let batch = ctx.config.rebalance.delete_batch_size.max(1);
+    let mut deleted = vec![0u64; plan.moves.len()];
+    for m in &plan.moves {
+        let shard = if on_target { &m.target } else { &m.source };
+        if skip.contains(&shard.name) {
+            continue;
+        }
+        for db in &plan.databases {
+            for t in &plan.tables {
+                let exists: bool = conns
+                    .one(
+                        shard,
+                        db,
+                        "SELECT to_regclass($1) IS NOT NULL",
+                        &[&t.qualified()],
+                    )
+                    .await?
+                    .get(0);
+                if !exists {
+                    continue;
+                }
+                let q = sql::delete_batch(plan, t, &m.slots, batch);
+                loop {
+                    let n = conns.delete_bypassing(shard, db, &q).await?;
+                    deleted[m.index] += n;
+                    if !on_target {
+                        let total = deleted[m.index];
+                        ctx.update(|j| {
+                            if let Some(mp) = j.progress.moves.get_mut(m.index) {
+                                mp.rows_deleted = total;
+                            }
+                            j.progress.rows_deleted =
+                                j.progress.moves.iter().map(|x| x.rows_deleted).sum();
+                        })
+                        .await;
+                    }
+                    if n < batch as u64 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// The undo: back to exactly the state before the job (the shard map never changed).
+async fn undo(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+    let mut errors = Vec::new();
+    // Writers first: lift the fence at once.
+    if let Err(e) = unfence_all(ctx, conns).await {
+        errors.push(e);
+    }
+    let stuck = match drop_streams(ctx, conns).await {
+        Ok(stuck) => stuck,
+        Err(e) => {
+            errors.push(e);
+            ctx.plan.targets().iter().map(|t| t.name.clone()).collect()
+        }
+    };
+    // The targets did not own these slots before (pre-flight checked they were empty there).
+    if let Err(e) = delete_moved(ctx, conns, true, &stuck).await {
+        errors.push(e);
+    }
+    if let Err(e) = drop_fences(ctx, conns).await {
+        errors.push(e);
+    }
+    join(errors)
+}
+
+/// Undoes the job and records how it ended. `restarted`: the phase the previous runner was in
+/// and the message to record (the job ends Aborted).
+pub(crate) async fn undo_and_finish(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    stop: Stop,
+    restarted: Option<(Phase, String)>,
+) {
+    let phase = ctx.phase().await;
+    let (stopped_in, error, failed) = match (&stop, restarted) {
+        (_, Some((was, msg))) => (was, Some(msg), false),
+        (Stop::Fail(msg), None) => (phase, Some(msg.clone()), true),
+        (_, None) => (phase, None, false),
+    };
+    tracing::warn!(job = %ctx.plan.job_id, phase = %stopped_in, error = ?error, "rebalance stopped; undoing");
+    ctx.update_save(|j| {
+        j.phase = Phase::Aborting;
+        j.stopped_in = Some(stopped_in);
+        j.error = error.clone();
+        j.progress.message =
+            "undoing: removing fences, subscriptions, publications, slots and the targets' copies"
+                .into();
+    })
+    .await;
+    let mut left = None;
+    for attempt in 1..=ATTEMPTS {
+        match undo(ctx, conns).await {
+            Ok(()) => {
+                left = None;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(job = %ctx.plan.job_id, attempt, error = %e, "undo incomplete; retrying");
+                left = Some(e);
+                tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+            }
+        }
+    }
+    ctx.update_save(|j| {
+        j.finished_ms = Some(now_ms());
+        match &left {
+            None => {
+                j.phase = if failed {
+                    Phase::Failed
+                } else {
+                    Phase::Aborted
+                };
+                j.progress.message = "undone: every shard is as before the job".into();
+            }
+            Some(e) => {
+                j.phase = Phase::Failed;
+                let before = j
+                    .error
+                    .clone()
+                    .map(|e| format!("{e}; "))
+                    .unwrap_or_default();
+                j.error = Some(format!(
+                    "{before}the undo could not finish: {e} — the shard map was not changed; \
+                     fix the cause and drop what is left by hand (objects named {}…, \
+                     trigger {} in schema shardgate)",
+                    ctx.plan.prefix(),
+                    ctx.plan.trigger_name()
+                ));
+                j.progress.message = "undo incomplete".into();
+            }
+        }
+    })
+    .await;
+}
+
+/// Cleanup after the commit: wait for the proxies, drop the streams, delete the moved rows from
+/// the sources, drop the fences. Retried; a committed job is never undone.
+pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
+    let to = ctx.job.lock().await.to_version.unwrap_or(0);
+    ctx.set_phase(
+        Phase::Cleanup,
+        &format!("committed at version {to}; waiting for every proxy to route by it"),
+    )
+    .await;
+    wait_for_proxies(ctx, to).await;
+    let mut left = None;
+    for attempt in 1..=ATTEMPTS {
+        if ctx.lost() {
+            return;
+        }
+        match cleanup(ctx, conns).await {
+            Ok(()) => {
+                left = None;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(job = %ctx.plan.job_id, attempt, error = %e, "cleanup incomplete; retrying");
+                left = Some(e);
+                tokio::time::sleep(Duration::from_secs(2 * attempt as u64)).await;
+            }
+        }
+    }
+    ctx.update_save(|j| {
+        j.finished_ms = Some(now_ms());
+        match &left {
+            None => {
+                j.phase = Phase::Done;
+                j.progress.message = format!(
+                    "done: version {to} is live and the moved rows are gone from the sources"
+                );
+            }
+            Some(e) => {
+                j.phase = Phase::Failed;
+                j.stopped_in = Some(Phase::Cleanup);
+                j.error = Some(format!(
+                    "committed at version {to} (the new shard map is live), but the cleanup \
+                     could not finish: {e} — fix the cause, then drop the leftovers named {}… \
+                     and delete the moved rows from the sources",
+                    ctx.plan.prefix()
+                ));
+            }
+        }
+    })
+    .await;
+}
+
+async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+    ctx.update(|j| j.progress.message = "dropping subscriptions, publications and slots".into())
+        .await;
+    let stuck = drop_streams(ctx, conns).await?;
+    if !stuck.is_empty() {
+        return Err(format!(
+            "subscriptions on {} could not be dropped",
+            stuck.join(", ")
+        ));
+    }
+    ctx.update(|j| j.progress.message = "deleting the moved rows from the sources".into())
+        .await;
+    delete_moved(ctx, conns, false, &[]).await?;
+    drop_fences(ctx, conns).await
+}
+
+/// Stale proxies would still read the sources' old copies: wait (bounded) until every proxy
+/// seen lately routes by `version`.
+async fn wait_for_proxies(ctx: &Ctx, version: u64) {
+    let until = tokio::time::Instant::now() + PROXY_WAIT;
+    loop {
+        let behind: Vec<String> = match ctx.store.proxies().await {
+            Ok(list) => list
+                .into_iter()
+                .filter(|p| p.seen_seconds_ago <= PROXY_LIVE_SECS && p.version < version)
+                .map(|p| format!("{} (v{})", p.proxy_id, p.version))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if behind.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(job = %ctx.plan.job_id, behind = ?behind, "proxies still behind the new map; cleaning up anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
