@@ -60,9 +60,11 @@ pub(crate) fn parse(s: &str) -> Result<Dsn, String> {
             "host" if v.starts_with('/') => host.host = v,
             "port" => host.port = port(&v, s)?,
             "user" => {}
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "`{s}`: parameter `{k}` is not understood (sslmode, sslrootcert, host, port are)"
-            )),
+            ))
+            }
         }
     }
     if host.host.is_empty() {

@@ -27,6 +27,8 @@ struct Server {
     sync_per_sub: i32,
     enabled_subs: i32,
     origins: i32,
+    /// System identifier, port and start time: equal only for the same running server
+    /// (clusters cloned from one backup share the system identifier alone).
     system_id: String,
     superuser: bool,
     replication: bool,
@@ -45,7 +47,8 @@ const SERVER_FACTS: &str = "SELECT current_setting('server_version_num')::int4, 
      current_setting('max_sync_workers_per_subscription')::int4, \
      (SELECT count(*) FROM pg_subscription WHERE subenabled)::int4, \
      (SELECT count(*) FROM pg_replication_origin)::int4, \
-     (SELECT system_identifier::text FROM pg_control_system()), \
+     (SELECT system_identifier::text FROM pg_control_system()) || '/' || \
+     current_setting('port') || '/' || pg_postmaster_start_time()::text, \
      r.rolsuper, r.rolreplication, \
      has_database_privilege(current_database(), 'CREATE'), \
      (current_setting('server_version_num')::int4 >= 160000 AND \
@@ -186,7 +189,7 @@ pub(crate) async fn check(plan: &Plan, config: &Config) -> Result<(), RebalanceE
             if get(&source.name)?.system_id == t.system_id {
                 return Err(refuse(
                     format!(
-                        "shards {} and {} are the same PostgreSQL server (system identifier {})",
+                        "shards {} and {} are the same PostgreSQL server ({})",
                         source.name, target.name, t.system_id
                     ),
                     "give the new shard its own PostgreSQL server",

@@ -95,7 +95,8 @@ async fn drop_stream(ctx: &Ctx, conns: &mut Conns, m: &Move, d: usize) -> Result
         .query(
             &m.source,
             db,
-            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1",
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1 \
+             AND active_pid IS NULL",
             &[&like],
         )
         .await?
