@@ -26,6 +26,11 @@ const SCHEMA: &str = "CREATE TABLE accounts (user_id bigint PRIMARY KEY, name te
                       amount numeric(12,2), note text, PRIMARY KEY (user_id, id));";
 
 fn start_shards(n: usize) -> Vec<PgCluster> {
+    // RUST_LOG=shardgate_admin=info shows the phases and the cutover steps.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     (0..n)
         .map(|_| {
             let c = PgCluster::start(ClusterOptions::default()).expect("start PostgreSQL");
@@ -440,7 +445,7 @@ async fn abort_while_copying_leaves_every_shard_as_before() {
          ALTER TABLE orders ENABLE ALWAYS TRIGGER slow;",
     )
     .unwrap();
-    let before = futures_all([s1, s2, &new].iter().map(|c| futures_rows(c)).collect()).await;
+    let before = snapshot(&[s1, s2, &new]).await;
     let cfg = config(&[("s1", s1), ("s2", s2)], "");
     let store = Store::open(&cfg, None).await.unwrap();
     let rb = rebalancer(cfg, store.clone());
@@ -477,23 +482,18 @@ async fn abort_while_copying_leaves_every_shard_as_before() {
         "{job:#?}"
     );
     assert_eq!(store.shard_map().await.unwrap().version, 1);
-    let after = futures_all([s1, s2, &new].iter().map(|c| futures_rows(c)).collect()).await;
+    let after = snapshot(&[s1, s2, &new]).await;
     assert_eq!(after, before, "data changed by an aborted move");
     for c in [s1, s2, &new] {
         assert_clean(c, "after abort").await;
     }
 }
 
-fn futures_rows(
-    c: &PgCluster,
-) -> impl std::future::Future<Output = HashSet<(String, String, String)>> + '_ {
-    async move { rows(c).await.into_iter().collect() }
-}
-
-async fn futures_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+/// Every row of every shard, per shard.
+async fn snapshot(shards: &[&PgCluster]) -> Vec<HashSet<(String, String, String)>> {
     let mut out = Vec::new();
-    for f in fs {
-        out.push(f.await);
+    for c in shards {
+        out.push(rows(c).await.into_iter().collect());
     }
     out
 }

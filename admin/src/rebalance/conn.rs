@@ -56,7 +56,11 @@ pub(crate) async fn connect(shard: &Shard, db: &str, rb: &Rebalance) -> Result<C
         .dbname(db)
         .application_name("shardgate-rebalance")
         .connect_timeout(CONNECT_TIMEOUT)
-        .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        // synchronous_commit on: the cutover marker must reach the WAL flush position at once,
+        // as logical decoding only sends flushed WAL (the server default may be off).
+        .options(format!(
+            "-c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=on"
+        ));
     if let Some(p) = password {
         cfg.password(p);
     }

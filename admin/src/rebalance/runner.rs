@@ -122,7 +122,10 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
     }
     for source in plan.sources() {
         for db in &plan.databases {
-            for stmt in sql::create_fence_table() {
+            for stmt in sql::create_fence_table()
+                .into_iter()
+                .chain(sql::create_marker_table())
+            {
                 conns.exec(source, db, &stmt).await?;
             }
             for (i, t) in plan.tables.iter().enumerate() {
@@ -145,6 +148,13 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
             conns
                 .exec(&m.source, db, &sql::create_publication(plan, d, m.index))
                 .await?;
+        }
+    }
+    for target in plan.targets() {
+        for db in &plan.databases {
+            for stmt in sql::create_marker_table() {
+                conns.exec(target, db, &stmt).await?;
+            }
         }
     }
     for (d, db) in plan.databases.iter().enumerate() {
@@ -253,7 +263,8 @@ async fn copy(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
                     .one(&m.target, db, sql::SUBSCRIPTION_SYNC_STATE, &[&name])
                     .await?;
                 let (not_ready, all): (i64, i64) = (row.get(0), row.get(1));
-                pending += not_ready + (plan.tables.len() as i64 - all).max(0);
+                // The sharded tables and the marker table.
+                pending += not_ready + (plan.tables.len() as i64 + 1 - all).max(0);
                 if let Some(r) = conns
                     .query(&m.target, db, sql::SUBSCRIPTION_ERRORS, &[&name])
                     .await?
@@ -362,7 +373,7 @@ async fn cutover(ctx: &Ctx, conns: &mut Conns, attempt: u32) -> Result<Option<St
     .await;
     let t0 = Instant::now();
     let deadline = t0 + timeout;
-    let outcome = fenced(ctx, conns, t0, deadline).await;
+    let outcome = fenced(ctx, conns, attempt, t0, deadline).await;
     let pause_ms = t0.elapsed().as_secs_f64() * 1000.0;
     match outcome {
         Ok(Some(version)) => {
@@ -401,11 +412,15 @@ async fn cutover(ctx: &Ctx, conns: &mut Conns, attempt: u32) -> Result<Option<St
 async fn fenced(
     ctx: &Ctx,
     conns: &mut Conns,
+    attempt: u32,
     t0: Instant,
     deadline: Instant,
 ) -> Result<Option<u64>, Stop> {
     let plan = &ctx.plan;
-    let _ = t0;
+    let mut steps: Vec<(&str, f64)> = Vec::new();
+    let mark = |name: &'static str, steps: &mut Vec<(&str, f64)>| {
+        steps.push((name, t0.elapsed().as_secs_f64() * 1000.0));
+    };
     // Close the fence: writes to moving keys now fail with SG001; no other key pauses.
     let mut fence_time: HashMap<(String, String), String> = HashMap::new();
     for source in plan.sources() {
@@ -423,6 +438,7 @@ async fn fenced(
             fence_time.insert((source.name.clone(), db.clone()), row.get(0));
         }
     }
+    mark("fenced", &mut steps);
     // Transactions that began before the fence may not see it (their snapshot is older) and
     // could still write a moving key: wait until they have ended.
     for source in plan.sources() {
@@ -446,27 +462,34 @@ async fn fenced(
             }
         }
     }
-    // Everything written before the fence is in the WAL before this position; wait until
-    // each target has confirmed it.
-    let mut lsn: HashMap<String, String> = HashMap::new();
+    mark("old transactions ended", &mut steps);
+    // A marker row inserted now reaches each target after every change committed before it.
+    let seq = i64::from(attempt);
     for source in plan.sources() {
-        let row = conns
-            .one(source, &plan.databases[0], sql::CURRENT_LSN, &[])
-            .await?;
-        lsn.insert(source.name.clone(), row.get(0));
+        for db in &plan.databases {
+            conns
+                .exec_params(
+                    source,
+                    db,
+                    sql::MARKER_INSERT,
+                    &[&plan.job_id, &source.name, &seq],
+                )
+                .await?;
+        }
     }
-    for (d, db) in plan.databases.iter().enumerate() {
+    for db in &plan.databases {
         for m in &plan.moves {
-            let name = plan.object_name(d, m.index);
-            let at = lsn.get(&m.source.name).cloned().unwrap_or_default();
             loop {
-                let reached = conns
-                    .query(&m.source, db, sql::SLOT_REACHED, &[&name, &at])
+                let arrived: bool = conns
+                    .one(
+                        &m.target,
+                        db,
+                        sql::MARKER_ARRIVED,
+                        &[&plan.job_id, &m.source.name, &seq],
+                    )
                     .await?
-                    .first()
-                    .map(|r| r.get::<_, bool>(0))
-                    .unwrap_or(false);
-                if reached {
+                    .get(0);
+                if arrived {
                     break;
                 }
                 if Instant::now() >= deadline {
@@ -477,6 +500,7 @@ async fn fenced(
             }
         }
     }
+    mark("targets confirmed", &mut steps);
     // Verify: same rows on both sides, per move, database and table.
     let mut verified = vec![0u64; plan.moves.len()];
     for db in &plan.databases {
@@ -512,6 +536,8 @@ async fn fenced(
         }
     })
     .await;
+    mark("verified", &mut steps);
+    tracing::info!(job = %plan.job_id, steps = ?steps, "cutover steps (ms since the fence)");
     // Last moment to abort: after the publish the job only goes forward.
     ctx.check()?;
     if Instant::now() >= deadline {

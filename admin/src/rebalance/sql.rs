@@ -17,6 +17,44 @@ pub(crate) fn create_fence_table() -> Vec<String> {
     ]
 }
 
+/// The cutover marker table, on sources and targets alike: a row the rebalancer inserts on a
+/// source after closing the fence travels through the move's publication, and its arrival on
+/// the target proves that every change committed before it has been applied there (the target
+/// applies in commit order). That is much quicker than waiting for the slot's confirmed flush
+/// position, which moves only when the target's WAL writer flushes and reports.
+pub(crate) fn create_marker_table() -> Vec<String> {
+    vec![
+        "CREATE SCHEMA IF NOT EXISTS shardgate".into(),
+        "CREATE TABLE IF NOT EXISTS shardgate.marker (job text NOT NULL, source text NOT NULL, \
+         seq bigint NOT NULL, PRIMARY KEY (job, source, seq))"
+            .into(),
+    ]
+}
+
+/// Params `$1` job, `$2` source shard, `$3` attempt.
+pub(crate) const MARKER_INSERT: &str =
+    "INSERT INTO shardgate.marker (job, source, seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+/// Params `$1` job, `$2` source shard, `$3` attempt.
+pub(crate) const MARKER_ARRIVED: &str =
+    "SELECT EXISTS (SELECT 1 FROM shardgate.marker WHERE job = $1 AND source = $2 AND seq = $3)";
+
+/// Removes the job's markers (param `$1` job) and the table once empty (after the
+/// subscriptions are gone, so nothing replicates).
+pub(crate) fn drop_markers(plan: &Plan) -> String {
+    format!(
+        "DO $sg$ BEGIN
+  IF to_regclass('shardgate.marker') IS NOT NULL THEN
+    DELETE FROM shardgate.marker WHERE job = {};
+    IF NOT EXISTS (SELECT 1 FROM shardgate.marker) THEN
+      DROP TABLE shardgate.marker;
+    END IF;
+  END IF;
+END $sg$",
+        literal(&plan.job_id)
+    )
+}
+
 /// The fence trigger function of table number `t`: a write whose old or new key falls in a
 /// fenced slot of this job fails with SG001. While the fence table holds no rows of the job
 /// (until cutover) it costs one index probe per row.
@@ -122,11 +160,15 @@ pub(crate) const DROP_SCHEMA_IF_EMPTY: &str = "DROP SCHEMA IF EXISTS shardgate R
 /// source would otherwise empty the target's tables for every slot.
 pub(crate) fn create_publication(plan: &Plan, db: usize, m: usize) -> String {
     let slots = &plan.moves[m].slots;
-    let tables: Vec<String> = plan
+    let mut tables: Vec<String> = plan
         .tables
         .iter()
         .map(|t| format!("{} WHERE ({})", t.qualified(), plan.predicate(t, slots)))
         .collect();
+    tables.push(format!(
+        "shardgate.marker WHERE (job = {})",
+        literal(&plan.job_id)
+    ));
     format!(
         "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete')",
         ident(&plan.object_name(db, m)),
@@ -304,8 +346,8 @@ mod tests {
         assert_eq!(
             create_publication(&p, 0, 0),
             "CREATE PUBLICATION \"sg_rb_1700000000000_d0_m0\" FOR TABLE \"public\".\"orders\" \
-             WHERE (((hashtextextended((\"user_id\")::text, 0)) >> 50) IN (-3,5)) \
-             WITH (publish = 'insert, update, delete')"
+             WHERE (((hashtextextended((\"user_id\")::text, 0)) >> 50) IN (-3,5)), \
+             shardgate.marker WHERE (job = 'rb-1700000000000') WITH (publish = 'insert, update, delete')"
         );
         let s = create_subscription(&p, 0, 0, "host='h' password='it\\'s'");
         assert!(

@@ -16,6 +16,8 @@ use super::sql;
 const ATTEMPTS: u32 = 4;
 /// How long cleanup waits for every live proxy to route by the new map.
 const PROXY_WAIT: Duration = Duration::from_secs(10);
+/// How long cleanup waits for the targets to confirm they flushed what they applied.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
 /// A proxy not heard from for this long is not waited for.
 const PROXY_LIVE_SECS: f64 = 5.0;
 
@@ -107,19 +109,22 @@ async fn drop_stream(ctx: &Ctx, conns: &mut Conns, m: &Move, d: usize) -> Result
             patterns.push(slot.replace('_', "\\_"));
         }
     }
-    drop_slots(ctx, conns, &m.source, db, &patterns).await
+    // This move's own slot only: the source's other moves may still be streaming.
+    let own = name.replace('_', "\\_");
+    drop_slots(ctx, conns, &m.source, db, &own, &patterns).await
 }
 
-/// Drops the source's slots named by the job's prefix or one of `extra` LIKE patterns,
-/// ending the WAL sender that still holds one.
+/// Drops the source's slots matching the LIKE pattern `own` or one of `extra`, ending the
+/// WAL sender that still holds one.
 async fn drop_slots(
     ctx: &Ctx,
     conns: &mut Conns,
     source: &Shard,
     db: &str,
+    own: &str,
     extra: &[String],
 ) -> Result<(), String> {
-    let prefix = sql::like_prefix(&ctx.plan.prefix());
+    let prefix = own.to_owned();
     let extra: Vec<String> = extra.to_vec();
     for attempt in 0..20 {
         let rows = conns
@@ -178,9 +183,10 @@ async fn drop_streams(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<String>, Strin
             }
         }
     }
-    // Slots a failed CREATE SUBSCRIPTION may have left behind.
+    // Slots a failed CREATE SUBSCRIPTION may have left behind: anything with the job's prefix.
+    let every = sql::like_prefix(&plan.prefix());
     for source in plan.sources() {
-        if let Err(e) = drop_slots(ctx, conns, source, &plan.databases[0], &[]).await {
+        if let Err(e) = drop_slots(ctx, conns, source, &plan.databases[0], &every, &[]).await {
             errors.push(e);
         }
     }
@@ -188,14 +194,26 @@ async fn drop_streams(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<String>, Strin
     Ok(stuck)
 }
 
-/// Drops the fence triggers and functions on every source, the job's fence rows, and the
-/// fence table when nothing else uses it.
+/// Drops the fence triggers and functions on every source, the job's fence rows and markers,
+/// and the shardgate tables and schema when nothing else uses them.
 async fn drop_fences(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     let plan = &ctx.plan;
     let mut errors = Vec::new();
     for source in plan.sources() {
         for db in &plan.databases {
             if let Err(e) = drop_fence_on(ctx, conns, source, db).await {
+                errors.push(e);
+            }
+        }
+    }
+    for target in plan.targets() {
+        for db in &plan.databases {
+            let work = async {
+                conns.exec(target, db, &sql::drop_markers(plan)).await?;
+                let _ = conns.exec_raw(target, db, sql::DROP_SCHEMA_IF_EMPTY).await;
+                Ok::<(), String>(())
+            };
+            if let Err(e) = work.await {
                 errors.push(e);
             }
         }
@@ -219,8 +237,45 @@ async fn drop_fence_on(
     conns
         .exec(source, db, &sql::drop_fence_table_if_unused())
         .await?;
+    conns.exec(source, db, &sql::drop_markers(plan)).await?;
     // A schema that still holds something else stays (and that error is expected).
     let _ = conns.exec_raw(source, db, sql::DROP_SCHEMA_IF_EMPTY).await;
+    Ok(())
+}
+
+/// The cutover waited until the targets had *applied* everything; before the sources' copies
+/// go, wait until the targets have also *flushed* it (their slots' confirmed position).
+async fn wait_flushed(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+    let plan = &ctx.plan;
+    let until = tokio::time::Instant::now() + FLUSH_WAIT;
+    for source in plan.sources() {
+        let lsn: String = conns
+            .one(source, &plan.databases[0], sql::CURRENT_LSN, &[])
+            .await?
+            .get(0);
+        for (d, db) in plan.databases.iter().enumerate() {
+            for m in plan.moves_from(&source.name) {
+                let name = plan.object_name(d, m.index);
+                loop {
+                    let rows = conns
+                        .query(source, db, sql::SLOT_REACHED, &[&name, &lsn])
+                        .await?;
+                    // No slot: an earlier cleanup run already dropped the subscription.
+                    if rows.first().is_none_or(|r| r.get::<_, bool>(0)) {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= until {
+                        return Err(format!(
+                            "shard {} has not confirmed flushing the moved rows from shard {} \
+                             (slot {name}) within {FLUSH_WAIT:?}; is the target healthy?",
+                            m.target.name, source.name
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -425,6 +480,9 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
 }
 
 async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+    ctx.update(|j| j.progress.message = "waiting for the targets to flush the moved rows".into())
+        .await;
+    wait_flushed(ctx, conns).await?;
     ctx.update(|j| j.progress.message = "dropping subscriptions, publications and slots".into())
         .await;
     let stuck = drop_streams(ctx, conns).await?;
