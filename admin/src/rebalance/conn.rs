@@ -110,6 +110,21 @@ impl Conns {
             .ok_or_else(|| "control connection vanished".to_owned())
     }
 
+    /// The connections to several (shard, database) pairs at once, in order (for queries that
+    /// run concurrently; a pair may repeat).
+    pub async fn clients(&mut self, keys: &[(&Shard, &str)]) -> Result<Vec<&Client>, String> {
+        for (shard, db) in keys {
+            self.get(shard, db).await?;
+        }
+        keys.iter()
+            .map(|(shard, db)| {
+                self.map
+                    .get(&(shard.name.clone(), (*db).to_owned()))
+                    .ok_or_else(|| "control connection vanished".to_owned())
+            })
+            .collect()
+    }
+
     /// Forgets a connection (after an error that may have left it unusable).
     pub fn drop_conn(&mut self, shard: &Shard, db: &str) {
         self.map.remove(&(shard.name.clone(), db.to_owned()));

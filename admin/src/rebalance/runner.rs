@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shardgate_config::Shard;
 use shardgate_topology::{Phase, StoreError};
 
-use super::conn::Conns;
+use super::conn::{pg_err, Conns};
 use super::ctx::{Ctx, Stop};
 use super::dsn::conninfo;
 use super::{schema_copy, sql, teardown};
@@ -128,6 +128,18 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
             {
                 conns.exec(source, db, &stmt).await?;
             }
+            let (slots, targets) = plan.fence_rows(&source.name);
+            conns
+                .exec_params(
+                    source,
+                    db,
+                    sql::FENCE_INSERT,
+                    &[&plan.job_id, &slots, &targets],
+                )
+                .await?;
+            conns
+                .exec_params(source, db, sql::FENCE_SWITCH_INSERT, &[&plan.job_id])
+                .await?;
             for (i, t) in plan.tables.iter().enumerate() {
                 conns
                     .exec(source, db, &sql::create_fence_function(plan, i, t))
@@ -424,16 +436,17 @@ async fn fenced(
     // Close the fence: writes to moving keys now fail with SG001; no other key pauses.
     let mut fence_time: HashMap<(String, String), String> = HashMap::new();
     for source in plan.sources() {
-        let (slots, targets) = plan.fence_rows(&source.name);
         for db in &plan.databases {
-            conns
-                .exec_params(
-                    source,
-                    db,
-                    sql::FENCE_INSERT,
-                    &[&plan.job_id, &slots, &targets],
-                )
+            let n = conns
+                .exec_params(source, db, sql::FENCE_CLOSE, &[&plan.job_id])
                 .await?;
+            if n != 1 {
+                return Err(Stop::Fail(format!(
+                    "the fence of job {} is missing on shard {} database {db} (someone dropped \
+                     shardgate.fence_switch rows); the move was undone, start it again",
+                    plan.job_id, source.name
+                )));
+            }
             let row = conns.one(source, db, sql::NOW_TEXT, &[]).await?;
             fence_time.insert((source.name.clone(), db.clone()), row.get(0));
         }
@@ -501,35 +514,20 @@ async fn fenced(
         }
     }
     mark("targets confirmed", &mut steps);
-    // Verify: same rows on both sides, per move, database and table.
-    let mut verified = vec![0u64; plan.moves.len()];
-    for db in &plan.databases {
-        for m in &plan.moves {
-            for t in &plan.tables {
-                let q = sql::count_and_checksum(plan, t, &m.slots);
-                let s = conns.one(&m.source, db, &q, &[]).await?;
-                let r = conns.one(&m.target, db, &q, &[]).await?;
-                let (sc, ss): (i64, String) = (s.get(0), s.get(1));
-                let (tc, ts): (i64, String) = (r.get(0), r.get(1));
-                if sc != tc || ss != ts {
-                    teardown::unfence_all(ctx, conns)
-                        .await
-                        .map_err(Stop::Fail)?;
-                    return Err(Stop::Fail(format!(
-                        "verification failed for table {} in database {db}, move {} → {}: the \
-                         source has {sc} rows (checksum {ss}), the target {tc} (checksum {ts}); \
-                         the move was undone — check for writes that bypass the fence (a \
-                         session with shardgate.bypass on, or session_replication_role = \
-                         replica) and start it again",
-                        t.display(),
-                        m.source.name,
-                        m.target.name
-                    )));
-                }
-                verified[m.index] += sc.max(0) as u64;
-            }
+    // Verify: same rows on both sides, per move, database and table. All counts run at once
+    // (the fence is closed: every millisecond counts), bounded by the deadline.
+    let left = deadline.saturating_duration_since(Instant::now());
+    let verified = match tokio::time::timeout(left, verify(ctx, conns)).await {
+        Err(_) => return Ok(None),
+        Ok(Err(e)) => return Err(Stop::Fail(e)),
+        Ok(Ok(Err(mismatch))) => {
+            teardown::unfence_all(ctx, conns)
+                .await
+                .map_err(Stop::Fail)?;
+            return Err(Stop::Fail(mismatch));
         }
-    }
+        Ok(Ok(Ok(v))) => v,
+    };
     ctx.update(|j| {
         for (mp, v) in j.progress.moves.iter_mut().zip(&verified) {
             mp.verified_rows = Some(*v);
@@ -573,4 +571,60 @@ async fn fenced(
             }
         }
     }
+}
+
+/// Count and checksum of each move's rows on its source and its target, per database and
+/// table, all queries in flight together. `Ok(Err(..))` is a mismatch; `Err` a failed query.
+async fn verify(ctx: &Ctx, conns: &mut Conns) -> Result<Result<Vec<u64>, String>, String> {
+    let plan = &ctx.plan;
+    let mut keys = Vec::new();
+    for db in &plan.databases {
+        for m in &plan.moves {
+            keys.push((&m.source, db.as_str()));
+            keys.push((&m.target, db.as_str()));
+        }
+    }
+    let clients = conns.clients(&keys).await?;
+    let mut checks = Vec::new();
+    let mut k = 0;
+    for db in &plan.databases {
+        for m in &plan.moves {
+            let (src, dst) = (clients[k], clients[k + 1]);
+            k += 2;
+            for t in &plan.tables {
+                let q = sql::count_and_checksum(plan, t, &m.slots);
+                checks.push(async move {
+                    let (s, r) = tokio::join!(src.query_one(&q, &[]), dst.query_one(&q, &[]));
+                    let err = |e: tokio_postgres::Error, shard: &str| {
+                        format!("verifying on shard {shard} database {db}: {}", pg_err(&e))
+                    };
+                    let s = s.map_err(|e| err(e, &m.source.name))?;
+                    let r = r.map_err(|e| err(e, &m.target.name))?;
+                    let (sc, ss): (i64, String) = (s.get(0), s.get(1));
+                    let (tc, ts): (i64, String) = (r.get(0), r.get(1));
+                    if sc != tc || ss != ts {
+                        return Ok(Err(format!(
+                            "verification failed for table {} in database {db}, move {} → {}: \
+                             the source has {sc} rows (checksum {ss}), the target {tc} \
+                             (checksum {ts}); the move was undone — check for writes that \
+                             bypass the fence (a session with shardgate.bypass on, or \
+                             session_replication_role = replica) and start it again",
+                            t.display(),
+                            m.source.name,
+                            m.target.name
+                        )));
+                    }
+                    Ok::<_, String>(Ok((m.index, sc.max(0) as u64)))
+                });
+            }
+        }
+    }
+    let mut verified = vec![0u64; plan.moves.len()];
+    for result in futures_util::future::join_all(checks).await {
+        match result? {
+            Ok((i, n)) => verified[i] += n,
+            Err(mismatch) => return Ok(Err(mismatch)),
+        }
+    }
+    Ok(Ok(verified))
 }

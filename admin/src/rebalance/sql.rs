@@ -4,16 +4,21 @@
 use super::plan::{ident, literal, Plan, TablePlan};
 use shardgate_topology::FENCE_SQLSTATE;
 
-/// Creates the schema and the fence table (idempotent). The application roles read the fence
-/// table from the trigger (which runs as them), hence the grants; its contents are not secret.
+/// Creates the schema and the fence tables (idempotent): `fence` lists the job's moving slots
+/// (filled in Preparing), `fence_switch` says whether the fence is closed — so closing and
+/// opening it at cutover is a one-row update, not thousands of inserts. The application roles
+/// read both from the trigger (which runs as them), hence the grants; they hold nothing secret.
 pub(crate) fn create_fence_table() -> Vec<String> {
     vec![
         "CREATE SCHEMA IF NOT EXISTS shardgate".into(),
         "CREATE TABLE IF NOT EXISTS shardgate.fence (job text NOT NULL, slot bigint NOT NULL, \
          target text NOT NULL DEFAULT '', PRIMARY KEY (job, slot))"
             .into(),
+        "CREATE TABLE IF NOT EXISTS shardgate.fence_switch (job text PRIMARY KEY, \
+         closed boolean NOT NULL DEFAULT false)"
+            .into(),
         "GRANT USAGE ON SCHEMA shardgate TO PUBLIC".into(),
-        "GRANT SELECT ON shardgate.fence TO PUBLIC".into(),
+        "GRANT SELECT ON shardgate.fence, shardgate.fence_switch TO PUBLIC".into(),
     ]
 }
 
@@ -55,9 +60,9 @@ END $sg$",
     )
 }
 
-/// The fence trigger function of table number `t`: a write whose old or new key falls in a
-/// fenced slot of this job fails with SG001. While the fence table holds no rows of the job
-/// (until cutover) it costs one index probe per row.
+/// The fence trigger function of table number `t`: while the job's fence is closed, a write
+/// whose old or new key falls in a moving slot fails with SG001. While it is open (until
+/// cutover) the trigger costs one index probe per row.
 pub(crate) fn create_fence_function(plan: &Plan, t: usize, table: &TablePlan) -> String {
     let shift = 64 - plan.bits;
     let new_slot = format!("({}) >> {shift}", table.hash_expr(plan.seed, "NEW."));
@@ -73,6 +78,10 @@ DECLARE
   dest text;
 BEGIN
   IF current_setting('shardgate.bypass', true) = 'on' THEN
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM shardgate.fence_switch w WHERE w.job = {job} AND w.closed) THEN
     IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
     RETURN NEW;
   END IF;
@@ -134,20 +143,36 @@ pub(crate) fn drop_fence_trigger(plan: &Plan, t: usize, table: &TablePlan) -> Ve
 pub(crate) const FENCE_INSERT: &str = "INSERT INTO shardgate.fence (job, slot, target) \
      SELECT $1, s, t FROM unnest($2::int8[], $3::text[]) AS u(s, t) ON CONFLICT DO NOTHING";
 
-/// Lifts the job's fence (param `$1` job), if the fence table exists.
-pub(crate) const FENCE_DELETE: &str = "DELETE FROM shardgate.fence WHERE job = $1";
+/// The job's fence switch, open (param `$1` job).
+pub(crate) const FENCE_SWITCH_INSERT: &str =
+    "INSERT INTO shardgate.fence_switch (job, closed) VALUES ($1, false) ON CONFLICT DO NOTHING";
 
-pub(crate) const FENCE_TABLE_EXISTS: &str = "SELECT to_regclass('shardgate.fence') IS NOT NULL";
+/// Closes the job's fence (param `$1` job): one row.
+pub(crate) const FENCE_CLOSE: &str =
+    "UPDATE shardgate.fence_switch SET closed = true WHERE job = $1";
+
+/// Opens it again (param `$1` job).
+pub(crate) const FENCE_OPEN: &str =
+    "UPDATE shardgate.fence_switch SET closed = false WHERE job = $1";
+
+/// Removes the job's fence rows (param `$1` job), once its triggers are gone.
+pub(crate) const FENCE_DELETE: &str = "DELETE FROM shardgate.fence WHERE job = $1";
+pub(crate) const FENCE_SWITCH_DELETE: &str = "DELETE FROM shardgate.fence_switch WHERE job = $1";
+
+pub(crate) const FENCE_TABLE_EXISTS: &str = "SELECT to_regclass('shardgate.fence') IS NOT NULL \
+     AND to_regclass('shardgate.fence_switch') IS NOT NULL";
 
 /// Drops the fence table once no job's rows or trigger functions remain, and the schema once it
 /// is empty (an error from a non-empty schema is expected and ignored by the caller).
 pub(crate) fn drop_fence_table_if_unused() -> String {
     "DO $sg$ BEGIN
   IF to_regclass('shardgate.fence') IS NOT NULL
+     AND to_regclass('shardgate.fence_switch') IS NOT NULL
      AND NOT EXISTS (SELECT 1 FROM shardgate.fence)
+     AND NOT EXISTS (SELECT 1 FROM shardgate.fence_switch)
      AND NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                      WHERE n.nspname = 'shardgate' AND p.proname LIKE 'sg\\_fence\\_%') THEN
-    DROP TABLE shardgate.fence;
+    DROP TABLE shardgate.fence, shardgate.fence_switch;
   END IF;
 END $sg$"
         .into()

@@ -21,7 +21,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(30);
 /// A proxy not heard from for this long is not waited for.
 const PROXY_LIVE_SECS: f64 = 5.0;
 
-/// Lifts the job's fence on every source.
+/// Opens the job's fence on every source (writes to moving keys go through again).
 pub(crate) async fn unfence_all(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     let mut errors = Vec::new();
     for source in ctx.plan.sources() {
@@ -41,8 +41,29 @@ async fn unfence(ctx: &Ctx, conns: &mut Conns, source: &Shard, db: &str) -> Resu
         .get(0);
     if exists {
         conns
-            .exec_params(source, db, sql::FENCE_DELETE, &[&ctx.plan.job_id])
+            .exec_params(source, db, sql::FENCE_OPEN, &[&ctx.plan.job_id])
             .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the job's fence rows (its triggers are gone by then).
+async fn delete_fence_rows(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    source: &Shard,
+    db: &str,
+) -> Result<(), String> {
+    let exists: bool = conns
+        .one(source, db, sql::FENCE_TABLE_EXISTS, &[])
+        .await?
+        .get(0);
+    if exists {
+        for q in [sql::FENCE_DELETE, sql::FENCE_SWITCH_DELETE] {
+            conns
+                .exec_params(source, db, q, &[&ctx.plan.job_id])
+                .await?;
+        }
     }
     Ok(())
 }
@@ -233,7 +254,7 @@ async fn drop_fence_on(
             conns.exec(source, db, &stmt).await?;
         }
     }
-    unfence(ctx, conns, source, db).await?;
+    delete_fence_rows(ctx, conns, source, db).await?;
     conns
         .exec(source, db, &sql::drop_fence_table_if_unused())
         .await?;
