@@ -108,12 +108,14 @@ primary = {}
     let held_key = keys[0];
     let held = tokio::spawn(async move {
         simple
-            .simple_query(&format!("insert into t values ({held_key}, 1)"))
+            .simple_query(&format!("insert into t (user_id, v) values ({held_key}, 1)"))
             .await
             .map(|_| ())
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!held.is_finished(), "the fenced statement should be held");
+    if held.is_finished() {
+        panic!("the fenced statement should be held: {:?}", held.await);
+    }
 
     // ... and runs on the new owner once the store has the map with s1.
     let store = Store::open(&config, None).await.expect("open store");
@@ -148,13 +150,13 @@ primary = {}
     };
     let client = connect().await;
     let err = client
-        .execute("insert into t values ($1, 2)", &[&s0_key])
+        .execute("insert into t (user_id, v) values ($1, 2)", &[&s0_key])
         .await
         .expect_err("fenced");
     assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
     let err = client
         .batch_execute(&format!(
-            "begin; insert into t values ({s0_key}, 3); commit;"
+            "begin; insert into t (user_id, v) values ({s0_key}, 3); commit;"
         ))
         .await
         .expect_err("fenced");
@@ -162,7 +164,7 @@ primary = {}
     // The connection is still usable, and writes to keys that are not fenced work.
     client.simple_query("rollback").await.expect("rollback");
     client
-        .execute("insert into t values ($1, 4)", &[&keys[1]])
+        .execute("insert into t (user_id, v) values ($1, 4)", &[&keys[1]])
         .await
         .expect("a write on s1");
 
@@ -170,7 +172,7 @@ primary = {}
     let late = connect().await;
     let started = std::time::Instant::now();
     let err = late
-        .simple_query(&format!("insert into t values ({s0_key}, 5)"))
+        .simple_query(&format!("insert into t (user_id, v) values ({s0_key}, 5)"))
         .await
         .expect_err("no new map comes");
     assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
