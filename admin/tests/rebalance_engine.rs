@@ -497,3 +497,67 @@ async fn snapshot(shards: &[&PgCluster]) -> Vec<HashSet<(String, String, String)
     }
     out
 }
+
+/// A runner that dies mid-copy (its runtime is shut down, like a killed proxy) leaves a job
+/// with a stale heartbeat; another proxy's `resume` undoes it.
+#[test]
+fn resume_after_the_runner_died_undoes_the_move() {
+    let mut shards = start_shards(3);
+    let new = shards.pop().unwrap();
+    let (s1, s2) = (&shards[0], &shards[1]);
+    load(&[s1, s2], &["s1", "s2"]);
+    new.psql(DB, SCHEMA).unwrap();
+    new.psql(
+        DB,
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.003); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow();
+         ALTER TABLE orders ENABLE ALWAYS TRIGGER slow;",
+    )
+    .unwrap();
+    let cfg = config(&[("s1", s1), ("s2", s2)], "");
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let store = first.block_on(Store::open(&cfg, None)).unwrap();
+    let before = first.block_on(snapshot(&[s1, s2, &new]));
+    first.block_on(async {
+        let rb = rebalancer(cfg.clone(), store.clone());
+        rb.add_shard(AddShardRequest {
+            name: "s3".into(),
+            primary: format!("127.0.0.1:{}", new.port()),
+            replicas: vec![],
+            admin_user: None,
+            admin_password: None,
+        })
+        .await
+        .expect("add_shard");
+        wait_phase(&rb, Phase::Copying, Duration::from_secs(30)).await;
+    });
+    first.shutdown_background();
+
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let rb = Rebalancer::new(
+            store.clone(),
+            Arc::new(move || Arc::new(cfg.clone())),
+            "another-proxy".into(),
+        );
+        // Fresh heartbeat: the job still has a runner as far as anyone can tell.
+        rb.resume().await;
+        assert_eq!(store.job().await.unwrap().unwrap().owner, "test-proxy");
+        tokio::time::sleep(Duration::from_millis(5_500)).await;
+        rb.resume().await;
+        let job = wait_terminal(&rb, Duration::from_secs(60)).await;
+        assert_eq!(job.phase, Phase::Aborted, "{job:#?}");
+        assert_eq!(job.owner, "another-proxy");
+        let error = job.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("runner restarted during copying"),
+            "{job:#?}"
+        );
+        assert_eq!(store.shard_map().await.unwrap().version, 1);
+        assert_eq!(snapshot(&[s1, s2, &new]).await, before);
+        for c in [s1, s2, &new] {
+            assert_clean(c, "after resume").await;
+        }
+    });
+}
