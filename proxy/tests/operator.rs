@@ -259,7 +259,18 @@ async fn admin_api_metrics_and_cli_on_a_running_proxy() {
     let (status, body) = server.api("GET", "/api/v1/replicas", "");
     assert_eq!((status, json(&body)), (200, serde_json::json!([])));
     let (status, body) = server.api("POST", "/api/v1/shards", "{}");
-    assert_eq!(status, 501, "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("name"), "{body}");
+    // No job yet: the rebalance status shows the shard map version and this proxy on it.
+    let (status, body) = server.api("GET", "/api/v1/rebalance", "");
+    assert_eq!(status, 200, "{body}");
+    let rebalance = json(&body);
+    assert_eq!(rebalance["job"], serde_json::Value::Null);
+    assert_eq!(rebalance["topology_version"], 1);
+    let (status, body) = server.api("POST", "/api/v1/rebalance/abort", "");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server.api("DELETE", "/api/v1/shards/nope", "");
+    assert_eq!(status, 404, "{body}");
 
     // The CLI: tables for people, JSON for scripts, a reason and an exit code on failure.
     let (code, out, err) = server.cli(Some(TOKEN), &["pools"]);
