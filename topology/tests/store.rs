@@ -165,6 +165,10 @@ async fn file_store_one_job_at_a_time() {
     let aborting = store.request_abort().await.unwrap().unwrap();
     assert!(aborting.abort_requested);
     assert!(store.job().await.unwrap().unwrap().abort_requested);
+    // The runner saving its progress from a copy read before the abort keeps the request.
+    first.phase = Phase::Copying;
+    store.save_job(&first).await.unwrap();
+    assert!(store.job().await.unwrap().unwrap().abort_requested);
 
     first.phase = Phase::Aborted;
     store.save_job(&first).await.unwrap();
@@ -323,6 +327,10 @@ async fn postgres_store_one_job_across_proxies() {
     let aborting = b.request_abort().await.unwrap().unwrap();
     assert!(aborting.abort_requested);
     assert!(a.job().await.unwrap().unwrap().abort_requested);
+    // The runner saving its progress from a copy read before the abort keeps the request.
+    running.phase = Phase::Copying;
+    a.save_job(&running).await.unwrap();
+    assert!(b.job().await.unwrap().unwrap().abort_requested);
 
     running.phase = Phase::Aborted;
     a.save_job(&running).await.unwrap();

@@ -103,7 +103,14 @@ impl FileStore {
 
     pub(super) async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
         self.update(|s| {
-            s.job = Some(job.clone());
+            // An abort requested since the runner last read the job stays requested.
+            let abort = !job.phase.is_terminal()
+                && s.job
+                    .as_ref()
+                    .is_some_and(|old| old.id == job.id && old.abort_requested);
+            let mut job = job.clone();
+            job.abort_requested |= abort;
+            s.job = Some(job);
             Ok(())
         })
         .await

@@ -222,9 +222,16 @@ impl PgStore {
     pub(super) async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
         let json = job_json(job)?;
         with_client!(self, |client| client.execute(
+            // An abort requested (by any proxy) since the runner last read the job stays
+            // requested: the runner's copy must not erase it.
             "INSERT INTO shardgate_job (id, job) VALUES (1, $1::text::jsonb)
-             ON CONFLICT (id) DO UPDATE SET job = EXCLUDED.job",
-            &[&json],
+             ON CONFLICT (id) DO UPDATE SET job = CASE
+                 WHEN shardgate_job.job->>'id' = EXCLUDED.job->>'id'
+                      AND (shardgate_job.job->>'abort_requested')::boolean
+                      AND NOT $2
+                 THEN jsonb_set(EXCLUDED.job, '{abort_requested}', 'true')
+                 ELSE EXCLUDED.job END",
+            &[&json, &job.phase.is_terminal()],
         ))?;
         Ok(())
     }
