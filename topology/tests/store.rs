@@ -75,13 +75,17 @@ async fn file_store_seeds_publishes_and_persists() {
         .await
         .unwrap();
     assert_eq!(store.kind(), "file");
-    assert!(path.exists(), "the state file is written at once");
+    assert!(
+        !path.exists(),
+        "nothing is written until the map or a job changes (read-only config dirs still start)"
+    );
     let map = store.shard_map().await.unwrap();
     assert_eq!(map.version, 1);
     assert_eq!(map.names(), ["s0", "s1"]);
 
     let published = store.publish(1, shards(&["s0", "s1", "s2"])).await.unwrap();
     assert_eq!(published.version, 2);
+    assert!(path.exists(), "the first change writes the state file");
     match store.publish(1, shards(&["s0"])).await {
         Err(StoreError::Conflict { expected, found }) => assert_eq!((expected, found), (1, 2)),
         other => panic!("expected a conflict, got {other:?}"),

@@ -44,12 +44,10 @@ impl FileStore {
             proxies: Vec::new(),
         };
         if let Some(path) = &path {
-            match read_state(path).await? {
-                Some(stored) => state = stored,
-                None => {
-                    tracing::info!(path = %path.display(), "creating topology state file (version 1 from [[shards]])");
-                    write_state(path, &state).await?;
-                }
+            // Nothing stored yet: version 1 stays in memory until the first change is written,
+            // so a proxy whose config directory is read-only (a mounted ConfigMap) still starts.
+            if let Some(stored) = read_state(path).await? {
+                state = stored;
             }
         }
         Ok(FileStore {
