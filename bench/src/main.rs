@@ -15,6 +15,7 @@ mod pgbench_log;
 mod pgbouncer;
 mod procfs;
 mod profile;
+mod rebalance;
 mod report;
 mod service;
 mod shardgate;
@@ -57,6 +58,8 @@ enum Cmd {
     Compare(CompareArgs),
     /// Instructions per transaction of the release shardgate binary under callgrind.
     Profile(profile::ProfileArgs),
+    /// Adding a shard to two while writes run: rows per second and the write pause.
+    Rebalance(rebalance::RebalanceArgs),
 }
 
 #[derive(Args, Clone)]
@@ -130,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             match cli.command {
                 Cmd::Compare(args) => compare(args).await,
                 Cmd::Profile(args) => profile::run(args).await,
+                Cmd::Rebalance(args) => rebalance::run(args).await,
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.

@@ -47,7 +47,12 @@ fn add_request(name: &str, c: &PgCluster) -> AddShardRequest {
 
 /// Waits for the job to end while the workload runs; `None` as soon as a workload task stops
 /// (on an error: the caller collects it).
-async fn wait_with_workload(rb: &Arc<Rebalancer>, load: &Workload, want: Phase) -> Option<Job> {
+async fn wait_with_workload(
+    rb: &Arc<Rebalancer>,
+    load: &Workload,
+    want: Phase,
+    servers: &[(&str, &PgCluster)],
+) -> Option<Job> {
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
         if load.failure().is_some() {
@@ -61,21 +66,41 @@ async fn wait_with_workload(rb: &Arc<Rebalancer>, load: &Workload, want: Phase) 
             assert_eq!(
                 job.phase,
                 want,
-                "job {} ended {} (error: {:?}); status: {}",
+                "job {} ended {} (error: {:?}); status: {}\n{}",
                 job.id,
                 job.phase,
                 job.error,
-                json(&s)
+                json(&s),
+                server_errors(servers)
             );
             return Some(job);
         }
         assert!(
             Instant::now() < deadline,
-            "job not finished after {JOB_TIMEOUT:?}: {}",
-            json(&s)
+            "job not finished after {JOB_TIMEOUT:?}: {}\n{}",
+            json(&s),
+            server_errors(servers)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The ERROR lines (and the line after each) at the end of each server's log.
+fn server_errors(servers: &[(&str, &PgCluster)]) -> String {
+    let mut out = String::new();
+    for (name, c) in servers {
+        let tail = c.log_tail(400);
+        let lines: Vec<&str> = tail.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("ERROR") {
+                out.push_str(&format!("{name}: {l}\n"));
+                if let Some(next) = lines.get(i + 1) {
+                    out.push_str(&format!("{name}:   {next}\n"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Both proxies route by `version` within 1 s, and the store lists both at it soon after.
@@ -151,6 +176,16 @@ async fn three_to_four_and_back_under_load() {
             .await
             .expect("load rows");
     }
+    // The rebalancer creates the spare's tables as its admin login (pg_dump --no-owner
+    // --no-privileges), so `app` gets its rights there the way an operator would give them.
+    superuser(&spare)
+        .await
+        .batch_execute(&format!(
+            "alter default privileges for role postgres in schema public \
+             grant select, insert, update, delete on tables to {USER}"
+        ))
+        .await
+        .expect("default privileges on the spare");
     let initial = State::initial(|_| true);
     let shard_refs: Vec<&PgCluster> = clusters.iter().collect();
     let config = |id: &str| {
@@ -198,7 +233,13 @@ async fn three_to_four_and_back_under_load() {
         .add_shard(add_request("s3", &spare))
         .await
         .unwrap_or_else(|e| panic!("add_shard refused: {e:?}"));
-    let Some(added) = wait_with_workload(&rb_a, &load, Phase::Done).await else {
+    let all4: Vec<(&str, &PgCluster)> = vec![
+        ("s0", &clusters[0]),
+        ("s1", &clusters[1]),
+        ("s2", &clusters[2]),
+        ("s3", &spare),
+    ];
+    let Some(added) = wait_with_workload(&rb_a, &load, Phase::Done, &all4).await else {
         panic!(
             "workload failed while adding s3: {:?}",
             load.finish().await.err()
@@ -212,12 +253,6 @@ async fn three_to_four_and_back_under_load() {
     assert_proxies_at(&rb_a, &controls, v2).await;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let all4: Vec<(&str, &PgCluster)> = vec![
-        ("s0", &clusters[0]),
-        ("s1", &clusters[1]),
-        ("s2", &clusters[2]),
-        ("s3", &spare),
-    ];
     let ring4 = Ring::new(&["s0", "s1", "s2", "s3"], BITS).expect("ring");
     let on4 = assert_placed(&all4, &ring4, "after adding s3").await;
     let on_s3 = verify::read_all(&all4[3..], &ring4).await.state.rows();
@@ -229,7 +264,7 @@ async fn three_to_four_and_back_under_load() {
         .remove_shard("s3")
         .await
         .unwrap_or_else(|e| panic!("remove_shard refused: {e:?}"));
-    let Some(removed) = wait_with_workload(&rb_b, &load, Phase::Done).await else {
+    let Some(removed) = wait_with_workload(&rb_b, &load, Phase::Done, &all4).await else {
         panic!(
             "workload failed while removing s3: {:?}",
             load.finish().await.err()

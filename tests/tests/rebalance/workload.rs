@@ -336,12 +336,15 @@ impl Task {
                 let n = if simple {
                     self::simple(
                         c,
-                        &format!("insert into accounts values ({k}, 0, '{note}')"),
+                        &format!("insert into accounts (user_id, balance, note) values ({k}, 0, '{note}')"),
                     )
                     .await?
                 } else {
-                    c.execute("insert into accounts values ($1, 0, $2)", &[&k, &note])
-                        .await?
+                    c.execute(
+                        "insert into accounts (user_id, balance, note) values ($1, 0, $2)",
+                        &[&k, &note],
+                    )
+                    .await?
                 };
                 expect(format!("insert account {k}"), n, 1);
                 s.accounts.insert(k, (0, Some(note)));
@@ -359,7 +362,9 @@ impl Task {
             Op::AddEvent { k, id } => {
                 let n = simple(
                     c,
-                    &format!("insert into events values ({k}, {id}, 'w{k}-{id}')"),
+                    &format!(
+                        "insert into events (user_id, id, payload) values ({k}, {id}, 'w{k}-{id}')"
+                    ),
                 )
                 .await?;
                 expect(format!("insert event ({k}, {id})"), n, 1);
@@ -386,7 +391,7 @@ impl Task {
                 let payload = format!("t{k}-{id}");
                 let added = tx
                     .execute(
-                        "insert into events values ($1, $2, $3)",
+                        "insert into events (user_id, id, payload) values ($1, $2, $3)",
                         &[&k, &id, &payload],
                     )
                     .await?;
