@@ -17,6 +17,7 @@ mod plan;
 mod preflight;
 mod runner;
 mod schema_copy;
+mod sequences;
 mod sql;
 mod teardown;
 

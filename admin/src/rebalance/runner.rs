@@ -535,6 +535,10 @@ async fn fenced(
     })
     .await;
     mark("verified", &mut steps);
+    super::sequences::align(plan, conns)
+        .await
+        .map_err(Stop::Fail)?;
+    mark("sequences aligned", &mut steps);
     tracing::info!(job = %plan.job_id, steps = ?steps, "cutover steps (ms since the fence)");
     // Last moment to abort: after the publish the job only goes forward.
     ctx.check()?;

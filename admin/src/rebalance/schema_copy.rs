@@ -1,7 +1,8 @@
 //! Copying the schema of sharded tables that a target lacks: `pg_dump --schema-only` of those
 //! tables from a source, fed to `psql` on the target (one transaction, stop on the first error).
-//! Ownership and grants are not copied (`--no-owner --no-privileges`): the tables belong to the
-//! admin login on the target, and the application's grants must be given there by the operator.
+//! Owners and grants are copied too, so the application can use the tables on the new shard as
+//! on the others: the roles they name must exist on the target (PostgreSQL roles are per
+//! cluster), else the copy fails with the missing role's name.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -81,7 +82,7 @@ pub(crate) async fn copy(
     let psql = find_tool("psql").ok_or("psql was not found")?;
     let (suser, spass) = source.admin_login(rb);
     let mut dump = tokio::process::Command::new(&pg_dump);
-    dump.args(["--schema-only", "--no-owner", "--no-privileges"])
+    dump.args(["--schema-only"])
         .arg("-h")
         .arg(&source.primary.host)
         .arg("-p")
@@ -144,7 +145,8 @@ pub(crate) async fn copy(
     if !out.status.success() || fed.is_err() {
         return Err(format!(
             "creating the sharded tables on shard {} database {db} from shard {}'s schema \
-             failed: {}",
+             failed: {} (create the roles that own or are granted the sharded tables on the \
+             target first)",
             target.name,
             source.name,
             String::from_utf8_lossy(&out.stderr).trim()
