@@ -241,8 +241,9 @@ async fn three_to_four_and_back_under_load() {
     ];
     let Some(added) = wait_with_workload(&rb_a, &load, Phase::Done, &all4).await else {
         panic!(
-            "workload failed while adding s3: {:?}",
-            load.finish().await.err()
+            "workload failed while adding s3: {:?}\n{}",
+            load.finish().await.err(),
+            server_errors(&all4)
         );
     };
     let add_time = t.elapsed();
@@ -266,8 +267,9 @@ async fn three_to_four_and_back_under_load() {
         .unwrap_or_else(|e| panic!("remove_shard refused: {e:?}"));
     let Some(removed) = wait_with_workload(&rb_b, &load, Phase::Done, &all4).await else {
         panic!(
-            "workload failed while removing s3: {:?}",
-            load.finish().await.err()
+            "workload failed while removing s3: {:?}\n{}",
+            load.finish().await.err(),
+            server_errors(&all4)
         );
     };
     let remove_time = t.elapsed();
