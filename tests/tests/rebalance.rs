@@ -176,16 +176,6 @@ async fn three_to_four_and_back_under_load() {
             .await
             .expect("load rows");
     }
-    // The rebalancer creates the spare's tables as its admin login (pg_dump --no-owner
-    // --no-privileges), so `app` gets its rights there the way an operator would give them.
-    superuser(&spare)
-        .await
-        .batch_execute(&format!(
-            "alter default privileges for role postgres in schema public \
-             grant select, insert, update, delete on tables to {USER}"
-        ))
-        .await
-        .expect("default privileges on the spare");
     let initial = State::initial(|_| true);
     let shard_refs: Vec<&PgCluster> = clusters.iter().collect();
     let config = |id: &str| {
