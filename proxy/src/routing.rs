@@ -181,6 +181,10 @@ impl Session {
             // Only statements were prepared here: the BEGIN goes out with the batch, routed.
             return true;
         }
+        if self.shared.topology_version() != self.attached_version {
+            // A new shard map: shard indices may mean other shards now. Route afresh.
+            return true;
+        }
         // Reads and writes may need different servers of the shard.
         if self.shared.topo().reads_can_leave_primary
             && self.batch_role(batch).read != self.attached_read
@@ -219,6 +223,17 @@ impl Session {
             && self.hint().is_none()
         {
             return Ok(());
+        }
+        if self.shared.topology_version() != self.attached_version {
+            // A rebalance published a new shard map while this transaction ran: its keys may
+            // live elsewhere now, and shard indices may name other shards. The client retries.
+            return Err(RouteError {
+                code: sqlstate::SERIALIZATION_FAILURE,
+                message: "the shard map changed while this transaction ran (a rebalance moved \
+                          keys between shards)"
+                    .into(),
+                hint: Some("retry the transaction".into()),
+            });
         }
         let here = self.shard;
         match route {

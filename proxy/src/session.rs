@@ -91,6 +91,9 @@ pub struct Session {
     pub(crate) parked: Vec<Frame>,
     /// A statement that may be (or is waiting to be) retried after a rebalance fence.
     pub(crate) fence: crate::fence::FenceRetry,
+    /// The shard-map version the current server connection was routed by: `shard` is an
+    /// index into that version's shard list.
+    pub(crate) attached_version: u64,
     /// The last client message processed ended a request (Sync, Query): the next one starts a
     /// new batch, which may go to another shard if no transaction is open.
     at_request_boundary: bool,
@@ -328,6 +331,7 @@ impl Session {
             refuse_until_sync: false,
             parked: Vec::new(),
             fence: Default::default(),
+            attached_version: shared.topology_version(),
             at_request_boundary: true,
             statements: HashMap::new(),
             state: SessionState::from_startup(&login.params),
@@ -482,6 +486,7 @@ impl Session {
                         Ok((s, guard)) => {
                             let active = CountGuard::new(&self.shared.activity.active);
                             self.query_guard = Some((guard, active));
+                            self.attached_version = version;
                             if self.releases_at_idle() {
                                 self.fence.arm(&batch, self.status, version);
                             }
