@@ -307,9 +307,9 @@ pub(crate) const SUBSCRIPTION_ERRORS: &str =
     "SELECT (apply_error_count + sync_error_count)::int8 FROM pg_stat_subscription_stats \
      WHERE subname = $1";
 
-/// Params `$1` slot name: WAL bytes between the source's current position and what the
-/// target confirmed.
-pub(crate) const SLOT_LAG: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), \
+/// Params `$1` slot name: WAL bytes between everything inserted on the source so far and what
+/// the target confirmed.
+pub(crate) const SLOT_LAG: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), \
      confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1";
 
 /// Params `$1` subscription name: seconds since the target last heard of a source position.
@@ -317,7 +317,28 @@ pub(crate) const SUBSCRIPTION_LAG_SECONDS: &str =
     "SELECT coalesce(extract(epoch FROM now() - latest_end_time)::float8, 0) \
      FROM pg_stat_subscription WHERE subname = $1 AND relid IS NULL";
 
-pub(crate) const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+/// The end of everything inserted into the WAL so far. Not `pg_current_wal_lsn()`, the write
+/// position: a commit made with synchronous_commit = off may not be written yet.
+pub(crate) const CURRENT_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
+
+/// A marker write committed with synchronous_commit = on (the control connections' setting):
+/// its commit flushes the WAL up to itself, so a position read before it is surely sent to the
+/// targets (logical decoding reads only flushed WAL, and nothing else may flush a quiet tail
+/// soon). Skipped when the marker table is gone (a cleanup run again after dropping it).
+pub(crate) fn flush_marker(plan: &Plan, source: &str) -> String {
+    let (job, source) = (literal(&plan.job_id), literal(source));
+    format!(
+        "DO $sg$ BEGIN
+  IF to_regclass('shardgate.marker') IS NOT NULL THEN
+    DELETE FROM shardgate.marker WHERE job = {job} AND source = {source} AND seq = {FLUSH_SEQ};
+    INSERT INTO shardgate.marker (job, source, seq) VALUES ({job}, {source}, {FLUSH_SEQ});
+  END IF;
+END $sg$"
+    )
+}
+
+/// Marker numbers: cutover attempts count from 1; the cleanup's flush marker is `FLUSH_SEQ`.
+pub(crate) const FLUSH_SEQ: i64 = 2_000_000_000;
 
 /// Params `$1` slot name, `$2` LSN text: whether the target has confirmed everything up to it.
 pub(crate) const SLOT_REACHED: &str = "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, \
@@ -380,6 +401,16 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("slot_name = 'sg_rb_1700000000000_d0_m0'"), "{s}");
+    }
+
+    #[test]
+    fn positions_include_unwritten_commits() {
+        for q in [CURRENT_LSN, SLOT_LAG] {
+            assert!(q.contains("pg_current_wal_insert_lsn()"), "{q}");
+            assert!(!q.contains("pg_current_wal_lsn()"), "{q}");
+        }
+        let f = flush_marker(&plan(), "s1");
+        assert!(f.contains("'rb-1700000000000', 's1', 2000000000"), "{f}");
     }
 
     #[test]

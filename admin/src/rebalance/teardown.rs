@@ -270,10 +270,12 @@ async fn wait_flushed(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     let plan = &ctx.plan;
     let until = tokio::time::Instant::now() + FLUSH_WAIT;
     for source in plan.sources() {
-        let lsn: String = conns
-            .one(source, &plan.databases[0], sql::CURRENT_LSN, &[])
-            .await?
-            .get(0);
+        let db0 = &plan.databases[0];
+        let lsn: String = conns.one(source, db0, sql::CURRENT_LSN, &[]).await?.get(0);
+        // The WAL is the server's, so one flush covers every database.
+        conns
+            .exec(source, db0, &sql::flush_marker(plan, &source.name))
+            .await?;
         for (d, db) in plan.databases.iter().enumerate() {
             for m in plan.moves_from(&source.name) {
                 let name = plan.object_name(d, m.index);
