@@ -4,6 +4,7 @@
 //! - `plan`: which slots move from which shard to which, and the SQL that selects them;
 //! - `preflight`: the checks before anything changes;
 //! - `runner`: Preparing → Copying → CatchingUp ⇄ Cutover → (commit) → Cleanup → Done;
+//! - `ddl`: table DDL with short lock waits, so writers never queue long behind it;
 //! - `teardown`: the undo after an abort or failure, and the cleanup after the commit;
 //! - `sql`, `conn`, `dsn`, `schema_copy`: statements, control connections, addresses,
 //!   `pg_dump | psql`.
@@ -12,6 +13,7 @@
 
 mod conn;
 mod ctx;
+mod ddl;
 mod dsn;
 mod plan;
 mod preflight;

@@ -11,7 +11,7 @@ use shardgate_topology::{Phase, StoreError};
 use super::conn::{pg_err, Conns};
 use super::ctx::{Ctx, Stop};
 use super::dsn::conninfo;
-use super::{schema_copy, sql, teardown};
+use super::{ddl, schema_copy, sql, teardown};
 
 /// Progress is sampled this often while copying and catching up.
 const SAMPLE: Duration = Duration::from_millis(1000);
@@ -144,12 +144,14 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
                 conns
                     .exec(source, db, &sql::create_fence_function(plan, i, t))
                     .await?;
-                install_trigger(
-                    ctx,
+                // CREATE TRIGGER locks the table against writers: short lock waits, retried.
+                ddl::run(
                     conns,
                     source,
                     db,
                     &sql::create_fence_trigger(plan, i, t),
+                    "install the fence trigger",
+                    &|| ctx.check(),
                 )
                 .await?;
             }
@@ -184,42 +186,6 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
         }
     }
     Ok(())
-}
-
-/// CREATE TRIGGER needs a short exclusive lock; waiting behind a long transaction would stall
-/// every writer queued behind us, so wait at most 2 s at a time and retry.
-async fn install_trigger(
-    ctx: &Ctx,
-    conns: &mut Conns,
-    source: &Shard,
-    db: &str,
-    stmt: &str,
-) -> Result<(), Stop> {
-    conns.exec(source, db, "SET lock_timeout = '2s'").await?;
-    let mut result = Err(Stop::Fail(String::new()));
-    for attempt in 1..=5 {
-        ctx.check()?;
-        match conns.exec_raw(source, db, stmt).await {
-            Ok(_) => {
-                result = Ok(());
-                break;
-            }
-            Err((Some(code), msg)) if code == "55P03" => {
-                tracing::info!(job = %ctx.plan.job_id, shard = %source.name, attempt, "fence trigger waits for a table lock; retrying");
-                result = Err(Stop::Fail(format!(
-                    "{msg}: could not lock the table to install the fence trigger in 5 tries — \
-                     a long transaction holds it; retry when it has finished"
-                )));
-                ctx.pause(Duration::from_millis(500)).await?;
-            }
-            Err((_, msg)) => {
-                result = Err(Stop::Fail(msg));
-                break;
-            }
-        }
-    }
-    let _ = conns.exec(source, db, "RESET lock_timeout").await;
-    result
 }
 
 /// Sums `sql` (a one-row, one-int8 query) over the databases on `shard`.

@@ -9,6 +9,7 @@ use shardgate_topology::{now_ms, Phase};
 
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
+use super::ddl;
 use super::plan::Move;
 use super::sql;
 
@@ -250,8 +251,9 @@ async fn drop_fence_on(
 ) -> Result<(), String> {
     let plan = &ctx.plan;
     for (i, t) in plan.tables.iter().enumerate() {
+        // DROP TRIGGER locks the table against writers: short lock waits, retried.
         for stmt in sql::drop_fence_trigger(plan, i, t) {
-            conns.exec(source, db, &stmt).await?;
+            ddl::run_to_end(conns, source, db, &stmt, "drop the fence trigger").await?;
         }
     }
     delete_fence_rows(ctx, conns, source, db).await?;
