@@ -345,6 +345,20 @@ async fn remove_a_shard() {
     let shards = start_shards(3);
     let refs: Vec<&PgCluster> = shards.iter().collect();
     load(&refs, &["s1", "s2", "s3"]);
+    // Both targets are copies of one template (same system identifier and oids), so their
+    // subscriptions' initial-copy slots on s2 get the same names. Slow inserts on the targets
+    // make the copies long enough to overlap if both ran at once: the slots would collide and
+    // the job hang in Copying.
+    for c in [refs[0], refs[2]] {
+        c.psql(
+            DB,
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow();
+             ALTER TABLE orders ENABLE ALWAYS TRIGGER slow;",
+        )
+        .unwrap();
+    }
     let before = assert_placed(&refs, &["s1", "s2", "s3"]).await;
     let cfg = config(&[("s1", refs[0]), ("s2", refs[1]), ("s3", refs[2])], "");
     let store = Store::open(&cfg, None).await.unwrap();
@@ -354,12 +368,15 @@ async fn remove_a_shard() {
     assert_eq!(e.status, 422, "{e:?}");
     assert_eq!(rb.remove_shard("nope").await.unwrap_err().status, 404);
 
+    let started = Instant::now();
     rb.remove_shard("s2").await.expect("remove_shard");
     let job = wait_terminal(&rb, Duration::from_secs(90)).await;
     assert_eq!(job.phase, Phase::Done, "{job:#?}");
     eprintln!(
-        "remove: pauses {:?} ms, moves {:?}",
-        job.progress.cutover_pauses_ms, job.progress.moves
+        "remove: {:?} total, pauses {:?} ms, moves {:?}",
+        started.elapsed(),
+        job.progress.cutover_pauses_ms,
+        job.progress.moves
     );
     let map = store.shard_map().await.unwrap();
     assert_eq!((map.version, map.names()), (2, vec!["s1", "s3"]));

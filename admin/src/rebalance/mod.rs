@@ -4,6 +4,7 @@
 //! - `plan`: which slots move from which shard to which, and the SQL that selects them;
 //! - `preflight`: the checks before anything changes;
 //! - `runner`: Preparing → Copying → CatchingUp ⇄ Cutover → (commit) → Cleanup → Done;
+//! - `stream`: the Copying and CatchingUp phases;
 //! - `ddl`: table DDL with short lock waits, so writers never queue long behind it;
 //! - `teardown`: the undo after an abort or failure, and the cleanup after the commit;
 //! - `sql`, `conn`, `dsn`, `schema_copy`: statements, control connections, addresses,
@@ -21,6 +22,7 @@ mod runner;
 mod schema_copy;
 mod sequences;
 mod sql;
+mod stream;
 mod teardown;
 
 use std::sync::{Arc, Mutex};

@@ -247,13 +247,16 @@ pub(crate) async fn check(plan: &Plan, config: &Config) -> Result<(), RebalanceE
                 ),
             ));
         }
-        // One slot and one WAL sender per move and database, plus the initial-copy slots the
-        // target may open at once (one per table, at most max_sync_workers_per_subscription).
+        // One slot and one WAL sender per move and database, plus the initial-copy slots of
+        // the one subscription copying from this source at a time (one per table and the
+        // marker table, at most its target's max_sync_workers_per_subscription).
         let mut need = 0;
+        let mut sync = 0;
         for m in plan.moves_from(&source.name) {
-            let sync = get(&m.target.name)?.sync_per_sub.min(ntables);
-            need += ndb * (1 + sync);
+            need += ndb;
+            sync = sync.max(get(&m.target.name)?.sync_per_sub.min(ntables + 1));
         }
+        need += sync;
         for (what, max, used) in [
             ("max_replication_slots", s.max_slots, s.used_slots),
             ("max_wal_senders", s.max_senders, s.used_senders),

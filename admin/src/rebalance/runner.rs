@@ -5,20 +5,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardgate_config::Shard;
 use shardgate_topology::{Phase, StoreError};
 
 use super::conn::{pg_err, Conns};
 use super::ctx::{Ctx, Stop};
 use super::dsn::conninfo;
-use super::{ddl, schema_copy, sql, teardown};
+use super::{ddl, schema_copy, sql, stream, teardown};
 
-/// Progress is sampled this often while copying and catching up.
-const SAMPLE: Duration = Duration::from_millis(1000);
 /// Polling step inside a cutover (the fence is closed: be quick).
 const CUTOVER_POLL: Duration = Duration::from_millis(5);
-/// A subscription whose workers failed this many times is hopeless.
-const MAX_SUBSCRIPTION_ERRORS: i64 = 5;
 
 /// How a runner starts.
 pub(crate) enum Start {
@@ -58,11 +53,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, start: Start) {
 /// Everything up to and including the publish of the new map.
 async fn forward(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
     prepare(ctx, conns).await?;
-    copy(ctx, conns).await?;
+    stream::copy(ctx, conns).await?;
     let attempts = ctx.config.rebalance.cutover_attempts.max(1);
     let mut last = String::new();
     for attempt in 1..=attempts {
-        catch_up(ctx, conns).await?;
+        stream::catch_up(ctx, conns).await?;
         match cutover(ctx, conns, attempt).await? {
             None => return Ok(()),
             Some(why) => last = why,
@@ -185,158 +180,7 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
                 .await?;
         }
     }
-    Ok(())
-}
-
-/// Sums `sql` (a one-row, one-int8 query) over the databases on `shard`.
-async fn sum_over_dbs(
-    ctx: &Ctx,
-    conns: &mut Conns,
-    shard: &Shard,
-    sqls: &[String],
-) -> Result<u64, Stop> {
-    let mut total = 0u64;
-    for db in &ctx.plan.databases {
-        for q in sqls {
-            let row = conns.one(shard, db, q, &[]).await?;
-            total += row.get::<_, i64>(0).max(0) as u64;
-        }
-    }
-    Ok(total)
-}
-
-fn count_sqls(ctx: &Ctx, slots: &[i64]) -> Vec<String> {
-    ctx.plan
-        .tables
-        .iter()
-        .map(|t| sql::count(&ctx.plan, t, slots))
-        .collect()
-}
-
-async fn copy(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
-    let plan = &ctx.plan;
-    ctx.set_phase(Phase::Copying, "counting the rows to move")
-        .await;
-    let mut estimates = Vec::new();
-    for m in &plan.moves {
-        estimates.push(sum_over_dbs(ctx, conns, &m.source, &count_sqls(ctx, &m.slots)).await?);
-    }
-    ctx.update_save(|j| {
-        for (mp, e) in j.progress.moves.iter_mut().zip(&estimates) {
-            mp.rows_estimated = *e;
-        }
-        j.progress.rows_estimated = estimates.iter().sum();
-    })
-    .await;
-    loop {
-        ctx.check()?;
-        let mut copied = Vec::new();
-        let mut pending = 0i64;
-        let mut errors = 0i64;
-        for m in &plan.moves {
-            copied.push(sum_over_dbs(ctx, conns, &m.target, &count_sqls(ctx, &m.slots)).await?);
-            for (d, db) in plan.databases.iter().enumerate() {
-                let name = plan.object_name(d, m.index);
-                let row = conns
-                    .one(&m.target, db, sql::SUBSCRIPTION_SYNC_STATE, &[&name])
-                    .await?;
-                let (not_ready, all): (i64, i64) = (row.get(0), row.get(1));
-                // The sharded tables and the marker table.
-                pending += not_ready + (plan.tables.len() as i64 + 1 - all).max(0);
-                if let Some(r) = conns
-                    .query(&m.target, db, sql::SUBSCRIPTION_ERRORS, &[&name])
-                    .await?
-                    .first()
-                {
-                    errors = errors.max(r.get::<_, i64>(0));
-                }
-            }
-        }
-        let total: u64 = copied.iter().sum();
-        let estimated: u64 = estimates.iter().sum();
-        ctx.update(|j| {
-            for (mp, c) in j.progress.moves.iter_mut().zip(&copied) {
-                mp.rows_copied = *c;
-            }
-            j.progress.rows_copied = total;
-            j.progress.message = if errors > 0 {
-                format!("copying: {total} of ~{estimated} rows; the subscription reported {errors} errors (see the target's server log)")
-            } else {
-                format!("copying: {total} of ~{estimated} rows")
-            };
-        })
-        .await;
-        if errors >= MAX_SUBSCRIPTION_ERRORS {
-            return Err(Stop::Fail(format!(
-                "the target's subscription failed {errors} times while copying; the target \
-                 shard's server log says why (often: the admin login cannot connect to the \
-                 source for replication — check pg_hba.conf on the source, or a constraint \
-                 on the target rejects rows)"
-            )));
-        }
-        if pending == 0 {
-            return Ok(());
-        }
-        ctx.pause(SAMPLE).await?;
-    }
-}
-
-/// Worst lag over the moves (bytes) and per-move lags, read from the sources' slots.
-async fn lags(ctx: &Ctx, conns: &mut Conns) -> Result<(Vec<u64>, f64), Stop> {
-    let plan = &ctx.plan;
-    let mut per_move = Vec::new();
-    let mut seconds = 0f64;
-    for m in &plan.moves {
-        let mut worst = 0u64;
-        for (d, db) in plan.databases.iter().enumerate() {
-            let name = plan.object_name(d, m.index);
-            let rows = conns.query(&m.source, db, sql::SLOT_LAG, &[&name]).await?;
-            let Some(row) = rows.first() else {
-                return Err(Stop::Fail(format!(
-                    "replication slot {name} is missing on shard {} — someone dropped it; the \
-                     move was undone, start it again",
-                    m.source.name
-                )));
-            };
-            let lag = row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64;
-            worst = worst.max(lag);
-            if lag > 0 {
-                if let Some(r) = conns
-                    .query(&m.target, db, sql::SUBSCRIPTION_LAG_SECONDS, &[&name])
-                    .await?
-                    .first()
-                {
-                    seconds = seconds.max(r.get::<_, f64>(0).max(0.0));
-                }
-            }
-        }
-        per_move.push(worst);
-    }
-    Ok((per_move, seconds))
-}
-
-async fn catch_up(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
-    ctx.set_phase(Phase::CatchingUp, "waiting for the targets to catch up")
-        .await;
-    let max = ctx.config.rebalance.catchup_max_lag_bytes;
-    loop {
-        ctx.check()?;
-        let (per_move, seconds) = lags(ctx, conns).await?;
-        let worst = per_move.iter().copied().max().unwrap_or(0);
-        ctx.update(|j| {
-            for (mp, l) in j.progress.moves.iter_mut().zip(&per_move) {
-                mp.lag_bytes = Some(*l);
-            }
-            j.progress.lag_bytes = Some(worst);
-            j.progress.lag_seconds = Some(seconds);
-            j.progress.message = format!("catching up: {worst} bytes behind (done at ≤ {max})");
-        })
-        .await;
-        if worst <= max {
-            return Ok(());
-        }
-        ctx.pause(Duration::from_millis(250)).await?;
-    }
+    stream::start_copies(ctx, conns).await
 }
 
 /// One cutover attempt. `None`: committed (new map published). `Some(why)`: timed out, fence

@@ -208,17 +208,26 @@ pub(crate) fn drop_publication(plan: &Plan, db: usize, m: usize) -> String {
     )
 }
 
-/// The subscription on the target: copies the existing rows, then streams changes.
+/// The subscription on the target: copies the existing rows, then streams changes. It starts
+/// disabled, with its slot already created on the source (so no change is missed), and the
+/// copy phase enables one subscription per source at a time: initial-copy slots are named
+/// `pg_<subscription oid>_sync_<table oid>_<subscriber system id>`, and targets cloned from
+/// one server share system id and oids, so two of them copying from one source at once would
+/// fight over the same slot names.
 pub(crate) fn create_subscription(plan: &Plan, db: usize, m: usize, conninfo: &str) -> String {
     let name = plan.object_name(db, m);
     format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, \
-         create_slot = true, slot_name = {}, enabled = true)",
+         create_slot = true, slot_name = {}, enabled = false)",
         ident(&name),
         literal(conninfo),
         ident(&name),
         literal(&name)
     )
+}
+
+pub(crate) fn enable_subscription(name: &str) -> String {
+    format!("ALTER SUBSCRIPTION {} ENABLE", ident(name))
 }
 
 pub(crate) fn drop_subscription(name: &str) -> String {
@@ -296,16 +305,36 @@ pub(crate) fn delete_batch(plan: &Plan, table: &TablePlan, slots: &[i64], batch:
     )
 }
 
-/// Params `$1` subscription name: tables not yet ready, and all tables, of the subscription.
+/// Params `$1` subscription name: whether it is enabled, its tables not yet ready, and all its
+/// tables. No row when the subscription is missing.
 pub(crate) const SUBSCRIPTION_SYNC_STATE: &str =
-    "SELECT count(*) FILTER (WHERE sr.srsubstate <> 'r')::int8, count(*)::int8 \
-     FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid \
-     WHERE s.subname = $1";
+    "SELECT s.subenabled, count(sr.srrelid) FILTER (WHERE sr.srsubstate <> 'r')::int8, \
+     count(sr.srrelid)::int8 FROM pg_subscription s \
+     LEFT JOIN pg_subscription_rel sr ON sr.srsubid = s.oid \
+     WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database \
+     WHERE datname = current_database()) GROUP BY s.subenabled";
 
 /// Params `$1` subscription name: apply and sync errors so far (PostgreSQL 15+).
 pub(crate) const SUBSCRIPTION_ERRORS: &str =
-    "SELECT (apply_error_count + sync_error_count)::int8 FROM pg_stat_subscription_stats \
+    "SELECT apply_error_count::int8, sync_error_count::int8 FROM pg_stat_subscription_stats \
      WHERE subname = $1";
+
+/// Params `$1` subscription name: its tables not yet ready — name, state, table oid — and the
+/// subscription's oid (the parts of their initial-copy slots' names).
+pub(crate) const SUBSCRIPTION_NOT_READY: &str =
+    "SELECT sr.srrelid::regclass::text, sr.srsubstate::text, sr.srrelid::int8, s.oid::int8 \
+     FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid \
+     WHERE s.subname = $1 AND sr.srsubstate <> 'r' ORDER BY 1";
+
+/// Params `$1` slot names: those that exist, and the pid using each.
+pub(crate) const SLOTS_NAMED: &str = "SELECT slot_name::text, active_pid \
+     FROM pg_replication_slots WHERE slot_name = ANY($1::text[])";
+
+/// The initial-copy slot PostgreSQL names for table `relid` of subscription `suboid` on the
+/// subscriber with system identifier `sysid`.
+pub(crate) fn tablesync_slot(suboid: i64, relid: i64, sysid: &str) -> String {
+    format!("pg_{suboid}_sync_{relid}_{sysid}")
+}
 
 /// Params `$1` slot name: WAL bytes between everything inserted on the source so far and what
 /// the target confirmed.
@@ -401,6 +430,11 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("slot_name = 'sg_rb_1700000000000_d0_m0'"), "{s}");
+        // Created disabled, slot included: the copy phase enables them one source at a time.
+        assert!(
+            s.contains("create_slot = true") && s.contains("enabled = false"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -411,6 +445,7 @@ mod tests {
         }
         let f = flush_marker(&plan(), "s1");
         assert!(f.contains("'rb-1700000000000', 's1', 2000000000"), "{f}");
+        assert_eq!(tablesync_slot(16400, 16385, "7"), "pg_16400_sync_16385_7");
     }
 
     #[test]
