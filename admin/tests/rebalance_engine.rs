@@ -1,205 +1,20 @@
 //! The rebalancer against real PostgreSQL servers (no proxy): add a shard, remove one, a
-//! pre-flight refusal, an abort while copying, and writes to moving keys during a move.
+//! pre-flight refusal, an abort while copying, writes to moving keys during a move, and writes
+//! to other keys that never wait.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+#[path = "rebalance_engine/common.rs"]
+mod common;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardgate_admin::rebalance::{AddShardRequest, ConfigSource, Rebalancer};
-use shardgate_config::Config;
+use common::*;
+use shardgate_admin::rebalance::{AddShardRequest, Rebalancer};
 use shardgate_router::Ring;
-use shardgate_tests::{ClusterOptions, PgCluster};
-use shardgate_topology::{Job, Phase, Store, FENCE_SQLSTATE};
-use tokio_postgres::Client;
-
-const DB: &str = "app";
-const BITS: u32 = 14;
-const ACCOUNTS: i64 = 8_000;
-const ORDERS_USERS: i64 = 3_000;
-const ORDERS_PER_USER: i64 = 4;
-
-const SCHEMA: &str = "CREATE TABLE accounts (user_id bigint PRIMARY KEY, name text NOT NULL, \
-                      balance bigint NOT NULL DEFAULT 0);
-                      CREATE TABLE orders (user_id bigint NOT NULL, id bigint NOT NULL, \
-                      amount numeric(12,2), note text, PRIMARY KEY (user_id, id));";
-
-fn start_shards(n: usize) -> Vec<PgCluster> {
-    // RUST_LOG=shardgate_admin=info shows the phases and the cutover steps.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    (0..n)
-        .map(|_| {
-            let c = PgCluster::start(ClusterOptions::default()).expect("start PostgreSQL");
-            c.create_database(DB, "postgres").expect("create database");
-            c
-        })
-        .collect()
-}
-
-fn config(shards: &[(&str, &PgCluster)], extra_tables: &str) -> Config {
-    let mut toml = String::from(
-        "[[users]]\nname = \"app\"\npassword = \"pw\"\n\n[sharding]\nkey_column = \"user_id\"\n\
-         [[sharding.tables]]\nname = \"accounts\"\n[[sharding.tables]]\nname = \"public.orders\"\n",
-    );
-    toml.push_str(extra_tables);
-    toml.push_str(
-        "\n[rebalance]\ndatabases = [\"app\"]\nadmin_user = \"postgres\"\nadmin_password = \
-         \"postgres\"\ndelete_batch_size = 1000\n",
-    );
-    for (name, c) in shards {
-        toml.push_str(&format!(
-            "\n[[shards]]\nname = \"{name}\"\nprimary = {{ host = \"127.0.0.1\", port = {}, \
-             sslmode = \"disable\" }}\n",
-            c.port()
-        ));
-    }
-    Config::from_toml(&toml, Path::new("test.toml")).expect("config")
-}
-
-async fn client(c: &PgCluster) -> Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres password=postgres dbname={DB}",
-            c.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(conn);
-    client
-}
-
-fn hash_expr(col: &str) -> String {
-    format!("hashint8extended(({col})::int8, 0)")
-}
-
-/// Creates the tables on every shard and loads the rows each owns under `names`' ring.
-fn load(shards: &[&PgCluster], names: &[&str]) {
-    let ring = Ring::new(names, BITS).unwrap();
-    for (i, c) in shards.iter().enumerate() {
-        c.psql(DB, SCHEMA).unwrap();
-        let accounts = ring.predicate(i, &hash_expr("g"));
-        let orders = ring.predicate(i, &hash_expr("u"));
-        c.psql(
-            DB,
-            &format!(
-                "INSERT INTO accounts SELECT g, 'user ' || g, g % 97 FROM generate_series(1, \
-                 {ACCOUNTS}) g WHERE {accounts};
-                 INSERT INTO orders SELECT u, o, (u * o % 1000) / 10.0, CASE WHEN o = 2 THEN \
-                 NULL ELSE 'n' || o END FROM generate_series(1, {ORDERS_USERS}) u, \
-                 generate_series(1, {ORDERS_PER_USER}) o WHERE {orders};"
-            ),
-        )
-        .unwrap();
-    }
-}
-
-fn rebalancer(config: Config, store: Arc<Store>) -> Arc<Rebalancer> {
-    let config = Arc::new(config);
-    let source: ConfigSource = Arc::new(move || config.clone());
-    Rebalancer::new(store, source, "test-proxy".into())
-}
-
-async fn wait_terminal(rb: &Rebalancer, limit: Duration) -> Job {
-    let until = Instant::now() + limit;
-    loop {
-        let status = rb.status().await.expect("status");
-        let job = status.job.expect("a job");
-        if job.phase.is_terminal() {
-            return job;
-        }
-        assert!(Instant::now() < until, "job did not finish: {job:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_phase(rb: &Rebalancer, phase: Phase, limit: Duration) -> Job {
-    let until = Instant::now() + limit;
-    loop {
-        let job = rb.status().await.unwrap().job.unwrap();
-        if job.phase == phase || job.phase.is_terminal() {
-            return job;
-        }
-        assert!(Instant::now() < until, "never reached {phase}: {job:#?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// No slot, publication, subscription, fence trigger or shardgate schema left.
-async fn assert_clean(c: &PgCluster, what: &str) {
-    let cl = client(c).await;
-    let row = cl
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM \
-             pg_publication), (SELECT count(*) FROM pg_subscription), (SELECT count(*) FROM \
-             pg_trigger WHERE tgname LIKE 'sg_fence%'), (SELECT count(*) FROM pg_proc WHERE \
-             proname LIKE 'sg_fence%'), to_regnamespace('shardgate') IS NULL",
-            &[],
-        )
-        .await
-        .unwrap();
-    let counts: Vec<i64> = (0..5).map(|i| row.get(i)).collect();
-    assert_eq!(
-        counts,
-        vec![0; 5],
-        "{what}: slots, publications, subscriptions, triggers, functions left"
-    );
-    assert!(row.get::<_, bool>(5), "{what}: schema shardgate left");
-}
-
-/// Every row of both tables on every shard, as (table, key, whole row text).
-async fn rows(c: &PgCluster) -> Vec<(String, String, String)> {
-    let cl = client(c).await;
-    let mut out = Vec::new();
-    for (t, key) in [
-        ("accounts", "user_id::text"),
-        ("orders", "user_id || '/' || id"),
-    ] {
-        if cl
-            .query_one("SELECT to_regclass($1) IS NULL", &[&t])
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-        {
-            continue;
-        }
-        for r in cl
-            .query(&format!("SELECT {key}, t::text FROM {t} t"), &[])
-            .await
-            .unwrap()
-        {
-            out.push((t.to_owned(), r.get(0), r.get(1)));
-        }
-    }
-    out
-}
-
-/// Every row is on the shard `names`' ring gives it, exactly once; returns all rows.
-async fn assert_placed(shards: &[&PgCluster], names: &[&str]) -> HashMap<(String, String), String> {
-    let ring = Ring::new(names, BITS).unwrap();
-    let mut all = HashMap::new();
-    for (i, c) in shards.iter().enumerate() {
-        for (t, key, text) in rows(c).await {
-            let user: i64 = key.split('/').next().unwrap().parse().unwrap();
-            let owner = ring.shard_for_hash(shardgate_router::hash::hashint8extended(user, 0));
-            assert_eq!(
-                owner, i,
-                "{t} row {key} is on {} but belongs on {}",
-                names[i], names[owner]
-            );
-            assert!(
-                all.insert((t.clone(), key.clone()), text).is_none(),
-                "{t} row {key} twice"
-            );
-        }
-    }
-    all
-}
+use shardgate_tests::PgCluster;
+use shardgate_topology::{Phase, Store, FENCE_SQLSTATE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn add_a_third_shard_under_concurrent_writes() {
@@ -506,15 +321,6 @@ async fn abort_while_copying_leaves_every_shard_as_before() {
     }
 }
 
-/// Every row of every shard, per shard.
-async fn snapshot(shards: &[&PgCluster]) -> Vec<HashSet<(String, String, String)>> {
-    let mut out = Vec::new();
-    for c in shards {
-        out.push(rows(c).await.into_iter().collect());
-    }
-    out
-}
-
 /// A runner that dies mid-copy (its runtime is shut down, like a killed proxy) leaves a job
 /// with a stale heartbeat; another proxy's `resume` undoes it.
 #[test]
@@ -577,4 +383,135 @@ fn resume_after_the_runner_died_undoes_the_move() {
             assert_clean(c, "after resume").await;
         }
     });
+}
+
+/// Writes to keys that do not move never wait long: not behind the fence trigger's
+/// installation while a transaction holds the table, nor anywhere else. And the catch-up
+/// finishes under steady writes to other keys even though the slots' byte lag never gets
+/// below the limit (1 byte here): the probe markers tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_to_other_keys_never_wait() {
+    let mut shards = start_shards(3);
+    let new = shards.pop().unwrap();
+    let (s1, s2) = (&shards[0], &shards[1]);
+    load(&[s1, s2], &["s1", "s2"]);
+    let before = assert_placed(&[s1, s2], &["s1", "s2"]).await;
+    let cfg = config_with(&[("s1", s1), ("s2", s2)], "", "catchup_max_lag_bytes = 1\n");
+    let store = Store::open(&cfg, None).await.unwrap();
+    let rb = rebalancer(cfg, store.clone());
+
+    let (old, grown) = (
+        Ring::new(&["s1", "s2"], BITS).unwrap(),
+        Ring::new(&["s1", "s2", "s3"], BITS).unwrap(),
+    );
+    let stays = |k: i64, i: usize| {
+        let h = shardgate_router::hash::hashint8extended(k, 0);
+        old.shard_for_hash(h) == i && grown.shard_for_hash(h) == i
+    };
+    // Per source: existing keys that stay (the first one is the lock holder's) and new ones.
+    let keys: Vec<Vec<i64>> = (0..2)
+        .map(|i| (1..=ACCOUNTS).filter(|&k| stays(k, i)).take(200).collect())
+        .collect();
+    let fresh: Vec<Vec<i64>> = (0..2)
+        .map(|i| (2_000_000..2_100_000).filter(|&k| stays(k, i)).collect())
+        .collect();
+
+    // A transaction holds accounts on s1 (as a long application transaction would) while the
+    // job starts, so installing the fence trigger there has to wait for it.
+    let holder = client(s1).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            "UPDATE accounts SET name = name WHERE user_id = $1",
+            &[&keys[0][0]],
+        )
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (i, c) in [s1, s2].into_iter().enumerate() {
+        let cl = client(c).await;
+        let (stop, keys, fresh) = (stop.clone(), keys[i].clone(), fresh[i].clone());
+        writers.push(tokio::spawn(async move {
+            let (mut worst, mut n, mut inserted) = (Duration::ZERO, 0usize, 0usize);
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let t = Instant::now();
+                if n % 2 == 0 && inserted < fresh.len() {
+                    cl.execute(
+                        "INSERT INTO accounts VALUES ($1, 'w', 0)",
+                        &[&fresh[inserted]],
+                    )
+                    .await
+                    .unwrap();
+                    inserted += 1;
+                } else {
+                    // Skip the holder's key.
+                    let k = keys[1 + n % (keys.len() - 1)];
+                    cl.execute(
+                        "UPDATE accounts SET balance = balance + 1 WHERE user_id = $1",
+                        &[&k],
+                    )
+                    .await
+                    .unwrap();
+                }
+                worst = worst.max(t.elapsed());
+            }
+            (worst, n, inserted)
+        }));
+    }
+
+    let started = Instant::now();
+    rb.add_shard(AddShardRequest {
+        name: "s3".into(),
+        primary: format!("127.0.0.1:{}", new.port()),
+        replicas: vec![],
+        admin_user: None,
+        admin_password: None,
+    })
+    .await
+    .expect("add_shard");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held_in = rb.status().await.unwrap().job.unwrap().phase;
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    let job = wait_terminal(&rb, Duration::from_secs(90)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut worst = Duration::ZERO;
+    let mut inserted = 0;
+    let mut writes = 0;
+    for w in writers {
+        let (w, n, ins) = w.await.unwrap();
+        worst = worst.max(w);
+        writes += n;
+        inserted += ins;
+    }
+    eprintln!(
+        "other keys: {:?} total, {writes} writes, slowest {worst:?}, lag {:?} bytes / {:?} s, \
+         pauses {:?} ms",
+        started.elapsed(),
+        job.progress.lag_bytes,
+        job.progress.lag_seconds,
+        job.progress.cutover_pauses_ms
+    );
+    assert_eq!(job.phase, Phase::Done, "{job:#?}");
+    assert_eq!(
+        held_in,
+        Phase::Preparing,
+        "the fence trigger did not wait for the lock"
+    );
+    assert!(
+        worst < Duration::from_millis(400),
+        "a write to a key that does not move waited {worst:?}"
+    );
+    assert!(
+        job.progress.lag_seconds.is_some_and(|s| s < 1.0),
+        "{job:#?}"
+    );
+    let after = assert_placed(&[s1, s2, &new], &["s1", "s2", "s3"]).await;
+    assert_eq!(after.len(), before.len() + inserted);
+    for c in [s1, s2, &new] {
+        assert_clean(c, "after add").await;
+    }
 }

@@ -56,8 +56,9 @@ async fn forward(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
     stream::copy(ctx, conns).await?;
     let attempts = ctx.config.rebalance.cutover_attempts.max(1);
     let mut last = String::new();
+    let mut probe_seq = sql::PROBE_SEQ_START;
     for attempt in 1..=attempts {
-        stream::catch_up(ctx, conns).await?;
+        stream::catch_up(ctx, conns, &mut probe_seq).await?;
         match cutover(ctx, conns, attempt).await? {
             None => return Ok(()),
             Some(why) => last = why,

@@ -36,11 +36,11 @@ pub(crate) fn create_marker_table() -> Vec<String> {
     ]
 }
 
-/// Params `$1` job, `$2` source shard, `$3` attempt.
+/// Params `$1` job, `$2` source shard, `$3` sequence number (see `PROBE_SEQ_START`).
 pub(crate) const MARKER_INSERT: &str =
     "INSERT INTO shardgate.marker (job, source, seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
-/// Params `$1` job, `$2` source shard, `$3` attempt.
+/// Params `$1` job, `$2` source shard, `$3` sequence number.
 pub(crate) const MARKER_ARRIVED: &str =
     "SELECT EXISTS (SELECT 1 FROM shardgate.marker WHERE job = $1 AND source = $2 AND seq = $3)";
 
@@ -366,7 +366,9 @@ END $sg$"
     )
 }
 
-/// Marker numbers: cutover attempts count from 1; the cleanup's flush marker is `FLUSH_SEQ`.
+/// Marker numbers: cutover attempts count from 1, catch-up probes from `PROBE_SEQ_START`, and
+/// the cleanup's flush marker is `FLUSH_SEQ`.
+pub(crate) const PROBE_SEQ_START: i64 = 1_000_000;
 pub(crate) const FLUSH_SEQ: i64 = 2_000_000_000;
 
 /// Params `$1` slot name, `$2` LSN text: whether the target has confirmed everything up to it.
