@@ -180,6 +180,14 @@ impl ClusterOptions {
             "logging_collector = off".into(),
             "log_line_prefix = '%m [%p] %q%u@%d '".into(),
             "password_encryption = 'scram-sha-256'".into(),
+            // Logical replication: the launcher waits wal_retrieve_retry_interval (5 s by
+            // default) between starting a subscription's initial-copy workers, which made
+            // small test copies take 10-20 s; and a target copying from several sources needs
+            // more than the default 4 workers (each subscription: 1 apply + its copy workers).
+            "wal_retrieve_retry_interval = '200ms'".into(),
+            "max_sync_workers_per_subscription = 4".into(),
+            "max_logical_replication_workers = 16".into(),
+            "max_worker_processes = 24".into(),
         ];
         for line in lines.iter().chain(&self.extra_conf) {
             let _ = writeln!(s, "{line}");
@@ -285,6 +293,10 @@ mod tests {
         );
         let conf = o.render_conf(5432, Path::new("/tmp"));
         assert!(conf.contains("ssl = on") && conf.contains("ssl_key_file = '/x/server.key'"));
+        assert!(
+            conf.contains("wal_retrieve_retry_interval = '200ms'"),
+            "{conf}"
+        );
     }
 
     #[test]
