@@ -167,6 +167,9 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
             }
         }
     }
+    // Sources already copying into one of their subscriptions (one at a time, see
+    // `sql::create_subscription`).
+    let mut copying: Vec<&str> = Vec::new();
     for (d, db) in plan.databases.iter().enumerate() {
         for m in &plan.moves {
             ctx.check()?;
@@ -179,9 +182,18 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
                     &sql::create_subscription(plan, d, m.index, &info),
                 )
                 .await?;
+            // A source's first copy starts at once, while the rest is prepared; the copy
+            // phase starts the others in turn.
+            if !copying.contains(&m.source.name.as_str()) {
+                let name = plan.object_name(d, m.index);
+                conns
+                    .exec(&m.target, db, &sql::enable_subscription(&name))
+                    .await?;
+                copying.push(&m.source.name);
+            }
         }
     }
-    stream::start_copies(ctx, conns).await
+    Ok(())
 }
 
 /// One cutover attempt. `None`: committed (new map published). `Some(why)`: timed out, fence

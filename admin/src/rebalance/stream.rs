@@ -202,14 +202,6 @@ async fn enable_next(
     Ok(copying)
 }
 
-/// Enables the first subscription of each source (at the end of Preparing, so the copies
-/// start while the rows to move are being counted).
-pub(crate) async fn start_copies(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
-    let mut states = stream_states(ctx, conns).await?;
-    enable_next(ctx, conns, &mut states).await?;
-    Ok(())
-}
-
 pub(crate) async fn copy(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
     let plan = &ctx.plan;
     ctx.set_phase(Phase::Copying, "counting the rows to move")
