@@ -419,6 +419,11 @@ async fn keys_on(env: &AbortEnv, source: usize) -> (i64, i64) {
 
 /// A logical replication worker on this server waits for a lock.
 async fn apply_blocked(c: &tokio_postgres::Client) -> bool {
+    // `c` may be inside the transaction holding the lock, and PostgreSQL keeps one
+    // pg_stat_activity snapshot per transaction: drop it so each call sees the present.
+    c.batch_execute("select pg_stat_clear_snapshot()")
+        .await
+        .expect("pg_stat_clear_snapshot");
     c.query_one(
         "select count(*) from pg_stat_activity \
          where backend_type = 'logical replication worker' and wait_event_type = 'Lock'",
