@@ -23,6 +23,9 @@ pub(crate) enum Stop {
     Fail(String),
     /// Another proxy took the job over: stop without touching anything.
     Lost,
+    /// The new map was published and the job then failed; it is recorded as Failed and the
+    /// sources keep their rows (a committed job is never undone).
+    Committed,
 }
 
 impl From<String> for Stop {

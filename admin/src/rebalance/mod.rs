@@ -24,6 +24,7 @@ mod sequences;
 mod sql;
 mod stream;
 mod teardown;
+mod verify;
 
 use std::sync::{Arc, Mutex};
 

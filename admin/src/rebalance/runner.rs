@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use shardgate_topology::{Phase, StoreError};
 
-use super::conn::{pg_err, Conns};
+use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
 use super::dsn::conninfo;
-use super::{ddl, schema_copy, sql, stream, teardown};
+use super::{ddl, schema_copy, sql, stream, teardown, verify};
 
 /// Polling step inside a cutover (the fence is closed: be quick).
 const CUTOVER_POLL: Duration = Duration::from_millis(5);
@@ -31,7 +31,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, start: Start) {
     match start {
         Start::Fresh => match forward(&ctx, &mut conns).await {
             Ok(()) => teardown::finish_cleanup(&ctx, &mut conns).await,
-            Err(Stop::Lost) => {}
+            Err(Stop::Lost | Stop::Committed) => {}
             Err(stop) => teardown::undo_and_finish(&ctx, &mut conns, stop, None).await,
         },
         Start::Resume if phase.is_committed() => teardown::finish_cleanup(&ctx, &mut conns).await,
@@ -210,17 +210,37 @@ async fn cutover(ctx: &Ctx, conns: &mut Conns, attempt: u32) -> Result<Option<St
     let deadline = t0 + timeout;
     let outcome = fenced(ctx, conns, attempt, t0, deadline).await;
     let pause_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if !matches!(outcome, Ok(Some(_))) {
+        verify::end_snapshots(plan, conns).await;
+    }
     match outcome {
         Ok(Some(version)) => {
             ctx.update_save(|j| {
                 j.progress.cutover_pauses_ms.push(pause_ms);
                 j.to_version = Some(version);
                 j.phase = Phase::Cleanup;
-                j.progress.message = format!("committed at version {version}; cleaning up");
+                j.progress.message =
+                    format!("committed at version {version}; verifying the moved rows");
             })
             .await;
             tracing::info!(job = %plan.job_id, version, pause_ms, "rebalance committed: new shard map published");
-            Ok(None)
+            let verified = verify::verify(ctx, conns).await;
+            verify::end_snapshots(plan, conns).await;
+            match verified {
+                Ok(Ok(rows)) => {
+                    ctx.update(|j| {
+                        for (mp, v) in j.progress.moves.iter_mut().zip(&rows) {
+                            mp.verified_rows = Some(*v);
+                        }
+                    })
+                    .await;
+                    Ok(None)
+                }
+                Ok(Err(problem)) | Err(problem) => {
+                    teardown::fail_after_commit(ctx, conns, version, &problem).await;
+                    Err(Stop::Committed)
+                }
+            }
         }
         Ok(None) => {
             teardown::unfence_all(ctx, conns)
@@ -337,31 +357,18 @@ async fn fenced(
         }
     }
     mark("targets confirmed", &mut steps);
-    // Verify: same rows on both sides, per move, database and table. All counts run at once
-    // (the fence is closed: every millisecond counts), bounded by the deadline.
-    let left = deadline.saturating_duration_since(Instant::now());
-    let verified = match tokio::time::timeout(left, verify(ctx, conns)).await {
-        Err(_) => return Ok(None),
-        Ok(Err(e)) => return Err(Stop::Fail(e)),
-        Ok(Ok(Err(mismatch))) => {
-            teardown::unfence_all(ctx, conns)
-                .await
-                .map_err(Stop::Fail)?;
-            return Err(Stop::Fail(mismatch));
-        }
-        Ok(Ok(Ok(v))) => v,
-    };
-    ctx.update(|j| {
-        for (mp, v) in j.progress.moves.iter_mut().zip(&verified) {
-            mp.verified_rows = Some(*v);
-        }
-    })
-    .await;
-    mark("verified", &mut steps);
+    // New rows on the targets must not collide with moved ones (serial columns).
     super::sequences::align(plan, conns)
         .await
         .map_err(Stop::Fail)?;
     mark("sequences aligned", &mut steps);
+    // Every source and target now holds the moving rows as of the fence: freeze that view in
+    // a snapshot per connection, to count and checksum after the publish, so verification
+    // does not hold the fence (it scans every moved row: ~0.7 s for 330k rows).
+    verify::take_snapshots(plan, conns)
+        .await
+        .map_err(Stop::Fail)?;
+    mark("snapshots taken", &mut steps);
     tracing::info!(job = %plan.job_id, steps = ?steps, "cutover steps (ms since the fence)");
     // Last moment to abort: after the publish the job only goes forward.
     ctx.check()?;
@@ -398,60 +405,4 @@ async fn fenced(
             }
         }
     }
-}
-
-/// Count and checksum of each move's rows on its source and its target, per database and
-/// table, all queries in flight together. `Ok(Err(..))` is a mismatch; `Err` a failed query.
-async fn verify(ctx: &Ctx, conns: &mut Conns) -> Result<Result<Vec<u64>, String>, String> {
-    let plan = &ctx.plan;
-    let mut keys = Vec::new();
-    for db in &plan.databases {
-        for m in &plan.moves {
-            keys.push((&m.source, db.as_str()));
-            keys.push((&m.target, db.as_str()));
-        }
-    }
-    let clients = conns.clients(&keys).await?;
-    let mut checks = Vec::new();
-    let mut k = 0;
-    for db in &plan.databases {
-        for m in &plan.moves {
-            let (src, dst) = (clients[k], clients[k + 1]);
-            k += 2;
-            for t in &plan.tables {
-                let q = sql::count_and_checksum(plan, t, &m.slots);
-                checks.push(async move {
-                    let (s, r) = tokio::join!(src.query_one(&q, &[]), dst.query_one(&q, &[]));
-                    let err = |e: tokio_postgres::Error, shard: &str| {
-                        format!("verifying on shard {shard} database {db}: {}", pg_err(&e))
-                    };
-                    let s = s.map_err(|e| err(e, &m.source.name))?;
-                    let r = r.map_err(|e| err(e, &m.target.name))?;
-                    let (sc, ss): (i64, String) = (s.get(0), s.get(1));
-                    let (tc, ts): (i64, String) = (r.get(0), r.get(1));
-                    if sc != tc || ss != ts {
-                        return Ok(Err(format!(
-                            "verification failed for table {} in database {db}, move {} → {}: \
-                             the source has {sc} rows (checksum {ss}), the target {tc} \
-                             (checksum {ts}); the move was undone — check for writes that \
-                             bypass the fence (a session with shardgate.bypass on, or \
-                             session_replication_role = replica) and start it again",
-                            t.display(),
-                            m.source.name,
-                            m.target.name
-                        )));
-                    }
-                    Ok::<_, String>(Ok((m.index, sc.max(0) as u64)))
-                });
-            }
-        }
-    }
-    let mut verified = vec![0u64; plan.moves.len()];
-    for result in futures_util::future::join_all(checks).await {
-        match result? {
-            Ok((i, n)) => verified[i] += n,
-            Err(mismatch) => return Ok(Err(mismatch)),
-        }
-    }
-    Ok(Ok(verified))
 }

@@ -523,6 +523,32 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     drop_fences(ctx, conns).await
 }
 
+/// The job committed (the new map is live) but verification found a difference or could not
+/// run: record it as Failed, drop the replication objects (no slot may leak), and keep the
+/// sources' rows and fences, so nothing is lost and nothing writes the old copies.
+pub(crate) async fn fail_after_commit(ctx: &Ctx, conns: &mut Conns, version: u64, problem: &str) {
+    tracing::error!(job = %ctx.plan.job_id, version, %problem, "verification failed after the commit");
+    let dropped = drop_streams(ctx, conns).await;
+    ctx.update_save(|j| {
+        j.phase = Phase::Failed;
+        j.stopped_in = Some(Phase::Cleanup);
+        j.finished_ms = Some(now_ms());
+        j.error = Some(format!(
+            "committed at version {version} (the new shard map is live), but verification \
+             failed: {problem}. The sources still hold every moved row and their fences stay \
+             (nothing was deleted){}; compare the rows named above on both sides, repair the \
+             target, then delete the moved rows from the sources and drop the fence triggers \
+             named {}…",
+            match &dropped {
+                Ok(_) => String::new(),
+                Err(e) => format!("; dropping the subscriptions also failed: {e}"),
+            },
+            ctx.plan.prefix()
+        ));
+    })
+    .await;
+}
+
 /// Stale proxies would still read the sources' old copies: wait (bounded) until every proxy
 /// seen lately routes by `version`.
 async fn wait_for_proxies(ctx: &Ctx, version: u64) {

@@ -1,0 +1,127 @@
+//! Verification of a move: per move, database and table, the row count and an
+//! order-independent checksum of the moving rows must be equal on the source and the target.
+//!
+//! The counts run on snapshots taken inside the cutover (fenced, drained, the target caught up
+//! to the fence) and are read after the new map is published: scanning every moved row takes
+//! far longer than the rest of the cutover, and the fence need not wait for it. The sources
+//! keep their rows until verification has passed.
+
+use std::collections::BTreeSet;
+
+use super::conn::{pg_err, Conns};
+use super::ctx::Ctx;
+use super::plan::Plan;
+use super::sql;
+
+/// The (shard, database) connections a verification reads from.
+fn endpoints(plan: &Plan) -> BTreeSet<(usize, usize, bool)> {
+    // (move index, database index, is source), deduplicated by shard name below.
+    let mut out = BTreeSet::new();
+    for d in 0..plan.databases.len() {
+        for m in &plan.moves {
+            out.insert((m.index, d, true));
+            out.insert((m.index, d, false));
+        }
+    }
+    out
+}
+
+/// Opens a read-only REPEATABLE READ transaction on every connection the verification uses and
+/// takes its snapshot now.
+pub(crate) async fn take_snapshots(plan: &Plan, conns: &mut Conns) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for (i, d, source) in endpoints(plan) {
+        let m = &plan.moves[i];
+        let shard = if source { &m.source } else { &m.target };
+        let db = &plan.databases[d];
+        if !seen.insert((shard.name.clone(), db.clone())) {
+            continue;
+        }
+        conns
+            .exec(
+                shard,
+                db,
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            )
+            .await?;
+        // The snapshot is taken by the first query, not by BEGIN.
+        conns.one(shard, db, "SELECT 1", &[]).await?;
+    }
+    Ok(())
+}
+
+/// Ends the snapshot transactions (a connection that cannot is dropped and reopened later).
+pub(crate) async fn end_snapshots(plan: &Plan, conns: &mut Conns) {
+    let mut seen = BTreeSet::new();
+    for (i, d, source) in endpoints(plan) {
+        let m = &plan.moves[i];
+        let shard = if source { &m.source } else { &m.target };
+        let db = &plan.databases[d];
+        if !seen.insert((shard.name.clone(), db.clone())) {
+            continue;
+        }
+        // COMMIT outside a transaction only warns.
+        if conns.exec(shard, db, "COMMIT").await.is_err() {
+            conns.drop_conn(shard, db);
+        }
+    }
+}
+
+/// Count and checksum of each move's rows on its source and its target, per database and
+/// table, all queries in flight together. `Ok(Err(..))` is a mismatch; `Err` a failed query.
+pub(crate) async fn verify(
+    ctx: &Ctx,
+    conns: &mut Conns,
+) -> Result<Result<Vec<u64>, String>, String> {
+    let plan = &ctx.plan;
+    let mut keys = Vec::new();
+    for db in &plan.databases {
+        for m in &plan.moves {
+            keys.push((&m.source, db.as_str()));
+            keys.push((&m.target, db.as_str()));
+        }
+    }
+    let clients = conns.clients(&keys).await?;
+    let mut checks = Vec::new();
+    let mut k = 0;
+    for db in &plan.databases {
+        for m in &plan.moves {
+            let (src, dst) = (clients[k], clients[k + 1]);
+            k += 2;
+            for t in &plan.tables {
+                let q = sql::count_and_checksum(plan, t, &m.slots);
+                checks.push(async move {
+                    let (s, r) = tokio::join!(src.query_one(&q, &[]), dst.query_one(&q, &[]));
+                    let err = |e: tokio_postgres::Error, shard: &str| {
+                        format!("verifying on shard {shard} database {db}: {}", pg_err(&e))
+                    };
+                    let s = s.map_err(|e| err(e, &m.source.name))?;
+                    let r = r.map_err(|e| err(e, &m.target.name))?;
+                    let (sc, ss): (i64, String) = (s.get(0), s.get(1));
+                    let (tc, ts): (i64, String) = (r.get(0), r.get(1));
+                    if sc != tc || ss != ts {
+                        return Ok(Err(format!(
+                            "verification failed for table {} in database {db}, move {} → {}: \
+                             the source has {sc} rows (checksum {ss}), the target {tc} \
+                             (checksum {ts}); the move was undone — check for writes that \
+                             bypass the fence (a session with shardgate.bypass on, or \
+                             session_replication_role = replica) and start it again",
+                            t.display(),
+                            m.source.name,
+                            m.target.name
+                        )));
+                    }
+                    Ok::<_, String>(Ok((m.index, sc.max(0) as u64)))
+                });
+            }
+        }
+    }
+    let mut verified = vec![0u64; plan.moves.len()];
+    for result in futures_util::future::join_all(checks).await {
+        match result? {
+            Ok((i, n)) => verified[i] += n,
+            Err(mismatch) => return Ok(Err(mismatch)),
+        }
+    }
+    Ok(Ok(verified))
+}
