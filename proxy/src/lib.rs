@@ -6,6 +6,7 @@
 
 mod auth;
 mod cancel;
+mod checkout;
 mod control;
 mod cross;
 mod fence;

@@ -16,7 +16,8 @@ use shardgate_wire::backend::TransactionStatus;
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tracing::{debug, warn};
 
-use crate::session::{CheckoutFailure, Session};
+use crate::checkout::CheckoutFailure;
+use crate::session::Session;
 
 /// Where a batch runs: on a replica (or wherever reads go), and whether it may write (then
 /// read-your-writes takes the primary's WAL position after it).

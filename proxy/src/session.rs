@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use shardgate_config::PoolMode;
-use shardgate_pool::{
-    CheckoutError, HostChoice, PoolKey, PooledConn, QueryGuard, ServerConn, ServerError, ServerPool,
-};
+use shardgate_pool::{HostChoice, PooledConn, QueryGuard, ServerPool};
 use shardgate_router::{Hint, RoleHint, ShardIndex};
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::cancel::{CancelSlot, CancelTarget};
+use crate::cancel::CancelSlot;
 use crate::control::CountGuard;
 use crate::io::ClientIo;
 use crate::limits::{CapReached, CapSlot};
@@ -43,13 +41,13 @@ pub struct Session {
     pub(crate) id: u64,
     pub(crate) shared: Arc<Shared>,
     pub(crate) io: ClientIo,
-    mode: PoolMode,
-    database: String,
-    user: shardgate_config::User,
+    pub(crate) mode: PoolMode,
+    pub(crate) database: String,
+    pub(crate) user: shardgate_config::User,
     /// Server pools by shard and host, created on first use.
-    pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
+    pub(crate) pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
     /// The reload generation `pools` belongs to.
-    pools_generation: u64,
+    pub(crate) pools_generation: u64,
     /// The shard and host of the current (or last) server connection.
     pub(crate) shard: ShardIndex,
     pub(crate) host: HostChoice,
@@ -251,35 +249,6 @@ async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>,
 }
 
 impl Session {
-    /// The server pool of the current shard and host, created on first use.
-    pub(crate) fn pool(&mut self) -> ServerPool {
-        let generation = self.shared.generation();
-        if generation != self.pools_generation {
-            // A reload or a new shard map replaced pools (or hosts): forget the ones cached
-            // here. Read-your-writes positions follow the shard count (an added shard comes
-            // last, so the others keep their positions).
-            self.pools.clear();
-            self.pools_generation = generation;
-            let shards = self.shared.topo().router.shard_names().len();
-            self.read_after.resize(shards, 0);
-        }
-        let at = (self.shard, self.host);
-        if let Some(p) = self.pools.get(&at) {
-            return p.clone();
-        }
-        let (role, host) = self.shared.host_of(self.shard, self.host);
-        let key = PoolKey {
-            database: self.database.clone(),
-            user: self.user.name.clone(),
-            shard: self.shard_name(self.shard),
-            role,
-            host,
-        };
-        let pool = self.shared.pool(key, &self.user);
-        self.pools.insert(at, pool.clone());
-        pool
-    }
-
     pub(crate) fn mode_is_session(&self) -> bool {
         self.mode == PoolMode::Session
     }
@@ -383,64 +352,6 @@ impl Session {
             self.release(&mut server).await;
             Ok(None)
         }
-    }
-
-    /// Checks a server connection out and brings it to the client's session state. With
-    /// `collect`, returns the ParameterStatus values the server reported while doing so.
-    pub(crate) async fn checkout(
-        &mut self,
-        collect: bool,
-    ) -> Result<(PooledConn, Vec<(String, String)>), CheckoutFailure> {
-        let pool = self.pool();
-        let waiting = CountGuard::new(&self.shared.activity.waiting);
-        let wait_started = std::time::Instant::now();
-        let checked_out = pool.checkout().await;
-        drop(waiting);
-        self.shared.topo().query_stats.checkout_wait(
-            self.shard,
-            pool.key().role,
-            wait_started.elapsed(),
-        );
-        let mut server =
-            match checked_out {
-                Ok(s) => s,
-                Err(CheckoutError::Timeout { pool, waited }) => return Err(CheckoutFailure::new(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    format!("no server connection became free in pool {pool} within {waited:?}"),
-                    Some("raise pool.size or pool.checkout_timeout, or make transactions shorter"),
-                )),
-                Err(CheckoutError::Connect(e)) => return Err(connect_error(&pool, e)),
-            };
-        let mut reported = Vec::new();
-        if server.session_fingerprint() != self.state.fingerprint() || collect {
-            let sql = self.state.replay_sql();
-            match run_collecting(&mut server, &sql).await {
-                Ok(r) => reported = r,
-                Err(ServerError::Query { code, message }) => {
-                    server.set_session_fingerprint(u64::MAX);
-                    return Err(CheckoutFailure {
-                        code,
-                        message,
-                        hint: Some(
-                            "a setting from the startup packet or a SET was refused by the server"
-                                .into(),
-                        ),
-                    });
-                }
-                Err(e) => {
-                    server.mark_broken();
-                    return Err(connect_error(&pool, e));
-                }
-            }
-            server.set_session_fingerprint(self.state.fingerprint());
-        }
-        let (spid, ssecret) = server.backend_key();
-        *self.cancel.lock().await = Some(CancelTarget {
-            host: server.host().clone(),
-            pid: spid,
-            secret: ssecret,
-        });
-        Ok((server, reported))
     }
 
     /// Gives a server connection back: clears the cancel target first, so a late cancel cannot
@@ -783,78 +694,6 @@ impl Session {
             server.set_session_fingerprint(0);
         }
     }
-}
-
-/// Why no server connection could be had for a client: the ErrorResponse it gets.
-#[derive(Debug)]
-pub(crate) struct CheckoutFailure {
-    pub code: String,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl CheckoutFailure {
-    pub(crate) fn new(code: &str, message: String, hint: Option<&str>) -> Self {
-        CheckoutFailure {
-            code: code.to_owned(),
-            message,
-            hint: hint.map(str::to_owned),
-        }
-    }
-
-    /// The server could not be reached (or is starting or shutting down): another server
-    /// of the shard may do.
-    pub(crate) fn is_connect_error(&self) -> bool {
-        self.code.starts_with("08") || self.code == "57P03" || self.code == "57P01"
-    }
-}
-
-fn connect_error(pool: &ServerPool, e: ServerError) -> CheckoutFailure {
-    match e {
-        ServerError::Refused { code, message } => CheckoutFailure {
-            code,
-            message,
-            hint: Some(format!(
-                "the server refused shardgate's connection for pool {}",
-                pool.name()
-            )),
-        },
-        other => CheckoutFailure::new(
-            sqlstate::CONNECTION_FAILURE,
-            format!(
-                "cannot connect to the server for pool {}: {other}",
-                pool.name()
-            ),
-            Some("check that the shard's server is up and the [[shards]] address is right"),
-        ),
-    }
-}
-
-/// Runs a proxy-internal query, collecting the ParameterStatus values it causes.
-async fn run_collecting(
-    server: &mut ServerConn,
-    sql: &str,
-) -> Result<Vec<(String, String)>, ServerError> {
-    let mut reported: Vec<(String, String)> = Vec::new();
-    for frame in server.query_frames(sql).await? {
-        match frame.tag() {
-            backend::PARAMETER_STATUS => {
-                if let Ok((k, v)) = backend::parameter_status(&frame) {
-                    reported.retain(|(n, _)| n != k);
-                    reported.push((k.to_owned(), v.to_owned()));
-                }
-            }
-            backend::ERROR_RESPONSE => {
-                let f = backend::error_fields(&frame).unwrap_or_default();
-                return Err(ServerError::Query {
-                    code: f.code,
-                    message: f.message,
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(reported)
 }
 
 /// Messages after which the client waits for replies: the end of a batch.

@@ -1,0 +1,172 @@
+//! Getting a server connection for a client: the pool of the session's shard and host (cached
+//! per session, dropped when a reload or a new shard map changes pools), the checkout itself,
+//! the replay of the client's session settings on it, and the error a client gets when none
+//! can be had.
+
+use shardgate_pool::{CheckoutError, PoolKey, PooledConn, ServerConn, ServerError, ServerPool};
+use shardgate_wire::{backend, sqlstate};
+
+use crate::cancel::CancelTarget;
+use crate::control::CountGuard;
+use crate::session::Session;
+
+impl Session {
+    /// The server pool of the current shard and host, created on first use.
+    pub(crate) fn pool(&mut self) -> ServerPool {
+        let generation = self.shared.generation();
+        if generation != self.pools_generation {
+            // A reload or a new shard map replaced pools (or hosts): forget the ones cached
+            // here. Read-your-writes positions follow the shard count (an added shard comes
+            // last, so the others keep their positions).
+            self.pools.clear();
+            self.pools_generation = generation;
+            let shards = self.shared.topo().router.shard_names().len();
+            self.read_after.resize(shards, 0);
+        }
+        let at = (self.shard, self.host);
+        if let Some(p) = self.pools.get(&at) {
+            return p.clone();
+        }
+        let (role, host) = self.shared.host_of(self.shard, self.host);
+        let key = PoolKey {
+            database: self.database.clone(),
+            user: self.user.name.clone(),
+            shard: self.shard_name(self.shard),
+            role,
+            host,
+        };
+        let pool = self.shared.pool(key, &self.user);
+        self.pools.insert(at, pool.clone());
+        pool
+    }
+
+    /// Checks a server connection out and brings it to the client's session state. With
+    /// `collect`, returns the ParameterStatus values the server reported while doing so.
+    pub(crate) async fn checkout(
+        &mut self,
+        collect: bool,
+    ) -> Result<(PooledConn, Vec<(String, String)>), CheckoutFailure> {
+        let pool = self.pool();
+        let waiting = CountGuard::new(&self.shared.activity.waiting);
+        let wait_started = std::time::Instant::now();
+        let checked_out = pool.checkout().await;
+        drop(waiting);
+        self.shared.topo().query_stats.checkout_wait(
+            self.shard,
+            pool.key().role,
+            wait_started.elapsed(),
+        );
+        let mut server =
+            match checked_out {
+                Ok(s) => s,
+                Err(CheckoutError::Timeout { pool, waited }) => return Err(CheckoutFailure::new(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    format!("no server connection became free in pool {pool} within {waited:?}"),
+                    Some("raise pool.size or pool.checkout_timeout, or make transactions shorter"),
+                )),
+                Err(CheckoutError::Connect(e)) => return Err(connect_error(&pool, e)),
+            };
+        let mut reported = Vec::new();
+        if server.session_fingerprint() != self.state.fingerprint() || collect {
+            let sql = self.state.replay_sql();
+            match run_collecting(&mut server, &sql).await {
+                Ok(r) => reported = r,
+                Err(ServerError::Query { code, message }) => {
+                    server.set_session_fingerprint(u64::MAX);
+                    return Err(CheckoutFailure {
+                        code,
+                        message,
+                        hint: Some(
+                            "a setting from the startup packet or a SET was refused by the server"
+                                .into(),
+                        ),
+                    });
+                }
+                Err(e) => {
+                    server.mark_broken();
+                    return Err(connect_error(&pool, e));
+                }
+            }
+            server.set_session_fingerprint(self.state.fingerprint());
+        }
+        let (spid, ssecret) = server.backend_key();
+        *self.cancel.lock().await = Some(CancelTarget {
+            host: server.host().clone(),
+            pid: spid,
+            secret: ssecret,
+        });
+        Ok((server, reported))
+    }
+}
+
+/// Why no server connection could be had for a client: the ErrorResponse it gets.
+#[derive(Debug)]
+pub(crate) struct CheckoutFailure {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CheckoutFailure {
+    pub(crate) fn new(code: &str, message: String, hint: Option<&str>) -> Self {
+        CheckoutFailure {
+            code: code.to_owned(),
+            message,
+            hint: hint.map(str::to_owned),
+        }
+    }
+
+    /// The server could not be reached (or is starting or shutting down): another server
+    /// of the shard may do.
+    pub(crate) fn is_connect_error(&self) -> bool {
+        self.code.starts_with("08") || self.code == "57P03" || self.code == "57P01"
+    }
+}
+
+fn connect_error(pool: &ServerPool, e: ServerError) -> CheckoutFailure {
+    match e {
+        ServerError::Refused { code, message } => CheckoutFailure {
+            code,
+            message,
+            hint: Some(format!(
+                "the server refused shardgate's connection for pool {}",
+                pool.name()
+            )),
+        },
+        other => CheckoutFailure::new(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "cannot connect to the server for pool {}: {other}",
+                pool.name()
+            ),
+            Some("check that the shard's server is up and the [[shards]] address is right"),
+        ),
+    }
+}
+
+/// Runs a proxy-internal query, collecting the ParameterStatus values it causes.
+async fn run_collecting(
+    server: &mut ServerConn,
+    sql: &str,
+) -> Result<Vec<(String, String)>, ServerError> {
+    let mut reported: Vec<(String, String)> = Vec::new();
+    for frame in server.query_frames(sql).await? {
+        match frame.tag() {
+            backend::PARAMETER_STATUS => {
+                if let Ok((k, v)) = backend::parameter_status(&frame) {
+                    reported.retain(|(n, _)| n != k);
+                    reported.push((k.to_owned(), v.to_owned()));
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                let f = backend::error_fields(&frame).unwrap_or_default();
+                return Err(ServerError::Query {
+                    code: f.code,
+                    message: f.message,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(reported)
+}
