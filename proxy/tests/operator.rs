@@ -76,6 +76,16 @@ impl Server {
         let (port, admin) = (free_port(), free_port());
         let config = dir.path().join("shardgate.toml");
         std::fs::write(&config, config_text(pg, port, admin, pool, extra)).unwrap();
+        Self::spawn(dir, config, port, admin, stderr)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        admin: u16,
+        stderr: Stdio,
+    ) -> Server {
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config)
@@ -98,6 +108,16 @@ impl Server {
         });
         assert!(up, "shardgate did not become ready");
         server
+    }
+
+    /// Stops the process and starts it again from the same config file and directory.
+    fn restart(mut self) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap());
+        let (config, port, admin) = (self.config.clone(), self.port, self.admin);
+        drop(self);
+        Self::spawn(dir, config, port, admin, Stdio::inherit())
     }
 
     fn url(&self) -> String {
@@ -550,4 +570,79 @@ async fn a_burst_grows_the_pool_within_the_host_budget_and_it_shrinks_back() {
     let shrunk = wait(Duration::from_secs(20), || pool()["size"] == 2);
     assert!(shrunk, "shrinks back to min_size: {}", pool());
     assert!(pool()["shrunk"].as_u64().unwrap_or(0) >= 1);
+}
+
+/// `shardgate admin shards add` against a running `serve`: the rows move, `rebalance status
+/// --watch` follows the job to its end, and the new shard map survives a restart (file store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_added_with_the_cli_moves_rows_and_survives_a_restart() {
+    let (pg, spare) = tokio::task::spawn_blocking(|| (start_pg(), start_pg()))
+        .await
+        .unwrap();
+    pg.psql_as(
+        USER,
+        PASSWORD,
+        USER,
+        "create table items (user_id bigint primary key, v int not null);
+         insert into items select g, 0 from generate_series(1, 2000) g",
+    )
+    .unwrap();
+    let extra = r#"
+[rebalance]
+databases = ["app"]
+admin_user = "postgres"
+admin_password = "postgres"
+
+[[sharding.tables]]
+name = "items"
+"#;
+    let server = Server::start_with(&pg, "size = 4", extra, Stdio::inherit());
+    let primary = format!("postgres://postgres:postgres@127.0.0.1:{}", spare.port());
+    let (code, out, err) = server.cli(Some(TOKEN), &["shards", "add", "s1", "--primary", &primary]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("started job rb-"), "{out}");
+    let (code, out, err) = server.cli(
+        Some(TOKEN),
+        &["rebalance", "status", "--watch", "--interval", "200ms"],
+    );
+    assert_eq!(code, 0, "the job ends done: {out}{err}");
+    assert!(out.contains("done"), "{out}");
+
+    let moved: i64 = spare
+        .psql("app", "select count(*) from items")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let kept: i64 = pg
+        .psql("app", "select count(*) from items")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(moved > 0 && kept > 0, "moved {moved}, kept {kept}");
+    assert_eq!(moved + kept, 2000);
+    let state = format!("{}.topology.json", server.config.display());
+    assert!(std::path::Path::new(&state).exists(), "{state}");
+
+    // Restarted, it routes by the stored map, not the file's single [[shards]] entry.
+    let server = server.restart();
+    let (code, out, _) = server.cli(Some(TOKEN), &["--json", "shards", "list"]);
+    assert_eq!(code, 0);
+    let shards = json(&out);
+    assert_eq!(shards.as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(shards[1]["name"], "s1");
+    assert_eq!(shards[0]["topology_version"], 2);
+    let client = connect(&server.url()).await;
+    let total: i64 = client
+        .query_one("select count(*) from items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 2000, "a cross-shard count covers both shards");
+    for key in [1i64, 2, 3, 1999, 2000] {
+        let n = client
+            .execute("update items set v = v + 1 where user_id = $1", &[&key])
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "key {key} is where the map says");
+    }
 }

@@ -108,7 +108,9 @@ primary = {}
     let held_key = keys[0];
     let held = tokio::spawn(async move {
         simple
-            .simple_query(&format!("insert into t (user_id, v) values ({held_key}, 1)"))
+            .simple_query(&format!(
+                "insert into t (user_id, v) values ({held_key}, 1)"
+            ))
             .await
             .map(|_| ())
     });
