@@ -98,6 +98,13 @@ impl Session {
             return;
         };
         let wait = self.shared.config().rebalance.fence_wait;
+        if !self.parked.is_empty() {
+            // The client already sent more (pipelined): its statement cannot be re-run ahead
+            // of those invisibly, so it gets the retryable error in its place.
+            write_retryable(&mut self.io.out, "the key is being moved by a rebalance");
+            self.io.push_ready(self.status);
+            return;
+        }
         if self.shared.wait_for_newer(version, wait).await {
             tracing::info!(
                 client = self.id,

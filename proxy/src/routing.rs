@@ -46,6 +46,9 @@ pub(crate) fn feature_error(message: String, hint: &str) -> RouteError {
     }
 }
 
+/// Named Parses remembered while routing one batch (a batch rarely has more than a few).
+const MAX_BATCH_PARSES: usize = 64;
+
 impl Session {
     fn hint(&self) -> Option<&Hint> {
         self.local_hint.as_ref().or(self.session_hint.as_ref())
@@ -115,7 +118,17 @@ impl Session {
                 } else {
                     match self.statements.get(bind.statement) {
                         Some(s) => (s.query.clone(), s.param_types.clone()),
-                        None => return Ok(None),
+                        // Parsed earlier in the batch being routed (JDBC sends Parse and Bind
+                        // of a named statement together; a pipelined Parse can be held too).
+                        None => match self
+                            .batch_parses
+                            .iter()
+                            .rev()
+                            .find(|(name, _, _)| name == bind.statement)
+                        {
+                            Some((_, t, ty)) => (t.clone(), ty.clone()),
+                            None => return Ok(None),
+                        },
                     }
                 };
                 let params = frontend::bind_params(frame, &bind).map_err(protocol_error)?;
@@ -136,6 +149,12 @@ impl Session {
                 let parse = frontend::parse(frame).map_err(protocol_error)?;
                 if parse.name.is_empty() {
                     self.unnamed = Some((parse.query.to_owned(), parse.param_types.clone()));
+                } else if self.batch_parses.len() < MAX_BATCH_PARSES {
+                    self.batch_parses.push((
+                        parse.name.to_owned(),
+                        parse.query.to_owned(),
+                        parse.param_types.clone(),
+                    ));
                 }
                 let plan = self.shared.topo().router.plan(parse.query);
                 self.observe_shardgate_sets(&plan);
@@ -151,6 +170,13 @@ impl Session {
         if !self.shared.topo().routing {
             return Ok(Target::Shard(self.shared.topo().router.default_shard()));
         }
+        self.batch_parses.clear();
+        let target = self.route_batch_frames(batch);
+        self.batch_parses.clear();
+        target
+    }
+
+    fn route_batch_frames(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
         for frame in batch {
             if let Some((route, plan)) = self.route_frame(frame)? {
                 // A BEGIN sent with the transaction's first statement (JDBC sends both in one
@@ -191,6 +217,13 @@ impl Session {
         {
             return true;
         }
+        self.batch_parses.clear();
+        let elsewhere = self.batch_routes_elsewhere(batch);
+        self.batch_parses.clear();
+        elsewhere
+    }
+
+    fn batch_routes_elsewhere(&mut self, batch: &[Frame]) -> bool {
         for frame in batch {
             match self.route_frame(frame) {
                 // A BEGIN waits for the statement that says where the transaction goes (it is

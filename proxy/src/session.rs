@@ -79,6 +79,8 @@ pub struct Session {
     pub(crate) local_hint: Option<Hint>,
     /// Text and parameter types of the client's unnamed statement (for routing its Binds).
     pub(crate) unnamed: Option<(String, Vec<u32>)>,
+    /// Named statements parsed in the batch being routed: (name, text, parameter types).
+    pub(crate) batch_parses: Vec<(String, String, Vec<u32>)>,
     /// A BEGIN answered by the proxy, sent to the server once the transaction's first
     /// statement says which shard it belongs to.
     pub(crate) deferred_begin: Option<String>,
@@ -296,6 +298,7 @@ impl Session {
             session_hint: None,
             local_hint: None,
             unnamed: None,
+            batch_parses: Vec::new(),
             deferred_begin: None,
             refuse_until_sync: false,
             parked: Vec::new(),
@@ -589,12 +592,17 @@ impl Session {
             tokio::select! {
                 biased;
                 msg = server.read_frame() => match msg {
+                    // Leaving this connection: the start of the client's next batch, already
+                    // read but not yet routed, is kept for the detached loop (dropping it lost
+                    // a pipelined Parse, and its Describe then failed with 26000).
                     Ok(frame) => match self.server_message(server, frame)? {
                         Flow::Release => {
+                            self.parked.append(&mut lookahead);
                             self.io.flush().await?;
                             return Ok(Flow::Release);
                         }
                         Flow::ServerGone(reason) => {
+                            self.parked.append(&mut lookahead);
                             self.server_lost(&reason)?;
                             self.io.flush().await?;
                             return Ok(Flow::Continue);
@@ -602,6 +610,7 @@ impl Session {
                         Flow::Continue | Flow::Terminate => {}
                     },
                     Err(e) => {
+                        self.parked.append(&mut lookahead);
                         server.mark_broken();
                         self.server_lost(&e.to_string())?;
                         self.io.flush().await?;

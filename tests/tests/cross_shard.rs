@@ -469,3 +469,36 @@ async fn text_order_across_shards_needs_a_c_collation() {
         .await
         .ok();
 }
+
+/// With several shards the proxy holds the first messages of a client's next batch until they
+/// say where it goes. A Parse sent while the previous request's reply was still on its way
+/// was dropped when that reply released the server connection, and the Describe that followed
+/// failed with 26000 (seen under load during a rebalance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_sent_before_the_previous_reply_is_kept() {
+    use common::{raw, RawClient, ShardedEnv};
+    let env = ShardedEnv::start(2, "create table t (user_id bigint primary key)", &["t"], "").await;
+    let mut c = RawClient::connect(env.proxy.addr().port()).await;
+    c.send(&raw::query("select pg_sleep(0.3)")).await;
+    // The next batch's Parse, in its own packet, while the sleep still runs.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    c.send(&raw::parse(
+        "s1",
+        "select count(*) from t where user_id = $1",
+    ))
+    .await;
+    let first = c.read_until_ready().await;
+    assert!(common::first_error(&first).is_none(), "{first:?}");
+    // The rest of the batch after the connection went back to the pool.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut rest = raw::describe(b'S', "s1");
+    rest.extend_from_slice(&raw::bind("", "s1", &[Some("7")]));
+    rest.extend_from_slice(&raw::execute("", 0));
+    rest.extend_from_slice(&raw::sync());
+    c.send(&rest).await;
+    let msgs = c.read_until_ready().await;
+    assert_eq!(common::first_error(&msgs), None, "{msgs:?}");
+    let tags: String = msgs.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "1tT2DCZ", "ParseComplete, ParameterDescription, RowDescription, BindComplete, DataRow, CommandComplete, ReadyForQuery");
+    env.stop().await;
+}
