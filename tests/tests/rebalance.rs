@@ -599,7 +599,9 @@ async fn abort_in_each_phase_leaves_data_as_before() {
     env.assert_undone(Phase::CatchingUp, &before, version).await;
 
     // Cleanup: a proxy still reporting the old map holds cleanup (the engine waits for every
-    // live proxy before deleting moved rows). Abort is refused there; the job still finishes.
+    // live proxy before deleting moved rows). Abort there reverts the committed move: a row
+    // written through the new map (on the target) ends up on its old shard, the old shard
+    // list is published again, and the target's copies go.
     let store = shardgate_topology::Store::open(&env.config, None)
         .await
         .expect("open the store");
@@ -611,19 +613,64 @@ async fn abort_in_each_phase_leaves_data_as_before() {
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     env.add_until(Phase::Cleanup).await;
-    let refused = env.rb.abort().await.expect_err("abort after the commit");
-    assert_eq!(refused.status, 409, "{refused:?}");
+    let ring2 = Ring::new(&["s0", "s1"], BITS).expect("ring");
+    let new_key = (1_000_000..)
+        .find(|k| owner(&env.ring3, *k) == 2)
+        .expect("a key the new shard owns");
+    let through_proxy = connect(&format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
+        env.proxy.addr().port()
+    ))
+    .await;
+    through_proxy
+        .execute(
+            "insert into accounts (user_id, balance, note) values ($1, 7, 'after commit')",
+            &[&new_key],
+        )
+        .await
+        .expect("a write through the new map");
+    let aborting = env.rb.abort().await.expect("abort after the commit");
+    assert_eq!(aborting.phase, Phase::Cleanup, "{aborting:?}");
     laggard.abort();
-    let done = wait_terminal(&env.rb, Phase::Done, JOB_TIMEOUT).await;
-    assert_eq!(done.to_version, Some(version + 1));
-    let got = assert_placed(&env.all(), &env.ring3, "after the add that refused abort").await;
-    let diff = verify::diff(&State::initial(|_| true), &got, 20);
-    assert!(
-        diff.is_empty(),
-        "data changed by the move:\n{}",
-        diff.join("\n")
+    let job = wait_terminal(&env.rb, Phase::Aborted, JOB_TIMEOUT).await;
+    assert_eq!(job.stopped_in, Some(Phase::Cleanup), "{job:?}");
+    let reverted = version + 2;
+    assert_eq!(job.to_version, Some(reverted), "{job:?}");
+    assert_eq!(env.version().await, reverted);
+    let names = env.rb.status().await.expect("status");
+    assert_eq!(names.topology_version, reverted);
+    // The row written on the target is on its old shard now, and nowhere else.
+    let home = &env.shards[owner(&ring2, new_key)];
+    let on = |c: &PgCluster| {
+        c.psql(
+            DB,
+            &format!("select count(*) from accounts where user_id = {new_key}"),
+        )
+        .expect("count")
+    };
+    assert_eq!(on(home), "1", "the write made after the commit came back");
+    assert_eq!(on(&env.shards[2]), "0", "the target's copy is gone");
+    superuser(home)
+        .await
+        .execute("delete from accounts where user_id = $1", &[&new_key])
+        .await
+        .expect("remove the test row");
+    let refs: Vec<&PgCluster> = env.shards.iter().collect();
+    assert_eq!(
+        &checksums(&refs, &TABLES).await,
+        &before,
+        "data changed by a move reverted in cleanup"
     );
-    assert_clean(&env.all(), "after the add").await;
+    assert_clean(&env.all(), "after a revert in cleanup").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while routed_version(&*env.proxy.control(None)) != reverted {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy follows the reverted map"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("job {} reverted in cleanup: every shard as before", job.id);
     let none = env.rb.abort().await.expect_err("abort with no job");
     assert_eq!(none.status, 404, "{none:?}");
     eprintln!("abort scenarios took {:?}", started.elapsed());

@@ -40,6 +40,8 @@ pub(crate) struct Ctx {
     pub plan: Plan,
     pub job: tokio::sync::Mutex<Job>,
     abort: AtomicBool,
+    /// Set when a revert failed: the committed move then finishes, whatever is requested.
+    no_abort: AtomicBool,
     lost: AtomicBool,
     /// Serializes saves, so a heartbeat cannot write an older copy over a newer one.
     saving: tokio::sync::Mutex<()>,
@@ -54,6 +56,7 @@ impl Ctx {
             plan,
             job: tokio::sync::Mutex::new(job),
             abort: AtomicBool::new(abort),
+            no_abort: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             saving: tokio::sync::Mutex::new(()),
         })
@@ -67,8 +70,13 @@ impl Ctx {
         self.abort.store(true, Ordering::SeqCst);
     }
 
+    /// Ignores aborts from now on: one could not be carried out, and the move finishes instead.
+    pub fn clear_abort(&self) {
+        self.no_abort.store(true, Ordering::SeqCst);
+    }
+
     pub fn abort_requested(&self) -> bool {
-        self.abort.load(Ordering::SeqCst)
+        self.abort.load(Ordering::SeqCst) && !self.no_abort.load(Ordering::SeqCst)
     }
 
     pub fn lost(&self) -> bool {
@@ -142,7 +150,7 @@ impl Ctx {
                     self.lost.store(true, Ordering::SeqCst);
                     return;
                 }
-                if s.abort_requested && !job.phase.is_committed() {
+                if s.abort_requested && !job.phase.is_terminal() {
                     self.abort.store(true, Ordering::SeqCst);
                 }
             }
@@ -156,7 +164,7 @@ impl Ctx {
                 tracing::warn!(job = %job.id, error = %e, "cannot read the rebalance job from the topology store")
             }
         }
-        if self.abort_requested() && !job.phase.is_committed() {
+        if self.abort_requested() && !job.phase.is_terminal() {
             job.abort_requested = true;
         }
         job.heartbeat_ms = now_ms();

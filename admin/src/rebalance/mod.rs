@@ -18,6 +18,7 @@ mod ddl;
 mod dsn;
 mod plan;
 mod preflight;
+mod revert;
 mod runner;
 mod schema_copy;
 mod sequences;
@@ -325,8 +326,9 @@ impl Rebalancer {
         })
     }
 
-    /// Asks the running job to abort (404 when none runs, 409 once it has committed); returns
-    /// the job as it is now. The undo runs in the background; `status` shows it.
+    /// Asks the running job to abort (404 when none runs); returns the job as it is now. The
+    /// undo runs in the background (`status` shows it): before the commit it removes what the
+    /// job built; in Cleanup it reverts the committed move (see revert.rs).
     pub async fn abort(self: &Arc<Self>) -> Result<Job, RebalanceError> {
         let none = || {
             error(
@@ -336,19 +338,6 @@ impl Rebalancer {
                 "`shardgate admin rebalance status` shows the last one",
             )
         };
-        let committed = |job: &Job| RebalanceError {
-            status: 409,
-            code: "committed".into(),
-            message: format!(
-                "rebalance job {} committed at version {}; cleanup will finish",
-                job.id,
-                job.to_version.unwrap_or(0)
-            ),
-            hint: "a committed job cannot be undone; to move the data back, run the opposite \
-                   command once it is done"
-                .into(),
-            job_id: Some(job.id.clone()),
-        };
         let job = self
             .store
             .job()
@@ -357,9 +346,6 @@ impl Rebalancer {
             .ok_or_else(none)?;
         if job.phase.is_terminal() {
             return Err(none());
-        }
-        if job.phase.is_committed() {
-            return Err(committed(&job));
         }
         let local = self
             .running
@@ -377,9 +363,6 @@ impl Rebalancer {
             .await
             .map_err(store_error)?
             .ok_or_else(none)?;
-        if job.phase.is_committed() {
-            return Err(committed(&job));
-        }
         tracing::info!(job = %job.id, phase = %job.phase, "rebalance abort requested");
         Ok(redact(job))
     }

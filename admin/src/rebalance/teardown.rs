@@ -13,8 +13,11 @@ use super::ddl;
 use super::plan::Move;
 use super::sql;
 
+/// Why a cleanup step stopped early: `rebalance abort` came (the move is then reverted).
+const ABORTED: &str = "aborted";
+
 /// Attempts at undo or cleanup before giving up and reporting what is left.
-const ATTEMPTS: u32 = 4;
+pub(crate) const ATTEMPTS: u32 = 4;
 /// How long cleanup waits for every live proxy to route by the new map.
 const PROXY_WAIT: Duration = Duration::from_secs(10);
 /// How long cleanup waits for the targets to confirm they flushed what they applied.
@@ -243,7 +246,7 @@ async fn drop_fences(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     join(errors)
 }
 
-async fn drop_fence_on(
+pub(crate) async fn drop_fence_on(
     ctx: &Ctx,
     conns: &mut Conns,
     source: &Shard,
@@ -336,6 +339,9 @@ async fn delete_moved(
                 }
                 let q = sql::delete_batch(plan, t, &m.slots, batch);
                 loop {
+                    if !on_target && ctx.abort_requested() {
+                        return Err(ABORTED.into());
+                    }
                     let n = conns.delete_bypassing(shard, db, &q).await?;
                     deleted[m.index] += n;
                     if !on_target {
@@ -360,7 +366,7 @@ async fn delete_moved(
 }
 
 /// The undo: back to exactly the state before the job (the shard map never changed).
-async fn undo(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+pub(crate) async fn undo(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     let mut errors = Vec::new();
     // Writers first: lift the fence at once.
     if let Err(e) = unfence_all(ctx, conns).await {
@@ -468,10 +474,17 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
         if ctx.lost() {
             return;
         }
+        // `rebalance abort` after the commit: the move is reverted, not finished.
+        if ctx.abort_requested() {
+            return super::revert::revert_and_finish(ctx, conns).await;
+        }
         match cleanup(ctx, conns).await {
             Ok(()) => {
                 left = None;
                 break;
+            }
+            Err(_) if ctx.abort_requested() => {
+                return super::revert::revert_and_finish(ctx, conns).await;
             }
             Err(e) => {
                 tracing::warn!(job = %ctx.plan.job_id, attempt, error = %e, "cleanup incomplete; retrying");
@@ -517,6 +530,9 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
             stuck.join(", ")
         ));
     }
+    if ctx.abort_requested() {
+        return Err(ABORTED.into());
+    }
     ctx.update(|j| j.progress.message = "deleting the moved rows from the sources".into())
         .await;
     delete_moved(ctx, conns, false, &[]).await?;
@@ -551,7 +567,7 @@ pub(crate) async fn fail_after_commit(ctx: &Ctx, conns: &mut Conns, version: u64
 
 /// Stale proxies would still read the sources' old copies: wait (bounded) until every proxy
 /// seen lately routes by `version`.
-async fn wait_for_proxies(ctx: &Ctx, version: u64) {
+pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) {
     let until = tokio::time::Instant::now() + PROXY_WAIT;
     loop {
         let behind: Vec<String> = match ctx.store.proxies().await {
@@ -562,7 +578,7 @@ async fn wait_for_proxies(ctx: &Ctx, version: u64) {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if behind.is_empty() {
+        if behind.is_empty() || ctx.abort_requested() {
             return;
         }
         if tokio::time::Instant::now() >= until {
