@@ -32,10 +32,11 @@ pub enum Phase {
     /// checksums, publishing the new shard map.
     Cutover,
     /// New map published: dropping subscriptions, publications and slots, deleting the moved
-    /// rows from the sources, removing the fences.
+    /// rows from the sources, removing the fences. An abort here reverts the move.
     Cleanup,
     Done,
-    /// Undoing: back to the old map, the targets' partial copies removed.
+    /// Undoing: back to the old map, the targets' copies removed (after a revert when the job
+    /// had committed).
     Aborting,
     Aborted,
     /// Stopped on an error; its cleanup ran (see `error`).
@@ -48,7 +49,8 @@ impl Phase {
         matches!(self, Phase::Done | Phase::Aborted | Phase::Failed)
     }
 
-    /// The new shard map is published: from here the job finishes forward.
+    /// The new shard map is published: from here an abort reverts the move (a small move in
+    /// reverse) instead of removing what the job built.
     pub fn is_committed(self) -> bool {
         matches!(self, Phase::Cleanup | Phase::Done)
     }
