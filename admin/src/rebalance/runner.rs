@@ -321,18 +321,7 @@ async fn fenced(
     mark("old transactions ended", &mut steps);
     // A marker row inserted now reaches each target after every change committed before it.
     let seq = i64::from(attempt);
-    for source in plan.sources() {
-        for db in &plan.databases {
-            conns
-                .exec_params(
-                    source,
-                    db,
-                    sql::MARKER_INSERT,
-                    &[&plan.job_id, &source.name, &seq],
-                )
-                .await?;
-        }
-    }
+    stream::insert_markers(plan, conns, seq).await?;
     for db in &plan.databases {
         for m in &plan.moves {
             loop {

@@ -15,6 +15,7 @@ use shardgate_topology::Phase;
 
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
+use super::plan::Plan;
 use super::sql;
 
 /// How often the subscriptions' states are read while copying.
@@ -377,11 +378,9 @@ async fn lags(ctx: &Ctx, conns: &mut Conns) -> Result<(Vec<u64>, f64), Stop> {
     Ok((per_move, seconds))
 }
 
-/// Inserts probe marker `seq` on every source and waits up to `PROBE_WAIT` for it on every
-/// target. The travel time when it arrived everywhere, else `None`.
-async fn probe(ctx: &Ctx, conns: &mut Conns, seq: i64) -> Result<Option<Duration>, Stop> {
-    let plan = &ctx.plan;
-    let t0 = Instant::now();
+/// Inserts marker `seq` in every database of every source: it reaches each target after every
+/// change committed before it (cutover markers count from 1, probes from `PROBE_SEQ_START`).
+pub(crate) async fn insert_markers(plan: &Plan, conns: &mut Conns, seq: i64) -> Result<(), String> {
     for source in plan.sources() {
         for db in &plan.databases {
             conns
@@ -394,6 +393,15 @@ async fn probe(ctx: &Ctx, conns: &mut Conns, seq: i64) -> Result<Option<Duration
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Inserts probe marker `seq` on every source and waits up to `PROBE_WAIT` for it on every
+/// target. The travel time when it arrived everywhere, else `None`.
+async fn probe(ctx: &Ctx, conns: &mut Conns, seq: i64) -> Result<Option<Duration>, Stop> {
+    let plan = &ctx.plan;
+    let t0 = Instant::now();
+    insert_markers(plan, conns, seq).await?;
     let mut waiting: Vec<(&String, &super::plan::Move)> = plan
         .databases
         .iter()

@@ -8,19 +8,24 @@
 
 use std::collections::BTreeSet;
 
+use shardgate_config::Shard;
+
 use super::conn::{pg_err, Conns};
 use super::ctx::Ctx;
 use super::plan::Plan;
 use super::sql;
 
-/// The (shard, database) connections a verification reads from.
-fn endpoints(plan: &Plan) -> BTreeSet<(usize, usize, bool)> {
-    // (move index, database index, is source), deduplicated by shard name below.
-    let mut out = BTreeSet::new();
-    for d in 0..plan.databases.len() {
+/// Every (shard, database) connection a verification reads from, once each.
+fn endpoints(plan: &Plan) -> Vec<(Shard, String)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for db in &plan.databases {
         for m in &plan.moves {
-            out.insert((m.index, d, true));
-            out.insert((m.index, d, false));
+            for shard in [&m.source, &m.target] {
+                if seen.insert((shard.name.clone(), db.clone())) {
+                    out.push((shard.clone(), db.clone()));
+                }
+            }
         }
     }
     out
@@ -29,40 +34,26 @@ fn endpoints(plan: &Plan) -> BTreeSet<(usize, usize, bool)> {
 /// Opens a read-only REPEATABLE READ transaction on every connection the verification uses and
 /// takes its snapshot now.
 pub(crate) async fn take_snapshots(plan: &Plan, conns: &mut Conns) -> Result<(), String> {
-    let mut seen = BTreeSet::new();
-    for (i, d, source) in endpoints(plan) {
-        let m = &plan.moves[i];
-        let shard = if source { &m.source } else { &m.target };
-        let db = &plan.databases[d];
-        if !seen.insert((shard.name.clone(), db.clone())) {
-            continue;
-        }
+    for (shard, db) in endpoints(plan) {
         conns
             .exec(
-                shard,
-                db,
+                &shard,
+                &db,
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
             )
             .await?;
         // The snapshot is taken by the first query, not by BEGIN.
-        conns.one(shard, db, "SELECT 1", &[]).await?;
+        conns.one(&shard, &db, "SELECT 1", &[]).await?;
     }
     Ok(())
 }
 
 /// Ends the snapshot transactions (a connection that cannot is dropped and reopened later).
 pub(crate) async fn end_snapshots(plan: &Plan, conns: &mut Conns) {
-    let mut seen = BTreeSet::new();
-    for (i, d, source) in endpoints(plan) {
-        let m = &plan.moves[i];
-        let shard = if source { &m.source } else { &m.target };
-        let db = &plan.databases[d];
-        if !seen.insert((shard.name.clone(), db.clone())) {
-            continue;
-        }
+    for (shard, db) in endpoints(plan) {
         // COMMIT outside a transaction only warns.
-        if conns.exec(shard, db, "COMMIT").await.is_err() {
-            conns.drop_conn(shard, db);
+        if conns.exec(&shard, &db, "COMMIT").await.is_err() {
+            conns.drop_conn(&shard, &db);
         }
     }
 }
