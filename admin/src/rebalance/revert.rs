@@ -11,9 +11,9 @@ use futures_util::{pin_mut, SinkExt, TryStreamExt};
 use shardgate_config::Shard;
 
 use super::conn::{pg_err, Conns};
-use super::ctx::Ctx;
+use super::ctx::{Ctx, Stop};
 use super::plan::{ident, Move, TablePlan};
-use super::{ddl, sql};
+use super::sql;
 
 /// Fences the moving slots on every target (closed at once) and waits for the transactions
 /// that began before.
@@ -27,33 +27,12 @@ async fn fence_targets(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
             back_to.extend(m.slots.iter().map(|_| m.source.name.clone()));
         }
         for db in &plan.databases {
-            for stmt in sql::create_fence_table() {
-                conns.exec(target, db, &stmt).await?;
-            }
-            conns
-                .exec_params(
-                    target,
-                    db,
-                    sql::FENCE_INSERT,
-                    &[&plan.job_id, &slots, &back_to],
-                )
-                .await?;
-            conns
-                .exec_params(target, db, sql::FENCE_SWITCH_INSERT, &[&plan.job_id])
-                .await?;
-            for (i, t) in plan.tables.iter().enumerate() {
-                conns
-                    .exec(target, db, &sql::create_fence_function(plan, i, t))
-                    .await?;
-                ddl::run_to_end(
-                    conns,
-                    target,
-                    db,
-                    &sql::create_fence_trigger(plan, i, t),
-                    "install the fence trigger",
-                )
-                .await?;
-            }
+            super::runner::install_fence(ctx, conns, target, db, &slots, &back_to, &|| Ok(()))
+                .await
+                .map_err(|stop| match stop {
+                    Stop::Fail(e) => e,
+                    other => format!("installing the fence: stopped ({other:?})"),
+                })?;
             conns
                 .exec_params(target, db, sql::FENCE_CLOSE, &[&plan.job_id])
                 .await?;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardgate_config::Shard;
 use shardgate_topology::{Phase, StoreError};
 
 use super::conn::Conns;
@@ -118,39 +119,11 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
     }
     for source in plan.sources() {
         for db in &plan.databases {
-            for stmt in sql::create_fence_table()
-                .into_iter()
-                .chain(sql::create_marker_table())
-            {
+            for stmt in sql::create_marker_table() {
                 conns.exec(source, db, &stmt).await?;
             }
             let (slots, targets) = plan.fence_rows(&source.name);
-            conns
-                .exec_params(
-                    source,
-                    db,
-                    sql::FENCE_INSERT,
-                    &[&plan.job_id, &slots, &targets],
-                )
-                .await?;
-            conns
-                .exec_params(source, db, sql::FENCE_SWITCH_INSERT, &[&plan.job_id])
-                .await?;
-            for (i, t) in plan.tables.iter().enumerate() {
-                conns
-                    .exec(source, db, &sql::create_fence_function(plan, i, t))
-                    .await?;
-                // CREATE TRIGGER locks the table against writers: short lock waits, retried.
-                ddl::run(
-                    conns,
-                    source,
-                    db,
-                    &sql::create_fence_trigger(plan, i, t),
-                    "install the fence trigger",
-                    &|| ctx.check(),
-                )
-                .await?;
-            }
+            install_fence(ctx, conns, source, db, &slots, &targets, &|| ctx.check()).await?;
         }
     }
     for (d, db) in plan.databases.iter().enumerate() {
@@ -192,6 +165,51 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
                 copying.push(&m.source.name);
             }
         }
+    }
+    Ok(())
+}
+
+/// Installs the job's fence on `shard`: the fence tables, its rows (`slots`, each with the
+/// shard named in the SG001 message), the open switch, and a trigger per sharded table. Used on
+/// the sources in Preparing and on the targets when a committed move is reverted.
+pub(crate) async fn install_fence(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    shard: &Shard,
+    db: &str,
+    slots: &[i64],
+    dests: &[String],
+    check: &(dyn Fn() -> Result<(), Stop> + Sync),
+) -> Result<(), Stop> {
+    let plan = &ctx.plan;
+    for stmt in sql::create_fence_table() {
+        conns.exec(shard, db, &stmt).await?;
+    }
+    conns
+        .exec_params(
+            shard,
+            db,
+            sql::FENCE_INSERT,
+            &[&plan.job_id, &slots, &dests],
+        )
+        .await?;
+    conns
+        .exec_params(shard, db, sql::FENCE_SWITCH_INSERT, &[&plan.job_id])
+        .await?;
+    for (i, t) in plan.tables.iter().enumerate() {
+        conns
+            .exec(shard, db, &sql::create_fence_function(plan, i, t))
+            .await?;
+        // CREATE TRIGGER locks the table against writers: short lock waits, retried.
+        ddl::run(
+            conns,
+            shard,
+            db,
+            &sql::create_fence_trigger(plan, i, t),
+            "install the fence trigger",
+            check,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -325,16 +343,7 @@ async fn fenced(
     for db in &plan.databases {
         for m in &plan.moves {
             loop {
-                let arrived: bool = conns
-                    .one(
-                        &m.target,
-                        db,
-                        sql::MARKER_ARRIVED,
-                        &[&plan.job_id, &m.source.name, &seq],
-                    )
-                    .await?
-                    .get(0);
-                if arrived {
+                if stream::marker_arrived(plan, conns, m, db, seq).await? {
                     break;
                 }
                 if Instant::now() >= deadline {

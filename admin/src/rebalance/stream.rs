@@ -396,6 +396,25 @@ pub(crate) async fn insert_markers(plan: &Plan, conns: &mut Conns, seq: i64) -> 
     Ok(())
 }
 
+/// Whether marker `seq` from the move's source has reached its target in `db`.
+pub(crate) async fn marker_arrived(
+    plan: &Plan,
+    conns: &mut Conns,
+    m: &super::plan::Move,
+    db: &str,
+    seq: i64,
+) -> Result<bool, String> {
+    let row = conns
+        .one(
+            &m.target,
+            db,
+            sql::MARKER_ARRIVED,
+            &[&plan.job_id, &m.source.name, &seq],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Inserts probe marker `seq` on every source and waits up to `PROBE_WAIT` for it on every
 /// target. The travel time when it arrived everywhere, else `None`.
 async fn probe(ctx: &Ctx, conns: &mut Conns, seq: i64) -> Result<Option<Duration>, Stop> {
@@ -410,16 +429,7 @@ async fn probe(ctx: &Ctx, conns: &mut Conns, seq: i64) -> Result<Option<Duration
     loop {
         let mut still = Vec::new();
         for (db, m) in waiting {
-            let arrived: bool = conns
-                .one(
-                    &m.target,
-                    db,
-                    sql::MARKER_ARRIVED,
-                    &[&plan.job_id, &m.source.name, &seq],
-                )
-                .await?
-                .get(0);
-            if !arrived {
+            if !marker_arrived(plan, conns, m, db, seq).await? {
                 still.push((db, m));
             }
         }
