@@ -16,7 +16,7 @@ pub mod cli;
 mod client;
 pub mod control;
 pub mod metrics;
-pub mod rebalance;
+pub use shardgate_rebalance as rebalance;
 mod server;
 mod status;
 mod table;

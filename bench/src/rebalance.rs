@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shardgate_admin::rebalance::AddShardRequest;
+use shardgate_rebalance::AddShardRequest;
 use shardgate_router::hash::hashint8extended;
 use shardgate_router::Ring;
 use shardgate_tests::{Auth, ClusterOptions, PgCluster};

@@ -173,7 +173,7 @@ impl ControlPlane for ProxyControl {
         metrics::counter!("shardgate_parse_cache_misses_total").absolute(cache.misses);
     }
 
-    fn rebalancer(&self) -> Option<Arc<shardgate_admin::rebalance::Rebalancer>> {
+    fn rebalancer(&self) -> Option<Arc<shardgate_rebalance::Rebalancer>> {
         self.shared.rebalancer.get().cloned()
     }
 

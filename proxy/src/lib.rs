@@ -87,7 +87,7 @@ pub struct Shared {
     topo_changed: watch::Sender<u64>,
     /// Where the shard map lives (none: a static map, e.g. `shardgate check`).
     store: Option<Arc<shardgate_topology::Store>>,
-    rebalancer: std::sync::OnceLock<Arc<shardgate_admin::rebalance::Rebalancer>>,
+    rebalancer: std::sync::OnceLock<Arc<shardgate_rebalance::Rebalancer>>,
     /// The health and lag monitor (restarted when a reload changes what it watches).
     monitor: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Bumped by each reload or shard-map change that changes pools: sessions drop the pools
@@ -326,16 +326,13 @@ pub async fn start_with_state_file(
         .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
     let weak = Arc::downgrade(&shared);
     let fallback = shared.config();
-    let config_source: shardgate_admin::rebalance::ConfigSource = Arc::new(move || {
+    let config_source: shardgate_rebalance::ConfigSource = Arc::new(move || {
         weak.upgrade()
             .map(|s| s.config())
             .unwrap_or_else(|| Arc::clone(&fallback))
     });
-    let rebalancer = shardgate_admin::rebalance::Rebalancer::new(
-        Arc::clone(&store),
-        config_source,
-        proxy_id.clone(),
-    );
+    let rebalancer =
+        shardgate_rebalance::Rebalancer::new(Arc::clone(&store), config_source, proxy_id.clone());
     let _ = shared.rebalancer.set(Arc::clone(&rebalancer));
     topology::follow(
         Arc::downgrade(&shared),

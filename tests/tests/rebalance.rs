@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_admin::control::ControlPlane;
-use shardgate_admin::rebalance::{AddShardRequest, Rebalancer};
+use shardgate_rebalance::{AddShardRequest, Rebalancer};
 use shardgate_router::Ring;
 use shardgate_tests::PgCluster;
 use shardgate_topology::{Job, Phase};

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardgate_admin::rebalance::{RebalanceStatus, Rebalancer};
 use shardgate_config::Config;
+use shardgate_rebalance::{RebalanceStatus, Rebalancer};
 use shardgate_router::hash::hashint8extended;
 use shardgate_router::Ring;
 use shardgate_tests::{Auth, ClusterOptions, PgCluster};

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardgate_admin::rebalance::{ConfigSource, Rebalancer};
 use shardgate_config::Config;
+use shardgate_rebalance::{ConfigSource, Rebalancer};
 use shardgate_router::Ring;
 use shardgate_tests::{ClusterOptions, PgCluster};
 use shardgate_topology::{Job, Phase, Store};
@@ -24,7 +24,7 @@ pub const SCHEMA: &str = "CREATE TABLE accounts (user_id bigint PRIMARY KEY, nam
                       amount numeric(12,2), note text, PRIMARY KEY (user_id, id));";
 
 pub fn start_shards(n: usize) -> Vec<PgCluster> {
-    // RUST_LOG=shardgate_admin=info shows the phases and the cutover steps.
+    // RUST_LOG=shardgate_rebalance=info shows the phases and the cutover steps.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()

@@ -386,7 +386,7 @@ pub(crate) const NOW_TEXT: &str = "SELECT clock_timestamp()::text";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rebalance::plan::Move;
+    use crate::plan::Move;
     use shardgate_config::{KeyType, Shard};
 
     fn plan() -> Plan {

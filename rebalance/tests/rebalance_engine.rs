@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shardgate_admin::rebalance::{AddShardRequest, Rebalancer};
+use shardgate_rebalance::{AddShardRequest, Rebalancer};
 use shardgate_router::Ring;
 use shardgate_tests::PgCluster;
 use shardgate_topology::{Phase, Store, FENCE_SQLSTATE};
