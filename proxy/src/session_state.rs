@@ -5,7 +5,9 @@
 //! tracked here and replayed: a server connection remembers a fingerprint of the state applied
 //! to it, and only when it differs from the client's does the proxy run `RESET ALL` plus the
 //! client's settings before forwarding. Recognising SET/RESET/DISCARD needs only the first
-//! words of each statement, so a small lexer does it without a full SQL parse.
+//! words of each statement: the router's lexer (`shardgate_router::{split_statements,
+//! leading_names}`) finds them without a full SQL parse, so the proxy and the router never
+//! disagree on where a statement ends.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -214,7 +216,7 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
         return Vec::new();
     }
     let lower_has = |w: &str| mentions_any(sql.as_bytes(), &[w.as_bytes()]);
-    let mut effects: Vec<SessionEffect> = split_statements(sql)
+    let mut effects: Vec<SessionEffect> = shardgate_router::split_statements(sql)
         .into_iter()
         .filter_map(statement_effect)
         .collect();
@@ -238,7 +240,7 @@ fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
 }
 
 fn statement_effect(stmt: &str) -> Option<SessionEffect> {
-    let words = leading_words(stmt, 4);
+    let words = shardgate_router::leading_names(stmt, 4);
     let w: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
     match w.as_slice() {
         ["set", "local", ..] | ["set", "transaction", ..] | ["set", "constraints", ..] => None,
@@ -280,133 +282,6 @@ fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         }
         _ => None,
     }
-}
-
-/// The first `n` words of a statement (identifiers lower-cased unless quoted), skipping
-/// comments; stops at `=`.
-fn leading_words(stmt: &str, n: usize) -> Vec<String> {
-    let b = stmt.as_bytes();
-    let mut i = 0;
-    let mut words = Vec::new();
-    while i < b.len() && words.len() < n {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if b[i..].starts_with(b"--") {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if b[i..].starts_with(b"/*") {
-            i = skip_block_comment(b, i);
-        } else if c == b'"' {
-            let start = i + 1;
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                i += 1;
-            }
-            words.push(String::from_utf8_lossy(&b[start..i.min(b.len())]).into_owned());
-            i += 1;
-        } else if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
-            let start = i;
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.' || b[i] >= 0x80)
-            {
-                i += 1;
-            }
-            words.push(String::from_utf8_lossy(&b[start..i]).to_ascii_lowercase());
-        } else {
-            break;
-        }
-    }
-    words
-}
-
-fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
-    // Block comments nest in PostgreSQL.
-    let mut depth = 0;
-    while i < b.len() {
-        if b[i..].starts_with(b"/*") {
-            depth += 1;
-            i += 2;
-        } else if b[i..].starts_with(b"*/") {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-                return i;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    i
-}
-
-/// Splits a query string into statements at top-level semicolons, respecting quotes,
-/// dollar quotes and comments.
-pub fn split_statements(sql: &str) -> Vec<&str> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => {
-                let q = b[i];
-                i += 1;
-                while i < b.len() {
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    // E'...' strings may escape quotes with a backslash.
-                    if b[i] == b'\\' && q == b'\'' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
-            b'$' => {
-                // $tag$ ... $tag$
-                let tag_end = b[i + 1..]
-                    .iter()
-                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
-                match tag_end.map(|t| i + 1 + t) {
-                    Some(e) if b[e] == b'$' => {
-                        let tag = &b[i..=e];
-                        let body = e + 1;
-                        match b[body..].windows(tag.len()).position(|w| w == tag) {
-                            Some(p) => i = body + p + tag.len(),
-                            None => i = b.len(),
-                        }
-                    }
-                    _ => i += 1,
-                }
-            }
-            b';' => {
-                let s = &sql[start..i];
-                if !s.trim().is_empty() {
-                    out.push(s);
-                }
-                i += 1;
-                start = i;
-            }
-            _ => i += 1,
-        }
-    }
-    if start < sql.len() && !sql[start..].trim().is_empty() {
-        out.push(&sql[start..]);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -456,9 +331,18 @@ mod tests {
     }
 
     #[test]
-    fn splits_respecting_quotes_and_dollar_quotes() {
-        let s = split_statements("select ';'; select $x$ ; $x$; -- ;\nselect \"a;b\"");
-        assert_eq!(s.len(), 3, "{s:?}");
+    fn a_set_after_a_backslash_ending_a_string_is_tracked() {
+        // `\` ends no standard string: the SET after it is a statement of its own (the
+        // proxy's former lexer read `\'` as an escaped quote and missed it).
+        assert_eq!(
+            session_effects("SELECT 'C:\\'; SET search_path = b"),
+            vec![SessionEffect::Set {
+                name: "search_path".into(),
+                statement: "SET search_path = b".into()
+            }]
+        );
+        assert!(session_effects("SELECT E'\\'; SET search_path = b'").is_empty());
+        assert_eq!(session_effects("SET myapp.a = 1; SET myapp.b = 2").len(), 2);
     }
 
     #[test]

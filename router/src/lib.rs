@@ -34,4 +34,4 @@ pub use plan::{
 pub use ring::{Ring, RingError, ShardIndex};
 pub use router::{Route, RouteError, Router, RouterError};
 pub use shardgate_config::KeyType;
-pub use text::normalize_sql;
+pub use text::{code_words, leading_names, normalize_sql, split_statements};

@@ -206,7 +206,7 @@ pub fn normalize_sql(sql: &str) -> String {
 
 /// The statements of a text, split at top-level semicolons, without the ones that hold only
 /// comments and whitespace.
-pub(crate) fn split_statements(sql: &str) -> Vec<&str> {
+pub fn split_statements(sql: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut has_code = false;
@@ -263,6 +263,55 @@ pub(crate) fn leading_words(sql: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The first `n` words of one statement as session tracking reads them: keywords and plain
+/// identifiers lower-cased, quoted identifiers as written (without their quotes), a dotted name
+/// (`myapp.tenant`) as one word; stops at the first token that is none of these.
+pub fn leading_names(sql: &str, n: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut joining = false;
+    let mut prev_end = usize::MAX;
+    for tok in code_tokens(sql) {
+        let text = &sql[tok.range.clone()];
+        let adjacent = tok.range.start == prev_end;
+        prev_end = tok.range.end;
+        let name = match tok.kind {
+            TokKind::Word => text.to_ascii_lowercase(),
+            TokKind::Quoted if text.len() >= 2 && text.starts_with('"') => {
+                text[1..text.len() - 1].replace("\"\"", "\"")
+            }
+            TokKind::Other if text == "." && adjacent && !out.is_empty() => {
+                joining = true;
+                if let Some(last) = out.last_mut() {
+                    last.push('.');
+                }
+                continue;
+            }
+            _ => break,
+        };
+        if joining && adjacent {
+            if let Some(last) = out.last_mut() {
+                last.push_str(&name);
+            }
+            joining = false;
+            continue;
+        }
+        if out.len() == n {
+            break;
+        }
+        out.push(name);
+    }
+    out
+}
+
+/// The words of a text outside literals and comments (keywords and unquoted identifiers, as
+/// written), e.g. to find the functions a statement calls.
+pub fn code_words(sql: &str) -> impl Iterator<Item = &str> {
+    tokens(sql)
+        .into_iter()
+        .filter(|t| t.kind == TokKind::Word)
+        .map(move |t| &sql[t.range])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +359,30 @@ mod tests {
             vec!["BEGIN", "READ", "ONLY"]
         );
         assert_eq!(leading_words("'unterminated", 2), Vec::<String>::new());
+    }
+
+    #[test]
+    fn leading_names_join_dotted_and_quoted_names() {
+        assert_eq!(
+            leading_names("/* c */ SET myapp.Tenant = 'x'", 4),
+            vec!["set", "myapp.tenant"]
+        );
+        assert_eq!(
+            leading_names("set \"Search_Path\" to a", 4),
+            vec!["set", "Search_Path", "to", "a"]
+        );
+        assert_eq!(leading_names("RESET ALL", 1), vec!["reset"]);
+        assert_eq!(leading_names("reset x.y.z", 4), vec!["reset", "x.y.z"]);
+    }
+
+    #[test]
+    fn backslash_ends_no_standard_string() {
+        // With standard_conforming_strings (the default since 9.1) `\` is an ordinary
+        // character in '…': the string ends at the next quote.
+        assert_eq!(
+            split_statements("SELECT 'C:\\'; SET search_path = b"),
+            vec!["SELECT 'C:\\'", "SET search_path = b"]
+        );
+        assert_eq!(split_statements("SELECT E'\\'; x'").len(), 1);
     }
 }
