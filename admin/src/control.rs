@@ -54,6 +54,10 @@ pub struct PoolInfo {
     /// Times the pool grew and shrank.
     pub grown: u64,
     pub shrunk: u64,
+    /// Clients pinned to a connection of this pool (transaction mode, session state that
+    /// cannot be handed over: temp tables, LISTEN, advisory locks, …).
+    #[serde(default)]
+    pub pinned: u64,
 }
 
 /// One replica and what the lag monitor knows of it (`GET /api/v1/replicas`).

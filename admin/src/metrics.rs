@@ -116,6 +116,11 @@ fn describe() {
         "Open server connections per shard, role and host, by state (idle, active)."
     );
     describe_gauge!(
+        "shardgate_pinned_clients",
+        Unit::Count,
+        "Clients pinned to their server connection in transaction mode (session state such as temp tables, LISTEN or advisory locks)."
+    );
+    describe_gauge!(
         "shardgate_pool_size",
         Unit::Count,
         "Connections the pools for a shard, role and host may open now (self-sized target)."
@@ -222,7 +227,9 @@ pub fn record_snapshot(control: &dyn ControlPlane) {
     }
 
     let mut pools: BTreeMap<(String, String, String), PoolSums> = BTreeMap::new();
+    let mut pinned = 0;
     for p in control.pools() {
+        pinned += p.pinned;
         let sums = pools.entry((p.shard, p.role, p.host)).or_default();
         sums.idle += u64::from(p.idle);
         sums.active += u64::from(p.in_use);
@@ -231,6 +238,7 @@ pub fn record_snapshot(control: &dyn ControlPlane) {
         sums.grown += p.grown;
         sums.shrunk += p.shrunk;
     }
+    gauge!("shardgate_pinned_clients").set(pinned as f64);
     for ((shard, role, host), sums) in pools {
         let labels = [("shard", shard), ("role", role), ("host", host)];
         for (state, value) in [("idle", sums.idle), ("active", sums.active)] {

@@ -276,6 +276,19 @@ impl std::fmt::Display for PoolMode {
     }
 }
 
+/// What transaction mode does with a statement that creates session state a hand-over cannot
+/// carry (temp objects, LISTEN, session advisory locks, WITH HOLD cursors, SQL PREPARE,
+/// `set_config(…, false)`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pinning {
+    /// The client keeps its server connection until it disconnects (default).
+    #[default]
+    On,
+    /// The statement is refused with 0A000 naming it.
+    Refuse,
+}
+
 /// Server connection pools: one per (database, user, shard, role).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -314,6 +327,16 @@ pub struct Pool {
     pub prepared_statements_per_connection: usize,
     /// Run on a session-mode connection before it serves another client.
     pub reset_query: String,
+    /// Transaction mode: pin a client that creates session state to its server connection
+    /// ("on"), or refuse such statements ("refuse").
+    pub pinning: Pinning,
+    /// Named prepared statements one client may hold; past it the least recently used is
+    /// forgotten (using it again gets 26000, as an unknown statement on PostgreSQL).
+    pub prepared_statements_per_client: usize,
+    /// Bytes of pipelined messages held back per client while its previous request still
+    /// runs (the start of a batch that may belong to another shard); past it the client gets
+    /// 54000 and is disconnected.
+    pub max_held_bytes: usize,
 }
 
 impl Default for Pool {
@@ -332,6 +355,9 @@ impl Default for Pool {
             max_lifetime: Duration::from_secs(3600),
             prepared_statements_per_connection: 500,
             reset_query: "DISCARD ALL".into(),
+            pinning: Pinning::On,
+            prepared_statements_per_client: 10_000,
+            max_held_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -103,6 +103,18 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             );
         }
     }
+    if c.pool.prepared_statements_per_client == 0 {
+        return err(
+            "pool.prepared_statements_per_client",
+            "must be at least 1".into(),
+        );
+    }
+    if c.pool.max_held_bytes < 65_536 {
+        return err(
+            "pool.max_held_bytes",
+            "must be at least 65536 (one pipelined batch of ordinary statements)".into(),
+        );
+    }
     if c.pool.connect_timeout.is_zero() {
         return err("pool.connect_timeout", "must be more than 0".into());
     }

@@ -119,6 +119,7 @@ impl ControlPlane for ProxyControl {
                     connections_created: state.connections_created,
                     grown: state.grown,
                     shrunk: state.shrunk,
+                    pinned: self.shared.pins.of_pool(key),
                 }
             })
             .collect();

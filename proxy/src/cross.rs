@@ -154,7 +154,7 @@ impl Session {
                 frontend::PARSE if bound.is_none() && !client_sent_parse => {
                     let p = frontend::parse(frame).map_err(bad)?;
                     if !p.name.is_empty() {
-                        let stmt = self.shared.statements.intern(p.query, &p.param_types);
+                        let stmt = self.intern_statement(p.query, &p.param_types);
                         self.statements.insert(p.name.to_owned(), stmt);
                     } else {
                         self.unnamed = Some((p.query.to_owned(), p.param_types.clone()));

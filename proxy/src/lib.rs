@@ -5,6 +5,7 @@
 //! binary (main.rs) and the end-to-end tests both use it.
 
 mod auth;
+mod bounds;
 mod cancel;
 mod checkout;
 mod control;
@@ -13,6 +14,7 @@ mod fence;
 mod io;
 mod limits;
 mod listener;
+mod pinning;
 mod prepared;
 mod relay;
 mod reload;
@@ -103,6 +105,7 @@ pub struct Shared {
     tls: tls::ClientTls,
     pools: Pools,
     statements: prepared::StatementRegistry,
+    pins: pinning::PinCounts,
     cancels: cancel::CancelRegistry,
     client_slots: Arc<Semaphore>,
     client_caps: Arc<limits::ClientCaps>,
@@ -129,6 +132,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             pools: Pools::new(host_policy),
             statements: prepared::StatementRegistry::default(),
+            pins: pinning::PinCounts::default(),
             cancels: cancel::CancelRegistry::default(),
             next_client_id: AtomicU64::new(1),
         }

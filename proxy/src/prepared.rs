@@ -4,6 +4,17 @@
 //! (text, parameter types) gets one proxy-wide name `sg_<n>`; clients with the same text share
 //! it, and a server connection that lacks it gets a Parse from the proxy right before the
 //! client's Bind or Describe needs it (see DESIGN.md "Prepared statements in transaction mode").
+//!
+//! A statement's meaning depends on more than its text: the same `SELECT * FROM t` names
+//! another table under another `search_path`, and a pinned client's temp tables shadow
+//! everyone's. The shared name is keyed on that context too (the client's tracked
+//! `search_path`, and the client itself while it is pinned), so a server connection never
+//! runs a plan made for another client's schema (which PostgreSQL would re-plan, or refuse
+//! with "cached plan must not change result type").
+//!
+//! Each client's own names live in [`ClientStatements`], bounded with LRU eviction
+//! (`pool.prepared_statements_per_client`): a forgotten name is unknown again, and using it
+//! gets PostgreSQL's own 26000, as on a server that never saw it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,6 +22,42 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use shardgate_wire::frontend;
+
+use crate::session_state::{session_effects, SessionEffect};
+
+/// A client's named statements, least recently used first out past the cap.
+pub struct ClientStatements {
+    map: lru::LruCache<String, Arc<GlobalStatement>>,
+}
+
+impl ClientStatements {
+    pub fn new(cap: usize) -> Self {
+        let cap = std::num::NonZeroUsize::new(cap).unwrap_or(std::num::NonZeroUsize::MIN);
+        ClientStatements {
+            map: lru::LruCache::new(cap),
+        }
+    }
+
+    pub fn get(&mut self, name: &str) -> Option<&Arc<GlobalStatement>> {
+        self.map.get(name)
+    }
+
+    /// Like [`Self::get`] without marking the statement used.
+    pub fn peek(&self, name: &str) -> Option<&Arc<GlobalStatement>> {
+        self.map.peek(name)
+    }
+
+    /// Records `name`; past the cap the least recently used name is forgotten.
+    pub fn insert(&mut self, name: String, stmt: Arc<GlobalStatement>) {
+        if let Some((evicted, _)) = self.map.push(name, stmt) {
+            tracing::debug!(statement = %evicted, "client's least recently used prepared statement forgotten (pool.prepared_statements_per_client)");
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.map.pop(name);
+    }
+}
 
 /// A statement under its proxy-wide name, with the Parse that creates it on a server.
 #[derive(Debug)]
@@ -21,6 +68,10 @@ pub struct GlobalStatement {
     pub param_types: Vec<u32>,
     /// A ready-to-send Parse message for `name`.
     pub parse_message: Bytes,
+    /// What executing it does to session state (tracked at each Bind, since a prepared
+    /// `set_config` acts every time it runs), and what in it pins the session.
+    pub effects: Vec<SessionEffect>,
+    pub pins: Option<&'static str>,
     /// A server has accepted the Parse once: the text is valid SQL for these parameter types.
     accepted: AtomicBool,
 }
@@ -37,9 +88,27 @@ impl GlobalStatement {
     }
 }
 
-type Key = (String, Vec<u32>);
+/// Text, parameter types, and the context that changes the text's meaning.
+type Key = (String, Vec<u32>, String);
 
-/// Interns statements by (text, parameter types).
+impl crate::session::Session {
+    /// The shared statement for a client's Parse, in the client's context (see the module
+    /// doc).
+    pub(crate) fn intern_statement(
+        &self,
+        query: &str,
+        param_types: &[u32],
+    ) -> Arc<GlobalStatement> {
+        let mut context = self.state.search_path().unwrap_or_default();
+        if self.pin.is_pinned() {
+            // Its temp tables may shadow any name: a pinned client's statements are its own.
+            context.push_str(&format!("\u{0}client {}", self.id));
+        }
+        self.shared.statements.intern(query, param_types, &context)
+    }
+}
+
+/// Interns statements by (text, parameter types, context).
 pub struct StatementRegistry {
     statements: Mutex<HashMap<Key, Arc<GlobalStatement>>>,
     next_id: AtomicU64,
@@ -58,11 +127,11 @@ impl Default for StatementRegistry {
 }
 
 impl StatementRegistry {
-    pub fn intern(&self, query: &str, param_types: &[u32]) -> Arc<GlobalStatement> {
+    /// The shared statement for `query` with `param_types` in `context` (see the module doc:
+    /// empty for the server's default search_path).
+    pub fn intern(&self, query: &str, param_types: &[u32], context: &str) -> Arc<GlobalStatement> {
         let mut map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
-        // Look up by borrowed parts first: the common case (a known statement) allocates once
-        // for the key only.
-        let key = (query.to_owned(), param_types.to_vec());
+        let key = (query.to_owned(), param_types.to_vec(), context.to_owned());
         if let Some(s) = map.get(&key) {
             return Arc::clone(s);
         }
@@ -77,6 +146,8 @@ impl StatementRegistry {
             query: query.to_owned(),
             param_types: param_types.to_vec(),
             parse_message: parse.freeze(),
+            effects: session_effects(query),
+            pins: crate::pinning::pinning_statement(query),
             accepted: AtomicBool::new(false),
         });
         map.insert(key, Arc::clone(&stmt));
@@ -104,24 +175,38 @@ mod tests {
     #[test]
     fn same_text_shares_a_name_and_types_matter() {
         let r = StatementRegistry::default();
-        let a = r.intern("select $1", &[23]);
-        let b = r.intern("select $1", &[23]);
-        let c = r.intern("select $1", &[25]);
+        let a = r.intern("select $1", &[23], "");
+        let b = r.intern("select $1", &[23], "");
+        let c = r.intern("select $1", &[25], "");
+        let d = r.intern("select $1", &[23], "SET search_path = b");
         assert_eq!(a.name, b.name);
         assert_ne!(a.name, c.name);
-        assert_eq!(r.len(), 2);
+        assert_ne!(a.name, d.name);
+        assert_eq!(r.len(), 3);
     }
 
     #[test]
     fn retired_statements_get_a_new_name_and_start_unaccepted() {
         let r = StatementRegistry::default();
-        let a = r.intern("select * from t", &[]);
+        let a = r.intern("select * from t", &[], "");
         a.mark_accepted();
-        assert!(r.intern("select * from t", &[]).accepted());
+        assert!(r.intern("select * from t", &[], "").accepted());
         r.retire(&a);
-        let b = r.intern("select * from t", &[]);
+        let b = r.intern("select * from t", &[], "");
         assert_ne!(a.name, b.name);
         assert!(!b.accepted());
+    }
+
+    #[test]
+    fn client_names_are_bounded_least_recently_used_first() {
+        let r = StatementRegistry::default();
+        let mut c = ClientStatements::new(2);
+        c.insert("a".into(), r.intern("select 1", &[], ""));
+        c.insert("b".into(), r.intern("select 2", &[], ""));
+        assert!(c.get("a").is_some());
+        c.insert("c".into(), r.intern("select 3", &[], ""));
+        assert!(c.get("b").is_none(), "b was the least recently used");
+        assert!(c.get("a").is_some() && c.get("c").is_some());
     }
 
     #[test]
@@ -130,10 +215,10 @@ mod tests {
             sweep_above: 2,
             ..Default::default()
         };
-        let kept = r.intern("a", &[]);
-        drop(r.intern("b", &[]));
-        drop(r.intern("c", &[]));
+        let kept = r.intern("a", &[], "");
+        drop(r.intern("b", &[], ""));
+        drop(r.intern("c", &[], ""));
         assert!(r.len() <= 2);
-        assert_eq!(r.intern("a", &[]).name, kept.name);
+        assert_eq!(r.intern("a", &[], "").name, kept.name);
     }
 }

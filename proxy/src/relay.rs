@@ -151,14 +151,12 @@ impl Session {
             if parse.name.is_empty() {
                 return false;
             }
-            let stmt = self
-                .shared
-                .statements
-                .intern(parse.query, &parse.param_types);
-            if !stmt.accepted() {
+            let stmt = self.intern_statement(parse.query, &parse.param_types);
+            // A statement that pins goes to a server, which pins (or refuses) it there.
+            if !stmt.accepted() || (stmt.pins.is_some() && self.releases_at_idle()) {
                 return false;
             }
-            parsed.push((parse.name.to_owned(), session_effects(parse.query), stmt));
+            parsed.push((parse.name.to_owned(), stmt.effects.clone(), stmt));
         }
         for (name, effects, stmt) in parsed {
             self.pending_effects.extend(effects);
@@ -201,6 +199,12 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
+                if let Some(what) = crate::pinning::pinning_statement(text) {
+                    if let Err(e) = self.pin_here(what) {
+                        self.refuse(e, true);
+                        return Ok(Flow::Continue);
+                    }
+                }
                 let effects = session_effects(text);
                 self.pending_effects.extend(effects);
                 self.to_server.extend_from_slice(frame.as_bytes());
@@ -208,6 +212,12 @@ impl Session {
             }
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
+                if let Some(what) = crate::pinning::pinning_statement(parse.query) {
+                    if let Err(e) = self.pin_here(what) {
+                        self.refuse(e, false);
+                        return Ok(Flow::Continue);
+                    }
+                }
                 let effects = session_effects(parse.query);
                 self.pending_effects.extend(effects);
                 if parse.name.is_empty() {
@@ -217,10 +227,7 @@ impl Session {
                         to_client: true,
                     });
                 } else {
-                    let stmt = self
-                        .shared
-                        .statements
-                        .intern(parse.query, &parse.param_types);
+                    let stmt = self.intern_statement(parse.query, &parse.param_types);
                     // Redefining a name replaces it (PostgreSQL would refuse with 42P05; drivers
                     // never rely on that, and the old text may live on other connections).
                     self.statements
@@ -231,6 +238,17 @@ impl Session {
             frontend::BIND => {
                 let bind = frontend::bind(&frame).map_err(|e| self.protocol_error(e))?;
                 let global = self.statements.get(bind.statement).cloned();
+                if let Some(stmt) = &global {
+                    // Each execution acts on the session again (a prepared set_config), and
+                    // a statement parsed without a server pins when it first runs.
+                    if let Some(what) = stmt.pins {
+                        if let Err(e) = self.pin_here(what) {
+                            self.refuse(e, false);
+                            return Ok(Flow::Continue);
+                        }
+                    }
+                    self.pending_effects.extend(stmt.effects.iter().cloned());
+                }
                 match &global {
                     Some(stmt) => {
                         self.ensure_prepared(server, stmt, false);

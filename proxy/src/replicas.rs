@@ -84,7 +84,8 @@ impl Session {
                 may_write: !read_only,
             };
         }
-        if self.status != TransactionStatus::Idle {
+        if self.status != TransactionStatus::Idle || self.batch_pins(batch).is_some() {
+            // A session pinned by this batch stays on its connection: it must be the primary.
             return primary_write;
         }
         let mut statements = false;
@@ -136,7 +137,9 @@ impl Session {
         if bind.statement.is_empty() {
             self.unnamed.as_ref().map(|(t, _)| t.clone())
         } else {
-            self.statements.get(bind.statement).map(|s| s.query.clone())
+            self.statements
+                .peek(bind.statement)
+                .map(|s| s.query.clone())
         }
     }
 

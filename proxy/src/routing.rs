@@ -269,6 +269,23 @@ impl Session {
             });
         }
         let here = self.shard;
+        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.status) {
+            // Pinned (see `pinning`): the session's state lives on this shard's connection.
+            return match route {
+                Route::Shard(s) if s == here => Ok(()),
+                _ => Err(feature_error(
+                    format!(
+                        "this session is pinned to shard {} by {why}, but the statement needs {}",
+                        self.shard_name(here),
+                        match route {
+                            Route::Shard(s) => format!("shard {}", self.shard_name(s)),
+                            _ => "several shards".to_owned(),
+                        }
+                    ),
+                    "run it from another connection, or drop the session state (DISCARD ALL does not unpin: reconnect)",
+                )),
+            };
+        }
         match route {
             Route::Shard(s) if s == here => Ok(()),
             Route::Shard(s) => Err(feature_error(
@@ -460,7 +477,7 @@ impl Session {
             if name.is_empty() {
                 self.unnamed = Some((query, types));
             } else {
-                let stmt = self.shared.statements.intern(&query, &types);
+                let stmt = self.intern_statement(&query, &types);
                 self.statements.insert(name, stmt);
             }
         }

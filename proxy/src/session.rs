@@ -19,7 +19,8 @@ use crate::cancel::CancelSlot;
 use crate::control::CountGuard;
 use crate::io::ClientIo;
 use crate::limits::{CapReached, CapSlot};
-use crate::prepared::GlobalStatement;
+use crate::pinning::Pin;
+use crate::prepared::ClientStatements;
 use crate::relay::{Expect, Flow};
 use crate::routing::Target;
 use crate::session_state::{SessionEffect, SessionState};
@@ -97,7 +98,9 @@ pub struct Session {
     /// The last client message processed ended a request (Sync, Query): the next one starts a
     /// new batch, which may go to another shard if no transaction is open.
     at_request_boundary: bool,
-    pub(crate) statements: HashMap<String, Arc<GlobalStatement>>,
+    pub(crate) statements: ClientStatements,
+    /// Session state that cannot follow the client to another connection keeps it here.
+    pub(crate) pin: Pin,
     pub(crate) state: SessionState,
     /// Session effects seen in the current transaction, applied when it commits.
     pub(crate) pending_effects: Vec<SessionEffect>,
@@ -256,7 +259,7 @@ impl Session {
     }
 
     pub(crate) fn releases_at_idle(&self) -> bool {
-        self.mode == PoolMode::Transaction
+        self.mode == PoolMode::Transaction && !self.pin.is_pinned()
     }
 
     fn new(
@@ -305,7 +308,8 @@ impl Session {
             fence: Default::default(),
             attached_version: shared.topology_version(),
             at_request_boundary: true,
-            statements: HashMap::new(),
+            statements: ClientStatements::new(config.pool.prepared_statements_per_client),
+            pin: Pin::default(),
             state: SessionState::from_startup(&login.params),
             pending_effects: Vec::new(),
             transaction_error: false,
@@ -382,6 +386,12 @@ impl Session {
                     match self.route_batch(&batch) {
                         Ok(Target::Shard(shard)) => self.shard = shard,
                         Ok(Target::Many { shards, plan }) => {
+                            if let Some(what) = self.batch_pins(&batch) {
+                                let e = crate::pinning::many_shards_refusal(what);
+                                self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                                self.io.flush().await?;
+                                continue;
+                            }
                             self.run_many(batch, shards, plan).await?;
                             continue;
                         }
@@ -432,8 +442,10 @@ impl Session {
                 }
                 Ok(Flow::Continue | Flow::ServerGone(_)) => {
                     // The server connection was lost; it is broken and will not be reused.
-                    // (Its requests were answered with errors, a held statement's too.)
+                    // (Its requests were answered with errors, a held statement's too.) Session
+                    // state it was pinned for is gone with it.
                     self.fence.take_pending();
+                    self.pin.release();
                     self.release(&mut server).await;
                 }
                 Err(e) => {
@@ -559,12 +571,15 @@ impl Session {
                 || self.shared.topo().reads_can_leave_primary);
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
+        let max_held = self.shared.config().pool.max_held_bytes;
+        let mut held_bytes = 0usize;
         loop {
             if !self.parked.is_empty()
                 && self.expect.is_empty()
-                && self.status != TransactionStatus::Idle
+                && (self.status != TransactionStatus::Idle || self.pin.is_pinned())
             {
-                // The pipelined batch opened a transaction here after all: it stays here.
+                // The pipelined batch opened a transaction here after all (or the session got
+                // pinned here): it stays here.
                 for frame in std::mem::take(&mut self.parked) {
                     self.at_request_boundary = ends_batch(frame.tag());
                     if let Err(e) = self.client_message(server, frame) {
@@ -620,13 +635,16 @@ impl Session {
                 msg = self.io.read_frame(), if reading => {
                     let Some(frame) = msg? else { return Err(SessionError::ClientGone) };
                     let starts_batch = rerouting
+                        && !self.pin.is_pinned()
                         && (self.at_request_boundary || !lookahead.is_empty())
                         && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
                         && !self.copy_in;
                     let frames = if starts_batch {
                         let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)
                             || ends_batch(frame.tag());
+                        held_bytes = if lookahead.is_empty() { 0 } else { held_bytes } + frame.len();
                         lookahead.push(frame);
+                        self.check_held(held_bytes, max_held).await?;
                         if !done {
                             self.at_request_boundary = false;
                             continue;
@@ -688,6 +706,14 @@ impl Session {
         if self.mode == PoolMode::Session {
             reset.push(self.shared.config().pool.reset_query.clone());
         }
+        let pinned = self.pin.is_pinned();
+        if pinned {
+            // What pinned the session (temp tables, LISTEN, locks, cursors, statements,
+            // settings) goes; RESET ALL inside DISCARD ALL keeps the role.
+            reset.push("DISCARD ALL".to_owned());
+            reset.push("RESET SESSION AUTHORIZATION; RESET ROLE".to_owned());
+            self.pin.release();
+        }
         for sql in reset {
             match tokio::time::timeout(CLEANUP_TIMEOUT, server.run_internal(&sql)).await {
                 Ok(Ok(())) => {}
@@ -697,7 +723,7 @@ impl Session {
                 }
             }
         }
-        if self.mode == PoolMode::Session {
+        if self.mode == PoolMode::Session || pinned {
             // DISCARD ALL dropped the statements and settings.
             server.prepared().clear();
             server.set_session_fingerprint(0);

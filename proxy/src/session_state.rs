@@ -78,6 +78,15 @@ impl SessionState {
         state
     }
 
+    /// The client's `search_path` as tracked (a SET statement or a startup value), if it set
+    /// one.
+    pub fn search_path(&self) -> Option<String> {
+        self.settings.get("search_path").map(|s| match s {
+            Setting::Value(v) => v.clone(),
+            Setting::Statement(s) => s.clone(),
+        })
+    }
+
     /// 0 when there is nothing to apply, which is also a fresh server connection's value.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
@@ -101,11 +110,23 @@ impl SessionState {
                         self.settings.remove(name);
                     }
                 },
-                SessionEffect::ResetAll { .. } => {
+                SessionEffect::ResetAll { drops_prepared } => {
+                    // RESET ALL keeps the role and session authorization (as PostgreSQL
+                    // does); DISCARD ALL resets them too.
+                    let kept: Vec<(String, Setting)> = if *drops_prepared {
+                        Vec::new()
+                    } else {
+                        self.settings
+                            .iter()
+                            .filter(|(k, _)| is_identity(k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    };
                     self.settings = self
                         .startup
                         .iter()
                         .map(|(k, v)| (k.clone(), Setting::Value(v.clone())))
+                        .chain(kept)
                         .collect();
                 }
                 SessionEffect::DeallocateAll | SessionEffect::Untracked => {}
@@ -129,9 +150,25 @@ impl SessionState {
     }
 
     /// SQL that brings a server connection from its pristine state to this client's state.
+    ///
+    /// `RESET ALL` leaves `role` and `session_authorization` alone (PostgreSQL marks them
+    /// `GUC_NO_RESET_ALL`): without their own RESETs a `SET ROLE` (or a `set_config('role', …)`)
+    /// of the connection's previous client would survive into the next client's session and
+    /// defeat row-level security between them. This runs only when the connection carries
+    /// another state than the client's (its fingerprint differs), never on the common path.
     pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL;");
-        for (name, setting) in &self.settings {
+        let mut sql = String::from("RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;");
+        // SET SESSION AUTHORIZATION also resets the role: replay it first.
+        let identity_first = self
+            .settings
+            .iter()
+            .filter(|(name, _)| name.as_str() == "session_authorization")
+            .chain(
+                self.settings
+                    .iter()
+                    .filter(|(name, _)| name.as_str() != "session_authorization"),
+            );
+        for (name, setting) in identity_first {
             match setting {
                 Setting::Value(v) => {
                     sql.push_str(&format!(
@@ -158,6 +195,11 @@ impl SessionState {
             h.finish() | 1
         };
     }
+}
+
+/// The settings that say who the session is: RESET ALL leaves them alone.
+fn is_identity(name: &str) -> bool {
+    name == "role" || name == "session_authorization"
 }
 
 fn quote_literal(s: &str) -> String {
@@ -220,14 +262,14 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
         .into_iter()
         .filter_map(statement_effect)
         .collect();
-    if lower_has("set_config") {
+    if lower_has("set_config") && crate::pinning::set_config_may_persist(sql) {
         effects.push(SessionEffect::Untracked);
     }
     effects
 }
 
 /// Whether `text` contains one of `words` (lower-case ASCII), ignoring ASCII case.
-fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
+pub(crate) fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
     text.iter().enumerate().any(|(i, b)| {
         let first = b.to_ascii_lowercase();
         words.iter().any(|w| {
@@ -358,6 +400,23 @@ mod tests {
         assert!(s.replay_sql().contains("SET work_mem = '8MB'"));
         s.apply(&session_effects("RESET work_mem"));
         assert_eq!(s.fingerprint(), 0);
+    }
+
+    #[test]
+    fn role_survives_reset_all_and_every_replay_resets_identity() {
+        let mut s = SessionState::from_startup(&[]);
+        s.apply(&session_effects(
+            "SET ROLE tenant_a; SET SESSION AUTHORIZATION alice",
+        ));
+        s.apply(&session_effects("RESET ALL"));
+        let sql = s.replay_sql();
+        assert!(
+            sql.starts_with("RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;SET SESSION AUTHORIZATION alice;SET ROLE tenant_a;"),
+            "{sql}"
+        );
+        s.apply(&session_effects("DISCARD ALL"));
+        assert_eq!(s.fingerprint(), 0);
+        assert!(SessionState::default().replay_sql().contains("RESET ROLE"));
     }
 
     #[test]

@@ -35,3 +35,8 @@ pub use ring::{Ring, RingError, ShardIndex};
 pub use router::{Route, RouteError, Router, RouterError};
 pub use shardgate_config::KeyType;
 pub use text::{code_words, leading_names, normalize_sql, split_statements};
+
+/// The project's one SQL lexer, for the proxy's text checks (session tracking, pinning).
+pub mod lexer {
+    pub use crate::text::{code_tokens, code_words, leading_names, split_statements, Tok, TokKind};
+}

@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TokKind {
+pub enum TokKind {
     /// A keyword or unquoted identifier.
     Word,
     /// `-- …` or `/* … */`; the range covers the whole comment.
@@ -22,7 +22,7 @@ pub(crate) enum TokKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Tok {
+pub struct Tok {
     pub kind: TokKind,
     pub range: Range<usize>,
 }
@@ -246,7 +246,7 @@ pub(crate) fn comments(sql: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The code tokens (no comments) of a text.
-pub(crate) fn code_tokens(sql: &str) -> Vec<Tok> {
+pub fn code_tokens(sql: &str) -> Vec<Tok> {
     tokens(sql)
         .into_iter()
         .filter(|t| t.kind != TokKind::Comment)

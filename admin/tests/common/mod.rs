@@ -73,6 +73,7 @@ pub fn pools() -> Vec<PoolInfo> {
         connections_created: 9,
         grown: 3,
         shrunk: 1,
+        pinned: 1,
     };
     vec![
         pool("app", "s1", "primary", "127.0.0.1:5433", 2, 1),

@@ -1,0 +1,326 @@
+//! Session pinning (DESIGN.md "Session pinning"): in transaction mode a statement that creates
+//! state a hand-over to another server connection cannot carry — temp objects, LISTEN, session
+//! advisory locks, WITH HOLD cursors, SQL-level PREPARE, `set_config(…, false)` — pins the
+//! client to its server connection until it disconnects; the connection is then reset
+//! (`DISCARD ALL`, `RESET ROLE`, `RESET SESSION AUTHORIZATION`) before another client gets it.
+//! With `pool.pinning = "refuse"` such statements are refused with 0A000 instead.
+//!
+//! Detection reads the statement text with the router's lexer (never inside literals or
+//! comments). It errs on the side of pinning: a pin costs the pool a connection for the
+//! client's lifetime, a missed one leaks state to another client.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use shardgate_pool::PoolKey;
+use shardgate_router::lexer::{code_tokens, leading_names, split_statements, TokKind};
+use shardgate_router::RouteError;
+use shardgate_wire::sqlstate;
+
+use shardgate_config::{Pinning, PoolMode};
+use shardgate_pool::HostChoice;
+use shardgate_wire::{frontend, Frame};
+
+use crate::control::CountGuard;
+use crate::session::Session;
+
+/// Words without which no statement can pin (lower-case; `temp` covers `temporary` and
+/// `pg_temp`): most statements are ruled out by this one scan.
+const TRIGGER_WORDS: &[&[u8]] = &[
+    b"temp",
+    b"listen",
+    b"advisory",
+    b"hold",
+    b"prepare",
+    b"set_config",
+];
+
+/// Functions that take a session-level advisory lock (their `_xact_` forms end with the
+/// transaction and do not pin).
+const SESSION_LOCK_FUNCTIONS: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// What in `sql` pins the session, named for the client (e.g. `CREATE TEMP TABLE`), or
+/// `None` when nothing does.
+pub(crate) fn pinning_statement(sql: &str) -> Option<&'static str> {
+    if !crate::session_state::mentions_any(sql.as_bytes(), TRIGGER_WORDS) {
+        return None;
+    }
+    split_statements(sql).into_iter().find_map(statement_pins)
+}
+
+fn statement_pins(stmt: &str) -> Option<&'static str> {
+    let words = leading_names(stmt, 6);
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let is_temp = |x: &&str| {
+        matches!(*x, "temp" | "temporary") || x.starts_with("pg_temp.") || *x == "pg_temp"
+    };
+    match w.as_slice() {
+        ["create", rest @ ..] if rest.iter().any(is_temp) => return Some("CREATE TEMP"),
+        ["listen", ..] => return Some("LISTEN"),
+        ["prepare", "transaction", ..] => {}
+        ["prepare", ..] => return Some("PREPARE"),
+        _ => {}
+    }
+    // Anywhere in the statement: WITH HOLD, SELECT … INTO TEMP, and function calls.
+    let toks = code_tokens(stmt);
+    let word = |i: usize| {
+        toks.get(i)
+            .filter(|t| t.kind == TokKind::Word)
+            .map(|t| &stmt[t.range.clone()])
+    };
+    for i in 0..toks.len() {
+        let Some(this) = word(i) else { continue };
+        let next = word(i + 1);
+        if this.eq_ignore_ascii_case("with") && next.is_some_and(|n| n.eq_ignore_ascii_case("hold"))
+        {
+            return Some("DECLARE … WITH HOLD");
+        }
+        if this.eq_ignore_ascii_case("into")
+            && next.is_some_and(|n| {
+                n.eq_ignore_ascii_case("temp") || n.eq_ignore_ascii_case("temporary")
+            })
+        {
+            return Some("SELECT … INTO TEMP");
+        }
+        if SESSION_LOCK_FUNCTIONS
+            .iter()
+            .any(|f| this.eq_ignore_ascii_case(f))
+        {
+            return Some("a session advisory lock (pg_advisory_lock)");
+        }
+        if this.eq_ignore_ascii_case("set_config") && !set_config_is_local(stmt, &toks[i + 1..]) {
+            return Some("set_config(…, false)");
+        }
+    }
+    None
+}
+
+/// Whether `sql` calls `set_config` in a way that may outlast the transaction (`is_local` not a
+/// literal true).
+pub(crate) fn set_config_may_persist(sql: &str) -> bool {
+    split_statements(sql).into_iter().any(|stmt| {
+        let toks = code_tokens(stmt);
+        toks.iter().enumerate().any(|(i, t)| {
+            t.kind == TokKind::Word
+                && stmt[t.range.clone()].eq_ignore_ascii_case("set_config")
+                && !set_config_is_local(stmt, &toks[i + 1..])
+        })
+    })
+}
+
+/// Whether the call whose argument list starts at `toks` (`(` first) passes a literal true as
+/// `is_local`. Anything else — false, a parameter, an expression — may change the session.
+fn set_config_is_local(stmt: &str, toks: &[shardgate_router::lexer::Tok]) -> bool {
+    let text = |t: &shardgate_router::lexer::Tok| &stmt[t.range.clone()];
+    if toks.first().map(text) != Some("(") {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut commas = 0;
+    let mut third = Vec::new();
+    for t in toks {
+        match text(t) {
+            "(" => depth += 1,
+            ")" => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            "," if depth == 1 => {
+                commas += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if commas == 2 && depth >= 1 {
+            third.push(text(t));
+        }
+    }
+    match third.as_slice() {
+        [v] => {
+            let v = v.trim_matches('\'');
+            ["true", "t", "on", "yes", "y", "1"]
+                .iter()
+                .any(|x| v.eq_ignore_ascii_case(x))
+        }
+        _ => false,
+    }
+}
+
+/// The 0A000 a client gets for a pinning statement under `pool.pinning = "refuse"`.
+pub(crate) fn refusal(what: &str) -> RouteError {
+    RouteError {
+        code: sqlstate::FEATURE_NOT_SUPPORTED,
+        message: format!(
+            "{what} creates session state that transaction pooling cannot keep, and \
+             pool.pinning = \"refuse\""
+        ),
+        hint: Some(
+            "use session pool mode for this client, or set pool.pinning = \"on\" to keep the \
+             client on its server connection"
+                .into(),
+        ),
+    }
+}
+
+/// The 0A000 for a pinning statement that would run on several shards at once.
+pub(crate) fn many_shards_refusal(what: &str) -> RouteError {
+    RouteError {
+        code: sqlstate::FEATURE_NOT_SUPPORTED,
+        message: format!(
+            "{what} would create session state on several shards; a session can be pinned to \
+             one shard's server connection only"
+        ),
+        hint: Some("restrict the statement to one shard with its shard key or a hint".into()),
+    }
+}
+
+impl Session {
+    /// What in a detached batch would pin the session (its Queries, Parses, and the
+    /// statements its Binds name).
+    pub(crate) fn batch_pins(&mut self, batch: &[Frame]) -> Option<&'static str> {
+        if self.mode != PoolMode::Transaction {
+            return None;
+        }
+        batch.iter().find_map(|frame| match frame.tag() {
+            frontend::QUERY => frontend::query_text(frame).ok().and_then(pinning_statement),
+            frontend::PARSE => frontend::parse(frame)
+                .ok()
+                .and_then(|p| pinning_statement(p.query)),
+            frontend::BIND => {
+                let bind = frontend::bind(frame).ok()?;
+                self.statements.get(bind.statement)?.pins
+            }
+            _ => None,
+        })
+    }
+
+    /// A statement that pins (`what`) is about to be forwarded to the connection held now:
+    /// pin the session to it, or refuse the statement (`pool.pinning = "refuse"`, or a
+    /// replica connection, whose client would later need the primary).
+    pub(crate) fn pin_here(&mut self, what: &'static str) -> Result<(), RouteError> {
+        if self.mode != PoolMode::Transaction || self.pin.is_pinned() {
+            return Ok(());
+        }
+        if self.shared.config().pool.pinning == Pinning::Refuse {
+            return Err(refusal(what));
+        }
+        if self.host != HostChoice::Primary {
+            return Err(RouteError {
+                code: sqlstate::FEATURE_NOT_SUPPORTED,
+                message: format!(
+                    "{what} would pin this session to a replica, where its later writes \
+                     could not run"
+                ),
+                hint: Some(
+                    "run it outside a read-only transaction (or with /* shardgate: \
+                     role=primary */)"
+                        .into(),
+                ),
+            });
+        }
+        let key = self.pool().key().clone();
+        self.pin.pin(what, &key, &self.shared.pins);
+        Ok(())
+    }
+}
+
+/// Pinned clients per pool (`pinned` in `/api/v1/pools`; their sum is the
+/// `shardgate_pinned_clients` gauge). One entry per pool ever pinned, as bounded as the pools.
+#[derive(Debug, Default)]
+pub(crate) struct PinCounts {
+    by_pool: Mutex<HashMap<PoolKey, Arc<AtomicU64>>>,
+}
+
+impl PinCounts {
+    pub(crate) fn of_pool(&self, key: &PoolKey) -> u64 {
+        let map = self.by_pool.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn guard(&self, key: &PoolKey) -> CountGuard {
+        let mut map = self.by_pool.lock().unwrap_or_else(|p| p.into_inner());
+        CountGuard::new(map.entry(key.clone()).or_default())
+    }
+}
+
+/// A session's pin: why it holds its server connection, counted while it lasts.
+#[derive(Debug, Default)]
+pub(crate) struct Pin {
+    held: Option<(&'static str, CountGuard)>,
+}
+
+impl Pin {
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The statement that pinned the session.
+    pub(crate) fn reason(&self) -> Option<&'static str> {
+        self.held.as_ref().map(|h| h.0)
+    }
+
+    /// Pins the session to its current connection of pool `key` (a no-op when pinned).
+    pub(crate) fn pin(&mut self, what: &'static str, key: &PoolKey, counts: &PinCounts) {
+        if self.held.is_none() {
+            tracing::debug!(shard = %key.shard, reason = what, "client pinned to its server connection");
+            self.held = Some((what, counts.guard(key)));
+        }
+    }
+
+    /// The pinned connection was reset or lost: the session is free again.
+    pub(crate) fn release(&mut self) {
+        self.held = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pinning_statement as pins;
+
+    #[test]
+    fn finds_statements_that_create_session_state() {
+        for sql in [
+            "CREATE TEMP TABLE person (id int)",
+            "create temporary table t as select 1",
+            "CREATE LOCAL TEMPORARY TABLE t (x int) ON COMMIT DELETE ROWS",
+            "create or replace temp view v as select 1",
+            "create table pg_temp.t (x int)",
+            "select 1; LISTEN jobs",
+            "select pg_advisory_lock(42)",
+            "SELECT pg_catalog.pg_try_advisory_lock_shared(1, 2)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "PREPARE q AS SELECT 1",
+            "select 1 into temp t",
+            "select set_config('search_path', 'a', false)",
+            "select set_config('role', $1, $2)",
+        ] {
+            assert!(pins(sql).is_some(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn leaves_everything_else_alone() {
+        for sql in [
+            "select 1",
+            "select pg_advisory_xact_lock(42)",
+            "select 'CREATE TEMP TABLE x' as temp",
+            "-- listen\nselect 1",
+            "PREPARE TRANSACTION 'gid'",
+            "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
+            "select set_config('search_path', 'a', true)",
+            "SELECT set_config('x.y', f(1, 2), 'on')",
+            "create table temperatures (x int)",
+            "select * from holdings",
+        ] {
+            assert_eq!(pins(sql), None, "{sql}");
+        }
+    }
+}
