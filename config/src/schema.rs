@@ -277,8 +277,7 @@ impl std::fmt::Display for PoolMode {
 }
 
 /// What transaction mode does with a statement that creates session state a hand-over cannot
-/// carry (temp objects, LISTEN, session advisory locks, WITH HOLD cursors, SQL PREPARE,
-/// `set_config(…, false)`).
+/// carry (temp objects, LISTEN, session advisory locks, WITH HOLD cursors, SQL PREPARE).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Pinning {

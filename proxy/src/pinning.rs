@@ -1,9 +1,13 @@
 //! Session pinning (DESIGN.md "Session pinning"): in transaction mode a statement that creates
 //! state a hand-over to another server connection cannot carry — temp objects, LISTEN, session
-//! advisory locks, WITH HOLD cursors, SQL-level PREPARE, `set_config(…, false)` — pins the
-//! client to its server connection until it disconnects; the connection is then reset
-//! (`DISCARD ALL`, `RESET ROLE`, `RESET SESSION AUTHORIZATION`) before another client gets it.
-//! With `pool.pinning = "refuse"` such statements are refused with 0A000 instead.
+//! advisory locks, WITH HOLD cursors, SQL-level PREPARE — pins the client to its server
+//! connection until it disconnects; the connection is then reset (`DISCARD ALL`, `RESET ROLE`,
+//! `RESET SESSION AUTHORIZATION`) before another client gets it. With `pool.pinning =
+//! "refuse"` such statements are refused with 0A000 instead.
+//!
+//! Settings do not pin: `SET` (role and session authorization included) follows the client
+//! to each connection (`session_state`), and a `set_config(…, false)` the proxy cannot follow
+//! makes the next hand-over reset the connection, so it never reaches another client.
 //!
 //! Detection reads the statement text with the router's lexer (never inside literals or
 //! comments). It errs on the side of pinning: a pin costs the pool a connection for the
@@ -27,14 +31,7 @@ use crate::session::Session;
 
 /// Words without which no statement can pin (lower-case; `temp` covers `temporary` and
 /// `pg_temp`): most statements are ruled out by this one scan.
-const TRIGGER_WORDS: &[&[u8]] = &[
-    b"temp",
-    b"listen",
-    b"advisory",
-    b"hold",
-    b"prepare",
-    b"set_config",
-];
+const TRIGGER_WORDS: &[&[u8]] = &[b"temp", b"listen", b"advisory", b"hold", b"prepare"];
 
 /// Functions that take a session-level advisory lock (their `_xact_` forms end with the
 /// transaction and do not pin).
@@ -93,9 +90,6 @@ fn statement_pins(stmt: &str) -> Option<&'static str> {
             .any(|f| this.eq_ignore_ascii_case(f))
         {
             return Some("a session advisory lock (pg_advisory_lock)");
-        }
-        if this.eq_ignore_ascii_case("set_config") && !set_config_is_local(stmt, &toks[i + 1..]) {
-            return Some("set_config(…, false)");
         }
     }
     None
@@ -299,11 +293,18 @@ mod tests {
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
             "PREPARE q AS SELECT 1",
             "select 1 into temp t",
-            "select set_config('search_path', 'a', false)",
-            "select set_config('role', $1, $2)",
         ] {
             assert!(pins(sql).is_some(), "{sql}");
         }
+    }
+
+    #[test]
+    fn set_config_is_local_only_with_a_literal_true() {
+        use super::set_config_may_persist as persists;
+        assert!(persists("select set_config('role', 'x', false)"));
+        assert!(persists("select set_config('role', $1, $2)"));
+        assert!(!persists("select set_config('search_path', 'a', true)"));
+        assert!(!persists("SELECT set_config('x.y', f(1, 2), 'on')"));
     }
 
     #[test]
@@ -315,8 +316,7 @@ mod tests {
             "-- listen\nselect 1",
             "PREPARE TRANSACTION 'gid'",
             "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
-            "select set_config('search_path', 'a', true)",
-            "SELECT set_config('x.y', f(1, 2), 'on')",
+            "select set_config('search_path', 'a', false)",
             "create table temperatures (x int)",
             "select * from holdings",
         ] {

@@ -17,6 +17,18 @@ async fn one_text(client: &tokio_postgres::Client, sql: &str) -> String {
         .unwrap()
 }
 
+/// The first column of the last row `sql` returns.
+async fn last_text(client: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = client.simple_query(sql).await.unwrap();
+    msgs.iter()
+        .rev()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}
+
 async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
     client
         .query_one("select pg_backend_pid()", &[])
@@ -82,11 +94,18 @@ async fn set_role_does_not_reach_the_next_client() {
     drop(a);
 
     // set_config('role', …, false), in the extended protocol, then the client leaves.
-    let c = env.connect().await;
-    c.query("select set_config('role', 'tenant_b', false)", &[])
+    let mut c = env.connect().await;
+    let tx = c.transaction().await.unwrap();
+    tx.query("select set_config('role', 'tenant_b', false)", &[])
         .await
         .unwrap();
-    assert_eq!(one_text(&c, "select current_user").await, "tenant_b");
+    let who: String = tx
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "tenant_b");
+    tx.commit().await.unwrap();
     drop(c);
     assert_eq!(backend_pid(&b).await, pid);
     assert_eq!(one_text(&b, "select current_user").await, "app");
@@ -125,10 +144,13 @@ async fn set_session_authorization_does_not_reach_the_next_client() {
     drop(a);
 
     let c = env.connect().await;
-    c.batch_execute("select set_config('session_authorization', 'tenant_b', false)")
-        .await
-        .unwrap();
-    assert_eq!(one_text(&c, "select session_user").await, "tenant_b");
+    let who = last_text(
+        &c,
+        "begin; select set_config('session_authorization', 'tenant_b', false); \
+         select session_user; commit",
+    )
+    .await;
+    assert_eq!(who, "tenant_b");
     drop(c);
     assert_eq!(one_text(&b, "select session_user").await, "app");
     drop(b);
@@ -279,5 +301,140 @@ async fn pinning_refuse_names_the_statement() {
     );
     assert_eq!(pinned_clients(&env), 0);
     drop(a);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_statements_follow_each_clients_search_path() {
+    let env = Env::start(Setup::default().pool_size(1)).await;
+    env.connect()
+        .await
+        .batch_execute(
+            "create schema a; create schema b; \
+             create table a.t (x int); insert into a.t values (1); \
+             create table b.t (x text); insert into b.t values ('b')",
+        )
+        .await
+        .unwrap();
+    let a = env.connect().await;
+    let b = env.connect().await;
+    a.batch_execute("SET search_path = a").await.unwrap();
+    b.batch_execute("SET search_path = b").await.unwrap();
+    // The same text, prepared by both (tokio-postgres names them alike, too), run in turns
+    // on the one server connection.
+    let sa = a.prepare("select x from t").await.unwrap();
+    let sb = b.prepare("select x from t").await.unwrap();
+    for _ in 0..3 {
+        let ra = a.query_one(&sa, &[]).await.expect("A's statement runs");
+        assert_eq!(ra.get::<_, i32>(0), 1);
+        let rb = b.query_one(&sb, &[]).await.expect("B's statement runs");
+        assert_eq!(rb.get::<_, String>(0), "b");
+    }
+    drop((a, b));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_prepared_statements_are_bounded() {
+    let mut setup = Setup::default();
+    setup.pool_extra = "prepared_statements_per_client = 2".into();
+    let env = Env::start(setup).await;
+    let c = env.connect().await;
+    let s1 = c.prepare("select 1").await.unwrap();
+    let s2 = c.prepare("select 2").await.unwrap();
+    c.query_one(&s1, &[]).await.unwrap(); // s1 is now the most recently used
+    let s3 = c.prepare("select 3").await.unwrap();
+    // s2 was the least recently used: forgotten, as a statement PostgreSQL never saw.
+    let e = c.query_one(&s2, &[]).await.unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("26000"), "{e}");
+    assert_eq!(c.query_one(&s1, &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(c.query_one(&s3, &[]).await.unwrap().get::<_, i32>(0), 3);
+    drop(c);
+    env.stop().await;
+}
+
+const SHARDED_SCHEMA: &str = "create table users (user_id bigint primary key, name text);";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_session_stays_on_its_shard() {
+    let env = common::ShardedEnv::start(2, SHARDED_SCHEMA, &["users"], "").await;
+    let (k0, k1) = (env.key_on(0, 1), env.key_on(1, 1));
+    let c = env.connect().await;
+    for (k, name) in [(k0, "zero"), (k1, "one")] {
+        c.batch_execute(&format!(
+            "insert into users (user_id, name) values ({k}, '{name}')"
+        ))
+        .await
+        .unwrap();
+    }
+    // Pinned on shard 0 by a session lock taken next to a statement routed there.
+    c.batch_execute(&format!(
+        "select name from users where user_id = {k0}; select pg_advisory_lock(1)"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        one_text(&c, &format!("select name from users where user_id = {k0}")).await,
+        "zero"
+    );
+    let e = c
+        .batch_execute(&format!("select name from users where user_id = {k1}"))
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    let msg = e.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("pinned to shard s0"), "{msg}");
+    assert!(msg.contains("advisory"), "{msg}");
+    // Statements without sharded tables run on the pinned connection.
+    let unlocked: bool = c
+        .query_one("select pg_advisory_unlock(1)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(unlocked);
+    // A pinning statement that would run on every shard is refused rather than spread.
+    let other = env.connect().await;
+    let e = other
+        .batch_execute("create temp table tmp as select * from users")
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    drop((c, other));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_pipelined_messages_are_capped() {
+    use common::raw;
+    let env = common::ShardedEnv::start_edited(2, SHARDED_SCHEMA, &["users"], "", |c| {
+        c.pool.max_held_bytes = 65_536
+    })
+    .await;
+    // A statement that waits on a lock, so the client's next messages are held meanwhile.
+    let su = env.connect_shard(0).await;
+    su.batch_execute("begin; lock table users").await.unwrap();
+    let k0 = env.key_on(0, 1);
+    let mut c = common::RawClient::connect(env.proxy.addr().port()).await;
+    c.send(&raw::query(&format!(
+        "select * from users where user_id = {k0}"
+    )))
+    .await;
+    // Named Parses with no Bind yet: the start of a batch whose shard is not known.
+    let text = format!("select '{}'", "x".repeat(1000));
+    for i in 0..100 {
+        c.send(&raw::parse(&format!("p{i}"), &text)).await;
+    }
+    let msgs = c.read_until_closed().await;
+    su.batch_execute("rollback").await.unwrap();
+    let err = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("an error; got {msgs:?}"));
+    assert_eq!(err.sqlstate().as_deref(), Some("54000"), "{err:?}");
+    assert!(
+        err.field(b'M')
+            .is_some_and(|m| m.contains("pool.max_held_bytes")),
+        "{err:?}"
+    );
     env.stop().await;
 }

@@ -692,6 +692,17 @@ impl ShardedEnv {
     /// Starts the clusters (in parallel), runs `schema` directly on each, then the proxy.
     /// `extra` is appended to the config (e.g. a `[sharding]` table).
     pub async fn start(n: usize, schema: &str, sharded_tables: &[&str], extra: &str) -> ShardedEnv {
+        Self::start_edited(n, schema, sharded_tables, extra, |_| {}).await
+    }
+
+    /// Like [`ShardedEnv::start`], with the config changed by `edit` before the proxy starts.
+    pub async fn start_edited(
+        n: usize,
+        schema: &str,
+        sharded_tables: &[&str],
+        extra: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> ShardedEnv {
         init_logs();
         let starts = (0..n).map(|_| {
             tokio::task::spawn_blocking(|| {
@@ -713,7 +724,8 @@ impl ShardedEnv {
                 .await
                 .expect("schema on a shard");
         }
-        let config = sharded_config(&shards, sharded_tables, extra);
+        let mut config = sharded_config(&shards, sharded_tables, extra);
+        edit(&mut config);
         let router = shardgate_router::Router::new(&config).expect("router");
         let proxy = shardgate_proxy::start(config.clone())
             .await
