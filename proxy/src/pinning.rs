@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use shardgate_pool::PoolKey;
-use shardgate_router::lexer::{code_tokens, leading_names, split_statements, TokKind};
+use shardgate_router::lexer::{code_tokens, code_words, leading_names, split_statements, TokKind};
 use shardgate_router::RouteError;
 use shardgate_wire::sqlstate;
 
@@ -58,7 +58,10 @@ fn statement_pins(stmt: &str) -> Option<&'static str> {
         matches!(*x, "temp" | "temporary") || x.starts_with("pg_temp.") || *x == "pg_temp"
     };
     match w.as_slice() {
-        ["create", rest @ ..] if rest.iter().any(is_temp) => return Some("CREATE TEMP"),
+        // ON COMMIT DROP: gone when the transaction ends, like everything else it did.
+        ["create", rest @ ..] if rest.iter().any(is_temp) && !drops_on_commit(stmt) => {
+            return Some("CREATE TEMP")
+        }
         ["listen", ..] => return Some("LISTEN"),
         ["prepare", "transaction", ..] => {}
         ["prepare", ..] => return Some("PREPARE"),
@@ -93,6 +96,16 @@ fn statement_pins(stmt: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Whether a CREATE TEMP TABLE ends with `ON COMMIT DROP`.
+fn drops_on_commit(stmt: &str) -> bool {
+    let words: Vec<&str> = code_words(stmt).collect();
+    words.windows(3).any(|w| {
+        w[0].eq_ignore_ascii_case("on")
+            && w[1].eq_ignore_ascii_case("commit")
+            && w[2].eq_ignore_ascii_case("drop")
+    })
 }
 
 /// Whether `sql` calls `set_config` in a way that may outlast the transaction (`is_local` not a
@@ -317,6 +330,7 @@ mod tests {
             "PREPARE TRANSACTION 'gid'",
             "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
             "select set_config('search_path', 'a', false)",
+            "create temp table t (x int) on commit drop",
             "create table temperatures (x int)",
             "select * from holdings",
         ] {

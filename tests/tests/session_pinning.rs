@@ -210,6 +210,12 @@ async fn temp_tables_and_locks_pin_the_client_until_it_leaves() {
     a.query_one("select pg_advisory_lock(8)", &[])
         .await
         .unwrap();
+    // SQL PREPARE and WITH HOLD cursors outlive their transactions too.
+    a.batch_execute("PREPARE q AS SELECT 42; DECLARE c CURSOR WITH HOLD FOR SELECT 7")
+        .await
+        .unwrap();
+    assert_eq!(one_text(&a, "EXECUTE q").await, "42");
+    assert_eq!(one_text(&a, "FETCH c").await, "7");
     drop(a);
 
     // A left: its connection is reset before B gets it (a pool of one: the same backend).
@@ -223,6 +229,10 @@ async fn temp_tables_and_locks_pin_the_client_until_it_leaves() {
         0,
         "A's session lock was released"
     );
+    let e = b.batch_execute("EXECUTE q").await.unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("26000"), "{e}");
+    let e = b.batch_execute("FETCH c").await.unwrap_err();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("34000"), "{e}");
     assert_eq!(pinned_clients(&env), 1, "B is pinned by its own temp table");
     drop(b);
     assert!(
