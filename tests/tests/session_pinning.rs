@@ -346,8 +346,10 @@ async fn shared_statements_follow_each_clients_search_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_prepared_statements_are_bounded() {
-    let mut setup = Setup::default();
-    setup.pool_extra = "prepared_statements_per_client = 2".into();
+    let setup = Setup {
+        pool_extra: "prepared_statements_per_client = 2".into(),
+        ..Setup::default()
+    };
     let env = Env::start(setup).await;
     let c = env.connect().await;
     let s1 = c.prepare("select 1").await.unwrap();
