@@ -48,20 +48,55 @@ pub(crate) fn pinning_statement(sql: &str) -> Option<&'static str> {
     if !crate::session_state::mentions_any(sql.as_bytes(), TRIGGER_WORDS) {
         return None;
     }
-    split_statements(sql).into_iter().find_map(statement_pins)
+    // Temp objects the same text creates and drops again (a scratch table) leave nothing
+    // behind: they do not pin.
+    let mut temp_objects: Vec<String> = Vec::new();
+    for stmt in split_statements(sql) {
+        let words = leading_names(stmt, 8);
+        let w: Vec<&str> = words.iter().map(String::as_str).collect();
+        let is_temp = |x: &&str| {
+            matches!(*x, "temp" | "temporary") || x.starts_with("pg_temp.") || *x == "pg_temp"
+        };
+        match w.as_slice() {
+            // ON COMMIT DROP: gone when the transaction ends, like everything else it did.
+            ["create", rest @ ..] if rest.iter().any(is_temp) && !drops_on_commit(stmt) => {
+                if let Some(what) = statement_pins(stmt, &w) {
+                    return Some(what);
+                }
+                match object_name(rest) {
+                    Some(name) => temp_objects.push(name),
+                    None => return Some("CREATE TEMP"),
+                }
+            }
+            ["drop", rest @ ..] => {
+                if let Some(name) = object_name(rest) {
+                    temp_objects.retain(|n| *n != name);
+                }
+            }
+            _ => {
+                if let Some(what) = statement_pins(stmt, &w) {
+                    return Some(what);
+                }
+            }
+        }
+    }
+    (!temp_objects.is_empty()).then_some("CREATE TEMP")
 }
 
-fn statement_pins(stmt: &str) -> Option<&'static str> {
-    let words = leading_names(stmt, 6);
-    let w: Vec<&str> = words.iter().map(String::as_str).collect();
-    let is_temp = |x: &&str| {
-        matches!(*x, "temp" | "temporary") || x.starts_with("pg_temp.") || *x == "pg_temp"
-    };
-    match w.as_slice() {
-        // ON COMMIT DROP: gone when the transaction ends, like everything else it did.
-        ["create", rest @ ..] if rest.iter().any(is_temp) && !drops_on_commit(stmt) => {
-            return Some("CREATE TEMP")
-        }
+/// The name after `table|view|sequence [if [not] exists]` in a statement's leading words,
+/// without a `pg_temp.` qualifier.
+fn object_name(words: &[&str]) -> Option<String> {
+    let mut rest = words
+        .iter()
+        .skip_while(|w| !matches!(**w, "table" | "view" | "sequence"))
+        .skip(1)
+        .skip_while(|w| matches!(**w, "if" | "not" | "exists"));
+    let name = rest.next()?;
+    Some(name.strip_prefix("pg_temp.").unwrap_or(name).to_owned())
+}
+
+fn statement_pins(stmt: &str, w: &[&str]) -> Option<&'static str> {
+    match w {
         ["listen", ..] => return Some("LISTEN"),
         ["prepare", "transaction", ..] => {}
         ["prepare", ..] => return Some("PREPARE"),
@@ -306,6 +341,7 @@ mod tests {
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
             "PREPARE q AS SELECT 1",
             "select 1 into temp t",
+            "create temp table a (x int); drop table b",
         ] {
             assert!(pins(sql).is_some(), "{sql}");
         }
@@ -331,6 +367,7 @@ mod tests {
             "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1",
             "select set_config('search_path', 'a', false)",
             "create temp table t (x int) on commit drop",
+            "create temp table if not exists t_simple (x int); drop table t_simple; select 1",
             "create table temperatures (x int)",
             "select * from holdings",
         ] {

@@ -199,7 +199,12 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
-                if let Some(what) = crate::pinning::pinning_statement(text) {
+                // (Only a session that could be pinned pays for the scan.)
+                if let Some(what) = self
+                    .releases_at_idle()
+                    .then(|| crate::pinning::pinning_statement(text))
+                    .flatten()
+                {
                     if let Err(e) = self.pin_here(what) {
                         self.refuse(e, true);
                         return Ok(Flow::Continue);
@@ -212,7 +217,11 @@ impl Session {
             }
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
-                if let Some(what) = crate::pinning::pinning_statement(parse.query) {
+                if let Some(what) = self
+                    .releases_at_idle()
+                    .then(|| crate::pinning::pinning_statement(parse.query))
+                    .flatten()
+                {
                     if let Err(e) = self.pin_here(what) {
                         self.refuse(e, false);
                         return Ok(Flow::Continue);

@@ -257,6 +257,33 @@ impl Session {
         {
             return Ok(());
         }
+        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.status) {
+            // Pinned (see `pinning`): the session's state lives on this shard's connection.
+            if self.shared.topology_version() != self.attached_version {
+                return Err(feature_error(
+                    format!(
+                        "the shard map changed while this session was pinned to shard {} by {why}",
+                        self.shard_name(self.shard)
+                    ),
+                    "reconnect: the session's state cannot follow its keys to their new shards",
+                ));
+            }
+            let here = self.shard;
+            return match route {
+                Route::Shard(s) if s == here => Ok(()),
+                _ => Err(feature_error(
+                    format!(
+                        "this session is pinned to shard {} by {why}, but the statement needs {}",
+                        self.shard_name(here),
+                        match route {
+                            Route::Shard(s) => format!("shard {}", self.shard_name(s)),
+                            _ => "several shards".to_owned(),
+                        }
+                    ),
+                    "run it from another connection: the pin lasts until this client disconnects",
+                )),
+            };
+        }
         if self.shared.topology_version() != self.attached_version {
             // A rebalance published a new shard map while this transaction ran: its keys may
             // live elsewhere now, and shard indices may name other shards. The client retries.
@@ -269,23 +296,6 @@ impl Session {
             });
         }
         let here = self.shard;
-        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.status) {
-            // Pinned (see `pinning`): the session's state lives on this shard's connection.
-            return match route {
-                Route::Shard(s) if s == here => Ok(()),
-                _ => Err(feature_error(
-                    format!(
-                        "this session is pinned to shard {} by {why}, but the statement needs {}",
-                        self.shard_name(here),
-                        match route {
-                            Route::Shard(s) => format!("shard {}", self.shard_name(s)),
-                            _ => "several shards".to_owned(),
-                        }
-                    ),
-                    "run it from another connection, or drop the session state (DISCARD ALL does not unpin: reconnect)",
-                )),
-            };
-        }
         match route {
             Route::Shard(s) if s == here => Ok(()),
             Route::Shard(s) => Err(feature_error(

@@ -322,6 +322,9 @@ fn statement_effect(stmt: &str) -> Option<SessionEffect> {
         ["deallocate", "all", ..] | ["deallocate", "prepare", "all", ..] => {
             Some(SessionEffect::DeallocateAll)
         }
+        // A DO block that mentions `set` may run any SET (a role included) out of sight:
+        // the connection is reset before another client gets it.
+        ["do", ..] => Some(SessionEffect::Untracked),
         _ => None,
     }
 }
@@ -416,6 +419,9 @@ mod tests {
         );
         s.apply(&session_effects("DISCARD ALL"));
         assert_eq!(s.fingerprint(), 0);
+        assert!(s.server_diverges(&session_effects(
+            "DO $$ BEGIN EXECUTE 'SET ROLE tenant_a'; END $$"
+        )));
         assert!(SessionState::default().replay_sql().contains("RESET ROLE"));
     }
 
