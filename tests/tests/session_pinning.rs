@@ -450,3 +450,19 @@ async fn held_pipelined_messages_are_capped() {
     );
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_after_a_string_ending_in_backslash_is_tracked() {
+    let env = Env::start(Setup::default().pool_size(1)).await;
+    let a = env.connect().await;
+    let b = env.connect().await;
+    // With standard_conforming_strings, 'C:\' is a whole string: the SET after it is a
+    // statement the proxy must see (its former lexer read \' as an escaped quote).
+    a.batch_execute(r"select 'C:\'; set statement_timeout = '1234ms'")
+        .await
+        .unwrap();
+    assert_eq!(one_text(&b, "show statement_timeout").await, "0");
+    assert_eq!(one_text(&a, "show statement_timeout").await, "1234ms");
+    drop((a, b));
+    env.stop().await;
+}
