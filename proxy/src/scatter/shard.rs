@@ -185,6 +185,11 @@ impl<'c> ShardStream<'c> {
         Ok(())
     }
 
+    /// ReadyForQuery was read: the connection is idle.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle
+    }
+
     /// The prelude reply of type `tag`, the `nth` of its kind (0-based).
     pub fn prelude_reply(&self, tag: u8, nth: usize) -> Option<&Frame> {
         self.prelude.iter().filter(|f| f.tag() == tag).nth(nth)
