@@ -20,8 +20,8 @@ use shardgate_wire::{backend, frontend};
 use super::collation::simple_query;
 use super::compare::type_name;
 use super::decode::{data_row_values, error_summary, Field};
-use super::request::{write_bind, write_execute};
 use super::output::{ClientSink, Output};
+use super::request::{write_bind, write_execute};
 use super::shard::ShardStream;
 use super::Stop;
 

@@ -12,8 +12,8 @@ use super::collation::Collation;
 use super::compare::{self, Direction};
 use super::decode::{self, row_description, write_row_description, write_select_complete, Field};
 use super::merge::{self, RowPlan, SortColumnPlan};
-use super::shard::{join_all, ShardStream};
 use super::output::{ClientSink, Output};
+use super::shard::{join_all, ShardStream};
 use super::{combine, ScatterRequest, Stop};
 
 /// Everything one merge needs to know.

@@ -264,7 +264,6 @@ mod tests {
             }
         }
         assert_eq!(sink.written, 2);
-        drop(output);
         let frames = split_frames(out.freeze());
         let values: Vec<_> = frames.iter().map(|f| data_row_values(f).unwrap()).collect();
         assert_eq!(values.len(), 2);

@@ -82,7 +82,10 @@ impl<'c, C: ClientSink> Output<'c, C> {
         }
         // A plain buffer keeps everything: it never "sends", so nothing is committed.
         let before = self.client.buffer().len();
-        self.client.write_out().await.map_err(|_| Stop::ClientGone)?;
+        self.client
+            .write_out()
+            .await
+            .map_err(|_| Stop::ClientGone)?;
         if self.client.buffer().len() < before {
             self.start = 0;
             self.sent = true;

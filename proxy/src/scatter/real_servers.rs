@@ -377,9 +377,16 @@ async fn merged_results_equal_one_servers() {
         let expected = reference(&mut reference_conn, sql, &template).await;
         let mut out = BytesMut::new();
         let mut servers: Vec<&mut ServerConn> = shard_conns.iter_mut().collect();
-        run(&mut servers, &names, &request, &spec, ScatterLimits::default(), &mut out)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        run(
+            &mut servers,
+            &names,
+            &request,
+            &spec,
+            ScatterLimits::default(),
+            &mut out,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let got = frames(out.freeze());
         if let Some(e) = got.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
             let (_, message) = super::decode::error_summary(e);
