@@ -132,6 +132,10 @@ impl Stop {
     }
 }
 
+/// Bytes of rows read and dropped per shard, once the answer is an error, before its
+/// connection is closed instead.
+const DRAIN_BUDGET: usize = 8 * 1024 * 1024;
+
 /// SQLSTATE program_limit_exceeded.
 const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 
@@ -247,14 +251,21 @@ pub(crate) async fn run<C: ClientSink>(
         return Err(ScatterFailure::ClientGone);
     }
 
-    // Leave every sound connection idle, whatever happened. What is left to read is bounded:
-    // the shards got the LIMIT (OFFSET folded in) themselves.
+    // Leave every sound connection idle, whatever happened. After a successful merge what is
+    // left is read in full (bounded: the shards got the LIMIT, OFFSET folded in, and a shard's
+    // error among those rows still wins); when the answer is already an error, a shard with
+    // much left is closed rather than drained.
+    let budget = if result.is_err() || streams.iter().any(|s| s.error.is_some()) {
+        DRAIN_BUDGET
+    } else {
+        usize::MAX
+    };
     let finished = join_all(
         streams
             .iter_mut()
             .filter(|s| !s.conn.is_broken())
             .map(|s| async move {
-                let r = s.finish().await;
+                let r = s.finish_within(budget).await;
                 (s.name, r)
             })
             .collect(),
