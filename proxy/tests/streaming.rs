@@ -452,7 +452,10 @@ async fn large_merges_stop_early_fail_mid_stream_and_leave_the_pools_clean() {
     let again = stream_simple(&client, "select user_id from mid").await;
     assert_eq!(again.completed, Some(2 * MID_PER_SHARD as u64));
 
-    // A client that leaves after a few rows of 3 million.
+    // A client that stops reading after a few rows of 3 million holds the shards back: the
+    // proxy stops reading the shard it is streaming (s0), whose backend then waits to send
+    // (wait event ClientWrite) instead of running to the end into the proxy's memory. Then
+    // the client leaves.
     let leaver = world.client().await;
     {
         let stream = leaver
@@ -466,6 +469,29 @@ async fn large_merges_stop_early_fail_mid_stream_and_leave_the_pools_clean() {
                 other => panic!("expected rows, got {other:?}"),
             }
         }
+        let s0 = world.shard_client(0).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = s0
+                .query_one(
+                    "select count(*) from pg_stat_activity where usename = $1 \
+                     and wait_event = 'ClientWrite' and query like '%from big%'",
+                    &[&USER],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if waiting == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "s0's backend never waited for the proxy to read"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let peak = world.peak_rss_kb();
+        assert!(peak < RSS_BOUND_KB, "peak RSS {peak} kB with a slow client");
     }
     drop(leaver);
     world.assert_pools_clean("a client left mid-result").await;
