@@ -534,6 +534,14 @@ async fn an_aggregate_past_max_buffered_result_gets_54000_and_the_session_goes_o
         world.assert_pools_clean(too_many).await;
     }
 
+    let metrics = http_get(world.admin, "/metrics").1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("shardgate_errors_total{class=\"54\"} 2")),
+        "54000 counted in /metrics"
+    );
+
     // 100 groups fit; the answer is one PostgreSQL's.
     let buckets = "select bucket, count(*), sum(user_id) from mid group by bucket order by bucket";
     let got = rows_of(client.simple_query(buckets).await.expect("100 groups"));

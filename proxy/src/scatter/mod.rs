@@ -327,6 +327,7 @@ pub(crate) async fn run<C: ClientSink>(
         Err(Stop::Refuse { code, message }) => refuse(&mut out, code, &message),
         Err(Stop::TooLarge(message)) => {
             out.take_back();
+            crate::stats::count_error(PROGRAM_LIMIT_EXCEEDED);
             backend::write_error(
                 out.buf(),
                 Severity::Error,
@@ -405,6 +406,7 @@ fn limit_keeps_groups_whole(spec: &MergeSpec) -> bool {
 /// ErrorResponse made by the proxy.
 fn refuse<C: ClientSink>(out: &mut Output<'_, C>, code: &str, message: &str) {
     out.take_back();
+    crate::stats::count_error(code);
     let hint = (code == sqlstate::FEATURE_NOT_SUPPORTED)
         .then_some("add the shard key to the statement, or do this part in the application");
     backend::write_error(out.buf(), Severity::Error, code, message, hint);
