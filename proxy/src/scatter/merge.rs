@@ -1,8 +1,8 @@
 //! Row streams of several shards into one: concatenation, or a k-way merge of the shards'
 //! sorted streams by the ORDER BY keys — then OFFSET and LIMIT applied to the merged stream.
 //! Only each shard's head row is held (decoded keys included); the merged rows go to the
-//! client as the shards sent them (minus hidden trailing columns), written out every
-//! [`FLUSH_AT`](super::output::FLUSH_AT) bytes before the next row is read.
+//! client as the shards sent them (minus hidden trailing columns), written out every 64 KiB
+//! before the next row is read ([`output`](super::output)).
 
 use std::cmp::Ordering;
 

@@ -1,6 +1,6 @@
 //! Where a cross-shard result goes: the client's output buffer, written to the client's socket
-//! whenever it holds [`FLUSH_AT`] bytes. The merge awaits that write before it reads another
-//! row, so a client that reads slowly stops the proxy reading the shards' sockets (and the
+//! whenever it is large (the session's 64 KiB flush threshold, `ClientIo::flush_if_large`).
+//! The merge awaits that write before it reads another row, so a client that reads slowly stops the proxy reading the shards' sockets (and the
 //! shards then wait in their own sends): a result of any size costs the proxy about one
 //! flush's worth of memory plus each shard's read buffer.
 //!
@@ -14,16 +14,14 @@ use bytes::BytesMut;
 
 use super::Stop;
 
-/// Write to the client once this much is buffered.
-pub(crate) const FLUSH_AT: usize = 64 * 1024;
-
 /// The client's side of a cross-shard read.
 pub(crate) trait ClientSink {
     /// The bytes for the client not yet written.
     fn buffer(&mut self) -> &mut BytesMut;
 
-    /// Writes the whole buffer to the client and empties it; `Err` when the client is gone.
-    fn write_out(&mut self) -> impl Future<Output = Result<(), ClientGone>>;
+    /// When the buffer is large, writes it to the client and empties it; `Err` when the
+    /// client is gone.
+    fn write_out_if_large(&mut self) -> impl Future<Output = Result<(), ClientGone>>;
 }
 
 /// The client's connection failed while a result was being written to it.
@@ -37,7 +35,7 @@ impl ClientSink for BytesMut {
         self
     }
 
-    async fn write_out(&mut self) -> Result<(), ClientGone> {
+    async fn write_out_if_large(&mut self) -> Result<(), ClientGone> {
         Ok(())
     }
 }
@@ -47,8 +45,8 @@ impl ClientSink for crate::io::ClientIo {
         &mut self.out
     }
 
-    async fn write_out(&mut self) -> Result<(), ClientGone> {
-        self.flush().await.map_err(|_| ClientGone)
+    async fn write_out_if_large(&mut self) -> Result<(), ClientGone> {
+        self.flush_if_large().await.map_err(|_| ClientGone)
     }
 }
 
@@ -77,15 +75,12 @@ impl<'c, C: ClientSink> Output<'c, C> {
 
     /// Writes the buffer out when it is large; call after each row. Waits for a slow client.
     pub(crate) async fn row_written(&mut self) -> Result<(), Stop> {
-        if self.client.buffer().len() < FLUSH_AT {
-            return Ok(());
-        }
-        // A plain buffer keeps everything: it never "sends", so nothing is committed.
         let before = self.client.buffer().len();
         self.client
-            .write_out()
+            .write_out_if_large()
             .await
             .map_err(|_| Stop::ClientGone)?;
+        // A plain buffer keeps everything: it never sends, so nothing is committed.
         if self.client.buffer().len() < before {
             self.start = 0;
             self.sent = true;
@@ -112,6 +107,9 @@ impl<'c, C: ClientSink> Output<'c, C> {
 mod tests {
     use super::*;
 
+    /// Where the test client writes out.
+    const FLUSH_AT: usize = 64 * 1024;
+
     /// A client that records what was written to it.
     #[derive(Default)]
     struct Recorder {
@@ -124,7 +122,10 @@ mod tests {
             &mut self.buf
         }
 
-        async fn write_out(&mut self) -> Result<(), ClientGone> {
+        async fn write_out_if_large(&mut self) -> Result<(), ClientGone> {
+            if self.buf.len() < FLUSH_AT {
+                return Ok(());
+            }
             self.written.extend_from_slice(&self.buf);
             self.buf.clear();
             Ok(())
