@@ -35,6 +35,8 @@ pub struct Config {
     pub topology: Topology,
     #[serde(default)]
     pub rebalance: Rebalance,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Where clients connect, and the limits that protect the proxy from them.
@@ -77,6 +79,25 @@ impl Default for Listen {
             startup_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the proxy may hold in memory for one client's statement.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Bytes a cross-shard read may buffer in the proxy (the shards' partial aggregate rows,
+    /// which must all be in before the final groups are known). Rows that merely pass through
+    /// (concatenation, ORDER BY merge, LIMIT) stream and do not count. Past it the client
+    /// gets 54000 naming this key.
+    pub max_buffered_result: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_buffered_result: 64 * 1024 * 1024,
         }
     }
 }

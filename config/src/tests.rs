@@ -108,3 +108,18 @@ fn sharded_tables_parse_with_overrides() {
     let e = load(&bad).unwrap_err().to_string();
     assert!(e.contains("key_type") && e.contains("bigint"), "{e}");
 }
+
+#[test]
+fn max_buffered_result_defaults_to_64_mib_and_has_a_floor() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_buffered_result, 64 * 1024 * 1024);
+    let c = load(&format!(
+        "{MINIMAL}\n[limits]\nmax_buffered_result = 1048576\n"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.max_buffered_result, 1 << 20);
+    let e = load(&format!("{MINIMAL}\n[limits]\nmax_buffered_result = 10\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("limits.max_buffered_result"), "{e}");
+}

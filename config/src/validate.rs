@@ -52,6 +52,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             "must be at least 1024 bytes".into(),
         );
     }
+    if c.limits.max_buffered_result < 1024 {
+        return err(
+            "limits.max_buffered_result",
+            "must be at least 1024 bytes".into(),
+        );
+    }
     if c.pool.size == 0 {
         return err("pool.size", "must be at least 1".into());
     }

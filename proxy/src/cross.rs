@@ -14,7 +14,7 @@ use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 
 use crate::routing::feature_error;
-use crate::scatter::{self, ScatterRequest};
+use crate::scatter::{self, ScatterFailure, ScatterLimits, ScatterRequest};
 use crate::session::Session;
 use crate::stats::RouteKind;
 use crate::SessionError;
@@ -78,10 +78,22 @@ impl Session {
             let mut servers: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
             if matches!(plan.kind, StatementKind::Read { .. }) {
                 let spec = plan.merge.clone().unwrap_or_default();
-                scatter::run(&mut servers, &names, &request, &spec, &mut self.io.out)
+                let limits = ScatterLimits {
+                    max_buffered: self.shared.config().limits.max_buffered_result,
+                };
+                // The merged rows stream to the client as they come (`scatter::output`).
+                match scatter::run(&mut servers, &names, &request, &spec, limits, &mut self.io)
                     .await
-                    .err()
-                    .map(|e| (e.shard.clone(), e.to_string()))
+                {
+                    Ok(()) => None,
+                    Err(ScatterFailure::Server(e)) => Some((e.shard.clone(), e.to_string())),
+                    Err(ScatterFailure::ClientGone) => {
+                        // The connections still mid-result were marked broken: the pool
+                        // closes them, which ends their statements.
+                        *self.cancel.lock().await = None;
+                        return Err(SessionError::ClientGone);
+                    }
+                }
             } else {
                 broadcast(&mut servers, &names, &request, &mut self.io.out).await
             }

@@ -100,6 +100,7 @@ impl Shared {
         changed(&mut out.applied, "pool", &old.pool, &new.pool);
         changed(&mut out.applied, "replicas", &old.replicas, &new.replicas);
         changed(&mut out.applied, "log", &old.log, &new.log);
+        changed(&mut out.applied, "limits", &old.limits, &new.limits);
         changed(
             &mut out.applied,
             "rebalance",

@@ -4,6 +4,10 @@
 //! cast back to their types — so that PostgreSQL itself does the arithmetic (exact numeric
 //! sums, avg's scale), the grouping (NULL keys together), the ORDER BY (with the database's
 //! collation), LIMIT/OFFSET, and the output formatting in the client's result formats.
+//!
+//! The partial rows are the one part of a cross-shard read held whole in the proxy (every
+//! shard's groups must be in before any final group is known): at most
+//! `limits.max_buffered_result` bytes of them. The final query's rows stream to the client.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -16,6 +20,7 @@ use shardgate_wire::{backend, frontend};
 use super::collation::simple_query;
 use super::compare::type_name;
 use super::decode::{data_row_values, error_summary, Field};
+use super::output::{ClientSink, Output};
 use super::request::{write_bind, write_execute};
 use super::shard::ShardStream;
 use super::Stop;
@@ -28,12 +33,19 @@ pub(crate) struct Partials {
     columns: Vec<Vec<Option<Bytes>>>,
 }
 
-/// Reads every shard's partial rows (the shards were asked for text results).
+/// What one buffered value costs besides its bytes (the `Option<Bytes>` handle), so that
+/// many tiny values count as what they take.
+const VALUE_OVERHEAD: usize = std::mem::size_of::<Option<Bytes>>();
+
+/// Reads every shard's partial rows (the shards were asked for text results), at most
+/// `max_bytes` of them (`Stop::TooLarge` past it; the caller drains the shards).
 pub(crate) async fn collect(
     streams: &mut [ShardStream<'_>],
     width: usize,
+    max_bytes: usize,
 ) -> Result<Partials, Stop> {
     let mut columns: Vec<Vec<Option<Bytes>>> = vec![Vec::new(); width];
+    let mut held = 0usize;
     for (i, s) in streams.iter_mut().enumerate() {
         while let Some(row) = s.next_row().await.map_err(|e| Stop::Server(i, e))? {
             let values = data_row_values(&row).map_err(Stop::protocol)?;
@@ -41,6 +53,13 @@ pub(crate) async fn collect(
                 return Err(Stop::protocol(
                     "a partial row does not match its description",
                 ));
+            }
+            held = held.saturating_add(row.len() + width * VALUE_OVERHEAD);
+            if held > max_bytes {
+                return Err(Stop::TooLarge(format!(
+                    "this cross-shard aggregate needs more than {max_bytes} bytes of the \
+                     shards' partial groups in the proxy (limits.max_buffered_result)"
+                )));
             }
             for (col, v) in columns.iter_mut().zip(values) {
                 col.push(v);
@@ -249,29 +268,32 @@ pub(crate) struct Final<'a> {
     pub result_formats: &'a [i16],
 }
 
-/// Runs the final query on `conn` (idle) and appends its DataRows (in the client's result
-/// formats) to `out`; returns the row count. A failure of the query itself is `Stop::Final`.
-pub(crate) async fn run_final(
+/// Runs the final query on `conn` (idle) and streams its DataRows (in the client's result
+/// formats) to `out`; returns the row count. A failure of the query itself is `Stop::Final`
+/// (it replaces the rows, or follows those already sent).
+pub(crate) async fn run_final<C: ClientSink>(
     conn: &mut ServerConn,
     q: &Final<'_>,
-    partials: &Partials,
-    out: &mut BytesMut,
+    partials: Partials,
+    out: &mut Output<'_, C>,
 ) -> Result<u64, Stop> {
     let types = cast_names(conn, q.fields).await?;
     let sql = final_sql(q.spec, &types, q.visible, &q.tail)?;
     tracing::debug!(%sql, rows = partials.columns.first().map_or(0, Vec::len), "combining partial aggregates");
-    let params: Vec<Option<Bytes>> = partials
-        .columns
-        .iter()
-        .map(|c| Some(text_array(c)))
-        .collect();
+    // The partial rows are copied into the parameters column by column, each column dropped
+    // once copied, so the peak is about one copy plus one column.
+    let mut params: Vec<Option<Bytes>> = Vec::with_capacity(partials.columns.len());
+    for column in partials.columns {
+        params.push(Some(text_array(&column)));
+    }
     let mut msg = BytesMut::new();
     frontend::write_parse(&mut msg, "", &sql, &vec![TEXT_ARRAY; params.len()]);
     write_bind(&mut msg, &[1], &params, q.result_formats);
+    drop(params);
     write_execute(&mut msg);
     frontend::write_sync(&mut msg);
     conn.write_all(&msg).await.map_err(|e| Stop::Server(0, e))?;
-    let start = out.len();
+    drop(msg);
     let mut rows = 0u64;
     let mut error = None;
     loop {
@@ -279,7 +301,12 @@ pub(crate) async fn run_final(
         match frame.tag() {
             backend::DATA_ROW if error.is_none() => {
                 rows += 1;
-                out.extend_from_slice(frame.as_bytes());
+                out.buf().extend_from_slice(frame.as_bytes());
+                if let Err(stop) = out.row_written().await {
+                    // The client left: this connection is mid-result.
+                    conn.mark_broken();
+                    return Err(stop);
+                }
             }
             backend::ERROR_RESPONSE => {
                 error.get_or_insert(frame);
@@ -304,10 +331,7 @@ pub(crate) async fn run_final(
         }
     }
     match error {
-        Some(e) => {
-            out.truncate(start);
-            Err(Stop::Final(e))
-        }
+        Some(e) => Err(Stop::Final(e)),
         None => Ok(rows),
     }
 }

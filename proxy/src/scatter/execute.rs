@@ -8,9 +8,11 @@ use shardgate_router::{MergeSpec, SortColumn};
 use shardgate_wire::{backend, Frame};
 use tracing::debug;
 
+use super::collation::Collation;
 use super::compare::{self, Direction};
 use super::decode::{self, row_description, write_row_description, write_select_complete, Field};
 use super::merge::{self, RowPlan, SortColumnPlan};
+use super::output::{ClientSink, Output};
 use super::shard::{join_all, ShardStream};
 use super::{combine, ScatterRequest, Stop};
 
@@ -21,16 +23,19 @@ pub(crate) struct Ctx<'r> {
     pub combine: bool,
     pub limit: Option<u64>,
     pub offset: u64,
+    /// The first server's database collation, asked when the rows are merge-sorted.
+    pub collation: Option<Collation>,
+    /// `limits.max_buffered_result`.
+    pub max_buffered: usize,
 }
 
 impl Ctx<'_> {
-    /// Reads the preludes, writes the client's replies and the merged rows to `out`. Sets
-    /// `needs_c_collation` to a column name when text was merge-sorted.
-    pub(crate) async fn merge(
+    /// Reads the preludes, then streams the client's replies and the merged rows to `out`.
+    /// Everything that can refuse the statement is decided before the first row.
+    pub(crate) async fn merge<C: ClientSink>(
         &self,
         streams: &mut [ShardStream<'_>],
-        out: &mut BytesMut,
-        needs_c_collation: &mut Option<String>,
+        out: &mut Output<'_, C>,
     ) -> Result<(), Stop> {
         let preludes = join_all(streams.iter_mut().map(|s| s.read_prelude()).collect()).await;
         for (i, p) in preludes.into_iter().enumerate() {
@@ -49,9 +54,9 @@ impl Ctx<'_> {
         };
         let Some(fields) = description(&streams[0])? else {
             // No rows to merge (NoData, an empty query): pass the first shard's replies on.
-            self.write_prelude(&streams[0], None, out)?;
+            self.write_prelude(&streams[0], None, out.buf())?;
             if let Some(c) = &streams[0].completion {
-                out.extend_from_slice(c.as_bytes());
+                out.buf().extend_from_slice(c.as_bytes());
             }
             return Ok(());
         };
@@ -66,9 +71,9 @@ impl Ctx<'_> {
             }
         }
         let visible = fields.len().saturating_sub(self.spec.hidden_columns);
-        self.write_prelude(&streams[0], Some((&fields, visible)), out)?;
         let rows = if self.combine {
-            let partials = combine::collect(streams, fields.len()).await?;
+            self.write_prelude(&streams[0], Some((&fields, visible)), out.buf())?;
+            let partials = combine::collect(streams, fields.len(), self.max_buffered).await?;
             let finished = join_all(streams.iter_mut().map(|s| s.finish()).collect()).await;
             for (i, r) in finished.into_iter().enumerate() {
                 r.map_err(|e| Stop::Server(i, e))?;
@@ -92,7 +97,7 @@ impl Ctx<'_> {
                 tail,
                 result_formats: self.client_result_formats(),
             };
-            combine::run_final(streams[0].conn, &query, &partials, out).await?
+            combine::run_final(streams[0].conn, &query, partials, out).await?
         } else {
             let mut sort = Vec::new();
             for (index, direction) in self.sort_columns(&fields[..visible])? {
@@ -105,8 +110,15 @@ impl Ctx<'_> {
                         f.name
                     )));
                 }
-                if compare::is_collatable(f.type_oid) && needs_c_collation.is_none() {
-                    *needs_c_collation = Some(f.name.clone());
+                if compare::is_collatable(f.type_oid) {
+                    if let Some(Collation::Other(c)) = &self.collation {
+                        return Err(Stop::unsupported(format!(
+                            "ORDER BY on a text column ({}) across shards needs a C collation \
+                             (database collation is {c}); add the shard key or sort in the \
+                             application",
+                            f.name
+                        )));
+                    }
                 }
                 sort.push(SortColumnPlan {
                     index,
@@ -121,10 +133,11 @@ impl Ctx<'_> {
                 limit: self.limit,
                 visible,
             };
+            self.write_prelude(&streams[0], Some((&fields, visible)), out.buf())?;
             merge::merge_rows(streams, &plan, out).await?
         };
         debug!(rows, shards = streams.len(), "cross-shard read merged");
-        write_select_complete(out, rows);
+        write_select_complete(out.buf(), rows);
         Ok(())
     }
 

@@ -1,15 +1,16 @@
 //! Row streams of several shards into one: concatenation, or a k-way merge of the shards'
 //! sorted streams by the ORDER BY keys — then OFFSET and LIMIT applied to the merged stream.
 //! Only each shard's head row is held (decoded keys included); the merged rows go to the
-//! output buffer as the shards sent them (minus hidden trailing columns).
+//! client as the shards sent them (minus hidden trailing columns), written out every 64 KiB
+//! before the next row is read ([`output`](super::output)).
 
 use std::cmp::Ordering;
 
-use bytes::BytesMut;
 use shardgate_wire::Frame;
 
 use super::compare::{compare_rows, decode, Direction, Key};
 use super::decode::{data_row_values, write_truncated_row};
+use super::output::{ClientSink, Output};
 use super::shard::{join_all, ShardStream};
 use super::Stop;
 
@@ -53,20 +54,22 @@ impl RowPlan {
 }
 
 /// Counts rows through OFFSET and LIMIT and writes the ones that pass.
-struct Sink<'o> {
-    out: &'o mut BytesMut,
+struct Sink<'o, 'c, C: ClientSink> {
+    out: &'o mut Output<'c, C>,
     to_skip: u64,
     remaining: Option<u64>,
     visible: usize,
     written: u64,
 }
 
-impl Sink<'_> {
+impl<C: ClientSink> Sink<'_, '_, C> {
     fn full(&self) -> bool {
         self.remaining == Some(0)
     }
 
-    fn push(&mut self, row: &Frame, width: usize) -> Result<(), Stop> {
+    /// Passes `row` on (unless OFFSET skips it), waiting for the client when the output is
+    /// due to be written.
+    async fn push(&mut self, row: &Frame, width: usize) -> Result<(), Stop> {
         if self.to_skip > 0 {
             self.to_skip -= 1;
             return Ok(());
@@ -76,11 +79,11 @@ impl Sink<'_> {
         }
         self.written += 1;
         if width > self.visible {
-            write_truncated_row(self.out, row, self.visible).map_err(Stop::protocol)
+            write_truncated_row(self.out.buf(), row, self.visible).map_err(Stop::protocol)?;
         } else {
-            self.out.extend_from_slice(row.as_bytes());
-            Ok(())
+            self.out.buf().extend_from_slice(row.as_bytes());
         }
+        self.out.row_written().await
     }
 }
 
@@ -102,11 +105,12 @@ async fn pull(stream: &mut ShardStream<'_>, i: usize) -> Result<Option<Frame>, S
     Ok(row)
 }
 
-/// Merges the rows of all shards into `out`; returns the number of rows written.
-pub(crate) async fn merge_rows(
+/// Merges the rows of all shards into `out`; returns the number of rows written. Stops
+/// reading once LIMIT is reached (the caller drains what the shards still send).
+pub(crate) async fn merge_rows<C: ClientSink>(
     streams: &mut [ShardStream<'_>],
     plan: &RowPlan,
-    out: &mut BytesMut,
+    out: &mut Output<'_, C>,
 ) -> Result<u64, Stop> {
     let mut sink = Sink {
         out,
@@ -121,7 +125,7 @@ pub(crate) async fn merge_rows(
     if plan.sort.is_empty() {
         for (i, s) in streams.iter_mut().enumerate() {
             while let Some(row) = pull(s, i).await? {
-                sink.push(&row, row_width(&row))?;
+                sink.push(&row, row_width(&row)).await?;
                 if sink.full() {
                     return Ok(sink.written);
                 }
@@ -153,7 +157,7 @@ pub(crate) async fn merge_rows(
         let Some((row, _)) = heads[i].take() else {
             break;
         };
-        sink.push(&row, row_width(&row))?;
+        sink.push(&row, row_width(&row)).await?;
         if sink.full() {
             break;
         }
@@ -241,11 +245,12 @@ mod tests {
         assert_eq!(smallest(&[None, None], &asc), None);
     }
 
-    #[test]
-    fn sink_applies_offset_limit_and_hides_columns() {
-        let mut out = BytesMut::new();
+    #[tokio::test]
+    async fn sink_applies_offset_limit_and_hides_columns() {
+        let mut out = bytes::BytesMut::new();
+        let mut output = Output::new(&mut out);
         let mut sink = Sink {
-            out: &mut out,
+            out: &mut output,
             to_skip: 1,
             remaining: Some(2),
             visible: 1,
@@ -253,7 +258,7 @@ mod tests {
         };
         for v in ["a", "b", "c"] {
             let r = row(&[Some(v.as_bytes()), Some(b"hidden")]);
-            sink.push(&r, row_width(&r)).unwrap();
+            sink.push(&r, row_width(&r)).await.unwrap();
             if sink.full() {
                 break;
             }

@@ -1,12 +1,15 @@
 //! Cross-shard reads: one SELECT run on every shard at once, and the shards' results merged
 //! into the one result a single unsharded PostgreSQL would have returned — concatenated,
 //! merge-sorted by the ORDER BY keys, cut by LIMIT/OFFSET, or re-aggregated (count, sum, min,
-//! max, avg, GROUP BY) — as the router's [`MergeSpec`] says. A shard's error replaces the whole
-//! result (no partial rows), and every server is left idle at ReadyForQuery.
+//! max, avg, GROUP BY) — as the router's [`MergeSpec`] says. Every server is left idle at
+//! ReadyForQuery (or, when the client left mid-result, marked broken for the pool to close).
 //!
-//! The merged result is written to the caller's output buffer, which the caller flushes
-//! afterwards: so a large cross-shard result is held in memory once (the merge itself only
-//! holds each shard's head row). A streaming version can take the client writer instead.
+//! The merged rows stream to the client as they come ([`output`]): concatenation and the
+//! k-way merge hold one head row and one read buffer per shard, and the client's pace
+//! throttles the reads from the shards. Only re-aggregation buffers — the shards' partial rows
+//! — and that is capped by `limits.max_buffered_result` (54000 past it). A shard's error
+//! replaces the result when no row was sent yet, else it follows the rows sent, as a single
+//! PostgreSQL sends an error in the middle of a result.
 
 mod collation;
 mod combine;
@@ -16,6 +19,7 @@ mod decode;
 mod execute;
 mod merge;
 mod numeric;
+mod output;
 #[cfg(test)]
 mod real_servers;
 mod request;
@@ -27,9 +31,10 @@ use shardgate_router::{MergeSpec, SortColumn};
 use shardgate_wire::backend::{self, Severity};
 use shardgate_wire::{sqlstate, Frame};
 
-use collation::Collation;
 use decode::write_prefixed_error;
 use execute::Ctx;
+pub(crate) use output::ClientSink;
+use output::Output;
 use request::{row_count, shard_messages};
 use shard::{join_all, ShardStream};
 
@@ -76,6 +81,18 @@ impl ScatterError {
     }
 }
 
+/// Why a cross-shard read did not end with an answer for the client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScatterFailure {
+    #[error(transparent)]
+    Server(#[from] ScatterError),
+    /// The client's connection failed while rows were written to it. The server connections
+    /// still mid-result were marked broken (the pool closes them, which stops the statement)
+    /// rather than drained for nobody.
+    #[error("the client disconnected during a cross-shard read")]
+    ClientGone,
+}
+
 /// Why a merge stopped early.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -85,10 +102,14 @@ pub(crate) enum Stop {
     Final(Frame),
     /// The proxy cannot give a correct result: tell the client, keep the connections.
     Refuse { code: &'static str, message: String },
+    /// What must be buffered passed `limits.max_buffered_result` (54000, with a hint).
+    TooLarge(String),
     /// A server sent something malformed: that connection (unknown which) cannot be trusted.
     Protocol(String),
     /// Server `i`'s connection failed.
     Server(usize, ServerError),
+    /// Writing to the client failed.
+    ClientGone,
 }
 
 impl Stop {
@@ -111,24 +132,47 @@ impl Stop {
     }
 }
 
+/// Bytes of rows read and dropped per shard, once the answer is an error, before its
+/// connection is closed instead.
+const DRAIN_BUDGET: usize = 8 * 1024 * 1024;
+
+/// SQLSTATE program_limit_exceeded.
+const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+
+/// The limits a cross-shard read runs under.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScatterLimits {
+    /// `limits.max_buffered_result`: bytes of partial rows held for re-aggregation.
+    pub max_buffered: usize,
+}
+
+impl Default for ScatterLimits {
+    fn default() -> Self {
+        ScatterLimits {
+            max_buffered: shardgate_config::Limits::default().max_buffered_result,
+        }
+    }
+}
+
 /// Runs `request` on every server (checked out, idle, one per shard, in shard order; `shards`
-/// holds their names) and writes one merged result to `out`: RowDescription (or the extended
-/// protocol's expected replies), DataRows, CommandComplete — never ReadyForQuery. A shard
-/// error or a refusal becomes one ErrorResponse instead. `Err` only when a server connection
-/// broke.
-pub(crate) async fn run(
+/// holds their names) and streams one merged result to `client`: RowDescription (or the
+/// extended protocol's expected replies), DataRows, CommandComplete — never ReadyForQuery.
+/// Rows are written to the client as they are merged (see [`output`]); a shard error or a
+/// refusal becomes one ErrorResponse instead of the result, or after the rows already sent.
+/// `Err` when a server connection broke or the client left.
+pub(crate) async fn run<C: ClientSink>(
     servers: &mut [&mut ServerConn],
     shards: &[String],
     request: &ScatterRequest,
     spec: &MergeSpec,
-    out: &mut BytesMut,
-) -> Result<(), ScatterError> {
-    let start = out.len();
+    limits: ScatterLimits,
+    client: &mut C,
+) -> Result<(), ScatterFailure> {
+    let mut out = Output::new(client);
     let name = |i: usize| shards.get(i).map_or("?", String::as_str);
     if servers.is_empty() {
         refuse(
-            out,
-            start,
+            &mut out,
             sqlstate::INTERNAL_ERROR,
             "a cross-shard read with no shards",
         );
@@ -136,20 +180,34 @@ pub(crate) async fn run(
     }
     let combine = !spec.group_by.is_empty() || !spec.aggregates.is_empty();
     // A bad LIMIT/OFFSET parameter (negative, not an integer) is left to the shards, whose
-    // error names it as PostgreSQL does; if they accept it anyway, it is refused below.
-    let (limit, offset, limit_error) = match limits(spec, request) {
+    // error names it as PostgreSQL does; if they accept it anyway, it is refused below. No
+    // row is passed on meanwhile (LIMIT 0), so the refusal can still replace the result.
+    let (limit, offset, limit_error) = match limits_of(spec, request) {
         Ok((l, o)) => (l, o, None),
-        Err(e) => (None, 0, Some(e)),
+        Err(e) => (Some(0), 0, Some(e)),
     };
-    if combine && limit.is_some() && !limit_keeps_groups_whole(spec) {
+    if combine && limit.is_some() && limit_error.is_none() && !limit_keeps_groups_whole(spec) {
         refuse(
-            out,
-            start,
+            &mut out,
             sqlstate::FEATURE_NOT_SUPPORTED,
             "GROUP BY with LIMIT across shards needs an ORDER BY on all the group columns first",
         );
         return Ok(());
     }
+    // Merging text sort keys byte-wise is right only under a C collation; ask (once per
+    // connection) before any row is streamed, while the first server is still idle.
+    let collation = if !combine && !spec.order_by.is_empty() {
+        Some(
+            collation::database_collation(servers[0])
+                .await
+                .map_err(|source| ScatterError {
+                    shard: name(0).to_owned(),
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
 
     let messages = shard_messages(request, spec, combine);
     let extended = matches!(request, ScatterRequest::Extended { .. });
@@ -172,7 +230,6 @@ pub(crate) async fn run(
     }
     streams.truncate(sent);
 
-    let mut needs_c_collation = None;
     let result = if failure.is_some() {
         Ok(())
     } else {
@@ -182,17 +239,33 @@ pub(crate) async fn run(
             combine,
             limit,
             offset,
+            collation,
+            max_buffered: limits.max_buffered,
         };
-        ctx.merge(&mut streams, out, &mut needs_c_collation).await
+        ctx.merge(&mut streams, &mut out).await
     };
+    if let Err(Stop::ClientGone) = result {
+        for s in streams.iter_mut().filter(|s| !s.is_idle()) {
+            s.conn.mark_broken();
+        }
+        return Err(ScatterFailure::ClientGone);
+    }
 
-    // Leave every sound connection idle, whatever happened.
+    // Leave every sound connection idle, whatever happened. After a successful merge what is
+    // left is read in full (bounded: the shards got the LIMIT, OFFSET folded in, and a shard's
+    // error among those rows still wins); when the answer is already an error, a shard with
+    // much left is closed rather than drained.
+    let budget = if result.is_err() || streams.iter().any(|s| s.error.is_some()) {
+        DRAIN_BUDGET
+    } else {
+        usize::MAX
+    };
     let finished = join_all(
         streams
             .iter_mut()
             .filter(|s| !s.conn.is_broken())
             .map(|s| async move {
-                let r = s.finish().await;
+                let r = s.finish_within(budget).await;
                 (s.name, r)
             })
             .collect(),
@@ -227,57 +300,76 @@ pub(crate) async fn run(
         other => other,
     };
     if let Some(f) = failure {
-        out.truncate(start);
-        return Err(f);
+        out.take_back();
+        return Err(f.into());
     }
     // Any shard's error wins over the rows, even one that came after the LIMIT was reached.
     let keep_position = spec.shard_sql.is_none();
     if let Some(s) = streams.iter().find(|s| s.error.is_some()) {
-        out.truncate(start);
+        if out.sent() {
+            tracing::debug!(
+                shard = s.name,
+                "a shard failed after merged rows were sent: its error follows them"
+            );
+        }
+        out.take_back();
         if let Some(e) = &s.error {
-            write_shard_error(out, e, s.name, keep_position);
+            write_shard_error(out.buf(), e, s.name, keep_position);
         }
         return Ok(());
     }
     if let Some(e) = limit_error {
-        refuse(out, start, INVALID_PARAMETER_VALUE, &e);
+        refuse(&mut out, INVALID_PARAMETER_VALUE, &e);
         return Ok(());
     }
-    let result = match (result, needs_c_collation) {
-        (Ok(()), Some(column)) => check_collation(&mut streams[0], &column).await,
-        (r, _) => r,
-    };
     match result {
         Ok(()) => {}
-        Err(Stop::Refuse { code, message }) => refuse(out, start, code, &message),
+        Err(Stop::Refuse { code, message }) => refuse(&mut out, code, &message),
+        Err(Stop::TooLarge(message)) => {
+            out.take_back();
+            crate::stats::count_error(PROGRAM_LIMIT_EXCEEDED);
+            backend::write_error(
+                out.buf(),
+                Severity::Error,
+                PROGRAM_LIMIT_EXCEEDED,
+                &message,
+                Some(
+                    "raise limits.max_buffered_result in the proxy's config, or narrow the \
+                     statement (fewer groups, a WHERE clause, or the shard key)",
+                ),
+            );
+        }
         Err(Stop::Final(e)) => {
-            out.truncate(start);
-            write_shard_error(out, &e, name(0), false);
+            out.take_back();
+            write_shard_error(out.buf(), &e, name(0), false);
         }
         Err(Stop::ShardFailed) => {
             // The error is in a stream (handled above); be safe anyway.
-            refuse(out, start, sqlstate::INTERNAL_ERROR, "a shard failed");
+            refuse(&mut out, sqlstate::INTERNAL_ERROR, "a shard failed");
         }
         Err(Stop::Server(i, source)) => {
-            out.truncate(start);
+            out.take_back();
             return Err(ScatterError {
                 shard: name(i).to_owned(),
                 source,
-            });
+            }
+            .into());
         }
         Err(Stop::Protocol(message)) => {
-            out.truncate(start);
+            out.take_back();
             return Err(ScatterError {
                 shard: name(0).to_owned(),
                 source: ServerError::Protocol(message),
-            });
+            }
+            .into());
         }
+        Err(Stop::ClientGone) => return Err(ScatterFailure::ClientGone),
     }
     Ok(())
 }
 
 /// Resolved LIMIT (None = all) and OFFSET.
-fn limits(spec: &MergeSpec, request: &ScatterRequest) -> Result<(Option<u64>, u64), String> {
+fn limits_of(spec: &MergeSpec, request: &ScatterRequest) -> Result<(Option<u64>, u64), String> {
     let resolve = |c: &Option<shardgate_router::RowCount>| match c {
         None => Ok(None),
         Some(c) => row_count(c, request),
@@ -310,12 +402,14 @@ fn limit_keeps_groups_whole(spec: &MergeSpec) -> bool {
     false
 }
 
-/// Replaces whatever this call wrote with an ErrorResponse made by the proxy.
-fn refuse(out: &mut BytesMut, start: usize, code: &str, message: &str) {
-    out.truncate(start);
+/// Replaces whatever this call wrote (or, once rows were sent, follows them) with an
+/// ErrorResponse made by the proxy.
+fn refuse<C: ClientSink>(out: &mut Output<'_, C>, code: &str, message: &str) {
+    out.take_back();
+    crate::stats::count_error(code);
     let hint = (code == sqlstate::FEATURE_NOT_SUPPORTED)
         .then_some("add the shard key to the statement, or do this part in the application");
-    backend::write_error(out, Severity::Error, code, message, hint);
+    backend::write_error(out.buf(), Severity::Error, code, message, hint);
 }
 
 fn write_shard_error(out: &mut BytesMut, frame: &Frame, shard: &str, keep_position: bool) {
@@ -328,19 +422,6 @@ fn write_shard_error(out: &mut BytesMut, frame: &Frame, shard: &str, keep_positi
             &format!("shard {shard}: {message}"),
             None,
         );
-    }
-}
-
-async fn check_collation(first: &mut ShardStream<'_>, column: &str) -> Result<(), Stop> {
-    match collation::database_collation(first.conn)
-        .await
-        .map_err(|e| Stop::Server(0, e))?
-    {
-        Collation::Bytewise => Ok(()),
-        Collation::Other(c) => Err(Stop::unsupported(format!(
-            "ORDER BY on a text column ({column}) across shards needs a C collation (database \
-             collation is {c}); add the shard key or sort in the application"
-        ))),
     }
 }
 

@@ -14,7 +14,7 @@ use shardgate_tests::{Auth, ClusterOptions, PgCluster};
 use shardgate_wire::{backend, frontend, Frame};
 
 use super::request::{write_bind, write_execute};
-use super::{run, ScatterRequest};
+use super::{run, ScatterLimits, ScatterRequest};
 
 const USER: &str = "app";
 const PASSWORD: &str = "app-secret";
@@ -377,9 +377,16 @@ async fn merged_results_equal_one_servers() {
         let expected = reference(&mut reference_conn, sql, &template).await;
         let mut out = BytesMut::new();
         let mut servers: Vec<&mut ServerConn> = shard_conns.iter_mut().collect();
-        run(&mut servers, &names, &request, &spec, &mut out)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        run(
+            &mut servers,
+            &names,
+            &request,
+            &spec,
+            ScatterLimits::default(),
+            &mut out,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let got = frames(out.freeze());
         if let Some(e) = got.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
             let (_, message) = super::decode::error_summary(e);
@@ -408,6 +415,7 @@ async fn merged_results_equal_one_servers() {
         &names,
         &ScatterRequest::Simple { sql: sql.into() },
         &spec,
+        ScatterLimits::default(),
         &mut out,
     )
     .await

@@ -154,15 +154,35 @@ impl<'c> ShardStream<'c> {
     /// Reads and drops everything up to ReadyForQuery (rows included), so the connection is
     /// idle again.
     pub async fn finish(&mut self) -> Result<(), ServerError> {
+        self.finish_within(usize::MAX).await
+    }
+
+    /// Like [`finish`](Self::finish), but once more than `budget` bytes of rows were dropped
+    /// the connection is marked broken instead (the pool closes it, and the server ends the
+    /// statement when its next send fails): reading millions of rows for nobody costs more
+    /// than a new connection.
+    pub async fn finish_within(&mut self, budget: usize) -> Result<(), ServerError> {
         self.head = None;
+        let mut dropped = 0usize;
         while self.phase != Phase::Idle {
             let frame = self.conn.read_frame().await?;
             if self.common(&frame)? {
                 continue;
             }
             match frame.tag() {
-                backend::DATA_ROW
-                | backend::PARSE_COMPLETE
+                backend::DATA_ROW => {
+                    dropped = dropped.saturating_add(frame.len());
+                    if dropped > budget {
+                        debug!(
+                            shard = self.name,
+                            conn = self.conn.id(),
+                            "closing rather than draining the rest of a cross-shard result"
+                        );
+                        self.conn.mark_broken();
+                        return Ok(());
+                    }
+                }
+                backend::PARSE_COMPLETE
                 | backend::BIND_COMPLETE
                 | backend::PARAMETER_DESCRIPTION
                 | backend::ROW_DESCRIPTION
@@ -183,6 +203,11 @@ impl<'c> ShardStream<'c> {
             }
         }
         Ok(())
+    }
+
+    /// ReadyForQuery was read: the connection is idle.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle
     }
 
     /// The prelude reply of type `tag`, the `nth` of its kind (0-based).
