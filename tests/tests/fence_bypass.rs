@@ -21,8 +21,7 @@ async fn shardgate_settings_in_startup_are_refused() {
     let err = env
         .try_connect(&env.conn_str_with("options='-c shardgate.bypass=on'"))
         .await
-        .err()
-        .expect("startup options with shardgate.bypass are refused");
+        .expect_err("startup options with shardgate.bypass are refused");
     assert_eq!(common::sqlstate(&err).as_deref(), Some("42704"), "{err}");
     let message = err.as_db_error().map(|d| d.message().to_owned());
     assert!(
