@@ -103,18 +103,40 @@ impl Default for Admin {
 }
 
 impl Admin {
-    /// The token from `token`, else from the variable `token_env` names; `None` when neither
-    /// gives a non-empty value (the API is then open).
-    pub fn resolved_token(&self) -> Option<String> {
-        self.token
-            .clone()
-            .or_else(|| {
-                self.token_env
-                    .as_ref()
-                    .and_then(|name| std::env::var(name).ok())
-            })
-            .filter(|t| !t.is_empty())
+    /// The token from `token`, else from the variable `token_env` names; `Ok(None)` when
+    /// neither is configured (the API is then open, which validation allows only on a loopback
+    /// `listen`). A `token_env` whose variable is unset or empty is an error: starting with an
+    /// open API because a secret failed to arrive would fail open.
+    pub fn resolved_token(&self) -> Result<Option<String>, AdminTokenError> {
+        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(Some(t.clone()));
+        }
+        match &self.token_env {
+            None => Ok(None),
+            Some(name) => match std::env::var(name) {
+                Ok(t) if !t.is_empty() => Ok(Some(t)),
+                _ => Err(AdminTokenError::EnvUnset(name.clone())),
+            },
+        }
     }
+
+    /// Whether `listen` is a loopback address (only local processes reach it).
+    pub fn listens_on_loopback(&self) -> bool {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    }
+}
+
+/// Why the admin token could not be resolved.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error(
+        "admin.token_env names the environment variable {0}, which is unset or empty; \
+         refusing to start the admin API without its token (set {0}, or remove admin.token_env \
+         on a loopback admin.listen to run the API without a token)"
+    )]
+    EnvUnset(String),
 }
 
 /// Read/write split: which replicas serve reads, and how they are watched.
