@@ -13,6 +13,7 @@ mod fence;
 mod io;
 mod limits;
 mod listener;
+mod pool_retire;
 mod prepared;
 mod relay;
 mod reload;
