@@ -609,6 +609,9 @@ pub struct Sharding {
     pub slot_bits: u32,
     /// Statements whose routing is cached (by text).
     pub route_cache_size: usize,
+    /// Most bytes the route cache holds (statement texts and their plans); a text bigger than
+    /// a quarter of it is planned but not cached.
+    pub route_cache_bytes: usize,
     /// What a write on a sharded table without a shard key does.
     pub keyless_writes: KeylessWrites,
     /// The sharded tables. Every other table lives on the default shard.
@@ -624,6 +627,7 @@ impl Default for Sharding {
             hash_seed: 0,
             slot_bits: 14,
             route_cache_size: 10_000,
+            route_cache_bytes: 64 * 1024 * 1024,
             keyless_writes: KeylessWrites::Refuse,
             tables: Vec::new(),
         }
