@@ -131,6 +131,11 @@ fn describe() {
         "Times the pools for a shard, role and host grew (direction=up) or shrank (down)."
     );
     describe_counter!(
+        "shardgate_timeouts_total",
+        Unit::Count,
+        "Timeouts that fired, by kind (query, idle_in_transaction, transaction, client_write)."
+    );
+    describe_counter!(
         "shardgate_pools_retired_total",
         Unit::Count,
         "Pools dropped because the server refused their database (3D000) or login (28xxx)."

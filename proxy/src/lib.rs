@@ -24,6 +24,7 @@ mod session;
 mod session_state;
 mod startup;
 mod stats;
+mod timeouts;
 mod tls;
 mod topology;
 
@@ -74,6 +75,9 @@ pub enum SessionError {
     Startup(String),
     #[error("idle timeout")]
     IdleTimeout,
+    /// `[timeouts]`: which one (query, idle_in_transaction, transaction, client_write).
+    #[error("{0} timeout")]
+    Timeout(&'static str),
     #[error("shutting down")]
     Shutdown,
 }
