@@ -133,6 +133,16 @@ impl Session {
         let (code, message, hint) = match kind {
             Expired::Query => {
                 clock.canceled = true;
+                // The server's 57014 says "due to user request": say whose request it was.
+                let limit = self.shared.config().timeouts.query_timeout;
+                shardgate_wire::backend::write_notice(
+                    &mut self.io.out,
+                    "01000",
+                    &format!(
+                        "shardgate: timeouts.query_timeout ({}) reached, canceling the statement",
+                        shardgate_config::format_duration(limit)
+                    ),
+                );
                 tracing::info!(shard = self.shard, "query_timeout: canceling the running request");
                 return Ok(());
             }

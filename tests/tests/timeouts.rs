@@ -69,6 +69,20 @@ async fn query_timeout_cancels_the_statement_on_the_server() {
     assert_eq!(common::sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
     client.batch_execute("rollback").await.unwrap();
     client.simple_query("select 2").await.unwrap();
+    // The client is told why: a notice naming the setting, then the server's 57014.
+    let mut c = RawClient::connect(env.port()).await;
+    let msgs = c.simple("select pg_sleep(60)").await;
+    let notice = msgs
+        .iter()
+        .find(|m| m.tag == b'N')
+        .and_then(|m| m.field(b'M'));
+    assert!(
+        notice
+            .as_deref()
+            .is_some_and(|m| m.contains("query_timeout")),
+        "{msgs:?}"
+    );
+    assert_eq!(first_error(&msgs).as_deref(), Some("57014"), "{msgs:?}");
     env.stop().await;
 }
 
