@@ -135,6 +135,16 @@ fn describe() {
         Unit::Count,
         "Times the pools for a shard, role and host grew (direction=up) or shrank (down)."
     );
+    describe_counter!(
+        "shardgate_timeouts_total",
+        Unit::Count,
+        "Timeouts that fired, by kind (query, idle_in_transaction, transaction, client_write)."
+    );
+    describe_counter!(
+        "shardgate_pools_retired_total",
+        Unit::Count,
+        "Pools dropped because the server refused their database (3D000) or login (28xxx)."
+    );
     describe_histogram!(
         "shardgate_checkout_wait_seconds",
         Unit::Seconds,

@@ -47,6 +47,13 @@ pub enum AdminError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Token(#[from] shardgate_config::AdminTokenError),
+    #[error(
+        "admin.listen {addr} is reachable from the network but the admin API has no token: \
+         set admin.token_env (or admin.token), or listen on 127.0.0.1"
+    )]
+    OpenOnNetwork { addr: String },
 }
 
 /// The body of every error answer.
@@ -146,7 +153,8 @@ impl AdminServer {
     /// Installs the metrics recorder (once per process), binds `config.listen` and serves the
     /// probes, `/metrics` and `/api/v1` from `control`. With a token set
     /// ([`Admin::resolved_token`](shardgate_config::Admin::resolved_token)), `/api/v1/*`
-    /// requires `Authorization: Bearer <token>`.
+    /// requires `Authorization: Bearer <token>`. Refuses to start when `token_env` names an
+    /// unset variable, and without a token on an address other than loopback.
     pub async fn start(
         control: Arc<dyn ControlPlane>,
         config: &shardgate_config::Admin,
@@ -155,9 +163,15 @@ impl AdminServer {
             addr: config.listen.clone(),
             source,
         };
+        // Fail closed: a missing secret or an open API on the network stops the start.
+        let token = config.resolved_token()?;
+        if token.is_none() && !config.listens_on_loopback() {
+            return Err(AdminError::OpenOnNetwork {
+                addr: config.listen.clone(),
+            });
+        }
         let listener = TcpListener::bind(&config.listen).await.map_err(err)?;
         let local = listener.local_addr().map_err(err)?;
-        let token = config.resolved_token();
         let state = AppState {
             control,
             token: token.as_deref().map(Arc::from),

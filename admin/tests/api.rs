@@ -328,3 +328,48 @@ fn listen_errors_name_the_address() {
         "{message}"
     );
 }
+
+#[test]
+fn the_api_never_starts_open_by_mistake() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let start = |config: shardgate_config::Admin| {
+        let control: std::sync::Arc<dyn shardgate_admin::control::ControlPlane> =
+            common::FixedControl::new();
+        runtime.block_on(shardgate_admin::AdminServer::start(control, &config))
+    };
+    // token_env naming a variable that is not set: refused, naming the variable.
+    let err = start(shardgate_config::Admin {
+        listen: "127.0.0.1:0".into(),
+        token_env: Some("SHARDGATE_TEST_TOKEN_NEVER_SET".into()),
+        ..Default::default()
+    })
+    .err()
+    .expect("an unset token_env must not start an open API");
+    let message = err.to_string();
+    assert!(
+        message.contains("SHARDGATE_TEST_TOKEN_NEVER_SET") && message.contains("token_env"),
+        "{message}"
+    );
+    // No token on an address other than loopback: refused.
+    let err = start(shardgate_config::Admin {
+        listen: "0.0.0.0:0".into(),
+        ..Default::default()
+    })
+    .err()
+    .expect("an open API on the network must not start");
+    assert!(err.to_string().contains("0.0.0.0:0"), "{err}");
+    // With a token there it starts; without one on loopback too.
+    let server = start(shardgate_config::Admin {
+        listen: "0.0.0.0:0".into(),
+        token: Some("secret".into()),
+        ..Default::default()
+    })
+    .expect("a guarded API starts on any address");
+    server.stop();
+    let server = start(shardgate_config::Admin {
+        listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    })
+    .expect("an open API on loopback starts");
+    server.stop();
+}

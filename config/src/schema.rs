@@ -37,6 +37,7 @@ pub struct Config {
     pub rebalance: Rebalance,
     #[serde(default)]
     pub limits: Limits,
+    pub timeouts: Timeouts,
 }
 
 /// Where clients connect, and the limits that protect the proxy from them.
@@ -124,18 +125,40 @@ impl Default for Admin {
 }
 
 impl Admin {
-    /// The token from `token`, else from the variable `token_env` names; `None` when neither
-    /// gives a non-empty value (the API is then open).
-    pub fn resolved_token(&self) -> Option<String> {
-        self.token
-            .clone()
-            .or_else(|| {
-                self.token_env
-                    .as_ref()
-                    .and_then(|name| std::env::var(name).ok())
-            })
-            .filter(|t| !t.is_empty())
+    /// The token from `token`, else from the variable `token_env` names; `Ok(None)` when
+    /// neither is configured (the API is then open, which validation allows only on a loopback
+    /// `listen`). A `token_env` whose variable is unset or empty is an error: starting with an
+    /// open API because a secret failed to arrive would fail open.
+    pub fn resolved_token(&self) -> Result<Option<String>, AdminTokenError> {
+        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(Some(t.clone()));
+        }
+        match &self.token_env {
+            None => Ok(None),
+            Some(name) => match std::env::var(name) {
+                Ok(t) if !t.is_empty() => Ok(Some(t)),
+                _ => Err(AdminTokenError::EnvUnset(name.clone())),
+            },
+        }
     }
+
+    /// Whether `listen` is a loopback address (only local processes reach it).
+    pub fn listens_on_loopback(&self) -> bool {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    }
+}
+
+/// Why the admin token could not be resolved.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error(
+        "admin.token_env names the environment variable {0}, which is unset or empty; \
+         refusing to start the admin API without its token (set {0}, or remove admin.token_env \
+         on a loopback admin.listen to run the API without a token)"
+    )]
+    EnvUnset(String),
 }
 
 /// Read/write split: which replicas serve reads, and how they are watched.
@@ -633,6 +656,9 @@ pub struct Sharding {
     pub slot_bits: u32,
     /// Statements whose routing is cached (by text).
     pub route_cache_size: usize,
+    /// Most bytes the route cache holds (statement texts and their plans); a text bigger than
+    /// a quarter of it is planned but not cached.
+    pub route_cache_bytes: usize,
     /// What a write on a sharded table without a shard key does.
     pub keyless_writes: KeylessWrites,
     /// The sharded tables. Every other table lives on the default shard.
@@ -648,6 +674,7 @@ impl Default for Sharding {
             hash_seed: 0,
             slot_bits: 14,
             route_cache_size: 10_000,
+            route_cache_bytes: 64 * 1024 * 1024,
             keyless_writes: KeylessWrites::Refuse,
             tables: Vec::new(),
         }
@@ -709,4 +736,37 @@ pub enum KeylessWrites {
     Refuse,
     /// Run it on every shard.
     Broadcast,
+}
+
+/// How long a client may hold a server connection in each way, as PgBouncer's and PgDog's
+/// settings of the same names (0 = no limit).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A request running longer is canceled on the server (the client gets 57014).
+    #[serde(with = "duration")]
+    pub query_timeout: Duration,
+    /// A client idle inside a transaction this long is disconnected (25P03) and its
+    /// transaction rolled back.
+    #[serde(with = "duration")]
+    pub idle_in_transaction_timeout: Duration,
+    /// A transaction open this long is ended by disconnecting the client (25P04, as
+    /// PostgreSQL 17's `transaction_timeout`) and rolled back.
+    #[serde(with = "duration")]
+    pub transaction_timeout: Duration,
+    /// A write to a client that does not complete in this long (the client stopped reading)
+    /// drops the client (08006); a server connection it held is closed, not kept waiting.
+    #[serde(with = "duration")]
+    pub client_write_timeout: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            query_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
+            client_write_timeout: Duration::from_secs(60),
+        }
+    }
 }

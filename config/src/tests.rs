@@ -123,3 +123,24 @@ fn max_buffered_result_defaults_to_64_mib_and_has_a_floor() {
         .to_string();
     assert!(e.contains("limits.max_buffered_result"), "{e}");
 }
+
+#[test]
+fn an_admin_api_on_the_network_needs_a_token() {
+    let open = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9930\"\n");
+    let e = load(&open).unwrap_err().to_string();
+    assert!(e.contains("admin.listen") && e.contains("token"), "{e}");
+    assert!(load(&format!("{open}token_env = \"SG_TOKEN\"\n")).is_ok());
+    assert!(load(&format!("{open}token = \"t\"\n")).is_ok());
+    assert!(load(&format!("{MINIMAL}\n[admin]\nlisten = \"[::1]:9930\"\n")).is_ok());
+    let unset = Admin {
+        token_env: Some("SHARDGATE_CONFIG_TEST_NEVER_SET".into()),
+        ..Admin::default()
+    };
+    assert_eq!(
+        unset.resolved_token(),
+        Err(AdminTokenError::EnvUnset(
+            "SHARDGATE_CONFIG_TEST_NEVER_SET".into()
+        ))
+    );
+    assert_eq!(Admin::default().resolved_token(), Ok(None));
+}

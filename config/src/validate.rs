@@ -43,6 +43,19 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             ),
         );
     }
+    let no_token =
+        c.admin.token.as_deref().is_none_or(str::is_empty) && c.admin.token_env.is_none();
+    if no_token && !c.admin.listens_on_loopback() {
+        return err(
+            "admin.listen",
+            format!(
+                "`{}` is reachable from the network but the admin API has no token, so anyone \
+                 could add or remove shards: set admin.token_env (or admin.token), or listen on \
+                 127.0.0.1",
+                c.admin.listen
+            ),
+        );
+    }
     if c.listen.max_client_connections == 0 {
         return err("listen.max_client_connections", "must be at least 1".into());
     }

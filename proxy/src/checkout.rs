@@ -64,7 +64,11 @@ impl Session {
                     format!("no server connection became free in pool {pool} within {waited:?}"),
                     Some("raise pool.size or pool.checkout_timeout, or make transactions shorter"),
                 )),
-                Err(CheckoutError::Connect(e)) => return Err(connect_error(&pool, e)),
+                Err(CheckoutError::Connect(e)) => {
+                    let failure = connect_error(&pool, e);
+                    self.retire_refused_pool(&pool, &failure);
+                    return Err(failure);
+                }
             };
         let mut reported = Vec::new();
         if server.session_fingerprint() != self.state.fingerprint() || collect {

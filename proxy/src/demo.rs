@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shardgate_config::Config;
+use shardgate_localpg::{Auth, ClusterOptions, PgCluster};
 use shardgate_router::{KeyValue, Router};
-use shardgate_tests::{Auth, ClusterOptions, PgCluster};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 const USER: &str = "app";
@@ -126,11 +126,11 @@ impl DemoDir {
     fn create(parent: Option<&Path>) -> anyhow::Result<DemoDir> {
         if let Some(dir) = parent {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::env::set_var(shardgate_tests::template::TMPDIR_ENV, dir);
+            std::env::set_var(shardgate_localpg::template::TMPDIR_ENV, dir);
         }
-        let root = shardgate_tests::template::new_server_dir("shardgate-demo-")?;
+        let root = shardgate_localpg::template::new_server_dir("shardgate-demo-")?;
         // Every cluster (and the harness's template) goes under it.
-        std::env::set_var(shardgate_tests::template::TMPDIR_ENV, &root);
+        std::env::set_var(shardgate_localpg::template::TMPDIR_ENV, &root);
         Ok(DemoDir(root))
     }
 }
@@ -229,7 +229,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.insert_via == InsertVia::Proxy {
         let sql: String = rows.iter().map(|r| r.sql.as_str()).collect();
         let url = proxy_url.clone();
-        tokio::task::spawn_blocking(move || shardgate_tests::psql_url(&url, &sql))
+        tokio::task::spawn_blocking(move || shardgate_localpg::psql_url(&url, &sql))
             .await?
             .context("inserting the sample rows through the proxy")?;
     }

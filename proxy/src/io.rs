@@ -1,6 +1,8 @@
 //! The client's socket: TCP or unix, framed reads with the size limit, buffered writes, and
 //! proxy-made errors.
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use shardgate_wire::backend::{self, Severity, TransactionStatus};
 use shardgate_wire::stream::Stream;
@@ -15,6 +17,9 @@ pub struct ClientIo {
     pub reader: FrameReader<Stream>,
     /// Bytes for the client, written out at the next flush.
     pub out: BytesMut,
+    /// `timeouts.client_write_timeout`: a flush that takes longer drops the client (zero:
+    /// no limit).
+    pub write_timeout: Duration,
 }
 
 /// Flush the client buffer early once it holds this much, so large results stream.
@@ -30,6 +35,7 @@ impl ClientIo {
             // Small to start: an idle client should cost little (thousands may sit idle);
             // the buffer grows to what the client's results need and keeps that capacity.
             out: BytesMut::with_capacity(1024),
+            write_timeout: Duration::ZERO,
         }
     }
 
@@ -83,7 +89,25 @@ impl ClientIo {
     pub async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
             crate::stats::bytes_sent(self.out.len());
-            let res = self.reader.get_mut().write_all(&self.out).await;
+            let write = self.reader.get_mut().write_all(&self.out);
+            let res = if self.write_timeout.is_zero() {
+                write.await
+            } else {
+                match tokio::time::timeout(self.write_timeout, write).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // The client stopped reading: it cannot be told (its socket is full).
+                        self.out.clear();
+                        crate::stats::count_error(shardgate_wire::sqlstate::CONNECTION_FAILURE);
+                        crate::timeouts::count("client_write");
+                        tracing::info!(
+                            timeout = ?self.write_timeout,
+                            "client_write_timeout: the client stopped reading; disconnecting it"
+                        );
+                        return Err(SessionError::Timeout("client_write"));
+                    }
+                }
+            };
             self.out.clear();
             res.map_err(|_| SessionError::ClientGone)?;
         }

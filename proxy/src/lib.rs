@@ -15,6 +15,7 @@ mod io;
 mod limits;
 mod listener;
 mod pinning;
+mod pool_retire;
 mod prepared;
 mod relay;
 mod reload;
@@ -25,6 +26,7 @@ mod session;
 mod session_state;
 mod startup;
 mod stats;
+mod timeouts;
 mod tls;
 mod topology;
 
@@ -75,6 +77,9 @@ pub enum SessionError {
     Startup(String),
     #[error("idle timeout")]
     IdleTimeout,
+    /// `[timeouts]`: which one (query, idle_in_transaction, transaction, client_write).
+    #[error("{0} timeout")]
+    Timeout(&'static str),
     #[error("shutting down")]
     Shutdown,
 }

@@ -69,6 +69,9 @@ fn main() -> anyhow::Result<()> {
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let admin_config = config.admin.clone();
+    // Before anything listens: a token_env whose variable is missing stops the start (the
+    // admin server checks again, for the demo and embedders).
+    admin_config.resolved_token()?;
     // The file store keeps the shard map that rebalancing changes next to the config file.
     let state_file = config.topology.state_file.clone().unwrap_or_else(|| {
         let mut name = path.clone().into_os_string();

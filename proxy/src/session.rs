@@ -137,6 +137,7 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
     async move {
         let config = shared.config();
         let mut io = ClientIo::new(stream, config.listen.max_message_size);
+        io.write_timeout = config.timeouts.client_write_timeout;
         io.reader
             .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
         let login = match tokio::time::timeout(
@@ -573,6 +574,7 @@ impl Session {
         let mut lookahead: Vec<Frame> = Vec::new();
         let max_held = self.shared.config().pool.max_held_bytes;
         let mut held_bytes = 0usize;
+        let mut clock = crate::timeouts::SessionClock::default();
         loop {
             if !self.parked.is_empty()
                 && self.expect.is_empty()
@@ -604,6 +606,12 @@ impl Session {
                 self.io.flush_if_large().await?;
             }
             let idle = self.expect.is_empty() && self.status == TransactionStatus::Idle;
+            clock.observe(
+                !self.expect.is_empty(),
+                self.status != TransactionStatus::Idle,
+                std::time::Instant::now(),
+            );
+            let deadline = clock.next(&self.shared.config().timeouts);
             tokio::select! {
                 biased;
                 msg = server.read_frame() => match msg {
@@ -667,6 +675,9 @@ impl Session {
                             Err(e) => return Err(self.report_protocol_error(e).await),
                         }
                     }
+                }
+                kind = crate::timeouts::sleep_until(deadline) => {
+                    self.on_timeout(server, &mut clock, kind).await?;
                 }
                 _ = sleep_or_forever(idle_timeout), if idle && reading => {
                     self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;

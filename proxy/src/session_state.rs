@@ -207,7 +207,7 @@ fn quote_literal(s: &str) -> String {
 }
 
 /// `-c a=b --c=d` → [(a, b), (c, d)], with backslash escapes as libpq writes them.
-fn parse_options(options: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_options(options: &str) -> Vec<(String, String)> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut chars = options.chars();

@@ -89,6 +89,11 @@ pub async fn read_startup(
                     .await;
                     return Err(SessionError::Protocol(msg.into()));
                 }
+                if let Some(refusal) = shardgate_setting_in_startup(&params) {
+                    io.fatal(refusal.code, &refusal.message, Some(&refusal.hint))
+                        .await;
+                    return Err(SessionError::Protocol(refusal.message));
+                }
                 // Protocol options (`_pq_.*`) are not supported; drop them like an older server,
                 // and tell the client (as PostgreSQL does) when it asked for a newer 3.x minor
                 // version or for options: NegotiateProtocolVersion with 3.0 and their names.
@@ -157,4 +162,80 @@ async fn negotiate_tls(io: &mut ClientIo, shared: &Shared) -> Result<(), Session
 fn tls_missing(io: &ClientIo, shared: &Shared) -> bool {
     let stream = io.reader.get_ref();
     shared.tls.current().mode == TlsMode::Require && !stream.is_tls() && !stream.is_unix()
+}
+
+/// Why a startup packet that sets a `shardgate.*` parameter is refused.
+struct StartupRefusal {
+    code: &'static str,
+    message: String,
+    hint: String,
+}
+
+/// `shardgate.*` settings are the proxy's (and `shardgate.bypass` the rebalancer's), never
+/// the server's: a client may not pass them through a startup parameter or `options`, as it
+/// may not through `SET` (where the router refuses unknown ones with 42704).
+fn shardgate_setting_in_startup(params: &[(String, String)]) -> Option<StartupRefusal> {
+    let mut names = Vec::new();
+    for (k, v) in params {
+        if k == "options" {
+            names.extend(
+                crate::session_state::parse_options(v)
+                    .into_iter()
+                    .map(|(n, _)| n),
+            );
+        } else {
+            names.push(k.clone());
+        }
+    }
+    let name = names
+        .into_iter()
+        .map(|n| n.to_ascii_lowercase())
+        .find(|n| n.starts_with("shardgate."))?;
+    Some(match name.as_str() {
+        "shardgate.shard_key" | "shardgate.shard" | "shardgate.role" => StartupRefusal {
+            code: sqlstate::FEATURE_NOT_SUPPORTED,
+            message: format!("{name} cannot be set in the startup packet"),
+            hint: format!("run SET {name} = … after connecting"),
+        },
+        _ => StartupRefusal {
+            code: sqlstate::UNDEFINED_OBJECT,
+            message: format!(
+                "unrecognized configuration parameter \"{name}\" in the startup packet"
+            ),
+            hint: "shardgate knows shardgate.shard_key, shardgate.shard and shardgate.role; \
+                   remove the setting from the connection's options"
+                .into(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shardgate_setting_in_startup;
+
+    fn params(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shardgate_settings_are_refused_in_startup() {
+        let r = shardgate_setting_in_startup(&params(&[("options", "-c shardgate.bypass=on")]))
+            .expect("refused");
+        assert_eq!(r.code, "42704");
+        assert!(r.message.contains("shardgate.bypass"), "{}", r.message);
+        let r =
+            shardgate_setting_in_startup(&params(&[("SHARDGATE.Bypass", "on")])).expect("refused");
+        assert_eq!(r.code, "42704");
+        let r = shardgate_setting_in_startup(&params(&[("options", "--shardgate.role=replica")]))
+            .expect("refused");
+        assert_eq!(r.code, "0A000");
+        assert!(shardgate_setting_in_startup(&params(&[
+            ("user", "u"),
+            ("options", "-c search_path=a,b"),
+            ("application_name", "shardgate.app"),
+        ]))
+        .is_none());
+    }
 }

@@ -59,6 +59,29 @@ fn check_names_the_wrong_key_and_file() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/shardgate.toml"));
 }
 
+#[test]
+fn serve_refuses_to_start_an_admin_api_whose_token_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.toml");
+    let text = std::fs::read_to_string(example_config()).unwrap().replace(
+        "# token_env = \"SHARDGATE_ADMIN_TOKEN\"",
+        "token_env = \"SHARDGATE_CLI_TEST_TOKEN_NEVER_SET\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("SHARDGATE_CLI_TEST_TOKEN_NEVER_SET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SHARDGATE_CLI_TEST_TOKEN_NEVER_SET"),
+        "{stderr}"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

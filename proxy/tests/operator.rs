@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shardgate_tests::{free_port, Auth, ClusterOptions, PgCluster};
+use shardgate_localpg::{free_port, Auth, ClusterOptions, PgCluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");
 const TOKEN: &str = "s3cret-admin-token";

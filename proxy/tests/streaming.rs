@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use shardgate_tests::{free_port, Auth, ClusterOptions, PgCluster};
+use shardgate_localpg::{free_port, Auth, ClusterOptions, PgCluster};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardgate");

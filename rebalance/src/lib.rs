@@ -27,6 +27,9 @@ mod stream;
 mod teardown;
 mod verify;
 
+#[cfg(test)]
+mod fence_bypass_tests;
+
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};

@@ -4,6 +4,7 @@
 //! "The target can take the data" means here: reachable with the admin login, PostgreSQL 15+,
 //! the worker and origin limits allow the subscriptions, the sharded tables exist with the same
 //! columns (or can be created from a source's schema) and hold no rows in the moving slots.
+//! The roles that own or are granted the tables exist on every target (`roles`).
 //! Free disk space cannot be read over SQL and is not checked.
 
 use std::collections::HashMap;
@@ -14,6 +15,8 @@ use super::conn::Conns;
 use super::plan::{Plan, TablePlan};
 use super::schema_copy;
 use super::RebalanceError;
+
+mod roles;
 
 /// Facts about one server, read once.
 struct Server {
@@ -281,6 +284,7 @@ pub(crate) async fn check(plan: &Plan, config: &Config) -> Result<(), RebalanceE
     for db in &plan.databases {
         check_tables(plan, &mut conns, db).await?;
     }
+    roles::check_roles(plan, &mut conns).await?;
     Ok(())
 }
 

@@ -63,6 +63,11 @@ END $sg$",
 /// The fence trigger function of table number `t`: while the job's fence is closed, a write
 /// whose old or new key falls in a moving slot fails with SG001. While it is open (until
 /// cutover) the trigger costs one index probe per row.
+///
+/// `shardgate.bypass = on` lets the rebalancer's own copies and deletes through, but only for
+/// the login that installed the fence (the function's owner, i.e. the shard's admin login):
+/// any client can set a custom setting, so the setting alone would let an application write
+/// to a moving slot behind the rebalancer's back.
 pub(crate) fn create_fence_function(plan: &Plan, t: usize, table: &TablePlan) -> String {
     let shift = 64 - plan.bits;
     let new_slot = format!("({}) >> {shift}", table.hash_expr(plan.seed, "NEW."));
@@ -78,8 +83,11 @@ DECLARE
   dest text;
 BEGIN
   IF current_setting('shardgate.bypass', true) = 'on' THEN
-    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
-    RETURN NEW;
+    IF session_user::text = (SELECT pg_get_userbyid(p.proowner)::text FROM pg_proc p
+                             WHERE p.oid = {self_ref}::regprocedure) THEN
+      IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+      RETURN NEW;
+    END IF;
   END IF;
   IF NOT EXISTS (SELECT 1 FROM shardgate.fence_switch w WHERE w.job = {job} AND w.closed) THEN
     IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
@@ -106,6 +114,7 @@ BEGIN
 END
 $sg$",
         func = ident(&plan.function_name(t)),
+        self_ref = literal(&format!("shardgate.{}()", ident(&plan.function_name(t)))),
     )
 }
 

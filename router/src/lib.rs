@@ -12,6 +12,7 @@ mod dml;
 pub mod hash;
 mod hints;
 mod keys;
+mod large;
 pub mod merge;
 mod params;
 pub mod plan;

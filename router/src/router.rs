@@ -115,7 +115,7 @@ impl Router {
             default_shard,
             default_key_type: s.key_type,
             keyless_writes: s.keyless_writes,
-            cache: PlanCache::new(s.route_cache_size),
+            cache: PlanCache::new(s.route_cache_size, s.route_cache_bytes),
             unparsed: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -155,18 +155,20 @@ impl Router {
         if sql.len() <= LARGE_TEXT {
             return self.planner.plan(sql);
         }
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("shardgate-plan".into())
-                .stack_size(LARGE_STACK)
-                .spawn_scoped(scope, || self.planner.plan(sql));
-            match worker.map(|w| w.join()) {
-                Ok(Ok(plan)) => plan,
-                _ => {
-                    tracing::warn!(len = sql.len(), "planning a large statement failed");
-                    too_complex(sql)
+        crate::large::LARGE_PLANS.run(|| {
+            std::thread::scope(|scope| {
+                let worker = std::thread::Builder::new()
+                    .name("shardgate-plan".into())
+                    .stack_size(LARGE_STACK)
+                    .spawn_scoped(scope, || self.planner.plan(sql));
+                match worker.map(|w| w.join()) {
+                    Ok(Ok(plan)) => plan,
+                    _ => {
+                        tracing::warn!(len = sql.len(), "planning a large statement failed");
+                        too_complex(sql)
+                    }
                 }
-            }
+            })
         })
     }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 use crate::lock::FileLock;
 use crate::process::run;
 
@@ -58,7 +58,7 @@ fn ensure(
     }
     let parent = dir.parent().unwrap_or(dir);
     std::fs::create_dir_all(parent)
-        .map_err(|e| HarnessError::io(format!("create {}", parent.display()), e))?;
+        .map_err(|e| LocalPgError::io(format!("create {}", parent.display()), e))?;
     let _process = FileLock::acquire(&parent.join(lock_name), INSTALL_TIMEOUT)?;
     if done() {
         return Ok(());
@@ -66,7 +66,7 @@ fn ensure(
     tracing::info!(dir = %dir.display(), "installing driver environment (once)");
     install()?;
     std::fs::write(&marker, want)
-        .map_err(|e| HarnessError::io(format!("write {}", marker.display()), e))
+        .map_err(|e| LocalPgError::io(format!("write {}", marker.display()), e))
 }
 
 /// The Python interpreter of a virtualenv with psycopg 3 (`psycopg[binary]`) and asyncpg,
@@ -77,7 +77,7 @@ pub fn python_env() -> Result<PathBuf> {
     ensure(&venv, "python.lock", &PYTHON_PACKAGES.join("\n"), || {
         if venv.exists() {
             std::fs::remove_dir_all(&venv)
-                .map_err(|e| HarnessError::io(format!("remove {}", venv.display()), e))?;
+                .map_err(|e| LocalPgError::io(format!("remove {}", venv.display()), e))?;
         }
         let base = std::env::var_os(PYTHON_ENV)
             .filter(|p| !p.is_empty())
@@ -113,13 +113,13 @@ pub fn node_env() -> Result<PathBuf> {
     let dir = driver_env_dir().join("node");
     ensure(&dir, "node.lock", &NODE_PACKAGES.join("\n"), || {
         std::fs::create_dir_all(&dir)
-            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+            .map_err(|e| LocalPgError::io(format!("create {}", dir.display()), e))?;
         let package = dir.join("package.json");
         std::fs::write(
             &package,
             "{\n  \"name\": \"shardgate-driver-env\",\n  \"private\": true\n}\n",
         )
-        .map_err(|e| HarnessError::io(format!("write {}", package.display()), e))?;
+        .map_err(|e| LocalPgError::io(format!("write {}", package.display()), e))?;
         run(
             Command::new("npm")
                 .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
@@ -130,7 +130,7 @@ pub fn node_env() -> Result<PathBuf> {
         for p in NODE_PACKAGES {
             let installed = dir.join("node_modules").join(p).join("package.json");
             if !installed.is_file() {
-                return Err(HarnessError::io(
+                return Err(LocalPgError::io(
                     format!("npm install {p} in {}", dir.display()),
                     std::io::Error::other(format!("{} is missing afterwards", installed.display())),
                 ));

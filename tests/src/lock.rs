@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 
 /// Held while alive; removes the lock file on drop.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ impl FileLock {
                         continue;
                     }
                     if Instant::now() >= deadline {
-                        return Err(HarnessError::Timeout {
+                        return Err(LocalPgError::Timeout {
                             what: format!(
                                 "the lock {} (another test process is installing; remove the \
                                  file if no such process runs)",
@@ -46,7 +46,7 @@ impl FileLock {
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 Err(e) => {
-                    return Err(HarnessError::io(format!("create {}", path.display()), e));
+                    return Err(LocalPgError::io(format!("create {}", path.display()), e));
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::process::Command;
 
 use crate::bin::pg_bin;
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 use crate::process::{describe, failed, run_unchecked};
 
 /// The summary pgbench prints at the end of a run.
@@ -63,7 +63,7 @@ where
             ..summary
         }),
         None if !out.status.success() => Err(failed(&cmd, &out)),
-        None => Err(HarnessError::Parse {
+        None => Err(LocalPgError::Parse {
             what: format!("a pgbench summary (tps line) from `{}`", describe(&cmd)),
             output: format!("{stdout}\n{stderr}"),
         }),

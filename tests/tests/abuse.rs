@@ -129,3 +129,39 @@ async fn per_user_and_per_database_caps() {
     b.simple_query("SELECT 1").await.unwrap();
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_databases_get_3d000_and_leave_no_pool() {
+    use shardgate_admin::control::ControlPlane;
+    let env = Env::start(Setup::default()).await;
+    let control = env.proxy.control(None);
+    let client = env.connect().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let before = control.pools().len();
+    assert!(before >= 1, "the app database has its pool");
+    for i in 0..40 {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=no_such_db_{i}",
+            env.port()
+        );
+        let Err(err) = env.try_connect(&conn).await else {
+            panic!("database no_such_db_{i} does not exist")
+        };
+        assert_eq!(sqlstate(&err).as_deref(), Some("3D000"), "{err:?}");
+        let message = err
+            .as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_default();
+        assert!(message.contains(&format!("no_such_db_{i}")), "{message}");
+    }
+    let names: Vec<String> = control.pools().iter().map(|p| p.database.clone()).collect();
+    assert_eq!(
+        names.len(),
+        before,
+        "pools left for unknown databases: {names:?}"
+    );
+    // The real database still works, and the proxy serves new clients.
+    client.simple_query("SELECT 1").await.unwrap();
+    env.connect().await.simple_query("SELECT 1").await.unwrap();
+    env.stop().await;
+}

@@ -9,6 +9,10 @@ pub const INVALID_AUTHORIZATION: &str = "28000";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
+pub const UNDEFINED_OBJECT: &str = "42704";
+pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
+/// PostgreSQL 17's `transaction_timeout`.
+pub const TRANSACTION_TIMEOUT: &str = "25P04";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const QUERY_CANCELED: &str = "57014";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";

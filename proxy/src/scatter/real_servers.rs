@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use shardgate_config::{Config, Host};
+use shardgate_localpg::{Auth, ClusterOptions, PgCluster};
 use shardgate_pool::{ConnectTarget, ServerConn};
 use shardgate_router::{KeyValue, Router};
-use shardgate_tests::{Auth, ClusterOptions, PgCluster};
 use shardgate_wire::{backend, frontend, Frame};
 
 use super::request::{write_bind, write_execute};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 
 /// Environment variable that names the PostgreSQL bin directory explicitly.
 pub const BINDIR_ENV: &str = "SHARDGATE_PG_BINDIR";
@@ -87,7 +87,7 @@ pub fn pg_bin(name: &str) -> Result<PathBuf> {
         }
     }
     searched.push(format!("PATH={}", path.to_string_lossy()));
-    Err(HarnessError::BinaryNotFound {
+    Err(LocalPgError::BinaryNotFound {
         name: name.to_string(),
         searched: searched.join("; "),
     })

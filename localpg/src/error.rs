@@ -1,16 +1,16 @@
-//! The one error type of the harness: every failure names the command or file involved and
-//! carries what the tool printed, so a failing end-to-end test says why without a rerun.
+//! The one error type of localpg (also the test harness's): every failure names the command
+//! or file involved and carries what the tool printed, so a failure says why without a rerun.
 
 use std::io;
 use std::path::PathBuf;
 
-/// Result alias used throughout the harness.
-pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+/// Result alias used throughout localpg.
+pub type Result<T, E = LocalPgError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong while finding, starting, driving or cleaning up PostgreSQL and
 /// the driver environments.
 #[derive(Debug, thiserror::Error)]
-pub enum HarnessError {
+pub enum LocalPgError {
     /// A PostgreSQL program (initdb, pg_ctl, psql, …) was not found anywhere we looked.
     #[error("could not find the PostgreSQL program `{name}`; searched: {searched}")]
     BinaryNotFound {
@@ -85,10 +85,10 @@ pub enum HarnessError {
     },
 }
 
-impl HarnessError {
+impl LocalPgError {
     /// Wraps an I/O error with a description of what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        HarnessError::Io {
+        LocalPgError::Io {
             context: context.into(),
             source,
         }
@@ -97,7 +97,7 @@ impl HarnessError {
     /// The stderr of a failed command, if this error is one.
     pub fn stderr(&self) -> Option<&str> {
         match self {
-            HarnessError::CommandFailed { stderr, .. } => Some(stderr),
+            LocalPgError::CommandFailed { stderr, .. } => Some(stderr),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
@@ -27,7 +27,7 @@ pub fn try_free_port() -> Result<u16> {
             Err(e) => last_err = Some(e),
         }
     }
-    Err(HarnessError::io(
+    Err(LocalPgError::io(
         "could not find a free port on 127.0.0.1",
         last_err.unwrap_or_else(|| std::io::Error::other("every port offered was already used")),
     ))

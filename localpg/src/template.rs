@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use crate::bin::pg_bin;
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 use crate::process::{
     give_to_server_user, run, server_command, shell_quote, spawn_watchdog, write_server_file,
 };
@@ -70,7 +70,7 @@ pub fn new_server_dir(prefix: &str) -> Result<PathBuf> {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(&base)
-        .map_err(|e| HarnessError::io(format!("create a directory in {}", base.display()), e))?
+        .map_err(|e| LocalPgError::io(format!("create a directory in {}", base.display()), e))?
         .keep();
     give_to_server_user(&dir)?;
     Ok(dir)
@@ -114,11 +114,11 @@ fn cached_template(cache: &Path) -> Result<PathBuf> {
         return Ok(data);
     }
     std::fs::create_dir_all(cache)
-        .map_err(|e| HarnessError::io(format!("create {}", cache.display()), e))?;
+        .map_err(|e| LocalPgError::io(format!("create {}", cache.display()), e))?;
     let scratch = tempfile::Builder::new()
         .prefix(".building-")
         .tempdir_in(cache)
-        .map_err(|e| HarnessError::io(format!("create a directory in {}", cache.display()), e))?;
+        .map_err(|e| LocalPgError::io(format!("create a directory in {}", cache.display()), e))?;
     give_to_server_user(scratch.path())?;
     build(&scratch.path().join("data"))?;
     // If another process won the race the rename fails and its template is used; `scratch`
@@ -129,7 +129,7 @@ fn cached_template(cache: &Path) -> Result<PathBuf> {
     if data.join("PG_VERSION").is_file() {
         Ok(data)
     } else {
-        Err(HarnessError::io(
+        Err(LocalPgError::io(
             format!("install the template into {}", final_dir.display()),
             std::io::Error::other("the template is missing after building it"),
         ))
@@ -155,7 +155,7 @@ fn build(data: &Path) -> Result<()> {
     run(&mut server_command(&initdb, &args)?, None)?;
     let conf = data.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf)
-        .map_err(|e| HarnessError::io(format!("read {}", conf.display()), e))?;
+        .map_err(|e| LocalPgError::io(format!("read {}", conf.display()), e))?;
     text.push_str(
         "\n# shardgate-tests: per-cluster settings\ninclude_if_exists 'shardgate.conf'\n",
     );

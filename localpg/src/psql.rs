@@ -1,5 +1,5 @@
 //! Running SQL with the real `psql` client. Tests use it as the reference client (for the
-//! cluster directly or through the proxy), and the harness uses it for setup.
+//! cluster directly or through the proxy), and localpg uses it for setup.
 
 use std::process::Command;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::bin::pg_bin;
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 use crate::options::{sql_ident, ClusterOptions};
 use crate::ports::try_free_port;
 use crate::process::{
@@ -105,7 +105,7 @@ impl PgCluster {
         };
         // From here on Drop cleans up; the watchdog covers a killed process.
         std::fs::create_dir(cluster.socket_dir()).map_err(|e| {
-            HarnessError::io(format!("create {}", cluster.socket_dir().display()), e)
+            LocalPgError::io(format!("create {}", cluster.socket_dir().display()), e)
         })?;
         crate::process::give_to_server_user(&cluster.socket_dir())?;
         cluster.watchdog = Some(spawn_watchdog(
@@ -168,8 +168,8 @@ impl PgCluster {
         )))
     }
 
-    fn start_failed(&self, reason: String) -> HarnessError {
-        HarnessError::StartFailed {
+    fn start_failed(&self, reason: String) -> LocalPgError {
+        LocalPgError::StartFailed {
             data_dir: self.data_dir(),
             reason,
             log_tail: self.log_tail(LOG_TAIL_LINES),

@@ -1,6 +1,6 @@
 //! Running programs: PostgreSQL refuses to run as root, so when the tests run as root the
 //! server-side programs are run as the `postgres` user; this module also captures output into
-//! [`HarnessError`]s and spawns the detached watchdogs that clean up after a killed test process.
+//! [`LocalPgError`]s and spawns the detached watchdogs that clean up after a killed test process.
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use crate::error::{HarnessError, Result};
+use crate::error::{LocalPgError, Result};
 
-/// The account server programs run as when the harness itself runs as root.
+/// The account server programs run as when the process itself runs as root.
 pub const SERVER_USER: &str = "postgres";
 
 /// True when this process runs as root (effective uid 0).
@@ -44,7 +44,7 @@ fn switch() -> Result<&'static Switch> {
                 .or_else(|| find_in_path("su", &sbin).map(Switch::Su))
         })
         .as_ref()
-        .ok_or_else(|| HarnessError::BinaryNotFound {
+        .ok_or_else(|| LocalPgError::BinaryNotFound {
             name: "runuser or su".into(),
             searched: "PATH, /usr/sbin, /sbin, /usr/bin, /bin".into(),
         })
@@ -123,7 +123,7 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` to completion with `stdin` as its input, capturing stdout and stderr; a non-zero
-/// exit becomes [`HarnessError::CommandFailed`].
+/// exit becomes [`LocalPgError::CommandFailed`].
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> {
     let output = run_unchecked(cmd, stdin)?;
     if output.status.success() {
@@ -144,7 +144,7 @@ pub fn run_unchecked(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> 
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let spawn_err = |source| HarnessError::Spawn {
+    let spawn_err = |source| LocalPgError::Spawn {
         command: command.clone(),
         source,
     };
@@ -157,8 +157,8 @@ pub fn run_unchecked(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Output> 
 }
 
 /// The error for a command that exited unsuccessfully.
-pub fn failed(cmd: &Command, output: &Output) -> HarnessError {
-    HarnessError::CommandFailed {
+pub fn failed(cmd: &Command, output: &Output) -> LocalPgError {
+    LocalPgError::CommandFailed {
         command: describe(cmd),
         status: output.status.to_string(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -188,7 +188,7 @@ fn server_ids() -> Result<(u32, u32)> {
         }
     });
     ids.ok_or_else(|| {
-        HarnessError::io(
+        LocalPgError::io(
             format!("running as root, but there is no `{SERVER_USER}` user to run PostgreSQL as"),
             std::io::Error::from(std::io::ErrorKind::NotFound),
         )
@@ -202,13 +202,13 @@ pub fn give_to_server_user(path: &Path) -> Result<()> {
     }
     let (uid, gid) = server_ids()?;
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(|e| HarnessError::io(format!("chown {} to {SERVER_USER}", path.display()), e))
+        .map_err(|e| LocalPgError::io(format!("chown {} to {SERVER_USER}", path.display()), e))
 }
 
 /// Writes `contents` to `path` and makes the file the server user's.
 pub fn write_server_file(path: &Path, contents: &str) -> Result<()> {
     std::fs::write(path, contents)
-        .map_err(|e| HarnessError::io(format!("write {}", path.display()), e))?;
+        .map_err(|e| LocalPgError::io(format!("write {}", path.display()), e))?;
     give_to_server_user(path)
 }
 
@@ -265,7 +265,7 @@ exit 0"#;
         .current_dir("/");
     let out = run(&mut cmd, None)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let pid = text.trim().parse().map_err(|_| HarnessError::Parse {
+    let pid = text.trim().parse().map_err(|_| LocalPgError::Parse {
         what: "the watchdog's pid".into(),
         output: text.to_string(),
     })?;
