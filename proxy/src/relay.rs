@@ -125,6 +125,10 @@ impl Session {
             frontend::write_close(&mut self.to_server, b'S', &evicted);
             self.push_expect(Expect::Close { to_client: false });
         }
+        // The name may still exist on the server although the proxy forgot it: an eviction's
+        // Close that an error made the server skip. Closing a missing statement is no error.
+        frontend::write_close(&mut self.to_server, b'S', &stmt.name);
+        self.push_expect(Expect::Close { to_client: false });
         self.to_server.extend_from_slice(&stmt.parse_message);
         self.push_expect(Expect::Parse {
             global: Some(Arc::clone(stmt)),
@@ -179,6 +183,7 @@ impl Session {
         server: &mut ServerConn,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
+        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.expect.front(), "client message");
         if self.refuse_until_sync {
             if frame.tag() != frontend::SYNC {
                 return Ok(Flow::Continue);
@@ -313,6 +318,7 @@ impl Session {
         server: &mut ServerConn,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
+        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.expect.front(), "server message");
         let mut forward = true;
         let mut flow = Flow::Continue;
         if matches!(self.expect.front(), Some(Expect::Swallow)) && !server.is_broken() {
@@ -322,7 +328,16 @@ impl Session {
                 let status = backend::ready_for_query_status(&frame)
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 server.set_status(status);
-                self.status = status;
+                if self.deferred_begin.is_none() {
+                    self.status = status;
+                }
+                if status == TransactionStatus::Idle
+                    && self.expect.is_empty()
+                    && self.releases_at_idle()
+                {
+                    // The proxy's own Sync before a parked batch moves to another connection.
+                    return Ok(Flow::Release);
+                }
             }
             self.drain_synth();
             return Ok(Flow::Continue);
@@ -377,6 +392,11 @@ impl Session {
                         {
                             server.prepared().remove(&stmt.name);
                         }
+                    }
+                    // The client's Sync has not come yet: what it sends until then is skipped
+                    // by the server, so it must not queue replies (nor get synthesised ones).
+                    if self.expect.is_empty() {
+                        self.refuse_until_sync = true;
                     }
                 }
             }

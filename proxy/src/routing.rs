@@ -211,6 +211,16 @@ impl Session {
             // A new shard map: shard indices may mean other shards now. Route afresh.
             return true;
         }
+        // A batch without statements (a Sync, Describe or Close after a Flush) refers to what
+        // this connection holds: it stays.
+        if !batch.iter().any(|f| {
+            matches!(
+                f.tag(),
+                frontend::QUERY | frontend::PARSE | frontend::BIND | frontend::FUNCTION_CALL
+            )
+        }) {
+            return false;
+        }
         // Reads and writes may need different servers of the shard.
         if self.shared.topo().reads_can_leave_primary
             && self.batch_role(batch).read != self.attached_read

@@ -84,7 +84,8 @@ pub struct Session {
     /// A BEGIN answered by the proxy, sent to the server once the transaction's first
     /// statement says which shard it belongs to.
     pub(crate) deferred_begin: Option<String>,
-    /// After a statement refused mid-batch, the client's messages up to Sync are dropped.
+    /// After a statement refused mid-batch, or a server error before the batch's Sync came,
+    /// the client's messages up to Sync are dropped (the server skips them too).
     pub(crate) refuse_until_sync: bool,
     /// The start of the client's next batch, read while the server connection was still
     /// finishing the previous one, held back because it belongs to another shard.
@@ -560,16 +561,23 @@ impl Session {
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
         loop {
-            if !self.parked.is_empty()
-                && self.expect.is_empty()
-                && self.status != TransactionStatus::Idle
-            {
-                // The pipelined batch opened a transaction here after all: it stays here.
-                for frame in std::mem::take(&mut self.parked) {
-                    self.at_request_boundary = ends_batch(frame.tag());
-                    if let Err(e) = self.client_message(server, frame) {
-                        return Err(self.report_protocol_error(e).await);
+            if !self.parked.is_empty() && (self.expect.is_empty() || self.refuse_until_sync) {
+                if server.status() != TransactionStatus::Idle || self.refuse_until_sync {
+                    // The pipelined batch opened a transaction here after all, or an error makes
+                    // the server skip it up to its Sync: it stays here.
+                    for frame in std::mem::take(&mut self.parked) {
+                        self.at_request_boundary = ends_batch(frame.tag());
+                        if let Err(e) = self.client_message(server, frame) {
+                            return Err(self.report_protocol_error(e).await);
+                        }
                     }
+                } else if self.to_server.is_empty() {
+                    // The previous batch ended with Flush, not Sync: no ReadyForQuery is coming
+                    // to release the connection (waiting for one hung the client). A Sync of
+                    // the proxy's own ends the server's implicit transaction; its reply is
+                    // swallowed and releases the connection.
+                    frontend::write_sync(&mut self.to_server);
+                    self.expect.push_back(Expect::Swallow);
                 }
             }
             let reading = self.parked.is_empty();
@@ -622,7 +630,8 @@ impl Session {
                     let starts_batch = rerouting
                         && (self.at_request_boundary || !lookahead.is_empty())
                         && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
-                        && !self.copy_in;
+                        && !self.copy_in
+                        && !self.refuse_until_sync;
                     let frames = if starts_batch {
                         let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)
                             || ends_batch(frame.tag());

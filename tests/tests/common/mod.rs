@@ -354,6 +354,9 @@ impl RawMsg {
 }
 
 /// Frontend message encoders for [`RawClient`] (protocol 3.0, text format).
+pub mod demo_env;
+pub mod scripts;
+
 pub mod raw {
     use bytes::{BufMut, BytesMut};
 
@@ -416,6 +419,17 @@ pub mod raw {
             b.put_u8(kind);
             cstr(b, name);
         })
+    }
+
+    pub fn close(kind: u8, name: &str) -> BytesMut {
+        message(b'C', |b| {
+            b.put_u8(kind);
+            cstr(b, name);
+        })
+    }
+
+    pub fn flush() -> BytesMut {
+        message(b'H', |_| {})
     }
 
     pub fn sync() -> BytesMut {
