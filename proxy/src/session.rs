@@ -29,6 +29,9 @@ use shardgate_wire::stream::Stream;
 /// Messages buffered while detached before the proxy takes a connection anyway.
 const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
 
+/// How often a session that is not reading its client checks that the client is still there.
+const CLIENT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How long the proxy waits for a ROLLBACK or reset when cleaning a connection up.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -132,48 +135,63 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
         user = tracing::field::Empty,
         db = tracing::field::Empty
     );
-    async move {
-        let config = shared.config();
-        let mut io = ClientIo::new(stream, config.listen.max_message_size);
-        io.reader
-            .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
-        let login = match tokio::time::timeout(
-            config.listen.startup_timeout,
-            login(&mut io, &shared),
-        )
-        .await
-        {
-            Ok(Ok(Some(login))) => login,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                debug!(error = %e, "client startup ended");
-                return;
+    let hard_stop = end_of_shutdown(shutdown.clone(), shared.config().listen.shutdown_timeout);
+    let serve =
+        async move {
+            let config = shared.config();
+            let mut io = ClientIo::new(stream, config.listen.max_message_size);
+            io.reader
+                .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
+            let login =
+                match tokio::time::timeout(config.listen.startup_timeout, login(&mut io, &shared))
+                    .await
+                {
+                    Ok(Ok(Some(login))) => login,
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "client startup ended");
+                        return;
+                    }
+                    Err(_) => {
+                        io.fatal(
+                            sqlstate::QUERY_CANCELED,
+                            "canceling authentication due to timeout",
+                            Some("finish startup within listen.startup_timeout"),
+                        )
+                        .await;
+                        return;
+                    }
+                };
+            io.reader.set_limit(config.listen.max_message_size);
+            let mut session = Session::new(id, io, &shared, login, shutdown);
+            let result = match session.finish_login().await {
+                Ok(server) => session.run(server).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
+                Err(e) => info!(error = %e, "client session ended"),
             }
-            Err(_) => {
-                io.fatal(
-                    sqlstate::QUERY_CANCELED,
-                    "canceling authentication due to timeout",
-                    Some("finish startup within listen.startup_timeout"),
-                )
-                .await;
-                return;
-            }
-        };
-        io.reader.set_limit(config.listen.max_message_size);
-        let mut session = Session::new(id, io, &shared, login, shutdown);
-        let result = match session.finish_login().await {
-            Ok(server) => session.run(server).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
-            Err(e) => info!(error = %e, "client session ended"),
+            session.shared.cancels.unregister(session.cancel_key.0);
+            session.io.shutdown().await;
         }
-        session.shared.cancels.unregister(session.cancel_key.0);
-        session.io.shutdown().await;
+        .instrument(span);
+    // Shutdown ends at its timeout whatever a session is doing (waiting on a server, a client
+    // that does not read): the session is dropped then, closing both sockets.
+    tokio::select! {
+        () = serve => {}
+        () = hard_stop => info!(client = id, "session ended: listen.shutdown_timeout passed"),
     }
-    .instrument(span)
-    .await
+}
+
+/// Resolves `timeout` after shutdown starts; never if it does not.
+async fn end_of_shutdown(mut shutdown: watch::Receiver<bool>, timeout: Duration) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tokio::time::sleep(timeout).await;
 }
 
 /// What startup and authentication established.
@@ -657,6 +675,13 @@ impl Session {
                             Ok(_) => {}
                             Err(e) => return Err(self.report_protocol_error(e).await),
                         }
+                    }
+                }
+                // Not reading the client (a batch is held back): still notice it leaving,
+                // rather than keep a server connection for a client that is gone.
+                _ = tokio::time::sleep(CLIENT_WATCH_INTERVAL), if !reading => {
+                    if self.io.reader.get_ref().peer_closed() {
+                        return Err(SessionError::ClientGone);
                     }
                 }
                 _ = sleep_or_forever(idle_timeout), if idle && reading => {
