@@ -69,8 +69,7 @@ impl Session {
                 }
             }
         }
-        // Read-your-writes is tracked for single-shard writes only: a broadcast write's
-        // clients read from the primaries until the monitor sees the replicas caught up.
+        // A broadcast's read-your-writes positions are taken per shard below.
         self.may_have_written = false;
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
@@ -109,6 +108,14 @@ impl Session {
                 &format!("lost the connection to shard {shard}: {error}"),
                 Some("the statement did not complete; retry it"),
             );
+        }
+        if !matches!(plan.kind, StatementKind::Read { .. }) && !role.read {
+            // DDL and writes on every shard: the client's later reads on each shard must see
+            // them (a replica that has not replayed a CREATE TABLE does not know the table).
+            // Also after an error: the shards before it kept the change.
+            for (shard, conn) in shards.iter().zip(conns.iter_mut()) {
+                self.remember_write_position_on(*shard, conn).await;
+            }
         }
         // A connection that is not idle now (a server error mid-way) is closed by the pool.
         drop(conns);

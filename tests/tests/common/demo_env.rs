@@ -36,11 +36,12 @@ impl DemoEnv {
     /// config (e.g. `[pool]` keys are not allowed twice, so it holds whole tables). Returns once
     /// every replica is in the read rotation.
     pub async fn start(extra: &str) -> DemoEnv {
-        Self::start_with(ClusterOptions::default(), extra).await
+        Self::start_with(ClusterOptions::default(), "", extra).await
     }
 
-    /// Like [`DemoEnv::start`] with the clusters' options (e.g. server settings).
-    pub async fn start_with(options: ClusterOptions, extra: &str) -> DemoEnv {
+    /// Like [`DemoEnv::start`] with the clusters' options (e.g. server settings) and extra
+    /// keys for the `[sharding]` table.
+    pub async fn start_with(options: ClusterOptions, sharding: &str, extra: &str) -> DemoEnv {
         init_logs();
         let starts = (0..2).map(|_| {
             let options = options.clone();
@@ -74,6 +75,7 @@ password = "{PASSWORD}"
 
 [sharding]
 key_column = "user_id"
+{sharding}
 
 [[sharding.tables]]
 name = "users"
