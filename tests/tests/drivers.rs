@@ -97,3 +97,30 @@ async fn asyncpg_errors_in_other_transactions_do_not_hang_a_large_fetch() {
 async fn psycopg_pipeline_with_savepoint_answers() {
     demo_script("hang-psycopg", "hang_psycopg_pipeline.py").await;
 }
+
+/// libpq's PQreset (psycopg's `pq.PGconn.reset()`), also with a transaction left open.
+/// (It passed before the issue-14 fixes too: the check keeps it working.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_reset_reconnects_through_the_proxy() {
+    // A pool of one: the new login needs the connection the abandoned session held.
+    let env = Env::start(Setup::default().pool_size(1)).await;
+    let cmd = python("pqreset.py", &[&env.url()]).await;
+    run_script("pqreset", cmd).await;
+    // No transaction was left open on the server by the abandoned sessions.
+    let su = env.connect_superuser().await;
+    let open: i64 = su
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = 'app' and state like 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "a reset left a transaction open on the server");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_reset_on_the_demo_topology() {
+    demo_script("pqreset", "pqreset.py").await;
+}
