@@ -514,11 +514,18 @@ impl Session {
     /// runs outside the transaction, whose BEGIN waits for a statement that says where the
     /// transaction belongs (the client is told it is still in its transaction).
     pub(crate) fn take_deferred_begin(&mut self, batch: &[Frame]) -> Option<String> {
-        let prepares_only = batch.last().is_some_and(|f| f.tag() == frontend::SYNC)
+        // (asyncpg prepares with Parse/Describe/Flush: no Sync.)
+        let prepares_only = batch
+            .last()
+            .is_some_and(|f| matches!(f.tag(), frontend::SYNC | frontend::FLUSH))
             && batch.iter().all(|f| {
                 matches!(
                     f.tag(),
-                    frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE | frontend::SYNC
+                    frontend::PARSE
+                        | frontend::DESCRIBE
+                        | frontend::CLOSE
+                        | frontend::SYNC
+                        | frontend::FLUSH
                 )
             });
         if prepares_only {

@@ -645,7 +645,15 @@ impl Session {
                 },
                 msg = self.io.read_frame(), if reading => {
                     let Some(frame) = msg? else { return Err(SessionError::ClientGone) };
+                    // COPY data a client pipelines right behind its COPY statement (asyncpg
+                    // does) belongs to that statement: never held for routing (held, it waited
+                    // for a CopyInResponse that had already come).
+                    let copy_message = matches!(
+                        frame.tag(),
+                        frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL
+                    );
                     let starts_batch = rerouting
+                        && !copy_message
                         && (self.at_request_boundary || !lookahead.is_empty())
                         && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
                         && !self.copy_in
@@ -666,7 +674,9 @@ impl Session {
                         }
                         batch
                     } else {
-                        vec![frame]
+                        let mut frames = std::mem::take(&mut lookahead);
+                        frames.push(frame);
+                        frames
                     };
                     for frame in frames {
                         self.at_request_boundary = ends_batch(frame.tag());

@@ -29,6 +29,7 @@ pub mod pgbench;
 pub mod ports;
 pub mod process;
 pub mod psql;
+pub mod soak;
 pub mod template;
 
 #[cfg(test)]

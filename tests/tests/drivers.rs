@@ -124,3 +124,9 @@ async fn libpq_reset_reconnects_through_the_proxy() {
 async fn libpq_reset_on_the_demo_topology() {
     demo_script("pqreset", "pqreset.py").await;
 }
+
+/// COPY data pipelined behind its COPY statement, right after a Flush-ended prepare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_copy_records_on_the_demo_topology() {
+    demo_script("copy-asyncpg", "copy_asyncpg.py").await;
+}
