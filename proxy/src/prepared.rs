@@ -59,10 +59,34 @@ impl Default for StatementRegistry {
 
 impl StatementRegistry {
     pub fn intern(&self, query: &str, param_types: &[u32]) -> Arc<GlobalStatement> {
+        self.intern_keyed(query.to_owned(), query, query.as_bytes(), param_types)
+    }
+
+    /// A statement a client sent in `encoding` (not UTF-8): `raw` are its bytes, sent to
+    /// servers as they are; `text` is their decoding, for routing. Keyed by encoding and
+    /// exact bytes (a NUL, which no statement text holds, keeps these keys apart from UTF-8
+    /// ones; each byte becomes the char of its value, which is lossless).
+    pub fn intern_encoded(
+        &self,
+        text: &str,
+        raw: &[u8],
+        encoding: &str,
+        param_types: &[u32],
+    ) -> Arc<GlobalStatement> {
+        let mut key = format!("\0{encoding}\0");
+        key.extend(raw.iter().map(|b| char::from(*b)));
+        self.intern_keyed(key, text, raw, param_types)
+    }
+
+    fn intern_keyed(
+        &self,
+        key: String,
+        query: &str,
+        raw: &[u8],
+        param_types: &[u32],
+    ) -> Arc<GlobalStatement> {
         let mut map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
-        // Look up by borrowed parts first: the common case (a known statement) allocates once
-        // for the key only.
-        let key = (query.to_owned(), param_types.to_vec());
+        let key = (key, param_types.to_vec());
         if let Some(s) = map.get(&key) {
             return Arc::clone(s);
         }
@@ -71,7 +95,7 @@ impl StatementRegistry {
         }
         let name = format!("sg_{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let mut parse = BytesMut::new();
-        frontend::write_parse(&mut parse, &name, query, param_types);
+        frontend::write_parse(&mut parse, &name, raw, param_types);
         let stmt = Arc::new(GlobalStatement {
             name,
             query: query.to_owned(),

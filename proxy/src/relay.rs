@@ -155,14 +155,12 @@ impl Session {
             if parse.name.is_empty() {
                 return false;
             }
-            let stmt = self
-                .shared
-                .statements
-                .intern(parse.query, &parse.param_types);
+            let stmt = self.intern_statement(parse.query, &parse.param_types);
             if !stmt.accepted() {
                 return false;
             }
-            parsed.push((parse.name.to_owned(), session_effects(parse.query), stmt));
+            let effects = session_effects(&self.sql(parse.query));
+            parsed.push((parse.name.to_owned(), effects, stmt));
         }
         for (name, effects, stmt) in parsed {
             self.pending_effects.extend(effects);
@@ -206,14 +204,14 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
-                let effects = session_effects(text);
+                let effects = session_effects(&self.sql(text));
                 self.pending_effects.extend(effects);
                 self.to_server.extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
             }
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
-                let effects = session_effects(parse.query);
+                let effects = session_effects(&self.sql(parse.query));
                 self.pending_effects.extend(effects);
                 if parse.name.is_empty() {
                     self.to_server.extend_from_slice(frame.as_bytes());
@@ -222,10 +220,7 @@ impl Session {
                         to_client: true,
                     });
                 } else {
-                    let stmt = self
-                        .shared
-                        .statements
-                        .intern(parse.query, &parse.param_types);
+                    let stmt = self.intern_statement(parse.query, &parse.param_types);
                     // Redefining a name replaces it (PostgreSQL would refuse with 42P05; drivers
                     // never rely on that, and the old text may live on other connections).
                     self.statements
@@ -478,6 +473,11 @@ impl Session {
                 self.pop_unless_query();
             }
             backend::EMPTY_QUERY_RESPONSE => self.pop_unless_query(),
+            backend::PARAMETER_STATUS => {
+                if let Ok((name, value)) = backend::parameter_status(&frame) {
+                    self.note_parameter(&[(name.to_owned(), value.to_owned())]);
+                }
+            }
             _ => {}
         }
         if forward {

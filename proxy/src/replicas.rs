@@ -93,13 +93,13 @@ impl Session {
         for frame in batch {
             let plan = match frame.tag() {
                 frontend::QUERY => match frontend::query_text(frame) {
-                    Ok(text) => self.shared.topo().router.plan(text),
+                    Ok(text) => self.shared.topo().router.plan(&self.sql(text)),
                     Err(_) => return primary_write,
                 },
                 // Preparing a read can happen on a replica too (drivers prepare before they
                 // execute, often in a batch of its own).
                 frontend::PARSE => match frontend::parse(frame) {
-                    Ok(p) => self.shared.topo().router.plan(p.query),
+                    Ok(p) => self.shared.topo().router.plan(&self.sql(p.query)),
                     Err(_) => return primary_write,
                 },
                 frontend::BIND => match self.bound_statement_text(frame) {

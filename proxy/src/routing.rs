@@ -98,7 +98,7 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(frame).map_err(protocol_error)?;
-                let plan = self.shared.topo().router.plan(text);
+                let plan = self.shared.topo().router.plan(&self.sql(text));
                 self.observe_shardgate_sets(&plan);
                 let route =
                     self.shared
@@ -133,8 +133,13 @@ impl Session {
                 };
                 let params = frontend::bind_params(frame, &bind).map_err(protocol_error)?;
                 let plan = self.shared.topo().router.plan(&text);
+                // Text-format values in the client's encoding, as the server will read them.
+                let converted = self.bind_values_utf8(&params.values, &params.formats);
+                let converted_refs: Option<Vec<Option<&[u8]>>> = converted
+                    .as_ref()
+                    .map(|vs| vs.iter().map(|v| v.as_deref()).collect());
                 let bound = BoundParams {
-                    values: &params.values,
+                    values: converted_refs.as_deref().unwrap_or(&params.values),
                     formats: &params.formats,
                     types: &types,
                 };
@@ -147,16 +152,17 @@ impl Session {
             }
             frontend::PARSE => {
                 let parse = frontend::parse(frame).map_err(protocol_error)?;
+                let text = self.sql(parse.query).into_owned();
+                let plan = self.shared.topo().router.plan(&text);
                 if parse.name.is_empty() {
-                    self.unnamed = Some((parse.query.to_owned(), parse.param_types.clone()));
+                    self.unnamed = Some((text, parse.param_types.clone()));
                 } else if self.batch_parses.len() < MAX_BATCH_PARSES {
                     self.batch_parses.push((
                         parse.name.to_owned(),
-                        parse.query.to_owned(),
+                        text,
                         parse.param_types.clone(),
                     ));
                 }
-                let plan = self.shared.topo().router.plan(parse.query);
                 self.observe_shardgate_sets(&plan);
                 Ok(None)
             }
@@ -312,6 +318,7 @@ impl Session {
         let Ok(text) = frontend::query_text(frame) else {
             return false;
         };
+        let text = &*self.sql(text);
         // A plain pooler only answers SHARDGATE ROUTE itself: skip planning everything else.
         if !self.shared.topo().routing
             && !text
@@ -431,7 +438,8 @@ impl Session {
                     let Ok(p) = frontend::parse(frame) else {
                         return false;
                     };
-                    parsed = Some((p.name.to_owned(), p.query.to_owned(), p.param_types.clone()));
+                    let text = self.sql(p.query).into_owned();
+                    parsed = Some((p.name.to_owned(), text, p.param_types.clone()));
                 }
                 frontend::BIND => {
                     let Ok(b) = frontend::bind(frame) else {

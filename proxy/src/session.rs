@@ -121,6 +121,8 @@ pub struct Session {
     /// The server is in COPY FROM STDIN mode and the client has not ended it: the server
     /// ignores Sync until CopyDone/CopyFail, so no ReadyForQuery answers one.
     pub(crate) copy_in: bool,
+    /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
+    pub(crate) encoding: crate::encoding::ClientEncoding,
     shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
     _cap_slot: CapSlot,
@@ -336,6 +338,7 @@ impl Session {
             cancel_key: (pid, secret),
             skip_until_sync: false,
             copy_in: false,
+            encoding: Default::default(),
             shutdown,
             _permit: login.permit,
             _cap_slot: login.cap_slot,
@@ -360,6 +363,7 @@ impl Session {
             }
         }
         backend::write_auth_ok(&mut self.io.out);
+        self.note_parameter(&params);
         for (k, v) in &params {
             backend::write_parameter_status(&mut self.io.out, k, v);
         }

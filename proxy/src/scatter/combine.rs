@@ -266,7 +266,12 @@ pub(crate) async fn run_final(
         .map(|c| Some(text_array(c)))
         .collect();
     let mut msg = BytesMut::new();
-    frontend::write_parse(&mut msg, "", &sql, &vec![TEXT_ARRAY; params.len()]);
+    frontend::write_parse(
+        &mut msg,
+        "",
+        sql.as_bytes(),
+        &vec![TEXT_ARRAY; params.len()],
+    );
     write_bind(&mut msg, &[1], &params, q.result_formats);
     write_execute(&mut msg);
     frontend::write_sync(&mut msg);

@@ -379,6 +379,39 @@ pub mod raw {
         message(b'Q', |b| cstr(b, sql))
     }
 
+    /// A Query whose text is raw bytes (e.g. in a client_encoding other than UTF-8).
+    pub fn query_bytes(sql: &[u8]) -> BytesMut {
+        message(b'Q', |b| {
+            b.put_slice(sql);
+            b.put_u8(0);
+        })
+    }
+
+    /// Parse with raw statement bytes (no parameter types).
+    pub fn parse_bytes(name: &str, sql: &[u8]) -> BytesMut {
+        message(b'P', |b| {
+            cstr(b, name);
+            b.put_slice(sql);
+            b.put_u8(0);
+            b.put_i16(0);
+        })
+    }
+
+    /// Bind with raw text-format parameter bytes and text results.
+    pub fn bind_bytes(portal: &str, statement: &str, params: &[&[u8]]) -> BytesMut {
+        message(b'B', |b| {
+            cstr(b, portal);
+            cstr(b, statement);
+            b.put_i16(0);
+            b.put_i16(params.len() as i16);
+            for p in params {
+                b.put_i32(p.len() as i32);
+                b.put_slice(p);
+            }
+            b.put_i16(0);
+        })
+    }
+
     pub fn parse(name: &str, sql: &str) -> BytesMut {
         message(b'P', |b| {
             cstr(b, name);
@@ -674,6 +707,12 @@ impl RawClient {
             out.push(msg);
         }
         out
+    }
+
+    /// Sends `bytes` and returns every reply up to ReadyForQuery.
+    pub async fn send_and_read(&mut self, bytes: &[u8]) -> Vec<RawMsg> {
+        self.send(bytes).await;
+        self.read_until_ready().await
     }
 
     /// A simple query; returns every reply up to ReadyForQuery.
