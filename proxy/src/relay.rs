@@ -564,7 +564,9 @@ impl Session {
             );
             self.io.push_ready(TransactionStatus::Idle);
         }
-        if unfinished_batch {
+        // (Also when an error already made the server skip to a Sync the client has not sent:
+        // the next connection must not see the rest of that batch.)
+        if unfinished_batch || std::mem::take(&mut self.refuse_until_sync) {
             self.skip_until_sync = true;
         }
         Ok(())
