@@ -136,6 +136,22 @@ async fn a_server_error_in_latin9_reaches_the_client() {
         "the server's LATIN9 bytes"
     );
     assert_eq!(r.last().map(|m| m.tag), Some(b'Z'));
+    // An ASCII statement whose error message the server writes in LATIN9, also through the
+    // extended protocol (the proxy reads the error's fields to track the transaction).
+    let sql = b"do $$ begin raise exception 'caf%', chr(233); end $$";
+    let r = c.send_and_read(&raw::query_bytes(sql)).await;
+    let error = r.iter().find(|m| m.tag == b'E').expect("an error");
+    assert!(error.body.windows(4).any(|w| w == b"caf\xe9"), "{error:?}");
+    let mut batch = raw::parse("", "do $$ begin raise exception 'caf%', chr(233); end $$");
+    batch.extend_from_slice(&raw::bind("", "", &[]));
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::sync());
+    let r = c.send_and_read(&batch).await;
+    assert_eq!(
+        r.iter().find_map(RawMsg::sqlstate).as_deref(),
+        Some("P0001")
+    );
+    assert_eq!(r.last().map(|m| m.tag), Some(b'Z'));
     // The connection stays up.
     let r = c.simple("select 1").await;
     no_error(&r, "after the error");
