@@ -257,7 +257,11 @@ fn decode_frame(f: &Frame) {
 
     if let Ok(text) = frontend::query_text(f) {
         let mut out = BytesMut::new();
-        frontend::write_query(&mut out, text);
+        // Query text is bytes in the client's encoding.
+        frontend::write_message(&mut out, frontend::QUERY, |b| {
+            b.extend_from_slice(text);
+            b.extend_from_slice(&[0]);
+        });
         assert_eq!(&out[..], f.as_bytes(), "a re-encoded Query differs");
     }
     if let Ok(p) = frontend::parse(f) {

@@ -19,6 +19,7 @@ mod rebalance;
 mod report;
 mod service;
 mod shardgate;
+mod soak;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,8 @@ enum Cmd {
     Profile(profile::ProfileArgs),
     /// Adding a shard to two while writes run: rows per second and the write pause.
     Rebalance(rebalance::RebalanceArgs),
+    /// The protocol soak, long: real drivers' random request mixes; every request answered.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args, Clone)]
@@ -134,6 +137,7 @@ fn main() -> anyhow::Result<()> {
                 Cmd::Compare(args) => compare(args).await,
                 Cmd::Profile(args) => profile::run(args).await,
                 Cmd::Rebalance(args) => rebalance::run(args).await,
+                Cmd::Soak(args) => soak::run(args).await,
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.

@@ -69,8 +69,7 @@ impl Session {
                 }
             }
         }
-        // Read-your-writes is tracked for single-shard writes only: a broadcast write's
-        // clients read from the primaries until the monitor sees the replicas caught up.
+        // A broadcast's read-your-writes positions are taken per shard below.
         self.may_have_written = false;
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
@@ -122,6 +121,14 @@ impl Session {
                 Some("the statement did not complete; retry it"),
             );
         }
+        if !matches!(plan.kind, StatementKind::Read { .. }) && !role.read {
+            // DDL and writes on every shard: the client's later reads on each shard must see
+            // them (a replica that has not replayed a CREATE TABLE does not know the table).
+            // Also after an error: the shards before it kept the change.
+            for (shard, conn) in shards.iter().zip(conns.iter_mut()) {
+                self.remember_write_position_on(*shard, conn).await;
+            }
+        }
         // A connection that is not idle now (a server error mid-way) is closed by the pool.
         drop(conns);
         drop(running);
@@ -152,7 +159,7 @@ impl Session {
             if query.tag() == frontend::QUERY {
                 let text = frontend::query_text(query).map_err(bad)?;
                 return Ok(ScatterRequest::Simple {
-                    sql: shard_sql.unwrap_or_else(|| text.to_owned()),
+                    sql: shard_sql.unwrap_or(self.sql_for_shards(text)?),
                 });
             }
         }
@@ -165,13 +172,14 @@ impl Session {
             match frame.tag() {
                 frontend::PARSE if bound.is_none() && !client_sent_parse => {
                     let p = frontend::parse(frame).map_err(bad)?;
+                    let text = self.sql_for_shards(p.query)?;
                     if !p.name.is_empty() {
                         let stmt = self.intern_statement(p.query, &p.param_types);
                         self.statements.insert(p.name.to_owned(), stmt);
                     } else {
-                        self.unnamed = Some((p.query.to_owned(), p.param_types.clone()));
+                        self.unnamed = Some((text.clone(), p.param_types.clone()));
                     }
-                    statement = Some((p.query.to_owned(), p.param_types.clone()));
+                    statement = Some((text, p.param_types.clone()));
                     client_sent_parse = true;
                 }
                 frontend::DESCRIBE if client_describe.is_none() && !executed => {
@@ -226,6 +234,23 @@ impl Session {
             client_sent_parse,
             client_describe,
         })
+    }
+}
+
+impl Session {
+    /// The text the proxy sends to every shard itself (as UTF-8): only what reads the same in
+    /// the client's encoding.
+    fn sql_for_shards(&self, bytes: &[u8]) -> Result<String, RouteError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) if self.encoding.is_utf8() || text.is_ascii() => Ok(text.to_owned()),
+            _ => Err(feature_error(
+                format!(
+                    "a statement on several shards with non-ASCII text needs client_encoding UTF8 (this client uses {})",
+                    self.encoding.name()
+                ),
+                "SET client_encoding = 'UTF8' for it, or restrict it to one shard with its shard key",
+            )),
+        }
     }
 }
 

@@ -35,8 +35,13 @@ impl FenceRetry {
             [frame] if frame.tag() == frontend::QUERY && status == TransactionStatus::Idle => {
                 // Several statements run as one implicit transaction whose first results may
                 // already be on their way: only one statement is retried.
-                let single = frontend::query_text(frame)
-                    .is_ok_and(|t| !t.trim_end().trim_end_matches(';').contains(';'));
+                // (A `;` is the same byte in every client encoding the proxy accepts.)
+                let single = frontend::query_text(frame).is_ok_and(|t| {
+                    !String::from_utf8_lossy(t)
+                        .trim_end()
+                        .trim_end_matches(';')
+                        .contains(';')
+                });
                 single.then(|| (frame.clone(), version))
             }
             _ => None,

@@ -10,6 +10,7 @@ mod cancel;
 mod checkout;
 mod control;
 mod cross;
+mod encoding;
 mod fence;
 mod io;
 mod limits;

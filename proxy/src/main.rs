@@ -57,14 +57,21 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    match cli.command {
+    let result = match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
         Command::Check { config, route } => check(&config, route.as_deref()),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         // A blocking HTTP client; it prints its own one-line failure reason.
         Command::Admin(args) => std::process::exit(shardgate_admin::cli::run(args)),
-    }
+    };
+    // Dropping the runtime would wait for every blocking task (planning a huge statement, a
+    // stuck resolver) without limit: shutdown ends at listen.shutdown_timeout, not later.
+    runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
+    result
 }
+
+/// What the runtime gets to stop its remaining tasks after the proxy has drained.
+const RUNTIME_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;

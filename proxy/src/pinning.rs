@@ -232,10 +232,12 @@ impl Session {
             return None;
         }
         batch.iter().find_map(|frame| match frame.tag() {
-            frontend::QUERY => frontend::query_text(frame).ok().and_then(pinning_statement),
+            frontend::QUERY => frontend::query_text(frame)
+                .ok()
+                .and_then(|text| pinning_statement(&self.sql(text))),
             frontend::PARSE => frontend::parse(frame)
                 .ok()
-                .and_then(|p| pinning_statement(p.query)),
+                .and_then(|p| pinning_statement(&self.sql(p.query))),
             frontend::BIND => {
                 let bind = frontend::bind(frame).ok()?;
                 self.statements.get(bind.statement)?.pins

@@ -92,19 +92,15 @@ impl GlobalStatement {
 type Key = (String, Vec<u32>, String);
 
 impl crate::session::Session {
-    /// The shared statement for a client's Parse, in the client's context (see the module
-    /// doc).
-    pub(crate) fn intern_statement(
-        &self,
-        query: &str,
-        param_types: &[u32],
-    ) -> Arc<GlobalStatement> {
+    /// What changes the meaning of a client's statement text (see the module doc): its
+    /// search_path, and the client itself while it is pinned.
+    pub(crate) fn statement_context(&self) -> String {
         let mut context = self.state.search_path().unwrap_or_default();
         if self.pin.is_pinned() {
             // Its temp tables may shadow any name: a pinned client's statements are its own.
             context.push_str(&format!("\u{0}client {}", self.id));
         }
-        self.shared.statements.intern(query, param_types, &context)
+        context
     }
 }
 
@@ -130,8 +126,42 @@ impl StatementRegistry {
     /// The shared statement for `query` with `param_types` in `context` (see the module doc:
     /// empty for the server's default search_path).
     pub fn intern(&self, query: &str, param_types: &[u32], context: &str) -> Arc<GlobalStatement> {
+        self.intern_keyed(
+            query.to_owned(),
+            query,
+            query.as_bytes(),
+            param_types,
+            context,
+        )
+    }
+
+    /// A statement a client sent in `encoding` (not UTF-8): `raw` are its bytes, sent to
+    /// servers as they are; `text` is their decoding, for routing. Keyed by encoding and
+    /// exact bytes (a NUL, which no statement text holds, keeps these keys apart from UTF-8
+    /// ones; each byte becomes the char of its value, which is lossless).
+    pub fn intern_encoded(
+        &self,
+        text: &str,
+        raw: &[u8],
+        encoding: &str,
+        param_types: &[u32],
+        context: &str,
+    ) -> Arc<GlobalStatement> {
+        let mut key = format!("\0{encoding}\0");
+        key.extend(raw.iter().map(|b| char::from(*b)));
+        self.intern_keyed(key, text, raw, param_types, context)
+    }
+
+    fn intern_keyed(
+        &self,
+        key: String,
+        query: &str,
+        raw: &[u8],
+        param_types: &[u32],
+        context: &str,
+    ) -> Arc<GlobalStatement> {
         let mut map = self.statements.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (query.to_owned(), param_types.to_vec(), context.to_owned());
+        let key = (key, param_types.to_vec(), context.to_owned());
         if let Some(s) = map.get(&key) {
             return Arc::clone(s);
         }
@@ -140,7 +170,7 @@ impl StatementRegistry {
         }
         let name = format!("sg_{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         let mut parse = BytesMut::new();
-        frontend::write_parse(&mut parse, &name, query, param_types);
+        frontend::write_parse(&mut parse, &name, raw, param_types);
         let stmt = Arc::new(GlobalStatement {
             name,
             query: query.to_owned(),

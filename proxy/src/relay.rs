@@ -125,6 +125,10 @@ impl Session {
             frontend::write_close(&mut self.to_server, b'S', &evicted);
             self.push_expect(Expect::Close { to_client: false });
         }
+        // The name may still exist on the server although the proxy forgot it: an eviction's
+        // Close that an error made the server skip. Closing a missing statement is no error.
+        frontend::write_close(&mut self.to_server, b'S', &stmt.name);
+        self.push_expect(Expect::Close { to_client: false });
         self.to_server.extend_from_slice(&stmt.parse_message);
         self.push_expect(Expect::Parse {
             global: Some(Arc::clone(stmt)),
@@ -177,6 +181,7 @@ impl Session {
         server: &mut ServerConn,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
+        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.expect.front(), "client message");
         if self.refuse_until_sync {
             if frame.tag() != frontend::SYNC {
                 return Ok(Flow::Continue);
@@ -199,10 +204,11 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
+                let sql = self.sql(text);
                 // (Only a session that could be pinned pays for the scan.)
                 if let Some(what) = self
                     .releases_at_idle()
-                    .then(|| crate::pinning::pinning_statement(text))
+                    .then(|| crate::pinning::pinning_statement(&sql))
                     .flatten()
                 {
                     if let Err(e) = self.pin_here(what) {
@@ -210,16 +216,17 @@ impl Session {
                         return Ok(Flow::Continue);
                     }
                 }
-                let effects = session_effects(text);
+                let effects = session_effects(&sql);
                 self.pending_effects.extend(effects);
                 self.to_server.extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
             }
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
+                let sql = self.sql(parse.query);
                 if let Some(what) = self
                     .releases_at_idle()
-                    .then(|| crate::pinning::pinning_statement(parse.query))
+                    .then(|| crate::pinning::pinning_statement(&sql))
                     .flatten()
                 {
                     if let Err(e) = self.pin_here(what) {
@@ -227,7 +234,7 @@ impl Session {
                         return Ok(Flow::Continue);
                     }
                 }
-                let effects = session_effects(parse.query);
+                let effects = session_effects(&sql);
                 self.pending_effects.extend(effects);
                 if parse.name.is_empty() {
                     self.to_server.extend_from_slice(frame.as_bytes());
@@ -340,6 +347,7 @@ impl Session {
         server: &mut ServerConn,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
+        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.expect.front(), "server message");
         let mut forward = true;
         let mut flow = Flow::Continue;
         if matches!(self.expect.front(), Some(Expect::Swallow)) && !server.is_broken() {
@@ -349,7 +357,16 @@ impl Session {
                 let status = backend::ready_for_query_status(&frame)
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 server.set_status(status);
-                self.status = status;
+                if self.deferred_begin.is_none() {
+                    self.status = status;
+                }
+                if status == TransactionStatus::Idle
+                    && self.expect.is_empty()
+                    && self.releases_at_idle()
+                {
+                    // The proxy's own Sync before a parked batch moves to another connection.
+                    return Ok(Flow::Release);
+                }
             }
             self.drain_synth();
             return Ok(Flow::Continue);
@@ -404,6 +421,11 @@ impl Session {
                         {
                             server.prepared().remove(&stmt.name);
                         }
+                    }
+                    // The client's Sync has not come yet: what it sends until then is skipped
+                    // by the server, so it must not queue replies (nor get synthesised ones).
+                    if self.expect.is_empty() {
+                        self.refuse_until_sync = true;
                     }
                 }
             }
@@ -485,6 +507,11 @@ impl Session {
                 self.pop_unless_query();
             }
             backend::EMPTY_QUERY_RESPONSE => self.pop_unless_query(),
+            backend::PARAMETER_STATUS => {
+                if let Ok((name, value)) = backend::parameter_status(&frame) {
+                    self.note_parameter(&[(name.to_owned(), value.to_owned())]);
+                }
+            }
             _ => {}
         }
         if forward {
@@ -571,7 +598,9 @@ impl Session {
             );
             self.io.push_ready(TransactionStatus::Idle);
         }
-        if unfinished_batch {
+        // (Also when an error already made the server skip to a Sync the client has not sent:
+        // the next connection must not see the rest of that batch.)
+        if unfinished_batch || std::mem::take(&mut self.refuse_until_sync) {
             self.skip_until_sync = true;
         }
         Ok(())

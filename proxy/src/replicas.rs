@@ -11,7 +11,7 @@
 //! on that shard only use replicas whose replay position (from the monitor) has reached it.
 
 use shardgate_pool::{HostChoice, PooledConn, QueryGuard};
-use shardgate_router::{Plan, RoleHint, StatementKind};
+use shardgate_router::{Plan, RoleHint, ShardIndex, StatementKind};
 use shardgate_wire::backend::TransactionStatus;
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tracing::{debug, warn};
@@ -94,13 +94,13 @@ impl Session {
         for frame in batch {
             let plan = match frame.tag() {
                 frontend::QUERY => match frontend::query_text(frame) {
-                    Ok(text) => self.shared.topo().router.plan(text),
+                    Ok(text) => self.shared.topo().router.plan(&self.sql(text)),
                     Err(_) => return primary_write,
                 },
                 // Preparing a read can happen on a replica too (drivers prepare before they
                 // execute, often in a batch of its own).
                 frontend::PARSE => match frontend::parse(frame) {
-                    Ok(p) => self.shared.topo().router.plan(p.query),
+                    Ok(p) => self.shared.topo().router.plan(&self.sql(p.query)),
                     Err(_) => return primary_write,
                 },
                 frontend::BIND => match self.bound_statement_text(frame) {
@@ -229,8 +229,20 @@ impl Session {
     /// Before a primary connection that served writes goes back to the pool: remember the
     /// WAL position the client's later reads must see on a replica.
     pub(crate) async fn remember_write_position(&mut self, server: &mut PooledConn) {
-        if !std::mem::take(&mut self.may_have_written)
-            || !self.read_your_writes
+        if !std::mem::take(&mut self.may_have_written) {
+            return;
+        }
+        self.remember_write_position_on(self.shard, server).await;
+    }
+
+    /// Remembers the WAL position of `shard`'s primary after this client wrote there through
+    /// `server` (also each shard of a broadcast: DDL, keyless writes).
+    pub(crate) async fn remember_write_position_on(
+        &mut self,
+        shard: ShardIndex,
+        server: &mut PooledConn,
+    ) {
+        if !self.read_your_writes
             || server.is_broken()
             || server.status() != TransactionStatus::Idle
         {
@@ -240,26 +252,26 @@ impl Session {
             .shared
             .topo()
             .health
-            .shard(self.shard)
+            .shard(shard)
             .is_some_and(|s| !s.replicas.is_empty());
         if !has_replicas {
             return;
         }
         let position = server.query_value(WAL_POSITION_SQL).await;
-        debug!(shard = self.shard, ?position, "WAL position after a write");
+        debug!(shard = shard, ?position, "WAL position after a write");
         match position {
             Ok(Some(v)) => {
                 // numeric text, e.g. "50331944"
                 let lsn = v.split('.').next().and_then(|d| d.parse::<u64>().ok());
-                if let (Some(lsn), Some(slot)) = (lsn, self.read_after.get_mut(self.shard)) {
+                if let (Some(lsn), Some(slot)) = (lsn, self.read_after.get_mut(shard)) {
                     *slot = (*slot).max(lsn);
                 }
             }
             Ok(None) => {}
             Err(e) => {
                 // Without the position, reads on this shard stay on the primary.
-                warn!(shard = self.shard, error = %e, "could not read the WAL position after a write");
-                if let Some(slot) = self.read_after.get_mut(self.shard) {
+                warn!(shard = shard, error = %e, "could not read the WAL position after a write");
+                if let Some(slot) = self.read_after.get_mut(shard) {
                     *slot = u64::MAX;
                 }
                 server.mark_broken();

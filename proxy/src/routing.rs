@@ -98,7 +98,7 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(frame).map_err(protocol_error)?;
-                let plan = self.shared.topo().router.plan(text);
+                let plan = self.shared.topo().router.plan(&self.sql(text));
                 self.observe_shardgate_sets(&plan);
                 let route =
                     self.shared
@@ -133,8 +133,13 @@ impl Session {
                 };
                 let params = frontend::bind_params(frame, &bind).map_err(protocol_error)?;
                 let plan = self.shared.topo().router.plan(&text);
+                // Text-format values in the client's encoding, as the server will read them.
+                let converted = self.bind_values_utf8(&params.values, &params.formats);
+                let converted_refs: Option<Vec<Option<&[u8]>>> = converted
+                    .as_ref()
+                    .map(|vs| vs.iter().map(|v| v.as_deref()).collect());
                 let bound = BoundParams {
-                    values: &params.values,
+                    values: converted_refs.as_deref().unwrap_or(&params.values),
                     formats: &params.formats,
                     types: &types,
                 };
@@ -147,16 +152,17 @@ impl Session {
             }
             frontend::PARSE => {
                 let parse = frontend::parse(frame).map_err(protocol_error)?;
+                let text = self.sql(parse.query).into_owned();
+                let plan = self.shared.topo().router.plan(&text);
                 if parse.name.is_empty() {
-                    self.unnamed = Some((parse.query.to_owned(), parse.param_types.clone()));
+                    self.unnamed = Some((text, parse.param_types.clone()));
                 } else if self.batch_parses.len() < MAX_BATCH_PARSES {
                     self.batch_parses.push((
                         parse.name.to_owned(),
-                        parse.query.to_owned(),
+                        text,
                         parse.param_types.clone(),
                     ));
                 }
-                let plan = self.shared.topo().router.plan(parse.query);
                 self.observe_shardgate_sets(&plan);
                 Ok(None)
             }
@@ -210,6 +216,16 @@ impl Session {
         if self.shared.topology_version() != self.attached_version {
             // A new shard map: shard indices may mean other shards now. Route afresh.
             return true;
+        }
+        // A batch without statements (a Sync, Describe or Close after a Flush) refers to what
+        // this connection holds: it stays.
+        if !batch.iter().any(|f| {
+            matches!(
+                f.tag(),
+                frontend::QUERY | frontend::PARSE | frontend::BIND | frontend::FUNCTION_CALL
+            )
+        }) {
+            return false;
         }
         // Reads and writes may need different servers of the shard.
         if self.shared.topo().reads_can_leave_primary
@@ -329,6 +345,7 @@ impl Session {
         let Ok(text) = frontend::query_text(frame) else {
             return false;
         };
+        let text = &*self.sql(text);
         // A plain pooler only answers SHARDGATE ROUTE itself: skip planning everything else.
         if !self.shared.topo().routing
             && !text
@@ -448,7 +465,8 @@ impl Session {
                     let Ok(p) = frontend::parse(frame) else {
                         return false;
                     };
-                    parsed = Some((p.name.to_owned(), p.query.to_owned(), p.param_types.clone()));
+                    let text = self.sql(p.query).into_owned();
+                    parsed = Some((p.name.to_owned(), text, p.param_types.clone()));
                 }
                 frontend::BIND => {
                     let Ok(b) = frontend::bind(frame) else {
@@ -487,7 +505,8 @@ impl Session {
             if name.is_empty() {
                 self.unnamed = Some((query, types));
             } else {
-                let stmt = self.intern_statement(&query, &types);
+                let context = self.statement_context();
+                let stmt = self.shared.statements.intern(&query, &types, &context);
                 self.statements.insert(name, stmt);
             }
         }
@@ -531,11 +550,18 @@ impl Session {
     /// runs outside the transaction, whose BEGIN waits for a statement that says where the
     /// transaction belongs (the client is told it is still in its transaction).
     pub(crate) fn take_deferred_begin(&mut self, batch: &[Frame]) -> Option<String> {
-        let prepares_only = batch.last().is_some_and(|f| f.tag() == frontend::SYNC)
+        // (asyncpg prepares with Parse/Describe/Flush: no Sync.)
+        let prepares_only = batch
+            .last()
+            .is_some_and(|f| matches!(f.tag(), frontend::SYNC | frontend::FLUSH))
             && batch.iter().all(|f| {
                 matches!(
                     f.tag(),
-                    frontend::PARSE | frontend::DESCRIBE | frontend::CLOSE | frontend::SYNC
+                    frontend::PARSE
+                        | frontend::DESCRIBE
+                        | frontend::CLOSE
+                        | frontend::SYNC
+                        | frontend::FLUSH
                 )
             });
         if prepares_only {

@@ -30,6 +30,9 @@ use shardgate_wire::stream::Stream;
 /// Messages buffered while detached before the proxy takes a connection anyway.
 const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
 
+/// How often a session that is not reading its client checks that the client is still there.
+const CLIENT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How long the proxy waits for a ROLLBACK or reset when cleaning a connection up.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -85,7 +88,8 @@ pub struct Session {
     /// A BEGIN answered by the proxy, sent to the server once the transaction's first
     /// statement says which shard it belongs to.
     pub(crate) deferred_begin: Option<String>,
-    /// After a statement refused mid-batch, the client's messages up to Sync are dropped.
+    /// After a statement refused mid-batch, or a server error before the batch's Sync came,
+    /// the client's messages up to Sync are dropped (the server skips them too).
     pub(crate) refuse_until_sync: bool,
     /// The start of the client's next batch, read while the server connection was still
     /// finishing the previous one, held back because it belongs to another shard.
@@ -120,6 +124,8 @@ pub struct Session {
     /// The server is in COPY FROM STDIN mode and the client has not ended it: the server
     /// ignores Sync until CopyDone/CopyFail, so no ReadyForQuery answers one.
     pub(crate) copy_in: bool,
+    /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
+    pub(crate) encoding: crate::encoding::ClientEncoding,
     shutdown: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
     _cap_slot: CapSlot,
@@ -134,49 +140,64 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
         user = tracing::field::Empty,
         db = tracing::field::Empty
     );
-    async move {
-        let config = shared.config();
-        let mut io = ClientIo::new(stream, config.listen.max_message_size);
-        io.write_timeout = config.timeouts.client_write_timeout;
-        io.reader
-            .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
-        let login = match tokio::time::timeout(
-            config.listen.startup_timeout,
-            login(&mut io, &shared),
-        )
-        .await
-        {
-            Ok(Ok(Some(login))) => login,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                debug!(error = %e, "client startup ended");
-                return;
+    let hard_stop = end_of_shutdown(shutdown.clone(), shared.config().listen.shutdown_timeout);
+    let serve =
+        async move {
+            let config = shared.config();
+            let mut io = ClientIo::new(stream, config.listen.max_message_size);
+            io.write_timeout = config.timeouts.client_write_timeout;
+            io.reader
+                .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
+            let login =
+                match tokio::time::timeout(config.listen.startup_timeout, login(&mut io, &shared))
+                    .await
+                {
+                    Ok(Ok(Some(login))) => login,
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "client startup ended");
+                        return;
+                    }
+                    Err(_) => {
+                        io.fatal(
+                            sqlstate::QUERY_CANCELED,
+                            "canceling authentication due to timeout",
+                            Some("finish startup within listen.startup_timeout"),
+                        )
+                        .await;
+                        return;
+                    }
+                };
+            io.reader.set_limit(config.listen.max_message_size);
+            let mut session = Session::new(id, io, &shared, login, shutdown);
+            let result = match session.finish_login().await {
+                Ok(server) => session.run(server).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
+                Err(e) => info!(error = %e, "client session ended"),
             }
-            Err(_) => {
-                io.fatal(
-                    sqlstate::QUERY_CANCELED,
-                    "canceling authentication due to timeout",
-                    Some("finish startup within listen.startup_timeout"),
-                )
-                .await;
-                return;
-            }
-        };
-        io.reader.set_limit(config.listen.max_message_size);
-        let mut session = Session::new(id, io, &shared, login, shutdown);
-        let result = match session.finish_login().await {
-            Ok(server) => session.run(server).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
-            Err(e) => info!(error = %e, "client session ended"),
+            session.shared.cancels.unregister(session.cancel_key.0);
+            session.io.shutdown().await;
         }
-        session.shared.cancels.unregister(session.cancel_key.0);
-        session.io.shutdown().await;
+        .instrument(span);
+    // Shutdown ends at its timeout whatever a session is doing (waiting on a server, a client
+    // that does not read): the session is dropped then, closing both sockets.
+    tokio::select! {
+        () = serve => {}
+        () = hard_stop => info!(client = id, "session ended: listen.shutdown_timeout passed"),
     }
-    .instrument(span)
-    .await
+}
+
+/// Resolves `timeout` after shutdown starts; never if it does not.
+async fn end_of_shutdown(mut shutdown: watch::Receiver<bool>, timeout: Duration) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+    tokio::time::sleep(timeout).await;
 }
 
 /// What startup and authentication established.
@@ -322,6 +343,7 @@ impl Session {
             cancel_key: (pid, secret),
             skip_until_sync: false,
             copy_in: false,
+            encoding: Default::default(),
             shutdown,
             _permit: login.permit,
             _cap_slot: login.cap_slot,
@@ -346,6 +368,7 @@ impl Session {
             }
         }
         backend::write_auth_ok(&mut self.io.out);
+        self.note_parameter(&params);
         for (k, v) in &params {
             backend::write_parameter_status(&mut self.io.out, k, v);
         }
@@ -576,17 +599,27 @@ impl Session {
         let mut held_bytes = 0usize;
         let mut clock = crate::timeouts::SessionClock::default();
         loop {
-            if !self.parked.is_empty()
-                && self.expect.is_empty()
-                && (self.status != TransactionStatus::Idle || self.pin.is_pinned())
-            {
-                // The pipelined batch opened a transaction here after all (or the session got
-                // pinned here): it stays here.
-                for frame in std::mem::take(&mut self.parked) {
-                    self.at_request_boundary = ends_batch(frame.tag());
-                    if let Err(e) = self.client_message(server, frame) {
-                        return Err(self.report_protocol_error(e).await);
+            if !self.parked.is_empty() && (self.expect.is_empty() || self.refuse_until_sync) {
+                if server.status() != TransactionStatus::Idle
+                    || self.refuse_until_sync
+                    || self.pin.is_pinned()
+                {
+                    // The pipelined batch opened a transaction here after all, an error makes
+                    // the server skip it up to its Sync, or the session got pinned here: it
+                    // stays here.
+                    for frame in std::mem::take(&mut self.parked) {
+                        self.at_request_boundary = ends_batch(frame.tag());
+                        if let Err(e) = self.client_message(server, frame) {
+                            return Err(self.report_protocol_error(e).await);
+                        }
                     }
+                } else if self.to_server.is_empty() {
+                    // The previous batch ended with Flush, not Sync: no ReadyForQuery is coming
+                    // to release the connection (waiting for one hung the client). A Sync of
+                    // the proxy's own ends the server's implicit transaction; its reply is
+                    // swallowed and releases the connection.
+                    frontend::write_sync(&mut self.to_server);
+                    self.expect.push_back(Expect::Swallow);
                 }
             }
             let reading = self.parked.is_empty();
@@ -642,11 +675,20 @@ impl Session {
                 },
                 msg = self.io.read_frame(), if reading => {
                     let Some(frame) = msg? else { return Err(SessionError::ClientGone) };
+                    // COPY data a client pipelines right behind its COPY statement (asyncpg
+                    // does) belongs to that statement: never held for routing (held, it waited
+                    // for a CopyInResponse that had already come).
+                    let copy_message = matches!(
+                        frame.tag(),
+                        frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL
+                    );
                     let starts_batch = rerouting
                         && !self.pin.is_pinned()
+                        && !copy_message
                         && (self.at_request_boundary || !lookahead.is_empty())
                         && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
-                        && !self.copy_in;
+                        && !self.copy_in
+                        && !self.refuse_until_sync;
                     let frames = if starts_batch {
                         let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)
                             || ends_batch(frame.tag());
@@ -665,7 +707,9 @@ impl Session {
                         }
                         batch
                     } else {
-                        vec![frame]
+                        let mut frames = std::mem::take(&mut lookahead);
+                        frames.push(frame);
+                        frames
                     };
                     for frame in frames {
                         self.at_request_boundary = ends_batch(frame.tag());
@@ -678,6 +722,13 @@ impl Session {
                 }
                 kind = crate::timeouts::sleep_until(deadline) => {
                     self.on_timeout(server, &mut clock, kind).await?;
+                }
+                // Not reading the client (a batch is held back): still notice it leaving,
+                // rather than keep a server connection for a client that is gone.
+                _ = tokio::time::sleep(CLIENT_WATCH_INTERVAL), if !reading => {
+                    if self.io.reader.get_ref().peer_closed() {
+                        return Err(SessionError::ClientGone);
+                    }
                 }
                 _ = sleep_or_forever(idle_timeout), if idle && reading => {
                     self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;

@@ -180,8 +180,12 @@ impl crate::session::Session {
             return (String::new(), None);
         };
         let text = match frame.tag() {
-            frontend::QUERY => frontend::query_text(frame).ok().map(str::to_owned),
-            frontend::PARSE => frontend::parse(frame).ok().map(|p| p.query.to_owned()),
+            frontend::QUERY => frontend::query_text(frame)
+                .ok()
+                .map(|t| self.sql(t).into_owned()),
+            frontend::PARSE => frontend::parse(frame)
+                .ok()
+                .map(|p| self.sql(p.query).into_owned()),
             _ => self.bound_statement_text(frame),
         };
         let statement = shardgate_router::normalize_sql(text.as_deref().unwrap_or(""));

@@ -441,6 +441,41 @@ async fn sigterm_drains_open_transactions_and_refuses_new_clients() {
     assert_eq!(n, 1, "the drained transaction committed");
 }
 
+/// SIGINT with a client in the middle of a long statement: the process ends at
+/// `listen.shutdown_timeout` (the session is dropped then), not when the statement ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_ends_the_process_at_the_shutdown_timeout_whatever_sessions_do() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("shardgate.toml");
+    let text = config_text(&pg, port, admin, "size = 4", "")
+        .replace("shutdown_timeout = \"20s\"", "shutdown_timeout = \"2s\"");
+    std::fs::write(&config, text).unwrap();
+    let mut server = Server::spawn(dir, config, port, admin, Stdio::inherit());
+    let client = connect(&server.url()).await;
+    let busy = tokio::spawn(async move { client.simple_query("select pg_sleep(120)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    let exited = wait(Duration::from_secs(10), || {
+        matches!(server.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(
+        exited,
+        "shardgate still running 10 s after SIGINT (shutdown_timeout 2 s)"
+    );
+    assert!(server.child.wait().unwrap().success());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), busy)
+        .await
+        .expect("the busy client's statement ended with the process")
+        .unwrap();
+    assert!(outcome.is_err(), "the long statement was cut off");
+}
+
 /// Binds `port` with SO_REUSEPORT as a second shardgate would.
 fn socket2_like_bind(port: u16) -> bool {
     let Ok(socket) = tokio::net::TcpSocket::new_v4() else {

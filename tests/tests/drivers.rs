@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
+use common::demo_env::DemoEnv;
+use common::scripts::{install, python, run_script, script};
 use common::{Env, Setup};
 
 /// Server connections per pool: well below the scripts' 20 concurrent clients.
@@ -17,63 +15,12 @@ const POOL_SIZE: u32 = 4;
 /// Prepared statements a server connection keeps: low, so that the scripts' statements push
 /// older ones out and the proxy's eviction (and re-preparing) runs under real drivers.
 const PREPARED_PER_CONNECTION: u32 = 10;
-/// A safety net only: each script takes seconds.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn setup() -> Setup {
     Setup {
         pool_extra: format!("prepared_statements_per_connection = {PREPARED_PER_CONNECTION}"),
         ..Setup::default().pool_size(POOL_SIZE)
     }
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("drivers")
-        .join(name)
-}
-
-/// Installs (once) a driver environment off the async runtime, printing how long it took.
-async fn install<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> shardgate_tests::Result<T> + Send + 'static,
-) -> T {
-    let started = Instant::now();
-    let out = tokio::task::spawn_blocking(f)
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("installing the {what} driver environment failed: {e}"));
-    eprintln!("{what} environment ready in {:?}", started.elapsed());
-    out
-}
-
-/// Runs `program args…` (a driver script given the proxy URL), and fails the test with the
-/// script's output unless it exits 0 and prints `OK <driver>`.
-async fn run_script(driver: &str, mut cmd: tokio::process::Command) {
-    let started = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start the {driver} script: {e}"));
-    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("the {driver} script did not finish in {SCRIPT_TIMEOUT:?}"))
-        .expect("wait for the script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let ok_line = format!("OK {driver}");
-    assert!(
-        out.status.success() && stdout.lines().any(|l| l.trim() == ok_line),
-        "the {driver} script failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    eprintln!(
-        "{driver} script passed in {:?}:\n{stdout}",
-        started.elapsed()
-    );
 }
 
 /// Checks the proxy kept to its pool size: after the run (pools keep their idle connections)
@@ -128,4 +75,58 @@ async fn node_postgres_through_transaction_pool() {
     run_script("node-postgres", cmd).await;
     assert_pool_bounded(&env).await;
     env.stop().await;
+}
+
+/// The sequences that hung on the demo topology (issue 14): a script with a deadline on every
+/// step, then the servers are checked for connections the proxy left busy.
+async fn demo_script(name: &str, file: &str) {
+    let env = DemoEnv::start("").await;
+    let cmd = python(file, &[&env.url()]).await;
+    run_script(name, cmd).await;
+    env.assert_servers_quiet(std::time::Duration::from_secs(10))
+        .await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_errors_in_other_transactions_do_not_hang_a_large_fetch() {
+    demo_script("hang-asyncpg", "hang_asyncpg.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_pipeline_with_savepoint_answers() {
+    demo_script("hang-psycopg", "hang_psycopg_pipeline.py").await;
+}
+
+/// libpq's PQreset (psycopg's `pq.PGconn.reset()`), also with a transaction left open.
+/// (It passed before the issue-14 fixes too: the check keeps it working.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_reset_reconnects_through_the_proxy() {
+    // A pool of one: the new login needs the connection the abandoned session held.
+    let env = Env::start(Setup::default().pool_size(1)).await;
+    let cmd = python("pqreset.py", &[&env.url()]).await;
+    run_script("pqreset", cmd).await;
+    // No transaction was left open on the server by the abandoned sessions.
+    let su = env.connect_superuser().await;
+    let open: i64 = su
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = 'app' and state like 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0, "a reset left a transaction open on the server");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_reset_on_the_demo_topology() {
+    demo_script("pqreset", "pqreset.py").await;
+}
+
+/// COPY data pipelined behind its COPY statement, right after a Flush-ended prepare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_copy_records_on_the_demo_topology() {
+    demo_script("copy-asyncpg", "copy_asyncpg.py").await;
 }

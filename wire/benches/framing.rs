@@ -19,7 +19,7 @@ fn extended_batch(out: &mut BytesMut) {
     frontend::write_parse(
         out,
         "",
-        "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+        b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
         &[],
     );
     write_bind(out, "", "", &[b"4242"]);
@@ -139,13 +139,13 @@ fn decoders(c: &mut Criterion) {
         frontend::write_query(b, "SELECT abalance FROM pgbench_accounts WHERE aid = 4242;")
     });
     g.bench_function("Query text", |b| {
-        b.iter(|| frontend::query_text(black_box(&query)).map(str::len))
+        b.iter(|| frontend::query_text(black_box(&query)).map(<[u8]>::len))
     });
     let parse = one_frame(|b| {
         frontend::write_parse(
             b,
             "P0_1",
-            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
             &[20],
         )
     });

@@ -79,12 +79,13 @@ pub fn error_fields(frame: &Frame) -> Result<ErrorFields, DecodeError> {
         if kind == 0 {
             break;
         }
-        let value = c.cstr()?;
+        // In the server's (or client's) encoding: decoded lossily, only to be shown or matched.
+        let value = String::from_utf8_lossy(c.cstr_bytes()?);
         match kind {
-            b'V' => fields.severity = value.to_owned(),
-            b'S' if fields.severity.is_empty() => fields.severity = value.to_owned(),
-            b'C' => fields.code = value.to_owned(),
-            b'M' => fields.message = value.to_owned(),
+            b'V' => fields.severity = value.into_owned(),
+            b'S' if fields.severity.is_empty() => fields.severity = value.into_owned(),
+            b'C' => fields.code = value.into_owned(),
+            b'M' => fields.message = value.into_owned(),
             _ => {}
         }
     }
@@ -339,7 +340,7 @@ pub fn write_error_with_prefix(
         if kind == 0 {
             break;
         }
-        fields.push((kind, c.cstr()?));
+        fields.push((kind, c.cstr_bytes()?));
     }
     write_message(out, frame.tag(), |b| {
         for (kind, value) in &fields {
@@ -347,7 +348,8 @@ pub fn write_error_with_prefix(
             if *kind == b'M' {
                 b.put_slice(prefix.as_bytes());
             }
-            put_cstr(b, value);
+            b.put_slice(value);
+            b.put_u8(0);
         }
         b.put_u8(0);
     });

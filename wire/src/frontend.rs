@@ -33,10 +33,11 @@ fn cursor(frame: &Frame, expected: u8) -> Result<Cursor<'_>, DecodeError> {
     Ok(Cursor::new(frame.tag(), frame.body()))
 }
 
-/// The SQL text of a simple Query.
-pub fn query_text(frame: &Frame) -> Result<&str, DecodeError> {
+/// The SQL text of a simple Query, as bytes in the client's encoding (which need not be
+/// UTF-8: the caller decodes what it must read).
+pub fn query_text(frame: &Frame) -> Result<&[u8], DecodeError> {
     let mut c = cursor(frame, QUERY)?;
-    let text = c.cstr()?;
+    let text = c.cstr_bytes()?;
     c.finish()?;
     Ok(text)
 }
@@ -44,14 +45,15 @@ pub fn query_text(frame: &Frame) -> Result<&str, DecodeError> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parse<'a> {
     pub name: &'a str,
-    pub query: &'a str,
+    /// The statement text in the client's encoding.
+    pub query: &'a [u8],
     pub param_types: Vec<u32>,
 }
 
 pub fn parse(frame: &Frame) -> Result<Parse<'_>, DecodeError> {
     let mut c = cursor(frame, PARSE)?;
     let name = c.cstr()?;
-    let query = c.cstr()?;
+    let query = c.cstr_bytes()?;
     let n = c.count16()?;
     let mut param_types = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
@@ -203,10 +205,11 @@ pub fn write_query(out: &mut BytesMut, sql: &str) {
     write_message(out, QUERY, |b| put_cstr(b, sql));
 }
 
-pub fn write_parse(out: &mut BytesMut, name: &str, query: &str, param_types: &[u32]) {
+pub fn write_parse(out: &mut BytesMut, name: &str, query: &[u8], param_types: &[u32]) {
     write_message(out, PARSE, |b| {
         put_cstr(b, name);
-        put_cstr(b, query);
+        b.put_slice(query);
+        b.put_u8(0);
         b.put_i16(param_types.len() as i16);
         for t in param_types {
             b.put_u32(*t);
@@ -247,14 +250,14 @@ mod tests {
     #[test]
     fn parse_round_trip() {
         let mut b = BytesMut::new();
-        write_parse(&mut b, "s1", "select $1", &[23]);
+        write_parse(&mut b, "s1", b"select $1", &[23]);
         let f = frame(b);
         let p = parse(&f).unwrap();
         assert_eq!(
             p,
             Parse {
                 name: "s1",
-                query: "select $1",
+                query: b"select $1",
                 param_types: vec![23]
             }
         );

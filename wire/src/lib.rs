@@ -63,6 +63,18 @@ impl<'a> Cursor<'a> {
         self.pos >= self.buf.len()
     }
 
+    /// A NUL-terminated string as bytes: SQL text and error messages are in the client's or
+    /// server's encoding, which need not be UTF-8.
+    pub(crate) fn cstr_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let rest = self.remaining();
+        let nul = rest
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or_else(|| self.truncated())?;
+        self.pos += nul + 1;
+        Ok(&rest[..nul])
+    }
+
     pub(crate) fn cstr(&mut self) -> Result<&'a str, DecodeError> {
         let rest = self.remaining();
         let nul = rest

@@ -68,6 +68,27 @@ impl Stream {
         }
     }
 
+    /// Whether the peer closed the connection (or it failed), asked of the kernel without
+    /// consuming anything: one `recv(MSG_PEEK)`. Bytes still unread in front of the end are
+    /// seen first, so a peer that sent more before closing reads as open until they are read.
+    /// Over TLS this sees the TCP end only (a close_notify alone is unread data).
+    pub fn peer_closed(&self) -> bool {
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+            Stream::Tls(s) => socket2::SockRef::from(s.stream.get_ref().0),
+            Stream::Closed => return true,
+        };
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match sock.peek(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        }
+    }
+
     /// Writes without waiting; for best-effort messages from `Drop`. Over TLS the bytes are
     /// encrypted and whatever the socket takes at once is sent; the rest is dropped.
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -287,7 +287,12 @@ pub(crate) async fn run_final<C: ClientSink>(
         params.push(Some(text_array(&column)));
     }
     let mut msg = BytesMut::new();
-    frontend::write_parse(&mut msg, "", &sql, &vec![TEXT_ARRAY; params.len()]);
+    frontend::write_parse(
+        &mut msg,
+        "",
+        sql.as_bytes(),
+        &vec![TEXT_ARRAY; params.len()],
+    );
     write_bind(&mut msg, &[1], &params, q.result_formats);
     drop(params);
     write_execute(&mut msg);

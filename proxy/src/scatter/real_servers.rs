@@ -180,7 +180,7 @@ async fn reference(
             client_describe,
             ..
         } => {
-            frontend::write_parse(&mut m, "", client_sql, param_types);
+            frontend::write_parse(&mut m, "", client_sql.as_bytes(), param_types);
             write_bind(&mut m, param_formats, params, result_formats);
             if let Some(kind) = client_describe {
                 frontend::write_describe(&mut m, *kind, "");

@@ -88,7 +88,12 @@ pub(crate) fn shard_messages(
             client_describe,
             ..
         } => {
-            frontend::write_parse(&mut out, "", sql, &self::param_types(param_types, spec));
+            frontend::write_parse(
+                &mut out,
+                "",
+                sql.as_bytes(),
+                &self::param_types(param_types, spec),
+            );
             if *client_describe == Some(b'S') {
                 frontend::write_describe(&mut out, b'S', "");
             }

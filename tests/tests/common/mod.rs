@@ -354,6 +354,9 @@ impl RawMsg {
 }
 
 /// Frontend message encoders for [`RawClient`] (protocol 3.0, text format).
+pub mod demo_env;
+pub mod scripts;
+
 pub mod raw {
     use bytes::{BufMut, BytesMut};
 
@@ -374,6 +377,39 @@ pub mod raw {
 
     pub fn query(sql: &str) -> BytesMut {
         message(b'Q', |b| cstr(b, sql))
+    }
+
+    /// A Query whose text is raw bytes (e.g. in a client_encoding other than UTF-8).
+    pub fn query_bytes(sql: &[u8]) -> BytesMut {
+        message(b'Q', |b| {
+            b.put_slice(sql);
+            b.put_u8(0);
+        })
+    }
+
+    /// Parse with raw statement bytes (no parameter types).
+    pub fn parse_bytes(name: &str, sql: &[u8]) -> BytesMut {
+        message(b'P', |b| {
+            cstr(b, name);
+            b.put_slice(sql);
+            b.put_u8(0);
+            b.put_i16(0);
+        })
+    }
+
+    /// Bind with raw text-format parameter bytes and text results.
+    pub fn bind_bytes(portal: &str, statement: &str, params: &[&[u8]]) -> BytesMut {
+        message(b'B', |b| {
+            cstr(b, portal);
+            cstr(b, statement);
+            b.put_i16(0);
+            b.put_i16(params.len() as i16);
+            for p in params {
+                b.put_i32(p.len() as i32);
+                b.put_slice(p);
+            }
+            b.put_i16(0);
+        })
     }
 
     pub fn parse(name: &str, sql: &str) -> BytesMut {
@@ -416,6 +452,17 @@ pub mod raw {
             b.put_u8(kind);
             cstr(b, name);
         })
+    }
+
+    pub fn close(kind: u8, name: &str) -> BytesMut {
+        message(b'C', |b| {
+            b.put_u8(kind);
+            cstr(b, name);
+        })
+    }
+
+    pub fn flush() -> BytesMut {
+        message(b'H', |_| {})
     }
 
     pub fn sync() -> BytesMut {
@@ -660,6 +707,12 @@ impl RawClient {
             out.push(msg);
         }
         out
+    }
+
+    /// Sends `bytes` and returns every reply up to ReadyForQuery.
+    pub async fn send_and_read(&mut self, bytes: &[u8]) -> Vec<RawMsg> {
+        self.send(bytes).await;
+        self.read_until_ready().await
     }
 
     /// A simple query; returns every reply up to ReadyForQuery.
