@@ -181,6 +181,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.topology.poll_interval.is_zero() {
         return err("topology.poll_interval", "must be more than 0".into());
     }
+    if c.topology.lease < c.topology.poll_interval * 3 {
+        return err(
+            "topology.lease",
+            "must be at least three topology.poll_interval (a proxy renews it every poll)".into(),
+        );
+    }
     if c.rebalance.delete_batch_size == 0 {
         return err("rebalance.delete_batch_size", "must be at least 1".into());
     }
