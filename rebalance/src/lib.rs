@@ -24,11 +24,11 @@ pub(crate) use failpoint;
 
 mod commit;
 mod conn;
-#[cfg(feature = "failpoints")]
-pub mod failpoints;
 mod ctx;
 mod ddl;
 mod dsn;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 mod plan;
 mod preflight;
 mod revert;

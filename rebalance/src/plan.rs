@@ -154,6 +154,7 @@ impl Plan {
                 })
                 .collect(),
             verified: None,
+            deleting: false,
         }
     }
 

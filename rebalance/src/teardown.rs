@@ -544,18 +544,25 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     if ctx.abort_requested() {
         return Err(ABORTED.into());
     }
-    if ctx.resumed {
+    let (recorded, deleting) = {
+        let j = ctx.job.lock().await;
+        let plan = j.plan.as_ref();
+        (
+            plan.and_then(|p| p.verified.clone()),
+            plan.is_some_and(|p| p.deleting),
+        )
+    };
+    if ctx.resumed && !deleting {
         ctx.update(|j| j.progress.message = "re-verifying the moved rows before deleting".into())
             .await;
-        let recorded = ctx
-            .job
-            .lock()
-            .await
-            .plan
-            .as_ref()
-            .and_then(|p| p.verified.clone());
         super::verify::reverify(ctx, conns, recorded.as_deref()).await?;
     }
+    ctx.update_save(|j| {
+        if let Some(p) = &mut j.plan {
+            p.deleting = true;
+        }
+    })
+    .await;
     ctx.update(|j| j.progress.message = "deleting the moved rows from the sources".into())
         .await;
     crate::failpoint!("rebalance-before-delete");

@@ -175,6 +175,11 @@ pub struct JobPlan {
     /// sources against these figures before deleting.
     #[serde(default)]
     pub verified: Option<Vec<VerifiedTable>>,
+    /// Set (and saved) once the sources' moved rows passed the last check and their deletion
+    /// began: a resumed cleanup then goes on deleting (the figures no longer hold for rows
+    /// already deleted).
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 /// What the cutover's verification found for one move, database and table.
