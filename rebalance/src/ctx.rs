@@ -9,6 +9,7 @@ use std::time::Duration;
 use shardgate_config::Config;
 use shardgate_topology::{now_ms, Job, Phase, ShardMap, Store, StoreError};
 
+use super::error::EngineError;
 use super::plan::Plan;
 
 /// How often the heartbeat saves the job (and reads the abort flag from the store).
@@ -20,7 +21,7 @@ pub(crate) enum Stop {
     /// `rebalance abort` (here or on another proxy).
     Abort,
     /// An error: undo, then Failed with this message.
-    Fail(String),
+    Fail(EngineError),
     /// Another proxy took the job over: stop without touching anything.
     Lost,
     /// The new map was published and the job then failed; it is recorded as Failed and the
@@ -30,7 +31,13 @@ pub(crate) enum Stop {
 
 impl From<String> for Stop {
     fn from(s: String) -> Stop {
-        Stop::Fail(s)
+        Stop::Fail(EngineError::from(s))
+    }
+}
+
+impl From<EngineError> for Stop {
+    fn from(e: EngineError) -> Stop {
+        Stop::Fail(e)
     }
 }
 

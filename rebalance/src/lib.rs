@@ -27,6 +27,7 @@ mod conn;
 mod ctx;
 mod ddl;
 mod dsn;
+mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 mod plan;
@@ -47,6 +48,8 @@ use shardgate_config::{Config, Shard};
 use shardgate_topology::{
     now_ms, Job, JobKind, Phase, Progress, ProxyVersion, ShardMap, Store, StoreError,
 };
+
+pub use error::EngineError;
 
 use ctx::Ctx;
 use plan::Plan;

@@ -30,7 +30,7 @@ async fn fence_targets(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
             super::runner::install_fence(ctx, conns, target, db, &slots, &back_to, &|| Ok(()))
                 .await
                 .map_err(|stop| match stop {
-                    Stop::Fail(e) => e,
+                    Stop::Fail(e) => e.to_string(),
                     other => format!("installing the fence: stopped ({other:?})"),
                 })?;
             conns

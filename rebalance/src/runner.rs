@@ -11,6 +11,7 @@ use shardgate_topology::{CommitState, Phase};
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
 use super::dsn::conninfo;
+use super::error::EngineError;
 use super::{commit, ddl, revert, schema_copy, sql, stream, teardown, verify};
 
 /// Polling step inside a cutover (the fence is closed: be quick).
@@ -103,12 +104,12 @@ async fn forward(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
             Some(why) => last = why,
         }
     }
-    Err(Stop::Fail(format!(
+    Err(Stop::Fail(EngineError::Timeout(format!(
         "cutover did not finish within rebalance.cutover_timeout ({:?}) in {attempts} attempts \
          (last: {last}); the move was undone — raise rebalance.cutover_timeout or \
          rebalance.cutover_attempts, or retry when the write load is lower",
         ctx.config.rebalance.cutover_timeout
-    )))
+    ))))
 }
 
 async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
@@ -303,7 +304,7 @@ async fn cutover(ctx: &Ctx, conns: &mut Conns, attempt: u32) -> Result<Option<St
         Ok(None) => {
             teardown::unfence_all(ctx, conns)
                 .await
-                .map_err(Stop::Fail)?;
+                .map_err(Stop::from)?;
             let why = format!("attempt {attempt} timed out after {pause_ms:.0} ms");
             tracing::warn!(job = %plan.job_id, attempt, pause_ms, "cutover timed out; fence lifted, retrying");
             ctx.update_save(|j| {
@@ -342,11 +343,11 @@ async fn fenced(
                 .exec_params(source, db, sql::FENCE_CLOSE, &[&plan.job_id])
                 .await?;
             if n != 1 {
-                return Err(Stop::Fail(format!(
+                return Err(Stop::Fail(EngineError::Refused(format!(
                     "the fence of job {} is missing on shard {} database {db} (someone dropped \
                      shardgate.fence_switch rows); the move was undone, start it again",
                     plan.job_id, source.name
-                )));
+                ))));
             }
             let row = conns.one(source, db, sql::NOW_TEXT, &[]).await?;
             fence_time.insert((source.name.clone(), db.clone()), row.get(0));
@@ -398,14 +399,14 @@ async fn fenced(
     // New rows on the targets must not collide with moved ones (serial columns).
     super::sequences::align(plan, conns)
         .await
-        .map_err(Stop::Fail)?;
+        .map_err(Stop::from)?;
     mark("sequences aligned", &mut steps);
     // Every source and target now holds the moving rows as of the fence: freeze that view in
     // a snapshot per connection, to count and checksum after the publish, so verification
     // does not hold the fence (it scans every moved row: ~0.7 s for 330k rows).
     verify::take_snapshots(plan, conns)
         .await
-        .map_err(Stop::Fail)?;
+        .map_err(Stop::from)?;
     mark("snapshots taken", &mut steps);
     tracing::info!(job = %plan.job_id, steps = ?steps, "cutover steps (ms since the fence)");
     // Last moment to abort: after the publish the job only goes forward.
@@ -439,14 +440,14 @@ async fn fenced(
                 .await;
                 Ok(Some(version))
             }
-            Some(CommitState::NotCommitted) => Err(Stop::Fail(format!(
+            Some(CommitState::NotCommitted) => Err(Stop::Fail(EngineError::Store(format!(
                 "publishing the new shard map failed: {e}; the move was undone — check the \
                  topology store and start it again"
-            ))),
-            _ => Err(Stop::Fail(format!(
+            )))),
+            _ => Err(Stop::Fail(EngineError::Store(format!(
                 "publishing the new shard map failed: {e}, and the store's map is not the \
                  job's old one"
-            ))),
+            )))),
         },
     }
 }

@@ -405,7 +405,7 @@ pub(crate) async fn undo_and_finish(
     let phase = ctx.phase().await;
     let (stopped_in, error, failed) = match (&stop, restarted) {
         (_, Some((was, msg))) => (was, Some(msg), false),
-        (Stop::Fail(msg), None) => (phase, Some(msg.clone()), true),
+        (Stop::Fail(e), None) => (phase, Some(e.to_string()), true),
         (_, None) => (phase, None, false),
     };
     tracing::warn!(job = %ctx.plan.job_id, phase = %stopped_in, error = ?error, "rebalance stopped; undoing");
