@@ -313,7 +313,7 @@ pub async fn start_with_state_file(
     let mut shared = Shared::new(config, topo);
     shared.store = Some(Arc::clone(&store));
     if store.kind() == "postgres" {
-        shared.lease.enforce();
+        shared.lease.enforce(shared.config().topology.lease);
     }
     let shared = Arc::new(shared);
     shared.tls.start(&shared.config().tls)?;

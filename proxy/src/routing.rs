@@ -52,8 +52,7 @@ const MAX_BATCH_PARSES: usize = 64;
 impl Session {
     /// A proxy whose lease on the topology ran out routes nothing (see `topology::Lease`).
     fn check_lease(&self) -> Result<(), RouteError> {
-        let length = self.shared.config().topology.lease;
-        self.shared.lease.check(length)
+        self.shared.lease.check()
     }
 
     fn hint(&self) -> Option<&Hint> {

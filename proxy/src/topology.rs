@@ -110,6 +110,8 @@ impl Shared {
 /// proxy acknowledged the new map or was silent longer than the lease (rebalance::teardown).
 pub(crate) struct Lease {
     enforced: AtomicBool,
+    /// `topology.lease` in ms (kept here so the hot path reads no config).
+    length_ms: AtomicU64,
     epoch: Instant,
     /// When the last renewal's store read started, in ms since `epoch`.
     renewed_ms: AtomicU64,
@@ -119,6 +121,7 @@ impl Default for Lease {
     fn default() -> Self {
         Lease {
             enforced: AtomicBool::new(false),
+            length_ms: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             renewed_ms: AtomicU64::new(0),
         }
@@ -126,10 +129,18 @@ impl Default for Lease {
 }
 
 impl Lease {
-    /// From now on the lease is required (the proxy follows a postgres store), renewed now.
-    pub(crate) fn enforce(&self) {
+    /// From now on a lease of `length` is required (the proxy follows a postgres store),
+    /// renewed now.
+    pub(crate) fn enforce(&self, length: Duration) {
+        self.set_length(length);
         self.renew(Instant::now());
         self.enforced.store(true, Ordering::Relaxed);
+    }
+
+    /// A reload may change `topology.lease`.
+    fn set_length(&self, length: Duration) {
+        let ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX);
+        self.length_ms.store(ms, Ordering::Relaxed);
     }
 
     /// `at`: when the read that proved the map current started.
@@ -138,11 +149,12 @@ impl Lease {
         self.renewed_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// Refuses routing once `length` has passed since the last renewal.
-    pub(crate) fn check(&self, length: Duration) -> Result<(), RouteError> {
+    /// Refuses routing once the lease has passed since the last renewal.
+    pub(crate) fn check(&self) -> Result<(), RouteError> {
         if !self.enforced.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let length = Duration::from_millis(self.length_ms.load(Ordering::Relaxed));
         let renewed = Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
         let age = self.epoch.elapsed().saturating_sub(renewed);
         if age <= length {
@@ -202,6 +214,7 @@ pub(crate) fn follow(shared: Weak<Shared>, store: Arc<Store>, proxy_id: String, 
             }
             // A hung store must not hold the renewal forever: the lease then runs out.
             let bound = shared.config().topology.lease;
+            shared.lease.set_length(bound);
             let started = Instant::now();
             let renewal = async {
                 let map = store.shard_map().await?;

@@ -9,8 +9,8 @@ use shardgate_topology::CommitState;
 
 use super::ctx::Ctx;
 
-/// How long a decision waits for an unreachable store before leaving the job to a later
-/// resume (a guess would be worse: undoing a live move deletes the only copy of its rows).
+/// How long one decision waits for an unreachable store before giving up on it (a guess
+/// would be worse: undoing a live move deletes the only copy of its rows).
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Reads the store's map and compares it with the job; retries on store errors for
@@ -25,9 +25,22 @@ pub(crate) async fn state(ctx: &Ctx) -> Option<CommitState> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => {
-                tracing::error!(job = %ctx.plan.job_id, error = %e, "cannot read the shard map; the job is left as it is for a later resume");
+                tracing::error!(job = %ctx.plan.job_id, error = %e, "cannot read the shard map to decide the job's fate");
                 return None;
             }
+        }
+    }
+}
+
+/// As `state`, but waits for the store as long as it takes (each attempt bounded by
+/// `STORE_PATIENCE`), unless another runner takes the job over. `None`: taken over.
+pub(crate) async fn state_eventually(ctx: &Ctx) -> Option<CommitState> {
+    loop {
+        if ctx.lost() {
+            return None;
+        }
+        if let Some(state) = state(ctx).await {
+            return Some(state);
         }
     }
 }

@@ -303,8 +303,9 @@ impl Rebalancer {
             progress: Progress::default(),
             plan: None,
         };
-        let plan = Plan::build(&job, &config)
-            .map_err(|e| preflight::refuse(e, "fix [sharding] in the config and reload"))?;
+        let plan = Plan::build(&job, &config).map_err(|e| {
+            preflight::refuse(e, "fix [sharding] or [rebalance] in the config and reload")
+        })?;
         preflight::check(&plan, &config).await?;
         job.heartbeat_ms = now_ms();
         job.progress.moves = plan.initial_progress();

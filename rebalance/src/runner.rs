@@ -64,7 +64,7 @@ async fn settle(ctx: &Ctx, conns: &mut Conns, stop: Stop, restarted: Option<(Pha
     };
     // A revert of the committed move was under way (`rebalance abort` in Cleanup).
     let reverting = phase == Phase::Aborting && stopped_in == Some(Phase::Cleanup);
-    match commit::state(ctx).await {
+    match commit::state_eventually(ctx).await {
         Some(CommitState::NotCommitted) => {
             teardown::undo_and_finish(ctx, conns, stop, restarted).await
         }
@@ -83,7 +83,7 @@ async fn settle(ctx: &Ctx, conns: &mut Conns, stop: Stop, restarted: Option<(Pha
         Some(CommitState::Unknown { version }) => {
             teardown::fail_undecided(ctx, conns, version).await
         }
-        // The store is unreachable: the job stays as it is; a later resume decides.
+        // Another runner took the job over.
         None => {}
     }
 }
