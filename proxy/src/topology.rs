@@ -178,10 +178,9 @@ impl Lease {
 }
 
 /// Follows `store`: applies each new map as it comes, and every poll interval (at most a third
-/// of `topology.lease`) reads the
-/// store's current map, applies it and reports the version held (the report doubles as this
-/// proxy's heartbeat in `rebalance status`); when both succeeded the lease is renewed from the
-/// moment the read started. Ends with the proxy.
+/// of `topology.lease`) reads the store's current map, applies it and reports the version held
+/// (the report doubles as this proxy's heartbeat in `rebalance status`); when both succeeded
+/// the lease is renewed from the moment the read started. Ends with the proxy.
 pub(crate) fn follow(shared: Weak<Shared>, store: Arc<Store>, proxy_id: String, every: Duration) {
     let mut maps = store.follow();
     // Three renewals per lease at least, whatever the poll interval.
