@@ -610,6 +610,7 @@ mod tests {
             abort_requested: false,
             error: None,
             progress: Progress::default(),
+            plan: None,
         };
         let shown = serde_json::to_string(&redact(job)).unwrap();
         for secret in ["hunter2", "pw1"] {

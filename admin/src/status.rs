@@ -388,6 +388,7 @@ pub(crate) mod tests {
                 }],
                 message: String::new(),
             },
+            plan: None,
         }
     }
 

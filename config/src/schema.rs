@@ -570,6 +570,12 @@ pub struct Topology {
     /// How often a proxy re-reads the postgres store besides LISTEN/NOTIFY.
     #[serde(with = "duration")]
     pub poll_interval: Duration,
+    /// How long a proxy may go without reaching the postgres store before it stops routing
+    /// writes (57P03) rather than route by a map that may be stale; the rebalancer deletes a
+    /// source's moved rows only after every proxy acknowledged the new map or was silent this
+    /// long. Ignored by the file store (one proxy, in-process).
+    #[serde(with = "duration")]
+    pub lease: Duration,
     /// This proxy's name in `rebalance status` (default: `hostname:admin-port`).
     pub proxy_id: Option<String>,
 }
@@ -580,6 +586,7 @@ impl Default for Topology {
             store: "file".into(),
             state_file: None,
             poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(15),
             proxy_id: None,
         }
     }
@@ -697,7 +704,7 @@ pub struct ShardedTable {
 }
 
 /// Shard-key types, each hashed with PostgreSQL's own function for it.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 pub enum KeyType {
     /// int2, int4 or int8 keys, hashed as int8 with `hashint8extended`.
     #[serde(

@@ -212,6 +212,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.topology.poll_interval.is_zero() {
         return err("topology.poll_interval", "must be more than 0".into());
     }
+    if c.topology.lease < std::time::Duration::from_millis(300) {
+        return err(
+            "topology.lease",
+            "must be at least 300ms (a proxy renews it three times per lease)".into(),
+        );
+    }
     if c.rebalance.delete_batch_size == 0 {
         return err("rebalance.delete_batch_size", "must be at least 1".into());
     }

@@ -96,6 +96,8 @@ pub struct Shared {
     /// Where the shard map lives (none: a static map, e.g. `shardgate check`).
     store: Option<Arc<shardgate_topology::Store>>,
     rebalancer: std::sync::OnceLock<Arc<shardgate_rebalance::Rebalancer>>,
+    /// The right to route by the map held (`topology.lease`; postgres store only).
+    lease: topology::Lease,
     /// The health and lag monitor (restarted when a reload changes what it watches).
     monitor: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Bumped by each reload or shard-map change that changes pools: sessions drop the pools
@@ -126,6 +128,7 @@ impl Shared {
             topo: ArcSwap::from_pointee(topo),
             store: None,
             rebalancer: std::sync::OnceLock::new(),
+            lease: topology::Lease::default(),
             activity: control::ClientActivity::default(),
             draining: Arc::default(),
             auth: ArcSwap::from_pointee(auth::Authenticator::new(&config)),
@@ -319,6 +322,9 @@ pub async fn start_with_state_file(
     let poll_interval = config.topology.poll_interval;
     let mut shared = Shared::new(config, topo);
     shared.store = Some(Arc::clone(&store));
+    if store.kind() == "postgres" {
+        shared.lease.enforce(shared.config().topology.lease);
+    }
     let shared = Arc::new(shared);
     shared.tls.start(&shared.config().tls)?;
     let (shutdown, shutdown_rx) = watch::channel(false);

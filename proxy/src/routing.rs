@@ -50,6 +50,11 @@ pub(crate) fn feature_error(message: String, hint: &str) -> RouteError {
 const MAX_BATCH_PARSES: usize = 64;
 
 impl Session {
+    /// A proxy whose lease on the topology ran out routes nothing (see `topology::Lease`).
+    fn check_lease(&self) -> Result<(), RouteError> {
+        self.shared.lease.check()
+    }
+
     fn hint(&self) -> Option<&Hint> {
         self.local_hint.as_ref().or(self.session_hint.as_ref())
     }
@@ -173,6 +178,7 @@ impl Session {
     /// Where a detached batch goes: the route of its first Query or Bind; a batch with neither
     /// (Parse/Describe only) goes to the default shard.
     pub(crate) fn route_batch(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
+        self.check_lease()?;
         if !self.shared.topo().routing {
             return Ok(Target::Shard(self.shared.topo().router.default_shard()));
         }
@@ -259,6 +265,9 @@ impl Session {
 
     /// Checks that a statement sent while holding a server connection belongs to its shard.
     pub(crate) fn check_pinned(&mut self, frame: &Frame) -> Result<(), RouteError> {
+        if matches!(frame.tag(), frontend::QUERY | frontend::BIND) {
+            self.check_lease()?;
+        }
         if !self.shared.topo().routing {
             return Ok(());
         }

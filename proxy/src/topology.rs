@@ -7,13 +7,13 @@
 //! store's follower (LISTEN/NOTIFY or polling for the postgres store, in-process for the
 //! file store); sessions that hit a rebalance fence wait for it with [`Shared::wait_for_newer`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardgate_config::Config;
 use shardgate_pool::Health;
-use shardgate_router::{Router, RouterError};
+use shardgate_router::{RouteError, Router, RouterError};
 use shardgate_topology::{ShardMap, Store};
 
 use crate::{stats, Shared};
@@ -102,10 +102,92 @@ impl Shared {
     }
 }
 
-/// Follows `store`: applies each new map and reports the version held, every poll interval
-/// (the report doubles as this proxy's heartbeat in `rebalance status`). Ends with the proxy.
+/// This proxy's right to route by the map it holds (postgres store only: a fleet). Renewed
+/// each time the follower has read the store's current map, applied it and reported its
+/// version; once `topology.lease` has passed since, the map may be stale (a rebalance may have
+/// committed and its cleanup may have deleted the sources' copies), so statements are refused
+/// with 57P03 until the store answers again. The rebalancer deletes moved rows only after every
+/// proxy acknowledged the new map or was silent longer than the lease (rebalance::teardown).
+pub(crate) struct Lease {
+    enforced: AtomicBool,
+    /// `topology.lease` in ms (kept here so the hot path reads no config).
+    length_ms: AtomicU64,
+    epoch: Instant,
+    /// When the last renewal's store read started, in ms since `epoch`.
+    renewed_ms: AtomicU64,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            enforced: AtomicBool::new(false),
+            length_ms: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            renewed_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Lease {
+    /// From now on a lease of `length` is required (the proxy follows a postgres store),
+    /// renewed now.
+    pub(crate) fn enforce(&self, length: Duration) {
+        self.set_length(length);
+        self.renew(Instant::now());
+        self.enforced.store(true, Ordering::Relaxed);
+    }
+
+    /// A reload may change `topology.lease`.
+    fn set_length(&self, length: Duration) {
+        let ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX);
+        self.length_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// `at`: when the read that proved the map current started.
+    fn renew(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.renewed_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Refuses routing once the lease has passed since the last renewal.
+    pub(crate) fn check(&self) -> Result<(), RouteError> {
+        if !self.enforced.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let length = Duration::from_millis(self.length_ms.load(Ordering::Relaxed));
+        let renewed = Duration::from_millis(self.renewed_ms.load(Ordering::Relaxed));
+        let age = self.epoch.elapsed().saturating_sub(renewed);
+        if age <= length {
+            return Ok(());
+        }
+        Err(RouteError {
+            code: shardgate_wire::sqlstate::CANNOT_CONNECT_NOW,
+            message: format!(
+                "shardgate has not reached its topology store for {:.1} s (topology.lease is \
+                 {length:?}): its shard map may be stale, so it routes no statement until the \
+                 store answers again",
+                age.as_secs_f64()
+            ),
+            hint: Some(
+                "retry shortly; check the metadata database in topology.store and the network \
+                 to it"
+                    .into(),
+            ),
+        })
+    }
+}
+
+/// Follows `store`: applies each new map as it comes, and every poll interval (at most a third
+/// of `topology.lease`) reads the store's current map, applies it and reports the version held
+/// (the report doubles as this proxy's heartbeat in `rebalance status`); when both succeeded
+/// the lease is renewed from the moment the read started. Ends with the proxy.
 pub(crate) fn follow(shared: Weak<Shared>, store: Arc<Store>, proxy_id: String, every: Duration) {
     let mut maps = store.follow();
+    // Three renewals per lease at least, whatever the poll interval.
+    let every = shared
+        .upgrade()
+        .map(|s| every.min(s.config().topology.lease / 3))
+        .unwrap_or(every);
     tokio::spawn(async move {
         let mut report = tokio::time::interval(every);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,11 +202,34 @@ pub(crate) fn follow(shared: Weak<Shared>, store: Arc<Store>, proxy_id: String, 
             if changed {
                 let map = maps.borrow_and_update().clone();
                 shared.apply_shard_map(&map);
+                // Acknowledge at once (the rebalancer's cleanup waits for it); the lease is
+                // renewed only by the periodic read below.
+                let version = shared.topology_version();
+                drop(shared);
+                if let Err(e) = store.report_version(&proxy_id, version).await {
+                    tracing::warn!(error = %e, "cannot report the shard-map version to the store");
+                }
+                continue;
             }
-            let version = shared.topology_version();
-            drop(shared);
-            if let Err(e) = store.report_version(&proxy_id, version).await {
-                tracing::warn!(error = %e, "cannot report the shard-map version to the store");
+            // A hung store must not hold the renewal forever: the lease then runs out.
+            let bound = shared.config().topology.lease;
+            shared.lease.set_length(bound);
+            let started = Instant::now();
+            let renewal = async {
+                let map = store.shard_map().await?;
+                shared.apply_shard_map(&map);
+                store
+                    .report_version(&proxy_id, shared.topology_version())
+                    .await
+            };
+            match tokio::time::timeout(bound, renewal).await {
+                Ok(Ok(())) => shared.lease.renew(started),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the shard map from the topology store or report to it")
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?bound, "the topology store did not answer")
+                }
             }
         }
     });

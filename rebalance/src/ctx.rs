@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_config::Config;
-use shardgate_topology::{now_ms, Job, Phase, Store};
+use shardgate_topology::{now_ms, Job, Phase, ShardMap, Store, StoreError};
 
+use super::error::EngineError;
 use super::plan::Plan;
 
 /// How often the heartbeat saves the job (and reads the abort flag from the store).
@@ -20,7 +21,7 @@ pub(crate) enum Stop {
     /// `rebalance abort` (here or on another proxy).
     Abort,
     /// An error: undo, then Failed with this message.
-    Fail(String),
+    Fail(EngineError),
     /// Another proxy took the job over: stop without touching anything.
     Lost,
     /// The new map was published and the job then failed; it is recorded as Failed and the
@@ -30,7 +31,13 @@ pub(crate) enum Stop {
 
 impl From<String> for Stop {
     fn from(s: String) -> Stop {
-        Stop::Fail(s)
+        Stop::Fail(EngineError::from(s))
+    }
+}
+
+impl From<EngineError> for Stop {
+    fn from(e: EngineError) -> Stop {
+        Stop::Fail(e)
     }
 }
 
@@ -45,10 +52,18 @@ pub(crate) struct Ctx {
     lost: AtomicBool,
     /// Serializes saves, so a heartbeat cannot write an older copy over a newer one.
     saving: tokio::sync::Mutex<()>,
+    /// Taken over after a restart: the cleanup re-verifies before deleting anything.
+    pub resumed: bool,
 }
 
 impl Ctx {
-    pub fn new(store: Arc<Store>, config: Arc<Config>, plan: Plan, job: Job) -> Arc<Ctx> {
+    pub fn new(
+        store: Arc<Store>,
+        config: Arc<Config>,
+        plan: Plan,
+        job: Job,
+        resumed: bool,
+    ) -> Arc<Ctx> {
         let abort = job.abort_requested;
         Arc::new(Ctx {
             store,
@@ -59,7 +74,33 @@ impl Ctx {
             no_abort: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             saving: tokio::sync::Mutex::new(()),
+            resumed,
         })
+    }
+
+    /// Publishes `shards` as version `expected + 1` together with the job as `change` leaves
+    /// it, in one store write (no heartbeat can interleave an older copy). The in-memory job
+    /// takes the change only when the publish succeeded.
+    pub async fn publish(
+        &self,
+        expected: u64,
+        shards: Vec<shardgate_config::Shard>,
+        change: impl FnOnce(&mut Job),
+    ) -> Result<ShardMap, StoreError> {
+        let _one = self.saving.lock().await;
+        let mut next = self.job.lock().await.clone();
+        change(&mut next);
+        next.heartbeat_ms = now_ms();
+        let map = self.store.publish_with_job(expected, shards, &next).await?;
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::triggered("rebalance-publish-reply-lost") {
+            return Err(StoreError::Database(
+                "failpoint rebalance-publish-reply-lost: the reply was lost".into(),
+            ));
+        }
+        // Only the runner changes the job, and it is waiting here.
+        *self.job.lock().await = next;
+        Ok(map)
     }
 
     pub async fn id(&self) -> String {
@@ -119,6 +160,7 @@ impl Ctx {
     }
 
     pub async fn set_phase(&self, phase: Phase, message: &str) {
+        crate::failpoint!(crate::failpoints::before_save(phase));
         let message = message.to_owned();
         self.update_save(|j| {
             j.phase = phase;

@@ -49,7 +49,7 @@ pub(crate) async fn run(
     conns
         .exec(shard, db, &format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
         .await?;
-    let mut result = Err(Stop::Fail(String::new()));
+    let mut result = Err(Stop::from(String::new()));
     for attempt in 1..=ATTEMPTS {
         if let Err(stop) = check() {
             result = Err(stop);
@@ -62,7 +62,7 @@ pub(crate) async fn run(
             }
             Err((Some(code), msg)) if code == LOCK_NOT_AVAILABLE => {
                 tracing::debug!(shard = %shard.name, db, attempt, "{what} waits for a table lock; retrying");
-                result = Err(Stop::Fail(format!(
+                result = Err(Stop::from(format!(
                     "{msg}: could not lock the table to {what} in {ATTEMPTS} tries of \
                      {LOCK_TIMEOUT} each — a long transaction holds it; retry when it has \
                      finished"
@@ -72,7 +72,7 @@ pub(crate) async fn run(
                 }
             }
             Err((_, msg)) => {
-                result = Err(Stop::Fail(msg));
+                result = Err(Stop::from(msg));
                 break;
             }
         }
@@ -92,7 +92,7 @@ pub(crate) async fn run_to_end(
 ) -> Result<(), String> {
     match run(conns, shard, db, stmt, what, &|| Ok(())).await {
         Ok(()) => Ok(()),
-        Err(Stop::Fail(e)) => Err(e),
+        Err(Stop::Fail(e)) => Err(e.to_string()),
         Err(stop) => Err(format!("{what}: stopped ({stop:?})")),
     }
 }

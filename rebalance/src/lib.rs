@@ -12,10 +12,24 @@
 //!
 //! Unqualified names in `sharding.tables` mean schema `public` to the rebalancer.
 
+/// A place where a crash test may stop the runner (see `failpoints`); nothing without the
+/// `failpoints` feature.
+macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "failpoints")]
+        $crate::failpoints::crash($name).await;
+    };
+}
+pub(crate) use failpoint;
+
+mod commit;
 mod conn;
 mod ctx;
 mod ddl;
 mod dsn;
+mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 mod plan;
 mod preflight;
 mod revert;
@@ -37,6 +51,8 @@ use shardgate_config::{Config, Shard};
 use shardgate_topology::{
     now_ms, Job, JobKind, Phase, Progress, ProxyVersion, ShardMap, Store, StoreError,
 };
+
+pub use error::EngineError;
 
 use ctx::Ctx;
 use plan::Plan;
@@ -288,12 +304,15 @@ impl Rebalancer {
             abort_requested: false,
             error: None,
             progress: Progress::default(),
+            plan: None,
         };
-        let plan = Plan::build(&job, &config)
-            .map_err(|e| preflight::refuse(e, "fix [sharding] in the config and reload"))?;
+        let plan = Plan::build(&job, &config).map_err(|e| {
+            preflight::refuse(e, "fix [sharding] or [rebalance] in the config and reload")
+        })?;
         preflight::check(&plan, &config).await?;
         job.heartbeat_ms = now_ms();
         job.progress.moves = plan.initial_progress();
+        job.plan = Some(plan.stored());
         job.progress.message = "preparing".into();
         match self.store.try_start_job(&job).await {
             Ok(()) => {}
@@ -306,7 +325,8 @@ impl Rebalancer {
     }
 
     fn spawn(self: &Arc<Self>, config: Arc<Config>, plan: Plan, job: Job, start: runner::Start) {
-        let ctx = Ctx::new(self.store.clone(), config, plan, job);
+        let resumed = matches!(start, runner::Start::Resume);
+        let ctx = Ctx::new(self.store.clone(), config, plan, job, resumed);
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
         let me = self.clone();
         tokio::spawn(async move {
@@ -371,7 +391,8 @@ impl Rebalancer {
     }
 
     /// At proxy start: an unfinished job whose runner is gone (stale heartbeat) is taken over —
-    /// aborted if it had not committed, finished if it had.
+    /// finished if the store's map is the job's new one (the commit point), undone if it is
+    /// still the old one; the stored plan is used, not the current config.
     pub async fn resume(self: &Arc<Self>) {
         let job = match self.store.job().await {
             Ok(Some(job)) if !job.phase.is_terminal() => job,
@@ -396,10 +417,11 @@ impl Rebalancer {
             }
         }
         let config = (self.config)();
-        let plan = match Plan::build(&job, &config) {
+        // The plan the job started with, whatever the config says now.
+        let plan = match Plan::resume(&job, &config) {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(job = %job.id, error = %e, "cannot resume the rebalance job: the config's sharded tables are invalid");
+                tracing::error!(job = %job.id, error = %e, "cannot resume the rebalance job: its plan cannot be rebuilt");
                 return;
             }
         };

@@ -1,11 +1,12 @@
 //! Which ring slots move where, and the SQL that selects them.
 //!
-//! A job's plan is computed from the job record (old and new shard lists) and the config (sharded
-//! tables, seed, slot bits, databases), so a restarted proxy computes the same plan again.
+//! A new job's plan is computed from the job record (old and new shard lists) and the config
+//! (sharded tables, seed, slot bits, databases), then stored in the job record: a resumed job
+//! runs the stored plan, never one rebuilt from whatever config the resuming proxy has.
 
 use shardgate_config::{Config, KeyType, Shard};
 use shardgate_router::ring::{slots_predicate, Ring};
-use shardgate_topology::{Job, MoveProgress};
+use shardgate_topology::{Job, JobPlan, MoveProgress, PlannedMove, PlannedTable};
 
 /// One sharded table as the rebalancer sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +62,14 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The plan of a new job, from the config.
     pub fn build(job: &Job, config: &Config) -> Result<Plan, String> {
+        if config.rebalance.databases.is_empty() {
+            return Err(
+                "rebalance.databases is empty: the rebalancer would move nothing (list the                  databases that hold the sharded tables)"
+                    .into(),
+            );
+        }
         let bits = config.sharding.slot_bits;
         let tables = tables(config)?;
         let moves = moves(&job.old_shards, &job.new_shards, bits)?;
@@ -73,6 +81,81 @@ impl Plan {
             moves,
             databases: config.rebalance.databases.clone(),
         })
+    }
+
+    /// The plan a job recorded when it started (records from before plans were stored are
+    /// planned from `config`, as they were then).
+    pub fn resume(job: &Job, config: &Config) -> Result<Plan, String> {
+        let Some(stored) = &job.plan else {
+            return Plan::build(job, config);
+        };
+        if stored.databases.is_empty() {
+            return Err("the job's stored plan names no database".into());
+        }
+        let shard = |name: &str| {
+            job.old_shards
+                .iter()
+                .chain(&job.new_shards)
+                .find(|s| s.name == name)
+                .cloned()
+                .ok_or_else(|| format!("the job's stored plan names an unknown shard {name}"))
+        };
+        let mut moves = Vec::new();
+        for (index, m) in stored.moves.iter().enumerate() {
+            moves.push(Move {
+                index,
+                source: shard(&m.source)?,
+                target: shard(&m.target)?,
+                slots: m.slots.clone(),
+            });
+        }
+        Ok(Plan {
+            job_id: job.id.clone(),
+            bits: stored.slot_bits,
+            seed: stored.hash_seed,
+            tables: stored
+                .tables
+                .iter()
+                .map(|t| TablePlan {
+                    schema: t.schema.clone(),
+                    name: t.name.clone(),
+                    key_column: t.key_column.clone(),
+                    key_type: t.key_type,
+                })
+                .collect(),
+            moves,
+            databases: stored.databases.clone(),
+        })
+    }
+
+    /// The plan as the job record stores it.
+    pub fn stored(&self) -> JobPlan {
+        JobPlan {
+            slot_bits: self.bits,
+            hash_seed: self.seed,
+            tables: self
+                .tables
+                .iter()
+                .map(|t| PlannedTable {
+                    schema: t.schema.clone(),
+                    name: t.name.clone(),
+                    key_column: t.key_column.clone(),
+                    key_type: t.key_type,
+                })
+                .collect(),
+            databases: self.databases.clone(),
+            moves: self
+                .moves
+                .iter()
+                .map(|m| PlannedMove {
+                    source: m.source.name.clone(),
+                    target: m.target.name.clone(),
+                    slots: m.slots.clone(),
+                })
+                .collect(),
+            verified: None,
+            deleting: false,
+        }
     }
 
     /// `sg_<job id>`, the prefix of every object this job creates (sanitized, so also a valid

@@ -30,7 +30,7 @@ async fn fence_targets(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
             super::runner::install_fence(ctx, conns, target, db, &slots, &back_to, &|| Ok(()))
                 .await
                 .map_err(|stop| match stop {
-                    Stop::Fail(e) => e,
+                    Stop::Fail(e) => e.to_string(),
                     other => format!("installing the fence: stopped ({other:?})"),
                 })?;
             conns
@@ -168,13 +168,27 @@ pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, String> 
             j.old_shards.clone(),
         )
     };
-    let map = ctx
-        .store
-        .publish(version, old_shards)
-        .await
-        .map_err(|e| format!("publishing the old shard map again failed: {e}"))?;
-    tracing::info!(job = %plan.job_id, version = map.version, copied, "rebalance reverted: old shard map published again");
-    Ok(map.version)
+    crate::failpoint!("rebalance-revert-before-publish");
+    // The revert's commit: the old list as the next version, with the job, in one write.
+    let published = ctx
+        .publish(version, old_shards, |j| {
+            j.progress.message = format!(
+                "reverted at version {}: removing the targets' copies and the fences",
+                version + 1
+            );
+        })
+        .await;
+    let reverted = match published {
+        Ok(map) => map.version,
+        Err(e) => match super::commit::state(ctx).await {
+            // It landed although its answer was lost.
+            Some(shardgate_topology::CommitState::Reverted { version }) => version,
+            _ => return Err(format!("publishing the old shard map again failed: {e}")),
+        },
+    };
+    tracing::info!(job = %plan.job_id, version = reverted, copied, "rebalance reverted: old shard map published again");
+    crate::failpoint!("rebalance-revert-after-publish");
+    Ok(reverted)
 }
 
 /// `rebalance abort` in Cleanup: revert, then the usual undo (lift the sources' fences, drop
@@ -182,8 +196,9 @@ pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, String> 
 /// fails before the old map is out, the targets are unfenced and the move finishes forward.
 pub(crate) async fn revert_and_finish(ctx: &Ctx, conns: &mut Conns) {
     use super::teardown;
-    use shardgate_topology::{now_ms, Phase};
+    use shardgate_topology::Phase;
     tracing::warn!(job = %ctx.plan.job_id, "abort after the commit: reverting the move");
+    crate::failpoint!("rebalance-before-save-aborting");
     ctx.update_save(|j| {
         j.phase = Phase::Aborting;
         j.stopped_in = Some(Phase::Cleanup);
@@ -220,7 +235,30 @@ pub(crate) async fn revert_and_finish(ctx: &Ctx, conns: &mut Conns) {
             return Box::pin(teardown::finish_cleanup(ctx, conns)).await;
         }
     };
-    teardown::wait_for_proxies(ctx, version).await;
+    finish_reverted(ctx, conns, version).await
+}
+
+/// After the old map was published again (`version`): the undo plus the targets' fences.
+/// Also where a runner restarted after a revert's publish picks up.
+pub(crate) async fn finish_reverted(ctx: &Ctx, conns: &mut Conns, version: u64) {
+    use super::teardown;
+    use shardgate_topology::{now_ms, Phase};
+    if let Err(e) = teardown::wait_for_proxies(ctx, version).await {
+        // The targets' copies stay (fenced) until every proxy routes by the old map again.
+        ctx.update_save(|j| {
+            j.phase = Phase::Failed;
+            j.finished_ms = Some(now_ms());
+            j.to_version = Some(version);
+            j.error = Some(format!(
+                "reverted to the old shard map (version {version}), but {e}; the targets' \
+                 copies and fences were kept — delete the moved rows from the targets and \
+                 drop the fences named {}… once every proxy routes by version {version}",
+                ctx.plan.prefix()
+            ));
+        })
+        .await;
+        return;
+    }
     let mut left = None;
     for attempt in 1..=teardown::ATTEMPTS {
         let mut result = teardown::undo(ctx, conns).await;

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_config::Shard;
-use shardgate_topology::{Phase, StoreError};
+use shardgate_topology::{CommitState, Phase};
 
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
 use super::dsn::conninfo;
-use super::{ddl, schema_copy, sql, stream, teardown, verify};
+use super::error::EngineError;
+use super::{commit, ddl, revert, schema_copy, sql, stream, teardown, verify};
 
 /// Polling step inside a cutover (the fence is closed: be quick).
 const CUTOVER_POLL: Duration = Duration::from_millis(5);
@@ -20,7 +21,7 @@ const CUTOVER_POLL: Duration = Duration::from_millis(5);
 pub(crate) enum Start {
     /// A new job, just recorded.
     Fresh,
-    /// Taken over at proxy start: finish the cleanup if committed, else undo.
+    /// Taken over at proxy start: finish if the store's map is the job's new one, else undo.
     Resume,
 }
 
@@ -28,21 +29,23 @@ pub(crate) enum Start {
 pub(crate) async fn run(ctx: Arc<Ctx>, start: Start) {
     let heartbeat = ctx.spawn_heartbeat();
     let mut conns = Conns::new(ctx.config.rebalance.clone());
-    let phase = ctx.phase().await;
     match start {
         Start::Fresh => match forward(&ctx, &mut conns).await {
             Ok(()) => teardown::finish_cleanup(&ctx, &mut conns).await,
             Err(Stop::Lost | Stop::Committed) => {}
-            Err(stop) => teardown::undo_and_finish(&ctx, &mut conns, stop, None).await,
+            Err(stop) => settle(&ctx, &mut conns, stop, None).await,
         },
-        Start::Resume if phase.is_committed() => teardown::finish_cleanup(&ctx, &mut conns).await,
         Start::Resume => {
+            let (phase, stopped_in) = {
+                let j = ctx.job.lock().await;
+                (j.phase, j.stopped_in)
+            };
             let was = match phase {
-                Phase::Aborting => ctx.job.lock().await.stopped_in.unwrap_or(phase),
+                Phase::Aborting => stopped_in.unwrap_or(phase),
                 p => p,
             };
             let msg = format!("runner restarted during {was}; the move was undone, start it again");
-            teardown::undo_and_finish(&ctx, &mut conns, Stop::Abort, Some((was, msg))).await
+            settle(&ctx, &mut conns, Stop::Abort, Some((was, msg))).await
         }
     }
     heartbeat.abort();
@@ -51,10 +54,46 @@ pub(crate) async fn run(ctx: Arc<Ctx>, start: Start) {
     }
 }
 
+/// Undo or finish after the forward path stopped or a runner restarted: decided by the store's
+/// current map (commit.rs), never by the saved phase alone. `restarted`: the phase the previous
+/// runner was in and the message an undo records.
+async fn settle(ctx: &Ctx, conns: &mut Conns, stop: Stop, restarted: Option<(Phase, String)>) {
+    let (phase, stopped_in) = {
+        let j = ctx.job.lock().await;
+        (j.phase, j.stopped_in)
+    };
+    // A revert of the committed move was under way (`rebalance abort` in Cleanup).
+    let reverting = phase == Phase::Aborting && stopped_in == Some(Phase::Cleanup);
+    match commit::state_eventually(ctx).await {
+        Some(CommitState::NotCommitted) => {
+            teardown::undo_and_finish(ctx, conns, stop, restarted).await
+        }
+        Some(CommitState::Committed { version }) => {
+            tracing::warn!(job = %ctx.plan.job_id, version, phase = %phase, stop = ?stop, "the job's new shard map is live: the move goes forward, it is not undone");
+            ctx.update_save(|j| j.to_version = Some(version)).await;
+            if reverting {
+                revert::revert_and_finish(ctx, conns).await
+            } else {
+                teardown::finish_cleanup(ctx, conns).await
+            }
+        }
+        Some(CommitState::Reverted { version }) => {
+            revert::finish_reverted(ctx, conns, version).await
+        }
+        Some(CommitState::Unknown { version }) => {
+            teardown::fail_undecided(ctx, conns, version).await
+        }
+        // Another runner took the job over.
+        None => {}
+    }
+}
+
 /// Everything up to and including the publish of the new map.
 async fn forward(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
     prepare(ctx, conns).await?;
+    crate::failpoint!("rebalance-mid-copy");
     stream::copy(ctx, conns).await?;
+    crate::failpoint!("rebalance-before-cutover");
     let attempts = ctx.config.rebalance.cutover_attempts.max(1);
     let mut last = String::new();
     let mut probe_seq = sql::PROBE_SEQ_START;
@@ -65,12 +104,12 @@ async fn forward(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
             Some(why) => last = why,
         }
     }
-    Err(Stop::Fail(format!(
+    Err(Stop::Fail(EngineError::Timeout(format!(
         "cutover did not finish within rebalance.cutover_timeout ({:?}) in {attempts} attempts \
          (last: {last}); the move was undone — raise rebalance.cutover_timeout or \
          rebalance.cutover_attempts, or retry when the write load is lower",
         ctx.config.rebalance.cutover_timeout
-    )))
+    ))))
 }
 
 async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
@@ -233,25 +272,27 @@ async fn cutover(ctx: &Ctx, conns: &mut Conns, attempt: u32) -> Result<Option<St
     }
     match outcome {
         Ok(Some(version)) => {
-            ctx.update_save(|j| {
-                j.progress.cutover_pauses_ms.push(pause_ms);
-                j.to_version = Some(version);
-                j.phase = Phase::Cleanup;
-                j.progress.message =
-                    format!("committed at version {version}; verifying the moved rows");
-            })
-            .await;
+            crate::failpoint!("rebalance-after-publish");
+            ctx.update_save(|j| j.progress.cutover_pauses_ms.push(pause_ms))
+                .await;
             tracing::info!(job = %plan.job_id, version, pause_ms, "rebalance committed: new shard map published");
             let verified = verify::verify(ctx, conns).await;
             verify::end_snapshots(plan, conns).await;
             match verified {
-                Ok(Ok(rows)) => {
-                    ctx.update(|j| {
+                Ok(Ok(verified)) => {
+                    let rows = verify::rows_per_move(plan, &verified);
+                    // Saved before anything is deleted: a resumed cleanup checks the sources
+                    // against these figures.
+                    ctx.update_save(|j| {
                         for (mp, v) in j.progress.moves.iter_mut().zip(&rows) {
                             mp.verified_rows = Some(*v);
                         }
+                        if let Some(p) = &mut j.plan {
+                            p.verified = Some(verified);
+                        }
                     })
                     .await;
+                    crate::failpoint!("rebalance-after-verify");
                     Ok(None)
                 }
                 Ok(Err(problem)) | Err(problem) => {
@@ -263,7 +304,7 @@ async fn cutover(ctx: &Ctx, conns: &mut Conns, attempt: u32) -> Result<Option<St
         Ok(None) => {
             teardown::unfence_all(ctx, conns)
                 .await
-                .map_err(Stop::Fail)?;
+                .map_err(Stop::from)?;
             let why = format!("attempt {attempt} timed out after {pause_ms:.0} ms");
             tracing::warn!(job = %plan.job_id, attempt, pause_ms, "cutover timed out; fence lifted, retrying");
             ctx.update_save(|j| {
@@ -302,11 +343,11 @@ async fn fenced(
                 .exec_params(source, db, sql::FENCE_CLOSE, &[&plan.job_id])
                 .await?;
             if n != 1 {
-                return Err(Stop::Fail(format!(
+                return Err(Stop::Fail(EngineError::Refused(format!(
                     "the fence of job {} is missing on shard {} database {db} (someone dropped \
                      shardgate.fence_switch rows); the move was undone, start it again",
                     plan.job_id, source.name
-                )));
+                ))));
             }
             let row = conns.one(source, db, sql::NOW_TEXT, &[]).await?;
             fence_time.insert((source.name.clone(), db.clone()), row.get(0));
@@ -358,14 +399,14 @@ async fn fenced(
     // New rows on the targets must not collide with moved ones (serial columns).
     super::sequences::align(plan, conns)
         .await
-        .map_err(Stop::Fail)?;
+        .map_err(Stop::from)?;
     mark("sequences aligned", &mut steps);
     // Every source and target now holds the moving rows as of the fence: freeze that view in
     // a snapshot per connection, to count and checksum after the publish, so verification
     // does not hold the fence (it scans every moved row: ~0.7 s for 330k rows).
     verify::take_snapshots(plan, conns)
         .await
-        .map_err(Stop::Fail)?;
+        .map_err(Stop::from)?;
     mark("snapshots taken", &mut steps);
     tracing::info!(job = %plan.job_id, steps = ?steps, "cutover steps (ms since the fence)");
     // Last moment to abort: after the publish the job only goes forward.
@@ -377,30 +418,36 @@ async fn fenced(
         let j = ctx.job.lock().await;
         (j.from_version, j.new_shards.clone())
     };
-    match ctx.store.publish(from, new_shards.clone()).await {
+    let to = from + 1;
+    crate::failpoint!("rebalance-before-publish");
+    // The commit: the new map and the job's Cleanup phase in one store write.
+    let published = ctx
+        .publish(from, new_shards, |j| {
+            j.phase = Phase::Cleanup;
+            j.to_version = Some(to);
+            j.progress.message = format!("committed at version {to}; verifying the moved rows");
+        })
+        .await;
+    match published {
         Ok(map) => Ok(Some(map.version)),
-        Err(StoreError::Conflict { expected, found }) => Err(Stop::Fail(format!(
-            "the shard map changed underneath during cutover (expected version {expected}, \
-             found {found}); the move was undone — start it again"
-        ))),
-        Err(e) => {
-            // The write may have landed even though the answer was lost: look.
-            match ctx.store.shard_map().await {
-                Ok(map)
-                    if map.version == from + 1
-                        && map.names()
-                            == new_shards
-                                .iter()
-                                .map(|s| s.name.as_str())
-                                .collect::<Vec<_>>() =>
-                {
-                    Ok(Some(map.version))
-                }
-                _ => Err(Stop::Fail(format!(
-                    "publishing the new shard map failed: {e}; the move was undone — check the \
-                     topology store and start it again"
-                ))),
+        // The write may have landed although its answer was lost: the store's map decides.
+        Err(e) => match commit::state(ctx).await {
+            Some(CommitState::Committed { version }) => {
+                ctx.update_save(|j| {
+                    j.phase = Phase::Cleanup;
+                    j.to_version = Some(version);
+                })
+                .await;
+                Ok(Some(version))
             }
-        }
+            Some(CommitState::NotCommitted) => Err(Stop::Fail(EngineError::Store(format!(
+                "publishing the new shard map failed: {e}; the move was undone — check the \
+                 topology store and start it again"
+            )))),
+            _ => Err(Stop::Fail(EngineError::Store(format!(
+                "publishing the new shard map failed: {e}, and the store's map is not the \
+                 job's old one"
+            )))),
+        },
     }
 }

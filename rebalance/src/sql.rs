@@ -174,14 +174,17 @@ pub(crate) const FENCE_TABLE_EXISTS: &str = "SELECT to_regclass('shardgate.fence
 /// Drops the fence table once no job's rows or trigger functions remain, and the schema once it
 /// is empty (an error from a non-empty schema is expected and ignored by the caller).
 pub(crate) fn drop_fence_table_if_unused() -> String {
+    // Nested IFs: PL/pgSQL plans a condition as one query, so a table it names must exist
+    // (a cleanup that runs again after a restart finds them gone).
     "DO $sg$ BEGIN
   IF to_regclass('shardgate.fence') IS NOT NULL
-     AND to_regclass('shardgate.fence_switch') IS NOT NULL
-     AND NOT EXISTS (SELECT 1 FROM shardgate.fence)
-     AND NOT EXISTS (SELECT 1 FROM shardgate.fence_switch)
-     AND NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                     WHERE n.nspname = 'shardgate' AND p.proname LIKE 'sg\\_fence\\_%') THEN
-    DROP TABLE shardgate.fence, shardgate.fence_switch;
+     AND to_regclass('shardgate.fence_switch') IS NOT NULL THEN
+    IF NOT EXISTS (SELECT 1 FROM shardgate.fence)
+       AND NOT EXISTS (SELECT 1 FROM shardgate.fence_switch)
+       AND NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                       WHERE n.nspname = 'shardgate' AND p.proname LIKE 'sg\\_fence\\_%') THEN
+      DROP TABLE shardgate.fence, shardgate.fence_switch;
+    END IF;
   END IF;
 END $sg$"
         .into()

@@ -15,6 +15,7 @@ use shardgate_topology::Phase;
 
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
+use super::error::EngineError;
 use super::plan::Plan;
 use super::sql;
 
@@ -136,11 +137,11 @@ async fn stream_states(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<StreamState>,
                 .query(&m.target, db, sql::SUBSCRIPTION_SYNC_STATE, &[&name])
                 .await?;
             let Some(row) = rows.first() else {
-                return Err(Stop::Fail(format!(
+                return Err(Stop::Fail(EngineError::Refused(format!(
                     "subscription {name} is missing on shard {} — someone dropped it; the move \
                      was undone, start it again",
                     m.target.name
-                )));
+                ))));
             };
             let (enabled, not_ready, all): (bool, i64, i64) = (row.get(0), row.get(1), row.get(2));
             let errors = conns
@@ -257,7 +258,9 @@ pub(crate) async fn copy(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
         if watch.stalled(Instant::now(), total, pending, errors, STALL) {
             let stuck: Vec<&StreamState> =
                 states.iter().filter(|s| s.enabled && !s.copied()).collect();
-            return Err(Stop::Fail(diagnose(ctx, conns, &stuck).await));
+            return Err(Stop::Fail(EngineError::Timeout(
+                diagnose(ctx, conns, &stuck).await,
+            )));
         }
         ctx.pause(POLL).await?;
     }
@@ -355,11 +358,11 @@ async fn lags(ctx: &Ctx, conns: &mut Conns) -> Result<(Vec<u64>, f64), Stop> {
             let name = plan.object_name(d, m.index);
             let rows = conns.query(&m.source, db, sql::SLOT_LAG, &[&name]).await?;
             let Some(row) = rows.first() else {
-                return Err(Stop::Fail(format!(
+                return Err(Stop::Fail(EngineError::Refused(format!(
                     "replication slot {name} is missing on shard {} — someone dropped it; the \
                      move was undone, start it again",
                     m.source.name
-                )));
+                ))));
             };
             let lag = row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64;
             worst = worst.max(lag);

@@ -18,12 +18,14 @@ const ABORTED: &str = "aborted";
 
 /// Attempts at undo or cleanup before giving up and reporting what is left.
 pub(crate) const ATTEMPTS: u32 = 4;
-/// How long cleanup waits for every live proxy to route by the new map.
-const PROXY_WAIT: Duration = Duration::from_secs(10);
+/// Cleanup waits for the proxies at most this many `topology.lease`s …
+const PROXY_WAIT_LEASES: u32 = 4;
+/// … and at least this long.
+const PROXY_WAIT_MIN: Duration = Duration::from_secs(60);
+/// Added to `topology.lease` before a silent proxy counts as having stopped routing.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// How long cleanup waits for the targets to confirm they flushed what they applied.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
-/// A proxy not heard from for this long is not waited for.
-const PROXY_LIVE_SECS: f64 = 5.0;
 
 /// Opens the job's fence on every source (writes to moving keys go through again).
 pub(crate) async fn unfence_all(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
@@ -344,6 +346,9 @@ async fn delete_moved(
                     }
                     let n = conns.delete_bypassing(shard, db, &q).await?;
                     deleted[m.index] += n;
+                    if !on_target && n > 0 {
+                        crate::failpoint!("rebalance-mid-delete");
+                    }
                     if !on_target {
                         let total = deleted[m.index];
                         ctx.update(|j| {
@@ -400,10 +405,11 @@ pub(crate) async fn undo_and_finish(
     let phase = ctx.phase().await;
     let (stopped_in, error, failed) = match (&stop, restarted) {
         (_, Some((was, msg))) => (was, Some(msg), false),
-        (Stop::Fail(msg), None) => (phase, Some(msg.clone()), true),
+        (Stop::Fail(e), None) => (phase, Some(e.to_string()), true),
         (_, None) => (phase, None, false),
     };
     tracing::warn!(job = %ctx.plan.job_id, phase = %stopped_in, error = ?error, "rebalance stopped; undoing");
+    crate::failpoint!("rebalance-before-save-aborting");
     ctx.update_save(|j| {
         j.phase = Phase::Aborting;
         j.stopped_in = Some(stopped_in);
@@ -468,7 +474,9 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
         &format!("committed at version {to}; waiting for every proxy to route by it"),
     )
     .await;
-    wait_for_proxies(ctx, to).await;
+    if let Err(e) = wait_for_proxies(ctx, to).await {
+        return keep_sources(ctx, conns, to, &e).await;
+    }
     let mut left = None;
     for attempt in 1..=ATTEMPTS {
         if ctx.lost() {
@@ -492,6 +500,9 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
                 tokio::time::sleep(Duration::from_secs(2 * attempt as u64)).await;
             }
         }
+    }
+    if left.is_none() {
+        crate::failpoint!("rebalance-before-done");
     }
     ctx.update_save(|j| {
         j.finished_ms = Some(now_ms());
@@ -533,8 +544,28 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     if ctx.abort_requested() {
         return Err(ABORTED.into());
     }
+    let (recorded, deleting) = {
+        let j = ctx.job.lock().await;
+        let plan = j.plan.as_ref();
+        (
+            plan.and_then(|p| p.verified.clone()),
+            plan.is_some_and(|p| p.deleting),
+        )
+    };
+    if ctx.resumed && !deleting {
+        ctx.update(|j| j.progress.message = "re-verifying the moved rows before deleting".into())
+            .await;
+        super::verify::reverify(ctx, conns, recorded.as_deref()).await?;
+    }
+    ctx.update_save(|j| {
+        if let Some(p) = &mut j.plan {
+            p.deleting = true;
+        }
+    })
+    .await;
     ctx.update(|j| j.progress.message = "deleting the moved rows from the sources".into())
         .await;
+    crate::failpoint!("rebalance-before-delete");
     delete_moved(ctx, conns, false, &[]).await?;
     drop_fences(ctx, conns).await
 }
@@ -543,15 +574,26 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
 /// run: record it as Failed, drop the replication objects (no slot may leak), and keep the
 /// sources' rows and fences, so nothing is lost and nothing writes the old copies.
 pub(crate) async fn fail_after_commit(ctx: &Ctx, conns: &mut Conns, version: u64, problem: &str) {
-    tracing::error!(job = %ctx.plan.job_id, version, %problem, "verification failed after the commit");
+    keep_sources(
+        ctx,
+        conns,
+        version,
+        &format!("verification failed: {problem}"),
+    )
+    .await
+}
+
+/// Committed, but the sources' copies may not be deleted (`problem` says why): Failed, the
+/// replication objects dropped, the sources' rows and fences kept.
+async fn keep_sources(ctx: &Ctx, conns: &mut Conns, version: u64, problem: &str) {
+    tracing::error!(job = %ctx.plan.job_id, version, %problem, "committed, but the sources keep their rows");
     let dropped = drop_streams(ctx, conns).await;
     ctx.update_save(|j| {
         j.phase = Phase::Failed;
         j.stopped_in = Some(Phase::Cleanup);
         j.finished_ms = Some(now_ms());
         j.error = Some(format!(
-            "committed at version {version} (the new shard map is live), but verification \
-             failed: {problem}. The sources still hold every moved row and their fences stay \
+            "committed at version {version} (the new shard map is live), but {problem}. The sources still hold every moved row and their fences stay \
              (nothing was deleted){}; compare the rows named above on both sides, repair the \
              target, then delete the moved rows from the sources and drop the fence triggers \
              named {}…",
@@ -565,26 +607,74 @@ pub(crate) async fn fail_after_commit(ctx: &Ctx, conns: &mut Conns, version: u64
     .await;
 }
 
-/// Stale proxies would still read the sources' old copies: wait (bounded) until every proxy
-/// seen lately routes by `version`.
-pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) {
-    let until = tokio::time::Instant::now() + PROXY_WAIT;
+/// Stale proxies would still route the moved keys to the sources' old copies: waits until
+/// every proxy registered in the store routes by `version`, or has been silent past
+/// `topology.lease` (a proxy that cannot reach the store within its lease refuses writes by
+/// itself, see `proxy::topology`). A store error is never taken for "nobody is behind": the
+/// wait goes on, bounded by `PROXY_WAIT_LEASES` leases (at least `PROXY_WAIT_MIN`); then
+/// `Err` and nothing may be deleted.
+pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) -> Result<(), String> {
+    let lease = ctx.config.topology.lease;
+    // Ages come from the store's clock and a report is stamped while the proxy waits for its
+    // answer, whose start renews the proxy's lease: a margin covers the round trip.
+    let silent_after = lease.as_secs_f64() + LEASE_MARGIN.as_secs_f64();
+    let limit = (lease * PROXY_WAIT_LEASES).max(PROXY_WAIT_MIN);
+    let until = tokio::time::Instant::now() + limit;
     loop {
-        let behind: Vec<String> = match ctx.store.proxies().await {
-            Ok(list) => list
-                .into_iter()
-                .filter(|p| p.seen_seconds_ago <= PROXY_LIVE_SECS && p.version < version)
-                .map(|p| format!("{} (v{})", p.proxy_id, p.version))
-                .collect(),
-            Err(_) => Vec::new(),
+        if ctx.abort_requested() || ctx.lost() {
+            return Ok(());
+        }
+        let last = match ctx.store.proxies().await {
+            Ok(list) => {
+                let behind: Vec<String> = list
+                    .into_iter()
+                    .filter(|p| p.version < version && p.seen_seconds_ago <= silent_after)
+                    .map(|p| {
+                        format!(
+                            "{} (v{}, seen {:.1} s ago)",
+                            p.proxy_id, p.version, p.seen_seconds_ago
+                        )
+                    })
+                    .collect();
+                if behind.is_empty() {
+                    return Ok(());
+                }
+                format!("proxies still route by an older map: {}", behind.join(", "))
+            }
+            Err(e) => format!("the topology store cannot list the proxies: {e}"),
         };
-        if behind.is_empty() || ctx.abort_requested() {
-            return;
-        }
         if tokio::time::Instant::now() >= until {
-            tracing::warn!(job = %ctx.plan.job_id, behind = ?behind, "proxies still behind the new map; cleaning up anyway");
-            return;
+            return Err(format!(
+                "{last} (waited {limit:?}: every proxy must route by version {version} or be \
+                 silent past topology.lease = {lease:?})"
+            ));
         }
+        tracing::debug!(job = %ctx.plan.job_id, version, %last, "waiting for the proxies");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The map says neither the job's old nor its new shard list: someone else changed it. No
+/// row is deleted on any side; the replication objects go (no slot may hold WAL forever).
+pub(crate) async fn fail_undecided(ctx: &Ctx, conns: &mut Conns, version: u64) {
+    tracing::error!(job = %ctx.plan.job_id, version, "the shard map is neither the job's old nor its new one; nothing is deleted");
+    let dropped = drop_streams(ctx, conns).await;
+    ctx.update_save(|j| {
+        j.phase = Phase::Failed;
+        j.stopped_in.get_or_insert(j.phase);
+        j.finished_ms = Some(now_ms());
+        j.error = Some(format!(
+            "the store's shard map (version {version}) is neither the job's old map (version \
+             {}) nor its new one: something else published a map. Nothing was deleted on any \
+             shard{}; the fences named {}… stay until you drop them — check which shard owns \
+             the moved slots under version {version} and remove the other copy",
+            j.from_version,
+            match &dropped {
+                Ok(_) => String::new(),
+                Err(e) => format!(" (dropping the subscriptions failed: {e})"),
+            },
+            ctx.plan.prefix()
+        ));
+    })
+    .await;
 }

@@ -258,6 +258,23 @@ async fn preflight_refuses_a_table_without_a_primary_key() {
         .unwrap_err();
     assert_eq!(e.status, 400);
     assert_eq!(rb.abort().await.unwrap_err().status, 404);
+
+    // No database to move: refused by pre-flight, not an index out of bounds later.
+    let mut no_databases = config(&[("s1", s1), ("s2", s2)], "");
+    no_databases.rebalance.databases.clear();
+    let e = rebalancer(no_databases, store.clone())
+        .add_shard(AddShardRequest {
+            name: "s3".into(),
+            primary: format!("127.0.0.1:{}", new.port()),
+            replicas: vec![],
+            admin_user: Some("postgres".into()),
+            admin_password: Some("postgres".into()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((e.status, e.code.as_str()), (422, "preflight"), "{e:?}");
+    assert!(e.message.contains("rebalance.databases"), "{e:?}");
+    assert!(store.job().await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -186,3 +186,102 @@ primary = {}
 
     proxy.shutdown().await;
 }
+
+/// A proxy that cannot reach its postgres topology store for longer than `topology.lease`
+/// refuses statements with 57P03 instead of routing by a map that may be stale (the rebalancer
+/// deletes moved rows from a source once such a proxy has been silent that long), and routes
+/// again once the store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cut_off_from_the_store_refuses_statements_after_its_lease() {
+    let (a, mut meta) = tokio::task::spawn_blocking(|| {
+        let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
+        meta.psql("postgres", "create database meta")
+            .expect("meta db");
+        (start("a"), meta)
+    })
+    .await
+    .expect("join");
+    a.psql_as(
+        USER,
+        PASSWORD,
+        "app",
+        "create table t (user_id bigint primary key, v int not null)",
+    )
+    .expect("schema");
+    let text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+[topology]
+store = "postgres://postgres:postgres@127.0.0.1:{}/meta?connect_timeout=1"
+poll_interval = "200ms"
+lease = "1s"
+proxy_id = "lease-test"
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+[[sharding.tables]]
+name = "t"
+[[shards]]
+name = "s0"
+primary = {}
+"#,
+        meta.port(),
+        host(&a)
+    );
+    let config = Config::from_toml(&text, Path::new("lease.toml")).expect("config");
+    let proxy = shardgate_proxy::start(config).await.expect("proxy");
+    let url = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app",
+        proxy.addr().port()
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let write = |k: i64| format!("insert into t (user_id, v) values ({k}, 1)");
+    client
+        .simple_query(&write(1))
+        .await
+        .expect("a write with the store up");
+
+    let meta = tokio::task::spawn_blocking(move || {
+        meta.stop().expect("stop meta");
+        meta
+    })
+    .await
+    .expect("join");
+    // Within a bounded wait the lease runs out and writes are refused, with the reason.
+    let mut refused = None;
+    for k in 2..200 {
+        match client.simple_query(&write(k)).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("writes are refused once the lease ran out");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "57P03", "{db:?}");
+    assert!(db.message().contains("topology store"), "{}", db.message());
+
+    let mut meta = meta;
+    let meta = tokio::task::spawn_blocking(move || {
+        meta.restart().expect("restart meta");
+        meta
+    })
+    .await
+    .expect("join");
+    let mut back = false;
+    for _ in 0..200 {
+        if client.simple_query(&write(10_000)).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "writes go through again once the store answers");
+    drop(meta);
+}

@@ -183,7 +183,7 @@ async fn three_to_four_and_back_under_load() {
             &shard_refs,
             &TABLES,
             &format!(
-                "store = \"{}\"\npoll_interval = \"200ms\"\nproxy_id = \"{id}\"",
+                "store = \"{}\"\npoll_interval = \"200ms\"\nlease = \"3s\"\nproxy_id = \"{id}\"",
                 store_url(&meta)
             ),
             "",
@@ -459,7 +459,7 @@ async fn abort_in_each_phase_leaves_data_as_before() {
         &[&shards[0], &shards[1]],
         &TABLES,
         &format!(
-            "store = \"{}\"\npoll_interval = \"200ms\"\nproxy_id = \"proxy-abort\"",
+            "store = \"{}\"\npoll_interval = \"200ms\"\nlease = \"3s\"\nproxy_id = \"proxy-abort\"",
             store_url(&meta)
         ),
         // Short, so a cutover the test holds gives up soon and the job goes back to catching up.

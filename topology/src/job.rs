@@ -2,7 +2,9 @@
 //! by `GET /api/v1/rebalance`.
 
 use serde::{Deserialize, Serialize};
-use shardgate_config::Shard;
+use shardgate_config::{KeyType, Shard};
+
+use crate::ShardMap;
 
 /// What the job changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,9 +138,93 @@ pub struct Job {
     pub abort_requested: bool,
     pub error: Option<String>,
     pub progress: Progress,
+    /// What the job moves, fixed when it started: a resumed job uses this, never the config
+    /// of the proxy that takes it over. `None` only in records written before it existed.
+    #[serde(default)]
+    pub plan: Option<JobPlan>,
+}
+
+/// One sharded table of a job's plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedTable {
+    pub schema: String,
+    pub name: String,
+    pub key_column: String,
+    pub key_type: KeyType,
+}
+
+/// One source → target stream of a job's plan: the ring slots whose owner changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub source: String,
+    pub target: String,
+    pub slots: Vec<i64>,
+}
+
+/// Everything that decides which rows a job moves, as it was when the job started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPlan {
+    pub slot_bits: u32,
+    pub hash_seed: i64,
+    pub tables: Vec<PlannedTable>,
+    pub databases: Vec<String>,
+    pub moves: Vec<PlannedMove>,
+    /// Per move, database and table, the rows and checksum the cutover found equal on the
+    /// source and the target; saved before any source row is deleted. The sources' moved rows
+    /// are fenced from the cutover until they are deleted, so a resumed cleanup re-checks the
+    /// sources against these figures before deleting.
+    #[serde(default)]
+    pub verified: Option<Vec<VerifiedTable>>,
+    /// Set (and saved) once the sources' moved rows passed the last check and their deletion
+    /// began: a resumed cleanup then goes on deleting (the figures no longer hold for rows
+    /// already deleted).
+    #[serde(default)]
+    pub deleting: bool,
+}
+
+/// What the cutover's verification found for one move, database and table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedTable {
+    /// Index into `moves`.
+    pub move_index: usize,
+    pub database: String,
+    /// `schema.name`.
+    pub table: String,
+    pub rows: i64,
+    pub checksum: String,
+}
+
+/// Where the store's current shard map says a job is: the map is the commit point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitState {
+    /// The map is still the one the job started from: nothing routes to the targets yet.
+    NotCommitted,
+    /// The map is the job's new shard list, published by the job: the move is live.
+    Committed { version: u64 },
+    /// The job's old shard list was published again after the commit (a revert): the
+    /// sources own the moving slots again.
+    Reverted { version: u64 },
+    /// The map is neither: someone else changed it. Nothing may be deleted on either side.
+    Unknown { version: u64 },
 }
 
 impl Job {
+    /// Compares the job with the store's current map (see [`CommitState`]).
+    pub fn commit_state(&self, map: &ShardMap) -> CommitState {
+        let version = map.version;
+        if version == self.from_version && map.shards == self.old_shards {
+            return CommitState::NotCommitted;
+        }
+        let committed_at = self.to_version.unwrap_or(self.from_version + 1);
+        if version == committed_at && map.shards == self.new_shards {
+            return CommitState::Committed { version };
+        }
+        if version == committed_at + 1 && map.shards == self.old_shards {
+            return CommitState::Reverted { version };
+        }
+        CommitState::Unknown { version }
+    }
+
     /// The shard being added or removed.
     pub fn shard_name(&self) -> &str {
         match &self.kind {

@@ -13,7 +13,10 @@
 mod job;
 mod store;
 
-pub use job::{Job, JobKind, MoveProgress, Phase, Progress};
+pub use job::{
+    CommitState, Job, JobKind, JobPlan, MoveProgress, Phase, PlannedMove, PlannedTable, Progress,
+    VerifiedTable,
+};
 pub use store::{ProxyVersion, Store, StoreError};
 
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shardgate_config::{Config, Shard};
 use shardgate_tests::{ClusterOptions, PgCluster};
-use shardgate_topology::{Job, JobKind, Phase, Progress, ShardMap, Store, StoreError};
+use shardgate_topology::{CommitState, Job, JobKind, Phase, Progress, ShardMap, Store, StoreError};
 use tokio::sync::watch;
 
 fn config(store: &str, shards: &[&str]) -> Config {
@@ -48,7 +48,92 @@ fn job(id: &str, phase: Phase) -> Job {
         abort_requested: false,
         error: None,
         progress: Progress::default(),
+        plan: None,
     }
+}
+
+/// The commit point, for either store: a publish retried after its reply was lost is success
+/// (not a conflict), a different map at that version is a conflict, and the job record goes
+/// with the map in one write or not at all.
+async fn publish_is_idempotent_and_carries_the_job(store: &Store) {
+    let running = job("rb-7", Phase::Cutover);
+    store.try_start_job(&running).await.unwrap();
+    let mut committed = running.clone();
+    committed.phase = Phase::Cleanup;
+    committed.to_version = Some(2);
+    let new = shards(&["s0"]);
+    let map = store
+        .publish_with_job(1, new.clone(), &committed)
+        .await
+        .unwrap();
+    assert_eq!(map.version, 2);
+    let stored = store.job().await.unwrap().unwrap();
+    assert_eq!((stored.phase, stored.to_version), (Phase::Cleanup, Some(2)));
+    assert_eq!(
+        stored.commit_state(&store.shard_map().await.unwrap()),
+        CommitState::Committed { version: 2 }
+    );
+
+    // The same publish again (what a retry after a lost reply sends): success, same map.
+    let again = store
+        .publish_with_job(1, new.clone(), &committed)
+        .await
+        .unwrap();
+    assert_eq!((again.version, again.shards.clone()), (2, new.clone()));
+    let again = store.publish(1, new.clone()).await.unwrap();
+    assert_eq!(again.version, 2);
+    // Another map at that version is someone else's publish: a conflict.
+    match store.publish(1, shards(&["s0", "s1", "s2"])).await {
+        Err(StoreError::Conflict { expected, found }) => assert_eq!((expected, found), (1, 2)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // A conflicting publish does not write its job.
+    let mut other = committed.clone();
+    other.progress.message = "must not be stored".into();
+    assert!(store.publish_with_job(5, new, &other).await.is_err());
+    assert_ne!(
+        store.job().await.unwrap().unwrap().progress.message,
+        "must not be stored"
+    );
+    // Reverting publishes the old list as the next version.
+    store.publish(2, shards(&["s0", "s1"])).await.unwrap();
+    assert_eq!(
+        stored.commit_state(&store.shard_map().await.unwrap()),
+        CommitState::Reverted { version: 3 }
+    );
+    assert_eq!(
+        running.commit_state(&ShardMap {
+            version: 1,
+            shards: shards(&["s0", "s1"])
+        }),
+        CommitState::NotCommitted
+    );
+}
+
+#[tokio::test]
+async fn file_store_publish_is_the_commit_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = state_path(&dir);
+    let store = Store::open(&config("file", &["s0", "s1"]), Some(path.clone()))
+        .await
+        .unwrap();
+    publish_is_idempotent_and_carries_the_job(&store).await;
+    // Both were in the one file the rename put in place.
+    drop(store);
+    let store = Store::open(&config("file", &["s0", "s1"]), Some(path))
+        .await
+        .unwrap();
+    assert_eq!(store.shard_map().await.unwrap().version, 3);
+    assert_eq!(store.job().await.unwrap().unwrap().to_version, Some(2));
+}
+
+#[tokio::test]
+async fn postgres_store_publish_is_the_commit_point() {
+    let (_cluster, url) = metadata_db();
+    let store = Store::open(&config(&url, &["s0", "s1"]), None)
+        .await
+        .unwrap();
+    publish_is_idempotent_and_carries_the_job(&store).await;
 }
 
 /// Waits (up to `within`) until the receiver holds `version`.

@@ -14,6 +14,7 @@ pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
 /// PostgreSQL 17's `transaction_timeout`.
 pub const TRANSACTION_TIMEOUT: &str = "25P04";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const QUERY_CANCELED: &str = "57014";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 pub const INTERNAL_ERROR: &str = "XX000";

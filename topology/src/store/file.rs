@@ -65,11 +65,19 @@ impl FileStore {
         self.read(|s| s.job.clone()).await
     }
 
+    /// Publishes `shards` as `expected + 1` and, with `job`, saves the job in the same
+    /// atomic rename. Finding exactly this map at `expected + 1` already (an earlier attempt
+    /// landed) is success.
     pub(super) async fn publish(
         &self,
         expected: u64,
         shards: Vec<Shard>,
+        job: Option<&Job>,
     ) -> Result<ShardMap, StoreError> {
+        let current = self.shard_map().await?;
+        if current.version == expected + 1 && current.shards == shards {
+            return Ok(current);
+        }
         self.update(|s| {
             if s.shard_map.version != expected {
                 return Err(StoreError::Conflict {
@@ -81,6 +89,15 @@ impl FileStore {
                 version: expected + 1,
                 shards,
             };
+            if let Some(job) = job {
+                let abort = s
+                    .job
+                    .as_ref()
+                    .is_some_and(|old| old.id == job.id && old.abort_requested);
+                let mut job = job.clone();
+                job.abort_requested |= abort;
+                s.job = Some(job);
+            }
             Ok(s.shard_map.clone())
         })
         .await

@@ -106,15 +106,39 @@ impl Store {
     }
 
     /// Publishes `shards` as version `expected_version + 1` if the stored version is still
-    /// `expected_version` (else `Conflict`), and wakes every follower.
+    /// `expected_version` (else `Conflict`), and wakes every follower. Finding exactly this
+    /// map at `expected_version + 1` already (an earlier attempt landed but its reply was lost)
+    /// is success, so a retry is always safe.
     pub async fn publish(
         &self,
         expected_version: u64,
         shards: Vec<Shard>,
     ) -> Result<ShardMap, StoreError> {
+        self.publish_inner(expected_version, shards, None).await
+    }
+
+    /// As `publish`, and writes `job` (its phase and `to_version` saying the map is out) in
+    /// the same transaction (postgres) or the same atomic rename (file): no crash can leave
+    /// the new map without the job record that says it was published.
+    pub async fn publish_with_job(
+        &self,
+        expected_version: u64,
+        shards: Vec<Shard>,
+        job: &Job,
+    ) -> Result<ShardMap, StoreError> {
+        self.publish_inner(expected_version, shards, Some(job))
+            .await
+    }
+
+    async fn publish_inner(
+        &self,
+        expected_version: u64,
+        shards: Vec<Shard>,
+        job: Option<&Job>,
+    ) -> Result<ShardMap, StoreError> {
         let map = match &self.backend {
-            Backend::File(f) => f.publish(expected_version, shards).await?,
-            Backend::Postgres(p) => p.publish(expected_version, shards).await?,
+            Backend::File(f) => f.publish(expected_version, shards, job).await?,
+            Backend::Postgres(p) => p.publish(expected_version, shards, job).await?,
         };
         tracing::info!(version = map.version, shards = ?map.names(), "published shard map");
         self.observe(&map);

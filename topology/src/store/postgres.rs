@@ -34,6 +34,17 @@ const SCHEMA: [&str; 3] = [
         seen_at timestamptz NOT NULL)",
 ];
 
+/// Writes the job record ($1, JSON; $2: its phase is terminal). An abort requested (by any
+/// proxy) since the runner last read the job stays requested: the runner's copy must not erase
+/// it.
+const SAVE_JOB: &str = "INSERT INTO shardgate_job (id, job) VALUES (1, $1::text::jsonb)
+     ON CONFLICT (id) DO UPDATE SET job = CASE
+         WHEN shardgate_job.job->>'id' = EXCLUDED.job->>'id'
+              AND (shardgate_job.job->>'abort_requested')::boolean
+              AND NOT $2
+         THEN jsonb_set(EXCLUDED.job, '{abort_requested}', 'true')
+         ELSE EXCLUDED.job END";
+
 /// Used when the URL sets no connect_timeout, so a dead metadata host fails fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -146,12 +157,17 @@ impl PgStore {
         })
     }
 
+    /// Publishes `shards` as `expected + 1` and, with `job`, saves the job in the same
+    /// transaction. When the reply to an earlier attempt was lost (the connection dropped
+    /// after COMMIT) the retry finds exactly this map at `expected + 1`: that is success.
     pub(super) async fn publish(
         &self,
         expected: u64,
         shards: Vec<Shard>,
+        job: Option<&Job>,
     ) -> Result<ShardMap, StoreError> {
         let json = shards_json(&shards)?;
+        let job_json = job.map(job_json).transpose()?;
         let (old, new) = (to_i64(expected), to_i64(expected + 1));
         let note = (expected + 1).to_string();
         let found = with_client!(self, |client| async {
@@ -166,9 +182,18 @@ impl PgStore {
                 .await?;
             if updated == 0 {
                 let row = tx
-                    .query_opt("SELECT version FROM shardgate_topology WHERE id = 1", &[])
+                    .query_opt(
+                        "SELECT version, shards::text FROM shardgate_topology WHERE id = 1",
+                        &[],
+                    )
                     .await?;
-                return Ok(Some(row.map(|r| from_i64(r.get(0))).unwrap_or(0)));
+                return Ok(Some(
+                    row.map(|r| (from_i64(r.get(0)), r.get::<_, String>(1)))
+                        .unwrap_or_default(),
+                ));
+            }
+            if let Some(job_json) = &job_json {
+                tx.execute(SAVE_JOB, &[job_json, &false]).await?;
             }
             // Delivered at commit, so a follower that wakes up reads the new row.
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &note])
@@ -177,11 +202,24 @@ impl PgStore {
             Ok::<_, tokio_postgres::Error>(None)
         })?;
         match found {
-            Some(found) => Err(StoreError::Conflict { expected, found }),
             None => Ok(ShardMap {
                 version: expected + 1,
                 shards,
             }),
+            Some((found, stored))
+                if found == expected + 1
+                    && serde_json::from_str::<Vec<Shard>>(&stored).is_ok_and(|s| s == shards) =>
+            {
+                tracing::info!(
+                    version = found,
+                    "the shard map was already published (an earlier reply was lost)"
+                );
+                Ok(ShardMap {
+                    version: found,
+                    shards,
+                })
+            }
+            Some((found, _)) => Err(StoreError::Conflict { expected, found }),
         }
     }
 
@@ -221,18 +259,8 @@ impl PgStore {
 
     pub(super) async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
         let json = job_json(job)?;
-        with_client!(self, |client| client.execute(
-            // An abort requested (by any proxy) since the runner last read the job stays
-            // requested: the runner's copy must not erase it.
-            "INSERT INTO shardgate_job (id, job) VALUES (1, $1::text::jsonb)
-             ON CONFLICT (id) DO UPDATE SET job = CASE
-                 WHEN shardgate_job.job->>'id' = EXCLUDED.job->>'id'
-                      AND (shardgate_job.job->>'abort_requested')::boolean
-                      AND NOT $2
-                 THEN jsonb_set(EXCLUDED.job, '{abort_requested}', 'true')
-                 ELSE EXCLUDED.job END",
-            &[&json, &job.phase.is_terminal()],
-        ))?;
+        with_client!(self, |client| client
+            .execute(SAVE_JOB, &[&json, &job.phase.is_terminal()]))?;
         Ok(())
     }
 

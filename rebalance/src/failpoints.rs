@@ -1,0 +1,98 @@
+//! Failpoints (the `failpoints` feature, off in release builds): named places where a test
+//! makes the runner stop as a killed process would. Configure them with the `fail` crate
+//! (`fail::cfg(name, action)` in-process, or the `FAILPOINTS` variable read by
+//! [`setup_from_env`]):
+//! - `return(kill)`: the process SIGKILLs itself there (no destructor, no cleanup runs);
+//! - `return` (any other argument): the runner freezes there for good, and [`hit`] says so — an
+//!   in-process test then shuts the runtime down, which is what a crash leaves behind;
+//! - `panic`, `sleep(ms)`, `pause`: as the `fail` crate does them.
+//!
+//! Each name is listed in [`NAMES`] and documented in docs/rebalancing.md.
+
+use std::convert::Infallible;
+use std::sync::Mutex;
+
+/// Every failpoint, in the order a job meets them.
+pub const NAMES: &[&str] = &[
+    "rebalance-before-save-preparing",
+    "rebalance-before-save-copying",
+    "rebalance-mid-copy",
+    "rebalance-before-save-catching_up",
+    "rebalance-before-save-cutover",
+    "rebalance-before-cutover",
+    "rebalance-before-publish",
+    "rebalance-publish-reply-lost",
+    "rebalance-after-publish",
+    "rebalance-after-verify",
+    "rebalance-before-save-cleanup",
+    "rebalance-before-delete",
+    "rebalance-mid-delete",
+    "rebalance-before-done",
+    "rebalance-before-save-aborting",
+    "rebalance-revert-before-publish",
+    "rebalance-revert-after-publish",
+];
+
+static HIT: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// Whether a runner froze at `name` (the `return` action).
+pub fn hit(name: &str) -> bool {
+    HIT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&name)
+}
+
+/// Forgets which failpoints were hit.
+pub fn reset() {
+    HIT.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+/// Reads `FAILPOINTS` (`name=action;name=action`), for a `shardgate serve` under test.
+pub fn setup_from_env() {
+    if let Ok(spec) = std::env::var("FAILPOINTS") {
+        for item in spec.split(';').filter(|s| !s.is_empty()) {
+            if let Some((name, action)) = item.split_once('=') {
+                if let Err(e) = fail::cfg(name, action) {
+                    tracing::error!(failpoint = name, error = %e, "bad FAILPOINTS entry");
+                }
+            }
+        }
+    }
+}
+
+/// Whether failpoint `name` is set to `return` (for a point that simulates an error rather
+/// than a crash).
+pub(crate) fn triggered(name: &'static str) -> bool {
+    fail::eval(name, |_| ()).is_some()
+}
+
+/// Stops the runner at `name` as the configured action says (see the module docs).
+pub(crate) async fn crash(name: &'static str) {
+    let Some(how) = fail::eval(name, |arg| arg) else {
+        return;
+    };
+    tracing::warn!(failpoint = name, how = ?how, "failpoint: simulated crash");
+    if how.as_deref() == Some("kill") {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+    }
+    HIT.lock().unwrap_or_else(|e| e.into_inner()).push(name);
+    let never: Infallible = std::future::pending().await;
+    match never {}
+}
+
+/// The failpoint before the job's phase changes to `phase` in the store.
+pub(crate) fn before_save(phase: shardgate_topology::Phase) -> &'static str {
+    use shardgate_topology::Phase;
+    match phase {
+        Phase::Preparing => "rebalance-before-save-preparing",
+        Phase::Copying => "rebalance-before-save-copying",
+        Phase::CatchingUp => "rebalance-before-save-catching_up",
+        Phase::Cutover => "rebalance-before-save-cutover",
+        Phase::Cleanup => "rebalance-before-save-cleanup",
+        Phase::Aborting => "rebalance-before-save-aborting",
+        _ => "rebalance-before-save-other",
+    }
+}
