@@ -10,6 +10,7 @@ mod checkout;
 mod control;
 mod cross;
 mod fence;
+mod gather;
 mod io;
 mod limits;
 mod listener;

@@ -44,6 +44,32 @@ impl MergeSpec {
             && self.group_by.is_empty()
             && self.aggregates.is_empty()
     }
+
+    /// Whether every shard's LIMIT keeps each group it returns whole (always true without
+    /// grouping or LIMIT): the ORDER BY must put all the group columns first, so that a group
+    /// in the global top N is in each shard's top N.
+    pub fn limit_keeps_groups_whole(&self) -> bool {
+        if self.limit.is_none() || (self.group_by.is_empty() && self.aggregates.is_empty()) {
+            return true;
+        }
+        if self.group_by.is_empty() {
+            return true;
+        }
+        let mut covered = std::collections::HashSet::new();
+        for key in &self.order_by {
+            let SortColumn::Position(p) = key.column else {
+                return false;
+            };
+            if !self.group_by.contains(&p) {
+                return false;
+            }
+            covered.insert(p);
+            if self.group_by.iter().all(|g| covered.contains(g)) {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

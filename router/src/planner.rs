@@ -15,6 +15,7 @@ use sqlparser::parser::Parser;
 
 use crate::analysis::{Analysis, Rules};
 use crate::classify::{classify, fallback, rewrite_key_locks, rewrite_table};
+use crate::gather::gather_spec;
 use crate::hints::find_hints;
 use crate::keys::union;
 use crate::merge::{merge_spec, MergeSpec};
@@ -103,6 +104,11 @@ impl Planner {
             );
         }
         match parse(sql) {
+            Ok(stmts) if stmts.len() == 1 => {
+                let mut plan = self.statement(&stmts[0]);
+                self.consider_gather(&mut plan, sql, &stmts[0]);
+                plan
+            }
             Ok(stmts) if !stmts.is_empty() => {
                 let plans = stmts.iter().map(|st| self.statement(st)).collect();
                 combine(plans)
@@ -199,6 +205,37 @@ impl Planner {
             plan.merge = None;
         }
         plan
+    }
+
+    /// A plain read over several shards that neither the shard key nor a merge in the proxy
+    /// answers exactly is gathered into PostgreSQL instead of refused (when it can be).
+    fn consider_gather(&self, plan: &mut Plan, sql: &str, st: &Statement) {
+        let plain_read = plan.kind
+            == StatementKind::Read {
+                locking: false,
+                side_effects: false,
+            };
+        if !plain_read || plan.refusal.is_some() || always_one_shard(&plan.placement) {
+            return;
+        }
+        let reason = match (&plan.unsupported_cross_shard, &plan.merge) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(spec)) if !spec.limit_keeps_groups_whole() => {
+                "GROUP BY with LIMIT whose ORDER BY does not start with all the group columns"
+                    .to_owned()
+            }
+            _ => return,
+        };
+        match gather_spec(sql, st, &self.rules, reason) {
+            Ok(spec) => {
+                plan.gather = Some(spec);
+                plan.unsupported_cross_shard = None;
+                plan.merge = None;
+            }
+            Err(why) => {
+                tracing::debug!(%why, "cross-shard read cannot be gathered");
+            }
+        }
     }
 
     fn finish(&self, plan: &mut Plan, an: Analysis<'_>) {
@@ -335,6 +372,7 @@ fn combine(mut plans: Vec<Plan>) -> Plan {
     out.statement_count = count;
     out.statement_kinds = kinds;
     out.merge = None;
+    out.gather = None;
     for p in plans {
         out.kind = match (&out.kind, &p.kind) {
             (

@@ -266,7 +266,7 @@ async fn cross_shard_reads_match_one_postgresql() {
     let mut failures = Vec::new();
     let mut statements = 0;
 
-    for q in corpus::QUERIES {
+    for q in corpus::QUERIES.iter().chain(corpus::GATHERED) {
         statements += 1;
         let Query { sql, order } = *q;
         let text = differ(
