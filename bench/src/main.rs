@@ -9,6 +9,7 @@
 //! memory. `profile` runs shardgate under callgrind for instructions per transaction.
 
 mod cases;
+mod gather;
 mod idle;
 mod machine;
 mod pgbench_log;
@@ -60,6 +61,8 @@ enum Cmd {
     Profile(profile::ProfileArgs),
     /// Adding a shard to two while writes run: rows per second and the write pause.
     Rebalance(rebalance::RebalanceArgs),
+    /// A window query gathered into PostgreSQL from 3 shards vs the same query on one server.
+    Gather(gather::GatherArgs),
 }
 
 #[derive(Args, Clone)]
@@ -134,6 +137,7 @@ fn main() -> anyhow::Result<()> {
                 Cmd::Compare(args) => compare(args).await,
                 Cmd::Profile(args) => profile::run(args).await,
                 Cmd::Rebalance(args) => rebalance::run(args).await,
+                Cmd::Gather(args) => gather::run(args).await,
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.
