@@ -49,7 +49,9 @@ pub async fn run(args: GatherArgs) -> anyhow::Result<()> {
     })
     .await??;
     let result = measure(&args, &clusters).await;
-    tokio::task::spawn_blocking(move || drop(clusters)).await.ok();
+    tokio::task::spawn_blocking(move || drop(clusters))
+        .await
+        .ok();
     println!("{}", result?);
     Ok(())
 }
