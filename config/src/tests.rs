@@ -123,3 +123,18 @@ fn max_buffered_result_defaults_to_64_mib_and_has_a_floor() {
         .to_string();
     assert!(e.contains("limits.max_buffered_result"), "{e}");
 }
+
+#[test]
+fn gather_limits_default_to_a_million_rows_and_256_mib() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_gather_rows, 1_000_000);
+    assert_eq!(c.limits.max_gather_bytes, 256 * 1024 * 1024);
+    let c = load(&format!(
+        "{MINIMAL}\n[limits]\nmax_gather_rows = 10\nmax_gather_bytes = 4096\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.limits.max_gather_rows, c.limits.max_gather_bytes),
+        (10, 4096)
+    );
+}

@@ -160,7 +160,8 @@ pub(crate) async fn run<C: ClientSink>(
         shard: coord_name.to_owned(),
         source,
     };
-    let mut setup = String::from("BEGIN;");
+    // READ WRITE: a client's default_transaction_read_only must not forbid the temporary tables.
+    let mut setup = String::from("BEGIN READ WRITE;");
     for r in &spec.relations {
         setup.push_str(&format!(
             "CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP;",

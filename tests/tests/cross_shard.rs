@@ -585,6 +585,22 @@ async fn gathered_reads_are_exact_bounded_and_leave_nothing() {
         .collect();
     assert_eq!(row.get::<_, i64>(0), notes.len() as i64);
 
+    // A session whose transactions default to read-only still gets gathered reads (the
+    // coordinator's own transaction is READ WRITE for its temporary tables).
+    client
+        .batch_execute("set default_transaction_read_only = on")
+        .await
+        .expect("set");
+    let row = client
+        .query_one("select count(distinct n) from app.events", &[])
+        .await
+        .expect("gathered in a read-only session");
+    assert_eq!(row.get::<_, i64>(0), 7);
+    client
+        .batch_execute("reset default_transaction_read_only")
+        .await
+        .expect("reset");
+
     // Past limits.max_gather_rows: 54000 naming it; the session goes on.
     for part in load(insert(301, 601), (301..601).collect()) {
         client
