@@ -571,6 +571,11 @@ fn cross_shard_strategy(
         return "merge in the proxy".to_owned();
     };
     let mut how = Vec::new();
+    if m.grouped_on_shards {
+        how.push(
+            "groups by the shard key are whole on each shard: grouped there, not re-aggregated",
+        );
+    }
     if !m.group_by.is_empty() || !m.aggregates.is_empty() {
         how.push("re-aggregate the shards' partial groups");
     }

@@ -33,6 +33,9 @@ pub struct MergeSpec {
     pub shard_sql: Option<String>,
     /// Trailing columns of `shard_sql`'s rows the client must not see.
     pub hidden_columns: usize,
+    /// The statement groups by the shard key of its one sharded table: every group lies on one
+    /// shard, so the shards' grouped rows are final and are only merged (no re-aggregation).
+    pub grouped_on_shards: bool,
 }
 
 impl MergeSpec {

@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{CopySource, ObjectType, SetExpr, Statement};
+use sqlparser::ast::{
+    CopySource, Expr, ObjectType, Query, SelectItem, SetExpr, Statement, TableFactor,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -20,6 +22,7 @@ use crate::hints::find_hints;
 use crate::keys::union;
 use crate::merge::{merge_spec, MergeSpec};
 use crate::plan::{KeyExpr, Placement, Plan, Refusal, StatementKind};
+use crate::rules::norm;
 use crate::text::{code_tokens, leading_words, split_statements, TokKind};
 
 /// What planning needs from the router's configuration.
@@ -171,6 +174,7 @@ impl Planner {
                         // Say "UNION", not "a subquery", for a set operation at the top.
                         plan.unsupported_cross_shard = Some(reason.clone());
                     }
+                    let spec = spec.map(|spec| self.group_on_shards(q, &plan, spec));
                     self.add_merge(&mut plan, spec);
                 }
                 if let Statement::Explain { .. } = st {
@@ -236,6 +240,65 @@ impl Planner {
                 tracing::debug!(%why, "cross-shard read cannot be gathered");
             }
         }
+    }
+
+    /// A grouped read of one sharded table alone whose GROUP BY holds its shard key: each
+    /// shard's groups are complete, so its grouped (and HAVING-free here: `merge_spec` refuses
+    /// HAVING) rows only need merging, as plain rows — ORDER BY and LIMIT included, since a
+    /// group in the global top N is in its shard's top N. Not with hidden avg columns.
+    fn group_on_shards(&self, q: &Query, plan: &Plan, mut spec: MergeSpec) -> MergeSpec {
+        if spec.group_by.is_empty() || spec.hidden_columns > 0 || plan.sharded_tables.len() != 1 {
+            return spec;
+        }
+        let SetExpr::Select(select) = &*q.body else {
+            return spec;
+        };
+        let [from] = select.from.as_slice() else {
+            return spec;
+        };
+        let TableFactor::Table { name, .. } = &from.relation else {
+            return spec;
+        };
+        if !from.joins.is_empty() || q.with.is_some() {
+            return spec;
+        }
+        // The one sharded table is referenced once: no subquery over it or another one.
+        let mut references = 0;
+        let _ = sqlparser::ast::visit_relations(q, |n| {
+            if self.rules.lookup(n).is_some() {
+                references += 1;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let Some(rule) = self.rules.lookup(name) else {
+            return spec;
+        };
+        if references != 1 {
+            return spec;
+        }
+        let key = &self.rules.tables[rule].key_column;
+        let is_key = |item: &SelectItem| {
+            let expr = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => return false,
+            };
+            let ident = match expr {
+                Expr::Identifier(id) => id,
+                Expr::CompoundIdentifier(ids) if ids.len() == 2 => &ids[1],
+                _ => return false,
+            };
+            &norm(ident) == key
+        };
+        if spec
+            .group_by
+            .iter()
+            .any(|p| select.projection.get(*p).is_some_and(is_key))
+        {
+            spec.group_by.clear();
+            spec.aggregates.clear();
+            spec.grouped_on_shards = true;
+        }
+        spec
     }
 
     fn finish(&self, plan: &mut Plan, an: Analysis<'_>) {

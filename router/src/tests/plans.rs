@@ -407,13 +407,32 @@ fn grouped_limits_need_the_groups_ordered_first() {
 fn gathered_reads_keep_the_reason() {
     let router = router();
     let p = router
-        .plan("select user_id, count(*) from orders group by user_id order by 2 desc, 1 limit 3");
+        .plan("select status, count(*) from orders group by status order by 2 desc, 1 limit 3");
     let g = p.gather.as_ref().expect("gathered");
     assert!(g.reason.contains("GROUP BY with LIMIT"), "{}", g.reason);
     assert_eq!(
         g.sql,
-        "select user_id, count(*) from pg_temp.orders group by user_id order by 2 desc, 1 limit 3"
+        "select status, count(*) from pg_temp.orders group by status order by 2 desc, 1 limit 3"
     );
+    // Grouped by the shard key, the groups are whole on each shard: merged as plain rows.
+    let p = router.plan("select o.user_id, count(*), sum(total) from orders o group by o.user_id order by 2 desc, 1 limit 3");
+    let m = p.merge.as_ref().expect("merged");
+    assert!(
+        p.gather.is_none()
+            && m.grouped_on_shards
+            && m.group_by.is_empty()
+            && m.aggregates.is_empty()
+    );
+    assert_eq!(m.limit, Some(crate::merge::RowCount::Value(3)));
+    // Not when avg needs hidden columns, a join is involved, or the key is not grouped.
+    for sql in [
+        "select user_id, avg(total) from orders group by user_id",
+        "select o.user_id, count(*) from orders o join users u on u.name = o.status group by o.user_id",
+        "select status, count(*) from orders group by status",
+    ] {
+        let p = router.plan(sql);
+        assert!(!p.merge.as_ref().is_some_and(|m| m.grouped_on_shards), "{sql}");
+    }
     let p = router.plan("select count(distinct user_id) from orders");
     assert!(p.gather.is_some() && p.unsupported_cross_shard.is_none());
     // Writes, locking reads, volatile side effects and several statements are not gathered.

@@ -191,7 +191,8 @@ pub const QUERIES: &[Query] = &[
 /// Statements neither the shard key nor a merge in the proxy answers: gathered into
 /// PostgreSQL on the coordinating shard (and compared with one PostgreSQL like the rest).
 pub const GATHERED: &[Query] = &[
-    // The three examples.
+    // The three examples (the first, grouped by the shard key, is grouped on the shards
+    // and merged as plain rows rather than gathered).
     t("select user_id, count(*) from orders group by user_id order by 2 desc, 1 limit 3"),
     u("select count(distinct user_id) from orders"),
     t("select u.name, sum(o.amount) from users u join orders o on o.user_id = u.user_id group by u.name order by 2 desc, 1 limit 3"),
