@@ -542,8 +542,9 @@ async fn an_aggregate_past_max_buffered_result_gets_54000_and_the_session_goes_o
     let world = World::start("max_buffered_result = 65536").await;
     let client = world.client().await;
 
-    // 100,000 groups of one row each: far more than 64 KiB of partial rows.
-    let too_many = "select user_id, count(*) from mid group by user_id";
+    // 100,000 groups of one row each: far more than 64 KiB of partial rows. (Grouped by
+    // payload, not by the shard key: groups by the key are whole on each shard and stream.)
+    let too_many = "select payload, count(*) from mid group by payload";
     for (mode, result) in [
         ("simple", client.simple_query(too_many).await.map(|_| ())),
         ("extended", client.query(too_many, &[]).await.map(|_| ())),
@@ -591,6 +592,18 @@ async fn an_aggregate_past_max_buffered_result_gets_54000_and_the_session_goes_o
     assert_eq!(got.len(), 100);
     assert_eq!(got, want, "{buckets}");
     world.assert_pools_clean(buckets).await;
+
+    // Grouped by the shard key, the same 100,000 groups are grouped on the shards and stream
+    // as plain rows: nothing is buffered, so the small limit does not apply.
+    let by_key = rows_of(
+        client
+            .simple_query("select user_id, count(*) from mid group by user_id")
+            .await
+            .expect("grouped by the shard key"),
+    );
+    assert_eq!(by_key.len() as i64, 2 * MID_PER_SHARD);
+    assert!(by_key.iter().all(|r| r[1].as_deref() == Some("1")));
+    world.assert_pools_clean("grouped by the shard key").await;
     drop(client);
     drop(reference);
     world.stop().await;
