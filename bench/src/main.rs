@@ -9,6 +9,7 @@
 //! memory. `profile` runs shardgate under callgrind for instructions per transaction.
 
 mod cases;
+mod gather;
 mod idle;
 mod machine;
 mod pgbench_log;
@@ -63,6 +64,8 @@ enum Cmd {
     Rebalance(rebalance::RebalanceArgs),
     /// The protocol soak, long: real drivers' random request mixes; every request answered.
     Soak(soak::SoakArgs),
+    /// A window query gathered into PostgreSQL from 3 shards vs the same query on one server.
+    Gather(gather::GatherArgs),
 }
 
 #[derive(Args, Clone)]
@@ -138,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                 Cmd::Profile(args) => profile::run(args).await,
                 Cmd::Rebalance(args) => rebalance::run(args).await,
                 Cmd::Soak(args) => soak::run(args).await,
+                Cmd::Gather(args) => gather::run(args).await,
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.

@@ -93,12 +93,21 @@ pub struct Limits {
     /// (concatenation, ORDER BY merge, LIMIT) stream and do not count. Past it the client
     /// gets 54000 naming this key.
     pub max_buffered_result: usize,
+    /// Rows a cross-shard read gathered into PostgreSQL may copy from the shards into the
+    /// coordinating connection's temporary tables (all sharded tables together). Past it the
+    /// client gets 54000 naming this key.
+    pub max_gather_rows: u64,
+    /// Bytes (as sent by the shards in COPY binary format) such a read may copy. Past it the
+    /// client gets 54000 naming this key.
+    pub max_gather_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_buffered_result: 64 * 1024 * 1024,
+            max_gather_rows: 1_000_000,
+            max_gather_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -144,3 +144,18 @@ fn an_admin_api_on_the_network_needs_a_token() {
     );
     assert_eq!(Admin::default().resolved_token(), Ok(None));
 }
+
+#[test]
+fn gather_limits_default_to_a_million_rows_and_256_mib() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.limits.max_gather_rows, 1_000_000);
+    assert_eq!(c.limits.max_gather_bytes, 256 * 1024 * 1024);
+    let c = load(&format!(
+        "{MINIMAL}\n[limits]\nmax_gather_rows = 10\nmax_gather_bytes = 4096\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.limits.max_gather_rows, c.limits.max_gather_bytes),
+        (10, 4096)
+    );
+}

@@ -52,6 +52,10 @@ impl Session {
             }
         };
 
+        if let (Some(gather), StatementKind::Read { .. }) = (&plan.gather, &plan.kind) {
+            let gather = gather.clone();
+            return self.run_gather(&batch, shards, &gather, request).await;
+        }
         let role = self.batch_role(&batch);
         let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
         let mut running = Vec::with_capacity(shards.len());

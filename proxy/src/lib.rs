@@ -12,6 +12,7 @@ mod control;
 mod cross;
 mod encoding;
 mod fence;
+mod gather;
 mod io;
 mod limits;
 mod listener;

@@ -610,6 +610,49 @@ fn key_text(v: &shardgate_router::KeyValue) -> String {
     }
 }
 
+/// How a read on several shards is answered: merged in the proxy (and how), or gathered into
+/// PostgreSQL (and why).
+fn cross_shard_strategy(
+    plan: &shardgate_router::Plan,
+    router: &shardgate_router::Router,
+) -> String {
+    if let Some(g) = &plan.gather {
+        let coordinator = router
+            .shard_names()
+            .get(router.default_shard())
+            .cloned()
+            .unwrap_or_default();
+        let tables: Vec<&str> = g.relations.iter().map(|r| r.source.as_str()).collect();
+        return format!(
+            "gather into PostgreSQL: {} cannot be merged exactly in the proxy, so the shards' rows of {} are copied into temporary tables on {coordinator} and the statement runs there",
+            g.reason,
+            tables.join(", ")
+        );
+    }
+    let Some(m) = &plan.merge else {
+        return "merge in the proxy".to_owned();
+    };
+    let mut how = Vec::new();
+    if m.grouped_on_shards {
+        how.push(
+            "groups by the shard key are whole on each shard: grouped there, not re-aggregated",
+        );
+    }
+    if !m.group_by.is_empty() || !m.aggregates.is_empty() {
+        how.push("re-aggregate the shards' partial groups");
+    }
+    if !m.order_by.is_empty() {
+        how.push("merge-sort by the ORDER BY");
+    }
+    if m.limit.is_some() || m.offset.is_some() {
+        how.push("apply LIMIT/OFFSET");
+    }
+    if how.is_empty() {
+        how.push("concatenate");
+    }
+    format!("merge in the proxy ({})", how.join(", "))
+}
+
 /// Where `sql` would go, as (shard, role, keys, reason), for `SHARDGATE ROUTE` and
 /// `shardgate check --route`.
 pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>) -> [String; 4] {
@@ -657,7 +700,10 @@ pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>
                     }
                     Placement::Default => "default shard".to_owned(),
                     Placement::Keys { .. } => {
-                        format!("shard key of {}", plan.sharded_tables.join(", "))
+                        format!(
+                            "push down: the shard key of {} decides",
+                            plan.sharded_tables.join(", ")
+                        )
                     }
                     Placement::AllShards => "single shard configured".to_owned(),
                 }
@@ -669,7 +715,10 @@ pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>
                 .filter_map(|s| names.get(*s).cloned())
                 .collect::<Vec<_>>()
                 .join(","),
-            "shard keys on several shards: results merged".to_owned(),
+            format!(
+                "shard keys on several shards: {}",
+                cross_shard_strategy(&plan, router)
+            ),
         ),
         Ok(Route::AllShards) => (
             names.join(","),
@@ -678,7 +727,10 @@ pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>
                 StatementKind::Write => {
                     "write without a shard key: every shard (keyless_writes = broadcast)".to_owned()
                 }
-                _ => "no shard key: every shard, results merged".to_owned(),
+                _ => format!(
+                    "no shard key: every shard; {}",
+                    cross_shard_strategy(&plan, router)
+                ),
             },
         ),
         Err(e) => (

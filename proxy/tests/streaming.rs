@@ -542,8 +542,9 @@ async fn an_aggregate_past_max_buffered_result_gets_54000_and_the_session_goes_o
     let world = World::start("max_buffered_result = 65536").await;
     let client = world.client().await;
 
-    // 100,000 groups of one row each: far more than 64 KiB of partial rows.
-    let too_many = "select user_id, count(*) from mid group by user_id";
+    // 100,000 groups of one row each: far more than 64 KiB of partial rows. (Grouped by
+    // payload, not by the shard key: groups by the key are whole on each shard and stream.)
+    let too_many = "select payload, count(*) from mid group by payload";
     for (mode, result) in [
         ("simple", client.simple_query(too_many).await.map(|_| ())),
         ("extended", client.query(too_many, &[]).await.map(|_| ())),
@@ -591,7 +592,91 @@ async fn an_aggregate_past_max_buffered_result_gets_54000_and_the_session_goes_o
     assert_eq!(got.len(), 100);
     assert_eq!(got, want, "{buckets}");
     world.assert_pools_clean(buckets).await;
+
+    // Grouped by the shard key, the same 100,000 groups are grouped on the shards and stream
+    // as plain rows: nothing is buffered, so the small limit does not apply.
+    let by_key = rows_of(
+        client
+            .simple_query("select user_id, count(*) from mid group by user_id")
+            .await
+            .expect("grouped by the shard key"),
+    );
+    assert_eq!(by_key.len() as i64, 2 * MID_PER_SHARD);
+    assert!(by_key.iter().all(|r| r[1].as_deref() == Some("1")));
+    world.assert_pools_clean("grouped by the shard key").await;
     drop(client);
     drop(reference);
+    world.stop().await;
+}
+
+/// Issue 18's bound for gathered reads: a `SELECT DISTINCT` and a window query over the 3
+/// million rows of `big` (which the proxy cannot merge, so it copies them into temporary tables
+/// on the default shard) keep the proxy's peak RSS under the same bound — the proxy forwards
+/// the COPY data in 64 KiB writes and streams the result — and a gather past
+/// `limits.max_gather_rows` (big and mid together) gets 54000 with the session usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_reads_over_3_million_rows_stay_bounded() {
+    let total = 2 * BIG_PER_SHARD;
+    let world = World::start(&format!("max_gather_rows = {total}")).await;
+    let client = world.client().await;
+
+    let started = Instant::now();
+    let distinct = rows_of(
+        client
+            .simple_query("select distinct user_id % 1000 from big")
+            .await
+            .expect("select distinct gathered"),
+    );
+    assert_eq!(distinct.len(), 1000);
+    eprintln!(
+        "select distinct over {total} rows (gathered): {:?}",
+        started.elapsed()
+    );
+
+    // A window over every row, streamed back in order (extended protocol, binary rows).
+    let started = Instant::now();
+    let rows = client
+        .query_raw(
+            "select user_id, row_number() over (order by user_id) from big order by user_id",
+            std::iter::empty::<i64>(),
+        )
+        .await
+        .expect("window query gathered");
+    let mut rows = pin!(rows);
+    let mut count = 0i64;
+    while let Some(row) = rows.next().await {
+        let row = row.expect("a row");
+        let (key, n): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!((key, n), (count, count + 1));
+        count += 1;
+    }
+    assert_eq!(count, total);
+    let peak = world.peak_rss_kb();
+    eprintln!(
+        "window query over {total} rows (gathered): {:?}; proxy VmHWM {peak} kB",
+        started.elapsed()
+    );
+    assert!(
+        peak < RSS_BOUND_KB,
+        "the proxy's peak RSS was {peak} kB (bound {RSS_BOUND_KB} kB)"
+    );
+
+    // big and mid together pass limits.max_gather_rows.
+    let e = client
+        .simple_query(
+            "select count(distinct b.user_id) from big b join mid m on m.bucket = b.user_id",
+        )
+        .await
+        .expect_err("past max_gather_rows");
+    assert_eq!(sqlstate(&e), "54000", "{e:?}");
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("limits.max_gather_rows")),
+        "{e:?}"
+    );
+    let one = rows_of(client.simple_query("select 1").await.expect("select 1"));
+    assert_eq!(one, vec![vec![Some("1".to_owned())]]);
+    world.assert_pools_clean("gathered reads").await;
+    drop(client);
     world.stop().await;
 }

@@ -9,6 +9,7 @@ mod analysis;
 mod cache;
 mod classify;
 mod dml;
+pub mod gather;
 pub mod hash;
 mod hints;
 mod keys;
@@ -26,6 +27,7 @@ mod text;
 mod tests;
 
 pub use cache::CacheStats;
+pub use gather::{GatherRelation, GatherSpec};
 pub use merge::{AggregateKind, MergeAggregate, MergeSpec, RowCount, SortColumn, SortKey};
 pub use params::BoundParams;
 pub use plan::{

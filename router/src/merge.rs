@@ -33,6 +33,9 @@ pub struct MergeSpec {
     pub shard_sql: Option<String>,
     /// Trailing columns of `shard_sql`'s rows the client must not see.
     pub hidden_columns: usize,
+    /// The statement groups by the shard key of its one sharded table: every group lies on one
+    /// shard, so the shards' grouped rows are final and are only merged (no re-aggregation).
+    pub grouped_on_shards: bool,
 }
 
 impl MergeSpec {
@@ -43,6 +46,32 @@ impl MergeSpec {
             && self.limit.is_none()
             && self.group_by.is_empty()
             && self.aggregates.is_empty()
+    }
+
+    /// Whether every shard's LIMIT keeps each group it returns whole (always true without
+    /// grouping or LIMIT): the ORDER BY must put all the group columns first, so that a group
+    /// in the global top N is in each shard's top N.
+    pub fn limit_keeps_groups_whole(&self) -> bool {
+        if self.limit.is_none() || (self.group_by.is_empty() && self.aggregates.is_empty()) {
+            return true;
+        }
+        if self.group_by.is_empty() {
+            return true;
+        }
+        let mut covered = std::collections::HashSet::new();
+        for key in &self.order_by {
+            let SortColumn::Position(p) = key.column else {
+                return false;
+            };
+            if !self.group_by.contains(&p) {
+                return false;
+            }
+            covered.insert(p);
+            if self.group_by.iter().all(|g| covered.contains(g)) {
+                return true;
+            }
+        }
+        false
     }
 }
 

@@ -159,6 +159,9 @@ pub struct Plan {
     pub command: &'static str,
     /// For a read that may run on several shards: how to merge the shards' results.
     pub merge: Option<crate::merge::MergeSpec>,
+    /// For a cross-shard read neither pushed down nor merged exactly in the proxy: how to
+    /// gather it into PostgreSQL (then `merge` is `None` and nothing is refused).
+    pub gather: Option<crate::gather::GatherSpec>,
 }
 
 /// A statement shardgate refuses to route, with the SQLSTATE and message the client gets.
@@ -190,6 +193,7 @@ impl Plan {
             key_updates: Vec::new(),
             command,
             merge: None,
+            gather: None,
         }
     }
 

@@ -9,16 +9,20 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{CopySource, ObjectType, SetExpr, Statement};
+use sqlparser::ast::{
+    CopySource, Expr, ObjectType, Query, SelectItem, SetExpr, Statement, TableFactor,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::analysis::{Analysis, Rules};
 use crate::classify::{classify, fallback, rewrite_key_locks, rewrite_table};
+use crate::gather::gather_spec;
 use crate::hints::find_hints;
 use crate::keys::union;
 use crate::merge::{merge_spec, MergeSpec};
 use crate::plan::{KeyExpr, Placement, Plan, Refusal, StatementKind};
+use crate::rules::norm;
 use crate::text::{code_tokens, leading_words, split_statements, TokKind};
 
 /// What planning needs from the router's configuration.
@@ -103,6 +107,11 @@ impl Planner {
             );
         }
         match parse(sql) {
+            Ok(stmts) if stmts.len() == 1 => {
+                let mut plan = self.statement(&stmts[0]);
+                self.consider_gather(&mut plan, sql, &stmts[0]);
+                plan
+            }
             Ok(stmts) if !stmts.is_empty() => {
                 let plans = stmts.iter().map(|st| self.statement(st)).collect();
                 combine(plans)
@@ -165,6 +174,7 @@ impl Planner {
                         // Say "UNION", not "a subquery", for a set operation at the top.
                         plan.unsupported_cross_shard = Some(reason.clone());
                     }
+                    let spec = spec.map(|spec| self.group_on_shards(q, &plan, spec));
                     self.add_merge(&mut plan, spec);
                 }
                 if let Statement::Explain { .. } = st {
@@ -199,6 +209,96 @@ impl Planner {
             plan.merge = None;
         }
         plan
+    }
+
+    /// A plain read over several shards that neither the shard key nor a merge in the proxy
+    /// answers exactly is gathered into PostgreSQL instead of refused (when it can be).
+    fn consider_gather(&self, plan: &mut Plan, sql: &str, st: &Statement) {
+        let plain_read = plan.kind
+            == StatementKind::Read {
+                locking: false,
+                side_effects: false,
+            };
+        if !plain_read || plan.refusal.is_some() || always_one_shard(&plan.placement) {
+            return;
+        }
+        let reason = match (&plan.unsupported_cross_shard, &plan.merge) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(spec)) if !spec.limit_keeps_groups_whole() => {
+                "GROUP BY with LIMIT whose ORDER BY does not start with all the group columns"
+                    .to_owned()
+            }
+            _ => return,
+        };
+        match gather_spec(sql, st, &self.rules, reason) {
+            Ok(spec) => {
+                plan.gather = Some(spec);
+                plan.unsupported_cross_shard = None;
+                plan.merge = None;
+            }
+            Err(why) => {
+                tracing::debug!(%why, "cross-shard read cannot be gathered");
+            }
+        }
+    }
+
+    /// A grouped read of one sharded table alone whose GROUP BY holds its shard key: each
+    /// shard's groups are complete, so its grouped (and HAVING-free here: `merge_spec` refuses
+    /// HAVING) rows only need merging, as plain rows — ORDER BY and LIMIT included, since a
+    /// group in the global top N is in its shard's top N. Not with hidden avg columns.
+    fn group_on_shards(&self, q: &Query, plan: &Plan, mut spec: MergeSpec) -> MergeSpec {
+        if spec.group_by.is_empty() || spec.hidden_columns > 0 || plan.sharded_tables.len() != 1 {
+            return spec;
+        }
+        let SetExpr::Select(select) = &*q.body else {
+            return spec;
+        };
+        let [from] = select.from.as_slice() else {
+            return spec;
+        };
+        let TableFactor::Table { name, .. } = &from.relation else {
+            return spec;
+        };
+        if !from.joins.is_empty() || q.with.is_some() {
+            return spec;
+        }
+        // The one sharded table is referenced once: no subquery over it or another one.
+        let mut references = 0;
+        let _ = sqlparser::ast::visit_relations(q, |n| {
+            if self.rules.lookup(n).is_some() {
+                references += 1;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let Some(rule) = self.rules.lookup(name) else {
+            return spec;
+        };
+        if references != 1 {
+            return spec;
+        }
+        let key = &self.rules.tables[rule].key_column;
+        let is_key = |item: &SelectItem| {
+            let expr = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => return false,
+            };
+            let ident = match expr {
+                Expr::Identifier(id) => id,
+                Expr::CompoundIdentifier(ids) if ids.len() == 2 => &ids[1],
+                _ => return false,
+            };
+            &norm(ident) == key
+        };
+        if spec
+            .group_by
+            .iter()
+            .any(|p| select.projection.get(*p).is_some_and(is_key))
+        {
+            spec.group_by.clear();
+            spec.aggregates.clear();
+            spec.grouped_on_shards = true;
+        }
+        spec
     }
 
     fn finish(&self, plan: &mut Plan, an: Analysis<'_>) {
@@ -335,6 +435,7 @@ fn combine(mut plans: Vec<Plan>) -> Plan {
     out.statement_count = count;
     out.statement_kinds = kinds;
     out.merge = None;
+    out.gather = None;
     for p in plans {
         out.kind = match (&out.kind, &p.kind) {
             (

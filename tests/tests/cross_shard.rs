@@ -266,7 +266,7 @@ async fn cross_shard_reads_match_one_postgresql() {
     let mut failures = Vec::new();
     let mut statements = 0;
 
-    for q in corpus::QUERIES {
+    for q in corpus::QUERIES.iter().chain(corpus::GATHERED) {
         statements += 1;
         let Query { sql, order } = *q;
         let text = differ(
@@ -500,5 +500,168 @@ async fn a_parse_sent_before_the_previous_reply_is_kept() {
     assert_eq!(common::first_error(&msgs), None, "{msgs:?}");
     let tags: String = msgs.iter().map(|m| m.tag as char).collect();
     assert_eq!(tags, "1tT2DCZ", "ParseComplete, ParameterDescription, RowDescription, BindComplete, DataRow, CommandComplete, ReadyForQuery");
+    env.stop().await;
+}
+
+/// Gathered reads: schema-qualified sharded tables joined to an unsharded table of the default
+/// shard, parameters in the extended protocol, `limits.max_gather_rows` (54000 past it, the
+/// session usable), and nothing left behind on the coordinator (no temporary table, no open
+/// transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_reads_are_exact_bounded_and_leave_nothing() {
+    use common::ShardedEnv;
+    let env = ShardedEnv::start(
+        SHARDS,
+        "create schema app; create table app.events (user_id bigint, n int, note text);
+         create table settings (k text, v int);",
+        &["app.events"],
+        "[limits]\nmax_gather_rows = 500\n",
+    )
+    .await;
+    let client = env.connect().await;
+    // The unsharded table lives on the default shard (s0).
+    client
+        .batch_execute("insert into settings values ('a', 1), ('b', 2), ('z', 99)")
+        .await
+        .expect("settings");
+    let insert = |from: i64, to: i64| {
+        (from..to)
+            .map(|k| format!("({k}, {}, 'note {}')", k % 7, k % 3))
+            .collect::<Vec<_>>()
+    };
+    // One statement per shard (a multi-row INSERT must stay on one shard).
+    let load = |rows: Vec<String>, keys: Vec<i64>| {
+        let mut per_shard: Vec<Vec<String>> = vec![Vec::new(); SHARDS];
+        for (row, k) in rows.into_iter().zip(keys) {
+            per_shard[env.shard_of(k)].push(row);
+        }
+        per_shard
+    };
+    for part in load(insert(1, 301), (1..301).collect()) {
+        client
+            .batch_execute(&format!(
+                "insert into app.events (user_id, n, note) values {}",
+                part.join(",")
+            ))
+            .await
+            .expect("insert");
+    }
+
+    let row = client
+        .query_one(
+            "select count(distinct n), sum(n)::int8 from app.events",
+            &[],
+        )
+        .await
+        .expect("count(distinct) gathered");
+    let sum: i64 = (1..301i64).map(|k| k % 7).sum();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (7, sum));
+
+    let rows = client
+        .query(
+            "select s.k, count(*) from app.events e join settings s on s.v = e.n \
+             group by s.k having count(*) > 1 order by 1",
+            &[],
+        )
+        .await
+        .expect("join with the default shard's table");
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let count = |v: i64| (1..301i64).filter(|k| k % 7 == v).count() as i64;
+    assert_eq!(
+        got,
+        vec![("a".to_owned(), count(1)), ("b".to_owned(), count(2))]
+    );
+
+    let row = client
+        .query_one(
+            "select count(distinct note) from app.events where user_id > $1 and n = $2",
+            &[&250i64, &3i32],
+        )
+        .await
+        .expect("parameters in a gathered read");
+    let notes: std::collections::HashSet<i64> = (251..301i64)
+        .filter(|k| k % 7 == 3)
+        .map(|k| k % 3)
+        .collect();
+    assert_eq!(row.get::<_, i64>(0), notes.len() as i64);
+
+    // A session whose transactions default to read-only still gets gathered reads (the
+    // coordinator's own transaction is READ WRITE for its temporary tables).
+    client
+        .batch_execute("set default_transaction_read_only = on")
+        .await
+        .expect("set");
+    let row = client
+        .query_one("select count(distinct n) from app.events", &[])
+        .await
+        .expect("gathered in a read-only session");
+    assert_eq!(row.get::<_, i64>(0), 7);
+    client
+        .batch_execute("reset default_transaction_read_only")
+        .await
+        .expect("reset");
+
+    // Past limits.max_gather_rows: 54000 naming it; the session goes on.
+    for part in load(insert(301, 601), (301..601).collect()) {
+        client
+            .batch_execute(&format!(
+                "insert into app.events (user_id, n, note) values {}",
+                part.join(",")
+            ))
+            .await
+            .expect("insert");
+    }
+    for run in 0..2 {
+        let e = if run == 0 {
+            client
+                .simple_query("select distinct n from app.events")
+                .await
+                .map(|_| ())
+        } else {
+            client
+                .query("select distinct n from app.events", &[])
+                .await
+                .map(|_| ())
+        }
+        .expect_err("past max_gather_rows");
+        assert_eq!(sqlstate(&e), "54000", "{e:?}");
+        let db = e.as_db_error().expect("an ErrorResponse");
+        assert!(db.message().contains("limits.max_gather_rows"), "{db:?}");
+        assert!(
+            db.hint().is_some_and(|h| h.contains("max_gather_rows")),
+            "{db:?}"
+        );
+        assert!(usable(&client).await);
+    }
+    // Still refused: a locking read cannot be gathered.
+    let e = client
+        .simple_query(
+            "select distinct n from app.events e join settings s on s.v = e.n for update of e",
+        )
+        .await
+        .expect_err("locking read");
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+
+    // Nothing stays on the coordinator: no temporary table, no transaction left open.
+    let s0 = env.connect_shard(0).await;
+    let temp: i64 = s0
+        .query_one(
+            "select count(*) from pg_class where relpersistence = 't'",
+            &[],
+        )
+        .await
+        .expect("pg_class")
+        .get(0);
+    assert_eq!(temp, 0);
+    let open: i64 = s0
+        .query_one(
+            "select count(*) from pg_stat_activity where state like 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert_eq!(open, 0);
+    drop(client);
     env.stop().await;
 }

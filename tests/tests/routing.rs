@@ -798,16 +798,13 @@ async fn refusals_leave_the_connection_usable() {
             vec!["users"],
             vec!["user_id"],
         ),
+        // DISTINCT and window functions are gathered into PostgreSQL now; a locking read of
+        // that kind cannot be, and stays refused.
         (
-            "select distinct name from users".into(),
+            "select u.user_id from users u join orders o on o.order_id = u.user_id for update of u"
+                .into(),
             "0A000",
-            vec!["DISTINCT", "across shards"],
-            vec![],
-        ),
-        (
-            "select user_id, row_number() over (order by user_id) from users".into(),
-            "0A000",
-            vec!["window", "across shards"],
+            vec!["join", "across shards"],
             vec![],
         ),
         (
@@ -1081,6 +1078,28 @@ async fn shardgate_route_explains_and_ddl_reaches_every_shard() {
     let rows = simple_rows(&client, "shardgate route select count(*) from users").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0][0].as_deref(), Some("s0,s1,s2"), "{rows:?}");
+    // The three strategies: push down, merge in the proxy, gather into PostgreSQL.
+    let reason = |rows: &Vec<Vec<Option<String>>>| rows[0][3].clone().unwrap_or_default();
+    assert!(
+        reason(&rows).contains("merge in the proxy (re-aggregate"),
+        "{rows:?}"
+    );
+    let rows = simple_rows(
+        &client,
+        "shardgate route select * from users where user_id = 42",
+    )
+    .await;
+    assert!(reason(&rows).starts_with("push down"), "{rows:?}");
+    let rows = simple_rows(
+        &client,
+        "shardgate route select count(distinct name) from users",
+    )
+    .await;
+    assert!(
+        reason(&rows).contains("gather into PostgreSQL: count(DISTINCT")
+            && reason(&rows).contains("temporary tables on s0"),
+        "{rows:?}"
+    );
     let rows = simple_rows(
         &client,
         "shardgate route insert into users (user_id, name) values (7, 'x')",

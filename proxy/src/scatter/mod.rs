@@ -27,7 +27,7 @@ mod shard;
 
 use bytes::{Bytes, BytesMut};
 use shardgate_pool::{ServerConn, ServerError};
-use shardgate_router::{MergeSpec, SortColumn};
+use shardgate_router::MergeSpec;
 use shardgate_wire::backend::{self, Severity};
 use shardgate_wire::{sqlstate, Frame};
 
@@ -62,6 +62,17 @@ pub(crate) enum ScatterRequest {
         /// position here).
         client_describe: Option<u8>,
     },
+}
+
+impl ScatterRequest {
+    /// The same execution with another statement text (a gathered read's rewritten text).
+    pub(crate) fn with_sql(&self, text: String) -> ScatterRequest {
+        let mut r = self.clone();
+        match &mut r {
+            ScatterRequest::Simple { sql } | ScatterRequest::Extended { sql, .. } => *sql = text,
+        }
+        r
+    }
 }
 
 /// A server connection broke during a cross-shard read (the caller marks it broken and tells
@@ -186,7 +197,7 @@ pub(crate) async fn run<C: ClientSink>(
         Ok((l, o)) => (l, o, None),
         Err(e) => (Some(0), 0, Some(e)),
     };
-    if combine && limit.is_some() && limit_error.is_none() && !limit_keeps_groups_whole(spec) {
+    if combine && limit.is_some() && limit_error.is_none() && !spec.limit_keeps_groups_whole() {
         refuse(
             &mut out,
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -380,28 +391,6 @@ fn limits_of(spec: &MergeSpec, request: &ScatterRequest) -> Result<(Option<u64>,
 /// SQLSTATE invalid_parameter_value.
 const INVALID_PARAMETER_VALUE: &str = "22023";
 
-/// Whether every shard's LIMIT keeps each group it returns whole: the ORDER BY must put all
-/// the group columns first, so that a group in the global top N is in each shard's top N.
-fn limit_keeps_groups_whole(spec: &MergeSpec) -> bool {
-    if spec.group_by.is_empty() {
-        return true;
-    }
-    let mut covered = std::collections::HashSet::new();
-    for key in &spec.order_by {
-        let SortColumn::Position(p) = key.column else {
-            return false;
-        };
-        if !spec.group_by.contains(&p) {
-            return false;
-        }
-        covered.insert(p);
-        if spec.group_by.iter().all(|g| covered.contains(g)) {
-            return true;
-        }
-    }
-    false
-}
-
 /// Replaces whatever this call wrote (or, once rows were sent, follows them) with an
 /// ErrorResponse made by the proxy.
 fn refuse<C: ClientSink>(out: &mut Output<'_, C>, code: &str, message: &str) {
@@ -412,7 +401,12 @@ fn refuse<C: ClientSink>(out: &mut Output<'_, C>, code: &str, message: &str) {
     backend::write_error(out.buf(), Severity::Error, code, message, hint);
 }
 
-fn write_shard_error(out: &mut BytesMut, frame: &Frame, shard: &str, keep_position: bool) {
+pub(crate) fn write_shard_error(
+    out: &mut BytesMut,
+    frame: &Frame,
+    shard: &str,
+    keep_position: bool,
+) {
     if write_prefixed_error(out, frame, &format!("shard {shard}: "), keep_position).is_err() {
         let (code, message) = decode::error_summary(frame);
         backend::write_error(
@@ -422,36 +416,5 @@ fn write_shard_error(out: &mut BytesMut, frame: &Frame, shard: &str, keep_positi
             &format!("shard {shard}: {message}"),
             None,
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shardgate_router::SortKey;
-
-    fn key(p: usize) -> SortKey {
-        SortKey {
-            column: SortColumn::Position(p),
-            descending: false,
-            nulls_first: false,
-        }
-    }
-
-    #[test]
-    fn grouped_limits_need_the_groups_ordered_first() {
-        let mut spec = MergeSpec {
-            group_by: vec![0, 2],
-            ..MergeSpec::default()
-        };
-        assert!(!limit_keeps_groups_whole(&spec));
-        spec.order_by = vec![key(2), key(0), key(1)];
-        assert!(limit_keeps_groups_whole(&spec));
-        spec.order_by = vec![key(0), key(1), key(2)];
-        assert!(!limit_keeps_groups_whole(&spec));
-        spec.order_by = vec![key(0)];
-        assert!(!limit_keeps_groups_whole(&spec));
-        spec.group_by.clear();
-        assert!(limit_keeps_groups_whole(&spec));
     }
 }

@@ -407,8 +407,15 @@ async fn merged_results_equal_one_servers() {
 
     // Refusals keep the connections usable.
     let mut servers: Vec<&mut ServerConn> = shard_conns.iter_mut().collect();
+    // (The router gathers this statement into PostgreSQL; a merge spec with the LIMIT added
+    // by hand checks the scatter's own guard.)
     let sql = "select status, count(*) from orders group by status order by 2 desc limit 2";
-    let spec = router.plan(sql).merge.clone().expect("spec");
+    let mut spec = router
+        .plan("select status, count(*) from orders group by status order by 2 desc")
+        .merge
+        .clone()
+        .expect("spec");
+    spec.limit = Some(shardgate_router::RowCount::Value(2));
     let mut out = BytesMut::new();
     run(
         &mut servers,

@@ -256,11 +256,13 @@ fn statement_table() {
         };
         let extra_ok = match &exp {
             Exp::Refused(code) => plan.refusal.as_ref().map(|r| r.code) == Some(*code),
+            // Either refused across shards, or gathered into PostgreSQL for that reason.
             Exp::Cross(what) => {
                 plan.refusal.is_none()
                     && plan
                         .unsupported_cross_shard
                         .as_deref()
+                        .or(plan.gather.as_ref().map(|g| g.reason.as_str()))
                         .is_some_and(|u| u.contains(what))
             }
             _ => plan.refusal.is_none() && plan.unsupported_cross_shard.is_none(),
@@ -375,24 +377,94 @@ fn multi_statement_texts_combine() {
 }
 
 #[test]
+fn grouped_limits_need_the_groups_ordered_first() {
+    use crate::merge::{MergeSpec, RowCount, SortColumn, SortKey};
+    let key = |p| SortKey {
+        column: SortColumn::Position(p),
+        descending: false,
+        nulls_first: false,
+    };
+    let mut spec = MergeSpec {
+        group_by: vec![0, 2],
+        limit: Some(RowCount::Value(3)),
+        ..MergeSpec::default()
+    };
+    assert!(!spec.limit_keeps_groups_whole());
+    spec.order_by = vec![key(2), key(0), key(1)];
+    assert!(spec.limit_keeps_groups_whole());
+    spec.order_by = vec![key(0), key(1), key(2)];
+    assert!(!spec.limit_keeps_groups_whole());
+    spec.order_by = vec![key(0)];
+    assert!(!spec.limit_keeps_groups_whole());
+    spec.limit = None;
+    assert!(spec.limit_keeps_groups_whole());
+    spec.limit = Some(RowCount::Value(3));
+    spec.group_by.clear();
+    assert!(spec.limit_keeps_groups_whole());
+}
+
+#[test]
+fn gathered_reads_keep_the_reason() {
+    let router = router();
+    let p = router
+        .plan("select status, count(*) from orders group by status order by 2 desc, 1 limit 3");
+    let g = p.gather.as_ref().expect("gathered");
+    assert!(g.reason.contains("GROUP BY with LIMIT"), "{}", g.reason);
+    assert_eq!(
+        g.sql,
+        "select status, count(*) from pg_temp.orders group by status order by 2 desc, 1 limit 3"
+    );
+    // Grouped by the shard key, the groups are whole on each shard: merged as plain rows.
+    let p = router.plan("select o.user_id, count(*), sum(total) from orders o group by o.user_id order by 2 desc, 1 limit 3");
+    let m = p.merge.as_ref().expect("merged");
+    assert!(
+        p.gather.is_none()
+            && m.grouped_on_shards
+            && m.group_by.is_empty()
+            && m.aggregates.is_empty()
+    );
+    assert_eq!(m.limit, Some(crate::merge::RowCount::Value(3)));
+    // Not when avg needs hidden columns, a join is involved, or the key is not grouped.
+    for sql in [
+        "select user_id, avg(total) from orders group by user_id",
+        "select o.user_id, count(*) from orders o join users u on u.name = o.status group by o.user_id",
+        "select status, count(*) from orders group by status",
+    ] {
+        let p = router.plan(sql);
+        assert!(!p.merge.as_ref().is_some_and(|m| m.grouped_on_shards), "{sql}");
+    }
+    let p = router.plan("select count(distinct user_id) from orders");
+    assert!(p.gather.is_some() && p.unsupported_cross_shard.is_none());
+    // Writes, locking reads, volatile side effects and several statements are not gathered.
+    for sql in [
+        "select distinct status from orders for update",
+        "select distinct nextval('s') from orders",
+        "select distinct status from orders; select 1",
+    ] {
+        let p = router.plan(sql);
+        assert!(p.gather.is_none(), "{sql}");
+    }
+}
+
+#[test]
 fn merge_spec_describes_the_merge() {
     use crate::merge::{AggregateKind as A, MergeAggregate as M, RowCount, SortColumn, SortKey};
     let router = router();
-    let p = router.plan("SELECT status, count(*), avg(total), max(total) FROM orders GROUP BY status ORDER BY 2 DESC, status LIMIT 10 OFFSET $1");
+    let p = router.plan("SELECT status, count(*), avg(total), max(total) FROM orders GROUP BY status ORDER BY status, 2 DESC LIMIT 10 OFFSET $1");
     let spec = p.merge.clone().unwrap_or_default();
     assert_eq!(spec.group_by, vec![0]);
     assert_eq!(
         spec.order_by,
         vec![
             SortKey {
-                column: SortColumn::Position(1),
-                descending: true,
-                nulls_first: true
-            },
-            SortKey {
                 column: SortColumn::Position(0),
                 descending: false,
                 nulls_first: false
+            },
+            SortKey {
+                column: SortColumn::Position(1),
+                descending: true,
+                nulls_first: true
             },
         ]
     );
@@ -421,7 +493,7 @@ fn merge_spec_describes_the_merge() {
     assert_eq!(spec.hidden_columns, 2);
     assert_eq!(
         spec.shard_sql.as_deref(),
-        Some("SELECT status, count(*), avg(total), max(total), sum(total), count(total) FROM orders GROUP BY status ORDER BY 2 DESC, status LIMIT (10 + $1)")
+        Some("SELECT status, count(*), avg(total), max(total), sum(total), count(total) FROM orders GROUP BY status ORDER BY status, 2 DESC LIMIT (10 + $1)")
     );
     let p = router.plan("SELECT * FROM orders ORDER BY created_at DESC NULLS LAST LIMIT 3");
     let spec = p.merge.clone().unwrap_or_default();

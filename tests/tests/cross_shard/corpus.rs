@@ -188,17 +188,39 @@ pub const QUERIES: &[Query] = &[
 ];
 
 /// Statements that cannot be merged correctly across shards: refused with 0A000.
+/// Statements neither the shard key nor a merge in the proxy answers: gathered into
+/// PostgreSQL on the coordinating shard (and compared with one PostgreSQL like the rest).
+pub const GATHERED: &[Query] = &[
+    // The three examples (the first, grouped by the shard key, is grouped on the shards
+    // and merged as plain rows rather than gathered).
+    t("select user_id, count(*) from orders group by user_id order by 2 desc, 1 limit 3"),
+    u("select count(distinct user_id) from orders"),
+    t("select u.name, sum(o.amount) from users u join orders o on o.user_id = u.user_id group by u.name order by 2 desc, 1 limit 3"),
+    u("select distinct status from orders"),
+    t("select user_id, row_number() over (order by user_id) from users order by user_id"),
+    u("select status, count(*) from orders group by status having count(*) > 10"),
+    u("select string_agg(name, ',' order by name, user_id) from users"),
+    u("select count(distinct status) from orders"),
+    u("select user_id from users union select user_id from orders"),
+    t("select user_id, name from users order by length(name), user_id"),
+    t("select status, count(*) from orders group by status order by 2 desc, 1 limit 2"),
+    u("select status, count(*) from orders group by status order by status limit 2"),
+    u("select status, count(*) from public.orders group by status having sum(amount) > 1000"),
+    t("select user_id, amount, rank() over (partition by status order by amount desc nulls last, order_id) from orders order by order_id"),
+    u("select o.order_id from orders o join users u on o.qty = u.age where u.active"),
+    u("select user_id from users where user_id not in (select user_id from orders where user_id is not null)"),
+    u("with big as (select user_id, sum(amount) s from orders group by user_id) select count(*), max(s) from big"),
+    u("select user_id from orders intersect select user_id from users"),
+    u("select user_id from orders except all select user_id from users"),
+    u("select stddev(amount)::numeric(20,6), variance(qty)::numeric(20,6), bool_and(active), bool_or(active) from orders o left join users u using (user_id)"),
+    t("select status, percentile_cont(0.5) within group (order by amount) from orders group by status order by status nulls first"),
+];
+
+/// Statements that must still be refused across shards: locking reads and reads with side
+/// effects cannot be gathered.
 pub const REFUSED: &[&str] = &[
-    "select distinct status from orders",
-    "select user_id, row_number() over (order by user_id) from users",
-    "select status, count(*) from orders group by status having count(*) > 10",
-    "select string_agg(name, ',') from users",
-    "select count(distinct status) from orders",
-    "select user_id from users union select user_id from orders",
-    "select user_id, name from users order by length(name), user_id",
-    // A LIMIT on the shards would cut groups short unless the groups come first in the order.
-    "select status, count(*) from orders group by status order by 2 desc limit 2",
-    "select status, count(*) from orders group by status limit 2",
+    "select o.order_id from orders o join users u on o.qty = u.age for update of o",
+    "select distinct status from orders where pg_try_advisory_xact_lock(1)",
 ];
 
 /// A statement with parameters (binary format only: the simple protocol has none).
