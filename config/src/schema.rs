@@ -37,6 +37,7 @@ pub struct Config {
     pub rebalance: Rebalance,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
     pub timeouts: Timeouts,
 }
 
