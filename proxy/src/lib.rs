@@ -16,6 +16,7 @@ mod gather;
 mod io;
 mod limits;
 mod listener;
+mod login;
 mod pinning;
 mod pool_retire;
 mod prepared;
