@@ -20,7 +20,10 @@ pub(crate) struct Login {
 }
 
 /// Startup and authentication; `None` for a cancel request.
-pub(crate) async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Option<Login>, SessionError> {
+pub(crate) async fn login(
+    io: &mut ClientIo,
+    shared: &Arc<Shared>,
+) -> Result<Option<Login>, SessionError> {
     let Some(params) = startup::read_startup(io, shared).await? else {
         return Ok(None);
     };
@@ -84,4 +87,3 @@ pub(crate) async fn login(io: &mut ClientIo, shared: &Arc<Shared>) -> Result<Opt
         cap_slot,
     }))
 }
-
