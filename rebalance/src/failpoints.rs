@@ -61,9 +61,27 @@ pub fn setup_from_env() {
 }
 
 /// Whether failpoint `name` is set to `return` (for a point that simulates an error rather
-/// than a crash).
+/// than a crash); `return(kill)` SIGKILLs the process there instead (the end-to-end test's
+/// "the reply never arrived because the runner died").
 pub(crate) fn triggered(name: &'static str) -> bool {
-    fail::eval(name, |_| ()).is_some()
+    match fail::eval(name, |arg| arg) {
+        Some(how) => {
+            if how.as_deref() == Some("kill") {
+                kill_self(name);
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// SIGKILLs this process (no destructor, no cleanup runs).
+fn kill_self(name: &'static str) {
+    tracing::warn!(failpoint = name, "failpoint: SIGKILL");
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status();
 }
 
 /// Stops the runner at `name` as the configured action says (see the module docs).
@@ -73,10 +91,7 @@ pub(crate) async fn crash(name: &'static str) {
     };
     tracing::warn!(failpoint = name, how = ?how, "failpoint: simulated crash");
     if how.as_deref() == Some("kill") {
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status();
+        kill_self(name);
     }
     HIT.lock().unwrap_or_else(|e| e.into_inner()).push(name);
     let never: Infallible = std::future::pending().await;

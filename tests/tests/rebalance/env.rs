@@ -89,6 +89,17 @@ pub fn proxy_config(
     topology: &str,
     rebalance: &str,
 ) -> Config {
+    let text = proxy_config_text(shards, tables, topology, rebalance);
+    Config::from_toml(&text, Path::new("rebalance.toml")).expect("valid proxy config")
+}
+
+/// The TOML of [`proxy_config`] (for a `shardgate serve` process's config file).
+pub fn proxy_config_text(
+    shards: &[&PgCluster],
+    tables: &[&str],
+    topology: &str,
+    rebalance: &str,
+) -> String {
     let mut text = format!(
         r#"
 [listen]
@@ -124,7 +135,7 @@ password = "{PASSWORD}"
             c.port()
         ));
     }
-    Config::from_toml(&text, Path::new("rebalance.toml")).expect("valid proxy config")
+    text
 }
 
 pub async fn connect(conn_str: &str) -> Client {

@@ -41,6 +41,10 @@ pub fn load_sql(pred: impl Fn(&str) -> String) -> String {
     )
 }
 
+/// How long a statement answered 40001 is retried: a fence held by a runner that was killed
+/// stays until the job is resumed and undone or finished (tests/rebalance_sigkill.rs).
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
 /// What the two tables hold: accounts by key (balance, note), events by (user, id) → payload.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
@@ -277,7 +281,7 @@ impl Task {
             loop {
                 match self.execute(&op).await {
                     Ok(()) => break,
-                    Err(e) if code(&e) == Some("40001") && tries < 500 => {
+                    Err(e) if code(&e) == Some("40001") && started.elapsed() < RETRY_FOR => {
                         tries += 1;
                         self.out.retries += 1;
                         tokio::time::sleep(Duration::from_millis(5)).await;
