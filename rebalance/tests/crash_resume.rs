@@ -4,6 +4,8 @@
 //! runner at the failpoint and shuts its runtime down (connections drop, no cleanup code runs),
 //! as a killed proxy leaves things; the resuming rebalancer is a new one with the same proxy id.
 
+// Shared with the other engine tests; each uses part of it.
+#[allow(dead_code)]
 #[path = "rebalance_engine/common.rs"]
 mod common;
 

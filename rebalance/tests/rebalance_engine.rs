@@ -165,14 +165,7 @@ async fn remove_a_shard() {
     // make the copies long enough to overlap if both ran at once: the slots would collide and
     // the job hang in Copying.
     for c in [refs[0], refs[2]] {
-        c.psql(
-            DB,
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;
-             CREATE TRIGGER slow BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow();
-             ALTER TABLE orders ENABLE ALWAYS TRIGGER slow;",
-        )
-        .unwrap();
+        slow_order_inserts(c, 0.001);
     }
     let before = assert_placed(&refs, &["s1", "s2", "s3"]).await;
     let cfg = config(&[("s1", refs[0]), ("s2", refs[1]), ("s3", refs[2])], "");
@@ -286,14 +279,7 @@ async fn abort_while_copying_leaves_every_shard_as_before() {
     // The target has the tables, and an insert trigger that fires even for replication
     // (ENABLE ALWAYS) and makes copying orders slow, so the job is surely still copying.
     new.psql(DB, SCHEMA).unwrap();
-    new.psql(
-        DB,
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(0.003); RETURN NEW; END $$;
-         CREATE TRIGGER slow BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow();
-         ALTER TABLE orders ENABLE ALWAYS TRIGGER slow;",
-    )
-    .unwrap();
+    slow_order_inserts(&new, 0.003);
     let before = snapshot(&[s1, s2, &new]).await;
     let cfg = config(&[("s1", s1), ("s2", s2)], "");
     let store = Store::open(&cfg, None).await.unwrap();
@@ -347,14 +333,7 @@ fn resume_after_the_runner_died_undoes_the_move() {
     let (s1, s2) = (&shards[0], &shards[1]);
     load(&[s1, s2], &["s1", "s2"]);
     new.psql(DB, SCHEMA).unwrap();
-    new.psql(
-        DB,
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(0.003); RETURN NEW; END $$;
-         CREATE TRIGGER slow BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow();
-         ALTER TABLE orders ENABLE ALWAYS TRIGGER slow;",
-    )
-    .unwrap();
+    slow_order_inserts(&new, 0.003);
     let cfg = config(&[("s1", s1), ("s2", s2)], "");
     let first = tokio::runtime::Runtime::new().unwrap();
     let store = first.block_on(Store::open(&cfg, None)).unwrap();

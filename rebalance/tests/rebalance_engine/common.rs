@@ -64,6 +64,21 @@ pub fn config_with(shards: &[(&str, &PgCluster)], extra_tables: &str, rebalance:
     Config::from_toml(&toml, Path::new("test.toml")).expect("config")
 }
 
+/// Makes every insert into `orders` on `c` sleep `seconds`, replicated rows included (ENABLE
+/// ALWAYS), so a copy into `c` lasts long enough to be caught mid-way.
+pub fn slow_order_inserts(c: &PgCluster, seconds: f64) {
+    c.psql(
+        DB,
+        &format!(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow();
+             ALTER TABLE orders ENABLE ALWAYS TRIGGER slow;"
+        ),
+    )
+    .unwrap();
+}
+
 pub async fn client(c: &PgCluster) -> Client {
     let (client, conn) = tokio_postgres::connect(
         &format!(
