@@ -94,7 +94,7 @@ impl Session {
         for frame in batch {
             let plan = match frame.tag() {
                 frontend::QUERY => match frontend::query_text(frame) {
-                    Ok(text) => self.shared.topo().router.plan(&self.sql(text)),
+                    Ok(text) => self.shared.topo().router.plan_query(&self.sql(text)).plan,
                     Err(_) => return primary_write,
                 },
                 // Preparing a read can happen on a replica too (drivers prepare before they

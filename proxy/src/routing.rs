@@ -103,13 +103,12 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(frame).map_err(protocol_error)?;
-                let plan = self.shared.topo().router.plan(&self.sql(text));
-                self.observe_shardgate_sets(&plan);
-                let route =
-                    self.shared
-                        .topo()
-                        .router
-                        .route(&plan, &BoundParams::NONE, self.hint())?;
+                let sql = self.sql(text);
+                let topo = self.shared.topo();
+                // By the statement's shape: literals route the shared plan (no parse per value).
+                let query = topo.router.plan_query(&sql);
+                self.observe_shardgate_sets(&query.plan);
+                let (route, plan) = topo.router.route_query(&query, self.hint())?;
                 Ok(Some((route, plan)))
             }
             frontend::BIND => {

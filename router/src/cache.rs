@@ -1,6 +1,7 @@
-//! The route cache: plans by statement text in an LRU bounded both by entries and by bytes, so
-//! a repeated text is parsed once and a stream of huge distinct texts cannot fill memory. Hits
-//! and misses are counted for metrics.
+//! The route caches: plans by statement text (and, for the normalized plan cache, by statement
+//! shape) in an LRU bounded both by entries and by bytes, so a repeated text is parsed once
+//! and a stream of huge distinct texts cannot fill memory. Hits and misses are counted for
+//! metrics.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,21 +24,22 @@ fn entry_cost(sql: &str) -> usize {
     2 * sql.len() + 256
 }
 
-struct Entries {
-    lru: LruCache<String, Arc<Plan>>,
+struct Entries<V> {
+    lru: LruCache<String, V>,
     bytes: usize,
 }
 
-pub(crate) struct PlanCache {
+/// An LRU of values keyed by SQL text; `V` is cheap to clone (an `Arc`).
+pub(crate) struct PlanCache<V = Arc<Plan>> {
     /// `None` when `route_cache_size` or `route_cache_bytes` is 0: nothing is cached.
-    entries: Option<Mutex<Entries>>,
+    entries: Option<Mutex<Entries<V>>>,
     max_bytes: usize,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
-impl PlanCache {
-    pub(crate) fn new(size: usize, max_bytes: usize) -> PlanCache {
+impl<V: Clone> PlanCache<V> {
+    pub(crate) fn new(size: usize, max_bytes: usize) -> PlanCache<V> {
         PlanCache {
             entries: NonZeroUsize::new(size).filter(|_| max_bytes > 0).map(|n| {
                 Mutex::new(Entries {
@@ -51,24 +53,38 @@ impl PlanCache {
         }
     }
 
-    /// The cached plan for `sql`, or the one `make` builds (then cached, unless the text is
+    /// The cached value for `sql`, or the one `make` builds (then cached, unless the text is
     /// bigger than a quarter of the byte budget). The lock is not held while planning, so two
     /// threads may plan the same new text once each.
-    pub(crate) fn get_or_insert(&self, sql: &str, make: impl FnOnce() -> Plan) -> Arc<Plan> {
+    pub(crate) fn get_or_insert(&self, sql: &str, make: impl FnOnce() -> V) -> V {
+        if let Some(value) = self.get(sql) {
+            return value;
+        }
+        let value = make();
+        self.insert(sql, value.clone());
+        value
+    }
+
+    /// The cached value for `sql` (counted as a hit or a miss).
+    pub(crate) fn get(&self, sql: &str) -> Option<V> {
         if let Some(entries) = &self.entries {
             let mut guard = entries.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(plan) = guard.lru.get(sql) {
+            if let Some(value) = guard.lru.get(sql) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Arc::clone(plan);
+                return Some(value.clone());
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let plan = Arc::new(make());
+        None
+    }
+
+    /// Caches `value` for `sql`, evicting the least recently used entries for room.
+    pub(crate) fn insert(&self, sql: &str, value: V) {
         let cost = entry_cost(sql);
         if let Some(entries) = self.entries.as_ref().filter(|_| cost <= self.max_bytes / 4) {
             let mut guard = entries.lock().unwrap_or_else(|e| e.into_inner());
             let e = &mut *guard;
-            if let Some((old_sql, _)) = e.lru.push(sql.to_owned(), Arc::clone(&plan)) {
+            if let Some((old_sql, _)) = e.lru.push(sql.to_owned(), value) {
                 // The same text (planned twice concurrently) or the entry evicted for room.
                 e.bytes -= entry_cost(&old_sql);
             }
@@ -80,7 +96,6 @@ impl PlanCache {
                 }
             }
         }
-        plan
     }
 
     /// Bytes the cached entries are counted as.
@@ -111,14 +126,14 @@ impl PlanCache {
 mod tests {
     use super::*;
 
-    fn plan() -> Plan {
-        Plan::simple(crate::plan::StatementKind::Utility, "")
+    fn plan() -> Arc<Plan> {
+        Arc::new(Plan::simple(crate::plan::StatementKind::Utility, ""))
     }
 
     #[test]
     fn bounded_by_bytes() {
         // Room for about ten 1 KiB texts.
-        let cache = PlanCache::new(1000, 10 * entry_cost(&"x".repeat(1024)));
+        let cache: PlanCache = PlanCache::new(1000, 10 * entry_cost(&"x".repeat(1024)));
         for i in 0..100 {
             let text = format!("{i:04}{}", "x".repeat(1020));
             cache.get_or_insert(&text, plan);

@@ -15,12 +15,14 @@ mod hints;
 mod keys;
 mod large;
 pub mod merge;
+mod normalize;
 mod params;
 pub mod plan;
 mod planner;
 pub mod ring;
 mod router;
 mod rules;
+mod shapes;
 mod text;
 
 #[cfg(test)]
@@ -29,6 +31,7 @@ mod tests;
 pub use cache::CacheStats;
 pub use gather::{GatherRelation, GatherSpec};
 pub use merge::{AggregateKind, MergeAggregate, MergeSpec, RowCount, SortColumn, SortKey};
+pub use normalize::{normalize, Normalized};
 pub use params::BoundParams;
 pub use plan::{
     Hint, KeyExpr, KeyValue, Placement, Plan, Refusal, RoleHint, ShardgateParam, ShardgateSetting,
@@ -36,10 +39,13 @@ pub use plan::{
 };
 pub use ring::{Ring, RingError, ShardIndex};
 pub use router::{Route, RouteError, Router, RouterError};
+pub use shapes::QueryPlan;
 pub use shardgate_config::KeyType;
 pub use text::{code_words, leading_names, normalize_sql, split_statements};
 
 /// The project's one SQL lexer, for the proxy's text checks (session tracking, pinning).
 pub mod lexer {
-    pub use crate::text::{code_tokens, code_words, leading_names, split_statements, Tok, TokKind};
+    pub use crate::text::{
+        code_tokens, code_words, leading_names, split_statements, Lexer, Tok, TokKind,
+    };
 }

@@ -64,13 +64,17 @@ pub enum RouterError {
 }
 
 pub struct Router {
-    planner: Planner,
+    pub(crate) planner: Planner,
     ring: Ring,
     seed: u64,
     default_shard: ShardIndex,
-    default_key_type: KeyType,
+    pub(crate) default_key_type: KeyType,
     keyless_writes: KeylessWrites,
+    /// Plans by statement text.
     cache: PlanCache,
+    /// Plans by statement shape (literals as parameters), for simple-protocol statements
+    /// (`shapes`); half of the configured byte budget each.
+    pub(crate) shapes: PlanCache<crate::shapes::Shape>,
     /// Statement texts sqlparser could not parse (routed by hint, transaction or default).
     unparsed: std::sync::atomic::AtomicU64,
 }
@@ -115,7 +119,8 @@ impl Router {
             default_shard,
             default_key_type: s.key_type,
             keyless_writes: s.keyless_writes,
-            cache: PlanCache::new(s.route_cache_size, s.route_cache_bytes),
+            cache: PlanCache::new(s.route_cache_size, s.route_cache_bytes / 2),
+            shapes: PlanCache::new(s.route_cache_size, s.route_cache_bytes / 2),
             unparsed: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -129,12 +134,14 @@ impl Router {
             }
         }
         self.cache.clear();
+        self.shapes.clear();
         self
     }
 
     /// Analyses a statement text; a repeated text is served from the cache (same `Arc`).
     pub fn plan(&self, sql: &str) -> Arc<Plan> {
-        self.cache.get_or_insert(sql, || self.plan_uncached(sql))
+        self.cache
+            .get_or_insert(sql, || Arc::new(self.plan_uncached(sql)))
     }
 
     fn plan_uncached(&self, sql: &str) -> Plan {

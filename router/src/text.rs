@@ -16,8 +16,12 @@ pub enum TokKind {
     Comment,
     /// A string literal, dollar-quoted string or quoted identifier.
     Quoted,
+    /// A numeric literal: `42`, `1.5`, `.5`, `1e-3` (digits, one dot, an exponent).
+    Number,
+    /// A parameter: `$1`.
+    Param,
     Semicolon,
-    /// Anything else: operators, numbers, parameters, punctuation.
+    /// Anything else: operators and punctuation, one character each.
     Other,
 }
 
@@ -37,65 +41,155 @@ fn is_word_char(c: char) -> bool {
 
 /// Tokens of `sql`, whitespace skipped. Unterminated literals and comments run to the end.
 pub(crate) fn tokens(sql: &str) -> Vec<Tok> {
-    let bytes = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < sql.len() {
-        let Some(c) = sql[i..].chars().next() else {
-            break;
-        };
-        let start = i;
-        let next = bytes.get(i + 1).copied();
-        let (kind, end) = if c.is_whitespace() {
-            i += c.len_utf8();
-            continue;
-        } else if c == '-' && next == Some(b'-') {
-            let end = sql[i..].find('\n').map_or(sql.len(), |n| i + n);
-            (TokKind::Comment, end)
-        } else if c == '/' && next == Some(b'*') {
-            (TokKind::Comment, block_comment_end(bytes, i))
-        } else if c == '\'' {
-            (TokKind::Quoted, quoted_end(bytes, i, b'\'', false))
-        } else if c == '"' {
-            (TokKind::Quoted, quoted_end(bytes, i, b'"', false))
-        } else if c == '$' {
-            match dollar_tag(sql, i) {
-                Some(tag) => {
-                    let body = i + tag.len();
-                    let end = sql[body..]
-                        .find(tag)
-                        .map_or(sql.len(), |n| body + n + tag.len());
-                    (TokKind::Quoted, end)
+    Lexer::new(sql).collect()
+}
+
+/// The tokens of a text one at a time, without allocating: the plan cache's normalizer runs
+/// it on every simple-protocol statement.
+pub struct Lexer<'a> {
+    sql: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    pub fn new(sql: &'a str) -> Lexer<'a> {
+        Lexer { sql, pos: 0 }
+    }
+}
+
+impl Iterator for Lexer<'_> {
+    type Item = Tok;
+
+    fn next(&mut self) -> Option<Tok> {
+        let sql = self.sql;
+        let bytes = sql.as_bytes();
+        let mut i = self.pos;
+        // Whitespace: ASCII fast, anything else through `char`.
+        loop {
+            match bytes.get(i) {
+                None => {
+                    self.pos = i;
+                    return None;
                 }
-                None => (TokKind::Other, i + 1),
+                Some(b) if b.is_ascii_whitespace() => i += 1,
+                Some(b) if b.is_ascii() => break,
+                Some(_) => match sql[i..].chars().next() {
+                    Some(c) if c.is_whitespace() => i += c.len_utf8(),
+                    _ => break,
+                },
             }
-        } else if c == ';' {
-            (TokKind::Semicolon, i + 1)
-        } else if is_word_start(c) {
-            let rest = &sql[i..];
-            let len = rest
-                .char_indices()
-                .skip(1)
-                .find(|(_, ch)| !is_word_char(*ch))
-                .map_or(rest.len(), |(off, _)| off);
-            let end = i + len;
-            // E'…' (escape string) and U&'…' prefixes glue to the literal.
-            let word = &sql[i..end];
-            if bytes.get(end) == Some(&b'\'') && word.eq_ignore_ascii_case("e") {
-                (TokKind::Quoted, quoted_end(bytes, end, b'\'', true))
+        }
+        let start = i;
+        let b = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        let (kind, end) = if b == b'-' && next == Some(b'-') {
+            let end = memchr_newline(bytes, i);
+            (TokKind::Comment, end)
+        } else if b == b'/' && next == Some(b'*') {
+            (TokKind::Comment, block_comment_end(bytes, i))
+        } else if b == b'\'' {
+            (TokKind::Quoted, quoted_end(bytes, i, b'\'', false))
+        } else if b == b'"' {
+            (TokKind::Quoted, quoted_end(bytes, i, b'"', false))
+        } else if b == b'$' {
+            if next.is_some_and(|n| n.is_ascii_digit()) {
+                let end = digits_end(bytes, i + 1);
+                (TokKind::Param, end)
             } else {
-                (TokKind::Word, end)
+                match dollar_tag(sql, i) {
+                    Some(tag) => {
+                        let body = i + tag.len();
+                        let end = sql[body..]
+                            .find(tag)
+                            .map_or(sql.len(), |n| body + n + tag.len());
+                        (TokKind::Quoted, end)
+                    }
+                    None => (TokKind::Other, i + 1),
+                }
             }
+        } else if b.is_ascii_digit() || (b == b'.' && next.is_some_and(|n| n.is_ascii_digit())) {
+            (TokKind::Number, number_end(bytes, i))
+        } else if b == b';' {
+            (TokKind::Semicolon, i + 1)
         } else {
-            (TokKind::Other, i + c.len_utf8())
+            let c = if b.is_ascii() {
+                b as char
+            } else {
+                sql[i..].chars().next().unwrap_or(' ')
+            };
+            if is_word_start(c) {
+                let end = word_end(sql, i + c.len_utf8());
+                // E'…' (escape string) prefixes glue to the literal.
+                let word = &sql[i..end];
+                if bytes.get(end) == Some(&b'\'') && word.eq_ignore_ascii_case("e") {
+                    (TokKind::Quoted, quoted_end(bytes, end, b'\'', true))
+                } else {
+                    (TokKind::Word, end)
+                }
+            } else {
+                (TokKind::Other, i + c.len_utf8())
+            }
         };
-        out.push(Tok {
+        let end = end.max(start + 1).min(sql.len());
+        self.pos = end;
+        Some(Tok {
             kind,
             range: start..end,
-        });
-        i = end.max(start + 1);
+        })
     }
-    out
+}
+
+/// End of a word whose remaining characters start at `i`: ASCII bytes directly, anything else
+/// through `char`.
+fn word_end(sql: &str, mut i: usize) -> usize {
+    let bytes = sql.as_bytes();
+    while let Some(&b) = bytes.get(i) {
+        if b.is_ascii() {
+            if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
+                break;
+            }
+            i += 1;
+        } else {
+            match sql[i..].chars().next() {
+                Some(c) if is_word_char(c) => i += c.len_utf8(),
+                _ => break,
+            }
+        }
+    }
+    i
+}
+
+fn memchr_newline(bytes: &[u8], from: usize) -> usize {
+    bytes[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |n| from + n)
+}
+
+fn digits_end(bytes: &[u8], mut i: usize) -> usize {
+    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// End of a numeric literal at `start`: digits, an optional fraction, an optional exponent
+/// (`1e5`, `1.5E-3`); an `e` not followed by digits is not part of it.
+fn number_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = digits_end(bytes, start);
+    if bytes.get(i) == Some(&b'.') && bytes.get(i + 1) != Some(&b'.') {
+        i = digits_end(bytes, i + 1);
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        let mut j = i + 1;
+        if matches!(bytes.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        if bytes.get(j).is_some_and(u8::is_ascii_digit) {
+            i = digits_end(bytes, j);
+        }
+    }
+    i
 }
 
 fn block_comment_end(bytes: &[u8], start: usize) -> usize {
@@ -156,43 +250,15 @@ fn dollar_tag(sql: &str, i: usize) -> Option<&str> {
 /// (the slow-query log): the statement's shape without the values it carried.
 pub fn normalize_sql(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len().min(4096));
-    // Tokens of numbers and `$n` parameters come one character at a time: the run they make
-    // (adjacent tokens) is one number, or one parameter kept as written.
     let mut prev_end = usize::MAX;
-    let mut run: Option<bool> = None; // Some(true): in a parameter, Some(false): in a number
-    for tok in tokens(sql) {
+    for tok in Lexer::new(sql) {
         let text = &sql[tok.range.clone()];
         let adjacent = tok.range.start == prev_end;
         prev_end = tok.range.end;
-        let numeric = tok.kind == TokKind::Other
-            && text.starts_with(|c: char| c.is_ascii_digit() || c == '.');
-        match run {
-            Some(true) if adjacent && numeric => {
-                out.push_str(text);
-                continue;
-            }
-            // 1.5e3: the exponent lexes as a word.
-            Some(false)
-                if adjacent
-                    && (numeric
-                        || text.starts_with(['e', 'E'])
-                            && text[1..].chars().all(|c| c.is_ascii_digit())) =>
-            {
-                continue
-            }
-            _ => run = None,
-        }
         let piece = match tok.kind {
             TokKind::Comment => continue,
             TokKind::Quoted if !text.starts_with('"') => "?",
-            TokKind::Other if text == "$" => {
-                run = Some(true);
-                "$"
-            }
-            TokKind::Other if numeric => {
-                run = Some(false);
-                "?"
-            }
+            TokKind::Number => "?",
             _ => text,
         };
         // Keep the text's own spacing between tokens (collapsed to one space).

@@ -3,6 +3,7 @@
 
 mod plans;
 mod routes;
+mod shapes;
 
 use std::path::Path;
 
