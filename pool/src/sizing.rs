@@ -1,10 +1,10 @@
-//! Self-sizing of a pool under bb8's fixed ceiling (bb8 0.9 cannot be resized at run time).
+//! Self-sizing of a pool under its fixed ceiling (`max_size`).
 //!
 //! A [`Gate`] holds a semaphore whose permits are the pool's current *target* size: a checkout
-//! takes a permit before asking bb8 for a connection, and the permit travels with the
-//! connection until it is returned. Growing adds permits; shrinking forgets an available permit
-//! or, when all are out, one of the next permits to come back (its connection is then closed,
-//! as it is above the target). bb8's `max_size` stays at the pool's `max_size`, the ceiling.
+//! takes a permit before it takes a connection, and the permit travels with the connection
+//! until it is returned. Growing adds permits; shrinking forgets an available permit or, when
+//! all are out, one of the next permits to come back (its connection is then closed, as it is
+//! above the target). The connection store never opens more than `max_size`, the ceiling.
 //!
 //! [`Sizer`] decides each round from the peaks since the last round: grow by a quarter (at
 //! least one) when demand (permits held plus checkouts waiting for one) went above
@@ -100,28 +100,38 @@ impl Gate {
         )
     }
 
+    /// A permit for a client checkout if one is free now: no waiting, no timer.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let permit = Arc::clone(&self.sem).try_acquire_owned().ok()?;
+        Some(self.held(permit))
+    }
+
     /// A permit for a client checkout, waiting at most until `deadline`; `None` on timeout.
     pub(crate) async fn acquire(self: &Arc<Self>, deadline: Instant) -> Option<Permit> {
-        let permit = match Arc::clone(&self.sem).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let _waiting = Counted::new(&self.permit_waiters);
-                self.note_demand();
-                self.wake.notify_one();
-                tokio::time::timeout_at(deadline.into(), Arc::clone(&self.sem).acquire_owned())
-                    .await
-                    .ok()?
-                    // The semaphore is never closed.
-                    .ok()?
-            }
+        if let Some(permit) = self.try_acquire() {
+            return Some(permit);
+        }
+        let permit = {
+            let _waiting = Counted::new(&self.permit_waiters);
+            self.note_demand();
+            self.wake.notify_one();
+            tokio::time::timeout_at(deadline.into(), Arc::clone(&self.sem).acquire_owned())
+                .await
+                .ok()?
+                // The semaphore is never closed.
+                .ok()?
         };
+        Some(self.held(permit))
+    }
+
+    fn held(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Permit {
         self.held.fetch_add(1, Ordering::AcqRel);
         self.note_demand();
-        Some(Permit {
+        Permit {
             gate: Arc::clone(self),
             permit: Some(permit),
             retire: false,
-        })
+        }
     }
 
     /// A permit for the pool's own use (opening `min_size` connections), not counted as
