@@ -47,7 +47,7 @@ impl Inner {
         }
         gate.settle();
         self.close_idle_above_target();
-        self.store.reap_expired(Instant::now());
+        self.store.sweep_idle(Instant::now());
         self.keep_min_size(warm).await;
     }
 

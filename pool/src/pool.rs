@@ -124,7 +124,7 @@ pub struct PoolState {
 /// then frees its place for the next checkout.
 pub struct PooledConn {
     /// `Some` until dropped.
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     expires: Option<Instant>,
     store: Arc<Store>,
     // Dropped after the connection is back on the idle stack (in `drop`), so the permit lets
@@ -298,9 +298,11 @@ impl ServerPool {
             if let Some(entry) = inner.store.take_idle() {
                 return Ok(PooledConn::new(entry, permit, &inner.store));
             }
-            return self.checkout_waiting(Some(permit)).await;
+            // Boxed: the slow path's state (timers, a channel receiver) stays out of the
+            // future every checkout builds.
+            return Box::pin(self.checkout_waiting(Some(permit))).await;
         }
-        self.checkout_waiting(None).await
+        Box::pin(self.checkout_waiting(None)).await
     }
 
     /// The slow path: waits by the deadline for a permit (unless it has one) and then a

@@ -81,9 +81,10 @@ impl Gate {
     fn note_demand(&self) {
         let held = self.held.load(Ordering::Relaxed);
         let waiters = self.permit_waiters.load(Ordering::Relaxed);
-        self.peak_demand
-            .fetch_max(held.saturating_add(waiters), Ordering::Relaxed);
-        self.peak_held.fetch_max(held, Ordering::Relaxed);
+        // Read first: in a steady state the peaks do not move, and a load leaves the cache
+        // line shared where fetch_max would always write it.
+        raise(&self.peak_demand, held.saturating_add(waiters));
+        raise(&self.peak_held, held);
     }
 
     /// (demand, held) peaks since the last call; starts the next window at the current values.
@@ -102,8 +103,10 @@ impl Gate {
 
     /// A permit for a client checkout if one is free now: no waiting, no timer.
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let permit = Arc::clone(&self.sem).try_acquire_owned().ok()?;
-        Some(self.held(permit))
+        // Forgotten here and added back when the `Permit` drops (unless a shrink takes it):
+        // no `OwnedSemaphorePermit`, so no second reference count to move on the hot path.
+        self.sem.try_acquire().ok()?.forget();
+        Some(self.held())
     }
 
     /// A permit for a client checkout, waiting at most until `deadline`; `None` on timeout.
@@ -111,25 +114,26 @@ impl Gate {
         if let Some(permit) = self.try_acquire() {
             return Some(permit);
         }
-        let permit = {
+        {
             let _waiting = Counted::new(&self.permit_waiters);
             self.note_demand();
             self.wake.notify_one();
-            tokio::time::timeout_at(deadline.into(), Arc::clone(&self.sem).acquire_owned())
+            tokio::time::timeout_at(deadline.into(), self.sem.acquire())
                 .await
                 .ok()?
                 // The semaphore is never closed.
                 .ok()?
-        };
-        Some(self.held(permit))
+                .forget();
+        }
+        Some(self.held())
     }
 
-    fn held(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Permit {
+    /// Counts a permit just taken from the semaphore as held by a checkout.
+    fn held(self: &Arc<Self>) -> Permit {
         self.held.fetch_add(1, Ordering::AcqRel);
         self.note_demand();
         Permit {
             gate: Arc::clone(self),
-            permit: Some(permit),
             retire: false,
         }
     }
@@ -183,7 +187,6 @@ impl Gate {
 /// A checkout's permit; returns to the semaphore on drop unless a shrink claimed it.
 pub(crate) struct Permit {
     gate: Arc<Gate>,
-    permit: Option<OwnedSemaphorePermit>,
     retire: bool,
 }
 
@@ -201,11 +204,16 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.gate.held.fetch_sub(1, Ordering::AcqRel);
-        if let Some(permit) = self.permit.take() {
-            if self.retire || self.gate.take_owed() {
-                permit.forget();
-            }
+        if !self.retire && !self.gate.take_owed() {
+            self.gate.sem.add_permits(1);
         }
+    }
+}
+
+/// Raises `peak` to `value` if it is higher.
+fn raise(peak: &AtomicU32, value: u32) {
+    if value > peak.load(Ordering::Relaxed) {
+        peak.fetch_max(value, Ordering::Relaxed);
     }
 }
 

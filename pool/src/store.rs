@@ -6,12 +6,13 @@
 //! - Idle connections are a LIFO stack: the most recently used one is handed out first, so a
 //!   lone client keeps one warm server backend, and the ones at the bottom stay idle long
 //!   enough for the sizing task to close them.
-//! - Liveness: a connection idle for less than `server_check_delay` is trusted unless tokio
-//!   already knows its socket is readable (an idle server connection has nothing to say, so a
-//!   FATAL or EOF from a terminated backend shows up as readiness once the runtime has polled
-//!   for events); only then, or after a longer idle spell, does a `recv(MSG_PEEK)` confirm it
-//!   (as PgBouncer's `server_check_delay`). A connection that dies in between is found at use
-//!   and handled there (the proxy answers 08006, or retries before anything was sent).
+//! - Liveness: a connection idle for less than `server_check_delay` (as the sizing round,
+//!   every 250 ms, sees it: checkouts read no clock) is trusted unless tokio already knows its
+//!   socket is readable (an idle server connection has nothing to say, so a FATAL or EOF from
+//!   a terminated backend shows up as readiness once the runtime has polled for events); only
+//!   then, or after a longer idle spell, does a `recv(MSG_PEEK)` confirm it (as PgBouncer's
+//!   `server_check_delay`). A connection that dies in between is found at use and handled
+//!   there (the proxy answers 08006, or retries before anything was sent).
 //! - New connections are opened in spawned tasks for checkouts that wait, so a cancelled
 //!   checkout does not waste a connect; a connect error is broadcast to every checkout
 //!   waiting at the time (they would all meet the same server).
@@ -30,13 +31,17 @@ use crate::conn::{ConnectTarget, ServerConn};
 use crate::error::ServerError;
 use crate::sizing::jittered;
 
-/// A connection with what the pool knows of it.
+/// A connection with what the pool knows of it. Boxed: a `ServerConn` is a few hundred
+/// bytes, and a checkout and return would otherwise copy it several times.
 pub(crate) struct Entry {
-    pub(crate) conn: ServerConn,
+    pub(crate) conn: Box<ServerConn>,
     /// When it is to be closed (`max_lifetime` ±10% after it opened); `None`: never.
     pub(crate) expires: Option<Instant>,
     /// When it was last returned to the idle stack.
     since: Instant,
+    /// Idle longer than the check delay (set by [`Store::sweep_idle`]): check it with a
+    /// syscall before handing it out.
+    stale: bool,
 }
 
 /// Counts and the idle stack, under [`Store::slots`].
@@ -137,21 +142,18 @@ impl Store {
     }
 
     /// The most recently returned idle connection that is still sound, if any: the fast path.
-    /// No timer, no channel; a syscall only for a connection idle longer than the check
-    /// delay or whose socket tokio already saw become readable.
+    /// No timer, no channel, not even a clock read; a syscall only for a connection idle
+    /// longer than the check delay or whose socket tokio already saw become readable.
+    /// (Connections that expire while idle are closed by [`Store::sweep_idle`].)
     pub(crate) fn take_idle(&self) -> Option<Entry> {
         loop {
             let mut entry = self.slots().idle.pop_back()?;
-            let now = Instant::now();
-            let expired = entry.expires.is_some_and(|at| now >= at);
-            let deep = now.saturating_duration_since(entry.since) >= self.check_delay;
-            if !expired && entry.conn.idle_check(deep) {
+            let deep = entry.stale || self.check_delay.is_zero();
+            if entry.conn.idle_check(deep) {
                 return Some(entry);
             }
-            if !expired {
-                debug!(pool = %self.name, conn = entry.conn.id(), pid = entry.conn.backend_key().0,
-                    "an idle server connection was found closed; taking another");
-            }
+            debug!(pool = %self.name, conn = entry.conn.id(), pid = entry.conn.backend_key().0,
+                "an idle server connection was found closed; taking another");
             self.close(entry.conn);
         }
     }
@@ -159,7 +161,7 @@ impl Store {
     /// Takes a connection back from a checkout. It goes back on the idle stack unless it is
     /// broken, not idle (never hand a connection out mid-transaction), past its lifetime, or
     /// `retire` says the pool shrank below it; then it is closed.
-    pub(crate) fn put_back(&self, conn: ServerConn, expires: Option<Instant>, retire: bool) {
+    pub(crate) fn put_back(&self, conn: Box<ServerConn>, expires: Option<Instant>, retire: bool) {
         let now = Instant::now();
         let reusable = !retire
             && !conn.is_broken()
@@ -175,6 +177,7 @@ impl Store {
                 conn,
                 expires,
                 since: now,
+                stale: false,
             });
             slots.waiters > 0
         };
@@ -185,7 +188,7 @@ impl Store {
 
     /// Closes a connection that counted as open (dropping it sends Terminate unless it is
     /// broken), and lets a waiter open another in its place.
-    fn close(&self, conn: ServerConn) {
+    fn close(&self, conn: Box<ServerConn>) {
         let wake = {
             let mut slots = self.slots();
             slots.open = slots.open.saturating_sub(1);
@@ -264,9 +267,10 @@ impl Store {
                     slots.open += 1;
                     slots.connecting = slots.connecting.saturating_sub(1);
                     slots.idle.push_back(Entry {
-                        conn,
+                        conn: Box::new(conn),
                         expires,
                         since: now,
+                        stale: false,
                     });
                     slots.waiters > 0
                 };
@@ -308,17 +312,19 @@ impl Store {
         u32::try_from(closed.len()).unwrap_or(u32::MAX)
     }
 
-    /// Closes idle connections past their lifetime (returned ones are checked on return).
-    pub(crate) fn reap_expired(&self, now: Instant) {
+    /// The sizing round's look at the idle stack: closes connections past their lifetime
+    /// (returned ones are checked on return) and marks the ones idle longer than the check
+    /// delay for a syscall check at their next checkout, so that checkouts need no clock.
+    pub(crate) fn sweep_idle(&self, now: Instant) {
         let mut expired = Vec::new();
         {
             let mut slots = self.slots();
-            let before = slots.idle.len();
-            let mut kept = VecDeque::with_capacity(before);
-            for entry in slots.idle.drain(..) {
+            let mut kept = VecDeque::with_capacity(slots.idle.len());
+            for mut entry in slots.idle.drain(..) {
                 if entry.expires.is_some_and(|at| now >= at) {
                     expired.push(entry);
                 } else {
+                    entry.stale |= now.saturating_duration_since(entry.since) >= self.check_delay;
                     kept.push_back(entry);
                 }
             }
