@@ -335,6 +335,44 @@ async fn a_zero_check_delay_checks_every_checkout() {
     assert_eq!(pool.state().connections_closed_broken, 1);
 }
 
+/// Many clients on a small pool: every checkout gets a connection (a lost wake-up would show
+/// as a checkout timeout), the pool never exceeds its ceiling, and everything is idle after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_a_small_pool() {
+    let pg = PgServer::start();
+    let mut s = settings(4);
+    s.checkout_timeout = Duration::from_secs(30);
+    let pool = pool(&pg, s);
+    let tasks: Vec<_> = (0..32)
+        .map(|client| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for round in 0..100 {
+                    let mut conn = pool.checkout().await.map_err(|e| e.to_string())?;
+                    if (client + round) % 10 == 0 {
+                        conn.run_internal("select 1")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                    assert!(pool.state().connections <= 4, "{:?}", pool.state());
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client task").expect("checkout and query");
+    }
+    let state = pool.state();
+    assert_eq!(state.in_use, 0, "{state:?}");
+    assert_eq!(state.waiting, 0, "{state:?}");
+    assert!(state.connections <= 4, "{state:?}");
+    assert_eq!(state.idle, state.connections, "{state:?}");
+    assert_eq!(state.checkouts_timed_out, 0);
+}
+
 fn pool_for(pg: &PgServer, settings: PoolSettings) -> ServerPool {
     ServerPool::new(key(MD5_USER), pg.target(MD5_USER, Some(MD5_PW)), settings)
 }
