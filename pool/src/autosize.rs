@@ -1,6 +1,7 @@
 //! The sizing task each pool runs: every [`SIZING_INTERVAL`], and at once when a checkout has
 //! to wait, it moves the pool's target (within its bounds and its host's budget), closes idle
-//! connections above the target and keeps `min_size` connections open.
+//! connections above the target and past their lifetime, and keeps `min_size` connections
+//! open.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -45,60 +46,45 @@ impl Inner {
             Step::Hold => {}
         }
         gate.settle();
-        self.close_idle_above_target().await;
+        self.close_idle_above_target();
+        self.store.sweep_idle(Instant::now());
         self.keep_min_size(warm).await;
     }
 
-    /// Closes idle connections while the pool holds more than its target (plus the checked-out
-    /// ones already due to close on return).
-    async fn close_idle_above_target(&self) {
-        for _ in 0..self.settings.max_size.max(1) {
-            let state = self.pool.state();
-            let allowed = self.gate.target().saturating_add(self.gate.owed());
-            if state.connections <= allowed || state.idle_connections == 0 {
-                return;
-            }
-            // bb8 cannot close a chosen idle connection; taking one out pops an idle one (no
-            // connect starts while one is idle) and marking it broken closes it on return.
-            match tokio::time::timeout(Duration::from_millis(5), self.pool.get()).await {
-                Ok(Ok(mut conn)) => {
-                    conn.mark_broken();
-                    debug!(pool = %self.name, shard = %self.key.shard, host = %self.key.host,
-                        pid = conn.backend_key().0, "closed an idle connection above the target");
-                }
-                _ => return,
-            }
+    /// Closes idle connections (least recently used first) while the pool holds more than
+    /// its target (plus the checked-out ones already due to close on return).
+    fn close_idle_above_target(&self) {
+        let allowed = self.gate.target().saturating_add(self.gate.owed());
+        let closed = self.store.close_idle_above(allowed);
+        if closed > 0 {
+            debug!(pool = %self.name, shard = %self.key.shard, host = %self.key.host, closed,
+                "closed idle connections above the target");
         }
     }
 
     /// Opens connections until `min_size` are open, under permits so that clients checking
     /// out meanwhile cannot push the pool past its target. Backs off after a failure (the
-    /// error went to the error sink, and to any checkout waiting).
+    /// error was logged and sent to any checkout waiting).
     async fn keep_min_size(&self, warm: &mut WarmUp) {
         let min = self.settings.min_size.min(self.gate.target());
-        let state = self.pool.state();
-        if min == 0 || state.connections >= min || Instant::now() < warm.next {
+        let counts = self.store.counts();
+        let have = counts.open.saturating_add(counts.connecting);
+        if min == 0 || have >= min || Instant::now() < warm.next {
             return;
         }
-        let in_use = state.connections.saturating_sub(state.idle_connections);
-        // Holding `min - in_use` connections at once (idle ones first) leaves `min` open.
-        let permits: Vec<_> = (0..min.saturating_sub(in_use))
+        let permits: Vec<_> = (0..min - have)
             .map_while(|_| self.gate.try_internal())
             .collect();
         let mut opening = tokio::task::JoinSet::new();
         for _ in 0..permits.len() {
-            let pool = self.pool.clone();
-            opening.spawn(async move { pool.get_owned().await.ok() });
+            let store = Arc::clone(&self.store);
+            opening.spawn(async move { store.open_one().await });
         }
-        let mut conns = Vec::with_capacity(permits.len());
+        let mut failed = false;
         while let Some(done) = opening.join_next().await {
-            if let Ok(Some(conn)) = done {
-                conns.push(conn);
-            }
+            failed |= !done.unwrap_or(false);
         }
-        let failed = conns.len() < permits.len();
-        // Connections back to idle before the permits let checkouts in.
-        drop(conns);
+        // The new connections are idle before the permits let checkouts in.
         drop(permits);
         if failed {
             warm.backoff =

@@ -321,6 +321,42 @@ impl ServerConn {
         }
     }
 
+    /// Whether an idle connection may be handed out. Without `deep`, this costs no syscall:
+    /// it trusts the connection unless something is buffered or tokio already saw its socket
+    /// become readable (an idle server has nothing to say, so readiness means a FATAL, EOF or
+    /// an unasked message, once the runtime has polled for events). Readiness can also be a
+    /// leftover from a full read buffer; either way [`ServerConn::check_idle`] (one
+    /// `recv(MSG_PEEK)`) then decides, and always does with `deep` (a long idle spell).
+    pub fn idle_check(&mut self, deep: bool) -> bool {
+        if self.broken {
+            return false;
+        }
+        if !deep && self.reader.buffered().is_empty() && !self.maybe_readable() {
+            return true;
+        }
+        self.check_idle()
+    }
+
+    /// tokio's cached read readiness of the socket, without a syscall (polled with a no-op
+    /// waker: nobody waits on an idle connection, and the next real read registers its own).
+    fn maybe_readable(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let ready = match self.reader.get_ref() {
+            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
+            Stream::Unix(s) => s.poll_read_ready(&mut cx),
+            Stream::Tls(s) => {
+                let (tcp, tls) = s.stream.get_ref();
+                // Plaintext TLS already decrypted, or a close_notify it processed.
+                if !tls.is_handshaking() && !tls.wants_read() {
+                    return true;
+                }
+                tcp.poll_read_ready(&mut cx)
+            }
+            Stream::Closed => return true,
+        };
+        ready.is_ready()
+    }
+
     /// Checks, without waiting, that an idle connection is still sound: if the server closed
     /// it or sent anything unasked (a FATAL on termination, a notification), it is marked
     /// broken and `false` is returned. Costs one `recv(MSG_PEEK)` syscall.

@@ -1,34 +1,27 @@
-//! bb8 pools of server connections, one per (database, user, shard, role, host).
+//! Pools of server connections, one per (database, user, shard, role, host).
 //!
-//! bb8 0.9 opens connections in background tasks and never hands a connect error to the
-//! waiting `get()`: the error goes to the pool's error sink and `get()` waits until its
-//! timeout. So each pool's sink broadcasts connect errors, and [`ServerPool::checkout`] races
-//! `get()` against that broadcast: a refused login (28P01, 3D000, ...) reaches the waiting
-//! client at once with the server's own SQLSTATE instead of a timeout. A connect error fails
-//! every checkout waiting on that pool at the time, since they would all meet the same server.
+//! A checkout takes a place (a permit of the pool's [`Gate`], whose permits are the current
+//! self-sized target, see [`crate::sizing`]) and then a connection from the pool's
+//! [`Store`]. When both are free it returns at once: no timer, no channel, no syscall. Only a
+//! checkout that has to wait arms its deadline and listens for connect errors, so a refused
+//! login (28P01, 3D000, ...) reaches every checkout waiting on that pool at once with the
+//! server's own SQLSTATE instead of a timeout.
 //!
-//! Each pool sizes itself between `min_size` and `max_size` (see [`crate::sizing`]): a
-//! checkout first takes a permit from the pool's [`Gate`], whose permits are the current
-//! target, and a background task per pool moves the target, closes idle connections above it
-//! and keeps `min_size` connections open. bb8's own `max_size` is the fixed ceiling, its
-//! `min_idle` and idle reaping are off (they count idle connections only and would open or
-//! close connections behind the target's back).
+//! A background task per pool moves the target, closes idle connections above it and past
+//! their lifetime, and keeps `min_size` connections open (see [`crate::autosize`]).
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bb8::{ErrorSink, ManageConnection, RunError};
-use shardgate_wire::backend::TransactionStatus;
 use tokio::sync::broadcast;
-use tracing::warn;
 
 use crate::autosize::spawn_sizer;
 use crate::budget::HostBudgets;
 use crate::conn::{ConnectTarget, ServerConn};
 use crate::error::{CheckoutError, ServerError};
-use crate::sizing::{jittered, Gate, Permit, Sizer};
+use crate::sizing::{Gate, Permit, Sizer};
+use crate::store::{Entry, Store, StoreConfig};
 
 /// Identifies one pool.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -72,7 +65,15 @@ pub struct PoolSettings {
     /// A connection is closed when next returned after this age, ±10% per connection.
     pub max_lifetime: Duration,
     pub prepared_capacity: usize,
+    /// A connection idle longer than this is checked with a syscall (`recv(MSG_PEEK)`)
+    /// before it is handed out; one idle for less is trusted unless tokio already saw its
+    /// socket become readable (as PgBouncer's `server_check_delay`). Zero checks every time.
+    pub server_check_delay: Duration,
 }
+
+/// Default [`PoolSettings::server_check_delay`] (PgBouncer's default is 30 s; a shorter delay
+/// costs one syscall per checkout only on pools idle that long).
+pub const DEFAULT_SERVER_CHECK_DELAY: Duration = Duration::from_secs(1);
 
 impl PoolSettings {
     /// Settings from the `[pool]` section (`pool.size` as `max_size`; a user's `pool_size`
@@ -87,6 +88,7 @@ impl PoolSettings {
             idle_timeout: pool.idle_timeout,
             max_lifetime: pool.max_lifetime,
             prepared_capacity: pool.prepared_statements_per_connection,
+            server_check_delay: DEFAULT_SERVER_CHECK_DELAY,
         }
     }
 }
@@ -117,99 +119,62 @@ pub struct PoolState {
     pub shrunk: u64,
 }
 
-/// The bb8 manager: opens [`ServerConn`]s and decides which may go back to the pool.
-pub struct Manager {
-    target: ConnectTarget,
-    prepared_capacity: usize,
-    lifetimes: Lifetimes,
-}
-
-impl ManageConnection for Manager {
-    type Connection = ServerConn;
-    type Error = ServerError;
-
-    async fn connect(&self) -> Result<ServerConn, ServerError> {
-        ServerConn::connect_with(&self.target, self.prepared_capacity).await
-    }
-
-    /// Only used if checkout testing is on (it is off: a round trip per checkout).
-    async fn is_valid(&self, conn: &mut ServerConn) -> Result<(), ServerError> {
-        conn.run_internal(";").await
-    }
-
-    /// Called when a connection is returned: a broken one, one not idle (never hand a
-    /// connection out mid-transaction) or one past its lifetime is closed.
-    fn has_broken(&self, conn: &mut ServerConn) -> bool {
-        conn.is_broken()
-            || conn.status() != TransactionStatus::Idle
-            || self.lifetimes.of(conn).is_some_and(|l| conn.age() >= l)
-    }
-}
-
 /// A checked-out connection: derefs to [`ServerConn`]; dropping it returns it to the pool
-/// (or closes it if [`Manager::has_broken`] says so, or if the pool shrank below it), then
-/// frees its place for the next checkout.
+/// (or closes it if it is broken, not idle, past its lifetime, or above a shrunk target),
+/// then frees its place for the next checkout.
 pub struct PooledConn {
-    // Dropped before `permit`: the connection is back in bb8's idle list before the permit
-    // lets the next checkout in, which then finds it instead of opening another.
-    conn: bb8::PooledConnection<'static, Manager>,
+    /// `Some` until dropped.
+    conn: Option<Box<ServerConn>>,
+    expires: Option<Instant>,
+    store: Arc<Store>,
+    // Dropped after the connection is back on the idle stack (in `drop`), so the permit lets
+    // the next checkout in only once it can find the connection instead of opening another.
     permit: Permit,
 }
+
+impl PooledConn {
+    fn new(entry: Entry, permit: Permit, store: &Arc<Store>) -> PooledConn {
+        PooledConn {
+            conn: Some(entry.conn),
+            expires: entry.expires,
+            store: Arc::clone(store),
+            permit,
+        }
+    }
+}
+
+const HELD: &str = "a PooledConn holds its connection until it is dropped";
 
 impl std::ops::Deref for PooledConn {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        &self.conn
+        self.conn.as_ref().expect(HELD)
     }
 }
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        &mut self.conn
+        self.conn.as_mut().expect(HELD)
     }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        if self.permit.retire_if_owed() {
-            self.conn.mark_broken();
+        if let Some(conn) = self.conn.take() {
+            let retire = self.permit.retire_if_owed();
+            self.store.put_back(conn, self.expires, retire);
         }
     }
 }
 
 impl std::fmt::Debug for PooledConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledConn")
-            .field("pid", &self.conn.backend_key().0)
-            .field("host", self.conn.host())
-            .finish()
-    }
-}
-
-/// Broadcasts connect errors to the checkouts waiting on the pool.
-#[derive(Clone)]
-struct ConnectErrors {
-    pool: Arc<str>,
-    tx: broadcast::Sender<Arc<ServerError>>,
-}
-
-impl std::fmt::Debug for ConnectErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectErrors")
-            .field("pool", &self.pool)
-            .finish()
-    }
-}
-
-impl ErrorSink<ServerError> for ConnectErrors {
-    fn sink(&self, error: ServerError) {
-        warn!(pool = %self.pool, %error, "could not open a server connection");
-        // No receiver means no checkout is waiting: nothing to tell.
-        let _ = self.tx.send(Arc::new(error));
-    }
-
-    fn boxed_clone(&self) -> Box<dyn ErrorSink<ServerError>> {
-        Box::new(self.clone())
+        let mut d = f.debug_struct("PooledConn");
+        if let Some(conn) = &self.conn {
+            d.field("pid", &conn.backend_key().0)
+                .field("host", conn.host());
+        }
+        d.finish()
     }
 }
 
@@ -220,11 +185,9 @@ pub(crate) struct Inner {
     target: ConnectTarget,
     pub(crate) settings: PoolSettings,
     checkout_timeout: Duration,
-    pub(crate) pool: bb8::Pool<Manager>,
-    errors: broadcast::Sender<Arc<ServerError>>,
+    pub(crate) store: Arc<Store>,
     pub(crate) gate: Arc<Gate>,
     pub(crate) budgets: Arc<HostBudgets>,
-    lifetimes: Lifetimes,
 }
 
 impl Drop for Inner {
@@ -233,7 +196,7 @@ impl Drop for Inner {
     }
 }
 
-/// A bb8 pool of [`ServerConn`] for one [`PoolKey`]. Cheap to clone.
+/// The pool of [`ServerConn`] for one [`PoolKey`]. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerPool {
     inner: Arc<Inner>,
@@ -242,6 +205,8 @@ pub struct ServerPool {
 impl ServerPool {
     /// A pool with a host budget of its own (so only `max_size` limits it); [`Pools`] builds
     /// its pools with [`ServerPool::with_budgets`] instead.
+    ///
+    /// [`Pools`]: crate::Pools
     pub fn new(key: PoolKey, target: ConnectTarget, settings: PoolSettings) -> ServerPool {
         Self::with_budgets(key, target, settings, Arc::default())
     }
@@ -260,45 +225,17 @@ impl ServerPool {
             key.database, key.user, key.shard, key.role, key.host
         )
         .into();
-        let (errors, _) = broadcast::channel(16);
         let max_size = settings.max_size.max(1);
         let floor = settings.min_size.clamp(1, max_size);
         let checkout_timeout = settings.checkout_timeout.max(Duration::from_millis(1));
-        let lifetimes = Lifetimes {
-            max: settings.max_lifetime,
-            jitter: RandomState::new(),
-        };
-        let manager = Manager {
+        let store = Store::new(StoreConfig {
+            name: name.clone(),
             target: target.clone(),
             prepared_capacity: settings.prepared_capacity,
-            lifetimes: lifetimes.clone(),
-        };
-        // bb8 only reaps idle connections past this, as a backstop for ones that sit idle:
-        // returned ones are closed earlier, at their own jittered lifetime (has_broken).
-        let reap_after = (!settings.max_lifetime.is_zero())
-            .then(|| {
-                settings
-                    .max_lifetime
-                    .checked_add(settings.max_lifetime / 10)
-            })
-            .flatten();
-        let pool = bb8::Pool::builder()
-            .max_size(max_size)
-            .min_idle(None)
-            .test_on_check_out(false)
-            .connection_timeout(checkout_timeout)
-            .idle_timeout(None)
-            .max_lifetime(reap_after)
-            .retry_connection(false)
-            // The most recently used connection first: a lone client keeps one warm server
-            // backend instead of rotating over all of them (FIFO), and idle ones stay idle
-            // long enough for the sizer to close them.
-            .queue_strategy(bb8::QueueStrategy::Lifo)
-            .error_sink(Box::new(ConnectErrors {
-                pool: name.clone(),
-                tx: errors.clone(),
-            }))
-            .build_unchecked(manager);
+            max_lifetime: settings.max_lifetime,
+            max_size,
+            check_delay: settings.server_check_delay,
+        });
         budgets.register(&key.host, floor);
         let sizer = Sizer::new(
             floor,
@@ -313,11 +250,9 @@ impl ServerPool {
             target,
             settings,
             checkout_timeout,
-            pool,
-            errors,
+            store,
             gate: Gate::new(floor),
             budgets,
-            lifetimes,
         });
         spawn_sizer(Arc::downgrade(&inner), Arc::clone(&inner.gate), sizer);
         ServerPool { inner }
@@ -342,88 +277,84 @@ impl ServerPool {
 
     /// The lifetime this pool gives `conn`: `max_lifetime` ±10%; `None` if unlimited.
     pub fn lifetime_of(&self, conn: &ServerConn) -> Option<Duration> {
-        self.inner.lifetimes.of(conn)
+        self.inner.store.lifetime_of(conn)
     }
 
     /// Checks a connection out, waiting at most the checkout timeout (first for a place
     /// within the pool's current size, then for a connection). A connection found closed
     /// while idle (the server terminated it) is dropped and another is taken.
     ///
+    /// When a place and an idle connection are free, this returns at once without arming a
+    /// timer, subscribing to anything or making a syscall; only a checkout that has to wait
+    /// pays for those.
+    ///
     /// Errors: [`CheckoutError::Timeout`] (report 53300 naming the pool) or
-    /// [`CheckoutError::Connect`] with the reason a new connection could not be opened.
+    /// [`CheckoutError::Connect`] with the reason a new connection could not be opened (at
+    /// once, with the server's SQLSTATE, to every checkout waiting when a connect fails).
     pub async fn checkout(&self) -> Result<PooledConn, CheckoutError> {
-        let start = Instant::now();
-        let deadline = start + self.inner.checkout_timeout;
-        let _waiting = self.inner.gate.checking_out();
-        let mut errors = self.inner.errors.subscribe();
-        let got = tokio::select! {
-            biased;
-            got = self.acquire(deadline) => got,
-            error = next_error(&mut errors) => return Err(CheckoutError::Connect(error)),
-        };
-        match got {
-            Ok(conn) => Ok(conn),
-            Err(RunError::TimedOut) => {
-                self.inner.gate.timed_out.fetch_add(1, Ordering::Relaxed);
-                Err(CheckoutError::Timeout {
-                    pool: self.name(),
-                    waited: start.elapsed(),
-                })
+        let inner = &self.inner;
+        let permit = inner.gate.try_acquire();
+        if let Some(permit) = permit {
+            if let Some(entry) = inner.store.take_idle() {
+                return Ok(PooledConn::new(entry, permit, &inner.store));
             }
-            Err(RunError::User(e)) => Err(CheckoutError::Connect(e)),
+            // Boxed: the slow path's state (timers, a channel receiver) stays out of the
+            // future every checkout builds.
+            return Box::pin(self.checkout_waiting(Some(permit))).await;
         }
+        Box::pin(self.checkout_waiting(None)).await
     }
 
-    /// A permit, then a sound connection from bb8, both by `deadline`.
-    async fn acquire(&self, deadline: Instant) -> Result<PooledConn, RunError<ServerError>> {
-        let permit = self
-            .inner
-            .gate
-            .acquire(deadline)
-            .await
-            .ok_or(RunError::TimedOut)?;
-        loop {
-            let mut conn = tokio::time::timeout_at(deadline.into(), self.inner.pool.get_owned())
-                .await
-                .unwrap_or(Err(RunError::TimedOut))?;
-            if conn.check_idle() {
-                return Ok(PooledConn { conn, permit });
+    /// The slow path: waits by the deadline for a permit (unless it has one) and then a
+    /// connection, and fails at once if a connect fails meanwhile.
+    async fn checkout_waiting(&self, permit: Option<Permit>) -> Result<PooledConn, CheckoutError> {
+        let inner = &self.inner;
+        let start = Instant::now();
+        let deadline = start + inner.checkout_timeout;
+        let _waiting = inner.gate.checking_out();
+        // Subscribed before any connect this checkout may start, so its error is heard.
+        let mut errors = inner.store.subscribe_errors();
+        let got = tokio::select! {
+            biased;
+            got = self.acquire(permit, deadline) => got,
+            error = next_error(&mut errors) => return Err(CheckoutError::Connect(error)),
+        };
+        got.ok_or_else(|| {
+            inner.gate.timed_out.fetch_add(1, Ordering::Relaxed);
+            CheckoutError::Timeout {
+                pool: self.name(),
+                waited: start.elapsed(),
             }
-            // Dropping it closes it (it is marked broken); try again.
-        }
+        })
+    }
+
+    /// A permit, then a sound connection, both by `deadline`; `None` on timeout.
+    async fn acquire(&self, permit: Option<Permit>, deadline: Instant) -> Option<PooledConn> {
+        let inner = &self.inner;
+        let permit = match permit {
+            Some(permit) => permit,
+            None => inner.gate.acquire(deadline).await?,
+        };
+        let entry = inner.store.wait_for(deadline).await?;
+        Some(PooledConn::new(entry, permit, &inner.store))
     }
 
     /// Connection counts and sizing (for metrics and the admin API).
     pub fn state(&self) -> PoolState {
-        let state = self.inner.pool.state();
-        let stats = &state.statistics;
+        let counts = self.inner.store.counts();
         let gate = &self.inner.gate;
         PoolState {
-            connections: state.connections,
-            idle: state.idle_connections,
-            in_use: state.connections.saturating_sub(state.idle_connections),
+            connections: counts.open,
+            idle: counts.idle,
+            in_use: counts.open.saturating_sub(counts.idle),
             waiting: gate.waiting(),
             checkouts_timed_out: gate.timed_out.load(Ordering::Relaxed),
-            connections_created: stats.connections_created,
-            connections_closed_broken: stats.connections_closed_broken,
+            connections_created: counts.created,
+            connections_closed_broken: counts.closed_broken,
             target: gate.target(),
             grown: gate.grown.load(Ordering::Relaxed),
             shrunk: gate.shrunk.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// Per-connection lifetimes: `max_lifetime` ±10%, drawn from a hash of the connection's
-/// backend key under a per-pool random key (fixed per connection, no state to keep).
-#[derive(Clone)]
-struct Lifetimes {
-    max: Duration,
-    jitter: RandomState,
-}
-
-impl Lifetimes {
-    fn of(&self, conn: &ServerConn) -> Option<Duration> {
-        (!self.max.is_zero()).then(|| jittered(self.max, self.jitter.hash_one(conn.backend_key())))
     }
 }
 

@@ -1,10 +1,10 @@
-//! Self-sizing of a pool under bb8's fixed ceiling (bb8 0.9 cannot be resized at run time).
+//! Self-sizing of a pool under its fixed ceiling (`max_size`).
 //!
 //! A [`Gate`] holds a semaphore whose permits are the pool's current *target* size: a checkout
-//! takes a permit before asking bb8 for a connection, and the permit travels with the
-//! connection until it is returned. Growing adds permits; shrinking forgets an available permit
-//! or, when all are out, one of the next permits to come back (its connection is then closed,
-//! as it is above the target). bb8's `max_size` stays at the pool's `max_size`, the ceiling.
+//! takes a permit before it takes a connection, and the permit travels with the connection
+//! until it is returned. Growing adds permits; shrinking forgets an available permit or, when
+//! all are out, one of the next permits to come back (its connection is then closed, as it is
+//! above the target). The connection store never opens more than `max_size`, the ceiling.
 //!
 //! [`Sizer`] decides each round from the peaks since the last round: grow by a quarter (at
 //! least one) when demand (permits held plus checkouts waiting for one) went above
@@ -81,9 +81,10 @@ impl Gate {
     fn note_demand(&self) {
         let held = self.held.load(Ordering::Relaxed);
         let waiters = self.permit_waiters.load(Ordering::Relaxed);
-        self.peak_demand
-            .fetch_max(held.saturating_add(waiters), Ordering::Relaxed);
-        self.peak_held.fetch_max(held, Ordering::Relaxed);
+        // Read first: in a steady state the peaks do not move, and a load leaves the cache
+        // line shared where fetch_max would always write it.
+        raise(&self.peak_demand, held.saturating_add(waiters));
+        raise(&self.peak_held, held);
     }
 
     /// (demand, held) peaks since the last call; starts the next window at the current values.
@@ -100,28 +101,41 @@ impl Gate {
         )
     }
 
+    /// A permit for a client checkout if one is free now: no waiting, no timer.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        // Forgotten here and added back when the `Permit` drops (unless a shrink takes it):
+        // no `OwnedSemaphorePermit`, so no second reference count to move on the hot path.
+        self.sem.try_acquire().ok()?.forget();
+        Some(self.held())
+    }
+
     /// A permit for a client checkout, waiting at most until `deadline`; `None` on timeout.
     pub(crate) async fn acquire(self: &Arc<Self>, deadline: Instant) -> Option<Permit> {
-        let permit = match Arc::clone(&self.sem).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let _waiting = Counted::new(&self.permit_waiters);
-                self.note_demand();
-                self.wake.notify_one();
-                tokio::time::timeout_at(deadline.into(), Arc::clone(&self.sem).acquire_owned())
-                    .await
-                    .ok()?
-                    // The semaphore is never closed.
-                    .ok()?
-            }
-        };
+        if let Some(permit) = self.try_acquire() {
+            return Some(permit);
+        }
+        {
+            let _waiting = Counted::new(&self.permit_waiters);
+            self.note_demand();
+            self.wake.notify_one();
+            tokio::time::timeout_at(deadline.into(), self.sem.acquire())
+                .await
+                .ok()?
+                // The semaphore is never closed.
+                .ok()?
+                .forget();
+        }
+        Some(self.held())
+    }
+
+    /// Counts a permit just taken from the semaphore as held by a checkout.
+    fn held(self: &Arc<Self>) -> Permit {
         self.held.fetch_add(1, Ordering::AcqRel);
         self.note_demand();
-        Some(Permit {
+        Permit {
             gate: Arc::clone(self),
-            permit: Some(permit),
             retire: false,
-        })
+        }
     }
 
     /// A permit for the pool's own use (opening `min_size` connections), not counted as
@@ -173,7 +187,6 @@ impl Gate {
 /// A checkout's permit; returns to the semaphore on drop unless a shrink claimed it.
 pub(crate) struct Permit {
     gate: Arc<Gate>,
-    permit: Option<OwnedSemaphorePermit>,
     retire: bool,
 }
 
@@ -191,11 +204,16 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.gate.held.fetch_sub(1, Ordering::AcqRel);
-        if let Some(permit) = self.permit.take() {
-            if self.retire || self.gate.take_owed() {
-                permit.forget();
-            }
+        if !self.retire && !self.gate.take_owed() {
+            self.gate.sem.add_permits(1);
         }
+    }
+}
+
+/// Raises `peak` to `value` if it is higher.
+fn raise(peak: &AtomicU32, value: u32) {
+    if value > peak.load(Ordering::Relaxed) {
+        peak.fetch_max(value, Ordering::Relaxed);
     }
 }
 

@@ -180,6 +180,20 @@ async fn a_terminated_connection_is_marked_broken() {
     }
     assert!(idle.is_broken());
 
+    // Noticed from the socket's readiness as tokio saw it, without asking the kernel (the
+    // pool's check for connections idle less than `server_check_delay`).
+    let mut idle = ServerConn::connect(&target).await.unwrap();
+    idle.run_internal("select 1").await.unwrap();
+    assert!(idle.idle_check(false), "a sound idle connection passes");
+    assert!(idle.idle_check(true));
+    pg.terminate(idle.backend_key().0).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while idle.idle_check(false) {
+        assert!(Instant::now() < deadline, "termination not noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(idle.is_broken());
+
     // Noticed by the next query.
     let mut conn = ServerConn::connect(&target).await.unwrap();
     pg.terminate(conn.backend_key().0).await;

@@ -35,6 +35,7 @@ fn settings(max_size: u32) -> PoolSettings {
         idle_timeout: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
         prepared_capacity: 7,
+        server_check_delay: shardgate_pool::DEFAULT_SERVER_CHECK_DELAY,
     }
 }
 
@@ -296,6 +297,80 @@ async fn lifetime_and_min_size() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(warm.state().connections, 2);
+}
+
+/// Idle connections past their lifetime are closed by the pool's background round, without
+/// waiting for a checkout to find them; a checkout never hands one out.
+#[tokio::test]
+async fn idle_connections_past_their_lifetime_are_closed() {
+    let pg = PgServer::start();
+    let mut s = settings(3);
+    s.max_lifetime = Duration::from_secs(1);
+    let pool = pool(&pg, s);
+    let pid = pool.checkout().await.unwrap().backend_key().0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.state().connections > 0 {
+        assert!(Instant::now() < deadline, "not reaped: {:?}", pool.state());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let conn = pool.checkout().await.unwrap();
+    assert_ne!(conn.backend_key().0, pid);
+}
+
+/// With `server_check_delay` zero every checkout asks the kernel (`recv(MSG_PEEK)`) whether
+/// the idle connection is still sound.
+#[tokio::test]
+async fn a_zero_check_delay_checks_every_checkout() {
+    let pg = PgServer::start();
+    let mut s = settings(2);
+    s.server_check_delay = Duration::ZERO;
+    let pool = pool(&pg, s);
+    let pid = pool.checkout().await.unwrap().backend_key().0;
+    // pg_terminate_backend waits for the backend to exit, so its FATAL and EOF are on our
+    // socket by the time it returns.
+    pg.terminate(pid).await;
+    let mut conn = pool.checkout().await.unwrap();
+    assert_ne!(conn.backend_key().0, pid);
+    conn.run_internal("select 1").await.unwrap();
+    assert_eq!(pool.state().connections_closed_broken, 1);
+}
+
+/// Many clients on a small pool: every checkout gets a connection (a lost wake-up would show
+/// as a checkout timeout), the pool never exceeds its ceiling, and everything is idle after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_a_small_pool() {
+    let pg = PgServer::start();
+    let mut s = settings(4);
+    s.checkout_timeout = Duration::from_secs(30);
+    let pool = pool(&pg, s);
+    let tasks: Vec<_> = (0..32)
+        .map(|client| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for round in 0..100 {
+                    let mut conn = pool.checkout().await.map_err(|e| e.to_string())?;
+                    if (client + round) % 10 == 0 {
+                        conn.run_internal("select 1")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                    assert!(pool.state().connections <= 4, "{:?}", pool.state());
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client task").expect("checkout and query");
+    }
+    let state = pool.state();
+    assert_eq!(state.in_use, 0, "{state:?}");
+    assert_eq!(state.waiting, 0, "{state:?}");
+    assert!(state.connections <= 4, "{state:?}");
+    assert_eq!(state.idle, state.connections, "{state:?}");
+    assert_eq!(state.checkouts_timed_out, 0);
 }
 
 fn pool_for(pg: &PgServer, settings: PoolSettings) -> ServerPool {

@@ -38,6 +38,7 @@ fn settings(min_size: u32, max_size: u32, idle_timeout: Duration) -> PoolSetting
         idle_timeout,
         max_lifetime: Duration::from_secs(3600),
         prepared_capacity: 16,
+        server_check_delay: shardgate_pool::DEFAULT_SERVER_CHECK_DELAY,
     }
 }
 

@@ -5,6 +5,7 @@
 
 use shardgate_pool::{CheckoutError, PoolKey, PooledConn, ServerConn, ServerError, ServerPool};
 use shardgate_wire::{backend, sqlstate};
+use tracing::debug;
 
 use crate::cancel::CancelTarget;
 use crate::control::CountGuard;
@@ -42,11 +43,41 @@ impl Session {
 
     /// Checks a server connection out and brings it to the client's session state. With
     /// `collect`, returns the ParameterStatus values the server reported while doing so.
+    ///
+    /// The pool trusts a connection that was idle only briefly without a syscall, so one the
+    /// server closed a moment ago can come out of it. If replaying the session state finds it
+    /// closed, nothing reached the client yet: it is dropped and another is checked out (at
+    /// most [`STALE_RETRIES`] times).
     pub(crate) async fn checkout(
         &mut self,
         collect: bool,
     ) -> Result<(PooledConn, Vec<(String, String)>), CheckoutFailure> {
         let pool = self.pool();
+        let mut retries = STALE_RETRIES;
+        let (server, reported) = loop {
+            let server = self.checkout_from(&pool).await?;
+            match self.bring_to_session(server, collect).await {
+                Ok(done) => break done,
+                Err(Replay::Closed(e)) if retries > 0 => {
+                    retries -= 1;
+                    debug!(pool = %pool.name(), error = %e,
+                        "a pooled server connection was closed; checking out another");
+                }
+                Err(Replay::Closed(e)) => return Err(connect_error(&pool, e)),
+                Err(Replay::Refused(failure)) => return Err(failure),
+            }
+        };
+        let (spid, ssecret) = server.backend_key();
+        *self.cancel.lock().await = Some(CancelTarget {
+            host: server.host().clone(),
+            pid: spid,
+            secret: ssecret,
+        });
+        Ok((server, reported))
+    }
+
+    /// One checkout from `pool`, counted as waiting and timed for the query statistics.
+    async fn checkout_from(&mut self, pool: &ServerPool) -> Result<PooledConn, CheckoutFailure> {
         let waiting = CountGuard::new(&self.shared.activity.waiting);
         let wait_started = std::time::Instant::now();
         let checked_out = pool.checkout().await;
@@ -56,20 +87,28 @@ impl Session {
             pool.key().role,
             wait_started.elapsed(),
         );
-        let mut server =
-            match checked_out {
-                Ok(s) => s,
-                Err(CheckoutError::Timeout { pool, waited }) => return Err(CheckoutFailure::new(
-                    sqlstate::TOO_MANY_CONNECTIONS,
-                    format!("no server connection became free in pool {pool} within {waited:?}"),
-                    Some("raise pool.size or pool.checkout_timeout, or make transactions shorter"),
-                )),
-                Err(CheckoutError::Connect(e)) => {
-                    let failure = connect_error(&pool, e);
-                    self.retire_refused_pool(&pool, &failure);
-                    return Err(failure);
-                }
-            };
+        match checked_out {
+            Ok(s) => Ok(s),
+            Err(CheckoutError::Timeout { pool, waited }) => Err(CheckoutFailure::new(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("no server connection became free in pool {pool} within {waited:?}"),
+                Some("raise pool.size or pool.checkout_timeout, or make transactions shorter"),
+            )),
+            Err(CheckoutError::Connect(e)) => {
+                let failure = connect_error(pool, e);
+                self.retire_refused_pool(pool, &failure);
+                Err(failure)
+            }
+        }
+    }
+
+    /// Replays the client's session settings on `server` if it does not have them (or
+    /// `collect` asks for the ParameterStatus values they cause).
+    async fn bring_to_session(
+        &mut self,
+        mut server: PooledConn,
+        collect: bool,
+    ) -> Result<(PooledConn, Vec<(String, String)>), Replay> {
         let mut reported = Vec::new();
         if server.session_fingerprint() != self.state.fingerprint() || collect {
             let sql = self.state.replay_sql();
@@ -77,30 +116,35 @@ impl Session {
                 Ok(r) => reported = r,
                 Err(ServerError::Query { code, message }) => {
                     server.set_session_fingerprint(u64::MAX);
-                    return Err(CheckoutFailure {
+                    return Err(Replay::Refused(CheckoutFailure {
                         code,
                         message,
                         hint: Some(
                             "a setting from the startup packet or a SET was refused by the server"
                                 .into(),
                         ),
-                    });
+                    }));
                 }
                 Err(e) => {
                     server.mark_broken();
-                    return Err(connect_error(&pool, e));
+                    return Err(Replay::Closed(e));
                 }
             }
             server.set_session_fingerprint(self.state.fingerprint());
         }
-        let (spid, ssecret) = server.backend_key();
-        *self.cancel.lock().await = Some(CancelTarget {
-            host: server.host().clone(),
-            pid: spid,
-            secret: ssecret,
-        });
         Ok((server, reported))
     }
+}
+
+/// Checkouts after a replay found the connection closed, before the client gets the error.
+const STALE_RETRIES: u32 = 2;
+
+/// Why a session's settings could not be replayed on a fresh connection.
+enum Replay {
+    /// The server refused a setting: the client gets its error.
+    Refused(CheckoutFailure),
+    /// The connection failed (closed while idle in the pool, typically): try another.
+    Closed(ServerError),
 }
 
 /// Why no server connection could be had for a client: the ErrorResponse it gets.
