@@ -375,6 +375,11 @@ pub struct Pool {
     /// A server connection is closed after this age (when next idle).
     #[serde(with = "duration")]
     pub max_lifetime: Duration,
+    /// A connection idle longer than this is tested (one non-blocking read) before it is
+    /// handed out; a younger one only if its socket was seen readable (PgBouncer's
+    /// `server_check_delay`). Zero tests every checkout.
+    #[serde(with = "duration")]
+    pub server_check_delay: Duration,
     /// Prepared statements each server connection keeps; the least recently used beyond it
     /// are closed.
     pub prepared_statements_per_connection: usize,
@@ -406,6 +411,7 @@ impl Default for Pool {
             checkout_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
+            server_check_delay: Duration::from_secs(1),
             prepared_statements_per_connection: 500,
             reset_query: "DISCARD ALL".into(),
             pinning: Pinning::On,

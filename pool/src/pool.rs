@@ -88,7 +88,7 @@ impl PoolSettings {
             idle_timeout: pool.idle_timeout,
             max_lifetime: pool.max_lifetime,
             prepared_capacity: pool.prepared_statements_per_connection,
-            server_check_delay: DEFAULT_SERVER_CHECK_DELAY,
+            server_check_delay: pool.server_check_delay,
         }
     }
 }

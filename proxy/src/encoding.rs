@@ -93,7 +93,11 @@ impl ClientEncoding {
     /// The text the server will see in `bytes`.
     pub fn decode(self, bytes: &[u8]) -> Cow<'_, str> {
         match self {
-            ClientEncoding::Utf8 => String::from_utf8_lossy(bytes),
+            // Valid UTF-8 (every well-behaved client) is checked word-at-a-time and borrowed.
+            ClientEncoding::Utf8 => match std::str::from_utf8(bytes) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(bytes),
+            },
             ClientEncoding::Latin1 => match std::str::from_utf8(bytes) {
                 Ok(s) if s.is_ascii() => Cow::Borrowed(s),
                 _ => Cow::Owned(bytes.iter().map(|b| char::from(*b)).collect()),

@@ -37,10 +37,11 @@ impl FenceRetry {
                 // already be on their way: only one statement is retried.
                 // (A `;` is the same byte in every client encoding the proxy accepts.)
                 let single = frontend::query_text(frame).is_ok_and(|t| {
-                    !String::from_utf8_lossy(t)
-                        .trim_end()
-                        .trim_end_matches(';')
-                        .contains(';')
+                    let end = t
+                        .iter()
+                        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+                        .map_or(0, |i| i + 1);
+                    !t[..end].contains(&b';')
                 });
                 single.then(|| (frame.clone(), version))
             }

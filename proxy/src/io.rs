@@ -1,6 +1,7 @@
 //! The client's socket: TCP or unix, framed reads with the size limit, buffered writes, and
 //! proxy-made errors.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -90,7 +91,13 @@ impl ClientIo {
         if !self.out.is_empty() {
             crate::stats::bytes_sent(self.out.len());
             let write = self.reader.get_mut().write_all(&self.out);
-            let res = if self.write_timeout.is_zero() {
+            let mut write = std::pin::pin!(write);
+            // A client that reads keeps up: the first attempt completes and no timer is armed.
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+            let res = if let std::task::Poll::Ready(r) = first {
+                r
+            } else if self.write_timeout.is_zero() {
                 write.await
             } else {
                 match tokio::time::timeout(self.write_timeout, write).await {

@@ -524,6 +524,10 @@ impl Session {
         let max_held = self.shared.config().pool.max_held_bytes;
         let mut held_bytes = 0usize;
         let mut clock = crate::timeouts::SessionClock::default();
+        // Read once per attachment: with no session timeout set (the default) the loop reads
+        // no clock at all.
+        let timeouts = self.shared.config().timeouts.clone();
+        let timed = crate::timeouts::any_session_timeout(&timeouts);
         loop {
             if !self.parked.is_empty() && (self.expect.is_empty() || self.refuse_until_sync) {
                 if server.status() != TransactionStatus::Idle
@@ -565,12 +569,16 @@ impl Session {
                 self.io.flush_if_large().await?;
             }
             let idle = self.expect.is_empty() && self.status == TransactionStatus::Idle;
-            clock.observe(
-                !self.expect.is_empty(),
-                self.status != TransactionStatus::Idle,
-                std::time::Instant::now(),
-            );
-            let deadline = clock.next(&self.shared.config().timeouts);
+            let deadline = if timed {
+                clock.observe(
+                    !self.expect.is_empty(),
+                    self.status != TransactionStatus::Idle,
+                    std::time::Instant::now(),
+                );
+                clock.next(&timeouts)
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 msg = server.read_frame() => match msg {

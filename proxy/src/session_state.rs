@@ -268,16 +268,28 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
     effects
 }
 
-/// Whether `text` contains one of `words` (lower-case ASCII), ignoring ASCII case.
+/// Whether `text` contains one of `words` (lower-case ASCII letters first), ignoring ASCII
+/// case. It runs on every statement, so a byte costs a mask test unless it can start a word.
 pub(crate) fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
-    text.iter().enumerate().any(|(i, b)| {
-        let first = b.to_ascii_lowercase();
-        words.iter().any(|w| {
-            w.first() == Some(&first)
-                && text
-                    .get(i..i + w.len())
+    let letter_bit = |b: u8| {
+        let l = b | 0x20;
+        (l.is_ascii_lowercase()).then(|| 1u32 << (l - b'a'))
+    };
+    let firsts = words
+        .iter()
+        .filter_map(|w| w.first().copied().and_then(letter_bit))
+        .fold(0u32, |m, bit| m | bit);
+    let shortest = words.iter().map(|w| w.len()).min().unwrap_or(0);
+    if shortest == 0 || text.len() < shortest {
+        return false;
+    }
+    let last_start = text.len() - shortest;
+    (0..=last_start).any(|i| {
+        letter_bit(text[i]).is_some_and(|bit| firsts & bit != 0)
+            && words.iter().any(|w| {
+                text.get(i..i + w.len())
                     .is_some_and(|win| win.eq_ignore_ascii_case(w))
-        })
+            })
     })
 }
 

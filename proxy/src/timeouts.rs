@@ -37,6 +37,13 @@ pub(crate) fn count(kind: &'static str) {
     metrics::counter!("shardgate_timeouts_total", "kind" => kind).increment(1);
 }
 
+/// Whether any timeout the relay loop watches is set (the write timeout is the flush's).
+pub(crate) fn any_session_timeout(t: &Timeouts) -> bool {
+    !(t.query_timeout.is_zero()
+        && t.idle_in_transaction_timeout.is_zero()
+        && t.transaction_timeout.is_zero())
+}
+
 /// Since when the attached client has been waiting for a reply, idle in a transaction, and in
 /// a transaction; updated at each turn of the relay loop.
 #[derive(Debug, Default)]
