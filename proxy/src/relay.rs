@@ -205,37 +205,42 @@ impl Session {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
                 let sql = self.sql(text);
-                // (Only a session that could be pinned pays for the scan.)
-                if let Some(what) = self
-                    .releases_at_idle()
-                    .then(|| crate::pinning::pinning_statement(&sql))
-                    .flatten()
-                {
-                    if let Err(e) = self.pin_here(what) {
-                        self.refuse(e, true);
-                        return Ok(Flow::Continue);
+                // One scan rules out both checks for almost every statement.
+                if crate::session_state::may_touch_session(&sql) {
+                    // (Only a session that could be pinned pays for the pinning check.)
+                    if let Some(what) = self
+                        .releases_at_idle()
+                        .then(|| crate::pinning::pinning_statement(&sql))
+                        .flatten()
+                    {
+                        if let Err(e) = self.pin_here(what) {
+                            self.refuse(e, true);
+                            return Ok(Flow::Continue);
+                        }
                     }
+                    let effects = session_effects(&sql);
+                    self.pending_effects.extend(effects);
                 }
-                let effects = session_effects(&sql);
-                self.pending_effects.extend(effects);
                 self.to_server.extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
             }
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
                 let sql = self.sql(parse.query);
-                if let Some(what) = self
-                    .releases_at_idle()
-                    .then(|| crate::pinning::pinning_statement(&sql))
-                    .flatten()
-                {
-                    if let Err(e) = self.pin_here(what) {
-                        self.refuse(e, false);
-                        return Ok(Flow::Continue);
+                if crate::session_state::may_touch_session(&sql) {
+                    if let Some(what) = self
+                        .releases_at_idle()
+                        .then(|| crate::pinning::pinning_statement(&sql))
+                        .flatten()
+                    {
+                        if let Err(e) = self.pin_here(what) {
+                            self.refuse(e, false);
+                            return Ok(Flow::Continue);
+                        }
                     }
+                    let effects = session_effects(&sql);
+                    self.pending_effects.extend(effects);
                 }
-                let effects = session_effects(&sql);
-                self.pending_effects.extend(effects);
                 if parse.name.is_empty() {
                     self.to_server.extend_from_slice(frame.as_bytes());
                     self.push_expect(Expect::Parse {

@@ -249,6 +249,25 @@ pub(crate) fn parse_options(options: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Whether a statement text may change session state or pin the session: without one of
+/// these words neither `session_effects` nor `pinning::pinning_statement` can find anything,
+/// so the relay scans each statement once instead of once per check.
+pub(crate) fn may_touch_session(sql: &str) -> bool {
+    mentions_any(
+        sql.as_bytes(),
+        &[
+            b"set",
+            b"discard",
+            b"deallocate",
+            b"temp",
+            b"listen",
+            b"advisory",
+            b"hold",
+            b"prepare",
+        ],
+    )
+}
+
 /// Session effects of every statement in a query string.
 pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
     // Fast path: no statement can have an effect without one of these words. One pass that
@@ -268,24 +287,32 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
     effects
 }
 
-/// Whether `text` contains one of `words` (lower-case ASCII letters first), ignoring ASCII
-/// case. It runs on every statement, so a byte costs a mask test unless it can start a word.
+/// Whether `text` contains one of `words` (lower-case ASCII), ignoring ASCII case. It runs on
+/// every statement, so each byte pair costs one bit test in a 1024-bit set of the words'
+/// first two letters (case folded), and only a hit compares whole words.
 pub(crate) fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
-    let letter_bit = |b: u8| {
-        let l = b | 0x20;
-        (l.is_ascii_lowercase()).then(|| 1u32 << (l - b'a'))
-    };
-    let firsts = words
-        .iter()
-        .filter_map(|w| w.first().copied().and_then(letter_bit))
-        .fold(0u32, |m, bit| m | bit);
-    let shortest = words.iter().map(|w| w.len()).min().unwrap_or(0);
-    if shortest == 0 || text.len() < shortest {
+    fn pair(a: u8, b: u8) -> usize {
+        (usize::from((a | 0x20) & 0x1f) << 5) | usize::from((b | 0x20) & 0x1f)
+    }
+    let mut pairs = [0u64; 16];
+    let mut shortest = usize::MAX;
+    for w in words {
+        let [a, b, ..] = **w else {
+            // A one-letter word: no pair to filter on.
+            return text
+                .iter()
+                .any(|c| w.first().is_some_and(|f| c.eq_ignore_ascii_case(f)));
+        };
+        let i = pair(a, b);
+        pairs[i >> 6] |= 1 << (i & 63);
+        shortest = shortest.min(w.len());
+    }
+    if text.len() < shortest {
         return false;
     }
-    let last_start = text.len() - shortest;
-    (0..=last_start).any(|i| {
-        letter_bit(text[i]).is_some_and(|bit| firsts & bit != 0)
+    text.windows(2).enumerate().any(|(i, ab)| {
+        let p = pair(ab[0], ab[1]);
+        pairs[p >> 6] & (1 << (p & 63)) != 0
             && words.iter().any(|w| {
                 text.get(i..i + w.len())
                     .is_some_and(|win| win.eq_ignore_ascii_case(w))
@@ -496,5 +523,10 @@ mod mention_tests {
         ));
         assert!(!mentions_any(b"se", words));
         assert!(!mentions_any(b"", words));
+        // Case folding of the pair filter must not admit look-alikes (`\x13` folds like `s`).
+        assert!(!mentions_any(b"\x13ET x", words));
+        assert!(mentions_any(b"create TEMPORARY table", &[b"temp"]));
+        assert!(mentions_any(b"x", &[b"x"]));
+        assert!(!mentions_any(b"discar", words));
     }
 }
