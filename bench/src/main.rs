@@ -114,6 +114,10 @@ struct CompareArgs {
     /// Use this shardgate binary instead of building the release one.
     #[arg(long)]
     shardgate_bin: Option<PathBuf>,
+    /// Also run this (older) shardgate binary as target `sg-baseline`, interleaved with the
+    /// others in the same run: a data-path change's before/after ratio.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// Where to record the results (the `compare` section is replaced).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
     results: PathBuf,
@@ -318,7 +322,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     // PostgreSQL: room for the largest direct run plus every proxy's pool.
     let max_clients = cases.iter().map(|c| c.clients).max().unwrap_or(1);
     let shards = args.shards.max(1);
-    let max_connections = max_clients + args.pool * 3 + 40;
+    let extra_pools = u32::from(args.sharded) + u32::from(args.baseline_bin.is_some());
+    let max_connections = max_clients + args.pool * (3 + extra_pools) + 40;
     eprintln!(
         "starting PostgreSQL ({shards} server(s)) and loading pgbench data (scale {})",
         args.scale
@@ -444,6 +449,20 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             shards: 1,
         });
         shardgate_services.push(svc);
+        if let Some(base) = args.baseline_bin.clone() {
+            let s = settings.clone();
+            let svc =
+                tokio::task::spawn_blocking(move || shardgate::start(&base, s, "sg-baseline"))
+                    .await??;
+            targets.push(Target {
+                name: "sg-baseline".into(),
+                kind: Kind::Shardgate,
+                port: svc.port(),
+                pid: Some(svc.pid()),
+                shards: 1,
+            });
+            shardgate_services.push(svc);
+        }
         if shards > 1 || args.sharded {
             let s = shardgate::Settings {
                 shards: ports.clone(),
