@@ -12,9 +12,37 @@ use super::ctx::{Ctx, Stop};
 use super::ddl;
 use super::plan::Move;
 use super::sql;
+use super::verify::{self, VerifyError};
 
-/// Why a cleanup step stopped early: `rebalance abort` came (the move is then reverted).
-const ABORTED: &str = "aborted";
+/// Why the cleanup after the commit stopped before the moved rows were gone from the sources.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CleanupError {
+    /// `rebalance abort` came: the committed move is reverted instead.
+    #[error("aborted")]
+    Aborted,
+    /// The moved rows are not proven to be on the targets: the sources keep them and their
+    /// fences; running the cleanup again cannot change that.
+    #[error("verification failed: {0}")]
+    Unverified(String),
+    /// A shard did not answer or refused a statement, or a wait ran out: run it again.
+    #[error("{0}")]
+    Step(String),
+}
+
+impl From<String> for CleanupError {
+    fn from(message: String) -> Self {
+        CleanupError::Step(message)
+    }
+}
+
+impl From<VerifyError> for CleanupError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Unreachable(m) => CleanupError::Step(m),
+            VerifyError::Unproven(m) => CleanupError::Unverified(m),
+        }
+    }
+}
 
 /// Attempts at undo or cleanup before giving up and reporting what is left.
 pub(crate) const ATTEMPTS: u32 = 4;
@@ -273,7 +301,13 @@ pub(crate) async fn drop_fence_on(
 
 /// The cutover waited until the targets had *applied* everything; before the sources' copies
 /// go, wait until the targets have also *flushed* it (their slots' confirmed position).
-async fn wait_flushed(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+/// `require_slots`: the wait is part of a proof (`verify::prove_replicated`), so a slot that is
+/// gone proves nothing; otherwise a missing slot means an earlier run dropped it already.
+async fn wait_flushed(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    require_slots: bool,
+) -> Result<(), CleanupError> {
     let plan = &ctx.plan;
     let until = tokio::time::Instant::now() + FLUSH_WAIT;
     for source in plan.sources() {
@@ -290,16 +324,27 @@ async fn wait_flushed(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
                     let rows = conns
                         .query(source, db, sql::SLOT_REACHED, &[&name, &lsn])
                         .await?;
-                    // No slot: an earlier cleanup run already dropped the subscription.
-                    if rows.first().is_none_or(|r| r.get::<_, bool>(0)) {
+                    let Some(row) = rows.first() else {
+                        if require_slots {
+                            return Err(CleanupError::Unverified(format!(
+                                "the runner stopped before the cutover's verification was \
+                                 saved, and slot {name} on shard {} is gone, so replication \
+                                 cannot prove shard {} complete",
+                                source.name, m.target.name
+                            )));
+                        }
+                        // An earlier cleanup run already dropped the subscription.
+                        break;
+                    };
+                    if row.get::<_, bool>(0) {
                         break;
                     }
                     if tokio::time::Instant::now() >= until {
-                        return Err(format!(
+                        return Err(CleanupError::Step(format!(
                             "shard {} has not confirmed flushing the moved rows from shard {} \
                              (slot {name}) within {FLUSH_WAIT:?}; is the target healthy?",
                             m.target.name, source.name
-                        ));
+                        )));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -316,7 +361,7 @@ async fn delete_moved(
     conns: &mut Conns,
     on_target: bool,
     skip: &[String],
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, CleanupError> {
     let plan = &ctx.plan;
     let batch = ctx.config.rebalance.delete_batch_size.max(1);
     let mut deleted = vec![0u64; plan.moves.len()];
@@ -342,7 +387,7 @@ async fn delete_moved(
                 let q = sql::delete_batch(plan, t, &m.slots, batch);
                 loop {
                     if !on_target && ctx.abort_requested() {
-                        return Err(ABORTED.into());
+                        return Err(CleanupError::Aborted);
                     }
                     let n = conns.delete_bypassing(shard, db, &q).await?;
                     deleted[m.index] += n;
@@ -386,7 +431,7 @@ pub(crate) async fn undo(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     };
     // The targets did not own these slots before (pre-flight checked they were empty there).
     if let Err(e) = delete_moved(ctx, conns, true, &stuck).await {
-        errors.push(e);
+        errors.push(e.to_string());
     }
     if let Err(e) = drop_fences(ctx, conns).await {
         errors.push(e);
@@ -494,6 +539,10 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
             Err(_) if ctx.abort_requested() => {
                 return super::revert::revert_and_finish(ctx, conns).await;
             }
+            // Not retried: the same rows would fail the same check.
+            Err(e @ CleanupError::Unverified(_)) => {
+                return keep_sources(ctx, conns, to, &e.to_string()).await;
+            }
             Err(e) => {
                 tracing::warn!(job = %ctx.plan.job_id, attempt, error = %e, "cleanup incomplete; retrying");
                 left = Some(e);
@@ -528,22 +577,7 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
     .await;
 }
 
-async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
-    ctx.update(|j| j.progress.message = "waiting for the targets to flush the moved rows".into())
-        .await;
-    wait_flushed(ctx, conns).await?;
-    ctx.update(|j| j.progress.message = "dropping subscriptions, publications and slots".into())
-        .await;
-    let stuck = drop_streams(ctx, conns).await?;
-    if !stuck.is_empty() {
-        return Err(format!(
-            "subscriptions on {} could not be dropped",
-            stuck.join(", ")
-        ));
-    }
-    if ctx.abort_requested() {
-        return Err(ABORTED.into());
-    }
+async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), CleanupError> {
     let (recorded, deleting) = {
         let j = ctx.job.lock().await;
         let plan = j.plan.as_ref();
@@ -552,10 +586,47 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
             plan.is_some_and(|p| p.deleting),
         )
     };
-    if ctx.resumed && !deleting {
+    // Without the cutover's figures, replication is the proof, and it needs the streams: it
+    // runs before they are dropped.
+    let prove = recorded.is_none() && !deleting;
+    ctx.update(|j| j.progress.message = "waiting for the targets to flush the moved rows".into())
+        .await;
+    wait_flushed(ctx, conns, prove).await?;
+    if prove {
+        ctx.update(|j| {
+            j.progress.message =
+                "verifying the move by replication (the cutover's figures were not saved)".into()
+        })
+        .await;
+        let figures = verify::prove_replicated(ctx, conns).await?;
+        let rows = verify::rows_per_move(&ctx.plan, &figures);
+        tracing::info!(job = %ctx.plan.job_id, rows = ?rows, "move verified by replication; the sources' figures are saved");
+        // Saved before the streams go: a later run re-checks the sources against them.
+        ctx.update_save(|j| {
+            for (mp, v) in j.progress.moves.iter_mut().zip(&rows) {
+                mp.verified_rows = Some(*v);
+            }
+            if let Some(p) = &mut j.plan {
+                p.verified = Some(figures);
+            }
+        })
+        .await;
+    } else if let (Some(recorded), false, true) = (&recorded, deleting, ctx.resumed) {
         ctx.update(|j| j.progress.message = "re-verifying the moved rows before deleting".into())
             .await;
-        super::verify::reverify(ctx, conns, recorded.as_deref()).await?;
+        verify::reverify(ctx, conns, recorded).await?;
+    }
+    ctx.update(|j| j.progress.message = "dropping subscriptions, publications and slots".into())
+        .await;
+    let stuck = drop_streams(ctx, conns).await?;
+    if !stuck.is_empty() {
+        return Err(CleanupError::Step(format!(
+            "subscriptions on {} could not be dropped",
+            stuck.join(", ")
+        )));
+    }
+    if ctx.abort_requested() {
+        return Err(CleanupError::Aborted);
     }
     ctx.update_save(|j| {
         if let Some(p) = &mut j.plan {
@@ -567,7 +638,7 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
         .await;
     crate::failpoint!("rebalance-before-delete");
     delete_moved(ctx, conns, false, &[]).await?;
-    drop_fences(ctx, conns).await
+    Ok(drop_fences(ctx, conns).await?)
 }
 
 /// The job committed (the new map is live) but verification found a difference or could not

@@ -9,6 +9,7 @@
 #[path = "rebalance_engine/common.rs"]
 mod common;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
@@ -35,6 +36,9 @@ const fn case(failpoint: &'static str, crash: bool, abort: bool, ends: Phase) ->
     }
 }
 
+/// The failpoints are global to the process: the tests of this file run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 const CASES: &[Case] = &[
     case("rebalance-mid-copy", true, false, Phase::Aborted),
     case("rebalance-before-save-cutover", true, false, Phase::Aborted),
@@ -57,6 +61,7 @@ const CASES: &[Case] = &[
 
 #[test]
 fn a_crash_at_any_failpoint_resumes_to_undo_or_finish_as_the_map_says() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut table = Vec::new();
     for c in CASES {
         let outcome = run_case(c);
@@ -186,4 +191,182 @@ fn run_case(c: &Case) -> String {
             job.phase, map.version, names
         )
     })
+}
+
+/// A job crashed right after its publish, before the cutover's verification was saved; the
+/// first runner's runtime is gone. Returns the shards (s1, s2, new), the config, the store,
+/// and every row of s1 and s2 as before the job.
+struct CrashedAfterPublish {
+    shards: Vec<PgCluster>,
+    new: PgCluster,
+    cfg: shardgate_config::Config,
+    store: std::sync::Arc<Store>,
+    sources_before: Vec<std::collections::HashSet<(String, String, String)>>,
+}
+
+fn crash_after_publish() -> CrashedAfterPublish {
+    let mut shards = start_shards(3);
+    let new = shards.pop().unwrap();
+    load(&[&shards[0], &shards[1]], &["s1", "s2"]);
+    let cfg = config(&[("s1", &shards[0]), ("s2", &shards[1])], "");
+    failpoints::reset();
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let store = first.block_on(Store::open(&cfg, None)).unwrap();
+    let sources_before = first.block_on(snapshot(&[&shards[0], &shards[1]]));
+    fail::cfg("rebalance-after-publish", "return").unwrap();
+    first.block_on(async {
+        let rb = rebalancer(cfg.clone(), store.clone());
+        rb.add_shard(add_request(&new)).await.expect("add_shard");
+        let until = std::time::Instant::now() + Duration::from_secs(90);
+        while !failpoints::hit("rebalance-after-publish") {
+            assert!(std::time::Instant::now() < until, "never published");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    first.shutdown_background();
+    fail::cfg("rebalance-after-publish", "off").unwrap();
+    CrashedAfterPublish {
+        shards,
+        new,
+        cfg,
+        store,
+        sources_before,
+    }
+}
+
+/// The regression of the SIGKILL test's two gap cases, in process: after the commit the
+/// clients write the moved keys on their new owner (updates, deletes, inserts), so the sources
+/// and the targets differ when the job resumes. The resumed cleanup proves the move by
+/// replication, not by comparing them, and finishes: every row on its owner under the new
+/// map, the targets' writes kept, nothing left behind.
+#[test]
+fn a_committed_move_resumed_without_its_verification_finishes_under_writes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = crash_after_publish();
+    let (s1, s2, new) = (&c.shards[0], &c.shards[1], &c.new);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        // Writes through the new map: every moved row is on `new` now.
+        let target = client(new).await;
+        target
+            .batch_execute(
+                "UPDATE accounts SET balance = balance + 1000;
+                 DELETE FROM orders WHERE id = 1;
+                 DELETE FROM accounts WHERE user_id IN (SELECT user_id FROM accounts \
+                 ORDER BY user_id LIMIT 5);",
+            )
+            .await
+            .expect("writes on the target");
+        let ring = shardgate_router::Ring::new(&["s1", "s2", "s3"], BITS).unwrap();
+        let fresh: Vec<i64> = (ACCOUNTS + 1..ACCOUNTS + 10_000)
+            .filter(|k| ring.shard_for_hash(shardgate_router::hash::hashint8extended(*k, 0)) == 2)
+            .take(20)
+            .collect();
+        for k in &fresh {
+            target
+                .execute(
+                    "INSERT INTO accounts (user_id, name) VALUES ($1, 'after the commit')",
+                    &[k],
+                )
+                .await
+                .expect("insert on the target");
+        }
+        // What the shards must hold in the end: the target as it is, and the rows the
+        // sources keep under the new map.
+        let mut want: Vec<_> = rows(new).await;
+        for (i, shard) in [s1, s2].into_iter().enumerate() {
+            for (t, key, text) in rows(shard).await {
+                let user: i64 = key.split('/').next().unwrap().parse().unwrap();
+                if ring.shard_for_hash(shardgate_router::hash::hashint8extended(user, 0)) == i {
+                    want.push((t, key, text));
+                }
+            }
+        }
+        want.sort();
+
+        let rb = rebalancer(c.cfg.clone(), c.store.clone());
+        rb.resume().await;
+        let job = wait_terminal(&rb, Duration::from_secs(90)).await;
+        assert_eq!(job.phase, Phase::Done, "{job:#?}");
+        let verified = job.plan.as_ref().and_then(|p| p.verified.as_ref());
+        assert!(
+            verified.is_some_and(|v| !v.is_empty()),
+            "the replication proof saves the sources' figures: {job:#?}"
+        );
+        let map = c.store.shard_map().await.unwrap();
+        assert_eq!(map.names(), ["s1", "s2", "s3"]);
+        assert_placed(&[s1, s2, new], &["s1", "s2", "s3"]).await;
+        let mut got: Vec<_> = snapshot(&[s1, s2, new])
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        got.sort();
+        assert!(got == want, "rows lost, added or changed by the cleanup");
+        for shard in [s1, s2, new] {
+            assert_clean(shard, "after the resumed cleanup").await;
+        }
+    });
+}
+
+/// The other side: when replication does not prove the target complete (here its cutover
+/// marker and one moved row are gone — a target that missed changes), the committed job stops
+/// `failed` with the new map live, and the sources keep every moved row and their fences.
+#[test]
+fn a_committed_move_that_replication_does_not_prove_keeps_the_sources_rows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = crash_after_publish();
+    let (s1, s2, new) = (&c.shards[0], &c.shards[1], &c.new);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let target = client(new).await;
+        target
+            .batch_execute(
+                "DELETE FROM shardgate.marker;
+                 DELETE FROM accounts WHERE user_id = (SELECT min(user_id) FROM accounts);",
+            )
+            .await
+            .expect("break the target");
+        let rb = rebalancer(c.cfg.clone(), c.store.clone());
+        rb.resume().await;
+        let job = wait_terminal(&rb, Duration::from_secs(90)).await;
+        assert_eq!(job.phase, Phase::Failed, "{job:#?}");
+        let error = job.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("cutover marker") && error.contains("nothing was deleted"),
+            "{error}"
+        );
+        assert_eq!(
+            c.store.shard_map().await.unwrap().names(),
+            ["s1", "s2", "s3"]
+        );
+        // Not a row deleted from a source, and their fences stay.
+        assert_eq!(snapshot(&[s1, s2]).await, c.sources_before);
+        for shard in [s1, s2] {
+            let fences: i64 = client(shard)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'sg_fence%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(fences > 0, "a source lost its fence");
+        }
+        // The replication objects go (no slot may hold WAL forever).
+        for shard in [s1, s2, new] {
+            let left: i64 = client(shard)
+                .await
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) \
+                     FROM pg_subscription) + (SELECT count(*) FROM pg_publication)",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(left, 0, "replication objects left");
+        }
+    });
 }

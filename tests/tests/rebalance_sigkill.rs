@@ -90,23 +90,35 @@ fn case(failpoint: &'static str, remove: bool) -> Case {
     }
 }
 
-/// CI mode: the commit point from both sides, a lost publish reply, a half-done delete, a
-/// half-done revert.
-/// The CI cases: one crash before the commit, three after it (verification saved, mid-delete)
-/// and one in a revert. A kill between the publish and saving the cutover's verification
-/// (`rebalance-publish-reply-lost`, `rebalance-after-publish`) is a known open gap under
-/// writes: the job ends failed with the new map live and nothing deleted, but the sources keep
-/// their moved rows and fences (docs/rebalancing.md). Those two run only in the long mode,
-/// where they fail until the engine re-verifies a committed move without the dead runner's
-/// snapshots.
+/// The CI cases: one crash before the commit, four after it — the publish landed but its
+/// reply was lost, the publish done but the cutover's verification not saved (both resume
+/// without the dead runner's snapshots and prove the move by replication while the workload
+/// writes the moved keys on their new owner), verification saved, mid-delete — and one in a
+/// revert.
 const CI: &[&str] = &[
     "rebalance-before-publish",
+    "rebalance-publish-reply-lost",
+    "rebalance-after-publish",
     "rebalance-after-verify",
     "rebalance-mid-delete",
     "rebalance-revert-after-publish",
 ];
 
 fn cases() -> Vec<Case> {
+    // `SG_SIGKILL_ONLY=<failpoint>[,<failpoint>…]`: those alone, 3 → 4 (to chase one case).
+    if let Ok(only) = std::env::var("SG_SIGKILL_ONLY") {
+        let all = shardgate_rebalance::failpoints::NAMES;
+        return only
+            .split(',')
+            .map(|name| {
+                let f = all
+                    .iter()
+                    .find(|f| **f == name.trim())
+                    .unwrap_or_else(|| panic!("SG_SIGKILL_ONLY: no failpoint {name}"));
+                case(f, false)
+            })
+            .collect();
+    }
     if std::env::var_os("SG_SIGKILL_ALL").is_some_and(|v| v == "1") {
         let all = shardgate_rebalance::failpoints::NAMES;
         let mut out: Vec<Case> = all.iter().map(|f| case(f, false)).collect();
