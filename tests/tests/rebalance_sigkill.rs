@@ -204,6 +204,15 @@ impl Drop for Serve {
     }
 }
 
+/// A background task that ends when this is dropped (also when a case panics).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One HTTP/1.1 request with the admin token; (status, body), status 0 when nothing answers.
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -322,14 +331,24 @@ async fn run_case(c: Case) -> String {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    if c.revert {
-        // A proxy still at v1 holds the cleanup (for the lease) long enough to abort the
-        // committed move, which is then reverted.
+    // A proxy still at v1 holds the cleanup long enough to abort the committed move, which
+    // is then reverted. It reports until the abort is sent: a single report made before the
+    // job starts may be older than the lease by the time a loaded machine reaches the cleanup,
+    // which then does not wait for it (and the job ends done before the abort).
+    let laggard = if c.revert {
         let store = Store::open(&config("laggard"), None)
             .await
             .expect("open the store");
         store.report_version("laggard", v1).await.expect("report");
-    }
+        Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = store.report_version("laggard", v1).await;
+            }
+        })))
+    } else {
+        None
+    };
     let (status, body) = if c.remove {
         killed.api("DELETE", "/api/v1/shards/s3", "")
     } else {
@@ -352,6 +371,8 @@ async fn run_case(c: Case) -> String {
         wait_job(&rb, &load, "cleanup", |p| p == Phase::Cleanup).await;
         rb.abort().await.expect("abort in cleanup");
     }
+    // Silent from now on: the revert waits for it only up to its lease.
+    drop(laggard);
 
     // The failpoint kills the process.
     let mut killed = killed;
