@@ -11,8 +11,9 @@ use std::collections::BTreeSet;
 use shardgate_config::Shard;
 use shardgate_topology::VerifiedTable;
 
-use super::conn::{pg_err, Conns};
+use super::conn::{pg_err, sqlstate, Conns};
 use super::ctx::Ctx;
+use super::error::ShardError;
 use super::plan::Plan;
 use super::sql;
 
@@ -34,7 +35,7 @@ fn endpoints(plan: &Plan) -> Vec<(Shard, String)> {
 
 /// Opens a read-only REPEATABLE READ transaction on every connection the verification uses and
 /// takes its snapshot now.
-pub(crate) async fn take_snapshots(plan: &Plan, conns: &mut Conns) -> Result<(), String> {
+pub(crate) async fn take_snapshots(plan: &Plan, conns: &mut Conns) -> Result<(), ShardError> {
     for (shard, db) in endpoints(plan) {
         conns
             .exec(
@@ -60,12 +61,12 @@ pub(crate) async fn end_snapshots(plan: &Plan, conns: &mut Conns) {
 }
 
 /// Count and checksum of each move's rows on its source and its target, per database and
-/// table, all queries in flight together. `Ok(Err(..))` is a mismatch; `Err` a failed query.
-/// `Ok(Ok(..))` gives the figures found equal, per move, database and table.
+/// table, all queries in flight together: the figures found equal, per move, database and
+/// table. `Unproven` is a mismatch, `Unreachable` a failed query.
 pub(crate) async fn verify(
     ctx: &Ctx,
     conns: &mut Conns,
-) -> Result<Result<Vec<VerifiedTable>, String>, String> {
+) -> Result<Vec<VerifiedTable>, VerifyError> {
     let plan = &ctx.plan;
     let mut keys = Vec::new();
     for db in &plan.databases {
@@ -85,15 +86,18 @@ pub(crate) async fn verify(
                 let q = sql::count_and_checksum(plan, t, &m.slots);
                 checks.push(async move {
                     let (s, r) = tokio::join!(src.query_one(&q, &[]), dst.query_one(&q, &[]));
-                    let err = |e: tokio_postgres::Error, shard: &str| {
-                        format!("verifying on shard {shard} database {db}: {}", pg_err(&e))
+                    let err = |e: tokio_postgres::Error, shard: &str| ShardError::Statement {
+                        shard: shard.to_owned(),
+                        db: db.clone(),
+                        sqlstate: sqlstate(&e),
+                        message: format!("verifying: {}", pg_err(&e)),
                     };
                     let s = s.map_err(|e| err(e, &m.source.name))?;
                     let r = r.map_err(|e| err(e, &m.target.name))?;
                     let (sc, ss): (i64, String) = (s.get(0), s.get(1));
                     let (tc, ts): (i64, String) = (r.get(0), r.get(1));
                     if sc != tc || ss != ts {
-                        return Ok(Err(format!(
+                        return Err(VerifyError::Unproven(format!(
                             "verification failed for table {} in database {db}, move {} → {}: \
                              the source has {sc} rows (checksum {ss}), the target {tc} \
                              (checksum {ts}) — check for writes that bypass the fence (a \
@@ -104,25 +108,31 @@ pub(crate) async fn verify(
                             m.target.name
                         )));
                     }
-                    Ok::<_, String>(Ok(VerifiedTable {
+                    Ok::<_, VerifyError>(VerifiedTable {
                         move_index: m.index,
                         database: db.clone(),
                         table: t.display(),
                         rows: sc,
                         checksum: ss,
-                    }))
+                    })
                 });
             }
         }
     }
     let mut verified = Vec::new();
+    let mut failed = None;
     for result in futures_util::future::join_all(checks).await {
-        match result? {
+        match result {
             Ok(v) => verified.push(v),
-            Err(mismatch) => return Ok(Err(mismatch)),
+            // A mismatch outweighs a failed query: it is the reason to keep the sources.
+            Err(e @ VerifyError::Unproven(_)) => return Err(e),
+            Err(e) => failed = Some(e),
         }
     }
-    Ok(Ok(verified))
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(verified),
+    }
 }
 
 /// Rows verified per move (summed over databases and tables).
@@ -141,19 +151,12 @@ pub(crate) fn rows_per_move(plan: &Plan, verified: &[VerifiedTable]) -> Vec<u64>
 pub(crate) enum VerifyError {
     /// A check could not run (a shard did not answer, a query failed): nothing was decided;
     /// running it again may succeed.
-    #[error("{0}")]
-    Unreachable(String),
+    #[error(transparent)]
+    Unreachable(#[from] ShardError),
     /// A check ran and does not prove that the targets hold every moved row: the sources keep
     /// theirs, and their fences.
     #[error("{0}")]
     Unproven(String),
-}
-
-/// The control connections report failures as text.
-impl From<String> for VerifyError {
-    fn from(message: String) -> Self {
-        VerifyError::Unreachable(message)
-    }
 }
 
 /// Before a resumed cleanup deletes anything: the sources' moved rows (fenced since the
