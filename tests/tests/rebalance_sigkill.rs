@@ -31,6 +31,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use shardgate_admin::control::ControlPlane;
 use shardgate_rebalance::{AddShardRequest, Rebalancer};
 use shardgate_router::Ring;
@@ -45,6 +47,8 @@ const TABLES: [&str; 2] = ["accounts", "events"];
 const TOKEN: &str = "sigkill-admin-token";
 /// Bound on each wait for the job (2 loaded cores run everything).
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// Cases run at once.
+const PARALLEL_CASES: usize = 2;
 
 /// One run: where the killed process dies, which way the shard count goes, and how it ends.
 #[derive(Clone, Copy)]
@@ -501,25 +505,39 @@ async fn sigkilled_serve_resumes_to_undo_or_finish_under_load() {
     shardgate_bin();
     let mut table = Vec::new();
     let mut failed = Vec::new();
-    for c in cases() {
-        let dir = if c.remove { "4 → 3" } else { "3 → 4" };
-        let name = format!("{} ({dir})", c.failpoint);
-        eprintln!("--- {name}");
-        // Each case in its own task: a failed case is reported in the table, and the next one
-        // still runs (its clusters and processes are dropped with the task).
-        let outcome = match tokio::spawn(run_case(c)).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                let why = match e.try_into_panic() {
+    // Two cases at a time (each has its own clusters, ports and processes): the machine's
+    // cores are mostly idle while a case waits for PostgreSQL, the lease or the job.
+    let mut runs =
+        futures_util::stream::iter(cases().into_iter().enumerate().map(|(i, c)| async move {
+            let dir = if c.remove { "4 → 3" } else { "3 → 4" };
+            let name = format!("{} ({dir})", c.failpoint);
+            eprintln!("--- {name}");
+            // Each case in its own task: a failed case is reported in the table, and the others
+            // still run (its clusters and processes are dropped with the task).
+            let outcome = tokio::spawn(run_case(c))
+                .await
+                .map_err(|e| match e.try_into_panic() {
                     Ok(p) => p
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "panicked".into()),
                     Err(e) => e.to_string(),
-                };
+                });
+            (i, name, outcome)
+        }))
+        .buffer_unordered(PARALLEL_CASES)
+        .collect::<Vec<_>>()
+        .await;
+    // The table in the cases' order.
+    runs.sort_by_key(|(i, _, _)| *i);
+    for (_, name, outcome) in runs {
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(why) => {
+                let first = format!("FAILED: {}", why.lines().next().unwrap_or(""));
                 failed.push(format!("{name}: {why}"));
-                format!("FAILED: {}", why.lines().next().unwrap_or(""))
+                first
             }
         };
         eprintln!("{name}: {outcome}");
