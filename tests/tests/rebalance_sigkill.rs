@@ -47,8 +47,10 @@ const TABLES: [&str; 2] = ["accounts", "events"];
 const TOKEN: &str = "sigkill-admin-token";
 /// Bound on each wait for the job (2 loaded cores run everything).
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
-/// Cases run at once.
-const PARALLEL_CASES: usize = 2;
+/// Cases run at once. One: with two, the in-process proxies (which share this test's two
+/// runtime threads with both cases' workloads) sometimes could not refresh their map within
+/// their 3 s lease on this 2-core machine and answered 57P03, failing a workload task.
+const PARALLEL_CASES: usize = 1;
 
 /// One run: where the killed process dies, which way the shard count goes, and how it ends.
 #[derive(Clone, Copy)]
@@ -242,20 +244,23 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Polls the job (through the in-process proxy `rb`) until `done`, failing fast when a workload
-/// task stopped on an error.
+/// Polls the job (through the in-process proxy `rb`) until `done`, failing fast (with the
+/// workload's error) when a workload task stopped on an error.
 async fn wait_job(
     rb: &Arc<Rebalancer>,
-    load: &Workload,
+    load: &mut Option<Workload>,
     what: &str,
     mut done: impl FnMut(Phase) -> bool,
 ) -> shardgate_topology::Job {
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
-        assert!(
-            load.failure().is_none(),
-            "a workload task stopped while waiting for {what}"
-        );
+        if load.as_ref().is_some_and(|l| l.failure().is_some()) {
+            let error = match load.take() {
+                Some(l) => l.finish().await.err(),
+                None => None,
+            };
+            panic!("a workload task stopped while waiting for {what}: {error:?}");
+        }
         if let Ok(s) = rb.status().await {
             if let Some(job) = s.job.filter(|j| done(j.phase)) {
                 return job;
@@ -325,14 +330,16 @@ async fn run_case(c: Case) -> String {
         .rebalancer()
         .expect("proxy B has a rebalancer");
     let v1 = rb.status().await.expect("status").topology_version;
-    let load = Workload::start(
-        &[
-            proxy_conn_str(proxy_b.addr().port()),
-            proxy_conn_str(proxy_c.addr().port()),
-        ],
-        2,
-    )
-    .await;
+    let mut load = Some(
+        Workload::start(
+            &[
+                proxy_conn_str(proxy_b.addr().port()),
+                proxy_conn_str(proxy_c.addr().port()),
+            ],
+            2,
+        )
+        .await,
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A proxy still at v1 holds the cleanup long enough to abort the committed move, which
@@ -372,7 +379,7 @@ async fn run_case(c: Case) -> String {
         c.failpoint
     );
     if c.revert {
-        wait_job(&rb, &load, "cleanup", |p| p == Phase::Cleanup).await;
+        wait_job(&rb, &mut load, "cleanup", |p| p == Phase::Cleanup).await;
         rb.abort().await.expect("abort in cleanup");
     }
     // Silent from now on: the revert waits for it only up to its lease.
@@ -386,7 +393,7 @@ async fn run_case(c: Case) -> String {
             break status;
         }
         assert!(
-            load.failure().is_none(),
+            load.as_ref().is_some_and(|l| l.failure().is_none()),
             "{}: a workload task stopped before the kill",
             c.failpoint
         );
@@ -430,10 +437,10 @@ async fn run_case(c: Case) -> String {
             .await
             .expect("join")
     };
-    let job = wait_job(&rb, &load, "the end of the job", Phase::is_terminal).await;
+    let job = wait_job(&rb, &mut load, "the end of the job", Phase::is_terminal).await;
     let all: Vec<(&str, &PgCluster)> = names.iter().copied().zip(clusters.iter()).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let outcomes = match load.finish().await {
+    let outcomes = match load.expect("the workload runs").finish().await {
         Ok(o) => o,
         Err(e) => panic!("{}: the workload failed: {e}", c.failpoint),
     };
@@ -505,8 +512,7 @@ async fn sigkilled_serve_resumes_to_undo_or_finish_under_load() {
     shardgate_bin();
     let mut table = Vec::new();
     let mut failed = Vec::new();
-    // Two cases at a time (each has its own clusters, ports and processes): the machine's
-    // cores are mostly idle while a case waits for PostgreSQL, the lease or the job.
+    // `PARALLEL_CASES` at a time (each has its own clusters, ports and processes).
     let mut runs =
         futures_util::stream::iter(cases().into_iter().enumerate().map(|(i, c)| async move {
             let dir = if c.remove { "4 → 3" } else { "3 → 4" };
