@@ -530,6 +530,11 @@ async fn sigkilled_serve_resumes_to_undo_or_finish_under_load() {
                         .unwrap_or_else(|| "panicked".into()),
                     Err(e) => e.to_string(),
                 });
+            // As each case ends (the table follows at the end).
+            match &outcome {
+                Ok(o) => eprintln!("{name}: {o}"),
+                Err(why) => eprintln!("{name}: FAILED: {}", why.lines().next().unwrap_or("")),
+            }
             (i, name, outcome)
         }))
         .buffer_unordered(PARALLEL_CASES)
@@ -546,7 +551,6 @@ async fn sigkilled_serve_resumes_to_undo_or_finish_under_load() {
                 first
             }
         };
-        eprintln!("{name}: {outcome}");
         table.push((name, outcome));
     }
     let mut out = format!(
