@@ -1,12 +1,15 @@
 //! Control connections to the shards' primaries, as each shard's admin login, one per
 //! (shard, database), reopened when they drop.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use shardgate_config::{Rebalance, Shard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
+
+use super::error::ShardError;
 
 /// How long opening a control connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,7 +50,7 @@ pub(crate) fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
 }
 
 /// Opens a control connection to `shard`'s primary, database `db`, as its admin login.
-pub(crate) async fn connect(shard: &Shard, db: &str, rb: &Rebalance) -> Result<Client, String> {
+pub(crate) async fn connect(shard: &Shard, db: &str, rb: &Rebalance) -> Result<Client, ShardError> {
     let (user, password) = shard.admin_login(rb);
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&shard.primary.host)
@@ -65,6 +68,13 @@ pub(crate) async fn connect(shard: &Shard, db: &str, rb: &Rebalance) -> Result<C
         cfg.password(p);
     }
     let host = shard.primary.clone();
+    let failed = |reason: String| ShardError::Connect {
+        shard: shard.name.clone(),
+        addr: shard.primary.to_string(),
+        db: db.to_owned(),
+        user: user.to_owned(),
+        reason,
+    };
     match tokio::time::timeout(
         CONNECT_TIMEOUT + Duration::from_secs(1),
         shardgate_pool::connect_control(&mut cfg, &host),
@@ -72,14 +82,8 @@ pub(crate) async fn connect(shard: &Shard, db: &str, rb: &Rebalance) -> Result<C
     .await
     {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!(
-            "cannot connect to shard {} ({}) database {db} as {user}: {e}",
-            shard.name, shard.primary
-        )),
-        Err(_) => Err(format!(
-            "cannot connect to shard {} ({}) database {db} as {user}: timed out",
-            shard.name, shard.primary
-        )),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed("timed out".into())),
     }
 }
 
@@ -98,30 +102,34 @@ impl Conns {
     }
 
     /// The connection to (`shard`, `db`), opened or reopened as needed.
-    pub async fn get(&mut self, shard: &Shard, db: &str) -> Result<&Client, String> {
+    pub async fn get(&mut self, shard: &Shard, db: &str) -> Result<&Client, ShardError> {
         let key = (shard.name.clone(), db.to_owned());
-        let stale = self.map.get(&key).is_none_or(|c| c.is_closed());
-        if stale {
-            let c = connect(shard, db, &self.rb).await?;
-            self.map.insert(key.clone(), c);
+        match self.map.entry(key) {
+            Entry::Occupied(mut open) => {
+                if open.get().is_closed() {
+                    open.insert(connect(shard, db, &self.rb).await?);
+                }
+                Ok(open.into_mut())
+            }
+            Entry::Vacant(none) => Ok(none.insert(connect(shard, db, &self.rb).await?)),
         }
+    }
+
+    /// The open connection to (`shard`, `db`), opened by `get` before.
+    fn opened(&self, shard: &Shard, db: &str) -> Result<&Client, ShardError> {
         self.map
-            .get(&key)
-            .ok_or_else(|| "control connection vanished".to_owned())
+            .get(&(shard.name.clone(), db.to_owned()))
+            .ok_or_else(|| lost(shard, db))
     }
 
     /// The connections to several (shard, database) pairs at once, in order (for queries that
     /// run concurrently; a pair may repeat).
-    pub async fn clients(&mut self, keys: &[(&Shard, &str)]) -> Result<Vec<&Client>, String> {
+    pub async fn clients(&mut self, keys: &[(&Shard, &str)]) -> Result<Vec<&Client>, ShardError> {
         for (shard, db) in keys {
             self.get(shard, db).await?;
         }
         keys.iter()
-            .map(|(shard, db)| {
-                self.map
-                    .get(&(shard.name.clone(), (*db).to_owned()))
-                    .ok_or_else(|| "control connection vanished".to_owned())
-            })
+            .map(|(shard, db)| self.opened(shard, db))
             .collect()
     }
 
@@ -131,7 +139,7 @@ impl Conns {
     }
 
     /// Runs `sql` (no parameters, one statement) on (`shard`, `db`).
-    pub async fn exec(&mut self, shard: &Shard, db: &str, sql: &str) -> Result<u64, String> {
+    pub async fn exec(&mut self, shard: &Shard, db: &str, sql: &str) -> Result<u64, ShardError> {
         self.exec_params(shard, db, sql, &[]).await
     }
 
@@ -141,39 +149,12 @@ impl Conns {
         db: &str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ShardError> {
         let c = self.get(shard, db).await?;
         match tokio::time::timeout(CLIENT_TIMEOUT, c.execute(sql, params)).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(self.describe(shard, db, &e)),
-            Err(_) => {
-                self.drop_conn(shard, db);
-                Err(format!(
-                    "shard {} database {db}: statement timed out",
-                    shard.name
-                ))
-            }
-        }
-    }
-
-    /// Like `exec`, keeping the SQLSTATE so callers can retry on specific errors.
-    pub async fn exec_raw(
-        &mut self,
-        shard: &Shard,
-        db: &str,
-        sql: &str,
-    ) -> Result<u64, (Option<String>, String)> {
-        let c = self.get(shard, db).await.map_err(|e| (None, e))?;
-        match tokio::time::timeout(CLIENT_TIMEOUT, c.execute(sql, &[])).await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err((sqlstate(&e), self.describe(shard, db, &e))),
-            Err(_) => {
-                self.drop_conn(shard, db);
-                Err((
-                    None,
-                    format!("shard {} database {db}: statement timed out", shard.name),
-                ))
-            }
+            Err(_) => Err(self.timed_out(shard, db, "statement")),
         }
     }
 
@@ -183,18 +164,12 @@ impl Conns {
         db: &str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, String> {
+    ) -> Result<Vec<Row>, ShardError> {
         let c = self.get(shard, db).await?;
         match tokio::time::timeout(CLIENT_TIMEOUT, c.query(sql, params)).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(self.describe(shard, db, &e)),
-            Err(_) => {
-                self.drop_conn(shard, db);
-                Err(format!(
-                    "shard {} database {db}: query timed out",
-                    shard.name
-                ))
-            }
+            Err(_) => Err(self.timed_out(shard, db, "query")),
         }
     }
 
@@ -205,12 +180,16 @@ impl Conns {
         db: &str,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, String> {
+    ) -> Result<Row, ShardError> {
         self.query(shard, db, sql, params)
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| format!("shard {} database {db}: no row from `{sql}`", shard.name))
+            .ok_or_else(|| ShardError::NoRow {
+                shard: shard.name.clone(),
+                db: db.to_owned(),
+                sql: sql.to_owned(),
+            })
     }
 
     /// Deletes rows in batches inside transactions with `shardgate.bypass` on (the fence
@@ -220,11 +199,11 @@ impl Conns {
         shard: &Shard,
         db: &str,
         sql: &str,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, ShardError> {
         let key = (shard.name.clone(), db.to_owned());
         self.get(shard, db).await?;
         let Some(c) = self.map.get_mut(&key) else {
-            return Err("control connection vanished".into());
+            return Err(lost(shard, db));
         };
         let work = async {
             let tx = c.transaction().await?;
@@ -237,20 +216,37 @@ impl Conns {
         match tokio::time::timeout(CLIENT_TIMEOUT, work).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(self.describe(shard, db, &e)),
-            Err(_) => {
-                self.drop_conn(shard, db);
-                Err(format!(
-                    "shard {} database {db}: delete timed out",
-                    shard.name
-                ))
-            }
+            Err(_) => Err(self.timed_out(shard, db, "delete")),
         }
     }
 
-    fn describe(&mut self, shard: &Shard, db: &str, e: &tokio_postgres::Error) -> String {
+    /// A failed statement; a connection that broke (no server error) is dropped.
+    fn describe(&mut self, shard: &Shard, db: &str, e: &tokio_postgres::Error) -> ShardError {
         if e.as_db_error().is_none() {
             self.drop_conn(shard, db);
         }
-        format!("shard {} database {db}: {}", shard.name, pg_err(e))
+        ShardError::Statement {
+            shard: shard.name.clone(),
+            db: db.to_owned(),
+            sqlstate: sqlstate(e),
+            message: pg_err(e),
+        }
+    }
+
+    /// A statement without an answer in time: its connection is dropped.
+    fn timed_out(&mut self, shard: &Shard, db: &str, what: &'static str) -> ShardError {
+        self.drop_conn(shard, db);
+        ShardError::Timeout {
+            shard: shard.name.clone(),
+            db: db.to_owned(),
+            what,
+        }
+    }
+}
+
+fn lost(shard: &Shard, db: &str) -> ShardError {
+    ShardError::Lost {
+        shard: shard.name.clone(),
+        db: db.to_owned(),
     }
 }

@@ -35,6 +35,12 @@ impl From<String> for Stop {
     }
 }
 
+impl From<super::error::ShardError> for Stop {
+    fn from(e: super::error::ShardError) -> Stop {
+        Stop::Fail(EngineError::from(e))
+    }
+}
+
 impl From<EngineError> for Stop {
     fn from(e: EngineError) -> Stop {
         Stop::Fail(e)

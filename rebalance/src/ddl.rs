@@ -12,6 +12,7 @@ use shardgate_config::Shard;
 
 use super::conn::Conns;
 use super::ctx::Stop;
+use super::error::EngineError;
 
 /// The longest a writer queues behind our lock request.
 const LOCK_TIMEOUT: &str = "50ms";
@@ -55,12 +56,12 @@ pub(crate) async fn run(
             result = Err(stop);
             break;
         }
-        match conns.exec_raw(shard, db, stmt).await {
+        match conns.exec(shard, db, stmt).await {
             Ok(_) => {
                 result = Ok(());
                 break;
             }
-            Err((Some(code), msg)) if code == LOCK_NOT_AVAILABLE => {
+            Err(msg) if msg.sqlstate() == Some(LOCK_NOT_AVAILABLE) => {
                 tracing::debug!(shard = %shard.name, db, attempt, "{what} waits for a table lock; retrying");
                 result = Err(Stop::from(format!(
                     "{msg}: could not lock the table to {what} in {ATTEMPTS} tries of \
@@ -71,8 +72,8 @@ pub(crate) async fn run(
                     tokio::time::sleep(jitter()).await;
                 }
             }
-            Err((_, msg)) => {
-                result = Err(Stop::from(msg));
+            Err(e) => {
+                result = Err(Stop::from(e));
                 break;
             }
         }
@@ -82,18 +83,19 @@ pub(crate) async fn run(
     result
 }
 
-/// `run` for undo and cleanup, which are not aborted, with a plain error.
+/// `run` for undo and cleanup, which are not aborted, with the engine's error.
 pub(crate) async fn run_to_end(
     conns: &mut Conns,
     shard: &Shard,
     db: &str,
     stmt: &str,
     what: &str,
-) -> Result<(), String> {
+) -> Result<(), EngineError> {
     match run(conns, shard, db, stmt, what, &|| Ok(())).await {
         Ok(()) => Ok(()),
-        Err(Stop::Fail(e)) => Err(e.to_string()),
-        Err(stop) => Err(format!("{what}: stopped ({stop:?})")),
+        Err(Stop::Fail(e)) => Err(e),
+        // Not reached: nothing here checks for an abort or a takeover.
+        Err(stop) => Err(EngineError::Refused(format!("{what}: stopped ({stop:?})"))),
     }
 }
 

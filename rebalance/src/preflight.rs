@@ -93,11 +93,11 @@ pub(crate) fn refuse(message: String, hint: impl Into<String>) -> RebalanceError
     }
 }
 
-fn unreachable(message: String) -> RebalanceError {
+fn unreachable(e: super::error::ShardError) -> RebalanceError {
     RebalanceError {
         status: 503,
         code: "unreachable".into(),
-        message,
+        message: e.to_string(),
         hint: "check that the shard's primary is up, that its admin login ([rebalance] \
                admin_user/admin_password, or the shard's admin_user) can log in to every \
                database in rebalance.databases, and that pg_hba.conf allows it from this proxy"

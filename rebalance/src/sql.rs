@@ -44,6 +44,14 @@ pub(crate) const MARKER_INSERT: &str =
 pub(crate) const MARKER_ARRIVED: &str =
     "SELECT EXISTS (SELECT 1 FROM shardgate.marker WHERE job = $1 AND source = $2 AND seq = $3)";
 
+pub(crate) const MARKER_TABLE_EXISTS: &str = "SELECT to_regclass('shardgate.marker') IS NOT NULL";
+
+/// Params `$1` job, `$2` source shard, `$3` `PROBE_SEQ_START`: the number of the last cutover
+/// marker the source sent (NULL when there is none). The attempt that published the new map
+/// is the last one, so this is the marker it waited for.
+pub(crate) const LAST_CUTOVER_MARKER: &str =
+    "SELECT max(seq) FROM shardgate.marker WHERE job = $1 AND source = $2 AND seq < $3";
+
 /// Removes the job's markers (param `$1` job) and the table once empty (after the
 /// subscriptions are gone, so nothing replicates).
 pub(crate) fn drop_markers(plan: &Plan) -> String {
@@ -163,6 +171,9 @@ pub(crate) const FENCE_CLOSE: &str =
 /// Opens it again (param `$1` job).
 pub(crate) const FENCE_OPEN: &str =
     "UPDATE shardgate.fence_switch SET closed = false WHERE job = $1";
+
+/// Params `$1` job: whether the job's fence is closed (no row: it has no switch here).
+pub(crate) const FENCE_CLOSED: &str = "SELECT closed FROM shardgate.fence_switch WHERE job = $1";
 
 /// Removes the job's fence rows (param `$1` job), once its triggers are gone.
 pub(crate) const FENCE_DELETE: &str = "DELETE FROM shardgate.fence WHERE job = $1";
@@ -325,6 +336,16 @@ pub(crate) const SUBSCRIPTION_SYNC_STATE: &str =
      LEFT JOIN pg_subscription_rel sr ON sr.srsubid = s.oid \
      WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database \
      WHERE datname = current_database()) GROUP BY s.subenabled";
+
+/// Params `$1` subscription name, `$2` the sharded tables (`schema.name`, quoted): those the
+/// subscription (in this database) does not hold in state `r` — ready: initially copied, and
+/// streamed since. All of them when the subscription is missing.
+pub(crate) const SUBSCRIBED_NOT_READY: &str =
+    "SELECT t.name FROM unnest($2::text[]) AS t(name) WHERE NOT EXISTS (SELECT 1 \
+     FROM pg_subscription s JOIN pg_subscription_rel sr ON sr.srsubid = s.oid \
+     WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database \
+     WHERE datname = current_database()) AND sr.srrelid = to_regclass(t.name) \
+     AND sr.srsubstate = 'r') ORDER BY 1";
 
 /// Params `$1` subscription name: apply and sync errors so far (PostgreSQL 15+).
 pub(crate) const SUBSCRIPTION_ERRORS: &str =

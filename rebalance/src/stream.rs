@@ -15,7 +15,7 @@ use shardgate_topology::Phase;
 
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
-use super::error::EngineError;
+use super::error::{EngineError, ShardError};
 use super::plan::Plan;
 use super::sql;
 
@@ -383,7 +383,11 @@ async fn lags(ctx: &Ctx, conns: &mut Conns) -> Result<(Vec<u64>, f64), Stop> {
 
 /// Inserts marker `seq` in every database of every source: it reaches each target after every
 /// change committed before it (cutover markers count from 1, probes from `PROBE_SEQ_START`).
-pub(crate) async fn insert_markers(plan: &Plan, conns: &mut Conns, seq: i64) -> Result<(), String> {
+pub(crate) async fn insert_markers(
+    plan: &Plan,
+    conns: &mut Conns,
+    seq: i64,
+) -> Result<(), ShardError> {
     for source in plan.sources() {
         for db in &plan.databases {
             conns
@@ -406,7 +410,7 @@ pub(crate) async fn marker_arrived(
     m: &super::plan::Move,
     db: &str,
     seq: i64,
-) -> Result<bool, String> {
+) -> Result<bool, ShardError> {
     let row = conns
         .one(
             &m.target,

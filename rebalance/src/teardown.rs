@@ -10,11 +10,10 @@ use shardgate_topology::{now_ms, Phase};
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
 use super::ddl;
+use super::error::{CleanupError, ShardError, TeardownError};
 use super::plan::Move;
 use super::sql;
-
-/// Why a cleanup step stopped early: `rebalance abort` came (the move is then reverted).
-const ABORTED: &str = "aborted";
+use super::verify;
 
 /// Attempts at undo or cleanup before giving up and reporting what is left.
 pub(crate) const ATTEMPTS: u32 = 4;
@@ -28,7 +27,7 @@ const LEASE_MARGIN: Duration = Duration::from_secs(2);
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 /// Opens the job's fence on every source (writes to moving keys go through again).
-pub(crate) async fn unfence_all(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+pub(crate) async fn unfence_all(ctx: &Ctx, conns: &mut Conns) -> Result<(), TeardownError> {
     let mut errors = Vec::new();
     for source in ctx.plan.sources() {
         for db in &ctx.plan.databases {
@@ -40,7 +39,12 @@ pub(crate) async fn unfence_all(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stri
     join(errors)
 }
 
-async fn unfence(ctx: &Ctx, conns: &mut Conns, source: &Shard, db: &str) -> Result<(), String> {
+async fn unfence(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    source: &Shard,
+    db: &str,
+) -> Result<(), TeardownError> {
     let exists: bool = conns
         .one(source, db, sql::FENCE_TABLE_EXISTS, &[])
         .await?
@@ -59,7 +63,7 @@ async fn delete_fence_rows(
     conns: &mut Conns,
     source: &Shard,
     db: &str,
-) -> Result<(), String> {
+) -> Result<(), TeardownError> {
     let exists: bool = conns
         .one(source, db, sql::FENCE_TABLE_EXISTS, &[])
         .await?
@@ -74,18 +78,24 @@ async fn delete_fence_rows(
     Ok(())
 }
 
-fn join(errors: Vec<String>) -> Result<(), String> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
+/// `Ok` when nothing failed, else the one error or all of them.
+fn join(mut errors: Vec<TeardownError>) -> Result<(), TeardownError> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(TeardownError::Several(errors)),
     }
 }
 
 /// Drops move `m`'s subscription in database number `d` on its target, and its slots (the
 /// main one and any initial-copy ones) on the source. When the source cannot be reached the
 /// subscription is detached from its slot first, and the slot is dropped when it can be.
-async fn drop_stream(ctx: &Ctx, conns: &mut Conns, m: &Move, d: usize) -> Result<(), String> {
+async fn drop_stream(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    m: &Move,
+    d: usize,
+) -> Result<(), TeardownError> {
     let plan = &ctx.plan;
     let db = &plan.databases[d];
     let name = plan.object_name(d, m.index);
@@ -150,7 +160,7 @@ async fn drop_slots(
     db: &str,
     own: &str,
     extra: &[String],
-) -> Result<(), String> {
+) -> Result<(), TeardownError> {
     let prefix = own.to_owned();
     let extra: Vec<String> = extra.to_vec();
     for attempt in 0..20 {
@@ -160,7 +170,7 @@ async fn drop_slots(
         if rows.is_empty() {
             return Ok(());
         }
-        let mut last = String::new();
+        let mut last: Option<ShardError> = None;
         for r in rows {
             let (slot, pid): (String, Option<i32>) = (r.get(0), r.get(1));
             if let Some(pid) = pid {
@@ -168,26 +178,23 @@ async fn drop_slots(
                 continue;
             }
             if let Err(e) = conns.query(source, db, sql::DROP_SLOT, &[&slot]).await {
-                last = e;
+                last = Some(e);
             }
         }
-        if attempt == 19 && !last.is_empty() {
-            return Err(last);
+        if let (19, Some(e)) = (attempt, last) {
+            return Err(e.into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!(
-        "replication slots of job {} are still in use on shard {}; drop them with \
-         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name \
-         LIKE '{}%'",
-        ctx.plan.job_id,
-        source.name,
-        ctx.plan.prefix()
-    ))
+    Err(TeardownError::SlotsInUse {
+        job: ctx.plan.job_id.clone(),
+        shard: source.name.clone(),
+        prefix: ctx.plan.prefix(),
+    })
 }
 
 /// Subscriptions, publications and slots of every move, in every database.
-async fn drop_streams(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<String>, String> {
+async fn drop_streams(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<String>, TeardownError> {
     let plan = &ctx.plan;
     let mut errors = Vec::new();
     // Targets whose subscriptions could not be dropped: their rows must not be touched.
@@ -206,7 +213,7 @@ async fn drop_streams(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<String>, Strin
                 )
                 .await
             {
-                errors.push(e);
+                errors.push(e.into());
             }
         }
     }
@@ -223,7 +230,7 @@ async fn drop_streams(ctx: &Ctx, conns: &mut Conns) -> Result<Vec<String>, Strin
 
 /// Drops the fence triggers and functions on every source, the job's fence rows and markers,
 /// and the shardgate tables and schema when nothing else uses them.
-async fn drop_fences(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+async fn drop_fences(ctx: &Ctx, conns: &mut Conns) -> Result<(), TeardownError> {
     let plan = &ctx.plan;
     let mut errors = Vec::new();
     for source in plan.sources() {
@@ -237,11 +244,11 @@ async fn drop_fences(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
         for db in &plan.databases {
             let work = async {
                 conns.exec(target, db, &sql::drop_markers(plan)).await?;
-                let _ = conns.exec_raw(target, db, sql::DROP_SCHEMA_IF_EMPTY).await;
-                Ok::<(), String>(())
+                let _ = conns.exec(target, db, sql::DROP_SCHEMA_IF_EMPTY).await;
+                Ok::<(), ShardError>(())
             };
             if let Err(e) = work.await {
-                errors.push(e);
+                errors.push(e.into());
             }
         }
     }
@@ -253,7 +260,7 @@ pub(crate) async fn drop_fence_on(
     conns: &mut Conns,
     source: &Shard,
     db: &str,
-) -> Result<(), String> {
+) -> Result<(), TeardownError> {
     let plan = &ctx.plan;
     for (i, t) in plan.tables.iter().enumerate() {
         // DROP TRIGGER locks the table against writers: short lock waits, retried.
@@ -267,13 +274,19 @@ pub(crate) async fn drop_fence_on(
         .await?;
     conns.exec(source, db, &sql::drop_markers(plan)).await?;
     // A schema that still holds something else stays (and that error is expected).
-    let _ = conns.exec_raw(source, db, sql::DROP_SCHEMA_IF_EMPTY).await;
+    let _ = conns.exec(source, db, sql::DROP_SCHEMA_IF_EMPTY).await;
     Ok(())
 }
 
 /// The cutover waited until the targets had *applied* everything; before the sources' copies
 /// go, wait until the targets have also *flushed* it (their slots' confirmed position).
-async fn wait_flushed(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+/// `require_slots`: the wait is part of a proof (`verify::prove_replicated`), so a slot that is
+/// gone proves nothing; otherwise a missing slot means an earlier run dropped it already.
+async fn wait_flushed(
+    ctx: &Ctx,
+    conns: &mut Conns,
+    require_slots: bool,
+) -> Result<(), CleanupError> {
     let plan = &ctx.plan;
     let until = tokio::time::Instant::now() + FLUSH_WAIT;
     for source in plan.sources() {
@@ -290,16 +303,29 @@ async fn wait_flushed(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
                     let rows = conns
                         .query(source, db, sql::SLOT_REACHED, &[&name, &lsn])
                         .await?;
-                    // No slot: an earlier cleanup run already dropped the subscription.
-                    if rows.first().is_none_or(|r| r.get::<_, bool>(0)) {
+                    let Some(row) = rows.first() else {
+                        if require_slots {
+                            return Err(CleanupError::Unverified(format!(
+                                "the runner stopped before the cutover's verification was \
+                                 saved, and slot {name} on shard {} is gone, so replication \
+                                 cannot prove shard {} complete",
+                                source.name, m.target.name
+                            )));
+                        }
+                        // An earlier cleanup run already dropped the subscription.
+                        break;
+                    };
+                    if row.get::<_, bool>(0) {
                         break;
                     }
                     if tokio::time::Instant::now() >= until {
-                        return Err(format!(
-                            "shard {} has not confirmed flushing the moved rows from shard {} \
-                             (slot {name}) within {FLUSH_WAIT:?}; is the target healthy?",
-                            m.target.name, source.name
-                        ));
+                        return Err(TeardownError::NotFlushed {
+                            target: m.target.name.clone(),
+                            from: source.name.clone(),
+                            slot: name,
+                            waited: FLUSH_WAIT,
+                        }
+                        .into());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -310,13 +336,13 @@ async fn wait_flushed(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
 }
 
 /// Deletes the rows of each move's slots on one side (`on_target`: the undo; else the
-/// cleanup), batch by batch, with the fence bypassed. Returns rows deleted per move.
+/// cleanup), batch by batch, with the fence bypassed; the cleanup counts them in the job.
 async fn delete_moved(
     ctx: &Ctx,
     conns: &mut Conns,
     on_target: bool,
     skip: &[String],
-) -> Result<Vec<u64>, String> {
+) -> Result<Deleted, TeardownError> {
     let plan = &ctx.plan;
     let batch = ctx.config.rebalance.delete_batch_size.max(1);
     let mut deleted = vec![0u64; plan.moves.len()];
@@ -342,7 +368,7 @@ async fn delete_moved(
                 let q = sql::delete_batch(plan, t, &m.slots, batch);
                 loop {
                     if !on_target && ctx.abort_requested() {
-                        return Err(ABORTED.into());
+                        return Ok(Deleted::Aborted);
                     }
                     let n = conns.delete_bypassing(shard, db, &q).await?;
                     deleted[m.index] += n;
@@ -367,11 +393,19 @@ async fn delete_moved(
             }
         }
     }
-    Ok(deleted)
+    Ok(Deleted::All)
+}
+
+/// How deleting the moved rows ended.
+#[must_use]
+enum Deleted {
+    All,
+    /// `rebalance abort` came between two batches (the cleanup's deletion only).
+    Aborted,
 }
 
 /// The undo: back to exactly the state before the job (the shard map never changed).
-pub(crate) async fn undo(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+pub(crate) async fn undo(ctx: &Ctx, conns: &mut Conns) -> Result<(), TeardownError> {
     let mut errors = Vec::new();
     // Writers first: lift the fence at once.
     if let Err(e) = unfence_all(ctx, conns).await {
@@ -385,6 +419,7 @@ pub(crate) async fn undo(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
         }
     };
     // The targets did not own these slots before (pre-flight checked they were empty there).
+    // Never stopped by an abort (the undo is what an abort runs).
     if let Err(e) = delete_moved(ctx, conns, true, &stuck).await {
         errors.push(e);
     }
@@ -475,7 +510,7 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
     )
     .await;
     if let Err(e) = wait_for_proxies(ctx, to).await {
-        return keep_sources(ctx, conns, to, &e).await;
+        return keep_sources(ctx, conns, to, &e.to_string()).await;
     }
     let mut left = None;
     for attempt in 1..=ATTEMPTS {
@@ -493,6 +528,10 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
             }
             Err(_) if ctx.abort_requested() => {
                 return super::revert::revert_and_finish(ctx, conns).await;
+            }
+            // Not retried: the same rows would fail the same check.
+            Err(e @ CleanupError::Unverified(_)) => {
+                return keep_sources(ctx, conns, to, &e.to_string()).await;
             }
             Err(e) => {
                 tracing::warn!(job = %ctx.plan.job_id, attempt, error = %e, "cleanup incomplete; retrying");
@@ -528,22 +567,7 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
     .await;
 }
 
-async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
-    ctx.update(|j| j.progress.message = "waiting for the targets to flush the moved rows".into())
-        .await;
-    wait_flushed(ctx, conns).await?;
-    ctx.update(|j| j.progress.message = "dropping subscriptions, publications and slots".into())
-        .await;
-    let stuck = drop_streams(ctx, conns).await?;
-    if !stuck.is_empty() {
-        return Err(format!(
-            "subscriptions on {} could not be dropped",
-            stuck.join(", ")
-        ));
-    }
-    if ctx.abort_requested() {
-        return Err(ABORTED.into());
-    }
+async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), CleanupError> {
     let (recorded, deleting) = {
         let j = ctx.job.lock().await;
         let plan = j.plan.as_ref();
@@ -552,10 +576,44 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
             plan.is_some_and(|p| p.deleting),
         )
     };
-    if ctx.resumed && !deleting {
+    // Without the cutover's figures, replication is the proof, and it needs the streams: it
+    // runs before they are dropped.
+    let prove = recorded.is_none() && !deleting;
+    ctx.update(|j| j.progress.message = "waiting for the targets to flush the moved rows".into())
+        .await;
+    wait_flushed(ctx, conns, prove).await?;
+    if prove {
+        ctx.update(|j| {
+            j.progress.message =
+                "verifying the move by replication (the cutover's figures were not saved)".into()
+        })
+        .await;
+        let figures = verify::prove_replicated(ctx, conns).await?;
+        let rows = verify::rows_per_move(&ctx.plan, &figures);
+        tracing::info!(job = %ctx.plan.job_id, rows = ?rows, "move verified by replication; the sources' figures are saved");
+        // Saved before the streams go: a later run re-checks the sources against them.
+        ctx.update_save(|j| {
+            for (mp, v) in j.progress.moves.iter_mut().zip(&rows) {
+                mp.verified_rows = Some(*v);
+            }
+            if let Some(p) = &mut j.plan {
+                p.verified = Some(figures);
+            }
+        })
+        .await;
+    } else if let (Some(recorded), false, true) = (&recorded, deleting, ctx.resumed) {
         ctx.update(|j| j.progress.message = "re-verifying the moved rows before deleting".into())
             .await;
-        super::verify::reverify(ctx, conns, recorded.as_deref()).await?;
+        verify::reverify(ctx, conns, recorded).await?;
+    }
+    ctx.update(|j| j.progress.message = "dropping subscriptions, publications and slots".into())
+        .await;
+    let stuck = drop_streams(ctx, conns).await?;
+    if !stuck.is_empty() {
+        return Err(TeardownError::SubscriptionsStuck(stuck).into());
+    }
+    if ctx.abort_requested() {
+        return Err(CleanupError::Aborted);
     }
     ctx.update_save(|j| {
         if let Some(p) = &mut j.plan {
@@ -566,8 +624,10 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
     ctx.update(|j| j.progress.message = "deleting the moved rows from the sources".into())
         .await;
     crate::failpoint!("rebalance-before-delete");
-    delete_moved(ctx, conns, false, &[]).await?;
-    drop_fences(ctx, conns).await
+    if let Deleted::Aborted = delete_moved(ctx, conns, false, &[]).await? {
+        return Err(CleanupError::Aborted);
+    }
+    Ok(drop_fences(ctx, conns).await?)
 }
 
 /// The job committed (the new map is live) but verification found a difference or could not
@@ -613,7 +673,7 @@ async fn keep_sources(ctx: &Ctx, conns: &mut Conns, version: u64, problem: &str)
 /// itself, see `proxy::topology`). A store error is never taken for "nobody is behind": the
 /// wait goes on, bounded by `PROXY_WAIT_LEASES` leases (at least `PROXY_WAIT_MIN`); then
 /// `Err` and nothing may be deleted.
-pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) -> Result<(), String> {
+pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) -> Result<(), TeardownError> {
     let lease = ctx.config.topology.lease;
     // Ages come from the store's clock and a report is stamped while the proxy waits for its
     // answer, whose start renews the proxy's lease: a margin covers the round trip.
@@ -644,10 +704,12 @@ pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) -> Result<(), Stri
             Err(e) => format!("the topology store cannot list the proxies: {e}"),
         };
         if tokio::time::Instant::now() >= until {
-            return Err(format!(
-                "{last} (waited {limit:?}: every proxy must route by version {version} or be \
-                 silent past topology.lease = {lease:?})"
-            ));
+            return Err(TeardownError::ProxiesBehind {
+                last,
+                waited: limit,
+                version,
+                lease,
+            });
         }
         tracing::debug!(job = %ctx.plan.job_id, version, %last, "waiting for the proxies");
         tokio::time::sleep(Duration::from_millis(200)).await;

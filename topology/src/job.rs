@@ -169,10 +169,12 @@ pub struct JobPlan {
     pub tables: Vec<PlannedTable>,
     pub databases: Vec<String>,
     pub moves: Vec<PlannedMove>,
-    /// Per move, database and table, the rows and checksum the cutover found equal on the
-    /// source and the target; saved before any source row is deleted. The sources' moved rows
-    /// are fenced from the cutover until they are deleted, so a resumed cleanup re-checks the
-    /// sources against these figures before deleting.
+    /// Per move, database and table, the sources' rows and checksum of the moved rows: the
+    /// figures the cutover found equal on the source and the target, or — when the runner
+    /// died before saving those — the sources' figures once replication proved the targets
+    /// complete. Saved before any source row is deleted. The sources' moved rows are fenced
+    /// from the cutover until they are deleted, so a resumed cleanup re-checks the sources
+    /// against these figures before deleting.
     #[serde(default)]
     pub verified: Option<Vec<VerifiedTable>>,
     /// Set (and saved) once the sources' moved rows passed the last check and their deletion

@@ -489,6 +489,69 @@ async fn postgres_store_survives_a_database_restart() {
     assert!(closed.is_ok(), "the follower outlived its store");
 }
 
+/// Store backends waiting for a lock.
+fn store_lock_waiters(cluster: &PgCluster) -> usize {
+    let out = cluster
+        .psql(
+            "meta",
+            "select count(*) from pg_stat_activity where application_name = \
+             'shardgate-topology' and wait_event_type = 'Lock'",
+        )
+        .unwrap();
+    out.trim().parse().unwrap()
+}
+
+async fn wait_store_lock_waiter(cluster: &PgCluster, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store_lock_waiters(cluster) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: no read waits"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A store query in flight when the server ends its session (`pg_terminate_backend`: the
+/// client gets FATAL 57P01 before it sees the socket close) runs again on a new connection,
+/// as one that found the connection closed does: a single dropped session is not an error.
+#[tokio::test]
+async fn postgres_store_retries_a_query_whose_session_the_server_ended() {
+    let (cluster, url) = metadata_db();
+    let store = Store::open(&config(&url, &["s0"]), None).await.unwrap();
+    assert_eq!(store.shard_map().await.unwrap().version, 1);
+    // Another session holds the map's table, so the store's next read waits in the server …
+    let (locker, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE shardgate_topology IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let read = tokio::spawn({
+        let store = store.clone();
+        async move { store.shard_map().await }
+    });
+    wait_store_lock_waiter(&cluster, "first attempt").await;
+    // … when its session is ended.
+    cluster
+        .psql(
+            "meta",
+            "select pg_terminate_backend(pid) from pg_stat_activity where application_name = \
+             'shardgate-topology'",
+        )
+        .unwrap();
+    // The retry, on a new connection, waits for the lock again.
+    wait_store_lock_waiter(&cluster, "retry").await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    let map = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the read finished")
+        .unwrap();
+    assert_eq!(map.expect("the read after the ended session").version, 1);
+}
+
 #[tokio::test]
 async fn postgres_store_refuses_tls_urls() {
     let config = config("postgres://u:p@127.0.0.1:1/meta?sslmode=require", &["s0"]);

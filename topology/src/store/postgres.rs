@@ -49,8 +49,10 @@ const SAVE_JOB: &str = "INSERT INTO shardgate_job (id, job) VALUES (1, $1::text:
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `$body` (a future using `$client: &mut Client`, yielding `Result<T, tokio_postgres::Error>`)
-/// on the shared connection, opening it if needed. If it fails because the connection had
-/// closed (the database restarted), reconnects and runs it once more.
+/// on the shared connection, opening it if needed. If it fails because the session ended (the
+/// connection had closed, the database restarted, or the server ended the session, as
+/// `pg_terminate_backend` does), reconnects and runs it once more. Every store write is safe to
+/// run again: saves are upserts, and a publish whose first attempt landed finds its own map.
 macro_rules! with_client {
     ($self:expr, |$client:ident| $body:expr) => {{
         let mut guard = $self.client.lock().await;
@@ -59,7 +61,7 @@ macro_rules! with_client {
             let $client = $self.connected(&mut guard).await?;
             match $body.await {
                 Ok(value) => break Ok::<_, StoreError>(value),
-                Err(e) if !retried && (e.is_closed() || $client.is_closed()) => {
+                Err(e) if !retried && (session_ended(&e) || $client.is_closed()) => {
                     tracing::info!(error = %e, "topology store connection closed; reconnecting");
                     *guard = None;
                     retried = true;
@@ -328,6 +330,21 @@ impl PgStore {
         slot.as_mut()
             .ok_or_else(|| StoreError::Database("no connection to the metadata database".into()))
     }
+}
+
+/// Whether `e` ended the session: the connection closed, or the server ended it with a FATAL
+/// error (57P01 `pg_terminate_backend` or a fast shutdown, 57P02 a crash, 57P03 not accepting
+/// connections yet) that arrives before the client notices the socket closing.
+fn session_ended(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(c)
+        })
 }
 
 /// A database error as `SQLSTATE: message` (callers match on the code), else the client's
