@@ -221,8 +221,11 @@ pub(crate) async fn install_fence(
     check: &(dyn Fn() -> Result<(), Stop> + Sync),
 ) -> Result<(), Stop> {
     let plan = &ctx.plan;
+    // With the short lock wait too: on a resumed revert these run while clients' triggers
+    // read the fence tables, and a statement queued there behind an open transaction made
+    // the clients queued behind it deadlock with that transaction (40P01 in a client).
     for stmt in sql::create_fence_table() {
-        conns.exec(shard, db, &stmt).await?;
+        ddl::run(conns, shard, db, &stmt, "set up the fence tables", check).await?;
     }
     conns
         .exec_params(
