@@ -363,7 +363,8 @@ impl Session {
         {
             return false;
         }
-        let plan = self.shared.topo().router.plan(text);
+        // By shape: a statement with literals must not be parsed again for this check.
+        let plan = self.shared.topo().router.plan_query(text).plan;
         if plan.statement_count != 1 {
             return false;
         }
@@ -428,7 +429,7 @@ impl Session {
     /// Whether BEGIN / COMMIT / ROLLBACK in `text` would be answered by the proxy now (see
     /// [`Session::answer_locally`]); returns the command tag.
     fn local_transaction_tag(&self, text: &str) -> Option<&'static str> {
-        let plan = self.shared.topo().router.plan(text);
+        let plan = self.shared.topo().router.plan_query(text).plan;
         if plan.statement_count != 1 {
             return None;
         }
