@@ -23,6 +23,7 @@ mod prepared;
 mod relay;
 mod reload;
 mod replicas;
+mod replies;
 mod routing;
 mod scatter;
 mod session;

@@ -2,7 +2,7 @@
 //! alternates between waiting with no server connection (detached) and forwarding while holding
 //! one (attached).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,8 @@ use crate::limits::CapSlot;
 use crate::login::{login, Login};
 use crate::pinning::Pin;
 use crate::prepared::ClientStatements;
-use crate::relay::{Expect, Flow};
+use crate::relay::Flow;
+use crate::replies::{Expect, ReplyQueue};
 use crate::routing::Target;
 use crate::session_state::{SessionEffect, SessionState};
 use crate::{SessionError, Shared};
@@ -89,9 +90,6 @@ pub struct Session {
     /// A BEGIN answered by the proxy, sent to the server once the transaction's first
     /// statement says which shard it belongs to.
     pub(crate) deferred_begin: Option<String>,
-    /// After a statement refused mid-batch, or a server error before the batch's Sync came,
-    /// the client's messages up to Sync are dropped (the server skips them too).
-    pub(crate) refuse_until_sync: bool,
     /// The start of the client's next batch, read while the server connection was still
     /// finishing the previous one, held back because it belongs to another shard.
     pub(crate) parked: Vec<Frame>,
@@ -111,7 +109,9 @@ pub struct Session {
     pub(crate) pending_effects: Vec<SessionEffect>,
     pub(crate) transaction_error: bool,
     pub(crate) saw_rollback: bool,
-    pub(crate) expect: VecDeque<Expect>,
+    /// The replies the client is owed, in order, and whether its messages up to the next
+    /// Sync are dropped.
+    pub(crate) replies: ReplyQueue,
     /// Transaction status as last reported to the client.
     pub(crate) status: TransactionStatus,
     /// Bytes for the server, written at the next flush point.
@@ -119,12 +119,6 @@ pub struct Session {
     pub(crate) cancel: CancelSlot,
     /// The BackendKeyData this client was given.
     cancel_key: (i32, i32),
-    /// After an error answered by the proxy in an extended-protocol batch, messages up to the
-    /// next Sync are discarded (as the server would).
-    pub(crate) skip_until_sync: bool,
-    /// The server is in COPY FROM STDIN mode and the client has not ended it: the server
-    /// ignores Sync until CopyDone/CopyFail, so no ReadyForQuery answers one.
-    pub(crate) copy_in: bool,
     /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
     pub(crate) encoding: crate::encoding::ClientEncoding,
     shutdown: watch::Receiver<bool>,
@@ -251,7 +245,6 @@ impl Session {
             unnamed: None,
             batch_parses: Vec::new(),
             deferred_begin: None,
-            refuse_until_sync: false,
             parked: Vec::new(),
             fence: Default::default(),
             attached_version: shared.topology_version(),
@@ -262,13 +255,11 @@ impl Session {
             pending_effects: Vec::new(),
             transaction_error: false,
             saw_rollback: false,
-            expect: VecDeque::new(),
+            replies: ReplyQueue::default(),
             status: TransactionStatus::Idle,
             to_server: BytesMut::with_capacity(1024),
             cancel,
             cancel_key: (pid, secret),
-            skip_until_sync: false,
-            copy_in: false,
             encoding: Default::default(),
             shutdown,
             _permit: login.permit,
@@ -378,7 +369,7 @@ impl Session {
             };
             if let Some(begin) = self.take_deferred_begin(&batch) {
                 frontend::write_query(&mut self.to_server, &begin);
-                self.expect.push_back(Expect::Swallow);
+                self.push_expect(Expect::Swallow);
             }
             let outcome = self.attached(&mut server, batch).await;
             match outcome {
@@ -440,9 +431,9 @@ impl Session {
                 }
             };
             let Some(frame) = frame else { return Ok(None) };
-            if self.skip_until_sync {
+            if self.replies.skipping() {
                 if frame.tag() == frontend::SYNC {
-                    self.skip_until_sync = false;
+                    self.replies.stop_skipping();
                     self.io.push_ready(self.status);
                 }
                 continue;
@@ -498,7 +489,7 @@ impl Session {
             Some(frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC) => {
                 self.io.push_ready(self.status)
             }
-            _ => self.skip_until_sync = true,
+            _ => self.replies.skip_rest_of_batch(),
         }
     }
 
@@ -529,9 +520,9 @@ impl Session {
         let timeouts = self.shared.config().timeouts.clone();
         let timed = crate::timeouts::any_session_timeout(&timeouts);
         loop {
-            if !self.parked.is_empty() && (self.expect.is_empty() || self.refuse_until_sync) {
+            if !self.parked.is_empty() && (self.replies.is_empty() || self.replies.refusing()) {
                 if server.status() != TransactionStatus::Idle
-                    || self.refuse_until_sync
+                    || self.replies.refusing()
                     || self.pin.is_pinned()
                 {
                     // The pipelined batch opened a transaction here after all, an error makes
@@ -549,7 +540,7 @@ impl Session {
                     // the proxy's own ends the server's implicit transaction; its reply is
                     // swallowed and releases the connection.
                     frontend::write_sync(&mut self.to_server);
-                    self.expect.push_back(Expect::Swallow);
+                    self.push_expect(Expect::Swallow);
                 }
             }
             let reading = self.parked.is_empty();
@@ -568,10 +559,10 @@ impl Session {
             } else {
                 self.io.flush_if_large().await?;
             }
-            let idle = self.expect.is_empty() && self.status == TransactionStatus::Idle;
+            let idle = self.replies.is_empty() && self.status == TransactionStatus::Idle;
             let deadline = if timed {
                 clock.observe(
-                    !self.expect.is_empty(),
+                    !self.replies.is_empty(),
                     self.status != TransactionStatus::Idle,
                     std::time::Instant::now(),
                 );
@@ -621,8 +612,8 @@ impl Session {
                         && !copy_message
                         && (self.at_request_boundary || !lookahead.is_empty())
                         && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
-                        && !self.copy_in
-                        && !self.refuse_until_sync;
+                        && !self.replies.in_copy_in()
+                        && !self.replies.refusing();
                     let frames = if starts_batch {
                         let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)
                             || ends_batch(frame.tag());
@@ -690,7 +681,7 @@ impl Session {
         if server.is_broken() {
             return;
         }
-        if !self.expect.is_empty() || !self.to_server.is_empty() {
+        if !self.replies.is_empty() || !self.to_server.is_empty() {
             // Mid-query: the server's state is unknown; close rather than guess.
             server.mark_broken();
             return;
