@@ -16,9 +16,11 @@ use crate::session_state::session_effects;
 use crate::SessionError;
 use shardgate_router::RouteError;
 
-/// What the session loop should do after a message.
+/// What the session loop should do after one client or server message (how a whole
+/// attachment ends is `session::Detach`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
+    /// Go on relaying.
     Continue,
     /// The transaction ended and nothing is outstanding: give the server connection back.
     Release,

@@ -373,15 +373,15 @@ impl Session {
             }
             let outcome = self.attached(&mut server, batch).await;
             match outcome {
-                Ok(Flow::Release) => {
+                Ok(Detach::Release) => {
                     self.release(&mut server).await;
                     self.retry_fenced().await;
                 }
-                Ok(Flow::Terminate) => {
+                Ok(Detach::Terminate) => {
                     self.cleanup(&mut server).await;
                     return Ok(());
                 }
-                Ok(Flow::Continue | Flow::ServerGone(_)) => {
+                Ok(Detach::ServerLost) => {
                     // The server connection was lost; it is broken and will not be reused.
                     // (Its requests were answered with errors, a held statement's too.) Session
                     // state it was pinned for is gone with it.
@@ -494,12 +494,12 @@ impl Session {
     }
 
     /// Forwards between the client and `server` until the connection can be released, the
-    /// client leaves, or the server connection is lost (then `Ok(Flow::Continue)`).
+    /// client leaves, or the server connection is lost.
     async fn attached(
         &mut self,
         server: &mut PooledConn,
         batch: Vec<Frame>,
-    ) -> Result<Flow, SessionError> {
+    ) -> Result<Detach, SessionError> {
         for frame in batch {
             self.at_request_boundary = ends_batch(frame.tag());
             if let Err(e) = self.client_message(server, frame) {
@@ -549,9 +549,7 @@ impl Session {
                 let res = server.write_all(&self.to_server).await;
                 self.to_server.clear();
                 if let Err(e) = res {
-                    self.server_lost(&e.to_string())?;
-                    self.io.flush().await?;
-                    return Ok(Flow::Continue);
+                    return self.lose_server(&e.to_string()).await;
                 }
             }
             if !self.io.out.is_empty() && !server.has_buffered_frame() {
@@ -580,22 +578,18 @@ impl Session {
                         Flow::Release => {
                             self.parked.append(&mut lookahead);
                             self.io.flush().await?;
-                            return Ok(Flow::Release);
+                            return Ok(Detach::Release);
                         }
                         Flow::ServerGone(reason) => {
                             self.parked.append(&mut lookahead);
-                            self.server_lost(&reason)?;
-                            self.io.flush().await?;
-                            return Ok(Flow::Continue);
+                            return self.lose_server(&reason).await;
                         }
                         Flow::Continue | Flow::Terminate => {}
                     },
                     Err(e) => {
                         self.parked.append(&mut lookahead);
                         server.mark_broken();
-                        self.server_lost(&e.to_string())?;
-                        self.io.flush().await?;
-                        return Ok(Flow::Continue);
+                        return self.lose_server(&e.to_string()).await;
                     }
                 },
                 msg = self.io.read_frame(), if reading => {
@@ -639,7 +633,7 @@ impl Session {
                     for frame in frames {
                         self.at_request_boundary = ends_batch(frame.tag());
                         match self.client_message(server, frame) {
-                            Ok(Flow::Terminate) => return Ok(Flow::Terminate),
+                            Ok(Flow::Terminate) => return Ok(Detach::Terminate),
                             Ok(_) => {}
                             Err(e) => return Err(self.report_protocol_error(e).await),
                         }
@@ -665,6 +659,15 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The server connection broke while attached: the client is answered for every request
+    /// it waits for (see [`Session::server_lost`]; an error when it cannot keep its session),
+    /// and the connection is not used again.
+    async fn lose_server(&mut self, reason: &str) -> Result<Detach, SessionError> {
+        self.server_lost(reason)?;
+        self.io.flush().await?;
+        Ok(Detach::ServerLost)
     }
 
     async fn report_protocol_error(&mut self, e: SessionError) -> SessionError {
@@ -716,6 +719,18 @@ impl Session {
             server.set_session_fingerprint(0);
         }
     }
+}
+
+/// How an attachment to a server connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Detach {
+    /// The transaction ended and nothing is outstanding: give the connection back.
+    Release,
+    /// The client sent Terminate.
+    Terminate,
+    /// The server connection broke: the client was answered (see [`Session::server_lost`])
+    /// and keeps its session; the connection is not used again.
+    ServerLost,
 }
 
 /// Messages after which the client waits for replies: the end of a batch.
