@@ -181,7 +181,8 @@ impl Session {
                         let stmt = self.intern_statement(p.query, &p.param_types);
                         self.statements.insert(p.name.to_owned(), stmt);
                     } else {
-                        self.unnamed = Some((text.clone(), p.param_types.clone()));
+                        self.routing
+                            .set_unnamed(text.clone(), p.param_types.clone());
                     }
                     statement = Some((text, p.param_types.clone()));
                     client_sent_parse = true;
@@ -193,7 +194,7 @@ impl Session {
                     let b = frontend::bind(frame).map_err(bad)?;
                     if statement.is_none() {
                         statement = if b.statement.is_empty() {
-                            self.unnamed.clone()
+                            self.routing.unnamed().cloned()
                         } else {
                             self.statements
                                 .get(b.statement)

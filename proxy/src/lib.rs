@@ -25,6 +25,7 @@ mod reload;
 mod replicas;
 mod replies;
 mod routing;
+mod routing_state;
 mod scatter;
 mod session;
 mod session_state;

@@ -391,8 +391,7 @@ impl Session {
                     self.status = TransactionStatus::InTransaction;
                     self.io.push_ready(self.status);
                 } else if status == TransactionStatus::Idle {
-                    self.local_hint = None;
-                    self.local_role = None;
+                    self.routing.end_transaction();
                     self.end_of_transaction(server);
                     if self.replies.is_empty() && self.releases_at_idle() {
                         flow = Flow::Release;

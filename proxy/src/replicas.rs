@@ -38,8 +38,7 @@ impl Session {
     /// The role a hint or `SET shardgate.role` forces for a statement, if any.
     fn forced_role(&self, plan: Option<&Plan>) -> Option<RoleHint> {
         plan.and_then(|p| p.role_hint)
-            .or(self.local_role)
-            .or(self.session_role)
+            .or(self.routing.role())
             .filter(|r| *r != RoleHint::Auto)
     }
 
@@ -135,7 +134,7 @@ impl Session {
     pub(crate) fn bound_statement_text(&self, frame: &Frame) -> Option<String> {
         let bind = frontend::bind(frame).ok()?;
         if bind.statement.is_empty() {
-            self.unnamed.as_ref().map(|(t, _)| t.clone())
+            self.routing.unnamed().map(|(t, _)| t.clone())
         } else {
             self.statements
                 .peek(bind.statement)

@@ -46,17 +46,10 @@ pub(crate) fn feature_error(message: String, hint: &str) -> RouteError {
     }
 }
 
-/// Named Parses remembered while routing one batch (a batch rarely has more than a few).
-const MAX_BATCH_PARSES: usize = 64;
-
 impl Session {
     /// A proxy whose lease on the topology ran out routes nothing (see `topology::Lease`).
     fn check_lease(&self) -> Result<(), RouteError> {
         self.shared.lease.check()
-    }
-
-    fn hint(&self) -> Option<&Hint> {
-        self.local_hint.as_ref().or(self.session_hint.as_ref())
     }
 
     pub(crate) fn shard_name(&self, shard: ShardIndex) -> String {
@@ -66,33 +59,6 @@ impl Session {
             .shard_names()
             .get(shard)
             .map_or_else(|| "?".to_owned(), String::clone)
-    }
-
-    /// Applies `SET [LOCAL] shardgate.shard_key|shard` statements of a plan to the session.
-    pub(crate) fn observe_shardgate_sets(&mut self, plan: &Plan) {
-        for kind in &plan.statement_kinds {
-            let StatementKind::ShardgateSet(set) = kind else {
-                continue;
-            };
-            if set.name == ShardgateParam::Role {
-                let role = set.value.as_deref().and_then(RoleHint::parse);
-                if set.local {
-                    self.local_role = role;
-                } else {
-                    self.session_role = role;
-                }
-                continue;
-            }
-            let hint = set.value.clone().map(|v| match set.name {
-                ShardgateParam::ShardKey | ShardgateParam::Role => Hint::ShardKey(v),
-                ShardgateParam::Shard => Hint::Shard(v),
-            });
-            if set.local {
-                self.local_hint = hint;
-            } else {
-                self.session_hint = hint;
-            }
-        }
     }
 
     /// The route of one Query or Bind; `None` for other messages.
@@ -107,14 +73,14 @@ impl Session {
                 let topo = self.shared.topo();
                 // By the statement's shape: literals route the shared plan (no parse per value).
                 let query = topo.router.plan_query(&sql);
-                self.observe_shardgate_sets(&query.plan);
-                let (route, plan) = topo.router.route_query(&query, self.hint())?;
+                self.routing.observe_shardgate_sets(&query.plan);
+                let (route, plan) = topo.router.route_query(&query, self.routing.hint())?;
                 Ok(Some((route, plan)))
             }
             frontend::BIND => {
                 let bind = frontend::bind(frame).map_err(protocol_error)?;
                 let (text, types) = if bind.statement.is_empty() {
-                    match &self.unnamed {
+                    match self.routing.unnamed() {
                         Some((t, ty)) => (t.clone(), ty.clone()),
                         // No unnamed statement: the server will say so.
                         None => return Ok(None),
@@ -124,13 +90,8 @@ impl Session {
                         Some(s) => (s.query.clone(), s.param_types.clone()),
                         // Parsed earlier in the batch being routed (JDBC sends Parse and Bind
                         // of a named statement together; a pipelined Parse can be held too).
-                        None => match self
-                            .batch_parses
-                            .iter()
-                            .rev()
-                            .find(|(name, _, _)| name == bind.statement)
-                        {
-                            Some((_, t, ty)) => (t.clone(), ty.clone()),
+                        None => match self.routing.batch_parse(bind.statement) {
+                            Some((t, ty)) => (t.clone(), ty.clone()),
                             None => return Ok(None),
                         },
                     }
@@ -151,7 +112,7 @@ impl Session {
                     .shared
                     .topo()
                     .router
-                    .route(&plan, &bound, self.hint())?;
+                    .route(&plan, &bound, self.routing.hint())?;
                 Ok(Some((route, plan)))
             }
             frontend::PARSE => {
@@ -159,15 +120,12 @@ impl Session {
                 let text = self.sql(parse.query).into_owned();
                 let plan = self.shared.topo().router.plan(&text);
                 if parse.name.is_empty() {
-                    self.unnamed = Some((text, parse.param_types.clone()));
-                } else if self.batch_parses.len() < MAX_BATCH_PARSES {
-                    self.batch_parses.push((
-                        parse.name.to_owned(),
-                        text,
-                        parse.param_types.clone(),
-                    ));
+                    self.routing.set_unnamed(text, parse.param_types.clone());
+                } else {
+                    self.routing
+                        .note_batch_parse(parse.name, text, parse.param_types.clone());
                 }
-                self.observe_shardgate_sets(&plan);
+                self.routing.observe_shardgate_sets(&plan);
                 Ok(None)
             }
             _ => Ok(None),
@@ -181,9 +139,9 @@ impl Session {
         if !self.shared.topo().routing {
             return Ok(Target::Shard(self.shared.topo().router.default_shard()));
         }
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         let target = self.route_batch_frames(batch);
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         target
     }
 
@@ -238,9 +196,9 @@ impl Session {
         {
             return true;
         }
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         let elsewhere = self.batch_routes_elsewhere(batch);
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         elsewhere
     }
 
@@ -277,7 +235,7 @@ impl Session {
         // every shard has) run where the transaction is.
         if matches!(plan.placement, Placement::Default)
             && plan.hint.is_none()
-            && self.hint().is_none()
+            && self.routing.hint().is_none()
         {
             return Ok(());
         }
@@ -377,7 +335,7 @@ impl Session {
             StatementKind::ShardgateSet(set)
                 if set.name == ShardgateParam::Role && plan.refusal.is_none() =>
             {
-                self.observe_shardgate_sets(&plan);
+                self.routing.observe_shardgate_sets(&plan);
                 backend::write_command_complete(&mut self.io.out, "SET");
                 self.io.push_ready(self.status);
                 true
@@ -409,8 +367,7 @@ impl Session {
             },
             StatementKind::Commit | StatementKind::Rollback if self.deferred_begin.is_some() => {
                 self.deferred_begin = None;
-                self.local_hint = None;
-                self.local_role = None;
+                self.routing.end_transaction();
                 let tag = if plan.kind == StatementKind::Commit {
                     "COMMIT"
                 } else {
@@ -487,7 +444,7 @@ impl Session {
                         Some((name, query, _)) if name == b.statement => Some(query.clone()),
                         Some(_) => return false,
                         None if b.statement.is_empty() => {
-                            self.unnamed.as_ref().map(|u| u.0.clone())
+                            self.routing.unnamed().map(|u| u.0.clone())
                         }
                         None => self.statements.get(b.statement).map(|s| s.query.clone()),
                     };
@@ -511,7 +468,7 @@ impl Session {
         };
         if let Some((name, query, types)) = parsed {
             if name.is_empty() {
-                self.unnamed = Some((query, types));
+                self.routing.set_unnamed(query, types);
             } else {
                 let context = self.statement_context();
                 let stmt = self.shared.statements.intern(&query, &types, &context);
@@ -543,8 +500,7 @@ impl Session {
             self.status = TransactionStatus::InTransaction;
         } else {
             self.deferred_begin = None;
-            self.local_hint = None;
-            self.local_role = None;
+            self.routing.end_transaction();
             self.status = TransactionStatus::Idle;
         }
         backend::write_command_complete(&mut self.io.out, tag);
@@ -581,7 +537,7 @@ impl Session {
 
     /// `SHARDGATE ROUTE <statement>`: one row saying where the statement would go and why.
     fn answer_route(&mut self, sql: &str) {
-        let explained = explain(&self.shared.topo().router, sql, self.hint());
+        let explained = explain(&self.shared.topo().router, sql, self.routing.hint());
         backend::write_text_row_description(&mut self.io.out, &["shard", "role", "keys", "reason"]);
         let row: Vec<Option<&str>> = explained.iter().map(|v| Some(v.as_str())).collect();
         backend::write_data_row(&mut self.io.out, &row);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use shardgate_config::PoolMode;
 use shardgate_pool::{HostChoice, PooledConn, QueryGuard, ServerPool};
-use shardgate_router::{Hint, RoleHint, ShardIndex};
+use shardgate_router::ShardIndex;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -25,6 +25,7 @@ use crate::prepared::ClientStatements;
 use crate::relay::Flow;
 use crate::replies::{Expect, ReplyQueue};
 use crate::routing::Target;
+use crate::routing_state::RoutingState;
 use crate::session_state::{SessionEffect, SessionState};
 use crate::{SessionError, Shared};
 use shardgate_wire::stream::Stream;
@@ -66,9 +67,6 @@ pub struct Session {
     /// Counts the current attachment as a query running on its host (for balancing) and the
     /// client as active.
     query_guard: Option<(QueryGuard, CountGuard)>,
-    /// `SET shardgate.role` for the session, and `SET LOCAL` for the transaction.
-    pub(crate) session_role: Option<RoleHint>,
-    pub(crate) local_role: Option<RoleHint>,
     /// The deferred BEGIN opens a read-only transaction.
     pub(crate) deferred_read_only: bool,
     /// Read-your-writes is on for this client.
@@ -80,13 +78,8 @@ pub struct Session {
     /// slow-query log), and its Query or Bind.
     pub(crate) request_started: Option<std::time::Instant>,
     pub(crate) last_statement: Option<Frame>,
-    /// `SET shardgate.shard_key|shard` for the session, and `SET LOCAL` for the transaction.
-    pub(crate) session_hint: Option<Hint>,
-    pub(crate) local_hint: Option<Hint>,
-    /// Text and parameter types of the client's unnamed statement (for routing its Binds).
-    pub(crate) unnamed: Option<(String, Vec<u32>)>,
-    /// Named statements parsed in the batch being routed: (name, text, parameter types).
-    pub(crate) batch_parses: Vec<(String, String, Vec<u32>)>,
+    /// Routing hints and roles, and the statement texts Binds are routed by.
+    pub(crate) routing: RoutingState,
     /// A BEGIN answered by the proxy, sent to the server once the transaction's first
     /// statement says which shard it belongs to.
     pub(crate) deferred_begin: Option<String>,
@@ -233,17 +226,12 @@ impl Session {
             attached_read: false,
             may_have_written: false,
             query_guard: None,
-            session_role: None,
-            local_role: None,
             deferred_read_only: false,
             read_your_writes,
             read_after: vec![0; shards],
             request_started: None,
             last_statement: None,
-            session_hint: None,
-            local_hint: None,
-            unnamed: None,
-            batch_parses: Vec::new(),
+            routing: RoutingState::default(),
             deferred_begin: None,
             parked: Vec::new(),
             fence: Default::default(),
