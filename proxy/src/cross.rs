@@ -28,7 +28,7 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     ) -> Result<(), SessionError> {
-        let refusal = if self.status != TransactionStatus::Idle || self.deferred_begin.is_some() {
+        let refusal = if !self.txn.is_idle() || self.txn.has_deferred_begin() {
             Some(feature_error(
                 "a statement on several shards cannot run inside a transaction".into(),
                 "run it outside the transaction, or restrict it to one shard with its shard key",

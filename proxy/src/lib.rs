@@ -34,6 +34,7 @@ mod stats;
 mod timeouts;
 mod tls;
 mod topology;
+mod txn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

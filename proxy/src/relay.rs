@@ -13,6 +13,7 @@ use crate::prepared::GlobalStatement;
 use crate::replies::{Expect, Synth};
 use crate::session::Session;
 use crate::session_state::session_effects;
+use crate::txn::Settled;
 use crate::SessionError;
 use shardgate_router::RouteError;
 
@@ -42,7 +43,7 @@ impl Session {
             Synth::ParseComplete => backend::write_parse_complete(&mut self.io.out),
             Synth::CloseComplete => backend::write_close_complete(&mut self.io.out),
             Synth::Error(e) => self.io.push_error(e.code, &e.message, e.hint.as_deref()),
-            Synth::Ready => self.io.push_ready(self.status),
+            Synth::Ready => self.io.push_ready(self.txn.status()),
         }
     }
 
@@ -119,11 +120,11 @@ impl Session {
             parsed.push((parse.name.to_owned(), stmt.effects.clone(), stmt));
         }
         for (name, effects, stmt) in parsed {
-            self.pending_effects.extend(effects);
+            self.txn.note_effects(effects);
             self.statements.insert(name, stmt);
             backend::write_parse_complete(&mut self.io.out);
         }
-        self.io.push_ready(self.status);
+        self.io.push_ready(self.txn.status());
         true
     }
 
@@ -172,7 +173,7 @@ impl Session {
                         }
                     }
                     let effects = session_effects(&sql);
-                    self.pending_effects.extend(effects);
+                    self.txn.note_effects(effects);
                 }
                 self.to_server.extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
@@ -192,7 +193,7 @@ impl Session {
                         }
                     }
                     let effects = session_effects(&sql);
-                    self.pending_effects.extend(effects);
+                    self.txn.note_effects(effects);
                 }
                 if parse.name.is_empty() {
                     self.to_server.extend_from_slice(frame.as_bytes());
@@ -221,7 +222,7 @@ impl Session {
                             return Ok(Flow::Continue);
                         }
                     }
-                    self.pending_effects.extend(stmt.effects.iter().cloned());
+                    self.txn.note_effects(stmt.effects.iter().cloned());
                 }
                 match &global {
                     Some(stmt) => {
@@ -315,8 +316,8 @@ impl Session {
                 let status = backend::ready_for_query_status(&frame)
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 server.set_status(status);
-                if self.deferred_begin.is_none() {
-                    self.status = status;
+                if !self.txn.has_deferred_begin() {
+                    self.txn.set_status(status);
                 }
                 if status == TransactionStatus::Idle
                     && self.replies.is_empty()
@@ -342,7 +343,7 @@ impl Session {
                         fields.message, fields.code
                     )));
                 }
-                self.transaction_error = true;
+                self.txn.note_error();
                 if let Ok(fields) = backend::error_fields(&frame) {
                     crate::stats::count_error(&fields.code);
                 }
@@ -382,14 +383,14 @@ impl Session {
                 self.note_request_done();
                 self.replies.end_copy_in();
                 server.set_status(status);
-                self.status = status;
-                if status == TransactionStatus::Idle && self.deferred_begin.is_some() {
+                self.txn.set_status(status);
+                if status == TransactionStatus::Idle && self.txn.has_deferred_begin() {
                     // Statements were only prepared while the client's BEGIN waits for the
                     // statement that says where the transaction goes: it is still open for the
                     // client.
                     forward = false;
-                    self.status = TransactionStatus::InTransaction;
-                    self.io.push_ready(self.status);
+                    self.txn.set_status(TransactionStatus::InTransaction);
+                    self.io.push_ready(self.txn.status());
                 } else if status == TransactionStatus::Idle {
                     self.routing.end_transaction();
                     self.end_of_transaction(server);
@@ -426,9 +427,7 @@ impl Session {
                 }
             }
             backend::COMMAND_COMPLETE => {
-                if !self.pending_effects.is_empty() && frame.body().starts_with(b"ROLLBACK") {
-                    self.saw_rollback = true;
-                }
+                self.txn.note_command_complete(frame.body());
                 // DEALLOCATE ALL / DISCARD ALL take effect at once and survive a rollback: the
                 // server connection lost every statement, except Parses queued after this one.
                 if frame.body() == b"DEALLOCATE ALL\0" || frame.body() == b"DISCARD ALL\0" {
@@ -468,9 +467,8 @@ impl Session {
     /// At ReadyForQuery `I`: session effects of a transaction that committed become the
     /// client's state (and the server's); those of one that failed or rolled back are dropped.
     fn end_of_transaction(&mut self, server: &mut ServerConn) {
-        if !self.pending_effects.is_empty() {
-            let effects = std::mem::take(&mut self.pending_effects);
-            if !self.transaction_error && !self.saw_rollback {
+        if let Some(Settled { effects, committed }) = self.txn.settle() {
+            if committed {
                 // (Prepared statements dropped by DEALLOCATE/DISCARD ALL were forgotten at its
                 // CommandComplete: they are gone even if the transaction rolls back.)
                 self.state.apply(&effects);
@@ -488,8 +486,6 @@ impl Session {
                 server.set_session_fingerprint(u64::MAX);
             }
         }
-        self.transaction_error = false;
-        self.saw_rollback = false;
     }
 
     /// The server connection broke while attached: tell the client, keep it if it was not
@@ -503,8 +499,8 @@ impl Session {
         // the client waits forever; messages after the last Sync are skipped up to the next
         // one, as after any error.
         let abandoned = self.replies.abandon();
-        self.pending_effects.clear();
-        if self.status != TransactionStatus::Idle || self.mode_is_session() {
+        self.txn.abandon_effects();
+        if !self.txn.is_idle() || self.mode_is_session() {
             return Err(SessionError::ServerLost(msg));
         }
         for _ in 0..abandoned.requests {

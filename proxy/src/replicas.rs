@@ -70,9 +70,8 @@ impl Session {
         if !self.shared.topo().reads_can_leave_primary || self.mode_is_session() {
             return primary_write;
         }
-        if self.deferred_begin.is_some() {
+        if let Some(read_only) = self.txn.deferred_read_only() {
             // A transaction the proxy deferred: its BEGIN says whether it only reads.
-            let read_only = self.deferred_read_only;
             let read = match self.forced_role(None) {
                 Some(RoleHint::Primary) => false,
                 Some(_) => true,
@@ -83,7 +82,7 @@ impl Session {
                 may_write: !read_only,
             };
         }
-        if self.status != TransactionStatus::Idle || self.batch_pins(batch).is_some() {
+        if !self.txn.is_idle() || self.batch_pins(batch).is_some() {
             // A session pinned by this batch stays on its connection: it must be the primary.
             return primary_write;
         }

@@ -172,7 +172,7 @@ impl Session {
     /// Whether a batch that arrived while the previous one was still running on the current
     /// server connection (outside a transaction) must go to another shard.
     pub(crate) fn belongs_elsewhere(&mut self, batch: &[Frame]) -> bool {
-        if self.deferred_begin.is_some() {
+        if self.txn.has_deferred_begin() {
             // Only statements were prepared here: the BEGIN goes out with the batch, routed.
             return true;
         }
@@ -239,7 +239,7 @@ impl Session {
         {
             return Ok(());
         }
-        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.status) {
+        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.txn.status()) {
             // Pinned (see `pinning`): the session's state lives on this shard's connection.
             if self.shared.topology_version() != self.attached_version {
                 return Err(feature_error(
@@ -337,36 +337,31 @@ impl Session {
             {
                 self.routing.observe_shardgate_sets(&plan);
                 backend::write_command_complete(&mut self.io.out, "SET");
-                self.io.push_ready(self.status);
+                self.io.push_ready(self.txn.status());
                 true
             }
             StatementKind::Begin { read_only }
-                if self.status == TransactionStatus::Idle
+                if self.txn.is_idle()
                     && !self.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
-                self.deferred_begin = Some(text.to_owned());
-                self.deferred_read_only = *read_only;
+                self.txn.defer_begin(text.to_owned(), *read_only);
                 backend::write_command_complete(&mut self.io.out, "BEGIN");
-                self.status = TransactionStatus::InTransaction;
-                self.io.push_ready(self.status);
+                self.io.push_ready(self.txn.status());
                 true
             }
             // `SET TRANSACTION …` right after a deferred BEGIN goes out with it (and a READ
             // ONLY one lets the transaction use a replica).
-            StatementKind::SetTransaction { read_only } => match self.deferred_begin.as_mut() {
-                Some(begin) => {
-                    begin.push_str("; ");
-                    begin.push_str(text);
-                    self.deferred_read_only |= *read_only;
-                    backend::write_command_complete(&mut self.io.out, "SET");
-                    self.io.push_ready(self.status);
-                    true
+            StatementKind::SetTransaction { read_only } => {
+                if !self.txn.extend_deferred_begin(text, *read_only) {
+                    return false;
                 }
-                None => false,
-            },
-            StatementKind::Commit | StatementKind::Rollback if self.deferred_begin.is_some() => {
-                self.deferred_begin = None;
+                backend::write_command_complete(&mut self.io.out, "SET");
+                self.io.push_ready(self.txn.status());
+                true
+            }
+            StatementKind::Commit | StatementKind::Rollback if self.txn.has_deferred_begin() => {
+                self.txn.drop_deferred_begin();
                 self.routing.end_transaction();
                 let tag = if plan.kind == StatementKind::Commit {
                     "COMMIT"
@@ -374,8 +369,7 @@ impl Session {
                     "ROLLBACK"
                 };
                 backend::write_command_complete(&mut self.io.out, tag);
-                self.status = TransactionStatus::Idle;
-                self.io.push_ready(self.status);
+                self.io.push_ready(self.txn.status());
                 true
             }
             _ => false,
@@ -391,14 +385,14 @@ impl Session {
         }
         match plan.kind {
             StatementKind::Begin { .. }
-                if self.status == TransactionStatus::Idle
+                if self.txn.is_idle()
                     && !self.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
                 Some("BEGIN")
             }
-            StatementKind::Commit if self.deferred_begin.is_some() => Some("COMMIT"),
-            StatementKind::Rollback if self.deferred_begin.is_some() => Some("ROLLBACK"),
+            StatementKind::Commit if self.txn.has_deferred_begin() => Some("COMMIT"),
+            StatementKind::Rollback if self.txn.has_deferred_begin() => Some("ROLLBACK"),
             _ => None,
         }
     }
@@ -492,19 +486,19 @@ impl Session {
                 _ => {}
             }
         }
-        if tag == "BEGIN" {
-            self.deferred_read_only = text.as_deref().is_some_and(|t| {
-                self.shared.topo().router.plan(t).kind == StatementKind::Begin { read_only: true }
-            });
-            self.deferred_begin = text;
-            self.status = TransactionStatus::InTransaction;
-        } else {
-            self.deferred_begin = None;
-            self.routing.end_transaction();
-            self.status = TransactionStatus::Idle;
+        match text {
+            Some(sql) if tag == "BEGIN" => {
+                let read_only = self.shared.topo().router.plan(&sql).kind
+                    == StatementKind::Begin { read_only: true };
+                self.txn.defer_begin(sql, read_only);
+            }
+            _ => {
+                self.txn.drop_deferred_begin();
+                self.routing.end_transaction();
+            }
         }
         backend::write_command_complete(&mut self.io.out, tag);
-        self.io.push_ready(self.status);
+        self.io.push_ready(self.txn.status());
         true
     }
 
@@ -531,7 +525,7 @@ impl Session {
         if prepares_only {
             None
         } else {
-            self.deferred_begin.take()
+            self.txn.take_deferred_begin()
         }
     }
 
@@ -542,7 +536,7 @@ impl Session {
         let row: Vec<Option<&str>> = explained.iter().map(|v| Some(v.as_str())).collect();
         backend::write_data_row(&mut self.io.out, &row);
         backend::write_command_complete(&mut self.io.out, "SELECT 1");
-        self.io.push_ready(self.status);
+        self.io.push_ready(self.txn.status());
     }
 }
 

@@ -26,7 +26,8 @@ use crate::relay::Flow;
 use crate::replies::{Expect, ReplyQueue};
 use crate::routing::Target;
 use crate::routing_state::RoutingState;
-use crate::session_state::{SessionEffect, SessionState};
+use crate::session_state::SessionState;
+use crate::txn::TxnState;
 use crate::{SessionError, Shared};
 use shardgate_wire::stream::Stream;
 
@@ -67,8 +68,6 @@ pub struct Session {
     /// Counts the current attachment as a query running on its host (for balancing) and the
     /// client as active.
     query_guard: Option<(QueryGuard, CountGuard)>,
-    /// The deferred BEGIN opens a read-only transaction.
-    pub(crate) deferred_read_only: bool,
     /// Read-your-writes is on for this client.
     pub(crate) read_your_writes: bool,
     /// Per shard: the primary's WAL position after this client's last write there; a replica
@@ -80,9 +79,6 @@ pub struct Session {
     pub(crate) last_statement: Option<Frame>,
     /// Routing hints and roles, and the statement texts Binds are routed by.
     pub(crate) routing: RoutingState,
-    /// A BEGIN answered by the proxy, sent to the server once the transaction's first
-    /// statement says which shard it belongs to.
-    pub(crate) deferred_begin: Option<String>,
     /// The start of the client's next batch, read while the server connection was still
     /// finishing the previous one, held back because it belongs to another shard.
     pub(crate) parked: Vec<Frame>,
@@ -98,15 +94,12 @@ pub struct Session {
     /// Session state that cannot follow the client to another connection keeps it here.
     pub(crate) pin: Pin,
     pub(crate) state: SessionState,
-    /// Session effects seen in the current transaction, applied when it commits.
-    pub(crate) pending_effects: Vec<SessionEffect>,
-    pub(crate) transaction_error: bool,
-    pub(crate) saw_rollback: bool,
     /// The replies the client is owed, in order, and whether its messages up to the next
     /// Sync are dropped.
     pub(crate) replies: ReplyQueue,
-    /// Transaction status as last reported to the client.
-    pub(crate) status: TransactionStatus,
+    /// The transaction as reported to the client: status, a deferred BEGIN, pending
+    /// session effects.
+    pub(crate) txn: TxnState,
     /// Bytes for the server, written at the next flush point.
     pub(crate) to_server: BytesMut,
     pub(crate) cancel: CancelSlot,
@@ -226,13 +219,11 @@ impl Session {
             attached_read: false,
             may_have_written: false,
             query_guard: None,
-            deferred_read_only: false,
             read_your_writes,
             read_after: vec![0; shards],
             request_started: None,
             last_statement: None,
             routing: RoutingState::default(),
-            deferred_begin: None,
             parked: Vec::new(),
             fence: Default::default(),
             attached_version: shared.topology_version(),
@@ -240,11 +231,8 @@ impl Session {
             statements: ClientStatements::new(config.pool.prepared_statements_per_client),
             pin: Pin::default(),
             state: SessionState::from_startup(&login.params),
-            pending_effects: Vec::new(),
-            transaction_error: false,
-            saw_rollback: false,
             replies: ReplyQueue::default(),
-            status: TransactionStatus::Idle,
+            txn: TxnState::default(),
             to_server: BytesMut::with_capacity(1024),
             cancel,
             cancel_key: (pid, secret),
@@ -341,7 +329,7 @@ impl Session {
                             self.query_guard = Some((guard, active));
                             self.attached_version = version;
                             if self.releases_at_idle() {
-                                self.fence.arm(&batch, self.status, version);
+                                self.fence.arm(&batch, self.txn.status(), version);
                             }
                             (s, batch)
                         }
@@ -422,14 +410,14 @@ impl Session {
             if self.replies.skipping() {
                 if frame.tag() == frontend::SYNC {
                     self.replies.stop_skipping();
-                    self.io.push_ready(self.status);
+                    self.io.push_ready(self.txn.status());
                 }
                 continue;
             }
             match frame.tag() {
                 frontend::TERMINATE => return Ok(None),
                 // Nothing pending: a lone Sync is answered here without a server.
-                frontend::SYNC if batch.is_empty() => self.io.push_ready(self.status),
+                frontend::SYNC if batch.is_empty() => self.io.push_ready(self.txn.status()),
                 // Parses of statements a server already accepted need no server connection.
                 frontend::SYNC if self.answer_parses_locally(&batch) => {
                     batch.clear();
@@ -475,7 +463,7 @@ impl Session {
         self.io.push_error(code, msg, hint);
         match batch.last().map(|f| f.tag()) {
             Some(frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC) => {
-                self.io.push_ready(self.status)
+                self.io.push_ready(self.txn.status())
             }
             _ => self.replies.skip_rest_of_batch(),
         }
@@ -545,11 +533,11 @@ impl Session {
             } else {
                 self.io.flush_if_large().await?;
             }
-            let idle = self.replies.is_empty() && self.status == TransactionStatus::Idle;
+            let idle = self.replies.is_empty() && self.txn.is_idle();
             let deadline = if timed {
                 clock.observe(
                     !self.replies.is_empty(),
-                    self.status != TransactionStatus::Idle,
+                    !self.txn.is_idle(),
                     std::time::Instant::now(),
                 );
                 clock.next(&timeouts)
@@ -593,7 +581,7 @@ impl Session {
                         && !self.pin.is_pinned()
                         && !copy_message
                         && (self.at_request_boundary || !lookahead.is_empty())
-                        && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
+                        && (self.txn.is_idle() || self.txn.has_deferred_begin())
                         && !self.replies.in_copy_in()
                         && !self.replies.refusing();
                     let frames = if starts_batch {
