@@ -17,12 +17,11 @@ impl Session {
         let generation = self.shared.generation();
         if generation != self.pools_generation {
             // A reload or a new shard map replaced pools (or hosts): forget the ones cached
-            // here. Read-your-writes positions follow the shard count (an added shard comes
-            // last, so the others keep their positions).
+            // here. Read-your-writes positions follow the shard count.
             self.pools.clear();
             self.pools_generation = generation;
             let shards = self.shared.topo().router.shard_names().len();
-            self.read_after.resize(shards, 0);
+            self.read_your_writes.follow_shard_count(shards);
         }
         let at = (self.shard, self.host);
         if let Some(p) = self.pools.get(&at) {

@@ -74,7 +74,7 @@ impl Session {
             }
         }
         // A broadcast's read-your-writes positions are taken per shard below.
-        self.may_have_written = false;
+        self.read_your_writes.set_may_have_written(false);
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
         let broken = {

@@ -20,6 +20,7 @@ mod login;
 mod pinning;
 mod pool_retire;
 mod prepared;
+mod read_your_writes;
 mod relay;
 mod reload;
 mod replicas;

@@ -22,6 +22,7 @@ use crate::limits::CapSlot;
 use crate::login::{login, Login};
 use crate::pinning::Pin;
 use crate::prepared::ClientStatements;
+use crate::read_your_writes::ReadYourWrites;
 use crate::relay::Flow;
 use crate::replies::{Expect, ReplyQueue};
 use crate::routing::Target;
@@ -62,17 +63,11 @@ pub struct Session {
     /// The current attachment was taken for reads only (on a replica, or the primary when
     /// none was eligible).
     pub(crate) attached_read: bool,
-    /// The current attachment is on a primary for statements that may write: read-your-writes
-    /// takes the WAL position when it ends.
-    pub(crate) may_have_written: bool,
     /// Counts the current attachment as a query running on its host (for balancing) and the
     /// client as active.
     query_guard: Option<(QueryGuard, CountGuard)>,
-    /// Read-your-writes is on for this client.
-    pub(crate) read_your_writes: bool,
-    /// Per shard: the primary's WAL position after this client's last write there; a replica
-    /// serves its reads only once it has replayed that far.
-    pub(crate) read_after: Vec<u64>,
+    /// Read-your-writes: per shard, the WAL position this client's reads must see.
+    pub(crate) read_your_writes: ReadYourWrites,
     /// When the running request's first message was forwarded (for metrics and the
     /// slow-query log), and its Query or Bind.
     pub(crate) request_started: Option<std::time::Instant>,
@@ -217,10 +212,8 @@ impl Session {
             shard: shared.topo().router.default_shard(),
             host: HostChoice::Primary,
             attached_read: false,
-            may_have_written: false,
             query_guard: None,
-            read_your_writes,
-            read_after: vec![0; shards],
+            read_your_writes: ReadYourWrites::new(read_your_writes, shards),
             request_started: None,
             last_statement: None,
             routing: RoutingState::default(),
