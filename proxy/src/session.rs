@@ -2,13 +2,12 @@
 //! alternates between waiting with no server connection (detached) and forwarding while holding
 //! one (attached).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use shardgate_config::PoolMode;
-use shardgate_pool::{HostChoice, PooledConn, QueryGuard, ServerPool};
+use shardgate_pool::{HostChoice, PooledConn, QueryGuard};
 use shardgate_router::ShardIndex;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
@@ -16,6 +15,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::cancel::CancelSlot;
+use crate::checkout::PoolCache;
 use crate::control::CountGuard;
 use crate::io::ClientIo;
 use crate::limits::CapSlot;
@@ -28,6 +28,7 @@ use crate::replies::{Expect, ReplyQueue};
 use crate::routing::Target;
 use crate::routing_state::RoutingState;
 use crate::session_state::SessionState;
+use crate::stats::RequestTimer;
 use crate::txn::TxnState;
 use crate::{SessionError, Shared};
 use shardgate_wire::stream::Stream;
@@ -54,9 +55,7 @@ pub struct Session {
     pub(crate) database: String,
     pub(crate) user: shardgate_config::User,
     /// Server pools by shard and host, created on first use.
-    pub(crate) pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
-    /// The reload generation `pools` belongs to.
-    pub(crate) pools_generation: u64,
+    pub(crate) pools: PoolCache,
     /// The shard and host of the current (or last) server connection.
     pub(crate) shard: ShardIndex,
     pub(crate) host: HostChoice,
@@ -68,10 +67,8 @@ pub struct Session {
     query_guard: Option<(QueryGuard, CountGuard)>,
     /// Read-your-writes: per shard, the WAL position this client's reads must see.
     pub(crate) read_your_writes: ReadYourWrites,
-    /// When the running request's first message was forwarded (for metrics and the
-    /// slow-query log), and its Query or Bind.
-    pub(crate) request_started: Option<std::time::Instant>,
-    pub(crate) last_statement: Option<Frame>,
+    /// The running request's start and statement (for metrics and the slow-query log).
+    pub(crate) request: RequestTimer,
     /// Routing hints and roles, and the statement texts Binds are routed by.
     pub(crate) routing: RoutingState,
     /// The start of the client's next batch, read while the server connection was still
@@ -207,15 +204,13 @@ impl Session {
             mode,
             database: login.database,
             user: login.user,
-            pools: HashMap::new(),
-            pools_generation: shared.generation(),
+            pools: PoolCache::new(shared.generation()),
             shard: shared.topo().router.default_shard(),
             host: HostChoice::Primary,
             attached_read: false,
             query_guard: None,
             read_your_writes: ReadYourWrites::new(read_your_writes, shards),
-            request_started: None,
-            last_statement: None,
+            request: RequestTimer::default(),
             routing: RoutingState::default(),
             parked: Vec::new(),
             fence: Default::default(),
