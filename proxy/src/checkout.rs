@@ -3,7 +3,12 @@
 //! the replay of the client's session settings on it, and the error a client gets when none
 //! can be had.
 
-use shardgate_pool::{CheckoutError, PoolKey, PooledConn, ServerConn, ServerError, ServerPool};
+use std::collections::HashMap;
+
+use shardgate_pool::{
+    CheckoutError, HostChoice, PoolKey, PooledConn, ServerConn, ServerError, ServerPool,
+};
+use shardgate_router::ShardIndex;
 use shardgate_wire::{backend, sqlstate};
 use tracing::debug;
 
@@ -11,21 +16,58 @@ use crate::cancel::CancelTarget;
 use crate::control::CountGuard;
 use crate::session::Session;
 
+/// A session's server pools by shard and host, created on first use and valid for one
+/// reload generation (a reload or a new shard map may replace pools or hosts).
+#[derive(Debug)]
+pub(crate) struct PoolCache {
+    pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
+    /// The reload generation `pools` belongs to.
+    generation: u64,
+}
+
+impl PoolCache {
+    pub(crate) fn new(generation: u64) -> PoolCache {
+        PoolCache {
+            pools: HashMap::new(),
+            generation,
+        }
+    }
+
+    /// Forgets every pool when `generation` is not the cache's; returns whether it did.
+    fn refresh(&mut self, generation: u64) -> bool {
+        if generation == self.generation {
+            return false;
+        }
+        self.pools.clear();
+        self.generation = generation;
+        true
+    }
+
+    fn get(&self, at: (ShardIndex, HostChoice)) -> Option<&ServerPool> {
+        self.pools.get(&at)
+    }
+
+    fn insert(&mut self, at: (ShardIndex, HostChoice), pool: ServerPool) {
+        self.pools.insert(at, pool);
+    }
+
+    /// Drops the pool with `key` (its server refused it).
+    pub(crate) fn forget(&mut self, key: &PoolKey) {
+        self.pools.retain(|_, p| p.key() != key);
+    }
+}
+
 impl Session {
     /// The server pool of the current shard and host, created on first use.
     pub(crate) fn pool(&mut self) -> ServerPool {
-        let generation = self.shared.generation();
-        if generation != self.pools_generation {
-            // A reload or a new shard map replaced pools (or hosts): forget the ones cached
-            // here. Read-your-writes positions follow the shard count (an added shard comes
-            // last, so the others keep their positions).
-            self.pools.clear();
-            self.pools_generation = generation;
+        if self.pools.refresh(self.shared.generation()) {
+            // A reload or a new shard map replaced pools (or hosts). Read-your-writes
+            // positions follow the shard count.
             let shards = self.shared.topo().router.shard_names().len();
-            self.read_after.resize(shards, 0);
+            self.read_your_writes.follow_shard_count(shards);
         }
         let at = (self.shard, self.host);
-        if let Some(p) = self.pools.get(&at) {
+        if let Some(p) = self.pools.get(at) {
             return p.clone();
         }
         let (role, host) = self.shared.host_of(self.shard, self.host);

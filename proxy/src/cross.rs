@@ -28,7 +28,7 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     ) -> Result<(), SessionError> {
-        let refusal = if self.status != TransactionStatus::Idle || self.deferred_begin.is_some() {
+        let refusal = if !self.txn.is_idle() || self.txn.has_deferred_begin() {
             Some(feature_error(
                 "a statement on several shards cannot run inside a transaction".into(),
                 "run it outside the transaction, or restrict it to one shard with its shard key",
@@ -74,7 +74,7 @@ impl Session {
             }
         }
         // A broadcast's read-your-writes positions are taken per shard below.
-        self.may_have_written = false;
+        self.read_your_writes.set_may_have_written(false);
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
         let broken = {
@@ -181,7 +181,8 @@ impl Session {
                         let stmt = self.intern_statement(p.query, &p.param_types);
                         self.statements.insert(p.name.to_owned(), stmt);
                     } else {
-                        self.unnamed = Some((text.clone(), p.param_types.clone()));
+                        self.routing
+                            .set_unnamed(text.clone(), p.param_types.clone());
                     }
                     statement = Some((text, p.param_types.clone()));
                     client_sent_parse = true;
@@ -193,7 +194,7 @@ impl Session {
                     let b = frontend::bind(frame).map_err(bad)?;
                     if statement.is_none() {
                         statement = if b.statement.is_empty() {
-                            self.unnamed.clone()
+                            self.routing.unnamed().cloned()
                         } else {
                             self.statements
                                 .get(b.statement)

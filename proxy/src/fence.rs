@@ -108,7 +108,7 @@ impl Session {
             // The client already sent more (pipelined): its statement cannot be re-run ahead
             // of those invisibly, so it gets the retryable error in its place.
             write_retryable(&mut self.io.out, "the key is being moved by a rebalance");
-            self.io.push_ready(self.status);
+            self.io.push_ready(self.txn.status());
             return;
         }
         if self.shared.wait_for_newer(version, wait).await {
@@ -124,7 +124,7 @@ impl Session {
                     "the key is being moved by a rebalance (no new shard map within {wait:?})"
                 ),
             );
-            self.io.push_ready(self.status);
+            self.io.push_ready(self.txn.status());
         }
     }
 }

@@ -86,7 +86,7 @@ impl Session {
                 }
             }
         }
-        self.may_have_written = false;
+        self.read_your_writes.set_may_have_written(false);
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let coordinator_name = self.shard_name(coordinator);
         let config = self.shared.config();

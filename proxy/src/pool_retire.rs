@@ -21,7 +21,7 @@ impl Session {
         if !refuses_the_pool(&failure.code) {
             return;
         }
-        self.pools.retain(|_, p| p.key() != pool.key());
+        self.pools.forget(pool.key());
         if self.shared.pools.remove(pool.key()).is_some() {
             tracing::debug!(pool = %pool.name(), code = %failure.code, "pool retired: the server refused it");
             metrics::counter!("shardgate_pools_retired_total").increment(1);

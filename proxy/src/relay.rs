@@ -10,58 +10,18 @@ use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 
 use crate::prepared::GlobalStatement;
+use crate::replies::{Expect, Synth};
 use crate::session::Session;
 use crate::session_state::session_effects;
+use crate::txn::Settled;
 use crate::SessionError;
 use shardgate_router::RouteError;
 
-/// A reply the session is waiting for, in the order the server will send them.
-#[derive(Debug)]
-pub enum Expect {
-    /// ParseComplete for a Parse; forwarded to the client unless the proxy injected the Parse.
-    /// `global` is the statement, so a failed Parse can be forgotten and an accepted one
-    /// marked as such.
-    Parse {
-        global: Option<Arc<GlobalStatement>>,
-        to_client: bool,
-    },
-    /// BindComplete; `global` is the client's named statement, if it has one.
-    Bind {
-        global: Option<Arc<GlobalStatement>>,
-    },
-    /// ParameterDescription then RowDescription/NoData.
-    DescribeStatement,
-    /// RowDescription/NoData.
-    DescribePortal,
-    /// Rows, then CommandComplete, PortalSuspended or EmptyQueryResponse.
-    Execute,
-    /// CloseComplete; forwarded unless the proxy closed an evicted statement.
-    Close {
-        to_client: bool,
-    },
-    Sync,
-    /// A simple query or function call: everything up to ReadyForQuery.
-    Query,
-    /// A reply the proxy writes itself when every earlier reply has been delivered.
-    Synth(Synth),
-    /// Replies to a statement the proxy sent for itself (a deferred BEGIN): none reach the
-    /// client, up to and including its ReadyForQuery.
-    Swallow,
-}
-
-#[derive(Debug, Clone)]
-pub enum Synth {
-    ParseComplete,
-    CloseComplete,
-    /// An error the proxy raised for a statement it did not forward.
-    Error(Box<RouteError>),
-    /// ReadyForQuery after such an error in a simple Query (status as of then).
-    Ready,
-}
-
-/// What the session loop should do after a message.
+/// What the session loop should do after one client or server message (how a whole
+/// attachment ends is `session::Detach`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
+    /// Go on relaying.
     Continue,
     /// The transaction ended and nothing is outstanding: give the server connection back.
     Release,
@@ -73,9 +33,8 @@ pub enum Flow {
 
 impl Session {
     pub(crate) fn push_expect(&mut self, e: Expect) {
-        match e {
-            Expect::Synth(s) if self.expect.is_empty() => self.emit_synth(s),
-            e => self.expect.push_back(e),
+        if let Some(s) = self.replies.push(e) {
+            self.emit_synth(s);
         }
     }
 
@@ -84,15 +43,13 @@ impl Session {
             Synth::ParseComplete => backend::write_parse_complete(&mut self.io.out),
             Synth::CloseComplete => backend::write_close_complete(&mut self.io.out),
             Synth::Error(e) => self.io.push_error(e.code, &e.message, e.hint.as_deref()),
-            Synth::Ready => self.io.push_ready(self.status),
+            Synth::Ready => self.io.push_ready(self.txn.status()),
         }
     }
 
     fn drain_synth(&mut self) {
-        while matches!(self.expect.front(), Some(Expect::Synth(_))) {
-            if let Some(Expect::Synth(s)) = self.expect.pop_front() {
-                self.emit_synth(s);
-            }
+        while let Some(s) = self.replies.pop_synth() {
+            self.emit_synth(s);
         }
     }
 
@@ -103,7 +60,7 @@ impl Session {
         if simple {
             self.push_expect(Expect::Synth(Synth::Ready));
         } else {
-            self.refuse_until_sync = true;
+            self.replies.refuse_rest_of_batch();
         }
     }
 
@@ -163,11 +120,11 @@ impl Session {
             parsed.push((parse.name.to_owned(), stmt.effects.clone(), stmt));
         }
         for (name, effects, stmt) in parsed {
-            self.pending_effects.extend(effects);
+            self.txn.note_effects(effects);
             self.statements.insert(name, stmt);
             backend::write_parse_complete(&mut self.io.out);
         }
-        self.io.push_ready(self.status);
+        self.io.push_ready(self.txn.status());
         true
     }
 
@@ -181,12 +138,9 @@ impl Session {
         server: &mut ServerConn,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
-        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.expect.front(), "client message");
-        if self.refuse_until_sync {
-            if frame.tag() != frontend::SYNC {
-                return Ok(Flow::Continue);
-            }
-            self.refuse_until_sync = false;
+        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.replies.front(), "client message");
+        if !self.replies.admits(frame.tag()) {
+            return Ok(Flow::Continue);
         }
         self.note_request_message(&frame);
         if matches!(
@@ -219,7 +173,7 @@ impl Session {
                         }
                     }
                     let effects = session_effects(&sql);
-                    self.pending_effects.extend(effects);
+                    self.txn.note_effects(effects);
                 }
                 self.to_server.extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
@@ -239,7 +193,7 @@ impl Session {
                         }
                     }
                     let effects = session_effects(&sql);
-                    self.pending_effects.extend(effects);
+                    self.txn.note_effects(effects);
                 }
                 if parse.name.is_empty() {
                     self.to_server.extend_from_slice(frame.as_bytes());
@@ -268,7 +222,7 @@ impl Session {
                             return Ok(Flow::Continue);
                         }
                     }
-                    self.pending_effects.extend(stmt.effects.iter().cloned());
+                    self.txn.note_effects(stmt.effects.iter().cloned());
                 }
                 match &global {
                     Some(stmt) => {
@@ -321,7 +275,7 @@ impl Session {
                 self.to_server.extend_from_slice(frame.as_bytes());
                 // The server ignores a Sync during COPY FROM STDIN (tokio-postgres sends one
                 // right after the Execute that starts the COPY): nothing will answer it.
-                if !self.copy_in {
+                if !self.replies.in_copy_in() {
                     self.push_expect(Expect::Sync);
                 }
             }
@@ -331,7 +285,7 @@ impl Session {
             }
             frontend::FLUSH | frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
                 if matches!(frame.tag(), frontend::COPY_DONE | frontend::COPY_FAIL) {
-                    self.copy_in = false;
+                    self.replies.end_copy_in();
                 }
                 self.to_server.extend_from_slice(frame.as_bytes());
             }
@@ -352,21 +306,21 @@ impl Session {
         server: &mut ServerConn,
         frame: Frame,
     ) -> Result<Flow, SessionError> {
-        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.expect.front(), "server message");
+        tracing::trace!(tag = %(frame.tag() as char), expect = ?self.replies.front(), "server message");
         let mut forward = true;
         let mut flow = Flow::Continue;
-        if matches!(self.expect.front(), Some(Expect::Swallow)) && !server.is_broken() {
+        if matches!(self.replies.front(), Some(Expect::Swallow)) && !server.is_broken() {
             // The replies to a BEGIN the proxy answered earlier itself.
             if frame.tag() == backend::READY_FOR_QUERY {
-                self.expect.pop_front();
+                self.replies.pop_front();
                 let status = backend::ready_for_query_status(&frame)
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 server.set_status(status);
-                if self.deferred_begin.is_none() {
-                    self.status = status;
+                if !self.txn.has_deferred_begin() {
+                    self.txn.set_status(status);
                 }
                 if status == TransactionStatus::Idle
-                    && self.expect.is_empty()
+                    && self.replies.is_empty()
                     && self.releases_at_idle()
                 {
                     // The proxy's own Sync before a parked batch moves to another connection.
@@ -389,19 +343,17 @@ impl Session {
                         fields.message, fields.code
                     )));
                 }
-                self.transaction_error = true;
+                self.txn.note_error();
                 if let Ok(fields) = backend::error_fields(&frame) {
                     crate::stats::count_error(&fields.code);
                 }
                 if crate::fence::is_fence(&frame) {
                     // Held for a retry on the new shard map, or already rewritten to 40001.
-                    let only_query = self.expect.len() == 1
-                        && matches!(self.expect.front(), Some(Expect::Query))
-                        && self.parked.is_empty();
+                    let only_query = self.replies.only_query() && self.parked.is_empty();
                     self.on_fence_error(&frame, only_query);
                     forward = false;
                 }
-                if let Some(Expect::Bind { global: Some(stmt) }) = self.expect.front() {
+                if let Some(Expect::Bind { global: Some(stmt) }) = self.replies.front() {
                     // A schema change made this statement's plan unusable on this server
                     // connection (and likely on others). A client answers by preparing it
                     // again, which must give a fresh plan: future Parses of the text get a new
@@ -412,26 +364,14 @@ impl Session {
                         self.shared.statements.retire(stmt);
                     }
                 }
-                self.copy_in = false;
-                if !matches!(self.expect.front(), Some(Expect::Query)) {
+                self.replies.end_copy_in();
+                if !matches!(self.replies.front(), Some(Expect::Query)) {
                     // Extended protocol: the server skips everything up to the next Sync, so
-                    // nothing is coming for those messages (nor for what we would synthesise).
-                    while let Some(e) = self.expect.front() {
-                        if matches!(e, Expect::Sync) {
-                            break;
-                        }
-                        if let Some(Expect::Parse {
-                            global: Some(stmt), ..
-                        }) = self.expect.pop_front()
-                        {
-                            server.prepared().remove(&stmt.name);
-                        }
-                    }
-                    // The client's Sync has not come yet: what it sends until then is skipped
-                    // by the server, so it must not queue replies (nor get synthesised ones).
-                    if self.expect.is_empty() {
-                        self.refuse_until_sync = true;
-                    }
+                    // nothing is coming for those messages (nor for what we would synthesise);
+                    // the client's messages until its Sync must not queue replies either.
+                    self.replies.skip_to_sync(|stmt| {
+                        server.prepared().remove(&stmt.name);
+                    });
                 }
             }
             backend::READY_FOR_QUERY => {
@@ -439,37 +379,31 @@ impl Session {
                     .map_err(|e| SessionError::Server(e.to_string()))?;
                 // The statement that hit a fence runs again; its own ReadyForQuery will answer.
                 forward = !self.fence.has_pending();
-                self.expect.pop_front();
+                self.replies.pop_front();
                 self.note_request_done();
-                self.copy_in = false;
+                self.replies.end_copy_in();
                 server.set_status(status);
-                self.status = status;
-                if status == TransactionStatus::Idle && self.deferred_begin.is_some() {
+                self.txn.set_status(status);
+                if status == TransactionStatus::Idle && self.txn.has_deferred_begin() {
                     // Statements were only prepared while the client's BEGIN waits for the
                     // statement that says where the transaction goes: it is still open for the
                     // client.
                     forward = false;
-                    self.status = TransactionStatus::InTransaction;
-                    self.io.push_ready(self.status);
+                    self.txn.set_status(TransactionStatus::InTransaction);
+                    self.io.push_ready(self.txn.status());
                 } else if status == TransactionStatus::Idle {
-                    self.local_hint = None;
-                    self.local_role = None;
+                    self.routing.end_transaction();
                     self.end_of_transaction(server);
-                    if self.expect.is_empty() && self.releases_at_idle() {
+                    if self.replies.is_empty() && self.releases_at_idle() {
                         flow = Flow::Release;
                     }
                 }
             }
             backend::COPY_IN_RESPONSE => {
-                // Syncs the client sent after the Execute (or Query) that started this COPY,
-                // before ending it, are ignored by the server: expect no ReadyForQuery for them.
-                self.copy_in = true;
-                while matches!(self.expect.get(1), Some(Expect::Sync)) {
-                    self.expect.remove(1);
-                }
+                self.replies.start_copy_in();
             }
             backend::PARSE_COMPLETE => {
-                if let Some(Expect::Parse { to_client, global }) = self.expect.pop_front() {
+                if let Some(Expect::Parse { to_client, global }) = self.replies.pop_front() {
                     forward = to_client;
                     if let Some(stmt) = global {
                         stmt.mark_accepted();
@@ -477,41 +411,34 @@ impl Session {
                 }
             }
             backend::CLOSE_COMPLETE => {
-                if let Some(Expect::Close { to_client }) = self.expect.pop_front() {
+                if let Some(Expect::Close { to_client }) = self.replies.pop_front() {
                     forward = to_client;
                 }
             }
             backend::BIND_COMPLETE | backend::NO_DATA | backend::PORTAL_SUSPENDED => {
-                self.pop_unless_query();
+                self.replies.pop_unless_query();
             }
             backend::ROW_DESCRIPTION => {
                 if matches!(
-                    self.expect.front(),
+                    self.replies.front(),
                     Some(Expect::DescribeStatement | Expect::DescribePortal)
                 ) {
-                    self.expect.pop_front();
+                    self.replies.pop_front();
                 }
             }
             backend::COMMAND_COMPLETE => {
-                if !self.pending_effects.is_empty() && frame.body().starts_with(b"ROLLBACK") {
-                    self.saw_rollback = true;
-                }
+                self.txn.note_command_complete(frame.body());
                 // DEALLOCATE ALL / DISCARD ALL take effect at once and survive a rollback: the
                 // server connection lost every statement, except Parses queued after this one.
                 if frame.body() == b"DEALLOCATE ALL\0" || frame.body() == b"DISCARD ALL\0" {
                     server.prepared().clear();
-                    for e in &self.expect {
-                        if let Expect::Parse {
-                            global: Some(stmt), ..
-                        } = e
-                        {
-                            server.prepared().insert(stmt.name.clone());
-                        }
+                    for stmt in self.replies.queued_parses() {
+                        server.prepared().insert(stmt.name.clone());
                     }
                 }
-                self.pop_unless_query();
+                self.replies.pop_unless_query();
             }
-            backend::EMPTY_QUERY_RESPONSE => self.pop_unless_query(),
+            backend::EMPTY_QUERY_RESPONSE => self.replies.pop_unless_query(),
             backend::PARAMETER_STATUS => {
                 if let Ok((name, value)) = backend::parameter_status(&frame) {
                     self.note_parameter(&[(name.to_owned(), value.to_owned())]);
@@ -529,7 +456,7 @@ impl Session {
         if flow == Flow::Continue
             && frame.tag() == backend::READY_FOR_QUERY
             && server.status() == TransactionStatus::Idle
-            && self.expect.is_empty()
+            && self.replies.is_empty()
             && self.releases_at_idle()
         {
             flow = Flow::Release;
@@ -537,18 +464,11 @@ impl Session {
         Ok(flow)
     }
 
-    fn pop_unless_query(&mut self) {
-        if !matches!(self.expect.front(), Some(Expect::Query) | None) {
-            self.expect.pop_front();
-        }
-    }
-
     /// At ReadyForQuery `I`: session effects of a transaction that committed become the
     /// client's state (and the server's); those of one that failed or rolled back are dropped.
     fn end_of_transaction(&mut self, server: &mut ServerConn) {
-        if !self.pending_effects.is_empty() {
-            let effects = std::mem::take(&mut self.pending_effects);
-            if !self.transaction_error && !self.saw_rollback {
+        if let Some(Settled { effects, committed }) = self.txn.settle() {
+            if committed {
                 // (Prepared statements dropped by DEALLOCATE/DISCARD ALL were forgotten at its
                 // CommandComplete: they are gone even if the transaction rolls back.)
                 self.state.apply(&effects);
@@ -566,8 +486,6 @@ impl Session {
                 server.set_session_fingerprint(u64::MAX);
             }
         }
-        self.transaction_error = false;
-        self.saw_rollback = false;
     }
 
     /// The server connection broke while attached: tell the client, keep it if it was not
@@ -580,22 +498,12 @@ impl Session {
         // Every request the client is waiting for (one per Sync or Query) gets an answer, or
         // the client waits forever; messages after the last Sync are skipped up to the next
         // one, as after any error.
-        let requests = self
-            .expect
-            .iter()
-            .filter(|e| matches!(e, Expect::Sync | Expect::Query))
-            .count();
-        let unfinished_batch = !matches!(
-            self.expect.back(),
-            None | Some(Expect::Sync | Expect::Query)
-        );
-        self.expect.clear();
-        self.copy_in = false;
-        self.pending_effects.clear();
-        if self.status != TransactionStatus::Idle || self.mode_is_session() {
+        let abandoned = self.replies.abandon();
+        self.txn.abandon_effects();
+        if !self.txn.is_idle() || self.mode_is_session() {
             return Err(SessionError::ServerLost(msg));
         }
-        for _ in 0..requests {
+        for _ in 0..abandoned.requests {
             self.io.push_error(
                 sqlstate::CONNECTION_FAILURE,
                 &msg,
@@ -603,10 +511,8 @@ impl Session {
             );
             self.io.push_ready(TransactionStatus::Idle);
         }
-        // (Also when an error already made the server skip to a Sync the client has not sent:
-        // the next connection must not see the rest of that batch.)
-        if unfinished_batch || std::mem::take(&mut self.refuse_until_sync) {
-            self.skip_until_sync = true;
+        if abandoned.unfinished_batch {
+            self.replies.skip_rest_of_batch();
         }
         Ok(())
     }

@@ -38,8 +38,7 @@ impl Session {
     /// The role a hint or `SET shardgate.role` forces for a statement, if any.
     fn forced_role(&self, plan: Option<&Plan>) -> Option<RoleHint> {
         plan.and_then(|p| p.role_hint)
-            .or(self.local_role)
-            .or(self.session_role)
+            .or(self.routing.role())
             .filter(|r| *r != RoleHint::Auto)
     }
 
@@ -71,9 +70,8 @@ impl Session {
         if !self.shared.topo().reads_can_leave_primary || self.mode_is_session() {
             return primary_write;
         }
-        if self.deferred_begin.is_some() {
+        if let Some(read_only) = self.txn.deferred_read_only() {
             // A transaction the proxy deferred: its BEGIN says whether it only reads.
-            let read_only = self.deferred_read_only;
             let read = match self.forced_role(None) {
                 Some(RoleHint::Primary) => false,
                 Some(_) => true,
@@ -84,7 +82,7 @@ impl Session {
                 may_write: !read_only,
             };
         }
-        if self.status != TransactionStatus::Idle || self.batch_pins(batch).is_some() {
+        if !self.txn.is_idle() || self.batch_pins(batch).is_some() {
             // A session pinned by this batch stays on its connection: it must be the primary.
             return primary_write;
         }
@@ -135,7 +133,7 @@ impl Session {
     pub(crate) fn bound_statement_text(&self, frame: &Frame) -> Option<String> {
         let bind = frontend::bind(frame).ok()?;
         if bind.statement.is_empty() {
-            self.unnamed.as_ref().map(|(t, _)| t.clone())
+            self.routing.unnamed().map(|(t, _)| t.clone())
         } else {
             self.statements
                 .peek(bind.statement)
@@ -165,7 +163,7 @@ impl Session {
         let mut tried: Vec<HostChoice> = Vec::new();
         loop {
             let choice = if read {
-                let mut min_lsn = self.read_after.get(shard).copied().unwrap_or(0);
+                let mut min_lsn = self.read_your_writes.read_after(shard);
                 if min_lsn > 0 && !health.primary.is_up() {
                     // Read-your-writes would send this read to a primary that is down: serve
                     // it from a replica rather than fail it (availability over freshness).
@@ -196,7 +194,7 @@ impl Session {
                     Some("check that the shard's servers are up"),
                 ));
             }
-            debug!(shard = %health.name, read, ?choice, min_lsn = self.read_after.get(shard).copied().unwrap_or(0), "server chosen");
+            debug!(shard = %health.name, read, ?choice, min_lsn = self.read_your_writes.read_after(shard), "server chosen");
             self.host = choice;
             let Some(host) = health.host(choice).cloned() else {
                 return Err(CheckoutFailure::new(
@@ -208,7 +206,8 @@ impl Session {
             match self.checkout(false).await {
                 Ok((conn, _)) => {
                     self.attached_read = read;
-                    self.may_have_written = may_write && !read && choice == HostChoice::Primary;
+                    self.read_your_writes
+                        .set_may_have_written(may_write && !read && choice == HostChoice::Primary);
                     return Ok((conn, host.start_query()));
                 }
                 Err(failure) if failure.is_connect_error() => {
@@ -229,7 +228,7 @@ impl Session {
     /// Before a primary connection that served writes goes back to the pool: remember the
     /// WAL position the client's later reads must see on a replica.
     pub(crate) async fn remember_write_position(&mut self, server: &mut PooledConn) {
-        if !std::mem::take(&mut self.may_have_written) {
+        if !self.read_your_writes.take_may_have_written() {
             return;
         }
         self.remember_write_position_on(self.shard, server).await;
@@ -242,7 +241,7 @@ impl Session {
         shard: ShardIndex,
         server: &mut PooledConn,
     ) {
-        if !self.read_your_writes
+        if !self.read_your_writes.enabled()
             || server.is_broken()
             || server.status() != TransactionStatus::Idle
         {
@@ -263,17 +262,15 @@ impl Session {
             Ok(Some(v)) => {
                 // numeric text, e.g. "50331944"
                 let lsn = v.split('.').next().and_then(|d| d.parse::<u64>().ok());
-                if let (Some(lsn), Some(slot)) = (lsn, self.read_after.get_mut(shard)) {
-                    *slot = (*slot).max(lsn);
+                if let Some(lsn) = lsn {
+                    self.read_your_writes.wrote_at(shard, lsn);
                 }
             }
             Ok(None) => {}
             Err(e) => {
                 // Without the position, reads on this shard stay on the primary.
                 warn!(shard = shard, error = %e, "could not read the WAL position after a write");
-                if let Some(slot) = self.read_after.get_mut(shard) {
-                    *slot = u64::MAX;
-                }
+                self.read_your_writes.position_unknown(shard);
                 server.mark_broken();
             }
         }

@@ -46,17 +46,10 @@ pub(crate) fn feature_error(message: String, hint: &str) -> RouteError {
     }
 }
 
-/// Named Parses remembered while routing one batch (a batch rarely has more than a few).
-const MAX_BATCH_PARSES: usize = 64;
-
 impl Session {
     /// A proxy whose lease on the topology ran out routes nothing (see `topology::Lease`).
     fn check_lease(&self) -> Result<(), RouteError> {
         self.shared.lease.check()
-    }
-
-    fn hint(&self) -> Option<&Hint> {
-        self.local_hint.as_ref().or(self.session_hint.as_ref())
     }
 
     pub(crate) fn shard_name(&self, shard: ShardIndex) -> String {
@@ -66,33 +59,6 @@ impl Session {
             .shard_names()
             .get(shard)
             .map_or_else(|| "?".to_owned(), String::clone)
-    }
-
-    /// Applies `SET [LOCAL] shardgate.shard_key|shard` statements of a plan to the session.
-    pub(crate) fn observe_shardgate_sets(&mut self, plan: &Plan) {
-        for kind in &plan.statement_kinds {
-            let StatementKind::ShardgateSet(set) = kind else {
-                continue;
-            };
-            if set.name == ShardgateParam::Role {
-                let role = set.value.as_deref().and_then(RoleHint::parse);
-                if set.local {
-                    self.local_role = role;
-                } else {
-                    self.session_role = role;
-                }
-                continue;
-            }
-            let hint = set.value.clone().map(|v| match set.name {
-                ShardgateParam::ShardKey | ShardgateParam::Role => Hint::ShardKey(v),
-                ShardgateParam::Shard => Hint::Shard(v),
-            });
-            if set.local {
-                self.local_hint = hint;
-            } else {
-                self.session_hint = hint;
-            }
-        }
     }
 
     /// The route of one Query or Bind; `None` for other messages.
@@ -107,14 +73,14 @@ impl Session {
                 let topo = self.shared.topo();
                 // By the statement's shape: literals route the shared plan (no parse per value).
                 let query = topo.router.plan_query(&sql);
-                self.observe_shardgate_sets(&query.plan);
-                let (route, plan) = topo.router.route_query(&query, self.hint())?;
+                self.routing.observe_shardgate_sets(&query.plan);
+                let (route, plan) = topo.router.route_query(&query, self.routing.hint())?;
                 Ok(Some((route, plan)))
             }
             frontend::BIND => {
                 let bind = frontend::bind(frame).map_err(protocol_error)?;
                 let (text, types) = if bind.statement.is_empty() {
-                    match &self.unnamed {
+                    match self.routing.unnamed() {
                         Some((t, ty)) => (t.clone(), ty.clone()),
                         // No unnamed statement: the server will say so.
                         None => return Ok(None),
@@ -124,13 +90,8 @@ impl Session {
                         Some(s) => (s.query.clone(), s.param_types.clone()),
                         // Parsed earlier in the batch being routed (JDBC sends Parse and Bind
                         // of a named statement together; a pipelined Parse can be held too).
-                        None => match self
-                            .batch_parses
-                            .iter()
-                            .rev()
-                            .find(|(name, _, _)| name == bind.statement)
-                        {
-                            Some((_, t, ty)) => (t.clone(), ty.clone()),
+                        None => match self.routing.batch_parse(bind.statement) {
+                            Some((t, ty)) => (t.clone(), ty.clone()),
                             None => return Ok(None),
                         },
                     }
@@ -151,7 +112,7 @@ impl Session {
                     .shared
                     .topo()
                     .router
-                    .route(&plan, &bound, self.hint())?;
+                    .route(&plan, &bound, self.routing.hint())?;
                 Ok(Some((route, plan)))
             }
             frontend::PARSE => {
@@ -159,15 +120,12 @@ impl Session {
                 let text = self.sql(parse.query).into_owned();
                 let plan = self.shared.topo().router.plan(&text);
                 if parse.name.is_empty() {
-                    self.unnamed = Some((text, parse.param_types.clone()));
-                } else if self.batch_parses.len() < MAX_BATCH_PARSES {
-                    self.batch_parses.push((
-                        parse.name.to_owned(),
-                        text,
-                        parse.param_types.clone(),
-                    ));
+                    self.routing.set_unnamed(text, parse.param_types.clone());
+                } else {
+                    self.routing
+                        .note_batch_parse(parse.name, text, parse.param_types.clone());
                 }
-                self.observe_shardgate_sets(&plan);
+                self.routing.observe_shardgate_sets(&plan);
                 Ok(None)
             }
             _ => Ok(None),
@@ -181,9 +139,9 @@ impl Session {
         if !self.shared.topo().routing {
             return Ok(Target::Shard(self.shared.topo().router.default_shard()));
         }
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         let target = self.route_batch_frames(batch);
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         target
     }
 
@@ -214,7 +172,7 @@ impl Session {
     /// Whether a batch that arrived while the previous one was still running on the current
     /// server connection (outside a transaction) must go to another shard.
     pub(crate) fn belongs_elsewhere(&mut self, batch: &[Frame]) -> bool {
-        if self.deferred_begin.is_some() {
+        if self.txn.has_deferred_begin() {
             // Only statements were prepared here: the BEGIN goes out with the batch, routed.
             return true;
         }
@@ -238,9 +196,9 @@ impl Session {
         {
             return true;
         }
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         let elsewhere = self.batch_routes_elsewhere(batch);
-        self.batch_parses.clear();
+        self.routing.clear_batch_parses();
         elsewhere
     }
 
@@ -277,11 +235,11 @@ impl Session {
         // every shard has) run where the transaction is.
         if matches!(plan.placement, Placement::Default)
             && plan.hint.is_none()
-            && self.hint().is_none()
+            && self.routing.hint().is_none()
         {
             return Ok(());
         }
-        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.status) {
+        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.txn.status()) {
             // Pinned (see `pinning`): the session's state lives on this shard's connection.
             if self.shared.topology_version() != self.attached_version {
                 return Err(feature_error(
@@ -378,48 +336,41 @@ impl Session {
             StatementKind::ShardgateSet(set)
                 if set.name == ShardgateParam::Role && plan.refusal.is_none() =>
             {
-                self.observe_shardgate_sets(&plan);
+                self.routing.observe_shardgate_sets(&plan);
                 backend::write_command_complete(&mut self.io.out, "SET");
-                self.io.push_ready(self.status);
+                self.io.push_ready(self.txn.status());
                 true
             }
             StatementKind::Begin { read_only }
-                if self.status == TransactionStatus::Idle
+                if self.txn.is_idle()
                     && !self.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
-                self.deferred_begin = Some(text.to_owned());
-                self.deferred_read_only = *read_only;
+                self.txn.defer_begin(text.to_owned(), *read_only);
                 backend::write_command_complete(&mut self.io.out, "BEGIN");
-                self.status = TransactionStatus::InTransaction;
-                self.io.push_ready(self.status);
+                self.io.push_ready(self.txn.status());
                 true
             }
             // `SET TRANSACTION …` right after a deferred BEGIN goes out with it (and a READ
             // ONLY one lets the transaction use a replica).
-            StatementKind::SetTransaction { read_only } => match self.deferred_begin.as_mut() {
-                Some(begin) => {
-                    begin.push_str("; ");
-                    begin.push_str(text);
-                    self.deferred_read_only |= *read_only;
-                    backend::write_command_complete(&mut self.io.out, "SET");
-                    self.io.push_ready(self.status);
-                    true
+            StatementKind::SetTransaction { read_only } => {
+                if !self.txn.extend_deferred_begin(text, *read_only) {
+                    return false;
                 }
-                None => false,
-            },
-            StatementKind::Commit | StatementKind::Rollback if self.deferred_begin.is_some() => {
-                self.deferred_begin = None;
-                self.local_hint = None;
-                self.local_role = None;
+                backend::write_command_complete(&mut self.io.out, "SET");
+                self.io.push_ready(self.txn.status());
+                true
+            }
+            StatementKind::Commit | StatementKind::Rollback if self.txn.has_deferred_begin() => {
+                self.txn.drop_deferred_begin();
+                self.routing.end_transaction();
                 let tag = if plan.kind == StatementKind::Commit {
                     "COMMIT"
                 } else {
                     "ROLLBACK"
                 };
                 backend::write_command_complete(&mut self.io.out, tag);
-                self.status = TransactionStatus::Idle;
-                self.io.push_ready(self.status);
+                self.io.push_ready(self.txn.status());
                 true
             }
             _ => false,
@@ -435,14 +386,14 @@ impl Session {
         }
         match plan.kind {
             StatementKind::Begin { .. }
-                if self.status == TransactionStatus::Idle
+                if self.txn.is_idle()
                     && !self.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
                 Some("BEGIN")
             }
-            StatementKind::Commit if self.deferred_begin.is_some() => Some("COMMIT"),
-            StatementKind::Rollback if self.deferred_begin.is_some() => Some("ROLLBACK"),
+            StatementKind::Commit if self.txn.has_deferred_begin() => Some("COMMIT"),
+            StatementKind::Rollback if self.txn.has_deferred_begin() => Some("ROLLBACK"),
             _ => None,
         }
     }
@@ -488,7 +439,7 @@ impl Session {
                         Some((name, query, _)) if name == b.statement => Some(query.clone()),
                         Some(_) => return false,
                         None if b.statement.is_empty() => {
-                            self.unnamed.as_ref().map(|u| u.0.clone())
+                            self.routing.unnamed().map(|u| u.0.clone())
                         }
                         None => self.statements.get(b.statement).map(|s| s.query.clone()),
                     };
@@ -512,7 +463,7 @@ impl Session {
         };
         if let Some((name, query, types)) = parsed {
             if name.is_empty() {
-                self.unnamed = Some((query, types));
+                self.routing.set_unnamed(query, types);
             } else {
                 let context = self.statement_context();
                 let stmt = self.shared.statements.intern(&query, &types, &context);
@@ -536,20 +487,19 @@ impl Session {
                 _ => {}
             }
         }
-        if tag == "BEGIN" {
-            self.deferred_read_only = text.as_deref().is_some_and(|t| {
-                self.shared.topo().router.plan(t).kind == StatementKind::Begin { read_only: true }
-            });
-            self.deferred_begin = text;
-            self.status = TransactionStatus::InTransaction;
-        } else {
-            self.deferred_begin = None;
-            self.local_hint = None;
-            self.local_role = None;
-            self.status = TransactionStatus::Idle;
+        match text {
+            Some(sql) if tag == "BEGIN" => {
+                let read_only = self.shared.topo().router.plan(&sql).kind
+                    == StatementKind::Begin { read_only: true };
+                self.txn.defer_begin(sql, read_only);
+            }
+            _ => {
+                self.txn.drop_deferred_begin();
+                self.routing.end_transaction();
+            }
         }
         backend::write_command_complete(&mut self.io.out, tag);
-        self.io.push_ready(self.status);
+        self.io.push_ready(self.txn.status());
         true
     }
 
@@ -576,18 +526,18 @@ impl Session {
         if prepares_only {
             None
         } else {
-            self.deferred_begin.take()
+            self.txn.take_deferred_begin()
         }
     }
 
     /// `SHARDGATE ROUTE <statement>`: one row saying where the statement would go and why.
     fn answer_route(&mut self, sql: &str) {
-        let explained = explain(&self.shared.topo().router, sql, self.hint());
+        let explained = explain(&self.shared.topo().router, sql, self.routing.hint());
         backend::write_text_row_description(&mut self.io.out, &["shard", "role", "keys", "reason"]);
         let row: Vec<Option<&str>> = explained.iter().map(|v| Some(v.as_str())).collect();
         backend::write_data_row(&mut self.io.out, &row);
         backend::write_command_complete(&mut self.io.out, "SELECT 1");
-        self.io.push_ready(self.status);
+        self.io.push_ready(self.txn.status());
     }
 }
 

@@ -2,29 +2,34 @@
 //! alternates between waiting with no server connection (detached) and forwarding while holding
 //! one (attached).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use shardgate_config::PoolMode;
-use shardgate_pool::{HostChoice, PooledConn, QueryGuard, ServerPool};
-use shardgate_router::{Hint, RoleHint, ShardIndex};
+use shardgate_pool::{HostChoice, PooledConn, QueryGuard};
+use shardgate_router::ShardIndex;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::cancel::CancelSlot;
+use crate::checkout::PoolCache;
 use crate::control::CountGuard;
 use crate::io::ClientIo;
 use crate::limits::CapSlot;
 use crate::login::{login, Login};
 use crate::pinning::Pin;
 use crate::prepared::ClientStatements;
-use crate::relay::{Expect, Flow};
+use crate::read_your_writes::ReadYourWrites;
+use crate::relay::Flow;
+use crate::replies::{Expect, ReplyQueue};
 use crate::routing::Target;
-use crate::session_state::{SessionEffect, SessionState};
+use crate::routing_state::RoutingState;
+use crate::session_state::SessionState;
+use crate::stats::RequestTimer;
+use crate::txn::TxnState;
 use crate::{SessionError, Shared};
 use shardgate_wire::stream::Stream;
 
@@ -50,48 +55,22 @@ pub struct Session {
     pub(crate) database: String,
     pub(crate) user: shardgate_config::User,
     /// Server pools by shard and host, created on first use.
-    pub(crate) pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
-    /// The reload generation `pools` belongs to.
-    pub(crate) pools_generation: u64,
+    pub(crate) pools: PoolCache,
     /// The shard and host of the current (or last) server connection.
     pub(crate) shard: ShardIndex,
     pub(crate) host: HostChoice,
     /// The current attachment was taken for reads only (on a replica, or the primary when
     /// none was eligible).
     pub(crate) attached_read: bool,
-    /// The current attachment is on a primary for statements that may write: read-your-writes
-    /// takes the WAL position when it ends.
-    pub(crate) may_have_written: bool,
     /// Counts the current attachment as a query running on its host (for balancing) and the
     /// client as active.
     query_guard: Option<(QueryGuard, CountGuard)>,
-    /// `SET shardgate.role` for the session, and `SET LOCAL` for the transaction.
-    pub(crate) session_role: Option<RoleHint>,
-    pub(crate) local_role: Option<RoleHint>,
-    /// The deferred BEGIN opens a read-only transaction.
-    pub(crate) deferred_read_only: bool,
-    /// Read-your-writes is on for this client.
-    pub(crate) read_your_writes: bool,
-    /// Per shard: the primary's WAL position after this client's last write there; a replica
-    /// serves its reads only once it has replayed that far.
-    pub(crate) read_after: Vec<u64>,
-    /// When the running request's first message was forwarded (for metrics and the
-    /// slow-query log), and its Query or Bind.
-    pub(crate) request_started: Option<std::time::Instant>,
-    pub(crate) last_statement: Option<Frame>,
-    /// `SET shardgate.shard_key|shard` for the session, and `SET LOCAL` for the transaction.
-    pub(crate) session_hint: Option<Hint>,
-    pub(crate) local_hint: Option<Hint>,
-    /// Text and parameter types of the client's unnamed statement (for routing its Binds).
-    pub(crate) unnamed: Option<(String, Vec<u32>)>,
-    /// Named statements parsed in the batch being routed: (name, text, parameter types).
-    pub(crate) batch_parses: Vec<(String, String, Vec<u32>)>,
-    /// A BEGIN answered by the proxy, sent to the server once the transaction's first
-    /// statement says which shard it belongs to.
-    pub(crate) deferred_begin: Option<String>,
-    /// After a statement refused mid-batch, or a server error before the batch's Sync came,
-    /// the client's messages up to Sync are dropped (the server skips them too).
-    pub(crate) refuse_until_sync: bool,
+    /// Read-your-writes: per shard, the WAL position this client's reads must see.
+    pub(crate) read_your_writes: ReadYourWrites,
+    /// The running request's start and statement (for metrics and the slow-query log).
+    pub(crate) request: RequestTimer,
+    /// Routing hints and roles, and the statement texts Binds are routed by.
+    pub(crate) routing: RoutingState,
     /// The start of the client's next batch, read while the server connection was still
     /// finishing the previous one, held back because it belongs to another shard.
     pub(crate) parked: Vec<Frame>,
@@ -107,24 +86,17 @@ pub struct Session {
     /// Session state that cannot follow the client to another connection keeps it here.
     pub(crate) pin: Pin,
     pub(crate) state: SessionState,
-    /// Session effects seen in the current transaction, applied when it commits.
-    pub(crate) pending_effects: Vec<SessionEffect>,
-    pub(crate) transaction_error: bool,
-    pub(crate) saw_rollback: bool,
-    pub(crate) expect: VecDeque<Expect>,
-    /// Transaction status as last reported to the client.
-    pub(crate) status: TransactionStatus,
+    /// The replies the client is owed, in order, and whether its messages up to the next
+    /// Sync are dropped.
+    pub(crate) replies: ReplyQueue,
+    /// The transaction as reported to the client: status, a deferred BEGIN, pending
+    /// session effects.
+    pub(crate) txn: TxnState,
     /// Bytes for the server, written at the next flush point.
     pub(crate) to_server: BytesMut,
     pub(crate) cancel: CancelSlot,
     /// The BackendKeyData this client was given.
     cancel_key: (i32, i32),
-    /// After an error answered by the proxy in an extended-protocol batch, messages up to the
-    /// next Sync are discarded (as the server would).
-    pub(crate) skip_until_sync: bool,
-    /// The server is in COPY FROM STDIN mode and the client has not ended it: the server
-    /// ignores Sync until CopyDone/CopyFail, so no ReadyForQuery answers one.
-    pub(crate) copy_in: bool,
     /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
     pub(crate) encoding: crate::encoding::ClientEncoding,
     shutdown: watch::Receiver<bool>,
@@ -232,26 +204,14 @@ impl Session {
             mode,
             database: login.database,
             user: login.user,
-            pools: HashMap::new(),
-            pools_generation: shared.generation(),
+            pools: PoolCache::new(shared.generation()),
             shard: shared.topo().router.default_shard(),
             host: HostChoice::Primary,
             attached_read: false,
-            may_have_written: false,
             query_guard: None,
-            session_role: None,
-            local_role: None,
-            deferred_read_only: false,
-            read_your_writes,
-            read_after: vec![0; shards],
-            request_started: None,
-            last_statement: None,
-            session_hint: None,
-            local_hint: None,
-            unnamed: None,
-            batch_parses: Vec::new(),
-            deferred_begin: None,
-            refuse_until_sync: false,
+            read_your_writes: ReadYourWrites::new(read_your_writes, shards),
+            request: RequestTimer::default(),
+            routing: RoutingState::default(),
             parked: Vec::new(),
             fence: Default::default(),
             attached_version: shared.topology_version(),
@@ -259,16 +219,11 @@ impl Session {
             statements: ClientStatements::new(config.pool.prepared_statements_per_client),
             pin: Pin::default(),
             state: SessionState::from_startup(&login.params),
-            pending_effects: Vec::new(),
-            transaction_error: false,
-            saw_rollback: false,
-            expect: VecDeque::new(),
-            status: TransactionStatus::Idle,
+            replies: ReplyQueue::default(),
+            txn: TxnState::default(),
             to_server: BytesMut::with_capacity(1024),
             cancel,
             cancel_key: (pid, secret),
-            skip_until_sync: false,
-            copy_in: false,
             encoding: Default::default(),
             shutdown,
             _permit: login.permit,
@@ -362,7 +317,7 @@ impl Session {
                             self.query_guard = Some((guard, active));
                             self.attached_version = version;
                             if self.releases_at_idle() {
-                                self.fence.arm(&batch, self.status, version);
+                                self.fence.arm(&batch, self.txn.status(), version);
                             }
                             (s, batch)
                         }
@@ -378,19 +333,19 @@ impl Session {
             };
             if let Some(begin) = self.take_deferred_begin(&batch) {
                 frontend::write_query(&mut self.to_server, &begin);
-                self.expect.push_back(Expect::Swallow);
+                self.push_expect(Expect::Swallow);
             }
             let outcome = self.attached(&mut server, batch).await;
             match outcome {
-                Ok(Flow::Release) => {
+                Ok(Detach::Release) => {
                     self.release(&mut server).await;
                     self.retry_fenced().await;
                 }
-                Ok(Flow::Terminate) => {
+                Ok(Detach::Terminate) => {
                     self.cleanup(&mut server).await;
                     return Ok(());
                 }
-                Ok(Flow::Continue | Flow::ServerGone(_)) => {
+                Ok(Detach::ServerLost) => {
                     // The server connection was lost; it is broken and will not be reused.
                     // (Its requests were answered with errors, a held statement's too.) Session
                     // state it was pinned for is gone with it.
@@ -440,17 +395,17 @@ impl Session {
                 }
             };
             let Some(frame) = frame else { return Ok(None) };
-            if self.skip_until_sync {
+            if self.replies.skipping() {
                 if frame.tag() == frontend::SYNC {
-                    self.skip_until_sync = false;
-                    self.io.push_ready(self.status);
+                    self.replies.stop_skipping();
+                    self.io.push_ready(self.txn.status());
                 }
                 continue;
             }
             match frame.tag() {
                 frontend::TERMINATE => return Ok(None),
                 // Nothing pending: a lone Sync is answered here without a server.
-                frontend::SYNC if batch.is_empty() => self.io.push_ready(self.status),
+                frontend::SYNC if batch.is_empty() => self.io.push_ready(self.txn.status()),
                 // Parses of statements a server already accepted need no server connection.
                 frontend::SYNC if self.answer_parses_locally(&batch) => {
                     batch.clear();
@@ -496,19 +451,19 @@ impl Session {
         self.io.push_error(code, msg, hint);
         match batch.last().map(|f| f.tag()) {
             Some(frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC) => {
-                self.io.push_ready(self.status)
+                self.io.push_ready(self.txn.status())
             }
-            _ => self.skip_until_sync = true,
+            _ => self.replies.skip_rest_of_batch(),
         }
     }
 
     /// Forwards between the client and `server` until the connection can be released, the
-    /// client leaves, or the server connection is lost (then `Ok(Flow::Continue)`).
+    /// client leaves, or the server connection is lost.
     async fn attached(
         &mut self,
         server: &mut PooledConn,
         batch: Vec<Frame>,
-    ) -> Result<Flow, SessionError> {
+    ) -> Result<Detach, SessionError> {
         for frame in batch {
             self.at_request_boundary = ends_batch(frame.tag());
             if let Err(e) = self.client_message(server, frame) {
@@ -529,9 +484,9 @@ impl Session {
         let timeouts = self.shared.config().timeouts.clone();
         let timed = crate::timeouts::any_session_timeout(&timeouts);
         loop {
-            if !self.parked.is_empty() && (self.expect.is_empty() || self.refuse_until_sync) {
+            if !self.parked.is_empty() && (self.replies.is_empty() || self.replies.refusing()) {
                 if server.status() != TransactionStatus::Idle
-                    || self.refuse_until_sync
+                    || self.replies.refusing()
                     || self.pin.is_pinned()
                 {
                     // The pipelined batch opened a transaction here after all, an error makes
@@ -549,7 +504,7 @@ impl Session {
                     // the proxy's own ends the server's implicit transaction; its reply is
                     // swallowed and releases the connection.
                     frontend::write_sync(&mut self.to_server);
-                    self.expect.push_back(Expect::Swallow);
+                    self.push_expect(Expect::Swallow);
                 }
             }
             let reading = self.parked.is_empty();
@@ -558,9 +513,7 @@ impl Session {
                 let res = server.write_all(&self.to_server).await;
                 self.to_server.clear();
                 if let Err(e) = res {
-                    self.server_lost(&e.to_string())?;
-                    self.io.flush().await?;
-                    return Ok(Flow::Continue);
+                    return self.lose_server(&e.to_string()).await;
                 }
             }
             if !self.io.out.is_empty() && !server.has_buffered_frame() {
@@ -568,11 +521,11 @@ impl Session {
             } else {
                 self.io.flush_if_large().await?;
             }
-            let idle = self.expect.is_empty() && self.status == TransactionStatus::Idle;
+            let idle = self.replies.is_empty() && self.txn.is_idle();
             let deadline = if timed {
                 clock.observe(
-                    !self.expect.is_empty(),
-                    self.status != TransactionStatus::Idle,
+                    !self.replies.is_empty(),
+                    !self.txn.is_idle(),
                     std::time::Instant::now(),
                 );
                 clock.next(&timeouts)
@@ -589,22 +542,18 @@ impl Session {
                         Flow::Release => {
                             self.parked.append(&mut lookahead);
                             self.io.flush().await?;
-                            return Ok(Flow::Release);
+                            return Ok(Detach::Release);
                         }
                         Flow::ServerGone(reason) => {
                             self.parked.append(&mut lookahead);
-                            self.server_lost(&reason)?;
-                            self.io.flush().await?;
-                            return Ok(Flow::Continue);
+                            return self.lose_server(&reason).await;
                         }
                         Flow::Continue | Flow::Terminate => {}
                     },
                     Err(e) => {
                         self.parked.append(&mut lookahead);
                         server.mark_broken();
-                        self.server_lost(&e.to_string())?;
-                        self.io.flush().await?;
-                        return Ok(Flow::Continue);
+                        return self.lose_server(&e.to_string()).await;
                     }
                 },
                 msg = self.io.read_frame(), if reading => {
@@ -620,9 +569,9 @@ impl Session {
                         && !self.pin.is_pinned()
                         && !copy_message
                         && (self.at_request_boundary || !lookahead.is_empty())
-                        && (self.status == TransactionStatus::Idle || self.deferred_begin.is_some())
-                        && !self.copy_in
-                        && !self.refuse_until_sync;
+                        && (self.txn.is_idle() || self.txn.has_deferred_begin())
+                        && !self.replies.in_copy_in()
+                        && !self.replies.refusing();
                     let frames = if starts_batch {
                         let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)
                             || ends_batch(frame.tag());
@@ -648,7 +597,7 @@ impl Session {
                     for frame in frames {
                         self.at_request_boundary = ends_batch(frame.tag());
                         match self.client_message(server, frame) {
-                            Ok(Flow::Terminate) => return Ok(Flow::Terminate),
+                            Ok(Flow::Terminate) => return Ok(Detach::Terminate),
                             Ok(_) => {}
                             Err(e) => return Err(self.report_protocol_error(e).await),
                         }
@@ -676,6 +625,15 @@ impl Session {
         }
     }
 
+    /// The server connection broke while attached: the client is answered for every request
+    /// it waits for (see [`Session::server_lost`]; an error when it cannot keep its session),
+    /// and the connection is not used again.
+    async fn lose_server(&mut self, reason: &str) -> Result<Detach, SessionError> {
+        self.server_lost(reason)?;
+        self.io.flush().await?;
+        Ok(Detach::ServerLost)
+    }
+
     async fn report_protocol_error(&mut self, e: SessionError) -> SessionError {
         if let SessionError::Protocol(msg) = &e {
             self.io.fatal(sqlstate::PROTOCOL_VIOLATION, msg, None).await;
@@ -690,7 +648,7 @@ impl Session {
         if server.is_broken() {
             return;
         }
-        if !self.expect.is_empty() || !self.to_server.is_empty() {
+        if !self.replies.is_empty() || !self.to_server.is_empty() {
             // Mid-query: the server's state is unknown; close rather than guess.
             server.mark_broken();
             return;
@@ -725,6 +683,18 @@ impl Session {
             server.set_session_fingerprint(0);
         }
     }
+}
+
+/// How an attachment to a server connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Detach {
+    /// The transaction ended and nothing is outstanding: give the connection back.
+    Release,
+    /// The client sent Terminate.
+    Terminate,
+    /// The server connection broke: the client was answered (see [`Session::server_lost`])
+    /// and keeps its session; the connection is not used again.
+    ServerLost,
 }
 
 /// Messages after which the client waits for replies: the end of a batch.

@@ -127,13 +127,21 @@ pub(crate) fn bytes_sent(n: usize) {
     bytes_counter(&C, "shardgate_client_bytes_sent_total").increment(n as u64);
 }
 
-impl crate::session::Session {
+/// The request running on the attached server connection: when its first message was
+/// forwarded (for metrics and the slow-query log), and its last Query, Parse or Bind.
+#[derive(Debug, Default)]
+pub(crate) struct RequestTimer {
+    started: Option<std::time::Instant>,
+    last_statement: Option<shardgate_wire::Frame>,
+}
+
+impl RequestTimer {
     /// A client message is about to be forwarded: the request it belongs to starts now if
     /// none is running.
-    pub(crate) fn note_request_message(&mut self, frame: &shardgate_wire::Frame) {
+    fn note_message(&mut self, frame: &shardgate_wire::Frame) {
         use shardgate_wire::frontend;
-        if self.request_started.is_none() {
-            self.request_started = Some(std::time::Instant::now());
+        if self.started.is_none() {
+            self.started = Some(std::time::Instant::now());
         }
         if matches!(
             frame.tag(),
@@ -144,12 +152,24 @@ impl crate::session::Session {
         }
     }
 
+    /// The request ended: how long it ran (`None` when none was running).
+    fn finish(&mut self) -> Option<std::time::Duration> {
+        self.started.take().map(|started| started.elapsed())
+    }
+}
+
+impl crate::session::Session {
+    /// A client message is about to be forwarded: the request it belongs to starts now if
+    /// none is running.
+    pub(crate) fn note_request_message(&mut self, frame: &shardgate_wire::Frame) {
+        self.request.note_message(frame);
+    }
+
     /// The server's ReadyForQuery ended a request: count it, and log it when slow.
     pub(crate) fn note_request_done(&mut self) {
-        let Some(started) = self.request_started.take() else {
+        let Some(took) = self.request.finish() else {
             return;
         };
-        let took = started.elapsed();
         let role = match self.host {
             shardgate_pool::HostChoice::Primary => Role::Primary,
             shardgate_pool::HostChoice::Replica(_) => Role::Replica,
@@ -176,7 +196,7 @@ impl crate::session::Session {
     /// when configured.
     fn describe_last_statement(&self, with_parameters: bool) -> (String, Option<String>) {
         use shardgate_wire::frontend;
-        let Some(frame) = &self.last_statement else {
+        let Some(frame) = &self.request.last_statement else {
             return (String::new(), None);
         };
         let text = match frame.tag() {

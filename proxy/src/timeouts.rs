@@ -124,7 +124,7 @@ impl Session {
         kind: Expired,
     ) -> Result<(), SessionError> {
         count(kind.label());
-        let busy = !self.expect.is_empty();
+        let busy = !self.replies.is_empty();
         if busy {
             // The server stops the statement and answers 57014, which goes to the client as
             // any error; cancels race only with this connection's own next statement, which

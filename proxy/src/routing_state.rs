@@ -1,0 +1,102 @@
+//! What routing remembers about a client between statements: its `SET shardgate.*` hints and
+//! roles (for the session and, with `LOCAL`, for the transaction), the text of its unnamed
+//! statement (a Bind of it routes by that text), and the named statements parsed in the batch
+//! being routed (their Binds come in the same batch, before the server knows them).
+
+use shardgate_router::{Hint, Plan, RoleHint, ShardgateParam, StatementKind};
+
+/// Named Parses remembered while routing one batch (a batch rarely has more than a few).
+const MAX_BATCH_PARSES: usize = 64;
+
+/// A statement's text and parameter types, as routing needs them.
+pub(crate) type StatementText = (String, Vec<u32>);
+
+#[derive(Debug, Default)]
+pub(crate) struct RoutingState {
+    /// `SET shardgate.shard_key|shard` for the session, and `SET LOCAL` for the transaction.
+    session_hint: Option<Hint>,
+    local_hint: Option<Hint>,
+    /// `SET shardgate.role` for the session, and `SET LOCAL` for the transaction.
+    session_role: Option<RoleHint>,
+    local_role: Option<RoleHint>,
+    /// Text and parameter types of the client's unnamed statement (for routing its Binds).
+    unnamed: Option<StatementText>,
+    /// Named statements parsed in the batch being routed: (name, text, parameter types).
+    batch_parses: Vec<(String, StatementText)>,
+}
+
+impl RoutingState {
+    /// The routing hint in force: the transaction's, else the session's.
+    pub(crate) fn hint(&self) -> Option<&Hint> {
+        self.local_hint.as_ref().or(self.session_hint.as_ref())
+    }
+
+    /// The role `SET [LOCAL] shardgate.role` asks for: the transaction's, else the session's.
+    pub(crate) fn role(&self) -> Option<RoleHint> {
+        self.local_role.or(self.session_role)
+    }
+
+    /// Applies `SET [LOCAL] shardgate.shard_key|shard|role` statements of a plan.
+    pub(crate) fn observe_shardgate_sets(&mut self, plan: &Plan) {
+        for kind in &plan.statement_kinds {
+            let StatementKind::ShardgateSet(set) = kind else {
+                continue;
+            };
+            if set.name == ShardgateParam::Role {
+                let role = set.value.as_deref().and_then(RoleHint::parse);
+                if set.local {
+                    self.local_role = role;
+                } else {
+                    self.session_role = role;
+                }
+                continue;
+            }
+            let hint = set.value.clone().map(|v| match set.name {
+                ShardgateParam::ShardKey | ShardgateParam::Role => Hint::ShardKey(v),
+                ShardgateParam::Shard => Hint::Shard(v),
+            });
+            if set.local {
+                self.local_hint = hint;
+            } else {
+                self.session_hint = hint;
+            }
+        }
+    }
+
+    /// The transaction ended: its `SET LOCAL` hint and role end with it.
+    pub(crate) fn end_transaction(&mut self) {
+        self.local_hint = None;
+        self.local_role = None;
+    }
+
+    pub(crate) fn unnamed(&self) -> Option<&StatementText> {
+        self.unnamed.as_ref()
+    }
+
+    pub(crate) fn set_unnamed(&mut self, text: String, param_types: Vec<u32>) {
+        self.unnamed = Some((text, param_types));
+    }
+
+    /// Remembers a named Parse of the batch being routed (up to a bound; a Bind of a statement
+    /// beyond it is routed as unknown, as before any Parse).
+    pub(crate) fn note_batch_parse(&mut self, name: &str, text: String, param_types: Vec<u32>) {
+        if self.batch_parses.len() < MAX_BATCH_PARSES {
+            self.batch_parses
+                .push((name.to_owned(), (text, param_types)));
+        }
+    }
+
+    /// The latest Parse named `name` in the batch being routed.
+    pub(crate) fn batch_parse(&self, name: &str) -> Option<&StatementText> {
+        self.batch_parses
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+
+    /// Forgets the Parses of the batch routed last (before and after routing each batch).
+    pub(crate) fn clear_batch_parses(&mut self) {
+        self.batch_parses.clear();
+    }
+}
