@@ -373,9 +373,10 @@ pub async fn start_with_state_file(
 }
 
 /// Puts the sequences of sharded tables on their shards' id lanes and installs
-/// `shardgate.unique_id()` before clients are served (bounded; what cannot be done is logged,
-/// naming the table, and the proxy starts anyway: `shardgate admin sequences` shows it).
-async fn apply_id_lanes(config: &Config, map: &shardgate_topology::ShardMap) {
+/// `shardgate.unique_id()`: at start before clients are served, and after each new shard map
+/// (bounded; what cannot be done is logged, naming the table, and the proxy goes on:
+/// `shardgate admin sequences` shows it).
+pub(crate) async fn apply_id_lanes(config: &Config, map: &shardgate_topology::ShardMap) {
     if config.sharding.id_lanes == 0 || config.sharding.tables.is_empty() {
         return;
     }

@@ -8,7 +8,8 @@
 //!   new rows are written on the target its sequences must be past every value the sources
 //!   handed out. [`align`] does that inside the cutover and puts the target on its lane in the
 //!   map about to be published (a new shard gets its lane before it takes writes); values move
-//!   past the sources' but stay on the target's lane.
+//!   past the sources' but stay on the target's lane. `shardgate.unique_id()` on a new shard is
+//!   the proxies' work when they follow the new map (`apply_id_lanes`).
 
 mod lanes;
 mod unique_id;
@@ -144,12 +145,8 @@ async fn align_pairs(
                     }
                 }
             }
-            if let Some(lane) = lane {
-                let client = conns.get(target, db).await?;
-                unique_id::install(client, lane)
-                    .await
-                    .map_err(|e| on(target, db, &e))?;
-            }
+            // shardgate.unique_id() is installed by the proxies once they follow the new map
+            // (the rebalancer leaves no object of its own behind on a shard).
         }
     }
     Ok(())

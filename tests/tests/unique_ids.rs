@@ -312,11 +312,16 @@ async fn ids_stay_unique_across_shards_adds_and_restarts() {
         .collect();
     assert!(!fresh.is_empty());
     assert!(fresh.iter().all(|id| id % LANES == 2), "{fresh:?}");
-    let su_unique: i64 = su
-        .query_one("select shardgate.unique_id()", &[])
-        .await
-        .expect("unique_id on s2")
-        .get(0);
+    // The proxy installs shardgate.unique_id() on s2 once it follows the new map.
+    let mut su_unique = None;
+    for _ in 0..100 {
+        if let Ok(row) = su.query_one("select shardgate.unique_id()", &[]).await {
+            su_unique = Some(row.get::<_, i64>(0));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let su_unique = su_unique.expect("shardgate.unique_id() on s2 within 10 s");
     assert_eq!(shardgate_rebalance::decode_unique_id(su_unique).1, 2);
 
     // Restart: the lanes come back from the state file, and nothing moves.
