@@ -87,6 +87,13 @@ async fn align_pairs(
     let count = ctx.config.sharding.id_lanes;
     for (target, sources) in &pairs {
         let lane = lanes.lane(&target.name).filter(|_| count > 0);
+        if let Some(lane) = lane.filter(|l| *l >= count) {
+            // Values ≡ lane mod count would fall on another shard's lane.
+            return Err(format!(
+                "shard {} would take id lane {lane}, but sharding.id_lanes is {count}: every lane                  has been used (lanes of removed shards are never reused); raise                  sharding.id_lanes (up to 1024) and reload, then add the shard again",
+                target.name
+            ));
+        }
         for db in &plan.databases {
             let found = {
                 let client = conns.get(target, db).await?;
@@ -286,6 +293,19 @@ async fn run_db(
         }
         for (shard, f) in members.iter_mut() {
             let lane = map.lane(&shard.name).filter(|_| lanes > 0);
+            if let Some(l) = lane.filter(|l| *l >= lanes) {
+                let w = format!(
+                    "shard {} has id lane {l}, not below sharding.id_lanes ({lanes}): its                      sequences are not managed; raise sharding.id_lanes",
+                    shard.name
+                );
+                report
+                    .warnings
+                    .push(format!("database {db} table {table}: {w}"));
+                report
+                    .sequences
+                    .push(lanes::info(shard, db, f, lane, lanes, Some(w)));
+                continue;
+            }
             let mut warning = lane.and_then(|_| {
                 if f.on_lane(lane.unwrap_or(0), lanes) {
                     None
@@ -330,7 +350,7 @@ async fn run_db(
     }
     if apply && lanes > 0 {
         for shard in reachable {
-            let Some(lane) = map.lane(&shard.name) else {
+            let Some(lane) = map.lane(&shard.name).filter(|l| *l < lanes) else {
                 continue;
             };
             let installed = match conns.get(shard, db).await {
