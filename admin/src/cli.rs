@@ -14,7 +14,7 @@ use crate::client::{AdminClient, ClientError, Reply};
 use crate::control::ReloadOutcome;
 use crate::rebalance::{AddShardRequest, RebalanceStatus};
 use crate::status;
-use crate::table::{pools_table, replicas_table, shards_table};
+use crate::table::{pools_table, replicas_table, sequences_table, shards_table};
 use crate::watch::{self, Fetched, Screen};
 use crate::ErrorBody;
 
@@ -61,6 +61,8 @@ pub enum AdminCommand {
     Pools,
     /// Replicas: state, lag, whether they serve reads.
     Replicas,
+    /// Sequences of sharded tables on every shard: id lane, increment, last value, warnings.
+    Sequences,
     /// Re-read the config file and apply what can change live.
     Reload,
     /// Progress of a live rebalance, or abort it.
@@ -238,6 +240,10 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
         AdminCommand::Replicas => {
             let reply = expect_success(client.get("/api/v1/replicas"))?;
             show(out, json, &reply, replicas_table)?;
+        }
+        AdminCommand::Sequences => {
+            let reply = expect_success(client.get("/api/v1/sequences"))?;
+            show(out, json, &reply, sequences_table)?;
         }
         AdminCommand::Reload => {
             let reply = expect_success(client.post("/api/v1/reload", None))?;

@@ -125,4 +125,23 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn rebalancer(&self) -> Option<std::sync::Arc<crate::rebalance::Rebalancer>> {
         None
     }
+    /// `GET /api/v1/sequences`: the sequences of the sharded tables on every shard, with their
+    /// id lanes, as the shards answer now (`None`: 501). By default through the rebalancer,
+    /// which has the store's shard map and the config.
+    fn sequences(&self) -> Option<SequencesFuture> {
+        let rebalancer = self.rebalancer()?;
+        Some(Box::pin(async move { rebalancer.sequences().await }))
+    }
 }
+
+/// What [`ControlPlane::sequences`] answers with.
+pub type SequencesFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    crate::rebalance::SequencesReport,
+                    crate::rebalance::RebalanceError,
+                >,
+            > + Send,
+    >,
+>;

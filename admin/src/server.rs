@@ -246,6 +246,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/sequences", get(sequences))
         .route("/api/v1/rebalance", get(rebalance_status))
         .route("/api/v1/rebalance/abort", post(abort_rebalance))
         // Both fallbacks apply to the routes registered above, so they come last.
@@ -408,6 +409,21 @@ async fn remove_shard(
     })?;
     tracing::info!(job = %job.id, shard = %name, "remove shard started via the admin API");
     Ok(accepted(job))
+}
+
+async fn sequences(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let Some(report) = state.control.sequences() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("{method} {} is not implemented yet", echo(uri.path())),
+            REBALANCE_HINT,
+        ));
+    };
+    Ok(Json(report.await?).into_response())
 }
 
 async fn rebalance_status(

@@ -125,6 +125,52 @@ pub(crate) fn pools_table(pools: Vec<PoolInfo>) -> String {
     render(&columns, &rows)
 }
 
+/// `shardgate admin sequences`: one row per sequence and shard, then the warnings.
+pub(crate) fn sequences_table(report: crate::rebalance::SequencesReport) -> String {
+    let mut out = if report.lanes == 0 {
+        "id lanes are off (sharding.id_lanes = 0)\n".to_owned()
+    } else {
+        format!("{} id lanes\n", report.lanes)
+    };
+    if report.sequences.is_empty() {
+        out.push_str("no sequences on sharded tables\n");
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .sequences
+            .iter()
+            .map(|s| {
+                vec![
+                    s.shard.clone(),
+                    s.database.clone(),
+                    format!("{}.{}", s.table, s.column),
+                    s.sequence.clone(),
+                    s.data_type.clone(),
+                    s.lane.map_or("-".into(), |l| l.to_string()),
+                    s.increment.to_string(),
+                    s.last_value.map_or("-".into(), |v| v.to_string()),
+                    if s.on_lane { "yes" } else { "NO" }.to_owned(),
+                ]
+            })
+            .collect();
+        let columns = [
+            ("SHARD", Align::Left),
+            ("DATABASE", Align::Left),
+            ("COLUMN", Align::Left),
+            ("SEQUENCE", Align::Left),
+            ("TYPE", Align::Left),
+            ("LANE", Align::Right),
+            ("INCREMENT", Align::Right),
+            ("LAST_VALUE", Align::Right),
+            ("ON_LANE", Align::Left),
+        ];
+        out.push_str(&render(&columns, &rows));
+    }
+    for w in &report.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
 pub(crate) fn replicas_table(replicas: Vec<ReplicaInfo>) -> String {
     if replicas.is_empty() {
         return "no replicas\n".to_owned();

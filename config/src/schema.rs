@@ -677,6 +677,11 @@ pub struct Sharding {
     pub hash_seed: i64,
     /// The ring has 2^slot_bits equal slots (8..=20).
     pub slot_bits: u32,
+    /// Lanes of cluster-unique ids (2..=1024; 0 turns lane management off). Each shard that
+    /// ever joins the map takes one lane for good, and every serial/identity sequence of a
+    /// sharded table steps by this many, so an int4 serial holds 2^31 / id_lanes ids per shard
+    /// (33 million at the default 64) and at most id_lanes shards can ever be added.
+    pub id_lanes: u32,
     /// Statements whose routing is cached (by text).
     pub route_cache_size: usize,
     /// Most bytes the route cache holds (statement texts and their plans); a text bigger than
@@ -696,6 +701,7 @@ impl Default for Sharding {
             key_type: KeyType::Bigint,
             hash_seed: 0,
             slot_bits: 14,
+            id_lanes: 64,
             route_cache_size: 10_000,
             route_cache_bytes: 64 * 1024 * 1024,
             keyless_writes: KeylessWrites::Refuse,

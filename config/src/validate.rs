@@ -244,6 +244,16 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             format!("{} is outside 8..=20", c.sharding.slot_bits),
         );
     }
+    // The lane is 10 bits of shardgate.unique_id(); 1 lane would be no lanes at all.
+    if c.sharding.id_lanes != 0 && !(2..=1024).contains(&c.sharding.id_lanes) {
+        return err(
+            "sharding.id_lanes",
+            format!(
+                "{} is outside 2..=1024 (0 turns lane management off)",
+                c.sharding.id_lanes
+            ),
+        );
+    }
     let mut tables = HashSet::new();
     for (i, t) in c.sharding.tables.iter().enumerate() {
         let key = |f: &str| format!("sharding.tables[{i}].{f}");

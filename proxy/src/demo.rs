@@ -24,7 +24,8 @@ const SUPERUSER_PASSWORD: &str = "postgres";
 const USERS: i64 = 100;
 
 /// The sample schema, created on every shard. Every column but `user_id` has a default, so
-/// `insert into orders (user_id) values (7)` works.
+/// `insert into orders (user_id) values (7)` works; `order_id` is unique across shards because
+/// the proxy puts each shard's sequence on its id lane at start (before the sample rows go in).
 const SCHEMA: &str = "
 create table users (
     user_id    bigint primary key,
@@ -272,7 +273,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         out,
-        "  SHARDGATE ROUTE select * from orders where user_id = 42;   -- where it goes, and why\n"
+        "  SHARDGATE ROUTE select * from orders where user_id = 42;   -- where it goes, and why"
+    );
+    let _ = writeln!(
+        out,
+        "  insert into orders (user_id) values (7) returning order_id;   -- ids unique across shards"
+    );
+    let _ = writeln!(
+        out,
+        "  select shardgate.unique_id();              -- a 64-bit id no other shard hands out\n"
     );
     if !spares.is_empty() {
         let _ = writeln!(

@@ -324,6 +324,7 @@ pub async fn start_with_state_file(
             "routing by the topology store's shard map, not the config file's [[shards]]");
         config.shards = map.shards.clone();
     }
+    apply_id_lanes(&config, &map).await;
     let topo = topology::Topo::build(&config, map.version).map_err(StartError::Router)?;
     let poll_interval = config.topology.poll_interval;
     let mut shared = Shared::new(config, topo);
@@ -373,6 +374,28 @@ pub async fn start_with_state_file(
         shutdown,
         accept_tasks,
     })
+}
+
+/// Puts the sequences of sharded tables on their shards' id lanes and installs
+/// `shardgate.unique_id()`: at start before clients are served, and after each new shard map
+/// (bounded; what cannot be done is logged, naming the table, and the proxy goes on:
+/// `shardgate admin sequences` shows it).
+pub(crate) async fn apply_id_lanes(config: &Config, map: &shardgate_topology::ShardMap) {
+    if config.sharding.id_lanes == 0 || config.sharding.tables.is_empty() {
+        return;
+    }
+    let report = shardgate_rebalance::apply_id_lanes(config, map).await;
+    for warning in &report.warnings {
+        tracing::warn!(%warning, "id lanes");
+    }
+    let on_lane = report.sequences.iter().filter(|s| s.on_lane).count();
+    tracing::info!(
+        lanes = report.lanes,
+        sequences = report.sequences.len(),
+        on_lane,
+        warnings = report.warnings.len(),
+        "id lanes checked"
+    );
 }
 
 /// This machine's name, for the default proxy id.

@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     let result = match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
-        Command::Check { config, route } => check(&config, route.as_deref()),
+        Command::Check { config, route } => check(&config, route.as_deref(), &runtime),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         // A blocking HTTP client; it prints its own one-line failure reason.
         Command::Admin(args) => std::process::exit(shardgate_admin::cli::run(args)),
@@ -82,11 +82,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     // admin server checks again, for the demo and embedders).
     admin_config.resolved_token()?;
     // The file store keeps the shard map that rebalancing changes next to the config file.
-    let state_file = config.topology.state_file.clone().unwrap_or_else(|| {
-        let mut name = path.clone().into_os_string();
-        name.push(".topology.json");
-        PathBuf::from(name)
-    });
+    let state_file = state_file_of(&config, &path);
     let proxy = shardgate_proxy::start_with_state_file(config, Some(state_file)).await?;
     let admin =
         shardgate_admin::AdminServer::start(proxy.control(Some(path.clone())), &admin_config)
@@ -118,6 +114,15 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file store keeps the shard map that rebalancing changes next to the config file.
+fn state_file_of(config: &Config, path: &std::path::Path) -> PathBuf {
+    config.topology.state_file.clone().unwrap_or_else(|| {
+        let mut name = path.to_path_buf().into_os_string();
+        name.push(".topology.json");
+        PathBuf::from(name)
+    })
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -129,7 +134,11 @@ pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: &std::path::Path, route: Option<&str>) -> anyhow::Result<()> {
+fn check(
+    path: &std::path::Path,
+    route: Option<&str>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
     let c = Config::load(path)?;
     if let Some(sql) = route {
         let router = shardgate_router::Router::new(&c)?;
@@ -179,5 +188,50 @@ fn check(path: &std::path::Path, route: Option<&str>) -> anyhow::Result<()> {
             println!("              replica {r}");
         }
     }
+    runtime.block_on(check_sequences(&c, path));
     Ok(())
+}
+
+/// The sequences of sharded tables as the shards have them now, and warnings for those the id
+/// lanes cannot manage (shared by several tables, too small for the lanes). Read-only; shards
+/// that cannot be reached are a warning, not a failure of `check`.
+async fn check_sequences(c: &Config, path: &std::path::Path) {
+    if c.sharding.tables.is_empty() {
+        return;
+    }
+    // The store's map when it can be read (it holds shards added since, and their lanes).
+    let map = match shardgate_topology::Store::open(c, Some(state_file_of(c, path))).await {
+        Ok(store) => store.shard_map().await.ok(),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| shardgate_topology::ShardMap::new(1, c.shards.clone(), &Default::default()));
+    let report = shardgate_rebalance::inspect_sequences(c, &map).await;
+    if report.lanes == 0 {
+        println!("id lanes    off (sharding.id_lanes = 0)");
+    } else {
+        println!("id lanes    {}", report.lanes);
+    }
+    for s in &report.sequences {
+        let state = if s.on_lane {
+            "on its lane"
+        } else if s.warning.is_some() {
+            "not managed"
+        } else {
+            "not on its lane yet (shardgate serve puts it there)"
+        };
+        println!(
+            "sequence    {}.{} on {} ({}): {} {}, lane {}, increment {}: {state}",
+            s.table,
+            s.column,
+            s.shard,
+            s.database,
+            s.sequence,
+            s.data_type,
+            s.lane.map_or("-".into(), |l| l.to_string()),
+            s.increment
+        );
+    }
+    for w in &report.warnings {
+        println!("warning     {w}");
+    }
 }

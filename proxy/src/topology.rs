@@ -91,6 +91,10 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.restart_monitor();
         self.topo_changed.send_replace(map.version);
+        // A shard that joined has its sequences on its lane already (the rebalancer did that
+        // before the publish); here it gets shardgate.unique_id(), in the background.
+        let (config, map) = (self.config(), map.clone());
+        tokio::spawn(async move { crate::apply_id_lanes(&config, &map).await });
         true
     }
 

@@ -53,6 +53,9 @@ use shardgate_topology::{
 };
 
 pub use error::EngineError;
+pub use sequences::{
+    apply_id_lanes, decode_unique_id, inspect_sequences, SequenceInfo, SequencesReport,
+};
 
 use ctx::Ctx;
 use plan::Plan;

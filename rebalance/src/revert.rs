@@ -160,7 +160,7 @@ pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, String> 
         }
     }
     // Rows written on the targets since the commit took their sequences' values.
-    super::sequences::align_back(plan, conns).await?;
+    super::sequences::align_back(ctx, conns).await?;
     let (version, old_shards) = {
         let j = ctx.job.lock().await;
         (

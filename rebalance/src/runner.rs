@@ -406,7 +406,7 @@ async fn fenced(
     }
     mark("targets confirmed", &mut steps);
     // New rows on the targets must not collide with moved ones (serial columns).
-    super::sequences::align(plan, conns)
+    super::sequences::align(ctx, conns)
         .await
         .map_err(Stop::from)?;
     mark("sequences aligned", &mut steps);

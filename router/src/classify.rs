@@ -20,6 +20,8 @@ use crate::text::{code_tokens, leading_words, TokKind};
 /// Functions that write (or take locks, or must run on the primary) even inside a SELECT.
 pub(crate) const SIDE_EFFECT_FUNCTIONS: &[&str] = &[
     "nextval",
+    // shardgate.unique_id() calls nextval.
+    "unique_id",
     "setval",
     "set_config",
     "pg_notify",

@@ -11,12 +11,14 @@
 //! the rebalancer (admin crate) writes jobs and publishes maps.
 
 mod job;
+mod lanes;
 mod store;
 
 pub use job::{
     CommitState, Job, JobKind, JobPlan, MoveProgress, Phase, PlannedMove, PlannedTable, Progress,
     VerifiedTable,
 };
+pub use lanes::IdLanes;
 pub use store::{ProxyVersion, Store, StoreError};
 
 use serde::{Deserialize, Serialize};
@@ -31,9 +33,39 @@ pub const FENCE_SQLSTATE: &str = "SG001";
 pub struct ShardMap {
     pub version: u64,
     pub shards: Vec<Shard>,
+    /// The id lane of every shard (and the next free one). Missing in state written before
+    /// lanes existed: [`ShardMap::new`] and the stores then deal lanes in ring order, which is
+    /// what the first publish writes down.
+    #[serde(default)]
+    pub id_lanes: IdLanes,
 }
 
 impl ShardMap {
+    /// A map of `shards` whose lanes follow from `previous` (the lanes of the map it replaces;
+    /// default for the first map): see [`IdLanes::for_shards`].
+    pub fn new(version: u64, shards: Vec<Shard>, previous: &IdLanes) -> ShardMap {
+        let id_lanes = previous.for_shards(&shards);
+        ShardMap {
+            version,
+            shards,
+            id_lanes,
+        }
+    }
+
+    /// The map with a lane for every shard (state written before lanes existed has none).
+    pub fn with_lanes(self) -> ShardMap {
+        let lanes = self.id_lanes.for_shards(&self.shards);
+        ShardMap {
+            id_lanes: lanes,
+            ..self
+        }
+    }
+
+    /// The id lane of shard `name`.
+    pub fn lane(&self, name: &str) -> Option<u32> {
+        self.id_lanes.lane(name)
+    }
+
     pub fn shard(&self, name: &str) -> Option<&Shard> {
         self.shards.iter().find(|s| s.name == name)
     }

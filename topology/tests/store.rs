@@ -104,7 +104,8 @@ async fn publish_is_idempotent_and_carries_the_job(store: &Store) {
     assert_eq!(
         running.commit_state(&ShardMap {
             version: 1,
-            shards: shards(&["s0", "s1"])
+            shards: shards(&["s0", "s1"]),
+            id_lanes: Default::default(),
         }),
         CommitState::NotCommitted
     );
@@ -134,6 +135,101 @@ async fn postgres_store_publish_is_the_commit_point() {
         .await
         .unwrap();
     publish_is_idempotent_and_carries_the_job(&store).await;
+}
+
+/// Lanes are dealt in ring order at the seed, kept by every shard across publishes, and a
+/// removed shard's lane is never handed out again (`store` seeded with s0, s1).
+async fn lanes_are_stable_and_never_reused(store: &Store) {
+    let lanes = |m: &ShardMap| -> Vec<(String, u32)> {
+        m.shards
+            .iter()
+            .map(|s| (s.name.clone(), m.lane(&s.name).expect("a lane")))
+            .collect()
+    };
+    let pairs = |v: &[(&str, u32)]| -> Vec<(String, u32)> {
+        v.iter().map(|(n, l)| (n.to_string(), *l)).collect()
+    };
+    let m = store.shard_map().await.unwrap();
+    assert_eq!(lanes(&m), pairs(&[("s0", 0), ("s1", 1)]));
+    let v = m.version;
+    let m = store.publish(v, shards(&["s0", "s1", "s2"])).await.unwrap();
+    assert_eq!(lanes(&m), pairs(&[("s0", 0), ("s1", 1), ("s2", 2)]));
+    let m = store.publish(v + 1, shards(&["s0", "s2"])).await.unwrap();
+    assert_eq!(lanes(&m), pairs(&[("s0", 0), ("s2", 2)]));
+    // Retrying a publish that landed changes nothing.
+    let again = store.publish(v + 1, shards(&["s0", "s2"])).await.unwrap();
+    assert_eq!(again, m);
+    let m = store
+        .publish(v + 2, shards(&["s0", "s2", "s1"]))
+        .await
+        .unwrap();
+    assert_eq!(lanes(&m), pairs(&[("s0", 0), ("s2", 2), ("s1", 3)]));
+    assert_eq!(store.shard_map().await.unwrap(), m, "the lanes are stored");
+}
+
+#[tokio::test]
+async fn file_store_keeps_id_lanes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = state_path(&dir);
+    let store = Store::open(&config("file", &["s0", "s1"]), Some(path.clone()))
+        .await
+        .unwrap();
+    lanes_are_stable_and_never_reused(&store).await;
+    drop(store);
+    let store = Store::open(&config("file", &["s0"]), Some(path.clone()))
+        .await
+        .unwrap();
+    let m = store.shard_map().await.unwrap();
+    assert_eq!(
+        (m.lane("s0"), m.lane("s2"), m.lane("s1")),
+        (Some(0), Some(2), Some(3))
+    );
+    assert_eq!(m.id_lanes.next, 4);
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_id_lanes() {
+    let (_cluster, url) = metadata_db();
+    let store = Store::open(&config(&url, &["s0", "s1"]), None)
+        .await
+        .unwrap();
+    lanes_are_stable_and_never_reused(&store).await;
+    let other = Store::open(&config(&url, &["s0"]), None).await.unwrap();
+    assert_eq!(other.shard_map().await.unwrap().id_lanes.next, 4);
+}
+
+#[tokio::test]
+async fn state_written_before_id_lanes_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = state_path(&dir);
+    let store = Store::open(&config("file", &["s0", "s1"]), Some(path.clone()))
+        .await
+        .unwrap();
+    store.publish(1, shards(&["s0", "s1", "s2"])).await.unwrap();
+    drop(store);
+    // The file as an older shardgate wrote it: no id_lanes.
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["shard_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("id_lanes")
+        .expect("lanes were written");
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let store = Store::open(&config("file", &["s0"]), Some(path.clone()))
+        .await
+        .unwrap();
+    let m = store.shard_map().await.unwrap();
+    assert_eq!(m.version, 2);
+    assert_eq!(
+        (m.lane("s0"), m.lane("s1"), m.lane("s2")),
+        (Some(0), Some(1), Some(2))
+    );
+    let m = store.publish(2, shards(&["s0", "s2", "s3"])).await.unwrap();
+    assert_eq!(
+        (m.lane("s0"), m.lane("s2"), m.lane("s3")),
+        (Some(0), Some(2), Some(3))
+    );
 }
 
 /// Waits (up to `within`) until the receiver holds `version`.

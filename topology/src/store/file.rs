@@ -85,10 +85,8 @@ impl FileStore {
                     found: s.shard_map.version,
                 });
             }
-            s.shard_map = ShardMap {
-                version: expected + 1,
-                shards,
-            };
+            // The lanes change with the shard list, in the same write.
+            s.shard_map = ShardMap::new(expected + 1, shards, &s.shard_map.id_lanes);
             if let Some(job) = job {
                 let abort = s
                     .job
@@ -216,15 +214,23 @@ async fn read_state(path: &Path) -> Result<Option<State>, StoreError> {
             ))
         }
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        file_error(
-            path,
-            format!(
-                "cannot parse it ({e}); restore it from a backup, or delete it to start again \
+    let state: Result<State, _> = serde_json::from_slice(&bytes);
+    state
+        .map(|mut s| {
+            // A file written before id lanes existed: deal them now (stable: the same map
+            // always gives the same lanes, and the next publish writes them down).
+            s.shard_map = s.shard_map.with_lanes();
+            Some(s)
+        })
+        .map_err(|e| {
+            file_error(
+                path,
+                format!(
+                    "cannot parse it ({e}); restore it from a backup, or delete it to start again \
                  from the config's [[shards]] as version 1 (only if no rebalance has run)"
-            ),
-        )
-    })
+                ),
+            )
+        })
 }
 
 /// Writes the state file atomically; the blocking file calls (fsync) run off the runtime.

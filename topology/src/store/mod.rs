@@ -64,10 +64,7 @@ impl Store {
         config: &Config,
         state_file: Option<PathBuf>,
     ) -> Result<Arc<Store>, StoreError> {
-        let seed = ShardMap {
-            version: 1,
-            shards: config.shards.clone(),
-        };
+        let seed = ShardMap::new(1, config.shards.clone(), &crate::IdLanes::default());
         let backend = if config.topology.store == "file" {
             Backend::File(Box::new(file::FileStore::open(state_file, seed).await?))
         } else {

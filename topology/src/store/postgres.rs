@@ -19,7 +19,7 @@ use super::{ProxyVersion, StoreError};
 use crate::{Job, Phase, ShardMap};
 
 /// Idempotent; run by every proxy that opens the store.
-const SCHEMA: [&str; 3] = [
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS shardgate_topology (
         id int PRIMARY KEY CHECK (id = 1),
         version bigint NOT NULL,
@@ -32,6 +32,8 @@ const SCHEMA: [&str; 3] = [
         proxy_id text PRIMARY KEY,
         version bigint NOT NULL,
         seen_at timestamptz NOT NULL)",
+    // Id lanes (see `IdLanes`), added after the first release: NULL in older rows.
+    "ALTER TABLE shardgate_topology ADD COLUMN IF NOT EXISTS id_lanes jsonb",
 ];
 
 /// Writes the job record ($1, JSON; $2: its phase is terminal). An abort requested (by any
@@ -126,18 +128,19 @@ impl PgStore {
             }
         }
         let shards = shards_json(&seed.shards)?;
+        let lanes = lanes_json(&seed.id_lanes)?;
         let version = to_i64(seed.version);
         with_client!(self, |client| client.execute(
-            "INSERT INTO shardgate_topology (id, version, shards)
-             VALUES (1, $1, $2::text::jsonb) ON CONFLICT (id) DO NOTHING",
-            &[&version, &shards],
+            "INSERT INTO shardgate_topology (id, version, shards, id_lanes)
+             VALUES (1, $1, $2::text::jsonb, $3::text::jsonb) ON CONFLICT (id) DO NOTHING",
+            &[&version, &shards, &lanes],
         ))?;
         Ok(())
     }
 
     pub(super) async fn shard_map(&self) -> Result<ShardMap, StoreError> {
         let row = with_client!(self, |client| client.query_opt(
-            "SELECT version, shards::text FROM shardgate_topology WHERE id = 1",
+            "SELECT version, shards::text, id_lanes::text FROM shardgate_topology WHERE id = 1",
             &[]
         ))?;
         let row = row.ok_or_else(|| {
@@ -147,16 +150,7 @@ impl PgStore {
                     .into(),
             )
         })?;
-        let shards: String = row.get(1);
-        let shards = serde_json::from_str(&shards).map_err(|e| {
-            StoreError::Database(format!(
-                "the shard map in shardgate_topology cannot be parsed ({e}); restore it"
-            ))
-        })?;
-        Ok(ShardMap {
-            version: from_i64(row.get(0)),
-            shards,
-        })
+        parse_map(from_i64(row.get(0)), row.get(1), row.get(2))
     }
 
     /// Publishes `shards` as `expected + 1` and, with `job`, saves the job in the same
@@ -172,25 +166,44 @@ impl PgStore {
         let job_json = job.map(job_json).transpose()?;
         let (old, new) = (to_i64(expected), to_i64(expected + 1));
         let note = (expected + 1).to_string();
+        let mut lanes = None;
         let found = with_client!(self, |client| async {
             let tx = client.transaction().await?;
-            let updated = tx
-                .execute(
-                    "UPDATE shardgate_topology
-                     SET version = $1, shards = $2::text::jsonb, updated_at = now()
-                     WHERE id = 1 AND version = $3",
-                    &[&new, &json, &old],
+            // The lanes change with the shard list: read the current ones under the row lock.
+            let current = tx
+                .query_opt(
+                    "SELECT version, shards::text, id_lanes::text FROM shardgate_topology
+                     WHERE id = 1 FOR UPDATE",
+                    &[],
                 )
                 .await?;
-            if updated == 0 {
-                let row = tx
-                    .query_opt(
-                        "SELECT version, shards::text FROM shardgate_topology WHERE id = 1",
-                        &[],
+            let next_lanes = current
+                .as_ref()
+                .filter(|r| r.get::<_, i64>(0) == old)
+                .and_then(|r| parse_map(expected, r.get(1), r.get(2)).ok())
+                .map(|m| m.id_lanes.for_shards(&shards));
+            let lanes_text = next_lanes
+                .as_ref()
+                .and_then(|l| serde_json::to_string(l).ok());
+            lanes = next_lanes;
+            let updated = match &lanes_text {
+                Some(lanes_text) => {
+                    tx.execute(
+                        "UPDATE shardgate_topology
+                         SET version = $1, shards = $2::text::jsonb, id_lanes = $4::text::jsonb,
+                             updated_at = now()
+                         WHERE id = 1 AND version = $3",
+                        &[&new, &json, &old, lanes_text],
                     )
-                    .await?;
+                    .await?
+                }
+                // Another version (or an unreadable row): no update, report what is there.
+                None => 0,
+            };
+            if updated == 0 {
                 return Ok(Some(
-                    row.map(|r| (from_i64(r.get(0)), r.get::<_, String>(1)))
+                    current
+                        .map(|r| (from_i64(r.get(0)), r.get::<_, String>(1)))
                         .unwrap_or_default(),
                 ));
             }
@@ -207,6 +220,7 @@ impl PgStore {
             None => Ok(ShardMap {
                 version: expected + 1,
                 shards,
+                id_lanes: lanes.unwrap_or_default(),
             }),
             Some((found, stored))
                 if found == expected + 1
@@ -216,10 +230,7 @@ impl PgStore {
                     version = found,
                     "the shard map was already published (an earlier reply was lost)"
                 );
-                Ok(ShardMap {
-                    version: found,
-                    shards,
-                })
+                self.shard_map().await
             }
             Some((found, _)) => Err(StoreError::Conflict { expected, found }),
         }
@@ -362,6 +373,34 @@ fn terminal_phases() -> Vec<&'static str> {
     [Phase::Done, Phase::Aborted, Phase::Failed]
         .map(Phase::as_str)
         .to_vec()
+}
+
+fn lanes_json(lanes: &crate::IdLanes) -> Result<String, StoreError> {
+    serde_json::to_string(lanes)
+        .map_err(|e| StoreError::Database(format!("cannot encode the id lanes: {e}")))
+}
+
+/// A stored row as a map; a row written before id lanes existed gets them dealt in ring order.
+fn parse_map(version: u64, shards: String, lanes: Option<String>) -> Result<ShardMap, StoreError> {
+    let shards = serde_json::from_str(&shards).map_err(|e| {
+        StoreError::Database(format!(
+            "the shard map in shardgate_topology cannot be parsed ({e}); restore it"
+        ))
+    })?;
+    let id_lanes = match lanes {
+        Some(l) => serde_json::from_str(&l).map_err(|e| {
+            StoreError::Database(format!(
+                "the id lanes in shardgate_topology cannot be parsed ({e}); restore them"
+            ))
+        })?,
+        None => crate::IdLanes::default(),
+    };
+    Ok(ShardMap {
+        version,
+        shards,
+        id_lanes,
+    }
+    .with_lanes())
 }
 
 fn shards_json(shards: &[Shard]) -> Result<String, StoreError> {
