@@ -255,7 +255,7 @@ async fn run_db(
             Ok(client) => lanes::find(client, tables)
                 .await
                 .map_err(|e| on(shard, db, &e)),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         match found {
             Ok(found) => {
@@ -283,7 +283,7 @@ async fn run_db(
                     Ok(client) => lanes::column_max(client, f)
                         .await
                         .map_err(|e| on(shard, db, &e)),
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.to_string()),
                 };
                 match max {
                     Ok(m) => floor = floor.max(m),
@@ -319,7 +319,7 @@ async fn run_db(
                         Ok(client) => lanes::set_lane(client, f, l, lanes, floor)
                             .await
                             .map_err(|e| on(shard, db, &e)),
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.to_string()),
                     };
                     match done {
                         Ok(next) => {
@@ -357,7 +357,7 @@ async fn run_db(
                 Ok(client) => unique_id::install(client, lane)
                     .await
                     .map_err(|e| on(shard, db, &e)),
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             if let Err(e) = installed {
                 report
