@@ -276,15 +276,53 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
     if !mentions_any(sql.as_bytes(), &[b"set", b"discard", b"deallocate"]) {
         return Vec::new();
     }
-    let lower_has = |w: &str| mentions_any(sql.as_bytes(), &[w.as_bytes()]);
-    let mut effects: Vec<SessionEffect> = shardgate_router::split_statements(sql)
-        .into_iter()
-        .filter_map(statement_effect)
-        .collect();
-    if lower_has("set_config") && crate::pinning::set_config_may_persist(sql) {
+    // `UPDATE … SET`, `OFFSET`, `charset`: the word is there but no statement starts with a
+    // session command. One lexer pass without allocations says so before the full analysis.
+    let starts_session_statement = starts_session_statement(sql);
+    let set_config = mentions_any(sql.as_bytes(), &[b"set_config"]);
+    if !starts_session_statement && !set_config {
+        return Vec::new();
+    }
+    let mut effects: Vec<SessionEffect> = if starts_session_statement {
+        shardgate_router::split_statements(sql)
+            .into_iter()
+            .filter_map(statement_effect)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if set_config && crate::pinning::set_config_may_persist(sql) {
         effects.push(SessionEffect::Untracked);
     }
     effects
+}
+
+/// Whether a statement of `sql` starts with SET, RESET, DISCARD, DEALLOCATE or DO (comments
+/// skipped), the only statements `statement_effect` reads.
+fn starts_session_statement(sql: &str) -> bool {
+    use shardgate_router::lexer::{Lexer, TokKind};
+    let mut at_start = true;
+    for tok in Lexer::new(sql) {
+        match tok.kind {
+            TokKind::Comment => continue,
+            TokKind::Semicolon => {
+                at_start = true;
+                continue;
+            }
+            TokKind::Word if at_start => {
+                let word = &sql[tok.range];
+                if ["set", "reset", "discard", "deallocate", "do"]
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k))
+                {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        at_start = false;
+    }
+    false
 }
 
 /// Whether `text` contains one of `words` (lower-case ASCII), ignoring ASCII case. It runs on
@@ -384,6 +422,16 @@ mod tests {
         assert!(session_effects("SET LOCAL statement_timeout = 100").is_empty());
         assert!(session_effects("set transaction isolation level serializable").is_empty());
         assert!(session_effects("select 'set x = 1'").is_empty());
+        assert!(session_effects("UPDATE t SET a = 1 WHERE b = 2").is_empty());
+        assert!(session_effects("select 1 offset 2").is_empty());
+        assert_eq!(
+            session_effects("UPDATE t SET a = 1; /* c */ SET work_mem = '8MB'").len(),
+            1
+        );
+        assert_eq!(
+            session_effects("UPDATE t SET a = set_config('x', 'y', false)"),
+            vec![SessionEffect::Untracked]
+        );
         assert_eq!(
             session_effects("/* hi */ set Session TimeZone to 'UTC'; reset all; discard all"),
             vec![
