@@ -32,6 +32,29 @@ pub enum Flow {
 }
 
 impl Session {
+    /// A Query's or Parse's text about to be forwarded: pins the session to this connection
+    /// if the text creates state a hand-over cannot carry, and notes its session effects.
+    /// `false`: the statement was refused (`pool.pinning = "refuse"`), its error queued.
+    fn track_session_state(&mut self, sql: &str, query: bool) -> bool {
+        // One scan rules out both checks for almost every statement.
+        if !crate::session_state::may_touch_session(sql) {
+            return true;
+        }
+        // (Only a session that could be pinned pays for the pinning check.)
+        if let Some(what) = self
+            .releases_at_idle()
+            .then(|| crate::pinning::pinning_statement(sql))
+            .flatten()
+        {
+            if let Err(e) = self.pin_here(what) {
+                self.refuse(e, query);
+                return false;
+            }
+        }
+        self.txn.note_effects(session_effects(sql));
+        true
+    }
+
     pub(crate) fn push_expect(&mut self, e: Expect) {
         if let Some(s) = self.replies.push(e) {
             self.emit_synth(s);
@@ -158,42 +181,16 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
-                let sql = self.sql(text);
-                // One scan rules out both checks for almost every statement.
-                if crate::session_state::may_touch_session(&sql) {
-                    // (Only a session that could be pinned pays for the pinning check.)
-                    if let Some(what) = self
-                        .releases_at_idle()
-                        .then(|| crate::pinning::pinning_statement(&sql))
-                        .flatten()
-                    {
-                        if let Err(e) = self.pin_here(what) {
-                            self.refuse(e, true);
-                            return Ok(Flow::Continue);
-                        }
-                    }
-                    let effects = session_effects(&sql);
-                    self.txn.note_effects(effects);
+                if !self.track_session_state(&self.sql(text), true) {
+                    return Ok(Flow::Continue);
                 }
                 self.to_server.extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
             }
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
-                let sql = self.sql(parse.query);
-                if crate::session_state::may_touch_session(&sql) {
-                    if let Some(what) = self
-                        .releases_at_idle()
-                        .then(|| crate::pinning::pinning_statement(&sql))
-                        .flatten()
-                    {
-                        if let Err(e) = self.pin_here(what) {
-                            self.refuse(e, false);
-                            return Ok(Flow::Continue);
-                        }
-                    }
-                    let effects = session_effects(&sql);
-                    self.txn.note_effects(effects);
+                if !self.track_session_state(&self.sql(parse.query), false) {
+                    return Ok(Flow::Continue);
                 }
                 if parse.name.is_empty() {
                     self.to_server.extend_from_slice(frame.as_bytes());
