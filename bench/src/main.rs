@@ -22,6 +22,7 @@ mod service;
 mod shardgate;
 mod soak;
 mod stats;
+mod targets;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,10 +31,11 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use shardgate_tests::{pgbench, pgbench_raw, Auth, ClusterOptions, PgCluster, PgbenchResult};
 
-use cases::{Case, Protocol, Workload};
+use cases::{Case, Workload};
 use report::{Outcome, Row, Run};
 use service::Service;
 use stats::Latency;
+use targets::{skip_reason, Kind, Target};
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-secret";
@@ -161,28 +163,6 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// Which kind of place pgbench connects to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Direct,
-    PgBouncer,
-    Shardgate,
-    /// shardgate routing over several shards (only for `-S`).
-    Routed,
-}
-
-/// A place pgbench connects to.
-#[derive(Debug, Clone)]
-struct Target {
-    name: String,
-    kind: Kind,
-    port: u16,
-    /// The proxy process (for CPU and memory); `None` for direct.
-    pid: Option<u32>,
-    /// Servers behind it.
-    shards: u32,
-}
-
 fn pgbench_base_args(port: u16) -> Vec<String> {
     [
         "-h",
@@ -251,29 +231,6 @@ async fn measure(
         proxy_cpu,
         proxy_rss_kib: rss,
     })
-}
-
-/// Why `target` does not run `case`, if it does not.
-fn skip_reason(
-    case: &Case,
-    target: &Target,
-    pgbouncer: Option<&pgbouncer::PgBouncerBin>,
-) -> Option<String> {
-    match (target.kind, case.workload) {
-        (Kind::PgBouncer, Workload::Select(Protocol::Prepared)) => {
-            pgbouncer.filter(|b| !b.supports_prepared()).map(|b| {
-                format!(
-                    "PgBouncer {} < 1.21 has no max_prepared_statements",
-                    b.version_string()
-                )
-            })
-        }
-        (Kind::Routed, Workload::Select(_)) => None,
-        // TPC-B's branch and teller rows have no aid: on one shard they meet the accounts.
-        (Kind::Routed, _) if target.shards == 1 => None,
-        (Kind::Routed, _) => Some("routed target runs -S only".into()),
-        _ => None,
-    }
 }
 
 struct Cell {

@@ -6,12 +6,14 @@
 
 mod duration;
 mod schema;
+mod timeouts;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use duration::{format_duration, parse_duration};
 pub use schema::*;
+pub use timeouts::Timeouts;
 pub use validate::check_shard_name;
 
 /// Why a configuration could not be loaded.
