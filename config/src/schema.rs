@@ -690,6 +690,8 @@ pub struct Sharding {
     pub route_cache_bytes: usize,
     /// What a write on a sharded table without a shard key does.
     pub keyless_writes: KeylessWrites,
+    /// How a transaction that wrote on several shards commits.
+    pub cross_shard_transactions: CrossShardTransactions,
     /// The sharded tables. Every other table lives on the default shard.
     pub tables: Vec<ShardedTable>,
 }
@@ -706,6 +708,7 @@ impl Default for Sharding {
             route_cache_size: 10_000,
             route_cache_bytes: 64 * 1024 * 1024,
             keyless_writes: KeylessWrites::Refuse,
+            cross_shard_transactions: CrossShardTransactions::TwoPhase,
             tables: Vec::new(),
         }
     }
@@ -756,6 +759,20 @@ impl std::fmt::Display for KeyType {
             KeyType::Uuid => "uuid",
         })
     }
+}
+
+/// How a transaction (or a broadcast statement) that wrote on several shards commits.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CrossShardTransactions {
+    /// Atomically: PREPARE TRANSACTION on each shard that wrote, the decision recorded in the
+    /// topology store, then COMMIT PREPARED (needs `max_prepared_transactions` > 0).
+    TwoPhase,
+    /// Shard by shard with plain COMMITs: a failure part-way leaves the earlier shards
+    /// committed.
+    BestEffort,
+    /// Refuse the COMMIT (rolling back every shard) when more than one shard wrote.
+    Refuse,
 }
 
 /// What to do with a write on a sharded table that names no shard key.

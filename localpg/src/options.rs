@@ -165,6 +165,7 @@ impl ClusterOptions {
                 socket_dir.display().to_string().replace('\'', "''")
             ),
             format!("max_connections = {}", self.max_connections),
+            format!("max_prepared_transactions = {}", self.max_connections),
             "superuser_reserved_connections = 3".into(),
             "wal_level = logical".into(),
             format!("max_wal_senders = {}", self.max_wal_senders),

@@ -109,13 +109,18 @@ impl Session {
                 Err(Replay::Refused(failure)) => return Err(failure),
             }
         };
-        let (spid, ssecret) = server.backend_key();
+        self.aim_cancel_at(&server).await;
+        Ok((server, reported))
+    }
+
+    /// The client's CancelRequests go to `server` from now on.
+    pub(crate) async fn aim_cancel_at(&self, server: &ServerConn) {
+        let (pid, secret) = server.backend_key();
         *self.cancel.lock().await = Some(CancelTarget {
             host: server.host().clone(),
-            pid: spid,
-            secret: ssecret,
+            pid,
+            secret,
         });
-        Ok((server, reported))
     }
 
     /// One checkout from `pool`, counted as waiting and timed for the query statistics.

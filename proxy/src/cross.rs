@@ -1,18 +1,20 @@
 //! Statements that run on several shards: cross-shard reads (merged by `scatter`) and
 //! broadcasts (DDL on sharded tables, keyless writes when configured).
 //!
-//! They run outside transactions only, on one server connection per shard checked out for the
-//! statement. A broadcast runs shard by shard and stops at the first error, which names the
-//! shard (the shards before it keep the change: DDL is not atomic across shards).
+//! Outside a transaction they run on one server connection per shard checked out for the
+//! statement; inside one, on the transaction's participants (`multi_txn`). Broadcasts run on
+//! every shard at once and commit together (`broadcast`).
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shardgate_pool::{PooledConn, ServerConn};
 use shardgate_router::{Plan, RouteError, ShardIndex, StatementKind};
-use shardgate_wire::backend::{self, TransactionStatus};
+use shardgate_wire::backend::TransactionStatus;
 use shardgate_wire::{frontend, sqlstate, Frame};
 
+use crate::broadcast::broadcast;
+use crate::multi_txn::fanout::Member;
 use crate::routing::feature_error;
 use crate::scatter::{self, ScatterFailure, ScatterLimits, ScatterRequest};
 use crate::session::Session;
@@ -21,40 +23,39 @@ use crate::SessionError;
 
 impl Session {
     /// Runs a batch the router sent to several shards, answering the client completely
-    /// (including ReadyForQuery).
+    /// (including ReadyForQuery). When it is the first statement of a transaction (a deferred
+    /// BEGIN), the transaction opens on those shards and the connection to attach to next is
+    /// returned.
     pub(crate) async fn run_many(
         &mut self,
         batch: Vec<Frame>,
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<PooledConn>, SessionError> {
+        if self.txn.has_deferred_begin() && self.spans_shards() {
+            return self.open_transaction_on_many(batch, shards, plan).await;
+        }
         let refusal = if !self.txn.is_idle() || self.txn.has_deferred_begin() {
             Some(feature_error(
                 "a statement on several shards cannot run inside a transaction".into(),
                 "run it outside the transaction, or restrict it to one shard with its shard key",
             ))
-        } else if !matches!(
-            plan.kind,
-            StatementKind::Read { .. } | StatementKind::Ddl | StatementKind::Write
-        ) {
-            Some(feature_error(
-                format!("{} cannot run on several shards", plan.command),
-                "restrict it to one shard with its shard key or a /* shardgate: shard=… */ hint",
-            ))
         } else {
-            None
+            many_shards_refusal(&plan)
         };
         let request = match refusal.map_or_else(|| self.scatter_request(&batch, &plan), Err) {
             Ok(r) => r,
             Err(e) => {
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
-                return self.io.flush().await;
+                self.io.flush().await?;
+                return Ok(None);
             }
         };
 
         if let (Some(gather), StatementKind::Read { .. }) = (&plan.gather, &plan.kind) {
             let gather = gather.clone();
-            return self.run_gather(&batch, shards, &gather, request).await;
+            self.run_gather(&batch, shards, &gather, request).await?;
+            return Ok(None);
         }
         let role = self.batch_role(&batch);
         let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
@@ -69,7 +70,8 @@ impl Session {
                 Err(f) => {
                     *self.cancel.lock().await = None;
                     self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
-                    return self.io.flush().await;
+                    self.io.flush().await?;
+                    return Ok(None);
                 }
             }
         }
@@ -79,41 +81,13 @@ impl Session {
         let started = std::time::Instant::now();
         let broken = {
             let mut servers: Vec<&mut ServerConn> = conns.iter_mut().map(|c| &mut **c).collect();
-            if matches!(plan.kind, StatementKind::Read { .. }) {
-                let spec = plan.merge.clone().unwrap_or_default();
-                let limits = ScatterLimits {
-                    max_buffered: self.shared.config().limits.max_buffered_result,
-                };
-                // The merged rows stream to the client as they come (`scatter::output`).
-                match scatter::run(&mut servers, &names, &request, &spec, limits, &mut self.io)
-                    .await
-                {
-                    Ok(()) => None,
-                    Err(ScatterFailure::Server(e)) => Some((e.shard.clone(), e.to_string())),
-                    Err(ScatterFailure::ClientGone) => {
-                        // The connections still mid-result were marked broken: the pool
-                        // closes them, which ends their statements.
-                        *self.cancel.lock().await = None;
-                        return Err(SessionError::ClientGone);
-                    }
-                }
-            } else {
-                broadcast(&mut servers, &names, &request, &mut self.io.out).await
-            }
+            self.execute_many(&mut servers, &names, &request, &plan, false)
+                .await?
         };
         *self.cancel.lock().await = None;
-        let route = if matches!(plan.kind, StatementKind::Read { .. }) {
-            RouteKind::Multi
-        } else {
-            RouteKind::Broadcast
-        };
         let took = started.elapsed();
         for (shard, guard) in shards.iter().zip(&running) {
-            let role = guard.host().role;
-            self.shared
-                .topo()
-                .query_stats
-                .query(*shard, role, route, took);
+            self.count_many(*shard, guard.host().role, &plan, took);
         }
         if let Some((shard, error)) = broken {
             if let Some(i) = names.iter().position(|n| *n == shard) {
@@ -128,7 +102,6 @@ impl Session {
         if !matches!(plan.kind, StatementKind::Read { .. }) && !role.read {
             // DDL and writes on every shard: the client's later reads on each shard must see
             // them (a replica that has not replayed a CREATE TABLE does not know the table).
-            // Also after an error: the shards before it kept the change.
             for (shard, conn) in shards.iter().zip(conns.iter_mut()) {
                 self.remember_write_position_on(*shard, conn).await;
             }
@@ -137,7 +110,197 @@ impl Session {
         drop(conns);
         drop(running);
         self.io.push_ready(TransactionStatus::Idle);
-        self.io.flush().await
+        self.io.flush().await?;
+        Ok(None)
+    }
+
+    fn count_many(
+        &self,
+        shard: ShardIndex,
+        role: shardgate_pool::Role,
+        plan: &Plan,
+        took: std::time::Duration,
+    ) {
+        let route = if matches!(plan.kind, StatementKind::Read { .. }) {
+            RouteKind::Multi
+        } else {
+            RouteKind::Broadcast
+        };
+        self.shared
+            .topo()
+            .query_stats
+            .query(shard, role, route, took);
+    }
+
+    /// Runs a cross-shard read (merged, streamed to the client) or a broadcast on `servers`
+    /// (one per name). Returns the shard whose connection broke, if one did.
+    async fn execute_many(
+        &mut self,
+        servers: &mut [&mut ServerConn],
+        names: &[String],
+        request: &ScatterRequest,
+        plan: &Plan,
+        in_transaction: bool,
+    ) -> Result<Option<(String, String)>, SessionError> {
+        if matches!(plan.kind, StatementKind::Read { .. }) {
+            let spec = plan.merge.clone().unwrap_or_default();
+            let limits = ScatterLimits {
+                max_buffered: self.shared.config().limits.max_buffered_result,
+            };
+            // The merged rows stream to the client as they come (`scatter::output`).
+            return match scatter::run(servers, names, request, &spec, limits, &mut self.io).await {
+                Ok(()) => Ok(None),
+                Err(ScatterFailure::Server(e)) => Ok(Some((e.shard.clone(), e.to_string()))),
+                Err(ScatterFailure::ClientGone) => {
+                    // The connections still mid-result were marked broken: the pool
+                    // closes them, which ends their statements.
+                    *self.cancel.lock().await = None;
+                    Err(SessionError::ClientGone)
+                }
+            };
+        }
+        let mut members: Vec<Member<'_>> = servers
+            .iter_mut()
+            .zip(names)
+            .map(|(conn, name)| Member {
+                name: name.clone(),
+                conn,
+            })
+            .collect();
+        let shared = Arc::clone(&self.shared);
+        Ok(broadcast(
+            &shared,
+            &mut members,
+            request,
+            &mut self.io.out,
+            in_transaction,
+        )
+        .await)
+    }
+
+    /// The client's deferred BEGIN and then a statement for several shards: the transaction
+    /// opens on the first of them (the attachment) and the others join it.
+    async fn open_transaction_on_many(
+        &mut self,
+        batch: Vec<Frame>,
+        shards: Vec<ShardIndex>,
+        plan: Arc<Plan>,
+    ) -> Result<Option<PooledConn>, SessionError> {
+        let version = self.shared.topology_version();
+        self.shard = shards.first().copied().unwrap_or_default();
+        let role = self.batch_role(&batch);
+        let (mut server, guard) = match self.checkout_for(role).await {
+            Ok(v) => v,
+            Err(f) => {
+                self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
+                self.io.flush().await?;
+                return Ok(None);
+            }
+        };
+        let begin = self
+            .txn
+            .take_deferred_begin()
+            .unwrap_or_else(|| "BEGIN".into());
+        if let Err(e) = server.run_internal(&begin).await {
+            self.fail_batch(&batch, e.sqlstate(), &e.to_string(), None);
+            self.io.flush().await?;
+            return Ok(None);
+        }
+        let active = crate::control::CountGuard::new(&self.shared.activity.active);
+        self.attach_guard(guard, active);
+        self.attached_version = version;
+        self.many_in_transaction(&mut server, &batch, shards, plan)
+            .await?;
+        self.io.flush().await?;
+        Ok(Some(server))
+    }
+
+    /// A statement for several shards inside the client's transaction: it runs on their
+    /// participants, shards not in the transaction yet joining it first.
+    pub(crate) async fn many_in_transaction(
+        &mut self,
+        server: &mut PooledConn,
+        batch: &[Frame],
+        shards: Vec<ShardIndex>,
+        plan: Arc<Plan>,
+    ) -> Result<(), SessionError> {
+        let refusal = if plan.gather.is_some() && matches!(plan.kind, StatementKind::Read { .. }) {
+            Some(feature_error(
+                "this cross-shard read is answered by gathering rows into PostgreSQL, which does not run inside a transaction yet".into(),
+                "run it outside the transaction, or restrict it to one shard with its shard key",
+            ))
+        } else {
+            many_shards_refusal(&plan)
+        };
+        let request = match refusal.map_or_else(|| self.scatter_request(batch, &plan), Err) {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail_in_transaction(batch, &e);
+                return Ok(());
+            }
+        };
+        let mut taken = Vec::with_capacity(shards.len());
+        let here = self.shard;
+        for &s in shards.iter().filter(|s| **s != here) {
+            let joined = match self.txn_shards.take(s) {
+                Some(p) => Ok(p),
+                None => self.join(s, server).await,
+            };
+            match joined {
+                Ok(p) => taken.push(p),
+                Err(e) => {
+                    for p in taken {
+                        self.txn_shards.put(p);
+                    }
+                    self.fail_in_transaction(batch, &e);
+                    return Ok(());
+                }
+            }
+        }
+        let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
+        let started = std::time::Instant::now();
+        let result = {
+            let mut by_shard: Vec<(ShardIndex, &mut ServerConn)> = Vec::new();
+            if shards.contains(&here) {
+                by_shard.push((here, &mut **server));
+            }
+            for p in taken.iter_mut() {
+                by_shard.push((p.shard, &mut *p.conn));
+            }
+            by_shard.sort_by_key(|(s, _)| shards.iter().position(|x| x == s));
+            let mut servers: Vec<&mut ServerConn> = by_shard.into_iter().map(|(_, c)| c).collect();
+            self.execute_many(&mut servers, &names, &request, &plan, true)
+                .await
+        };
+        let took = started.elapsed();
+        let failed_here =
+            shards.contains(&here) && server.status() != TransactionStatus::InTransaction;
+        let mut failed = failed_here;
+        for p in taken {
+            self.count_many(p.shard, p.guard.host().role, &plan, took);
+            failed |= p.conn.status() != TransactionStatus::InTransaction;
+            self.txn_shards.put(p);
+        }
+        let broken = result?;
+        if let Some((shard, error)) = broken {
+            self.io.push_error(
+                sqlstate::CONNECTION_FAILURE,
+                &format!("lost the connection to shard {shard}: {error}"),
+                Some("the transaction failed; roll it back and retry it"),
+            );
+            failed = true;
+        }
+        if failed {
+            self.txn_shards.set_failed();
+            self.txn.note_error();
+        }
+        self.txn.set_status(if failed {
+            TransactionStatus::Failed
+        } else {
+            TransactionStatus::InTransaction
+        });
+        self.io.push_ready(self.txn.status());
+        Ok(())
     }
 
     /// The batch as one cross-shard request: a single Query, or one Parse/Bind/Describe/
@@ -259,79 +422,16 @@ impl Session {
     }
 }
 
-/// Runs a DDL or write on every server in turn; the client sees the first shard's replies, or
-/// the first error (with the shard's name). Returns the shard whose connection broke, if any.
-async fn broadcast(
-    servers: &mut [&mut ServerConn],
-    names: &[String],
-    request: &ScatterRequest,
-    out: &mut BytesMut,
-) -> Option<(String, String)> {
-    let sql = match request {
-        ScatterRequest::Simple { sql } => sql,
-        ScatterRequest::Extended { sql, params, .. } if params.is_empty() => sql,
-        ScatterRequest::Extended { .. } => {
-            out.extend_from_slice(&error_frame(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "a statement run on every shard cannot take parameters",
-            ));
-            return None;
-        }
-    };
-    let mut first_replies: Vec<Frame> = Vec::new();
-    for (i, server) in servers.iter_mut().enumerate() {
-        let name = names.get(i).map_or("?", String::as_str);
-        let replies = match server.query_frames(sql).await {
-            Ok(r) => r,
-            Err(e) => return Some((name.to_owned(), e.to_string())),
-        };
-        if let Some(error) = replies.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
-            let done: Vec<&str> = names[..i].iter().map(String::as_str).collect();
-            let prefix = if done.is_empty() {
-                format!("shard {name}: ")
-            } else {
-                format!("shard {name} (already applied on {}): ", done.join(", "))
-            };
-            if backend::write_error_with_prefix(out, error, &prefix).is_err() {
-                out.extend_from_slice(error.as_bytes());
-            }
-            return None;
-        }
-        if i == 0 {
-            first_replies = replies;
-        }
-    }
-    if let ScatterRequest::Extended {
-        client_sent_parse,
-        client_describe,
-        ..
-    } = request
-    {
-        if *client_sent_parse {
-            backend::write_parse_complete(out);
-        }
-        if *client_describe == Some(b'S') {
-            frontend::write_message(out, backend::PARAMETER_DESCRIPTION, |b| {
-                b.extend_from_slice(&[0, 0])
-            });
-            backend::write_no_data(out);
-        }
-        backend::write_bind_complete(out);
-        if *client_describe == Some(b'P') {
-            backend::write_no_data(out);
-        }
-    }
-    for frame in first_replies
-        .iter()
-        .filter(|f| f.tag() != backend::READY_FOR_QUERY)
-    {
-        out.extend_from_slice(frame.as_bytes());
-    }
-    None
-}
-
-fn error_frame(code: &str, message: &str) -> BytesMut {
-    let mut out = BytesMut::new();
-    backend::write_error(&mut out, backend::Severity::Error, code, message, None);
-    out
+/// Statement kinds that cannot run on several shards.
+fn many_shards_refusal(plan: &Plan) -> Option<RouteError> {
+    (!matches!(
+        plan.kind,
+        StatementKind::Read { .. } | StatementKind::Ddl | StatementKind::Write
+    ))
+    .then(|| {
+        feature_error(
+            format!("{} cannot run on several shards", plan.command),
+            "restrict it to one shard with its shard key or a /* shardgate: shard=… */ hint",
+        )
+    })
 }

@@ -6,6 +6,7 @@
 
 mod auth;
 mod bounds;
+mod broadcast;
 mod cancel;
 mod checkout;
 mod control;
@@ -17,6 +18,8 @@ mod io;
 mod limits;
 mod listener;
 mod login;
+mod multi_txn;
+mod one_statement;
 mod pinning;
 mod pool_retire;
 mod prepared;
@@ -35,6 +38,7 @@ mod stats;
 mod timeouts;
 mod tls;
 mod topology;
+mod two_phase;
 mod txn;
 
 use std::net::SocketAddr;
@@ -49,6 +53,16 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use control::ProxyControl;
+
+/// A place where a crash test may stop the proxy (the `failpoints` feature; nothing without
+/// it). See `shardgate_rebalance::failpoints` for the actions.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        shardgate_rebalance::failpoints::crash($name).await;
+    };
+}
+pub(crate) use failpoint;
 pub use listener::ListenError;
 pub use routing::explain;
 
@@ -120,6 +134,8 @@ pub struct Shared {
     pools: Pools,
     statements: prepared::StatementRegistry,
     pins: pinning::PinCounts,
+    /// Transaction ids and in-flight two-phase commits of this proxy.
+    two_phase: two_phase::Coordinator,
     cancels: cancel::CancelRegistry,
     client_slots: Arc<Semaphore>,
     client_caps: Arc<limits::ClientCaps>,
@@ -128,6 +144,8 @@ pub struct Shared {
 
 impl Shared {
     fn new(config: Config, topo: topology::Topo) -> Self {
+        let two_phase =
+            two_phase::Coordinator::new(config.topology.proxy_id.as_deref().unwrap_or("proxy"));
         let host_policy = shardgate_pool::HostPolicy::from_config(&config.pool);
         Shared {
             topo_changed: watch::Sender::new(topo.version),
@@ -148,6 +166,7 @@ impl Shared {
             pools: Pools::new(host_policy),
             statements: prepared::StatementRegistry::default(),
             pins: pinning::PinCounts::default(),
+            two_phase,
             cancels: cancel::CancelRegistry::default(),
             next_client_id: AtomicU64::new(1),
         }

@@ -463,7 +463,10 @@ impl Session {
 
     /// At ReadyForQuery `I`: session effects of a transaction that committed become the
     /// client's state (and the server's); those of one that failed or rolled back are dropped.
-    fn end_of_transaction(&mut self, server: &mut ServerConn) {
+    pub(crate) fn end_of_transaction(&mut self, server: &mut ServerConn) {
+        if !self.txn_shards.is_multi() {
+            self.txn_shards.reset();
+        }
         if let Some(Settled { effects, committed }) = self.txn.settle() {
             if committed {
                 // (Prepared statements dropped by DEALLOCATE/DISCARD ALL were forgotten at its

@@ -231,6 +231,14 @@ impl Session {
         let Some((route, plan)) = self.route_frame(frame)? else {
             return Ok(());
         };
+        self.note_transaction_statement(frame, &plan);
+        if self.txn_shards.is_multi() {
+            self.check_multi_control(frame, &plan)?;
+        }
+        if self.txn.status() == TransactionStatus::Failed {
+            // The server answers 25P02, as PostgreSQL would, whatever shard it names.
+            return Ok(());
+        }
         // Statements without sharded tables (transaction control, SET, SELECT 1, and tables
         // every shard has) run where the transaction is.
         if matches!(plan.placement, Placement::Default)
@@ -402,104 +410,24 @@ impl Session {
     /// that [`Session::answer_locally`] answers: one `Parse? Bind Describe? Execute Sync` run of
     /// such a statement is answered message by message as the server would.
     fn answer_transaction_locally(&mut self, batch: &[Frame]) -> bool {
-        let Some((last, body)) = batch.split_last() else {
+        if batch.last().is_none_or(|f| f.tag() != frontend::SYNC) {
+            return false;
+        }
+        let Some(stmt) = self.one_statement(batch) else {
             return false;
         };
-        if last.tag() != frontend::SYNC {
-            return false;
-        }
-        use frontend::{BIND as B, DESCRIBE as D, EXECUTE as E, PARSE as P};
-        let tags: Vec<u8> = body.iter().map(Frame::tag).collect();
-        if !matches!(
-            tags.as_slice(),
-            [B, E] | [B, D, E] | [P, B, E] | [P, B, D, E] | [P, D, B, E]
-        ) {
-            return false;
-        }
-        // The statement: the batch's own Parse, or the one its Bind names.
-        let mut parsed: Option<(String, String, Vec<u32>)> = None;
-        let mut text = None;
-        for frame in body {
-            match frame.tag() {
-                frontend::PARSE => {
-                    let Ok(p) = frontend::parse(frame) else {
-                        return false;
-                    };
-                    let text = self.sql(p.query).into_owned();
-                    parsed = Some((p.name.to_owned(), text, p.param_types.clone()));
-                }
-                frontend::BIND => {
-                    let Ok(b) = frontend::bind(frame) else {
-                        return false;
-                    };
-                    if !b.portal.is_empty() {
-                        return false;
-                    }
-                    text = match &parsed {
-                        Some((name, query, _)) if name == b.statement => Some(query.clone()),
-                        Some(_) => return false,
-                        None if b.statement.is_empty() => {
-                            self.routing.unnamed().map(|u| u.0.clone())
-                        }
-                        None => self.statements.get(b.statement).map(|s| s.query.clone()),
-                    };
-                    let Ok(p) = frontend::bind_params(frame, &b) else {
-                        return false;
-                    };
-                    if !p.values.is_empty() {
-                        return false;
-                    }
-                }
-                frontend::EXECUTE
-                    if !frontend::execute(frame).is_ok_and(|(portal, _)| portal.is_empty()) =>
-                {
-                    return false;
-                }
-                _ => {}
-            }
-        }
-        let Some(tag) = text.as_deref().and_then(|t| self.local_transaction_tag(t)) else {
+        let Some(tag) = self.local_transaction_tag(&stmt.text) else {
             return false;
         };
-        if let Some((name, query, types)) = parsed {
-            if name.is_empty() {
-                self.routing.set_unnamed(query, types);
-            } else {
-                let context = self.statement_context();
-                let stmt = self.shared.statements.intern(&query, &types, &context);
-                self.statements.insert(name, stmt);
-            }
+        if tag == "BEGIN" {
+            let read_only = self.shared.topo().router.plan(&stmt.text).kind
+                == StatementKind::Begin { read_only: true };
+            self.txn.defer_begin(stmt.text.clone(), read_only);
+        } else {
+            self.txn.drop_deferred_begin();
+            self.routing.end_transaction();
         }
-        for frame in body {
-            match frame.tag() {
-                frontend::PARSE => backend::write_parse_complete(&mut self.io.out),
-                frontend::BIND => backend::write_bind_complete(&mut self.io.out),
-                frontend::DESCRIBE => {
-                    if frontend::describe(frame).is_ok_and(|d| d.kind == b'S') {
-                        frontend::write_message(
-                            &mut self.io.out,
-                            backend::PARAMETER_DESCRIPTION,
-                            |b| b.extend_from_slice(&[0, 0]),
-                        );
-                    }
-                    backend::write_no_data(&mut self.io.out);
-                }
-                _ => {}
-            }
-        }
-        match text {
-            Some(sql) if tag == "BEGIN" => {
-                let read_only = self.shared.topo().router.plan(&sql).kind
-                    == StatementKind::Begin { read_only: true };
-                self.txn.defer_begin(sql, read_only);
-            }
-            _ => {
-                self.txn.drop_deferred_begin();
-                self.routing.end_transaction();
-            }
-        }
-        backend::write_command_complete(&mut self.io.out, tag);
-        self.io.push_ready(self.txn.status());
+        self.answer_one_statement(batch, stmt, tag);
         true
     }
 

@@ -20,6 +20,7 @@ use crate::control::CountGuard;
 use crate::io::ClientIo;
 use crate::limits::CapSlot;
 use crate::login::{login, Login};
+use crate::multi_txn::InTransaction;
 use crate::pinning::Pin;
 use crate::prepared::ClientStatements;
 use crate::read_your_writes::ReadYourWrites;
@@ -64,7 +65,11 @@ pub struct Session {
     pub(crate) attached_read: bool,
     /// Counts the current attachment as a query running on its host (for balancing) and the
     /// client as active.
-    query_guard: Option<(QueryGuard, CountGuard)>,
+    pub(crate) query_guard: Option<(QueryGuard, CountGuard)>,
+    /// The client's transaction on shards other than the attached one.
+    pub(crate) txn_shards: crate::multi_txn::TxnShards,
+    /// The parked batch was read inside a transaction and may need other shards.
+    parked_in_transaction: bool,
     /// Read-your-writes: per shard, the WAL position this client's reads must see.
     pub(crate) read_your_writes: ReadYourWrites,
     /// The running request's start and statement (for metrics and the slow-query log).
@@ -209,6 +214,8 @@ impl Session {
             host: HostChoice::Primary,
             attached_read: false,
             query_guard: None,
+            txn_shards: Default::default(),
+            parked_in_transaction: false,
             read_your_writes: ReadYourWrites::new(read_your_writes, shards),
             request: RequestTimer::default(),
             routing: RoutingState::default(),
@@ -274,11 +281,17 @@ impl Session {
         self.query_guard = None;
     }
 
+    /// Counts the attachment as a query on its host and the client as active.
+    pub(crate) fn attach_guard(&mut self, guard: QueryGuard, active: CountGuard) {
+        self.query_guard = Some((guard, active));
+    }
+
     /// The main loop.
-    async fn run(&mut self, mut held: Option<PooledConn>) -> Result<(), SessionError> {
+    async fn run(&mut self, held: Option<PooledConn>) -> Result<(), SessionError> {
+        let mut next: Option<(PooledConn, Vec<Frame>)> = held.map(|s| (s, Vec::new()));
         loop {
-            let (mut server, batch) = match held.take() {
-                Some(s) => (s, Vec::new()),
+            let (mut server, batch) = match next.take() {
+                Some(attach) => attach,
                 None => {
                     let initial = std::mem::take(&mut self.parked);
                     let Some(batch) = self.read_detached_batch(initial).await? else {
@@ -297,7 +310,9 @@ impl Session {
                                 self.io.flush().await?;
                                 continue;
                             }
-                            self.run_many(batch, shards, plan).await?;
+                            if let Some(server) = self.run_many(batch, shards, plan).await? {
+                                next = Some((server, Vec::new()));
+                            }
                             continue;
                         }
                         Err(e) => {
@@ -338,10 +353,26 @@ impl Session {
             let outcome = self.attached(&mut server, batch).await;
             match outcome {
                 Ok(Detach::Release) => {
+                    self.end_other_shards().await;
                     self.release(&mut server).await;
                     self.retry_fenced().await;
                 }
+                Ok(Detach::OtherShards) => {
+                    let batch = std::mem::take(&mut self.parked);
+                    match self.run_in_transaction(server, batch).await {
+                        Ok(InTransaction::Attach(server, batch)) => next = Some((server, batch)),
+                        Ok(InTransaction::Ended(mut server)) => {
+                            self.io.flush().await?;
+                            self.release(&mut server).await;
+                        }
+                        Err(e) => {
+                            self.end_other_shards().await;
+                            return Err(e);
+                        }
+                    }
+                }
                 Ok(Detach::Terminate) => {
+                    self.end_other_shards().await;
                     self.cleanup(&mut server).await;
                     return Ok(());
                 }
@@ -351,9 +382,11 @@ impl Session {
                     // state it was pinned for is gone with it.
                     self.fence.take_pending();
                     self.pin.release();
+                    self.end_other_shards().await;
                     self.release(&mut server).await;
                 }
                 Err(e) => {
+                    self.end_other_shards().await;
                     self.cleanup(&mut server).await;
                     if let SessionError::ServerLost(msg) = &e {
                         self.io
@@ -474,6 +507,7 @@ impl Session {
         let rerouting = self.mode == PoolMode::Transaction
             && (self.shared.topo().router.shard_names().len() > 1
                 || self.shared.topo().reads_can_leave_primary);
+        let spans_shards = self.spans_shards();
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
         let max_held = self.shared.config().pool.max_held_bytes;
@@ -485,6 +519,19 @@ impl Session {
         let timed = crate::timeouts::any_session_timeout(&timeouts);
         loop {
             if !self.parked.is_empty() && (self.replies.is_empty() || self.replies.refusing()) {
+                if std::mem::take(&mut self.parked_in_transaction)
+                    && self.replies.is_empty()
+                    && self.to_server.is_empty()
+                    && server.status() != TransactionStatus::Idle
+                {
+                    // Asked again now that the previous request is done (it may have failed).
+                    let parked = std::mem::take(&mut self.parked);
+                    let elsewhere = self.needs_txn_shards(&parked, server.status());
+                    self.parked = parked;
+                    if elsewhere {
+                        return Ok(Detach::OtherShards);
+                    }
+                }
                 if server.status() != TransactionStatus::Idle
                     || self.replies.refusing()
                     || self.pin.is_pinned()
@@ -565,11 +612,12 @@ impl Session {
                         frame.tag(),
                         frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL
                     );
+                    let in_transaction = !self.txn.is_idle() && !self.txn.has_deferred_begin();
                     let starts_batch = rerouting
-                        && !self.pin.is_pinned()
+                        && (!self.pin.is_pinned() || (in_transaction && self.txn_shards.is_multi()))
                         && !copy_message
                         && (self.at_request_boundary || !lookahead.is_empty())
-                        && (self.txn.is_idle() || self.txn.has_deferred_begin())
+                        && (!in_transaction || spans_shards)
                         && !self.replies.in_copy_in()
                         && !self.replies.refusing();
                     let frames = if starts_batch {
@@ -583,7 +631,14 @@ impl Session {
                             continue;
                         }
                         let batch = std::mem::take(&mut lookahead);
-                        if self.belongs_elsewhere(&batch) {
+                        if in_transaction {
+                            if self.needs_txn_shards(&batch, server.status()) {
+                                // Finish the previous request here first; then look again.
+                                self.parked = batch;
+                                self.parked_in_transaction = true;
+                                continue;
+                            }
+                        } else if self.belongs_elsewhere(&batch) {
                             // Finish the previous request here first; then route it afresh.
                             self.parked = batch;
                             continue;
@@ -695,6 +750,9 @@ enum Detach {
     /// The server connection broke: the client was answered (see [`Session::server_lost`])
     /// and keeps its session; the connection is not used again.
     ServerLost,
+    /// The parked batch of the client's transaction needs other shards (`multi_txn`); the
+    /// connection stays in the transaction.
+    OtherShards,
 }
 
 /// Messages after which the client waits for replies: the end of a batch.

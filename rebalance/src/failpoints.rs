@@ -85,7 +85,7 @@ fn kill_self(name: &'static str) {
 }
 
 /// Stops the runner at `name` as the configured action says (see the module docs).
-pub(crate) async fn crash(name: &'static str) {
+pub async fn crash(name: &'static str) {
     let Some(how) = fail::eval(name, |arg| arg) else {
         return;
     };

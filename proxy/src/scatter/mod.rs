@@ -36,7 +36,8 @@ use execute::Ctx;
 pub(crate) use output::ClientSink;
 use output::Output;
 use request::{row_count, shard_messages};
-use shard::{join_all, ShardStream};
+pub(crate) use shard::join_all;
+use shard::ShardStream;
 
 /// One cross-shard read, already checked by the router to be mergeable.
 #[derive(Debug, Clone)]

@@ -185,6 +185,21 @@ impl Store {
         }
     }
 
+    /// TEMPORARY stand-in (the recovery branch brings the real decision log).
+    pub async fn record_commit(
+        &self,
+        _proxy: &str,
+        _txid: u64,
+        _participants: &[String],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// TEMPORARY stand-in.
+    pub async fn forget_commit(&self, _proxy: &str, _txid: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Every proxy that has reported, most recent first.
     pub async fn proxies(&self) -> Result<Vec<ProxyVersion>, StoreError> {
         match &self.backend {

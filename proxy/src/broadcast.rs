@@ -1,0 +1,245 @@
+//! DDL and keyless writes run on every shard at once. Outside the client's transaction the
+//! shards each run the statement in a transaction of their own and commit together through the
+//! commit protocol (`multi_txn`), or not at all: a DDL one shard refuses leaves no shard with
+//! it. Statements PostgreSQL will not run in a transaction block (VACUUM, CREATE INDEX
+//! CONCURRENTLY, …) are then run on each shard on their own, and a failure names the shards
+//! that applied it. Inside the client's transaction the statement is simply part of it.
+//!
+//! The client gets one answer, as from one PostgreSQL: the row counts of the shards' command
+//! tags added up, and RETURNING rows from every shard.
+
+use bytes::BytesMut;
+use shardgate_wire::{backend, frontend, sqlstate, Frame};
+
+use crate::multi_txn::commit_all;
+use crate::multi_txn::fanout::{rollback_all, run_each, run_everywhere, Member, Outcome, TxnError};
+use crate::scatter::ScatterRequest;
+use crate::Shared;
+
+/// PostgreSQL's "cannot run inside a transaction block".
+const ACTIVE_SQL_TRANSACTION: &str = "25001";
+
+/// A shard whose connection was lost, and why.
+pub(crate) type Lost = (String, String);
+
+/// Runs the request on every member and writes the client's answer (without ReadyForQuery) to
+/// `out`. Returns the shard whose connection broke, if one did.
+pub(crate) async fn broadcast(
+    shared: &Shared,
+    members: &mut [Member<'_>],
+    request: &ScatterRequest,
+    out: &mut BytesMut,
+    in_transaction: bool,
+) -> Option<Lost> {
+    let sql = match request {
+        ScatterRequest::Simple { sql } => sql.clone(),
+        ScatterRequest::Extended { sql, params, .. } if params.is_empty() => sql.clone(),
+        ScatterRequest::Extended { .. } => {
+            backend::write_error(
+                out,
+                backend::Severity::Error,
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "a statement run on every shard cannot take parameters",
+                Some("write the values into the statement, or restrict it to one shard with its shard key"),
+            );
+            return None;
+        }
+    };
+    let all: Vec<usize> = (0..members.len()).collect();
+    if in_transaction || members.len() == 1 {
+        let outcomes = run_each(members, &all, |_| sql.clone()).await;
+        return answer(members, &outcomes, request, out, None);
+    }
+    if let Err(TxnError(e)) = run_everywhere(members, "BEGIN").await {
+        rollback_all(members).await;
+        out.extend_from_slice(&e);
+        return None;
+    }
+    let outcomes = run_each(members, &all, |_| sql.clone()).await;
+    let refused_in_block = outcomes.iter().any(|o| {
+        matches!(o, Outcome::Refused(e)
+            if backend::error_fields(e).is_ok_and(|f| f.code == ACTIVE_SQL_TRANSACTION))
+    });
+    if refused_in_block {
+        rollback_all(members).await;
+        let outcomes = run_each(members, &all, |_| sql.clone()).await;
+        let applied: Vec<&str> = members
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.ok())
+            .map(|(m, _)| m.name.as_str())
+            .collect();
+        let applied = applied.join(", ");
+        return answer(members, &outcomes, request, out, Some(&applied));
+    }
+    if !outcomes.iter().all(Outcome::ok) {
+        let lost = answer(members, &outcomes, request, out, None);
+        rollback_all(members).await;
+        return lost;
+    }
+    let mode = shared.config().sharding.cross_shard_transactions;
+    match commit_all(shared, members, mode).await {
+        Ok(()) => answer(members, &outcomes, request, out, None),
+        Err(TxnError(e)) => {
+            out.extend_from_slice(&e);
+            None
+        }
+    }
+}
+
+/// Writes the combined answer, or the first shard's error (`applied`: the shards that kept
+/// the statement anyway, for statements run outside a transaction).
+fn answer(
+    members: &[Member<'_>],
+    outcomes: &[Outcome],
+    request: &ScatterRequest,
+    out: &mut BytesMut,
+    applied: Option<&str>,
+) -> Option<Lost> {
+    let mut replies: Vec<&[Frame]> = Vec::with_capacity(outcomes.len());
+    for (m, o) in members.iter().zip(outcomes) {
+        match o {
+            Outcome::Done(frames) => replies.push(frames),
+            Outcome::Refused(error) => {
+                let prefix = match applied {
+                    Some(a) if !a.is_empty() => {
+                        format!("shard {} (already applied on {a}): ", m.name)
+                    }
+                    _ => format!("shard {}: ", m.name),
+                };
+                if backend::write_error_with_prefix(out, error, &prefix).is_err() {
+                    out.extend_from_slice(error.as_bytes());
+                }
+                return None;
+            }
+            Outcome::Lost(e) => return Some((m.name.clone(), e.to_string())),
+        }
+    }
+    if let ScatterRequest::Extended {
+        client_sent_parse,
+        client_describe,
+        ..
+    } = request
+    {
+        if *client_sent_parse {
+            backend::write_parse_complete(out);
+        }
+        if *client_describe == Some(b'S') {
+            frontend::write_message(out, backend::PARAMETER_DESCRIPTION, |b| {
+                b.extend_from_slice(&[0, 0])
+            });
+            backend::write_no_data(out);
+        }
+        backend::write_bind_complete(out);
+        if *client_describe == Some(b'P') {
+            backend::write_no_data(out);
+        }
+    }
+    combine(&replies, out);
+    None
+}
+
+/// One answer from every shard's replies to the same statements: per statement, the first
+/// shard's row description and notices, every shard's rows, and the command tag with the row
+/// counts added up.
+fn combine(replies: &[&[Frame]], out: &mut BytesMut) {
+    let split = |frames: &[Frame]| -> Vec<Vec<Frame>> {
+        let mut groups = vec![Vec::new()];
+        for f in frames
+            .iter()
+            .filter(|f| f.tag() != backend::READY_FOR_QUERY)
+        {
+            let ends = matches!(
+                f.tag(),
+                backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE
+            );
+            if let Some(g) = groups.last_mut() {
+                g.push(f.clone());
+            }
+            if ends {
+                groups.push(Vec::new());
+            }
+        }
+        groups
+    };
+    let shards: Vec<Vec<Vec<Frame>>> = replies.iter().map(|r| split(r)).collect();
+    let Some(first) = shards.first() else {
+        return;
+    };
+    if shards.iter().any(|s| s.len() != first.len()) {
+        // Not the same statements everywhere (cannot happen for one text): the first's.
+        for group in first {
+            for f in group {
+                out.extend_from_slice(f.as_bytes());
+            }
+        }
+        return;
+    }
+    for (k, group) in first.iter().enumerate() {
+        for f in group
+            .iter()
+            .filter(|f| !matches!(f.tag(), backend::DATA_ROW | backend::COMMAND_COMPLETE))
+        {
+            out.extend_from_slice(f.as_bytes());
+        }
+        for shard in &shards {
+            for f in shard[k].iter().filter(|f| f.tag() == backend::DATA_ROW) {
+                out.extend_from_slice(f.as_bytes());
+            }
+        }
+        if let Some(tag) = group.iter().find(|f| f.tag() == backend::COMMAND_COMPLETE) {
+            let tags: Vec<&Frame> = shards
+                .iter()
+                .filter_map(|s| s[k].iter().find(|f| f.tag() == backend::COMMAND_COMPLETE))
+                .collect();
+            match summed_tag(&tags) {
+                Some(text) => backend::write_command_complete(out, &text),
+                None => out.extend_from_slice(tag.as_bytes()),
+            }
+        }
+    }
+}
+
+/// `UPDATE 3` + `UPDATE 4` = `UPDATE 7` (`INSERT 0 n` keeps its 0); `None` for tags without
+/// a count or that differ in their words.
+fn summed_tag(tags: &[&Frame]) -> Option<String> {
+    let texts: Vec<&str> = tags
+        .iter()
+        .map(|f| {
+            std::str::from_utf8(f.body())
+                .ok()
+                .map(|t| t.trim_end_matches('\0'))
+        })
+        .collect::<Option<_>>()?;
+    let (prefix, _) = texts.first()?.rsplit_once(' ')?;
+    let mut total: u64 = 0;
+    for t in &texts {
+        let (p, n) = t.rsplit_once(' ')?;
+        if p != prefix {
+            return None;
+        }
+        total = total.checked_add(n.parse::<u64>().ok()?)?;
+    }
+    Some(format!("{prefix} {total}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(text: &str) -> Frame {
+        let mut out = BytesMut::new();
+        backend::write_command_complete(&mut out, text);
+        Frame::from_bytes(out.freeze())
+    }
+
+    #[test]
+    fn counts_add_up() {
+        let (a, b) = (tag("UPDATE 3"), tag("UPDATE 4"));
+        assert_eq!(summed_tag(&[&a, &b]).as_deref(), Some("UPDATE 7"));
+        let (a, b) = (tag("INSERT 0 1"), tag("INSERT 0 2"));
+        assert_eq!(summed_tag(&[&a, &b]).as_deref(), Some("INSERT 0 3"));
+        let (a, b) = (tag("CREATE TABLE"), tag("CREATE TABLE"));
+        assert_eq!(summed_tag(&[&a, &b]), None);
+    }
+}

