@@ -120,6 +120,8 @@ pub(crate) struct Analysis<'r> {
     pub refusal: Option<Refusal>,
     /// Sharded tables touched, as written (lower-cased), first appearance first.
     pub tables: Vec<String>,
+    /// A table that is not sharded is read (it lives on the default shard).
+    pub unsharded_tables: bool,
     pub key_type: Option<KeyType>,
     pub key_updates: Vec<KeyExpr>,
     pub multi_row_insert: bool,
@@ -164,6 +166,7 @@ impl<'r> Analysis<'r> {
             refusal: None,
             seen_refs: 0,
             tables: Vec::new(),
+            unsharded_tables: false,
             key_type: None,
             key_updates: Vec::new(),
             multi_row_insert: false,
@@ -293,7 +296,10 @@ impl<'r> Analysis<'r> {
                 }
                 RelKind::Sharded(node, rule.key_column)
             }
-            None => RelKind::Other,
+            None => {
+                self.unsharded_tables = true;
+                RelKind::Other
+            }
         };
         let node = match kind {
             RelKind::Sharded(n, _) => Some(n),

@@ -136,6 +136,8 @@ pub struct Plan {
     pub role_hint: Option<RoleHint>,
     /// Sharded tables the statement touches (as written, lower-cased), for messages.
     pub sharded_tables: Vec<String>,
+    /// The statement reads a table that is not sharded (so lives on the default shard).
+    pub unsharded_tables: bool,
     /// For a cross-shard read that cannot be merged correctly: the feature that prevents it
     /// (e.g. "DISTINCT across shards"), reported as 0A000.
     pub unsupported_cross_shard: Option<String>,
@@ -186,6 +188,7 @@ impl Plan {
             hint: None,
             role_hint: None,
             sharded_tables: Vec::new(),
+            unsharded_tables: false,
             unsupported_cross_shard: None,
             statement_count: 1,
             refusal: None,

@@ -309,6 +309,7 @@ impl Planner {
             plan.refusal = an.refusal;
         }
         plan.sharded_tables = an.tables;
+        plan.unsharded_tables = an.unsharded_tables;
         plan.key_type = an.key_type;
         plan.key_updates = an.key_updates;
     }
@@ -479,6 +480,7 @@ fn combine(mut plans: Vec<Plan>) -> Plan {
                 Placement::AllShards
             }
         };
+        out.unsharded_tables |= p.unsharded_tables;
         for t in p.sharded_tables {
             if !out.sharded_tables.contains(&t) {
                 out.sharded_tables.push(t);

@@ -143,6 +143,7 @@ impl Router {
             && original.hint == shaped.hint
             && original.role_hint == shaped.role_hint
             && original.sharded_tables == shaped.sharded_tables
+            && original.unsharded_tables == shaped.unsharded_tables
             && original.unsupported_cross_shard == shaped.unsupported_cross_shard
             && original.refusal == shaped.refusal
             && original.key_type == shaped.key_type;

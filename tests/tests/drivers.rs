@@ -130,3 +130,23 @@ async fn libpq_reset_on_the_demo_topology() {
 async fn asyncpg_copy_records_on_the_demo_topology() {
     demo_script("copy-asyncpg", "copy_asyncpg.py").await;
 }
+
+/// Issue 16: a Django-style request through psycopg (autocommit off) reads keyless, writes two
+/// users on different shards, rolls a failed nested block back to its savepoint and commits;
+/// the next request's writes on both shards roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_style_request_spans_shards() {
+    let env = DemoEnv::start("").await;
+    let router = shardgate_router::Router::new(&env.config).expect("router");
+    let key_on = |shard: usize| {
+        (1_000i64..)
+            .find(|k| router.shard_for_key(&shardgate_router::KeyValue::Int(*k)) == shard)
+            .expect("a key on every shard")
+            .to_string()
+    };
+    let cmd = python("django_style.py", &[&env.url(), &key_on(0), &key_on(1)]).await;
+    run_script("django-style", cmd).await;
+    env.assert_servers_quiet(std::time::Duration::from_secs(10))
+        .await;
+    env.stop().await;
+}

@@ -160,15 +160,21 @@ impl Session {
             return false;
         }
         match first.route {
-            Ok(Route::Shard(s)) => {
-                s != self.shard
-                    && !(matches!(first.plan.placement, Placement::Default)
-                        && first.plan.hint.is_none()
-                        && self.routing.hint().is_none())
-            }
+            Ok(Route::Shard(s)) => s != self.shard && !self.runs_anywhere(&first.plan),
             Ok(Route::Shards(_) | Route::AllShards) => true,
             Err(_) => false,
         }
+    }
+
+    /// Statements that need no particular shard (SET, `SELECT 1`, transaction control) run on
+    /// the attached connection; writes, DDL and reads of unsharded tables belong on the
+    /// default shard, where those tables live.
+    pub(crate) fn runs_anywhere(&self, plan: &Plan) -> bool {
+        matches!(plan.placement, Placement::Default)
+            && plan.hint.is_none()
+            && self.routing.hint().is_none()
+            && !plan.unsharded_tables
+            && !matches!(plan.kind, StatementKind::Write | StatementKind::Ddl)
     }
 
     /// Runs a batch of the client's transaction that needs more than the attached connection

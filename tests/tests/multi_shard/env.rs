@@ -1,12 +1,17 @@
+#![allow(dead_code)] // each test file uses part of it
 //! The bank the multi-shard transaction tests run on: `common::ShardedEnv` with table
-//! `accounts` (accounts 1..=ACCOUNTS, balance 100 each, each on its key's shard),
+//! `accounts` (accounts 1..=ACCOUNTS, balance 100 each, each on its key's shard) and the
+//! `transfers` log (by the paying account),
 //! `keyless_writes = "broadcast"`, and checks read straight from the shards.
 
 use crate::common::ShardedEnv;
 
 pub const ACCOUNTS: i64 = 60;
 
-const SCHEMA: &str = "create table accounts (user_id bigint primary key, balance bigint not null);";
+const SCHEMA: &str = "
+create table accounts (user_id bigint primary key, balance bigint not null);
+create table transfers (user_id bigint not null, transfer_id bigint primary key,
+                        to_user bigint not null, amount bigint not null);";
 
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.as_db_error().map(|d| d.code().code().to_owned())
@@ -28,7 +33,7 @@ pub async fn value_through(client: &tokio_postgres::Client, sql: &str) -> i64 {
 /// `n` shards holding the accounts; `extra` goes into the proxy's config after `[sharding]`.
 pub async fn start(n: usize, extra: &str) -> ShardedEnv {
     let config = format!("[sharding]\nkeyless_writes = \"broadcast\"\n{extra}");
-    let env = ShardedEnv::start(n, SCHEMA, &["accounts", "audit"], &config).await;
+    let env = ShardedEnv::start(n, SCHEMA, &["accounts", "audit", "transfers"], &config).await;
     for shard in 0..n {
         let rows: Vec<String> = (1..=ACCOUNTS)
             .filter(|k| env.shard_of(*k) == shard)
