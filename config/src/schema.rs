@@ -690,6 +690,10 @@ pub struct Sharding {
     pub route_cache_bytes: usize,
     /// What a write on a sharded table without a shard key does.
     pub keyless_writes: KeylessWrites,
+    /// How often in-doubt two-phase transactions (prepared on a shard, never committed or
+    /// rolled back) are looked for and resolved; also done at start.
+    #[serde(with = "duration")]
+    pub two_phase_recovery_interval: Duration,
     /// The sharded tables. Every other table lives on the default shard.
     pub tables: Vec<ShardedTable>,
 }
@@ -706,6 +710,7 @@ impl Default for Sharding {
             route_cache_size: 10_000,
             route_cache_bytes: 64 * 1024 * 1024,
             keyless_writes: KeylessWrites::Refuse,
+            two_phase_recovery_interval: Duration::from_secs(5),
             tables: Vec::new(),
         }
     }
