@@ -217,10 +217,30 @@ pub(crate) async fn resolve_in_doubt(shared: &Shared) -> RecoveryReport {
         work.push((listing.shard, listing.host, todo));
     }
 
-    let rounds = work
-        .iter()
-        .map(|(shard, host, todo)| resolve_shard(&config, &store, shard, host, todo));
-    let results = futures_util::future::join_all(rounds).await;
+    // Read after the verdicts: a transaction of this proxy that was not in flight then had
+    // its decision, if any, recorded before, so this read sees it. One read for the round.
+    let decided: Result<HashSet<(String, u64)>, String> =
+        if work.iter().all(|(_, _, todo)| todo.is_empty()) {
+            Ok(HashSet::new())
+        } else {
+            bounded(store.commit_decisions())
+                .await
+                .map(|all| all.into_iter().map(|d| (d.proxy, d.txid)).collect())
+        };
+    let results = match &decided {
+        Ok(decided) => {
+            let rounds = work
+                .iter()
+                .map(|(shard, host, todo)| resolve_shard(&config, decided, shard, host, todo));
+            futures_util::future::join_all(rounds).await
+        }
+        Err(e) => {
+            let e = format!("cannot read the commit decisions: {e}");
+            work.iter()
+                .map(|(_, _, todo)| todo.iter().map(|_| Err(e.clone())).collect())
+                .collect()
+        }
+    };
     for ((shard, _, todo), outcomes) in work.iter().zip(results) {
         for (p, outcome) in todo.iter().zip(outcomes) {
             match outcome {
@@ -472,20 +492,33 @@ async fn list_shard(
 }
 
 /// Resolves `todo` on `shard`, one after the other, reusing a connection per database and
-/// login; one outcome per transaction, in order.
+/// login; one outcome per transaction, in order. Once the shard stops answering, the rest
+/// waits for the next round.
 async fn resolve_shard(
     config: &Config,
-    store: &Store,
+    decided: &HashSet<(String, u64)>,
     shard: &str,
     host: &Host,
     todo: &[Prepared],
 ) -> Vec<Result<Outcome, String>> {
     let mut conns: HashMap<(String, String), ServerConn> = HashMap::new();
     let mut outcomes = Vec::with_capacity(todo.len());
+    let mut down: Option<String> = None;
     for p in todo {
-        let outcome = match bounded(store.commit_decided(&p.parsed.proxy, p.parsed.txid)).await {
-            Ok(commit) => finish(config, &mut conns, host, p, commit).await,
-            Err(e) => Err(format!("cannot read its commit decision: {e}")),
+        if let Some(why) = &down {
+            outcomes.push(Err(format!(
+                "skipped this round: the shard stopped answering ({why})"
+            )));
+            continue;
+        }
+        let commit = decided.contains(&(p.parsed.proxy.clone(), p.parsed.txid));
+        let outcome = match finish(config, &mut conns, host, p, commit).await {
+            Ok(outcome) => Ok(outcome),
+            Err(Failure::Transaction(e)) => Err(e),
+            Err(Failure::Shard(e)) => {
+                down = Some(e.clone());
+                Err(e)
+            }
         };
         match &outcome {
             Ok(Outcome::Committed) => {
@@ -506,6 +539,14 @@ async fn resolve_shard(
     outcomes
 }
 
+/// Why a resolution failed.
+enum Failure {
+    /// The shard did not answer (no connection, a lost one, no reply in time).
+    Shard(String),
+    /// The shard refused this one (a login or database refused, the statement failed).
+    Transaction(String),
+}
+
 /// `COMMIT PREPARED` (with `commit`) or `ROLLBACK PREPARED`, on `host` in the transaction's
 /// database, as its owner when that is a configured user (else the first configured user).
 async fn finish(
@@ -514,13 +555,13 @@ async fn finish(
     host: &Host,
     p: &Prepared,
     commit: bool,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Failure> {
     let user = config
         .users
         .iter()
         .find(|u| u.server_user() == p.owner)
         .or_else(|| config.users.first())
-        .ok_or("no [[users]] entry to log in with")?;
+        .ok_or_else(|| Failure::Transaction("no [[users]] entry to log in with".into()))?;
     let key = (p.database.clone(), user.server_user().to_owned());
     if !conns.contains_key(&key) {
         let target = ConnectTarget {
@@ -531,12 +572,17 @@ async fn finish(
             application_name: APPLICATION_NAME.into(),
             connect_timeout: config.pool.connect_timeout,
         };
-        let conn = ServerConn::connect(&target)
-            .await
-            .map_err(|e| e.to_string())?;
+        let conn = ServerConn::connect(&target).await.map_err(|e| match e {
+            ServerError::Refused { .. } | ServerError::Auth(_) => {
+                Failure::Transaction(e.to_string())
+            }
+            _ => Failure::Shard(e.to_string()),
+        })?;
         conns.insert(key.clone(), conn);
     }
-    let conn = conns.get_mut(&key).ok_or("the connection went missing")?;
+    let conn = conns
+        .get_mut(&key)
+        .ok_or_else(|| Failure::Shard("the connection went missing".into()))?;
     let verb = if commit {
         "COMMIT PREPARED"
     } else {
@@ -549,16 +595,17 @@ async fn finish(
         Ok(Ok(())) => Ok(Outcome::RolledBack),
         // undefined_object: no such prepared transaction (any more).
         Ok(Err(ServerError::Query { code, .. })) if code == "42704" => Ok(Outcome::Gone),
+        Ok(Err(e @ ServerError::Query { .. })) => Err(Failure::Transaction(e.to_string())),
         Ok(Err(e)) => {
-            if conn.is_broken() {
-                conns.remove(&key);
-            }
-            Err(e.to_string())
+            conns.remove(&key);
+            Err(Failure::Shard(e.to_string()))
         }
         Err(_) => {
             // Mid-statement: the connection's state is unknown; closing it ends the statement.
             conns.remove(&key);
-            Err(format!("no answer within {QUERY_TIMEOUT:?}"))
+            Err(Failure::Shard(format!(
+                "no answer within {QUERY_TIMEOUT:?}"
+            )))
         }
     }
 }
