@@ -15,6 +15,7 @@ use crate::control::ReloadOutcome;
 use crate::rebalance::{AddShardRequest, RebalanceStatus};
 use crate::status;
 use crate::table::{pools_table, replicas_table, sequences_table, shards_table};
+use crate::transactions::{recovery_text, transactions_table};
 use crate::watch::{self, Fetched, Screen};
 use crate::ErrorBody;
 
@@ -63,6 +64,13 @@ pub enum AdminCommand {
     Replicas,
     /// Sequences of sharded tables on every shard: id lane, increment, last value, warnings.
     Sequences,
+    /// In-doubt two-phase transactions on every shard and the stored commit decisions.
+    Transactions {
+        /// Resolve them now (commit those with a decision, roll back the others) and print
+        /// what was done.
+        #[arg(long)]
+        resolve: bool,
+    },
     /// Re-read the config file and apply what can change live.
     Reload,
     /// Progress of a live rebalance, or abort it.
@@ -244,6 +252,16 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
         AdminCommand::Sequences => {
             let reply = expect_success(client.get("/api/v1/sequences"))?;
             show(out, json, &reply, sequences_table)?;
+        }
+        AdminCommand::Transactions { resolve: false } => {
+            let reply = expect_success(client.get("/api/v1/transactions"))?;
+            show(out, json, &reply, |report| {
+                transactions_table(report, shardgate_topology::now_ms())
+            })?;
+        }
+        AdminCommand::Transactions { resolve: true } => {
+            let reply = expect_success(client.post("/api/v1/transactions/resolve", None))?;
+            show(out, json, &reply, recovery_text)?;
         }
         AdminCommand::Reload => {
             let reply = expect_success(client.post("/api/v1/reload", None))?;

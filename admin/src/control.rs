@@ -109,6 +109,82 @@ pub struct ReloadError {
     pub hint: String,
 }
 
+/// A prepared two-phase transaction a proxy left on a shard (`GET /api/v1/transactions`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InDoubtTransaction {
+    /// `sg_<proxy>_<txid>_<shard>`.
+    pub gid: String,
+    /// The shard it is prepared on.
+    pub shard: String,
+    pub database: String,
+    /// The role that prepared it.
+    pub owner: String,
+    /// The proxy (its token in gids) and transaction the gid names.
+    pub proxy: String,
+    pub txid: u64,
+    /// Seconds since it was prepared (the shard's clock).
+    pub age_seconds: f64,
+    /// `commit` when the store holds its commit decision (recovery commits it), `none` when
+    /// not (recovery rolls it back: presumed abort).
+    pub decision: String,
+    /// This proxy is committing it right now; recovery leaves it alone.
+    pub in_flight: bool,
+}
+
+/// A shard a recovery round or listing could not ask.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardProblem {
+    pub shard: String,
+    pub error: String,
+}
+
+/// `GET /api/v1/transactions`: the in-doubt transactions on every shard and the commit
+/// decisions in the topology store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TransactionsReport {
+    /// This proxy's token in gids.
+    pub proxy: String,
+    pub in_doubt: Vec<InDoubtTransaction>,
+    pub decisions: Vec<shardgate_topology::CommitDecision>,
+    /// Shards that did not answer.
+    pub unreachable: Vec<ShardProblem>,
+    /// Why the decisions could not be read (then every `decision` says `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
+}
+
+/// A prepared transaction a recovery round left alone, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeftTransaction {
+    pub gid: String,
+    pub shard: String,
+    /// `in flight`, `its proxy is alive`, `younger than topology.lease`, or an error.
+    pub reason: String,
+}
+
+/// What a recovery round did (`POST /api/v1/transactions/resolve`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RecoveryReport {
+    /// Gids committed (their decision was recorded) and rolled back (it was not).
+    pub committed: Vec<String>,
+    pub rolled_back: Vec<String>,
+    pub left: Vec<LeftTransaction>,
+    /// Decisions dropped from the store because no participant was prepared any more
+    /// (`proxy/txid`).
+    pub forgotten: Vec<String>,
+    pub unreachable: Vec<ShardProblem>,
+    /// Other failures (the store unreadable, a COMMIT PREPARED refused), one line each.
+    pub errors: Vec<String>,
+}
+
+/// What [`ControlPlane::transactions`] answers with.
+pub type TransactionsFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = TransactionsReport> + Send>>;
+
+/// What [`ControlPlane::resolve_transactions`] answers with.
+pub type RecoveryFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = RecoveryReport> + Send>>;
+
 /// The running proxy, as the admin server sees it. Every method is a cheap snapshot.
 pub trait ControlPlane: Send + Sync + 'static {
     fn readiness(&self) -> Readiness;
@@ -131,6 +207,15 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn sequences(&self) -> Option<SequencesFuture> {
         let rebalancer = self.rebalancer()?;
         Some(Box::pin(async move { rebalancer.sequences().await }))
+    }
+    /// `GET /api/v1/transactions`: the in-doubt two-phase transactions on every shard and the
+    /// stored commit decisions, as they are now (`None`: 501).
+    fn transactions(&self) -> Option<TransactionsFuture> {
+        None
+    }
+    /// `POST /api/v1/transactions/resolve`: runs a recovery round now (`None`: 501).
+    fn resolve_transactions(&self) -> Option<RecoveryFuture> {
+        None
     }
 }
 

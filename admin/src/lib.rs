@@ -20,6 +20,7 @@ pub use shardgate_rebalance as rebalance;
 mod server;
 mod status;
 mod table;
+mod transactions;
 mod watch;
 
 pub use server::{AdminError, AdminServer, ErrorBody};

@@ -210,6 +210,21 @@ fn describe() {
         Unit::Count,
         "Version of the shard topology this proxy holds."
     );
+    describe_gauge!(
+        "shardgate_in_doubt_transactions",
+        Unit::Count,
+        "Prepared two-phase transactions (gid sg_…) left on the shards after the last recovery round."
+    );
+    describe_gauge!(
+        "shardgate_in_doubt_oldest_seconds",
+        Unit::Seconds,
+        "Age of the oldest of them (0 when there is none)."
+    );
+    describe_counter!(
+        "shardgate_two_phase_resolved_total",
+        Unit::Count,
+        "In-doubt transactions recovery resolved, by outcome (commit: its decision was stored; rollback: it was not)."
+    );
 }
 
 /// Pool figures summed over database and user, keyed by (shard, role, host), so the labels

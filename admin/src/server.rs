@@ -247,6 +247,8 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/sequences", get(sequences))
+        .route("/api/v1/transactions", get(transactions))
+        .route("/api/v1/transactions/resolve", post(resolve_transactions))
         .route("/api/v1/rebalance", get(rebalance_status))
         .route("/api/v1/rebalance/abort", post(abort_rebalance))
         // Both fallbacks apply to the routes registered above, so they come last.
@@ -426,6 +428,48 @@ async fn sequences(
     Ok(Json(report.await?).into_response())
 }
 
+/// The 501 of an endpoint this proxy does not serve.
+fn not_served(method: &Method, uri: &Uri, hint: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!("{method} {} is not implemented yet", echo(uri.path())),
+        hint,
+    )
+}
+
+const TRANSACTIONS_HINT: &str = "this proxy does not run two-phase commit recovery";
+
+async fn transactions(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let report = state
+        .control
+        .transactions()
+        .ok_or_else(|| not_served(&method, &uri, TRANSACTIONS_HINT))?;
+    Ok(Json(report.await).into_response())
+}
+
+async fn resolve_transactions(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let report = state
+        .control
+        .resolve_transactions()
+        .ok_or_else(|| not_served(&method, &uri, TRANSACTIONS_HINT))?;
+    let report = report.await;
+    tracing::info!(
+        committed = report.committed.len(),
+        rolled_back = report.rolled_back.len(),
+        left = report.left.len(),
+        "in-doubt transactions resolved via the admin API"
+    );
+    Ok(Json(report).into_response())
+}
+
 async fn rebalance_status(
     State(state): State<AppState>,
     method: Method,
@@ -472,8 +516,9 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {method} {}", echo(uri.path())),
         "endpoints: GET /health, /ready, /metrics; /api/v1/shards (GET, POST), \
-         DELETE /api/v1/shards/{name}, GET /api/v1/pools, /api/v1/replicas, /api/v1/rebalance; \
-         POST /api/v1/reload, /api/v1/rebalance/abort",
+         DELETE /api/v1/shards/{name}, GET /api/v1/pools, /api/v1/replicas, /api/v1/sequences, \
+         /api/v1/transactions, /api/v1/rebalance; POST /api/v1/reload, \
+         /api/v1/transactions/resolve, /api/v1/rebalance/abort",
     )
 }
 

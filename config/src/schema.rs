@@ -692,6 +692,10 @@ pub struct Sharding {
     pub keyless_writes: KeylessWrites,
     /// How a transaction that wrote on several shards commits.
     pub cross_shard_transactions: CrossShardTransactions,
+    /// How often in-doubt two-phase transactions (prepared on a shard, never committed or
+    /// rolled back) are looked for and resolved; also done at start.
+    #[serde(with = "duration")]
+    pub two_phase_recovery_interval: Duration,
     /// The sharded tables. Every other table lives on the default shard.
     pub tables: Vec<ShardedTable>,
 }
@@ -709,6 +713,7 @@ impl Default for Sharding {
             route_cache_bytes: 64 * 1024 * 1024,
             keyless_writes: KeylessWrites::Refuse,
             cross_shard_transactions: CrossShardTransactions::TwoPhase,
+            two_phase_recovery_interval: Duration::from_secs(5),
             tables: Vec::new(),
         }
     }

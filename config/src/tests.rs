@@ -26,6 +26,22 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
     assert_eq!(c.default_shard().name, "s0");
     assert_eq!(c.sharding.key_column, "user_id");
+    assert_eq!(
+        c.sharding.two_phase_recovery_interval,
+        Duration::from_secs(5)
+    );
+}
+
+#[test]
+fn two_phase_recovery_interval_must_be_positive() {
+    let text = format!("{MINIMAL}\n[sharding]\ntwo_phase_recovery_interval = \"0s\"\n");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("sharding.two_phase_recovery_interval"), "{e}");
+    let text = format!("{MINIMAL}\n[sharding]\ntwo_phase_recovery_interval = \"250ms\"\n");
+    assert_eq!(
+        load(&text).unwrap().sharding.two_phase_recovery_interval,
+        Duration::from_millis(250)
+    );
 }
 
 #[test]

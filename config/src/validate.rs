@@ -255,6 +255,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
         );
     }
     let mut tables = HashSet::new();
+    if c.sharding.two_phase_recovery_interval.is_zero() {
+        return err(
+            "sharding.two_phase_recovery_interval",
+            "must be more than 0".into(),
+        );
+    }
     for (i, t) in c.sharding.tables.iter().enumerate() {
         let key = |f: &str| format!("sharding.tables[{i}].{f}");
         let parts: Vec<&str> = t.name.split('.').collect();

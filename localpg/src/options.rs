@@ -165,6 +165,9 @@ impl ClusterOptions {
                 socket_dir.display().to_string().replace('\'', "''")
             ),
             format!("max_connections = {}", self.max_connections),
+            // Two-phase commit across shards (PREPARE TRANSACTION). One slot per connection
+            // is what a proxy can use at most; a replica needs at least its primary's value,
+            // and replicas are rendered from the same options.
             format!("max_prepared_transactions = {}", self.max_connections),
             "superuser_reserved_connections = 3".into(),
             "wal_level = logical".into(),
@@ -298,6 +301,10 @@ mod tests {
             conf.contains("wal_retrieve_retry_interval = '200ms'"),
             "{conf}"
         );
+        assert!(conf.contains("max_prepared_transactions = 200"), "{conf}");
+        let small = ClusterOptions::default().max_connections(20);
+        let conf = small.render_conf(5432, Path::new("/tmp"));
+        assert!(conf.contains("max_prepared_transactions = 20"), "{conf}");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shardgate_admin::control::{
-    ClientCounts, ControlPlane, PoolInfo, Readiness, ReloadError, ReloadOutcome, ReplicaInfo,
-    ShardInfo,
+    ClientCounts, ControlPlane, PoolInfo, Readiness, RecoveryFuture, ReloadError, ReloadOutcome,
+    ReplicaInfo, ShardInfo, TransactionsFuture,
 };
 use shardgate_pool::Role;
 
@@ -172,6 +172,21 @@ impl ControlPlane for ProxyControl {
         let cache = self.shared.topo().router.cache_stats();
         metrics::counter!("shardgate_parse_cache_hits_total").absolute(cache.hits);
         metrics::counter!("shardgate_parse_cache_misses_total").absolute(cache.misses);
+        self.shared.two_phase.recovery.record_metrics();
+    }
+
+    fn transactions(&self) -> Option<TransactionsFuture> {
+        let shared = Arc::clone(&self.shared);
+        Some(Box::pin(async move {
+            crate::two_phase::recovery::in_doubt(&shared).await
+        }))
+    }
+
+    fn resolve_transactions(&self) -> Option<RecoveryFuture> {
+        let shared = Arc::clone(&self.shared);
+        Some(Box::pin(async move {
+            crate::two_phase::recovery::resolve_in_doubt(&shared).await
+        }))
     }
 
     fn rebalancer(&self) -> Option<Arc<shardgate_rebalance::Rebalancer>> {

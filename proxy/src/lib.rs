@@ -134,20 +134,19 @@ pub struct Shared {
     pools: Pools,
     statements: prepared::StatementRegistry,
     pins: pinning::PinCounts,
-    /// Transaction ids and in-flight two-phase commits of this proxy.
-    two_phase: two_phase::Coordinator,
     cancels: cancel::CancelRegistry,
     client_slots: Arc<Semaphore>,
     client_caps: Arc<limits::ClientCaps>,
     next_client_id: AtomicU64,
+    /// Two-phase commit across shards: transaction ids, gids, in-doubt recovery.
+    pub(crate) two_phase: two_phase::Coordinator,
 }
 
 impl Shared {
-    fn new(config: Config, topo: topology::Topo) -> Self {
-        let two_phase =
-            two_phase::Coordinator::new(config.topology.proxy_id.as_deref().unwrap_or("proxy"));
+    fn new(config: Config, topo: topology::Topo, proxy_id: &str) -> Self {
         let host_policy = shardgate_pool::HostPolicy::from_config(&config.pool);
         Shared {
+            two_phase: two_phase::Coordinator::new(proxy_id),
             topo_changed: watch::Sender::new(topo.version),
             topo: ArcSwap::from_pointee(topo),
             store: None,
@@ -166,7 +165,6 @@ impl Shared {
             pools: Pools::new(host_policy),
             statements: prepared::StatementRegistry::default(),
             pins: pinning::PinCounts::default(),
-            two_phase,
             cancels: cancel::CancelRegistry::default(),
             next_client_id: AtomicU64::new(1),
         }
@@ -346,26 +344,32 @@ pub async fn start_with_state_file(
     apply_id_lanes(&config, &map).await;
     let topo = topology::Topo::build(&config, map.version).map_err(StartError::Router)?;
     let poll_interval = config.topology.poll_interval;
-    let mut shared = Shared::new(config, topo);
+    // A bad certificate stops the start before anything is bound.
+    let tls = tls::ClientTls::disabled();
+    tls.start(&config.tls)?;
+    // Bound before the shared state: the default proxy id names the port, and the id is in
+    // every two-phase gid.
+    let listeners = listener::bind(&config).await?;
+    let addr = listeners.addr;
+    let unix_socket = listeners.unix_path.clone();
+    let proxy_id = config
+        .topology
+        .proxy_id
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
+    let mut shared = Shared::new(config, topo, &proxy_id);
+    shared.tls = tls;
     shared.store = Some(Arc::clone(&store));
     if store.kind() == "postgres" {
         shared.lease.enforce(shared.config().topology.lease);
     }
     let shared = Arc::new(shared);
-    shared.tls.start(&shared.config().tls)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let listeners = listener::bind(&shared.config()).await?;
-    let addr = listeners.addr;
-    let unix_socket = listeners.unix_path.clone();
     let accept_tasks = listeners.spawn(Arc::clone(&shared), shutdown_rx);
     shared.restart_monitor();
+    // In-doubt two-phase transactions: resolved now and every two_phase_recovery_interval.
+    two_phase::recovery::spawn(Arc::downgrade(&shared), shutdown.subscribe());
 
-    let proxy_id = shared
-        .config()
-        .topology
-        .proxy_id
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
     let weak = Arc::downgrade(&shared);
     let fallback = shared.config();
     let config_source: shardgate_rebalance::ConfigSource = Arc::new(move || {

@@ -497,6 +497,11 @@ impl Session {
         server: &mut PooledConn,
         batch: Vec<Frame>,
     ) -> Result<Detach, SessionError> {
+        if batch.is_empty() {
+            // The proxy answered everything the client sent so far (a batch it ran on several
+            // shards, or transaction control): the next message starts a batch.
+            self.at_request_boundary = true;
+        }
         for frame in batch {
             self.at_request_boundary = ends_batch(frame.tag());
             if let Err(e) = self.client_message(server, frame) {

@@ -53,9 +53,12 @@ fn primary_runs_sql_refuses_wrong_password_and_cleans_up() {
     assert_eq!(cluster.psql("postgres", "select 1 + 1").unwrap(), "2");
     assert_eq!(
         cluster
-            .psql("postgres", "show wal_level; show max_connections")
+            .psql(
+                "postgres",
+                "show wal_level; show max_connections; show max_prepared_transactions"
+            )
             .unwrap(),
-        "logical\n200"
+        "logical\n200\n200"
     );
     let err = cluster
         .psql_as("postgres", "wrong", "postgres", "select 1")

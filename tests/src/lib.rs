@@ -16,6 +16,7 @@
 pub mod drivers;
 mod lock;
 pub mod pgbench;
+pub mod serve;
 pub mod soak;
 
 #[cfg(test)]

@@ -138,6 +138,25 @@ async fn savepoints_and_errors_span_every_shard() {
     assert_eq!(balance_on_shard(&env, a).await, 5);
     assert_eq!(balance_on_shard(&env, b).await, 6);
 
+    // The same in the extended protocol: savepoints and COMMIT as Parse/Bind/Execute/Sync, with
+    // statements after them in the same transaction.
+    let update = "update accounts set balance = $1 where user_id = $2";
+    client.execute("begin", &[]).await.unwrap();
+    client.execute(update, &[&7i64, &a]).await.unwrap();
+    client.execute(update, &[&8i64, &b]).await.unwrap();
+    client.execute("savepoint s3", &[]).await.unwrap();
+    client.execute(update, &[&9i64, &c]).await.unwrap();
+    client
+        .execute("rollback to savepoint s3", &[])
+        .await
+        .unwrap();
+    client.execute("release savepoint s3", &[]).await.unwrap();
+    client.execute(update, &[&10i64, &c]).await.unwrap();
+    client.execute("commit", &[]).await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 7);
+    assert_eq!(balance_on_shard(&env, b).await, 8);
+    assert_eq!(balance_on_shard(&env, c).await, 10);
+
     // The connection is still good outside transactions.
     let n: i64 = client
         .query_one("select count(*) from accounts", &[])

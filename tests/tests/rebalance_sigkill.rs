@@ -23,11 +23,8 @@ mod verify;
 #[path = "rebalance/workload.rs"]
 mod workload;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +34,7 @@ use shardgate_admin::control::ControlPlane;
 use shardgate_rebalance::{AddShardRequest, Rebalancer};
 use shardgate_router::Ring;
 use shardgate_tests::ports::free_port;
+use shardgate_tests::serve::{shardgate_bin, Serve};
 use shardgate_tests::PgCluster;
 use shardgate_topology::{Phase, Store};
 
@@ -44,7 +42,6 @@ use env::*;
 use workload::{State, Workload, SCHEMA};
 
 const TABLES: [&str; 2] = ["accounts", "events"];
-const TOKEN: &str = "sigkill-admin-token";
 /// Bound on each wait for the job (2 loaded cores run everything).
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Cases run at once. One: with two, the in-process proxies (which share this test's two
@@ -135,81 +132,6 @@ fn cases() -> Vec<Case> {
     }
 }
 
-/// `target/debug/shardgate`, next to the `deps` directory holding this test executable.
-fn shardgate_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test executable sits in target/<profile>/deps");
-    let bin = dir.join("shardgate");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p shardgate-proxy --features failpoints --bin \
-         shardgate` (or run the workspace tests, whose build enables the feature)",
-        bin.display()
-    );
-    bin
-}
-
-/// A `shardgate serve` child process with the admin API; killed on drop if still running.
-struct Serve {
-    child: Child,
-    admin: u16,
-    config: PathBuf,
-}
-
-impl Serve {
-    fn start(config: PathBuf, admin: u16, failpoints: Option<&str>) -> Serve {
-        let mut cmd = Command::new(shardgate_bin());
-        cmd.args(["serve", "--config"])
-            .arg(&config)
-            .env("SG_TEST_ADMIN_TOKEN", TOKEN)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .env("NO_COLOR", "1")
-            .env_remove("FAILPOINTS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(f) = failpoints {
-            cmd.env("FAILPOINTS", f);
-        }
-        let child = cmd.spawn().expect("spawn shardgate serve");
-        let mut serve = Serve {
-            child,
-            admin,
-            config,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http(admin, "GET", "/ready", "").0 != 200 {
-            if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("shardgate serve exited at start: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "shardgate serve not ready in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        serve
-    }
-
-    fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        http(self.admin, method, path, body)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A background task that ends when this is dropped (also when a case panics).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -217,31 +139,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// One HTTP/1.1 request with the admin token; (status, body), status 0 when nothing answers.
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
 }
 
 /// Polls the job (through the in-process proxy `rb`) until `done`, failing fast (with the

@@ -11,7 +11,6 @@ mod env;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -341,22 +340,6 @@ async fn ids_stay_unique_across_shards_adds_and_restarts() {
     stop_clusters(clusters).await;
 }
 
-/// `target/debug/shardgate` next to this test's `deps` directory.
-fn shardgate_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("shardgate");
-    assert!(
-        bin.is_file(),
-        "{} is missing: `cargo build -p shardgate-proxy --bin shardgate`",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_warns_about_sequences_it_cannot_manage() {
     init_logs();
@@ -378,7 +361,7 @@ async fn check_warns_about_sequences_it_cannot_manage() {
     let path = dir.path().join("check.toml");
     let text = proxy_config_text(&[c], &["invoices", "refunds", "tags"], "", "");
     std::fs::write(&path, text).expect("write config");
-    let bin = shardgate_bin();
+    let bin = shardgate_tests::serve::shardgate_bin();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin)
             .args(["check", "--config"])

@@ -6,14 +6,18 @@
 //! - [`Store`]: `file` (one proxy; a JSON state file written atomically) or `postgres` (a fleet;
 //!   tables in a metadata database, LISTEN/NOTIFY plus polling). Publishing a map is a
 //!   compare-and-swap on its version, so two writers can never both win.
+//! - [`CommitDecision`]: the commit point of a two-phase commit across shards, recorded in the
+//!   store (`Store::record_commit`) until every participant committed.
 //!
 //! The proxy follows the store ([`Store::follow`]) and swaps its router when the version moves;
 //! the rebalancer (admin crate) writes jobs and publishes maps.
 
+mod decisions;
 mod job;
 mod lanes;
 mod store;
 
+pub use decisions::CommitDecision;
 pub use job::{
     CommitState, Job, JobKind, JobPlan, MoveProgress, Phase, PlannedMove, PlannedTable, Progress,
     VerifiedTable,

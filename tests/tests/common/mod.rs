@@ -355,6 +355,7 @@ impl RawMsg {
 
 /// Frontend message encoders for [`RawClient`] (protocol 3.0, text format).
 pub mod demo_env;
+pub mod prepared;
 pub mod scripts;
 
 pub mod raw {
@@ -757,28 +758,15 @@ impl ShardedEnv {
         edit: impl FnOnce(&mut Config),
     ) -> ShardedEnv {
         init_logs();
-        let starts = (0..n).map(|_| {
-            tokio::task::spawn_blocking(|| {
-                let c =
-                    PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
-                        .expect("start PostgreSQL");
-                c.create_database(DB, USER).expect("create database");
-                c
-            })
-        });
-        let mut shards = Vec::with_capacity(n);
-        for s in futures_util::future::join_all(starts).await {
-            shards.push(s.expect("join"));
-        }
-        for c in &shards {
-            connect(&shard_conn_str(c))
-                .await
-                .batch_execute(schema)
-                .await
-                .expect("schema on a shard");
-        }
+        let shards = start_shards(n, schema).await;
         let mut config = sharded_config(&shards, sharded_tables, extra);
         edit(&mut config);
+        Self::with_proxy(shards, config).await
+    }
+
+    /// A proxy with `config` in front of `shards` (started by [`start_shards`]).
+    pub async fn with_proxy(shards: Vec<PgCluster>, config: Config) -> ShardedEnv {
+        init_logs();
         let router = shardgate_router::Router::new(&config).expect("router");
         let proxy = shardgate_proxy::start(config.clone())
             .await
@@ -832,6 +820,54 @@ impl ShardedEnv {
         let shards = self.shards;
         tokio::task::spawn_blocking(move || drop(shards)).await.ok();
     }
+}
+
+/// Starts `n` clusters (in parallel), each with user `app` owning database `app`, and runs
+/// `schema` directly on each.
+pub async fn start_shards(n: usize, schema: &str) -> Vec<PgCluster> {
+    let starts = (0..n).map(|_| {
+        tokio::task::spawn_blocking(|| {
+            let c = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+                .expect("start PostgreSQL");
+            c.create_database(DB, USER).expect("create database");
+            c
+        })
+    });
+    let mut shards = Vec::with_capacity(n);
+    for s in futures_util::future::join_all(starts).await {
+        shards.push(s.expect("join"));
+    }
+    for c in &shards {
+        connect(&shard_conn_str(c))
+            .await
+            .batch_execute(schema)
+            .await
+            .expect("schema on a shard");
+    }
+    shards
+}
+
+/// One HTTP/1.1 request to the admin server on `port` (no body); returns the status and body.
+/// Blocking: call it from `spawn_blocking`.
+pub fn admin_http(port: u16, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .ok();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
 }
 
 fn shard_conn_str(c: &PgCluster) -> String {

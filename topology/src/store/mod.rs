@@ -1,7 +1,7 @@
-//! The stores that hold the shard map, the job record and the proxies' reported versions:
-//! [`file`] (one proxy) and [`postgres`] (a fleet sharing a metadata database). Both make
-//! publishing a compare-and-swap on the version and starting a job a test-and-set, so two
-//! writers can never both win.
+//! The stores that hold the shard map, the job record, the proxies' reported versions and the
+//! commit decisions of two-phase commits: [`file`] (one proxy) and [`postgres`] (a fleet
+//! sharing a metadata database). Both make publishing a compare-and-swap on the version and
+//! starting a job a test-and-set, so two writers can never both win.
 
 mod file;
 mod follow;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use shardgate_config::{Config, Shard};
 use tokio::sync::watch;
 
-use crate::{Job, ShardMap};
+use crate::{CommitDecision, Job, ShardMap};
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -185,26 +185,56 @@ impl Store {
         }
     }
 
-    /// TEMPORARY stand-in (the recovery branch brings the real decision log).
-    pub async fn record_commit(
-        &self,
-        _proxy: &str,
-        _txid: u64,
-        _participants: &[String],
-    ) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// TEMPORARY stand-in.
-    pub async fn forget_commit(&self, _proxy: &str, _txid: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     /// Every proxy that has reported, most recent first.
     pub async fn proxies(&self) -> Result<Vec<ProxyVersion>, StoreError> {
         match &self.backend {
             Backend::File(f) => Ok(f.proxies()),
             Backend::Postgres(p) => p.proxies().await,
+        }
+    }
+
+    /// Records that two-phase transaction `txid` of `proxy` commits on `participants`: durable
+    /// before `Ok` (fsynced to the file store's decision log; committed with
+    /// `synchronous_commit = on` in the postgres store). This is the commit point of a
+    /// two-phase commit. Recording a decision again is success (a retry after a lost reply).
+    ///
+    /// An `Err` leaves the outcome unknown (the record may have landed and its reply been
+    /// lost): the prepared transactions must then be left to recovery, which commits them if
+    /// the record is there and rolls them back otherwise, never rolled back by the caller.
+    pub async fn record_commit(
+        &self,
+        proxy: &str,
+        txid: u64,
+        participants: &[String],
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(f) => f.decisions().record(proxy, txid, participants).await,
+            Backend::Postgres(p) => p.record_commit(proxy, txid, participants).await,
+        }
+    }
+
+    /// Whether a commit decision is recorded for `txid` of `proxy`.
+    pub async fn commit_decided(&self, proxy: &str, txid: u64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::File(f) => Ok(f.decisions().decided(proxy, txid).await),
+            Backend::Postgres(p) => p.commit_decided(proxy, txid).await,
+        }
+    }
+
+    /// Drops the decision for `txid` of `proxy`, once every participant committed: the
+    /// record is no longer needed. Forgetting one that is not recorded is success.
+    pub async fn forget_commit(&self, proxy: &str, txid: u64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::File(f) => f.decisions().forget(proxy, txid).await,
+            Backend::Postgres(p) => p.forget_commit(proxy, txid).await,
+        }
+    }
+
+    /// Every recorded commit decision, oldest first.
+    pub async fn commit_decisions(&self) -> Result<Vec<CommitDecision>, StoreError> {
+        match &self.backend {
+            Backend::File(f) => Ok(f.decisions().all().await),
+            Backend::Postgres(p) => p.commit_decisions().await,
         }
     }
 

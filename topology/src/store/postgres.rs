@@ -1,5 +1,6 @@
-//! The postgres store: a fleet of proxies shares the shard map, the job record and their
-//! reported versions through three tables in a metadata database the operator already runs.
+//! The postgres store: a fleet of proxies shares the shard map, the job record, their
+//! reported versions and the commit decisions of two-phase commits through four tables in a
+//! metadata database the operator already runs.
 //! Publishing is a conditional UPDATE on the version plus a NOTIFY in the same transaction;
 //! starting a job is a conditional upsert; both are atomic across processes.
 //!
@@ -16,10 +17,10 @@ use tokio_postgres::{Client, NoTls};
 
 use super::follow::CHANNEL;
 use super::{ProxyVersion, StoreError};
-use crate::{Job, Phase, ShardMap};
+use crate::{CommitDecision, Job, Phase, ShardMap};
 
 /// Idempotent; run by every proxy that opens the store.
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS shardgate_topology (
         id int PRIMARY KEY CHECK (id = 1),
         version bigint NOT NULL,
@@ -34,6 +35,14 @@ const SCHEMA: [&str; 4] = [
         seen_at timestamptz NOT NULL)",
     // Id lanes (see `IdLanes`), added after the first release: NULL in older rows.
     "ALTER TABLE shardgate_topology ADD COLUMN IF NOT EXISTS id_lanes jsonb",
+    // Commit decisions of two-phase commits, from the commit point until every participant
+    // committed.
+    "CREATE TABLE IF NOT EXISTS shardgate_commit_decisions (
+        proxy text NOT NULL,
+        txid bigint NOT NULL,
+        participants text[] NOT NULL,
+        decided_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (proxy, txid))",
 ];
 
 /// Writes the job record ($1, JSON; $2: its phase is terminal). An abort requested (by any
@@ -323,6 +332,65 @@ impl PgStore {
             .collect())
     }
 
+    /// Inserts the decision and commits synchronously, whatever the server's default: the
+    /// record is the commit point. A retry after a lost reply finds it there and does nothing.
+    pub(super) async fn record_commit(
+        &self,
+        proxy: &str,
+        txid: u64,
+        participants: &[String],
+    ) -> Result<(), StoreError> {
+        let txid = to_i64(txid);
+        with_client!(self, |client| async {
+            let tx = client.transaction().await?;
+            tx.batch_execute("SET LOCAL synchronous_commit = on")
+                .await?;
+            tx.execute(
+                "INSERT INTO shardgate_commit_decisions (proxy, txid, participants)
+                 VALUES ($1, $2, $3) ON CONFLICT (proxy, txid) DO NOTHING",
+                &[&proxy, &txid, &participants],
+            )
+            .await?;
+            tx.commit().await
+        })
+    }
+
+    pub(super) async fn commit_decided(&self, proxy: &str, txid: u64) -> Result<bool, StoreError> {
+        let txid = to_i64(txid);
+        let row = with_client!(self, |client| client.query_opt(
+            "SELECT 1 FROM shardgate_commit_decisions WHERE proxy = $1 AND txid = $2",
+            &[&proxy, &txid],
+        ))?;
+        Ok(row.is_some())
+    }
+
+    pub(super) async fn forget_commit(&self, proxy: &str, txid: u64) -> Result<(), StoreError> {
+        let txid = to_i64(txid);
+        with_client!(self, |client| client.execute(
+            "DELETE FROM shardgate_commit_decisions WHERE proxy = $1 AND txid = $2",
+            &[&proxy, &txid],
+        ))?;
+        Ok(())
+    }
+
+    pub(super) async fn commit_decisions(&self) -> Result<Vec<CommitDecision>, StoreError> {
+        let rows = with_client!(self, |client| client.query(
+            "SELECT proxy, txid, participants,
+                    (extract(epoch FROM decided_at) * 1000)::int8
+             FROM shardgate_commit_decisions ORDER BY decided_at, proxy, txid",
+            &[],
+        ))?;
+        Ok(rows
+            .iter()
+            .map(|r| CommitDecision {
+                proxy: r.get(0),
+                txid: from_i64(r.get(1)),
+                participants: r.get(2),
+                decided_unix_ms: from_i64(r.get(3)),
+            })
+            .collect())
+    }
+
     /// The shared client, (re)connecting when there is none or it has closed.
     async fn connected<'a>(
         &self,
@@ -422,7 +490,8 @@ fn parse_job(text: String) -> Result<Job, StoreError> {
     })
 }
 
-// Versions count publishes; they never come near i64::MAX, and the column has no negatives.
+// Versions count publishes and transaction ids are microseconds since 1970: neither comes near
+// i64::MAX, and the columns hold no negatives.
 fn to_i64(version: u64) -> i64 {
     i64::try_from(version).unwrap_or(i64::MAX)
 }
