@@ -23,6 +23,7 @@ mod shardgate;
 mod soak;
 mod stats;
 mod targets;
+mod two_phase;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ enum Cmd {
     Soak(soak::SoakArgs),
     /// A window query gathered into PostgreSQL from 3 shards vs the same query on one server.
     Gather(gather::GatherArgs),
+    /// COMMIT of a transaction that wrote on two shards (two-phase) vs on one (one-phase).
+    TwoPhase(two_phase::TwoPhaseArgs),
 }
 
 #[derive(Args, Clone)]
@@ -153,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                 Cmd::Rebalance(args) => rebalance::run(args).await,
                 Cmd::Soak(args) => soak::run(args).await,
                 Cmd::Gather(args) => gather::run(args).await,
+                Cmd::TwoPhase(args) => two_phase::run(args).await,
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.

@@ -63,7 +63,7 @@ pub fn setup_from_env() {
 /// Whether failpoint `name` is set to `return` (for a point that simulates an error rather
 /// than a crash); `return(kill)` SIGKILLs the process there instead (the end-to-end test's
 /// "the reply never arrived because the runner died").
-pub(crate) fn triggered(name: &'static str) -> bool {
+pub fn triggered(name: &'static str) -> bool {
     match fail::eval(name, |arg| arg) {
         Some(how) => {
             if how.as_deref() == Some("kill") {

@@ -183,12 +183,121 @@ async fn ddl_one_shard_refuses_reaches_no_shard() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42P07"), "{e:?}");
+    // CREATE INDEX CONCURRENTLY cannot run in a transaction block: it runs on each shard on its
+    // own, in parallel.
+    client
+        .batch_execute("create index concurrently accounts_balance on accounts (balance)")
+        .await
+        .expect("CREATE INDEX CONCURRENTLY on every shard");
     for i in 0..3 {
         let shard = env.connect_shard(i).await;
         let sql = "select count(*) from pg_tables where tablename = 'audit'";
         let has = env::value_through(&shard, sql).await;
         assert_eq!(has, i64::from(i == 1), "shard {i}");
+        let sql = "select count(*) from pg_indexes where indexname = 'accounts_balance'";
+        assert_eq!(
+            env::value_through(&shard, sql).await,
+            1,
+            "index on shard {i}"
+        );
     }
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_failing_at_prepare_rolls_every_shard_back() {
+    let env = env::start(2, "").await;
+    // A deferred unique constraint is checked at PREPARE TRANSACTION.
+    for i in 0..2 {
+        env.connect_shard(i)
+            .await
+            .batch_execute(
+                "create table codes (user_id bigint, code int, \
+                 unique (code) deferrable initially deferred)",
+            )
+            .await
+            .expect("codes");
+    }
+    let (a, b) = (env.key_on(0, 1), env.key_on(1, 1));
+    let b2 = env.key_on(1, b + 1);
+    let client = env.connect().await;
+    client.batch_execute("begin").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 0 where user_id = {a}"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "insert into codes /* shardgate: shard_key={b} */ values ({b}, 7)"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "insert into codes /* shardgate: shard_key={b2} */ values ({b2}, 7)"
+        ))
+        .await
+        .expect("deferred: no error yet");
+    let e = client.batch_execute("commit").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23505"), "{e:?}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(
+        message.contains("shard s1"),
+        "the error names the shard: {message}"
+    );
+    assert_eq!(balance_on_shard(&env, a).await, 100, "s0 rolled back too");
+    assert_nothing_prepared(&env).await;
+    // The client's connection goes on.
+    assert_eq!(
+        env::value_through(&client, "select count(*) from accounts").await,
+        ACCOUNTS
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_mode_rolls_back_writes_on_several_shards() {
+    let env = env::start(2, "cross_shard_transactions = \"refuse\"\n").await;
+    let (a, b) = (env.key_on(0, 1), env.key_on(1, 1));
+    let client = env.connect().await;
+    // Reads across shards and a write on one shard are fine.
+    client.batch_execute("begin").await.unwrap();
+    assert_eq!(
+        env::value_through(&client, "select count(*) from accounts").await,
+        ACCOUNTS
+    );
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 1 where user_id = {a}"
+        ))
+        .await
+        .unwrap();
+    client.batch_execute("commit").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 1);
+    // Writes on two shards are refused at COMMIT, and nothing is kept.
+    client.batch_execute("begin").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 2 where user_id = {a}"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 2 where user_id = {b}"
+        ))
+        .await
+        .unwrap();
+    let e = client.batch_execute("commit").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e:?}");
+    assert_eq!(balance_on_shard(&env, a).await, 1);
+    assert_eq!(balance_on_shard(&env, b).await, 100);
     assert_nothing_prepared(&env).await;
     env.stop().await;
 }

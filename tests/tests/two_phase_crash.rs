@@ -2,7 +2,8 @@
 //! restarted with the same proxy id: killed after PREPARE TRANSACTION but before the commit
 //! decision was recorded, everything rolls back; killed after the decision, recovery commits on
 //! every shard. Either way nothing stays prepared, and the client that was cut off never saw a
-//! COMMIT it could rely on.
+//! COMMIT it could rely on. And a shard lost right after the decision: the client is told
+//! COMMIT (the decision is durable) and recovery commits that shard's part.
 //!
 //! The killed process is `target/debug/shardgate` with the `failpoints` feature (see
 //! `shardgate_tests::serve`); `FAILPOINTS=<name>=return(kill)` makes it SIGKILL itself there.
@@ -187,6 +188,47 @@ async fn a_commit_killed_midway_is_finished_or_undone_by_recovery() {
         );
         drop(serve);
     }
+    // A shard lost after the decision: COMMIT succeeds for the client, recovery (every 1 s
+    // here) finishes the shard that missed its COMMIT PREPARED.
+    let (a_before, b_before) = (balance(&shards[0], a).await, balance(&shards[1], b).await);
+    let p = path.clone();
+    let serve = tokio::task::spawn_blocking(move || {
+        Serve::start(
+            p,
+            admin,
+            Some("two-phase-lose-shard-after-decision=1*return"),
+        )
+    })
+    .await
+    .expect("join");
+    let client = common::connect(&url).await;
+    client.batch_execute("begin").await.expect("begin");
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = balance - 5 where user_id = {a}"
+        ))
+        .await
+        .expect("update on s0");
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = balance + 5 where user_id = {b}"
+        ))
+        .await
+        .expect("update on s1");
+    client
+        .batch_execute("commit")
+        .await
+        .expect("COMMIT succeeds once the decision is recorded");
+    let settled = common::wait_for(Duration::from_secs(20), || async {
+        prepared_on(&shards).await == 0
+    })
+    .await;
+    assert!(settled, "recovery did not finish the lost shard's commit");
+    assert_eq!(balance(&shards[0], a).await, a_before - 5);
+    assert_eq!(balance(&shards[1], b).await, b_before + 5);
+    drop(client);
+    drop(serve);
+
     assert_eq!(_rollback.run(), 0);
     drop(_rollback);
     tokio::task::spawn_blocking(move || drop(shards)).await.ok();

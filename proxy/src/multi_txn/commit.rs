@@ -143,12 +143,23 @@ async fn two_phase(
     let txid = in_flight.txid();
     record_decision(shared, &token, txid, &shard_names).await?;
     crate::failpoint!("two-phase-after-decision");
-    let committed = run_each(members, writers, |name| {
+    #[cfg(feature = "failpoints")]
+    if shardgate_rebalance::failpoints::triggered("two-phase-lose-shard-after-decision") {
+        // As if the first writer's server went away right after the decision.
+        members[writers[0]].conn.mark_broken();
+    }
+    // A shard lost since its PREPARE is left to recovery.
+    let reachable: Vec<usize> = writers
+        .iter()
+        .copied()
+        .filter(|i| !members[*i].conn.is_broken())
+        .collect();
+    let committed = run_each(members, &reachable, |name| {
         format!("COMMIT PREPARED '{}'", gid(name).replace('\'', "''"))
     })
     .await;
-    let mut all_done = true;
-    for (i, o) in writers.iter().zip(&committed) {
+    let mut all_done = reachable.len() == writers.len();
+    for (i, o) in reachable.iter().zip(&committed) {
         if !o.ok() {
             // The decision is durable: recovery commits it when the shard is back.
             all_done = false;
