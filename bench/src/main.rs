@@ -208,6 +208,7 @@ async fn measure(
     let result = run_pgbench(args).await;
     let cpu_after = target.pid.and_then(procfs::cpu_time);
     let rss = target.pid.and_then(procfs::rss_kib);
+    let anon = target.pid.and_then(procfs::rss_anon_kib);
     let mut latencies = pgbench_log::collect_and_remove(log_prefix)
         .with_context(|| format!("reading pgbench logs {}.*", log_prefix.display()))?;
     let result = result?;
@@ -234,6 +235,7 @@ async fn measure(
         latency: Latency::from_micros(&mut latencies),
         proxy_cpu,
         proxy_rss_kib: rss,
+        proxy_anon_kib: anon,
     })
 }
 

@@ -1,5 +1,5 @@
 //! What the benchmarks read about a proxy process from `/proc`: CPU time (utime + stime from
-//! `/proc/PID/stat`) and resident memory (`VmRSS` from `/proc/PID/status`).
+//! `/proc/PID/stat`) and resident memory (`VmRSS` and `RssAnon` from `/proc/PID/status`).
 
 use std::time::Duration;
 
@@ -13,6 +13,13 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 /// Resident set size in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_field_kib(pid, "VmRSS")
+}
+
+/// The anonymous part of the resident set in KiB (`RssAnon`): the heap and stacks, what the
+/// process itself allocated. The rest of `VmRSS` is mostly the binary's code pages, which
+/// grow with the binary and are shared between processes running it.
+pub fn rss_anon_kib(pid: u32) -> Option<u64> {
+    status_field_kib(pid, "RssAnon")
 }
 
 fn status_field_kib(pid: u32, field: &str) -> Option<u64> {

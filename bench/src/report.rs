@@ -15,6 +15,8 @@ pub struct Run {
     pub proxy_cpu: Option<Duration>,
     /// The proxy's resident memory after the run, KiB.
     pub proxy_rss_kib: Option<u64>,
+    /// Its anonymous part (heap, stacks), KiB.
+    pub proxy_anon_kib: Option<u64>,
 }
 
 /// The figures of one (case, target) cell: medians over the repeats.
@@ -28,6 +30,8 @@ pub struct Summary {
     pub cpu_us_per_tx: Option<f64>,
     /// Largest proxy RSS seen after a run, MiB.
     pub rss_mib: Option<f64>,
+    /// Largest anonymous part of it, MiB.
+    pub anon_mib: Option<f64>,
 }
 
 /// Medians over `runs` (the largest RSS); `None` without runs.
@@ -45,6 +49,11 @@ pub fn summarize(runs: &[Run]) -> Option<Summary> {
         rss_mib: runs
             .iter()
             .filter_map(|r| r.proxy_rss_kib)
+            .max()
+            .map(|k| k as f64 / 1024.0),
+        anon_mib: runs
+            .iter()
+            .filter_map(|r| r.proxy_anon_kib)
             .max()
             .map(|k| k as f64 / 1024.0),
     })
@@ -109,7 +118,7 @@ const HEADERS: [&str; 10] = [
     "avg ms",
     "p99 ms",
     "CPU µs/tx",
-    "RSS MiB",
+    "RSS (anon) MiB",
     "notes",
 ];
 
@@ -127,7 +136,10 @@ fn cells(row: &Row) -> [String; 10] {
             opt(s.avg_ms, 3),
             opt(s.p99_ms, 3),
             opt(s.cpu_us_per_tx, 1),
-            opt(s.rss_mib, 1),
+            match (s.rss_mib, s.anon_mib) {
+                (Some(rss), Some(anon)) => format!("{rss:.1} ({anon:.1})"),
+                (rss, _) => opt(rss, 1),
+            },
             String::new(),
         ),
         Outcome::Skipped(why) => dashes(format!("skipped: {why}")),
@@ -231,6 +243,7 @@ mod tests {
             }),
             proxy_cpu: cpu_ms.map(Duration::from_millis),
             proxy_rss_kib: rss,
+            proxy_anon_kib: rss.map(|k| k / 4),
         }
     }
 
@@ -248,6 +261,8 @@ mod tests {
         // 100 µs, 50 µs, 300 µs per transaction.
         assert_eq!(s.cpu_us_per_tx, Some(100.0));
         assert_eq!(s.rss_mib, Some(4.0));
+        // The test runs give a quarter of their RSS as anonymous.
+        assert_eq!(s.anon_mib, Some(1.0));
         assert_eq!(summarize(&[]), None);
         let direct = summarize(&[run(10.0, 10, None, None, 1.0)]).unwrap();
         assert_eq!(direct.cpu_us_per_tx, None);

@@ -228,7 +228,15 @@ impl Session {
         if !self.shared.topo().routing {
             return Ok(());
         }
-        let Some((route, plan)) = self.route_frame(frame)? else {
+        let prerouted = match frame.tag() {
+            frontend::QUERY | frontend::BIND => self.routing.take_prerouted(frame),
+            _ => None,
+        };
+        let routed = match prerouted {
+            Some(routed) => Some(routed),
+            None => self.route_frame(frame)?,
+        };
+        let Some((route, plan)) = routed else {
             return Ok(());
         };
         self.note_transaction_statement(frame, &plan);

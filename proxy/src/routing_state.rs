@@ -3,7 +3,10 @@
 //! statement (a Bind of it routes by that text), and the named statements parsed in the batch
 //! being routed (their Binds come in the same batch, before the server knows them).
 
-use shardgate_router::{Hint, Plan, RoleHint, ShardgateParam, StatementKind};
+use std::sync::Arc;
+
+use shardgate_router::{Hint, Plan, RoleHint, Route, ShardgateParam, StatementKind};
+use shardgate_wire::Frame;
 
 /// Named Parses remembered while routing one batch (a batch rarely has more than a few).
 const MAX_BATCH_PARSES: usize = 64;
@@ -23,9 +26,24 @@ pub(crate) struct RoutingState {
     unnamed: Option<StatementText>,
     /// Named statements parsed in the batch being routed: (name, text, parameter types).
     batch_parses: Vec<(String, StatementText)>,
+    /// The route of a Query or Bind found while deciding where a batch of a transaction goes,
+    /// kept so the relay's check of the same message does not route it again.
+    prerouted: Option<(Frame, Route, Arc<Plan>)>,
 }
 
 impl RoutingState {
+    /// Remembers the route of `frame` (a Query or Bind about to be forwarded).
+    pub(crate) fn set_prerouted(&mut self, frame: &Frame, route: Route, plan: Arc<Plan>) {
+        self.prerouted = Some((frame.clone(), route, plan));
+    }
+
+    /// The route remembered for a message with exactly these bytes: the same message under the
+    /// same routing state routes the same way.
+    pub(crate) fn take_prerouted(&mut self, frame: &Frame) -> Option<(Route, Arc<Plan>)> {
+        let (kept, route, plan) = self.prerouted.take()?;
+        (kept.as_bytes() == frame.as_bytes()).then_some((route, plan))
+    }
+
     /// The routing hint in force: the transaction's, else the session's.
     pub(crate) fn hint(&self) -> Option<&Hint> {
         self.local_hint.as_ref().or(self.session_hint.as_ref())

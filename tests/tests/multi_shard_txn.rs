@@ -301,3 +301,66 @@ async fn refuse_mode_rolls_back_writes_on_several_shards() {
     assert_nothing_prepared(&env).await;
     env.stop().await;
 }
+
+/// A transaction on several shards that straddles a shard-map change gets 40001 for its next
+/// statement (its keys may live elsewhere now); ROLLBACK ends it everywhere and nothing it
+/// wrote stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_change_mid_transaction_answers_40001() {
+    let meta = tokio::task::spawn_blocking(|| {
+        let meta = shardgate_tests::PgCluster::start(shardgate_tests::ClusterOptions::default())
+            .expect("start meta");
+        meta.psql("postgres", "create database meta")
+            .expect("meta db");
+        meta
+    })
+    .await
+    .expect("join");
+    let store = format!(
+        "\n[topology]\nstore = \"postgres://postgres:postgres@127.0.0.1:{}/meta\"\npoll_interval = \"100ms\"\n",
+        meta.port()
+    );
+    let env = env::start(2, &store).await;
+    let (a, b) = (env.key_on(0, 1), env.key_on(1, 1));
+    let client = env.connect().await;
+    client.batch_execute("begin").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 0 where user_id = {a}"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 0 where user_id = {b}"
+        ))
+        .await
+        .unwrap();
+
+    // Another proxy's rebalance would publish a new map; the same shards at the next version
+    // will do.
+    let store = shardgate_topology::Store::open(&env.config, None)
+        .await
+        .expect("open the store");
+    let map = store.shard_map().await.expect("map");
+    store
+        .publish(map.version, map.shards.clone())
+        .await
+        .expect("publish");
+    let changed = common::wait_for(std::time::Duration::from_secs(10), || async {
+        let e = client
+            .batch_execute(&format!(
+                "update accounts set balance = 1 where user_id = {a}"
+            ))
+            .await;
+        matches!(e, Err(ref e) if sqlstate(e).as_deref() == Some("40001"))
+    })
+    .await;
+    assert!(changed, "no 40001 after the map changed");
+    client.batch_execute("rollback").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 100);
+    assert_eq!(balance_on_shard(&env, b).await, 100);
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+    tokio::task::spawn_blocking(move || drop(meta)).await.ok();
+}

@@ -30,6 +30,7 @@ pub(crate) enum InTransaction {
 
 /// The first statement of a batch, as routed.
 struct First {
+    frame: Frame,
     route: Result<Route, RouteError>,
     plan: Arc<Plan>,
     /// Its text, read only for statements that may be transaction control.
@@ -84,6 +85,7 @@ impl Session {
             .flatten();
             let control = text.as_deref().map_or(Control::None, Control::of);
             First {
+                frame: frame.clone(),
                 route,
                 plan,
                 control,
@@ -159,11 +161,18 @@ impl Session {
             // The server answers 25P02 itself; a pinned session stays (and is refused).
             return false;
         }
-        match first.route {
-            Ok(Route::Shard(s)) => s != self.shard && !self.runs_anywhere(&first.plan),
-            Ok(Route::Shards(_) | Route::AllShards) => true,
-            Err(_) => false,
+        let here = match &first.route {
+            Ok(Route::Shard(s)) => *s == self.shard || self.runs_anywhere(&first.plan),
+            Ok(Route::Shards(_) | Route::AllShards) => false,
+            Err(_) => return false,
+        };
+        if here {
+            // The relay checks this statement again as it forwards it: with this route.
+            if let Ok(route) = first.route {
+                self.routing.set_prerouted(&first.frame, route, first.plan);
+            }
         }
+        !here
     }
 
     /// Statements that need no particular shard (SET, `SELECT 1`, transaction control) run on
