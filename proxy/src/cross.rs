@@ -15,6 +15,7 @@ use shardgate_wire::{frontend, sqlstate, Frame};
 
 use crate::broadcast::broadcast;
 use crate::multi_txn::fanout::Member;
+use crate::multi_txn::Gathered;
 use crate::routing::feature_error;
 use crate::scatter::{self, ScatterFailure, ScatterLimits, ScatterRequest};
 use crate::session::Session;
@@ -224,15 +225,9 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     ) -> Result<(), SessionError> {
-        let refusal = if plan.gather.is_some() && matches!(plan.kind, StatementKind::Read { .. }) {
-            Some(feature_error(
-                "this cross-shard read is answered by gathering rows into PostgreSQL, which does not run inside a transaction yet".into(),
-                "run it outside the transaction, or restrict it to one shard with its shard key",
-            ))
-        } else {
-            many_shards_refusal(&plan)
-        };
-        let request = match refusal.map_or_else(|| self.scatter_request(batch, &plan), Err) {
+        let request = match many_shards_refusal(&plan)
+            .map_or_else(|| self.scatter_request(batch, &plan), Err)
+        {
             Ok(r) => r,
             Err(e) => {
                 self.fail_in_transaction(batch, &e);
@@ -256,6 +251,30 @@ impl Session {
                     return Ok(());
                 }
             }
+        }
+        if let (Some(gather), StatementKind::Read { .. }) = (&plan.gather, &plan.kind) {
+            let gathered = self
+                .gather_in_transaction(server, &mut taken, &shards, gather, &request, &plan)
+                .await;
+            for p in taken {
+                self.txn_shards.put(p);
+            }
+            let failed = match gathered? {
+                Gathered::Answered { failed } => failed,
+                Gathered::Refused(e) => {
+                    self.fail_in_transaction(batch, &e);
+                    return Ok(());
+                }
+                Gathered::Lost(shard, error) => {
+                    self.io.push_error(
+                        sqlstate::CONNECTION_FAILURE,
+                        &format!("lost the connection to shard {shard}: {error}"),
+                        Some("the transaction failed; roll it back and retry it"),
+                    );
+                    true
+                }
+            };
+            return self.end_many_in_transaction(failed);
         }
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
@@ -290,6 +309,12 @@ impl Session {
             );
             failed = true;
         }
+        self.end_many_in_transaction(failed)
+    }
+
+    /// After a statement for several shards in a transaction: a failure fails the whole
+    /// transaction (25P02 until ROLLBACK), and the client gets its ReadyForQuery.
+    fn end_many_in_transaction(&mut self, failed: bool) -> Result<(), SessionError> {
         if failed {
             self.txn_shards.set_failed();
             self.txn.note_error();

@@ -111,6 +111,7 @@ impl Session {
             &request,
             limits,
             scatter_limits,
+            "",
             &mut self.io,
         )
         .await;
@@ -124,7 +125,7 @@ impl Session {
                 .query(*shard, role, RouteKind::Multi, took);
         }
         match result {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(ScatterFailure::ClientGone) => return Err(SessionError::ClientGone),
             Err(ScatterFailure::Server(e)) => {
                 self.io.push_error(
@@ -142,8 +143,10 @@ impl Session {
 }
 
 /// Loads the sharded tables into the coordinator, runs the statement there and streams its
-/// result to `client`, then rolls the coordinator back. `Err` when a connection broke (it is
-/// marked broken) or the client left.
+/// result to `client`, then rolls the coordinator back. `transaction_setup` runs on the
+/// coordinator right after its BEGIN (the `SET LOCAL`s of a client's transaction). `Ok(true)`
+/// when the statement (or loading) failed with an error the client got; `Err` when a connection
+/// broke (it is marked broken) or the client left.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run<C: ClientSink>(
     coord: &mut ServerConn,
@@ -154,14 +157,16 @@ pub(crate) async fn run<C: ClientSink>(
     request: &ScatterRequest,
     limits: GatherLimits,
     scatter_limits: ScatterLimits,
+    transaction_setup: &str,
     client: &mut C,
-) -> Result<(), ScatterFailure> {
+) -> Result<bool, ScatterFailure> {
     let broken = |source| ScatterError {
         shard: coord_name.to_owned(),
         source,
     };
     // READ WRITE: a client's default_transaction_read_only must not forbid the temporary tables.
     let mut setup = String::from("BEGIN READ WRITE;");
+    setup.push_str(transaction_setup);
     for r in &spec.relations {
         setup.push_str(&format!(
             "CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP;",
@@ -189,6 +194,7 @@ pub(crate) async fn run<C: ClientSink>(
             }
         },
     };
+    let mut failed = matches!(loaded, Load::Answered);
     if let Load::Loaded = loaded {
         let request = request.with_sql(spec.sql.clone());
         let mut one = [&mut *coord];
@@ -202,10 +208,11 @@ pub(crate) async fn run<C: ClientSink>(
         )
         .await?;
     }
+    failed |= coord.status() == TransactionStatus::Failed;
     if coord.status() != TransactionStatus::Idle {
         coord.run_internal("ROLLBACK").await.map_err(broken)?;
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// Copies every source's rows of every gathered table into the coordinator's temporary tables.

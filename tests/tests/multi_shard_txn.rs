@@ -364,3 +364,69 @@ async fn a_map_change_mid_transaction_answers_40001() {
     env.stop().await;
     tokio::task::spawn_blocking(move || drop(meta)).await.ok();
 }
+
+/// A read the proxy gathers into PostgreSQL (here a window function) runs inside a transaction
+/// too, and sees the transaction's own writes on every shard; one that also reads unsharded
+/// tables after the transaction wrote on the default shard is refused rather than answered
+/// without those writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathered_reads_run_inside_transactions() {
+    let env = env::start(2, "").await;
+    env.connect_shard(0)
+        .await
+        .batch_execute("create table plans (plan_id int primary key, name text)")
+        .await
+        .expect("an unsharded table on the default shard");
+    let (a, b) = (env.key_on(0, 1), env.key_on(1, 1));
+    let client = env.connect().await;
+    let top = "select user_id, rank() over (order by balance desc, user_id) \
+               from accounts order by 2 limit 2";
+    client.batch_execute("begin").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 1000 where user_id = {b}"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 900 where user_id = {a}"
+        ))
+        .await
+        .unwrap();
+    let rows = client
+        .query(top, &[])
+        .await
+        .expect("gathered in the transaction");
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        ids,
+        [b, a],
+        "the transaction's own writes, from both shards"
+    );
+    // After a write on the default shard, a gathered read of an unsharded table is refused.
+    client
+        .batch_execute("insert into plans values (1, 'gold')")
+        .await
+        .unwrap();
+    let e = client
+        .query(
+            "select p.name, count(*) over () from plans p cross join accounts a",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e:?}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(
+        message.contains("would not see this transaction's writes"),
+        "{message}"
+    );
+    client.batch_execute("rollback").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 100);
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}

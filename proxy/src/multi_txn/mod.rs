@@ -16,10 +16,12 @@
 mod commit;
 mod control;
 pub(crate) mod fanout;
+mod gather;
 mod run;
 
 pub(crate) use commit::commit_all;
 pub(crate) use control::Control;
+pub(crate) use gather::Gathered;
 pub(crate) use run::InTransaction;
 
 use shardgate_pool::{HostChoice, PooledConn, QueryGuard};
@@ -120,6 +122,11 @@ impl TxnShards {
             sql.push_str(&s);
         }
         Some(sql)
+    }
+
+    /// The transaction's `SET LOCAL` / `SET TRANSACTION` statements, in order.
+    pub(crate) fn locals(&self) -> &[String] {
+        &self.locals
     }
 
     pub(crate) fn set_begin(&mut self, begin: String) {

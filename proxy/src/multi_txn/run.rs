@@ -12,6 +12,7 @@ use tracing::debug;
 
 use super::commit::commit_all;
 use super::fanout::{rollback_all, run_everywhere, Member, TxnError};
+use super::gather::Beside;
 use super::{begin_statement, Control, Participant};
 use crate::replicas::BatchRole;
 use crate::routing::feature_error;
@@ -549,22 +550,12 @@ impl Session {
             read: self.attached_read,
             may_write: !self.attached_read,
         };
-        let saved = (self.shard, self.host, self.attached_read);
-        let may_have_written = self.read_your_writes.take_may_have_written();
-        self.shard = shard;
-        let checked_out = self.checkout_for(role).await;
-        let joined = (self.host, self.attached_read);
-        (self.shard, self.host, self.attached_read) = saved;
-        self.read_your_writes.set_may_have_written(may_have_written);
-        let (mut conn, guard) = checked_out.map_err(|f| RouteError {
-            code: if f.code == sqlstate::TOO_MANY_CONNECTIONS {
-                sqlstate::TOO_MANY_CONNECTIONS
-            } else {
-                sqlstate::CONNECTION_FAILURE
-            },
-            message: f.message,
-            hint: f.hint,
-        })?;
+        let Beside {
+            mut conn,
+            guard,
+            host,
+            read,
+        } = self.checkout_beside(shard, role, server).await?;
         let mut members = [Member {
             name: self.shard_name(shard),
             conn: &mut conn,
@@ -586,8 +577,8 @@ impl Session {
         debug!(client = self.id, shard, "shard joined the transaction");
         Ok(Participant {
             shard,
-            host: joined.0,
-            read: joined.1,
+            host,
+            read,
             conn,
             guard,
         })
