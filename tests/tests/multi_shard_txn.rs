@@ -430,3 +430,92 @@ async fn gathered_reads_run_inside_transactions() {
     assert_nothing_prepared(&env).await;
     env.stop().await;
 }
+
+/// `best_effort` commits shard by shard (no PREPARE); and with `two_phase`, shards that have
+/// prepared transactions disabled get a multi-shard write rolled back with a hint, never
+/// committed halfway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn best_effort_commits_and_disabled_prepared_transactions_refuse() {
+    let env = env::start(2, "cross_shard_transactions = \"best_effort\"\n").await;
+    let (a, b) = (env.key_on(0, 1), env.key_on(1, 1));
+    let client = env.connect().await;
+    client.batch_execute("begin").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 3 where user_id = {a}"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 4 where user_id = {b}"
+        ))
+        .await
+        .unwrap();
+    client.batch_execute("commit").await.unwrap();
+    assert_eq!(balance_on_shard(&env, a).await, 3);
+    assert_eq!(balance_on_shard(&env, b).await, 4);
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+
+    // Two shards with max_prepared_transactions = 0.
+    let shards = futures_util::future::join_all((0..2).map(|_| {
+        tokio::task::spawn_blocking(|| {
+            let c = shardgate_tests::PgCluster::start(
+                shardgate_tests::ClusterOptions::default()
+                    .user(common::USER, common::PASSWORD, shardgate_tests::Auth::Scram)
+                    .conf("max_prepared_transactions = 0"),
+            )
+            .expect("start PostgreSQL");
+            c.create_database(common::DB, common::USER)
+                .expect("create database");
+            c.psql_as(
+                common::USER,
+                common::PASSWORD,
+                common::DB,
+                "create table accounts (user_id bigint primary key, balance bigint not null)",
+            )
+            .expect("schema");
+            c
+        })
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.expect("join"))
+    .collect::<Vec<_>>();
+    let config = common::sharded_config(&shards, &["accounts"], "");
+    let env = common::ShardedEnv::with_proxy(shards, config).await;
+    let (a, b) = (env.key_on(0, 1), env.key_on(1, 1));
+    let client = env.connect().await;
+    for k in [a, b] {
+        client
+            .batch_execute(&format!(
+                "insert into accounts (user_id, balance) values ({k}, 1)"
+            ))
+            .await
+            .unwrap();
+    }
+    client.batch_execute("begin").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 9 where user_id = {a}"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "update accounts set balance = 9 where user_id = {b}"
+        ))
+        .await
+        .unwrap();
+    let e = client.batch_execute("commit").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e:?}");
+    let hint = e
+        .as_db_error()
+        .and_then(|d| d.hint().map(str::to_owned))
+        .unwrap_or_default();
+    assert!(hint.contains("max_prepared_transactions"), "{hint}");
+    assert_eq!(balance_on_shard(&env, a).await, 1);
+    assert_eq!(balance_on_shard(&env, b).await, 1);
+    env.stop().await;
+}
