@@ -202,7 +202,7 @@ impl Session {
             .txn
             .take_deferred_begin()
             .unwrap_or_else(|| "BEGIN".into());
-        if let Err(e) = server.run_internal(&begin).await {
+        if let Err(e) = crate::multi_txn::fanout::run_internal(&mut server, &begin).await {
             self.fail_batch(&batch, e.sqlstate(), &e.to_string(), None);
             self.io.flush().await?;
             return Ok(None);

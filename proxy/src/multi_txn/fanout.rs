@@ -142,3 +142,33 @@ pub(crate) async fn rollback_chosen(members: &mut [Member<'_>], chosen: &[usize]
         }
     }
 }
+
+/// `ServerConn::query_value` bounded by the control timeout (the connection is closed past it).
+pub(crate) async fn query_value(
+    conn: &mut ServerConn,
+    sql: &str,
+) -> Result<Option<String>, ServerError> {
+    match tokio::time::timeout(CONTROL_TIMEOUT, conn.query_value(sql)).await {
+        Ok(result) => result,
+        Err(_) => {
+            conn.mark_broken();
+            Err(ServerError::Protocol(format!(
+                "no answer within {CONTROL_TIMEOUT:?}"
+            )))
+        }
+    }
+}
+
+/// `ServerConn::run_internal` bounded by the control timeout (the connection is closed past
+/// it).
+pub(crate) async fn run_internal(conn: &mut ServerConn, sql: &str) -> Result<(), ServerError> {
+    match tokio::time::timeout(CONTROL_TIMEOUT, conn.run_internal(sql)).await {
+        Ok(result) => result,
+        Err(_) => {
+            conn.mark_broken();
+            Err(ServerError::Protocol(format!(
+                "no answer within {CONTROL_TIMEOUT:?}"
+            )))
+        }
+    }
+}

@@ -52,10 +52,12 @@ impl Session {
                 waiting.as_mut().map(|p| &mut *p.conn)
             };
             let wrote = match conn {
-                Some(c) => c
-                    .query_value("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
-                    .await
-                    .map_or(true, |v| v.as_deref() != Some("f")),
+                Some(c) => super::fanout::query_value(
+                    c,
+                    "SELECT pg_current_xact_id_if_assigned() IS NOT NULL",
+                )
+                .await
+                .map_or(true, |v| v.as_deref() != Some("f")),
                 // Not in the transaction: nothing written there.
                 None => false,
             };

@@ -532,11 +532,13 @@ impl Session {
     ) -> Result<Participant, RouteError> {
         if self.txn_shards.join_sql().is_none() {
             let sql = "SELECT current_setting('transaction_isolation') || ',' || current_setting('transaction_read_only') || ',' || current_setting('transaction_deferrable')";
-            let value = server.query_value(sql).await.map_err(|e| RouteError {
-                code: sqlstate::CONNECTION_FAILURE,
-                message: format!("could not read the transaction's isolation level: {e}"),
-                hint: None,
-            })?;
+            let value = super::fanout::query_value(server, sql)
+                .await
+                .map_err(|e| RouteError {
+                    code: sqlstate::CONNECTION_FAILURE,
+                    message: format!("could not read the transaction's isolation level: {e}"),
+                    hint: None,
+                })?;
             let value = value.unwrap_or_default();
             let mut parts = value.split(',');
             let isolation = parts.next().unwrap_or("read committed");
