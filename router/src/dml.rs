@@ -141,10 +141,27 @@ impl Analysis<'_> {
         let key_type = self.nodes[node].key_type;
         if let (SetExpr::Values(values), None) = (&*src.body, &src.with) {
             let mut keys = KeySet::new();
+            // Each row's key, for splitting the rows by shard: only for the plain PostgreSQL
+            // form (no ORDER BY/LIMIT on the VALUES, no MySQL `ROW(…)`/`VALUE`).
+            let plain = !values.explicit_row
+                && !values.value_keyword
+                && src.order_by.is_none()
+                && src.limit_clause.is_none()
+                && src.fetch.is_none()
+                && src.locks.is_empty()
+                && ins.assignments.is_empty();
+            let mut row_keys = plain.then(|| Vec::with_capacity(values.rows.len()));
             for (i, row) in values.rows.iter().enumerate() {
                 self.discover(&row.content, b);
                 match row.content.get(pos).and_then(|e| key_value(e, key_type)) {
-                    Some(Ok(ks)) => keys = crate::keys::union(&keys, &ks),
+                    Some(Ok(ks)) => {
+                        match (&mut row_keys, ks.as_slice()) {
+                            (Some(rk), []) => rk.push(None),
+                            (Some(rk), [k]) => rk.push(Some(k.clone())),
+                            _ => row_keys = None,
+                        }
+                        keys = crate::keys::union(&keys, &ks);
+                    }
                     Some(Err(r)) => self.refuse(r),
                     None => self.refuse(refusal(
                         format!("INSERT into {table}: the value of {key_col} in row {} must be a literal or a parameter", i + 1),
@@ -153,6 +170,10 @@ impl Analysis<'_> {
                 }
             }
             self.multi_row_insert = values.rows.len() > 1;
+            if self.refusal.is_none() && values.rows.len() > 1 {
+                self.insert_rows =
+                    row_keys.map(|keys| crate::split::InsertRowKeys { key_type, keys });
+            }
             self.own[node] = Some(keys);
             return;
         }
