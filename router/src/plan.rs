@@ -92,7 +92,7 @@ pub enum KeyValue {
 }
 
 /// Where a shard key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyExpr {
     /// A literal in the statement.
     Value(KeyValue),

@@ -320,13 +320,14 @@ impl Router {
         let mut first = None;
         let mut spans = false;
         for key in &rows.keys {
-            let value = match key {
+            let shard = match key {
                 None => None,
-                Some(KeyExpr::Value(v)) => Some(v.clone()),
-                Some(KeyExpr::Param(n)) => params.key(*n, rows.key_type)?,
+                Some(KeyExpr::Value(v)) => Some(self.shard_for_key(v)),
+                Some(KeyExpr::Param(n)) => params
+                    .key(*n, rows.key_type)?
+                    .map(|v| self.shard_for_key(&v)),
                 Some(KeyExpr::ParamArray(_)) => return Err(cannot_split("an array row key")),
             };
-            let shard = value.map(|v| self.shard_for_key(&v));
             if let Some(s) = shard {
                 spans |= first.is_some_and(|f| f != s);
                 first.get_or_insert(s);
