@@ -21,17 +21,30 @@ use crate::ring::ShardIndex;
 use crate::router::{Route, RouteError, Router};
 use crate::text::{Lexer, TokKind};
 
-/// The key of each row of a multi-row INSERT, in row order (`None`: the key is NULL).
+/// In [`InsertRowKeys::rows`]: the row's key is NULL.
+pub(crate) const NULL_KEY: u32 = u32::MAX;
+
+/// The key of each row of a multi-row INSERT: its distinct keys, and each row's among them
+/// (4 bytes a row: plans are cached).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InsertRowKeys {
     pub(crate) key_type: KeyType,
-    pub(crate) keys: Vec<Option<KeyExpr>>,
+    /// Distinct keys, in first-seen order.
+    pub(crate) keys: Vec<KeyExpr>,
+    /// Per row, in row order: an index into `keys`, or [`NULL_KEY`].
+    pub(crate) rows: Vec<u32>,
 }
 
 impl InsertRowKeys {
     /// Number of VALUES rows.
     pub fn rows(&self) -> usize {
-        self.keys.len()
+        self.rows.len()
+    }
+
+    /// Row `i`'s key (`None`: NULL).
+    fn key(&self, i: usize) -> Option<&KeyExpr> {
+        let at = *self.rows.get(i)?;
+        self.keys.get(usize::try_from(at).ok()?)
     }
 }
 
@@ -315,40 +328,40 @@ impl Router {
         if hint.is_some() || plan.statement_count != 1 || self.ring().shards().len() < 2 {
             return Ok(None);
         }
-        // Each row's shard, before any text work: a one-shard INSERT costs no lexing.
-        let mut shards = Vec::with_capacity(rows.keys.len());
-        let mut first = None;
-        let mut spans = false;
+        // Each row's shard, before any text work: a one-shard INSERT costs no lexing. Each
+        // distinct key is hashed (and its parameter decoded) once.
+        let mut key_shards = Vec::with_capacity(rows.keys.len());
         for key in &rows.keys {
-            let shard = match key {
-                None => None,
-                Some(KeyExpr::Value(v)) => Some(self.shard_for_key(v)),
-                Some(KeyExpr::Param(n)) => params
+            key_shards.push(match key {
+                KeyExpr::Value(v) => Some(self.shard_for_key(v)),
+                KeyExpr::Param(n) => params
                     .key(*n, rows.key_type)?
                     .map(|v| self.shard_for_key(&v)),
-                Some(KeyExpr::ParamArray(_)) => return Err(cannot_split("an array row key")),
-            };
-            if let Some(s) = shard {
-                spans |= first.is_some_and(|f| f != s);
-                first.get_or_insert(s);
-            }
-            shards.push(shard);
+                KeyExpr::ParamArray(_) => return Err(cannot_split("an array row key")),
+            });
         }
-        if !spans {
+        let shards: Vec<Option<ShardIndex>> = rows
+            .rows
+            .iter()
+            .map(|at| key_shards.get(*at as usize).copied().flatten())
+            .collect();
+        let mut found = shards.iter().flatten();
+        let first = found.next();
+        if !found.any(|s| Some(s) != first) {
             return Ok(None);
         }
         let layout = Layout::of(sql)?;
-        if layout.rows.len() != rows.keys.len() {
+        if layout.rows.len() != rows.rows() {
             return Err(cannot_split(&format!(
                 "found {} VALUES rows in the text where the parser found {}",
                 layout.rows.len(),
-                rows.keys.len()
+                rows.rows()
             )));
         }
         // The key parameter of each row is in that row's text (guards against a plan of
         // another text).
-        for (i, key) in rows.keys.iter().enumerate() {
-            if let Some(KeyExpr::Param(n)) = key {
+        for i in 0..rows.rows() {
+            if let Some(KeyExpr::Param(n)) = rows.key(i) {
                 let inside = &layout.params[layout.row_params[i].clone()];
                 if !inside.iter().any(|p| p.number == Some(*n)) {
                     return Err(cannot_split(&format!(
