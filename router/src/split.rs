@@ -145,36 +145,38 @@ impl Layout {
             let open = tok.kind == TokKind::Other && text == "(";
             let close = tok.kind == TokKind::Other && text == ")";
             state = match state {
-                State::BeforeValues => {
-                    if open {
-                        depth += 1;
-                    } else if close {
-                        depth = depth.saturating_sub(1);
-                    } else if depth == 0
-                        && tok.kind == TokKind::Word
-                        && text.eq_ignore_ascii_case("values")
-                    {
-                        state = State::ExpectRow;
-                        continue;
-                    }
+                State::BeforeValues if open => {
+                    depth += 1;
                     State::BeforeValues
                 }
+                State::BeforeValues if close => {
+                    depth = depth.saturating_sub(1);
+                    State::BeforeValues
+                }
+                State::BeforeValues
+                    if depth == 0
+                        && tok.kind == TokKind::Word
+                        && text.eq_ignore_ascii_case("values") =>
+                {
+                    State::ExpectRow
+                }
+                State::BeforeValues => State::BeforeValues,
                 State::ExpectRow if tok.kind == TokKind::Comment => State::ExpectRow,
                 State::ExpectRow if open => {
                     depth = 1;
                     State::InRow(tok.range.start)
                 }
                 State::ExpectRow => return Err(cannot_split("a VALUES row does not start with (")),
+                State::InRow(start) if close && depth <= 1 => {
+                    depth = 0;
+                    rows.push(start..tok.range.end);
+                    State::AfterRow
+                }
                 State::InRow(start) => {
                     if open {
                         depth += 1;
                     } else if close {
                         depth -= 1;
-                        if depth == 0 {
-                            rows.push(start..tok.range.end);
-                            state = State::AfterRow;
-                            continue;
-                        }
                     }
                     State::InRow(start)
                 }

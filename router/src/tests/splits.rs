@@ -325,6 +325,17 @@ fn literals_comments_and_dollar_quotes_do_not_fool_the_row_finder() {
         "{}",
         parts[1].sql
     );
+    // A backslash ends no standard string: `'C:\'` holds C, a colon and a backslash.
+    let backslashes = format!(
+        "INSERT INTO orders (note, user_id) VALUES ('C:\\', {a}), ('),(\\', {b}), ('\\''', {c})"
+    );
+    let split_backslashes = super::splits::parts(&r, &backslashes);
+    assert_eq!(split_backslashes.len(), 3);
+    assert_rows_round_trip(&backslashes, &split_backslashes);
+    assert_eq!(
+        split_backslashes[1].sql,
+        format!("INSERT INTO orders (note, user_id) VALUES ('),(\\', {b})")
+    );
 }
 
 #[test]
