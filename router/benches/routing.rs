@@ -130,5 +130,54 @@ fn hashing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, classification, routing, shapes, hashing);
+/// A 1,000-row ORM-style bulk INSERT over 3 shards: planning it (once per text), and splitting
+/// it by key (per execution: one lexer pass, the parts' texts built), with literals and with
+/// 3,000 Bind parameters.
+fn insert_split(c: &mut Criterion) {
+    let cached = router(10_000);
+    let uncached = router(0);
+    let rows: Vec<String> = (1..=1000)
+        .map(|k| format!("({k}, 'order {k}', {k}.50)"))
+        .collect();
+    let literal = format!(
+        "insert into orders (user_id, note, amount) values {} returning order_id",
+        rows.join(", ")
+    );
+    let rows: Vec<String> = (0..1000)
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect();
+    let bound = format!(
+        "insert into orders (user_id, note, amount) values {} returning order_id",
+        rows.join(", ")
+    );
+    let texts: Vec<String> = (0..3000).map(|i| (i / 3 + 1).to_string()).collect();
+    let values: Vec<Option<&[u8]>> = texts.iter().map(|t| Some(t.as_bytes())).collect();
+    let params = BoundParams {
+        values: &values,
+        formats: &[],
+        types: &[],
+    };
+    let mut group = c.benchmark_group("insert split (1,000 rows)");
+    group.bench_function("plan (uncached)", |b| {
+        b.iter(|| uncached.plan(black_box(&literal)))
+    });
+    let plan = cached.plan(&literal);
+    group.bench_function("split, literals", |b| {
+        b.iter(|| cached.split_insert(&plan, black_box(&literal), &BoundParams::NONE, None))
+    });
+    let plan = cached.plan(&bound);
+    group.bench_function("split, 3,000 parameters", |b| {
+        b.iter(|| cached.split_insert(&plan, black_box(&bound), &params, None))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    classification,
+    routing,
+    shapes,
+    hashing,
+    insert_split
+);
 criterion_main!(benches);

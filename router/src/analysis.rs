@@ -125,6 +125,9 @@ pub(crate) struct Analysis<'r> {
     pub key_type: Option<KeyType>,
     pub key_updates: Vec<KeyExpr>,
     pub multi_row_insert: bool,
+    /// The key of each row of a multi-row `INSERT … VALUES` into a sharded table, when every
+    /// row's key is a literal, a parameter or NULL (see [`crate::split`]).
+    pub insert_rows: Option<crate::split::InsertRowKeys>,
 }
 
 struct Finder<'a, 'r> {
@@ -170,7 +173,16 @@ impl<'r> Analysis<'r> {
             key_type: None,
             key_updates: Vec::new(),
             multi_row_insert: false,
+            insert_rows: None,
         }
+    }
+
+    /// The row keys of a multi-row INSERT that can be split by key: the INSERT's target is the
+    /// statement's only sharded table reference (a sharded table read in a row, ON CONFLICT or
+    /// RETURNING would be read on each part's shard only).
+    pub(crate) fn splittable_rows(&mut self) -> Option<crate::split::InsertRowKeys> {
+        let real = self.nodes.iter().filter(|n| n.real).count();
+        self.insert_rows.take().filter(|_| real == 1)
     }
 
     pub(crate) fn refuse(&mut self, r: Refusal) {

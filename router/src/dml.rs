@@ -3,6 +3,7 @@
 //! (its SET of the key column: allowed only to a constant checked at routing), DELETE, MERGE,
 //! EXPLAIN; and the coverage safety net over the whole statement.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use shardgate_config::KeyType;
@@ -13,8 +14,9 @@ use sqlparser::ast::{
 
 use crate::analysis::{Analysis, NodeId, Rel, RelKind};
 use crate::keys::{key_value, KeySet};
-use crate::plan::Refusal;
+use crate::plan::{KeyExpr, Refusal};
 use crate::rules::{name_parts, norm};
+use crate::split::{InsertRowKeys, NULL_KEY};
 
 impl Analysis<'_> {
     /// Analyses a data-modifying (or query) statement; returns its block.
@@ -140,11 +142,43 @@ impl Analysis<'_> {
         };
         let key_type = self.nodes[node].key_type;
         if let (SetExpr::Values(values), None) = (&*src.body, &src.with) {
+            // The rows' distinct keys in first-seen order (what `union` row by row gives,
+            // without its quadratic cost on a 1,000-row INSERT), and each row's key among them.
             let mut keys = KeySet::new();
+            let mut index: HashMap<KeyExpr, u32> = HashMap::new();
+            // Row keys for splitting the rows by shard: only for the plain PostgreSQL form (no
+            // ORDER BY/LIMIT on the VALUES, no MySQL `ROW(…)`/`VALUE`).
+            let plain = !values.explicit_row
+                && !values.value_keyword
+                && src.order_by.is_none()
+                && src.limit_clause.is_none()
+                && src.fetch.is_none()
+                && src.locks.is_empty()
+                && ins.assignments.is_empty();
+            let mut row_keys = plain.then(|| Vec::with_capacity(values.rows.len()));
             for (i, row) in values.rows.iter().enumerate() {
                 self.discover(&row.content, b);
                 match row.content.get(pos).and_then(|e| key_value(e, key_type)) {
-                    Some(Ok(ks)) => keys = crate::keys::union(&keys, &ks),
+                    Some(Ok(ks)) => {
+                        // The row's key: its index in `keys` (NULL_KEY for NULL).
+                        let mut row_key = NULL_KEY;
+                        for k in &ks {
+                            row_key = match index.get(k) {
+                                Some(n) => *n,
+                                None => {
+                                    let n = u32::try_from(keys.len()).unwrap_or(NULL_KEY);
+                                    index.insert(k.clone(), n);
+                                    keys.push(k.clone());
+                                    n
+                                }
+                            };
+                        }
+                        let usable = ks.is_empty() || (ks.len() == 1 && row_key != NULL_KEY);
+                        match &mut row_keys {
+                            Some(rk) if usable => rk.push(row_key),
+                            _ => row_keys = None,
+                        }
+                    }
                     Some(Err(r)) => self.refuse(r),
                     None => self.refuse(refusal(
                         format!("INSERT into {table}: the value of {key_col} in row {} must be a literal or a parameter", i + 1),
@@ -153,6 +187,13 @@ impl Analysis<'_> {
                 }
             }
             self.multi_row_insert = values.rows.len() > 1;
+            if self.refusal.is_none() && values.rows.len() > 1 {
+                self.insert_rows = row_keys.map(|rows| InsertRowKeys {
+                    key_type,
+                    keys: keys.clone(),
+                    rows,
+                });
+            }
             self.own[node] = Some(keys);
             return;
         }

@@ -23,6 +23,7 @@ pub mod ring;
 mod router;
 mod rules;
 mod shapes;
+mod split;
 mod text;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub use ring::{Ring, RingError, ShardIndex};
 pub use router::{Route, RouteError, Router, RouterError};
 pub use shapes::QueryPlan;
 pub use shardgate_config::KeyType;
+pub use split::{InsertPart, InsertRowKeys, InsertSplit};
 pub use text::{code_words, leading_names, normalize_sql, split_statements};
 
 /// The project's one SQL lexer, for the proxy's text checks (session tracking, pinning).

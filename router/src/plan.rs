@@ -92,7 +92,7 @@ pub enum KeyValue {
 }
 
 /// Where a shard key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyExpr {
     /// A literal in the statement.
     Value(KeyValue),
@@ -164,6 +164,11 @@ pub struct Plan {
     /// For a cross-shard read neither pushed down nor merged exactly in the proxy: how to
     /// gather it into PostgreSQL (then `merge` is `None` and nothing is refused).
     pub gather: Option<crate::gather::GatherSpec>,
+    /// For one multi-row `INSERT … VALUES` into a sharded table whose rows each name their key
+    /// (a literal, a parameter or NULL): the key of every row, so that
+    /// [`crate::Router::split_insert`] can split the rows by shard. `route` still refuses such a
+    /// statement when its rows span shards; a proxy that runs the split asks for it first.
+    pub insert_rows: Option<std::sync::Arc<crate::split::InsertRowKeys>>,
 }
 
 /// A statement shardgate refuses to route, with the SQLSTATE and message the client gets.
@@ -197,7 +202,14 @@ impl Plan {
             command,
             merge: None,
             gather: None,
+            insert_rows: None,
         }
+    }
+
+    /// Whether the statement is a multi-row INSERT that [`crate::Router::split_insert`] may
+    /// split into one INSERT per shard (it does when the rows' keys span shards).
+    pub fn splittable_insert(&self) -> bool {
+        self.insert_rows.is_some()
     }
 
     /// Whether the text may run on a replica when no transaction is open: every statement is

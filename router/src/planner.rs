@@ -167,7 +167,15 @@ impl Planner {
                 let mut an = Analysis::new(&self.rules);
                 an.statement(st, None, true);
                 an.check_coverage(st);
+                // Only a bare INSERT splits (not one inside WITH or EXPLAIN).
+                let rows = match st {
+                    Statement::Insert(_) => an.splittable_rows(),
+                    _ => None,
+                };
                 self.finish(&mut plan, an);
+                if plan.refusal.is_none() && plan.unsupported_cross_shard.is_none() {
+                    plan.insert_rows = rows.map(std::sync::Arc::new);
+                }
                 if let (Statement::Query(q), StatementKind::Read { .. }) = (st, &plan.kind) {
                     let spec = merge_spec(q);
                     if let (SetExpr::SetOperation { .. }, Err(reason)) = (&*q.body, &spec) {
@@ -437,6 +445,7 @@ fn combine(mut plans: Vec<Plan>) -> Plan {
     out.statement_kinds = kinds;
     out.merge = None;
     out.gather = None;
+    out.insert_rows = None;
     for p in plans {
         out.kind = match (&out.kind, &p.kind) {
             (

@@ -340,7 +340,7 @@ impl Router {
     }
 
     /// An UPDATE may set the key only to a value of the shard it runs on.
-    fn check_key_updates(
+    pub(crate) fn check_key_updates(
         &self,
         plan: &Plan,
         route: &Route,

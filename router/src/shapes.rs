@@ -125,6 +125,24 @@ impl Router {
         Ok((route, plan))
     }
 
+    /// [`Router::split_insert`] for a planned simple-protocol statement: the split is always
+    /// made from the text's own plan (a shape's plan has parameters where the text has literals).
+    pub fn split_query(
+        &self,
+        query: &QueryPlan<'_>,
+        session_hint: Option<&Hint>,
+    ) -> Result<Option<crate::InsertSplit>, RouteError> {
+        if !query.plan.splittable_insert() {
+            return Ok(None);
+        }
+        let plan = if query.literals.is_empty() {
+            Arc::clone(&query.plan)
+        } else {
+            self.plan(query.sql)
+        };
+        self.split_insert(&plan, query.sql, &BoundParams::NONE, session_hint)
+    }
+
     /// Whether `shaped` (the plan of the normalized text) routes every text of the shape as the
     /// text's own plan would, judged on `original` and its `literals`.
     fn prove(&self, original: &Plan, shaped: &Plan, literals: &[Cow<'_, str>]) -> Proof {

@@ -4,6 +4,8 @@
 mod plans;
 mod routes;
 mod shapes;
+mod split_props;
+mod splits;
 
 use std::path::Path;
 
