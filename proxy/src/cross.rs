@@ -15,7 +15,7 @@ use shardgate_wire::{frontend, sqlstate, Frame};
 
 use crate::broadcast::broadcast;
 use crate::multi_txn::fanout::Member;
-use crate::multi_txn::Gathered;
+use crate::multi_txn::{Gathered, Participant};
 use crate::routing::feature_error;
 use crate::scatter::{self, ScatterFailure, ScatterLimits, ScatterRequest};
 use crate::session::Session;
@@ -234,24 +234,14 @@ impl Session {
                 return Ok(());
             }
         };
-        let mut taken = Vec::with_capacity(shards.len());
         let here = self.shard;
-        for &s in shards.iter().filter(|s| **s != here) {
-            let joined = match self.txn_shards.take(s) {
-                Some(p) => Ok(p),
-                None => self.join(s, server).await,
-            };
-            match joined {
-                Ok(p) => taken.push(p),
-                Err(e) => {
-                    for p in taken {
-                        self.txn_shards.put(p);
-                    }
-                    self.fail_in_transaction(batch, &e);
-                    return Ok(());
-                }
+        let mut taken = match self.participants_for(&shards, server).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.fail_in_transaction(batch, &e);
+                return Ok(());
             }
-        }
+        };
         if let (Some(gather), StatementKind::Read { .. }) = (&plan.gather, &plan.kind) {
             let gathered = self
                 .gather_in_transaction(server, &mut taken, &shards, gather, &request, &plan)
@@ -312,9 +302,37 @@ impl Session {
         self.end_many_in_transaction(failed)
     }
 
+    /// The participants on `shards` other than the attached one, taken out of the
+    /// transaction's waiting set (shards not in the transaction yet join it). On failure the
+    /// ones taken go back.
+    pub(crate) async fn participants_for(
+        &mut self,
+        shards: &[ShardIndex],
+        server: &mut PooledConn,
+    ) -> Result<Vec<Participant>, RouteError> {
+        let mut taken = Vec::with_capacity(shards.len());
+        let here = self.shard;
+        for &s in shards.iter().filter(|s| **s != here) {
+            let joined = match self.txn_shards.take(s) {
+                Some(p) => Ok(p),
+                None => self.join(s, server).await,
+            };
+            match joined {
+                Ok(p) => taken.push(p),
+                Err(e) => {
+                    for p in taken {
+                        self.txn_shards.put(p);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
     /// After a statement for several shards in a transaction: a failure fails the whole
     /// transaction (25P02 until ROLLBACK), and the client gets its ReadyForQuery.
-    fn end_many_in_transaction(&mut self, failed: bool) -> Result<(), SessionError> {
+    pub(crate) fn end_many_in_transaction(&mut self, failed: bool) -> Result<(), SessionError> {
         if failed {
             self.txn_shards.set_failed();
             self.txn.note_error();

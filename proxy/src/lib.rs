@@ -33,6 +33,7 @@ mod routing_state;
 mod scatter;
 mod session;
 mod session_state;
+mod split_insert;
 mod startup;
 mod stats;
 mod timeouts;

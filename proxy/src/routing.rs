@@ -28,6 +28,8 @@ pub(crate) enum Target {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     },
+    /// A multi-row INSERT whose rows belong to several shards: one INSERT per shard.
+    SplitInsert(shardgate_router::InsertSplit),
 }
 
 fn protocol_error(e: impl std::fmt::Display) -> RouteError {
@@ -147,7 +149,16 @@ impl Session {
 
     fn route_batch_frames(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
         for frame in batch {
-            if let Some((route, plan)) = self.route_frame(frame)? {
+            let routed = match self.route_frame(frame) {
+                Ok(routed) => routed,
+                Err(e) => {
+                    return match self.split_of(frame)? {
+                        Some(split) if batch.len() == 1 => Ok(Target::SplitInsert(split)),
+                        _ => Err(e),
+                    }
+                }
+            };
+            if let Some((route, plan)) = routed {
                 // A BEGIN sent with the transaction's first statement (JDBC sends both in one
                 // batch) goes where that statement goes.
                 if matches!(plan.kind, StatementKind::Begin { .. })

@@ -315,6 +315,12 @@ impl Session {
                             }
                             continue;
                         }
+                        Ok(Target::SplitInsert(split)) => {
+                            if let Some(server) = self.run_split(batch, split).await? {
+                                next = Some((server, Vec::new()));
+                            }
+                            continue;
+                        }
                         Err(e) => {
                             if e.code == sqlstate::PROTOCOL_VIOLATION {
                                 self.io.fatal(e.code, &e.message, None).await;

@@ -519,3 +519,111 @@ async fn best_effort_commits_and_disabled_prepared_transactions_refuse() {
     assert_eq!(balance_on_shard(&env, b).await, 1);
     env.stop().await;
 }
+
+/// Issue 17's bulk INSERT: a multi-row INSERT whose rows belong to several shards is split, one
+/// INSERT per shard, committed together (outside a transaction) or as part of the client's
+/// transaction; RETURNING rows come back in the client's row order and the tag counts every
+/// row; a duplicate key on one shard leaves no row on any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_row_inserts_are_split_by_shard() {
+    let env = env::start(3, "").await;
+    let client = env.connect().await;
+    let keys: Vec<i64> = (1001..1031).collect();
+    assert!(
+        keys.iter()
+            .map(|k| env.shard_of(*k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 3
+    );
+    let values = |keys: &[i64]| {
+        keys.iter()
+            .map(|k| format!("({k}, {})", k * 10))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows = client
+        .simple_query(&format!(
+            "insert into accounts (user_id, balance) values {} returning user_id",
+            values(&keys)
+        ))
+        .await
+        .expect("split insert");
+    let returned: Vec<i64> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(returned, keys, "RETURNING rows in the client's order");
+    let tag = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+        _ => None,
+    });
+    assert_eq!(tag, Some(30));
+    for k in &keys {
+        assert_eq!(
+            balance_on_shard(&env, *k).await,
+            k * 10,
+            "row {k} on its shard"
+        );
+    }
+    assert_nothing_prepared(&env).await;
+
+    // A duplicate on one shard: no shard keeps any row of the statement.
+    let more: Vec<i64> = (2001..2010).chain([1001]).collect();
+    let e = client
+        .batch_execute(&format!(
+            "insert into accounts (user_id, balance) values {}",
+            values(&more)
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23505"), "{e:?}");
+    let n = env::value_through(
+        &client,
+        "select count(*) from accounts where user_id between 2001 and 2009",
+    )
+    .await;
+    assert_eq!(n, 0, "the other shards rolled back");
+
+    // Inside a transaction: part of it, rolled back with it.
+    client.batch_execute("begin").await.unwrap();
+    client
+        .batch_execute(&format!(
+            "insert into accounts (user_id, balance) values {}",
+            values(&(3001..3010).collect::<Vec<_>>())
+        ))
+        .await
+        .expect("split insert in a transaction");
+    assert_eq!(
+        env::value_through(
+            &client,
+            "select count(*) from accounts where user_id > 3000"
+        )
+        .await,
+        9
+    );
+    client.batch_execute("rollback").await.unwrap();
+    assert_eq!(
+        env::value_through(
+            &client,
+            "select count(*) from accounts where user_id > 3000"
+        )
+        .await,
+        0
+    );
+
+    // ON CONFLICT … RETURNING over several shards is refused before anything runs.
+    let e = client
+        .batch_execute(&format!(
+            "insert into accounts (user_id, balance) values {} on conflict do nothing returning user_id",
+            values(&(4001..4010).collect::<Vec<_>>())
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e:?}");
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}

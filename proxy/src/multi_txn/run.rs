@@ -165,7 +165,9 @@ impl Session {
         let here = match &first.route {
             Ok(Route::Shard(s)) => *s == self.shard || self.runs_anywhere(&first.plan),
             Ok(Route::Shards(_) | Route::AllShards) => false,
-            Err(_) => return false,
+            // A multi-row INSERT over several shards runs split; other refusals are answered
+            // in order by the relay.
+            Err(_) => return matches!(self.split_of(&first.frame), Ok(Some(_))),
         };
         if here {
             // The relay checks this statement again as it forwards it: with this route.
@@ -262,7 +264,14 @@ impl Session {
             }
             Err(e) => {
                 self.read_rest_of_batch(&mut batch).await?;
-                self.fail_in_transaction(&batch, &e);
+                match self.split_of(&first.frame) {
+                    Ok(Some(split)) if batch.len() == 1 => {
+                        self.split_in_transaction(&mut server, &batch, split)
+                            .await?;
+                    }
+                    Ok(_) => self.fail_in_transaction(&batch, &e),
+                    Err(e) => self.fail_in_transaction(&batch, &e),
+                }
                 Ok(InTransaction::Attach(server, Vec::new()))
             }
         }
