@@ -348,7 +348,7 @@ impl Session {
 
     /// The batch as one cross-shard request: a single Query, or one Parse/Bind/Describe/
     /// Execute/Sync execution.
-    fn scatter_request(
+    pub(crate) fn scatter_request(
         &mut self,
         batch: &[Frame],
         plan: &Plan,

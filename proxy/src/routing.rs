@@ -153,8 +153,8 @@ impl Session {
                 Ok(routed) => routed,
                 Err(e) => {
                     return match self.split_of(frame)? {
-                        Some(split) if batch.len() == 1 => Ok(Target::SplitInsert(split)),
-                        _ => Err(e),
+                        Some(split) => Ok(Target::SplitInsert(split)),
+                        None => Err(e),
                     }
                 }
             };

@@ -31,6 +31,18 @@ with psycopg.connect(URL, connect_timeout=20, options="-c statement_timeout=2000
         raise AssertionError("the duplicate insert should fail")
     except psycopg.errors.UniqueViolation:
         pass
+    # bulk_create: one INSERT with rows for both shards, server-side bound, RETURNING ids in
+    # the order of the rows.
+    bulk = [(A + 2_000_000, "bulk-a"), (B + 2_000_000, "bulk-b"), (A + 3_000_000, "bulk-c")]
+    placeholders = ", ".join(["(%s, %s)"] * len(bulk))
+    flat = [v for row in bulk for v in row]
+    got = conn.execute(
+        f"insert into users (user_id, name) values {placeholders} returning user_id", flat
+    ).fetchall()
+    assert [r[0] for r in got] == [r[0] for r in bulk], got
+    conn.execute(
+        "delete from users where user_id in (%s)" % ", ".join(str(r[0]) for r in bulk)
+    )
     # The transaction still sees its own rows on both shards.
     assert count(conn, "select count(*) from users") == before + 2
     assert count(conn, "select count(*) from users where user_id in (%s, %s)", A, B) == 2

@@ -615,6 +615,36 @@ async fn multi_row_inserts_are_split_by_shard() {
         0
     );
 
+    // The extended protocol: Bind parameters (a prepared statement, as tokio-postgres sends
+    // it), RETURNING in the client's order.
+    let ext: Vec<i64> = (5001..5013).collect();
+    let placeholders: Vec<String> = (0..ext.len())
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let balances: Vec<i64> = ext.iter().map(|k| k + 7).collect();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    for (k, b) in ext.iter().zip(&balances) {
+        params.push(k);
+        params.push(b);
+    }
+    let sql = format!(
+        "insert into accounts (user_id, balance) values {} returning user_id, balance",
+        placeholders.join(", ")
+    );
+    let rows = client
+        .query(sql.as_str(), &params)
+        .await
+        .expect("extended split insert");
+    let got: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let want: Vec<(i64, i64)> = ext.iter().map(|k| (*k, k + 7)).collect();
+    assert_eq!(
+        got, want,
+        "RETURNING in the client's order, extended protocol"
+    );
+    for k in &ext {
+        assert_eq!(balance_on_shard(&env, *k).await, k + 7);
+    }
+
     // ON CONFLICT … RETURNING over several shards is refused before anything runs.
     let e = client
         .batch_execute(&format!(

@@ -172,3 +172,33 @@ pub(crate) async fn run_internal(conn: &mut ServerConn, sql: &str) -> Result<(),
         }
     }
 }
+
+/// Sends `messages` (an extended-protocol run ending in Sync) and reads every reply up to
+/// ReadyForQuery, bounded by the control timeout.
+pub(crate) async fn run_messages(conn: &mut ServerConn, messages: &[u8]) -> Outcome {
+    let run = async {
+        conn.write_all(messages).await?;
+        let mut frames = Vec::new();
+        loop {
+            let frame = conn.read_frame().await?;
+            let done = frame.tag() == backend::READY_FOR_QUERY;
+            frames.push(frame);
+            if done {
+                return Ok::<_, ServerError>(frames);
+            }
+        }
+    };
+    match tokio::time::timeout(CONTROL_TIMEOUT, run).await {
+        Ok(Ok(frames)) => match frames.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
+            Some(e) => Outcome::Refused(e.clone()),
+            None => Outcome::Done(frames),
+        },
+        Ok(Err(e)) => Outcome::Lost(e),
+        Err(_) => {
+            conn.mark_broken();
+            Outcome::Lost(ServerError::Protocol(format!(
+                "no answer within {CONTROL_TIMEOUT:?}"
+            )))
+        }
+    }
+}

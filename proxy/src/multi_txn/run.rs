@@ -98,7 +98,7 @@ impl Session {
     }
 
     /// The statement text a Query carries or a Bind executes.
-    fn frame_text(&self, frame: &Frame) -> Option<String> {
+    pub(crate) fn frame_text(&self, frame: &Frame) -> Option<String> {
         match frame.tag() {
             frontend::QUERY => frontend::query_text(frame)
                 .ok()
@@ -265,7 +265,7 @@ impl Session {
             Err(e) => {
                 self.read_rest_of_batch(&mut batch).await?;
                 match self.split_of(&first.frame) {
-                    Ok(Some(split)) if batch.len() == 1 => {
+                    Ok(Some(split)) => {
                         self.split_in_transaction(&mut server, &batch, split)
                             .await?;
                     }

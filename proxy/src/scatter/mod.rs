@@ -36,6 +36,7 @@ use execute::Ctx;
 pub(crate) use output::ClientSink;
 use output::Output;
 use request::{row_count, shard_messages};
+pub(crate) use request::{write_bind, write_execute};
 pub(crate) use shard::join_all;
 use shard::ShardStream;
 
