@@ -9,10 +9,12 @@
 //! tags added up, and RETURNING rows from every shard.
 
 use bytes::BytesMut;
-use shardgate_wire::{backend, frontend, sqlstate, Frame};
+use shardgate_wire::{backend, frontend, Frame};
 
 use crate::multi_txn::commit_all;
-use crate::multi_txn::fanout::{rollback_all, run_each, run_everywhere, Member, Outcome, TxnError};
+use crate::multi_txn::fanout::{
+    rollback_all, run_each, run_everywhere, run_messages, Member, Outcome, TxnError,
+};
 use crate::scatter::ScatterRequest;
 use crate::Shared;
 
@@ -33,21 +35,13 @@ pub(crate) async fn broadcast(
 ) -> Option<Lost> {
     let sql = match request {
         ScatterRequest::Simple { sql } => sql.clone(),
-        ScatterRequest::Extended { sql, params, .. } if params.is_empty() => sql.clone(),
-        ScatterRequest::Extended { .. } => {
-            backend::write_error(
-                out,
-                backend::Severity::Error,
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "a statement run on every shard cannot take parameters",
-                Some("write the values into the statement, or restrict it to one shard with its shard key"),
-            );
-            return None;
-        }
+        ScatterRequest::Extended { sql, .. } => sql.clone(),
     };
-    let all: Vec<usize> = (0..members.len()).collect();
+    // With Bind parameters every shard gets the client's execution itself (the same text and
+    // values: each shard acts on its own rows); without, the text as a simple query.
+    let messages = extended_messages(request);
     if in_transaction || members.len() == 1 {
-        let outcomes = run_each(members, &all, |_| sql.clone()).await;
+        let outcomes = run_request(members, &sql, messages.as_ref()).await;
         return answer(members, &outcomes, request, out, None);
     }
     if let Err(TxnError(e)) = run_everywhere(members, "BEGIN").await {
@@ -55,14 +49,14 @@ pub(crate) async fn broadcast(
         out.extend_from_slice(&e);
         return None;
     }
-    let outcomes = run_each(members, &all, |_| sql.clone()).await;
+    let outcomes = run_request(members, &sql, messages.as_ref()).await;
     let refused_in_block = outcomes.iter().any(|o| {
         matches!(o, Outcome::Refused(e)
             if backend::error_fields(e).is_ok_and(|f| f.code == ACTIVE_SQL_TRANSACTION))
     });
     if refused_in_block {
         rollback_all(members).await;
-        let outcomes = run_each(members, &all, |_| sql.clone()).await;
+        let outcomes = run_request(members, &sql, messages.as_ref()).await;
         let applied: Vec<&str> = members
             .iter()
             .zip(&outcomes)
@@ -83,6 +77,28 @@ pub(crate) async fn broadcast(
         Err(TxnError(e)) => {
             out.extend_from_slice(&e);
             None
+        }
+    }
+}
+
+/// Runs the statement on every member at once: the client's extended-protocol execution when
+/// it has parameters, else the text as a simple query.
+async fn run_request(
+    members: &mut [Member<'_>],
+    sql: &str,
+    messages: Option<&BytesMut>,
+) -> Vec<Outcome> {
+    match messages {
+        Some(m) => {
+            let runs: Vec<_> = members
+                .iter_mut()
+                .map(|member| run_messages(member.conn, m))
+                .collect();
+            crate::scatter::join_all(runs).await
+        }
+        None => {
+            let all: Vec<usize> = (0..members.len()).collect();
+            run_each(members, &all, |_| sql.to_owned()).await
         }
     }
 }
@@ -115,34 +131,76 @@ fn answer(
             Outcome::Lost(e) => return Some((m.name.clone(), e.to_string())),
         }
     }
+    let mut forward_parse = true;
     if let ScatterRequest::Extended {
         client_sent_parse,
         client_describe,
+        params,
         ..
     } = request
     {
-        if *client_sent_parse {
-            backend::write_parse_complete(out);
-        }
-        if *client_describe == Some(b'S') {
-            frontend::write_message(out, backend::PARAMETER_DESCRIPTION, |b| {
-                b.extend_from_slice(&[0, 0])
-            });
-            backend::write_no_data(out);
-        }
-        backend::write_bind_complete(out);
-        if *client_describe == Some(b'P') {
-            backend::write_no_data(out);
+        if !params.is_empty() {
+            // The shards ran the client's execution itself: their ParseComplete,
+            // BindComplete and descriptions are the answer (ParseComplete only if the client
+            // sent the Parse).
+            forward_parse = *client_sent_parse;
+        } else {
+            // The shards ran the text as a simple query: answer the client's messages.
+            if *client_sent_parse {
+                backend::write_parse_complete(out);
+            }
+            if *client_describe == Some(b'S') {
+                frontend::write_message(out, backend::PARAMETER_DESCRIPTION, |b| {
+                    b.extend_from_slice(&[0, 0])
+                });
+                backend::write_no_data(out);
+            }
+            backend::write_bind_complete(out);
+            if *client_describe == Some(b'P') {
+                backend::write_no_data(out);
+            }
         }
     }
-    combine(&replies, out);
+    combine(&replies, forward_parse, out);
     None
+}
+
+/// The client's extended-protocol execution as one shard is sent it (Parse, Describe as the
+/// client asked, Bind with its values, Execute, Sync); `None` without Bind parameters.
+fn extended_messages(request: &ScatterRequest) -> Option<BytesMut> {
+    let ScatterRequest::Extended {
+        sql,
+        param_types,
+        param_formats,
+        params,
+        result_formats,
+        client_describe,
+        ..
+    } = request
+    else {
+        return None;
+    };
+    if params.is_empty() {
+        return None;
+    }
+    let mut m = BytesMut::new();
+    frontend::write_parse(&mut m, "", sql.as_bytes(), param_types);
+    if *client_describe == Some(b'S') {
+        frontend::write_describe(&mut m, b'S', "");
+    }
+    crate::scatter::write_bind(&mut m, param_formats, params, result_formats);
+    if *client_describe == Some(b'P') {
+        frontend::write_describe(&mut m, b'P', "");
+    }
+    crate::scatter::write_execute(&mut m);
+    frontend::write_sync(&mut m);
+    Some(m)
 }
 
 /// One answer from every shard's replies to the same statements: per statement, the first
 /// shard's row description and notices, every shard's rows, and the command tag with the row
 /// counts added up.
-fn combine(replies: &[&[Frame]], out: &mut BytesMut) {
+fn combine(replies: &[&[Frame]], forward_parse: bool, out: &mut BytesMut) {
     let split = |frames: &[Frame]| -> Vec<Vec<Frame>> {
         let mut groups = vec![Vec::new()];
         for f in frames
@@ -176,10 +234,10 @@ fn combine(replies: &[&[Frame]], out: &mut BytesMut) {
         return;
     }
     for (k, group) in first.iter().enumerate() {
-        for f in group
-            .iter()
-            .filter(|f| !matches!(f.tag(), backend::DATA_ROW | backend::COMMAND_COMPLETE))
-        {
+        for f in group.iter().filter(|f| {
+            !matches!(f.tag(), backend::DATA_ROW | backend::COMMAND_COMPLETE)
+                && (forward_parse || f.tag() != backend::PARSE_COMPLETE)
+        }) {
             out.extend_from_slice(f.as_bytes());
         }
         for shard in &shards {

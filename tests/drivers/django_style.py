@@ -40,9 +40,8 @@ with psycopg.connect(URL, connect_timeout=20, options="-c statement_timeout=2000
         f"insert into users (user_id, name) values {placeholders} returning user_id", flat
     ).fetchall()
     assert [r[0] for r in got] == [r[0] for r in bulk], got
-    conn.execute(
-        "delete from users where user_id in (%s)" % ", ".join(str(r[0]) for r in bulk)
-    )
+    # Deleting them by a parameter list that spans both shards (queryset.delete()).
+    conn.execute("delete from users where user_id = any(%s)", ([r[0] for r in bulk],))
     # The transaction still sees its own rows on both shards.
     assert count(conn, "select count(*) from users") == before + 2
     assert count(conn, "select count(*) from users where user_id in (%s, %s)", A, B) == 2

@@ -644,6 +644,26 @@ async fn multi_row_inserts_are_split_by_shard() {
     for k in &ext {
         assert_eq!(balance_on_shard(&env, *k).await, k + 7);
     }
+    // A write by a parameter that spans shards runs on them all, with the client's values,
+    // committed together (and inside a transaction, as part of it).
+    let n = client
+        .execute(
+            "update accounts set balance = 0 where user_id = any($1)",
+            &[&ext],
+        )
+        .await
+        .expect("keyed update over several shards with a parameter");
+    assert_eq!(n, ext.len() as u64);
+    client.batch_execute("begin").await.unwrap();
+    let n = client
+        .execute("delete from accounts where user_id = any($1)", &[&ext])
+        .await
+        .expect("keyed delete over several shards in a transaction");
+    assert_eq!(n, ext.len() as u64);
+    client.batch_execute("rollback").await.unwrap();
+    for k in &ext {
+        assert_eq!(balance_on_shard(&env, *k).await, 0);
+    }
 
     // ON CONFLICT … RETURNING over several shards is refused before anything runs.
     let e = client
