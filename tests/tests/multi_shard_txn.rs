@@ -157,6 +157,27 @@ async fn savepoints_and_errors_span_every_shard() {
     assert_eq!(balance_on_shard(&env, b).await, 8);
     assert_eq!(balance_on_shard(&env, c).await, 10);
 
+    // A session SET inside a transaction on several shards that rolls back does not stay.
+    client.batch_execute("begin").await.unwrap();
+    client.batch_execute(&set(a, 11)).await.unwrap();
+    client.batch_execute(&set(b, 12)).await.unwrap();
+    client
+        .batch_execute("set application_name = 'rolled-back'")
+        .await
+        .unwrap();
+    client.batch_execute("rollback").await.unwrap();
+    let name = client
+        .simple_query("show application_name")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert_ne!(name, "rolled-back", "a rolled-back SET must not stay");
+
     // The connection is still good outside transactions.
     let n: i64 = client
         .query_one("select count(*) from accounts", &[])

@@ -468,7 +468,8 @@ impl Session {
         self.txn_shards.reset();
         self.txn.set_status(TransactionStatus::Idle);
         self.routing.end_transaction();
-        if outcome.is_err() {
+        if !commit || outcome.is_err() {
+            // Rolled back: the session effects (SETs) of the transaction do not hold.
             self.txn.note_error();
         }
         self.end_of_transaction(&mut server);
