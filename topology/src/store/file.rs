@@ -161,16 +161,18 @@ impl FileStore {
 
     pub(super) fn proxies(&self) -> Vec<ProxyVersion> {
         let proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        let mut list: Vec<ProxyVersion> = proxies
-            .iter()
-            .map(|(id, (version, seen))| ProxyVersion {
+        // One clock reading for all, and the order by when each was seen: ages read one after
+        // the other could swap two proxies that reported moments apart.
+        let now = Instant::now();
+        let mut seen: Vec<(&String, &(u64, Instant))> = proxies.iter().collect();
+        seen.sort_by_key(|(_, (_, at))| std::cmp::Reverse(*at));
+        seen.into_iter()
+            .map(|(id, (version, at))| ProxyVersion {
                 proxy_id: id.clone(),
                 version: *version,
-                seen_seconds_ago: seen.elapsed().as_secs_f64(),
+                seen_seconds_ago: now.saturating_duration_since(*at).as_secs_f64(),
             })
-            .collect();
-        list.sort_by(|a, b| a.seen_seconds_ago.total_cmp(&b.seen_seconds_ago));
-        list
+            .collect()
     }
 
     /// Re-reads the file (when there is one) into the cached state; a file that disappeared
