@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardgate_pool::{PooledConn, ServerConn};
+use shardgate_pool::{PooledConn, QueryGuard, ServerConn};
 use shardgate_router::{Plan, RouteError, ShardIndex, StatementKind};
 use shardgate_wire::backend::TransactionStatus;
 use shardgate_wire::{frontend, sqlstate, Frame};
@@ -16,6 +16,7 @@ use shardgate_wire::{frontend, sqlstate, Frame};
 use crate::broadcast::broadcast;
 use crate::multi_txn::fanout::Member;
 use crate::multi_txn::{Gathered, Participant};
+use crate::replicas::BatchRole;
 use crate::routing::feature_error;
 use crate::scatter::{self, ScatterFailure, ScatterLimits, ScatterRequest};
 use crate::session::Session;
@@ -59,23 +60,9 @@ impl Session {
             return Ok(None);
         }
         let role = self.batch_role(&batch);
-        let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
-        let mut running = Vec::with_capacity(shards.len());
-        for shard in &shards {
-            self.shard = *shard;
-            match self.checkout_for(role).await {
-                Ok((conn, guard)) => {
-                    conns.push(conn);
-                    running.push(guard);
-                }
-                Err(f) => {
-                    *self.cancel.lock().await = None;
-                    self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
-                    self.io.flush().await?;
-                    return Ok(None);
-                }
-            }
-        }
+        let Some((mut conns, running)) = self.checkout_each(&batch, &shards, role).await? else {
+            return Ok(None);
+        };
         // A broadcast's read-your-writes positions are taken per shard below.
         self.read_your_writes.set_may_have_written(false);
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
@@ -187,13 +174,31 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     ) -> Result<Option<PooledConn>, SessionError> {
-        let version = self.shared.topology_version();
-        self.shard = shards.first().copied().unwrap_or_default();
         let role = self.batch_role(&batch);
+        let first = shards.first().copied().unwrap_or_default();
+        let Some(mut server) = self.open_deferred_transaction(&batch, first, role).await? else {
+            return Ok(None);
+        };
+        self.many_in_transaction(&mut server, &batch, shards, plan)
+            .await?;
+        self.io.flush().await?;
+        Ok(Some(server))
+    }
+
+    /// Opens the client's deferred transaction on `shard` (checkout, its BEGIN) and attaches
+    /// to it; `None` when that failed, the batch answered with the error.
+    pub(crate) async fn open_deferred_transaction(
+        &mut self,
+        batch: &[Frame],
+        shard: ShardIndex,
+        role: BatchRole,
+    ) -> Result<Option<PooledConn>, SessionError> {
+        let version = self.shared.topology_version();
+        self.shard = shard;
         let (mut server, guard) = match self.checkout_for(role).await {
             Ok(v) => v,
             Err(f) => {
-                self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
+                self.fail_batch(batch, &f.code, &f.message, f.hint.as_deref());
                 self.io.flush().await?;
                 return Ok(None);
             }
@@ -203,17 +208,43 @@ impl Session {
             .take_deferred_begin()
             .unwrap_or_else(|| "BEGIN".into());
         if let Err(e) = crate::multi_txn::fanout::run_internal(&mut server, &begin).await {
-            self.fail_batch(&batch, e.sqlstate(), &e.to_string(), None);
+            self.fail_batch(batch, e.sqlstate(), &e.to_string(), None);
             self.io.flush().await?;
             return Ok(None);
         }
         let active = crate::control::CountGuard::new(&self.shared.activity.active);
         self.attach_guard(guard, active);
         self.attached_version = version;
-        self.many_in_transaction(&mut server, &batch, shards, plan)
-            .await?;
-        self.io.flush().await?;
         Ok(Some(server))
+    }
+
+    /// One connection per shard of `shards` for a statement outside a transaction, with the
+    /// guards counting them as busy; `None` when a checkout failed, the batch answered with
+    /// the error.
+    pub(crate) async fn checkout_each(
+        &mut self,
+        batch: &[Frame],
+        shards: &[ShardIndex],
+        role: BatchRole,
+    ) -> Result<Option<(Vec<PooledConn>, Vec<QueryGuard>)>, SessionError> {
+        let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
+        let mut running = Vec::with_capacity(shards.len());
+        for shard in shards {
+            self.shard = *shard;
+            match self.checkout_for(role).await {
+                Ok((conn, guard)) => {
+                    conns.push(conn);
+                    running.push(guard);
+                }
+                Err(f) => {
+                    *self.cancel.lock().await = None;
+                    self.fail_batch(batch, &f.code, &f.message, f.hint.as_deref());
+                    self.io.flush().await?;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some((conns, running)))
     }
 
     /// A statement for several shards inside the client's transaction: it runs on their

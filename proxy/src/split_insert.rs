@@ -350,50 +350,20 @@ impl Session {
             may_write: true,
         };
         if self.txn.has_deferred_begin() && self.spans_shards() {
-            let version = self.shared.topology_version();
-            self.shard = shards[0];
-            let (mut server, guard) = match self.checkout_for(primary).await {
-                Ok(v) => v,
-                Err(f) => {
-                    self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
-                    self.io.flush().await?;
-                    return Ok(None);
-                }
-            };
-            let begin = self
-                .txn
-                .take_deferred_begin()
-                .unwrap_or_else(|| "BEGIN".into());
-            if let Err(e) = crate::multi_txn::fanout::run_internal(&mut server, &begin).await {
-                self.fail_batch(&batch, e.sqlstate(), &e.to_string(), None);
-                self.io.flush().await?;
+            let Some(mut server) = self
+                .open_deferred_transaction(&batch, shards[0], primary)
+                .await?
+            else {
                 return Ok(None);
-            }
-            let active = crate::control::CountGuard::new(&self.shared.activity.active);
-            self.attach_guard(guard, active);
-            self.attached_version = version;
+            };
             self.split_in_transaction(&mut server, &batch, split)
                 .await?;
             self.io.flush().await?;
             return Ok(Some(server));
         }
-        let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
-        let mut running = Vec::with_capacity(shards.len());
-        for shard in &shards {
-            self.shard = *shard;
-            match self.checkout_for(primary).await {
-                Ok((conn, guard)) => {
-                    conns.push(conn);
-                    running.push(guard);
-                }
-                Err(f) => {
-                    *self.cancel.lock().await = None;
-                    self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
-                    self.io.flush().await?;
-                    return Ok(None);
-                }
-            }
-        }
+        let Some((mut conns, running)) = self.checkout_each(&batch, &shards, primary).await? else {
+            return Ok(None);
+        };
         self.read_your_writes.set_may_have_written(false);
         let lost = {
             let mut members: Vec<Member<'_>> = conns
