@@ -300,14 +300,7 @@ impl Session {
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
         let result = {
-            let mut by_shard: Vec<(ShardIndex, &mut ServerConn)> = Vec::new();
-            if shards.contains(&here) {
-                by_shard.push((here, &mut **server));
-            }
-            for p in taken.iter_mut() {
-                by_shard.push((p.shard, &mut *p.conn));
-            }
-            by_shard.sort_by_key(|(s, _)| shards.iter().position(|x| x == s));
+            let by_shard = crate::multi_txn::in_shard_order(&shards, here, server, &mut taken);
             let mut servers: Vec<&mut ServerConn> = by_shard.into_iter().map(|(_, c)| c).collect();
             self.execute_many(&mut servers, &names, &request, &plan, true)
                 .await

@@ -163,7 +163,7 @@ pub(crate) fn refusal(sql: &str) -> Option<shardgate_router::RouteError> {
     })
 }
 
-use shardgate_pool::{PooledConn, ServerConn};
+use shardgate_pool::PooledConn;
 use shardgate_router::{BoundParams, InsertSplit, RouteError, ShardIndex};
 use shardgate_wire::backend::TransactionStatus;
 use shardgate_wire::{frontend, sqlstate};
@@ -428,14 +428,7 @@ impl Session {
         };
         let here = self.shard;
         let lost = {
-            let mut by_shard: Vec<(ShardIndex, &mut ServerConn)> = Vec::new();
-            if shards.contains(&here) {
-                by_shard.push((here, &mut **server));
-            }
-            for p in taken.iter_mut() {
-                by_shard.push((p.shard, &mut *p.conn));
-            }
-            by_shard.sort_by_key(|(s, _)| shards.iter().position(|x| x == s));
+            let by_shard = crate::multi_txn::in_shard_order(&shards, here, server, &mut taken);
             let mut members: Vec<Member<'_>> = by_shard
                 .into_iter()
                 .map(|(s, conn)| Member {

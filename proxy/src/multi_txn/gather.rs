@@ -106,14 +106,7 @@ impl Session {
             .iter()
             .map(|s| format!("{s};"))
             .collect();
-        let mut by_shard: Vec<(ShardIndex, &mut ServerConn)> = Vec::new();
-        if shards.contains(&here) {
-            by_shard.push((here, &mut **server));
-        }
-        for p in taken.iter_mut() {
-            by_shard.push((p.shard, &mut *p.conn));
-        }
-        by_shard.sort_by_key(|(s, _)| shards.iter().position(|x| x == s));
+        let by_shard = crate::multi_txn::in_shard_order(shards, here, server, taken);
         let mut sources: Vec<&mut ServerConn> = by_shard.into_iter().map(|(_, c)| c).collect();
         let result = crate::gather::run(
             &mut coord,

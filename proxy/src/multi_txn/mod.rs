@@ -134,6 +134,25 @@ impl TxnShards {
     }
 }
 
+/// The connections of `shards`, in that order: the attached one (`server`, on `here`) when
+/// its shard is among them, and the participants taken out for the statement.
+pub(crate) fn in_shard_order<'a>(
+    shards: &[ShardIndex],
+    here: ShardIndex,
+    server: &'a mut shardgate_pool::ServerConn,
+    taken: &'a mut [Participant],
+) -> Vec<(ShardIndex, &'a mut shardgate_pool::ServerConn)> {
+    let mut by_shard: Vec<(ShardIndex, &mut shardgate_pool::ServerConn)> = Vec::new();
+    if shards.contains(&here) {
+        by_shard.push((here, server));
+    }
+    for p in taken.iter_mut() {
+        by_shard.push((p.shard, &mut *p.conn));
+    }
+    by_shard.sort_by_key(|(s, _)| shards.iter().position(|x| x == s));
+    by_shard
+}
+
 /// `BEGIN` with the transaction characteristics read from a participant (`SHOW`s' values).
 pub(crate) fn begin_statement(isolation: &str, read_only: bool, deferrable: bool) -> String {
     let level = match isolation {
