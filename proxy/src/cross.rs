@@ -130,6 +130,9 @@ impl Session {
         plan: &Plan,
         in_transaction: bool,
     ) -> Result<Option<(String, String)>, SessionError> {
+        if let (Some(spec), StatementKind::Read { .. }) = (plan.copy_out, &plan.kind) {
+            return self.copy_out_many(servers, names, request, spec).await;
+        }
         if matches!(plan.kind, StatementKind::Read { .. }) {
             let spec = plan.merge.clone().unwrap_or_default();
             let limits = ScatterLimits {

@@ -10,6 +10,7 @@ mod broadcast;
 mod cancel;
 mod checkout;
 mod control;
+mod copy_split;
 mod cross;
 mod encoding;
 mod fence;

@@ -30,6 +30,8 @@ pub(crate) enum Target {
     },
     /// A multi-row INSERT whose rows belong to several shards: one INSERT per shard.
     SplitInsert(shardgate_router::InsertSplit),
+    /// A `COPY <sharded table> FROM STDIN`: each row to the shard of its key.
+    SplitCopy(crate::copy_split::CopySplit),
 }
 
 fn protocol_error(e: impl std::fmt::Display) -> RouteError {
@@ -152,10 +154,13 @@ impl Session {
             let routed = match self.route_frame(frame) {
                 Ok(routed) => routed,
                 Err(e) => {
-                    return match self.split_of(frame)? {
-                        Some(split) => Ok(Target::SplitInsert(split)),
-                        None => Err(e),
+                    if let Some(split) = self.split_of(frame)? {
+                        return Ok(Target::SplitInsert(split));
                     }
+                    return match self.copy_of(frame) {
+                        Some(copy) => Ok(Target::SplitCopy(copy)),
+                        None => Err(e),
+                    };
                 }
             };
             if let Some((route, plan)) = routed {

@@ -321,6 +321,12 @@ impl Session {
                             }
                             continue;
                         }
+                        Ok(Target::SplitCopy(copy)) => {
+                            if let Some(server) = self.run_copy(batch, copy).await? {
+                                next = Some((server, Vec::new()));
+                            }
+                            continue;
+                        }
                         Err(e) => {
                             if e.code == sqlstate::PROTOCOL_VIOLATION {
                                 self.io.fatal(e.code, &e.message, None).await;
@@ -774,7 +780,7 @@ fn ends_batch(tag: u8) -> bool {
     )
 }
 
-async fn sleep_or_forever(d: Duration) {
+pub(crate) async fn sleep_or_forever(d: Duration) {
     if d.is_zero() {
         std::future::pending::<()>().await;
     } else {

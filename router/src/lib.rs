@@ -8,6 +8,7 @@
 mod analysis;
 mod cache;
 mod classify;
+mod copy_in;
 mod dml;
 pub mod gather;
 pub mod hash;
@@ -30,6 +31,9 @@ mod text;
 mod tests;
 
 pub use cache::CacheStats;
+pub use copy_in::{
+    CopyDataError, CopyFormat, CopyInSpec, CopyItem, CopyOutSpec, CopyRows, KeyField,
+};
 pub use gather::{GatherRelation, GatherSpec};
 pub use merge::{AggregateKind, MergeAggregate, MergeSpec, RowCount, SortColumn, SortKey};
 pub use normalize::{normalize, Normalized};

@@ -169,6 +169,11 @@ pub struct Plan {
     /// [`crate::Router::split_insert`] can split the rows by shard. `route` still refuses such a
     /// statement when its rows span shards; a proxy that runs the split asks for it first.
     pub insert_rows: Option<std::sync::Arc<crate::split::InsertRowKeys>>,
+    /// For `COPY <sharded table> FROM STDIN`: how its data splits by key. `route` refuses
+    /// the statement (it needs every shard, row by row); a proxy that splits COPY asks for it.
+    pub copy_in: Option<std::sync::Arc<crate::copy_in::CopyInSpec>>,
+    /// For `COPY … TO STDOUT` that may run on several shards: how their outputs join.
+    pub copy_out: Option<crate::copy_in::CopyOutSpec>,
 }
 
 /// A statement shardgate refuses to route, with the SQLSTATE and message the client gets.
@@ -203,6 +208,8 @@ impl Plan {
             merge: None,
             gather: None,
             insert_rows: None,
+            copy_in: None,
+            copy_out: None,
         }
     }
 

@@ -10,13 +10,15 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    CopySource, Expr, ObjectType, Query, SelectItem, SetExpr, Statement, TableFactor,
+    CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, ObjectType, Query, SelectItem,
+    SetExpr, Statement, TableFactor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::analysis::{Analysis, Rules};
 use crate::classify::{classify, fallback, rewrite_key_locks, rewrite_table};
+use crate::copy_in::{CopyInSpec, CopyOutSpec};
 use crate::gather::gather_spec;
 use crate::hints::find_hints;
 use crate::keys::union;
@@ -194,7 +196,28 @@ impl Planner {
                     }
                 }
             }
-            Statement::Copy { source, to, .. } => self.copy(&mut plan, source, *to),
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => {
+                self.copy(&mut plan, source, *to);
+                if !*to && matches!(target, CopyTarget::Stdin) {
+                    self.copy_in(&mut plan, source, options, legacy_options);
+                }
+                if *to && plan.merge.is_some() {
+                    match CopyOutSpec::of(options, legacy_options) {
+                        Ok(spec) => plan.copy_out = Some(spec),
+                        Err(reason) => {
+                            plan.merge = None;
+                            plan.unsupported_cross_shard.get_or_insert(reason);
+                        }
+                    }
+                }
+            }
             Statement::Declare { stmts, .. } => {
                 for q in stmts.iter().filter_map(|d| d.for_query.as_deref()) {
                     let mut an = Analysis::new(&self.rules);
@@ -349,10 +372,10 @@ impl Planner {
                     plan.refusal = Some(Refusal {
                         code: "0A000",
                         message: format!(
-                            "COPY into sharded table {} is not supported: shardgate does not split COPY data by shard key",
+                            "COPY into sharded table {} from a file or program is not supported: shardgate splits only COPY … FROM STDIN by shard key",
                             plan.sharded_tables[0]
                         ),
-                        hint: Some("use INSERT, or COPY to one shard with a /* shardgate: shard=… */ hint".into()),
+                        hint: Some("use COPY … FROM STDIN (psql's \\copy), or COPY to one shard with a /* shardgate: shard=… */ hint".into()),
                         hint_overrides: true,
                     });
                 }
@@ -369,6 +392,50 @@ impl Planner {
                         Err("COPY (query) with ORDER BY, LIMIT or aggregates".into()),
                     ),
                     Err(reason) => self.add_merge(plan, Err(reason)),
+                }
+            }
+        }
+    }
+
+    /// A `COPY <sharded table> FROM STDIN`: how its rows split by key (`plan.copy_in`); the
+    /// refusal `copy` set stays for a proxy that does not split, worded with the reason when
+    /// this COPY cannot be split.
+    fn copy_in(
+        &self,
+        plan: &mut Plan,
+        source: &CopySource,
+        options: &[CopyOption],
+        legacy: &[CopyLegacyOption],
+    ) {
+        let CopySource::Table {
+            table_name,
+            columns,
+        } = source
+        else {
+            return;
+        };
+        let Some(rule) = self.rules.lookup(table_name) else {
+            return;
+        };
+        match CopyInSpec::of(
+            &self.rules.tables[rule],
+            table_name,
+            columns,
+            options,
+            legacy,
+        ) {
+            Ok(spec) => {
+                if let Some(r) = plan.refusal.as_mut() {
+                    r.message = format!(
+                        "COPY into sharded table {} runs split by shard key only through shardgate's COPY support",
+                        plan.sharded_tables[0]
+                    );
+                }
+                plan.copy_in = Some(std::sync::Arc::new(spec));
+            }
+            Err(reason) => {
+                if let Some(r) = plan.refusal.as_mut() {
+                    r.message = reason;
                 }
             }
         }
@@ -446,6 +513,8 @@ fn combine(mut plans: Vec<Plan>) -> Plan {
     out.merge = None;
     out.gather = None;
     out.insert_rows = None;
+    out.copy_in = None;
+    out.copy_out = None;
     for p in plans {
         out.kind = match (&out.kind, &p.kind) {
             (

@@ -167,7 +167,10 @@ impl Session {
             Ok(Route::Shards(_) | Route::AllShards) => false,
             // A multi-row INSERT over several shards runs split; other refusals are answered
             // in order by the relay.
-            Err(_) => return matches!(self.split_of(&first.frame), Ok(Some(_))),
+            Err(_) => {
+                return matches!(self.split_of(&first.frame), Ok(Some(_)))
+                    || self.copy_of(&first.frame).is_some()
+            }
         };
         if here {
             // The relay checks this statement again as it forwards it: with this route.
@@ -269,7 +272,10 @@ impl Session {
                         self.split_in_transaction(&mut server, &batch, split)
                             .await?;
                     }
-                    Ok(_) => self.fail_in_transaction(&batch, &e),
+                    Ok(None) => match self.copy_of(&first.frame) {
+                        Some(copy) => self.copy_in_transaction(&mut server, &batch, copy).await?,
+                        None => self.fail_in_transaction(&batch, &e),
+                    },
                     Err(e) => self.fail_in_transaction(&batch, &e),
                 }
                 Ok(InTransaction::Attach(server, Vec::new()))

@@ -31,6 +31,7 @@ use shardgate_router::MergeSpec;
 use shardgate_wire::backend::{self, Severity};
 use shardgate_wire::{sqlstate, Frame};
 
+pub(crate) use decode::data_row_values;
 use decode::write_prefixed_error;
 use execute::Ctx;
 pub(crate) use output::ClientSink;
