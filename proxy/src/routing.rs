@@ -229,8 +229,12 @@ impl Session {
                 Ok(Some((Route::Shard(s), _))) => return s != self.shard,
                 Ok(Some(_)) => return true,
                 Ok(None) => {}
-                // Errors are reported in order by the normal path.
-                Err(_) => return false,
+                // A COPY or multi-row INSERT the proxy splits over shards runs detached;
+                // other errors are reported in order by the normal path.
+                Err(_) => {
+                    return self.copy_of(frame).is_some()
+                        || matches!(self.split_of(frame), Ok(Some(_)))
+                }
             }
         }
         false

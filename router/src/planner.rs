@@ -427,7 +427,7 @@ impl Planner {
             Ok(spec) => {
                 if let Some(r) = plan.refusal.as_mut() {
                     r.message = format!(
-                        "COPY into sharded table {} runs split by shard key only through shardgate's COPY support",
+                        "COPY into sharded table {} is split by shard key only in transaction pooling mode, as a statement of its own (not in a pinned session)",
                         plan.sharded_tables[0]
                     );
                 }

@@ -19,7 +19,7 @@ pub const PYTHON_ENV: &str = "SHARDGATE_PYTHON";
 /// What the virtualenv gets from pip.
 pub const PYTHON_PACKAGES: &[&str] = &["psycopg[binary]", "asyncpg"];
 /// What the node environment gets from npm.
-pub const NODE_PACKAGES: &[&str] = &["pg"];
+pub const NODE_PACKAGES: &[&str] = &["pg", "pg-copy-streams"];
 
 const MARKER: &str = ".shardgate-ready";
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);

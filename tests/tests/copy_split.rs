@@ -17,12 +17,17 @@ use tokio_postgres::types::Type;
 const SCHEMA: &str = "
 create table orders (order_id bigint not null, user_id bigint not null, note text,
                      amount numeric check (amount >= 0));
-create table events (tenant text not null, seq int not null, body text);";
+create table events (tenant text not null, seq int not null, body text);
+create table shop_orders (order_id bigserial, user_id bigint not null, note text not null,
+                          primary key (user_id, order_id));";
 
 const ROWS: i64 = 100_000;
 
 async fn start() -> ShardedEnv {
-    ShardedEnv::start_edited(3, SCHEMA, &["orders", "events"], "", |c| {
+    ShardedEnv::start_edited(3, SCHEMA, &["orders", "events", "shop_orders"], "", |c| {
+        // The database whose sequences go on id lanes (cluster-unique ids).
+        c.rebalance.databases = vec![common::DB.into()];
+        c.rebalance.admin_password = Some("postgres".into());
         for t in &mut c.sharding.tables {
             if t.name == "events" {
                 t.key_column = Some("tenant".into());
@@ -85,7 +90,7 @@ async fn truncate(env: &ShardedEnv) {
     for i in 0..env.shards.len() {
         env.connect_shard(i)
             .await
-            .batch_execute("truncate orders, events")
+            .batch_execute("truncate orders, events, shop_orders")
             .await
             .unwrap();
     }
@@ -341,6 +346,108 @@ async fn copy_inside_a_transaction_commits_or_rolls_back_with_it() {
         env::value_through(&client, "select count(*) from orders").await,
         2_001
     );
+    env::assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
+
+/// psql's `\copy` (CSV file with a header), psycopg 3 (`copy.write_row`, text and binary),
+/// asyncpg (`copy_records_to_table`, binary) and node's `pg-copy-streams`: every row on its
+/// key's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_copies_land_on_their_shards() {
+    let env = start().await;
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{}",
+        common::USER,
+        common::PASSWORD,
+        env.proxy.addr().port(),
+        common::DB
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.csv");
+    let mut csv = String::from("order_id,user_id,note\n");
+    for i in 0..5_000 {
+        csv.push_str(&format!("{},{},\"psql, {i}\"\n", 5_000_000 + i, i % 331));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let psql = shardgate_tests::pg_bin("psql").expect("psql");
+    let out = tokio::process::Command::new(psql)
+        .arg(&url)
+        .args(["-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!(
+            "\\copy orders (order_id, user_id, note) from '{}' with (format csv, header)",
+            file.display()
+        ))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql \\copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "COPY 5000");
+
+    let py = common::scripts::python("copy_split.py", &[&url]).await;
+    common::scripts::run_script_within("copy-split-python", py, common::scripts::SCRIPT_TIMEOUT)
+        .await;
+    let node = common::scripts::node("copy_split.js", &[&url]).await;
+    common::scripts::run_script_within("copy-split-node", node, common::scripts::SCRIPT_TIMEOUT)
+        .await;
+
+    assert_placed(&env, "orders", "user_id", 5_000 + 4 * 3_000).await;
+    env::assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
+
+/// An ORM's bulk insert (Django's `bulk_create`, Rails' `insert_all … returning`): 1,000
+/// orders of 300 users in one server-side bound INSERT with `RETURNING order_id`. The ids come
+/// back in the client's row order, each the id its row got on its shard, unique across shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orm_bulk_insert_returns_ids_in_row_order() {
+    let env = start().await;
+    let client = env.connect().await;
+    let rows: Vec<(i64, String)> = (0..1_000).map(|i| (i % 300, format!("row-{i}"))).collect();
+    let placeholders: Vec<String> = (0..rows.len())
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "insert into shop_orders (user_id, note) values {} returning order_id",
+        placeholders.join(", ")
+    );
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+    for (user, note) in &rows {
+        params.push(user);
+        params.push(note);
+    }
+    let returned: Vec<i64> = client
+        .query(&sql, &params)
+        .await
+        .expect("bulk insert")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(returned.len(), rows.len());
+    let unique: std::collections::HashSet<i64> = returned.iter().copied().collect();
+    assert_eq!(unique.len(), rows.len(), "ids unique across shards");
+    // Each returned id is the one its row got: read back on the shards directly.
+    let mut by_note = std::collections::HashMap::new();
+    for i in 0..env.shards.len() {
+        for r in env
+            .connect_shard(i)
+            .await
+            .query("select note, order_id from shop_orders", &[])
+            .await
+            .unwrap()
+        {
+            by_note.insert(r.get::<_, String>(0), r.get::<_, i64>(1));
+        }
+    }
+    for ((_, note), id) in rows.iter().zip(&returned) {
+        assert_eq!(by_note.get(note), Some(id), "{note}");
+    }
+    assert_placed(&env, "shop_orders", "user_id", 1_000).await;
     env::assert_nothing_prepared(&env).await;
     env.stop().await;
 }
