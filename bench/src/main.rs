@@ -9,6 +9,7 @@
 //! memory. `profile` runs shardgate under callgrind for instructions per transaction.
 
 mod cases;
+mod copy;
 mod gather;
 mod idle;
 mod machine;
@@ -71,6 +72,8 @@ enum Cmd {
     Gather(gather::GatherArgs),
     /// COMMIT of a transaction that wrote on two shards (two-phase) vs on one (one-phase).
     TwoPhase(two_phase::TwoPhaseArgs),
+    /// COPY FROM/TO split over 2 shards vs one PostgreSQL; multi-row INSERT split vs one shard.
+    Copy(copy::CopyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -157,6 +160,7 @@ fn main() -> anyhow::Result<()> {
                 Cmd::Soak(args) => soak::run(args).await,
                 Cmd::Gather(args) => gather::run(args).await,
                 Cmd::TwoPhase(args) => two_phase::run(args).await,
+                Cmd::Copy(args) => copy::run(args).await,
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.
