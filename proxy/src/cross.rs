@@ -45,7 +45,10 @@ impl Session {
         } else {
             many_shards_refusal(&plan)
         };
-        let request = match refusal.map_or_else(|| self.scatter_request(&batch, &plan), Err) {
+        let request = match refusal
+            .map_or_else(|| self.scatter_request(&batch, &plan), Err)
+            .and_then(|r| gathered_row_limit(&plan, r))
+        {
             Ok(r) => r,
             Err(e) => {
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
@@ -261,6 +264,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let request = match many_shards_refusal(&plan)
             .map_or_else(|| self.scatter_request(batch, &plan), Err)
+            .and_then(|r| gathered_row_limit(&plan, r))
         {
             Ok(r) => r,
             Err(e) => {
@@ -405,6 +409,7 @@ impl Session {
         let mut client_describe = None;
         let mut bound = None;
         let mut executed = false;
+        let mut row_limit = 0;
         for (i, frame) in batch.iter().enumerate() {
             match frame.tag() {
                 frontend::PARSE if bound.is_none() && !client_sent_parse => {
@@ -446,12 +451,9 @@ impl Session {
                 }
                 frontend::EXECUTE if bound.is_some() && !executed => {
                     let (_, max_rows) = frontend::execute(frame).map_err(bad)?;
-                    if max_rows != 0 {
-                        return Err(feature_error(
-                            "fetching a cross-shard result in parts (Execute with a row limit) is not supported".into(),
-                            "fetch all rows at once, or restrict the query to one shard",
-                        ));
-                    }
+                    // A positive row limit: the first rows, then PortalSuspended (the
+                    // portal ends at the Sync that must follow). Negative means all rows.
+                    row_limit = u64::try_from(max_rows).unwrap_or(0);
                     executed = true;
                 }
                 frontend::SYNC if executed && i + 1 == batch.len() => {}
@@ -471,6 +473,7 @@ impl Session {
             result_formats,
             client_sent_parse,
             client_describe,
+            row_limit,
         })
     }
 }
@@ -490,6 +493,18 @@ impl Session {
             )),
         }
     }
+}
+
+/// A read gathered into PostgreSQL runs the client's statement there in full: an Execute row
+/// limit (fetching in parts) is refused for it.
+fn gathered_row_limit(plan: &Plan, request: ScatterRequest) -> Result<ScatterRequest, RouteError> {
+    if plan.gather.is_some() && request.row_limit().is_some() {
+        return Err(feature_error(
+            "fetching a gathered cross-shard result in parts (Execute with a row limit) is not supported".into(),
+            "fetch all rows at once, or restrict the query to one shard",
+        ));
+    }
+    Ok(request)
 }
 
 /// Statement kinds that cannot run on several shards.

@@ -93,6 +93,12 @@ async fn asyncpg_errors_in_other_transactions_do_not_hang_a_large_fetch() {
     demo_script("hang-asyncpg", "hang_asyncpg.py").await;
 }
 
+/// asyncpg's fetchrow/fetchval (Execute with a row limit of one) of cross-shard reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_fetchrow_across_shards_answers_like_postgres() {
+    demo_script("fetch-asyncpg", "fetch_asyncpg.py").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_pipeline_with_savepoint_answers() {
     demo_script("hang-psycopg", "hang_psycopg_pipeline.py").await;

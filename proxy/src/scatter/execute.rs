@@ -87,7 +87,7 @@ impl Ctx<'_> {
                     .into_iter()
                     .map(|(i, d)| (i, d.descending, d.nulls_first))
                     .collect(),
-                limit: self.limit,
+                limit: self.client_limit(),
                 offset: self.offset,
             };
             let query = combine::Final {
@@ -130,15 +130,29 @@ impl Ctx<'_> {
             let plan = RowPlan {
                 sort,
                 offset: self.offset,
-                limit: self.limit,
+                limit: self.client_limit(),
                 visible,
             };
             self.write_prelude(&streams[0], Some((&fields, visible)), out.buf())?;
             merge::merge_rows(streams, &plan, out).await?
         };
         debug!(rows, shards = streams.len(), "cross-shard read merged");
-        write_select_complete(out.buf(), rows);
+        if self.request.row_limit() == Some(rows) {
+            // As PostgreSQL: an Execute that returned exactly its row limit is suspended.
+            out.buf()
+                .extend_from_slice(&[backend::PORTAL_SUSPENDED, 0, 0, 0, 4]);
+        } else {
+            write_select_complete(out.buf(), rows);
+        }
         Ok(())
+    }
+
+    /// The statement's LIMIT, lowered to the Execute's row limit.
+    fn client_limit(&self) -> Option<u64> {
+        match (self.limit, self.request.row_limit()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The ORDER BY columns as (0-based visible column, direction).

@@ -64,7 +64,22 @@ pub(crate) enum ScatterRequest {
         /// Execute, Sync (a Describe before the Bind, as pgjdbc sends it, would need its
         /// position here).
         client_describe: Option<u8>,
+        /// The Execute's row limit (0 = all rows). With one, the client gets at most that
+        /// many rows and then PortalSuspended when it got exactly that many, as from
+        /// PostgreSQL (asyncpg's `fetchrow`/`fetchval` ask for one row); the portal ends at
+        /// the batch's Sync, so no later Execute can ask for the rest.
+        row_limit: u64,
     },
+}
+
+impl ScatterRequest {
+    /// The Execute's row limit, if it has one.
+    pub(crate) fn row_limit(&self) -> Option<u64> {
+        match self {
+            ScatterRequest::Extended { row_limit, .. } if *row_limit > 0 => Some(*row_limit),
+            _ => None,
+        }
+    }
 }
 
 impl ScatterRequest {

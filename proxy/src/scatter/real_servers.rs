@@ -178,6 +178,7 @@ async fn reference(
             params,
             result_formats,
             client_describe,
+            row_limit,
             ..
         } => {
             frontend::write_parse(&mut m, "", client_sql.as_bytes(), param_types);
@@ -185,7 +186,14 @@ async fn reference(
             if let Some(kind) = client_describe {
                 frontend::write_describe(&mut m, *kind, "");
             }
-            write_execute(&mut m);
+            if *row_limit == 0 {
+                write_execute(&mut m);
+            } else {
+                frontend::write_message(&mut m, frontend::EXECUTE, |b| {
+                    b.extend_from_slice(b"\0");
+                    b.extend_from_slice(&(*row_limit as i32).to_be_bytes());
+                });
+            }
             frontend::write_sync(&mut m);
         }
     }
@@ -247,6 +255,7 @@ fn extended(
         result_formats,
         client_sent_parse: true,
         client_describe: describe,
+        row_limit: 0,
     }
 }
 
@@ -335,6 +344,28 @@ async fn merged_results_equal_one_servers() {
         true,
         extended(&[Some(b"1000")], vec![], vec![1], Some(b'P')),
     ));
+    // An Execute row limit (asyncpg's fetchrow/fetchval): at most that many rows, then
+    // PortalSuspended when exactly that many came, as from one PostgreSQL.
+    let limited = |row_limit: u64, params: &[Option<&[u8]>]| {
+        let mut r = extended(params, vec![], vec![1], Some(b'P'));
+        if let ScatterRequest::Extended { row_limit: l, .. } = &mut r {
+            *l = row_limit;
+        }
+        r
+    };
+    cases.push((limit_sql, true, limited(2, &[Some(b"5"), Some(b"3")])));
+    cases.push((limit_sql, true, limited(10, &[Some(b"5"), Some(b"3")])));
+    cases.push((group_sql, true, limited(1, &[])));
+    cases.push((
+        "select count(*), avg(score) from users where user_id > $1",
+        true,
+        limited(1, &[Some(b"0")]),
+    ));
+    cases.push((
+        "select user_id, score from users order by score desc, user_id",
+        true,
+        limited(3, &[]),
+    ));
     // Errors: the shard's error instead of rows.
     cases.push((
         "select user_id / (age - age) from users",
@@ -363,6 +394,7 @@ async fn merged_results_equal_one_servers() {
                 result_formats,
                 client_sent_parse,
                 client_describe,
+                row_limit,
                 ..
             } => ScatterRequest::Extended {
                 sql: shard_sql,
@@ -372,6 +404,7 @@ async fn merged_results_equal_one_servers() {
                 result_formats,
                 client_sent_parse,
                 client_describe,
+                row_limit,
             },
         };
         let expected = reference(&mut reference_conn, sql, &template).await;

@@ -165,6 +165,7 @@ mod tests {
             result_formats: vec![1],
             client_sent_parse: true,
             client_describe: None,
+            row_limit: 0,
         }
     }
 
