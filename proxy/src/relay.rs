@@ -17,6 +17,9 @@ use crate::txn::Settled;
 use crate::SessionError;
 use shardgate_router::RouteError;
 
+/// A portal no client has (its Execute fails): see `Expect::AbortImplicit`.
+const REFUSED_BATCH_PORTAL: &[u8] = b"shardgate_refused_batch_rollback\0";
+
 /// What the session loop should do after one client or server message (how a whole
 /// attachment ends is `session::Detach`).
 #[derive(Debug, PartialEq, Eq)]
@@ -162,8 +165,19 @@ impl Session {
         frame: Frame,
     ) -> Result<Flow, SessionError> {
         tracing::trace!(tag = %(frame.tag() as char), expect = ?self.replies.front(), "client message");
+        let ends_refusal = frame.tag() == frontend::SYNC && self.replies.refusing();
         if !self.replies.admits(frame.tag()) {
             return Ok(Flow::Continue);
+        }
+        if ends_refusal
+            && self.txn.status() == TransactionStatus::Idle
+            && !self.txn.has_deferred_begin()
+        {
+            frontend::write_message(&mut self.to_server, frontend::EXECUTE, |b| {
+                b.extend_from_slice(REFUSED_BATCH_PORTAL);
+                b.extend_from_slice(&0i32.to_be_bytes());
+            });
+            self.push_expect(Expect::AbortImplicit);
         }
         self.note_request_message(&frame);
         if matches!(
@@ -306,6 +320,13 @@ impl Session {
         tracing::trace!(tag = %(frame.tag() as char), expect = ?self.replies.front(), "server message");
         let mut forward = true;
         let mut flow = Flow::Continue;
+        if matches!(self.replies.front(), Some(Expect::AbortImplicit)) {
+            self.replies.pop_front();
+            if frame.tag() == backend::ERROR_RESPONSE {
+                self.drain_synth();
+                return Ok(Flow::Continue);
+            }
+        }
         if matches!(self.replies.front(), Some(Expect::Swallow)) && !server.is_broken() {
             // The replies to a BEGIN the proxy answered earlier itself.
             if frame.tag() == backend::READY_FOR_QUERY {

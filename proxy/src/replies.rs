@@ -45,6 +45,12 @@ pub enum Expect {
     /// Replies to a statement the proxy sent for itself (a deferred BEGIN): none reach the
     /// client, up to and including its ReadyForQuery.
     Swallow,
+    /// The error of the Execute of a missing portal the proxy sends before the Sync of a batch
+    /// it refused part of, outside a transaction: it aborts the server's implicit transaction,
+    /// so the batch's earlier statements do not commit while the client gets an error (on
+    /// PostgreSQL an error rolls the whole batch back). Nothing comes when the server was
+    /// already skipping to the Sync after an error of its own.
+    AbortImplicit,
 }
 
 #[derive(Debug, Clone)]

@@ -698,3 +698,52 @@ async fn multi_row_inserts_are_split_by_shard() {
     assert_nothing_prepared(&env).await;
     env.stop().await;
 }
+
+/// A pipelined batch (JDBC's executeBatch, one Sync after many Bind/Execute) whose statements
+/// belong to several shards runs in one implicit transaction on PostgreSQL: all or nothing.
+/// Outside a transaction no statement of it may commit when the client gets an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_batch_over_several_shards_is_all_or_nothing() {
+    use common::raw;
+    let env = env::start(3, "").await;
+    let keys = keys(&env, 2);
+    let (a, b) = (keys[0], keys[1]);
+    let mut client = common::RawClient::connect(env.proxy.addr().port()).await;
+    let (ka, kb) = (a.to_string(), b.to_string());
+    let mut batch = raw::parse(
+        "inc",
+        "update accounts set balance = balance + 1 where user_id = $1",
+    );
+    batch.extend_from_slice(&raw::bind("", "inc", &[Some(&ka)]));
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::bind("", "inc", &[Some(&kb)]));
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::sync());
+    let replies = client.send_and_read(&batch).await;
+    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    let failed = replies.iter().any(|m| m.tag == b'E');
+    let (after_a, after_b) = (
+        balance_on_shard(&env, a).await,
+        balance_on_shard(&env, b).await,
+    );
+    if failed {
+        assert_eq!(
+            (after_a, after_b),
+            (100, 100),
+            "the client got an error ({tags:?}), yet a statement of its batch committed"
+        );
+    } else {
+        assert_eq!((after_a, after_b), (101, 101), "{tags:?}");
+    }
+    // The session goes on: a batch on one shard commits.
+    let mut batch = raw::bind("", "inc", &[Some(&ka)]);
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::bind("", "inc", &[Some(&ka)]));
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::sync());
+    let replies = client.send_and_read(&batch).await;
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    assert_eq!(balance_on_shard(&env, a).await, after_a + 2);
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
