@@ -12,9 +12,9 @@ use bytes::Bytes;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use shardgate_router::{KeyValue, Router};
-use shardgate_tests::{Auth, ClusterOptions, PgCluster};
+use shardgate_tests::PgCluster;
 
-use crate::{DB, PASSWORD, USER};
+use crate::servers::connect;
 
 #[derive(Args, Clone)]
 pub struct CopyArgs {
@@ -40,37 +40,11 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
         bail!("--rows ≥ 1000, --repeats ≥ 1, --inserts ≥ 10, --insert-rows ≥ 2");
     }
     eprintln!("starting 2 shard primaries and 1 plain PostgreSQL");
-    let clusters = tokio::task::spawn_blocking(|| -> anyhow::Result<Vec<PgCluster>> {
-        (0..3)
-            .map(|_| {
-                let c =
-                    PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))?;
-                c.create_database(DB, USER)?;
-                c.psql_as(USER, PASSWORD, DB, SCHEMA)?;
-                Ok(c)
-            })
-            .collect()
+    crate::servers::measure_on(3, SCHEMA, |clusters| async move {
+        let result = measure(&args, &clusters).await;
+        (clusters, result)
     })
-    .await??;
-    let result = measure(&args, &clusters).await;
-    tokio::task::spawn_blocking(move || drop(clusters))
-        .await
-        .ok();
-    println!("{}", result?);
-    Ok(())
-}
-
-async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB}"),
-        tokio_postgres::NoTls,
-    )
     .await
-    .context("connect")?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 async fn measure(args: &CopyArgs, clusters: &[PgCluster]) -> anyhow::Result<String> {

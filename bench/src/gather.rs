@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use shardgate_router::Ring;
-use shardgate_tests::{Auth, ClusterOptions, PgCluster};
+use shardgate_tests::PgCluster;
 
-use crate::{DB, PASSWORD, USER};
+use crate::servers::connect;
+use crate::{PASSWORD, USER};
 
 #[derive(Args, Clone)]
 pub struct GatherArgs {
@@ -36,37 +37,11 @@ pub async fn run(args: GatherArgs) -> anyhow::Result<()> {
         bail!("--rows and --repeats must be positive");
     }
     eprintln!("starting 3 shard primaries and a reference server");
-    let clusters = tokio::task::spawn_blocking(|| -> anyhow::Result<Vec<PgCluster>> {
-        (0..4)
-            .map(|_| {
-                let c =
-                    PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))?;
-                c.create_database(DB, USER)?;
-                c.psql_as(USER, PASSWORD, DB, SCHEMA)?;
-                Ok(c)
-            })
-            .collect()
+    crate::servers::measure_on(4, SCHEMA, |clusters| async move {
+        let result = measure(&args, &clusters).await;
+        (clusters, result)
     })
-    .await??;
-    let result = measure(&args, &clusters).await;
-    tokio::task::spawn_blocking(move || drop(clusters))
-        .await
-        .ok();
-    println!("{}", result?);
-    Ok(())
-}
-
-async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB}"),
-        tokio_postgres::NoTls,
-    )
     .await
-    .with_context(|| format!("connect to 127.0.0.1:{port}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 async fn measure(args: &GatherArgs, clusters: &[PgCluster]) -> anyhow::Result<String> {

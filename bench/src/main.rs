@@ -19,6 +19,7 @@ mod procfs;
 mod profile;
 mod rebalance;
 mod report;
+mod servers;
 mod service;
 mod shardgate;
 mod soak;

@@ -91,18 +91,7 @@ fn start_clusters() -> anyhow::Result<Setup> {
     })
 }
 
-async fn connect(port: u16, user: &str, password: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user={user} password={password} dbname={DB}"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .with_context(|| format!("connect to 127.0.0.1:{port}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
+use crate::servers::connect_as as connect;
 
 fn proxy_config(setup: &Setup) -> anyhow::Result<shardgate_config::Config> {
     let mut text = format!(

@@ -93,9 +93,7 @@ impl Session {
         if !matches!(plan.kind, StatementKind::Read { .. }) && !role.read {
             // DDL and writes on every shard: the client's later reads on each shard must see
             // them (a replica that has not replayed a CREATE TABLE does not know the table).
-            for (shard, conn) in shards.iter().zip(conns.iter_mut()) {
-                self.remember_write_position_on(*shard, conn).await;
-            }
+            self.remember_write_positions(&shards, &mut conns).await;
         }
         // A connection that is not idle now (a server error mid-way) is closed by the pool.
         drop(conns);

@@ -234,6 +234,17 @@ impl Session {
         self.remember_write_position_on(self.shard, server).await;
     }
 
+    /// [`Session::remember_write_position_on`] for each shard of a write on several shards.
+    pub(crate) async fn remember_write_positions(
+        &mut self,
+        shards: &[ShardIndex],
+        conns: &mut [PooledConn],
+    ) {
+        for (shard, conn) in shards.iter().zip(conns.iter_mut()) {
+            self.remember_write_position_on(*shard, conn).await;
+        }
+    }
+
     /// Remembers the WAL position of `shard`'s primary after this client wrote there through
     /// `server` (also each shard of a broadcast: DDL, keyless writes).
     pub(crate) async fn remember_write_position_on(

@@ -366,14 +366,12 @@ impl Session {
         };
         self.read_your_writes.set_may_have_written(false);
         let lost = {
-            let mut members: Vec<Member<'_>> = conns
-                .iter_mut()
-                .zip(&shards)
-                .map(|(c, s)| Member {
-                    name: self.shard_name(*s),
-                    conn: c,
-                })
-                .collect();
+            let mut members = self.shard_members(
+                shards
+                    .iter()
+                    .copied()
+                    .zip(conns.iter_mut().map(|c| &mut **c)),
+            );
             let shared = std::sync::Arc::clone(&self.shared);
             run(
                 &shared,
@@ -394,9 +392,7 @@ impl Session {
                 Some("the statement did not complete; retry it"),
             );
         }
-        for (shard, conn) in shards.iter().zip(conns.iter_mut()) {
-            self.remember_write_position_on(*shard, conn).await;
-        }
+        self.remember_write_positions(&shards, &mut conns).await;
         drop(conns);
         drop(running);
         self.io.push_ready(TransactionStatus::Idle);
@@ -428,14 +424,9 @@ impl Session {
         };
         let here = self.shard;
         let lost = {
-            let by_shard = crate::multi_txn::in_shard_order(&shards, here, server, &mut taken);
-            let mut members: Vec<Member<'_>> = by_shard
-                .into_iter()
-                .map(|(s, conn)| Member {
-                    name: self.shard_name(s),
-                    conn,
-                })
-                .collect();
+            let mut members = self.shard_members(crate::multi_txn::in_shard_order(
+                &shards, here, server, &mut taken,
+            ));
             let shared = std::sync::Arc::clone(&self.shared);
             run(
                 &shared,

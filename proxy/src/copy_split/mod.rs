@@ -107,21 +107,17 @@ impl Session {
         };
         self.read_your_writes.set_may_have_written(false);
         let end = {
-            let mut members: Vec<Member<'_>> = conns
-                .iter_mut()
-                .zip(&shards)
-                .map(|(c, s)| Member {
-                    name: self.shard_name(*s),
-                    conn: c,
-                })
-                .collect();
+            let mut members = self.shard_members(
+                shards
+                    .iter()
+                    .copied()
+                    .zip(conns.iter_mut().map(|c| &mut **c)),
+            );
             self.copy_through(&mut members, &shards, &batch, &copy, false)
                 .await?
         };
         *self.cancel.lock().await = None;
-        for (shard, conn) in shards.iter().zip(conns.iter_mut()) {
-            self.remember_write_position_on(*shard, conn).await;
-        }
+        self.remember_write_positions(&shards, &mut conns).await;
         drop(conns);
         drop(running);
         self.io.flush().await?;
@@ -152,14 +148,9 @@ impl Session {
         };
         let here = self.shard;
         let end = {
-            let by_shard = crate::multi_txn::in_shard_order(&shards, here, server, &mut taken);
-            let mut members: Vec<Member<'_>> = by_shard
-                .into_iter()
-                .map(|(s, conn)| Member {
-                    name: self.shard_name(s),
-                    conn,
-                })
-                .collect();
+            let mut members = self.shard_members(crate::multi_txn::in_shard_order(
+                &shards, here, server, &mut taken,
+            ));
             self.copy_through(&mut members, &shards, batch, &copy, true)
                 .await
         };
@@ -223,15 +214,10 @@ impl Session {
                 *p = i;
             }
         }
-        let idle_timeout = self.shared.config().listen.client_idle_timeout;
         let mut failure: Option<BytesMut> = None;
         let mut client_gone = false;
         loop {
-            let frame = tokio::select! {
-                f = self.io.read_frame() => f?,
-                _ = crate::session::sleep_or_forever(idle_timeout) => None,
-            };
-            let Some(frame) = frame else {
+            let Some(frame) = self.read_copy_frame().await? else {
                 client_gone = true;
                 break;
             };
@@ -302,7 +288,7 @@ impl Session {
         }
         if let Some(e) = failure {
             return self
-                .finish_failed(members, batch, extended, e, in_transaction)
+                .abandon(members, batch, Phase::Copying, extended, e, in_transaction)
                 .await;
         }
         let mut copied = 0u64;
@@ -312,7 +298,7 @@ impl Session {
                 other => {
                     let e = shard_error(&m.name, other);
                     return self
-                        .finish_failed(members, batch, extended, e, in_transaction)
+                        .abandon(members, batch, Phase::Copying, extended, e, in_transaction)
                         .await;
                 }
             }
@@ -323,20 +309,30 @@ impl Session {
                 "the shard map changed during the COPY (a rebalance moved keys between shards); nothing was copied",
             );
             return self
-                .finish_failed(members, batch, extended, e, in_transaction)
+                .abandon(members, batch, Phase::Copying, extended, e, in_transaction)
                 .await;
         }
         if !in_transaction {
             let mode = self.shared.config().sharding.cross_shard_transactions;
             if let Err(TxnError(e)) = commit_all(&self.shared, members, mode).await {
                 return self
-                    .finish_failed(members, batch, extended, e, in_transaction)
+                    .abandon(members, batch, Phase::Copying, extended, e, in_transaction)
                     .await;
             }
         }
         backend::write_command_complete(&mut self.io.out, &format!("COPY {copied}"));
         self.after_copy(extended, false, in_transaction).await?;
         Ok(CopyEnd::Copied)
+    }
+
+    /// The client's next message during a COPY; `None` when it left, or sent nothing for
+    /// `listen.client_idle_timeout` (when set).
+    async fn read_copy_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+        let idle_timeout = self.shared.config().listen.client_idle_timeout;
+        Ok(tokio::select! {
+            f = self.io.read_frame() => f?,
+            _ = crate::session::sleep_or_forever(idle_timeout) => None,
+        })
     }
 
     /// An error before COPY mode: shards rolled back (outside a transaction) and the batch
@@ -355,26 +351,6 @@ impl Session {
         }
         self.fail_copy(batch, phase, extended, error, in_transaction)
             .await
-    }
-
-    /// An error in COPY mode, after the shards' COPYs ended.
-    async fn finish_failed(
-        &mut self,
-        members: &mut [Member<'_>],
-        batch: &[Frame],
-        extended: bool,
-        error: BytesMut,
-        in_transaction: bool,
-    ) -> Result<CopyEnd, SessionError> {
-        self.abandon(
-            members,
-            batch,
-            Phase::Copying,
-            extended,
-            error,
-            in_transaction,
-        )
-        .await
     }
 
     async fn fail_copy(
@@ -418,13 +394,8 @@ impl Session {
             return Ok(());
         }
         self.io.flush().await?;
-        let idle_timeout = self.shared.config().listen.client_idle_timeout;
         loop {
-            let frame = tokio::select! {
-                f = self.io.read_frame() => f?,
-                _ = crate::session::sleep_or_forever(idle_timeout) => None,
-            };
-            let Some(frame) = frame else {
+            let Some(frame) = self.read_copy_frame().await? else {
                 return Err(SessionError::ClientGone);
             };
             match frame.tag() {

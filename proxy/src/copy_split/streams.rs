@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use shardgate_pool::ServerError;
 use shardgate_wire::{backend, frontend, Frame};
 
-use crate::multi_txn::fanout::{Member, Outcome};
+use crate::multi_txn::fanout::{run_messages, Member, Outcome};
 use crate::scatter::join_all;
 
 /// A shard's buffer is sent once it holds this much.
@@ -218,39 +218,15 @@ async fn start_one(m: &mut Member<'_>, sql: &str) -> Result<Frame, Outcome> {
 
 /// Sends CopyDone (or CopyFail) to one shard and reads its answer up to ReadyForQuery.
 async fn end_one(m: &mut Member<'_>, fail: Option<&str>) -> Outcome {
-    let run = async {
-        let mut out = BytesMut::new();
-        match fail {
-            None => frontend::write_message(&mut out, frontend::COPY_DONE, |_| {}),
-            Some(why) => frontend::write_message(&mut out, frontend::COPY_FAIL, |b| {
-                b.extend_from_slice(why.as_bytes());
-                b.put_u8(0);
-            }),
-        }
-        m.conn.write_all(&out).await?;
-        let mut frames = Vec::new();
-        loop {
-            let frame = m.conn.read_frame().await?;
-            let done = frame.tag() == backend::READY_FOR_QUERY;
-            frames.push(frame);
-            if done {
-                return Ok::<_, ServerError>(frames);
-            }
-        }
-    };
-    match tokio::time::timeout(SHARD_TIMEOUT, run).await {
-        Ok(Ok(frames)) => match frames.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
-            Some(e) => Outcome::Refused(e.clone()),
-            None => Outcome::Done(frames),
-        },
-        Ok(Err(e)) => Outcome::Lost(e),
-        Err(_) => {
-            m.conn.mark_broken();
-            Outcome::Lost(ServerError::Protocol(format!(
-                "did not finish the COPY within {SHARD_TIMEOUT:?}"
-            )))
-        }
+    let mut out = BytesMut::new();
+    match fail {
+        None => frontend::write_message(&mut out, frontend::COPY_DONE, |_| {}),
+        Some(why) => frontend::write_message(&mut out, frontend::COPY_FAIL, |b| {
+            b.extend_from_slice(why.as_bytes());
+            b.put_u8(0);
+        }),
     }
+    run_messages(m.conn, &out).await
 }
 
 /// The row count of a shard's `COPY n` tag.

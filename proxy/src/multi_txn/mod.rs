@@ -153,6 +153,22 @@ pub(crate) fn in_shard_order<'a>(
     by_shard
 }
 
+impl crate::session::Session {
+    /// The connections of a statement over several shards as members named by their shard.
+    pub(crate) fn shard_members<'a>(
+        &self,
+        conns: impl IntoIterator<Item = (ShardIndex, &'a mut shardgate_pool::ServerConn)>,
+    ) -> Vec<fanout::Member<'a>> {
+        conns
+            .into_iter()
+            .map(|(s, conn)| fanout::Member {
+                name: self.shard_name(s),
+                conn,
+            })
+            .collect()
+    }
+}
+
 /// `BEGIN` with the transaction characteristics read from a participant (`SHOW`s' values).
 pub(crate) fn begin_statement(isolation: &str, read_only: bool, deferrable: bool) -> String {
     let level = match isolation {

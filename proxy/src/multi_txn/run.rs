@@ -412,19 +412,11 @@ impl Session {
         server: &'a mut PooledConn,
         others: &'a mut [Participant],
     ) -> Vec<Member<'a>> {
-        let names = self.shared.topo().router.shard_names().to_vec();
-        let name_of = |s: ShardIndex| names.get(s).cloned().unwrap_or_else(|| "?".into());
-        let mut members = vec![Member {
-            name: name_of(self.shard),
-            conn: server,
-        }];
-        for p in others.iter_mut() {
-            members.push(Member {
-                name: name_of(p.shard),
-                conn: &mut p.conn,
-            });
-        }
-        members
+        let here = self.shard;
+        self.shard_members(
+            std::iter::once((here, &mut **server))
+                .chain(others.iter_mut().map(|p| (p.shard, &mut *p.conn))),
+        )
     }
 
     /// COMMIT (`commit`) or ROLLBACK of the whole transaction; every connection goes back
