@@ -84,9 +84,11 @@ pub struct Session {
     /// The shard-map version the current server connection was routed by: `shard` is an
     /// index into that version's shard list.
     pub(crate) attached_version: u64,
-    /// The last client message processed ended a request (Sync, Query): the next one starts a
-    /// new batch, which may go to another shard if no transaction is open.
-    at_request_boundary: bool,
+    /// Where the last client message processed left the client's request stream: after a
+    /// Sync or Query the next message starts a new batch, which may go to another shard if no
+    /// transaction is open; after an Execute the next statement of a pipelined batch may go
+    /// to another shard of a multi-shard transaction.
+    boundary: Boundary,
     pub(crate) statements: ClientStatements,
     /// Session state that cannot follow the client to another connection keeps it here.
     pub(crate) pin: Pin,
@@ -222,7 +224,7 @@ impl Session {
             parked: Vec::new(),
             fence: Default::default(),
             attached_version: shared.topology_version(),
-            at_request_boundary: true,
+            boundary: Boundary::Request,
             statements: ClientStatements::new(config.pool.prepared_statements_per_client),
             pin: Pin::default(),
             state: SessionState::from_startup(&login.params),
@@ -512,12 +514,26 @@ impl Session {
         if batch.is_empty() {
             // The proxy answered everything the client sent so far (a batch it ran on several
             // shards, or transaction control): the next message starts a batch.
-            self.at_request_boundary = true;
+            self.boundary = Boundary::Request;
         }
-        for frame in batch {
-            self.at_request_boundary = ends_batch(frame.tag());
+        // Each statement of a pipelined batch is routed on its own inside a multi-shard
+        // transaction (outside one the batch is one implicit transaction on one shard).
+        let by_statement =
+            !self.txn.is_idle() && !self.txn.has_deferred_begin() && self.spans_shards();
+        let mut frames = batch.into_iter();
+        while let Some(frame) = frames.next() {
+            self.boundary = Boundary::after(frame.tag());
             if let Err(e) = self.client_message(server, frame) {
                 return Err(self.report_protocol_error(e).await);
+            }
+            if by_statement && self.boundary == Boundary::Statement {
+                let rest: Vec<Frame> = frames.collect();
+                if self.next_statement_elsewhere(&rest, server.status()) {
+                    self.parked = rest;
+                    self.parked_in_transaction = true;
+                    break;
+                }
+                frames = rest.into_iter();
             }
         }
         let idle_timeout = self.shared.config().listen.client_idle_timeout;
@@ -527,6 +543,8 @@ impl Session {
         let spans_shards = self.spans_shards();
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
+        // The held messages start the next statement of a pipelined batch (not a new batch).
+        let mut lookahead_mid_batch = false;
         let max_held = self.shared.config().pool.max_held_bytes;
         let mut held_bytes = 0usize;
         let mut clock = crate::timeouts::SessionClock::default();
@@ -538,6 +556,7 @@ impl Session {
             if !self.parked.is_empty() && (self.replies.is_empty() || self.replies.refusing()) {
                 if std::mem::take(&mut self.parked_in_transaction)
                     && self.replies.is_empty()
+                    && !self.replies.refusing()
                     && self.to_server.is_empty()
                     && server.status() != TransactionStatus::Idle
                 {
@@ -557,7 +576,7 @@ impl Session {
                     // the server skip it up to its Sync, or the session got pinned here: it
                     // stays here.
                     for frame in std::mem::take(&mut self.parked) {
-                        self.at_request_boundary = ends_batch(frame.tag());
+                        self.boundary = Boundary::after(frame.tag());
                         if let Err(e) = self.client_message(server, frame) {
                             return Err(self.report_protocol_error(e).await);
                         }
@@ -630,26 +649,39 @@ impl Session {
                         frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL
                     );
                     let in_transaction = !self.txn.is_idle() && !self.txn.has_deferred_begin();
+                    // Inside a multi-shard transaction each statement of a pipelined batch
+                    // (JDBC's executeBatch) is routed on its own.
+                    let statement_start =
+                        in_transaction && spans_shards && self.boundary == Boundary::Statement;
                     let starts_batch = rerouting
                         && (!self.pin.is_pinned() || (in_transaction && self.txn_shards.is_multi()))
                         && !copy_message
-                        && (self.at_request_boundary || !lookahead.is_empty())
+                        && (self.boundary == Boundary::Request
+                            || !lookahead.is_empty()
+                            || statement_start)
                         && (!in_transaction || spans_shards)
                         && !self.replies.in_copy_in()
                         && !self.replies.refusing();
                     let frames = if starts_batch {
                         let done = matches!(frame.tag(), frontend::QUERY | frontend::BIND | frontend::FUNCTION_CALL)
                             || ends_batch(frame.tag());
-                        held_bytes = if lookahead.is_empty() { 0 } else { held_bytes } + frame.len();
+                        if lookahead.is_empty() {
+                            lookahead_mid_batch = statement_start;
+                            held_bytes = 0;
+                        }
+                        held_bytes += frame.len();
                         lookahead.push(frame);
                         self.check_held(held_bytes, max_held).await?;
                         if !done {
-                            self.at_request_boundary = false;
+                            self.boundary = Boundary::Inside;
                             continue;
                         }
                         let batch = std::mem::take(&mut lookahead);
                         if in_transaction {
                             if self.needs_txn_shards(&batch, server.status()) {
+                                if lookahead_mid_batch {
+                                    self.flush_statements_before_switch();
+                                }
                                 // Finish the previous request here first; then look again.
                                 self.parked = batch;
                                 self.parked_in_transaction = true;
@@ -667,7 +699,7 @@ impl Session {
                         frames
                     };
                     for frame in frames {
-                        self.at_request_boundary = ends_batch(frame.tag());
+                        self.boundary = Boundary::after(frame.tag());
                         match self.client_message(server, frame) {
                             Ok(Flow::Terminate) => return Ok(Detach::Terminate),
                             Ok(_) => {}
@@ -695,6 +727,33 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Inside a multi-shard transaction, after an Execute of a pipelined batch: whether the
+    /// batch's next statement (its messages up to its Bind or Query, in `rest`) belongs on
+    /// another shard. If so the statements sent so far are flushed, to be answered before the
+    /// session switches.
+    fn next_statement_elsewhere(&mut self, rest: &[Frame], status: TransactionStatus) -> bool {
+        if self.replies.refusing() {
+            return false;
+        }
+        let Some(end) = rest.iter().position(|f| {
+            matches!(f.tag(), frontend::BIND | frontend::QUERY) || ends_batch(f.tag())
+        }) else {
+            return false;
+        };
+        if !self.needs_txn_shards(&rest[..=end], status) {
+            return false;
+        }
+        self.flush_statements_before_switch();
+        true
+    }
+
+    /// The statements of a pipelined batch sent so far are answered only at a Flush or Sync,
+    /// which the client sends later: a Flush of the proxy's own gets their replies before the
+    /// session switches to another shard for the batch's next statement.
+    fn flush_statements_before_switch(&mut self) {
+        frontend::write_message(&mut self.to_server, frontend::FLUSH, |_| {});
     }
 
     /// The server connection broke while attached: the client is answered for every request
@@ -770,6 +829,28 @@ enum Detach {
     /// The parked batch of the client's transaction needs other shards (`multi_txn`); the
     /// connection stays in the transaction.
     OtherShards,
+}
+
+/// Where a client message leaves its request stream (see `Session::boundary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boundary {
+    /// Between batches.
+    Request,
+    /// Between the statements of a pipelined batch (after an Execute).
+    Statement,
+    Inside,
+}
+
+impl Boundary {
+    fn after(tag: u8) -> Boundary {
+        if ends_batch(tag) {
+            Boundary::Request
+        } else if tag == frontend::EXECUTE {
+            Boundary::Statement
+        } else {
+            Boundary::Inside
+        }
+    }
 }
 
 /// Messages after which the client waits for replies: the end of a batch.

@@ -747,3 +747,79 @@ async fn a_pipelined_batch_over_several_shards_is_all_or_nothing() {
     assert_nothing_prepared(&env).await;
     env.stop().await;
 }
+
+/// JDBC's executeBatch inside a transaction (Spring/Hibernate batch inserts): one pipelined
+/// batch whose statements belong to several shards runs statement by statement on each
+/// statement's shard, and commits with the transaction — named statements and a fresh unnamed
+/// Parse per statement alike; an error in it fails the transaction as on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_batch_in_a_transaction_runs_on_each_statements_shard() {
+    use common::raw;
+    let env = env::start(3, "").await;
+    let keys = keys(&env, 3);
+    let (a, b, c) = (keys[0], keys[1], keys[2]);
+    let mut client = common::RawClient::connect(env.proxy.addr().port()).await;
+    let inc = "update accounts set balance = balance + 1 where user_id = $1";
+    let errors = |replies: &[common::RawMsg]| -> Vec<String> {
+        replies
+            .iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| format!("{:?} {:?}", m.sqlstate(), m.field(b'M')))
+            .collect()
+    };
+    let status = |replies: &[common::RawMsg]| replies.last().map(|m| m.body[0] as char);
+
+    // A named statement, bound for three shards in one batch.
+    let replies = client.send_and_read(&raw::query("begin")).await;
+    assert!(errors(&replies).is_empty());
+    let mut batch = raw::parse("inc", inc);
+    for k in [a, b, c, a] {
+        batch.extend_from_slice(&raw::bind("", "inc", &[Some(&k.to_string())]));
+        batch.extend_from_slice(&raw::execute("", 0));
+    }
+    batch.extend_from_slice(&raw::sync());
+    let replies = client.send_and_read(&batch).await;
+    assert_eq!(errors(&replies), Vec::<String>::new());
+    let completes = replies.iter().filter(|m| m.tag == b'C').count();
+    assert_eq!(completes, 4, "one CommandComplete per statement");
+    assert_eq!(status(&replies), Some('T'));
+    // pgjdbc before its prepare threshold: a fresh unnamed Parse per statement.
+    let mut batch = bytes::BytesMut::new();
+    for k in [c, b] {
+        batch.extend_from_slice(&raw::parse("", inc));
+        batch.extend_from_slice(&raw::bind("", "", &[Some(&k.to_string())]));
+        batch.extend_from_slice(&raw::describe(b'P', ""));
+        batch.extend_from_slice(&raw::execute("", 0));
+    }
+    batch.extend_from_slice(&raw::sync());
+    let replies = client.send_and_read(&batch).await;
+    assert_eq!(errors(&replies), Vec::<String>::new());
+    let replies = client.send_and_read(&raw::query("commit")).await;
+    assert!(errors(&replies).is_empty(), "{replies:?}");
+    assert_eq!(balance_on_shard(&env, a).await, 102);
+    assert_eq!(balance_on_shard(&env, b).await, 102);
+    assert_eq!(balance_on_shard(&env, c).await, 102);
+
+    // An error in the batch's second statement: the rest is skipped, the transaction failed.
+    client.send_and_read(&raw::query("begin")).await;
+    let mut batch = raw::bind("", "inc", &[Some(&a.to_string())]);
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::parse(
+        "",
+        "update accounts set balance = 1 / 0 where user_id = $1",
+    ));
+    batch.extend_from_slice(&raw::bind("", "", &[Some(&b.to_string())]));
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::bind("", "inc", &[Some(&c.to_string())]));
+    batch.extend_from_slice(&raw::execute("", 0));
+    batch.extend_from_slice(&raw::sync());
+    let replies = client.send_and_read(&batch).await;
+    assert_eq!(errors(&replies).len(), 1, "{replies:?}");
+    assert_eq!(status(&replies), Some('E'));
+    let replies = client.send_and_read(&raw::query("commit")).await;
+    assert!(replies.iter().any(|m| m.tag == b'C'), "{replies:?}");
+    assert_eq!(balance_on_shard(&env, a).await, 102, "rolled back");
+    assert_eq!(balance_on_shard(&env, c).await, 102, "never ran");
+    assert_nothing_prepared(&env).await;
+    env.stop().await;
+}
