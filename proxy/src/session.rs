@@ -518,8 +518,8 @@ impl Session {
         }
         // Each statement of a pipelined batch is routed on its own inside a multi-shard
         // transaction (outside one the batch is one implicit transaction on one shard).
-        let by_statement =
-            !self.txn.is_idle() && !self.txn.has_deferred_begin() && self.spans_shards();
+        let spans_shards = self.spans_shards();
+        let by_statement = !self.txn.is_idle() && !self.txn.has_deferred_begin() && spans_shards;
         let mut frames = batch.into_iter();
         while let Some(frame) = frames.next() {
             self.boundary = Boundary::after(frame.tag());
@@ -540,7 +540,6 @@ impl Session {
         let rerouting = self.mode == PoolMode::Transaction
             && (self.shared.topo().router.shard_names().len() > 1
                 || self.shared.topo().reads_can_leave_primary);
-        let spans_shards = self.spans_shards();
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
         // The held messages start the next statement of a pipelined batch (not a new batch).
