@@ -195,5 +195,8 @@ fn reference_tables_parse_and_cannot_also_be_sharded() {
     let e = load(&dup).unwrap_err().to_string();
     assert!(e.contains("listed twice"), "{e}");
     let bad = format!("{MINIMAL}\n[[sharding.reference_tables]]\nname = \"a.b.c\"\n");
-    assert!(load(&bad).unwrap_err().to_string().contains("not a table name"));
+    assert!(load(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("not a table name"));
 }

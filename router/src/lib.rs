@@ -19,6 +19,7 @@ mod normalize;
 mod params;
 pub mod plan;
 mod planner;
+mod reference;
 pub mod ring;
 mod router;
 mod rules;
@@ -38,6 +39,7 @@ pub use plan::{
     Hint, KeyExpr, KeyValue, Placement, Plan, Refusal, RoleHint, ShardgateParam, ShardgateSetting,
     StatementKind,
 };
+pub use reference::{default_is_constant, ReferenceInsert, ReferenceWrite};
 pub use ring::{Ring, RingError, ShardIndex};
 pub use router::{Route, RouteError, Router, RouterError};
 pub use shapes::QueryPlan;

@@ -380,7 +380,10 @@ impl Router {
                 Some("restrict the statement to one shard with its shard key, or add a /* shardgate: shard=… */ hint".into()),
             ));
         }
-        let keyless_write = plan.kind == StatementKind::Write && *route == Route::AllShards;
+        // A write to reference tables runs on every shard by design.
+        let keyless_write = plan.kind == StatementKind::Write
+            && *route == Route::AllShards
+            && plan.reference_write.is_none();
         if keyless_write && self.keyless_writes == KeylessWrites::Refuse {
             let table = plan.sharded_tables.first().map_or("", String::as_str);
             let key = self
