@@ -63,6 +63,14 @@ impl Session {
         let Some((mut conns, running)) = self.checkout_each(&batch, &shards, role).await? else {
             return Ok(None);
         };
+        if let Some(conn) = conns.first_mut() {
+            if let Err(e) = crate::reference::check_insert(conn, &plan).await {
+                *self.cancel.lock().await = None;
+                self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                self.io.flush().await?;
+                return Ok(None);
+            }
+        }
         // A broadcast's read-your-writes positions are taken per shard below.
         self.read_your_writes.set_may_have_written(false);
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
@@ -162,6 +170,7 @@ impl Session {
             request,
             &mut self.io.out,
             in_transaction,
+            plan.reference_write.is_some(),
         )
         .await)
     }
@@ -296,6 +305,13 @@ impl Session {
                 }
             };
             return self.end_many_in_transaction(failed);
+        }
+        if let Err(e) = crate::reference::check_insert(server, &plan).await {
+            for p in taken {
+                self.txn_shards.put(p);
+            }
+            self.fail_in_transaction(batch, &e);
+            return Ok(());
         }
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
