@@ -205,7 +205,10 @@ async fn writes_land_identically_on_every_shard_and_atomically() {
     let k = env.key_on(1, 1);
     client.batch_execute("begin").await.unwrap();
     client
-        .execute("insert into users (user_id, name, plan_id) values ($1, 'ann', 3)", &[&k])
+        .execute(
+            "insert into users (user_id, name, plan_id) values ($1, 'ann', 3)",
+            &[&k],
+        )
         .await
         .unwrap();
     client
@@ -227,7 +230,10 @@ async fn writes_land_identically_on_every_shard_and_atomically() {
     assert_identical(&env, &["2|pro|15"]).await;
     client.batch_execute("begin").await.unwrap();
     client
-        .execute("insert into users (user_id, name, plan_id) values ($1, 'ann', 3)", &[&k])
+        .execute(
+            "insert into users (user_id, name, plan_id) values ($1, 'ann', 3)",
+            &[&k],
+        )
         .await
         .unwrap();
     client
