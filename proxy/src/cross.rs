@@ -45,7 +45,7 @@ impl Session {
         } else {
             many_shards_refusal(&plan)
         };
-        let request = match refusal.map_or_else(|| self.scatter_request(&batch, &plan), Err) {
+        let mut request = match refusal.map_or_else(|| self.scatter_request(&batch, &plan), Err) {
             Ok(r) => r,
             Err(e) => {
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
@@ -63,8 +63,10 @@ impl Session {
         let Some((mut conns, running)) = self.checkout_each(&batch, &shards, role).await? else {
             return Ok(None);
         };
-        if let Some(conn) = conns.first_mut() {
-            if let Err(e) = crate::reference::check_insert(conn, &plan).await {
+        let default = self.shared.topo().router.default_shard();
+        let at_default = shards.iter().position(|s| *s == default).unwrap_or(0);
+        if let Some(conn) = conns.get_mut(at_default) {
+            if let Err(e) = crate::reference::fill_insert(conn, &plan, &mut request).await {
                 *self.cancel.lock().await = None;
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
                 self.io.flush().await?;
@@ -265,7 +267,7 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     ) -> Result<(), SessionError> {
-        let request = match many_shards_refusal(&plan)
+        let mut request = match many_shards_refusal(&plan)
             .map_or_else(|| self.scatter_request(batch, &plan), Err)
         {
             Ok(r) => r,
@@ -306,7 +308,13 @@ impl Session {
             };
             return self.end_many_in_transaction(failed);
         }
-        if let Err(e) = crate::reference::check_insert(server, &plan).await {
+        // Per-shard defaults of a reference INSERT, evaluated on the default shard.
+        let default = self.shared.topo().router.default_shard();
+        let evaluator: &mut ServerConn = match taken.iter_mut().find(|p| p.shard == default) {
+            Some(p) => &mut p.conn,
+            None => server,
+        };
+        if let Err(e) = crate::reference::fill_insert(evaluator, &plan, &mut request).await {
             for p in taken {
                 self.txn_shards.put(p);
             }

@@ -20,6 +20,7 @@ mod params;
 pub mod plan;
 mod planner;
 mod reference;
+mod reference_fill;
 pub mod ring;
 mod router;
 mod rules;
@@ -40,6 +41,7 @@ pub use plan::{
     StatementKind,
 };
 pub use reference::{default_is_constant, ReferenceInsert, ReferenceWrite};
+pub use reference_fill::{fill_defaults, quote_ident, typed_literal, values_rows, FilledColumn};
 pub use ring::{Ring, RingError, ShardIndex};
 pub use router::{Route, RouteError, Router, RouterError};
 pub use shapes::QueryPlan;

@@ -9,9 +9,10 @@
 //! broadcast, and must give every copy the same rows: a write that reads sharded or
 //! default-shard-only tables, calls a function whose value differs per shard (`now()`,
 //! `random()`, `nextval()` …) or asks for a column's DEFAULT is refused with 0A000. An INSERT
-//! that leaves columns to their defaults is checked by the proxy against the catalog
-//! ([`ReferenceInsert`]): a default that is not a constant (serial, identity, `now()`) would
-//! differ between the copies too.
+//! that leaves columns to their defaults is looked up by the proxy in the catalog
+//! ([`ReferenceInsert`]): a default that is not a constant (serial, identity, `now()`) is
+//! evaluated once on the default shard and written into the INSERT every shard runs
+//! (`reference_fill`).
 
 use std::ops::ControlFlow;
 

@@ -272,22 +272,77 @@ async fn writes_land_identically_on_every_shard_and_atomically() {
     env.stop().await;
 }
 
+/// Every shard's copy of `features`, read directly.
+async fn feature_copies(env: &ShardedEnv) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for i in 0..env.shards.len() {
+        let shard = env.connect_shard(i).await;
+        out.push(rows(&shard, "select id, name, created from features order by id").await);
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_whose_values_could_differ_per_shard_are_refused() {
-    let env = start(2).await;
+async fn per_shard_defaults_are_evaluated_once_and_per_shard_values_refused() {
+    let env = start(3).await;
     let client = env.connect().await;
+    // Each shard's own sequence would hand out 1 (and with id lanes, different values): the
+    // serial id and the now() default are evaluated on the default shard and written in.
+    // Move the other shards' sequences so that a naive broadcast would visibly differ.
+    for i in 1..env.shards.len() {
+        env.connect_shard(i)
+            .await
+            .batch_execute(&format!("select setval('features_id_seq', {})", 1000 * i))
+            .await
+            .unwrap();
+    }
+    let ids = rows(
+        &client,
+        "insert into features (name) values ('a'), ('b') returning id",
+    )
+    .await;
+    assert_eq!(ids, ["1", "2"]);
+    client
+        .execute("insert into features (name) values ($1)", &[&"c"])
+        .await
+        .unwrap();
+    client
+        .batch_execute("insert into features values (10, 'no list')")
+        .await
+        .unwrap();
+    let copies = feature_copies(&env).await;
+    assert_eq!(copies[0].len(), 4, "{copies:?}");
+    for copy in &copies[1..] {
+        assert_eq!(
+            copy, &copies[0],
+            "every copy has the same ids and timestamps"
+        );
+    }
+    // Inside a transaction on another shard, with a sharded write: the same.
+    let k = env.key_on(2, 1);
+    client.batch_execute("begin").await.unwrap();
+    client
+        .execute("insert into users (user_id, name) values ($1, 'bo')", &[&k])
+        .await
+        .unwrap();
+    client
+        .batch_execute("insert into features (name) values ('in txn')")
+        .await
+        .unwrap();
+    client.batch_execute("commit").await.unwrap();
+    let copies = feature_copies(&env).await;
+    assert_eq!(copies[0].len(), 5, "{copies:?}");
+    assert!(copies[0][3].starts_with("4|in txn|"), "{copies:?}");
+    for copy in &copies[1..] {
+        assert_eq!(copy, &copies[0]);
+    }
+
     for (sql, needle) in [
-        // serial id left to its sequence
         (
-            "insert into features (name, created) values ('x', '2025-01-01')",
-            "column id",
+            "insert into features (name) select name from plans",
+            "INSERT … SELECT",
         ),
-        // created left to now()
-        (
-            "insert into features (id, name) values (1, 'x')",
-            "column created",
-        ),
-        ("insert into features values (1, 'x')", "column created"),
+        ("insert into features default values", "DEFAULT VALUES"),
         (
             "insert into plans (plan_id, name) values (1, now()::text)",
             "now()",
@@ -318,36 +373,28 @@ async fn writes_whose_values_could_differ_per_shard_are_refused() {
         assert!(msg.contains(needle), "{sql}: {msg}");
         assert!(e.as_db_error().and_then(|d| d.hint()).is_some(), "{sql}");
     }
-    // Given explicitly, and constant defaults (price 0, tier 'basic'), it runs everywhere.
-    client
-        .batch_execute("insert into features values (1, 'x', '2025-01-01T00:00:00Z')")
-        .await
-        .unwrap();
+    // Constant defaults (price 0, tier 'basic') need nothing.
     client
         .batch_execute("insert into plans (plan_id, name) values (1, 'free')")
         .await
         .unwrap();
-    // Inside a transaction the refusal leaves the transaction usable.
+    // Inside a transaction a refusal leaves the transaction usable.
     client.batch_execute("begin").await.unwrap();
     let e = client
-        .batch_execute("insert into features (name) values ('y')")
+        .batch_execute("insert into features (name) select 'y'")
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
     client
-        .batch_execute("insert into features (id, name, created) values (2, 'y', '2025-01-02Z')")
+        .batch_execute("insert into plans (plan_id, name) values (2, 'pro')")
         .await
         .unwrap();
     client.batch_execute("commit").await.unwrap();
     for i in 0..env.shards.len() {
         let shard = env.connect_shard(i).await;
         assert_eq!(
-            rows(&shard, "select id, name from features order by id").await,
-            ["1|x", "2|y"]
-        );
-        assert_eq!(
-            rows(&shard, "select price, tier from plans").await,
-            ["0|basic"]
+            rows(&shard, "select plan_id, price, tier from plans order by 1").await,
+            ["1|0|basic", "2|0|basic"]
         );
     }
     // Writing a sharded table from a reference table routes as the sharded write.

@@ -204,3 +204,44 @@ fn a_table_cannot_be_both() {
         "{e}"
     );
 }
+
+#[test]
+fn per_shard_defaults_are_written_into_the_insert() {
+    use crate::{fill_defaults, values_rows, FilledColumn};
+    let r = router();
+    let ins_of = |sql: &str| {
+        r.plan(sql)
+            .reference_write
+            .as_ref()
+            .and_then(|w| w.insert.clone())
+            .unwrap()
+    };
+    let id = |vals: &[&str]| FilledColumn {
+        name: "plan_id".into(),
+        values: vals.iter().map(|v| v.to_string()).collect(),
+    };
+    let sql = "INSERT INTO plans (name, price) VALUES ('a', $1), /* b */ ('b(', 2) ON CONFLICT DO NOTHING RETURNING plan_id";
+    let ins = ins_of(sql);
+    assert_eq!(values_rows(sql, &ins).unwrap(), 2);
+    assert_eq!(
+        fill_defaults(sql, &ins, &[], &[id(&["'7'::integer", "'8'::integer"])]).unwrap(),
+        "INSERT INTO plans (name, price, \"plan_id\") VALUES ('a', $1, '7'::integer), /* b */ ('b(', 2, '8'::integer) ON CONFLICT DO NOTHING RETURNING plan_id"
+    );
+    // Without a column list: one is written, the given values first.
+    let sql = "insert into plans values (1, 'x')";
+    let ins = ins_of(sql);
+    let cols = ["plan_id".to_owned(), "name".to_owned(), "price".to_owned()];
+    let created = FilledColumn {
+        name: "created".into(),
+        values: vec!["'2025-01-01'::timestamptz".into()],
+    };
+    assert_eq!(
+        fill_defaults(sql, &ins, &cols, &[created]).unwrap(),
+        "insert into plans (\"plan_id\", \"name\", \"created\") values (1, 'x', '2025-01-01'::timestamptz)"
+    );
+    // INSERT … SELECT and DEFAULT VALUES cannot be filled.
+    let sql = "insert into plans (name) select name from plans";
+    assert_eq!(values_rows(sql, &ins_of(sql)).unwrap_err().code, "0A000");
+    let sql = "insert into plans default values";
+    assert_eq!(values_rows(sql, &ins_of(sql)).unwrap_err().code, "0A000");
+}
