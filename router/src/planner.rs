@@ -22,7 +22,7 @@ use crate::hints::find_hints;
 use crate::keys::union;
 use crate::merge::{merge_spec, MergeSpec};
 use crate::plan::{KeyExpr, Placement, Plan, Refusal, StatementKind};
-use crate::reference::{place_reference_ddl, place_reference_write};
+use crate::reference::{place_reference_ddl, place_reference_write, refuse_one_copy_writes};
 use crate::rules::norm;
 use crate::text::{code_tokens, leading_words, split_statements, TokKind};
 
@@ -214,6 +214,7 @@ impl Planner {
             }
             _ => {}
         }
+        refuse_one_copy_writes(&self.rules, &mut plan, st);
         if always_one_shard(&plan.placement) {
             plan.unsupported_cross_shard = None;
             plan.merge = None;

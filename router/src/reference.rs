@@ -17,7 +17,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FromTable, ObjectName, SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
+    CopySource, Expr, FromTable, ObjectName, SetExpr, Statement, TableFactor, TableObject, Visit,
+    Visitor,
 };
 
 use crate::plan::{Placement, Plan, Refusal, StatementKind};
@@ -343,4 +344,41 @@ pub(crate) fn place_reference_ddl(rules: &Rules, plan: &mut Plan, names: &[Objec
         tables,
         insert: None,
     });
+}
+
+/// Statements that would change one copy of a reference table only: `COPY … FROM` into one
+/// (it would load the default shard's copy alone) and `EXPLAIN ANALYZE` of a write to one
+/// (it runs on one shard). Refused with 0A000; a `/* shardgate: shard=… */` hint lifts it,
+/// for work on one copy on purpose.
+pub(crate) fn refuse_one_copy_writes(rules: &Rules, plan: &mut Plan, st: &Statement) {
+    if rules.references.is_empty() {
+        return;
+    }
+    let table = match st {
+        Statement::Copy {
+            source: CopySource::Table { table_name, .. },
+            to: false,
+            ..
+        } if rules.lookup_reference(table_name) => Some(("COPY … FROM", table_name.clone())),
+        Statement::Explain {
+            analyze: true,
+            statement,
+            ..
+        } => write_targets(statement)
+            .into_iter()
+            .find(|n| rules.lookup_reference(n))
+            .map(|n| ("EXPLAIN ANALYZE", n)),
+        _ => None,
+    };
+    if let Some((what, name)) = table {
+        plan.refusal.get_or_insert(Refusal {
+            code: "0A000",
+            message: format!(
+                "{what} on reference table {} would change the copy on one shard only",
+                name_parts(&name).join(".")
+            ),
+            hint: Some("use INSERT (or the statement without EXPLAIN ANALYZE): it runs on every shard; or add a /* shardgate: shard=… */ hint to work on one copy".into()),
+            hint_overrides: true,
+        });
+    }
 }

@@ -286,6 +286,9 @@ impl Router {
         params: &BoundParams<'_>,
         session_hint: Option<&Hint>,
     ) -> Result<Route, RouteError> {
+        // A write to reference tables keeps every copy: a session hint (meant for sharded
+        // rows) does not narrow it; a hint in its own text does (to repair one copy).
+        let session_hint = session_hint.filter(|_| plan.reference_write.is_none());
         let hint = plan.hint.as_ref().or(session_hint);
         if let Some(r) = &plan.refusal {
             if !(r.hint_overrides && hint.is_some()) {

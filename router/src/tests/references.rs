@@ -245,3 +245,39 @@ fn per_shard_defaults_are_written_into_the_insert() {
     let sql = "insert into plans default values";
     assert_eq!(values_rows(sql, &ins_of(sql)).unwrap_err().code, "0A000");
 }
+
+#[test]
+fn one_copy_writes_are_refused_and_session_hints_do_not_narrow_writes() {
+    let r = router();
+    for sql in [
+        "COPY plans FROM STDIN",
+        "EXPLAIN ANALYZE UPDATE plans SET price = 1",
+    ] {
+        let e = route(&r, sql).unwrap_err();
+        assert_eq!(e.code, "0A000", "{sql}");
+        assert!(e.message.contains("one shard only"), "{sql}: {}", e.message);
+    }
+    // COPY out of a reference table reads one copy.
+    assert_eq!(
+        route(&r, "COPY plans TO STDOUT").unwrap(),
+        Route::Shard(r.default_shard())
+    );
+    // A comment hint picks one copy on purpose.
+    let plan = r.plan("/* shardgate: shard=s2 */ COPY plans FROM STDIN");
+    assert_eq!(
+        r.route(&plan, &BoundParams::NONE, None).unwrap(),
+        Route::Shard(2)
+    );
+    // A session hint does not narrow a reference write (it does a read).
+    let session = crate::plan::Hint::ShardKey("42".into());
+    let write = r.plan("UPDATE plans SET price = 2 WHERE plan_id = 1");
+    assert_eq!(
+        r.route(&write, &BoundParams::NONE, Some(&session)).unwrap(),
+        Route::AllShards
+    );
+    let read = r.plan("SELECT * FROM plans");
+    assert_eq!(
+        r.route(&read, &BoundParams::NONE, Some(&session)).unwrap(),
+        Route::Shard(r.shard_for_key(&KeyValue::Int(42)))
+    );
+}
