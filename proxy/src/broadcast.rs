@@ -166,7 +166,27 @@ fn answer(
         }
     }
     if one_copy {
-        // Identical copies: one shard's rows and count, not their sum.
+        // Identical copies: one shard's rows and count, not their sum. Copies that answered
+        // different counts have drifted apart: say so in the log.
+        let tags = |frames: &[Frame]| -> Vec<Frame> {
+            frames
+                .iter()
+                .filter(|f| f.tag() == backend::COMMAND_COMPLETE)
+                .cloned()
+                .collect()
+        };
+        if let Some((first, rest)) = replies.split_first() {
+            let want = tags(first);
+            for (m, other) in members.iter().skip(1).zip(rest) {
+                if tags(other)
+                    .iter()
+                    .map(Frame::body)
+                    .ne(want.iter().map(Frame::body))
+                {
+                    tracing::warn!(shard = %m.name, first = %members[0].name, "a write to a reference table changed a different number of rows on two shards: their copies differ (see `shardgate admin verify references`)");
+                }
+            }
+        }
         replies.truncate(1);
     }
     combine(&replies, forward_parse, out);

@@ -363,6 +363,7 @@ async fn per_shard_defaults_are_evaluated_once_and_per_shard_values_refused() {
             "insert into plans (plan_id, name) select user_id, name from users",
             "sharded table users",
         ),
+        ("copy plans from stdin", "one shard only"),
     ] {
         let e = client.batch_execute(sql).await.unwrap_err();
         assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{sql}: {e}");
