@@ -5,8 +5,9 @@
 //!   published in the ring: the schema if it lacks the table (`pg_dump --schema-only`), then
 //!   the rows, dumped from a shard already in the map in one snapshot and loaded in one
 //!   transaction (its copy emptied first). Writes to reference tables while the job runs reach
-//!   the shards of the current map only: the check after the job reports a new shard that
-//!   missed one.
+//!   the shards of the current map only: the check after the job finds a new shard that missed
+//!   one and copies the tables to it again (every proxy routes by the new map by then); a
+//!   drift left after that is logged and noted in the job.
 //! - [`verify_references`] (`shardgate admin verify references`, `GET
 //!   /api/v1/verify/references`, and after every job) compares each table's row count and an
 //!   order-independent checksum (the sum of each row's md5 as a number) across the shards.
@@ -64,6 +65,14 @@ pub(crate) fn reference_tables(sharding: &Sharding) -> Vec<ReferenceTable> {
             }
         })
         .collect()
+}
+
+/// Whether the job added shards to the map.
+pub(crate) async fn added_shards(ctx: &Ctx) -> bool {
+    let job = ctx.job.lock().await;
+    job.new_shards
+        .iter()
+        .any(|n| !job.old_shards.iter().any(|o| o.name == n.name))
 }
 
 /// Gives every shard the job adds to the map its copy of each reference table (see the module
@@ -129,13 +138,14 @@ pub(crate) async fn copy_to_new_shards(ctx: &Ctx, conns: &mut Conns) -> Result<(
                 schema_copy::schema_only(source, target, db, &missing, &ctx.config.rebalance)
                     .await?;
             }
-            // Emptied first (a shard added again may keep an old copy), in the same
-            // transaction as the load.
-            let prelude: String = names
-                .iter()
-                .rev()
-                .map(|n| format!("DELETE FROM {n};\n"))
-                .collect();
+            // Emptied first (a shard added again may keep an old copy; a copy again after the
+            // job has rows that moved sharded rows refer to), in the same transaction as the
+            // load, with triggers and foreign-key checks off as in a replication apply: the
+            // rows come back with the same keys.
+            let prelude: String =
+                std::iter::once("SET LOCAL session_replication_role = replica;\n".to_owned())
+                    .chain(names.iter().rev().map(|n| format!("DELETE FROM {n};\n")))
+                    .collect();
             tracing::info!(job = %plan.job_id, source = %source.name, target = %target.name, db = %db, tables = names.len(), "copying reference tables' rows to the new shard");
             schema_copy::copy_data(source, target, db, &names, &prelude, &ctx.config.rebalance)
                 .await?;
@@ -143,6 +153,48 @@ pub(crate) async fn copy_to_new_shards(ctx: &Ctx, conns: &mut Conns) -> Result<(
         }
     }
     Ok(())
+}
+
+/// At the end of a job's cleanup (every proxy routes by the new map): the reference tables'
+/// copies on the shards of the map, compared; a shard the job added that missed a write made
+/// while the job ran gets the tables copied again. Returns the note for the job's message
+/// when copies still differ (also logged).
+pub(crate) async fn check_after_job(ctx: &Ctx, conns: &mut Conns) -> Option<String> {
+    if ctx.config.sharding.reference_tables.is_empty() {
+        return None;
+    }
+    let map = match ctx.store.shard_map().await {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::warn!(job = %ctx.plan.job_id, error = %e, "cannot read the shard map to compare the reference tables");
+            return None;
+        }
+    };
+    let mut report = verify_references(&ctx.config, &map).await;
+    if report.drift && added_shards(ctx).await {
+        // A write to a reference table while the job ran reached the old map's shards only.
+        tracing::info!(job = %ctx.plan.job_id, "reference tables differ after adding a shard: copying them to it again");
+        if let Err(e) = copy_to_new_shards(ctx, conns).await {
+            tracing::warn!(job = %ctx.plan.job_id, error = ?e, "copying the reference tables again failed");
+        }
+        report = verify_references(&ctx.config, &map).await;
+    }
+    if !report.drift {
+        tracing::info!(job = %ctx.plan.job_id, tables = report.tables.len(), "reference tables are identical on every shard after the rebalance");
+        return None;
+    }
+    let drifted: Vec<String> = report
+        .tables
+        .iter()
+        .filter(|t| t.drift)
+        .map(|t| format!("{}.{}", t.database, t.table))
+        .chain(report.warnings.iter().cloned())
+        .collect();
+    tracing::warn!(job = %ctx.plan.job_id, tables = ?drifted, "reference tables differ between shards after the rebalance: see `shardgate admin verify references`");
+    Some(format!(
+        " (reference tables differ between shards: {}; see `shardgate admin verify references`)",
+        drifted.join(", ")
+    ))
 }
 
 /// One shard's copy of a reference table.

@@ -50,43 +50,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, start: Start) {
     }
     heartbeat.abort();
     if !ctx.lost() {
-        check_references(&ctx).await;
         ctx.save().await;
-    }
-}
-
-/// After a job that finished: the reference tables' copies on the shards of the map it left,
-/// compared; drift is logged and noted in the job's message.
-async fn check_references(ctx: &Ctx) {
-    if ctx.config.sharding.reference_tables.is_empty() || ctx.job.lock().await.phase != Phase::Done
-    {
-        return;
-    }
-    let map = match ctx.store.shard_map().await {
-        Ok(map) => map,
-        Err(e) => {
-            tracing::warn!(job = %ctx.plan.job_id, error = %e, "cannot read the shard map to compare the reference tables");
-            return;
-        }
-    };
-    let report = super::references::verify_references(&ctx.config, &map).await;
-    if report.drift {
-        let drifted: Vec<String> = report
-            .tables
-            .iter()
-            .filter(|t| t.drift)
-            .map(|t| format!("{}.{}", t.database, t.table))
-            .chain(report.warnings.iter().cloned())
-            .collect();
-        tracing::warn!(job = %ctx.plan.job_id, tables = ?drifted, "reference tables differ between shards after the rebalance: see `shardgate admin verify references`");
-        let mut job = ctx.job.lock().await;
-        job.progress.message = format!(
-            "{} (reference tables differ between shards: {}; see `shardgate admin verify references`)",
-            job.progress.message,
-            drifted.join(", ")
-        );
-    } else {
-        tracing::info!(job = %ctx.plan.job_id, tables = report.tables.len(), "reference tables are identical on every shard after the rebalance");
     }
 }
 
