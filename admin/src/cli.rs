@@ -14,7 +14,7 @@ use crate::client::{AdminClient, ClientError, Reply};
 use crate::control::ReloadOutcome;
 use crate::rebalance::{AddShardRequest, RebalanceStatus};
 use crate::status;
-use crate::table::{pools_table, replicas_table, sequences_table, shards_table};
+use crate::table::{pools_table, references_table, replicas_table, sequences_table, shards_table};
 use crate::transactions::{recovery_text, transactions_table};
 use crate::watch::{self, Fetched, Screen};
 use crate::ErrorBody;
@@ -64,6 +64,9 @@ pub enum AdminCommand {
     Replicas,
     /// Sequences of sharded tables on every shard: id lane, increment, last value, warnings.
     Sequences,
+    /// Compare data across shards; exits 1 when the copies differ.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
     /// In-doubt two-phase transactions on every shard and the stored commit decisions.
     Transactions {
         /// Resolve them now (commit those with a decision, roll back the others) and print
@@ -76,6 +79,13 @@ pub enum AdminCommand {
     /// Progress of a live rebalance, or abort it.
     #[command(subcommand)]
     Rebalance(RebalanceCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum VerifyCommand {
+    /// Each reference table's row count and checksum on every shard; exit status 1 when a
+    /// copy differs (or a shard could not be read).
+    References,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -252,6 +262,15 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
         AdminCommand::Sequences => {
             let reply = expect_success(client.get("/api/v1/sequences"))?;
             show(out, json, &reply, sequences_table)?;
+        }
+        AdminCommand::Verify(VerifyCommand::References) => {
+            let reply = expect_success(client.get("/api/v1/verify/references"))?;
+            let report: crate::rebalance::ReferencesReport = parse(&reply)?;
+            let drift = report.drift;
+            show(out, json, &reply, references_table)?;
+            if drift {
+                return Ok(EXIT_FAILURE);
+            }
         }
         AdminCommand::Transactions { resolve: false } => {
             let reply = expect_success(client.get("/api/v1/transactions"))?;

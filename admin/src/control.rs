@@ -208,6 +208,15 @@ pub trait ControlPlane: Send + Sync + 'static {
         let rebalancer = self.rebalancer()?;
         Some(Box::pin(async move { rebalancer.sequences().await }))
     }
+    /// `GET /api/v1/verify/references`: each reference table's row count and checksum on
+    /// every shard, and whether the copies drifted apart (`None`: 501). By default through the
+    /// rebalancer.
+    fn verify_references(&self) -> Option<ReferencesFuture> {
+        let rebalancer = self.rebalancer()?;
+        Some(Box::pin(
+            async move { rebalancer.verify_references().await },
+        ))
+    }
     /// `GET /api/v1/transactions`: the in-doubt two-phase transactions on every shard and the
     /// stored commit decisions, as they are now (`None`: 501).
     fn transactions(&self) -> Option<TransactionsFuture> {
@@ -218,6 +227,18 @@ pub trait ControlPlane: Send + Sync + 'static {
         None
     }
 }
+
+/// What [`ControlPlane::verify_references`] answers with.
+pub type ReferencesFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    crate::rebalance::ReferencesReport,
+                    crate::rebalance::RebalanceError,
+                >,
+            > + Send,
+    >,
+>;
 
 /// What [`ControlPlane::sequences`] answers with.
 pub type SequencesFuture = std::pin::Pin<

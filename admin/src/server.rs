@@ -247,6 +247,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/sequences", get(sequences))
+        .route("/api/v1/verify/references", get(verify_references))
         .route("/api/v1/transactions", get(transactions))
         .route("/api/v1/transactions/resolve", post(resolve_transactions))
         .route("/api/v1/rebalance", get(rebalance_status))
@@ -428,6 +429,17 @@ async fn sequences(
     Ok(Json(report.await?).into_response())
 }
 
+async fn verify_references(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let Some(report) = state.control.verify_references() else {
+        return Err(not_served(&method, &uri, REBALANCE_HINT));
+    };
+    Ok(Json(report.await?).into_response())
+}
+
 /// The 501 of an endpoint this proxy does not serve.
 fn not_served(method: &Method, uri: &Uri, hint: &str) -> ApiError {
     ApiError::new(
@@ -516,7 +528,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {method} {}", echo(uri.path())),
         "endpoints: GET /health, /ready, /metrics; /api/v1/shards (GET, POST), \
-         DELETE /api/v1/shards/{name}, GET /api/v1/pools, /api/v1/replicas, /api/v1/sequences, \
+         DELETE /api/v1/shards/{name}, GET /api/v1/pools, /api/v1/replicas, /api/v1/sequences, /api/v1/verify/references, \
          /api/v1/transactions, /api/v1/rebalance; POST /api/v1/reload, \
          /api/v1/transactions/resolve, /api/v1/rebalance/abort",
     )

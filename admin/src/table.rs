@@ -125,6 +125,52 @@ pub(crate) fn pools_table(pools: Vec<PoolInfo>) -> String {
     render(&columns, &rows)
 }
 
+/// `shardgate admin verify references`: one row per reference table, database and shard, then
+/// the verdict.
+pub(crate) fn references_table(report: crate::rebalance::ReferencesReport) -> String {
+    let mut out = String::new();
+    if report.tables.is_empty() && report.warnings.is_empty() {
+        out.push_str("no reference tables (sharding.reference_tables)\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = report
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.copies.iter().map(move |c| {
+                vec![
+                    t.table.clone(),
+                    t.database.clone(),
+                    c.shard.clone(),
+                    c.rows.map_or("-".into(), |r| r.to_string()),
+                    c.checksum.clone().unwrap_or_else(|| "-".into()),
+                    if t.drift { "DRIFT" } else { "ok" }.to_owned(),
+                    c.error.clone().unwrap_or_default(),
+                ]
+            })
+        })
+        .collect();
+    let columns = [
+        ("TABLE", Align::Left),
+        ("DATABASE", Align::Left),
+        ("SHARD", Align::Left),
+        ("ROWS", Align::Right),
+        ("CHECKSUM", Align::Right),
+        ("STATE", Align::Left),
+        ("ERROR", Align::Left),
+    ];
+    out.push_str(&render(&columns, &rows));
+    for w in &report.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out.push_str(if report.drift {
+        "reference tables differ between shards\n"
+    } else {
+        "reference tables are identical on every shard\n"
+    });
+    out
+}
+
 /// `shardgate admin sequences`: one row per sequence and shard, then the warnings.
 pub(crate) fn sequences_table(report: crate::rebalance::SequencesReport) -> String {
     let mut out = if report.lanes == 0 {

@@ -696,8 +696,14 @@ pub struct Sharding {
     /// rolled back) are looked for and resolved; also done at start.
     #[serde(with = "duration")]
     pub two_phase_recovery_interval: Duration,
-    /// The sharded tables. Every other table lives on the default shard.
+    /// The sharded tables. Every other table lives on the default shard, except reference
+    /// tables.
     pub tables: Vec<ShardedTable>,
+    /// Reference tables: small tables (plans, countries, feature flags) with an identical copy
+    /// on every shard. Reads go to any one shard (the transaction's shard inside one), so
+    /// joins with sharded rows run where those rows are; writes run on every shard at once,
+    /// atomically. A table cannot be both sharded and a reference table.
+    pub reference_tables: Vec<ReferenceTable>,
 }
 
 impl Default for Sharding {
@@ -715,8 +721,18 @@ impl Default for Sharding {
             cross_shard_transactions: CrossShardTransactions::TwoPhase,
             two_phase_recovery_interval: Duration::from_secs(5),
             tables: Vec::new(),
+            reference_tables: Vec::new(),
         }
     }
+}
+
+/// A table copied in full to every shard (`[[sharding.reference_tables]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceTable {
+    /// Table name, optionally schema-qualified (`public.plans`); unqualified names match in
+    /// any schema.
+    pub name: String,
 }
 
 /// A table split across shards by its key column.

@@ -175,3 +175,28 @@ fn gather_limits_default_to_a_million_rows_and_256_mib() {
         (10, 4096)
     );
 }
+
+#[test]
+fn reference_tables_parse_and_cannot_also_be_sharded() {
+    let text = format!(
+        "{MINIMAL}\n[[sharding.tables]]\nname = \"orders\"\n[[sharding.reference_tables]]\nname = \"plans\"\n[[sharding.reference_tables]]\nname = \"public.countries\"\n"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.sharding.reference_tables.len(), 2);
+    assert_eq!(c.sharding.reference_tables[1].name, "public.countries");
+    let both = format!("{text}[[sharding.reference_tables]]\nname = \"public.orders\"\n");
+    let e = load(&both).unwrap_err().to_string();
+    assert!(
+        e.contains("sharding.reference_tables[2].name")
+            && e.contains("both a reference table and a sharded table"),
+        "{e}"
+    );
+    let dup = format!("{text}[[sharding.reference_tables]]\nname = \"PLANS\"\n");
+    let e = load(&dup).unwrap_err().to_string();
+    assert!(e.contains("listed twice"), "{e}");
+    let bad = format!("{MINIMAL}\n[[sharding.reference_tables]]\nname = \"a.b.c\"\n");
+    assert!(load(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("not a table name"));
+}

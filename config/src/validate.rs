@@ -280,7 +280,57 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             return err(&key("key_column"), "must not be empty".into());
         }
     }
+    check_reference_tables(c)?;
     check_client_tls(&c.tls)
+}
+
+/// `[[sharding.reference_tables]]`: valid names, each once, none also sharded.
+fn check_reference_tables(c: &Config) -> Result<(), (String, String)> {
+    // (schema, table) lower-cased; an unqualified name matches a table in any schema.
+    fn split(name: &str) -> (Option<String>, String) {
+        let lower = name.trim().to_ascii_lowercase();
+        match lower.split_once('.') {
+            Some((s, t)) => (Some(s.to_owned()), t.to_owned()),
+            None => (None, lower),
+        }
+    }
+    fn same(a: &(Option<String>, String), b: &(Option<String>, String)) -> bool {
+        a.1 == b.1
+            && match (&a.0, &b.0) {
+                (Some(x), Some(y)) => x == y,
+                _ => true,
+            }
+    }
+    let sharded: Vec<_> = c.sharding.tables.iter().map(|t| split(&t.name)).collect();
+    let mut seen: Vec<(Option<String>, String)> = Vec::new();
+    for (i, t) in c.sharding.reference_tables.iter().enumerate() {
+        let key = format!("sharding.reference_tables[{i}].name");
+        let parts: Vec<&str> = t.name.split('.').collect();
+        if t.name.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err((
+                key,
+                format!(
+                    "`{}` is not a table name (`plans` or `schema.plans`)",
+                    t.name
+                ),
+            ));
+        }
+        let name = split(&t.name);
+        if let Some(j) = sharded.iter().position(|s| same(s, &name)) {
+            return Err((
+                key,
+                format!(
+                    "table `{}` is both a reference table and a sharded table (sharding.tables[{j}] `{}`): a table is either split by key or copied to every shard",
+                    t.name, c.sharding.tables[j].name
+                ),
+            ));
+        }
+        if seen.iter().any(|s| same(s, &name)) {
+            return Err((key, format!("reference table `{}` is listed twice", t.name)));
+        }
+        seen.push(name);
+    }
+    Ok(())
 }
 
 /// `[tls]`: `allow` and `require` need a certificate and its key, both readable.

@@ -6,7 +6,9 @@
 //! that applied it. Inside the client's transaction the statement is simply part of it.
 //!
 //! The client gets one answer, as from one PostgreSQL: the row counts of the shards' command
-//! tags added up, and RETURNING rows from every shard.
+//! tags added up, and RETURNING rows from every shard — except for a write to reference tables
+//! (`one_copy`), where every shard changed its own copy of the same rows: the first shard's
+//! answer is the client's.
 
 use bytes::BytesMut;
 use shardgate_wire::{backend, frontend, Frame};
@@ -32,6 +34,7 @@ pub(crate) async fn broadcast(
     request: &ScatterRequest,
     out: &mut BytesMut,
     in_transaction: bool,
+    one_copy: bool,
 ) -> Option<Lost> {
     let sql = match request {
         ScatterRequest::Simple { sql } => sql.clone(),
@@ -42,7 +45,7 @@ pub(crate) async fn broadcast(
     let messages = extended_messages(request);
     if in_transaction || members.len() == 1 {
         let outcomes = run_request(members, &sql, messages.as_ref()).await;
-        return answer(members, &outcomes, request, out, None);
+        return answer(members, &outcomes, request, out, None, one_copy);
     }
     if let Err(TxnError(e)) = run_everywhere(members, "BEGIN").await {
         rollback_all(members).await;
@@ -64,16 +67,16 @@ pub(crate) async fn broadcast(
             .map(|(m, _)| m.name.as_str())
             .collect();
         let applied = applied.join(", ");
-        return answer(members, &outcomes, request, out, Some(&applied));
+        return answer(members, &outcomes, request, out, Some(&applied), one_copy);
     }
     if !outcomes.iter().all(Outcome::ok) {
-        let lost = answer(members, &outcomes, request, out, None);
+        let lost = answer(members, &outcomes, request, out, None, one_copy);
         rollback_all(members).await;
         return lost;
     }
     let mode = shared.config().sharding.cross_shard_transactions;
     match commit_all(shared, members, mode).await {
-        Ok(()) => answer(members, &outcomes, request, out, None),
+        Ok(()) => answer(members, &outcomes, request, out, None, one_copy),
         Err(TxnError(e)) => {
             out.extend_from_slice(&e);
             None
@@ -111,6 +114,7 @@ fn answer(
     request: &ScatterRequest,
     out: &mut BytesMut,
     applied: Option<&str>,
+    one_copy: bool,
 ) -> Option<Lost> {
     let mut replies: Vec<&[Frame]> = Vec::with_capacity(outcomes.len());
     for (m, o) in members.iter().zip(outcomes) {
@@ -160,6 +164,30 @@ fn answer(
                 backend::write_no_data(out);
             }
         }
+    }
+    if one_copy {
+        // Identical copies: one shard's rows and count, not their sum. Copies that answered
+        // different counts have drifted apart: say so in the log.
+        let tags = |frames: &[Frame]| -> Vec<Frame> {
+            frames
+                .iter()
+                .filter(|f| f.tag() == backend::COMMAND_COMPLETE)
+                .cloned()
+                .collect()
+        };
+        if let Some((first, rest)) = replies.split_first() {
+            let want = tags(first);
+            for (m, other) in members.iter().skip(1).zip(rest) {
+                if tags(other)
+                    .iter()
+                    .map(Frame::body)
+                    .ne(want.iter().map(Frame::body))
+                {
+                    tracing::warn!(shard = %m.name, first = %members[0].name, "a write to a reference table changed a different number of rows on two shards: their copies differ (see `shardgate admin verify references`)");
+                }
+            }
+        }
+        replies.truncate(1);
     }
     combine(&replies, forward_parse, out);
     None

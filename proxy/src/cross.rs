@@ -45,7 +45,7 @@ impl Session {
         } else {
             many_shards_refusal(&plan)
         };
-        let request = match refusal
+        let mut request = match refusal
             .map_or_else(|| self.scatter_request(&batch, &plan), Err)
             .and_then(|r| gathered_row_limit(&plan, r))
         {
@@ -66,6 +66,16 @@ impl Session {
         let Some((mut conns, running)) = self.checkout_each(&batch, &shards, role).await? else {
             return Ok(None);
         };
+        let default = self.shared.topo().router.default_shard();
+        let at_default = shards.iter().position(|s| *s == default).unwrap_or(0);
+        if let Some(conn) = conns.get_mut(at_default) {
+            if let Err(e) = crate::reference::fill_insert(conn, &plan, &mut request).await {
+                *self.cancel.lock().await = None;
+                self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                self.io.flush().await?;
+                return Ok(None);
+            }
+        }
         // A broadcast's read-your-writes positions are taken per shard below.
         self.read_your_writes.set_may_have_written(false);
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
@@ -166,6 +176,7 @@ impl Session {
             request,
             &mut self.io.out,
             in_transaction,
+            plan.reference_write.is_some(),
         )
         .await)
     }
@@ -260,7 +271,7 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     ) -> Result<(), SessionError> {
-        let request = match many_shards_refusal(&plan)
+        let mut request = match many_shards_refusal(&plan)
             .map_or_else(|| self.scatter_request(batch, &plan), Err)
             .and_then(|r| gathered_row_limit(&plan, r))
         {
@@ -301,6 +312,19 @@ impl Session {
                 }
             };
             return self.end_many_in_transaction(failed);
+        }
+        // Per-shard defaults of a reference INSERT, evaluated on the default shard.
+        let default = self.shared.topo().router.default_shard();
+        let evaluator: &mut ServerConn = match taken.iter_mut().find(|p| p.shard == default) {
+            Some(p) => &mut p.conn,
+            None => server,
+        };
+        if let Err(e) = crate::reference::fill_insert(evaluator, &plan, &mut request).await {
+            for p in taken {
+                self.txn_shards.put(p);
+            }
+            self.fail_in_transaction(batch, &e);
+            return Ok(());
         }
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();

@@ -26,10 +26,19 @@ const USERS: i64 = 100;
 /// The sample schema, created on every shard. Every column but `user_id` has a default, so
 /// `insert into orders (user_id) values (7)` works; `order_id` is unique across shards because
 /// the proxy puts each shard's sequence on its id lane at start (before the sample rows go in).
+/// `plans` is a reference table: the same rows on every shard (a spare gets them when it is
+/// added), so each user's join with its plan runs on the user's shard.
 const SCHEMA: &str = "
+create table plans (
+    plan_id    int primary key,
+    name       text not null,
+    price      numeric(8,2) not null
+);
+insert into plans values (1, 'free', 0), (2, 'pro', 9.99), (3, 'team', 29.99);
 create table users (
     user_id    bigint primary key,
     name       text not null default 'user',
+    plan_id    int not null default 1 references plans (plan_id),
     created_at timestamptz not null default now()
 );
 create table orders (
@@ -261,7 +270,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         out,
-        "\nTables users and orders are sharded by user_id ({USERS} users with a few orders each). Try:\n"
+        "\nTables users and orders are sharded by user_id ({USERS} users with a few orders each); \
+         plans is a reference table, copied to every shard. Try:\n"
     );
     let _ = writeln!(
         out,
@@ -270,6 +280,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let _ = writeln!(
         out,
         "  select count(*) from orders;               -- cross-shard: every shard answers, merged"
+    );
+    let _ = writeln!(
+        out,
+        "  select u.name, p.name, p.price from users u join plans p using (plan_id) where u.user_id = 42;\n      -- one shard: {home_of_42} has its own copy of plans"
+    );
+    let _ = writeln!(
+        out,
+        "  update plans set price = 12.99 where plan_id = 2;   -- every shard, atomically"
     );
     let _ = writeln!(
         out,
@@ -452,6 +470,10 @@ name = "users"
 [[sharding.tables]]
 name = "orders"
 
+# A copy on every shard: reads go to any one shard, writes to all of them at once.
+[[sharding.reference_tables]]
+name = "plans"
+
 # The shard map changes with `shardgate admin shards add|remove`; it is kept here.
 [topology]
 state_file = "{state}"
@@ -495,8 +517,10 @@ fn sample_rows(router: &Router) -> Vec<UserRows> {
     const STATUSES: [&str; 3] = ["new", "paid", "shipped"];
     (1..=USERS)
         .map(|user| {
-            let mut sql =
-                format!("insert into users (user_id, name) values ({user}, 'user {user}');\n");
+            let mut sql = format!(
+                "insert into users (user_id, name, plan_id) values ({user}, 'user {user}', {});\n",
+                user % 3 + 1
+            );
             for i in 0..=(user % 3) {
                 let cents = (user * 7919 + i * 104_729) % 20_000 + 99;
                 let _ = writeln!(

@@ -25,6 +25,7 @@ mod pinning;
 mod pool_retire;
 mod prepared;
 mod read_your_writes;
+mod reference;
 mod relay;
 mod reload;
 mod replicas;

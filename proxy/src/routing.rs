@@ -559,6 +559,17 @@ fn cross_shard_strategy(
     format!("merge in the proxy ({})", how.join(", "))
 }
 
+/// For a read joining reference tables with sharded ones: that they do not widen the route.
+fn reference_note(plan: &Plan) -> String {
+    if plan.reference_tables.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; reference tables {} have a copy on every shard",
+        plan.reference_tables.join(", ")
+    )
+}
+
 /// Where `sql` would go, as (shard, role, keys, reason), for `SHARDGATE ROUTE` and
 /// `shardgate check --route`.
 pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>) -> [String; 4] {
@@ -601,14 +612,23 @@ pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>
                 "routing hint".to_owned()
             } else {
                 match &plan.placement {
+                    Placement::Default
+                        if !plan.reference_tables.is_empty() && !plan.unsharded_tables =>
+                    {
+                        format!(
+                            "only reference tables ({}): any one shard has them (the default shard; inside a transaction, the transaction's shard)",
+                            plan.reference_tables.join(", ")
+                        )
+                    }
                     Placement::Default if plan.sharded_tables.is_empty() => {
                         "no sharded table: default shard".to_owned()
                     }
                     Placement::Default => "default shard".to_owned(),
                     Placement::Keys { .. } => {
                         format!(
-                            "push down: the shard key of {} decides",
-                            plan.sharded_tables.join(", ")
+                            "push down: the shard key of {} decides{}",
+                            plan.sharded_tables.join(", "),
+                            reference_note(&plan)
                         )
                     }
                     Placement::AllShards => "single shard configured".to_owned(),
@@ -629,13 +649,19 @@ pub fn explain(router: &shardgate_router::Router, sql: &str, hint: Option<&Hint>
         Ok(Route::AllShards) => (
             names.join(","),
             match plan.kind {
+                _ if plan.reference_write.is_some() => format!(
+                    "{} on reference table {}: every shard at once, atomically (identical copies; the client gets one copy's answer)",
+                    if plan.kind == StatementKind::Ddl { "DDL" } else { "write" },
+                    plan.reference_write.as_ref().map(|w| w.tables.join(", ")).unwrap_or_default()
+                ),
                 StatementKind::Ddl => "DDL on a sharded table: every shard".to_owned(),
                 StatementKind::Write => {
                     "write without a shard key: every shard (keyless_writes = broadcast)".to_owned()
                 }
                 _ => format!(
-                    "no shard key: every shard; {}",
-                    cross_shard_strategy(&plan, router)
+                    "no shard key: every shard; {}{}",
+                    cross_shard_strategy(&plan, router),
+                    reference_note(&plan)
                 ),
             },
         ),

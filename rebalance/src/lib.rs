@@ -32,6 +32,7 @@ mod error;
 pub mod failpoints;
 mod plan;
 mod preflight;
+mod references;
 mod revert;
 mod runner;
 mod schema_copy;
@@ -53,6 +54,7 @@ use shardgate_topology::{
 };
 
 pub use error::EngineError;
+pub use references::{verify_references, ReferenceCopy, ReferenceTableCheck, ReferencesReport};
 pub use sequences::{
     apply_id_lanes, decode_unique_id, inspect_sequences, SequenceInfo, SequencesReport,
 };

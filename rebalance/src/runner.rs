@@ -119,6 +119,8 @@ async fn prepare(ctx: &Ctx, conns: &mut Conns) -> Result<(), Stop> {
         "copying the schema, installing fences, publications and subscriptions",
     )
     .await;
+    // Reference tables first: a sharded table's schema may have a foreign key to one.
+    super::references::copy_to_new_shards(ctx, conns).await?;
     // Tables missing on a target get the schema of a source that sends to it.
     for target in plan.targets() {
         let Some(source) = plan.moves_to(&target.name).next().map(|m| m.source.clone()) else {

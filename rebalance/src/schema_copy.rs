@@ -78,11 +78,78 @@ pub(crate) async fn copy(
     tables: &[&TablePlan],
     rb: &Rebalance,
 ) -> Result<(), String> {
+    let names: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
+    dump_restore(source, target, db, &names, "--schema-only", "", rb)
+        .await
+        .map_err(|e| {
+            format!(
+                "creating the sharded tables on shard {} database {db} from shard {}'s schema \
+                 failed: {e} (create the roles that own or are granted the sharded tables on the \
+                 target first)",
+                target.name, source.name
+            )
+        })
+}
+
+/// Creates `tables` (quoted qualified names: reference tables) on `target` from `source`'s
+/// schema.
+pub(crate) async fn schema_only(
+    source: &Shard,
+    target: &Shard,
+    db: &str,
+    tables: &[String],
+    rb: &Rebalance,
+) -> Result<(), String> {
+    dump_restore(source, target, db, tables, "--schema-only", "", rb)
+        .await
+        .map_err(|e| {
+            format!(
+                "creating reference tables {} on shard {} database {db} from shard {}'s schema failed: {e}",
+                tables.join(", "),
+                target.name,
+                source.name
+            )
+        })
+}
+
+/// Copies the rows of `tables` (quoted qualified names: reference tables) from `source` to
+/// `target` in one transaction of the target, after `prelude` (which empties the copies
+/// there). pg_dump reads every table in one snapshot, so the copy is of one moment.
+pub(crate) async fn copy_data(
+    source: &Shard,
+    target: &Shard,
+    db: &str,
+    tables: &[String],
+    prelude: &str,
+    rb: &Rebalance,
+) -> Result<(), String> {
+    dump_restore(source, target, db, tables, "--data-only", prelude, rb)
+        .await
+        .map_err(|e| {
+            format!(
+                "copying the rows of reference tables {} to shard {} database {db} from shard {} failed: {e}",
+                tables.join(", "),
+                target.name,
+                source.name
+            )
+        })
+}
+
+/// `pg_dump <mode> -t …` of `source` fed (after `prelude`) to `psql -1` on `target`.
+async fn dump_restore(
+    source: &Shard,
+    target: &Shard,
+    db: &str,
+    tables: &[String],
+    mode: &str,
+    prelude: &str,
+    rb: &Rebalance,
+) -> Result<(), String> {
     let pg_dump = find_tool("pg_dump").ok_or("pg_dump was not found")?;
     let psql = find_tool("psql").ok_or("psql was not found")?;
     let (suser, spass) = source.admin_login(rb);
     let mut dump = tokio::process::Command::new(&pg_dump);
-    dump.args(["--schema-only"])
+    dump.arg(mode)
         .arg("-h")
         .arg(&source.primary.host)
         .arg("-p")
@@ -93,7 +160,7 @@ pub(crate) async fn copy(
         .arg(db);
     for t in tables {
         // Quoted, so the pattern matches exactly this table.
-        dump.arg("-t").arg(t.qualified());
+        dump.arg("-t").arg(t);
     }
     login_env(&mut dump, &source.primary, spass);
     dump.kill_on_drop(true);
@@ -129,7 +196,8 @@ pub(crate) async fn copy(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", psql.display()))?;
     let mut stdin = child.stdin.take().ok_or("psql has no stdin")?;
-    let script = out.stdout;
+    let mut script = prelude.as_bytes().to_vec();
+    script.extend_from_slice(&out.stdout);
     let feed = async move {
         stdin.write_all(&script).await?;
         stdin.shutdown().await
@@ -144,11 +212,8 @@ pub(crate) async fn copy(
     let out = out.map_err(|e| format!("psql failed: {e}"))?;
     if !out.status.success() || fed.is_err() {
         return Err(format!(
-            "creating the sharded tables on shard {} database {db} from shard {}'s schema \
-             failed: {} (create the roles that own or are granted the sharded tables on the \
-             target first)",
+            "psql on shard {}: {}",
             target.name,
-            source.name,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }

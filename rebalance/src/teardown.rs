@@ -540,8 +540,10 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
             }
         }
     }
+    let mut references_note = None;
     if left.is_none() {
         crate::failpoint!("rebalance-before-done");
+        references_note = super::references::check_after_job(ctx, conns).await;
     }
     ctx.update_save(|j| {
         j.finished_ms = Some(now_ms());
@@ -549,7 +551,8 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
             None => {
                 j.phase = Phase::Done;
                 j.progress.message = format!(
-                    "done: version {to} is live and the moved rows are gone from the sources"
+                    "done: version {to} is live and the moved rows are gone from the sources{}",
+                    references_note.as_deref().unwrap_or("")
                 );
             }
             Some(e) => {

@@ -122,6 +122,8 @@ pub(crate) struct Analysis<'r> {
     pub tables: Vec<String>,
     /// A table that is not sharded is read (it lives on the default shard).
     pub unsharded_tables: bool,
+    /// Reference tables touched (copies on every shard), as written, lower-cased.
+    pub reference_tables: Vec<String>,
     pub key_type: Option<KeyType>,
     pub key_updates: Vec<KeyExpr>,
     pub multi_row_insert: bool,
@@ -170,6 +172,7 @@ impl<'r> Analysis<'r> {
             seen_refs: 0,
             tables: Vec::new(),
             unsharded_tables: false,
+            reference_tables: Vec::new(),
             key_type: None,
             key_updates: Vec::new(),
             multi_row_insert: false,
@@ -307,6 +310,14 @@ impl<'r> Analysis<'r> {
                     self.tables.push(display);
                 }
                 RelKind::Sharded(node, rule.key_column)
+            }
+            None if self.rules.lookup_reference(name) => {
+                // A copy on every shard: adds no placement of its own.
+                let display = parts.join(".");
+                if !self.reference_tables.contains(&display) {
+                    self.reference_tables.push(display);
+                }
+                RelKind::Other
             }
             None => {
                 self.unsharded_tables = true;

@@ -20,6 +20,8 @@ mod normalize;
 mod params;
 pub mod plan;
 mod planner;
+mod reference;
+mod reference_fill;
 pub mod ring;
 mod router;
 mod rules;
@@ -42,6 +44,8 @@ pub use plan::{
     Hint, KeyExpr, KeyValue, Placement, Plan, Refusal, RoleHint, ShardgateParam, ShardgateSetting,
     StatementKind,
 };
+pub use reference::{default_is_constant, ReferenceInsert, ReferenceWrite};
+pub use reference_fill::{fill_defaults, quote_ident, typed_literal, values_rows, FilledColumn};
 pub use ring::{Ring, RingError, ShardIndex};
 pub use router::{Route, RouteError, Router, RouterError};
 pub use shapes::QueryPlan;

@@ -137,7 +137,14 @@ pub struct Plan {
     /// Sharded tables the statement touches (as written, lower-cased), for messages.
     pub sharded_tables: Vec<String>,
     /// The statement reads a table that is not sharded (so lives on the default shard).
+    /// Reference tables do not count: every shard has them.
     pub unsharded_tables: bool,
+    /// Reference tables the statement touches (as written, lower-cased): they add no
+    /// placement, so a read of reference tables alone runs on any one shard.
+    pub reference_tables: Vec<String>,
+    /// A write or DDL on reference tables: it runs on every shard (`placement` is
+    /// `AllShards`) and the client gets one copy's answer.
+    pub reference_write: Option<crate::reference::ReferenceWrite>,
     /// For a cross-shard read that cannot be merged correctly: the feature that prevents it
     /// (e.g. "DISTINCT across shards"), reported as 0A000.
     pub unsupported_cross_shard: Option<String>,
@@ -199,6 +206,8 @@ impl Plan {
             role_hint: None,
             sharded_tables: Vec::new(),
             unsharded_tables: false,
+            reference_tables: Vec::new(),
+            reference_write: None,
             unsupported_cross_shard: None,
             statement_count: 1,
             refusal: None,

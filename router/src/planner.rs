@@ -24,6 +24,7 @@ use crate::hints::find_hints;
 use crate::keys::union;
 use crate::merge::{merge_spec, MergeSpec};
 use crate::plan::{KeyExpr, Placement, Plan, Refusal, StatementKind};
+use crate::reference::{place_reference_ddl, place_reference_write, refuse_one_copy_writes};
 use crate::rules::norm;
 use crate::text::{code_tokens, leading_words, split_statements, TokKind};
 
@@ -178,6 +179,7 @@ impl Planner {
                 if plan.refusal.is_none() && plan.unsupported_cross_shard.is_none() {
                     plan.insert_rows = rows.map(std::sync::Arc::new);
                 }
+                place_reference_write(&self.rules, &mut plan, st);
                 if let (Statement::Query(q), StatementKind::Read { .. }) = (st, &plan.kind) {
                     let spec = merge_spec(q);
                     if let (SetExpr::SetOperation { .. }, Err(reason)) = (&*q.body, &spec) {
@@ -235,6 +237,7 @@ impl Planner {
             }
             _ => {}
         }
+        refuse_one_copy_writes(&self.rules, &mut plan, st);
         if always_one_shard(&plan.placement) {
             plan.unsupported_cross_shard = None;
             plan.merge = None;
@@ -341,6 +344,7 @@ impl Planner {
         }
         plan.sharded_tables = an.tables;
         plan.unsharded_tables = an.unsharded_tables;
+        plan.reference_tables = an.reference_tables;
         plan.key_type = an.key_type;
         plan.key_updates = an.key_updates;
     }
@@ -470,6 +474,7 @@ impl Planner {
                 plan.placement = Placement::AllShards;
             }
         }
+        place_reference_ddl(&self.rules, plan, &names);
     }
 }
 
@@ -559,6 +564,14 @@ fn combine(mut plans: Vec<Plan>) -> Plan {
             }
         };
         out.unsharded_tables |= p.unsharded_tables;
+        for t in p.reference_tables {
+            if !out.reference_tables.contains(&t) {
+                out.reference_tables.push(t);
+            }
+        }
+        if out.reference_write.is_none() {
+            out.reference_write = p.reference_write;
+        }
         for t in p.sharded_tables {
             if !out.sharded_tables.contains(&t) {
                 out.sharded_tables.push(t);

@@ -286,6 +286,9 @@ impl Router {
         params: &BoundParams<'_>,
         session_hint: Option<&Hint>,
     ) -> Result<Route, RouteError> {
+        // A write to reference tables keeps every copy: a session hint (meant for sharded
+        // rows) does not narrow it; a hint in its own text does (to repair one copy).
+        let session_hint = session_hint.filter(|_| plan.reference_write.is_none());
         let hint = plan.hint.as_ref().or(session_hint);
         if let Some(r) = &plan.refusal {
             if !(r.hint_overrides && hint.is_some()) {
@@ -380,7 +383,10 @@ impl Router {
                 Some("restrict the statement to one shard with its shard key, or add a /* shardgate: shard=… */ hint".into()),
             ));
         }
-        let keyless_write = plan.kind == StatementKind::Write && *route == Route::AllShards;
+        // A write to reference tables runs on every shard by design.
+        let keyless_write = plan.kind == StatementKind::Write
+            && *route == Route::AllShards
+            && plan.reference_write.is_none();
         if keyless_write && self.keyless_writes == KeylessWrites::Refuse {
             let table = plan.sharded_tables.first().map_or("", String::as_str);
             let key = self

@@ -74,6 +74,8 @@ pub(crate) struct TableRule {
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
     pub tables: Vec<TableRule>,
+    /// Reference tables as (schema, table), folded; `None` schema matches any.
+    pub references: Vec<(Option<String>, String)>,
 }
 
 impl Rules {
@@ -103,7 +105,39 @@ impl Rules {
                 key_type: t.key_type.unwrap_or(s.key_type),
             });
         }
-        Ok(Rules { tables })
+        let mut references = Vec::new();
+        for t in &s.reference_tables {
+            let mut parts = config_parts(&t.name);
+            let name = parts.pop().unwrap_or_default();
+            if name.is_empty() || parts.len() > 1 || parts.iter().any(String::is_empty) {
+                return Err(format!(
+                    "reference table name `{}` is not `table` or `schema.table`",
+                    t.name
+                ));
+            }
+            references.push((parts.pop(), name));
+        }
+        Ok(Rules { tables, references })
+    }
+
+    /// Whether a table reference names a reference table (and no sharded table: those win).
+    pub(crate) fn lookup_reference(&self, name: &ObjectName) -> bool {
+        if self.references.is_empty() || self.lookup(name).is_some() {
+            return false;
+        }
+        let parts = name_parts(name);
+        let (table, schema) = match parts.as_slice() {
+            [.., s, t] => (t, Some(s)),
+            [t] => (t, None),
+            [] => return false,
+        };
+        self.references.iter().any(|(rs, rt)| {
+            rt == table
+                && match (rs, schema) {
+                    (Some(rs), Some(s)) => rs == s,
+                    _ => true,
+                }
+        })
     }
 
     /// The key column of a sharded table named as in [`crate::plan::Plan::sharded_tables`].

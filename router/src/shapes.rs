@@ -162,6 +162,8 @@ impl Router {
             && original.role_hint == shaped.role_hint
             && original.sharded_tables == shaped.sharded_tables
             && original.unsharded_tables == shaped.unsharded_tables
+            && original.reference_tables == shaped.reference_tables
+            && original.reference_write == shaped.reference_write
             && original.unsupported_cross_shard == shaped.unsupported_cross_shard
             && original.refusal == shaped.refusal
             && original.key_type == shaped.key_type;

@@ -109,9 +109,9 @@ struct ParamTok {
 }
 
 /// Where the rows and parameters of an INSERT's text are.
-struct Layout {
+pub(crate) struct Layout {
     /// Each VALUES row, from its `(` to its `)` included.
-    rows: Vec<Range<usize>>,
+    pub(crate) rows: Vec<Range<usize>>,
     /// Every parameter, in text order.
     params: Vec<ParamTok>,
     /// For each row, its parameters: a range of `params`.
@@ -129,7 +129,7 @@ enum State {
 impl Layout {
     /// One lexer pass: the first `VALUES` at parenthesis depth 0, then its rows (`(…)` separated
     /// by commas, comments allowed between them) until the first other token.
-    fn of(sql: &str) -> Result<Layout, RouteError> {
+    pub(crate) fn of(sql: &str) -> Result<Layout, RouteError> {
         let mut rows = Vec::new();
         let mut params = Vec::new();
         let mut state = State::BeforeValues;

@@ -581,7 +581,12 @@ async fn generated_corpus_matches_one_postgresql() {
     .map(|r| r.expect("join"))
     .collect();
     let (reference, shards) = clusters.split_first().expect("clusters");
-    let config = common::sharded_config(shards, &["users", "orders", "items"], "");
+    // plans is configured as a reference table: its reads and joins take that path.
+    let config = common::sharded_config(
+        shards,
+        &["users", "orders", "items"],
+        "[[sharding.reference_tables]]\nname = \"plans\"\n",
+    );
     let router = Router::new(&config).expect("router");
     let all = rows();
     let direct = connect_to(reference.port()).await;

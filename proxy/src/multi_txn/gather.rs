@@ -41,8 +41,9 @@ impl Session {
         plan: &Plan,
     ) -> Result<Gathered, SessionError> {
         let default = self.shared.topo().router.default_shard();
-        if plan.unsharded_tables {
-            // Did this transaction write where the unsharded tables live?
+        if plan.unsharded_tables || !plan.reference_tables.is_empty() {
+            // Did this transaction write where the unsharded tables (and the coordinator's
+            // copy of reference tables) live?
             let mut waiting = self.txn_shards.take(default);
             let conn: Option<&mut ServerConn> = if self.shard == default {
                 Some(&mut **server)

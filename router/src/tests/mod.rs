@@ -2,6 +2,7 @@
 //! functions are proven against PostgreSQL elsewhere).
 
 mod plans;
+mod references;
 mod routes;
 mod shapes;
 mod split_props;
