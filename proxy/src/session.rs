@@ -14,6 +14,7 @@ use shardgate_wire::{frontend, sqlstate, Frame};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::boundary::{ends_batch, Boundary};
 use crate::cancel::CancelSlot;
 use crate::checkout::PoolCache;
 use crate::control::CountGuard;
@@ -728,33 +729,6 @@ impl Session {
         }
     }
 
-    /// Inside a multi-shard transaction, after an Execute of a pipelined batch: whether the
-    /// batch's next statement (its messages up to its Bind or Query, in `rest`) belongs on
-    /// another shard. If so the statements sent so far are flushed, to be answered before the
-    /// session switches.
-    fn next_statement_elsewhere(&mut self, rest: &[Frame], status: TransactionStatus) -> bool {
-        if self.replies.refusing() {
-            return false;
-        }
-        let Some(end) = rest.iter().position(|f| {
-            matches!(f.tag(), frontend::BIND | frontend::QUERY) || ends_batch(f.tag())
-        }) else {
-            return false;
-        };
-        if !self.needs_txn_shards(&rest[..=end], status) {
-            return false;
-        }
-        self.flush_statements_before_switch();
-        true
-    }
-
-    /// The statements of a pipelined batch sent so far are answered only at a Flush or Sync,
-    /// which the client sends later: a Flush of the proxy's own gets their replies before the
-    /// session switches to another shard for the batch's next statement.
-    fn flush_statements_before_switch(&mut self) {
-        frontend::write_message(&mut self.to_server, frontend::FLUSH, |_| {});
-    }
-
     /// The server connection broke while attached: the client is answered for every request
     /// it waits for (see [`Session::server_lost`]; an error when it cannot keep its session),
     /// and the connection is not used again.
@@ -828,36 +802,6 @@ enum Detach {
     /// The parked batch of the client's transaction needs other shards (`multi_txn`); the
     /// connection stays in the transaction.
     OtherShards,
-}
-
-/// Where a client message leaves its request stream (see `Session::boundary`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Boundary {
-    /// Between batches.
-    Request,
-    /// Between the statements of a pipelined batch (after an Execute).
-    Statement,
-    Inside,
-}
-
-impl Boundary {
-    fn after(tag: u8) -> Boundary {
-        if ends_batch(tag) {
-            Boundary::Request
-        } else if tag == frontend::EXECUTE {
-            Boundary::Statement
-        } else {
-            Boundary::Inside
-        }
-    }
-}
-
-/// Messages after which the client waits for replies: the end of a batch.
-fn ends_batch(tag: u8) -> bool {
-    matches!(
-        tag,
-        frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL | frontend::FLUSH
-    )
 }
 
 pub(crate) async fn sleep_or_forever(d: Duration) {

@@ -17,6 +17,7 @@ mod commit;
 mod control;
 pub(crate) mod fanout;
 mod gather;
+mod pipeline;
 mod run;
 
 pub(crate) use commit::commit_all;
