@@ -314,6 +314,23 @@ impl Session {
             });
         }
         let here = self.shard;
+        if self.txn.status() == TransactionStatus::Idle
+            && !matches!(route, Route::Shard(s) if s == here)
+        {
+            // No transaction block: the statements of one batch (up to its Sync) are one
+            // implicit transaction, which runs on one shard.
+            return Err(feature_error(
+                format!(
+                    "the statements of one pipelined batch run as one implicit transaction on shard {}, but this statement belongs to {}",
+                    self.shard_name(here),
+                    match route {
+                        Route::Shard(s) => format!("shard {}", self.shard_name(s)),
+                        _ => "several shards".to_owned(),
+                    }
+                ),
+                "wrap the batch in BEGIN … COMMIT (each statement then runs on its own shard, committed together), or end each statement with its own Sync",
+            ));
+        }
         match route {
             Route::Shard(s) if s == here => Ok(()),
             Route::Shard(s) => Err(feature_error(

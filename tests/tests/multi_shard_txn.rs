@@ -722,6 +722,11 @@ async fn a_pipelined_batch_over_several_shards_is_all_or_nothing() {
     let replies = client.send_and_read(&batch).await;
     let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
     let failed = replies.iter().any(|m| m.tag == b'E');
+    if let Some(e) = replies.iter().find(|m| m.tag == b'E') {
+        let message = e.field(b'M').unwrap_or_default();
+        assert!(message.contains("implicit transaction"), "{message}");
+        assert!(e.field(b'H').unwrap_or_default().contains("BEGIN"), "{e:?}");
+    }
     let (after_a, after_b) = (
         balance_on_shard(&env, a).await,
         balance_on_shard(&env, b).await,
