@@ -6,6 +6,7 @@
 
 mod duration;
 mod schema;
+mod sharding;
 mod timeouts;
 mod validate;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::{format_duration, parse_duration};
 pub use schema::*;
+pub use sharding::*;
 pub use timeouts::Timeouts;
 pub use validate::check_shard_name;
 

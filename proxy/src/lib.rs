@@ -13,6 +13,7 @@ mod checkout;
 mod control;
 mod copy_split;
 mod cross;
+mod detached;
 mod encoding;
 mod fence;
 mod gather;

@@ -86,6 +86,28 @@ async fn copy_in(client: &tokio_postgres::Client, sql: &str, data: Vec<u8>) -> u
     sink.finish().await.expect("copy done")
 }
 
+/// A COPY of `data` the server must fail: its error (from the data's send or the finish).
+async fn copy_in_fails(client: &tokio_postgres::Client, data: Vec<u8>) -> tokio_postgres::Error {
+    let sink = client
+        .copy_in::<_, Bytes>("copy orders from stdin")
+        .await
+        .expect("copy in");
+    futures_util::pin_mut!(sink);
+    match sink.send(Bytes::from(data)).await {
+        Ok(()) => sink.finish().await.expect_err("the COPY fails"),
+        Err(e) => e,
+    }
+}
+
+/// Rows of `orders` on all shards together.
+async fn orders_on_shards(env: &ShardedEnv) -> i64 {
+    placement(env, "orders", "user_id")
+        .await
+        .iter()
+        .map(|p| p.0)
+        .sum()
+}
+
 async fn truncate(env: &ShardedEnv) {
     for i in 0..env.shards.len() {
         env.connect_shard(i)
@@ -217,27 +239,11 @@ async fn a_failed_copy_leaves_no_shard_with_rows() {
         data.extend_from_slice(format!("{i}\t{i}\tok\t1\n").as_bytes());
     }
     data.extend_from_slice(b"5000\tnot-a-key\tbad\t1\n");
-    let sink = client
-        .copy_in::<_, Bytes>("copy orders from stdin")
-        .await
-        .unwrap();
-    futures_util::pin_mut!(sink);
-    let sent = sink.send(Bytes::from(data)).await;
-    let e = match sent {
-        Ok(()) => sink.finish().await.expect_err("bad key"),
-        Err(e) => e,
-    };
+    let e = copy_in_fails(&client, data).await;
     let db = e.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "22P02", "{db:?}");
     assert!(db.message().contains("line 5001"), "{}", db.message());
-    assert_eq!(
-        placement(&env, "orders", "user_id")
-            .await
-            .iter()
-            .map(|p| p.0)
-            .sum::<i64>(),
-        0
-    );
+    assert_eq!(orders_on_shards(&env).await, 0);
 
     // A row one shard refuses (a CHECK violation) rolls every shard back.
     let mut data = Vec::new();
@@ -245,22 +251,9 @@ async fn a_failed_copy_leaves_no_shard_with_rows() {
         let amount = if i == 4_321 { -1 } else { 1 };
         data.extend_from_slice(format!("{i}\t{i}\tok\t{amount}\n").as_bytes());
     }
-    let sink = client
-        .copy_in::<_, Bytes>("copy orders from stdin")
-        .await
-        .unwrap();
-    futures_util::pin_mut!(sink);
-    sink.send(Bytes::from(data)).await.unwrap();
-    let e = sink.finish().await.expect_err("check violation");
+    let e = copy_in_fails(&client, data).await;
     assert_eq!(e.as_db_error().unwrap().code().code(), "23514", "{e:?}");
-    assert_eq!(
-        placement(&env, "orders", "user_id")
-            .await
-            .iter()
-            .map(|p| p.0)
-            .sum::<i64>(),
-        0
-    );
+    assert_eq!(orders_on_shards(&env).await, 0);
 
     // The client gives up (CopyFail): nothing stays.
     {

@@ -63,7 +63,17 @@ impl Outcome {
 }
 
 pub(crate) async fn run_one(conn: &mut ServerConn, sql: &str) -> Outcome {
-    match tokio::time::timeout(CONTROL_TIMEOUT, conn.query_frames(sql)).await {
+    let replies = tokio::time::timeout(CONTROL_TIMEOUT, conn.query_frames(sql)).await;
+    outcome(conn, replies)
+}
+
+/// A statement's replies (read within the control timeout) as its outcome; a connection that
+/// did not answer in time is closed.
+fn outcome(
+    conn: &mut ServerConn,
+    replies: Result<Result<Vec<Frame>, ServerError>, tokio::time::error::Elapsed>,
+) -> Outcome {
+    match replies {
         Ok(Ok(frames)) => match frames.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
             Some(e) => Outcome::Refused(e.clone()),
             None => Outcome::Done(frames),
@@ -188,17 +198,6 @@ pub(crate) async fn run_messages(conn: &mut ServerConn, messages: &[u8]) -> Outc
             }
         }
     };
-    match tokio::time::timeout(CONTROL_TIMEOUT, run).await {
-        Ok(Ok(frames)) => match frames.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
-            Some(e) => Outcome::Refused(e.clone()),
-            None => Outcome::Done(frames),
-        },
-        Ok(Err(e)) => Outcome::Lost(e),
-        Err(_) => {
-            conn.mark_broken();
-            Outcome::Lost(ServerError::Protocol(format!(
-                "no answer within {CONTROL_TIMEOUT:?}"
-            )))
-        }
-    }
+    let replies = tokio::time::timeout(CONTROL_TIMEOUT, run).await;
+    outcome(conn, replies)
 }

@@ -1,0 +1,100 @@
+//! The session between requests, holding no server connection: reading the client's next
+//! batch (with the idle and shutdown timeouts), and answering a batch that cannot get one.
+
+use shardgate_wire::{frontend, sqlstate, Frame};
+
+use crate::boundary::ends_batch;
+use crate::session::{sleep_or_forever, Session};
+use crate::SessionError;
+
+/// Messages buffered while detached before the proxy takes a connection anyway.
+const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
+
+impl Session {
+    /// Waits for the client's next unit of work while holding no server connection.
+    pub(crate) async fn read_detached_batch(
+        &mut self,
+        initial: Vec<Frame>,
+    ) -> Result<Option<Vec<Frame>>, SessionError> {
+        if initial.last().is_some_and(|f| ends_batch(f.tag())) {
+            return Ok(Some(initial));
+        }
+        let mut bytes = initial.iter().map(Frame::len).sum();
+        let mut batch = initial;
+        let idle_timeout = self.shared.config().listen.client_idle_timeout;
+        loop {
+            self.io.flush().await?;
+            let frame = tokio::select! {
+                f = self.io.read_frame() => f?,
+                _ = sleep_or_forever(idle_timeout), if batch.is_empty() => {
+                    self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
+                    return Err(SessionError::IdleTimeout);
+                }
+                _ = self.shutdown.changed(), if batch.is_empty() => {
+                    self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
+                    return Err(SessionError::Shutdown);
+                }
+            };
+            let Some(frame) = frame else { return Ok(None) };
+            if self.replies.skipping() {
+                if frame.tag() == frontend::SYNC {
+                    self.replies.stop_skipping();
+                    self.io.push_ready(self.txn.status());
+                }
+                continue;
+            }
+            match frame.tag() {
+                frontend::TERMINATE => return Ok(None),
+                // Nothing pending: a lone Sync is answered here without a server.
+                frontend::SYNC if batch.is_empty() => self.io.push_ready(self.txn.status()),
+                // Parses of statements a server already accepted need no server connection.
+                frontend::SYNC if self.answer_parses_locally(&batch) => {
+                    batch.clear();
+                    bytes = 0;
+                }
+                frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC | frontend::FLUSH => {
+                    batch.push(frame);
+                    return Ok(Some(batch));
+                }
+                frontend::PARSE
+                | frontend::BIND
+                | frontend::DESCRIBE
+                | frontend::EXECUTE
+                | frontend::CLOSE => {
+                    bytes += frame.len();
+                    batch.push(frame);
+                    if bytes > MAX_DETACHED_BATCH_BYTES {
+                        return Ok(Some(batch));
+                    }
+                }
+                // COPY messages outside a COPY are ignored, as the server does.
+                frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {}
+                other => {
+                    let msg = format!("invalid frontend message type {}", other as char);
+                    self.io
+                        .fatal(sqlstate::PROTOCOL_VIOLATION, &msg, None)
+                        .await;
+                    return Err(SessionError::Protocol(msg));
+                }
+            }
+        }
+    }
+
+    /// Answers a batch that could not get a server connection: one error, then the client's
+    /// messages up to Sync are skipped as after any error.
+    pub(crate) fn fail_batch(
+        &mut self,
+        batch: &[Frame],
+        code: &str,
+        msg: &str,
+        hint: Option<&str>,
+    ) {
+        self.io.push_error(code, msg, hint);
+        match batch.last().map(|f| f.tag()) {
+            Some(frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC) => {
+                self.io.push_ready(self.txn.status())
+            }
+            _ => self.replies.skip_rest_of_batch(),
+        }
+    }
+}
