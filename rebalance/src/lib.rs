@@ -196,7 +196,7 @@ impl Rebalancer {
                 "choose another name",
             ));
         }
-        let bad = |what: &str, e: String| {
+        let bad = |what: &str, e: dsn::DsnError| {
             error(
                 400,
                 "bad_request",
@@ -312,7 +312,10 @@ impl Rebalancer {
             plan: None,
         };
         let plan = Plan::build(&job, &config).map_err(|e| {
-            preflight::refuse(e, "fix [sharding] or [rebalance] in the config and reload")
+            preflight::refuse(
+                e.to_string(),
+                "fix [sharding] or [rebalance] in the config and reload",
+            )
         })?;
         preflight::check(&plan, &config).await?;
         job.heartbeat_ms = now_ms();
