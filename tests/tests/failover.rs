@@ -1,0 +1,419 @@
+//! Following a primary failover without a restart: one shard with a primary and two streaming
+//! replicas under a read/write workload; a replica is promoted and the old primary stopped;
+//! writes resume on the promoted host, the other replica is re-pointed by the test as an
+//! operator would, no acknowledged write is lost, and the old primary coming back as a primary
+//! is fenced (no writes, `/ready` warning, metric) until the operator names the hosts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{admin_http, connect, init_logs, wait_for, DB, PASSWORD, USER};
+use shardgate_admin::control::ControlPlane;
+use shardgate_config::Config;
+use shardgate_tests::{Auth, ClusterOptions, PgCluster};
+
+/// Every statement of the workload and of the checks is bounded by this.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A superuser connection straight to `c`.
+async fn superuser(c: &PgCluster) -> tokio_postgres::Client {
+    connect(&format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname={DB} connect_timeout=5",
+        c.port(),
+        c.superuser_password()
+    ))
+    .await
+}
+
+/// One value of a query run directly on `c`, as text.
+async fn direct_value(c: &PgCluster, sql: &str) -> Option<String> {
+    let client = superuser(c).await;
+    let rows = tokio::time::timeout(STATEMENT_TIMEOUT, client.simple_query(sql))
+        .await
+        .ok()?
+        .ok()?;
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+async fn try_connect(conn_str: &str) -> Option<tokio_postgres::Client> {
+    let (client, connection) = tokio::time::timeout(
+        STATEMENT_TIMEOUT,
+        tokio_postgres::connect(conn_str, tokio_postgres::NoTls),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Some(client)
+}
+
+/// Writes rows with increasing ids through the proxy, recording the ones acknowledged, and
+/// reads alongside, until `stop`.
+struct Workload {
+    acked: Arc<Mutex<Vec<i64>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    fn start(conn_str: String) -> Workload {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (acked, stop, conn_str) = (Arc::clone(&acked), Arc::clone(&stop), conn_str.clone());
+            tokio::spawn(async move {
+                let mut client = None;
+                let mut id = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    if client
+                        .as_ref()
+                        .is_none_or(tokio_postgres::Client::is_closed)
+                    {
+                        client = try_connect(&conn_str).await;
+                    }
+                    let Some(c) = &client else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    id += 1;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                    let insert = c.execute("INSERT INTO items VALUES ($1, 'w')", &params);
+                    match tokio::time::timeout(STATEMENT_TIMEOUT, insert).await {
+                        Ok(Ok(1)) => acked.lock().unwrap().push(id),
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        // A write stuck on a primary that lost its standby: not acknowledged.
+                        Err(_) => client = None,
+                    }
+                }
+            })
+        };
+        let reader = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut client = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if client
+                        .as_ref()
+                        .is_none_or(tokio_postgres::Client::is_closed)
+                    {
+                        client = try_connect(&conn_str).await;
+                    }
+                    if let Some(c) = &client {
+                        let read = c.query_one("SELECT count(*) FROM items", &[]);
+                        if tokio::time::timeout(STATEMENT_TIMEOUT, read).await.is_err() {
+                            client = None;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        Workload {
+            acked,
+            stop,
+            tasks: vec![writer, reader],
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn stop(self) -> Vec<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        acked
+    }
+}
+
+/// Runs blocking `f` on a cluster off the async threads.
+async fn blocking(mut c: PgCluster, f: impl FnOnce(&mut PgCluster) + Send + 'static) -> PgCluster {
+    tokio::task::spawn_blocking(move || {
+        f(&mut c);
+        c
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_a_promoted_replica_and_the_old_primary_is_fenced() {
+    init_logs();
+    let metrics = shardgate_admin::metrics::install();
+    let (primary, mut replicas) = tokio::task::spawn_blocking(|| {
+        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+            .expect("start primary");
+        p.create_database(DB, USER).expect("create database");
+        p.psql_as(
+            USER,
+            PASSWORD,
+            DB,
+            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
+        )
+        .expect("schema");
+        // The monitor reads which timeline a standby follows from pg_stat_wal_receiver.
+        p.psql(DB, "GRANT pg_read_all_stats TO app").expect("grant");
+        let r: Vec<PgCluster> = (0..2)
+            .map(|_| p.start_replica().expect("start replica"))
+            .collect();
+        // A commit is acknowledged once both standbys have it: whichever is promoted has every
+        // acknowledged write (set after the base backups, so the replicas do not inherit it).
+        p.psql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (*)'; \
+             ALTER SYSTEM SET synchronous_commit = on; SELECT pg_reload_conf()",
+        )
+        .expect("synchronous replication");
+        (p, r)
+    })
+    .await
+    .expect("join");
+    let (old_port, new_port, other_port) = (primary.port(), replicas[0].port(), replicas[1].port());
+    let text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[pool]
+size = 10
+checkout_timeout = "5s"
+connect_timeout = "2s"
+
+[replicas]
+check_interval = "200ms"
+failover_detect = "2s"
+ban_initial = "200ms"
+ban_max = "1s"
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = {old_port} }}
+replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", port = {other_port} }}]
+"#
+    );
+    let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid config");
+    let proxy = shardgate_proxy::start(config).await.expect("start proxy");
+    let control = proxy.control(None);
+    let admin = shardgate_admin::AdminServer::start(
+        control.clone(),
+        &shardgate_config::Admin {
+            listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("admin server");
+    let admin_port = admin.addr().port();
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
+        proxy.addr().port()
+    );
+    let ctl = &control;
+    let in_rotation = move |port: u16| {
+        ctl.replicas()
+            .into_iter()
+            .any(|r| r.host.ends_with(&format!(":{port}")) && r.in_rotation)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            in_rotation(new_port) && in_rotation(other_port)
+        })
+        .await,
+        "both replicas in rotation: {:?}",
+        control.replicas()
+    );
+
+    let workload = Workload::start(conn_str.clone());
+    let w = &workload;
+    assert!(
+        wait_for(Duration::from_secs(10), || async move { w.acked() >= 20 }).await,
+        "the workload writes"
+    );
+
+    // The failover, as an operator (or an orchestrator) does it.
+    let promoted = direct_value(&replicas[0], "SELECT pg_promote(true, 30)").await;
+    assert_eq!(promoted.as_deref(), Some("t"), "replica promoted");
+    let mut primary = blocking(primary, |p| p.stop().expect("stop the old primary")).await;
+    let acked_at_stop = workload.acked();
+    // Writes succeed again, without a restart (a deadline, not a speed assertion).
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            w.acked() > acked_at_stop + 5
+        })
+        .await,
+        "writes resumed on the promoted replica: {:?}",
+        control.shards()
+    );
+    let shard = control.shards().remove(0);
+    assert_eq!(shard.primary, format!("127.0.0.1:{new_port}"), "{shard:?}");
+    assert_eq!(
+        shard.configured_primary,
+        Some(format!("127.0.0.1:{old_port}"))
+    );
+
+    // The other replica: pointed at the new primary (or it leaves the rotation).
+    let other = superuser(&replicas[1]).await;
+    other
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={new_port} user=postgres \
+             password={}'",
+            replicas[1].superuser_password()
+        ))
+        .await
+        .expect("re-point the other replica");
+    other
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload the other replica");
+    let new_timeline = direct_value(
+        &replicas[0],
+        "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+    )
+    .await
+    .expect("the new primary's timeline");
+    let (r1, timeline) = (&replicas[1], &new_timeline);
+    let follows = wait_for(Duration::from_secs(10), || async move {
+        direct_value(r1, "SELECT received_tli FROM pg_stat_wal_receiver")
+            .await
+            .is_some_and(|t| &t == timeline)
+    })
+    .await;
+    if follows {
+        assert!(
+            wait_for(Duration::from_secs(10), || async move {
+                in_rotation(other_port)
+            })
+            .await,
+            "the re-pointed replica serves reads again: {:?}",
+            control.replicas()
+        );
+    } else {
+        // It forked off the old timeline past the promotion point (it needs pg_rewind).
+        assert!(!in_rotation(other_port), "{:?}", control.replicas());
+    }
+    eprintln!(
+        "other replica follows the new primary: {follows}; replicas: {:?}",
+        control.replicas()
+    );
+
+    let acked = workload.stop().await;
+    let on_new: BTreeSet<i64> = superuser(&replicas[0])
+        .await
+        .query("SELECT id FROM items", &[])
+        .await
+        .expect("read the new primary")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !on_new.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    // The old primary comes back as a primary (split brain): fenced, it gets no writes.
+    primary = blocking(primary, |p| p.restart().expect("restart the old primary")).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            ctl.shards()[0].fenced == vec![format!("127.0.0.1:{old_port}")]
+        })
+        .await,
+        "the old primary is fenced: {:?}",
+        control.shards()
+    );
+    let rows_on_old = direct_value(&primary, "SELECT count(*) FROM items").await;
+    let c = connect(&conn_str).await;
+    for id in 1_000_000..1_000_010i64 {
+        c.execute("INSERT INTO items VALUES ($1, 'after')", &[&id])
+            .await
+            .expect("write after the fence");
+    }
+    assert_eq!(
+        direct_value(&primary, "SELECT count(*) FROM items").await,
+        rows_on_old,
+        "the fenced old primary received no writes"
+    );
+    let (status, ready) =
+        tokio::task::spawn_blocking(move || admin_http(admin_port, "GET", "/ready"))
+            .await
+            .expect("join");
+    eprintln!("GET /ready -> {status} {ready}");
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("fenced"), "{ready}");
+    let (_, text) = tokio::task::spawn_blocking(move || admin_http(admin_port, "GET", "/metrics"))
+        .await
+        .expect("join");
+    let fence_metric =
+        format!("shardgate_fenced_hosts{{shard=\"s0\",host=\"127.0.0.1:{old_port}\"}} 1");
+    assert!(
+        text.lines().any(|l| l == fence_metric),
+        "{fence_metric} in {}",
+        text.lines()
+            .filter(|l| l.contains("fenced") || l.contains("failover"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(metrics);
+
+    // The operator confirms the failover: the promoted host is named primary, the old one
+    // leaves the list (it needs pg_rewind before it can be a replica).
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let args = shardgate_admin::cli::AdminArgs {
+            url: format!("http://127.0.0.1:{admin_port}"),
+            token: None,
+            json: false,
+            command: shardgate_admin::cli::AdminCommand::Shards(
+                shardgate_admin::cli::ShardsCommand::Hosts {
+                    name: "s0".into(),
+                    primary: format!("127.0.0.1:{new_port}"),
+                    replicas: vec![format!("127.0.0.1:{other_port}")],
+                },
+            ),
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = shardgate_admin::cli::run_with(&args, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err),
+        )
+    })
+    .await
+    .expect("join");
+    eprintln!("shardgate admin shards hosts -> {out}");
+    assert_eq!(code, 0, "{out}");
+    let shard = control.shards().remove(0);
+    assert_eq!(shard.primary, format!("127.0.0.1:{new_port}"));
+    assert_eq!(shard.configured_primary, None, "{shard:?}");
+    assert!(shard.fenced.is_empty(), "{shard:?}");
+    assert!(control.readiness().warnings.is_empty());
+    // The client that was connected through all of it still writes.
+    c.execute("INSERT INTO items VALUES (2000000, 'confirmed')", &[])
+        .await
+        .expect("write after the hosts change");
+
+    drop(c);
+    drop(other);
+    admin.stop();
+    proxy.shutdown().await;
+    tokio::task::spawn_blocking(move || {
+        replicas.clear();
+        drop(primary);
+    })
+    .await
+    .ok();
+}
