@@ -53,6 +53,8 @@ impl HostHealth {
 
     fn fence(&self, writer: &HostHealth, writer_timeline: u32, timeline: u32) {
         if !self.fenced.swap(true, Ordering::Relaxed) {
+            // Out of every rotation, without a rotation log line: the error says it all.
+            self.in_rotation.store(false, Ordering::Relaxed);
             error!(shard = %self.shard, host = %self.host, timeline, writer = %writer.host,
                 writer_timeline,
                 "SPLIT BRAIN: this host of the shard answers as a primary but is not the shard's \

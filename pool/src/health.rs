@@ -36,7 +36,7 @@ pub struct HostHealth {
     /// Checked at least once.
     checked: AtomicBool,
     /// Replicas: up and within the lag limits. Primaries: up.
-    in_rotation: AtomicBool,
+    pub(crate) in_rotation: AtomicBool,
     banned_until_ms: AtomicU64,
     failures: AtomicU32,
     /// Replicas: `pg_last_wal_replay_lsn()` at the last check; primaries: unused.
@@ -166,7 +166,7 @@ impl HostHealth {
         if !self.up.swap(true, Ordering::Relaxed) {
             info!(shard = %self.shard, host = %self.host, role = %self.role, "server host is back");
         }
-        if self.role == Role::Primary {
+        if self.role == Role::Primary && !self.is_fenced() {
             self.set_rotation(true, "answering again");
         }
     }

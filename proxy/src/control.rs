@@ -108,7 +108,14 @@ impl ControlPlane for ProxyControl {
             .map(|(i, s)| ShardInfo {
                 name: s.name.clone(),
                 primary: s.writer().host.to_string(),
-                replicas: s.replicas.iter().map(|r| r.host.to_string()).collect(),
+                // A promoted replica is listed as the primary, not twice.
+                replicas: s
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i + 1 != s.writer_index())
+                    .map(|(_, r)| r.host.to_string())
+                    .collect(),
                 primary_up: s.writer().is_up(),
                 configured_primary: (s.writer_index() != 0).then(|| s.primary.host.to_string()),
                 fenced: s

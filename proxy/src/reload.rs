@@ -143,9 +143,6 @@ impl Shared {
         let hosts_changed = old.shards != new.shards;
         if hosts_changed {
             out.applied.push("shards (hosts)".into());
-            if !fleet_store {
-                self.publish_reloaded_hosts(&old, &new);
-            }
         }
 
         self.resize_client_slots(new.listen.max_client_connections);
@@ -176,6 +173,10 @@ impl Shared {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
         out.applied.extend(self.tls.reload(&old.tls, &new.tls));
+        if hosts_changed && !fleet_store {
+            // After the swap above: the follower applies the published version on top of it.
+            self.publish_reloaded_hosts(&old, &new);
+        }
         out
     }
 

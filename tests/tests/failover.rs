@@ -149,6 +149,26 @@ async fn blocking(mut c: PgCluster, f: impl FnOnce(&mut PgCluster) + Send + 'sta
     .expect("join")
 }
 
+/// Runs `shardgate admin COMMAND` against the admin server on `port`: exit status, output.
+async fn admin_cli(port: u16, command: shardgate_admin::cli::AdminCommand) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let args = shardgate_admin::cli::AdminArgs {
+            url: format!("http://127.0.0.1:{port}"),
+            token: None,
+            json: false,
+            command,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = shardgate_admin::cli::run_with(&args, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err),
+        )
+    })
+    .await
+    .expect("join")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_a_promoted_replica_and_the_old_primary_is_fenced() {
     init_logs();
@@ -368,32 +388,34 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
             .collect::<Vec<_>>()
             .join("\n")
     );
+    eprintln!(
+        "metrics:\n{}",
+        text.lines()
+            .filter(|l| l.starts_with("shardgate_fenced") || l.starts_with("shardgate_failovers"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     drop(metrics);
+    let (code, list) = admin_cli(
+        admin_port,
+        shardgate_admin::cli::AdminCommand::Shards(shardgate_admin::cli::ShardsCommand::List),
+    )
+    .await;
+    eprintln!("shardgate admin shards list ->\n{list}");
+    assert_eq!(code, 0, "{list}");
+    assert!(list.contains("FENCED"), "{list}");
 
     // The operator confirms the failover: the promoted host is named primary, the old one
     // leaves the list (it needs pg_rewind before it can be a replica).
-    let (code, out) = tokio::task::spawn_blocking(move || {
-        let args = shardgate_admin::cli::AdminArgs {
-            url: format!("http://127.0.0.1:{admin_port}"),
-            token: None,
-            json: false,
-            command: shardgate_admin::cli::AdminCommand::Shards(
-                shardgate_admin::cli::ShardsCommand::Hosts {
-                    name: "s0".into(),
-                    primary: format!("127.0.0.1:{new_port}"),
-                    replicas: vec![format!("127.0.0.1:{other_port}")],
-                },
-            ),
-        };
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = shardgate_admin::cli::run_with(&args, &mut out, &mut err);
-        (
-            code,
-            String::from_utf8_lossy(&out).into_owned() + &String::from_utf8_lossy(&err),
-        )
-    })
-    .await
-    .expect("join");
+    let (code, out) = admin_cli(
+        admin_port,
+        shardgate_admin::cli::AdminCommand::Shards(shardgate_admin::cli::ShardsCommand::Hosts {
+            name: "s0".into(),
+            primary: format!("127.0.0.1:{new_port}"),
+            replicas: vec![format!("127.0.0.1:{other_port}")],
+        }),
+    )
+    .await;
     eprintln!("shardgate admin shards hosts -> {out}");
     assert_eq!(code, 0, "{out}");
     let shard = control.shards().remove(0);
@@ -413,6 +435,129 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
     tokio::task::spawn_blocking(move || {
         replicas.clear();
         drop(primary);
+    })
+    .await
+    .ok();
+}
+
+/// The hosts change through a reload too (file store): the primary the file names takes the
+/// writes at once, and the change is published as the next shard-map version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_the_primary() {
+    init_logs();
+    let (old, mut new) = tokio::task::spawn_blocking(|| {
+        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+            .expect("start primary");
+        p.create_database(DB, USER).expect("create database");
+        p.psql_as(
+            USER,
+            PASSWORD,
+            DB,
+            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
+        )
+        .expect("schema");
+        let r = p.start_replica().expect("start replica");
+        (p, r)
+    })
+    .await
+    .expect("join");
+    let config_text = |primary: u16, replica: u16| {
+        format!(
+            r#"
+[listen]
+addr = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[pool]
+connect_timeout = "2s"
+
+[replicas]
+check_interval = "200ms"
+failover_detect = "2s"
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = {primary} }}
+replicas = [{{ host = "127.0.0.1", port = {replica} }}]
+"#
+        )
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shardgate.toml");
+    std::fs::write(&path, config_text(old.port(), new.port())).expect("write config");
+    let proxy = shardgate_proxy::start(Config::load(&path).expect("valid config"))
+        .await
+        .expect("start proxy");
+    let control = proxy.control(Some(path.clone()));
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
+        proxy.addr().port()
+    );
+    let c = connect(&conn_str).await;
+    c.execute("INSERT INTO items VALUES (1, 'old')", &[])
+        .await
+        .expect("write on the old primary");
+
+    // Promoted while the old primary still answers: it is fenced, writes stay where they are.
+    new = blocking(new, |r| r.promote().expect("promote")).await;
+    let ctl = &control;
+    let new_port = new.port();
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            ctl.shards()[0].fenced == vec![format!("127.0.0.1:{new_port}")]
+        })
+        .await,
+        "{:?}",
+        control.shards()
+    );
+
+    // The operator names the promoted host in the file and reloads.
+    std::fs::write(&path, config_text(new.port(), old.port())).expect("rewrite config");
+    let outcome = tokio::task::spawn_blocking({
+        let control = control.clone();
+        move || control.reload()
+    })
+    .await
+    .expect("join")
+    .expect("reload");
+    assert!(
+        outcome.applied.iter().any(|a| a.starts_with("shards")),
+        "{outcome:?}"
+    );
+    let shard = control.shards().remove(0);
+    assert_eq!(shard.primary, format!("127.0.0.1:{new_port}"), "{shard:?}");
+    c.execute("INSERT INTO items VALUES (2, 'new')", &[])
+        .await
+        .expect("write after the reload, same client");
+    assert_eq!(
+        direct_value(&new, "SELECT note FROM items WHERE id = 2").await,
+        Some("new".to_owned())
+    );
+    assert_eq!(
+        direct_value(&old, "SELECT count(*) FROM items WHERE id = 2").await,
+        Some("0".to_owned())
+    );
+    // The old primary, still a primary but not named so: fenced. The map version moved.
+    let old_port = old.port();
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            let s = ctl.shards().remove(0);
+            s.fenced == vec![format!("127.0.0.1:{old_port}")] && s.topology_version == 2
+        })
+        .await,
+        "{:?}",
+        control.shards()
+    );
+
+    drop(c);
+    proxy.shutdown().await;
+    tokio::task::spawn_blocking(move || {
+        drop(new);
+        drop(old);
     })
     .await
     .ok();
