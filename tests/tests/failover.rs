@@ -562,3 +562,119 @@ replicas = [{{ host = "127.0.0.1", port = {replica} }}]
     .await
     .ok();
 }
+
+/// With the postgres topology store, hosts named through one proxy's API reach every proxy of
+/// the fleet (the shard map's next version), without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_named_through_one_proxy_reach_the_fleet() {
+    init_logs();
+    let (meta, old, new) = tokio::task::spawn_blocking(|| {
+        let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
+        meta.psql("postgres", "CREATE DATABASE meta")
+            .expect("meta database");
+        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+            .expect("start primary");
+        p.create_database(DB, USER).expect("create database");
+        p.psql_as(
+            USER,
+            PASSWORD,
+            DB,
+            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
+        )
+        .expect("schema");
+        let mut r = p.start_replica().expect("start replica");
+        r.promote().expect("promote");
+        (meta, p, r)
+    })
+    .await
+    .expect("join");
+    let config = |proxy_id: &str| {
+        let text = format!(
+            r#"
+[listen]
+addr = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[replicas]
+check_interval = "200ms"
+
+[topology]
+store = "postgres://postgres:{meta_password}@127.0.0.1:{meta_port}/meta?connect_timeout=2"
+poll_interval = "200ms"
+proxy_id = "{proxy_id}"
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = {old_port} }}
+replicas = [{{ host = "127.0.0.1", port = {new_port} }}]
+"#,
+            meta_password = meta.superuser_password(),
+            meta_port = meta.port(),
+            old_port = old.port(),
+            new_port = new.port(),
+        );
+        Config::from_toml(&text, Path::new("fleet.toml")).expect("valid config")
+    };
+    let a = shardgate_proxy::start(config("fleet-a"))
+        .await
+        .expect("start proxy a");
+    let b = shardgate_proxy::start(config("fleet-b"))
+        .await
+        .expect("start proxy b");
+    let (control_a, control_b) = (a.control(None), b.control(None));
+
+    let outcome = control_a
+        .set_hosts(
+            "s0".into(),
+            shardgate_admin::control::SetHostsRequest {
+                primary: format!("127.0.0.1:{}", new.port()),
+                replicas: vec![],
+            },
+        )
+        .expect("the proxy implements set_hosts")
+        .await
+        .expect("hosts published");
+    assert!(outcome.changed, "{outcome:?}");
+    let (ctl_b, new_port) = (&control_b, new.port());
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            let s = ctl_b.shards().remove(0);
+            s.primary == format!("127.0.0.1:{new_port}")
+                && s.topology_version == outcome.topology_version
+        })
+        .await,
+        "proxy b follows: {:?}",
+        control_b.shards()
+    );
+    let c = connect(&format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
+        b.addr().port()
+    ))
+    .await;
+    c.execute("INSERT INTO items VALUES (7, 'via b')", &[])
+        .await
+        .expect("write through proxy b");
+    assert_eq!(
+        direct_value(&new, "SELECT note FROM items WHERE id = 7").await,
+        Some("via b".to_owned())
+    );
+    assert_eq!(
+        direct_value(&old, "SELECT count(*) FROM items WHERE id = 7").await,
+        Some("0".to_owned())
+    );
+
+    drop(c);
+    a.shutdown().await;
+    b.shutdown().await;
+    tokio::task::spawn_blocking(move || {
+        drop(new);
+        drop(old);
+        drop(meta);
+    })
+    .await
+    .ok();
+}
