@@ -678,3 +678,151 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}]
     .await
     .ok();
 }
+
+/// The old primary stopped first, then a replica promoted (so the other replica has not gone
+/// past the promotion point): the other replica, re-pointed at the new primary, follows its
+/// timeline and serves reads again, and a client still reads its own writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_follows_the_promoted_host_serves_reads() {
+    init_logs();
+    let (primary, replicas) = tokio::task::spawn_blocking(|| {
+        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+            .expect("start primary");
+        p.create_database(DB, USER).expect("create database");
+        p.psql_as(
+            USER,
+            PASSWORD,
+            DB,
+            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
+        )
+        .expect("schema");
+        p.psql(DB, "GRANT pg_read_all_stats TO app").expect("grant");
+        let r: Vec<PgCluster> = (0..2)
+            .map(|_| p.start_replica().expect("start replica"))
+            .collect();
+        (p, r)
+    })
+    .await
+    .expect("join");
+    let [mut promoted, other]: [PgCluster; 2] = replicas.try_into().expect("two replicas");
+    let (new_port, other_port) = (promoted.port(), other.port());
+    let text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[pool]
+connect_timeout = "2s"
+checkout_timeout = "5s"
+
+[replicas]
+check_interval = "200ms"
+failover_detect = "2s"
+ban_initial = "200ms"
+ban_max = "1s"
+
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = {} }}
+replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", port = {other_port} }}]
+"#,
+        primary.port()
+    );
+    let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid config");
+    let proxy = shardgate_proxy::start(config).await.expect("start proxy");
+    let control = proxy.control(None);
+    let ctl = &control;
+    let in_rotation = move |port: u16| {
+        ctl.replicas()
+            .into_iter()
+            .any(|r| r.host.ends_with(&format!(":{port}")) && r.in_rotation)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            in_rotation(new_port) && in_rotation(other_port)
+        })
+        .await,
+        "{:?}",
+        control.replicas()
+    );
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
+        proxy.addr().port()
+    );
+    let c = connect(&conn_str).await;
+    c.execute("INSERT INTO items VALUES (1, 'before')", &[])
+        .await
+        .expect("write before");
+
+    let primary = blocking(primary, |p| p.stop().expect("stop the primary")).await;
+    promoted = blocking(promoted, |r| r.promote().expect("promote")).await;
+    let client = &c;
+    assert!(
+        wait_for(Duration::from_secs(10), || async move {
+            let write = client.execute("INSERT INTO items VALUES (2, 'after')", &[]);
+            matches!(
+                tokio::time::timeout(STATEMENT_TIMEOUT, write).await,
+                Ok(Ok(1))
+            )
+        })
+        .await,
+        "writes resumed: {:?}",
+        control.shards()
+    );
+    let other_client = superuser(&other).await;
+    other_client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={new_port} user=postgres \
+             password={}'",
+            promoted.superuser_password()
+        ))
+        .await
+        .expect("re-point");
+    other_client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload");
+    assert!(
+        wait_for(Duration::from_secs(15), || async move {
+            in_rotation(other_port)
+        })
+        .await,
+        "the re-pointed replica follows the new timeline and serves reads: {:?}",
+        control.replicas()
+    );
+    // Plain reads go to it (the only standby left in the rotation)…
+    let on_standby = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("read")
+        .get::<_, bool>(0);
+    assert!(on_standby, "a plain read ran on the re-pointed replica");
+    // …and read-your-writes holds on the new timeline.
+    for id in 100..120i64 {
+        c.execute("INSERT INTO items VALUES ($1, 'ryw')", &[&id])
+            .await
+            .expect("write");
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM items WHERE id = $1", &[&id])
+            .await
+            .expect("read")
+            .get(0);
+        assert_eq!(n, 1, "the client reads its write {id}");
+    }
+
+    drop(c);
+    drop(other_client);
+    proxy.shutdown().await;
+    tokio::task::spawn_blocking(move || {
+        drop(other);
+        drop(promoted);
+        drop(primary);
+    })
+    .await
+    .ok();
+}
