@@ -642,13 +642,15 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
         "the re-pointed replica follows the new timeline and serves reads: {:?}",
         control.replicas()
     );
-    // Plain reads go to it (the only standby left in the rotation)…
-    let on_standby = c
+    // Plain reads of a client that wrote nothing go to it (the only standby in the rotation)…
+    let reader = connect(&conn_str).await;
+    let on_standby = reader
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
         .expect("read")
         .get::<_, bool>(0);
     assert!(on_standby, "a plain read ran on the re-pointed replica");
+    drop(reader);
     // …and read-your-writes holds on the new timeline.
     for id in 100..120i64 {
         c.execute("INSERT INTO items VALUES ($1, 'ryw')", &[&id])
