@@ -54,6 +54,25 @@ use shardgate_topology::{
 };
 
 pub use error::EngineError;
+
+/// A server address an operator gave (`host[:port]`, `[v6]:port`, a unix-socket directory, or
+/// a `postgres://` URL) that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct AddressError(String);
+
+/// Parses a server address of `PUT /api/v1/shards/{name}/hosts`: as `shards add` reads
+/// `--primary`, without a login (the hosts of a shard carry none).
+pub fn parse_address(text: &str) -> Result<shardgate_config::Host, AddressError> {
+    let parsed = dsn::parse(text).map_err(AddressError)?;
+    if parsed.user.is_some() || parsed.password.is_some() {
+        // Not echoed: the text holds a password.
+        return Err(AddressError(
+            "a host address carries no login here (the shard's admin login is kept)".into(),
+        ));
+    }
+    Ok(parsed.host)
+}
 pub use references::{verify_references, ReferenceCopy, ReferenceTableCheck, ReferencesReport};
 pub use sequences::{
     apply_id_lanes, decode_unique_id, inspect_sequences, SequenceInfo, SequencesReport,
