@@ -6,7 +6,7 @@ use shardgate_config::{Host, SslMode};
 
 /// Why an address of `shards add` could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DsnError {
+pub enum DsnError {
     #[error("the address is empty")]
     Empty,
     #[error("`{0}`: only postgres:// URLs are understood")]

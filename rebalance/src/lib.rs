@@ -53,23 +53,26 @@ use shardgate_topology::{
     now_ms, Job, JobKind, Phase, Progress, ProxyVersion, ShardMap, Store, StoreError,
 };
 
+pub use dsn::DsnError;
 pub use error::EngineError;
 
 /// A server address an operator gave (`host[:port]`, `[v6]:port`, a unix-socket directory, or
 /// a `postgres://` URL) that cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct AddressError(String);
+pub enum AddressError {
+    #[error(transparent)]
+    Unreadable(#[from] dsn::DsnError),
+    /// Not echoed: the text holds a password.
+    #[error("a host address carries no login here (the shard's admin login is kept)")]
+    HasLogin,
+}
 
 /// Parses a server address of `PUT /api/v1/shards/{name}/hosts`: as `shards add` reads
 /// `--primary`, without a login (the hosts of a shard carry none).
 pub fn parse_address(text: &str) -> Result<shardgate_config::Host, AddressError> {
-    let parsed = dsn::parse(text).map_err(AddressError)?;
+    let parsed = dsn::parse(text)?;
     if parsed.user.is_some() || parsed.password.is_some() {
-        // Not echoed: the text holds a password.
-        return Err(AddressError(
-            "a host address carries no login here (the shard's admin login is kept)".into(),
-        ));
+        return Err(AddressError::HasLogin);
     }
     Ok(parsed.host)
 }
