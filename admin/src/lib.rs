@@ -16,6 +16,7 @@ pub mod cli;
 mod client;
 pub mod control;
 pub mod metrics;
+pub mod queries;
 pub use shardgate_rebalance as rebalance;
 mod server;
 mod status;

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shardgate_admin::control::{
-    ClientCounts, ControlPlane, PoolInfo, Readiness, RecoveryFuture, ReloadError, ReloadOutcome,
-    ReplicaInfo, ShardInfo, TransactionsFuture,
+    ClientCounts, ControlPlane, PoolInfo, QueriesReport, QuerySort, Readiness, RecoveryFuture,
+    ReloadError, ReloadOutcome, ReplicaInfo, ShardInfo, TransactionsFuture,
 };
 use shardgate_pool::Role;
 
@@ -166,6 +166,15 @@ impl ControlPlane for ProxyControl {
             waiting,
             idle: total.saturating_sub(active + waiting),
         }
+    }
+
+    fn queries(&self, sort: QuerySort, limit: usize) -> Option<QueriesReport> {
+        Some(self.shared.query_log.report(sort, limit))
+    }
+
+    fn reset_queries(&self) -> bool {
+        self.shared.query_log.reset();
+        true
     }
 
     fn record_metrics(&self) {

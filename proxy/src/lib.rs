@@ -26,6 +26,7 @@ mod one_statement;
 mod pinning;
 mod pool_retire;
 mod prepared;
+mod query_stats;
 mod read_your_writes;
 mod reference;
 mod relay;
@@ -145,6 +146,8 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Two-phase commit across shards: transaction ids, gids, in-doubt recovery.
     pub(crate) two_phase: two_phase::Coordinator,
+    /// Per-query statistics (`[stats]`, `GET /api/v1/queries`); kept across reloads.
+    pub(crate) query_log: query_stats::QueryLog,
 }
 
 impl Shared {
@@ -152,6 +155,7 @@ impl Shared {
         let host_policy = shardgate_pool::HostPolicy::from_config(&config.pool);
         Shared {
             two_phase: two_phase::Coordinator::new(proxy_id),
+            query_log: query_stats::QueryLog::new(config.stats.max_queries),
             topo_changed: watch::Sender::new(topo.version),
             topo: ArcSwap::from_pointee(topo),
             store: None,

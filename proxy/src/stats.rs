@@ -132,7 +132,14 @@ pub(crate) fn bytes_sent(n: usize) {
 #[derive(Debug, Default)]
 pub(crate) struct RequestTimer {
     started: Option<std::time::Instant>,
-    last_statement: Option<shardgate_wire::Frame>,
+    pub(crate) last_statement: Option<shardgate_wire::Frame>,
+    /// Rows and the first error of the running request (`query_stats`).
+    pub(crate) tally: crate::query_stats::tally::Tally,
+    /// The proxy refused the cross-shard batch being run (`query_stats`).
+    pub(crate) refused: bool,
+    /// The running request executed something (a Query or Execute): a batch that only
+    /// prepares or describes is no call of its statement.
+    pub(crate) executed: bool,
 }
 
 impl RequestTimer {
@@ -143,6 +150,7 @@ impl RequestTimer {
         if self.started.is_none() {
             self.started = Some(std::time::Instant::now());
         }
+        self.executed |= matches!(frame.tag(), frontend::QUERY | frontend::EXECUTE);
         if matches!(
             frame.tag(),
             frontend::QUERY | frontend::BIND | frontend::PARSE
@@ -178,6 +186,7 @@ impl crate::session::Session {
             .topo()
             .query_stats
             .query(self.shard, role, RouteKind::Single, took);
+        self.record_attached_request(took);
         let log = &self.shared.config().log;
         if log.slow_query_ms > 0 && took.as_millis() >= u128::from(log.slow_query_ms) {
             let (statement, parameters) = self.describe_last_statement(log.log_parameters);
@@ -192,23 +201,22 @@ impl crate::session::Session {
         }
     }
 
-    /// The last statement sent, normalised (literals replaced by `?`), and its parameters
-    /// when configured.
+    /// The last statement sent as its fingerprint (literals replaced by `$n`, as the per-query
+    /// statistics name it, with its id), and its parameters when configured.
     fn describe_last_statement(&self, with_parameters: bool) -> (String, Option<String>) {
         use shardgate_wire::frontend;
         let Some(frame) = &self.request.last_statement else {
             return (String::new(), None);
         };
-        let text = match frame.tag() {
-            frontend::QUERY => frontend::query_text(frame)
-                .ok()
-                .map(|t| self.sql(t).into_owned()),
-            frontend::PARSE => frontend::parse(frame)
-                .ok()
-                .map(|p| self.sql(p.query).into_owned()),
-            _ => self.bound_statement_text(frame),
-        };
-        let statement = shardgate_router::normalize_sql(text.as_deref().unwrap_or(""));
+        let statement = self
+            .with_statement_text(frame, |sql| {
+                format!(
+                    "[{:016x}] {}",
+                    shardgate_router::fingerprint_hash(sql),
+                    shardgate_router::fingerprint_text(sql)
+                )
+            })
+            .unwrap_or_default();
         let parameters = (with_parameters && frame.tag() == frontend::BIND)
             .then(|| {
                 let bind = frontend::bind(frame).ok()?;
