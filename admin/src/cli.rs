@@ -86,6 +86,8 @@ pub enum AdminCommand {
         #[arg(long, conflicts_with_all = ["sort", "limit"])]
         reset: bool,
     },
+    /// The sharding readiness report of an observing proxy ([sharding] mode = "observe").
+    Readiness,
     /// Re-read the config file and apply what can change live.
     Reload,
     /// Progress of a live rebalance, or abort it.
@@ -310,6 +312,10 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
             );
             let reply = expect_success(client.get(&path))?;
             show(out, json, &reply, crate::queries::queries_table)?;
+        }
+        AdminCommand::Readiness => {
+            let reply = expect_success(client.get("/api/v1/readiness"))?;
+            show(out, json, &reply, crate::readiness::readiness_text)?;
         }
         AdminCommand::Reload => {
             let reply = expect_success(client.post("/api/v1/reload", None))?;

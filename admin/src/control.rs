@@ -318,6 +318,11 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn reset_queries(&self) -> bool {
         false
     }
+    /// `GET /api/v1/readiness`: the sharding readiness report of an observing proxy
+    /// (`None`: 501, the proxy routes).
+    fn sharding_readiness(&self) -> Option<crate::readiness::ShardingReadiness> {
+        None
+    }
 }
 
 /// What [`ControlPlane::verify_references`] answers with.

@@ -250,6 +250,7 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/verify/references", get(verify_references))
         .route("/api/v1/queries", get(queries).delete(reset_queries))
         .route("/api/v1/queries/reset", post(reset_queries))
+        .route("/api/v1/readiness", get(sharding_readiness))
         .route("/api/v1/transactions", get(transactions))
         .route("/api/v1/transactions/resolve", post(resolve_transactions))
         .route("/api/v1/rebalance", get(rebalance_status))
@@ -481,6 +482,21 @@ async fn reset_queries(
         return Err(not_served(&method, &uri, QUERIES_HINT));
     }
     Ok(Json(serde_json::json!({ "reset": true })).into_response())
+}
+
+async fn sharding_readiness(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let report = state.control.sharding_readiness().ok_or_else(|| {
+        not_served(
+            &method,
+            &uri,
+            "the readiness report needs [sharding] mode = \"observe\"",
+        )
+    })?;
+    Ok(Json(report).into_response())
 }
 
 const TRANSACTIONS_HINT: &str = "this proxy does not run two-phase commit recovery";

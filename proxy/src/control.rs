@@ -174,7 +174,14 @@ impl ControlPlane for ProxyControl {
 
     fn reset_queries(&self) -> bool {
         self.shared.query_log.reset();
+        if let Some(observer) = &self.shared.observer {
+            observer.reset();
+        }
         true
+    }
+
+    fn sharding_readiness(&self) -> Option<shardgate_admin::readiness::ShardingReadiness> {
+        self.shared.observer.as_ref().map(|o| o.report())
     }
 
     fn record_metrics(&self) {

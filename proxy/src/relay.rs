@@ -50,6 +50,10 @@ impl Session {
             .flatten()
         {
             if let Err(e) = self.pin_here(what) {
+                if query {
+                    // Answered by the proxy: no ReadyForQuery from the server ends it.
+                    self.request.forget_last();
+                }
                 self.refuse(e, query);
                 return false;
             }
@@ -189,6 +193,9 @@ impl Session {
                     return Err(SessionError::Protocol(e.message));
                 }
                 self.record_refused(&frame, e.code);
+                if frame.tag() == frontend::QUERY {
+                    self.request.forget_last();
+                }
                 self.refuse(e, frame.tag() == frontend::QUERY);
                 return Ok(Flow::Continue);
             }

@@ -36,13 +36,29 @@ pub(crate) struct Topo {
 
 impl Topo {
     /// Builds the routing state for `config` (whose `shards` are the map's) at `version`.
+    /// An observing proxy (`[sharding] mode = "observe"`) routes without the sharding rules
+    /// (`readiness`).
     pub(crate) fn build(config: &Config, version: u64) -> Result<Topo, RouterError> {
+        let observed;
+        let config = if config.sharding.observes() {
+            observed = crate::readiness::routing_config(config);
+            &observed
+        } else {
+            config
+        };
         let router = Arc::new(Router::new(config)?);
         Ok(Topo::with_router(config, version, router))
     }
 
     /// As `build`, keeping a router (a reload that changes only replicas or settings).
     pub(crate) fn with_router(config: &Config, version: u64, router: Arc<Router>) -> Topo {
+        let observed;
+        let config = if config.sharding.observes() {
+            observed = crate::readiness::routing_config(config);
+            &observed
+        } else {
+            config
+        };
         let has_replicas = config.shards.iter().any(|s| !s.replicas.is_empty());
         Topo {
             version,

@@ -18,6 +18,7 @@ mod keys;
 mod large;
 pub mod merge;
 mod normalize;
+mod observe;
 mod params;
 pub mod plan;
 mod planner;

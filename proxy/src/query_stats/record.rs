@@ -11,6 +11,7 @@ use shardgate_wire::{frontend, Frame};
 use super::tally::Tally;
 use super::Sample;
 use crate::session::Session;
+use crate::stats::Request;
 
 /// How one call of a statement was routed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,15 +129,48 @@ impl Session {
 
     /// An attached request ended at its ReadyForQuery after `took`: its last statement
     /// counts one call on this connection's shard (or a refusal, when the relay refused it).
-    pub(crate) fn record_attached_request(&mut self, took: Duration) {
+    pub(crate) fn record_attached_request(&mut self, request: &Request, took: Duration) {
         let tally = std::mem::take(&mut self.request.tally);
-        if !std::mem::take(&mut self.request.executed) {
+        if !request.executed {
             return;
         }
-        let Some(frame) = self.request.last_statement.clone() else {
+        let Some(frame) = &request.statement else {
             return;
         };
-        self.record_statement(&frame, took, tally, StatementRoute::Single, 1);
+        self.record_statement(frame, took, tally, StatementRoute::Single, 1);
+        self.observe_statement(frame, tally.rows);
+    }
+
+    /// `[sharding] mode = "observe"`: plans the call against the sharding rules
+    /// (`readiness`), with its Bind parameters.
+    fn observe_statement(&self, frame: &Frame, rows: u64) {
+        let Some(observer) = &self.shared.observer else {
+            return;
+        };
+        if frame.tag() != frontend::BIND {
+            self.with_statement_text(frame, |sql| observer.observe(sql, None, rows));
+            return;
+        }
+        let Ok(bind) = frontend::bind(frame) else {
+            return;
+        };
+        let Ok(params) = frontend::bind_params(frame, &bind) else {
+            return;
+        };
+        let types: Vec<u32> = if bind.statement.is_empty() {
+            self.routing.unnamed().map(|(_, t)| t.clone())
+        } else {
+            self.statements
+                .peek(bind.statement)
+                .map(|s| s.param_types.clone())
+        }
+        .unwrap_or_default();
+        let bound = shardgate_router::BoundParams {
+            values: &params.values,
+            formats: &params.formats,
+            types: &types,
+        };
+        self.with_statement_text(frame, |sql| observer.observe(sql, Some(&bound), rows));
     }
 
     /// The relay refused `frame` (0A000 and the like, answered by the proxy): one refused call.
