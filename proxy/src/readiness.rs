@@ -405,6 +405,9 @@ fn note_tables(o: &mut Observed, plan: &Plan, rows: u64) {
 /// Drops the tenth of the statements with the fewest calls (at least one).
 fn evict(o: &mut Observed, max: usize) {
     let len = o.statements.len();
+    if len == 0 {
+        return;
+    }
     let drop = (len + 1).saturating_sub(max).max(max / 10).max(1).min(len);
     let mut by_calls: Vec<(u64, u64)> = o
         .statements

@@ -220,6 +220,9 @@ impl QueryLog {
 /// and more if `max` shrank in a reload.
 fn evict(entries: &mut Entries, max: usize) {
     let len = entries.by_hash.len();
+    if len == 0 {
+        return;
+    }
     let drop = (len + 1).saturating_sub(max).max(max / 10).max(1).min(len);
     let mut by_total: Vec<(Duration, u64)> =
         entries.by_hash.iter().map(|(h, e)| (e.total, *h)).collect();
