@@ -28,6 +28,8 @@ use tally::Tally;
 pub(crate) struct Sample<'a> {
     /// The statement as the client sent it (its fingerprint is computed from it).
     pub(crate) sql: &'a str,
+    /// Its fingerprint hash when already known (a prepared statement's), else computed.
+    pub(crate) fingerprint: Option<u64>,
     pub(crate) took: Duration,
     pub(crate) tally: Tally,
     pub(crate) route: StatementRoute,
@@ -164,7 +166,9 @@ impl QueryLog {
         if max == 0 {
             return;
         }
-        let hash = shardgate_router::fingerprint_hash(sample.sql);
+        let hash = sample
+            .fingerprint
+            .unwrap_or_else(|| shardgate_router::fingerprint_hash(sample.sql));
         {
             let mut entries = self.lock();
             if let Some(e) = entries.by_hash.get_mut(&hash) {
@@ -240,6 +244,7 @@ mod tests {
     fn sample(sql: &str, ms: u64) -> Sample<'_> {
         Sample {
             sql,
+            fingerprint: None,
             took: Duration::from_millis(ms),
             tally: Tally {
                 rows: 1,

@@ -115,9 +115,16 @@ impl Session {
     ) {
         let replica = matches!(self.host, shardgate_pool::HostChoice::Replica(_));
         let log = &self.shared.query_log;
+        // A named prepared statement's fingerprint was computed when it was interned.
+        let fingerprint = (frame.tag() == frontend::BIND)
+            .then(|| frontend::bind(frame).ok())
+            .flatten()
+            .filter(|b| !b.statement.is_empty())
+            .and_then(|b| self.statements.peek(b.statement).map(|s| s.fingerprint));
         self.with_statement_text(frame, |sql| {
             log.record(Sample {
                 sql,
+                fingerprint,
                 took,
                 tally,
                 route,
