@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use shardgate_topology::Job;
 
 use crate::client::{AdminClient, ClientError, Reply};
-use crate::control::ReloadOutcome;
+use crate::control::{ReloadOutcome, SetHostsOutcome, SetHostsRequest};
 use crate::rebalance::{AddShardRequest, RebalanceStatus};
 use crate::status;
 use crate::table::{pools_table, references_table, replicas_table, sequences_table, shards_table};
@@ -128,6 +128,19 @@ pub enum ShardsCommand {
     },
     /// Move a shard's data to the others, live, and remove it; returns at once with the job.
     Remove { name: String },
+    /// Name a shard's hosts from now on (every proxy of the fleet follows): the primary named
+    /// takes the writes. Confirms a failover, or un-fences a host by naming it the primary.
+    Hosts {
+        name: String,
+        #[arg(
+            long,
+            help = "The primary: HOST[:PORT], [V6]:PORT, a socket directory or postgres://HOST[:PORT][?sslmode=…]"
+        )]
+        primary: String,
+        /// A replica, in the same form (repeatable; none: the shard has no replicas).
+        #[arg(long = "replica")]
+        replicas: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -264,6 +277,39 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
             let path = format!("/api/v1/shards/{}", percent_encode(name));
             let reply = labeled(expect_success(client.delete(&path)))?;
             show(out, json, &reply, |job: Job| status::started(&job)).map_err(Failure::labeled)?;
+        }
+        AdminCommand::Shards(ShardsCommand::Hosts {
+            name,
+            primary,
+            replicas,
+        }) => {
+            let request = SetHostsRequest {
+                primary: primary.clone(),
+                replicas: replicas.clone(),
+            };
+            let body = serde_json::to_value(&request)
+                .map_err(|e| Failure::plain(format!("cannot encode the request: {e}")))?;
+            let path = format!("/api/v1/shards/{}/hosts", percent_encode(name));
+            let reply = labeled(expect_success(client.put(&path, &body)))?;
+            show(out, json, &reply, |o: SetHostsOutcome| {
+                let replicas = if o.replicas.is_empty() {
+                    "none".to_owned()
+                } else {
+                    o.replicas.join(", ")
+                };
+                if o.changed {
+                    format!(
+                        "shard {}: primary {}, replicas {replicas} (shard map version {})\n",
+                        o.shard, o.primary, o.topology_version
+                    )
+                } else {
+                    format!(
+                        "shard {}: already primary {}, replicas {replicas}; nothing published (version {})\n",
+                        o.shard, o.primary, o.topology_version
+                    )
+                }
+            })
+            .map_err(Failure::labeled)?;
         }
         AdminCommand::Pools => {
             let reply = expect_success(client.get("/api/v1/pools"))?;

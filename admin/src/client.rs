@@ -94,6 +94,19 @@ impl AdminClient {
         finish(&url, request.call())
     }
 
+    /// PUTs `json`.
+    pub fn put(&self, path: &str, json: &serde_json::Value) -> Result<Reply, ClientError> {
+        let url = self.url(path);
+        let mut request = self.agent.put(&url);
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let result = request
+            .header("Content-Type", "application/json")
+            .send(json.to_string());
+        finish(&url, result)
+    }
+
     /// POSTs `json` (or an empty body).
     pub fn post(&self, path: &str, json: Option<&serde_json::Value>) -> Result<Reply, ClientError> {
         let url = self.url(path);

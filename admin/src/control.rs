@@ -11,17 +11,28 @@ pub struct Readiness {
     /// Why it is not ready (empty when ready): "draining", "shard s1: primary 127.0.0.1:5433
     /// unreachable", …
     pub reasons: Vec<String>,
+    /// What an operator must see although the proxy serves: a fenced host (split brain), a
+    /// shard whose writes follow a promoted host the hosts list does not name as primary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One shard of the current topology (`GET /api/v1/shards`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ShardInfo {
     pub name: String,
-    /// `host:port` of the primary.
+    /// `host:port` of the primary: the host that takes the shard's writes (after a failover,
+    /// the promoted host).
     pub primary: String,
     pub replicas: Vec<String>,
     /// The primary answered its last health check.
     pub primary_up: bool,
+    /// The primary the shard map names, when writes follow another host (a failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_primary: Option<String>,
+    /// Hosts that answer as primaries but take no writes (split brain), `host:port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced: Vec<String>,
     /// Ring slots this shard owns, and the ring's total.
     pub slots: u32,
     pub total_slots: u32,
@@ -261,6 +272,43 @@ pub struct QueriesReport {
     pub evicted: u64,
 }
 
+/// `PUT /api/v1/shards/{name}/hosts`: the shard's hosts from now on. The primary named takes
+/// the writes (this is how an operator confirms a failover or un-fences a host).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SetHostsRequest {
+    /// `host[:port]`, `[v6]:port`, a unix-socket directory, or a `postgres://` URL without a
+    /// login (its `sslmode` and `sslrootcert` are kept).
+    pub primary: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}
+
+/// What a hosts change did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SetHostsOutcome {
+    pub shard: String,
+    /// False when the shard already had exactly these hosts (nothing was published).
+    pub changed: bool,
+    /// The shard-map version that carries them.
+    pub topology_version: u64,
+    pub primary: String,
+    pub replicas: Vec<String>,
+}
+
+/// A refused hosts change: the HTTP status, and what to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct SetHostsError {
+    pub status: u16,
+    pub message: String,
+    pub hint: String,
+}
+
+/// What [`ControlPlane::set_hosts`] answers with.
+pub type SetHostsFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<SetHostsOutcome, SetHostsError>> + Send>,
+>;
+
 /// What [`ControlPlane::transactions`] answers with.
 pub type TransactionsFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = TransactionsReport> + Send>>;
@@ -321,6 +369,11 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// `GET /api/v1/readiness`: the sharding readiness report of an observing proxy
     /// (`None`: 501, the proxy routes).
     fn sharding_readiness(&self) -> Option<crate::readiness::ShardingReadiness> {
+        None
+    }
+    /// `PUT /api/v1/shards/{name}/hosts`: publishes the shard's new hosts in the topology
+    /// store (every proxy of the fleet follows) (`None`: 501).
+    fn set_hosts(&self, _shard: String, _request: SetHostsRequest) -> Option<SetHostsFuture> {
         None
     }
 }

@@ -234,6 +234,16 @@ fn describe() {
         Unit::Count,
         "In-doubt transactions recovery resolved, by outcome (commit: its decision was stored; rollback: it was not)."
     );
+    describe_gauge!(
+        "shardgate_fenced_hosts",
+        Unit::Count,
+        "1 for a host that answers as a primary but is not its shard's writer (split brain): no writes go to it."
+    );
+    describe_counter!(
+        "shardgate_failovers_total",
+        Unit::Count,
+        "Times a shard's writes moved to a promoted host because its primary was unreachable or in recovery."
+    );
 }
 
 /// Pool figures summed over database and user, keyed by (shard, role, host), so the labels

@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, SetHostsRequest};
 use crate::metrics;
 use crate::rebalance::{AddShardRequest, RebalanceError, RebalanceStatus, Rebalancer};
 use shardgate_topology::{Job, JobKind};
@@ -243,6 +243,7 @@ fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/api/v1/shards", get(shards).post(add_shard))
         .route("/api/v1/shards/{name}", delete(remove_shard))
+        .route("/api/v1/shards/{name}/hosts", put(set_hosts))
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/replicas", get(replicas))
         .route("/api/v1/reload", post(reload))
@@ -417,6 +418,43 @@ async fn remove_shard(
     Ok(accepted(job))
 }
 
+async fn set_hosts(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<SetHostsRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad shard name in the path: {}", rejection.body_text()),
+            "percent-encode the shard name as UTF-8",
+        )
+    })?;
+    let Json(request) = body.map_err(json_rejection)?;
+    let Some(change) = state.control.set_hosts(name.clone(), request) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("{method} {} is not implemented yet", echo(uri.path())),
+            "this build has no topology store to publish hosts in",
+        ));
+    };
+    match change.await {
+        Ok(outcome) => {
+            tracing::info!(shard = %name, changed = outcome.changed, version = outcome.topology_version,
+                primary = %outcome.primary, replicas = ?outcome.replicas, "shard hosts set via the admin API");
+            Ok(Json(outcome).into_response())
+        }
+        Err(e) => {
+            tracing::warn!(shard = %name, status = e.status, reason = %e.message, "shard hosts change refused");
+            let status =
+                StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Err(ApiError::new(status, e.message, e.hint))
+        }
+    }
+}
+
 async fn sequences(
     State(state): State<AppState>,
     method: Method,
@@ -578,7 +616,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {method} {}", echo(uri.path())),
         "endpoints: GET /health, /ready, /metrics; /api/v1/shards (GET, POST), \
-         DELETE /api/v1/shards/{name}, GET /api/v1/pools, /api/v1/replicas, /api/v1/sequences, /api/v1/verify/references, \
+         DELETE /api/v1/shards/{name}, PUT /api/v1/shards/{name}/hosts, GET /api/v1/pools, /api/v1/replicas, /api/v1/sequences, /api/v1/verify/references, \
          /api/v1/transactions, /api/v1/rebalance; POST /api/v1/reload, \
          /api/v1/transactions/resolve, /api/v1/rebalance/abort",
     )

@@ -53,6 +53,22 @@ pub(crate) fn shards_table(shards: Vec<ShardInfo>) -> String {
     let Some(version) = shards.iter().map(|s| s.topology_version).max() else {
         return "no shards\n".to_owned();
     };
+    // Failovers and fences are printed under the table: they are what an operator must act on.
+    let mut notes = String::new();
+    for s in &shards {
+        if let Some(configured) = &s.configured_primary {
+            notes.push_str(&format!(
+                "shard {}: FAILED OVER: writes go to {}, the shard map names {}; confirm with `shardgate admin shards hosts {} --primary {} …`\n",
+                s.name, s.primary, configured, s.name, s.primary
+            ));
+        }
+        for host in &s.fenced {
+            notes.push_str(&format!(
+                "shard {}: FENCED {host}: a primary that takes no writes (split brain)\n",
+                s.name
+            ));
+        }
+    }
     let rows: Vec<Vec<String>> = shards
         .into_iter()
         .map(|s| {
@@ -82,7 +98,10 @@ pub(crate) fn shards_table(shards: Vec<ShardInfo>) -> String {
         ("SLOTS", Align::Right),
         ("SHARE", Align::Right),
     ];
-    format!("topology version {version}\n{}", render(&columns, &rows))
+    format!(
+        "topology version {version}\n{}{notes}",
+        render(&columns, &rows)
+    )
 }
 
 pub(crate) fn pools_table(pools: Vec<PoolInfo>) -> String {

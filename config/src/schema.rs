@@ -198,6 +198,11 @@ pub struct Replicas {
     pub ban_initial: Duration,
     #[serde(with = "duration")]
     pub ban_max: Duration,
+    /// How soon writes follow a promoted host when a shard's primary is gone (unreachable or
+    /// in recovery): hosts are checked at least every half of it, and a check that takes
+    /// longer than half of it counts as failed.
+    #[serde(with = "duration")]
+    pub failover_detect: Duration,
     /// Functions with side effects besides the built-in ones (nextval, setval, set_config,
     /// pg_advisory_lock*, …): a read calling one goes to the primary.
     pub side_effect_functions: Vec<String>,
@@ -219,6 +224,7 @@ impl Default for Replicas {
             read_your_writes: true,
             ban_initial: Duration::from_secs(1),
             ban_max: Duration::from_secs(30),
+            failover_detect: Duration::from_secs(5),
             side_effect_functions: Vec::new(),
             monitor_user: None,
             monitor_database: "postgres".into(),

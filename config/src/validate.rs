@@ -108,6 +108,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.replicas.check_interval.is_zero() {
         return err("replicas.check_interval", "must be more than 0".into());
     }
+    if c.replicas.failover_detect < std::time::Duration::from_millis(200) {
+        return err(
+            "replicas.failover_detect",
+            "must be at least 200ms (hosts are checked every half of it)".into(),
+        );
+    }
     if c.replicas.ban_initial.is_zero() || c.replicas.ban_max < c.replicas.ban_initial {
         return err(
             "replicas.ban_max",

@@ -3,7 +3,7 @@
 //! replica is fresh enough to serve reads (the lag monitor decides), its replay position (for
 //! read-your-writes), and how many queries it is running (for balancing).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ pub struct HostHealth {
     /// Checked at least once.
     checked: AtomicBool,
     /// Replicas: up and within the lag limits. Primaries: up.
-    in_rotation: AtomicBool,
+    pub(crate) in_rotation: AtomicBool,
     banned_until_ms: AtomicU64,
     failures: AtomicU32,
     /// Replicas: `pg_last_wal_replay_lsn()` at the last check; primaries: unused.
@@ -46,7 +46,18 @@ pub struct HostHealth {
     lag: Mutex<Option<Lag>>,
     /// Why the last check failed, for the admin API.
     last_error: Mutex<Option<String>>,
+    /// What the last check found the server to be: [`UNKNOWN`], [`PRIMARY`] or [`STANDBY`].
+    pub(crate) discovered: AtomicU8,
+    /// A primary's WAL timeline, a standby's WAL receiver's (0: unknown).
+    pub(crate) timeline: AtomicU32,
+    /// A primary that is not the shard's writer (split brain): no writes go to it.
+    pub(crate) fenced: AtomicBool,
 }
+
+/// [`HostHealth::discovered`] values.
+pub(crate) const UNKNOWN: u8 = 0;
+pub(crate) const PRIMARY: u8 = 1;
+pub(crate) const STANDBY: u8 = 2;
 
 /// How a host stands, for the admin API.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,10 +74,18 @@ pub struct HostSnapshot {
     pub outstanding: u64,
     pub banned_for: Option<Duration>,
     pub last_error: Option<String>,
+    /// At its last check: `Some(true)` in recovery, `Some(false)` a primary.
+    pub in_recovery: Option<bool>,
+    /// Its timeline at the last check (a standby's needs `pg_read_all_stats`).
+    pub timeline: Option<u32>,
+    /// A primary that is not its shard's writer: no writes go to it (split brain).
+    pub fenced: bool,
+    /// It takes its shard's writes now (the configured primary, or a promoted host).
+    pub writer: bool,
 }
 
 impl HostHealth {
-    fn new(shard: &str, host: &Host, role: Role) -> HostHealth {
+    pub(crate) fn new(shard: &str, host: &Host, role: Role) -> HostHealth {
         HostHealth {
             shard: shard.to_owned(),
             host: host.clone(),
@@ -82,6 +101,9 @@ impl HostHealth {
             queries: AtomicU64::new(0),
             lag: Mutex::new(None),
             last_error: Mutex::new(None),
+            discovered: AtomicU8::new(UNKNOWN),
+            timeline: AtomicU32::new(0),
+            fenced: AtomicBool::new(false),
         }
     }
 
@@ -144,7 +166,7 @@ impl HostHealth {
         if !self.up.swap(true, Ordering::Relaxed) {
             info!(shard = %self.shard, host = %self.host, role = %self.role, "server host is back");
         }
-        if self.role == Role::Primary {
+        if self.role == Role::Primary && !self.is_fenced() {
             self.set_rotation(true, "answering again");
         }
     }
@@ -216,6 +238,14 @@ impl HostHealth {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            in_recovery: match self.discovered.load(Ordering::Relaxed) {
+                PRIMARY => Some(false),
+                STANDBY => Some(true),
+                _ => None,
+            },
+            timeline: Some(self.timeline()).filter(|t| *t != 0),
+            fenced: self.is_fenced(),
+            writer: false,
         }
     }
 }
@@ -246,21 +276,48 @@ pub enum HostChoice {
     Replica(usize),
 }
 
-/// A shard's hosts, and the primary's WAL positions over time (to tell how long ago the
-/// primary first reached a position a replica has not replayed yet).
+/// A shard's hosts, which of them takes writes, and the writer's WAL positions over time (to
+/// tell how long ago it first reached a position a replica has not replayed yet).
 #[derive(Debug)]
 pub struct ShardHealth {
     pub name: String,
+    /// The primary the configuration (the shard map) names.
     pub primary: Arc<HostHealth>,
     pub replicas: Vec<Arc<HostHealth>>,
-    wal_history: Mutex<WalHistory>,
+    pub(crate) wal_history: Mutex<WalHistory>,
     next: AtomicUsize,
+    /// Which host takes writes: 0 the configured primary, `i + 1` `replicas[i]` (promoted).
+    pub(crate) writer: AtomicUsize,
+    /// The writer's timeline when last seen as a primary (0: unknown).
+    pub(crate) writer_timeline: AtomicU32,
+    /// Failovers followed since this state was built (or carried over).
+    pub(crate) failovers: AtomicU64,
+    /// Two promoted hosts on one timeline was logged (once per occurrence).
+    pub(crate) ambiguous_logged: AtomicBool,
 }
 
 impl ShardHealth {
+    pub(crate) fn new(name: &str, primary: &Host, replicas: &[Host]) -> ShardHealth {
+        ShardHealth {
+            name: name.to_owned(),
+            primary: Arc::new(HostHealth::new(name, primary, Role::Primary)),
+            replicas: replicas
+                .iter()
+                .map(|h| Arc::new(HostHealth::new(name, h, Role::Replica)))
+                .collect(),
+            wal_history: Mutex::new(WalHistory::default()),
+            next: AtomicUsize::new(0),
+            writer: AtomicUsize::new(0),
+            writer_timeline: AtomicU32::new(0),
+            failovers: AtomicU64::new(0),
+            ambiguous_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// `Primary` is the shard's writer: the configured primary until a failover.
     pub fn host(&self, choice: HostChoice) -> Option<&Arc<HostHealth>> {
         match choice {
-            HostChoice::Primary => Some(&self.primary),
+            HostChoice::Primary => Some(self.writer()),
             HostChoice::Replica(i) => self.replicas.get(i),
         }
     }
@@ -284,9 +341,15 @@ impl ShardHealth {
             let i = (start + k) % n;
             let (choice, host) = match self.replicas.get(i) {
                 Some(h) => (HostChoice::Replica(i), h),
-                None => (HostChoice::Primary, &self.primary),
+                None => (HostChoice::Primary, self.writer()),
             };
-            if skip.contains(&choice) || !host.in_rotation() {
+            // The writer serves reads while it answers (a promoted one is not "in rotation":
+            // that is for standbys).
+            let eligible = match choice {
+                HostChoice::Primary => host.is_up() && !host.is_banned(),
+                HostChoice::Replica(_) => host.in_rotation(),
+            };
+            if skip.contains(&choice) || !eligible {
                 continue;
             }
             if choice != HostChoice::Primary && host.replay_lsn() < min_lsn {
@@ -319,7 +382,7 @@ impl ShardHealth {
 
 /// The primary's WAL positions, each with the time it was first seen (one entry per change).
 #[derive(Debug, Default)]
-struct WalHistory {
+pub(crate) struct WalHistory {
     entries: std::collections::VecDeque<(Instant, u64)>,
 }
 
@@ -327,7 +390,7 @@ struct WalHistory {
 const WAL_HISTORY_LEN: usize = 4096;
 
 impl WalHistory {
-    fn record(&mut self, at: Instant, lsn: u64) {
+    pub(crate) fn record(&mut self, at: Instant, lsn: u64) {
         if self.entries.back().is_some_and(|&(_, last)| last >= lsn) {
             return;
         }
@@ -367,24 +430,35 @@ pub struct Health {
 
 impl Health {
     pub fn from_config(config: &Config) -> Arc<Health> {
+        Health::from_config_after(config, None)
+    }
+
+    /// As `from_config`, keeping what `previous` learnt of each shard whose hosts did not
+    /// change (a failover followed, fenced hosts): only a new hosts list for a shard (the
+    /// operator's word) resets it. See `failover`.
+    pub fn from_config_after(config: &Config, previous: Option<&Health>) -> Arc<Health> {
         let shards = config
             .shards
             .iter()
             .map(|s| {
-                Arc::new(ShardHealth {
-                    name: s.name.clone(),
-                    primary: Arc::new(HostHealth::new(&s.name, &s.primary, Role::Primary)),
-                    replicas: s
-                        .replicas
-                        .iter()
-                        .map(|h| Arc::new(HostHealth::new(&s.name, h, Role::Replica)))
-                        .collect(),
-                    wal_history: Mutex::new(WalHistory::default()),
-                    next: AtomicUsize::new(0),
-                })
+                let shard = ShardHealth::new(&s.name, &s.primary, &s.replicas);
+                if let Some(old) = previous.and_then(|p| p.shards.iter().find(|o| o.name == s.name))
+                {
+                    shard.carry_over(old);
+                }
+                Arc::new(shard)
             })
             .collect();
         Arc::new(Health { shards })
+    }
+
+    /// Moves with every failover this state follows (with the proxy's reload generation it
+    /// tells when cached pools may point at a former writer).
+    pub fn role_epoch(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.failovers.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn shard(&self, index: usize) -> Option<&Arc<ShardHealth>> {
@@ -394,8 +468,13 @@ impl Health {
     pub fn snapshot(&self) -> Vec<HostSnapshot> {
         self.shards
             .iter()
-            .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
-            .map(|h| h.snapshot())
+            .flat_map(|s| {
+                let writer = s.writer_index();
+                s.hosts().enumerate().map(move |(i, h)| HostSnapshot {
+                    writer: i == writer,
+                    ..h.snapshot()
+                })
+            })
             .collect()
     }
 }
@@ -410,15 +489,8 @@ mod tests {
             port,
             ..Default::default()
         };
-        ShardHealth {
-            name: "s0".into(),
-            primary: Arc::new(HostHealth::new("s0", &host(1), Role::Primary)),
-            replicas: (0..replicas)
-                .map(|i| Arc::new(HostHealth::new("s0", &host(10 + i as u16), Role::Replica)))
-                .collect(),
-            wal_history: Mutex::new(WalHistory::default()),
-            next: AtomicUsize::new(0),
-        }
+        let replicas: Vec<Host> = (0..replicas).map(|i| host(10 + i as u16)).collect();
+        ShardHealth::new("s0", &host(1), &replicas)
     }
 
     fn fresh(h: &HostHealth, lsn: u64) {

@@ -12,6 +12,8 @@
 //!   host together stay within that host's [`HostBudgets`] (from its `max_connections`).
 //! - [`Health`] is what is known of every host (up, banned, lag, load) and picks the host
 //!   for a read; [`spawn_monitor`] keeps it current with health and replication-lag checks.
+//! - Each shard's writer is discovered (`failover`): a promoted host takes writes when the
+//!   configured primary is gone, and a primary that is not the writer is fenced.
 //! - [`send_cancel`] forwards a client's CancelRequest to the server running its query.
 
 mod auth;
@@ -20,6 +22,7 @@ mod budget;
 mod cancel;
 mod conn;
 mod error;
+mod failover;
 mod health;
 mod monitor;
 mod pool;
@@ -33,6 +36,7 @@ pub use budget::{HostBudgets, HostPolicy};
 pub use cancel::{send_cancel, CANCEL_TIMEOUT};
 pub use conn::{ConnectTarget, ServerConn, DEFAULT_PREPARED_CAPACITY, MAX_SERVER_FRAME};
 pub use error::{CheckoutError, ServerError};
+pub use failover::Observed;
 pub use health::{Health, HostChoice, HostHealth, HostSnapshot, Lag, QueryGuard, ShardHealth};
 pub use monitor::{spawn_monitor, spawn_monitor_with_budgets, MonitorLogin};
 pub use pool::{

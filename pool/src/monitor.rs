@@ -3,7 +3,10 @@
 //! the control-plane client, never the data path), then updates [`Health`]: hosts that do
 //! not answer are banned with backoff and probed again when the ban ends, replicas past
 //! `max_lag` / `max_lag_bytes` leave the read rotation and come back once under it. The same
-//! query reads each server's `max_connections` for the host connection budgets.
+//! query reads each server's `max_connections` for the host connection budgets, and whether
+//! it is a primary and on which timeline: `failover` decides from that which host of the
+//! shard takes writes. Checks run every `check_interval` or half of `replicas.failover_detect`,
+//! whichever is shorter, and one that takes longer than that half counts as failed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +14,9 @@ use std::time::Duration;
 
 use shardgate_config::{Config, Host, Replicas};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::debug;
 
 use crate::budget::HostBudgets;
+use crate::failover::Observed;
 use crate::health::{Health, HostHealth, Lag, ShardHealth};
 
 /// Who the checks log in as, and where.
@@ -42,17 +45,24 @@ impl MonitorLogin {
 }
 
 /// One check's answer: whether the server is in recovery, its WAL position (replay
-/// position on a standby, flush position on a primary) and its `max_connections`.
+/// position on a standby, flush position on a primary), its `max_connections` and its
+/// timeline (0: unknown).
 struct Position {
     in_recovery: bool,
     lsn: u64,
     max_connections: u32,
+    timeline: u32,
 }
 
+/// A primary's timeline is the first 8 hex digits of its current WAL file's name; a
+/// standby's is its WAL receiver's (NULL without `pg_read_all_stats`, or when not streaming).
 const POSITION_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0') \
       ELSE pg_current_wal_flush_lsn() END - '0/0'::pg_lsn)::int8, \
-     current_setting('max_connections')::int";
+     current_setting('max_connections')::int, \
+     CASE WHEN pg_is_in_recovery() \
+      THEN (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1)::int8 \
+      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int8 END";
 
 /// Open control connections, one per host, reused across checks.
 #[derive(Default)]
@@ -73,11 +83,13 @@ impl Clients {
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: i64 = row.try_get(1).map_err(|e| e.to_string())?;
         let max_connections: i32 = row.try_get(2).map_err(|e| e.to_string())?;
+        let timeline: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
         self.open.insert(host.clone(), client);
         Ok(Position {
             in_recovery,
             lsn: lsn.max(0) as u64,
             max_connections: max_connections.max(0) as u32,
+            timeline: timeline.and_then(|t| u32::try_from(t).ok()).unwrap_or(0),
         })
     }
 }
@@ -122,7 +134,11 @@ pub fn spawn_monitor_with_budgets(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut clients: Vec<Clients> = health.shards.iter().map(|_| Clients::default()).collect();
-        let mut tick = tokio::time::interval(settings.check_interval);
+        let every = settings
+            .check_interval
+            .min(settings.failover_detect / 2)
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -152,60 +168,68 @@ async fn check_shard(
     login: &MonitorLogin,
     budgets: Option<&HostBudgets>,
 ) {
-    let primary = &shard.primary;
-    if primary.ban_expired() {
-        match clients.position(&primary.host, login).await {
+    // A host that hangs must not hold a failover back for longer than this.
+    let bound = login.connect_timeout.min(settings.failover_detect / 2);
+    let hosts: Vec<Arc<HostHealth>> = shard.hosts().cloned().collect();
+    let mut seen: Vec<Option<Observed>> = Vec::with_capacity(hosts.len());
+    for host in &hosts {
+        if !host.ban_expired() {
+            seen.push(None);
+            continue;
+        }
+        let answer = tokio::time::timeout(bound, clients.position(&host.host, login))
+            .await
+            .unwrap_or_else(|_| Err(format!("health check took longer than {bound:?}")));
+        match answer {
             Ok(p) => {
-                primary.report_up();
+                host.report_up();
+                host.report_role(p.in_recovery, p.timeline);
                 if let Some(b) = budgets {
-                    b.record_max_connections(&primary.host, p.max_connections);
+                    b.record_max_connections(&host.host, p.max_connections);
                 }
-                if p.in_recovery {
-                    debug!(shard = %shard.name, host = %primary.host, "the configured primary is in recovery");
-                } else {
-                    shard.record_primary_lsn(p.lsn);
-                }
+                seen.push(Some(Observed {
+                    in_recovery: p.in_recovery,
+                    timeline: p.timeline,
+                    lsn: p.lsn,
+                }));
             }
-            Err(e) => primary.report_failure(settings.ban_initial, settings.ban_max, &e),
+            Err(e) => {
+                host.report_failure(settings.ban_initial, settings.ban_max, &e);
+                seen.push(None);
+            }
         }
     }
-    for replica in &shard.replicas {
-        if replica.ban_expired() {
-            check_replica(shard, replica, clients, settings, login, budgets).await;
+    shard.follow_writer(&seen);
+    let writer = shard.writer_index();
+    for (i, replica) in shard.replicas.iter().enumerate() {
+        if i + 1 == writer {
+            replica.set_rotation(false, "promoted: it takes the shard's writes");
+            continue;
+        }
+        if let Some(Some(o)) = seen.get(i + 1) {
+            replica_rotation(shard, replica, o, settings);
         }
     }
 }
 
-async fn check_replica(
-    shard: &ShardHealth,
-    replica: &HostHealth,
-    clients: &mut Clients,
-    settings: &Replicas,
-    login: &MonitorLogin,
-    budgets: Option<&HostBudgets>,
-) {
-    let position = match clients.position(&replica.host, login).await {
-        Ok(p) => p,
-        Err(e) => {
-            replica.report_failure(settings.ban_initial, settings.ban_max, &e);
-            return;
-        }
-    };
-    replica.report_up();
-    if let Some(b) = budgets {
-        b.record_max_connections(&replica.host, position.max_connections);
-    }
-    if !position.in_recovery {
+/// Puts a replica that answered in or out of the read rotation: it must be a standby that
+/// follows the shard's writer, within the lag limits.
+fn replica_rotation(shard: &ShardHealth, replica: &HostHealth, o: &Observed, settings: &Replicas) {
+    if !o.in_recovery {
         // Promoted, or misconfigured: its data may have diverged from the primary's.
         replica.report_lag(
-            position.lsn,
+            o.lsn,
             Lag::default(),
             false,
             "not a standby (not in recovery)",
         );
         return;
     }
-    let lag = shard.lag_of(position.lsn);
+    if let Err(why) = shard.follows_writer(o.timeline) {
+        replica.report_lag(o.lsn, Lag::default(), false, why);
+        return;
+    }
+    let lag = shard.lag_of(o.lsn);
     let too_far = if lag.seconds > settings.max_lag.as_secs_f64() {
         Some("replication lag over replicas.max_lag")
     } else if settings.max_lag_bytes > 0 && lag.bytes > settings.max_lag_bytes {
@@ -214,7 +238,7 @@ async fn check_replica(
         None
     };
     replica.report_lag(
-        position.lsn,
+        o.lsn,
         lag,
         too_far.is_none(),
         too_far.unwrap_or("replication lag within the limits"),

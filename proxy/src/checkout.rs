@@ -17,16 +17,17 @@ use crate::control::CountGuard;
 use crate::session::Session;
 
 /// A session's server pools by shard and host, created on first use and valid for one
-/// reload generation (a reload or a new shard map may replace pools or hosts).
+/// reload generation (a reload or a new shard map may replace pools or hosts) and one role
+/// epoch (a failover moves a shard's writes to another host).
 #[derive(Debug)]
 pub(crate) struct PoolCache {
     pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
-    /// The reload generation `pools` belongs to.
-    generation: u64,
+    /// The reload generation and role epoch `pools` belongs to.
+    generation: (u64, u64),
 }
 
 impl PoolCache {
-    pub(crate) fn new(generation: u64) -> PoolCache {
+    pub(crate) fn new(generation: (u64, u64)) -> PoolCache {
         PoolCache {
             pools: HashMap::new(),
             generation,
@@ -34,7 +35,7 @@ impl PoolCache {
     }
 
     /// Forgets every pool when `generation` is not the cache's; returns whether it did.
-    fn refresh(&mut self, generation: u64) -> bool {
+    fn refresh(&mut self, generation: (u64, u64)) -> bool {
         if generation == self.generation {
             return false;
         }
@@ -60,7 +61,7 @@ impl PoolCache {
 impl Session {
     /// The server pool of the current shard and host, created on first use.
     pub(crate) fn pool(&mut self) -> ServerPool {
-        if self.pools.refresh(self.shared.generation()) {
+        if self.pools.refresh(self.shared.pool_generation()) {
             // A reload or a new shard map replaced pools (or hosts). Read-your-writes
             // positions follow the shard count.
             let shards = self.shared.topo().router.shard_names().len();

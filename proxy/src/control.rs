@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use shardgate_admin::control::{
     ClientCounts, ControlPlane, PoolInfo, QueriesReport, QuerySort, Readiness, RecoveryFuture,
-    ReloadError, ReloadOutcome, ReplicaInfo, ShardInfo, TransactionsFuture,
+    ReloadError, ReloadOutcome, ReplicaInfo, SetHostsFuture, SetHostsRequest, ShardInfo,
+    TransactionsFuture,
 };
 use shardgate_pool::Role;
 
@@ -55,8 +56,9 @@ impl ControlPlane for ProxyControl {
         if self.draining.load(Ordering::Relaxed) {
             reasons.push("draining: shutting down".to_owned());
         }
+        let mut warnings = Vec::new();
         for shard in &self.shared.topo().health.shards {
-            let p = shard.primary.snapshot();
+            let p = shard.writer().snapshot();
             if p.state == "down" {
                 reasons.push(format!(
                     "shard {}: primary {} unreachable: {}",
@@ -65,10 +67,34 @@ impl ControlPlane for ProxyControl {
                     p.last_error.unwrap_or_default()
                 ));
             }
+            // A fence or a failover does not stop this proxy from serving: warnings, not
+            // reasons (a fleet that all went unready would stop every write).
+            if shard.writer_index() != 0 {
+                warnings.push(format!(
+                    "shard {}: failed over: writes go to {} (timeline {}), the shard map names {}; \
+                     confirm with PUT /api/v1/shards/{}/hosts",
+                    shard.name,
+                    p.host,
+                    shard.writer_timeline().unwrap_or(0),
+                    shard.primary.host,
+                    shard.name
+                ));
+            }
+            for host in shard.hosts().filter(|h| h.is_fenced()) {
+                warnings.push(format!(
+                    "shard {}: host {} is fenced: a primary (timeline {}) that is not the shard's \
+                     writer {} (split brain); no writes go to it",
+                    shard.name,
+                    host.host,
+                    host.timeline(),
+                    p.host
+                ));
+            }
         }
         Readiness {
             ready: reasons.is_empty(),
             reasons,
+            warnings,
         }
     }
 
@@ -82,9 +108,22 @@ impl ControlPlane for ProxyControl {
             .enumerate()
             .map(|(i, s)| ShardInfo {
                 name: s.name.clone(),
-                primary: s.primary.host.to_string(),
-                replicas: s.replicas.iter().map(|r| r.host.to_string()).collect(),
-                primary_up: s.primary.is_up(),
+                primary: s.writer().host.to_string(),
+                // A promoted replica is listed as the primary, not twice.
+                replicas: s
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i + 1 != s.writer_index())
+                    .map(|(_, r)| r.host.to_string())
+                    .collect(),
+                primary_up: s.writer().is_up(),
+                configured_primary: (s.writer_index() != 0).then(|| s.primary.host.to_string()),
+                fenced: s
+                    .hosts()
+                    .filter(|h| h.is_fenced())
+                    .map(|h| h.host.to_string())
+                    .collect(),
                 slots: ring.slots(i).len() as u32,
                 total_slots: total,
                 topology_version: topo.version,
@@ -141,7 +180,8 @@ impl ControlPlane for ProxyControl {
             .health
             .snapshot()
             .into_iter()
-            .filter(|h| h.role == Role::Replica)
+            // A promoted replica that takes writes is the shard's primary now (`shards`).
+            .filter(|h| h.role == Role::Replica && !h.writer)
             .map(|h| ReplicaInfo {
                 shard: h.shard,
                 host: h.host.to_string(),
@@ -189,6 +229,20 @@ impl ControlPlane for ProxyControl {
         metrics::counter!("shardgate_parse_cache_hits_total").absolute(cache.hits);
         metrics::counter!("shardgate_parse_cache_misses_total").absolute(cache.misses);
         self.shared.two_phase.recovery.record_metrics();
+        for shard in &self.shared.topo().health.shards {
+            for host in shard.hosts() {
+                metrics::gauge!("shardgate_fenced_hosts",
+                    "shard" => shard.name.clone(), "host" => host.host.to_string())
+                .set(if host.is_fenced() { 1.0 } else { 0.0 });
+            }
+        }
+    }
+
+    fn set_hosts(&self, shard: String, request: SetHostsRequest) -> Option<SetHostsFuture> {
+        let shared = Arc::clone(&self.shared);
+        Some(Box::pin(async move {
+            crate::hosts::set_hosts(&shared, &shard, &request).await
+        }))
     }
 
     fn transactions(&self) -> Option<TransactionsFuture> {

@@ -17,6 +17,7 @@ mod detached;
 mod encoding;
 mod fence;
 mod gather;
+mod hosts;
 mod io;
 mod limits;
 mod listener;
@@ -243,8 +244,13 @@ impl Shared {
         let Some(s) = topo.health.shard(shard) else {
             return fallback();
         };
+        // The role is the choice's, not the host's: a promoted replica takes writes.
+        let role = match choice {
+            shardgate_pool::HostChoice::Primary => shardgate_pool::Role::Primary,
+            shardgate_pool::HostChoice::Replica(_) => shardgate_pool::Role::Replica,
+        };
         s.host(choice)
-            .map(|h| (h.role, h.host.clone()))
+            .map(|h| (role, h.host.clone()))
             .unwrap_or_else(fallback)
     }
 
@@ -358,7 +364,7 @@ pub async fn start_with_state_file(
         // (An observing proxy changes nothing in the database it observes.)
         apply_id_lanes(&config, &map).await;
     }
-    let topo = topology::Topo::build(&config, map.version).map_err(StartError::Router)?;
+    let topo = topology::Topo::build(&config, map.version, None).map_err(StartError::Router)?;
     let observer = config
         .sharding
         .observes()

@@ -26,15 +26,20 @@ use shardgate_wire::frontend;
 use crate::session_state::{session_effects, SessionEffect};
 
 /// A client's named statements, least recently used first out past the cap.
+///
+/// The map grows as the client prepares: `LruCache::new(cap)` would allocate (and clear) a
+/// table for `cap` entries in every session, 272 KiB at the default cap of 10,000, though most
+/// clients name a handful of statements or none.
 pub struct ClientStatements {
     map: lru::LruCache<String, Arc<GlobalStatement>>,
+    cap: usize,
 }
 
 impl ClientStatements {
     pub fn new(cap: usize) -> Self {
-        let cap = std::num::NonZeroUsize::new(cap).unwrap_or(std::num::NonZeroUsize::MIN);
         ClientStatements {
-            map: lru::LruCache::new(cap),
+            map: lru::LruCache::unbounded(),
+            cap: cap.max(1),
         }
     }
 
@@ -49,8 +54,11 @@ impl ClientStatements {
 
     /// Records `name`; past the cap the least recently used name is forgotten.
     pub fn insert(&mut self, name: String, stmt: Arc<GlobalStatement>) {
-        if let Some((evicted, _)) = self.map.push(name, stmt) {
-            tracing::debug!(statement = %evicted, "client's least recently used prepared statement forgotten (pool.prepared_statements_per_client)");
+        self.map.push(name, stmt);
+        while self.map.len() > self.cap {
+            if let Some((evicted, _)) = self.map.pop_lru() {
+                tracing::debug!(statement = %evicted, "client's least recently used prepared statement forgotten (pool.prepared_statements_per_client)");
+            }
         }
     }
 

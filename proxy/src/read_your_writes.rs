@@ -1,6 +1,13 @@
 //! A client's read-your-writes positions: after it writes on a shard's primary, the WAL
 //! position its later reads there must see on a replica (see `replicas` for how they are
 //! taken and used).
+//!
+//! Across a promotion (`shardgate_pool`'s `failover`) the positions stay as they are: WAL
+//! positions keep growing on the new timeline, positions taken afterwards come from the new
+//! writer, and the monitor keeps in the read rotation only standbys whose WAL receiver is on
+//! the writer's timeline, so a position is only ever compared with a replay position on the
+//! new timeline. A position the new writer never reached (a write the promoted host did not
+//! receive) keeps the client's reads on the primary until the new timeline passes it.
 
 #[derive(Debug)]
 pub(crate) struct ReadYourWrites {

@@ -1,8 +1,11 @@
 //! Reload: re-read the configuration and apply what can change while clients stay
-//! connected. Users, pool sizes and timeouts, client limits, replica lists and their
-//! settings, and logging apply at once; the listening addresses, the admin server and the
-//! shard map (shard names, primaries, sharding rules) need a restart (changing the shard map
-//! live is rebalancing's job), so their old values are kept and reported.
+//! connected. Users, pool sizes and timeouts, client limits, each shard's hosts (primary and
+//! replicas) and their settings, and logging apply at once; the listening addresses, the
+//! admin server, the shard names and the sharding rules need a restart (changing the shard
+//! list live is rebalancing's job), so their old values are kept and reported. New hosts are
+//! also published in the file topology store (its state file keeps them); with the postgres
+//! store the fleet's hosts are the store's, changed with `PUT /api/v1/shards/{name}/hosts`,
+//! so a reload applies only replica lists there, locally, as before.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,17 +28,20 @@ fn changed<T: PartialEq>(out: &mut Vec<String>, name: &str, old: &T, new: &T) {
     }
 }
 
-/// The shard map without replica lists: what only a restart (or rebalancing) may change.
-fn shard_map(c: &Config) -> Vec<(String, shardgate_config::Host)> {
-    c.shards
-        .iter()
-        .map(|s| (s.name.clone(), s.primary.clone()))
-        .collect()
+/// The shard list: what only a restart (or rebalancing) may change.
+fn shard_names(c: &Config) -> Vec<String> {
+    c.shards.iter().map(|s| s.name.clone()).collect()
 }
 
 impl Shared {
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
+    }
+
+    /// What a session's cached pools belong to: the reload generation and the failovers the
+    /// current host health followed (a failover gives a shard's writes another host).
+    pub(crate) fn pool_generation(&self) -> (u64, u64) {
+        (self.generation(), self.topo().health.role_epoch())
     }
 
     /// Applies `new` (already validated) to the running proxy.
@@ -61,25 +67,45 @@ impl Shared {
             &new.sharding,
         );
         new.sharding = old.sharding.clone();
-        if shard_map(&old) != shard_map(&new) {
+        if shard_names(&old) != shard_names(&new) {
             out.needs_restart.push(
-                "shards (names and primaries: the shard map is the topology store's; add or \
-                 remove shards with `shardgate admin shards add|remove`)"
+                "shards (names: the shard map is the topology store's; add or remove shards \
+                 with `shardgate admin shards add|remove`)"
                     .into(),
             );
-            let replicas: Vec<_> = old
+            // The old list, with the hosts the file gives to shards it still names.
+            let hosts: Vec<_> = old
                 .shards
                 .iter()
                 .map(|s| {
-                    new.shards
-                        .iter()
-                        .find(|n| n.name == s.name)
-                        .map_or_else(|| s.replicas.clone(), |n| n.replicas.clone())
+                    new.shards.iter().find(|n| n.name == s.name).map_or_else(
+                        || (s.primary.clone(), s.replicas.clone()),
+                        |n| (n.primary.clone(), n.replicas.clone()),
+                    )
                 })
                 .collect();
             new.shards = old.shards.clone();
-            for (shard, r) in new.shards.iter_mut().zip(replicas) {
-                shard.replicas = r;
+            for (shard, (primary, replicas)) in new.shards.iter_mut().zip(hosts) {
+                shard.primary = primary;
+                shard.replicas = replicas;
+            }
+        }
+        let fleet_store = self.store.as_ref().is_some_and(|s| s.kind() == "postgres");
+        if fleet_store
+            && old
+                .shards
+                .iter()
+                .zip(&new.shards)
+                .any(|(o, n)| o.primary != n.primary)
+        {
+            out.needs_restart.push(
+                "shards.primary (with the postgres topology store the fleet's hosts are the \
+                 store's: use `shardgate admin shards hosts NAME --primary …` or PUT \
+                 /api/v1/shards/{name}/hosts)"
+                    .into(),
+            );
+            for (n, o) in new.shards.iter_mut().zip(&old.shards) {
+                n.primary = o.primary.clone();
             }
         }
 
@@ -117,7 +143,7 @@ impl Shared {
         new.topology = old.topology.clone();
         let hosts_changed = old.shards != new.shards;
         if hosts_changed {
-            out.applied.push("shards.replicas".into());
+            out.applied.push("shards (hosts)".into());
         }
 
         self.resize_client_slots(new.listen.max_client_connections);
@@ -130,9 +156,15 @@ impl Shared {
         self.config.store(Arc::clone(&new));
         if hosts_changed {
             // Same shard map and router; new hosts to watch and balance over.
+            // Shards whose hosts did not change keep their failover state; the others start
+            // with the primary the file names.
             let topo = self.topo();
-            let next =
-                crate::topology::Topo::with_router(&new, topo.version, Arc::clone(&topo.router));
+            let next = crate::topology::Topo::with_router(
+                &new,
+                topo.version,
+                Arc::clone(&topo.router),
+                Some(&topo.health),
+            );
             drop(topo);
             self.topo.store(Arc::new(next));
         }
@@ -143,7 +175,34 @@ impl Shared {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
         out.applied.extend(self.tls.reload(&old.tls, &new.tls));
+        if hosts_changed && !fleet_store {
+            // After the swap above: the follower applies the published version on top of it.
+            self.publish_reloaded_hosts(&old, &new);
+        }
         out
+    }
+
+    /// Records hosts a reload changed in the file store (so its state file, which a restart
+    /// routes by, keeps them), in the background: the follower then applies that version.
+    fn publish_reloaded_hosts(&self, old: &Config, new: &Config) {
+        let (Some(store), Ok(runtime)) =
+            (self.store.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let changes: Vec<_> = old
+            .shards
+            .iter()
+            .zip(&new.shards)
+            .filter(|(o, n)| o.primary != n.primary || o.replicas != n.replicas)
+            .map(|(_, n)| (n.name.clone(), n.primary.clone(), n.replicas.clone()))
+            .collect();
+        runtime.spawn(async move {
+            if let Err(e) = crate::hosts::publish_to_store(&store, &changes).await {
+                tracing::error!(error = %e.message, hint = %e.hint,
+                    "the reloaded hosts apply to this proxy but could not be recorded in the topology store; a restart would route by the old ones");
+            }
+        });
     }
 
     /// Grows or shrinks the client slots to `max` (slots in use are never taken away: a

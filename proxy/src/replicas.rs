@@ -164,7 +164,7 @@ impl Session {
         loop {
             let choice = if read {
                 let mut min_lsn = self.read_your_writes.read_after(shard);
-                if min_lsn > 0 && !health.primary.is_up() {
+                if min_lsn > 0 && !health.writer().is_up() {
                     // Read-your-writes would send this read to a primary that is down: serve
                     // it from a replica rather than fail it (availability over freshness).
                     min_lsn = 0;

@@ -210,7 +210,7 @@ impl Session {
             mode,
             database: login.database,
             user: login.user,
-            pools: PoolCache::new(shared.generation()),
+            pools: PoolCache::new(shared.pool_generation()),
             shard: shared.topo().router.default_shard(),
             host: HostChoice::Primary,
             attached_read: false,

@@ -36,9 +36,14 @@ pub(crate) struct Topo {
 
 impl Topo {
     /// Builds the routing state for `config` (whose `shards` are the map's) at `version`.
-    /// An observing proxy (`[sharding] mode = "observe"`) routes without the sharding rules
-    /// (`readiness`).
-    pub(crate) fn build(config: &Config, version: u64) -> Result<Topo, RouterError> {
+    /// `previous`: the host health of the map it replaces, whose failover state carries over
+    /// to shards whose hosts did not change. An observing proxy (`[sharding] mode =
+    /// "observe"`) routes without the sharding rules (`readiness`).
+    pub(crate) fn build(
+        config: &Config,
+        version: u64,
+        previous: Option<&Health>,
+    ) -> Result<Topo, RouterError> {
         let observed;
         let config = if config.sharding.observes() {
             observed = crate::readiness::routing_config(config);
@@ -47,11 +52,16 @@ impl Topo {
             config
         };
         let router = Arc::new(Router::new(config)?);
-        Ok(Topo::with_router(config, version, router))
+        Ok(Topo::with_router(config, version, router, previous))
     }
 
-    /// As `build`, keeping a router (a reload that changes only replicas or settings).
-    pub(crate) fn with_router(config: &Config, version: u64, router: Arc<Router>) -> Topo {
+    /// As `build`, keeping a router (a reload that changes only hosts or settings).
+    pub(crate) fn with_router(
+        config: &Config,
+        version: u64,
+        router: Arc<Router>,
+        previous: Option<&Health>,
+    ) -> Topo {
         let observed;
         let config = if config.sharding.observes() {
             observed = crate::readiness::routing_config(config);
@@ -63,7 +73,7 @@ impl Topo {
         Topo {
             version,
             query_stats: Arc::new(stats::QueryStats::new(router.shard_names())),
-            health: Health::from_config(config),
+            health: Health::from_config_after(config, previous),
             routing: config.shards.len() > 1 || !config.sharding.tables.is_empty() || has_replicas,
             defers_begin: config.shards.len() > 1 || has_replicas,
             reads_can_leave_primary: has_replicas,
@@ -91,7 +101,7 @@ impl Shared {
         }
         let mut config = (*self.config()).clone();
         config.shards = map.shards.clone();
-        let topo = match Topo::build(&config, map.version) {
+        let topo = match Topo::build(&config, map.version, Some(&current.health)) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(version = map.version, error = %e,

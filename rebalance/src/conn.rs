@@ -81,7 +81,18 @@ pub(crate) async fn connect(shard: &Shard, db: &str, rb: &Rebalance) -> Result<C
     )
     .await
     {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => {
+            // A rebalancer killed mid-statement leaves its backend waiting (for a lock, say);
+            // without a client check it would still run that statement later, interleaved
+            // with the resumed job's. PostgreSQL 14+ checks the socket during the wait; older
+            // servers do not know the setting, which is fine.
+            let check = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                c.batch_execute("SET client_connection_check_interval = '1s'"),
+            );
+            let _ = check.await;
+            Ok(c)
+        }
         Ok(Err(e)) => Err(failed(e.to_string())),
         Err(_) => Err(failed("timed out".into())),
     }

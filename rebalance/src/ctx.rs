@@ -29,9 +29,9 @@ pub(crate) enum Stop {
     Committed,
 }
 
-impl From<String> for Stop {
-    fn from(s: String) -> Stop {
-        Stop::Fail(EngineError::from(s))
+impl From<super::schema_copy::CopyError> for Stop {
+    fn from(e: super::schema_copy::CopyError) -> Stop {
+        Stop::Fail(EngineError::from(e))
     }
 }
 

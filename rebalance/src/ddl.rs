@@ -50,7 +50,7 @@ pub(crate) async fn run(
     conns
         .exec(shard, db, &format!("SET lock_timeout = '{LOCK_TIMEOUT}'"))
         .await?;
-    let mut result = Err(Stop::from(String::new()));
+    let mut result = Ok(());
     for attempt in 1..=ATTEMPTS {
         if let Err(stop) = check() {
             result = Err(stop);
@@ -63,11 +63,11 @@ pub(crate) async fn run(
             }
             Err(msg) if msg.sqlstate() == Some(LOCK_NOT_AVAILABLE) => {
                 tracing::debug!(shard = %shard.name, db, attempt, "{what} waits for a table lock; retrying");
-                result = Err(Stop::from(format!(
+                result = Err(Stop::Fail(EngineError::Timeout(format!(
                     "{msg}: could not lock the table to {what} in {ATTEMPTS} tries of \
                      {LOCK_TIMEOUT} each — a long transaction holds it; retry when it has \
                      finished"
-                )));
+                ))));
                 if attempt < ATTEMPTS {
                     tokio::time::sleep(jitter()).await;
                 }

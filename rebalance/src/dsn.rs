@@ -4,6 +4,31 @@ use std::path::PathBuf;
 
 use shardgate_config::{Host, SslMode};
 
+/// Why an address of `shards add` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DsnError {
+    #[error("the address is empty")]
+    Empty,
+    #[error("`{0}`: only postgres:// URLs are understood")]
+    Scheme(String),
+    #[error("`{0}`: `[` without `]`")]
+    Bracket(String),
+    #[error("`{address}`: unexpected `{after}` after the address")]
+    Trailing { address: String, after: String },
+    #[error("`{address}`: `{port}` is not a port number")]
+    Port { address: String, port: String },
+    #[error("sslmode `{0}` is not one of disable, prefer, require, verify-ca, verify-full")]
+    SslMode(String),
+    #[error("`{address}`: parameter `{parameter}` is not understood (sslmode, sslrootcert, host, port are)")]
+    Parameter { address: String, parameter: String },
+    #[error("`{0}` names no host")]
+    NoHost(String),
+    #[error("bad percent escape in `{0}`")]
+    Escape(String),
+    #[error("`{0}` does not decode to UTF-8")]
+    NotUtf8(String),
+}
+
 /// A parsed address: the host, and the login in it (if any).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Dsn {
@@ -15,17 +40,17 @@ pub(crate) struct Dsn {
 /// Parses `postgres[ql]://[user[:password]@]host[:port][/db][?sslmode=…&sslrootcert=…]` (the
 /// database part is ignored: the rebalancer works on `rebalance.databases`), `host[:port]`,
 /// `[v6]:port`, or a unix-socket directory (`/run/postgresql`).
-pub(crate) fn parse(s: &str) -> Result<Dsn, String> {
+pub(crate) fn parse(s: &str) -> Result<Dsn, DsnError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("the address is empty".into());
+        return Err(DsnError::Empty);
     }
     let rest = s
         .strip_prefix("postgres://")
         .or_else(|| s.strip_prefix("postgresql://"));
     let Some(rest) = rest else {
         if s.contains("://") {
-            return Err(format!("`{s}`: only postgres:// URLs are understood"));
+            return Err(DsnError::Scheme(s.to_owned()));
         }
         let host = host_port(s, s)?;
         return Ok(Dsn {
@@ -61,14 +86,15 @@ pub(crate) fn parse(s: &str) -> Result<Dsn, String> {
             "port" => host.port = port(&v, s)?,
             "user" => {}
             _ => {
-                return Err(format!(
-                "`{s}`: parameter `{k}` is not understood (sslmode, sslrootcert, host, port are)"
-            ))
+                return Err(DsnError::Parameter {
+                    address: s.to_owned(),
+                    parameter: k.to_owned(),
+                })
             }
         }
     }
     if host.host.is_empty() {
-        return Err(format!("`{s}` names no host"));
+        return Err(DsnError::NoHost(s.to_owned()));
     }
     let user = user.filter(|u| !u.is_empty());
     Ok(Dsn {
@@ -78,7 +104,7 @@ pub(crate) fn parse(s: &str) -> Result<Dsn, String> {
     })
 }
 
-fn host_port(s: &str, whole: &str) -> Result<Host, String> {
+fn host_port(s: &str, whole: &str) -> Result<Host, DsnError> {
     let mut host = Host {
         host: String::new(),
         port: 5432,
@@ -92,12 +118,15 @@ fn host_port(s: &str, whole: &str) -> Result<Host, String> {
     if let Some(v6) = s.strip_prefix('[') {
         let (addr, after) = v6
             .split_once(']')
-            .ok_or_else(|| format!("`{whole}`: `[` without `]`"))?;
+            .ok_or_else(|| DsnError::Bracket(whole.to_owned()))?;
         host.host = addr.to_owned();
         if let Some(p) = after.strip_prefix(':') {
             host.port = port(p, whole)?;
         } else if !after.is_empty() {
-            return Err(format!("`{whole}`: unexpected `{after}` after the address"));
+            return Err(DsnError::Trailing {
+                address: whole.to_owned(),
+                after: after.to_owned(),
+            });
         }
         return Ok(host);
     }
@@ -111,30 +140,29 @@ fn host_port(s: &str, whole: &str) -> Result<Host, String> {
     Ok(host)
 }
 
-fn port(p: &str, whole: &str) -> Result<u16, String> {
+fn port(p: &str, whole: &str) -> Result<u16, DsnError> {
     match p.parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("`{whole}`: `{p}` is not a port number")),
+        _ => Err(DsnError::Port {
+            address: whole.to_owned(),
+            port: p.to_owned(),
+        }),
     }
 }
 
-fn ssl_mode(v: &str) -> Result<SslMode, String> {
+fn ssl_mode(v: &str) -> Result<SslMode, DsnError> {
     Ok(match v {
         "disable" => SslMode::Disable,
         "prefer" | "allow" => SslMode::Prefer,
         "require" => SslMode::Require,
         "verify-ca" => SslMode::VerifyCa,
         "verify-full" => SslMode::VerifyFull,
-        _ => {
-            return Err(format!(
-                "sslmode `{v}` is not one of disable, prefer, require, verify-ca, verify-full"
-            ))
-        }
+        _ => return Err(DsnError::SslMode(v.to_owned())),
     })
 }
 
 /// Percent-decoding of URL parts (passwords often hold `@`, `:` or `/`).
-fn decode(s: &str) -> Result<String, String> {
+fn decode(s: &str) -> Result<String, DsnError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -143,7 +171,7 @@ fn decode(s: &str) -> Result<String, String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in `{s}`"))?;
+                .ok_or_else(|| DsnError::Escape(s.to_owned()))?;
             out.push(hex);
             i += 3;
         } else {
@@ -151,7 +179,7 @@ fn decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("`{s}` does not decode to UTF-8"))
+    String::from_utf8(out).map_err(|_| DsnError::NotUtf8(s.to_owned()))
 }
 
 /// The libpq connection string the target's subscription uses to reach `host`, with
@@ -208,12 +236,29 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_refused() {
-        assert!(parse("").is_err());
-        assert!(parse("db:99999").is_err());
-        assert!(parse("mysql://x").is_err());
-        assert!(parse("postgres://x?sslmode=maybe").is_err());
-        assert!(parse("postgres://x?foo=1").is_err());
-        assert!(parse("postgres://u:p@/db").is_err());
+        assert_eq!(parse(""), Err(DsnError::Empty));
+        assert!(matches!(parse("db:99999"), Err(DsnError::Port { port, .. }) if port == "99999"));
+        assert_eq!(
+            parse("mysql://x"),
+            Err(DsnError::Scheme("mysql://x".into()))
+        );
+        assert_eq!(
+            parse("postgres://x?sslmode=maybe"),
+            Err(DsnError::SslMode("maybe".into()))
+        );
+        assert!(matches!(
+            parse("postgres://x?foo=1"),
+            Err(DsnError::Parameter { parameter, .. }) if parameter == "foo"
+        ));
+        assert!(matches!(
+            parse("postgres://u:p@/db"),
+            Err(DsnError::NoHost(_))
+        ));
+        assert!(matches!(
+            parse("postgres://u:%zz@h"),
+            Err(DsnError::Escape(_))
+        ));
+        assert!(matches!(parse("[::1"), Err(DsnError::Bracket(_))));
     }
 
     #[test]

@@ -78,6 +78,17 @@ pub(crate) enum ShardError {
 }
 
 impl ShardError {
+    /// `e`, which a statement on `shard`'s database `db` got, with the server's SQLSTATE,
+    /// detail and hint.
+    pub(crate) fn statement(shard: &str, db: &str, e: &tokio_postgres::Error) -> ShardError {
+        ShardError::Statement {
+            shard: shard.to_owned(),
+            db: db.to_owned(),
+            sqlstate: super::conn::sqlstate(e),
+            message: super::conn::pg_err(e),
+        }
+    }
+
     /// The server's SQLSTATE, when the server refused the statement.
     pub(crate) fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -87,23 +98,9 @@ impl ShardError {
     }
 }
 
-/// The modules that still report failures as text take a shard error as its message.
-impl From<ShardError> for String {
-    fn from(e: ShardError) -> String {
-        e.to_string()
-    }
-}
-
 impl From<ShardError> for EngineError {
     fn from(e: ShardError) -> Self {
         EngineError::Shard(e.to_string())
-    }
-}
-
-/// Modules that report shard errors as text (with the server's detail).
-impl From<String> for EngineError {
-    fn from(message: String) -> Self {
-        EngineError::Shard(message)
     }
 }
 

@@ -53,7 +53,29 @@ use shardgate_topology::{
     now_ms, Job, JobKind, Phase, Progress, ProxyVersion, ShardMap, Store, StoreError,
 };
 
+pub use dsn::DsnError;
 pub use error::EngineError;
+
+/// A server address an operator gave (`host[:port]`, `[v6]:port`, a unix-socket directory, or
+/// a `postgres://` URL) that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AddressError {
+    #[error(transparent)]
+    Unreadable(#[from] dsn::DsnError),
+    /// Not echoed: the text holds a password.
+    #[error("a host address carries no login here (the shard's admin login is kept)")]
+    HasLogin,
+}
+
+/// Parses a server address of `PUT /api/v1/shards/{name}/hosts`: as `shards add` reads
+/// `--primary`, without a login (the hosts of a shard carry none).
+pub fn parse_address(text: &str) -> Result<shardgate_config::Host, AddressError> {
+    let parsed = dsn::parse(text)?;
+    if parsed.user.is_some() || parsed.password.is_some() {
+        return Err(AddressError::HasLogin);
+    }
+    Ok(parsed.host)
+}
 pub use references::{verify_references, ReferenceCopy, ReferenceTableCheck, ReferencesReport};
 pub use sequences::{
     apply_id_lanes, decode_unique_id, inspect_sequences, SequenceInfo, SequencesReport,
@@ -196,7 +218,7 @@ impl Rebalancer {
                 "choose another name",
             ));
         }
-        let bad = |what: &str, e: String| {
+        let bad = |what: &str, e: dsn::DsnError| {
             error(
                 400,
                 "bad_request",
@@ -312,7 +334,10 @@ impl Rebalancer {
             plan: None,
         };
         let plan = Plan::build(&job, &config).map_err(|e| {
-            preflight::refuse(e, "fix [sharding] or [rebalance] in the config and reload")
+            preflight::refuse(
+                e.to_string(),
+                "fix [sharding] or [rebalance] in the config and reload",
+            )
         })?;
         preflight::check(&plan, &config).await?;
         job.heartbeat_ms = now_ms();

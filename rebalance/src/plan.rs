@@ -61,14 +61,36 @@ pub(crate) struct Plan {
     pub databases: Vec<String>,
 }
 
+/// Why a job's plan cannot be made: the config or the job record asks for something the
+/// rebalancer cannot do (fix it first; running again unchanged would fail the same way).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PlanError {
+    #[error(
+        "rebalance.databases is empty: the rebalancer would move nothing (list the databases \
+         that hold the sharded tables)"
+    )]
+    NoDatabases,
+    #[error("the job's stored plan names no database")]
+    StoredWithoutDatabases,
+    #[error("the job's stored plan names an unknown shard {0}")]
+    UnknownShard(String),
+    #[error("sharding.tables: `{0}` is not a table name or schema.table")]
+    TableName(String),
+    #[error("the shard list cannot make a ring: {0}")]
+    Ring(#[from] shardgate_router::RingError),
+}
+
+impl From<PlanError> for super::EngineError {
+    fn from(e: PlanError) -> Self {
+        super::EngineError::Refused(e.to_string())
+    }
+}
+
 impl Plan {
     /// The plan of a new job, from the config.
-    pub fn build(job: &Job, config: &Config) -> Result<Plan, String> {
+    pub fn build(job: &Job, config: &Config) -> Result<Plan, PlanError> {
         if config.rebalance.databases.is_empty() {
-            return Err(
-                "rebalance.databases is empty: the rebalancer would move nothing (list the                  databases that hold the sharded tables)"
-                    .into(),
-            );
+            return Err(PlanError::NoDatabases);
         }
         let bits = config.sharding.slot_bits;
         let tables = tables(config)?;
@@ -85,12 +107,12 @@ impl Plan {
 
     /// The plan a job recorded when it started (records from before plans were stored are
     /// planned from `config`, as they were then).
-    pub fn resume(job: &Job, config: &Config) -> Result<Plan, String> {
+    pub fn resume(job: &Job, config: &Config) -> Result<Plan, PlanError> {
         let Some(stored) = &job.plan else {
             return Plan::build(job, config);
         };
         if stored.databases.is_empty() {
-            return Err("the job's stored plan names no database".into());
+            return Err(PlanError::StoredWithoutDatabases);
         }
         let shard = |name: &str| {
             job.old_shards
@@ -98,7 +120,7 @@ impl Plan {
                 .chain(&job.new_shards)
                 .find(|s| s.name == name)
                 .cloned()
-                .ok_or_else(|| format!("the job's stored plan names an unknown shard {name}"))
+                .ok_or_else(|| PlanError::UnknownShard(name.to_owned()))
         };
         let mut moves = Vec::new();
         for (index, m) in stored.moves.iter().enumerate() {
@@ -241,7 +263,7 @@ impl Plan {
 }
 
 /// The sharded tables of the config, resolved for the rebalancer.
-pub(crate) fn tables(config: &Config) -> Result<Vec<TablePlan>, String> {
+pub(crate) fn tables(config: &Config) -> Result<Vec<TablePlan>, PlanError> {
     let mut out: Vec<TablePlan> = Vec::new();
     for t in &config.sharding.tables {
         // PostgreSQL folds unquoted names to lower case, and the router matches that way too.
@@ -251,10 +273,7 @@ pub(crate) fn tables(config: &Config) -> Result<Vec<TablePlan>, String> {
             None => ("public".to_owned(), name.clone()),
         };
         if schema.is_empty() || table.is_empty() || table.contains('.') {
-            return Err(format!(
-                "sharding.tables: `{}` is not a table name or schema.table",
-                t.name
-            ));
+            return Err(PlanError::TableName(t.name.clone()));
         }
         let key_column = t
             .key_column
@@ -279,11 +298,11 @@ pub(crate) fn tables(config: &Config) -> Result<Vec<TablePlan>, String> {
 
 /// The moves that turn the ring of `old` into the ring of `new`: one per (source, target) pair
 /// with at least one slot changing owner, sources in map order, then targets in map order.
-pub(crate) fn moves(old: &[Shard], new: &[Shard], bits: u32) -> Result<Vec<Move>, String> {
+pub(crate) fn moves(old: &[Shard], new: &[Shard], bits: u32) -> Result<Vec<Move>, PlanError> {
     let old_names: Vec<&str> = old.iter().map(|s| s.name.as_str()).collect();
     let new_names: Vec<&str> = new.iter().map(|s| s.name.as_str()).collect();
-    let old_ring = Ring::new(&old_names, bits).map_err(|e| e.to_string())?;
-    let new_ring = Ring::new(&new_names, bits).map_err(|e| e.to_string())?;
+    let old_ring = Ring::new(&old_names, bits)?;
+    let new_ring = Ring::new(&new_names, bits)?;
     let mut out = Vec::new();
     for (si, source) in old.iter().enumerate() {
         let mut by_target: Vec<Vec<i64>> = vec![Vec::new(); new.len()];

@@ -10,14 +10,15 @@ use std::time::Instant;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
 use shardgate_config::Shard;
 
-use super::conn::{pg_err, Conns};
+use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
+use super::error::{EngineError, ShardError};
 use super::plan::{ident, Move, TablePlan};
 use super::sql;
 
 /// Fences the moving slots on every target (closed at once) and waits for the transactions
 /// that began before.
-async fn fence_targets(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+async fn fence_targets(ctx: &Ctx, conns: &mut Conns) -> Result<(), EngineError> {
     let plan = &ctx.plan;
     for target in plan.targets() {
         // Each slot's "destination" in the fence message is the shard it goes back to.
@@ -30,8 +31,10 @@ async fn fence_targets(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
             super::runner::install_fence(ctx, conns, target, db, &slots, &back_to, &|| Ok(()))
                 .await
                 .map_err(|stop| match stop {
-                    Stop::Fail(e) => e.to_string(),
-                    other => format!("installing the fence: stopped ({other:?})"),
+                    Stop::Fail(e) => e,
+                    other => EngineError::Refused(format!(
+                        "installing the fence on the targets stopped ({other:?})"
+                    )),
                 })?;
             conns
                 .exec_params(target, db, sql::FENCE_CLOSE, &[&plan.job_id])
@@ -44,11 +47,11 @@ async fn fence_targets(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
                     break;
                 }
                 if Instant::now() >= until {
-                    return Err(format!(
+                    return Err(EngineError::Timeout(format!(
                         "a transaction on shard {} older than the fence did not end within \
                          rebalance.cutover_timeout; abort again when it has",
                         target.name
-                    ));
+                    )));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
@@ -63,7 +66,7 @@ async fn columns(
     shard: &Shard,
     db: &str,
     t: &TablePlan,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ShardError> {
     let rows = conns
         .query(
             shard,
@@ -83,7 +86,7 @@ async fn copy_back(
     m: &Move,
     db: &str,
     t: &TablePlan,
-) -> Result<u64, String> {
+) -> Result<u64, ShardError> {
     let plan = &ctx.plan;
     let cols = columns(conns, &m.source, db, t).await?.join(", ");
     let predicate = plan.predicate(t, &m.slots);
@@ -95,12 +98,7 @@ async fn copy_back(
     let delete = format!("DELETE FROM {} WHERE {predicate}", t.qualified());
     let clients = conns.clients(&[(&m.target, db), (&m.source, db)]).await?;
     let (from, to) = (clients[0], clients[1]);
-    let err = |shard: &str, e: tokio_postgres::Error| {
-        format!(
-            "copying rows back, shard {shard} database {db}: {}",
-            pg_err(&e)
-        )
-    };
+    let err = |shard: &str, e: tokio_postgres::Error| ShardError::statement(shard, db, &e);
     to.batch_execute("BEGIN; SET LOCAL shardgate.bypass = 'on'")
         .await
         .map_err(|e| err(&m.source.name, e))?;
@@ -144,7 +142,7 @@ async fn copy_back(
 /// Fences the targets, copies the moving rows back to the sources, and publishes the old shard
 /// list. Returns the version published. The caller then removes the targets' copies and the
 /// fences (the undo), as for an abort before the commit.
-pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, String> {
+pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, EngineError> {
     let plan = &ctx.plan;
     ctx.update(|j| j.progress.message = "reverting: fencing the moved keys on the targets".into())
         .await;
@@ -183,7 +181,11 @@ pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, String> 
         Err(e) => match super::commit::state(ctx).await {
             // It landed although its answer was lost.
             Some(shardgate_topology::CommitState::Reverted { version }) => version,
-            _ => return Err(format!("publishing the old shard map again failed: {e}")),
+            _ => {
+                return Err(EngineError::Store(format!(
+                    "publishing the old shard map again failed: {e}"
+                )))
+            }
         },
     };
     tracing::info!(job = %plan.job_id, version = reverted, copied, "rebalance reverted: old shard map published again");

@@ -11,9 +11,49 @@ use std::time::Duration;
 use shardgate_config::{Host, Rebalance, Shard};
 use tokio::io::AsyncWriteExt;
 
+use super::error::EngineError;
 use super::plan::TablePlan;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why `pg_dump | psql` did not copy what it was asked to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ToolError {
+    /// The proxy's host lacks the PostgreSQL client tools: nothing can be copied until they
+    /// are installed.
+    #[error("{0} was not found (install the PostgreSQL client tools where shardgate runs)")]
+    NotFound(&'static str),
+    #[error("cannot run {path}: {reason}")]
+    Spawn { path: String, reason: String },
+    #[error("{tool} timed out after {TOOL_TIMEOUT:?}")]
+    Timeout { tool: &'static str },
+    /// The tool ran and failed; `stderr` says why (a missing role, a lost connection, …).
+    #[error("{tool} on shard {shard} database {db} failed: {stderr}")]
+    Failed {
+        tool: &'static str,
+        shard: String,
+        db: String,
+        stderr: String,
+    },
+}
+
+/// A copy step that failed, with what it was copying and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{step} failed: {cause}{advice}")]
+pub(crate) struct CopyError {
+    step: String,
+    cause: ToolError,
+    advice: &'static str,
+}
+
+impl From<CopyError> for EngineError {
+    fn from(e: CopyError) -> Self {
+        match e.cause {
+            ToolError::NotFound(_) => EngineError::Refused(e.to_string()),
+            _ => EngineError::Shard(e.to_string()),
+        }
+    }
+}
 
 /// `tool` on PATH, else in `pg_config --bindir`, else in the newest
 /// `/usr/lib/postgresql/*/bin`.
@@ -77,17 +117,18 @@ pub(crate) async fn copy(
     db: &str,
     tables: &[&TablePlan],
     rb: &Rebalance,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     let names: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
     dump_restore(source, target, db, &names, "--schema-only", "", rb)
         .await
-        .map_err(|e| {
-            format!(
-                "creating the sharded tables on shard {} database {db} from shard {}'s schema \
-                 failed: {e} (create the roles that own or are granted the sharded tables on the \
-                 target first)",
+        .map_err(|cause| CopyError {
+            step: format!(
+                "creating the sharded tables on shard {} database {db} from shard {}'s schema",
                 target.name, source.name
-            )
+            ),
+            cause,
+            advice: " (create the roles that own or are granted the sharded tables on the \
+                     target first)",
         })
 }
 
@@ -99,16 +140,18 @@ pub(crate) async fn schema_only(
     db: &str,
     tables: &[String],
     rb: &Rebalance,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     dump_restore(source, target, db, tables, "--schema-only", "", rb)
         .await
-        .map_err(|e| {
-            format!(
-                "creating reference tables {} on shard {} database {db} from shard {}'s schema failed: {e}",
+        .map_err(|cause| CopyError {
+            step: format!(
+                "creating reference tables {} on shard {} database {db} from shard {}'s schema",
                 tables.join(", "),
                 target.name,
                 source.name
-            )
+            ),
+            cause,
+            advice: "",
         })
 }
 
@@ -122,16 +165,18 @@ pub(crate) async fn copy_data(
     tables: &[String],
     prelude: &str,
     rb: &Rebalance,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     dump_restore(source, target, db, tables, "--data-only", prelude, rb)
         .await
-        .map_err(|e| {
-            format!(
-                "copying the rows of reference tables {} to shard {} database {db} from shard {} failed: {e}",
+        .map_err(|cause| CopyError {
+            step: format!(
+                "copying the rows of reference tables {} to shard {} database {db} from shard {}",
                 tables.join(", "),
                 target.name,
                 source.name
-            )
+            ),
+            cause,
+            advice: "",
         })
 }
 
@@ -144,9 +189,13 @@ async fn dump_restore(
     mode: &str,
     prelude: &str,
     rb: &Rebalance,
-) -> Result<(), String> {
-    let pg_dump = find_tool("pg_dump").ok_or("pg_dump was not found")?;
-    let psql = find_tool("psql").ok_or("psql was not found")?;
+) -> Result<(), ToolError> {
+    let pg_dump = find_tool("pg_dump").ok_or(ToolError::NotFound("pg_dump"))?;
+    let psql = find_tool("psql").ok_or(ToolError::NotFound("psql"))?;
+    let spawn = |path: &std::path::Path, e: std::io::Error| ToolError::Spawn {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
     let (suser, spass) = source.admin_login(rb);
     let mut dump = tokio::process::Command::new(&pg_dump);
     dump.arg(mode)
@@ -166,14 +215,15 @@ async fn dump_restore(
     dump.kill_on_drop(true);
     let out = tokio::time::timeout(TOOL_TIMEOUT, dump.output())
         .await
-        .map_err(|_| "pg_dump timed out".to_owned())?
-        .map_err(|e| format!("cannot run {}: {e}", pg_dump.display()))?;
+        .map_err(|_| ToolError::Timeout { tool: "pg_dump" })?
+        .map_err(|e| spawn(&pg_dump, e))?;
     if !out.status.success() {
-        return Err(format!(
-            "pg_dump of shard {} database {db} failed: {}",
-            source.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(ToolError::Failed {
+            tool: "pg_dump",
+            shard: source.name.clone(),
+            db: db.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     let (tuser, tpass) = target.admin_login(rb);
     let mut restore = tokio::process::Command::new(&psql);
@@ -192,10 +242,11 @@ async fn dump_restore(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     login_env(&mut restore, &target.primary, tpass);
-    let mut child = restore
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", psql.display()))?;
-    let mut stdin = child.stdin.take().ok_or("psql has no stdin")?;
+    let mut child = restore.spawn().map_err(|e| spawn(&psql, e))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| ToolError::Spawn {
+        path: psql.display().to_string(),
+        reason: "no stdin pipe".into(),
+    })?;
     let mut script = prelude.as_bytes().to_vec();
     script.extend_from_slice(&out.stdout);
     let feed = async move {
@@ -208,14 +259,15 @@ async fn dump_restore(
     };
     let (fed, out) = tokio::time::timeout(TOOL_TIMEOUT, run)
         .await
-        .map_err(|_| "psql timed out".to_owned())?;
-    let out = out.map_err(|e| format!("psql failed: {e}"))?;
+        .map_err(|_| ToolError::Timeout { tool: "psql" })?;
+    let out = out.map_err(|e| spawn(&psql, e))?;
     if !out.status.success() || fed.is_err() {
-        return Err(format!(
-            "psql on shard {}: {}",
-            target.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(ToolError::Failed {
+            tool: "psql",
+            shard: target.name.clone(),
+            db: db.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(())
 }

@@ -20,9 +20,10 @@ use std::time::Duration;
 use shardgate_config::{Config, Shard};
 use shardgate_topology::{IdLanes, ShardMap};
 
-use super::conn::{pg_err, Conns};
+use super::conn::Conns;
 use super::ctx::Ctx;
-use super::plan::{self, TablePlan};
+use super::error::{EngineError, ShardError};
+use super::plan::{self, PlanError, TablePlan};
 
 pub use lanes::{SequenceInfo, SequencesReport};
 pub use unique_id::decode as decode_unique_id;
@@ -34,7 +35,7 @@ pub const SEQUENCES_TIMEOUT: Duration = Duration::from_secs(60);
 /// Moves each target's sequences of the sharded tables past the highest value any of its
 /// sources has handed out (never backwards), on the target's lane in the job's new map.
 /// Runs with the fence closed, so no moving row can take a newer value meanwhile.
-pub(crate) async fn align(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+pub(crate) async fn align(ctx: &Ctx, conns: &mut Conns) -> Result<(), EngineError> {
     let plan = &ctx.plan;
     let new_shards = ctx.job.lock().await.new_shards.clone();
     let lanes = lanes_after(ctx, &new_shards).await?;
@@ -51,7 +52,7 @@ pub(crate) async fn align(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
 
 /// The reverse, when a committed move is undone: each source's sequences move past the values
 /// its targets handed out since the commit, on its lane in the map the revert publishes.
-pub(crate) async fn align_back(ctx: &Ctx, conns: &mut Conns) -> Result<(), String> {
+pub(crate) async fn align_back(ctx: &Ctx, conns: &mut Conns) -> Result<(), EngineError> {
     let plan = &ctx.plan;
     let old_shards = ctx.job.lock().await.old_shards.clone();
     let lanes = lanes_after(ctx, &old_shards).await?;
@@ -68,12 +69,11 @@ pub(crate) async fn align_back(ctx: &Ctx, conns: &mut Conns) -> Result<(), Strin
 
 /// The lanes the store will hold once `shards` is published over its current map (the
 /// publish is a compare-and-swap on that map's version, so these are exactly its lanes).
-async fn lanes_after(ctx: &Ctx, shards: &[Shard]) -> Result<IdLanes, String> {
-    let map = ctx
-        .store
-        .shard_map()
-        .await
-        .map_err(|e| format!("reading the shard map for the id lanes: {e}"))?;
+async fn lanes_after(ctx: &Ctx, shards: &[Shard]) -> Result<IdLanes, EngineError> {
+    let map =
+        ctx.store.shard_map().await.map_err(|e| {
+            EngineError::Store(format!("reading the shard map for the id lanes: {e}"))
+        })?;
     Ok(map.id_lanes.for_shards(shards))
 }
 
@@ -82,17 +82,19 @@ async fn align_pairs(
     conns: &mut Conns,
     pairs: Vec<(Shard, Vec<Shard>)>,
     lanes: &IdLanes,
-) -> Result<(), String> {
+) -> Result<(), EngineError> {
     let plan = &ctx.plan;
     let count = ctx.config.sharding.id_lanes;
     for (target, sources) in &pairs {
         let lane = lanes.lane(&target.name).filter(|_| count > 0);
         if let Some(lane) = lane.filter(|l| *l >= count) {
             // Values ≡ lane mod count would fall on another shard's lane.
-            return Err(format!(
-                "shard {} would take id lane {lane}, but sharding.id_lanes is {count}: every lane                  has been used (lanes of removed shards are never reused); raise                  sharding.id_lanes (up to 1024) and reload, then add the shard again",
+            return Err(EngineError::Refused(format!(
+                "shard {} would take id lane {lane}, but sharding.id_lanes is {count}: every \
+                 lane has been used (lanes of removed shards are never reused); raise \
+                 sharding.id_lanes (up to 1024) and reload, then add the shard again",
                 target.name
-            ));
+            )));
         }
         for db in &plan.databases {
             let found = {
@@ -177,13 +179,13 @@ async fn plain_setval(
     Ok(())
 }
 
-fn on(shard: &Shard, db: &str, e: &tokio_postgres::Error) -> String {
-    format!("shard {} database {db}: {}", shard.name, pg_err(e))
+fn on(shard: &Shard, db: &str, e: &tokio_postgres::Error) -> ShardError {
+    ShardError::statement(&shard.name, db, e)
 }
 
 /// What [`apply_id_lanes`] and [`inspect_sequences`] work on: the databases of
 /// `[rebalance] databases` and the config's sharded tables.
-fn scope(config: &Config) -> Result<(Vec<String>, Vec<TablePlan>), String> {
+fn scope(config: &Config) -> Result<(Vec<String>, Vec<TablePlan>), PlanError> {
     Ok((config.rebalance.databases.clone(), plan::tables(config)?))
 }
 
@@ -211,7 +213,7 @@ async fn run(config: &Config, map: &ShardMap, apply: bool) -> SequencesReport {
     let (databases, tables) = match scope(config) {
         Ok(s) => s,
         Err(e) => {
-            report.warnings.push(e);
+            report.warnings.push(e.to_string());
             return report;
         }
     };
@@ -255,7 +257,7 @@ async fn run_db(
             Ok(client) => lanes::find(client, tables)
                 .await
                 .map_err(|e| on(shard, db, &e)),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         match found {
             Ok(found) => {
@@ -283,7 +285,7 @@ async fn run_db(
                     Ok(client) => lanes::column_max(client, f)
                         .await
                         .map_err(|e| on(shard, db, &e)),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 };
                 match max {
                     Ok(m) => floor = floor.max(m),
@@ -319,7 +321,7 @@ async fn run_db(
                         Ok(client) => lanes::set_lane(client, f, l, lanes, floor)
                             .await
                             .map_err(|e| on(shard, db, &e)),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e),
                     };
                     match done {
                         Ok(next) => {
@@ -357,7 +359,7 @@ async fn run_db(
                 Ok(client) => unique_id::install(client, lane)
                     .await
                     .map_err(|e| on(shard, db, &e)),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e),
             };
             if let Err(e) = installed {
                 report

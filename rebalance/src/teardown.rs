@@ -269,9 +269,18 @@ pub(crate) async fn drop_fence_on(
         }
     }
     delete_fence_rows(ctx, conns, source, db).await?;
-    conns
-        .exec(source, db, &sql::drop_fence_table_if_unused())
-        .await?;
+    // DROP TABLE locks the fence table, then the switch table, each ACCESS EXCLUSIVE: waiting
+    // for the second while holding the first queues every client whose fence trigger reads
+    // the first behind it, and a client that read the switch earlier in its transaction then
+    // deadlocks with it (40P01 in the client). Short lock waits, retried, as for triggers.
+    ddl::run_to_end(
+        conns,
+        source,
+        db,
+        &sql::drop_fence_table_if_unused(),
+        "drop the fence tables",
+    )
+    .await?;
     conns.exec(source, db, &sql::drop_markers(plan)).await?;
     // A schema that still holds something else stays (and that error is expected).
     let _ = conns.exec(source, db, sql::DROP_SCHEMA_IF_EMPTY).await;

@@ -108,17 +108,23 @@ const CI: &[&str] = &[
 ];
 
 fn cases() -> Vec<Case> {
-    // `SG_SIGKILL_ONLY=<failpoint>[,<failpoint>…]`: those alone, 3 → 4 (to chase one case).
+    // `SG_SIGKILL_ONLY=<failpoint>[,<failpoint>…]`: those alone, 3 → 4 (to chase one case);
+    // a name ending in `@remove` runs that failpoint 4 → 3.
     if let Ok(only) = std::env::var("SG_SIGKILL_ONLY") {
         let all = shardgate_rebalance::failpoints::NAMES;
         return only
             .split(',')
             .map(|name| {
+                let name = name.trim();
+                let (name, remove) = match name.strip_suffix("@remove") {
+                    Some(n) => (n, true),
+                    None => (name, false),
+                };
                 let f = all
                     .iter()
-                    .find(|f| **f == name.trim())
+                    .find(|f| **f == name)
                     .unwrap_or_else(|| panic!("SG_SIGKILL_ONLY: no failpoint {name}"));
-                case(f, false)
+                case(f, remove)
             })
             .collect();
     }

@@ -42,6 +42,8 @@ pub fn shards() -> Vec<ShardInfo> {
             slots: 8192,
             total_slots: 16384,
             topology_version: 7,
+            configured_primary: None,
+            fenced: vec![],
         },
         ShardInfo {
             name: "s2".into(),
@@ -51,6 +53,8 @@ pub fn shards() -> Vec<ShardInfo> {
             slots: 8192,
             total_slots: 16384,
             topology_version: 7,
+            configured_primary: None,
+            fenced: vec![],
         },
     ]
 }
@@ -119,11 +123,13 @@ impl ControlPlane for FixedControl {
             Readiness {
                 ready: true,
                 reasons: vec![],
+                warnings: vec![],
             }
         } else {
             Readiness {
                 ready: false,
                 reasons: vec!["draining".into()],
+                warnings: vec![],
             }
         }
     }

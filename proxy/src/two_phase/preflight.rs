@@ -24,7 +24,7 @@ pub(crate) async fn check(shared: &Shared) {
         .health
         .shards
         .iter()
-        .map(|s| (s.name.clone(), s.primary.host.clone()))
+        .map(|s| (s.name.clone(), s.writer().host.clone()))
         .collect();
     if shards.len() < 2 {
         return;

@@ -424,7 +424,7 @@ async fn list_all(shared: &Shared) -> Vec<Listing> {
         .health
         .shards
         .iter()
-        .map(|s| (s.name.clone(), s.primary.host.clone()))
+        .map(|s| (s.name.clone(), s.writer().host.clone()))
         .collect();
     let login = MonitorLogin::from_config(&config);
     let lists = shards

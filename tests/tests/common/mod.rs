@@ -355,6 +355,7 @@ impl RawMsg {
 
 /// Frontend message encoders for [`RawClient`] (protocol 3.0, text format).
 pub mod demo_env;
+pub mod failover;
 pub mod prepared;
 pub mod scripts;
 mod sharded;

@@ -41,9 +41,24 @@ pub fn load_sql(pred: impl Fn(&str) -> String) -> String {
     )
 }
 
-/// How long a statement answered 40001 is retried: a fence held by a runner that was killed
-/// stays until the job is resumed and undone or finished (tests/rebalance_sigkill.rs).
-const RETRY_FOR: Duration = Duration::from_secs(30);
+/// Which refusals a task retries, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// SQLSTATEs that mean "nothing was done; try again".
+    pub codes: &'static [&'static str],
+    pub for_at_most: Duration,
+}
+
+impl Default for Retry {
+    /// 40001 (a fence the proxy could not hide) for 30 s: a fence held by a runner that was
+    /// killed stays until the job is resumed and undone or finished (tests/rebalance_sigkill.rs).
+    fn default() -> Retry {
+        Retry {
+            codes: &["40001"],
+            for_at_most: Duration::from_secs(30),
+        }
+    }
+}
 
 /// What the two tables hold: accounts by key (balance, note), events by (user, id) → payload.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,8 +97,10 @@ impl State {
 pub struct Outcome {
     pub state: State,
     pub ops: u64,
-    /// Statements (or transactions) answered 40001 and retried.
+    /// Statements (or transactions) refused with a retried SQLSTATE and retried.
     pub retries: u64,
+    /// The same, by SQLSTATE.
+    pub retries_by_code: BTreeMap<String, u64>,
     pub anomalies: Vec<String>,
     pub max_latency: Duration,
 }
@@ -97,13 +114,22 @@ pub struct Workload {
 impl Workload {
     /// Starts `per_proxy` tasks on each proxy (by its connection string).
     pub async fn start(proxies: &[String], per_proxy: usize) -> Workload {
+        Self::start_retrying(proxies, per_proxy, |_| Retry::default()).await
+    }
+
+    /// [`Self::start`], with the retry policy of each proxy's tasks (by the proxy's index).
+    pub async fn start_retrying(
+        proxies: &[String],
+        per_proxy: usize,
+        retry: impl Fn(usize) -> Retry,
+    ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let n = proxies.len() * per_proxy;
         let mut tasks = Vec::with_capacity(n);
         for t in 0..n {
             let conn_str = proxies[t % proxies.len()].clone();
             let client = super::env::connect(&conn_str).await;
-            let task = Task::new(t as i64, n as i64, client);
+            let task = Task::new(t as i64, n as i64, client, retry(t % proxies.len()));
             let stop = Arc::clone(&stop);
             tasks.push(tokio::spawn(task.run(stop)));
         }
@@ -206,11 +232,12 @@ struct Task {
     rng: Rng,
     next_key: i64,
     next_event: i64,
+    retry: Retry,
     out: Outcome,
 }
 
 impl Task {
-    fn new(id: i64, tasks: i64, client: Client) -> Task {
+    fn new(id: i64, tasks: i64, client: Client, retry: Retry) -> Task {
         let state = State::initial(|k| (k - 1) % tasks == id);
         Task {
             id,
@@ -219,6 +246,7 @@ impl Task {
             rng: Rng(0x5EED + id as u64),
             next_key: 0,
             next_event: 100,
+            retry,
             out: Outcome {
                 state,
                 ..Outcome::default()
@@ -281,9 +309,17 @@ impl Task {
             loop {
                 match self.execute(&op).await {
                     Ok(()) => break,
-                    Err(e) if code(&e) == Some("40001") && started.elapsed() < RETRY_FOR => {
+                    Err(e)
+                        if code(&e).is_some_and(|c| self.retry.codes.contains(&c))
+                            && started.elapsed() < self.retry.for_at_most =>
+                    {
                         tries += 1;
                         self.out.retries += 1;
+                        *self
+                            .out
+                            .retries_by_code
+                            .entry(code(&e).unwrap_or_default().to_owned())
+                            .or_default() += 1;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err(e) => {
