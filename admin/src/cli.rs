@@ -74,6 +74,20 @@ pub enum AdminCommand {
         #[arg(long)]
         resolve: bool,
     },
+    /// Per-query statistics: calls, errors, time, rows and routes of each statement shape.
+    Queries {
+        /// total_time, calls, mean_time or errors.
+        #[arg(long, default_value = "total_time")]
+        sort: String,
+        /// How many statements to show.
+        #[arg(long, default_value_t = crate::queries::DEFAULT_LIMIT)]
+        limit: usize,
+        /// Forget every statement's statistics instead.
+        #[arg(long, conflicts_with_all = ["sort", "limit"])]
+        reset: bool,
+    },
+    /// The sharding readiness report of an observing proxy ([sharding] mode = "observe").
+    Readiness,
     /// Re-read the config file and apply what can change live.
     Reload,
     /// Progress of a live rebalance, or abort it.
@@ -327,6 +341,27 @@ fn execute(args: &AdminArgs, out: &mut dyn Write, tty: bool) -> Result<i32, Fail
         AdminCommand::Transactions { resolve: true } => {
             let reply = expect_success(client.post("/api/v1/transactions/resolve", None))?;
             show(out, json, &reply, recovery_text)?;
+        }
+        AdminCommand::Queries { reset: true, .. } => {
+            let reply = expect_success(client.delete("/api/v1/queries"))?;
+            if json {
+                out.write_all(reply.body.as_bytes())?;
+                out.write_all(b"\n")?;
+            } else {
+                out.write_all(b"query statistics reset\n")?;
+            }
+        }
+        AdminCommand::Queries { sort, limit, .. } => {
+            let path = format!(
+                "/api/v1/queries?sort={}&limit={limit}",
+                percent_encode(sort)
+            );
+            let reply = expect_success(client.get(&path))?;
+            show(out, json, &reply, crate::queries::queries_table)?;
+        }
+        AdminCommand::Readiness => {
+            let reply = expect_success(client.get("/api/v1/readiness"))?;
+            show(out, json, &reply, crate::readiness::readiness_text)?;
         }
         AdminCommand::Reload => {
             let reply = expect_success(client.post("/api/v1/reload", None))?;

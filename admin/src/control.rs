@@ -188,6 +188,90 @@ pub struct RecoveryReport {
     pub errors: Vec<String>,
 }
 
+/// How `GET /api/v1/queries` orders the statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuerySort {
+    #[default]
+    TotalTime,
+    Calls,
+    MeanTime,
+    Errors,
+}
+
+impl QuerySort {
+    /// The `sort=` value: `total_time`, `calls`, `mean_time` or `errors`.
+    pub fn parse(text: &str) -> Option<QuerySort> {
+        match text {
+            "total_time" => Some(QuerySort::TotalTime),
+            "calls" => Some(QuerySort::Calls),
+            "mean_time" => Some(QuerySort::MeanTime),
+            "errors" => Some(QuerySort::Errors),
+            _ => None,
+        }
+    }
+}
+
+/// How the calls of one statement were routed.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RouteCounts {
+    /// One shard.
+    pub single: u64,
+    /// A read on several shards, merged in the proxy.
+    pub scatter: u64,
+    /// A read on several shards gathered into PostgreSQL on the default shard.
+    pub gather: u64,
+    /// DDL or a write on every shard (keyless write, reference table).
+    pub broadcast: u64,
+    /// A multi-row INSERT split by shard key.
+    pub split_insert: u64,
+    /// A COPY FROM STDIN split by shard key.
+    pub split_copy: u64,
+    /// Refused by the proxy (its SQLSTATE is in `errors_by_class`).
+    pub refused: u64,
+}
+
+/// One statement shape and what its calls cost (`GET /api/v1/queries`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueryStat {
+    /// 16 hex digits of the fingerprint's hash: stable across restarts and proxies, the
+    /// `query_id` label of the `shardgate_top_query_*` metrics.
+    pub id: String,
+    /// The fingerprint: the statement with literals replaced by `$n`, comments dropped.
+    pub query: String,
+    pub calls: u64,
+    /// Calls that ended in an error (the server's or the proxy's).
+    pub errors: u64,
+    /// Errors by SQLSTATE class (its first two characters).
+    pub errors_by_class: std::collections::BTreeMap<String, u64>,
+    pub total_ms: f64,
+    pub mean_ms: f64,
+    /// From a log-bucketed histogram: within about 10% of the true value.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Rows from the command tags (SELECT n, INSERT 0 n, UPDATE n, COPY n, …).
+    pub rows: u64,
+    /// Shards touched, summed over calls, and the most one call touched.
+    pub shards_touched: u64,
+    pub max_shards: u32,
+    pub routes: RouteCounts,
+    /// Calls that ran on the primary and on a replica.
+    pub primary: u64,
+    pub replica: u64,
+}
+
+/// `GET /api/v1/queries`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QueriesReport {
+    pub queries: Vec<QueryStat>,
+    /// Statement shapes tracked now, and the bound (`stats.max_queries`).
+    pub tracked: u64,
+    pub max_queries: u64,
+    /// Shapes dropped to keep the bound (the ones with the least total time go first).
+    pub evicted: u64,
+}
+
 /// `PUT /api/v1/shards/{name}/hosts`: the shard's hosts from now on. The primary named takes
 /// the writes (this is how an operator confirms a failover or un-fences a host).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -272,6 +356,19 @@ pub trait ControlPlane: Send + Sync + 'static {
     }
     /// `POST /api/v1/transactions/resolve`: runs a recovery round now (`None`: 501).
     fn resolve_transactions(&self) -> Option<RecoveryFuture> {
+        None
+    }
+    /// `GET /api/v1/queries`: the `limit` statement shapes first by `sort` (`None`: 501).
+    fn queries(&self, _sort: QuerySort, _limit: usize) -> Option<QueriesReport> {
+        None
+    }
+    /// `DELETE /api/v1/queries`: forgets every statement's statistics; whether it did.
+    fn reset_queries(&self) -> bool {
+        false
+    }
+    /// `GET /api/v1/readiness`: the sharding readiness report of an observing proxy
+    /// (`None`: 501, the proxy routes).
+    fn sharding_readiness(&self) -> Option<crate::readiness::ShardingReadiness> {
         None
     }
     /// `PUT /api/v1/shards/{name}/hosts`: publishes the shard's new hosts in the topology

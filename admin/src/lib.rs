@@ -16,6 +16,8 @@ pub mod cli;
 mod client;
 pub mod control;
 pub mod metrics;
+pub mod queries;
+pub mod readiness;
 pub use shardgate_rebalance as rebalance;
 mod server;
 mod status;

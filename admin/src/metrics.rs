@@ -220,6 +220,15 @@ fn describe() {
         Unit::Seconds,
         "Age of the oldest of them (0 when there is none)."
     );
+    for (name, unit, help) in [
+        ("shardgate_top_query_calls", Unit::Count, "Calls of one of the 20 statements with the most total time (label query_id: its fingerprint id in /api/v1/queries; shards: the most shards one call touched)."),
+        ("shardgate_top_query_errors", Unit::Count, "Calls of that statement that ended in an error."),
+        ("shardgate_top_query_rows", Unit::Count, "Rows that statement's calls returned or changed."),
+        ("shardgate_top_query_seconds", Unit::Seconds, "Total time of that statement's calls."),
+        ("shardgate_top_query_p99_seconds", Unit::Seconds, "99th percentile of that statement's call time (within about 10%)."),
+    ] {
+        describe_gauge!(name, unit, help);
+    }
     describe_counter!(
         "shardgate_two_phase_resolved_total",
         Unit::Count,
@@ -324,6 +333,7 @@ fn with(
 /// Sets the snapshot gauges and renders every metric in the Prometheus text format.
 pub fn render(handle: &PrometheusHandle, control: &dyn ControlPlane) -> String {
     record_snapshot(control);
+    crate::queries::record_top_queries(control);
     control.record_metrics();
     handle.render()
 }

@@ -249,6 +249,9 @@ fn router(state: AppState) -> Router {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/sequences", get(sequences))
         .route("/api/v1/verify/references", get(verify_references))
+        .route("/api/v1/queries", get(queries).delete(reset_queries))
+        .route("/api/v1/queries/reset", post(reset_queries))
+        .route("/api/v1/readiness", get(sharding_readiness))
         .route("/api/v1/transactions", get(transactions))
         .route("/api/v1/transactions/resolve", post(resolve_transactions))
         .route("/api/v1/rebalance", get(rebalance_status))
@@ -485,6 +488,53 @@ fn not_served(method: &Method, uri: &Uri, hint: &str) -> ApiError {
         format!("{method} {} is not implemented yet", echo(uri.path())),
         hint,
     )
+}
+
+const QUERIES_HINT: &str = "this proxy keeps no per-query statistics";
+
+async fn queries(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (sort, limit) = crate::queries::parse_params(uri.query()).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            "use sort=total_time|calls|mean_time|errors and limit=1..10000",
+        )
+    })?;
+    let report = state
+        .control
+        .queries(sort, limit)
+        .ok_or_else(|| not_served(&method, &uri, QUERIES_HINT))?;
+    Ok(Json(report).into_response())
+}
+
+async fn reset_queries(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    if !state.control.reset_queries() {
+        return Err(not_served(&method, &uri, QUERIES_HINT));
+    }
+    Ok(Json(serde_json::json!({ "reset": true })).into_response())
+}
+
+async fn sharding_readiness(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let report = state.control.sharding_readiness().ok_or_else(|| {
+        not_served(
+            &method,
+            &uri,
+            "the readiness report needs [sharding] mode = \"observe\"",
+        )
+    })?;
+    Ok(Json(report).into_response())
 }
 
 const TRANSACTIONS_HINT: &str = "this proxy does not run two-phase commit recovery";

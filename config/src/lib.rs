@@ -7,6 +7,7 @@
 mod duration;
 mod schema;
 mod sharding;
+mod stats;
 mod timeouts;
 mod validate;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub use duration::{format_duration, parse_duration};
 pub use schema::*;
 pub use sharding::*;
+pub use stats::Stats;
 pub use timeouts::Timeouts;
 pub use validate::check_shard_name;
 

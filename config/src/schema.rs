@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::duration;
-use crate::{Sharding, Timeouts};
+use crate::{Sharding, Stats, Timeouts};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +40,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub stats: Stats,
 }
 
 /// Where clients connect, and the limits that protect the proxy from them.

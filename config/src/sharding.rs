@@ -47,6 +47,28 @@ pub struct Sharding {
     /// joins with sharded rows run where those rows are; writes run on every shard at once,
     /// atomically. A table cannot be both sharded and a reference table.
     pub reference_tables: Vec<ReferenceTable>,
+    /// `route` (default) routes by these rules; `observe` runs as a plain pooler in front of
+    /// the one configured shard and only plans every statement against the rules, for the
+    /// sharding readiness report (`shardgate admin readiness`).
+    pub mode: ShardingMode,
+    /// In `observe` mode: how many shards the statements are planned for.
+    pub observe_shards: u32,
+}
+
+/// Whether the sharding rules route statements or are only observed.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardingMode {
+    #[default]
+    Route,
+    Observe,
+}
+
+impl Sharding {
+    /// Whether statements are only planned against the rules (`mode = "observe"`).
+    pub fn observes(&self) -> bool {
+        self.mode == ShardingMode::Observe
+    }
 }
 
 impl Default for Sharding {
@@ -65,6 +87,8 @@ impl Default for Sharding {
             two_phase_recovery_interval: Duration::from_secs(5),
             tables: Vec::new(),
             reference_tables: Vec::new(),
+            mode: ShardingMode::Route,
+            observe_shards: 4,
         }
     }
 }

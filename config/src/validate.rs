@@ -241,6 +241,21 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
             );
         }
     }
+    if c.sharding.observes() && c.shards.len() != 1 {
+        return err(
+            "sharding.mode",
+            format!(
+                "\"observe\" runs in front of one existing database, but {} shards are configured: list only that database as the one shard",
+                c.shards.len()
+            ),
+        );
+    }
+    if c.sharding.observes() && !(2..=1024).contains(&c.sharding.observe_shards) {
+        return err(
+            "sharding.observe_shards",
+            format!("{} is outside 2..=1024", c.sharding.observe_shards),
+        );
+    }
     if c.sharding.key_column.is_empty() {
         return err("sharding.key_column", "must not be empty".into());
     }

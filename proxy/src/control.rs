@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shardgate_admin::control::{
-    ClientCounts, ControlPlane, PoolInfo, Readiness, RecoveryFuture, ReloadError, ReloadOutcome,
-    ReplicaInfo, SetHostsFuture, SetHostsRequest, ShardInfo, TransactionsFuture,
+    ClientCounts, ControlPlane, PoolInfo, QueriesReport, QuerySort, Readiness, RecoveryFuture,
+    ReloadError, ReloadOutcome, ReplicaInfo, SetHostsFuture, SetHostsRequest, ShardInfo,
+    TransactionsFuture,
 };
 use shardgate_pool::Role;
 
@@ -205,6 +206,22 @@ impl ControlPlane for ProxyControl {
             waiting,
             idle: total.saturating_sub(active + waiting),
         }
+    }
+
+    fn queries(&self, sort: QuerySort, limit: usize) -> Option<QueriesReport> {
+        Some(self.shared.query_log.report(sort, limit))
+    }
+
+    fn reset_queries(&self) -> bool {
+        self.shared.query_log.reset();
+        if let Some(observer) = &self.shared.observer {
+            observer.reset();
+        }
+        true
+    }
+
+    fn sharding_readiness(&self) -> Option<shardgate_admin::readiness::ShardingReadiness> {
+        self.shared.observer.as_ref().map(|o| o.report())
     }
 
     fn record_metrics(&self) {

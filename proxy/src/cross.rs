@@ -51,6 +51,8 @@ impl Session {
         {
             Ok(r) => r,
             Err(e) => {
+                // Counted as a refusal by the per-query statistics.
+                self.request.refused = true;
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
                 self.io.flush().await?;
                 return Ok(None);

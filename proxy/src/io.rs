@@ -21,6 +21,10 @@ pub struct ClientIo {
     /// `timeouts.client_write_timeout`: a flush that takes longer drops the client (zero:
     /// no limit).
     pub write_timeout: Duration,
+    /// While a cross-shard batch runs: the rows and first error of what is sent to the client
+    /// (`query_stats`), read at each flush.
+    /// The tally and where its part of `out` starts (bytes before were queued earlier).
+    tally: Option<(crate::query_stats::tally::Tally, usize)>,
 }
 
 /// Flush the client buffer early once it holds this much, so large results stream.
@@ -37,6 +41,7 @@ impl ClientIo {
             // the buffer grows to what the client's results need and keeps that capacity.
             out: BytesMut::with_capacity(1024),
             write_timeout: Duration::ZERO,
+            tally: None,
         }
     }
 
@@ -88,6 +93,10 @@ impl ClientIo {
 
     /// Writes out everything buffered in `out`.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
+        if let Some((tally, from)) = &mut self.tally {
+            tally.scan(self.out.get(*from..).unwrap_or_default());
+            *from = 0;
+        }
         if !self.out.is_empty() {
             crate::stats::bytes_sent(self.out.len());
             let write = self.reader.get_mut().write_all(&self.out);
@@ -119,6 +128,21 @@ impl ClientIo {
             res.map_err(|_| SessionError::ClientGone)?;
         }
         Ok(())
+    }
+
+    /// From now on, reads what is sent to the client for rows and errors (until
+    /// [`ClientIo::take_tally`]).
+    pub(crate) fn start_tally(&mut self) {
+        self.tally = Some((Default::default(), self.out.len()));
+    }
+
+    /// What was sent since [`ClientIo::start_tally`], including what is still buffered.
+    pub(crate) fn take_tally(&mut self) -> crate::query_stats::tally::Tally {
+        let Some((mut tally, from)) = self.tally.take() else {
+            return Default::default();
+        };
+        tally.scan(self.out.get(from..).unwrap_or_default());
+        tally
     }
 
     /// Flushes only when the buffer is large, so big results stream without piling up.

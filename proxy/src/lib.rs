@@ -27,7 +27,9 @@ mod one_statement;
 mod pinning;
 mod pool_retire;
 mod prepared;
+mod query_stats;
 mod read_your_writes;
+mod readiness;
 mod reference;
 mod relay;
 mod reload;
@@ -146,6 +148,10 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Two-phase commit across shards: transaction ids, gids, in-doubt recovery.
     pub(crate) two_phase: two_phase::Coordinator,
+    /// Per-query statistics (`[stats]`, `GET /api/v1/queries`); kept across reloads.
+    pub(crate) query_log: query_stats::QueryLog,
+    /// `[sharding] mode = "observe"`: plans every statement for the readiness report.
+    pub(crate) observer: Option<readiness::Observer>,
 }
 
 impl Shared {
@@ -153,6 +159,8 @@ impl Shared {
         let host_policy = shardgate_pool::HostPolicy::from_config(&config.pool);
         Shared {
             two_phase: two_phase::Coordinator::new(proxy_id),
+            query_log: query_stats::QueryLog::new(config.stats.max_queries),
+            observer: None,
             topo_changed: watch::Sender::new(topo.version),
             topo: ArcSwap::from_pointee(topo),
             store: None,
@@ -352,8 +360,17 @@ pub async fn start_with_state_file(
             "routing by the topology store's shard map, not the config file's [[shards]]");
         config.shards = map.shards.clone();
     }
-    apply_id_lanes(&config, &map).await;
+    if !config.sharding.observes() {
+        // (An observing proxy changes nothing in the database it observes.)
+        apply_id_lanes(&config, &map).await;
+    }
     let topo = topology::Topo::build(&config, map.version, None).map_err(StartError::Router)?;
+    let observer = config
+        .sharding
+        .observes()
+        .then(|| readiness::Observer::new(&config))
+        .transpose()
+        .map_err(StartError::Router)?;
     let poll_interval = config.topology.poll_interval;
     // A bad certificate stops the start before anything is bound.
     let tls = tls::ClientTls::disabled();
@@ -369,6 +386,7 @@ pub async fn start_with_state_file(
         .clone()
         .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
     let mut shared = Shared::new(config, topo, &proxy_id);
+    shared.observer = observer;
     shared.tls = tls;
     shared.store = Some(Arc::clone(&store));
     if store.kind() == "postgres" {

@@ -80,6 +80,8 @@ pub struct GlobalStatement {
     /// `set_config` acts every time it runs), and what in it pins the session.
     pub effects: Vec<SessionEffect>,
     pub pins: Option<&'static str>,
+    /// The text's fingerprint hash (`query_stats`), computed once instead of at every Bind.
+    pub fingerprint: u64,
     /// A server has accepted the Parse once: the text is valid SQL for these parameter types.
     accepted: AtomicBool,
 }
@@ -186,6 +188,7 @@ impl StatementRegistry {
             parse_message: parse.freeze(),
             effects: session_effects(query),
             pins: crate::pinning::pinning_statement(query),
+            fingerprint: shardgate_router::fingerprint_hash(query),
             accepted: AtomicBool::new(false),
         });
         map.insert(key, Arc::clone(&stmt));

@@ -50,6 +50,10 @@ impl Session {
             .flatten()
         {
             if let Err(e) = self.pin_here(what) {
+                if query {
+                    // Answered by the proxy: no ReadyForQuery from the server ends it.
+                    self.request.forget_last();
+                }
                 self.refuse(e, query);
                 return false;
             }
@@ -187,6 +191,10 @@ impl Session {
             if let Err(e) = self.check_pinned(&frame) {
                 if e.code == sqlstate::PROTOCOL_VIOLATION {
                     return Err(SessionError::Protocol(e.message));
+                }
+                self.record_refused(&frame, e.code);
+                if frame.tag() == frontend::QUERY {
+                    self.request.forget_last();
                 }
                 self.refuse(e, frame.tag() == frontend::QUERY);
                 return Ok(Flow::Continue);
@@ -364,6 +372,7 @@ impl Session {
                 self.txn.note_error();
                 if let Ok(fields) = backend::error_fields(&frame) {
                     crate::stats::count_error(&fields.code);
+                    self.request.tally.error(&fields.code);
                 }
                 if crate::fence::is_fence(&frame) {
                     // Held for a retry on the new shard map, or already rewritten to 40001.
@@ -446,6 +455,7 @@ impl Session {
             }
             backend::COMMAND_COMPLETE => {
                 self.txn.note_command_complete(frame.body());
+                self.request.tally.command_complete(frame.body());
                 // DEALLOCATE ALL / DISCARD ALL take effect at once and survive a rollback: the
                 // server connection lost every statement, except Parses queued after this one.
                 if frame.body() == b"DEALLOCATE ALL\0" || frame.body() == b"DISCARD ALL\0" {

@@ -127,6 +127,7 @@ impl Shared {
         changed(&mut out.applied, "replicas", &old.replicas, &new.replicas);
         changed(&mut out.applied, "log", &old.log, &new.log);
         changed(&mut out.applied, "limits", &old.limits, &new.limits);
+        changed(&mut out.applied, "stats", &old.stats, &new.stats);
         changed(
             &mut out.applied,
             "rebalance",
@@ -146,6 +147,7 @@ impl Shared {
         }
 
         self.resize_client_slots(new.listen.max_client_connections);
+        self.query_log.set_max(new.stats.max_queries);
         self.pools
             .budgets()
             .set_policy(shardgate_pool::HostPolicy::from_config(&new.pool));

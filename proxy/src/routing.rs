@@ -535,7 +535,7 @@ fn key_text(v: &shardgate_router::KeyValue) -> String {
 
 /// How a read on several shards is answered: merged in the proxy (and how), or gathered into
 /// PostgreSQL (and why).
-fn cross_shard_strategy(
+pub(crate) fn cross_shard_strategy(
     plan: &shardgate_router::Plan,
     router: &shardgate_router::Router,
 ) -> String {

@@ -24,6 +24,7 @@ use crate::login::{login, Login};
 use crate::multi_txn::InTransaction;
 use crate::pinning::Pin;
 use crate::prepared::ClientStatements;
+use crate::query_stats::StatementRoute;
 use crate::read_your_writes::ReadYourWrites;
 use crate::relay::Flow;
 use crate::replies::{Expect, ReplyQueue};
@@ -306,23 +307,42 @@ impl Session {
                         Ok(Target::Many { shards, plan }) => {
                             if let Some(what) = self.batch_pins(&batch) {
                                 let e = crate::pinning::many_shards_refusal(what);
+                                let record =
+                                    self.start_batch_record(&batch, StatementRoute::Refused, 0);
                                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                                self.finish_batch_record(record);
                                 self.io.flush().await?;
                                 continue;
                             }
-                            if let Some(server) = self.run_many(batch, shards, plan).await? {
+                            let route = StatementRoute::of_many(&plan);
+                            let record = self.start_batch_record(&batch, route, shards.len());
+                            let ran = self.run_many(batch, shards, plan).await;
+                            self.finish_batch_record(record);
+                            if let Some(server) = ran? {
                                 next = Some((server, Vec::new()));
                             }
                             continue;
                         }
                         Ok(Target::SplitInsert(split)) => {
-                            if let Some(server) = self.run_split(batch, split).await? {
+                            let record = self.start_batch_record(
+                                &batch,
+                                StatementRoute::SplitInsert,
+                                split.parts.len(),
+                            );
+                            let ran = self.run_split(batch, split).await;
+                            self.finish_batch_record(record);
+                            if let Some(server) = ran? {
                                 next = Some((server, Vec::new()));
                             }
                             continue;
                         }
                         Ok(Target::SplitCopy(copy)) => {
-                            if let Some(server) = self.run_copy(batch, copy).await? {
+                            let shards = self.shared.topo().router.shard_names().len();
+                            let record =
+                                self.start_batch_record(&batch, StatementRoute::SplitCopy, shards);
+                            let ran = self.run_copy(batch, copy).await;
+                            self.finish_batch_record(record);
+                            if let Some(server) = ran? {
                                 next = Some((server, Vec::new()));
                             }
                             continue;
@@ -332,7 +352,10 @@ impl Session {
                                 self.io.fatal(e.code, &e.message, None).await;
                                 return Err(SessionError::Protocol(e.message));
                             }
+                            let record =
+                                self.start_batch_record(&batch, StatementRoute::Refused, 0);
                             self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                            self.finish_batch_record(record);
                             self.io.flush().await?;
                             continue;
                         }

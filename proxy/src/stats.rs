@@ -127,34 +127,78 @@ pub(crate) fn bytes_sent(n: usize) {
     bytes_counter(&C, "shardgate_client_bytes_sent_total").increment(n as u64);
 }
 
-/// The request running on the attached server connection: when its first message was
-/// forwarded (for metrics and the slow-query log), and its last Query, Parse or Bind.
+/// Requests forwarded on the attached server connection and not answered yet, in order: each
+/// ends with a Query, Sync or FunctionCall, and its ReadyForQuery comes in the same order.
+/// Each knows when its first message was forwarded (for metrics and the slow-query log), its
+/// last Query, Parse or Bind, and whether it executed anything.
 #[derive(Debug, Default)]
 pub(crate) struct RequestTimer {
-    started: Option<std::time::Instant>,
-    last_statement: Option<shardgate_wire::Frame>,
+    /// Sent in full, oldest first (bounded: the proxy's own retries can leave one behind).
+    sent: std::collections::VecDeque<Request>,
+    /// Messages since the last Sync or Query.
+    open: Option<Request>,
+    /// Rows and the first error of the oldest request, as its replies come (`query_stats`).
+    pub(crate) tally: crate::query_stats::tally::Tally,
+    /// The proxy refused the cross-shard batch being run (`query_stats`).
+    pub(crate) refused: bool,
 }
 
+/// One request up to its ReadyForQuery.
+#[derive(Debug)]
+pub(crate) struct Request {
+    started: std::time::Instant,
+    pub(crate) statement: Option<shardgate_wire::Frame>,
+    /// It executed something (a Query or Execute): a batch that only prepares or describes
+    /// is no call of its statement.
+    pub(crate) executed: bool,
+}
+
+/// More requests in flight than this: the oldest is forgotten (its ReadyForQuery then ends
+/// the next one, as before the queue).
+const MAX_REQUESTS_IN_FLIGHT: usize = 256;
+
 impl RequestTimer {
-    /// A client message is about to be forwarded: the request it belongs to starts now if
-    /// none is running.
+    /// A client message is about to be forwarded.
     fn note_message(&mut self, frame: &shardgate_wire::Frame) {
         use shardgate_wire::frontend;
-        if self.started.is_none() {
-            self.started = Some(std::time::Instant::now());
-        }
+        let request = self.open.get_or_insert_with(|| Request {
+            started: std::time::Instant::now(),
+            statement: None,
+            executed: false,
+        });
+        request.executed |= matches!(frame.tag(), frontend::QUERY | frontend::EXECUTE);
         if matches!(
             frame.tag(),
             frontend::QUERY | frontend::BIND | frontend::PARSE
         ) {
-            // A cheap clone (shared bytes), kept for the slow-query log.
-            self.last_statement = Some(frame.clone());
+            // A cheap clone (shared bytes).
+            request.statement = Some(frame.clone());
+        }
+        if matches!(
+            frame.tag(),
+            frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL
+        ) {
+            if let Some(done) = self.open.take() {
+                if self.sent.len() == MAX_REQUESTS_IN_FLIGHT {
+                    self.sent.pop_front();
+                }
+                self.sent.push_back(done);
+            }
         }
     }
 
-    /// The request ended: how long it ran (`None` when none was running).
-    fn finish(&mut self) -> Option<std::time::Duration> {
-        self.started.take().map(|started| started.elapsed())
+    /// The last request noted will get no ReadyForQuery from the server (the proxy answered
+    /// it: a refused simple Query).
+    pub(crate) fn forget_last(&mut self) {
+        self.sent.pop_back();
+    }
+
+    /// A ReadyForQuery came: the request it ends and how long it ran (`None` when none was
+    /// waiting).
+    fn finish(&mut self) -> Option<(Request, std::time::Duration)> {
+        let request = self.sent.pop_front().or_else(|| self.open.take())?;
+        let took = request.started.elapsed();
+        Some((request, took))
     }
 }
 
@@ -167,7 +211,8 @@ impl crate::session::Session {
 
     /// The server's ReadyForQuery ended a request: count it, and log it when slow.
     pub(crate) fn note_request_done(&mut self) {
-        let Some(took) = self.request.finish() else {
+        let Some((request, took)) = self.request.finish() else {
+            self.request.tally = Default::default();
             return;
         };
         let role = match self.host {
@@ -178,9 +223,10 @@ impl crate::session::Session {
             .topo()
             .query_stats
             .query(self.shard, role, RouteKind::Single, took);
+        self.record_attached_request(&request, took);
         let log = &self.shared.config().log;
         if log.slow_query_ms > 0 && took.as_millis() >= u128::from(log.slow_query_ms) {
-            let (statement, parameters) = self.describe_last_statement(log.log_parameters);
+            let (statement, parameters) = self.describe_statement(&request, log.log_parameters);
             tracing::warn!(
                 shard = self.shard_name(self.shard),
                 role = role_label(role),
@@ -192,23 +238,26 @@ impl crate::session::Session {
         }
     }
 
-    /// The last statement sent, normalised (literals replaced by `?`), and its parameters
-    /// when configured.
-    fn describe_last_statement(&self, with_parameters: bool) -> (String, Option<String>) {
+    /// The request's statement as its fingerprint (literals replaced by `$n`, as the
+    /// per-query statistics name it, with its id), and its parameters when configured.
+    fn describe_statement(
+        &self,
+        request: &Request,
+        with_parameters: bool,
+    ) -> (String, Option<String>) {
         use shardgate_wire::frontend;
-        let Some(frame) = &self.request.last_statement else {
+        let Some(frame) = &request.statement else {
             return (String::new(), None);
         };
-        let text = match frame.tag() {
-            frontend::QUERY => frontend::query_text(frame)
-                .ok()
-                .map(|t| self.sql(t).into_owned()),
-            frontend::PARSE => frontend::parse(frame)
-                .ok()
-                .map(|p| self.sql(p.query).into_owned()),
-            _ => self.bound_statement_text(frame),
-        };
-        let statement = shardgate_router::normalize_sql(text.as_deref().unwrap_or(""));
+        let statement = self
+            .with_statement_text(frame, |sql| {
+                format!(
+                    "[{:016x}] {}",
+                    shardgate_router::fingerprint_hash(sql),
+                    shardgate_router::fingerprint_text(sql)
+                )
+            })
+            .unwrap_or_default();
         let parameters = (with_parameters && frame.tag() == frontend::BIND)
             .then(|| {
                 let bind = frontend::bind(frame).ok()?;

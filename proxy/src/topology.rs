@@ -37,12 +37,20 @@ pub(crate) struct Topo {
 impl Topo {
     /// Builds the routing state for `config` (whose `shards` are the map's) at `version`.
     /// `previous`: the host health of the map it replaces, whose failover state carries over
-    /// to shards whose hosts did not change.
+    /// to shards whose hosts did not change. An observing proxy (`[sharding] mode =
+    /// "observe"`) routes without the sharding rules (`readiness`).
     pub(crate) fn build(
         config: &Config,
         version: u64,
         previous: Option<&Health>,
     ) -> Result<Topo, RouterError> {
+        let observed;
+        let config = if config.sharding.observes() {
+            observed = crate::readiness::routing_config(config);
+            &observed
+        } else {
+            config
+        };
         let router = Arc::new(Router::new(config)?);
         Ok(Topo::with_router(config, version, router, previous))
     }
@@ -54,6 +62,13 @@ impl Topo {
         router: Arc<Router>,
         previous: Option<&Health>,
     ) -> Topo {
+        let observed;
+        let config = if config.sharding.observes() {
+            observed = crate::readiness::routing_config(config);
+            &observed
+        } else {
+            config
+        };
         let has_replicas = config.shards.iter().any(|s| !s.replicas.is_empty());
         Topo {
             version,

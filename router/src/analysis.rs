@@ -122,6 +122,8 @@ pub(crate) struct Analysis<'r> {
     pub tables: Vec<String>,
     /// A table that is not sharded is read (it lives on the default shard).
     pub unsharded_tables: bool,
+    /// Those tables' names, as written (lower-cased).
+    pub other_tables: Vec<String>,
     /// Reference tables touched (copies on every shard), as written, lower-cased.
     pub reference_tables: Vec<String>,
     pub key_type: Option<KeyType>,
@@ -172,6 +174,7 @@ impl<'r> Analysis<'r> {
             seen_refs: 0,
             tables: Vec::new(),
             unsharded_tables: false,
+            other_tables: Vec::new(),
             reference_tables: Vec::new(),
             key_type: None,
             key_updates: Vec::new(),
@@ -321,6 +324,10 @@ impl<'r> Analysis<'r> {
             }
             None => {
                 self.unsharded_tables = true;
+                let display = parts.join(".");
+                if !self.other_tables.contains(&display) {
+                    self.other_tables.push(display);
+                }
                 RelKind::Other
             }
         };

@@ -10,6 +10,7 @@ mod cache;
 mod classify;
 mod copy_in;
 mod dml;
+mod fingerprint;
 pub mod gather;
 pub mod hash;
 mod hints;
@@ -17,6 +18,7 @@ mod keys;
 mod large;
 pub mod merge;
 mod normalize;
+mod observe;
 mod params;
 pub mod plan;
 mod planner;
@@ -36,6 +38,7 @@ pub use cache::CacheStats;
 pub use copy_in::{
     CopyDataError, CopyFormat, CopyInSpec, CopyItem, CopyOutSpec, CopyRows, KeyField,
 };
+pub use fingerprint::{fingerprint_hash, fingerprint_text, MAX_FINGERPRINT_TEXT};
 pub use gather::{GatherRelation, GatherSpec};
 pub use merge::{AggregateKind, MergeAggregate, MergeSpec, RowCount, SortColumn, SortKey};
 pub use normalize::{normalize, Normalized};

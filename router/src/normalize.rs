@@ -126,7 +126,7 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
 
 /// Whether a `'…'` string starting after the code token `prev` is a plain value: not glued to a
 /// prefix (`B'…'`, `X'…'`, `N'…'`) and not after a type name (`DATE '…'`).
-fn string_in_value_context(sql: &str, prev: Option<(TokKind, usize, usize)>) -> bool {
+pub(crate) fn string_in_value_context(sql: &str, prev: Option<(TokKind, usize, usize)>) -> bool {
     match prev {
         None => true,
         Some((TokKind::Word, start, end)) => {

@@ -139,6 +139,9 @@ pub struct Plan {
     /// The statement reads a table that is not sharded (so lives on the default shard).
     /// Reference tables do not count: every shard has them.
     pub unsharded_tables: bool,
+    /// The tables that are neither sharded nor reference tables, as written (lower-cased),
+    /// for the sharding readiness report.
+    pub other_tables: Vec<String>,
     /// Reference tables the statement touches (as written, lower-cased): they add no
     /// placement, so a read of reference tables alone runs on any one shard.
     pub reference_tables: Vec<String>,
@@ -206,6 +209,7 @@ impl Plan {
             role_hint: None,
             sharded_tables: Vec::new(),
             unsharded_tables: false,
+            other_tables: Vec::new(),
             reference_tables: Vec::new(),
             reference_write: None,
             unsupported_cross_shard: None,

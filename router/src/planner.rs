@@ -344,6 +344,7 @@ impl Planner {
         }
         plan.sharded_tables = an.tables;
         plan.unsharded_tables = an.unsharded_tables;
+        plan.other_tables = an.other_tables;
         plan.reference_tables = an.reference_tables;
         plan.key_type = an.key_type;
         plan.key_updates = an.key_updates;
@@ -564,6 +565,11 @@ fn combine(mut plans: Vec<Plan>) -> Plan {
             }
         };
         out.unsharded_tables |= p.unsharded_tables;
+        for t in p.other_tables {
+            if !out.other_tables.contains(&t) {
+                out.other_tables.push(t);
+            }
+        }
         for t in p.reference_tables {
             if !out.reference_tables.contains(&t) {
                 out.reference_tables.push(t);

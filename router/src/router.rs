@@ -203,12 +203,16 @@ impl Router {
 
     /// Hashes a key with PostgreSQL's function for its type and the configured seed.
     pub fn shard_for_key(&self, key: &KeyValue) -> ShardIndex {
-        let h = match key {
+        self.ring.shard_for_hash(self.key_hash(key))
+    }
+
+    /// A key's hash: PostgreSQL's function for its type, with the configured seed.
+    pub fn key_hash(&self, key: &KeyValue) -> i64 {
+        match key {
             KeyValue::Int(v) => hashint8extended(*v, self.seed),
             KeyValue::Text(s) => hashtextextended(s, self.seed),
             KeyValue::Uuid(u) => uuid_hash_extended(u, self.seed),
-        };
-        self.ring.shard_for_hash(h)
+        }
     }
 
     /// SQL over `column` selecting exactly the rows the ring gives `shard`.

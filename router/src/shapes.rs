@@ -34,10 +34,10 @@ pub(crate) enum Shape {
 /// A simple-protocol statement's plan and the literal values that route it.
 #[derive(Debug, Clone)]
 pub struct QueryPlan<'a> {
-    sql: &'a str,
+    pub(crate) sql: &'a str,
     /// The plan: of the normalized text when `literals` is not empty, else of `sql` itself.
     pub plan: Arc<Plan>,
-    literals: Vec<Cow<'a, str>>,
+    pub(crate) literals: Vec<Cow<'a, str>>,
 }
 
 impl QueryPlan<'_> {

@@ -14,6 +14,7 @@ use super::commit::commit_all;
 use super::fanout::{rollback_all, run_everywhere, Member, TxnError};
 use super::gather::Beside;
 use super::{begin_statement, Control, Participant};
+use crate::query_stats::StatementRoute;
 use crate::replicas::BatchRole;
 use crate::routing::feature_error;
 use crate::session::Session;
@@ -252,32 +253,47 @@ impl Session {
                     Ok(InTransaction::Attach(conn, Vec::new()))
                 }
             },
-            Ok(Route::Shards(shards)) => {
+            Ok(route @ (Route::Shards(_) | Route::AllShards)) => {
                 self.read_rest_of_batch(&mut batch).await?;
-                self.many_in_transaction(&mut server, &batch, shards, first.plan)
-                    .await?;
-                Ok(InTransaction::Attach(server, Vec::new()))
-            }
-            Ok(Route::AllShards) => {
-                self.read_rest_of_batch(&mut batch).await?;
-                let shards = (0..self.shared.topo().router.shard_names().len()).collect();
-                self.many_in_transaction(&mut server, &batch, shards, first.plan)
-                    .await?;
+                let shards = match route {
+                    Route::Shards(shards) => shards,
+                    _ => (0..self.shared.topo().router.shard_names().len()).collect(),
+                };
+                let kind = StatementRoute::of_many(&first.plan);
+                let record = self.start_batch_record(&batch, kind, shards.len());
+                let ran = self
+                    .many_in_transaction(&mut server, &batch, shards, first.plan)
+                    .await;
+                self.finish_batch_record(record);
+                ran?;
                 Ok(InTransaction::Attach(server, Vec::new()))
             }
             Err(e) => {
                 self.read_rest_of_batch(&mut batch).await?;
-                match self.split_of(&first.frame) {
+                let all = self.shared.topo().router.shard_names().len();
+                let mut record = self.start_batch_record(&batch, StatementRoute::Refused, 0);
+                let ran = match self.split_of(&first.frame) {
                     Ok(Some(split)) => {
-                        self.split_in_transaction(&mut server, &batch, split)
-                            .await?;
+                        record.set_route(StatementRoute::SplitInsert, split.parts.len());
+                        self.split_in_transaction(&mut server, &batch, split).await
                     }
                     Ok(None) => match self.copy_of(&first.frame) {
-                        Some(copy) => self.copy_in_transaction(&mut server, &batch, copy).await?,
-                        None => self.fail_in_transaction(&batch, &e),
+                        Some(copy) => {
+                            record.set_route(StatementRoute::SplitCopy, all);
+                            self.copy_in_transaction(&mut server, &batch, copy).await
+                        }
+                        None => {
+                            self.fail_in_transaction(&batch, &e);
+                            Ok(())
+                        }
                     },
-                    Err(e) => self.fail_in_transaction(&batch, &e),
-                }
+                    Err(e) => {
+                        self.fail_in_transaction(&batch, &e);
+                        Ok(())
+                    }
+                };
+                self.finish_batch_record(record);
+                ran?;
                 Ok(InTransaction::Attach(server, Vec::new()))
             }
         }
