@@ -362,6 +362,15 @@ impl Session {
                     }
                     let role = self.batch_role(&batch);
                     match self.checkout_for(role).await {
+                        Ok((s, guard)) if self.shared.topology_version() != version => {
+                            // A new shard map arrived while the batch waited for a connection:
+                            // it was routed by the old one (the relay would refuse it with
+                            // 40001, the map having changed under it). Route it again.
+                            *self.cancel.lock().await = None;
+                            drop((s, guard));
+                            self.parked = batch;
+                            continue;
+                        }
                         Ok((s, guard)) => {
                             let active = CountGuard::new(&self.shared.activity.active);
                             self.query_guard = Some((guard, active));

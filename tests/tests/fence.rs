@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use shardgate_admin::control::ControlPlane;
 use shardgate_config::Config;
 use shardgate_router::hash::hashint8extended;
 use shardgate_router::Ring;
@@ -284,4 +285,115 @@ primary = {}
     }
     assert!(back, "writes go through again once the store answers");
     drop(meta);
+}
+
+/// A write routed by the old map that waited for a server connection while a new map arrived
+/// goes where the new map says (it was answered 40001, the map having changed under it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_waited_for_a_connection_follows_a_new_map() {
+    let (a, b, meta) = tokio::task::spawn_blocking(|| {
+        let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
+        meta.psql("postgres", "create database meta")
+            .expect("meta db");
+        (start("a"), start("b"), meta)
+    })
+    .await
+    .expect("join");
+    let schema = "create table t (user_id bigint primary key, v int not null)";
+    for c in [&a, &b] {
+        c.psql_as(USER, PASSWORD, "app", schema).expect("schema");
+    }
+    let text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+[pool]
+size = 1
+checkout_timeout = "20s"
+[topology]
+store = "postgres://postgres:postgres@127.0.0.1:{}/meta"
+poll_interval = "100ms"
+proxy_id = "checkout-wait-test"
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+[[sharding.tables]]
+name = "t"
+[[shards]]
+name = "s0"
+primary = {}
+"#,
+        meta.port(),
+        host(&a)
+    );
+    let config = Config::from_toml(&text, Path::new("checkout.toml")).expect("config");
+    let proxy = shardgate_proxy::start(config.clone()).await.expect("proxy");
+    let url = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app",
+        proxy.addr().port()
+    );
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    };
+    // Both log in first (a login takes a server connection once); then the only connection
+    // to s0 is held by an open transaction.
+    let writer = connect().await;
+    let holder = connect().await;
+    holder
+        .batch_execute("begin; select count(*) from t")
+        .await
+        .expect("begin");
+    let key = keys_moving_to_s1(1)[0];
+    let write = tokio::spawn(async move {
+        writer
+            .simple_query(&format!("insert into t (user_id, v) values ({key}, 1)"))
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !write.is_finished(),
+        "the write should wait for the connection"
+    );
+
+    // The new map moves the key to s1 while the write waits.
+    let store = Store::open(&config, None).await.expect("open store");
+    let map = store.shard_map().await.expect("map");
+    let mut shards = map.shards.clone();
+    let mut s1 = shards[0].clone();
+    s1.name = "s1".into();
+    s1.primary.port = b.port();
+    shards.push(s1);
+    store.publish(map.version, shards).await.expect("publish");
+    let control = proxy.control(None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while control.shards().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never followed the new map"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.batch_execute("commit").await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the write finishes")
+        .expect("join")
+        .expect("the write succeeds");
+    assert_eq!(
+        b.psql("app", &format!("select v from t where user_id = {key}"))
+            .expect("query"),
+        "1",
+        "the write is on the key's new owner"
+    );
+    assert_eq!(
+        a.psql("app", "select count(*) from t").expect("query"),
+        "0",
+        "nothing written on the old owner"
+    );
+    proxy.shutdown().await;
 }
