@@ -201,7 +201,22 @@ END $sg$"
         .into()
 }
 
-pub(crate) const DROP_SCHEMA_IF_EMPTY: &str = "DROP SCHEMA IF EXISTS shardgate RESTRICT";
+/// Drops the `shardgate` schema when it holds nothing. `DROP SCHEMA … RESTRICT` alone is not
+/// safe to try on a schema with tables: before it reports the dependent objects it locks each
+/// one ACCESS EXCLUSIVE (checked on PostgreSQL 15), so on a shard whose fence is live it holds
+/// `shardgate.fence` while waiting for `shardgate.fence_switch`, and a client whose fence
+/// trigger read the switch first deadlocks with it (40P01 in the client). So it runs only when
+/// the catalogs show the schema empty, and never waits long for a lock.
+pub(crate) const DROP_SCHEMA_IF_EMPTY: &str = "DO $sg$ BEGIN
+  PERFORM set_config('lock_timeout', '50ms', true);
+  IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'shardgate')
+     AND NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = 'shardgate')
+     AND NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE n.nspname = 'shardgate') THEN
+    DROP SCHEMA shardgate RESTRICT;
+  END IF;
+END $sg$";
 
 /// The publication of move `m` in database number `db`: each sharded table filtered to the
 /// move's slots. TRUNCATE is not published: a row filter cannot apply to it, and a TRUNCATE on a
