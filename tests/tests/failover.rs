@@ -10,32 +10,21 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::failover::{admin_cli, blocking, direct_value, superuser, Workload, STATEMENT_TIMEOUT};
+use common::failover::{
+    admin_cli, blocking, direct_value, primary_with_items, superuser, Workload, STATEMENT_TIMEOUT,
+};
 use common::{admin_http, connect, init_logs, wait_for, DB, PASSWORD, USER};
 use shardgate_admin::control::ControlPlane;
 use shardgate_config::Config;
-use shardgate_tests::{Auth, ClusterOptions, PgCluster};
+use shardgate_tests::{ClusterOptions, PgCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_a_promoted_replica_and_the_old_primary_is_fenced() {
     init_logs();
     let metrics = shardgate_admin::metrics::install();
     let (primary, mut replicas) = tokio::task::spawn_blocking(|| {
-        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
-            .expect("start primary");
-        p.create_database(DB, USER).expect("create database");
-        p.psql_as(
-            USER,
-            PASSWORD,
-            DB,
-            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
-        )
-        .expect("schema");
         // The monitor reads which timeline a standby follows from pg_stat_wal_receiver.
-        p.psql(DB, "GRANT pg_read_all_stats TO app").expect("grant");
-        let r: Vec<PgCluster> = (0..2)
-            .map(|_| p.start_replica().expect("start replica"))
-            .collect();
+        let (p, r) = primary_with_items(2, true);
         // A commit is acknowledged once both standbys have it: whichever is promoted has every
         // acknowledged write (set after the base backups, so the replicas do not inherit it).
         p.psql(
@@ -293,18 +282,8 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
 async fn a_reload_names_the_primary() {
     init_logs();
     let (old, mut new) = tokio::task::spawn_blocking(|| {
-        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
-            .expect("start primary");
-        p.create_database(DB, USER).expect("create database");
-        p.psql_as(
-            USER,
-            PASSWORD,
-            DB,
-            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
-        )
-        .expect("schema");
-        let r = p.start_replica().expect("start replica");
-        (p, r)
+        let (p, mut r) = primary_with_items(1, false);
+        (p, r.remove(0))
     })
     .await
     .expect("join");
@@ -419,17 +398,8 @@ async fn hosts_named_through_one_proxy_reach_the_fleet() {
         let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
         meta.psql("postgres", "CREATE DATABASE meta")
             .expect("meta database");
-        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
-            .expect("start primary");
-        p.create_database(DB, USER).expect("create database");
-        p.psql_as(
-            USER,
-            PASSWORD,
-            DB,
-            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
-        )
-        .expect("schema");
-        let mut r = p.start_replica().expect("start replica");
+        let (p, mut r) = primary_with_items(1, false);
+        let mut r = r.remove(0);
         r.promote().expect("promote");
         (meta, p, r)
     })
@@ -532,25 +502,9 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_follows_the_promoted_host_serves_reads() {
     init_logs();
-    let (primary, replicas) = tokio::task::spawn_blocking(|| {
-        let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
-            .expect("start primary");
-        p.create_database(DB, USER).expect("create database");
-        p.psql_as(
-            USER,
-            PASSWORD,
-            DB,
-            "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
-        )
-        .expect("schema");
-        p.psql(DB, "GRANT pg_read_all_stats TO app").expect("grant");
-        let r: Vec<PgCluster> = (0..2)
-            .map(|_| p.start_replica().expect("start replica"))
-            .collect();
-        (p, r)
-    })
-    .await
-    .expect("join");
+    let (primary, replicas) = tokio::task::spawn_blocking(|| primary_with_items(2, true))
+        .await
+        .expect("join");
     let [mut promoted, other]: [PgCluster; 2] = replicas.try_into().expect("two replicas");
     let (new_port, other_port) = (promoted.port(), other.port());
     let text = format!(

@@ -6,9 +6,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shardgate_tests::PgCluster;
+use shardgate_tests::{Auth, ClusterOptions, PgCluster};
 
-use super::{connect, DB};
+use super::{connect, DB, PASSWORD, USER};
+
+/// A primary whose user owns database `DB` with table `items (id, note)`, and `replicas`
+/// streaming replicas of it. Blocking: call it from `spawn_blocking`. `stats_grant`: the login
+/// may read `pg_stat_wal_receiver` (the monitor learns a standby's timeline there).
+pub fn primary_with_items(replicas: usize, stats_grant: bool) -> (PgCluster, Vec<PgCluster>) {
+    let p = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
+        .expect("start primary");
+    p.create_database(DB, USER).expect("create database");
+    p.psql_as(
+        USER,
+        PASSWORD,
+        DB,
+        "CREATE TABLE items (id bigint PRIMARY KEY, note text)",
+    )
+    .expect("schema");
+    if stats_grant {
+        p.psql(DB, &format!("GRANT pg_read_all_stats TO {USER}"))
+            .expect("grant");
+    }
+    let r = (0..replicas)
+        .map(|_| p.start_replica().expect("start replica"))
+        .collect();
+    (p, r)
+}
 
 /// Every statement of the workload and of the checks is bounded by this.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
