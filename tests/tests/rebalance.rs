@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_admin::control::ControlPlane;
-use shardgate_rebalance::{AddShardRequest, Rebalancer};
+use shardgate_rebalance::Rebalancer;
 use shardgate_router::Ring;
 use shardgate_tests::PgCluster;
 use shardgate_topology::{Job, Phase};
@@ -34,16 +34,6 @@ use workload::{State, Workload, SCHEMA};
 const TABLES: [&str; 2] = ["accounts", "events"];
 /// Bound on any one job (generous: 2 cores run everything).
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn add_request(name: &str, c: &PgCluster) -> AddShardRequest {
-    AddShardRequest {
-        name: name.into(),
-        primary: admin_dsn(c),
-        replicas: Vec::new(),
-        admin_user: None,
-        admin_password: None,
-    }
-}
 
 /// Waits for the job to end while the workload runs; `None` as soon as a workload task stops
 /// (on an error: the caller collects it).

@@ -24,7 +24,6 @@ mod workload;
 use std::time::{Duration, Instant};
 
 use shardgate_admin::control::ControlPlane;
-use shardgate_rebalance::AddShardRequest;
 use shardgate_router::Ring;
 use shardgate_tests::PgCluster;
 use shardgate_topology::Phase;
@@ -87,16 +86,6 @@ async fn relay_one(mut client: TcpStream, target: u16, mut cut: watch::Receiver<
         let _ = cut.wait_for(|c| !*c).await;
     }
     let _ = client.shutdown().await;
-}
-
-fn add_request(name: &str, c: &PgCluster) -> AddShardRequest {
-    AddShardRequest {
-        name: name.into(),
-        primary: admin_dsn(c),
-        replicas: vec![],
-        admin_user: None,
-        admin_password: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

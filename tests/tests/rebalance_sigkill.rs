@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use shardgate_admin::control::ControlPlane;
-use shardgate_rebalance::{AddShardRequest, Rebalancer};
+use shardgate_rebalance::Rebalancer;
 use shardgate_router::Ring;
 use shardgate_tests::ports::free_port;
 use shardgate_tests::serve::{shardgate_bin, Serve};
@@ -266,14 +266,7 @@ async fn run_case(c: Case) -> String {
     let (status, body) = if c.remove {
         killed.api("DELETE", "/api/v1/shards/s3", "")
     } else {
-        let req = AddShardRequest {
-            name: "s3".into(),
-            primary: admin_dsn(&clusters[3]),
-            replicas: Vec::new(),
-            admin_user: None,
-            admin_password: None,
-        };
-        let body = serde_json::to_string(&req).expect("json");
+        let body = serde_json::to_string(&add_request("s3", &clusters[3])).expect("json");
         killed.api("POST", "/api/v1/shards", &body)
     };
     assert!(

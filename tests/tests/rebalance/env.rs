@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_config::Config;
-use shardgate_rebalance::{RebalanceStatus, Rebalancer};
+use shardgate_rebalance::{AddShardRequest, RebalanceStatus, Rebalancer};
 use shardgate_router::hash::hashint8extended;
 use shardgate_router::Ring;
 use shardgate_tests::{Auth, ClusterOptions, PgCluster};
@@ -73,6 +73,17 @@ pub fn store_url(meta: &PgCluster) -> String {
         "postgres://postgres:postgres@127.0.0.1:{}/meta",
         meta.port()
     )
+}
+
+/// `shards add <name>` of `c` as its primary, with the superuser as the admin login.
+pub fn add_request(name: &str, c: &PgCluster) -> AddShardRequest {
+    AddShardRequest {
+        name: name.into(),
+        primary: admin_dsn(c),
+        replicas: Vec::new(),
+        admin_user: None,
+        admin_password: None,
+    }
 }
 
 /// The DSN `shards add` takes for `c`, with the superuser as the shard's admin login.
