@@ -55,7 +55,8 @@ impl ClientStatements {
     /// Records `name`; past the cap the least recently used name is forgotten.
     pub fn insert(&mut self, name: String, stmt: Arc<GlobalStatement>) {
         self.map.push(name, stmt);
-        while self.map.len() > self.cap {
+        // One insert adds at most one name: at most one goes.
+        if self.map.len() > self.cap {
             if let Some((evicted, _)) = self.map.pop_lru() {
                 tracing::debug!(statement = %evicted, "client's least recently used prepared statement forgotten (pool.prepared_statements_per_client)");
             }
