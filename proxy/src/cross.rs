@@ -42,13 +42,17 @@ impl Session {
                 "a statement on several shards cannot run inside a transaction".into(),
                 "run it outside the transaction, or restrict it to one shard with its shard key",
             ))
+        } else if plan.cursor.is_some() {
+            // As PostgreSQL answers a cursor without a transaction to live in.
+            Some(RouteError {
+                code: sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                message: "DECLARE CURSOR can only be used in transaction blocks".into(),
+                hint: None,
+            })
         } else {
             many_shards_refusal(&plan)
         };
-        let mut request = match refusal
-            .map_or_else(|| self.scatter_request(&batch, &plan), Err)
-            .and_then(|r| gathered_row_limit(&plan, r))
-        {
+        let mut request = match refusal.map_or_else(|| self.scatter_request(&batch, &plan), Err) {
             Ok(r) => r,
             Err(e) => {
                 // Counted as a refusal by the per-query statistics.
@@ -275,7 +279,6 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mut request = match many_shards_refusal(&plan)
             .map_or_else(|| self.scatter_request(batch, &plan), Err)
-            .and_then(|r| gathered_row_limit(&plan, r))
         {
             Ok(r) => r,
             Err(e) => {
@@ -283,13 +286,50 @@ impl Session {
                 return Ok(());
             }
         };
-        let here = self.shard;
-        let mut taken = match self.participants_for(&shards, server).await {
-            Ok(taken) => taken,
+        // A read fetched in parts (row limit, cursor) is run whole and held (`held`).
+        let holding = match self.holding_for(batch, &plan, &mut request) {
+            Ok(h) => h,
             Err(e) => {
                 self.fail_in_transaction(batch, &e);
                 return Ok(());
             }
+        };
+        if holding.is_some() {
+            let limits = &self.shared.config().limits;
+            let (rows, bytes) = (limits.max_gather_rows, limits.max_gather_bytes);
+            self.io.start_capture(rows, bytes);
+        }
+        let ran = self
+            .run_many_in_transaction(server, shards, plan, request)
+            .await;
+        let captured = self.io.finish_capture();
+        match ran? {
+            ManyRan::Refused(e) => {
+                self.fail_in_transaction(batch, &e);
+                Ok(())
+            }
+            ManyRan::Done { mut failed } => {
+                if let (Some(holding), Some(captured)) = (holding, captured) {
+                    failed |= self.answer_holding(holding, captured);
+                }
+                self.end_many_in_transaction(failed)
+            }
+        }
+    }
+
+    /// [`Session::many_in_transaction`] once the request is known: the client's answer but
+    /// for its ReadyForQuery.
+    async fn run_many_in_transaction(
+        &mut self,
+        server: &mut PooledConn,
+        shards: Vec<ShardIndex>,
+        plan: Arc<Plan>,
+        mut request: ScatterRequest,
+    ) -> Result<ManyRan, SessionError> {
+        let here = self.shard;
+        let mut taken = match self.participants_for(&shards, server).await {
+            Ok(taken) => taken,
+            Err(e) => return Ok(ManyRan::Refused(e)),
         };
         if let (Some(gather), StatementKind::Read { .. }) = (&plan.gather, &plan.kind) {
             let gathered = self
@@ -300,10 +340,7 @@ impl Session {
             }
             let failed = match gathered? {
                 Gathered::Answered { failed } => failed,
-                Gathered::Refused(e) => {
-                    self.fail_in_transaction(batch, &e);
-                    return Ok(());
-                }
+                Gathered::Refused(e) => return Ok(ManyRan::Refused(e)),
                 Gathered::Lost(shard, error) => {
                     self.io.push_error(
                         sqlstate::CONNECTION_FAILURE,
@@ -313,7 +350,7 @@ impl Session {
                     true
                 }
             };
-            return self.end_many_in_transaction(failed);
+            return Ok(ManyRan::Done { failed });
         }
         // Per-shard defaults of a reference INSERT, evaluated on the default shard.
         let default = self.shared.topo().router.default_shard();
@@ -325,8 +362,7 @@ impl Session {
             for p in taken {
                 self.txn_shards.put(p);
             }
-            self.fail_in_transaction(batch, &e);
-            return Ok(());
+            return Ok(ManyRan::Refused(e));
         }
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let started = std::time::Instant::now();
@@ -354,7 +390,7 @@ impl Session {
             );
             failed = true;
         }
-        self.end_many_in_transaction(failed)
+        Ok(ManyRan::Done { failed })
     }
 
     /// The participants on `shards` other than the attached one, taken out of the
@@ -480,12 +516,17 @@ impl Session {
                     row_limit = u64::try_from(max_rows).unwrap_or(0);
                     executed = true;
                 }
-                frontend::SYNC if executed && i + 1 == batch.len() => {}
+                // Bind without Execute: only inside a transaction, where the portal lives on
+                // and is held by the proxy (`held`).
+                frontend::SYNC
+                    if (executed || !self.txn.is_idle())
+                        && bound.is_some()
+                        && i + 1 == batch.len() => {}
                 _ => return Err(unsupported()),
             }
         }
-        let (Some((text, param_types)), Some((param_formats, params, result_formats)), true) =
-            (statement, bound, executed)
+        let (Some((text, param_types)), Some((param_formats, params, result_formats))) =
+            (statement, bound)
         else {
             return Err(unsupported());
         };
@@ -505,7 +546,7 @@ impl Session {
 impl Session {
     /// The text the proxy sends to every shard itself (as UTF-8): only what reads the same in
     /// the client's encoding.
-    fn sql_for_shards(&self, bytes: &[u8]) -> Result<String, RouteError> {
+    pub(crate) fn sql_for_shards(&self, bytes: &[u8]) -> Result<String, RouteError> {
         match std::str::from_utf8(bytes) {
             Ok(text) if self.encoding.is_utf8() || text.is_ascii() => Ok(text.to_owned()),
             _ => Err(feature_error(
@@ -519,16 +560,12 @@ impl Session {
     }
 }
 
-/// A read gathered into PostgreSQL runs the client's statement there in full: an Execute row
-/// limit (fetching in parts) is refused for it.
-fn gathered_row_limit(plan: &Plan, request: ScatterRequest) -> Result<ScatterRequest, RouteError> {
-    if plan.gather.is_some() && request.row_limit().is_some() {
-        return Err(feature_error(
-            "fetching a gathered cross-shard result in parts (Execute with a row limit) is not supported".into(),
-            "fetch all rows at once, or restrict the query to one shard",
-        ));
-    }
-    Ok(request)
+/// How a statement for several shards in a transaction went, before its ReadyForQuery.
+enum ManyRan {
+    /// Not run: the client gets this error.
+    Refused(RouteError),
+    /// Answered (rows, or an error the client got: `failed`).
+    Done { failed: bool },
 }
 
 /// Statement kinds that cannot run on several shards.

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use shardgate_pool::{PooledConn, ServerConn, ServerError};
 use shardgate_router::{GatherSpec, MergeSpec, ShardIndex};
 use shardgate_wire::backend::{self, Severity, TransactionStatus};
-use shardgate_wire::{frontend, Frame};
+use shardgate_wire::{frontend, sqlstate, Frame};
 
 use crate::replicas::BatchRole;
 use crate::scatter::{
@@ -22,9 +22,6 @@ use crate::scatter::{
 use crate::session::Session;
 use crate::stats::RouteKind;
 use crate::SessionError;
-
-/// SQLSTATE program_limit_exceeded.
-const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 
 /// COPY data forwarded to the coordinator in writes of about this size.
 const BATCH: usize = 64 * 1024;
@@ -246,11 +243,11 @@ async fn load(
                     scatter::write_shard_error(out, &frame, &shard, false);
                 }
                 LoadStop::Limit(message) => {
-                    crate::stats::count_error(PROGRAM_LIMIT_EXCEEDED);
+                    crate::stats::count_error(sqlstate::PROGRAM_LIMIT_EXCEEDED);
                     backend::write_error(
                         out,
                         Severity::Error,
-                        PROGRAM_LIMIT_EXCEEDED,
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
                         &message,
                         Some(
                             "raise limits.max_gather_rows / limits.max_gather_bytes in the proxy's \

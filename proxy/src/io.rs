@@ -25,6 +25,9 @@ pub struct ClientIo {
     /// (`query_stats`), read at each flush.
     /// The tally and where its part of `out` starts (bytes before were queued earlier).
     tally: Option<(crate::query_stats::tally::Tally, usize)>,
+    /// While a cross-shard result is held for reading in parts (`held`): what the read writes
+    /// stays here, unsent.
+    capture: Option<crate::held::Capture>,
 }
 
 /// Flush the client buffer early once it holds this much, so large results stream.
@@ -42,6 +45,7 @@ impl ClientIo {
             out: BytesMut::with_capacity(1024),
             write_timeout: Duration::ZERO,
             tally: None,
+            capture: None,
         }
     }
 
@@ -91,8 +95,11 @@ impl ClientIo {
             .map_err(|_| SessionError::ClientGone)
     }
 
-    /// Writes out everything buffered in `out`.
+    /// Writes out everything buffered in `out` (nothing while a result is being captured).
     pub async fn flush(&mut self) -> Result<(), SessionError> {
+        if self.capture.is_some() {
+            return Ok(());
+        }
         if let Some((tally, from)) = &mut self.tally {
             tally.scan(self.out.get(*from..).unwrap_or_default());
             *from = 0;
@@ -143,6 +150,37 @@ impl ClientIo {
         };
         tally.scan(self.out.get(from..).unwrap_or_default());
         tally
+    }
+
+    /// From now on, what is written for the client is captured, not sent (see `held`), up to
+    /// the limits.
+    pub(crate) fn start_capture(&mut self, max_rows: u64, max_bytes: u64) {
+        self.capture = Some(crate::held::Capture::new(
+            self.out.len(),
+            max_rows,
+            max_bytes,
+        ));
+    }
+
+    /// Ends a capture: what was written since [`ClientIo::start_capture`], taken out of the
+    /// buffer. `None` when no capture was running.
+    pub(crate) fn finish_capture(&mut self) -> Option<crate::held::Captured> {
+        let capture = self.capture.take()?;
+        let captured = self.out.split_off(capture.from().min(self.out.len()));
+        if let Some((_, from)) = &mut self.tally {
+            *from = (*from).min(self.out.len());
+        }
+        Some(capture.finish(captured))
+    }
+
+    /// A row was written for the client: written out when the buffer is large, or counted
+    /// by the capture.
+    pub(crate) async fn row_written(&mut self) -> Result<(), SessionError> {
+        if let Some(capture) = &mut self.capture {
+            capture.row_written(&mut self.out);
+            return Ok(());
+        }
+        self.flush_if_large().await
     }
 
     /// Flushes only when the buffer is large, so big results stream without piling up.

@@ -17,6 +17,7 @@ mod detached;
 mod encoding;
 mod fence;
 mod gather;
+mod held;
 mod hosts;
 mod io;
 mod limits;

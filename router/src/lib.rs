@@ -9,6 +9,7 @@ mod analysis;
 mod cache;
 mod classify;
 mod copy_in;
+pub mod cursor;
 mod dml;
 mod fingerprint;
 pub mod gather;

@@ -184,6 +184,10 @@ pub struct Plan {
     pub copy_in: Option<std::sync::Arc<crate::copy_in::CopyInSpec>>,
     /// For `COPY … TO STDOUT` that may run on several shards: how their outputs join.
     pub copy_out: Option<crate::copy_in::CopyOutSpec>,
+    /// For `DECLARE … CURSOR FOR query`: the cursor, while the rest of the plan is the
+    /// query's (so a cursor over several shards is planned as that read, and a proxy can hold
+    /// its result for FETCH).
+    pub cursor: Option<std::sync::Arc<crate::cursor::Declare>>,
 }
 
 /// A statement shardgate refuses to route, with the SQLSTATE and message the client gets.
@@ -223,6 +227,7 @@ impl Plan {
             insert_rows: None,
             copy_in: None,
             copy_out: None,
+            cursor: None,
         }
     }
 

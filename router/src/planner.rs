@@ -109,6 +109,16 @@ impl Planner {
                 "SHARDGATE ROUTE",
             );
         }
+        if let Some(declare) = crate::cursor::declare(sql) {
+            // Planned as its query: on one shard the whole DECLARE goes there; over several,
+            // a proxy holds the query's merged result for FETCH.
+            let mut plan = self.plan_text(&declare.query);
+            if matches!(plan.kind, StatementKind::Read { .. }) && plan.statement_count == 1 {
+                plan.command = "DECLARE";
+                plan.cursor = Some(std::sync::Arc::new(declare));
+                return plan;
+            }
+        }
         match parse(sql) {
             Ok(stmts) if stmts.len() == 1 => {
                 let mut plan = self.statement(&stmts[0]);

@@ -2,7 +2,8 @@
 psycopg opens a transaction at the first statement; the request reads keyless (every shard),
 writes two users that live on different shards, uses a nested atomic block (a savepoint) that
 fails and is rolled back to, and commits. Then a second request writes two users and rolls back.
-Checked from a fresh connection. Every step has a deadline.
+Then `QuerySet.iterator()`: a named (server-side) cursor over every shard, read in chunks, with
+a parameter. Checked from a fresh connection. Every step has a deadline.
 Usage: python django_style.py POSTGRES_URL KEY_ON_SHARD_0 KEY_ON_SHARD_1
 """
 
@@ -50,6 +51,19 @@ with psycopg.connect(URL, connect_timeout=20, options="-c statement_timeout=2000
     conn.execute("insert into users (user_id, name) values (%s, 'gone')", (A + 1_000_000,))
     conn.execute("insert into users (user_id, name) values (%s, 'gone')", (B + 1_000_000,))
     conn.rollback()
+
+    # QuerySet.iterator(): a server-side cursor (DECLARE, Describe, FETCH FORWARD n) over
+    # every shard, in chunks smaller than the result, with a parameter.
+    sql = "select user_id, name from users where user_id >= %s order by user_id"
+    whole = conn.execute(sql, (0,)).fetchall()
+    assert len(whole) >= 2, whole
+    with conn.cursor(name="django_it") as cur:
+        cur.itersize = 1
+        cur.execute(sql, (0,))
+        assert [d.name for d in cur.description] == ["user_id", "name"], cur.description
+        chunked = list(cur)
+    assert chunked == whole, (chunked, whole)
+    conn.commit()
 
 with psycopg.connect(URL, autocommit=True, connect_timeout=20) as check:
     names = dict(

@@ -23,6 +23,8 @@ use tokio_postgres::Client;
 mod compare;
 #[path = "cross_shard/corpus.rs"]
 mod corpus;
+#[path = "cross_shard/held.rs"]
+mod held;
 
 use compare::{differ, is_error, run_prepared, run_text, run_unnamed, sqlstate, usable, Outcome};
 use corpus::{Order, Query};
@@ -261,8 +263,8 @@ async fn cross_shard_reads_match_one_postgresql() {
     let started = Instant::now();
     let world = World::start().await;
     let setup = started.elapsed();
-    let proxy = world.proxy_client(DB).await;
-    let direct = connect_to(world.reference.port(), DB).await;
+    let mut proxy = world.proxy_client(DB).await;
+    let mut direct = connect_to(world.reference.port(), DB).await;
     let mut failures = Vec::new();
     let mut statements = 0;
 
@@ -355,6 +357,8 @@ async fn cross_shard_reads_match_one_postgresql() {
             "{sql}"
         );
     }
+
+    held::held_reads_match(&mut proxy, &mut direct, &mut failures).await;
 
     let total = started.elapsed();
     eprintln!(

@@ -24,3 +24,7 @@ pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
 pub const SYNTAX_ERROR: &str = "42601";
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+pub const DUPLICATE_CURSOR: &str = "42P03";
+pub const INVALID_CURSOR_NAME: &str = "34000";
+pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";

@@ -54,6 +54,8 @@ pub(crate) struct TxnShards {
     /// A statement failed on a shard the session was not attached to (or the commit protocol
     /// failed): the transaction is aborted everywhere until ROLLBACK.
     failed: bool,
+    /// Cross-shard results the client reads in parts (portals with a row limit, cursors).
+    pub(crate) held: crate::held::HeldResults,
 }
 
 /// Most transaction-control statements remembered for replay; more are refused.
@@ -112,6 +114,7 @@ impl TxnShards {
         self.locals.clear();
         self.savepoints.clear();
         self.failed = false;
+        self.held.clear();
     }
 
     /// The statements that open the transaction on a joining shard.

@@ -144,6 +144,9 @@ impl Session {
     /// connection: a statement for another shard or for several, transaction control while
     /// other shards take part, anything after the transaction failed on another shard.
     pub(crate) fn needs_txn_shards(&mut self, batch: &[Frame], status: TransactionStatus) -> bool {
+        if self.claims_held(batch) {
+            return true;
+        }
         if !batch
             .iter()
             .any(|f| matches!(f.tag(), frontend::QUERY | frontend::BIND))
@@ -200,6 +203,12 @@ impl Session {
         mut server: PooledConn,
         mut batch: Vec<Frame>,
     ) -> Result<InTransaction, SessionError> {
+        if self.claims_held(&batch) {
+            // Reads of a cross-shard portal or cursor the proxy holds (`held`).
+            self.read_rest_of_batch(&mut batch).await?;
+            self.answer_held(&batch);
+            return Ok(InTransaction::Attach(server, Vec::new()));
+        }
         let Some(first) = self.first_statement(&batch) else {
             return Ok(InTransaction::Attach(server, batch));
         };

@@ -165,9 +165,6 @@ impl Stop {
 /// connection is closed instead.
 const DRAIN_BUDGET: usize = 8 * 1024 * 1024;
 
-/// SQLSTATE program_limit_exceeded.
-const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-
 /// The limits a cross-shard read runs under.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ScatterLimits {
@@ -356,11 +353,11 @@ pub(crate) async fn run<C: ClientSink>(
         Err(Stop::Refuse { code, message }) => refuse(&mut out, code, &message),
         Err(Stop::TooLarge(message)) => {
             out.take_back();
-            crate::stats::count_error(PROGRAM_LIMIT_EXCEEDED);
+            crate::stats::count_error(sqlstate::PROGRAM_LIMIT_EXCEEDED);
             backend::write_error(
                 out.buf(),
                 Severity::Error,
-                PROGRAM_LIMIT_EXCEEDED,
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 &message,
                 Some(
                     "raise limits.max_buffered_result in the proxy's config, or narrow the \

@@ -46,7 +46,7 @@ impl ClientSink for crate::io::ClientIo {
     }
 
     async fn write_out_if_large(&mut self) -> Result<(), ClientGone> {
-        self.flush_if_large().await.map_err(|_| ClientGone)
+        self.row_written().await.map_err(|_| ClientGone)
     }
 }
 

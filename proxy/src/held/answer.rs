@@ -1,0 +1,468 @@
+//! The session's side of held results: deciding that a cross-shard read is to be held (an
+//! Execute with a row limit, a DECLARE), answering its first request from the captured result,
+//! and answering later Executes, Describes, Closes, FETCHes and MOVEs from what is held.
+
+use bytes::{BufMut, BytesMut};
+use shardgate_router::cursor::{self, CursorCommand, FetchCount};
+use shardgate_router::{Plan, RouteError};
+use shardgate_wire::backend::{self, TransactionStatus};
+use shardgate_wire::{frontend, sqlstate, Frame};
+
+use super::{Captured, HeldResult};
+use crate::routing::feature_error;
+use crate::scatter::ScatterRequest;
+use crate::session::Session;
+
+/// A cross-shard read whose result the proxy holds rather than sends whole.
+pub(crate) struct Holding {
+    /// The portal's or cursor's name.
+    name: String,
+    kind: HoldKind,
+}
+
+enum HoldKind {
+    /// An Execute with a row limit: the first rows now, the rest at later Executes.
+    Portal {
+        /// The first Execute's row limit; `None`: the batch only bound the portal (it is
+        /// executed by a later batch).
+        limit: Option<u64>,
+        /// The client described the portal or statement: it gets the RowDescription.
+        described: bool,
+    },
+    /// `DECLARE … CURSOR FOR` the read: no rows now, FETCH reads them.
+    Cursor { described: bool },
+}
+
+/// PostgreSQL's answer to anything after an error in a transaction block.
+fn aborted() -> RouteError {
+    RouteError {
+        code: sqlstate::IN_FAILED_SQL_TRANSACTION,
+        message: "current transaction is aborted, commands ignored until end of transaction block"
+            .into(),
+        hint: None,
+    }
+}
+
+fn already_exists(name: &str, cursor: bool) -> RouteError {
+    RouteError {
+        code: sqlstate::DUPLICATE_CURSOR,
+        message: if cursor {
+            format!("cursor \"{name}\" already exists")
+        } else {
+            format!("portal \"{name}\" already exists")
+        },
+        hint: None,
+    }
+}
+
+impl Session {
+    /// Whether this cross-shard read in a transaction is held (and how), with `request`
+    /// changed to read the whole result: the Execute's row limit lifted, the portal described
+    /// to the proxy, a DECLARE's query in place of its text.
+    pub(crate) fn holding_for(
+        &mut self,
+        batch: &[Frame],
+        plan: &Plan,
+        request: &mut ScatterRequest,
+    ) -> Result<Option<Holding>, RouteError> {
+        let holding = if plan.cursor.is_some() {
+            // The client's own text: the plan's may be the normalized one.
+            let declare = batch
+                .iter()
+                .find_map(|f| self.frame_text(f).or_else(|| self.parse_text(f)))
+                .and_then(|t| cursor::declare(&t))
+                .ok_or_else(|| {
+                    feature_error(
+                        "this DECLARE across shards could not be read again".into(),
+                        "send DECLARE … CURSOR FOR … as one statement",
+                    )
+                })?;
+            if declare.hold {
+                return Err(feature_error(
+                    "a WITH HOLD cursor over several shards is not supported".into(),
+                    "declare it WITHOUT HOLD inside a transaction, or restrict its query to one shard with its shard key",
+                ));
+            }
+            if declare.binary {
+                return Err(feature_error(
+                    "a BINARY cursor over several shards is not supported".into(),
+                    "declare it without BINARY, or restrict its query to one shard with its shard key",
+                ));
+            }
+            let described = match request {
+                ScatterRequest::Simple { sql } => {
+                    if plan
+                        .merge
+                        .as_ref()
+                        .and_then(|m| m.shard_sql.as_ref())
+                        .is_none()
+                    {
+                        *sql = self.sql_for_shards(declare.query.as_bytes())?;
+                    }
+                    false
+                }
+                ScatterRequest::Extended {
+                    sql,
+                    client_describe,
+                    ..
+                } => {
+                    if plan
+                        .merge
+                        .as_ref()
+                        .and_then(|m| m.shard_sql.as_ref())
+                        .is_none()
+                    {
+                        *sql = self.sql_for_shards(declare.query.as_bytes())?;
+                    }
+                    client_describe.replace(b'P').is_some()
+                }
+            };
+            Holding {
+                name: declare.name,
+                kind: HoldKind::Cursor { described },
+            }
+        } else {
+            let ScatterRequest::Extended {
+                row_limit,
+                client_describe,
+                ..
+            } = request
+            else {
+                return Ok(None);
+            };
+            let executes = batch.iter().any(|f| f.tag() == frontend::EXECUTE);
+            if executes && *row_limit == 0 {
+                return Ok(None);
+            }
+            let name = batch
+                .iter()
+                .filter(|f| f.tag() == frontend::BIND)
+                .find_map(|f| frontend::bind(f).ok().map(|b| b.portal.to_owned()))
+                .unwrap_or_default();
+            let limit = executes.then(|| std::mem::take(row_limit));
+            let described = client_describe.is_some();
+            client_describe.get_or_insert(b'P');
+            Holding {
+                name,
+                kind: HoldKind::Portal { limit, described },
+            }
+        };
+        let cursor = matches!(holding.kind, HoldKind::Cursor { .. });
+        if !holding.name.is_empty() && self.txn_shards.held.contains(&holding.name) {
+            return Err(already_exists(&holding.name, cursor));
+        }
+        if self.txn_shards.held.is_full() {
+            return Err(RouteError {
+                code: sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                message: format!(
+                    "this transaction holds {} cross-shard results read in parts",
+                    super::MAX_HELD
+                ),
+                hint: Some("close portals and cursors it no longer reads".into()),
+            });
+        }
+        Ok(Some(holding))
+    }
+
+    /// Answers the request that started a held read from its captured result, and keeps the
+    /// rows not sent yet. `true` when the client got an error (the transaction fails).
+    pub(crate) fn answer_holding(&mut self, holding: Holding, captured: Captured) -> bool {
+        let (before, mut result) = match captured {
+            Captured::TooLarge {
+                max_rows,
+                max_bytes,
+            } => {
+                self.io.push_error(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    &format!(
+                        "a cross-shard result read in parts is held by shardgate, and this one is larger than limits.max_gather_rows ({max_rows}) or limits.max_gather_bytes ({max_bytes})"
+                    ),
+                    Some("add the shard key to read it from one shard, read it whole outside a cursor, or raise the limits"),
+                );
+                return true;
+            }
+            Captured::AsIs(bytes) => {
+                self.io.out.extend_from_slice(&bytes);
+                return false;
+            }
+            Captured::Rows { before, result } => (before, result),
+        };
+        self.io.out.extend_from_slice(&before);
+        match holding.kind {
+            HoldKind::Portal { limit, described } => {
+                if described {
+                    self.write_description(&result);
+                }
+                if let Some(limit) = limit {
+                    write_rows(&mut self.io.out, &mut result, Some(limit));
+                }
+            }
+            HoldKind::Cursor { described } => {
+                if described {
+                    backend::write_no_data(&mut self.io.out);
+                }
+                backend::write_command_complete(&mut self.io.out, "DECLARE CURSOR");
+            }
+        }
+        self.txn_shards.held.insert(holding.name, result);
+        false
+    }
+
+    /// Whether the batch reads held results (see [`super::HeldResults::claims`]).
+    pub(crate) fn claims_held(&mut self, batch: &[Frame]) -> bool {
+        let encoding = self.encoding;
+        self.txn_shards
+            .held
+            .claims(batch, |b| encoding.decode(b).into_owned())
+    }
+
+    /// Answers a batch that reads held results ([`super::HeldResults::claims`]), with its
+    /// ReadyForQuery. An error skips the rest up to Sync and, but for a refusal, fails the
+    /// transaction as in PostgreSQL.
+    pub(crate) fn answer_held(&mut self, batch: &[Frame]) {
+        let mut skipping = false;
+        // A FETCH/MOVE/CLOSE parsed as the unnamed statement, run by the Execute that follows.
+        let mut command: Option<CursorCommand> = None;
+        for frame in batch {
+            if frame.tag() == frontend::SYNC {
+                skipping = false;
+                self.io.push_ready(self.txn.status());
+                continue;
+            }
+            if skipping || frame.tag() == frontend::FLUSH {
+                continue;
+            }
+            if let Err(e) = self.answer_held_message(frame, &mut command) {
+                self.io.push_error(e.code, &e.message, e.hint.as_deref());
+                if e.code != sqlstate::FEATURE_NOT_SUPPORTED {
+                    self.txn_shards.set_failed();
+                    self.txn.note_error();
+                    self.txn.set_status(TransactionStatus::Failed);
+                }
+                if frame.tag() == frontend::QUERY {
+                    self.io.push_ready(self.txn.status());
+                } else {
+                    skipping = true;
+                }
+            }
+        }
+    }
+
+    fn answer_held_message(
+        &mut self,
+        frame: &Frame,
+        command: &mut Option<CursorCommand>,
+    ) -> Result<(), RouteError> {
+        let bad = |e: shardgate_wire::DecodeError| RouteError {
+            code: sqlstate::PROTOCOL_VIOLATION,
+            message: e.to_string(),
+            hint: None,
+        };
+        if self.txn_shards.failed() && frame.tag() != frontend::CLOSE {
+            return Err(aborted());
+        }
+        let text = match frame.tag() {
+            frontend::QUERY => Some(
+                self.sql(frontend::query_text(frame).map_err(bad)?)
+                    .into_owned(),
+            ),
+            frontend::PARSE => Some(
+                self.sql(frontend::parse(frame).map_err(bad)?.query)
+                    .into_owned(),
+            ),
+            _ => None,
+        };
+        let out = &mut self.io.out;
+        match frame.tag() {
+            frontend::QUERY => {
+                let command = cursor_command_on_held(text.as_deref().unwrap_or_default())?;
+                self.run_cursor_command(&command, true)?;
+                self.io.push_ready(self.txn.status());
+            }
+            frontend::PARSE => {
+                *command = Some(cursor_command_on_held(text.as_deref().unwrap_or_default())?);
+                backend::write_parse_complete(out);
+            }
+            frontend::BIND => {
+                let b = frontend::bind(frame).map_err(bad)?;
+                if !b.portal.is_empty() && self.txn_shards.held.contains(b.portal) {
+                    return Err(already_exists(b.portal, false));
+                }
+                let params = frontend::bind_params(frame, &b).map_err(bad)?;
+                if command.is_none() || params.result_formats.iter().any(|f| *f != 0) {
+                    return Err(mixed());
+                }
+                backend::write_bind_complete(out);
+            }
+            frontend::DESCRIBE => {
+                let d = frontend::describe(frame).map_err(bad)?;
+                match (d.kind, d.name, &*command) {
+                    (b'S', "", Some(c)) => {
+                        // No parameters.
+                        out.extend_from_slice(&[backend::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0]);
+                        self.describe_command(c)?;
+                    }
+                    (b'P', "", Some(c)) => self.describe_command(c)?,
+                    (b'P', name, _) => {
+                        let held = self.txn_shards.held.results.get(name).ok_or_else(mixed)?;
+                        match &held.description {
+                            Some(d) => out.extend_from_slice(d),
+                            None => backend::write_no_data(out),
+                        }
+                    }
+                    _ => return Err(mixed()),
+                }
+            }
+            frontend::EXECUTE => {
+                let (portal, max_rows) = frontend::execute(frame).map_err(bad)?;
+                match (portal, command.take()) {
+                    ("", Some(c)) => self.run_cursor_command(&c, false)?,
+                    (name, _) => {
+                        let held = self
+                            .txn_shards
+                            .held
+                            .results
+                            .get_mut(name)
+                            .ok_or_else(mixed)?;
+                        let limit = u64::try_from(max_rows).ok().filter(|n| *n > 0);
+                        write_rows(out, held, limit);
+                    }
+                }
+            }
+            frontend::CLOSE => {
+                let c = frontend::close(frame).map_err(bad)?;
+                if c.kind == b'P' {
+                    self.txn_shards.held.results.remove(c.name);
+                }
+                backend::write_close_complete(out);
+            }
+            _ => return Err(mixed()),
+        }
+        Ok(())
+    }
+
+    /// FETCH, MOVE or CLOSE on a held cursor; `simple`: with its RowDescription (a simple
+    /// Query; an extended one described it already).
+    fn run_cursor_command(&mut self, c: &CursorCommand, simple: bool) -> Result<(), RouteError> {
+        let out = &mut self.io.out;
+        match c {
+            CursorCommand::Close(name) => {
+                self.txn_shards.held.results.remove(name);
+                backend::write_command_complete(out, "CLOSE CURSOR");
+            }
+            CursorCommand::CloseAll => {}
+            CursorCommand::Fetch {
+                name,
+                count,
+                moving,
+            } => {
+                let limit = match count {
+                    FetchCount::Forward(n) if *n > 0 => Some(*n),
+                    FetchCount::All => None,
+                    _ => return Err(not_forward()),
+                };
+                let held = self
+                    .txn_shards
+                    .held
+                    .results
+                    .get_mut(name)
+                    .ok_or_else(|| no_cursor(name))?;
+                if *moving {
+                    let n = held.take(limit).count();
+                    backend::write_command_complete(out, &format!("MOVE {n}"));
+                } else {
+                    if simple {
+                        if let Some(d) = &held.description {
+                            out.extend_from_slice(d);
+                        }
+                    }
+                    let n = held.take(limit).fold(0u64, |n, row| {
+                        out.extend_from_slice(&row);
+                        n + 1
+                    });
+                    backend::write_command_complete(out, &format!("FETCH {n}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Describe of a parsed FETCH/MOVE/CLOSE: the cursor's RowDescription for FETCH.
+    fn describe_command(&mut self, c: &CursorCommand) -> Result<(), RouteError> {
+        let description = match c {
+            CursorCommand::Fetch {
+                name,
+                moving: false,
+                ..
+            } => self
+                .txn_shards
+                .held
+                .results
+                .get(name)
+                .ok_or_else(|| no_cursor(name))?
+                .description
+                .clone(),
+            _ => None,
+        };
+        match description {
+            Some(d) => self.io.out.extend_from_slice(&d),
+            None => backend::write_no_data(&mut self.io.out),
+        }
+        Ok(())
+    }
+
+    fn write_description(&mut self, result: &HeldResult) {
+        match &result.description {
+            Some(d) => self.io.out.extend_from_slice(d),
+            None => backend::write_no_data(&mut self.io.out),
+        }
+    }
+
+    /// A Parse's statement text (for a DECLARE sent with the extended protocol).
+    fn parse_text(&self, frame: &Frame) -> Option<String> {
+        (frame.tag() == frontend::PARSE)
+            .then(|| frontend::parse(frame).ok())
+            .flatten()
+            .map(|p| self.sql(p.query).into_owned())
+    }
+}
+
+/// Up to `limit` rows (all with `None`), then PortalSuspended when exactly `limit` came (as
+/// PostgreSQL: the portal may have more) or `SELECT n`.
+fn write_rows(out: &mut BytesMut, held: &mut HeldResult, limit: Option<u64>) {
+    let n = held.take(limit).fold(0u64, |n, row| {
+        out.extend_from_slice(&row);
+        n + 1
+    });
+    if limit == Some(n) {
+        out.put_slice(&[backend::PORTAL_SUSPENDED, 0, 0, 0, 4]);
+    } else {
+        backend::write_command_complete(out, &format!("SELECT {n}"));
+    }
+}
+
+fn cursor_command_on_held(sql: &str) -> Result<CursorCommand, RouteError> {
+    cursor::cursor_command(sql).ok_or_else(mixed)
+}
+
+fn mixed() -> RouteError {
+    feature_error(
+        "a batch that reads a cross-shard cursor or portal held by shardgate can only execute, describe, fetch from or close it".into(),
+        "send other statements in their own batch",
+    )
+}
+
+fn not_forward() -> RouteError {
+    feature_error(
+        "a cross-shard cursor is read forward only: FETCH/MOVE BACKWARD, PRIOR, FIRST, LAST, ABSOLUTE, RELATIVE and FORWARD 0 are not supported".into(),
+        "fetch forward, or restrict the cursor's query to one shard with its shard key",
+    )
+}
+
+fn no_cursor(name: &str) -> RouteError {
+    RouteError {
+        code: sqlstate::INVALID_CURSOR_NAME,
+        message: format!("cursor \"{name}\" does not exist"),
+        hint: None,
+    }
+}

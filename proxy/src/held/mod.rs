@@ -1,0 +1,203 @@
+//! Cross-shard results a client reads in parts inside a transaction: a portal executed with a
+//! row limit (JDBC's `fetchSize`, asyncpg cursors, tokio-postgres `query_portal`) and SQL
+//! cursors (`DECLARE … CURSOR FOR` a cross-shard read, then `FETCH`/`MOVE`/`CLOSE`: psycopg
+//! named cursors, Django's `.iterator()`).
+//!
+//! One PostgreSQL keeps such a portal open and runs its query a little further at each
+//! Execute. Across shards the proxy runs the read once, merged or gathered exactly as a read
+//! fetched whole, and holds the rows for the later Executes and FETCHes (its snapshot is the
+//! one the read ran in, as a PostgreSQL cursor's is the one at its start). What is held is
+//! bounded by `limits.max_gather_rows` and `limits.max_gather_bytes` per result and by
+//! [`MAX_HELD`] results per transaction; the transaction's end drops them all, as it does a
+//! PostgreSQL portal.
+
+mod answer;
+mod capture;
+
+pub(crate) use capture::{Capture, Captured};
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use shardgate_router::cursor::{cursor_command, CursorCommand};
+use shardgate_wire::{frontend, Frame};
+
+/// Most results held at once by one transaction.
+pub(crate) const MAX_HELD: usize = 64;
+
+/// A result held for a portal or cursor of the client's transaction.
+#[derive(Debug, Default)]
+pub(crate) struct HeldResult {
+    /// The result's RowDescription frame (for Describe and FETCH).
+    description: Option<Bytes>,
+    /// DataRow frames not yet read.
+    rows: VecDeque<Bytes>,
+    /// The rows' size in bytes.
+    bytes: usize,
+}
+
+impl HeldResult {
+    pub(crate) fn new(description: Option<Bytes>, rows: VecDeque<Bytes>) -> HeldResult {
+        let bytes = rows.iter().map(Bytes::len).sum();
+        HeldResult {
+            description,
+            rows,
+            bytes,
+        }
+    }
+
+    /// Takes the next `n` rows (all with `None`).
+    fn take(&mut self, n: Option<u64>) -> impl Iterator<Item = Bytes> + '_ {
+        let n = n.map_or(self.rows.len(), |n| {
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(self.rows.len())
+        });
+        let taken: usize = self.rows.iter().take(n).map(Bytes::len).sum();
+        self.bytes -= taken;
+        self.rows.drain(..n)
+    }
+}
+
+/// The held results of the client's transaction, by portal or cursor name (`""` is the
+/// unnamed portal). PostgreSQL keeps portals and cursors in one namespace; so does this.
+#[derive(Debug, Default)]
+pub(crate) struct HeldResults {
+    results: HashMap<String, HeldResult>,
+}
+
+impl HeldResults {
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.results.contains_key(name)
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.results.len() >= MAX_HELD
+    }
+
+    pub(crate) fn insert(&mut self, name: String, result: HeldResult) {
+        self.results.insert(name, result);
+    }
+
+    /// The transaction ended: every portal and cursor with it.
+    pub(crate) fn clear(&mut self) {
+        self.results.clear();
+    }
+
+    /// Bytes held in all results (for the session's memory figures).
+    #[allow(dead_code)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.results.values().map(|r| r.bytes).sum()
+    }
+
+    /// Whether the proxy answers this batch from held results: it executes, describes or
+    /// closes a held portal, binds a new portal under a held name, or is a FETCH, MOVE or
+    /// CLOSE on a held cursor. A Bind to the unnamed portal drops a held unnamed one (as
+    /// PostgreSQL replaces it), and `CLOSE ALL` drops all of them (and then runs on the
+    /// servers too).
+    pub(crate) fn claims(&mut self, batch: &[Frame], text: impl Fn(&[u8]) -> String) -> bool {
+        if self.results.is_empty() {
+            return false;
+        }
+        let mut claimed = false;
+        for frame in batch {
+            let named = match frame.tag() {
+                frontend::EXECUTE => frontend::execute(frame).ok().map(|(p, _)| p.to_owned()),
+                frontend::DESCRIBE => frontend::describe(frame)
+                    .ok()
+                    .filter(|t| t.kind == b'P')
+                    .map(|t| t.name.to_owned()),
+                frontend::CLOSE => frontend::close(frame)
+                    .ok()
+                    .filter(|t| t.kind == b'P')
+                    .map(|t| t.name.to_owned()),
+                frontend::BIND => match frontend::bind(frame) {
+                    Ok(b) if b.portal.is_empty() => {
+                        self.results.remove("");
+                        None
+                    }
+                    Ok(b) => Some(b.portal.to_owned()),
+                    Err(_) => None,
+                },
+                frontend::QUERY => frontend::query_text(frame)
+                    .ok()
+                    .and_then(|t| self.cursor_name(&text(t))),
+                frontend::PARSE => frontend::parse(frame)
+                    .ok()
+                    .and_then(|p| self.cursor_name(&text(p.query))),
+                _ => None,
+            };
+            claimed |= named.is_some_and(|n| self.results.contains_key(&n));
+        }
+        claimed
+    }
+
+    /// The held cursor a FETCH/MOVE/CLOSE names (`CLOSE ALL` drops them all and names none).
+    fn cursor_name(&mut self, sql: &str) -> Option<String> {
+        match cursor_command(sql)? {
+            CursorCommand::Fetch { name, .. } | CursorCommand::Close(name) => Some(name),
+            CursorCommand::CloseAll => {
+                self.results.clear();
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn frame(write: impl FnOnce(&mut BytesMut)) -> Frame {
+        let mut b = BytesMut::new();
+        write(&mut b);
+        Frame::from_bytes(b.freeze())
+    }
+
+    fn execute(portal: &str) -> Frame {
+        frame(|b| {
+            frontend::write_message(b, frontend::EXECUTE, |b| {
+                frontend::put_cstr(b, portal);
+                b.extend_from_slice(&10i32.to_be_bytes());
+            })
+        })
+    }
+
+    fn held(rows: usize) -> HeldResult {
+        HeldResult::new(
+            None,
+            (0..rows).map(|i| Bytes::from(vec![b'D'; i + 1])).collect(),
+        )
+    }
+
+    #[test]
+    fn claims_batches_that_read_a_held_result() {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut h = HeldResults::default();
+        let sync = frame(frontend::write_sync);
+        assert!(!h.claims(&[execute("C_1"), sync.clone()], text));
+        h.insert("C_1".into(), held(3));
+        h.insert("big".into(), held(1));
+        assert!(h.claims(&[execute("C_1"), sync.clone()], text));
+        assert!(!h.claims(&[execute("C_2"), sync.clone()], text));
+        let fetch = frame(|b| frontend::write_query(b, "FETCH FORWARD 10 FROM BIG"));
+        assert!(h.claims(&[fetch], text));
+        let other = frame(|b| frontend::write_query(b, "FETCH 10 FROM other"));
+        assert!(!h.claims(&[other], text));
+        let close_all = frame(|b| frontend::write_query(b, "CLOSE ALL"));
+        assert!(!h.claims(&[close_all], text));
+        assert!(!h.contains("C_1") && !h.contains("big"));
+    }
+
+    #[test]
+    fn takes_rows_in_parts_and_counts_bytes() {
+        let mut r = held(4);
+        assert_eq!(r.bytes, 1 + 2 + 3 + 4);
+        assert_eq!(r.take(Some(3)).count(), 3);
+        assert_eq!(r.bytes, 4);
+        assert_eq!(r.take(Some(3)).count(), 1);
+        assert_eq!(r.take(None).count(), 0);
+        assert_eq!(r.bytes, 0);
+    }
+}
