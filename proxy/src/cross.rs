@@ -277,6 +277,18 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
     ) -> Result<(), SessionError> {
+        // pgjdbc closes its previous portal ahead of the next query: a held one is gone
+        // already (`held`), and a portal on a participant ends with the transaction anyway.
+        let closes = batch
+            .iter()
+            .take_while(|f| {
+                f.tag() == frontend::CLOSE && frontend::close(f).is_ok_and(|c| c.kind == b'P')
+            })
+            .count();
+        for _ in 0..closes {
+            shardgate_wire::backend::write_close_complete(&mut self.io.out);
+        }
+        let batch = &batch[closes..];
         let mut request = match many_shards_refusal(&plan)
             .map_or_else(|| self.scatter_request(batch, &plan), Err)
         {

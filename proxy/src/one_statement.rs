@@ -84,6 +84,17 @@ impl Session {
     /// Answers a one-statement batch with command tag `tag` and ReadyForQuery in the
     /// transaction's current status; the batch's Parse is recorded as the server would.
     pub(crate) fn answer_one_statement(&mut self, batch: &[Frame], stmt: OneStatement, tag: &str) {
+        self.answer_statement_messages(batch, stmt, tag);
+        self.io.push_ready(self.txn.status());
+    }
+
+    /// [`Session::answer_one_statement`] without the ReadyForQuery (more of the batch follows).
+    pub(crate) fn answer_statement_messages(
+        &mut self,
+        batch: &[Frame],
+        stmt: OneStatement,
+        tag: &str,
+    ) {
         if let Some((name, query, types)) = stmt.parsed {
             if name.is_empty() {
                 self.routing.set_unnamed(query, types);
@@ -111,6 +122,5 @@ impl Session {
             }
         }
         backend::write_command_complete(&mut self.io.out, tag);
-        self.io.push_ready(self.txn.status());
     }
 }

@@ -476,6 +476,39 @@ impl Session {
         true
     }
 
+    /// A batch that opens a transaction with an extended-protocol BEGIN and goes on with more
+    /// statements (pgjdbc with autocommit off sends them together): the BEGIN is answered
+    /// here and deferred, as when it comes alone, and the rest of the batch is returned, to be
+    /// routed as the transaction's first statement.
+    pub(crate) fn split_leading_begin(&mut self, batch: &[Frame]) -> Option<Vec<Frame>> {
+        if !self.shared.topo().routing || batch.first()?.tag() == frontend::QUERY {
+            return None;
+        }
+        let end = batch.iter().position(|f| f.tag() == frontend::EXECUTE)?;
+        if end + 2 >= batch.len() {
+            // Nothing follows but the Sync: `answer_locally` answers it whole.
+            return None;
+        }
+        let mut begin = batch[..=end].to_vec();
+        begin.push(Frame::from_bytes(bytes::Bytes::from_static(&[
+            frontend::SYNC,
+            0,
+            0,
+            0,
+            4,
+        ])));
+        let stmt = self.one_statement(&begin)?;
+        if self.local_transaction_tag(&stmt.text) != Some("BEGIN") {
+            return None;
+        }
+        let read_only = self.shared.topo().router.plan(&stmt.text).kind
+            == StatementKind::Begin { read_only: true };
+        self.txn.defer_begin(stmt.text.clone(), read_only);
+        begin.pop();
+        self.answer_statement_messages(&begin, stmt, "BEGIN");
+        Some(batch[end + 1..].to_vec())
+    }
+
     /// The deferred BEGIN to send to the server ahead of `batch`, taken; `None` when there is
     /// none, or when the batch only prepares or describes statements (`Parse`, `Describe`,
     /// `Close` up to `Sync`, as drivers do before their first execution of a statement): that

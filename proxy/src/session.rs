@@ -305,6 +305,15 @@ impl Session {
                     match self.route_batch(&batch) {
                         Ok(Target::Shard(shard)) => self.shard = shard,
                         Ok(Target::Many { shards, plan }) => {
+                            // A BEGIN in front (pgjdbc): deferred; the rest opens the
+                            // transaction on the shards.
+                            let batch = match self.split_leading_begin(&batch) {
+                                Some(rest) => {
+                                    self.parked = rest;
+                                    continue;
+                                }
+                                None => batch,
+                            };
                             if let Some(what) = self.batch_pins(&batch) {
                                 let e = crate::pinning::many_shards_refusal(what);
                                 let record =

@@ -156,3 +156,27 @@ async fn django_style_request_spans_shards() {
         .await;
     env.stop().await;
 }
+
+/// pgjdbc's fetch size (Spring's `JdbcTemplate.setFetchSize`, Hibernate's `jdbc.fetch_size`):
+/// inside a transaction the driver executes a named portal a few rows at a time; across the
+/// demo's shards every chunk must come, equal to the read fetched whole. pgjdbc is Debian's
+/// `libpostgresql-jdbc-java` (`.ci/run` installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_fetch_size_reads_across_shards_in_chunks() {
+    const JAR: &str = "/usr/share/java/postgresql.jar";
+    assert!(
+        std::path::Path::new(JAR).exists(),
+        "pgjdbc is missing: apt-get install libpostgresql-jdbc-java (.ci/run does)"
+    );
+    let env = DemoEnv::start("").await;
+    let mut cmd = tokio::process::Command::new("java");
+    cmd.arg("-cp")
+        .arg(JAR)
+        .arg(script("JdbcFetchSize.java"))
+        .arg(env.jdbc_url());
+    let out = run_script("jdbc", cmd).await;
+    assert!(out.contains("OK jdbc"), "{out}");
+    env.assert_servers_quiet(std::time::Duration::from_secs(10))
+        .await;
+    env.stop().await;
+}

@@ -204,7 +204,8 @@ impl Session {
                 backend::write_command_complete(&mut self.io.out, "DECLARE CURSOR");
             }
         }
-        self.txn_shards.held.insert(holding.name, result);
+        let depth = self.txn_shards.savepoint_depth();
+        self.txn_shards.held.insert(holding.name, result, depth);
         false
     }
 

@@ -34,6 +34,8 @@ pub(crate) struct HeldResult {
     rows: VecDeque<Bytes>,
     /// The rows' size in bytes.
     bytes: usize,
+    /// How many savepoints were open when it was created (see [`HeldResults::rolled_back_to`]).
+    depth: usize,
 }
 
 impl HeldResult {
@@ -43,6 +45,7 @@ impl HeldResult {
             description,
             rows,
             bytes,
+            depth: 0,
         }
     }
 
@@ -75,8 +78,23 @@ impl HeldResults {
         self.results.len() >= MAX_HELD
     }
 
-    pub(crate) fn insert(&mut self, name: String, result: HeldResult) {
+    /// Holds `result` under `name`, created with `depth` savepoints open.
+    pub(crate) fn insert(&mut self, name: String, mut result: HeldResult, depth: usize) {
+        result.depth = depth;
         self.results.insert(name, result);
+    }
+
+    /// `ROLLBACK TO` a savepoint, leaving `depth` open: what was created after it is gone.
+    pub(crate) fn rolled_back_to(&mut self, depth: usize) {
+        self.results.retain(|_, r| r.depth < depth);
+    }
+
+    /// `RELEASE` of a savepoint, leaving `depth` open: what was created inside it now belongs
+    /// to the level around it.
+    pub(crate) fn released_to(&mut self, depth: usize) {
+        for r in self.results.values_mut() {
+            r.depth = r.depth.min(depth);
+        }
     }
 
     /// The transaction ended: every portal and cursor with it.
@@ -90,11 +108,12 @@ impl HeldResults {
         self.results.values().map(|r| r.bytes).sum()
     }
 
-    /// Whether the proxy answers this batch from held results: it executes, describes or
-    /// closes a held portal, binds a new portal under a held name, or is a FETCH, MOVE or
-    /// CLOSE on a held cursor. A Bind to the unnamed portal drops a held unnamed one (as
-    /// PostgreSQL replaces it), and `CLOSE ALL` drops all of them (and then runs on the
-    /// servers too).
+    /// Whether the proxy answers this batch from held results: it executes or describes a
+    /// held portal, binds a new portal under a held name, or is a FETCH, MOVE or CLOSE on a
+    /// held cursor. A Close message of a held portal drops it (the Close goes on to a server,
+    /// which answers it as PostgreSQL does for any portal name), a Bind to the unnamed portal
+    /// drops a held unnamed one (as PostgreSQL replaces it), and `CLOSE ALL` drops all of
+    /// them (and then runs on the servers too).
     pub(crate) fn claims(&mut self, batch: &[Frame], text: impl Fn(&[u8]) -> String) -> bool {
         if self.results.is_empty() {
             return false;
@@ -107,10 +126,16 @@ impl HeldResults {
                     .ok()
                     .filter(|t| t.kind == b'P')
                     .map(|t| t.name.to_owned()),
-                frontend::CLOSE => frontend::close(frame)
-                    .ok()
-                    .filter(|t| t.kind == b'P')
-                    .map(|t| t.name.to_owned()),
+                // Dropped here and not claimed: the server answers CloseComplete for a
+                // portal it does not have (pgjdbc sends the Close ahead of its next query).
+                frontend::CLOSE => {
+                    if let Ok(t) = frontend::close(frame) {
+                        if t.kind == b'P' {
+                            self.results.remove(t.name);
+                        }
+                    }
+                    None
+                }
                 frontend::BIND => match frontend::bind(frame) {
                     Ok(b) if b.portal.is_empty() => {
                         self.results.remove("");
@@ -177,17 +202,32 @@ mod tests {
         let mut h = HeldResults::default();
         let sync = frame(frontend::write_sync);
         assert!(!h.claims(&[execute("C_1"), sync.clone()], text));
-        h.insert("C_1".into(), held(3));
-        h.insert("big".into(), held(1));
+        h.insert("C_1".into(), held(3), 0);
+        h.insert("big".into(), held(1), 0);
         assert!(h.claims(&[execute("C_1"), sync.clone()], text));
         assert!(!h.claims(&[execute("C_2"), sync.clone()], text));
         let fetch = frame(|b| frontend::write_query(b, "FETCH FORWARD 10 FROM BIG"));
         assert!(h.claims(&[fetch], text));
         let other = frame(|b| frontend::write_query(b, "FETCH 10 FROM other"));
         assert!(!h.claims(&[other], text));
+        let close = frame(|b| frontend::write_close(b, b'P', "C_1"));
+        assert!(!h.claims(&[close, sync.clone()], text));
+        assert!(!h.contains("C_1") && h.contains("big"));
         let close_all = frame(|b| frontend::write_query(b, "CLOSE ALL"));
         assert!(!h.claims(&[close_all], text));
-        assert!(!h.contains("C_1") && !h.contains("big"));
+        assert!(!h.contains("big"));
+    }
+
+    #[test]
+    fn rollback_to_a_savepoint_drops_what_was_opened_after_it() {
+        let mut h = HeldResults::default();
+        // SAVEPOINT a; DECLARE in_a; RELEASE a; SAVEPOINT b; DECLARE in_b; ROLLBACK TO b.
+        h.insert("top".into(), held(1), 0);
+        h.insert("in_a".into(), held(1), 1);
+        h.released_to(0);
+        h.insert("in_b".into(), held(1), 1);
+        h.rolled_back_to(1);
+        assert!(h.contains("top") && h.contains("in_a") && !h.contains("in_b"));
     }
 
     #[test]

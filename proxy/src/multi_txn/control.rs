@@ -101,6 +101,11 @@ impl Savepoints {
         self.names.clear();
     }
 
+    /// How many savepoints are open.
+    pub(crate) fn depth(&self) -> usize {
+        self.names.len()
+    }
+
     /// `SAVEPOINT` statements recreating the open savepoints, in order.
     pub(crate) fn replay(&self) -> impl Iterator<Item = String> + '_ {
         self.names

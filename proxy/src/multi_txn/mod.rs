@@ -62,6 +62,11 @@ pub(crate) struct TxnShards {
 const MAX_LOCALS: usize = 256;
 
 impl TxnShards {
+    /// How many savepoints are open.
+    pub(crate) fn savepoint_depth(&self) -> usize {
+        self.savepoints.depth()
+    }
+
     /// Whether other shards are in the transaction.
     pub(crate) fn is_multi(&self) -> bool {
         !self.others.is_empty()
@@ -86,7 +91,15 @@ impl TxnShards {
         match control {
             Control::Local if self.locals.len() < MAX_LOCALS => self.locals.push(sql.to_owned()),
             Control::Savepoint(_) | Control::Release(_) | Control::RollbackTo(_) => {
-                self.savepoints.note(control)
+                self.savepoints.note(control);
+                // Portals and cursors opened inside a savepoint rolled back to are gone, as
+                // in PostgreSQL; a released one's belong to the level around it.
+                let depth = self.savepoints.depth();
+                match control {
+                    Control::Release(_) => self.held.released_to(depth),
+                    Control::RollbackTo(_) => self.held.rolled_back_to(depth),
+                    _ => {}
+                }
             }
             _ => {}
         }

@@ -128,6 +128,14 @@ name = "orders"
         )
     }
 
+    /// JDBC URL of the proxy for `app`.
+    pub fn jdbc_url(&self) -> String {
+        format!(
+            "jdbc:postgresql://127.0.0.1:{}/{DB}?user={USER}&password={PASSWORD}",
+            self.port()
+        )
+    }
+
     /// tokio-postgres config string of the proxy for `app`.
     pub fn conn_str(&self) -> String {
         format!(

@@ -114,6 +114,18 @@ pub async fn held_reads_match(proxy: &mut Client, direct: &mut Client, failures:
         "fetch 250 from w",
         "fetch 250 from w",
         "rollback",
+        // A cursor opened after a savepoint is gone after ROLLBACK TO it; one opened before
+        // stays, where it was.
+        "begin",
+        "declare kept cursor for select order_id from orders order by order_id",
+        "fetch 3 from kept",
+        "savepoint s1",
+        "declare gone cursor for select user_id from users order by user_id",
+        "fetch 2 from gone",
+        "rollback to savepoint s1",
+        "fetch 2 from kept",
+        "fetch 2 from gone",
+        "rollback",
         // Outside a transaction a cursor has nowhere to live.
         "declare nope cursor for select * from orders",
     ];
