@@ -312,7 +312,13 @@ impl Session {
             self.io.start_capture(rows, bytes);
         }
         let ran = self
-            .run_many_in_transaction(server, shards, plan, request)
+            .run_many_in_transaction(
+                server,
+                shards,
+                plan,
+                request,
+                holding.as_ref().and_then(|h| h.streamed()),
+            )
             .await;
         let captured = self.io.finish_capture();
         match ran? {
@@ -320,9 +326,9 @@ impl Session {
                 self.fail_in_transaction(batch, &e);
                 Ok(())
             }
-            ManyRan::Done { mut failed } => {
+            ManyRan::Done { mut failed, stream } => {
                 if let (Some(holding), Some(captured)) = (holding, captured) {
-                    failed |= self.answer_holding(holding, captured);
+                    failed |= self.answer_holding(holding, captured, stream);
                 }
                 self.end_many_in_transaction(failed)
             }
@@ -337,6 +343,7 @@ impl Session {
         shards: Vec<ShardIndex>,
         plan: Arc<Plan>,
         mut request: ScatterRequest,
+        streamed: Option<crate::scatter::Batches>,
     ) -> Result<ManyRan, SessionError> {
         let here = self.shard;
         let mut taken = match self.participants_for(&shards, server).await {
@@ -362,7 +369,10 @@ impl Session {
                     true
                 }
             };
-            return Ok(ManyRan::Done { failed });
+            return Ok(ManyRan::Done {
+                failed,
+                stream: None,
+            });
         }
         // Per-shard defaults of a reference INSERT, evaluated on the default shard.
         let default = self.shared.topo().router.default_shard();
@@ -381,8 +391,16 @@ impl Session {
         let result = {
             let by_shard = crate::multi_txn::in_shard_order(&shards, here, server, &mut taken);
             let mut servers: Vec<&mut ServerConn> = by_shard.into_iter().map(|(_, c)| c).collect();
-            self.execute_many(&mut servers, &names, &request, &plan, true)
-                .await
+            match streamed {
+                Some(batches) => {
+                    self.execute_held(&mut servers, &names, &request, &plan, batches)
+                        .await
+                }
+                None => self
+                    .execute_many(&mut servers, &names, &request, &plan, true)
+                    .await
+                    .map(|broken| (broken, None)),
+            }
         };
         let took = started.elapsed();
         let failed_here =
@@ -393,7 +411,7 @@ impl Session {
             failed |= p.conn.status() != TransactionStatus::InTransaction;
             self.txn_shards.put(p);
         }
-        let broken = result?;
+        let (broken, merge) = result?;
         if let Some((shard, error)) = broken {
             self.io.push_error(
                 sqlstate::CONNECTION_FAILURE,
@@ -402,7 +420,10 @@ impl Session {
             );
             failed = true;
         }
-        Ok(ManyRan::Done { failed })
+        Ok(ManyRan::Done {
+            failed,
+            stream: merge.map(|merge| crate::held::HeldStream { merge, shards }),
+        })
     }
 
     /// The participants on `shards` other than the attached one, taken out of the
@@ -576,8 +597,11 @@ impl Session {
 enum ManyRan {
     /// Not run: the client gets this error.
     Refused(RouteError),
-    /// Answered (rows, or an error the client got: `failed`).
-    Done { failed: bool },
+    /// Answered (rows, or an error the client got: `failed`); a streamed held read's rest.
+    Done {
+        failed: bool,
+        stream: Option<crate::held::HeldStream>,
+    },
 }
 
 /// Statement kinds that cannot run on several shards.

@@ -31,6 +31,10 @@ const BATCH: usize = 64 * 1024;
 pub(crate) struct GatherLimits {
     pub max_rows: u64,
     pub max_bytes: u64,
+    /// The sources are a transaction's participants: past a limit a source's COPY is read to
+    /// its end and dropped, not closed (closing it would end the client's transaction with
+    /// it, and its ROLLBACK would find the connection gone).
+    pub keep_sources: bool,
 }
 
 /// How loading the temporary tables ended.
@@ -90,6 +94,7 @@ impl Session {
         let limits = GatherLimits {
             max_rows: config.limits.max_gather_rows,
             max_bytes: config.limits.max_gather_bytes,
+            keep_sources: false,
         };
         let scatter_limits = ScatterLimits {
             max_buffered: config.limits.max_buffered_result,
@@ -316,6 +321,8 @@ async fn copy_one(
     }
     let mut batch = BytesMut::with_capacity(BATCH + 1024);
     let mut error: Option<Frame> = None;
+    // Past a limit with sources kept: the rest is read and dropped.
+    let mut over_limit: Option<String> = None;
     loop {
         let f = match source.read_frame().await {
             Ok(f) => f,
@@ -327,6 +334,7 @@ async fn copy_one(
             }
         };
         match f.tag() {
+            frontend::COPY_DATA if over_limit.is_some() => {}
             frontend::COPY_DATA => {
                 // The binary trailer (int16 -1) is not a row.
                 if f.body() != [0xff, 0xff] {
@@ -347,6 +355,10 @@ async fn copy_one(
                     None
                 };
                 if let Some(message) = over {
+                    if limits.keep_sources {
+                        over_limit = Some(message);
+                        continue;
+                    }
                     // The source is mid-COPY with possibly much left: close it rather than
                     // drain it.
                     source.mark_broken();
@@ -366,6 +378,10 @@ async fn copy_one(
             // CopyOutResponse, CopyDone, CommandComplete, notices.
             _ => {}
         }
+    }
+    if let Some(message) = over_limit {
+        fail_copy(coord, &message).await.map_err(coord_broken)?;
+        return Err(LoadStop::Limit(message));
     }
     if let Some(frame) = error {
         fail_copy(coord, "source shard failed")

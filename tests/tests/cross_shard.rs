@@ -376,6 +376,17 @@ async fn cross_shard_reads_match_one_postgresql() {
     );
 }
 
+/// Cursors and fetch-size portals over a result larger than `limits.max_gather_rows`: a
+/// merged read streams from the shards, a gathered one is held whole and refused past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_reads_pass_the_gather_limit() {
+    let env = common::demo_env::DemoEnv::start("[limits]\nmax_gather_rows = 100\n").await;
+    let mut client = env.connect().await;
+    held::streamed_reads_pass_the_gather_limit(&mut client).await;
+    drop(client);
+    env.stop().await;
+}
+
 /// A database whose collation is not C refuses a cross-shard ORDER BY on text (the proxy's
 /// byte-wise merge would give a different order), while other sorts, aggregates and GROUP BY
 /// (combined by PostgreSQL itself) still work and equal the reference's answers.

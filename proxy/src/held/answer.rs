@@ -10,14 +10,29 @@ use shardgate_wire::{frontend, sqlstate, Frame};
 
 use super::{Captured, HeldResult};
 use crate::routing::feature_error;
-use crate::scatter::ScatterRequest;
+use crate::scatter::{Resumed, ScatterFailure, ScatterLimits, ScatterRequest};
 use crate::session::Session;
+use crate::SessionError;
+use shardgate_pool::{PooledConn, ServerConn};
 
 /// A cross-shard read whose result the proxy holds rather than sends whole.
 pub(crate) struct Holding {
     /// The portal's or cursor's name.
     name: String,
     kind: HoldKind,
+    /// Its rows stay on the shards, read on at each Execute (a merged read); else the whole
+    /// result is captured.
+    streamed: Option<crate::scatter::Batches>,
+    /// What the read's replies before the rows (BindComplete…) are not for the client: a
+    /// DECLARE sent as a simple query, run on the shards with the extended protocol.
+    drop_prelude: bool,
+}
+
+impl Holding {
+    /// The shards' portal and batch size for a streamed read.
+    pub(crate) fn streamed(&self) -> Option<crate::scatter::Batches> {
+        self.streamed.clone()
+    }
 }
 
 enum HoldKind {
@@ -57,8 +72,10 @@ fn already_exists(name: &str, cursor: bool) -> RouteError {
 
 impl Session {
     /// Whether this cross-shard read in a transaction is held (and how), with `request`
-    /// changed to read the whole result: the Execute's row limit lifted, the portal described
-    /// to the proxy, a DECLARE's query in place of its text.
+    /// changed for it: the portal described to the proxy, a DECLARE's query in place of its
+    /// text, and either the Execute's row limit lifted (the whole result captured) or, for a
+    /// merged read streamed from the shards, the first rows only (one for a DECLARE or a
+    /// Bind without Execute: they are kept for the first FETCH).
     pub(crate) fn holding_for(
         &mut self,
         batch: &[Frame],
@@ -120,6 +137,8 @@ impl Session {
             Holding {
                 name: declare.name,
                 kind: HoldKind::Cursor { described },
+                streamed: None,
+                drop_prelude: false,
             }
         } else {
             let ScatterRequest::Extended {
@@ -145,8 +164,39 @@ impl Session {
             Holding {
                 name,
                 kind: HoldKind::Portal { limit, described },
+                streamed: None,
+                drop_prelude: false,
             }
         };
+        let mut holding = holding;
+        if streams_from_shards(plan) {
+            let first = match holding.kind {
+                HoldKind::Portal {
+                    limit: Some(limit), ..
+                } => limit,
+                _ => 1,
+            };
+            if let ScatterRequest::Simple { sql } = request {
+                // Named portals need the extended protocol; text rows, as the query's.
+                holding.drop_prelude = true;
+                *request = ScatterRequest::Extended {
+                    sql: std::mem::take(sql),
+                    param_types: Vec::new(),
+                    param_formats: Vec::new(),
+                    params: Vec::new(),
+                    result_formats: Vec::new(),
+                    client_sent_parse: false,
+                    client_describe: Some(b'P'),
+                    row_limit: first,
+                };
+            } else if let ScatterRequest::Extended { row_limit, .. } = request {
+                *row_limit = first;
+            }
+            holding.streamed = Some(crate::scatter::Batches {
+                portal: self.txn_shards.held.next_portal_name(),
+                rows: crate::scatter::batch_rows(Some(first)),
+            });
+        }
         let cursor = matches!(holding.kind, HoldKind::Cursor { .. });
         if !holding.name.is_empty() && self.txn_shards.held.contains(&holding.name) {
             return Err(already_exists(&holding.name, cursor));
@@ -165,8 +215,14 @@ impl Session {
     }
 
     /// Answers the request that started a held read from its captured result, and keeps the
-    /// rows not sent yet. `true` when the client got an error (the transaction fails).
-    pub(crate) fn answer_holding(&mut self, holding: Holding, captured: Captured) -> bool {
+    /// rows not sent yet (and the rest on the shards, `stream`). `true` when the client got
+    /// an error (the transaction fails).
+    pub(crate) fn answer_holding(
+        &mut self,
+        holding: Holding,
+        captured: Captured,
+        stream: Option<super::HeldStream>,
+    ) -> bool {
         let (before, mut result) = match captured {
             Captured::TooLarge {
                 max_rows,
@@ -187,7 +243,10 @@ impl Session {
             }
             Captured::Rows { before, result } => (before, result),
         };
-        self.io.out.extend_from_slice(&before);
+        result.stream = stream;
+        if !holding.drop_prelude {
+            self.io.out.extend_from_slice(&before);
+        }
         match holding.kind {
             HoldKind::Portal { limit, described } => {
                 if described {
@@ -205,7 +264,7 @@ impl Session {
             }
         }
         let depth = self.txn_shards.savepoint_depth();
-        self.txn_shards.held.insert(holding.name, result, depth);
+        self.txn_shards.held.insert(holding.name, *result, depth);
         false
     }
 
@@ -218,9 +277,14 @@ impl Session {
     }
 
     /// Answers a batch that reads held results ([`super::HeldResults::claims`]), with its
-    /// ReadyForQuery. An error skips the rest up to Sync and, but for a refusal, fails the
-    /// transaction as in PostgreSQL.
-    pub(crate) fn answer_held(&mut self, batch: &[Frame]) {
+    /// ReadyForQuery; `server` is the attached connection (a streamed read may need it). An
+    /// error skips the rest up to Sync and, but for a refusal, fails the transaction as in
+    /// PostgreSQL.
+    pub(crate) async fn answer_held(
+        &mut self,
+        server: &mut PooledConn,
+        batch: &[Frame],
+    ) -> Result<(), SessionError> {
         let mut skipping = false;
         // A FETCH/MOVE/CLOSE parsed as the unnamed statement, run by the Execute that follows.
         let mut command: Option<CursorCommand> = None;
@@ -233,34 +297,37 @@ impl Session {
             if skipping || frame.tag() == frontend::FLUSH {
                 continue;
             }
-            if let Err(e) = self.answer_held_message(frame, &mut command) {
-                self.io.push_error(e.code, &e.message, e.hint.as_deref());
-                if e.code != sqlstate::FEATURE_NOT_SUPPORTED {
-                    self.txn_shards.set_failed();
-                    self.txn.note_error();
-                    self.txn.set_status(TransactionStatus::Failed);
+            let failed = match self.answer_held_message(server, frame, &mut command).await {
+                Ok(()) => continue,
+                Err(HeldError::Session(e)) => return Err(e),
+                Err(HeldError::Answered) => true,
+                Err(HeldError::Refused(e)) => {
+                    self.io.push_error(e.code, &e.message, e.hint.as_deref());
+                    e.code != sqlstate::FEATURE_NOT_SUPPORTED
                 }
-                if frame.tag() == frontend::QUERY {
-                    self.io.push_ready(self.txn.status());
-                } else {
-                    skipping = true;
-                }
+            };
+            if failed {
+                self.fail_held_transaction();
             }
+            // As PostgreSQL: after an error the rest of the batch is skipped up to its Sync.
+            skipping = true;
         }
+        Ok(())
     }
 
-    fn answer_held_message(
+    async fn answer_held_message(
         &mut self,
+        server: &mut PooledConn,
         frame: &Frame,
         command: &mut Option<CursorCommand>,
-    ) -> Result<(), RouteError> {
+    ) -> Result<(), HeldError> {
         let bad = |e: shardgate_wire::DecodeError| RouteError {
             code: sqlstate::PROTOCOL_VIOLATION,
             message: e.to_string(),
             hint: None,
         };
         if self.txn_shards.failed() && frame.tag() != frontend::CLOSE {
-            return Err(aborted());
+            return Err(aborted().into());
         }
         let text = match frame.tag() {
             frontend::QUERY => Some(
@@ -273,60 +340,86 @@ impl Session {
             ),
             _ => None,
         };
-        let out = &mut self.io.out;
         match frame.tag() {
             frontend::QUERY => {
                 let command = cursor_command_on_held(text.as_deref().unwrap_or_default())?;
-                self.run_cursor_command(&command, true)?;
+                match self.run_cursor_command(server, &command, true).await {
+                    Ok(()) => {}
+                    Err(HeldError::Refused(e)) => {
+                        self.io.push_error(e.code, &e.message, e.hint.as_deref());
+                        if e.code != sqlstate::FEATURE_NOT_SUPPORTED {
+                            self.fail_held_transaction();
+                        }
+                    }
+                    Err(HeldError::Answered) => self.fail_held_transaction(),
+                    Err(e) => return Err(e),
+                }
+                // A simple query ends with its ReadyForQuery, error or not.
                 self.io.push_ready(self.txn.status());
             }
             frontend::PARSE => {
                 *command = Some(cursor_command_on_held(text.as_deref().unwrap_or_default())?);
-                backend::write_parse_complete(out);
+                backend::write_parse_complete(&mut self.io.out);
             }
             frontend::BIND => {
                 let b = frontend::bind(frame).map_err(bad)?;
                 if !b.portal.is_empty() && self.txn_shards.held.contains(b.portal) {
-                    return Err(already_exists(b.portal, false));
+                    return Err(already_exists(b.portal, false).into());
                 }
                 let params = frontend::bind_params(frame, &b).map_err(bad)?;
                 if command.is_none() || params.result_formats.iter().any(|f| *f != 0) {
-                    return Err(mixed());
+                    return Err(mixed().into());
                 }
-                backend::write_bind_complete(out);
+                backend::write_bind_complete(&mut self.io.out);
             }
             frontend::DESCRIBE => {
                 let d = frontend::describe(frame).map_err(bad)?;
                 match (d.kind, d.name, &*command) {
                     (b'S', "", Some(c)) => {
                         // No parameters.
-                        out.extend_from_slice(&[backend::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0]);
+                        self.io.out.extend_from_slice(&[
+                            backend::PARAMETER_DESCRIPTION,
+                            0,
+                            0,
+                            0,
+                            6,
+                            0,
+                            0,
+                        ]);
                         self.describe_command(c)?;
                     }
                     (b'P', "", Some(c)) => self.describe_command(c)?,
                     (b'P', name, _) => {
                         let held = self.txn_shards.held.results.get(name).ok_or_else(mixed)?;
                         match &held.description {
-                            Some(d) => out.extend_from_slice(d),
-                            None => backend::write_no_data(out),
+                            Some(d) => self.io.out.extend_from_slice(d),
+                            None => backend::write_no_data(&mut self.io.out),
                         }
                     }
-                    _ => return Err(mixed()),
+                    _ => return Err(mixed().into()),
                 }
             }
             frontend::EXECUTE => {
                 let (portal, max_rows) = frontend::execute(frame).map_err(bad)?;
                 match (portal, command.take()) {
-                    ("", Some(c)) => self.run_cursor_command(&c, false)?,
+                    ("", Some(c)) => self.run_cursor_command(server, &c, false).await?,
                     (name, _) => {
-                        let held = self
-                            .txn_shards
-                            .held
-                            .results
-                            .get_mut(name)
-                            .ok_or_else(mixed)?;
+                        if !self.txn_shards.held.contains(name) {
+                            return Err(mixed().into());
+                        }
                         let limit = u64::try_from(max_rows).ok().filter(|n| *n > 0);
-                        write_rows(out, held, limit);
+                        let n = self.read_held(server, name, limit, Rows::ToClient).await?;
+                        if limit == Some(n) {
+                            // As PostgreSQL: the portal may have more.
+                            self.io
+                                .out
+                                .extend_from_slice(&[backend::PORTAL_SUSPENDED, 0, 0, 0, 4]);
+                        } else {
+                            backend::write_command_complete(
+                                &mut self.io.out,
+                                &format!("SELECT {n}"),
+                            );
+                        }
                     }
                 }
             }
@@ -335,21 +428,32 @@ impl Session {
                 if c.kind == b'P' {
                     self.txn_shards.held.results.remove(c.name);
                 }
-                backend::write_close_complete(out);
+                backend::write_close_complete(&mut self.io.out);
             }
-            _ => return Err(mixed()),
+            _ => return Err(mixed().into()),
         }
         Ok(())
     }
 
+    /// An error in the transaction: as in PostgreSQL, everything but ROLLBACK fails now.
+    fn fail_held_transaction(&mut self) {
+        self.txn_shards.set_failed();
+        self.txn.note_error();
+        self.txn.set_status(TransactionStatus::Failed);
+    }
+
     /// FETCH, MOVE or CLOSE on a held cursor; `simple`: with its RowDescription (a simple
     /// Query; an extended one described it already).
-    fn run_cursor_command(&mut self, c: &CursorCommand, simple: bool) -> Result<(), RouteError> {
-        let out = &mut self.io.out;
+    async fn run_cursor_command(
+        &mut self,
+        server: &mut PooledConn,
+        c: &CursorCommand,
+        simple: bool,
+    ) -> Result<(), HeldError> {
         match c {
             CursorCommand::Close(name) => {
                 self.txn_shards.held.results.remove(name);
-                backend::write_command_complete(out, "CLOSE CURSOR");
+                backend::write_command_complete(&mut self.io.out, "CLOSE CURSOR");
             }
             CursorCommand::CloseAll => {}
             CursorCommand::Fetch {
@@ -360,32 +464,124 @@ impl Session {
                 let limit = match count {
                     FetchCount::Forward(n) if *n > 0 => Some(*n),
                     FetchCount::All => None,
-                    _ => return Err(not_forward()),
+                    _ => return Err(not_forward().into()),
                 };
                 let held = self
                     .txn_shards
                     .held
                     .results
-                    .get_mut(name)
+                    .get(name)
                     .ok_or_else(|| no_cursor(name))?;
                 if *moving {
-                    let n = held.take(limit).count();
-                    backend::write_command_complete(out, &format!("MOVE {n}"));
+                    let n = self.read_held(server, name, limit, Rows::Skip).await?;
+                    backend::write_command_complete(&mut self.io.out, &format!("MOVE {n}"));
                 } else {
                     if simple {
                         if let Some(d) = &held.description {
-                            out.extend_from_slice(d);
+                            self.io.out.extend_from_slice(d);
                         }
                     }
-                    let n = held.take(limit).fold(0u64, |n, row| {
-                        out.extend_from_slice(&row);
-                        n + 1
-                    });
-                    backend::write_command_complete(out, &format!("FETCH {n}"));
+                    let n = self.read_held(server, name, limit, Rows::ToClient).await?;
+                    backend::write_command_complete(&mut self.io.out, &format!("FETCH {n}"));
                 }
             }
         }
         Ok(())
+    }
+
+    /// The next `limit` rows (all with `None`) of the held result `name`: those kept first,
+    /// then, for a streamed read, merged on from the shards' portals. Returns how many.
+    async fn read_held(
+        &mut self,
+        server: &mut PooledConn,
+        name: &str,
+        limit: Option<u64>,
+        rows: Rows,
+    ) -> Result<u64, HeldError> {
+        let Some((name, mut held)) = self.txn_shards.held.results.remove_entry(name) else {
+            return Err(no_cursor(name).into());
+        };
+        let mut n = 0u64;
+        for row in held.take(limit) {
+            if rows == Rows::ToClient {
+                self.io.out.extend_from_slice(&row);
+                self.io.flush_if_large().await?;
+            }
+            n += 1;
+        }
+        let wanted = limit.map(|l| l - n);
+        let mut outcome = Ok(n);
+        if wanted != Some(0) {
+            if let Some(stream) = held.stream.as_mut().filter(|s| !s.merge.is_done()) {
+                outcome = self
+                    .resume_stream(server, stream, wanted, rows)
+                    .await
+                    .map(|m| n + m);
+            }
+        }
+        if matches!(outcome, Err(HeldError::Answered)) {
+            // The read is over (a shard's error); the transaction has failed.
+            held.stream = None;
+        }
+        self.txn_shards.held.results.insert(name, held);
+        outcome
+    }
+
+    /// Merges on from a streamed read's shards (their participants in the transaction).
+    async fn resume_stream(
+        &mut self,
+        server: &mut PooledConn,
+        stream: &mut super::HeldStream,
+        wanted: Option<u64>,
+        rows: Rows,
+    ) -> Result<u64, HeldError> {
+        let here = self.shard;
+        let names: Vec<String> = stream.shards.iter().map(|s| self.shard_name(*s)).collect();
+        let mut taken = self.participants_for(&stream.shards, server).await?;
+        let resumed = {
+            let by_shard =
+                crate::multi_txn::in_shard_order(&stream.shards, here, server, &mut taken);
+            let mut servers: Vec<&mut ServerConn> = by_shard.into_iter().map(|(_, c)| c).collect();
+            match rows {
+                Rows::ToClient => {
+                    crate::scatter::resume(
+                        &mut stream.merge,
+                        &mut servers,
+                        &names,
+                        wanted,
+                        &mut self.io,
+                    )
+                    .await
+                }
+                Rows::Skip => {
+                    let mut skipped = Skipped::default();
+                    crate::scatter::resume(
+                        &mut stream.merge,
+                        &mut servers,
+                        &names,
+                        wanted,
+                        &mut skipped,
+                    )
+                    .await
+                }
+            }
+        };
+        for p in taken {
+            self.txn_shards.put(p);
+        }
+        match resumed {
+            Ok(Resumed::Rows { rows, .. }) => Ok(rows),
+            Ok(Resumed::Failed) => Err(HeldError::Answered),
+            Err(ScatterFailure::ClientGone) => Err(HeldError::Session(SessionError::ClientGone)),
+            Err(ScatterFailure::Server(e)) => {
+                self.io.push_error(
+                    sqlstate::CONNECTION_FAILURE,
+                    &format!("lost the connection to shard {}: {}", e.shard, e.source),
+                    Some("the transaction failed; roll it back and retry it"),
+                );
+                Err(HeldError::Answered)
+            }
+        }
     }
 
     /// Describe of a parsed FETCH/MOVE/CLOSE: the cursor's RowDescription for FETCH.
@@ -465,5 +661,98 @@ fn no_cursor(name: &str) -> RouteError {
         code: sqlstate::INVALID_CURSOR_NAME,
         message: format!("cursor \"{name}\" does not exist"),
         hint: None,
+    }
+}
+
+/// Whether a held read streams from the shards: a merged read (not re-aggregated, not
+/// gathered, not COPY).
+fn streams_from_shards(plan: &Plan) -> bool {
+    plan.gather.is_none()
+        && plan.copy_out.is_none()
+        && plan
+            .merge
+            .as_ref()
+            .is_none_or(|m| m.group_by.is_empty() && m.aggregates.is_empty())
+}
+
+impl Session {
+    /// Starts a streamed held read on `servers` (see `scatter::run_held`): the first rows go
+    /// to the client's buffer (captured by the caller); returns the connection that broke, if
+    /// one did, and the merge to go on with.
+    pub(crate) async fn execute_held(
+        &mut self,
+        servers: &mut [&mut ServerConn],
+        names: &[String],
+        request: &ScatterRequest,
+        plan: &Plan,
+        batches: crate::scatter::Batches,
+    ) -> Result<(Option<(String, String)>, Option<crate::scatter::HeldMerge>), SessionError> {
+        let spec = plan.merge.clone().unwrap_or_default();
+        let limits = ScatterLimits {
+            max_buffered: self.shared.config().limits.max_buffered_result,
+        };
+        match crate::scatter::run_held(
+            servers,
+            names,
+            request,
+            &spec,
+            limits,
+            &mut self.io,
+            batches,
+        )
+        .await
+        {
+            Ok(merge) => Ok((None, merge)),
+            Err(ScatterFailure::Server(e)) => Ok((Some((e.shard.clone(), e.to_string())), None)),
+            Err(ScatterFailure::ClientGone) => {
+                *self.cancel.lock().await = None;
+                Err(SessionError::ClientGone)
+            }
+        }
+    }
+}
+
+/// Why a request on a held result did not complete.
+enum HeldError {
+    /// Refused or failed before anything was written: the client gets this error.
+    Refused(RouteError),
+    /// An error was written to the client already (a shard's); the transaction fails.
+    Answered,
+    /// The client or the session is gone.
+    Session(SessionError),
+}
+
+impl From<RouteError> for HeldError {
+    fn from(e: RouteError) -> Self {
+        HeldError::Refused(e)
+    }
+}
+
+impl From<SessionError> for HeldError {
+    fn from(e: SessionError) -> Self {
+        HeldError::Session(e)
+    }
+}
+
+/// Where a held read's rows go: to the client (FETCH, Execute) or nowhere (MOVE).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    ToClient,
+    Skip,
+}
+
+/// The client side of a MOVE over a streamed read: rows counted and dropped.
+#[derive(Default)]
+struct Skipped(BytesMut);
+
+impl crate::scatter::ClientSink for Skipped {
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.0
+    }
+
+    async fn write_out_if_large(&mut self) -> Result<(), crate::scatter::ClientGone> {
+        // Keep nothing but what an error written after the rows would need.
+        self.0.clear();
+        Ok(())
     }
 }

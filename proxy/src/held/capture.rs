@@ -67,7 +67,7 @@ pub(crate) enum Captured {
     /// ParameterDescription, notices), the RowDescription is in the result.
     Rows {
         before: BytesMut,
-        result: HeldResult,
+        result: Box<HeldResult>,
     },
     /// It ended with an error (or something else the client must get as it is): the bytes
     /// go to the client unchanged.
@@ -106,7 +106,7 @@ impl Captured {
         }
         Captured::Rows {
             before,
-            result: HeldResult::new(description, rows),
+            result: Box::new(HeldResult::new(description, rows)),
         }
     }
 }

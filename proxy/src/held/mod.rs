@@ -4,12 +4,14 @@
 //! named cursors, Django's `.iterator()`).
 //!
 //! One PostgreSQL keeps such a portal open and runs its query a little further at each
-//! Execute. Across shards the proxy runs the read once, merged or gathered exactly as a read
-//! fetched whole, and holds the rows for the later Executes and FETCHes (its snapshot is the
-//! one the read ran in, as a PostgreSQL cursor's is the one at its start). What is held is
-//! bounded by `limits.max_gather_rows` and `limits.max_gather_bytes` per result and by
-//! [`MAX_HELD`] results per transaction; the transaction's end drops them all, as it does a
-//! PostgreSQL portal.
+//! Execute. So does the proxy for a merged read (ORDER BY merge, concatenation, LIMIT and
+//! OFFSET): each shard's rows wait in a named portal on the shard, read in batches of 100 to
+//! 1000 rows, and each Execute or FETCH merges on from where the last stopped (`scatter::resume`);
+//! the proxy holds at most one batch per shard, whatever the result's size, and the
+//! transaction's other statements run on the same connections in between. A re-aggregated or
+//! gathered read is run once and its rows held, bounded by `limits.max_gather_rows` and
+//! `limits.max_gather_bytes` (54000 past them). At most [`MAX_HELD`] results per transaction;
+//! the transaction's end drops them all, as it does a PostgreSQL portal.
 
 mod answer;
 mod capture;
@@ -25,13 +27,23 @@ use shardgate_wire::{frontend, Frame};
 /// Most results held at once by one transaction.
 pub(crate) const MAX_HELD: usize = 64;
 
+/// The part of a held read still on the shards.
+#[derive(Debug)]
+pub(crate) struct HeldStream {
+    pub(crate) merge: crate::scatter::HeldMerge,
+    /// The shards, in the order the merge knows them.
+    pub(crate) shards: Vec<shardgate_router::ShardIndex>,
+}
+
 /// A result held for a portal or cursor of the client's transaction.
 #[derive(Debug, Default)]
 pub(crate) struct HeldResult {
     /// The result's RowDescription frame (for Describe and FETCH).
     description: Option<Bytes>,
-    /// DataRow frames not yet read.
+    /// DataRow frames not yet read (of a streamed read: those read before it was parked).
     rows: VecDeque<Bytes>,
+    /// The rest of a streamed read, on the shards.
+    stream: Option<HeldStream>,
     /// The rows' size in bytes.
     bytes: usize,
     /// How many savepoints were open when it was created (see [`HeldResults::rolled_back_to`]).
@@ -44,6 +56,7 @@ impl HeldResult {
         HeldResult {
             description,
             rows,
+            stream: None,
             bytes,
             depth: 0,
         }
@@ -67,11 +80,19 @@ impl HeldResult {
 #[derive(Debug, Default)]
 pub(crate) struct HeldResults {
     results: HashMap<String, HeldResult>,
+    /// Numbers the shards' portals of streamed reads.
+    portals: u64,
 }
 
 impl HeldResults {
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.results.contains_key(name)
+    }
+
+    /// A name for a streamed read's portal on the shards, unique in the session.
+    pub(crate) fn next_portal_name(&mut self) -> String {
+        self.portals += 1;
+        format!("shardgate_held_{}", self.portals)
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -102,10 +123,13 @@ impl HeldResults {
         self.results.clear();
     }
 
-    /// Bytes held in all results (for the session's memory figures).
+    /// Bytes held in all results, rows read ahead of streamed ones included.
     #[allow(dead_code)]
     pub(crate) fn bytes(&self) -> usize {
-        self.results.values().map(|r| r.bytes).sum()
+        self.results
+            .values()
+            .map(|r| r.bytes + r.stream.as_ref().map_or(0, |s| s.merge.kept_bytes()))
+            .sum()
     }
 
     /// Whether the proxy answers this batch from held results: it executes or describes a

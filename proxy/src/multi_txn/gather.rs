@@ -97,6 +97,7 @@ impl Session {
         let limits = GatherLimits {
             max_rows: config.limits.max_gather_rows,
             max_bytes: config.limits.max_gather_bytes,
+            keep_sources: true,
         };
         let scatter_limits = ScatterLimits {
             max_buffered: config.limits.max_buffered_result,

@@ -206,7 +206,7 @@ impl Session {
         if self.claims_held(&batch) {
             // Reads of a cross-shard portal or cursor the proxy holds (`held`).
             self.read_rest_of_batch(&mut batch).await?;
-            self.answer_held(&batch);
+            self.answer_held(&mut server, &batch).await?;
             return Ok(InTransaction::Attach(server, Vec::new()));
         }
         let Some(first) = self.first_statement(&batch) else {

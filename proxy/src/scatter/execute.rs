@@ -31,12 +31,14 @@ pub(crate) struct Ctx<'r> {
 
 impl Ctx<'_> {
     /// Reads the preludes, then streams the client's replies and the merged rows to `out`.
-    /// Everything that can refuse the statement is decided before the first row.
+    /// Everything that can refuse the statement is decided before the first row. Returns the
+    /// row plan and the rows written when rows were merged (not re-aggregated), for a held
+    /// portal to go on with.
     pub(crate) async fn merge<C: ClientSink>(
         &self,
         streams: &mut [ShardStream<'_>],
         out: &mut Output<'_, C>,
-    ) -> Result<(), Stop> {
+    ) -> Result<Option<(RowPlan, u64)>, Stop> {
         let preludes = join_all(streams.iter_mut().map(|s| s.read_prelude()).collect()).await;
         for (i, p) in preludes.into_iter().enumerate() {
             p.map_err(|e| Stop::Server(i, e))?;
@@ -58,7 +60,7 @@ impl Ctx<'_> {
             if let Some(c) = &streams[0].completion {
                 out.buf().extend_from_slice(c.as_bytes());
             }
-            return Ok(());
+            return Ok(None);
         };
         for s in streams.iter().skip(1) {
             let theirs = description(s)?.unwrap_or_default();
@@ -71,6 +73,7 @@ impl Ctx<'_> {
             }
         }
         let visible = fields.len().saturating_sub(self.spec.hidden_columns);
+        let mut merged = None;
         let rows = if self.combine {
             self.write_prelude(&streams[0], Some((&fields, visible)), out.buf())?;
             let partials = combine::collect(streams, fields.len(), self.max_buffered).await?;
@@ -134,7 +137,9 @@ impl Ctx<'_> {
                 visible,
             };
             self.write_prelude(&streams[0], Some((&fields, visible)), out.buf())?;
-            merge::merge_rows(streams, &plan, out).await?
+            let rows = merge::merge_rows(streams, &plan, out).await?;
+            merged = Some((plan, rows));
+            rows
         };
         debug!(rows, shards = streams.len(), "cross-shard read merged");
         if self.request.row_limit() == Some(rows) {
@@ -144,7 +149,7 @@ impl Ctx<'_> {
         } else {
             write_select_complete(out.buf(), rows);
         }
-        Ok(())
+        Ok(merged)
     }
 
     /// The statement's LIMIT, lowered to the Execute's row limit.

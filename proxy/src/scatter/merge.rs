@@ -169,6 +169,13 @@ pub(crate) async fn merge_rows<C: ClientSink>(
             None => None,
         };
     }
+    // Stopped at the LIMIT: the head rows not written go back to their streams (a held
+    // portal reads them at its next Execute; otherwise they are drained with the rest).
+    for (stream, head) in streams.iter_mut().zip(heads) {
+        if let Some((row, _)) = head {
+            stream.unread(row);
+        }
+    }
     Ok(sink.written)
 }
 

@@ -23,6 +23,7 @@ mod output;
 #[cfg(test)]
 mod real_servers;
 mod request;
+mod resume;
 mod shard;
 
 use bytes::{Bytes, BytesMut};
@@ -34,11 +35,13 @@ use shardgate_wire::{sqlstate, Frame};
 pub(crate) use decode::data_row_values;
 use decode::write_prefixed_error;
 use execute::Ctx;
-pub(crate) use output::ClientSink;
 use output::Output;
+pub(crate) use output::{ClientGone, ClientSink};
 use request::{row_count, shard_messages};
 pub(crate) use request::{write_bind, write_execute};
+pub(crate) use resume::{batch_rows, resume, HeldMerge, Resumed};
 pub(crate) use shard::join_all;
+pub(crate) use shard::Batches;
 use shard::ShardStream;
 
 /// One cross-shard read, already checked by the router to be mergeable.
@@ -194,6 +197,47 @@ pub(crate) async fn run<C: ClientSink>(
     limits: ScatterLimits,
     client: &mut C,
 ) -> Result<(), ScatterFailure> {
+    run_inner(servers, shards, request, spec, limits, client, None)
+        .await
+        .map(|_| ())
+}
+
+/// Like [`run`] for a merged (not re-aggregated) read, with each shard's rows in a named
+/// portal read `batches.rows` at a time: once the Execute's row limit is written, the shards'
+/// portals are parked (each connection idle, at most one batch read ahead) and the merge's
+/// state is returned, to go on at the client's next Execute ([`resume`]). `None` when the
+/// answer is complete (no rows to merge, a shard's error, a refusal).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_held<C: ClientSink>(
+    servers: &mut [&mut ServerConn],
+    shards: &[String],
+    request: &ScatterRequest,
+    spec: &MergeSpec,
+    limits: ScatterLimits,
+    client: &mut C,
+    batches: Batches,
+) -> Result<Option<HeldMerge>, ScatterFailure> {
+    run_inner(
+        servers,
+        shards,
+        request,
+        spec,
+        limits,
+        client,
+        Some(batches),
+    )
+    .await
+}
+
+async fn run_inner<C: ClientSink>(
+    servers: &mut [&mut ServerConn],
+    shards: &[String],
+    request: &ScatterRequest,
+    spec: &MergeSpec,
+    limits: ScatterLimits,
+    client: &mut C,
+    held: Option<Batches>,
+) -> Result<Option<HeldMerge>, ScatterFailure> {
     let mut out = Output::new(client);
     let name = |i: usize| shards.get(i).map_or("?", String::as_str);
     if servers.is_empty() {
@@ -202,7 +246,7 @@ pub(crate) async fn run<C: ClientSink>(
             sqlstate::INTERNAL_ERROR,
             "a cross-shard read with no shards",
         );
-        return Ok(());
+        return Ok(None);
     }
     let combine = !spec.group_by.is_empty() || !spec.aggregates.is_empty();
     // A bad LIMIT/OFFSET parameter (negative, not an integer) is left to the shards, whose
@@ -218,7 +262,7 @@ pub(crate) async fn run<C: ClientSink>(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "GROUP BY with LIMIT across shards needs an ORDER BY on all the group columns first",
         );
-        return Ok(());
+        return Ok(None);
     }
     // Merging text sort keys byte-wise is right only under a C collation; ask (once per
     // connection) before any row is streamed, while the first server is still idle.
@@ -235,12 +279,18 @@ pub(crate) async fn run<C: ClientSink>(
         None
     };
 
-    let messages = shard_messages(request, spec, combine);
+    let messages = shard_messages(request, spec, combine, held.as_ref());
     let extended = matches!(request, ScatterRequest::Extended { .. });
     let mut streams: Vec<ShardStream<'_>> = servers
         .iter_mut()
         .enumerate()
-        .map(|(i, s)| ShardStream::new(s, name(i), extended))
+        .map(|(i, s)| {
+            let stream = ShardStream::new(s, name(i), extended);
+            match &held {
+                Some(b) => stream.in_batches(b.clone()),
+                None => stream,
+            }
+        })
         .collect();
     let mut failure: Option<ScatterError> = None;
     let mut sent = 0;
@@ -257,7 +307,7 @@ pub(crate) async fn run<C: ClientSink>(
     streams.truncate(sent);
 
     let result = if failure.is_some() {
-        Ok(())
+        Ok(None)
     } else {
         let ctx = Ctx {
             request,
@@ -269,6 +319,10 @@ pub(crate) async fn run<C: ClientSink>(
             max_buffered: limits.max_buffered,
         };
         ctx.merge(&mut streams, &mut out).await
+    };
+    let (result, merged) = match result {
+        Ok(merged) => (Ok(()), merged),
+        Err(e) => (Err(e), None),
     };
     if let Err(Stop::ClientGone) = result {
         for s in streams.iter_mut().filter(|s| !s.is_idle()) {
@@ -286,6 +340,33 @@ pub(crate) async fn run<C: ClientSink>(
     } else {
         usize::MAX
     };
+    // A held portal's shards are parked instead: the rest of their current batch is kept.
+    let mut parked = Vec::new();
+    let park = held.is_some()
+        && merged.is_some()
+        && budget == usize::MAX
+        && failure.is_none()
+        && limit_error.is_none();
+    if park {
+        let results = join_all(
+            streams
+                .iter_mut()
+                .map(|s| async move { (s.name, s.park().await) })
+                .collect(),
+        )
+        .await;
+        for (shard, r) in results {
+            match r {
+                Ok(p) => parked.push(p),
+                Err(source) => {
+                    failure.get_or_insert(ScatterError {
+                        shard: shard.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
     let finished = join_all(
         streams
             .iter_mut()
@@ -342,11 +423,11 @@ pub(crate) async fn run<C: ClientSink>(
         if let Some(e) = &s.error {
             write_shard_error(out.buf(), e, s.name, keep_position);
         }
-        return Ok(());
+        return Ok(None);
     }
     if let Some(e) = limit_error {
         refuse(&mut out, INVALID_PARAMETER_VALUE, &e);
-        return Ok(());
+        return Ok(None);
     }
     match result {
         Ok(()) => {}
@@ -391,7 +472,15 @@ pub(crate) async fn run<C: ClientSink>(
         }
         Err(Stop::ClientGone) => return Err(ScatterFailure::ClientGone),
     }
-    Ok(())
+    Ok(match (held, merged) {
+        (Some(batches), Some((plan, rows))) if park => Some(HeldMerge::new(
+            plan,
+            parked,
+            batches,
+            limit.map(|l| l.saturating_sub(rows)),
+        )),
+        _ => None,
+    })
 }
 
 /// Resolved LIMIT (None = all) and OFFSET.

@@ -5,6 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use shardgate_router::{MergeSpec, RowCount};
 use shardgate_wire::frontend::{self, put_cstr, write_message};
 
+use super::shard::Batches;
 use super::ScatterRequest;
 
 /// Appends a Bind of the unnamed statement to the unnamed portal.
@@ -14,8 +15,19 @@ pub(crate) fn write_bind(
     params: &[Option<Bytes>],
     result_formats: &[i16],
 ) {
+    write_bind_to(out, "", param_formats, params, result_formats)
+}
+
+/// Appends a Bind of the unnamed statement to `portal`.
+fn write_bind_to(
+    out: &mut BytesMut,
+    portal: &str,
+    param_formats: &[i16],
+    params: &[Option<Bytes>],
+    result_formats: &[i16],
+) {
     write_message(out, frontend::BIND, |b| {
-        put_cstr(b, "");
+        put_cstr(b, portal);
         put_cstr(b, "");
         b.put_i16(param_formats.len() as i16);
         for f in param_formats {
@@ -40,9 +52,14 @@ pub(crate) fn write_bind(
 
 /// Appends Execute of the unnamed portal, all rows.
 pub(crate) fn write_execute(out: &mut BytesMut) {
+    write_execute_of(out, "", 0);
+}
+
+/// Appends Execute of `portal`, at most `rows` rows (0: all).
+fn write_execute_of(out: &mut BytesMut, portal: &str, rows: i32) {
     write_message(out, frontend::EXECUTE, |b| {
-        put_cstr(b, "");
-        b.put_i32(0);
+        put_cstr(b, portal);
+        b.put_i32(rows);
     });
 }
 
@@ -70,11 +87,13 @@ fn param_types(client: &[u32], spec: &MergeSpec) -> Vec<u32> {
 }
 
 /// The bytes every shard gets. `text_results` asks for text rows whatever the client wants
-/// (partial aggregates are read by the proxy).
+/// (partial aggregates are read by the proxy). With `batches` the rows go to a named portal
+/// read that many rows at a time (a held portal; extended protocol only).
 pub(crate) fn shard_messages(
     request: &ScatterRequest,
     spec: &MergeSpec,
     text_results: bool,
+    batches: Option<&Batches>,
 ) -> BytesMut {
     let mut out = BytesMut::new();
     match request {
@@ -98,9 +117,10 @@ pub(crate) fn shard_messages(
                 frontend::write_describe(&mut out, b'S', "");
             }
             let results: &[i16] = if text_results { &[] } else { result_formats };
-            write_bind(&mut out, param_formats, params, results);
-            frontend::write_describe(&mut out, b'P', "");
-            write_execute(&mut out);
+            let (portal, rows) = batches.map_or(("", 0), |b| (b.portal.as_str(), b.rows));
+            write_bind_to(&mut out, portal, param_formats, params, results);
+            frontend::write_describe(&mut out, b'P', portal);
+            write_execute_of(&mut out, portal, rows);
             frontend::write_sync(&mut out);
         }
     }
@@ -214,7 +234,7 @@ mod tests {
         {
             *client_describe = Some(b'S');
         }
-        let m = shard_messages(&r, &MergeSpec::default(), true);
+        let m = shard_messages(&r, &MergeSpec::default(), true, None);
         let mut tags = Vec::new();
         let mut rest = &m[..];
         while rest.len() >= 5 {

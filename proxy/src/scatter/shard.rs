@@ -4,6 +4,7 @@
 //! connection is left idle at ReadyForQuery whatever happens. Also a small `join_all` to run
 //! one step on every shard at once (the proxy does not depend on the `futures` crate).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -36,11 +37,34 @@ pub(crate) struct ShardStream<'c> {
     pub completion: Option<Frame>,
     /// The shard's ErrorResponse, if it sent one.
     pub error: Option<Frame>,
-    /// A DataRow read while looking for the end of the prelude.
+    /// A DataRow read while looking for the end of the prelude, or put back by the merge.
     head: Option<Frame>,
     phase: Phase,
     extended: bool,
     bind_seen: bool,
+    /// A portal read in batches (`crate::held`): at PortalSuspended the next batch is asked
+    /// for when the merge wants another row.
+    batches: Option<Batches>,
+    /// Rows of an earlier batch kept while the portal was parked, read before the socket's.
+    kept: VecDeque<Frame>,
+    /// The portal said PortalSuspended: it has more rows.
+    more: bool,
+}
+
+/// A named portal on the shard, read `rows` at a time.
+#[derive(Debug, Clone)]
+pub(crate) struct Batches {
+    pub portal: String,
+    pub rows: i32,
+}
+
+/// A shard's side of a portal parked between the client's Executes: the rows read from the
+/// current batch (at most one batch, and the merge's head row), and whether the portal has
+/// more. The connection is idle.
+#[derive(Debug, Default)]
+pub(crate) struct ParkedShard {
+    pub rows: VecDeque<Frame>,
+    pub more: bool,
 }
 
 impl<'c> ShardStream<'c> {
@@ -55,7 +79,83 @@ impl<'c> ShardStream<'c> {
             phase: Phase::Prelude,
             extended,
             bind_seen: false,
+            batches: None,
+            kept: VecDeque::new(),
+            more: false,
         }
+    }
+
+    /// Reads a portal in batches (the statement was sent with Execute of `batches.rows`).
+    pub fn in_batches(mut self, batches: Batches) -> Self {
+        self.batches = Some(batches);
+        self
+    }
+
+    /// A parked portal's stream again, on its (idle) connection.
+    pub fn resumed(
+        conn: &'c mut ServerConn,
+        name: &'c str,
+        batches: Batches,
+        parked: ParkedShard,
+    ) -> Self {
+        let mut s = ShardStream::new(conn, name, true).in_batches(batches);
+        s.kept = parked.rows;
+        s.more = parked.more;
+        s.phase = Phase::Idle;
+        s
+    }
+
+    /// Gives a row back: the next `next_row` returns it (the merge stopped at its limit with
+    /// this shard's head row not written).
+    pub fn unread(&mut self, row: Frame) {
+        if let Some(h) = self.head.replace(row) {
+            self.kept.push_front(h);
+        }
+    }
+
+    /// Reads the rest of the current batch and the ReadyForQuery after it: the connection is
+    /// idle, and the rows not merged yet are returned with whether the portal has more.
+    /// `error` holds the shard's error if it sent one.
+    pub async fn park(&mut self) -> Result<ParkedShard, ServerError> {
+        let mut rows: VecDeque<Frame> = self.head.take().into_iter().collect();
+        rows.append(&mut self.kept);
+        while self.phase == Phase::Rows {
+            let frame = self.conn.read_frame().await?;
+            if self.common(&frame)? {
+                continue;
+            }
+            match frame.tag() {
+                backend::DATA_ROW => rows.push_back(frame),
+                other => {
+                    return Err(self
+                        .protocol_error(format!("message '{}' among the rows", char::from(other))))
+                }
+            }
+        }
+        self.finish().await?;
+        Ok(ParkedShard {
+            rows,
+            more: self.more && self.error.is_none(),
+        })
+    }
+
+    /// Asks a suspended portal for its next batch, once the last one's ReadyForQuery is read.
+    async fn next_batch(&mut self) -> Result<(), ServerError> {
+        let Some(b) = &self.batches else {
+            return Ok(());
+        };
+        let mut out = bytes::BytesMut::new();
+        shardgate_wire::frontend::write_message(&mut out, shardgate_wire::frontend::EXECUTE, |m| {
+            shardgate_wire::frontend::put_cstr(m, &b.portal);
+            m.extend_from_slice(&b.rows.to_be_bytes());
+        });
+        shardgate_wire::frontend::write_sync(&mut out);
+        self.finish().await?;
+        self.conn.write_all(&out).await?;
+        self.more = false;
+        self.completion = None;
+        self.phase = Phase::Rows;
+        Ok(())
     }
 
     fn protocol_error(&mut self, what: String) -> ServerError {
@@ -79,6 +179,7 @@ impl<'c> ShardStream<'c> {
             backend::COMMAND_COMPLETE
             | backend::EMPTY_QUERY_RESPONSE
             | backend::PORTAL_SUSPENDED => {
+                self.more = frame.tag() == backend::PORTAL_SUSPENDED;
                 self.completion = Some(frame.clone());
                 self.phase = Phase::Finished;
                 Ok(true)
@@ -132,23 +233,30 @@ impl<'c> ShardStream<'c> {
 
     /// The next DataRow, or `None` once the statement ended (check `error`).
     pub async fn next_row(&mut self) -> Result<Option<Frame>, ServerError> {
-        if let Some(row) = self.head.take() {
+        if let Some(row) = self.head.take().or_else(|| self.kept.pop_front()) {
             return Ok(Some(row));
         }
-        while self.phase == Phase::Rows {
-            let frame = self.conn.read_frame().await?;
-            if self.common(&frame)? {
-                continue;
-            }
-            match frame.tag() {
-                backend::DATA_ROW => return Ok(Some(frame)),
-                other => {
-                    return Err(self
-                        .protocol_error(format!("message '{}' among the rows", char::from(other))))
+        loop {
+            while self.phase == Phase::Rows {
+                let frame = self.conn.read_frame().await?;
+                if self.common(&frame)? {
+                    continue;
+                }
+                match frame.tag() {
+                    backend::DATA_ROW => return Ok(Some(frame)),
+                    other => {
+                        return Err(self.protocol_error(format!(
+                            "message '{}' among the rows",
+                            char::from(other)
+                        )))
+                    }
                 }
             }
+            if self.batches.is_none() || !self.more || self.error.is_some() {
+                return Ok(None);
+            }
+            self.next_batch().await?;
         }
-        Ok(None)
     }
 
     /// Reads and drops everything up to ReadyForQuery (rows included), so the connection is

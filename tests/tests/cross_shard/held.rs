@@ -179,3 +179,94 @@ pub async fn held_reads_match(proxy: &mut Client, direct: &mut Client, failures:
     }
     proxy.batch_execute("rollback").await.expect("rollback");
 }
+
+/// A streamed read holds one batch per shard, not its result: with `limits.max_gather_rows =
+/// 100`, a merged cursor and a fetch-size portal read 3,000 rows in order, while a gathered
+/// cursor (held whole) past the limit gets 54000 naming it.
+pub async fn streamed_reads_pass_the_gather_limit(client: &mut Client) {
+    for chunk in (1..=3000).collect::<Vec<i64>>().chunks(500) {
+        let values: Vec<String> = chunk.iter().map(|k| format!("({k}, 'u{k}')")).collect();
+        client
+            .batch_execute(&format!(
+                "insert into users (user_id, name) values {}",
+                values.join(",")
+            ))
+            .await
+            .expect("insert users");
+    }
+    let want: Vec<String> = (1..=3000).map(|k| k.to_string()).collect();
+
+    client.batch_execute("begin").await.expect("begin");
+    client
+        .batch_execute("declare c cursor for select user_id from users order by user_id")
+        .await
+        .expect("declare");
+    let mut got = Vec::new();
+    loop {
+        let rows: Vec<String> = client
+            .simple_query("fetch 250 from c")
+            .await
+            .expect("fetch")
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        if rows.is_empty() {
+            break;
+        }
+        got.extend(rows);
+    }
+    assert_eq!(got, want, "a streamed cursor past the gather limit");
+    match client
+        .simple_query("declare d cursor for select distinct name from users")
+        .await
+    {
+        Err(e) if sqlstate(&e) == "54000" => {
+            let message = e.as_db_error().map(|d| d.message().to_owned());
+            assert!(
+                message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("max_gather_rows")),
+                "{message:?}"
+            );
+        }
+        other => panic!("a gathered cursor past the limit: {other:?}"),
+    }
+    client.batch_execute("rollback").await.expect("rollback");
+    // The same read whole: 54000, and the transaction can still be rolled back (the sources
+    // past the limit were drained, not closed).
+    client.batch_execute("begin").await.expect("begin");
+    client
+        .batch_execute("select 1 from users where user_id = 1")
+        .await
+        .expect("keyed read");
+    match client.simple_query("select distinct name from users").await {
+        Err(e) if sqlstate(&e) == "54000" => {}
+        other => panic!("a gathered read past the limit: {other:?}"),
+    }
+    client
+        .batch_execute("rollback")
+        .await
+        .expect("rollback after 54000");
+
+    let txn = client.transaction().await.expect("begin");
+    let portal = txn
+        .bind("select user_id from users order by user_id desc", &[])
+        .await
+        .expect("bind");
+    let mut n = 0;
+    loop {
+        let rows = txn.query_portal(&portal, 333).await.expect("query_portal");
+        for r in &rows {
+            assert_eq!(r.get::<_, i64>(0), 3000 - n);
+            n += 1;
+        }
+        if rows.len() < 333 {
+            break;
+        }
+    }
+    assert_eq!(n, 3000);
+    txn.commit().await.expect("commit");
+}
