@@ -12,7 +12,7 @@ use shardgate_config::Shard;
 
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
-use super::error::{EngineError, ShardError};
+use super::error::{CleanupError, EngineError, ShardError};
 use super::plan::{ident, Move, TablePlan};
 use super::sql;
 
@@ -144,6 +144,21 @@ async fn copy_back(
 /// fences (the undo), as for an abort before the commit.
 pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, EngineError> {
     let plan = &ctx.plan;
+    // First the move's replication goes: it would apply the copy back to the targets again.
+    ctx.update(|j| j.progress.message = "reverting: stopping the move's replication".into())
+        .await;
+    super::teardown::drop_streams_before_revert(ctx, conns)
+        .await
+        .map_err(|e| match e {
+            CleanupError::Step(e) => EngineError::from(e),
+            CleanupError::Unverified(why) => EngineError::Refused(format!(
+                "the targets are not proven to hold every moved row, so they are not copied \
+                 back: {why}"
+            )),
+            CleanupError::Aborted => {
+                EngineError::Refused("stopping the move's replication was aborted".into())
+            }
+        })?;
     ctx.update(|j| j.progress.message = "reverting: fencing the moved keys on the targets".into())
         .await;
     fence_targets(ctx, conns).await?;
@@ -245,7 +260,18 @@ pub(crate) async fn revert_and_finish(ctx: &Ctx, conns: &mut Conns) {
 pub(crate) async fn finish_reverted(ctx: &Ctx, conns: &mut Conns, version: u64) {
     use super::teardown;
     use shardgate_topology::{now_ms, Phase};
-    if let Err(e) = teardown::wait_for_proxies(ctx, version).await {
+    // The targets' copies stay, fenced, until every proxy routes by the old map again: a proxy
+    // still at the committed map sends the moved keys' writes to the targets, and an UPDATE or
+    // DELETE finding no row there reports 0 rows — the fence only stops rows it sees. The
+    // abort that started this revert is still requested: it must not end the wait.
+    ctx.update_save(|j| {
+        j.progress.message = format!(
+            "reverted at version {version}: waiting for every proxy to route by it before \
+             the targets' copies go"
+        )
+    })
+    .await;
+    if let Err(e) = teardown::wait_for_proxies(ctx, version, false).await {
         // The targets' copies stay (fenced) until every proxy routes by the old map again.
         ctx.update_save(|j| {
             j.phase = Phase::Failed;
@@ -259,6 +285,9 @@ pub(crate) async fn finish_reverted(ctx: &Ctx, conns: &mut Conns, version: u64) 
             ));
         })
         .await;
+        return;
+    }
+    if ctx.lost() {
         return;
     }
     let mut left = None;
