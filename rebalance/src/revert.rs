@@ -1,9 +1,10 @@
 //! Aborting a committed move (in Cleanup): the new map is live and the targets have taken
-//! writes since, so going back is a small move in reverse. The moving keys are fenced on the
-//! targets too, the sources get the targets' current rows for the moving slots (copied with
-//! COPY, the fences bypassed), the old shard list is published as a new version, and the
-//! targets' copies and every fence go. Writes to the moving keys pause for the copy; other keys
-//! never do.
+//! writes since, so going back is a small move in reverse. The move's replication goes first
+//! (it would replay the copy back on the targets), the moving keys are fenced on the targets
+//! too, the sources get the targets' current rows for the moving slots (copied with COPY, the
+//! fences bypassed), the old shard list is published as a new version, and once every proxy
+//! routes by it the targets' copies and every fence go. Writes to the moving keys pause for the
+//! copy; other keys never do.
 
 use std::time::Instant;
 
@@ -139,8 +140,8 @@ async fn copy_back(
     }
 }
 
-/// Fences the targets, copies the moving rows back to the sources, and publishes the old shard
-/// list. Returns the version published. The caller then removes the targets' copies and the
+/// Drops the move's replication, fences the targets, copies the moving rows back to the
+/// sources, and publishes the old shard list. Returns the version published. The caller then removes the targets' copies and the
 /// fences (the undo), as for an abort before the commit.
 pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, EngineError> {
     let plan = &ctx.plan;
