@@ -1,9 +1,10 @@
 //! Aborting a committed move (in Cleanup): the new map is live and the targets have taken
-//! writes since, so going back is a small move in reverse. The moving keys are fenced on the
-//! targets too, the sources get the targets' current rows for the moving slots (copied with
-//! COPY, the fences bypassed), the old shard list is published as a new version, and the
-//! targets' copies and every fence go. Writes to the moving keys pause for the copy; other keys
-//! never do.
+//! writes since, so going back is a small move in reverse. The move's replication goes first
+//! (it would replay the copy back on the targets), the moving keys are fenced on the targets
+//! too, the sources get the targets' current rows for the moving slots (copied with COPY, the
+//! fences bypassed), the old shard list is published as a new version, and once every proxy
+//! routes by it the targets' copies and every fence go. Writes to the moving keys pause for the
+//! copy; other keys never do.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use shardgate_config::Shard;
 
 use super::conn::Conns;
 use super::ctx::{Ctx, Stop};
-use super::error::{EngineError, ShardError};
+use super::error::{CleanupError, EngineError, ShardError};
 use super::plan::{ident, Move, TablePlan};
 use super::sql;
 
@@ -139,11 +140,26 @@ async fn copy_back(
     }
 }
 
-/// Fences the targets, copies the moving rows back to the sources, and publishes the old shard
-/// list. Returns the version published. The caller then removes the targets' copies and the
+/// Drops the move's replication, fences the targets, copies the moving rows back to the
+/// sources, and publishes the old shard list. Returns the version published. The caller then removes the targets' copies and the
 /// fences (the undo), as for an abort before the commit.
 pub(crate) async fn revert(ctx: &Ctx, conns: &mut Conns) -> Result<u64, EngineError> {
     let plan = &ctx.plan;
+    // First the move's replication goes: it would apply the copy back to the targets again.
+    ctx.update(|j| j.progress.message = "reverting: stopping the move's replication".into())
+        .await;
+    super::teardown::drop_streams_before_revert(ctx, conns)
+        .await
+        .map_err(|e| match e {
+            CleanupError::Step(e) => EngineError::from(e),
+            CleanupError::Unverified(why) => EngineError::Refused(format!(
+                "the targets are not proven to hold every moved row, so they are not copied \
+                 back: {why}"
+            )),
+            CleanupError::Aborted => {
+                EngineError::Refused("stopping the move's replication was aborted".into())
+            }
+        })?;
     ctx.update(|j| j.progress.message = "reverting: fencing the moved keys on the targets".into())
         .await;
     fence_targets(ctx, conns).await?;
@@ -245,7 +261,18 @@ pub(crate) async fn revert_and_finish(ctx: &Ctx, conns: &mut Conns) {
 pub(crate) async fn finish_reverted(ctx: &Ctx, conns: &mut Conns, version: u64) {
     use super::teardown;
     use shardgate_topology::{now_ms, Phase};
-    if let Err(e) = teardown::wait_for_proxies(ctx, version).await {
+    // The targets' copies stay, fenced, until every proxy routes by the old map again: a proxy
+    // still at the committed map sends the moved keys' writes to the targets, and an UPDATE or
+    // DELETE finding no row there reports 0 rows — the fence only stops rows it sees. The
+    // abort that started this revert is still requested: it must not end the wait.
+    ctx.update_save(|j| {
+        j.progress.message = format!(
+            "reverted at version {version}: waiting for every proxy to route by it before \
+             the targets' copies go"
+        )
+    })
+    .await;
+    if let Err(e) = teardown::wait_for_proxies(ctx, version, false).await {
         // The targets' copies stay (fenced) until every proxy routes by the old map again.
         ctx.update_save(|j| {
             j.phase = Phase::Failed;
@@ -259,6 +286,9 @@ pub(crate) async fn finish_reverted(ctx: &Ctx, conns: &mut Conns, version: u64) 
             ));
         })
         .await;
+        return;
+    }
+    if ctx.lost() {
         return;
     }
     let mut left = None;

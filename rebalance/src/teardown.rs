@@ -509,7 +509,8 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
         &format!("committed at version {to}; waiting for every proxy to route by it"),
     )
     .await;
-    if let Err(e) = wait_for_proxies(ctx, to).await {
+    // `rebalance abort` ends this wait: the move is then reverted.
+    if let Err(e) = wait_for_proxies(ctx, to, true).await {
         return keep_sources(ctx, conns, to, &e.to_string()).await;
     }
     let mut left = None;
@@ -570,15 +571,69 @@ pub(crate) async fn finish_cleanup(ctx: &Ctx, conns: &mut Conns) {
     .await;
 }
 
+/// The figures saved for the committed move (none when the runner died before the cutover's
+/// were saved), and whether the sources' rows are being deleted already.
+async fn saved_verification(ctx: &Ctx) -> (Option<Vec<shardgate_topology::VerifiedTable>>, bool) {
+    let j = ctx.job.lock().await;
+    let plan = j.plan.as_ref();
+    (
+        plan.and_then(|p| p.verified.clone()),
+        plan.is_some_and(|p| p.deleting),
+    )
+}
+
+/// Proves the committed move by replication and saves the sources' figures in the job (the
+/// runner died before the cutover's were saved). It needs the streams: run it before they go,
+/// after `wait_flushed` with `require_slots`.
+async fn prove_and_save(ctx: &Ctx, conns: &mut Conns) -> Result<(), CleanupError> {
+    ctx.update(|j| {
+        j.progress.message =
+            "verifying the move by replication (the cutover's figures were not saved)".into()
+    })
+    .await;
+    let figures = verify::prove_replicated(ctx, conns).await?;
+    let rows = verify::rows_per_move(&ctx.plan, &figures);
+    tracing::info!(job = %ctx.plan.job_id, rows = ?rows, "move verified by replication; the sources' figures are saved");
+    // Saved before the streams go: a later run re-checks the sources against them.
+    ctx.update_save(|j| {
+        for (mp, v) in j.progress.moves.iter_mut().zip(&rows) {
+            mp.verified_rows = Some(*v);
+        }
+        if let Some(p) = &mut j.plan {
+            p.verified = Some(figures);
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Before a revert copies the targets' rows back to the sources: the move's subscriptions,
+/// publications and slots go. While they live, the sources' changes of the moving slots are
+/// applied to the targets, and the copy back is one: its delete and re-insert of every moved
+/// row would be replayed on the fenced targets by the apply worker, which fence triggers do
+/// not stop (it runs as a replica). A client's UPDATE or DELETE of such a row, sent to the
+/// target by the committed map and waiting for the row, then finds it deleted and reports 0
+/// rows instead of meeting the fence; once the targets are unfenced, a replay arriving late
+/// would overwrite their newer rows. When the cutover's figures were never saved, the move is
+/// proven by replication first, so a revert that fails can still finish the move forward.
+pub(crate) async fn drop_streams_before_revert(
+    ctx: &Ctx,
+    conns: &mut Conns,
+) -> Result<(), CleanupError> {
+    let (recorded, deleting) = saved_verification(ctx).await;
+    if recorded.is_none() && !deleting {
+        wait_flushed(ctx, conns, true).await?;
+        prove_and_save(ctx, conns).await?;
+    }
+    let stuck = drop_streams(ctx, conns).await?;
+    if !stuck.is_empty() {
+        return Err(TeardownError::SubscriptionsStuck(stuck).into());
+    }
+    Ok(())
+}
+
 async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), CleanupError> {
-    let (recorded, deleting) = {
-        let j = ctx.job.lock().await;
-        let plan = j.plan.as_ref();
-        (
-            plan.and_then(|p| p.verified.clone()),
-            plan.is_some_and(|p| p.deleting),
-        )
-    };
+    let (recorded, deleting) = saved_verification(ctx).await;
     // Without the cutover's figures, replication is the proof, and it needs the streams: it
     // runs before they are dropped.
     let prove = recorded.is_none() && !deleting;
@@ -586,24 +641,7 @@ async fn cleanup(ctx: &Ctx, conns: &mut Conns) -> Result<(), CleanupError> {
         .await;
     wait_flushed(ctx, conns, prove).await?;
     if prove {
-        ctx.update(|j| {
-            j.progress.message =
-                "verifying the move by replication (the cutover's figures were not saved)".into()
-        })
-        .await;
-        let figures = verify::prove_replicated(ctx, conns).await?;
-        let rows = verify::rows_per_move(&ctx.plan, &figures);
-        tracing::info!(job = %ctx.plan.job_id, rows = ?rows, "move verified by replication; the sources' figures are saved");
-        // Saved before the streams go: a later run re-checks the sources against them.
-        ctx.update_save(|j| {
-            for (mp, v) in j.progress.moves.iter_mut().zip(&rows) {
-                mp.verified_rows = Some(*v);
-            }
-            if let Some(p) = &mut j.plan {
-                p.verified = Some(figures);
-            }
-        })
-        .await;
+        prove_and_save(ctx, conns).await?;
     } else if let (Some(recorded), false, true) = (&recorded, deleting, ctx.resumed) {
         ctx.update(|j| j.progress.message = "re-verifying the moved rows before deleting".into())
             .await;
@@ -675,8 +713,14 @@ async fn keep_sources(ctx: &Ctx, conns: &mut Conns, version: u64, problem: &str)
 /// `topology.lease` (a proxy that cannot reach the store within its lease refuses writes by
 /// itself, see `proxy::topology`). A store error is never taken for "nobody is behind": the
 /// wait goes on, bounded by `PROXY_WAIT_LEASES` leases (at least `PROXY_WAIT_MIN`); then
-/// `Err` and nothing may be deleted.
-pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) -> Result<(), TeardownError> {
+/// `Err` and nothing may be deleted. `abort_ends_it`: `rebalance abort` ends the wait at once
+/// (the forward cleanup's wait, which an abort turns into a revert). A revert's own wait must
+/// not stop for it: the abort that started the revert is still requested then.
+pub(crate) async fn wait_for_proxies(
+    ctx: &Ctx,
+    version: u64,
+    abort_ends_it: bool,
+) -> Result<(), TeardownError> {
     let lease = ctx.config.topology.lease;
     // Ages come from the store's clock and a report is stamped while the proxy waits for its
     // answer, whose start renews the proxy's lease: a margin covers the round trip.
@@ -684,7 +728,7 @@ pub(crate) async fn wait_for_proxies(ctx: &Ctx, version: u64) -> Result<(), Tear
     let limit = (lease * PROXY_WAIT_LEASES).max(PROXY_WAIT_MIN);
     let until = tokio::time::Instant::now() + limit;
     loop {
-        if ctx.abort_requested() || ctx.lost() {
+        if (abort_ends_it && ctx.abort_requested()) || ctx.lost() {
             return Ok(());
         }
         let last = match ctx.store.proxies().await {
