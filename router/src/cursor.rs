@@ -4,7 +4,16 @@
 //! recognised; anything else (a scrollable or binary cursor, a backward fetch) is reported as
 //! such so the caller can refuse it with a reason.
 
-use crate::text::{code_tokens, Tok, TokKind};
+use crate::text::{code_tokens, Lexer, Tok, TokKind};
+
+/// The first word of `sql` (comments skipped), without lexing the rest: the planner asks
+/// every statement whether it is a DECLARE.
+fn first_word(sql: &str) -> Option<&str> {
+    Lexer::new(sql)
+        .find(|t| t.kind != TokKind::Comment)
+        .filter(|t| t.kind == TokKind::Word)
+        .map(|t| &sql[t.range])
+}
 
 /// `DECLARE name [BINARY] [ASENSITIVE | INSENSITIVE] [[NO] SCROLL] CURSOR [{WITH | WITHOUT} HOLD]
 /// FOR query`.
@@ -51,6 +60,9 @@ pub enum FetchCount {
 
 /// The statement as a `DECLARE … CURSOR … FOR query`, if it is one.
 pub fn declare(sql: &str) -> Option<Declare> {
+    if !first_word(sql)?.eq_ignore_ascii_case("declare") {
+        return None;
+    }
     let toks = code_tokens(sql);
     let mut words = Words::new(sql, &toks);
     if !words.keyword("declare") {
@@ -102,6 +114,13 @@ pub fn declare(sql: &str) -> Option<Declare> {
 
 /// The statement as `FETCH`, `MOVE` or `CLOSE` on a named cursor, if it is one.
 pub fn cursor_command(sql: &str) -> Option<CursorCommand> {
+    let first = first_word(sql)?;
+    if !["fetch", "move", "close"]
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w))
+    {
+        return None;
+    }
     let toks = code_tokens(sql);
     let mut words = Words::new(sql, &toks);
     if words.keyword("close") {
@@ -261,6 +280,10 @@ mod tests {
         assert!(d.hold && d.scroll && d.binary);
         assert_eq!(declare("DECLARE c CURSOR SELECT 1"), None);
         assert_eq!(declare("SELECT 1"), None);
+        assert_eq!(
+            declare("/* hint */ declare c cursor for select 2").map(|d| d.query),
+            Some("select 2".into())
+        );
     }
 
     #[test]
