@@ -3,6 +3,9 @@
 //! (`fail::cfg(name, action)` in-process, or the `FAILPOINTS` variable read by
 //! [`setup_from_env`]):
 //! - `return(kill)`: the process SIGKILLs itself there (no destructor, no cleanup runs);
+//! - `return(drop-store:PATH)`: the runner creates the file PATH and waits (up to a minute)
+//!   until it is gone, then goes on: the end-to-end test drops the topology store's
+//!   connections meanwhile, so the runner's next store call meets a dead connection;
 //! - `return` (any other argument): the runner freezes there for good, and [`hit`] says so — an
 //!   in-process test then shuts the runtime down, which is what a crash leaves behind;
 //! - `panic`, `sleep(ms)`, `pause`: as the `fail` crate does them.
@@ -66,12 +69,37 @@ pub fn setup_from_env() {
 pub fn triggered(name: &'static str) -> bool {
     match fail::eval(name, |arg| arg) {
         Some(how) => {
+            if let Some(mark) = how.as_deref().and_then(|h| h.strip_prefix("drop-store:")) {
+                // Called outside an async context's await point: wait on this thread (a
+                // failpoint build only).
+                hand_over(name, mark, std::thread::sleep);
+                return false;
+            }
             if how.as_deref() == Some("kill") {
                 kill_self(name);
             }
             true
         }
         None => false,
+    }
+}
+
+/// The `drop-store` action: the file `mark` says "stopped at `name`"; the test removes it
+/// once it dropped the store's connections. Bounded: a minute at most.
+fn hand_over(name: &'static str, mark: &str, mut sleep: impl FnMut(std::time::Duration)) {
+    tracing::warn!(
+        failpoint = name,
+        "failpoint: waiting while the store's connections are dropped"
+    );
+    if let Err(e) = std::fs::write(mark, name) {
+        tracing::error!(failpoint = name, error = %e, "failpoint: cannot write the mark file");
+        return;
+    }
+    for _ in 0..1200 {
+        if !std::path::Path::new(mark).exists() {
+            return;
+        }
+        sleep(std::time::Duration::from_millis(50));
     }
 }
 
@@ -89,6 +117,13 @@ pub async fn crash(name: &'static str) {
     let Some(how) = fail::eval(name, |arg| arg) else {
         return;
     };
+    if let Some(mark) = how.as_deref().and_then(|h| h.strip_prefix("drop-store:")) {
+        let mark = mark.to_owned();
+        // Waits on a blocking thread: the runner's task is what stops here.
+        let _ =
+            tokio::task::spawn_blocking(move || hand_over(name, &mark, std::thread::sleep)).await;
+        return;
+    }
     tracing::warn!(failpoint = name, how = ?how, "failpoint: simulated crash");
     if how.as_deref() == Some("kill") {
         kill_self(name);

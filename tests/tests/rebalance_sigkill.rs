@@ -12,6 +12,12 @@
 //!
 //! By default a handful of failpoints, 3 → 4; `SG_SIGKILL_ALL=1` runs every failpoint, 3 → 4
 //! and 4 → 3. The table of outcomes is printed (`-- --nocapture`).
+//!
+//! The same harness drops the topology store's connections at a failpoint instead
+//! (`FAILPOINTS=<name>=return(drop-store:<file>)`: the runner stops there until the test has
+//! terminated every connection to the store database, then goes on without a restart): the job
+//! must end as if nothing happened, with the same checks. Two such cases run in CI;
+//! `SG_STORE_DROP_ALL=1` runs every failpoint that way (3 → 4).
 
 #[allow(dead_code)]
 #[path = "rebalance/env.rs"]
@@ -57,6 +63,8 @@ struct Case {
     remove: bool,
     /// The committed move is aborted in cleanup (a revert) before the failpoint.
     revert: bool,
+    /// The store's connections are dropped at the failpoint; the process is not killed.
+    drop_store: bool,
     ends: Phase,
 }
 
@@ -89,9 +97,27 @@ fn case(failpoint: &'static str, remove: bool) -> Case {
         failpoint,
         remove,
         revert,
+        drop_store: false,
         ends,
     }
 }
+
+/// The store's connections dropped at `failpoint`: the job goes on and finishes (a revert
+/// case still ends aborted).
+fn drop_case(failpoint: &'static str) -> Case {
+    let revert = REVERT.contains(&failpoint);
+    Case {
+        failpoint,
+        remove: false,
+        revert,
+        drop_store: true,
+        ends: if revert { Phase::Aborted } else { Phase::Done },
+    }
+}
+
+/// The CI cases of dropped store connections: while the job is about to publish the new map,
+/// and after it did, before the sources' rows are deleted.
+const CI_STORE_DROP: &[&str] = &["rebalance-before-publish", "rebalance-before-delete"];
 
 /// The CI cases: one crash before the commit, four after it — the publish landed but its
 /// reply was lost, the publish done but the cutover's verification not saved (both resume
@@ -128,13 +154,18 @@ fn cases() -> Vec<Case> {
             })
             .collect();
     }
+    let all = shardgate_rebalance::failpoints::NAMES;
+    if std::env::var_os("SG_STORE_DROP_ALL").is_some_and(|v| v == "1") {
+        return all.iter().map(|f| drop_case(f)).collect();
+    }
     if std::env::var_os("SG_SIGKILL_ALL").is_some_and(|v| v == "1") {
-        let all = shardgate_rebalance::failpoints::NAMES;
         let mut out: Vec<Case> = all.iter().map(|f| case(f, false)).collect();
         out.extend(all.iter().map(|f| case(f, true)));
         out
     } else {
-        CI.iter().map(|f| case(f, false)).collect()
+        let mut out: Vec<Case> = CI.iter().map(|f| case(f, false)).collect();
+        out.extend(CI_STORE_DROP.iter().map(|f| drop_case(f)));
+        out
     }
 }
 
@@ -213,7 +244,12 @@ async fn run_case(c: Case) -> String {
             "\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken_env = \"SG_TEST_ADMIN_TOKEN\"\n"
         );
     std::fs::write(&config_path, text).expect("write config");
-    let spec = format!("{}=return(kill)", c.failpoint);
+    let mark = dir.path().join("failpoint-reached");
+    let spec = if c.drop_store {
+        format!("{}=return(drop-store:{})", c.failpoint, mark.display())
+    } else {
+        format!("{}=return(kill)", c.failpoint)
+    };
     let killed = {
         let p = config_path.clone();
         tokio::task::spawn_blocking(move || Serve::start(p, admin, Some(&spec)))
@@ -281,57 +317,18 @@ async fn run_case(c: Case) -> String {
     // Silent from now on: the revert waits for it only up to its lease.
     drop(laggard);
 
-    // The failpoint kills the process.
-    let mut killed = killed;
-    let deadline = Instant::now() + JOB_TIMEOUT;
-    let status = loop {
-        if let Some(status) = killed.child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            load.as_ref().is_some_and(|l| l.failure().is_none()),
-            "{}: a workload task stopped before the kill",
-            c.failpoint
-        );
-        if let Ok(s) = rb.status().await {
-            if let Some(job) = s.job.filter(|j| j.phase.is_terminal()) {
-                panic!(
-                    "{}: the job ended {} without the process dying at the failpoint: is {} \
-                     built with the failpoints feature?",
-                    c.failpoint,
-                    job.phase,
-                    shardgate_bin().display()
-                );
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: the process was not killed within {JOB_TIMEOUT:?}",
-            c.failpoint
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "{}: shardgate serve ended {status}, not by SIGKILL",
-        c.failpoint
-    );
-    let killed_in = rb
-        .status()
-        .await
-        .ok()
-        .and_then(|s| s.job)
-        .map(|j| j.phase.to_string())
-        .unwrap_or_else(|| "no job".into());
-
-    // Restarted without failpoints: it takes its job over at start.
-    let restarted = {
-        let (p, a) = (killed.config.clone(), killed.admin);
-        drop(killed);
-        tokio::task::spawn_blocking(move || Serve::start(p, a, None))
+    let (killed_in, restarted) = if c.drop_store {
+        drop_store_at_failpoint(&c, &rb, &mut load, &meta, &mark).await;
+        let phase = rb
+            .status()
             .await
-            .expect("join")
+            .ok()
+            .and_then(|s| s.job)
+            .map(|j| j.phase.to_string())
+            .unwrap_or_else(|| "no job".into());
+        (format!("store dropped in {phase}"), killed)
+    } else {
+        kill_and_restart(&c, &rb, &load, killed).await
     };
     let job = wait_job(&rb, &mut load, "the end of the job", Phase::is_terminal).await;
     let all: Vec<(&str, &PgCluster)> = names.iter().copied().zip(clusters.iter()).collect();
@@ -392,13 +389,121 @@ async fn run_case(c: Case) -> String {
     clusters.push(meta);
     stop_clusters(clusters).await;
     format!(
-        "{} at map v{} {:?} (killed in {killed_in}); {ops} statements, {retries} retried; \
+        "{} at map v{} {:?} ({killed_in}); {ops} statements, {retries} retried; \
          rows placed, none lost; shards clean; {:.0?}",
         job.phase,
         map.version,
         map.names(),
         started.elapsed()
     )
+}
+
+/// Waits for the process to SIGKILL itself at the failpoint, then starts it again without
+/// failpoints (it takes its job over at start). Returns the phase it died in and the new one.
+async fn kill_and_restart(
+    c: &Case,
+    rb: &Arc<Rebalancer>,
+    load: &Option<Workload>,
+    killed: Serve,
+) -> (String, Serve) {
+    let mut killed = killed;
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    let status = loop {
+        if let Some(status) = killed.child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            load.as_ref().is_some_and(|l| l.failure().is_none()),
+            "{}: a workload task stopped before the kill",
+            c.failpoint
+        );
+        if let Ok(s) = rb.status().await {
+            if let Some(job) = s.job.filter(|j| j.phase.is_terminal()) {
+                panic!(
+                    "{}: the job ended {} without the process dying at the failpoint: is {} \
+                     built with the failpoints feature?",
+                    c.failpoint,
+                    job.phase,
+                    shardgate_bin().display()
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the process was not killed within {JOB_TIMEOUT:?}",
+            c.failpoint
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{}: shardgate serve ended {status}, not by SIGKILL",
+        c.failpoint
+    );
+    let killed_in = rb
+        .status()
+        .await
+        .ok()
+        .and_then(|s| s.job)
+        .map(|j| j.phase.to_string())
+        .unwrap_or_else(|| "no job".into());
+
+    // Restarted without failpoints: it takes its job over at start.
+    let restarted = {
+        let (p, a) = (killed.config.clone(), killed.admin);
+        drop(killed);
+        tokio::task::spawn_blocking(move || Serve::start(p, a, None))
+            .await
+            .expect("join")
+    };
+    (format!("killed in {killed_in}"), restarted)
+}
+
+/// Waits for the runner to stop at the failpoint (it writes `mark`), terminates every
+/// connection to the store's database (the runner's and the in-process proxies'), and lets
+/// the runner go on (removes `mark`).
+async fn drop_store_at_failpoint(
+    c: &Case,
+    rb: &Arc<Rebalancer>,
+    load: &mut Option<Workload>,
+    meta: &PgCluster,
+    mark: &std::path::Path,
+) {
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    while !mark.exists() {
+        assert!(
+            load.as_ref().is_some_and(|l| l.failure().is_none()),
+            "{}: a workload task stopped before the failpoint",
+            c.failpoint
+        );
+        if let Ok(s) = rb.status().await {
+            if let Some(job) = s.job.filter(|j| j.phase.is_terminal()) {
+                panic!(
+                    "{}: the job ended {} without reaching the failpoint",
+                    c.failpoint, job.phase
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the failpoint was not reached within {JOB_TIMEOUT:?}",
+            c.failpoint
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let store = connect(&store_url(meta)).await;
+    let dropped: i64 = store
+        .query_one(
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity \
+             where datname = current_database() and pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .expect("terminate the store's connections")
+        .get(0);
+    assert!(dropped > 0, "{}: no store connection to drop", c.failpoint);
+    std::fs::remove_file(mark).expect("let the runner go on");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +517,8 @@ async fn sigkilled_serve_resumes_to_undo_or_finish_under_load() {
     let mut runs =
         futures_util::stream::iter(cases().into_iter().enumerate().map(|(i, c)| async move {
             let dir = if c.remove { "4 → 3" } else { "3 → 4" };
-            let name = format!("{} ({dir})", c.failpoint);
+            let how = if c.drop_store { ", store dropped" } else { "" };
+            let name = format!("{} ({dir}{how})", c.failpoint);
             eprintln!("--- {name}");
             // Each case in its own task: a failed case is reported in the table, and the others
             // still run (its clusters and processes are dropped with the task).
