@@ -10,6 +10,7 @@
 
 mod cases;
 mod copy;
+mod corpus;
 mod gather;
 mod idle;
 mod machine;
@@ -75,6 +76,8 @@ enum Cmd {
     TwoPhase(two_phase::TwoPhaseArgs),
     /// COPY FROM/TO split over 2 shards vs one PostgreSQL; multi-row INSERT split vs one shard.
     Copy(copy::CopyArgs),
+    /// The generated cross-shard corpus, long, random seed: answers equal to one PostgreSQL.
+    Corpus(corpus::CorpusArgs),
 }
 
 #[derive(Args, Clone)]
@@ -162,6 +165,7 @@ fn main() -> anyhow::Result<()> {
                 Cmd::Gather(args) => gather::run(args).await,
                 Cmd::TwoPhase(args) => two_phase::run(args).await,
                 Cmd::Copy(args) => copy::run(args).await,
+                Cmd::Corpus(args) => corpus::run(args).await,
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.

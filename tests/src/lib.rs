@@ -1,6 +1,8 @@
 //! Test harness for shardgate: the local PostgreSQL servers of `shardgate-localpg` (re-exported
 //! here, so tests name one crate), plus what only tests and benchmarks need: `pgbench` and the
-//! client-driver environments (Python, Node).
+//! client-driver environments (Python, Node), the protocol soak (`soak`), the differential
+//! test of cross-shard reads with its generated corpus (`corpus`) and the sharded proxy
+//! config those use (`proxy_config`).
 //! Used by the end-to-end tests in `tests/tests/` and by the benchmarks.
 //!
 //! ```no_run
@@ -13,9 +15,11 @@
 //! # Ok::<(), shardgate_tests::LocalPgError>(())
 //! ```
 
+pub mod corpus;
 pub mod drivers;
 mod lock;
 pub mod pgbench;
+pub mod proxy_config;
 pub mod serve;
 pub mod soak;
 

@@ -196,7 +196,8 @@ fn spawn_script(
     })
 }
 
-async fn connect(
+/// Connects without TLS; the connection runs in the returned task.
+pub(crate) async fn connect(
     conn_str: &str,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(conn_str, NoTls).await?;

@@ -11,25 +11,24 @@ mod common;
 
 use std::time::Instant;
 
-use futures_util::future::join_all;
 use shardgate_config::Config;
 use shardgate_proxy::ProxyHandle;
 use shardgate_router::{KeyValue, Router};
-use shardgate_tests::{Auth, ClusterOptions, PgCluster};
+use shardgate_tests::corpus::compare::{
+    differ, is_error, run_prepared, run_text, run_unnamed, sqlstate, usable, Outcome,
+};
+use shardgate_tests::corpus::{self as differential, quote, start_clusters, Gen, Row};
+use shardgate_tests::PgCluster;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
-#[path = "cross_shard/compare.rs"]
-mod compare;
 #[path = "cross_shard/corpus.rs"]
 mod corpus;
 #[path = "cross_shard/held.rs"]
 mod held;
 
-use compare::{differ, is_error, run_prepared, run_text, run_unnamed, sqlstate, usable, Outcome};
+use common::USER;
 use corpus::{Order, Query};
-
-use common::{PASSWORD, USER};
 
 const DB: &str = "app";
 const SHARDS: usize = 3;
@@ -44,39 +43,11 @@ create table orders (order_id bigint, user_id bigint, amount numeric(12,2), qty 
                      primary key (user_id, order_id));
 ";
 
-/// A small deterministic generator (splitmix64): the same rows on every run.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A decimal with two places from a count of cents in `[lo, lo + span)`.
-    fn cents(&mut self, lo: i64, span: u64) -> String {
-        let c = lo + self.below(span) as i64;
-        let sign = if c < 0 { "-" } else { "" };
-        format!("{sign}{}.{:02}", c.abs() / 100, c.abs() % 100)
-    }
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// One row: its shard key, its table, and its `values (…)` tuple.
-struct Row {
-    key: i64,
-    table: &'static str,
-    values: String,
+/// A decimal with two places from a count of cents in `[lo, lo + span)`.
+fn cents(g: &mut Gen, lo: i64, span: u64) -> String {
+    let c = lo + g.below(span) as i64;
+    let sign = if c < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", c.abs() / 100, c.abs() % 100)
 }
 
 fn rows() -> Vec<Row> {
@@ -97,7 +68,7 @@ fn rows() -> Vec<Row> {
         };
         let score = match g.below(11) {
             0 => "NULL".to_owned(),
-            _ => g.cents(-50_000, 150_000),
+            _ => cents(&mut g, -50_000, 150_000),
         };
         let created_at = match id {
             1 => "'-infinity'".to_owned(),
@@ -112,7 +83,7 @@ fn rows() -> Vec<Row> {
         };
         let active = ["true", "false", "NULL"][g.below(3) as usize];
         out.push(Row {
-            key: id,
+            key: Some(id),
             table: "users",
             values: format!("({id}, {name}, {age}, {score}, {created_at}, {active})"),
         });
@@ -122,7 +93,7 @@ fn rows() -> Vec<Row> {
         let user_id = 1 + g.below(320) as i64;
         let amount = match g.below(20) {
             0 => "NULL".to_owned(),
-            _ => g.cents(0, 200_000),
+            _ => cents(&mut g, 0, 200_000),
         };
         let qty = match g.below(20) {
             0 => "NULL".to_owned(),
@@ -130,7 +101,7 @@ fn rows() -> Vec<Row> {
         };
         let status = ["'new'", "'paid'", "'shipped'", "'cancelled'", "NULL"][g.below(5) as usize];
         out.push(Row {
-            key: user_id,
+            key: Some(user_id),
             table: "orders",
             values: format!("({order_id}, {user_id}, {amount}, {qty}, {status})"),
         });
@@ -138,80 +109,32 @@ fn rows() -> Vec<Row> {
     out
 }
 
-/// Connects to a server directly as `app`.
+/// Connects to a server (or the proxy) directly as `app`.
 async fn connect_to(port: u16, db: &str) -> Client {
-    common::connect(&format!(
-        "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={db}"
-    ))
-    .await
-}
-
-/// Starts `n` clusters at once, each with user `app` and the database `app` (C collation).
-async fn start_clusters(n: usize) -> Vec<PgCluster> {
-    let starts = (0..n).map(|_| {
-        tokio::task::spawn_blocking(|| {
-            let c = PgCluster::start(ClusterOptions::default().user(USER, PASSWORD, Auth::Scram))
-                .expect("start PostgreSQL");
-            c.psql(
-                "postgres",
-                &format!(
-                    "create database {DB} owner {USER} template template0 \
-                     lc_collate 'C' lc_ctype 'C'"
-                ),
-            )
-            .expect("create database");
-            c
-        })
-    });
-    join_all(starts)
-        .await
-        .into_iter()
-        .map(|r| r.expect("join"))
-        .collect()
+    differential::connect(port, db).await.expect("connect")
 }
 
 fn proxy_config(shards: &[PgCluster]) -> Config {
     common::sharded_config(shards, &["users", "orders"], "")
 }
 
-/// The schema and `rows` on the server behind `client`.
-async fn load(client: &Client, rows: &[&Row]) {
-    client.batch_execute(SCHEMA).await.expect("schema");
-    for table in ["users", "orders"] {
-        let values: Vec<&str> = rows
-            .iter()
-            .filter(|r| r.table == table)
-            .map(|r| r.values.as_str())
-            .collect();
-        for chunk in values.chunks(500) {
-            client
-                .batch_execute(&format!("insert into {table} values {}", chunk.join(",")))
-                .await
-                .expect("insert");
-        }
-    }
-    client.batch_execute("analyze").await.expect("analyze");
-}
-
 /// 3 shards holding exactly the rows the ring gives them, a reference server holding all
 /// rows, and a proxy in front of the shards.
 struct World {
     proxy: ProxyHandle,
-    shards: Vec<PgCluster>,
-    reference: PgCluster,
+    servers: differential::World,
 }
 
 impl World {
     async fn start() -> World {
         common::init_logs();
-        let mut clusters = start_clusters(SHARDS + 1).await;
-        let reference = clusters.remove(0);
-        let shards = clusters;
-        let config = proxy_config(&shards);
+        let servers = differential::World::start(SHARDS)
+            .await
+            .expect("start PostgreSQL");
+        let config = proxy_config(servers.shards());
         let router = Router::new(&config).expect("router");
-        let all = rows();
-        let reference_client = connect_to(reference.port(), DB).await;
-        let collation: String = reference_client
+        let collation: String = connect_to(servers.reference().port(), DB)
+            .await
             .query_one(
                 "select datcollate::text from pg_database where datname = current_database()",
                 &[],
@@ -223,21 +146,15 @@ impl World {
             collation, "C",
             "the test compares text order under the C collation"
         );
-        load(&reference_client, &all.iter().collect::<Vec<_>>()).await;
-        for (i, shard) in shards.iter().enumerate() {
-            let mine: Vec<&Row> = all
-                .iter()
-                .filter(|r| router.shard_for_key(&KeyValue::Int(r.key)) == i)
-                .collect();
-            assert!(mine.len() > 100, "shard {i} holds {} rows", mine.len());
-            load(&connect_to(shard.port(), DB).await, &mine).await;
+        let per_shard = servers
+            .load(SCHEMA, &rows(), |k| router.shard_for_key(&KeyValue::Int(k)))
+            .await
+            .expect("load");
+        for (i, n) in per_shard.iter().enumerate() {
+            assert!(*n > 100, "shard {i} holds {n} rows");
         }
         let proxy = shardgate_proxy::start(config).await.expect("start proxy");
-        World {
-            proxy,
-            shards,
-            reference,
-        }
+        World { proxy, servers }
     }
 
     async fn proxy_client(&self, db: &str) -> Client {
@@ -246,15 +163,7 @@ impl World {
 
     async fn stop(self) {
         self.proxy.shutdown().await;
-        let World {
-            shards, reference, ..
-        } = self;
-        tokio::task::spawn_blocking(move || {
-            drop(shards);
-            drop(reference);
-        })
-        .await
-        .ok();
+        self.servers.stop().await;
     }
 }
 
@@ -264,7 +173,7 @@ async fn cross_shard_reads_match_one_postgresql() {
     let world = World::start().await;
     let setup = started.elapsed();
     let mut proxy = world.proxy_client(DB).await;
-    let mut direct = connect_to(world.reference.port(), DB).await;
+    let mut direct = connect_to(world.servers.reference().port(), DB).await;
     let mut failures = Vec::new();
     let mut statements = 0;
 
@@ -392,7 +301,7 @@ async fn streamed_reads_pass_the_gather_limit() {
 /// (combined by PostgreSQL itself) still work and equal the reference's answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_order_across_shards_needs_a_c_collation() {
-    let clusters = start_clusters(SHARDS + 1).await;
+    let clusters = start_clusters(SHARDS + 1).await.expect("start PostgreSQL");
     let (reference, shards) = clusters.split_first().expect("clusters");
     let config = proxy_config(shards);
     let router = Router::new(&config).expect("router");

@@ -158,35 +158,8 @@ fn shard_conn_str(c: &PgCluster) -> String {
 /// A transaction-mode proxy config over `shards` (named `s0`, `s1`, …) with `sharded_tables`;
 /// `extra` (e.g. a `[sharding]` table) goes first.
 pub fn sharded_config(shards: &[PgCluster], sharded_tables: &[&str], extra: &str) -> Config {
-    let mut text = format!(
-        r#"
-{extra}
-
-[listen]
-addr = "127.0.0.1:0"
-shutdown_timeout = "2s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[pool]
-mode = "transaction"
-size = 4
-checkout_timeout = "10s"
-
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-"#
-    );
-    for t in sharded_tables {
-        text.push_str(&format!("\n[[sharding.tables]]\nname = \"{t}\"\n"));
-    }
-    for (i, c) in shards.iter().enumerate() {
-        text.push_str(&format!(
-            "\n[[shards]]\nname = \"s{i}\"\nprimary = {{ host = \"127.0.0.1\", port = {} }}\n",
-            c.port()
-        ));
-    }
+    let ports: Vec<u16> = shards.iter().map(PgCluster::port).collect();
+    let text =
+        shardgate_tests::proxy_config::sharded_toml(&ports, USER, PASSWORD, sharded_tables, extra);
     Config::from_toml(&text, Path::new("sharded.toml")).expect("valid config")
 }

@@ -2,19 +2,8 @@
 //! their row order the SQL fixes. Kept apart from the harness so the corpus is easy to read
 //! and extend.
 
+pub use shardgate_tests::corpus::Order;
 use tokio_postgres::types::{ToSql, Type};
-
-/// How much of a result's row order the statement fixes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// The ORDER BY is total (it ends with a unique column): compare rows in order.
-    Total,
-    /// The first `n` columns are the ORDER BY (ties possible): compare them in order, and
-    /// the rows as sets.
-    Prefix(usize),
-    /// No ORDER BY: compare the rows as sets.
-    Unordered,
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Query {

@@ -7,7 +7,7 @@
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::compare::{binary_rows, sqlstate, Raw};
+use shardgate_tests::corpus::compare::{binary_rows, sqlstate, Raw};
 
 /// Reads that are merged, combined and gathered, each with an order that fixes its rows.
 const PORTAL_READS: &[&str] = &[

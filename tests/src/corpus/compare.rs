@@ -1,13 +1,24 @@
-//! How the cross-shard differential test (cross_shard.rs) runs one statement in each mode —
-//! text through the simple protocol, binary through a named prepared statement and through the
-//! unnamed statement — and compares what the proxy and the reference server returned.
+//! How the cross-shard differential tests (`cross_shard`, and the generated corpus here and in
+//! `bench corpus`) run one statement in each mode — text through the simple protocol, binary
+//! through a named prepared statement and through the unnamed statement — and compare what the
+//! proxy and the reference server returned.
 
 use std::time::Duration;
 
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::corpus::Order;
+/// How much of a result's row order the statement fixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// The ORDER BY is total (it ends with a unique column): compare rows in order.
+    Total,
+    /// The first `n` columns are the ORDER BY (ties possible): compare them in order, and
+    /// the rows as sets.
+    Prefix(usize),
+    /// No ORDER BY: compare the rows as sets.
+    Unordered,
+}
 
 /// How long one statement may take before the test calls it a hang.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -47,7 +58,6 @@ pub enum Outcome<V> {
 pub struct Failure {
     pub code: String,
     /// Shown through `Debug` in the failure report.
-    #[allow(dead_code)]
     pub message: String,
 }
 
@@ -73,7 +83,11 @@ impl<V: Ord + Clone + std::fmt::Debug> Outcome<V> {
             } => {
                 let ordered_prefix = match order {
                     Order::Total => None,
-                    Order::Prefix(n) => Some(rows.iter().map(|r| r[..n].to_vec()).collect()),
+                    Order::Prefix(n) => Some(
+                        rows.iter()
+                            .map(|r| r.iter().take(n).cloned().collect())
+                            .collect(),
+                    ),
                     Order::Unordered => None,
                 };
                 if order != Order::Total {
@@ -102,11 +116,16 @@ fn failure(e: &tokio_postgres::Error) -> Failure {
     }
 }
 
+/// The SQLSTATE of `e`, or a text saying it has none (an I/O or protocol error).
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
         .map_or_else(|| format!("no SQLSTATE: {e}"), |c| c.code().to_owned())
 }
 
+/// Runs `f` with the statement timeout.
+///
+/// # Panics
+/// When `f` takes longer: a differential test calls that a hang.
 pub async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(STATEMENT_TIMEOUT, f)
         .await
@@ -141,6 +160,7 @@ pub async fn run_text(client: &Client, sql: &str) -> Outcome<Option<String>> {
     }
 }
 
+/// Every value of `rows` as raw bytes.
 pub fn binary_rows(rows: &[tokio_postgres::Row]) -> Vec<Vec<Raw>> {
     rows.iter()
         .map(|r| (0..r.len()).map(|i| r.get::<_, Raw>(i)).collect())
