@@ -3,8 +3,8 @@
 //! (`fail::cfg(name, action)` in-process, or the `FAILPOINTS` variable read by
 //! [`setup_from_env`]):
 //! - `return(kill)`: the process SIGKILLs itself there (no destructor, no cleanup runs);
-//! - `return(drop-store:PATH)`: the runner creates the file PATH and waits (up to a minute)
-//!   until it is gone, then goes on: the end-to-end test drops the topology store's
+//! - `return(drop-store:PATH)`, once: the runner creates the file PATH and waits (up to a
+//!   minute) until it is gone, then goes on: the end-to-end test drops the topology store's
 //!   connections meanwhile, so the runner's next store call meets a dead connection;
 //! - `return` (any other argument): the runner freezes there for good, and [`hit`] says so — an
 //!   in-process test then shuts the runtime down, which is what a crash leaves behind;
@@ -95,6 +95,8 @@ fn hand_over(name: &'static str, mark: &str, mut sleep: impl FnMut(std::time::Du
         tracing::error!(failpoint = name, error = %e, "failpoint: cannot write the mark file");
         return;
     }
+    // Once: a point met again (each delete batch meets `mid-delete`) goes on at once.
+    fail::remove(name);
     for _ in 0..1200 {
         if !std::path::Path::new(mark).exists() {
             return;

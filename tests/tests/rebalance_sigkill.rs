@@ -135,13 +135,18 @@ const CI: &[&str] = &[
 
 fn cases() -> Vec<Case> {
     // `SG_SIGKILL_ONLY=<failpoint>[,<failpoint>…]`: those alone, 3 → 4 (to chase one case);
-    // a name ending in `@remove` runs that failpoint 4 → 3.
+    // a name ending in `@remove` runs that failpoint 4 → 3, one ending in `@drop` drops the
+    // store's connections there instead of killing the process.
     if let Ok(only) = std::env::var("SG_SIGKILL_ONLY") {
         let all = shardgate_rebalance::failpoints::NAMES;
         return only
             .split(',')
             .map(|name| {
                 let name = name.trim();
+                let (name, drop) = match name.strip_suffix("@drop") {
+                    Some(n) => (n, true),
+                    None => (name, false),
+                };
                 let (name, remove) = match name.strip_suffix("@remove") {
                     Some(n) => (n, true),
                     None => (name, false),
@@ -150,7 +155,11 @@ fn cases() -> Vec<Case> {
                     .iter()
                     .find(|f| **f == name)
                     .unwrap_or_else(|| panic!("SG_SIGKILL_ONLY: no failpoint {name}"));
-                case(f, remove)
+                if drop {
+                    drop_case(f)
+                } else {
+                    case(f, remove)
+                }
             })
             .collect();
     }
