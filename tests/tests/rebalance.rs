@@ -429,22 +429,7 @@ async fn apply_blocked(c: &tokio_postgres::Client) -> bool {
 async fn abort_in_each_phase_leaves_data_as_before() {
     init_logs();
     let started = Instant::now();
-    let (shards, meta) = tokio::join!(start_clusters(3), start_meta());
-    let ring2 = Ring::new(&["s0", "s1"], BITS).expect("ring");
-    for (i, c) in shards.iter().enumerate() {
-        let app = connect(&format!(
-            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
-            c.port()
-        ))
-        .await;
-        // The spare gets the empty tables too, so the test can lock them.
-        app.batch_execute(SCHEMA).await.expect("schema");
-        if i < 2 {
-            app.batch_execute(&workload::load_sql(|e| ring_predicate(&ring2, i, e)))
-                .await
-                .expect("load rows");
-        }
-    }
+    let (shards, meta) = workload::clusters_with_rows(3, 2).await;
     let config = proxy_config(
         &[&shards[0], &shards[1]],
         &TABLES,

@@ -37,7 +37,7 @@ use shardgate_topology::{Phase, Store};
 use tokio_postgres::Client;
 
 use env::*;
-use workload::{ACCOUNTS, EVENT_USERS, SCHEMA};
+use workload::{ACCOUNTS, EVENT_USERS};
 
 const TABLES: [&str; 2] = ["accounts", "events"];
 /// Bound on each wait (2 loaded cores run everything).
@@ -112,21 +112,8 @@ fn rings() -> (Ring, Ring) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_reaching_a_target_during_a_revert_is_kept_or_refused() {
     init_logs();
-    let (shards, meta) = tokio::join!(start_clusters(3), start_meta());
+    let (shards, meta) = workload::clusters_with_rows(3, 2).await;
     let (ring2, ring3) = rings();
-    for (i, c) in shards.iter().enumerate() {
-        let app = connect(&format!(
-            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
-            c.port()
-        ))
-        .await;
-        app.batch_execute(SCHEMA).await.expect("schema");
-        if i < 2 {
-            app.batch_execute(&workload::load_sql(|e| ring_predicate(&ring2, i, e)))
-                .await
-                .expect("load rows");
-        }
-    }
     let config = proxy_config(
         &[&shards[0], &shards[1]],
         &TABLES,

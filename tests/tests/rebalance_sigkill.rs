@@ -327,7 +327,7 @@ async fn run_case(c: Case) -> String {
     drop(laggard);
 
     let (killed_in, restarted) = if c.drop_store {
-        drop_store_at_failpoint(&c, &rb, &mut load, &meta, &mark).await;
+        drop_store_at_failpoint(&c, &rb, &load, &meta, &mark).await;
         let phase = rb
             .status()
             .await
@@ -407,6 +407,44 @@ async fn run_case(c: Case) -> String {
     )
 }
 
+/// Polls `reached` until it gives a value (the runner got to the failpoint), failing when a
+/// workload task stopped or the job ended first.
+async fn until_failpoint<T>(
+    c: &Case,
+    rb: &Arc<Rebalancer>,
+    load: &Option<Workload>,
+    mut reached: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        if let Some(v) = reached() {
+            return v;
+        }
+        assert!(
+            load.as_ref().is_some_and(|l| l.failure().is_none()),
+            "{}: a workload task stopped before the failpoint",
+            c.failpoint
+        );
+        if let Ok(s) = rb.status().await {
+            if let Some(job) = s.job.filter(|j| j.phase.is_terminal()) {
+                panic!(
+                    "{}: the job ended {} before the failpoint: is {} built with the \
+                     failpoints feature?",
+                    c.failpoint,
+                    job.phase,
+                    shardgate_bin().display()
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the failpoint was not reached within {JOB_TIMEOUT:?}",
+            c.failpoint
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for the process to SIGKILL itself at the failpoint, then starts it again without
 /// failpoints (it takes its job over at start). Returns the phase it died in and the new one.
 async fn kill_and_restart(
@@ -416,34 +454,7 @@ async fn kill_and_restart(
     killed: Serve,
 ) -> (String, Serve) {
     let mut killed = killed;
-    let deadline = Instant::now() + JOB_TIMEOUT;
-    let status = loop {
-        if let Some(status) = killed.child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            load.as_ref().is_some_and(|l| l.failure().is_none()),
-            "{}: a workload task stopped before the kill",
-            c.failpoint
-        );
-        if let Ok(s) = rb.status().await {
-            if let Some(job) = s.job.filter(|j| j.phase.is_terminal()) {
-                panic!(
-                    "{}: the job ended {} without the process dying at the failpoint: is {} \
-                     built with the failpoints feature?",
-                    c.failpoint,
-                    job.phase,
-                    shardgate_bin().display()
-                );
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: the process was not killed within {JOB_TIMEOUT:?}",
-            c.failpoint
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = until_failpoint(c, rb, load, || killed.child.try_wait().expect("try_wait")).await;
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),
@@ -475,32 +486,11 @@ async fn kill_and_restart(
 async fn drop_store_at_failpoint(
     c: &Case,
     rb: &Arc<Rebalancer>,
-    load: &mut Option<Workload>,
+    load: &Option<Workload>,
     meta: &PgCluster,
     mark: &std::path::Path,
 ) {
-    let deadline = Instant::now() + JOB_TIMEOUT;
-    while !mark.exists() {
-        assert!(
-            load.as_ref().is_some_and(|l| l.failure().is_none()),
-            "{}: a workload task stopped before the failpoint",
-            c.failpoint
-        );
-        if let Ok(s) = rb.status().await {
-            if let Some(job) = s.job.filter(|j| j.phase.is_terminal()) {
-                panic!(
-                    "{}: the job ended {} without reaching the failpoint",
-                    c.failpoint, job.phase
-                );
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: the failpoint was not reached within {JOB_TIMEOUT:?}",
-            c.failpoint
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_failpoint(c, rb, load, || mark.exists().then_some(())).await;
     let store = connect(&store_url(meta)).await;
     let dropped: i64 = store
         .query_one(

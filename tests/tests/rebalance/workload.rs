@@ -483,3 +483,32 @@ fn describe(op: &Op) -> String {
         Op::Read { k } => format!("read of account {k}"),
     }
 }
+
+/// `n` clusters and a store server, started at once: the schema on every cluster (a spare gets
+/// the empty tables too, so a test can lock them) and the rows where a ring of the first
+/// `loaded` shards puts them.
+pub async fn clusters_with_rows(
+    n: usize,
+    loaded: usize,
+) -> (Vec<shardgate_tests::PgCluster>, shardgate_tests::PgCluster) {
+    use super::env::{
+        connect, ring_predicate, start_clusters, start_meta, BITS, DB, PASSWORD, USER,
+    };
+    let (shards, meta) = tokio::join!(start_clusters(n), start_meta());
+    let names: Vec<String> = (0..loaded).map(|i| format!("s{i}")).collect();
+    let ring = shardgate_router::Ring::new(&names, BITS).expect("ring");
+    for (i, c) in shards.iter().enumerate() {
+        let app = connect(&format!(
+            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
+            c.port()
+        ))
+        .await;
+        app.batch_execute(SCHEMA).await.expect("schema");
+        if i < loaded {
+            app.batch_execute(&load_sql(|e| ring_predicate(&ring, i, e)))
+                .await
+                .expect("load rows");
+        }
+    }
+    (shards, meta)
+}
