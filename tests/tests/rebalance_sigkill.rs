@@ -328,13 +328,7 @@ async fn run_case(c: Case) -> String {
 
     let (killed_in, restarted) = if c.drop_store {
         drop_store_at_failpoint(&c, &rb, &load, &meta, &mark).await;
-        let phase = rb
-            .status()
-            .await
-            .ok()
-            .and_then(|s| s.job)
-            .map(|j| j.phase.to_string())
-            .unwrap_or_else(|| "no job".into());
+        let phase = job_phase(&rb).await;
         (format!("store dropped in {phase}"), killed)
     } else {
         kill_and_restart(&c, &rb, &load, killed).await
@@ -407,6 +401,16 @@ async fn run_case(c: Case) -> String {
     )
 }
 
+/// The job's phase now, for the outcome table.
+async fn job_phase(rb: &Arc<Rebalancer>) -> String {
+    rb.status()
+        .await
+        .ok()
+        .and_then(|s| s.job)
+        .map(|j| j.phase.to_string())
+        .unwrap_or_else(|| "no job".into())
+}
+
 /// Polls `reached` until it gives a value (the runner got to the failpoint), failing when a
 /// workload task stopped or the job ended first.
 async fn until_failpoint<T>(
@@ -461,13 +465,7 @@ async fn kill_and_restart(
         "{}: shardgate serve ended {status}, not by SIGKILL",
         c.failpoint
     );
-    let killed_in = rb
-        .status()
-        .await
-        .ok()
-        .and_then(|s| s.job)
-        .map(|j| j.phase.to_string())
-        .unwrap_or_else(|| "no job".into());
+    let killed_in = job_phase(rb).await;
 
     // Restarted without failpoints: it takes its job over at start.
     let restarted = {

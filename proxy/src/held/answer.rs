@@ -250,7 +250,7 @@ impl Session {
         match holding.kind {
             HoldKind::Portal { limit, described } => {
                 if described {
-                    self.write_description(&result);
+                    write_description(&mut self.io.out, result.description.as_ref());
                 }
                 if let Some(limit) = limit {
                     write_rows(&mut self.io.out, &mut result, Some(limit));
@@ -391,10 +391,7 @@ impl Session {
                     (b'P', "", Some(c)) => self.describe_command(c)?,
                     (b'P', name, _) => {
                         let held = self.txn_shards.held.results.get(name).ok_or_else(mixed)?;
-                        match &held.description {
-                            Some(d) => self.io.out.extend_from_slice(d),
-                            None => backend::write_no_data(&mut self.io.out),
-                        }
+                        write_description(&mut self.io.out, held.description.as_ref());
                     }
                     _ => return Err(mixed().into()),
                 }
@@ -409,17 +406,7 @@ impl Session {
                         }
                         let limit = u64::try_from(max_rows).ok().filter(|n| *n > 0);
                         let n = self.read_held(server, name, limit, Rows::ToClient).await?;
-                        if limit == Some(n) {
-                            // As PostgreSQL: the portal may have more.
-                            self.io
-                                .out
-                                .extend_from_slice(&[backend::PORTAL_SUSPENDED, 0, 0, 0, 4]);
-                        } else {
-                            backend::write_command_complete(
-                                &mut self.io.out,
-                                &format!("SELECT {n}"),
-                            );
-                        }
+                        write_execute_end(&mut self.io.out, limit, n);
                     }
                 }
             }
@@ -601,18 +588,8 @@ impl Session {
                 .clone(),
             _ => None,
         };
-        match description {
-            Some(d) => self.io.out.extend_from_slice(&d),
-            None => backend::write_no_data(&mut self.io.out),
-        }
+        write_description(&mut self.io.out, description.as_ref());
         Ok(())
-    }
-
-    fn write_description(&mut self, result: &HeldResult) {
-        match &result.description {
-            Some(d) => self.io.out.extend_from_slice(d),
-            None => backend::write_no_data(&mut self.io.out),
-        }
     }
 
     /// A Parse's statement text (for a DECLARE sent with the extended protocol).
@@ -624,17 +601,30 @@ impl Session {
     }
 }
 
-/// Up to `limit` rows (all with `None`), then PortalSuspended when exactly `limit` came (as
-/// PostgreSQL: the portal may have more) or `SELECT n`.
+/// Up to `limit` rows (all with `None`) and the Execute's end ([`write_execute_end`]).
 fn write_rows(out: &mut BytesMut, held: &mut HeldResult, limit: Option<u64>) {
     let n = held.take(limit).fold(0u64, |n, row| {
         out.extend_from_slice(&row);
         n + 1
     });
+    write_execute_end(out, limit, n);
+}
+
+/// After an Execute's `n` rows: PortalSuspended when exactly its `limit` came (as PostgreSQL:
+/// the portal may have more), else `SELECT n`.
+fn write_execute_end(out: &mut BytesMut, limit: Option<u64>, n: u64) {
     if limit == Some(n) {
         out.put_slice(&[backend::PORTAL_SUSPENDED, 0, 0, 0, 4]);
     } else {
         backend::write_command_complete(out, &format!("SELECT {n}"));
+    }
+}
+
+/// A held result's RowDescription, or NoData when it has none.
+fn write_description(out: &mut BytesMut, description: Option<&bytes::Bytes>) {
+    match description {
+        Some(d) => out.extend_from_slice(d),
+        None => backend::write_no_data(out),
     }
 }
 
