@@ -25,6 +25,7 @@ mod service;
 mod shardgate;
 mod soak;
 mod stats;
+mod syscalls;
 mod targets;
 mod two_phase;
 
@@ -136,6 +137,10 @@ struct CompareArgs {
     /// Print the table only; leave the results file alone.
     #[arg(long)]
     no_write: bool,
+    /// Count each proxy's system calls and context switches per transaction (`perf stat` on
+    /// its PID; needs perf, run as root). The counting costs each syscall a little.
+    #[arg(long)]
+    syscalls: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -203,6 +208,7 @@ async fn measure(
     target: &Target,
     seconds: u32,
     log_prefix: &Path,
+    count_syscalls: bool,
 ) -> anyhow::Result<Run> {
     let mut args = case.pgbench_args();
     args.extend(pgbench_base_args(target.port));
@@ -213,9 +219,17 @@ async fn measure(
         format!("--log-prefix={}", log_prefix.display()),
         DB.to_string(),
     ]);
+    let counter = match target.pid {
+        Some(pid) if count_syscalls => Some(syscalls::Counter::start(
+            pid,
+            &log_prefix.with_extension("perf"),
+        )?),
+        _ => None,
+    };
     let cpu_before = target.pid.and_then(procfs::cpu_time);
     let result = run_pgbench(args).await;
     let cpu_after = target.pid.and_then(procfs::cpu_time);
+    let counts = counter.map(syscalls::Counter::finish).transpose()?;
     let rss = target.pid.and_then(procfs::rss_kib);
     let anon = target.pid.and_then(procfs::rss_anon_kib);
     let mut latencies = pgbench_log::collect_and_remove(log_prefix)
@@ -245,6 +259,7 @@ async fn measure(
         proxy_cpu,
         proxy_rss_kib: rss,
         proxy_anon_kib: anon,
+        counts,
     })
 }
 
@@ -559,7 +574,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 }
                 done += 1;
                 let prefix = log_dir.path().join(format!("run-{done}"));
-                match measure(case, t, args.seconds, &prefix).await {
+                match measure(case, t, args.seconds, &prefix, args.syscalls).await {
                     Ok(run) => {
                         eprintln!(
                             "[{done}/{total_runs} {:.1} min] {} {} run {}/{}: {:.0} tps{}",

@@ -17,6 +17,8 @@ pub struct Run {
     pub proxy_rss_kib: Option<u64>,
     /// Its anonymous part (heap, stacks), KiB.
     pub proxy_anon_kib: Option<u64>,
+    /// The proxy's syscalls and context switches during the run (`--syscalls`).
+    pub counts: Option<crate::syscalls::Counts>,
 }
 
 /// The figures of one (case, target) cell: medians over the repeats.
@@ -32,6 +34,9 @@ pub struct Summary {
     pub rss_mib: Option<f64>,
     /// Largest anonymous part of it, MiB.
     pub anon_mib: Option<f64>,
+    /// Proxy syscalls and context switches per transaction (medians), when counted.
+    pub syscalls_per_tx: Option<f64>,
+    pub switches_per_tx: Option<f64>,
 }
 
 /// Medians over `runs` (the largest RSS); `None` without runs.
@@ -56,7 +61,17 @@ pub fn summarize(runs: &[Run]) -> Option<Summary> {
             .filter_map(|r| r.proxy_anon_kib)
             .max()
             .map(|k| k as f64 / 1024.0),
+        syscalls_per_tx: per_tx(runs, |c| c.syscalls),
+        switches_per_tx: per_tx(runs, |c| c.switches),
     })
+}
+
+/// The median over `runs` of a count per transaction.
+fn per_tx(runs: &[Run], count: impl Fn(&crate::syscalls::Counts) -> u64) -> Option<f64> {
+    median(runs.iter().filter_map(|r| {
+        let c = r.counts.as_ref()?;
+        (r.transactions > 0).then(|| count(c) as f64 / r.transactions as f64)
+    }))
 }
 
 /// What happened to one (case, target) cell.
@@ -140,7 +155,12 @@ fn cells(row: &Row) -> [String; 10] {
                 (Some(rss), Some(anon)) => format!("{rss:.1} ({anon:.1})"),
                 (rss, _) => opt(rss, 1),
             },
-            String::new(),
+            match (s.syscalls_per_tx, s.switches_per_tx) {
+                (Some(calls), Some(switches)) => {
+                    format!("{calls:.1} syscalls/tx, {switches:.2} switches/tx")
+                }
+                _ => String::new(),
+            },
         ),
         Outcome::Skipped(why) => dashes(format!("skipped: {why}")),
         Outcome::Failed(why) => dashes(format!("FAILED: {why}")),
@@ -244,6 +264,7 @@ mod tests {
             proxy_cpu: cpu_ms.map(Duration::from_millis),
             proxy_rss_kib: rss,
             proxy_anon_kib: rss.map(|k| k / 4),
+            counts: None,
         }
     }
 
