@@ -25,7 +25,13 @@ impl Counter {
     /// Starts counting `pid`'s syscalls and context switches (all its threads).
     pub fn start(pid: u32, output: &Path) -> anyhow::Result<Counter> {
         let child = Command::new("perf")
-            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches"])
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "raw_syscalls:sys_enter,context-switches",
+            ])
             .arg("-o")
             .arg(output)
             .args(["-p", &pid.to_string()])

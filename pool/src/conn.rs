@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// One authenticated raw server connection. Bytes are forwarded, not decoded.
 pub struct ServerConn {
     id: u64,
-    host: Host,
+    /// Shared: a session hands it to its cancel slot at every checkout, without a copy.
+    host: Arc<Host>,
     reader: FrameReader<Stream>,
     backend_key: (i32, i32),
     parameters: Vec<(String, String)>,
@@ -132,7 +134,7 @@ impl ServerConn {
         };
         let conn = ServerConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            host: target.host.clone(),
+            host: Arc::new(target.host.clone()),
             reader,
             backend_key: startup.backend_key,
             parameters: startup.parameters,
@@ -165,6 +167,11 @@ impl ServerConn {
 
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// The host, to keep (e.g. where the client's cancel requests go).
+    pub fn shared_host(&self) -> Arc<Host> {
+        Arc::clone(&self.host)
     }
 
     /// ParameterStatus values seen at startup, as (name, value), in the order received.

@@ -9,7 +9,7 @@ use shardgate_config::Host;
 /// The server backend a client is attached to right now, if any.
 #[derive(Clone, Debug)]
 pub struct CancelTarget {
-    pub host: Host,
+    pub host: Arc<Host>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -18,6 +18,15 @@ pub struct CancelTarget {
 /// A tokio mutex: a cancel holds it while sending, and the session clears it before the server
 /// connection goes back to the pool, so a late cancel can never hit the next client's query.
 pub type CancelSlot = Arc<tokio::sync::Mutex<Option<CancelTarget>>>;
+
+/// Sets where the client's cancels go (`None`: nowhere, before its connection goes back).
+/// Without a cancel in flight the lock is free: taken at once, no future polled.
+pub async fn set_target(slot: &CancelSlot, target: Option<CancelTarget>) {
+    match slot.try_lock() {
+        Ok(mut guard) => *guard = target,
+        Err(_) => *slot.lock().await = target,
+    }
+}
 
 #[derive(Default)]
 pub struct CancelRegistry {

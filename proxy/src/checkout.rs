@@ -117,11 +117,12 @@ impl Session {
     /// The client's CancelRequests go to `server` from now on.
     pub(crate) async fn aim_cancel_at(&self, server: &ServerConn) {
         let (pid, secret) = server.backend_key();
-        *self.cancel.lock().await = Some(CancelTarget {
-            host: server.host().clone(),
+        let target = Some(CancelTarget {
+            host: server.shared_host(),
             pid,
             secret,
         });
+        crate::cancel::set_target(&self.cancel, target).await;
     }
 
     /// One checkout from `pool`, counted as waiting and timed for the query statistics.

@@ -76,7 +76,7 @@ impl Session {
         let at_default = shards.iter().position(|s| *s == default).unwrap_or(0);
         if let Some(conn) = conns.get_mut(at_default) {
             if let Err(e) = crate::reference::fill_insert(conn, &plan, &mut request).await {
-                *self.cancel.lock().await = None;
+                crate::cancel::set_target(&self.cancel, None).await;
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
                 self.io.flush().await?;
                 return Ok(None);
@@ -91,7 +91,7 @@ impl Session {
             self.execute_many(&mut servers, &names, &request, &plan, false)
                 .await?
         };
-        *self.cancel.lock().await = None;
+        crate::cancel::set_target(&self.cancel, None).await;
         let took = started.elapsed();
         for (shard, guard) in shards.iter().zip(&running) {
             self.count_many(*shard, guard.host().role, &plan, took);
@@ -162,7 +162,7 @@ impl Session {
                 Err(ScatterFailure::ClientGone) => {
                     // The connections still mid-result were marked broken: the pool
                     // closes them, which ends their statements.
-                    *self.cancel.lock().await = None;
+                    crate::cancel::set_target(&self.cancel, None).await;
                     Err(SessionError::ClientGone)
                 }
             };
@@ -258,7 +258,7 @@ impl Session {
                     running.push(guard);
                 }
                 Err(f) => {
-                    *self.cancel.lock().await = None;
+                    crate::cancel::set_target(&self.cancel, None).await;
                     self.fail_batch(batch, &f.code, &f.message, f.hint.as_deref());
                     self.io.flush().await?;
                     return Ok(None);

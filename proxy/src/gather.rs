@@ -81,7 +81,7 @@ impl Session {
                     running.push((shard, guard));
                 }
                 Err(f) => {
-                    *self.cancel.lock().await = None;
+                    crate::cancel::set_target(&self.cancel, None).await;
                     self.fail_batch(batch, &f.code, &f.message, f.hint.as_deref());
                     return self.io.flush().await;
                 }
@@ -117,7 +117,7 @@ impl Session {
             &mut self.io,
         )
         .await;
-        *self.cancel.lock().await = None;
+        crate::cancel::set_target(&self.cancel, None).await;
         let took = started.elapsed();
         for (shard, guard) in &running {
             let role = guard.host().role;

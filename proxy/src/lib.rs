@@ -120,6 +120,8 @@ pub struct Shared {
     config: ArcSwap<Config>,
     /// The shard map's routing state: router, hosts' health, per-shard metric handles.
     topo: ArcSwap<topology::Topo>,
+    /// `topo`'s version, readable without touching `topo` (sessions compare it per batch).
+    topo_version: AtomicU64,
     /// The version of each map applied, for sessions waiting out a rebalance fence.
     topo_changed: watch::Sender<u64>,
     /// Where the shard map lives (none: a static map, e.g. `shardgate check`).
@@ -163,6 +165,7 @@ impl Shared {
             query_log: query_stats::QueryLog::new(config.stats.max_queries),
             observer: None,
             topo_changed: watch::Sender::new(topo.version),
+            topo_version: AtomicU64::new(topo.version),
             topo: ArcSwap::from_pointee(topo),
             store: None,
             rebalancer: std::sync::OnceLock::new(),
@@ -185,7 +188,15 @@ impl Shared {
         }
     }
 
-    fn config(&self) -> Arc<Config> {
+    /// The running configuration, borrowed: no reference count touched (sessions on every
+    /// worker read it several times per transaction, and a shared counter is a contended
+    /// cache line). Keep it only briefly; [`Shared::config_arc`] keeps it longer.
+    fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The running configuration, to keep (across awaits, in a task).
+    fn config_arc(&self) -> Arc<Config> {
         self.config.load_full()
     }
 
@@ -401,10 +412,10 @@ pub async fn start_with_state_file(
     two_phase::recovery::spawn(Arc::downgrade(&shared), shutdown.subscribe());
 
     let weak = Arc::downgrade(&shared);
-    let fallback = shared.config();
+    let fallback = shared.config_arc();
     let config_source: shardgate_rebalance::ConfigSource = Arc::new(move || {
         weak.upgrade()
-            .map(|s| s.config())
+            .map(|s| s.config_arc())
             .unwrap_or_else(|| Arc::clone(&fallback))
     });
     let rebalancer =

@@ -28,10 +28,12 @@ use shardgate_wire::{frontend, Frame};
 
 use crate::control::CountGuard;
 use crate::session::Session;
+use crate::session_state::WordSet;
 
 /// Words without which no statement can pin (lower-case; `temp` covers `temporary` and
 /// `pg_temp`): most statements are ruled out by this one scan.
-const TRIGGER_WORDS: &[&[u8]] = &[b"temp", b"listen", b"advisory", b"hold", b"prepare"];
+const TRIGGER_WORDS: WordSet =
+    WordSet::new(&[b"temp", b"listen", b"advisory", b"hold", b"prepare"]);
 
 /// Functions that take a session-level advisory lock (their `_xact_` forms end with the
 /// transaction and do not pin).
@@ -45,7 +47,7 @@ const SESSION_LOCK_FUNCTIONS: &[&str] = &[
 /// What in `sql` pins the session, named for the client (e.g. `CREATE TEMP TABLE`), or
 /// `None` when nothing does.
 pub(crate) fn pinning_statement(sql: &str) -> Option<&'static str> {
-    if !crate::session_state::mentions_any(sql.as_bytes(), TRIGGER_WORDS) {
+    if !TRIGGER_WORDS.found_in(sql.as_bytes()) {
         return None;
     }
     // Temp objects the same text creates and drops again (a scratch table) leave nothing

@@ -140,8 +140,11 @@ impl Session {
     /// (Parse/Describe only) goes to the default shard.
     pub(crate) fn route_batch(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
         self.check_lease()?;
-        if !self.shared.topo().routing {
-            return Ok(Target::Shard(self.shared.topo().router.default_shard()));
+        {
+            let topo = self.shared.topo();
+            if !topo.routing {
+                return Ok(Target::Shard(topo.router.default_shard()));
+            }
         }
         self.routing.clear_batch_parses();
         let target = self.route_batch_frames(batch);
@@ -354,7 +357,8 @@ impl Session {
     /// Answers batches that need no server: `SHARDGATE ROUTE`, and a BEGIN (and an empty
     /// transaction's COMMIT/ROLLBACK) while the shard is not known yet. Returns whether it did.
     pub(crate) fn answer_locally(&mut self, batch: &[Frame]) -> bool {
-        if self.shared.topo().routing && self.answer_transaction_locally(batch) {
+        let routing = self.shared.topo().routing;
+        if routing && self.answer_transaction_locally(batch) {
             return true;
         }
         let [frame] = batch else { return false };
@@ -366,7 +370,7 @@ impl Session {
         };
         let text = &*self.sql(text);
         // A plain pooler only answers SHARDGATE ROUTE itself: skip planning everything else.
-        if !self.shared.topo().routing
+        if !routing
             && !text
                 .trim_start()
                 .get(..9)

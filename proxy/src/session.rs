@@ -277,7 +277,7 @@ impl Session {
     /// Gives a server connection back: clears the cancel target first, so a late cancel cannot
     /// reach whoever gets the connection next.
     async fn release(&mut self, server: &mut PooledConn) {
-        *self.cancel.lock().await = None;
+        crate::cancel::set_target(&self.cancel, None).await;
         self.remember_write_position(server).await;
         self.query_guard = None;
     }
@@ -375,7 +375,7 @@ impl Session {
                             // A new shard map arrived while the batch waited for a connection:
                             // it was routed by the old one (the relay would refuse it with
                             // 40001, the map having changed under it). Route it again.
-                            *self.cancel.lock().await = None;
+                            crate::cancel::set_target(&self.cancel, None).await;
                             drop((s, guard));
                             self.parked = batch;
                             continue;
@@ -488,21 +488,25 @@ impl Session {
                 frames = rest.into_iter();
             }
         }
-        let idle_timeout = self.shared.config().listen.client_idle_timeout;
-        let rerouting = self.mode == PoolMode::Transaction
-            && (self.shared.topo().router.shard_names().len() > 1
-                || self.shared.topo().reads_can_leave_primary);
+        // Settings read once per attachment (each read of the shared config or map is an
+        // atomic load; the relay loop turns several times per transaction).
+        let config = self.shared.config();
+        let idle_timeout = config.listen.client_idle_timeout;
+        let max_held = config.pool.max_held_bytes;
+        // With no session timeout set (the default) the loop reads no clock at all.
+        let timeouts = config.timeouts.clone();
+        let timed = crate::timeouts::any_session_timeout(&timeouts);
+        drop(config);
+        let rerouting = self.mode == PoolMode::Transaction && {
+            let topo = self.shared.topo();
+            topo.router.shard_names().len() > 1 || topo.reads_can_leave_primary
+        };
         // The next batch's first messages, held until its Query or Bind says where it goes.
         let mut lookahead: Vec<Frame> = Vec::new();
         // The held messages start the next statement of a pipelined batch (not a new batch).
         let mut lookahead_mid_batch = false;
-        let max_held = self.shared.config().pool.max_held_bytes;
         let mut held_bytes = 0usize;
         let mut clock = crate::timeouts::SessionClock::default();
-        // Read once per attachment: with no session timeout set (the default) the loop reads
-        // no clock at all.
-        let timeouts = self.shared.config().timeouts.clone();
-        let timed = crate::timeouts::any_session_timeout(&timeouts);
         loop {
             if !self.parked.is_empty() && (self.replies.is_empty() || self.replies.refusing()) {
                 if std::mem::take(&mut self.parked_in_transaction)
@@ -662,8 +666,10 @@ impl Session {
                     self.on_timeout(server, &mut clock, kind).await?;
                 }
                 // Not reading the client (a batch is held back): still notice it leaving,
-                // rather than keep a server connection for a client that is gone.
-                _ = tokio::time::sleep(CLIENT_WATCH_INTERVAL), if !reading => {
+                // rather than keep a server connection for a client that is gone. (An async
+                // fn: select! builds every branch's future each turn, and a tokio Sleep reads
+                // the clock and the runtime handle when built.)
+                _ = sleep_or_forever(CLIENT_WATCH_INTERVAL), if !reading => {
                     if self.io.reader.get_ref().peer_closed() {
                         return Err(SessionError::ClientGone);
                     }
@@ -699,7 +705,7 @@ impl Session {
     /// The client is leaving while holding `server`: leave the connection clean for the next
     /// client, or make sure it is closed.
     async fn cleanup(&mut self, server: &mut PooledConn) {
-        *self.cancel.lock().await = None;
+        crate::cancel::set_target(&self.cancel, None).await;
         if server.is_broken() {
             return;
         }

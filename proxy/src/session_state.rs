@@ -253,19 +253,7 @@ pub(crate) fn parse_options(options: &str) -> Vec<(String, String)> {
 /// these words neither `session_effects` nor `pinning::pinning_statement` can find anything,
 /// so the relay scans each statement once instead of once per check.
 pub(crate) fn may_touch_session(sql: &str) -> bool {
-    mentions_any(
-        sql.as_bytes(),
-        &[
-            b"set",
-            b"discard",
-            b"deallocate",
-            b"temp",
-            b"listen",
-            b"advisory",
-            b"hold",
-            b"prepare",
-        ],
-    )
+    SESSION_WORDS.found_in(sql.as_bytes())
 }
 
 /// Session effects of every statement in a query string.
@@ -273,13 +261,13 @@ pub fn session_effects(sql: &str) -> Vec<SessionEffect> {
     // Fast path: no statement can have an effect without one of these words. One pass that
     // only looks closer at an `s` or `d` (this runs for every simple query: the profile had
     // three full scans at ~9% of the proxy's instructions).
-    if !mentions_any(sql.as_bytes(), &[b"set", b"discard", b"deallocate"]) {
+    if !EFFECT_WORDS.found_in(sql.as_bytes()) {
         return Vec::new();
     }
     // `UPDATE … SET`, `OFFSET`, `charset`: the word is there but no statement starts with a
     // session command. One lexer pass without allocations says so before the full analysis.
     let starts_session_statement = starts_session_statement(sql);
-    let set_config = mentions_any(sql.as_bytes(), &[b"set_config"]);
+    let set_config = SET_CONFIG.found_in(sql.as_bytes());
     if !starts_session_statement && !set_config {
         return Vec::new();
     }
@@ -325,38 +313,88 @@ fn starts_session_statement(sql: &str) -> bool {
     false
 }
 
-/// Whether `text` contains one of `words` (lower-case ASCII), ignoring ASCII case. It runs on
-/// every statement, so each byte pair costs one bit test in a 1024-bit set of the words'
-/// first two letters (case folded), and only a hit compares whole words.
-pub(crate) fn mentions_any(text: &[u8], words: &[&[u8]]) -> bool {
-    fn pair(a: u8, b: u8) -> usize {
-        (usize::from((a | 0x20) & 0x1f) << 5) | usize::from((b | 0x20) & 0x1f)
-    }
-    let mut pairs = [0u64; 16];
-    let mut shortest = usize::MAX;
-    for w in words {
-        let [a, b, ..] = **w else {
-            // A one-letter word: no pair to filter on.
-            return text
-                .iter()
-                .any(|c| w.first().is_some_and(|f| c.eq_ignore_ascii_case(f)));
-        };
-        let i = pair(a, b);
-        pairs[i >> 6] |= 1 << (i & 63);
-        shortest = shortest.min(w.len());
-    }
-    if text.len() < shortest {
-        return false;
-    }
-    text.windows(2).enumerate().any(|(i, ab)| {
-        let p = pair(ab[0], ab[1]);
-        pairs[p >> 6] & (1 << (p & 63)) != 0
-            && words.iter().any(|w| {
-                text.get(i..i + w.len())
-                    .is_some_and(|win| win.eq_ignore_ascii_case(w))
-            })
-    })
+/// Lower-case ASCII words (two letters or more) to look for anywhere in a text, ignoring ASCII
+/// case. It runs on every statement, so the set is built at compile time: a byte that starts
+/// no word costs one table lookup, one that does a bit test of the pair it starts in a 1024-bit
+/// set of the words' first two letters (case folded), and only a hit compares whole words.
+pub(crate) struct WordSet {
+    words: &'static [&'static [u8]],
+    first: [bool; 256],
+    pairs: [u64; 16],
+    shortest: usize,
 }
+
+/// The 10-bit index of a byte pair: the low five bits of each byte with ASCII case folded.
+const fn pair_index(a: u8, b: u8) -> usize {
+    (((a | 0x20) & 0x1f) as usize) << 5 | ((b | 0x20) & 0x1f) as usize
+}
+
+impl WordSet {
+    pub(crate) const fn new(words: &'static [&'static [u8]]) -> WordSet {
+        let mut first = [false; 256];
+        let mut pairs = [0u64; 16];
+        let mut shortest = usize::MAX;
+        let mut i = 0;
+        while i < words.len() {
+            let w = words[i];
+            assert!(w.len() >= 2, "a WordSet word has two letters or more");
+            first[w[0].to_ascii_lowercase() as usize] = true;
+            first[w[0].to_ascii_uppercase() as usize] = true;
+            let p = pair_index(w[0], w[1]);
+            pairs[p >> 6] |= 1 << (p & 63);
+            if w.len() < shortest {
+                shortest = w.len();
+            }
+            i += 1;
+        }
+        WordSet {
+            words,
+            first,
+            pairs,
+            shortest,
+        }
+    }
+
+    /// Whether `text` contains one of the words, ignoring ASCII case.
+    pub(crate) fn found_in(&self, text: &[u8]) -> bool {
+        if text.len() < self.shortest {
+            return false;
+        }
+        for (i, pair) in text.windows(2).enumerate() {
+            if !self.first[usize::from(pair[0])] {
+                continue;
+            }
+            let p = pair_index(pair[0], pair[1]);
+            if self.pairs[p >> 6] & (1 << (p & 63)) != 0 && self.starts_at(&text[i..]) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn starts_at(&self, text: &[u8]) -> bool {
+        self.words.iter().any(|w| {
+            text.get(..w.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(w))
+        })
+    }
+}
+
+/// Words without which no statement can change session state.
+const EFFECT_WORDS: WordSet = WordSet::new(&[b"set", b"discard", b"deallocate"]);
+const SET_CONFIG: WordSet = WordSet::new(&[b"set_config"]);
+/// Words without which neither `session_effects` nor `pinning::pinning_statement` can find
+/// anything (`temp` covers `temporary` and `pg_temp`).
+const SESSION_WORDS: WordSet = WordSet::new(&[
+    b"set",
+    b"discard",
+    b"deallocate",
+    b"temp",
+    b"listen",
+    b"advisory",
+    b"hold",
+    b"prepare",
+]);
 
 fn statement_effect(stmt: &str) -> Option<SessionEffect> {
     let words = shardgate_router::leading_names(stmt, 4);
@@ -557,24 +595,23 @@ mod tests {
 
 #[cfg(test)]
 mod mention_tests {
-    use super::mentions_any;
+    use super::WordSet;
 
     #[test]
     fn finds_words_in_any_case_anywhere() {
-        let words: &[&[u8]] = &[b"set", b"discard"];
-        assert!(mentions_any(b"SELECT 1; SeT search_path = a", words));
-        assert!(mentions_any(b"discard all", words));
-        assert!(mentions_any(b"x_set", words));
-        assert!(!mentions_any(
-            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1",
-            words
-        ));
-        assert!(!mentions_any(b"se", words));
-        assert!(!mentions_any(b"", words));
+        const WORDS: WordSet = WordSet::new(&[b"set", b"discard"]);
+        assert!(WORDS.found_in(b"SELECT 1; SeT search_path = a"));
+        assert!(WORDS.found_in(b"discard all"));
+        assert!(WORDS.found_in(b"x_set"));
+        assert!(!WORDS.found_in(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
+        assert!(!WORDS.found_in(b"se"));
+        assert!(!WORDS.found_in(b""));
         // Case folding of the pair filter must not admit look-alikes (`\x13` folds like `s`).
-        assert!(!mentions_any(b"\x13ET x", words));
-        assert!(mentions_any(b"create TEMPORARY table", &[b"temp"]));
-        assert!(mentions_any(b"x", &[b"x"]));
-        assert!(!mentions_any(b"discar", words));
+        assert!(!WORDS.found_in(b"\x13ET x"));
+        assert!(!WORDS.found_in(b"discar"));
+        const TEMP: WordSet = WordSet::new(&[b"temp"]);
+        assert!(TEMP.found_in(b"create TEMPORARY table"));
+        assert!(TEMP.found_in(b"te\xc3\xa9 temp"));
+        assert!(!TEMP.found_in(b"tem"));
     }
 }

@@ -384,7 +384,7 @@ impl Session {
             )
             .await
         };
-        *self.cancel.lock().await = None;
+        crate::cancel::set_target(&self.cancel, None).await;
         if let Some((shard, error)) = lost {
             self.io.push_error(
                 sqlstate::CONNECTION_FAILURE,

@@ -115,6 +115,17 @@ fn shapes(c: &mut Criterion) {
     c.bench_function("normalize only (200-byte statement)", |b| {
         b.iter(|| shardgate_router::normalize(black_box(&texts[7])))
     });
+    // The per-query statistics' key, computed for every statement.
+    c.bench_function("fingerprint hash (200-byte statement)", |b| {
+        b.iter(|| shardgate_router::fingerprint_hash(black_box(&texts[7])))
+    });
+    c.bench_function("fingerprint hash (pgbench -S)", |b| {
+        b.iter(|| {
+            shardgate_router::fingerprint_hash(black_box(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+            ))
+        })
+    });
 }
 
 fn hashing(c: &mut Criterion) {

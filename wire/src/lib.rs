@@ -67,20 +67,14 @@ impl<'a> Cursor<'a> {
     /// server's encoding, which need not be UTF-8.
     pub(crate) fn cstr_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let rest = self.remaining();
-        let nul = rest
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or_else(|| self.truncated())?;
+        let nul = memchr::memchr(0, rest).ok_or_else(|| self.truncated())?;
         self.pos += nul + 1;
         Ok(&rest[..nul])
     }
 
     pub(crate) fn cstr(&mut self) -> Result<&'a str, DecodeError> {
         let rest = self.remaining();
-        let nul = rest
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or_else(|| self.truncated())?;
+        let nul = memchr::memchr(0, rest).ok_or_else(|| self.truncated())?;
         let s = std::str::from_utf8(&rest[..nul])
             .map_err(|_| DecodeError::NotUtf8 { tag: self.tag })?;
         self.pos += nul + 1;

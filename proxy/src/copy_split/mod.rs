@@ -116,7 +116,7 @@ impl Session {
             self.copy_through(&mut members, &shards, &batch, &copy, false)
                 .await?
         };
-        *self.cancel.lock().await = None;
+        crate::cancel::set_target(&self.cancel, None).await;
         self.remember_write_positions(&shards, &mut conns).await;
         drop(conns);
         drop(running);
@@ -593,7 +593,7 @@ impl Session {
             }
             Ok(Err(out::OutFailure::Lost(name, e))) => Ok(Some((name, e.to_string()))),
             Err(e) => {
-                *self.cancel.lock().await = None;
+                crate::cancel::set_target(&self.cancel, None).await;
                 for s in servers.iter_mut() {
                     s.mark_broken();
                 }

@@ -695,7 +695,7 @@ impl Session {
             Ok(merge) => Ok((None, merge)),
             Err(ScatterFailure::Server(e)) => Ok((Some((e.shard.clone(), e.to_string())), None)),
             Err(ScatterFailure::ClientGone) => {
-                *self.cancel.lock().await = None;
+                crate::cancel::set_target(&self.cancel, None).await;
                 Err(SessionError::ClientGone)
             }
         }

@@ -46,9 +46,10 @@ const MAX_BATCH_BYTES: usize = 1024 * 1024;
 impl Session {
     /// Whether transactions may span shards here: transaction pooling over several shards.
     pub(crate) fn spans_shards(&self) -> bool {
-        !self.mode_is_session()
-            && self.shared.topo().routing
-            && self.shared.topo().router.shard_names().len() > 1
+        !self.mode_is_session() && {
+            let topo = self.shared.topo();
+            topo.routing && topo.router.shard_names().len() > 1
+        }
     }
 
     fn first_statement(&mut self, batch: &[Frame]) -> Option<First> {
