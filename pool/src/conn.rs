@@ -199,6 +199,15 @@ impl ServerConn {
         self.accept(result)
     }
 
+    /// The next message if it is already buffered whole (no I/O), tracked as by
+    /// [`ServerConn::read_frame`]: a relay handles a reply's messages in one go.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, ServerError> {
+        match self.reader.try_frame() {
+            Ok(None) => Ok(None),
+            other => self.accept(other).map(Some),
+        }
+    }
+
     /// Whether a whole message is already buffered, so reading it needs no I/O. The proxy
     /// delays flushing to the client while more replies are at hand.
     pub fn has_buffered_frame(&self) -> bool {

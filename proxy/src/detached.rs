@@ -25,12 +25,14 @@ impl Session {
         loop {
             self.io.flush().await?;
             let frame = tokio::select! {
+                // In order: no random start (a thread-local RNG draw per turn).
+                biased;
                 f = self.io.read_frame() => f?,
                 _ = sleep_or_forever(idle_timeout), if batch.is_empty() => {
                     self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
                     return Err(SessionError::IdleTimeout);
                 }
-                _ = self.shutdown.changed(), if batch.is_empty() => {
+                () = self.shutdown.fired(), if batch.is_empty() => {
                     self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
                     return Err(SessionError::Shutdown);
                 }

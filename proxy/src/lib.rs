@@ -41,6 +41,7 @@ mod routing_state;
 mod scatter;
 mod session;
 mod session_state;
+mod shutdown_signal;
 mod split_insert;
 mod startup;
 mod stats;

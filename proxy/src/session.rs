@@ -105,7 +105,7 @@ pub struct Session {
     cancel_key: (i32, i32),
     /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
     pub(crate) encoding: crate::encoding::ClientEncoding,
-    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: crate::shutdown_signal::ShutdownSignal,
     _permit: OwnedSemaphorePermit,
     _cap_slot: CapSlot,
 }
@@ -233,7 +233,7 @@ impl Session {
             cancel,
             cancel_key: (pid, secret),
             encoding: Default::default(),
-            shutdown,
+            shutdown: crate::shutdown_signal::ShutdownSignal::new(shutdown),
             _permit: login.permit,
             _cap_slot: login.cap_slot,
         }
@@ -576,17 +576,35 @@ impl Session {
                     // Leaving this connection: the start of the client's next batch, already
                     // read but not yet routed, is kept for the detached loop (dropping it lost
                     // a pipelined Parse, and its Describe then failed with 26000).
-                    Ok(frame) => match self.server_message(server, frame)? {
-                        Flow::Release => {
-                            self.parked.append(&mut lookahead);
-                            self.io.flush().await?;
-                            return Ok(Detach::Release);
+                    Ok(mut frame) => loop {
+                        match self.server_message(server, frame)? {
+                            Flow::Release => {
+                                self.parked.append(&mut lookahead);
+                                self.io.flush().await?;
+                                return Ok(Detach::Release);
+                            }
+                            Flow::ServerGone(reason) => {
+                                self.parked.append(&mut lookahead);
+                                return self.lose_server(&reason).await;
+                            }
+                            Flow::Continue | Flow::Terminate => {}
                         }
-                        Flow::ServerGone(reason) => {
-                            self.parked.append(&mut lookahead);
-                            return self.lose_server(&reason).await;
+                        // The rest of a reply is usually buffered already: handled here, not
+                        // one turn of this loop (and its select!) per message. What the top of
+                        // the loop does between messages (a parked batch, bytes for the
+                        // server) stops it.
+                        if !self.parked.is_empty() || !self.to_server.is_empty() {
+                            break;
                         }
-                        Flow::Continue | Flow::Terminate => {}
+                        match server.try_frame() {
+                            Ok(Some(next)) => frame = next,
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.parked.append(&mut lookahead);
+                                server.mark_broken();
+                                return self.lose_server(&e.to_string()).await;
+                            }
+                        }
                     },
                     Err(e) => {
                         self.parked.append(&mut lookahead);
@@ -678,7 +696,7 @@ impl Session {
                     self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
                     return Err(SessionError::IdleTimeout);
                 }
-                _ = self.shutdown.changed(), if idle && reading => {
+                () = self.shutdown.fired(), if idle && reading => {
                     self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
                     return Err(SessionError::Shutdown);
                 }
