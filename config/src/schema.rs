@@ -70,6 +70,10 @@ pub struct Listen {
     /// How long SIGTERM waits for clients to finish before closing them.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Threads serving clients (0 = one per CPU core). On a host whose cores are shared with
+    /// PostgreSQL or the application (a sidecar), fewer threads spend less CPU per
+    /// transaction: a session woken on another thread costs a context switch. Read at start.
+    pub worker_threads: usize,
 }
 
 impl Default for Listen {
@@ -84,6 +88,7 @@ impl Default for Listen {
             startup_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
+            worker_threads: 0,
         }
     }
 }

@@ -200,3 +200,13 @@ fn reference_tables_parse_and_cannot_also_be_sharded() {
         .to_string()
         .contains("not a table name"));
 }
+
+#[test]
+fn worker_threads_default_to_one_per_core_and_are_bounded() {
+    assert_eq!(load(MINIMAL).unwrap().listen.worker_threads, 0);
+    let text = format!("{MINIMAL}\n[listen]\nworker_threads = 2\n");
+    assert_eq!(load(&text).unwrap().listen.worker_threads, 2);
+    let text = format!("{MINIMAL}\n[listen]\nworker_threads = 5000\n");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("listen.worker_threads"), "{e}");
+}

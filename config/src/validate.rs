@@ -59,6 +59,15 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.listen.max_client_connections == 0 {
         return err("listen.max_client_connections", "must be at least 1".into());
     }
+    if c.listen.worker_threads > 1024 {
+        return err(
+            "listen.worker_threads",
+            format!(
+                "{} threads is more than 1024; use 0 for one per CPU core",
+                c.listen.worker_threads
+            ),
+        );
+    }
     if c.listen.max_message_size < 1024 {
         return err(
             "listen.max_message_size",

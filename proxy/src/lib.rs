@@ -431,7 +431,9 @@ pub async fn start_with_state_file(
     // A job this proxy (or a vanished one) left unfinished is undone or finished.
     tokio::spawn(async move { rebalancer.resume().await });
 
-    tracing::info!(%addr, unix_socket = ?unix_socket, %proxy_id, version = map.version, "shardgate listening");
+    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%addr, unix_socket = ?unix_socket, %proxy_id, version = map.version,
+        worker_threads, "shardgate listening");
     Ok(ProxyHandle {
         addr,
         unix_socket,

@@ -55,7 +55,17 @@ fn main() -> anyhow::Result<()> {
         .init();
     #[cfg(feature = "failpoints")]
     shardgate_rebalance::failpoints::setup_from_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve { config } = &cli.command {
+        // The one setting read before the runtime starts (a bad file fails again, with its
+        // reason, when `serve` loads it).
+        if let Ok(Some(threads)) = Config::load(config)
+            .map(|c| (c.listen.worker_threads > 0).then_some(c.listen.worker_threads))
+        {
+            builder.worker_threads(threads);
+        }
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the runtime")?;

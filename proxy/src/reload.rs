@@ -50,6 +50,10 @@ impl Shared {
         let mut out = Applied::default();
 
         // Kept as they are, reported.
+        if new.listen.worker_threads != old.listen.worker_threads {
+            out.needs_restart.push("listen.worker_threads".into());
+            new.listen.worker_threads = old.listen.worker_threads;
+        }
         if new.listen.addr != old.listen.addr
             || new.listen.unix_socket_dir != old.listen.unix_socket_dir
         {

@@ -86,11 +86,22 @@ impl Server {
         admin: u16,
         stderr: Stdio,
     ) -> Server {
+        Self::spawn_logging(dir, config, port, admin, stderr, "warn")
+    }
+
+    fn spawn_logging(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        admin: u16,
+        stderr: Stdio,
+        rust_log: &str,
+    ) -> Server {
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config)
             .env("TEST_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -681,4 +692,44 @@ name = "items"
             .unwrap();
         assert_eq!(n, 1, "key {key} is where the map says");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_are_read_at_start_and_a_reload_says_so() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("shardgate.toml");
+    let log = dir.path().join("stderr.log");
+    let text = config_text(&pg, port, admin, "size = 2", "").replace(
+        "shutdown_timeout = \"20s\"",
+        "shutdown_timeout = \"20s\"\nworker_threads = 1",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+    let server = Server::spawn_logging(dir, config, port, admin, stderr, "info");
+    let client = connect(&server.url()).await;
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let started = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        started.contains("worker_threads=1"),
+        "the start names its threads: {started}"
+    );
+
+    std::fs::write(
+        &server.config,
+        text.replace("worker_threads = 1", "worker_threads = 3"),
+    )
+    .unwrap();
+    let (status, body) = server.api("POST", "/api/v1/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        json(&body)["needs_restart"]
+            .to_string()
+            .contains("listen.worker_threads"),
+        "{body}"
+    );
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
 }
