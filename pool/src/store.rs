@@ -147,15 +147,43 @@ impl Store {
     /// (Connections that expire while idle are closed by [`Store::sweep_idle`].)
     pub(crate) fn take_idle(&self) -> Option<Entry> {
         loop {
-            let mut entry = self.slots().idle.pop_back()?;
-            let deep = entry.stale || self.check_delay.is_zero();
-            if entry.conn.idle_check(deep) {
+            let entry = self.slots().idle.pop_back()?;
+            if let Some(entry) = self.sound(entry) {
                 return Some(entry);
             }
-            debug!(pool = %self.name, conn = entry.conn.id(), pid = entry.conn.backend_key().0,
-                "an idle server connection was found closed; taking another");
-            self.close(entry.conn);
         }
+    }
+
+    /// [`Store::take_idle`] for a checkout registered as a waiter: it stops counting as one
+    /// under the same lock that pops the connection. Counted as a waiter and holding a
+    /// connection at once, it let another waiter start a connect that the pool's permits did
+    /// not cover (one connection above the target until the next sizing round closed it).
+    fn take_idle_for(&self, waiter: &mut Waiter<'_>) -> Option<Entry> {
+        loop {
+            let entry = {
+                let mut slots = self.slots();
+                let entry = slots.idle.pop_back()?;
+                waiter.unregister(&mut slots);
+                entry
+            };
+            if let Some(entry) = self.sound(entry) {
+                return Some(entry);
+            }
+            // Closed while idle: waiting again, for another or for a connect.
+            waiter.register_again();
+        }
+    }
+
+    /// `entry` if its connection is still sound (see the module docs), else closes it.
+    fn sound(&self, mut entry: Entry) -> Option<Entry> {
+        let deep = entry.stale || self.check_delay.is_zero();
+        if entry.conn.idle_check(deep) {
+            return Some(entry);
+        }
+        debug!(pool = %self.name, conn = entry.conn.id(), pid = entry.conn.backend_key().0,
+            "an idle server connection was found closed; taking another");
+        self.close(entry.conn);
+        None
     }
 
     /// Takes a connection back from a checkout. It goes back on the idle stack unless it is
@@ -207,12 +235,12 @@ impl Store {
     /// [`Store::subscribe_errors`], subscribed before calling this.
     pub(crate) async fn wait_for(self: &Arc<Self>, deadline: Instant) -> Option<Entry> {
         // Registered before the first look, so a connection returned from then on wakes us.
-        let _registered = Waiter::register(self);
+        let mut waiter = Waiter::register(self);
         loop {
             let notified = self.available.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if let Some(entry) = self.take_idle() {
+            if let Some(entry) = self.take_idle_for(&mut waiter) {
                 return Some(entry);
             }
             let connect = {
@@ -340,20 +368,48 @@ impl Store {
     }
 }
 
-/// Counts a checkout as waiting for a connection while it lives.
-struct Waiter<'a>(&'a Store);
+/// Counts a checkout (holding a permit, no connection yet) as waiting for a connection while
+/// it lives, unless it took one.
+///
+/// Connects start only while fewer are in flight than waiters, so that open plus connecting
+/// never exceed the permits held: every waiter and every checked-out connection holds one.
+/// That holds only if no checkout counts as both, see [`Store::take_idle_for`].
+struct Waiter<'a> {
+    store: &'a Store,
+    counted: bool,
+}
 
 impl<'a> Waiter<'a> {
     fn register(store: &'a Store) -> Self {
         store.slots().waiters += 1;
-        Waiter(store)
+        Waiter {
+            store,
+            counted: true,
+        }
+    }
+
+    /// Stops counting, under the lock the caller holds to take a connection.
+    fn unregister(&mut self, slots: &mut Slots) {
+        if self.counted {
+            slots.waiters = slots.waiters.saturating_sub(1);
+            self.counted = false;
+        }
+    }
+
+    fn register_again(&mut self) {
+        if !self.counted {
+            self.store.slots().waiters += 1;
+            self.counted = true;
+        }
     }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        let mut slots = self.0.slots();
-        slots.waiters = slots.waiters.saturating_sub(1);
+        if self.counted {
+            let mut slots = self.store.slots();
+            slots.waiters = slots.waiters.saturating_sub(1);
+        }
     }
 }
 
