@@ -11,6 +11,7 @@ use tracing::debug;
 
 use crate::pool::Inner;
 use crate::sizing::{Gate, Sizer, Step};
+use crate::store::Opened;
 
 /// How often a pool reconsiders its size.
 const SIZING_INTERVAL: Duration = Duration::from_millis(250);
@@ -26,6 +27,7 @@ impl Inner {
         let (demand, held) = gate.take_peaks();
         let from = gate.target();
         let over_budget = self.budgets.excess(host) > 0;
+        let mut give_back = 0;
         match sizer.decide(Instant::now(), from, demand, held, over_budget) {
             Step::Grow(n) => {
                 let granted = self.budgets.claim(host, n, &self.name);
@@ -38,7 +40,7 @@ impl Inner {
             }
             Step::Shrink(n) => {
                 gate.shrink(n);
-                self.budgets.release(host, n);
+                give_back = n;
                 gate.shrunk.fetch_add(1, Ordering::Relaxed);
                 debug!(pool = %self.name, shard = %self.key.shard, %host, from,
                     to = gate.target(), held, over_budget, "pool shrank");
@@ -47,6 +49,12 @@ impl Inner {
         }
         gate.settle();
         self.close_idle_above_target();
+        // After the idle connections above the new target closed, so another pool's growth
+        // into this budget is not put off by them (a checked-out one above the target still
+        // holds its host slot until it is returned and closed).
+        if give_back > 0 {
+            self.budgets.release(host, give_back);
+        }
         self.store.sweep_idle(Instant::now());
         self.keep_min_size(warm).await;
     }
@@ -80,9 +88,10 @@ impl Inner {
             let store = Arc::clone(&self.store);
             opening.spawn(async move { store.open_one().await });
         }
+        // No room (the host's budget is in use) is not a failure: the next round tries again.
         let mut failed = false;
         while let Some(done) = opening.join_next().await {
-            failed |= !done.unwrap_or(false);
+            failed |= done.unwrap_or(Opened::Failed) == Opened::Failed;
         }
         // The new connections are idle before the permits let checkouts in.
         drop(permits);

@@ -3,15 +3,30 @@
 //! `max_connections` is what the server itself reports (read by the monitor). The reserve keeps
 //! room for superusers and maintenance; the share lets a fleet of sidecars split one server.
 //!
-//! What is budgeted is each pool's *target* (the permits it may hand out), not its open
-//! connections: a pool never opens more connections than its target, so capping targets caps
-//! connections without racing against connects in flight.
+//! Two counts per host:
+//! - the pools' *targets* (the permits each may hand out): growth claims budget, a shrink gives
+//!   it back. This is how the pools share a host: one grows only into budget the others left.
+//! - the *connections* themselves, open or being opened ([`HostConnections`]): a pool
+//!   reserves a slot before it connects and gives it back once the connection is closed (its
+//!   socket dropped), so together they never hold more than the budget, not even for a moment.
+//!   (The server may list a closed connection's backend a little longer, until it has exited.)
+//!   Targets alone did not ensure that: a shrinking pool gives budget back at once, while the
+//!   connection above its new target closes only when it is idle (a checked-out one when it is
+//!   returned), and a removed pool's checked-out connections outlive it; another pool could
+//!   grow into that budget and connect before then.
+//!
+//! The connection limit is the budget, or the sum of the targets when that is higher: pools
+//! keep their floors (`min_size`) whatever the budget, and after the budget went down they
+//! shrink to it one step per round (connections above the new budget close as they come back
+//! rather than being refused a replacement meanwhile).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use shardgate_config::Host;
-use tracing::info;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+use tracing::{debug, info};
 
 /// How a host's budget follows from its `max_connections` (`pool.host_reserve`,
 /// `pool.host_share`).
@@ -60,6 +75,12 @@ struct HostEntry {
     fixed: Option<u32>,
     /// A refused growth was logged; cleared once a claim is granted in full again.
     limited: bool,
+    /// Connections of this process on the host, open or being opened.
+    connections: u32,
+    /// Connects put off because `connections` was at the limit.
+    deferred: u64,
+    /// Wakes every connect put off on this host when a connection is gone.
+    freed: Arc<Notify>,
 }
 
 struct State {
@@ -196,6 +217,51 @@ impl HostBudgets {
         }
     }
 
+    /// Connections of this process's pools on `host`, open or being opened: what the budget
+    /// limits.
+    pub fn connections(&self, host: &Host) -> u32 {
+        self.lock().hosts.get(host).map_or(0, |e| e.connections)
+    }
+
+    /// Connects on `host` put off (until a connection there closed) because the pools held
+    /// as many connections as its budget allows; a total since start.
+    pub fn deferred_connects(&self, host: &Host) -> u64 {
+        self.lock().hosts.get(host).map_or(0, |e| e.deferred)
+    }
+
+    /// A pool's handle for counting its connections on `host`.
+    pub(crate) fn connections_on(self: &Arc<Self>, host: &Host) -> HostConnections {
+        let freed = Arc::clone(&self.lock().hosts.entry(host.clone()).or_default().freed);
+        HostConnections {
+            budgets: Arc::clone(self),
+            host: host.clone(),
+            freed,
+        }
+    }
+
+    /// Counts one more connection on `host` if it stays within the limit (the budget, or the
+    /// targets' sum if higher; no limit while the budget is unknown).
+    fn try_reserve(&self, host: &Host) -> bool {
+        let mut state = self.lock();
+        let budget = state.budget(host);
+        let entry = state.hosts.entry(host.clone()).or_default();
+        let limit = budget.map(|b| b.max(entry.allocated));
+        if limit.is_some_and(|l| entry.connections >= l) {
+            entry.deferred += 1;
+            debug!(%host, connections = entry.connections, limit = limit.unwrap_or_default(),
+                "connect put off: the host's connection budget is in use");
+            return false;
+        }
+        entry.connections += 1;
+        true
+    }
+
+    fn release_connections(&self, host: &Host, n: u32) {
+        if let Some(entry) = self.lock().hosts.get_mut(host) {
+            entry.connections = entry.connections.saturating_sub(n);
+        }
+    }
+
     /// How far the pools on `host` are over its budget (after the budget went down).
     pub(crate) fn excess(&self, host: &Host) -> u32 {
         let state = self.lock();
@@ -203,6 +269,36 @@ impl HostBudgets {
             (Some(budget), Some(entry)) => entry.allocated.saturating_sub(budget),
             _ => 0,
         }
+    }
+}
+
+/// One pool's count of its connections on its host (see the module docs). The store reserves
+/// a slot before each connect and releases it once that connection is closed, or the connect
+/// failed.
+pub(crate) struct HostConnections {
+    budgets: Arc<HostBudgets>,
+    host: Host,
+    freed: Arc<Notify>,
+}
+
+impl HostConnections {
+    /// A slot for one more connection; false if the host's connections are at the limit (then
+    /// wait on [`HostConnections::freed`], enabled before trying, and try again).
+    pub(crate) fn try_reserve(&self) -> bool {
+        self.budgets.try_reserve(&self.host)
+    }
+
+    /// Gives back the slots of `n` connections that are closed (dropped) or never opened.
+    pub(crate) fn release(&self, n: u32) {
+        if n > 0 {
+            self.budgets.release_connections(&self.host, n);
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Resolves when a slot on the host is released after this was enabled.
+    pub(crate) fn freed(&self) -> Notified<'_> {
+        self.freed.notified()
     }
 }
 
@@ -268,5 +364,47 @@ mod tests {
             share: 1.0,
         });
         assert_eq!(b.budget(&h), Some(20));
+    }
+
+    #[test]
+    fn connection_slots_stop_at_the_budget_or_the_targets_sum() {
+        let b = Arc::new(HostBudgets::default());
+        let h = host();
+        let slots = b.connections_on(&h);
+        // Unknown budget: counted, never refused.
+        assert!((0..5).all(|_| slots.try_reserve()));
+        assert_eq!(b.connections(&h), 5);
+        slots.release(5);
+
+        b.register(&h, 2);
+        b.set_budget(&h, Some(3));
+        assert!((0..3).all(|_| slots.try_reserve()));
+        assert!(!slots.try_reserve(), "at the budget");
+        assert_eq!((b.connections(&h), b.deferred_connects(&h)), (3, 1));
+        slots.release(1);
+        assert!(slots.try_reserve(), "a closed connection's slot");
+
+        // Floors above the budget: the targets' sum is the limit.
+        b.set_budget(&h, Some(1));
+        b.register(&h, 2);
+        assert!(slots.try_reserve());
+        assert!(!slots.try_reserve());
+        assert_eq!(b.connections(&h), 4);
+    }
+
+    #[tokio::test]
+    async fn a_released_slot_wakes_who_waits_for_one() {
+        let b = Arc::new(HostBudgets::default());
+        let h = host();
+        b.set_budget(&h, Some(1));
+        let slots = b.connections_on(&h);
+        assert!(slots.try_reserve());
+        let freed = slots.freed();
+        let mut freed = std::pin::pin!(freed);
+        freed.as_mut().enable();
+        assert!(!slots.try_reserve());
+        slots.release(1);
+        freed.await;
+        assert!(slots.try_reserve());
     }
 }

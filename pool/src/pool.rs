@@ -104,6 +104,8 @@ impl Default for PoolSettings {
 pub struct PoolState {
     /// Open connections (idle and in use).
     pub connections: u32,
+    /// Connections being opened (each already counted against its host's budget).
+    pub connecting: u32,
     pub idle: u32,
     pub in_use: u32,
     /// Checkouts waiting right now.
@@ -235,6 +237,7 @@ impl ServerPool {
             max_lifetime: settings.max_lifetime,
             max_size,
             check_delay: settings.server_check_delay,
+            host: budgets.connections_on(&key.host),
         });
         budgets.register(&key.host, floor);
         let sizer = Sizer::new(
@@ -345,6 +348,7 @@ impl ServerPool {
         let gate = &self.inner.gate;
         PoolState {
             connections: counts.open,
+            connecting: counts.connecting,
             idle: counts.idle,
             in_use: counts.open.saturating_sub(counts.idle),
             waiting: gate.waiting(),

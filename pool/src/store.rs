@@ -16,6 +16,10 @@
 //! - New connections are opened in spawned tasks for checkouts that wait, so a cancelled
 //!   checkout does not waste a connect; a connect error is broadcast to every checkout
 //!   waiting at the time (they would all meet the same server).
+//! - Each connect first reserves a slot in its host's connection count (see
+//!   [`crate::budget`]), given back once the connection is closed or the connect failed; a
+//!   connect the host's budget puts off waits for a slot to be freed (or a connection to be
+//!   returned, whichever comes first).
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
@@ -27,6 +31,7 @@ use shardgate_wire::backend::TransactionStatus;
 use tokio::sync::{broadcast, Notify};
 use tracing::{debug, warn};
 
+use crate::budget::HostConnections;
 use crate::conn::{ConnectTarget, ServerConn};
 use crate::error::ServerError;
 use crate::sizing::jittered;
@@ -67,6 +72,8 @@ pub(crate) struct StoreConfig {
     pub(crate) max_size: u32,
     /// Idle longer than this, a connection is checked with a syscall before it is handed out.
     pub(crate) check_delay: Duration,
+    /// The count of this process's connections on the host, limited by its budget.
+    pub(crate) host: HostConnections,
 }
 
 /// The connections of one pool (see the module docs).
@@ -77,6 +84,7 @@ pub(crate) struct Store {
     lifetimes: Lifetimes,
     max_size: u32,
     check_delay: Duration,
+    host: HostConnections,
     slots: Mutex<Slots>,
     /// Wakes one registered waiter when a connection goes idle or a place frees up.
     available: Notify,
@@ -109,6 +117,7 @@ impl Store {
             },
             max_size: config.max_size.max(1),
             check_delay: config.check_delay,
+            host: config.host,
             slots: Mutex::default(),
             available: Notify::new(),
             errors,
@@ -147,15 +156,43 @@ impl Store {
     /// (Connections that expire while idle are closed by [`Store::sweep_idle`].)
     pub(crate) fn take_idle(&self) -> Option<Entry> {
         loop {
-            let mut entry = self.slots().idle.pop_back()?;
-            let deep = entry.stale || self.check_delay.is_zero();
-            if entry.conn.idle_check(deep) {
+            let entry = self.slots().idle.pop_back()?;
+            if let Some(entry) = self.sound(entry) {
                 return Some(entry);
             }
-            debug!(pool = %self.name, conn = entry.conn.id(), pid = entry.conn.backend_key().0,
-                "an idle server connection was found closed; taking another");
-            self.close(entry.conn);
         }
+    }
+
+    /// [`Store::take_idle`] for a checkout registered as a waiter: it stops counting as one
+    /// under the same lock that pops the connection. Counted as a waiter and holding a
+    /// connection at once, it let another waiter start a connect that the pool's permits did
+    /// not cover (one connection above the target until the next sizing round closed it).
+    fn take_idle_for(&self, waiter: &mut Waiter<'_>) -> Option<Entry> {
+        loop {
+            let entry = {
+                let mut slots = self.slots();
+                let entry = slots.idle.pop_back()?;
+                waiter.unregister(&mut slots);
+                entry
+            };
+            if let Some(entry) = self.sound(entry) {
+                return Some(entry);
+            }
+            // Closed while idle: waiting again, for another or for a connect.
+            waiter.register_again();
+        }
+    }
+
+    /// `entry` if its connection is still sound (see the module docs), else closes it.
+    fn sound(&self, mut entry: Entry) -> Option<Entry> {
+        let deep = entry.stale || self.check_delay.is_zero();
+        if entry.conn.idle_check(deep) {
+            return Some(entry);
+        }
+        debug!(pool = %self.name, conn = entry.conn.id(), pid = entry.conn.backend_key().0,
+            "an idle server connection was found closed; taking another");
+        self.close(entry.conn);
+        None
     }
 
     /// Takes a connection back from a checkout. It goes back on the idle stack unless it is
@@ -196,6 +233,7 @@ impl Store {
         };
         self.closed_broken.fetch_add(1, Ordering::Relaxed);
         drop(conn);
+        self.host.release(1);
         if wake {
             self.available.notify_one();
         }
@@ -207,28 +245,42 @@ impl Store {
     /// [`Store::subscribe_errors`], subscribed before calling this.
     pub(crate) async fn wait_for(self: &Arc<Self>, deadline: Instant) -> Option<Entry> {
         // Registered before the first look, so a connection returned from then on wakes us.
-        let _registered = Waiter::register(self);
+        let mut waiter = Waiter::register(self);
         loop {
             let notified = self.available.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if let Some(entry) = self.take_idle() {
+            if let Some(entry) = self.take_idle_for(&mut waiter) {
                 return Some(entry);
             }
+            let freed = self.host.freed();
+            let mut freed = std::pin::pin!(freed);
+            let mut put_off = false;
             let connect = {
                 let mut slots = self.slots();
                 let room = slots.open.saturating_add(slots.connecting) < self.max_size;
                 let start = room && slots.connecting < slots.waiters && slots.idle.is_empty();
                 if start {
-                    slots.connecting += 1;
+                    // Enabled before asking, so a slot freed right after a refusal wakes us.
+                    freed.as_mut().enable();
+                    put_off = !self.host.try_reserve();
                 }
-                start
+                (start && !put_off).then(|| Connecting::count(self, &mut slots))
             };
-            if connect {
-                let store = Arc::clone(self);
-                tokio::spawn(async move { store.open_one_counted().await });
+            if let Some(counted) = connect {
+                tokio::spawn(counted.open());
             }
-            if tokio::time::timeout_at(deadline.into(), notified)
+            let woken = async {
+                if put_off {
+                    tokio::select! {
+                        _ = notified.as_mut() => {}
+                        _ = freed.as_mut() => {}
+                    }
+                } else {
+                    notified.as_mut().await;
+                }
+            };
+            if tokio::time::timeout_at(deadline.into(), woken)
                 .await
                 .is_err()
             {
@@ -237,57 +289,19 @@ impl Store {
         }
     }
 
-    /// Opens one connection onto the idle stack if there is room under the ceiling (for the
-    /// `min_size` warm-up); false if there was no room or the connect failed.
-    pub(crate) async fn open_one(self: &Arc<Self>) -> bool {
-        {
+    /// Opens one connection onto the idle stack if there is room under the ceiling and the
+    /// host's budget (for the `min_size` warm-up).
+    pub(crate) async fn open_one(self: &Arc<Self>) -> Opened {
+        let counted = {
             let mut slots = self.slots();
-            if slots.open.saturating_add(slots.connecting) >= self.max_size {
-                return false;
+            if slots.open.saturating_add(slots.connecting) >= self.max_size
+                || !self.host.try_reserve()
+            {
+                return Opened::NoRoom;
             }
-            slots.connecting += 1;
-        }
-        self.open_one_counted().await
-    }
-
-    /// Opens one connection already counted in `connecting`; on success it goes on the
-    /// idle stack and wakes a waiter, on failure the error is logged and broadcast.
-    async fn open_one_counted(self: &Arc<Self>) -> bool {
-        let mut counted = Connecting {
-            store: self,
-            armed: true,
+            Connecting::count(self, &mut slots)
         };
-        match ServerConn::connect_with(&self.target, self.prepared_capacity).await {
-            Ok(conn) => {
-                let now = Instant::now();
-                let expires = self.lifetimes.of(&conn).and_then(|l| now.checked_add(l));
-                self.created.fetch_add(1, Ordering::Relaxed);
-                let wake = {
-                    let mut slots = self.slots();
-                    slots.open += 1;
-                    slots.connecting = slots.connecting.saturating_sub(1);
-                    slots.idle.push_back(Entry {
-                        conn: Box::new(conn),
-                        expires,
-                        since: now,
-                        stale: false,
-                    });
-                    slots.waiters > 0
-                };
-                counted.armed = false;
-                if wake {
-                    self.available.notify_one();
-                }
-                true
-            }
-            Err(error) => {
-                drop(counted);
-                warn!(pool = %self.name, %error, "could not open a server connection");
-                // No receiver means no checkout is waiting: nothing to tell.
-                let _ = self.errors.send(Arc::new(error));
-                false
-            }
-        }
+        counted.open().await
     }
 
     /// Closes the least recently used idle connections while more than `allowed` are open.
@@ -309,7 +323,10 @@ impl Store {
         }
         self.closed_broken
             .fetch_add(closed.len() as u64, Ordering::Relaxed);
-        u32::try_from(closed.len()).unwrap_or(u32::MAX)
+        let n = u32::try_from(closed.len()).unwrap_or(u32::MAX);
+        drop(closed);
+        self.host.release(n);
+        n
     }
 
     /// The sizing round's look at the idle stack: closes connections past their lifetime
@@ -336,39 +353,143 @@ impl Store {
         if !expired.is_empty() {
             debug!(pool = %self.name, closed = expired.len(),
                 "closed idle connections past their lifetime");
+            let n = u32::try_from(expired.len()).unwrap_or(u32::MAX);
+            drop(expired);
+            self.host.release(n);
         }
     }
 }
 
-/// Counts a checkout as waiting for a connection while it lives.
-struct Waiter<'a>(&'a Store);
+impl Drop for Store {
+    /// The idle connections close with the store (a checked-out connection and a connect in
+    /// flight each keep it alive, so every open one is idle here); their slots go back.
+    fn drop(&mut self) {
+        let slots = self.slots.get_mut().unwrap_or_else(|e| e.into_inner());
+        let open = slots.open;
+        slots.idle.clear();
+        self.host.release(open);
+    }
+}
+
+/// What a warm-up connect came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Opened {
+    Yes,
+    /// The pool's ceiling or the host's budget left no room: nothing was tried.
+    NoRoom,
+    /// The connect failed (logged and broadcast to waiting checkouts).
+    Failed,
+}
+
+/// Counts a checkout (holding a permit, no connection yet) as waiting for a connection while
+/// it lives, unless it took one.
+///
+/// Connects start only while fewer are in flight than waiters, so that open plus connecting
+/// never exceed the permits held: every waiter and every checked-out connection holds one.
+/// That holds only if no checkout counts as both, see [`Store::take_idle_for`].
+struct Waiter<'a> {
+    store: &'a Store,
+    counted: bool,
+}
 
 impl<'a> Waiter<'a> {
     fn register(store: &'a Store) -> Self {
         store.slots().waiters += 1;
-        Waiter(store)
+        Waiter {
+            store,
+            counted: true,
+        }
+    }
+
+    /// Stops counting, under the lock the caller holds to take a connection.
+    fn unregister(&mut self, slots: &mut Slots) {
+        if self.counted {
+            slots.waiters = slots.waiters.saturating_sub(1);
+            self.counted = false;
+        }
+    }
+
+    fn register_again(&mut self) {
+        if !self.counted {
+            self.store.slots().waiters += 1;
+            self.counted = true;
+        }
     }
 }
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        let mut slots = self.0.slots();
-        slots.waiters = slots.waiters.saturating_sub(1);
+        if self.counted {
+            let mut slots = self.store.slots();
+            slots.waiters = slots.waiters.saturating_sub(1);
+        }
     }
 }
 
-/// A connect counted in `connecting`: uncounted on drop while armed (also if its task is
-/// cancelled); a connect that succeeded uncounts itself as it adds the connection.
-struct Connecting<'a> {
-    store: &'a Store,
+/// A connect counted in `connecting` and holding a slot of the host's connections: both are
+/// given back on drop while armed (a failed connect, or its task dropped, even before it ran);
+/// a connect that succeeded hands them to the connection it adds.
+struct Connecting {
+    store: Arc<Store>,
     armed: bool,
 }
 
-impl Drop for Connecting<'_> {
+impl Connecting {
+    /// Counts a connect whose host slot the caller has reserved.
+    fn count(store: &Arc<Store>, slots: &mut Slots) -> Connecting {
+        slots.connecting += 1;
+        Connecting {
+            store: Arc::clone(store),
+            armed: true,
+        }
+    }
+
+    /// Opens the connection; on success it goes on the idle stack and wakes a waiter, on
+    /// failure the error is logged and broadcast.
+    async fn open(mut self) -> Opened {
+        let store = Arc::clone(&self.store);
+        match ServerConn::connect_with(&store.target, store.prepared_capacity).await {
+            Ok(conn) => {
+                let now = Instant::now();
+                let expires = store.lifetimes.of(&conn).and_then(|l| now.checked_add(l));
+                store.created.fetch_add(1, Ordering::Relaxed);
+                let wake = {
+                    let mut slots = store.slots();
+                    slots.open += 1;
+                    slots.connecting = slots.connecting.saturating_sub(1);
+                    slots.idle.push_back(Entry {
+                        conn: Box::new(conn),
+                        expires,
+                        since: now,
+                        stale: false,
+                    });
+                    slots.waiters > 0
+                };
+                self.armed = false;
+                if wake {
+                    store.available.notify_one();
+                }
+                Opened::Yes
+            }
+            Err(error) => {
+                drop(self);
+                warn!(pool = %store.name, %error, "could not open a server connection");
+                // No receiver means no checkout is waiting: nothing to tell.
+                let _ = store.errors.send(Arc::new(error));
+                Opened::Failed
+            }
+        }
+    }
+}
+
+impl Drop for Connecting {
     fn drop(&mut self) {
         if self.armed {
-            let mut slots = self.store.slots();
-            slots.connecting = slots.connecting.saturating_sub(1);
+            {
+                let mut slots = self.store.slots();
+                slots.connecting = slots.connecting.saturating_sub(1);
+            }
+            self.store.host.release(1);
         }
     }
 }

@@ -77,9 +77,11 @@ struct Sample {
     /// Server connections of the pools' users (pg_stat_activity, application_name
     /// shardgate-test as the test targets set it).
     server: u32,
-    /// Sum of the pools' open connections, then of their targets (read after the count,
-    /// so a target that only grows is never under the connections it allowed).
+    /// Sum of the pools' open connections and of those being opened (a backend is listed in
+    /// pg_stat_activity from the start of its login), then of their targets (read after the
+    /// counts, so a target that only grows is never under the connections it allowed).
     connections: u32,
+    connecting: u32,
     targets: u32,
 }
 
@@ -102,11 +104,12 @@ async fn spawn_sampler(
                 .await
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(u32::MAX);
-            let connections = pools.iter().map(|p| p.state().connections).sum();
+            let states: Vec<_> = pools.iter().map(|p| p.state()).collect();
             let targets = pools.iter().map(|p| p.state().target).sum();
             samples.push(Sample {
                 server,
-                connections,
+                connections: states.iter().map(|s| s.connections).sum(),
+                connecting: states.iter().map(|s| s.connecting).sum(),
                 targets,
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -220,9 +223,21 @@ async fn pools_on_one_host_stay_within_its_budget_together() {
     assert_eq!(peak, 6, "the pools grow until the budget stops them");
     for s in &samples {
         assert!(s.targets <= 6, "over the host budget: {s:?}");
-        assert!(s.connections <= 6, "over the host budget: {s:?}");
+        assert!(
+            s.connections + s.connecting <= 6,
+            "over the host budget: {s:?}"
+        );
+        // Strict on the server too: nothing closes under this load (no shrink, no lifetime
+        // reached), so no backend of a closed connection can still be listed here. It once
+        // read 7, with 7 open: a checkout counted as waiting while it held a connection let
+        // another start a connect no permit covered.
         assert!(s.server <= 6, "over the host budget on the server: {s:?}");
     }
+    assert!(
+        pools.budgets().connections(&host) <= 6,
+        "{:?}",
+        pools.budgets()
+    );
     assert_eq!(
         pools.budgets().allocated(&host),
         a.state().target + b.state().target
@@ -246,6 +261,168 @@ async fn pools_on_one_host_stay_within_its_budget_together() {
         a.state().target >= 1 && b.state().target >= 1,
         "never under one"
     );
+}
+
+/// Server connections of both test users.
+fn server_count_both(pg: &PgServer) -> String {
+    pg.psql(&format!(
+        "select count(*) from pg_stat_activity where usename in ('{SCRAM_USER}', '{MD5_USER}')"
+    ))
+}
+
+/// A pool that shrinks while all its connections are checked out gives its budget back at
+/// once, but the connection above its new target closes only when it comes back. Another pool
+/// that grows into that budget must wait for the connection to close rather than connect (it
+/// used to connect: one connection over the host's budget until the first came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_given_back_by_a_shrink_is_used_only_once_the_connection_closed() {
+    common::init_tracing();
+    let pg = PgServer::start();
+    let pools = Pools::default();
+    let host = pg.tcp_host();
+    pools.budgets().set_budget(&host, Some(3));
+    // Pool a grows only when more than twice its target is wanted, and shrinks once fewer
+    // than 1.5 × its target have been in use for 200 ms: two connections held make it grow
+    // from 1 (with a third checkout waiting), then shrink back to 1 while both are still out,
+    // and then stay there.
+    let mut a_settings = settings(1, 2, Duration::from_millis(200));
+    a_settings.scale_up_at = 2.0;
+    a_settings.scale_down_at = 1.5;
+    let a = pools.get_or_create(key(&pg, SCRAM_USER), || {
+        (pg.target(SCRAM_USER, Some(SCRAM_PW)), a_settings)
+    });
+    let b = pools.get_or_create(key(&pg, MD5_USER), || {
+        (
+            pg.target(MD5_USER, Some(MD5_PW)),
+            settings(1, 2, Duration::from_secs(600)),
+        )
+    });
+    wait_for("b's min_size connection", Duration::from_secs(10), || {
+        b.state().connections == 1
+    })
+    .await;
+
+    let a1 = a.checkout().await.expect("a's first checkout");
+    // Two more checkouts wait: a grows to 2 (the budget's third connection); the first to
+    // get the new place keeps it, the other is dropped.
+    let a2 = tokio::select! {
+        c = a.checkout() => c,
+        c = a.checkout() => c,
+    }
+    .expect("a's second checkout");
+    assert_eq!(pools.budgets().allocated(&host), 3);
+    assert_eq!(pools.budgets().connections(&host), 3);
+
+    wait_for("a to shrink", Duration::from_secs(20), || {
+        a.state().target == 1
+    })
+    .await;
+    assert_eq!(
+        pools.budgets().allocated(&host),
+        2,
+        "a's shrink gave one back"
+    );
+    assert_eq!(a.state().connections, 2, "both of a's connections are out");
+
+    // b takes its connection and grows into the budget a gave back; its second checkout
+    // must not connect while a still has two connections open.
+    let b1 = b.checkout().await.expect("b's first checkout");
+    let deferred = pools.budgets().deferred_connects(&host);
+    let b2 = tokio::spawn({
+        let b = b.clone();
+        async move { b.checkout().await }
+    });
+    wait_for(
+        "b's second checkout to connect or be put off",
+        Duration::from_secs(20),
+        || b2.is_finished() || pools.budgets().deferred_connects(&host) > deferred,
+    )
+    .await;
+    assert!(
+        !b2.is_finished(),
+        "b connected while a's connection above its target was still open"
+    );
+    assert_eq!(b.state().target, 2, "b grew into the budget a gave back");
+    assert_eq!(pools.budgets().connections(&host), 3);
+    assert_eq!(server_count_both(&pg), "3");
+
+    // a's connection comes back and closes (its pool shrank): b connects in its place.
+    drop(a2);
+    let mut b2 = tokio::time::timeout(Duration::from_secs(30), b2)
+        .await
+        .expect("b's second checkout in time")
+        .expect("checkout task")
+        .expect("b's second checkout");
+    assert_eq!(query_one(&mut b2, "select 1").await.as_deref(), Some("1"));
+    assert_eq!(a.state().connections, 1);
+    assert_eq!(pools.budgets().connections(&host), 3);
+    wait_for(
+        "a's closed backend to exit",
+        Duration::from_secs(10),
+        || server_count_both(&pg) == "3",
+    )
+    .await;
+    drop((a1, b1, b2));
+}
+
+/// A pool that is removed gives its budget back when the pool goes, but a connection checked
+/// out of it stays open until it is returned: other pools may grow, but connect only once it
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_of_a_removed_pool_is_used_only_once_its_connections_closed() {
+    common::init_tracing();
+    let pg = PgServer::start();
+    let pools = Pools::default();
+    let host = pg.tcp_host();
+    pools.budgets().set_budget(&host, Some(2));
+    let idle = Duration::from_secs(600);
+    let a_key = key(&pg, SCRAM_USER);
+    let a = pools.get_or_create(a_key.clone(), || {
+        (pg.target(SCRAM_USER, Some(SCRAM_PW)), settings(1, 1, idle))
+    });
+    let b = pools.get_or_create(key(&pg, MD5_USER), || {
+        (pg.target(MD5_USER, Some(MD5_PW)), settings(1, 2, idle))
+    });
+    let a1 = a.checkout().await.expect("a's checkout");
+    let b1 = b.checkout().await.expect("b's first checkout");
+    assert_eq!(pools.budgets().connections(&host), 2);
+
+    pools.remove(&a_key);
+    drop(a);
+    wait_for(
+        "a's budget to be given back",
+        Duration::from_secs(10),
+        || pools.budgets().allocated(&host) == 1,
+    )
+    .await;
+
+    let deferred = pools.budgets().deferred_connects(&host);
+    let b2 = tokio::spawn({
+        let b = b.clone();
+        async move { b.checkout().await }
+    });
+    wait_for(
+        "b's second checkout to connect or be put off",
+        Duration::from_secs(20),
+        || b2.is_finished() || pools.budgets().deferred_connects(&host) > deferred,
+    )
+    .await;
+    assert!(
+        !b2.is_finished(),
+        "b connected while the removed pool's connection was still open"
+    );
+    assert_eq!(server_count_both(&pg), "2");
+
+    // The removed pool's last connection comes back: its store goes, and the connection too.
+    drop(a1);
+    let mut b2 = tokio::time::timeout(Duration::from_secs(30), b2)
+        .await
+        .expect("b's second checkout in time")
+        .expect("checkout task")
+        .expect("b's second checkout");
+    assert_eq!(query_one(&mut b2, "select 1").await.as_deref(), Some("1"));
+    assert_eq!(pools.budgets().connections(&host), 2);
+    drop((b1, b2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
