@@ -42,7 +42,7 @@ impl ClientIo {
             reader: FrameReader::new(stream, max_message_size),
             // Small to start: an idle client should cost little (thousands may sit idle);
             // the buffer grows to what the client's results need and keeps that capacity.
-            out: BytesMut::with_capacity(1024),
+            out: BytesMut::with_capacity(512),
             write_timeout: Duration::ZERO,
             tally: None,
             capture: None,

@@ -120,15 +120,18 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
         db = tracing::field::Empty
     );
     let hard_stop = end_of_shutdown(shutdown.clone(), shared.config().listen.shutdown_timeout);
-    let serve =
-        async move {
-            let config = shared.config();
-            let mut io = ClientIo::new(stream, config.listen.max_message_size);
-            io.write_timeout = config.timeouts.client_write_timeout;
-            io.reader
-                .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
-            let login =
-                match tokio::time::timeout(config.listen.startup_timeout, login(&mut io, &shared))
+    let serve = async move {
+        let config = shared.config();
+        let mut io = ClientIo::new(stream, config.listen.max_message_size);
+        io.write_timeout = config.timeouts.client_write_timeout;
+        io.reader
+            .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
+        let login =
+                // Boxed, as serving a batch: logins are rare, their state large.
+                match tokio::time::timeout(
+                    config.listen.startup_timeout,
+                    Box::pin(login(&mut io, &shared)),
+                )
                     .await
                 {
                     Ok(Ok(Some(login))) => login,
@@ -147,20 +150,20 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
                         return;
                     }
                 };
-            io.reader.set_limit(config.listen.max_message_size);
-            let mut session = Session::new(id, io, &shared, login, shutdown);
-            let result = match session.finish_login().await {
-                Ok(server) => session.run(server).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
-                Err(e) => info!(error = %e, "client session ended"),
-            }
-            session.shared.cancels.unregister(session.cancel_key.0);
-            session.io.shutdown().await;
+        io.reader.set_limit(config.listen.max_message_size);
+        let mut session = Session::new(id, io, &shared, login, shutdown);
+        let result = match Box::pin(session.finish_login()).await {
+            Ok(server) => session.run(server).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
+            Err(e) => info!(error = %e, "client session ended"),
         }
-        .instrument(span);
+        session.shared.cancels.unregister(session.cancel_key.0);
+        session.io.shutdown().await;
+    }
+    .instrument(span);
     // Shutdown ends at its timeout whatever a session is doing (waiting on a server, a client
     // that does not read): the session is dropped then, closing both sockets.
     tokio::select! {
@@ -229,7 +232,8 @@ impl Session {
             state: SessionState::from_startup(&login.params),
             replies: ReplyQueue::default(),
             txn: TxnState::default(),
-            to_server: BytesMut::with_capacity(1024),
+            // Allocated at the first statement (and kept): an idle login costs nothing here.
+            to_server: BytesMut::new(),
             cancel,
             cancel_key: (pid, secret),
             encoding: Default::default(),
@@ -287,176 +291,196 @@ impl Session {
         self.query_guard = Some((guard, active));
     }
 
-    /// The main loop.
+    /// The main loop: an idle session waits for its client's next batch in a small future;
+    /// serving the batch is boxed, so thousands of idle sessions do not each carry the
+    /// relay's state (one allocation per batch instead).
     async fn run(&mut self, held: Option<PooledConn>) -> Result<(), SessionError> {
-        let mut next: Option<(PooledConn, Vec<Frame>)> = held.map(|s| (s, Vec::new()));
+        let mut next = held.map(|s| Step::Attached(s, Vec::new()));
         loop {
-            let (mut server, batch) = match next.take() {
-                Some(attach) => attach,
+            let step = match next.take() {
+                Some(step) => step,
                 None => {
                     let initial = std::mem::take(&mut self.parked);
-                    let Some(batch) = self.read_detached_batch(initial).await? else {
-                        return Ok(());
-                    };
-                    if self.answer_locally(&batch) {
-                        continue;
+                    match self.read_detached_batch(initial).await? {
+                        Some(batch) => Step::Detached(batch),
+                        None => return Ok(()),
                     }
-                    let version = self.shared.topology_version();
-                    match self.route_batch(&batch) {
-                        Ok(Target::Shard(shard)) => self.shard = shard,
-                        Ok(Target::Many { shards, plan }) => {
-                            // A BEGIN in front (pgjdbc): deferred; the rest opens the
-                            // transaction on the shards.
-                            let batch = match self.split_leading_begin(&batch) {
-                                Some(rest) => {
-                                    self.parked = rest;
-                                    continue;
-                                }
-                                None => batch,
-                            };
-                            if let Some(what) = self.batch_pins(&batch) {
-                                let e = crate::pinning::many_shards_refusal(what);
-                                let record =
-                                    self.start_batch_record(&batch, StatementRoute::Refused, 0);
-                                self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
-                                self.finish_batch_record(record);
-                                self.io.flush().await?;
-                                continue;
+                }
+            };
+            match Box::pin(self.serve(step)).await? {
+                Next::Read => {}
+                Next::Attach(server, batch) => next = Some(Step::Attached(server, batch)),
+                Next::End => return Ok(()),
+            }
+        }
+    }
+
+    /// Serves one batch: routes and attaches a detached one, then relays until the server
+    /// connection is released (or the batch ran without one).
+    async fn serve(&mut self, step: Step) -> Result<Next, SessionError> {
+        let (mut server, batch) = match step {
+            Step::Attached(server, batch) => (server, batch),
+            Step::Detached(batch) => {
+                if self.answer_locally(&batch) {
+                    return Ok(Next::Read);
+                }
+                let version = self.shared.topology_version();
+                match self.route_batch(&batch) {
+                    Ok(Target::Shard(shard)) => self.shard = shard,
+                    Ok(Target::Many { shards, plan }) => {
+                        // A BEGIN in front (pgjdbc): deferred; the rest opens the
+                        // transaction on the shards.
+                        let batch = match self.split_leading_begin(&batch) {
+                            Some(rest) => {
+                                self.parked = rest;
+                                return Ok(Next::Read);
                             }
-                            let route = StatementRoute::of_many(&plan);
-                            let record = self.start_batch_record(&batch, route, shards.len());
-                            // Boxed, as the other multi-shard paths: their futures are
-                            // large, and inline every session's task would carry their size
-                            // even idle (8.2 KB per session instead of 4.9 KB).
-                            let ran = Box::pin(self.run_many(batch, shards, plan)).await;
-                            self.finish_batch_record(record);
-                            if let Some(server) = ran? {
-                                next = Some((server, Vec::new()));
-                            }
-                            continue;
-                        }
-                        Ok(Target::SplitInsert(split)) => {
-                            let record = self.start_batch_record(
-                                &batch,
-                                StatementRoute::SplitInsert,
-                                split.parts.len(),
-                            );
-                            let ran = Box::pin(self.run_split(batch, split)).await;
-                            self.finish_batch_record(record);
-                            if let Some(server) = ran? {
-                                next = Some((server, Vec::new()));
-                            }
-                            continue;
-                        }
-                        Ok(Target::SplitCopy(copy)) => {
-                            let shards = self.shared.topo().router.shard_names().len();
-                            let record =
-                                self.start_batch_record(&batch, StatementRoute::SplitCopy, shards);
-                            let ran = Box::pin(self.run_copy(batch, copy)).await;
-                            self.finish_batch_record(record);
-                            if let Some(server) = ran? {
-                                next = Some((server, Vec::new()));
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            if e.code == sqlstate::PROTOCOL_VIOLATION {
-                                self.io.fatal(e.code, &e.message, None).await;
-                                return Err(SessionError::Protocol(e.message));
-                            }
+                            None => batch,
+                        };
+                        if let Some(what) = self.batch_pins(&batch) {
+                            let e = crate::pinning::many_shards_refusal(what);
                             let record =
                                 self.start_batch_record(&batch, StatementRoute::Refused, 0);
                             self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
                             self.finish_batch_record(record);
                             self.io.flush().await?;
-                            continue;
+                            return Ok(Next::Read);
                         }
+                        let route = StatementRoute::of_many(&plan);
+                        let record = self.start_batch_record(&batch, route, shards.len());
+                        // Boxed, as the other multi-shard paths: their futures are
+                        // large, and inline every session's task would carry their size
+                        // even idle (8.2 KB per session instead of 4.9 KB).
+                        let ran = Box::pin(self.run_many(batch, shards, plan)).await;
+                        self.finish_batch_record(record);
+                        if let Some(server) = ran? {
+                            return Ok(Next::Attach(server, Vec::new()));
+                        }
+                        return Ok(Next::Read);
                     }
-                    let role = self.batch_role(&batch);
-                    match self.checkout_for(role).await {
-                        Ok((s, guard)) if self.shared.topology_version() != version => {
-                            // A new shard map arrived while the batch waited for a connection:
-                            // it was routed by the old one (the relay would refuse it with
-                            // 40001, the map having changed under it). Route it again.
-                            crate::cancel::set_target(&self.cancel, None).await;
-                            drop((s, guard));
-                            self.parked = batch;
-                            continue;
+                    Ok(Target::SplitInsert(split)) => {
+                        let record = self.start_batch_record(
+                            &batch,
+                            StatementRoute::SplitInsert,
+                            split.parts.len(),
+                        );
+                        let ran = Box::pin(self.run_split(batch, split)).await;
+                        self.finish_batch_record(record);
+                        if let Some(server) = ran? {
+                            return Ok(Next::Attach(server, Vec::new()));
                         }
-                        Ok((s, guard)) => {
-                            let active = CountGuard::new(&self.shared.activity.active);
-                            self.query_guard = Some((guard, active));
-                            self.attached_version = version;
-                            if self.releases_at_idle() {
-                                self.fence.arm(&batch, self.txn.status(), version);
-                            }
-                            (s, batch)
+                        return Ok(Next::Read);
+                    }
+                    Ok(Target::SplitCopy(copy)) => {
+                        let shards = self.shared.topo().router.shard_names().len();
+                        let record =
+                            self.start_batch_record(&batch, StatementRoute::SplitCopy, shards);
+                        let ran = Box::pin(self.run_copy(batch, copy)).await;
+                        self.finish_batch_record(record);
+                        if let Some(server) = ran? {
+                            return Ok(Next::Attach(server, Vec::new()));
                         }
-                        Err(f) => {
-                            let pool = self.pool().name();
-                            warn!(%pool, error = %f.message, "checkout failed");
-                            self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
-                            self.io.flush().await?;
-                            continue;
+                        return Ok(Next::Read);
+                    }
+                    Err(e) => {
+                        if e.code == sqlstate::PROTOCOL_VIOLATION {
+                            self.io.fatal(e.code, &e.message, None).await;
+                            return Err(SessionError::Protocol(e.message));
                         }
+                        let record = self.start_batch_record(&batch, StatementRoute::Refused, 0);
+                        self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                        self.finish_batch_record(record);
+                        self.io.flush().await?;
+                        return Ok(Next::Read);
                     }
                 }
-            };
-            if let Some(begin) = self.take_deferred_begin(&batch) {
-                frontend::write_query(&mut self.to_server, &begin);
-                self.push_expect(Expect::Swallow);
+                let role = self.batch_role(&batch);
+                match self.checkout_for(role).await {
+                    Ok((s, guard)) if self.shared.topology_version() != version => {
+                        // A new shard map arrived while the batch waited for a connection:
+                        // it was routed by the old one (the relay would refuse it with
+                        // 40001, the map having changed under it). Route it again.
+                        crate::cancel::set_target(&self.cancel, None).await;
+                        drop((s, guard));
+                        self.parked = batch;
+                        return Ok(Next::Read);
+                    }
+                    Ok((s, guard)) => {
+                        let active = CountGuard::new(&self.shared.activity.active);
+                        self.query_guard = Some((guard, active));
+                        self.attached_version = version;
+                        if self.releases_at_idle() {
+                            self.fence.arm(&batch, self.txn.status(), version);
+                        }
+                        (s, batch)
+                    }
+                    Err(f) => {
+                        let pool = self.pool().name();
+                        warn!(%pool, error = %f.message, "checkout failed");
+                        self.fail_batch(&batch, &f.code, &f.message, f.hint.as_deref());
+                        self.io.flush().await?;
+                        return Ok(Next::Read);
+                    }
+                }
             }
-            let outcome = self.attached(&mut server, batch).await;
-            match outcome {
-                Ok(Detach::Release) => {
-                    self.end_other_shards().await;
-                    self.release(&mut server).await;
-                    self.retry_fenced().await;
-                }
-                Ok(Detach::OtherShards) => {
-                    let batch = std::mem::take(&mut self.parked);
-                    match Box::pin(self.run_in_transaction(server, batch)).await {
-                        Ok(InTransaction::Attach(server, batch)) => next = Some((server, batch)),
-                        Ok(InTransaction::Ended(mut server)) => {
-                            self.io.flush().await?;
-                            self.release(&mut server).await;
-                        }
-                        Err(e) => {
-                            self.end_other_shards().await;
-                            return Err(e);
-                        }
+        };
+        if let Some(begin) = self.take_deferred_begin(&batch) {
+            frontend::write_query(&mut self.to_server, &begin);
+            self.push_expect(Expect::Swallow);
+        }
+        let outcome = self.attached(&mut server, batch).await;
+        match outcome {
+            Ok(Detach::Release) => {
+                self.end_other_shards().await;
+                self.release(&mut server).await;
+                self.retry_fenced().await;
+            }
+            Ok(Detach::OtherShards) => {
+                let batch = std::mem::take(&mut self.parked);
+                match Box::pin(self.run_in_transaction(server, batch)).await {
+                    Ok(InTransaction::Attach(server, batch)) => {
+                        return Ok(Next::Attach(server, batch))
+                    }
+                    Ok(InTransaction::Ended(mut server)) => {
+                        self.io.flush().await?;
+                        self.release(&mut server).await;
+                    }
+                    Err(e) => {
+                        self.end_other_shards().await;
+                        return Err(e);
                     }
                 }
-                Ok(Detach::Terminate) => {
-                    self.end_other_shards().await;
-                    self.cleanup(&mut server).await;
-                    return Ok(());
+            }
+            Ok(Detach::Terminate) => {
+                self.end_other_shards().await;
+                self.cleanup(&mut server).await;
+                return Ok(Next::End);
+            }
+            Ok(Detach::ServerLost) => {
+                // The server connection was lost; it is broken and will not be reused.
+                // (Its requests were answered with errors, a held statement's too.) Session
+                // state it was pinned for is gone with it.
+                self.fence.take_pending();
+                self.pin.release();
+                self.end_other_shards().await;
+                self.release(&mut server).await;
+            }
+            Err(e) => {
+                self.end_other_shards().await;
+                self.cleanup(&mut server).await;
+                if let SessionError::ServerLost(msg) = &e {
+                    self.io
+                        .fatal(
+                            sqlstate::CONNECTION_FAILURE,
+                            msg,
+                            Some("reconnect and retry the transaction"),
+                        )
+                        .await;
                 }
-                Ok(Detach::ServerLost) => {
-                    // The server connection was lost; it is broken and will not be reused.
-                    // (Its requests were answered with errors, a held statement's too.) Session
-                    // state it was pinned for is gone with it.
-                    self.fence.take_pending();
-                    self.pin.release();
-                    self.end_other_shards().await;
-                    self.release(&mut server).await;
-                }
-                Err(e) => {
-                    self.end_other_shards().await;
-                    self.cleanup(&mut server).await;
-                    if let SessionError::ServerLost(msg) = &e {
-                        self.io
-                            .fatal(
-                                sqlstate::CONNECTION_FAILURE,
-                                msg,
-                                Some("reconnect and retry the transaction"),
-                            )
-                            .await;
-                    }
-                    return Err(e);
-                }
+                return Err(e);
             }
         }
+        Ok(Next::Read)
     }
 
     /// Forwards between the client and `server` until the connection can be released, the
@@ -765,6 +789,24 @@ impl Session {
             server.set_session_fingerprint(0);
         }
     }
+}
+
+/// What the main loop does next.
+enum Step {
+    /// Route and serve a batch read from the client.
+    Detached(Vec<Frame>),
+    /// Go on relaying on this connection (a transaction continues), starting with the batch.
+    Attached(PooledConn, Vec<Frame>),
+}
+
+/// What serving a batch left the main loop to do.
+enum Next {
+    /// Read the client's next batch.
+    Read,
+    /// Relay on this connection.
+    Attach(PooledConn, Vec<Frame>),
+    /// The session is over (the client said Terminate).
+    End,
 }
 
 /// How an attachment to a server connection ended.

@@ -95,7 +95,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             // Grows by 8 KiB when a read needs room (see `read_frame`); small to start so
             // that idle connections stay cheap.
-            buf: BytesMut::with_capacity(2 * 1024),
+            buf: BytesMut::with_capacity(1024),
             limit,
             filled: false,
         }
@@ -162,7 +162,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() - self.buf.len() < 1024 {
                 // 8 KiB more only while reads fill the buffer (a stream of messages, e.g.
                 // COPY data); otherwise 1 KiB, which a buffer whose frames are all gone takes
-                // back in place: thousands of mostly idle clients keep 2 KiB each, not 10.
+                // back in place: thousands of mostly idle clients keep 1 KiB each, not 10.
                 self.buf.reserve(if self.filled { 8 * 1024 } else { 1024 });
             }
             let room = self.buf.capacity() - self.buf.len();
