@@ -71,6 +71,10 @@ const EDGE_CASES: &[&str] = &[
     "select date '2024-01-01', interval '1 day', value '3'",
     "and 'x' or 'y' RETURNING 'z' by 'q' Select'1'",
     "select a from t where a = $2 and b = 7 and c = 'x'",
+    // The highest parameter numbers: placeholders after them wrap (as release builds did;
+    // a debug build panicked on the overflow).
+    "select $18446744073709551615, 1, 2",
+    "select $18446744073709551614, 1, 2",
     "select $99999999999999999999999, 1",
     "select $0, 1",
     "123abc 0x1F 1_000 1e3e4",
