@@ -277,3 +277,26 @@ fn statements_with_literals_match_the_reference() {
         assert_same(&sql);
     }
 }
+
+#[test]
+fn value_context_words_match_the_reference() {
+    // Each word of the reference's list, in several cases, and near misses around it, before
+    // a string literal (glued and spaced).
+    for word in reference::VALUE_CONTEXT_WORDS {
+        let upper = word.to_ascii_uppercase();
+        let mut title = word.to_string();
+        title[..1].make_ascii_uppercase();
+        let longer = format!("{word}s");
+        let shorter = &word[..word.len() - 1];
+        for w in [
+            word,
+            upper.as_str(),
+            title.as_str(),
+            longer.as_str(),
+            shorter,
+        ] {
+            assert_same(&format!("select a from t where {w} 'x' = b"));
+            assert_same(&format!("select {w}'x'"));
+        }
+    }
+}

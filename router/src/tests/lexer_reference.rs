@@ -364,7 +364,7 @@ pub(crate) fn fingerprint_text(sql: &str) -> String {
 
 /// Words after which a string literal is an ordinary value (not the value of a typed literal
 /// such as `DATE '2024-01-01'`, which a parameter cannot replace).
-const VALUE_CONTEXT_WORDS: &[&str] = &[
+pub(crate) const VALUE_CONTEXT_WORDS: &[&str] = &[
     "and",
     "or",
     "not",
