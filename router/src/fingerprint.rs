@@ -15,6 +15,8 @@
 //!   PostgreSQL reads them);
 //! - nothing makes it give up: a number glued to a word is replaced all the same.
 
+use std::ops::Range;
+
 use crate::normalize::string_in_value_context;
 use crate::text::{Lexer, TokKind};
 
@@ -25,13 +27,27 @@ pub const MAX_FINGERPRINT_TEXT: usize = 4096;
 trait Sink {
     /// Between two tokens; `spaced` when the text had whitespace (or a comment) there.
     fn boundary(&mut self, spaced: bool);
-    fn piece(&mut self, s: &str, fold_case: bool);
+    /// The unquoted word `sql[range]` (the hash folds its case).
+    fn word(&mut self, sql: &str, range: Range<usize>);
+    /// Any other token, `sql[range]`.
+    fn piece(&mut self, sql: &str, range: Range<usize>);
     fn placeholder(&mut self, n: usize);
 }
 
 /// FNV-1a, 64 bits: stable across processes and versions, so a fingerprint id means the same
 /// statement after a restart and on every proxy of a fleet.
 struct Fnv(u64);
+
+/// ASCII lower case of every byte (other bytes as they are), one load per byte.
+static LOWER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).to_ascii_lowercase();
+        b += 1;
+    }
+    t
+};
 
 impl Fnv {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -49,10 +65,20 @@ impl Sink for Fnv {
         self.byte(0x1f);
     }
 
-    fn piece(&mut self, s: &str, fold_case: bool) {
-        for b in s.bytes() {
-            self.byte(if fold_case { b.to_ascii_lowercase() } else { b });
+    fn word(&mut self, sql: &str, range: Range<usize>) {
+        let mut h = self.0;
+        for &b in &sql.as_bytes()[range] {
+            h = (h ^ u64::from(LOWER[usize::from(b)])).wrapping_mul(Fnv::PRIME);
         }
+        self.0 = h;
+    }
+
+    fn piece(&mut self, sql: &str, range: Range<usize>) {
+        let mut h = self.0;
+        for &b in &sql.as_bytes()[range] {
+            h = (h ^ u64::from(b)).wrapping_mul(Fnv::PRIME);
+        }
+        self.0 = h;
     }
 
     fn placeholder(&mut self, n: usize) {
@@ -78,9 +104,13 @@ impl Sink for Text {
         }
     }
 
-    fn piece(&mut self, s: &str, _fold_case: bool) {
+    fn word(&mut self, sql: &str, range: Range<usize>) {
+        self.piece(sql, range);
+    }
+
+    fn piece(&mut self, sql: &str, range: Range<usize>) {
         if self.0.len() < MAX_FINGERPRINT_TEXT {
-            self.0.push_str(s);
+            self.0.push_str(&sql[range]);
         }
     }
 
@@ -92,65 +122,89 @@ impl Sink for Text {
     }
 }
 
-/// The text's highest `$n` (0 without parameters); a `$` is rare, so usually no second pass.
-fn highest_param(sql: &str) -> usize {
-    if !sql.as_bytes().contains(&b'$') {
-        return 0;
-    }
-    Lexer::new(sql)
-        .filter(|t| t.kind == TokKind::Param)
-        .filter_map(|t| {
-            sql.get(t.range.start + 1..t.range.end)?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0)
+/// What a walk saw besides its pieces.
+struct Walked {
+    /// The text's highest `$n` (0 without parameters).
+    highest_param: usize,
+    /// Literals replaced by placeholders.
+    placeholders: usize,
 }
 
-fn walk(sql: &str, sink: &mut impl Sink) {
-    let mut next_placeholder = highest_param(sql) + 1;
+/// The number of a parameter token's digits (`None` if it does not fit: not counted).
+fn param_number(digits: &[u8]) -> Option<usize> {
+    digits.iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?
+            .checked_add(usize::from(d.wrapping_sub(b'0')))
+    })
+}
+
+/// One pass over the tokens, numbering placeholders from `first_placeholder`. The numbers must
+/// follow the text's own highest parameter, which only the walk finds: callers walk once from
+/// 1 and again only if the text had both parameters and replaced literals (a Parse's `$1`
+/// with no literals, the usual case with parameters, takes one pass).
+fn walk(sql: &str, sink: &mut impl Sink, first_placeholder: usize) -> Walked {
+    let bytes = sql.as_bytes();
+    let mut next_placeholder = first_placeholder;
+    let mut walked = Walked {
+        highest_param: 0,
+        placeholders: 0,
+    };
     let mut prev: Option<(TokKind, usize, usize)> = None;
-    let mut any = false;
     for tok in Lexer::new(sql) {
-        let range = tok.range.clone();
+        let (start, end) = (tok.range.start, tok.range.end);
         let replace = match tok.kind {
             TokKind::Comment => continue,
             TokKind::Number => true,
-            TokKind::Quoted => {
-                sql.as_bytes()[range.start] == b'\'' && string_in_value_context(sql, prev)
+            TokKind::Quoted => bytes[start] == b'\'' && string_in_value_context(sql, prev),
+            TokKind::Param => {
+                if let Some(n) = bytes.get(start + 1..end).and_then(param_number) {
+                    walked.highest_param = walked.highest_param.max(n);
+                }
+                false
             }
             _ => false,
         };
-        if any {
-            sink.boundary(prev.is_some_and(|(_, _, end)| end != range.start));
+        if let Some((_, _, prev_end)) = prev {
+            sink.boundary(prev_end != start);
         }
-        any = true;
         if replace {
             sink.placeholder(next_placeholder);
-            next_placeholder += 1;
+            // Wrapping: `$18446744073709551615` in a text must not panic (the number is then
+            // meaningless, but the same for every text of that shape).
+            next_placeholder = next_placeholder.wrapping_add(1);
+            walked.placeholders += 1;
+        } else if tok.kind == TokKind::Word {
+            sink.word(sql, start..end);
         } else {
-            sink.piece(&sql[range.clone()], tok.kind == TokKind::Word);
+            sink.piece(sql, start..end);
         }
-        prev = Some((tok.kind, range.start, range.end));
+        prev = Some((tok.kind, start, end));
     }
+    walked
 }
 
 /// The fingerprint's hash: equal for texts that differ only in literal values, comments,
 /// whitespace and the case of unquoted words (the text shows one of them: the first seen). Allocates nothing.
 pub fn fingerprint_hash(sql: &str) -> u64 {
     let mut h = Fnv(Fnv::OFFSET);
-    walk(sql, &mut h);
+    let walked = walk(sql, &mut h, 1);
+    if walked.highest_param > 0 && walked.placeholders > 0 {
+        h = Fnv(Fnv::OFFSET);
+        walk(sql, &mut h, walked.highest_param.wrapping_add(1));
+    }
     h.0
 }
 
 /// The fingerprint's text (as first written: the case of its words is the text's own), cut
 /// at [`MAX_FINGERPRINT_TEXT`] bytes.
 pub fn fingerprint_text(sql: &str) -> String {
-    let mut t = Text(String::with_capacity(
-        sql.len().min(MAX_FINGERPRINT_TEXT) + 8,
-    ));
-    walk(sql, &mut t);
+    let capacity = sql.len().min(MAX_FINGERPRINT_TEXT) + 8;
+    let mut t = Text(String::with_capacity(capacity));
+    let walked = walk(sql, &mut t, 1);
+    if walked.highest_param > 0 && walked.placeholders > 0 {
+        t.0.clear();
+        walk(sql, &mut t, walked.highest_param.wrapping_add(1));
+    }
     t.0
 }
 

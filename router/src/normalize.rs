@@ -29,35 +29,47 @@ pub struct Normalized<'a> {
     pub literals: Vec<Cow<'a, str>>,
 }
 
-/// Words after which a string literal is an ordinary value (not the value of a typed literal
-/// such as `DATE '2024-01-01'`, which a parameter cannot replace).
-const VALUE_CONTEXT_WORDS: &[&str] = &[
-    "and",
-    "or",
-    "not",
-    "in",
-    "like",
-    "ilike",
-    "then",
-    "else",
-    "when",
-    "select",
-    "between",
-    "is",
-    "distinct",
-    "from",
-    "any",
-    "all",
-    "some",
-    "escape",
-    "similar",
-    "to",
-    "values",
-    "set",
-    "returning",
-    "by",
-    "case",
-];
+/// Whether `word` (any case) is one after which a string literal is an ordinary value (not
+/// the value of a typed literal such as `DATE '2024-01-01'`, which a parameter cannot replace).
+fn is_value_context_word(word: &str) -> bool {
+    const LONGEST: usize = 9; // "returning"
+    let word = word.as_bytes();
+    if word.len() < 2 || word.len() > LONGEST {
+        return false;
+    }
+    let mut folded = [0u8; LONGEST];
+    for (f, b) in folded.iter_mut().zip(word) {
+        *f = b.to_ascii_lowercase();
+    }
+    matches!(
+        &folded[..word.len()],
+        b"and"
+            | b"or"
+            | b"not"
+            | b"in"
+            | b"like"
+            | b"ilike"
+            | b"then"
+            | b"else"
+            | b"when"
+            | b"select"
+            | b"between"
+            | b"is"
+            | b"distinct"
+            | b"from"
+            | b"any"
+            | b"all"
+            | b"some"
+            | b"escape"
+            | b"similar"
+            | b"to"
+            | b"values"
+            | b"set"
+            | b"returning"
+            | b"by"
+            | b"case"
+    )
+}
 
 /// The normalized form of `sql`, or `None` when there is nothing to replace or the text must
 /// be planned as written (it already has parameters, is too long, or has a number glued to a
@@ -66,43 +78,39 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
     if sql.len() > MAX_NORMALIZED_LEN {
         return None;
     }
+    let bytes = sql.as_bytes();
     let mut text = String::new();
     let mut literals: Vec<Cow<'_, str>> = Vec::new();
     let mut copied = 0; // sql[..copied] is in `text` already
     let mut prev: Option<(TokKind, usize, usize)> = None; // kind, start, end of the last code token
-    let mut glued_number = false;
     for tok in Lexer::new(sql) {
-        let range = tok.range.clone();
-        if let Some((kind, _, end)) = prev {
+        let (kind, start, end) = (tok.kind, tok.range.start, tok.range.end);
+        let replace = match kind {
+            TokKind::Param => return None,
+            TokKind::Comment => continue,
+            TokKind::Number => true,
+            TokKind::Quoted => bytes[start] == b'\'' && string_in_value_context(sql, prev),
+            _ => false,
+        };
+        if let Some((prev_kind, _, prev_end)) = prev {
             // `123abc`, `1.2.3`, `0x1F` and `1_000` mean different things in different
             // PostgreSQL versions: leave such texts alone.
-            let adjacent = end == range.start;
-            if adjacent
-                && (glued_number && matches!(tok.kind, TokKind::Word | TokKind::Number)
-                    || kind == TokKind::Word && tok.kind == TokKind::Number)
+            if prev_end == start
+                && (prev_kind == TokKind::Number && matches!(kind, TokKind::Word | TokKind::Number)
+                    || prev_kind == TokKind::Word && kind == TokKind::Number)
             {
                 return None;
             }
         }
-        let replace = match tok.kind {
-            TokKind::Param => return None,
-            TokKind::Comment => continue,
-            TokKind::Number => true,
-            TokKind::Quoted => {
-                sql.as_bytes()[range.start] == b'\'' && string_in_value_context(sql, prev)
-            }
-            _ => false,
-        };
-        glued_number = tok.kind == TokKind::Number;
-        prev = Some((tok.kind, range.start, range.end));
+        prev = Some((kind, start, end));
         if !replace {
             continue;
         }
         if literals.len() == MAX_LITERALS {
             return None;
         }
-        let literal = &sql[range.clone()];
-        let value = if tok.kind == TokKind::Number {
+        let literal = &sql[start..end];
+        let value = if kind == TokKind::Number {
             Cow::Borrowed(literal)
         } else {
             // Unterminated: planned as written; the server reports it.
@@ -110,12 +118,13 @@ pub fn normalize(sql: &str) -> Option<Normalized<'_>> {
         };
         if text.capacity() == 0 {
             text.reserve(sql.len() + 16);
+            literals.reserve(8);
         }
-        text.push_str(&sql[copied..range.start]);
+        text.push_str(&sql[copied..start]);
         literals.push(value);
         text.push('$');
         push_number(&mut text, literals.len());
-        copied = range.end;
+        copied = end;
     }
     if literals.is_empty() {
         return None;
@@ -130,15 +139,11 @@ pub(crate) fn string_in_value_context(sql: &str, prev: Option<(TokKind, usize, u
     match prev {
         None => true,
         Some((TokKind::Word, start, end)) => {
-            let word = &sql[start..end];
-            VALUE_CONTEXT_WORDS
-                .iter()
-                .any(|w| w.eq_ignore_ascii_case(word))
-                && !sql[end..].starts_with('\'')
+            sql.as_bytes().get(end) != Some(&b'\'') && is_value_context_word(&sql[start..end])
         }
         // `U&'…'`: the `&` glued to the quote.
         Some((TokKind::Other, start, end)) => {
-            !(sql.get(start..end) == Some("&") && sql[end..].starts_with('\''))
+            !(sql.get(start..end) == Some("&") && sql.as_bytes().get(end) == Some(&b'\''))
         }
         Some(_) => true,
     }
@@ -171,8 +176,9 @@ fn push_number(out: &mut String, n: usize) {
             break;
         }
     }
-    // Digits are ASCII.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
 }
 
 #[cfg(test)]

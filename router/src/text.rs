@@ -39,13 +39,81 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_' || c == '$'
 }
 
+/// What a byte can begin, for the lexer's one-lookup dispatch (whitespace skip included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// ASCII whitespace (`u8::is_ascii_whitespace`).
+    Space,
+    /// An ASCII letter or `_`.
+    Letter,
+    Digit,
+    Dot,
+    Quote,
+    DoubleQuote,
+    Dollar,
+    Dash,
+    Slash,
+    Semicolon,
+    /// The first byte of a multi-byte character: decoded and judged as a `char`.
+    NonAscii,
+    /// Any other ASCII byte: an operator or punctuation character on its own.
+    Other,
+}
+
+const fn start_table() -> [Start; 256] {
+    let mut t = [Start::NonAscii; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = match c {
+            b' ' | b'\t' | b'\n' | b'\x0C' | b'\r' => Start::Space,
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => Start::Letter,
+            b'0'..=b'9' => Start::Digit,
+            b'.' => Start::Dot,
+            b'\'' => Start::Quote,
+            b'"' => Start::DoubleQuote,
+            b'$' => Start::Dollar,
+            b'-' => Start::Dash,
+            b'/' => Start::Slash,
+            b';' => Start::Semicolon,
+            _ => Start::Other,
+        };
+        b += 1;
+    }
+    t
+}
+
+static START: [Start; 256] = start_table();
+
+/// Bytes that continue an unquoted word: ASCII letters, digits, `_` and `$` (non-ASCII bytes
+/// are not in it: the word loop leaves them to `char`).
+const fn word_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+        b += 1;
+    }
+    t
+}
+
+static WORD_BYTE: [bool; 256] = word_table();
+
+/// The character at byte `i` (`None` at the end, or if `i` is not a character boundary).
+fn char_at(sql: &str, i: usize) -> Option<char> {
+    sql.get(i..)?.chars().next()
+}
+
 /// Tokens of `sql`, whitespace skipped. Unterminated literals and comments run to the end.
 pub(crate) fn tokens(sql: &str) -> Vec<Tok> {
     Lexer::new(sql).collect()
 }
 
-/// The tokens of a text one at a time, without allocating: the plan cache's normalizer runs
-/// it on every simple-protocol statement.
+/// The tokens of a text one at a time, without allocating: the plan cache's normalizer and the
+/// fingerprint run it on every simple-protocol statement, so ASCII goes through byte tables
+/// and only non-ASCII characters are decoded (to judge them as PostgreSQL does: any Unicode
+/// letter starts a word, any Unicode white space separates).
 pub struct Lexer<'a> {
     sql: &'a str,
     pos: usize,
@@ -60,97 +128,108 @@ impl<'a> Lexer<'a> {
 impl Iterator for Lexer<'_> {
     type Item = Tok;
 
+    // Inlined into each loop over the tokens: a call per token, with its token returned
+    // through memory, cost as much as lexing a short word.
+    #[inline(always)]
     fn next(&mut self) -> Option<Tok> {
         let sql = self.sql;
         let bytes = sql.as_bytes();
         let mut i = self.pos;
-        // Whitespace: ASCII fast, anything else through `char`.
-        loop {
-            match bytes.get(i) {
-                None => {
-                    self.pos = i;
-                    return None;
-                }
-                Some(b) if b.is_ascii_whitespace() => i += 1,
-                Some(b) if b.is_ascii() => break,
-                Some(_) => match sql[i..].chars().next() {
-                    Some(c) if c.is_whitespace() => i += c.len_utf8(),
-                    _ => break,
-                },
-            }
-        }
-        let start = i;
-        let b = bytes[i];
-        let next = bytes.get(i + 1).copied();
-        let (kind, end) = if b == b'-' && next == Some(b'-') {
-            let end = memchr_newline(bytes, i);
-            (TokKind::Comment, end)
-        } else if b == b'/' && next == Some(b'*') {
-            (TokKind::Comment, block_comment_end(bytes, i))
-        } else if b == b'\'' {
-            (TokKind::Quoted, quoted_end(bytes, i, b'\'', false))
-        } else if b == b'"' {
-            (TokKind::Quoted, quoted_end(bytes, i, b'"', false))
-        } else if b == b'$' {
-            if next.is_some_and(|n| n.is_ascii_digit()) {
-                let end = digits_end(bytes, i + 1);
-                (TokKind::Param, end)
-            } else {
-                match dollar_tag(sql, i) {
-                    Some(tag) => {
-                        let body = i + tag.len();
-                        let end = sql[body..]
-                            .find(tag)
-                            .map_or(sql.len(), |n| body + n + tag.len());
-                        (TokKind::Quoted, end)
-                    }
-                    None => (TokKind::Other, i + 1),
-                }
-            }
-        } else if b.is_ascii_digit() || (b == b'.' && next.is_some_and(|n| n.is_ascii_digit())) {
-            (TokKind::Number, number_end(bytes, i))
-        } else if b == b';' {
-            (TokKind::Semicolon, i + 1)
-        } else {
-            let c = if b.is_ascii() {
-                b as char
-            } else {
-                sql[i..].chars().next().unwrap_or(' ')
+        // Whitespace, then what the first byte of the token begins, from one table lookup.
+        let start = loop {
+            let Some(&b) = bytes.get(i) else {
+                self.pos = i;
+                return None;
             };
-            if is_word_start(c) {
-                let end = word_end(sql, i + c.len_utf8());
+            match START[usize::from(b)] {
+                Start::Space => i += 1,
+                Start::NonAscii => match char_at(sql, i) {
+                    Some(c) if c.is_whitespace() => i += c.len_utf8(),
+                    _ => break Start::NonAscii,
+                },
+                other => break other,
+            }
+        };
+        let next = bytes.get(i + 1).copied();
+        let (kind, end) = match start {
+            Start::Letter => {
+                let end = word_end(sql, i + 1);
                 // E'…' (escape string) prefixes glue to the literal.
-                let word = &sql[i..end];
-                if bytes.get(end) == Some(&b'\'') && word.eq_ignore_ascii_case("e") {
+                if end == i + 1 && bytes[i] | 0x20 == b'e' && bytes.get(end) == Some(&b'\'') {
                     (TokKind::Quoted, quoted_end(bytes, end, b'\'', true))
                 } else {
                     (TokKind::Word, end)
                 }
-            } else {
-                (TokKind::Other, i + c.len_utf8())
             }
+            Start::Digit => (TokKind::Number, number_end(bytes, i)),
+            Start::Dot if next.is_some_and(|n| n.is_ascii_digit()) => {
+                (TokKind::Number, number_end(bytes, i))
+            }
+            Start::Quote => (TokKind::Quoted, quoted_end(bytes, i, b'\'', false)),
+            Start::DoubleQuote => (TokKind::Quoted, quoted_end(bytes, i, b'"', false)),
+            Start::Dollar if next.is_some_and(|n| n.is_ascii_digit()) => {
+                (TokKind::Param, digits_end(bytes, i + 1))
+            }
+            Start::Dollar => match dollar_tag_end(sql, i) {
+                Some(tag_end) => {
+                    let tag = &sql[i..tag_end];
+                    let end = sql[tag_end..]
+                        .find(tag)
+                        .map_or(sql.len(), |n| tag_end + n + tag.len());
+                    (TokKind::Quoted, end)
+                }
+                None => (TokKind::Other, i + 1),
+            },
+            Start::Dash if next == Some(b'-') => (TokKind::Comment, line_end(bytes, i)),
+            Start::Slash if next == Some(b'*') => (TokKind::Comment, block_comment_end(bytes, i)),
+            Start::Semicolon => (TokKind::Semicolon, i + 1),
+            Start::NonAscii => match char_at(sql, i) {
+                Some(c) if is_word_start(c) => (TokKind::Word, word_end(sql, i + c.len_utf8())),
+                Some(c) => (TokKind::Other, i + c.len_utf8()),
+                None => (TokKind::Other, i + 1),
+            },
+            _ => (TokKind::Other, i + 1),
         };
-        let end = end.max(start + 1).min(sql.len());
+        let end = end.max(i + 1).min(sql.len());
         self.pos = end;
         Some(Tok {
             kind,
-            range: start..end,
+            range: i..end,
         })
     }
 }
 
-/// End of a word whose remaining characters start at `i`: ASCII bytes directly, anything else
+/// End of a word whose remaining characters start at `i`: ASCII bytes by table, anything else
 /// through `char`.
-fn word_end(sql: &str, mut i: usize) -> usize {
+#[inline(always)]
+fn word_end(sql: &str, i: usize) -> usize {
+    let bytes = sql.as_bytes();
+    let mut j = i;
+    while let Some(&b) = bytes.get(j) {
+        if !WORD_BYTE[usize::from(b)] {
+            if b.is_ascii() {
+                return j;
+            }
+            return word_end_non_ascii(sql, j);
+        }
+        j += 1;
+    }
+    j
+}
+
+/// [`word_end`] from a non-ASCII character at `i` on.
+#[cold]
+#[inline(never)]
+fn word_end_non_ascii(sql: &str, mut i: usize) -> usize {
     let bytes = sql.as_bytes();
     while let Some(&b) = bytes.get(i) {
         if b.is_ascii() {
-            if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$') {
+            if !WORD_BYTE[usize::from(b)] {
                 break;
             }
             i += 1;
         } else {
-            match sql[i..].chars().next() {
+            match char_at(sql, i) {
                 Some(c) if is_word_char(c) => i += c.len_utf8(),
                 _ => break,
             }
@@ -159,18 +238,22 @@ fn word_end(sql: &str, mut i: usize) -> usize {
     i
 }
 
-fn memchr_newline(bytes: &[u8], from: usize) -> usize {
+/// End of a `--` comment starting at `from`: its newline (not included), or the text's end.
+fn line_end(bytes: &[u8], from: usize) -> usize {
     bytes[from..]
         .iter()
         .position(|&b| b == b'\n')
         .map_or(bytes.len(), |n| from + n)
 }
 
-fn digits_end(bytes: &[u8], mut i: usize) -> usize {
-    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
-        i += 1;
+fn digits_end(bytes: &[u8], i: usize) -> usize {
+    match bytes.get(i..) {
+        Some(rest) => rest
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(bytes.len(), |n| i + n),
+        None => i,
     }
-    i
 }
 
 /// End of a numeric literal at `start`: digits, an optional fraction, an optional exponent
@@ -192,21 +275,33 @@ fn number_end(bytes: &[u8], start: usize) -> usize {
     i
 }
 
+/// End of a block comment opened at `start` (`/*`), counting nested `/* */` pairs; the text's
+/// end if unterminated.
 fn block_comment_end(bytes: &[u8], start: usize) -> usize {
     let mut depth = 0usize;
     let mut i = start;
     while i + 1 < bytes.len() {
-        if bytes[i] == b'/' && bytes[i + 1] == b'*' {
-            depth += 1;
-            i += 2;
-        } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-                return i;
+        // Only `/` and `*` can open or close: jump to the next one.
+        match bytes[i..bytes.len() - 1]
+            .iter()
+            .position(|&b| b == b'/' || b == b'*')
+        {
+            Some(n) => i += n,
+            None => break,
+        }
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
             }
-        } else {
-            i += 1;
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => i += 1,
         }
     }
     bytes.len()
@@ -216,34 +311,60 @@ fn block_comment_end(bytes: &[u8], start: usize) -> usize {
 /// quote, and with `backslash` so is `\'`.
 fn quoted_end(bytes: &[u8], start: usize, quote: u8, backslash: bool) -> usize {
     let mut i = start + 1;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if backslash && b == b'\\' {
+    while let Some(rest) = bytes.get(i..) {
+        let Some(n) = rest
+            .iter()
+            .position(|&b| b == quote || (backslash && b == b'\\'))
+        else {
+            break;
+        };
+        i += n;
+        if bytes[i] != quote {
+            // A backslash: it escapes the next byte.
             i += 2;
-        } else if b == quote {
-            if bytes.get(i + 1) == Some(&quote) {
-                i += 2;
-            } else {
-                return i + 1;
-            }
+        } else if bytes.get(i + 1) == Some(&quote) {
+            i += 2;
         } else {
-            i += 1;
+            return i + 1;
         }
     }
     bytes.len()
 }
 
-/// `$tag$` or `$$` starting at `i` (not `$1`, a parameter).
-fn dollar_tag(sql: &str, i: usize) -> Option<&str> {
-    let rest = &sql[i + 1..];
-    let close = rest.find('$')?;
-    let tag = &rest[..close];
-    let mut chars = tag.chars();
-    let valid = match chars.next() {
-        None => true,
-        Some(c) => is_word_start(c) && chars.all(|c| c.is_alphanumeric() || c == '_'),
-    };
-    valid.then(|| &sql[i..i + close + 2])
+/// End (exclusive) of the opening `$tag$` or `$$` of a dollar-quoted string starting at `i`
+/// (not `$1`, a parameter): the tag is empty, or a letter or `_` followed by letters, digits
+/// and `_`, up to the next `$`.
+fn dollar_tag_end(sql: &str, i: usize) -> Option<usize> {
+    let bytes = sql.as_bytes();
+    let mut j = i + 1;
+    let mut first = true;
+    loop {
+        let b = *bytes.get(j)?;
+        if b == b'$' {
+            return Some(j + 1);
+        }
+        let (valid, len) = if b.is_ascii() {
+            let valid = if first {
+                b.is_ascii_alphabetic() || b == b'_'
+            } else {
+                b.is_ascii_alphanumeric() || b == b'_'
+            };
+            (valid, 1)
+        } else {
+            let c = char_at(sql, j)?;
+            let valid = if first {
+                is_word_start(c)
+            } else {
+                c.is_alphanumeric() || c == '_'
+            };
+            (valid, c.len_utf8())
+        };
+        if !valid {
+            return None;
+        }
+        first = false;
+        j += len;
+    }
 }
 
 /// `sql` with literals replaced by `?`, comments dropped and whitespace collapsed, for logs

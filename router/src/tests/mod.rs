@@ -1,6 +1,8 @@
 //! Unit tests of planning and routing against a fixed config (no database needed: the hash
 //! functions are proven against PostgreSQL elsewhere).
 
+mod lexer_equivalence;
+mod lexer_reference;
 mod plans;
 mod references;
 mod routes;
