@@ -89,7 +89,7 @@ impl Shared {
     }
 
     pub(crate) fn topology_version(&self) -> u64 {
-        self.topo_version.load(std::sync::atomic::Ordering::Acquire)
+        self.topo.load().version
     }
 
     /// Switches to `map` if it is newer than what this proxy holds. A map the router refuses
@@ -112,11 +112,7 @@ impl Shared {
         drop(current);
         tracing::info!(version = map.version, shards = ?map.names(), "shard map changed");
         self.config.store(Arc::new(config));
-        let version = topo.version;
         self.topo.store(Arc::new(topo));
-        // After the store: whoever sees the new version finds its map.
-        self.topo_version
-            .store(version, std::sync::atomic::Ordering::Release);
         // Sessions drop the pools they cached by shard index.
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.restart_monitor();
