@@ -5,6 +5,7 @@ mod lexer_equivalence;
 mod lexer_reference;
 mod plans;
 mod references;
+mod rng;
 mod routes;
 mod shapes;
 mod split_props;
