@@ -4,6 +4,7 @@
 //! `start` runs a proxy from a [`Config`] and returns a handle to stop it; the `shardgate`
 //! binary (main.rs) and the end-to-end tests both use it.
 
+mod attached;
 mod auth;
 mod boundary;
 mod bounds;

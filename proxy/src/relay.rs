@@ -21,7 +21,7 @@ use shardgate_router::RouteError;
 const REFUSED_BATCH_PORTAL: &[u8] = b"shardgate_refused_batch_rollback\0";
 
 /// What the session loop should do after one client or server message (how a whole
-/// attachment ends is `session::Detach`).
+/// attachment ends is `attached::Detach`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
     /// Go on relaying.
