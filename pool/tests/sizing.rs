@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::{query_one, PgServer, MD5_PW, MD5_USER, SCRAM_PW, SCRAM_USER};
 use shardgate_config::Config;
 use shardgate_pool::{
-    spawn_monitor_with_budgets, Health, HostPolicy, MonitorLogin, PoolKey, PoolSettings, Pools,
-    Role, ServerPool,
+    spawn_monitor_with_budgets, CheckoutError, Health, HostPolicy, MonitorLogin, PoolKey,
+    PoolSettings, PooledConn, Pools, Role, ServerPool,
 };
 
 fn key(pg: &PgServer, user: &str) -> PoolKey {
@@ -270,6 +270,36 @@ fn server_count_both(pg: &PgServer) -> String {
     ))
 }
 
+/// Starts a checkout of `b` in a task and waits until it either connected or was put off for
+/// want of room in the host's connections.
+async fn second_checkout(
+    pools: &Pools,
+    host: &shardgate_config::Host,
+    b: &ServerPool,
+) -> tokio::task::JoinHandle<Result<PooledConn, CheckoutError>> {
+    let deferred = pools.budgets().deferred_connects(host);
+    let b2 = tokio::spawn({
+        let b = b.clone();
+        async move { b.checkout().await }
+    });
+    wait_for(
+        "b's second checkout to connect or be put off",
+        Duration::from_secs(20),
+        || b2.is_finished() || pools.budgets().deferred_connects(host) > deferred,
+    )
+    .await;
+    b2
+}
+
+/// The connection of a checkout started by [`second_checkout`], once it is done.
+async fn finished(b2: tokio::task::JoinHandle<Result<PooledConn, CheckoutError>>) -> PooledConn {
+    tokio::time::timeout(Duration::from_secs(30), b2)
+        .await
+        .expect("b's second checkout in time")
+        .expect("checkout task")
+        .expect("b's second checkout")
+}
+
 /// A pool that shrinks while all its connections are checked out gives its budget back at
 /// once, but the connection above its new target closes only when it comes back. Another pool
 /// that grows into that budget must wait for the connection to close rather than connect (it
@@ -327,17 +357,7 @@ async fn budget_given_back_by_a_shrink_is_used_only_once_the_connection_closed()
     // b takes its connection and grows into the budget a gave back; its second checkout
     // must not connect while a still has two connections open.
     let b1 = b.checkout().await.expect("b's first checkout");
-    let deferred = pools.budgets().deferred_connects(&host);
-    let b2 = tokio::spawn({
-        let b = b.clone();
-        async move { b.checkout().await }
-    });
-    wait_for(
-        "b's second checkout to connect or be put off",
-        Duration::from_secs(20),
-        || b2.is_finished() || pools.budgets().deferred_connects(&host) > deferred,
-    )
-    .await;
+    let b2 = second_checkout(&pools, &host, &b).await;
     assert!(
         !b2.is_finished(),
         "b connected while a's connection above its target was still open"
@@ -348,11 +368,7 @@ async fn budget_given_back_by_a_shrink_is_used_only_once_the_connection_closed()
 
     // a's connection comes back and closes (its pool shrank): b connects in its place.
     drop(a2);
-    let mut b2 = tokio::time::timeout(Duration::from_secs(30), b2)
-        .await
-        .expect("b's second checkout in time")
-        .expect("checkout task")
-        .expect("b's second checkout");
+    let mut b2 = finished(b2).await;
     assert_eq!(query_one(&mut b2, "select 1").await.as_deref(), Some("1"));
     assert_eq!(a.state().connections, 1);
     assert_eq!(pools.budgets().connections(&host), 3);
@@ -396,17 +412,7 @@ async fn budget_of_a_removed_pool_is_used_only_once_its_connections_closed() {
     )
     .await;
 
-    let deferred = pools.budgets().deferred_connects(&host);
-    let b2 = tokio::spawn({
-        let b = b.clone();
-        async move { b.checkout().await }
-    });
-    wait_for(
-        "b's second checkout to connect or be put off",
-        Duration::from_secs(20),
-        || b2.is_finished() || pools.budgets().deferred_connects(&host) > deferred,
-    )
-    .await;
+    let b2 = second_checkout(&pools, &host, &b).await;
     assert!(
         !b2.is_finished(),
         "b connected while the removed pool's connection was still open"
@@ -415,11 +421,7 @@ async fn budget_of_a_removed_pool_is_used_only_once_its_connections_closed() {
 
     // The removed pool's last connection comes back: its store goes, and the connection too.
     drop(a1);
-    let mut b2 = tokio::time::timeout(Duration::from_secs(30), b2)
-        .await
-        .expect("b's second checkout in time")
-        .expect("checkout task")
-        .expect("b's second checkout");
+    let mut b2 = finished(b2).await;
     assert_eq!(query_one(&mut b2, "select 1").await.as_deref(), Some("1"));
     assert_eq!(pools.budgets().connections(&host), 2);
     drop((b1, b2));
