@@ -83,25 +83,16 @@ impl Session {
             }
             frontend::BIND => {
                 let bind = frontend::bind(frame).map_err(protocol_error)?;
-                let (text, types) = if bind.statement.is_empty() {
-                    match self.routing.unnamed() {
-                        Some((t, ty)) => (t.clone(), ty.clone()),
-                        // No unnamed statement: the server will say so.
-                        None => return Ok(None),
-                    }
-                } else {
-                    match self.statements.get(bind.statement) {
-                        Some(s) => (s.query.clone(), s.param_types.clone()),
-                        // Parsed earlier in the batch being routed (JDBC sends Parse and Bind
-                        // of a named statement together; a pipelined Parse can be held too).
-                        None => match self.routing.batch_parse(bind.statement) {
-                            Some((t, ty)) => (t.clone(), ty.clone()),
-                            None => return Ok(None),
-                        },
-                    }
+                if !bind.statement.is_empty() {
+                    // Marks the statement used, for the client's statement cache.
+                    self.statements.get(bind.statement);
+                }
+                // Not known here: the server will say so.
+                let Some((text, types)) = self.bound_statement(bind.statement) else {
+                    return Ok(None);
                 };
                 let params = frontend::bind_params(frame, &bind).map_err(protocol_error)?;
-                let plan = self.shared.topo().router.plan(&text);
+                let plan = self.shared.topo().router.plan(text);
                 // Text-format values in the client's encoding, as the server will read them.
                 let converted = self.bind_values_utf8(&params.values, &params.formats);
                 let converted_refs: Option<Vec<Option<&[u8]>>> = converted
@@ -110,7 +101,7 @@ impl Session {
                 let bound = BoundParams {
                     values: converted_refs.as_deref().unwrap_or(&params.values),
                     formats: &params.formats,
-                    types: &types,
+                    types,
                 };
                 let route = self
                     .shared
@@ -133,6 +124,44 @@ impl Session {
                 Ok(None)
             }
             _ => Ok(None),
+        }
+    }
+
+    /// The text and parameter types of the statement a Bind names (`""`: the unnamed one), if
+    /// this session knows it.
+    fn bound_statement(&self, name: &str) -> Option<(&str, &[u32])> {
+        let (text, types) = if name.is_empty() {
+            self.routing.unnamed()?
+        } else if let Some(s) = self.statements.peek(name) {
+            return Some((&s.query, &s.param_types));
+        } else {
+            // Parsed earlier in the batch being routed (JDBC sends Parse and Bind of a named
+            // statement together; a pipelined Parse can be held too).
+            self.routing.batch_parse(name)?
+        };
+        Some((text, types))
+    }
+
+    /// A lease that ran out refuses every statement but a ROLLBACK: ending a transaction
+    /// routes nothing, and a client must be able to end one that was open when the proxy lost
+    /// its store (else its connection stays in a transaction that outlives the partition).
+    fn check_lease_for(&self, frame: &Frame) -> Result<(), RouteError> {
+        let refused = match self.check_lease() {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
+        };
+        let text = match frame.tag() {
+            frontend::QUERY => frontend::query_text(frame).ok().map(|t| self.sql(t)),
+            frontend::BIND => frontend::bind(frame)
+                .ok()
+                .and_then(|b| self.bound_statement(b.statement))
+                .map(|(t, _)| std::borrow::Cow::Borrowed(t)),
+            _ => None,
+        };
+        let plan = text.map(|t| self.shared.topo().router.plan(&t));
+        match plan {
+            Some(p) if p.kind == StatementKind::Rollback && p.statement_count == 1 => Ok(()),
+            _ => Err(refused),
         }
     }
 
@@ -246,7 +275,7 @@ impl Session {
     /// Checks that a statement sent while holding a server connection belongs to its shard.
     pub(crate) fn check_pinned(&mut self, frame: &Frame) -> Result<(), RouteError> {
         if matches!(frame.tag(), frontend::QUERY | frontend::BIND) {
-            self.check_lease()?;
+            self.check_lease_for(frame)?;
         }
         if !self.shared.topo().routing {
             return Ok(());

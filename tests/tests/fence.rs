@@ -245,6 +245,28 @@ primary = {}
         .simple_query(&write(1))
         .await
         .expect("a write with the store up");
+    // Two clients in a transaction (their server connections attached) when the lease runs
+    // out; the second will end it with the extended protocol, as JDBC does.
+    let mut in_txn = Vec::new();
+    for k in [20_000, 30_000] {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.batch_execute(&format!("begin; {}", write(k)))
+            .await
+            .expect("a transaction's write with the store up");
+        in_txn.push(c);
+    }
+    let (begun, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    begun.simple_query("begin").await.expect("BEGIN");
+    let extended_rollback = in_txn[1]
+        .prepare("rollback")
+        .await
+        .expect("prepare ROLLBACK");
 
     let meta = tokio::task::spawn_blocking(move || {
         meta.stop().expect("stop meta");
@@ -267,6 +289,41 @@ primary = {}
     let db = e.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "57P03", "{db:?}");
     assert!(db.message().contains("topology store"), "{}", db.message());
+    // The transaction's next write is refused too, but its ROLLBACK is not: ending a
+    // transaction routes nothing, and a refused ROLLBACK would leave the client's connection
+    // in a transaction that outlives the partition (its next BEGIN answered 25P02).
+    for (c, k) in in_txn.iter().zip([20_001, 30_001]) {
+        let e = c
+            .simple_query(&write(k))
+            .await
+            .expect_err("a write in the transaction is refused past the lease");
+        assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
+    }
+    in_txn[0]
+        .simple_query("rollback")
+        .await
+        .expect("ROLLBACK goes through past the lease");
+    in_txn[1]
+        .execute(&extended_rollback, &[])
+        .await
+        .expect("an extended-protocol ROLLBACK goes through past the lease");
+    let e = in_txn[0]
+        .batch_execute(&format!("begin; {}", write(20_002)))
+        .await
+        .expect_err("a new transaction's write is refused past the lease");
+    assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
+    assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
+    // A BEGIN alone waited for its first statement (no server yet); that statement is
+    // refused, and the ROLLBACK ends the transaction.
+    let e = begun
+        .simple_query(&write(40_001))
+        .await
+        .expect_err("the first write of a transaction is refused past the lease");
+    assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
+    begun
+        .simple_query("rollback")
+        .await
+        .expect("ROLLBACK of a transaction that reached no server");
 
     let mut meta = meta;
     let meta = tokio::task::spawn_blocking(move || {
@@ -284,6 +341,28 @@ primary = {}
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(back, "writes go through again once the store answers");
+    // The rolled-back transaction left nothing, and its connection is usable.
+    for (c, k) in in_txn.iter().zip([20_003, 30_003]) {
+        c.batch_execute(&format!("begin; {}; commit", write(k)))
+            .await
+            .expect("a transaction after the lease came back");
+    }
+    let rows = client
+        .simple_query("select user_id from t where user_id >= 20000 order by user_id")
+        .await
+        .expect("read back");
+    let keys: Vec<&str> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        ["20003", "30003"],
+        "only the committed transactions' rows"
+    );
     drop(meta);
 }
 
