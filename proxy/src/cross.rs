@@ -512,8 +512,7 @@ impl Session {
                         let stmt = self.intern_statement(p.query, &p.param_types);
                         self.statements.insert(p.name.to_owned(), stmt);
                     } else {
-                        self.routing
-                            .set_unnamed(text.clone(), p.param_types.clone());
+                        self.routing.set_unnamed(&text, &p.param_types);
                     }
                     statement = Some((text, p.param_types.clone()));
                     client_sent_parse = true;

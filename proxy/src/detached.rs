@@ -10,6 +10,10 @@ use crate::SessionError;
 /// Messages buffered while detached before the proxy takes a connection anyway.
 const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
 
+/// Messages of a typical extended-protocol batch (Parse, Bind, Describe, Execute, Sync and a
+/// little more).
+const EXTENDED_BATCH_FRAMES: usize = 8;
+
 impl Session {
     /// Waits for the client's next unit of work while holding no server connection.
     pub(crate) async fn read_detached_batch(
@@ -64,6 +68,11 @@ impl Session {
                 | frontend::EXECUTE
                 | frontend::CLOSE => {
                     bytes += frame.len();
+                    if batch.capacity() == 0 {
+                        // Room for a driver's whole extended batch (Parse, Bind, Describe,
+                        // Execute, Sync) at once: one allocation, not a Vec grown twice.
+                        batch.reserve_exact(EXTENDED_BATCH_FRAMES);
+                    }
                     batch.push(frame);
                     if bytes > MAX_DETACHED_BATCH_BYTES {
                         return Ok(Some(batch));

@@ -97,7 +97,7 @@ impl Session {
     ) {
         if let Some((name, query, types)) = stmt.parsed {
             if name.is_empty() {
-                self.routing.set_unnamed(query, types);
+                self.routing.set_unnamed(&query, &types);
             } else {
                 let context = self.statement_context();
                 let global = self.shared.statements.intern(&query, &types, &context);

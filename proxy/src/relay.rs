@@ -62,6 +62,15 @@ impl Session {
         true
     }
 
+    /// Notes the fingerprint of the statement text the relay just read (once: the
+    /// statistics would otherwise decode and walk the text again at its ReadyForQuery).
+    fn note_fingerprint(&mut self, sql: &str) {
+        if self.shared.query_log.enabled() {
+            let hash = shardgate_router::fingerprint_hash(sql);
+            self.request.note_fingerprint(Some(hash));
+        }
+    }
+
     pub(crate) fn push_expect(&mut self, e: Expect) {
         if let Some(s) = self.replies.push(e) {
             self.emit_synth(s);
@@ -131,6 +140,10 @@ impl Session {
     /// prepares each command on first use) would otherwise wait for a connection forever.
     /// Returns false, changing nothing, when the batch needs a server.
     pub(crate) fn answer_parses_locally(&mut self, batch: &[Frame]) -> bool {
+        // Checked first: this runs for every detached batch, and most have other messages.
+        if !batch.iter().all(|f| f.tag() == frontend::PARSE) {
+            return false;
+        }
         let mut parsed = Vec::with_capacity(batch.len());
         for frame in batch {
             if frame.tag() != frontend::PARSE {
@@ -203,7 +216,9 @@ impl Session {
         match frame.tag() {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
-                if !self.track_session_state(&self.sql(text), true) {
+                let sql = self.sql(text);
+                self.note_fingerprint(&sql);
+                if !self.track_session_state(&sql, true) {
                     return Ok(Flow::Continue);
                 }
                 self.to_server.extend_from_slice(frame.as_bytes());
@@ -211,7 +226,14 @@ impl Session {
             }
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
-                if !self.track_session_state(&self.sql(parse.query), false) {
+                let sql = self.sql(parse.query);
+                if parse.name.is_empty() {
+                    self.note_fingerprint(&sql);
+                    // Routing noted it already when it routes; a plain pooler's statistics
+                    // need it too (the Bind that runs it names no text).
+                    self.routing.set_unnamed(&sql, &parse.param_types);
+                }
+                if !self.track_session_state(&sql, false) {
                     return Ok(Flow::Continue);
                 }
                 if parse.name.is_empty() {
@@ -231,6 +253,10 @@ impl Session {
             }
             frontend::BIND => {
                 let bind = frontend::bind(&frame).map_err(|e| self.protocol_error(e))?;
+                if !bind.statement.is_empty() {
+                    // The statistics use the named statement's own fingerprint.
+                    self.request.note_fingerprint(None);
+                }
                 let global = self.statements.get(bind.statement).cloned();
                 if let Some(stmt) = &global {
                     // Each execution acts on the session again (a prepared set_config), and

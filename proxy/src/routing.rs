@@ -112,13 +112,16 @@ impl Session {
             }
             frontend::PARSE => {
                 let parse = frontend::parse(frame).map_err(protocol_error)?;
-                let text = self.sql(parse.query).into_owned();
+                let text = self.sql(parse.query);
                 let plan = self.shared.topo().router.plan(&text);
                 if parse.name.is_empty() {
-                    self.routing.set_unnamed(text, parse.param_types.clone());
+                    self.routing.set_unnamed(&text, &parse.param_types);
                 } else {
-                    self.routing
-                        .note_batch_parse(parse.name, text, parse.param_types.clone());
+                    self.routing.note_batch_parse(
+                        parse.name,
+                        text.into_owned(),
+                        parse.param_types.clone(),
+                    );
                 }
                 self.routing.observe_shardgate_sets(&plan);
                 Ok(None)

@@ -91,8 +91,19 @@ impl RoutingState {
         self.unnamed.as_ref()
     }
 
-    pub(crate) fn set_unnamed(&mut self, text: String, param_types: Vec<u32>) {
-        self.unnamed = Some((text, param_types));
+    /// The client's unnamed statement is now `text`. Drivers replace it at every execution
+    /// (a Parse per statement), so its buffers are reused unless a much larger text left them
+    /// oversized.
+    pub(crate) fn set_unnamed(&mut self, text: &str, param_types: &[u32]) {
+        match &mut self.unnamed {
+            Some((t, ty)) if t.capacity() <= 4 * text.len().max(1024) => {
+                t.clear();
+                t.push_str(text);
+                ty.clear();
+                ty.extend_from_slice(param_types);
+            }
+            _ => self.unnamed = Some((text.to_owned(), param_types.to_vec())),
+        }
     }
 
     /// Remembers a named Parse of the batch being routed (up to a bound; a Bind of a statement

@@ -148,6 +148,9 @@ pub(crate) struct RequestTimer {
 pub(crate) struct Request {
     started: std::time::Instant,
     pub(crate) statement: Option<shardgate_wire::Frame>,
+    /// The statement's fingerprint hash, when the relay computed it on the way (a Query, or
+    /// an unnamed Parse of the same request), so the statistics need not read its text again.
+    pub(crate) fingerprint: Option<u64>,
     /// It executed something (a Query or Execute): a batch that only prepares or describes
     /// is no call of its statement.
     pub(crate) executed: bool,
@@ -164,6 +167,7 @@ impl RequestTimer {
         let request = self.open.get_or_insert_with(|| Request {
             started: std::time::Instant::now(),
             statement: None,
+            fingerprint: None,
             executed: false,
         });
         request.executed |= matches!(frame.tag(), frontend::QUERY | frontend::EXECUTE);
@@ -173,6 +177,11 @@ impl RequestTimer {
         ) {
             // A cheap clone (shared bytes).
             request.statement = Some(frame.clone());
+            // A new text: its fingerprint is noted after it is read. A Bind keeps the
+            // fingerprint of its unnamed Parse (see `note_fingerprint`).
+            if frame.tag() != frontend::BIND {
+                request.fingerprint = None;
+            }
         }
         if matches!(
             frame.tag(),
@@ -184,6 +193,15 @@ impl RequestTimer {
                 }
                 self.sent.push_back(done);
             }
+        }
+    }
+
+    /// The fingerprint of the statement just noted (a Query or an unnamed Parse); `None`
+    /// forgets one noted earlier in the request (a Bind of a named statement, whose own
+    /// fingerprint the statistics look up).
+    pub(crate) fn note_fingerprint(&mut self, fingerprint: Option<u64>) {
+        if let Some(request) = self.open.as_mut().or(self.sent.back_mut()) {
+            request.fingerprint = fingerprint;
         }
     }
 

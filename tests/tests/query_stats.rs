@@ -104,6 +104,17 @@ async fn fingerprints_count_calls_rows_errors_and_routes() {
             .await
             .expect("extended select");
     }
+    // Unnamed statements (Parse, Bind, Execute, Sync in one request, as most drivers send
+    // them): the fingerprint the relay noted at the Parse counts the Bind's call.
+    for k in 1..=3i64 {
+        client
+            .query_typed(
+                "select name from users where user_id = $1",
+                &[(&k, tokio_postgres::types::Type::INT8)],
+            )
+            .await
+            .expect("unnamed extended select");
+    }
     // Scatter: a read of every shard.
     for _ in 0..2 {
         client
@@ -146,9 +157,9 @@ async fn fingerprints_count_calls_rows_errors_and_routes() {
     assert_eq!((insert.shards_touched, insert.max_shards), (5, 1));
     assert!(insert.total_ms > 0.0 && insert.p99_ms > 0.0, "{insert:?}");
 
-    let simple = stat(&*control, "select name from users where user_id = $1", 8).await;
+    let simple = stat(&*control, "select name from users where user_id = $1", 11).await;
     // The simple queries and the extended ones normalize to the same text.
-    assert_eq!((simple.calls, simple.rows), (8, 8), "{simple:?}");
+    assert_eq!((simple.calls, simple.rows), (11, 11), "{simple:?}");
 
     let scatter = stat(&*control, "select count(*) from users", 2).await;
     assert_eq!(scatter.routes.scatter, 2, "{scatter:?}");
@@ -253,6 +264,56 @@ async fn fingerprints_count_calls_rows_errors_and_routes() {
     admin.stop();
     drop(client);
     env.stop().await;
+}
+
+/// A plain pooler (one shard, nothing sharded: no statement is routed) counts statements too,
+/// those a driver runs as unnamed statements included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_pooler_counts_simple_and_unnamed_statements() {
+    let env = ShardedEnv::start_edited(1, SCHEMA, &[], "", |c| {
+        c.stats.max_queries = 40;
+    })
+    .await;
+    let control = env.proxy.control(None);
+    let client = env.connect().await;
+    for k in 1..=2 {
+        client
+            .simple_query(&format!(
+                "insert into users (user_id, name) values ({k}, 'n{k}')"
+            ))
+            .await
+            .expect("insert");
+        client
+            .simple_query(&format!("select name from users where user_id = {k}"))
+            .await
+            .expect("simple select");
+    }
+    // A statement first seen as an unnamed one: its text comes from the Parse.
+    for k in [1i64, 2, 1] {
+        client
+            .query_typed(
+                "select user_id, name from users where user_id = $1",
+                &[(&k, tokio_postgres::types::Type::INT8)],
+            )
+            .await
+            .expect("unnamed extended select");
+    }
+    let select = stat(&*control, "select name from users where user_id = $1", 2).await;
+    assert_eq!((select.calls, select.rows), (2, 2), "{select:?}");
+    let unnamed = stat(
+        &*control,
+        "select user_id, name from users where user_id = $1",
+        3,
+    )
+    .await;
+    assert_eq!((unnamed.calls, unnamed.rows), (3, 3), "{unnamed:?}");
+    let insert = stat(
+        &*control,
+        "insert into users (user_id, name) values ($1, $2)",
+        2,
+    )
+    .await;
+    assert_eq!((insert.calls, insert.rows), (2, 2), "{insert:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,7 +82,7 @@ pub fn bind(frame: &Frame) -> Result<Bind<'_>, DecodeError> {
     let statement = c.cstr()?;
     let rest_offset = c.position();
     // Validate the whole body now so a malformed Bind is refused before it reaches a server.
-    bind_params_from(&mut c)?;
+    check_bind_params(&mut c)?;
     Ok(Bind {
         portal,
         statement,
@@ -96,6 +96,27 @@ pub struct BindParams<'a> {
     pub formats: Vec<i16>,
     pub values: Vec<Option<&'a [u8]>>,
     pub result_formats: Vec<i16>,
+}
+
+/// Walks a Bind's parameter section as [`bind_params_from`] reads it, keeping nothing: a Bind
+/// is decoded several times per execution (routing, relaying, statistics), and only routing
+/// needs its values.
+fn check_bind_params(c: &mut Cursor<'_>) -> Result<(), DecodeError> {
+    let nformats = c.count16()?;
+    c.take(nformats * 2)?;
+    let nvalues = c.count16()?;
+    for _ in 0..nvalues {
+        match c.i32()? {
+            -1 => {}
+            len if len < 0 => return Err(DecodeError::Negative { tag: 'B' }),
+            len => {
+                c.take(len as usize)?;
+            }
+        }
+    }
+    let nresult = c.count16()?;
+    c.take(nresult * 2)?;
+    c.finish()
 }
 
 fn bind_params_from<'a>(c: &mut Cursor<'a>) -> Result<BindParams<'a>, DecodeError> {
@@ -305,6 +326,67 @@ mod tests {
         let mut b = BytesMut::new();
         write_message(&mut b, PARSE, |b| b.put_slice(b"no-nul"));
         assert!(parse(&frame(b)).is_err());
+    }
+
+    /// `bind` validates without keeping the parameters; it must accept exactly the bodies
+    /// `bind_params` can read, whatever the counts and lengths claim (seeded mutations of a
+    /// valid Bind: truncations, flipped bytes, negative and oversized lengths).
+    #[test]
+    fn bind_validation_agrees_with_reading_the_parameters() {
+        let mut base = BytesMut::new();
+        put_cstr(&mut base, "p");
+        put_cstr(&mut base, "s");
+        base.put_i16(2);
+        base.put_i16(0);
+        base.put_i16(1);
+        base.put_i16(3);
+        base.put_i32(2);
+        base.put_slice(b"42");
+        base.put_i32(-1);
+        base.put_i32(0);
+        base.put_i16(1);
+        base.put_i16(1);
+        let base = base.to_vec();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut body = base.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = (next() % body.len() as u64) as usize;
+                match next() % 4 {
+                    0 => body.truncate(at),
+                    1 => body[at] = next() as u8,
+                    2 => body[at] = 0xff,
+                    _ => body.insert(at, next() as u8),
+                }
+                if body.is_empty() {
+                    break;
+                }
+            }
+            let mut b = BytesMut::new();
+            write_message(&mut b, BIND, |b| b.put_slice(&body));
+            let f = frame(b);
+            let read = bind(&f).map(|bd| bind_params(&f, &bd).map(|_| ()));
+            let mut c = Cursor::new(BIND, f.body());
+            let full = c
+                .cstr()
+                .and_then(|_| c.cstr())
+                .and_then(|_| bind_params_from(&mut c));
+            assert_eq!(read.is_ok(), full.is_ok(), "body {body:?}");
+            if let Ok(params) = read {
+                assert!(params.is_ok(), "validated but unreadable: {body:?}");
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(accepted > 100 && refused > 100, "{accepted} / {refused}");
     }
 
     #[test]

@@ -25,11 +25,7 @@ pub(crate) use record::StatementRoute;
 use tally::Tally;
 
 /// One finished call of a statement.
-pub(crate) struct Sample<'a> {
-    /// The statement as the client sent it (its fingerprint is computed from it).
-    pub(crate) sql: &'a str,
-    /// Its fingerprint hash when already known (a prepared statement's), else computed.
-    pub(crate) fingerprint: Option<u64>,
+pub(crate) struct Sample {
     pub(crate) took: Duration,
     pub(crate) tally: Tally,
     pub(crate) route: StatementRoute,
@@ -73,7 +69,7 @@ impl Entry {
         }
     }
 
-    fn add(&mut self, s: &Sample<'_>) {
+    fn add(&mut self, s: &Sample) {
         self.calls += 1;
         self.total += s.took;
         self.histogram.record(s.took);
@@ -161,23 +157,39 @@ impl QueryLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn record(&self, sample: Sample<'_>) {
+    /// Whether statements are tracked at all (`max_queries` above 0).
+    pub(crate) fn enabled(&self) -> bool {
+        self.max.load(Ordering::Relaxed) != 0
+    }
+
+    /// Counts a call of the statement whose fingerprint hash is `hash` if it is tracked
+    /// already; `false` when it is not (then [`Self::record`] with its text).
+    pub(crate) fn record_known(&self, hash: u64, sample: &Sample) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        match self.lock().by_hash.get_mut(&hash) {
+            Some(e) => {
+                e.add(sample);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a call of `sql` (the statement as the client sent it); `fingerprint` is its
+    /// fingerprint hash when already known (a prepared statement's), else computed.
+    pub(crate) fn record(&self, sql: &str, fingerprint: Option<u64>, sample: &Sample) {
         let max = self.max.load(Ordering::Relaxed);
         if max == 0 {
             return;
         }
-        let hash = sample
-            .fingerprint
-            .unwrap_or_else(|| shardgate_router::fingerprint_hash(sample.sql));
-        {
-            let mut entries = self.lock();
-            if let Some(e) = entries.by_hash.get_mut(&hash) {
-                e.add(&sample);
-                return;
-            }
+        let hash = fingerprint.unwrap_or_else(|| shardgate_router::fingerprint_hash(sql));
+        if self.record_known(hash, sample) {
+            return;
         }
         // New: the text is built outside the lock.
-        let text = shardgate_router::fingerprint_text(sample.sql);
+        let text = shardgate_router::fingerprint_text(sql);
         let mut entries = self.lock();
         if !entries.by_hash.contains_key(&hash) && entries.by_hash.len() >= max {
             evict(&mut entries, max);
@@ -186,7 +198,7 @@ impl QueryLog {
             .by_hash
             .entry(hash)
             .or_insert_with(|| Entry::new(text))
-            .add(&sample);
+            .add(sample);
     }
 
     pub(crate) fn report(&self, sort: QuerySort, limit: usize) -> QueriesReport {
@@ -241,10 +253,8 @@ fn evict(entries: &mut Entries, max: usize) {
 mod tests {
     use super::*;
 
-    fn sample(sql: &str, ms: u64) -> Sample<'_> {
+    fn sample(ms: u64) -> Sample {
         Sample {
-            sql,
-            fingerprint: None,
             took: Duration::from_millis(ms),
             tally: Tally {
                 rows: 1,
@@ -259,17 +269,21 @@ mod tests {
     #[test]
     fn literals_share_an_entry_and_the_bound_holds() {
         let log = QueryLog::new(10);
-        log.record(sample("select * from t where id = 1", 5));
-        log.record(sample("SELECT * FROM t WHERE id = 2", 5));
+        log.record("select * from t where id = 1", None, &sample(5));
+        log.record("SELECT * FROM t WHERE id = 2", None, &sample(5));
+        // A call whose fingerprint the caller already knows counts without its text.
+        let hash = shardgate_router::fingerprint_hash("select * from t where id = 3");
+        assert!(log.record_known(hash, &sample(5)));
+        assert!(!log.record_known(hash ^ 1, &sample(5)));
         let r = log.report(QuerySort::Calls, 5);
         assert_eq!(r.queries.len(), 1);
-        assert_eq!(r.queries[0].calls, 2);
-        assert_eq!(r.queries[0].rows, 2);
+        assert_eq!(r.queries[0].calls, 3);
+        assert_eq!(r.queries[0].rows, 3);
         assert_eq!(r.queries[0].query, "select * from t where id = $1");
         // The heavy one survives a flood of new shapes.
-        log.record(sample("select heavy from t", 10_000));
+        log.record("select heavy from t", None, &sample(10_000));
         for i in 0..100 {
-            log.record(sample(&format!("select c{i} from t"), 1));
+            log.record(&format!("select c{i} from t"), None, &sample(1));
         }
         let r = log.report(QuerySort::TotalTime, 100);
         assert!(r.tracked <= 10);

@@ -105,33 +105,38 @@ impl Session {
 
     /// Records one call of `frame`'s statement; primary or replica is the host of the last
     /// checkout (`self.host`: a cross-shard batch takes the same role on every shard).
+    /// `fingerprint`: the statement's fingerprint hash when the relay computed it already.
     fn record_statement(
         &self,
         frame: &Frame,
+        fingerprint: Option<u64>,
         took: Duration,
         tally: Tally,
         route: StatementRoute,
         shards: u32,
     ) {
-        let replica = matches!(self.host, shardgate_pool::HostChoice::Replica(_));
         let log = &self.shared.query_log;
+        let replica = matches!(self.host, shardgate_pool::HostChoice::Replica(_));
+        let sample = Sample {
+            took,
+            tally,
+            route,
+            shards,
+            replica: replica && shards > 0,
+        };
         // A named prepared statement's fingerprint was computed when it was interned.
-        let fingerprint = (frame.tag() == frontend::BIND)
-            .then(|| frontend::bind(frame).ok())
-            .flatten()
-            .filter(|b| !b.statement.is_empty())
-            .and_then(|b| self.statements.peek(b.statement).map(|s| s.fingerprint));
-        self.with_statement_text(frame, |sql| {
-            log.record(Sample {
-                sql,
-                fingerprint,
-                took,
-                tally,
-                route,
-                shards,
-                replica: replica && shards > 0,
-            })
+        let fingerprint = fingerprint.or_else(|| {
+            (frame.tag() == frontend::BIND)
+                .then(|| frontend::bind(frame).ok())
+                .flatten()
+                .filter(|b| !b.statement.is_empty())
+                .and_then(|b| self.statements.peek(b.statement).map(|s| s.fingerprint))
         });
+        // A statement tracked already needs no text (decoding it costs as much as the rest).
+        if fingerprint.is_some_and(|hash| log.record_known(hash, &sample)) {
+            return;
+        }
+        self.with_statement_text(frame, |sql| log.record(sql, fingerprint, &sample));
     }
 
     /// An attached request ended at its ReadyForQuery after `took`: its last statement
@@ -144,7 +149,14 @@ impl Session {
         let Some(frame) = &request.statement else {
             return;
         };
-        self.record_statement(frame, took, tally, StatementRoute::Single, 1);
+        self.record_statement(
+            frame,
+            request.fingerprint,
+            took,
+            tally,
+            StatementRoute::Single,
+            1,
+        );
         self.observe_statement(frame, tally.rows);
     }
 
@@ -184,7 +196,14 @@ impl Session {
     pub(crate) fn record_refused(&self, frame: &Frame, code: &str) {
         let mut tally = Tally::default();
         tally.error(code);
-        self.record_statement(frame, Duration::ZERO, tally, StatementRoute::Refused, 0);
+        self.record_statement(
+            frame,
+            None,
+            Duration::ZERO,
+            tally,
+            StatementRoute::Refused,
+            0,
+        );
     }
 
     /// A detached batch is about to run on `shards` shards (0: it is being refused): what is
@@ -218,6 +237,6 @@ impl Session {
         } else {
             (record.route, record.shards)
         };
-        self.record_statement(&frame, record.started.elapsed(), tally, route, shards);
+        self.record_statement(&frame, None, record.started.elapsed(), tally, route, shards);
     }
 }
