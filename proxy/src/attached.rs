@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use shardgate_config::PoolMode;
 use shardgate_pool::PooledConn;
 use shardgate_wire::backend::TransactionStatus;
 use shardgate_wire::{frontend, sqlstate, Frame};
@@ -60,7 +59,7 @@ impl Session {
         let timeouts = config.timeouts.clone();
         let timed = crate::timeouts::any_session_timeout(&timeouts);
         drop(config);
-        let rerouting = self.mode == PoolMode::Transaction && {
+        let rerouting = self.client.mode_is_transaction() && {
             let topo = self.shared.topo();
             topo.router.shard_names().len() > 1 || topo.reads_can_leave_primary
         };

@@ -73,13 +73,13 @@ impl Session {
         }
         let (role, host) = self.shared.host_of(self.shard, self.host);
         let key = PoolKey {
-            database: self.database.clone(),
-            user: self.user.name.clone(),
+            database: self.client.database().to_owned(),
+            user: self.client.user().name.clone(),
             shard: self.shard_name(self.shard),
             role,
             host,
         };
-        let pool = self.shared.pool(key, &self.user);
+        let pool = self.shared.pool(key, self.client.user());
         self.pools.insert(at, pool.clone());
         pool
     }

@@ -11,6 +11,7 @@ mod bounds;
 mod broadcast;
 mod cancel;
 mod checkout;
+mod client;
 mod control;
 mod copy_split;
 mod cross;

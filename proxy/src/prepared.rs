@@ -109,7 +109,7 @@ impl crate::session::Session {
         let mut context = self.state.search_path().unwrap_or_default();
         if self.pin.is_pinned() {
             // Its temp tables may shadow any name: a pinned client's statements are its own.
-            context.push_str(&format!("\u{0}client {}", self.id));
+            context.push_str(&format!("\u{0}client {}", self.client.id()));
         }
         context
     }

@@ -531,7 +531,7 @@ impl Session {
         // one, as after any error.
         let abandoned = self.replies.abandon();
         self.txn.abandon_effects();
-        if !self.txn.is_idle() || self.mode_is_session() {
+        if !self.txn.is_idle() || self.client.mode_is_session() {
             return Err(SessionError::ServerLost(msg));
         }
         for _ in 0..abandoned.requests {

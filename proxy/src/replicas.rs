@@ -67,7 +67,7 @@ impl Session {
             read: false,
             may_write: true,
         };
-        if !self.shared.topo().reads_can_leave_primary || self.mode_is_session() {
+        if !self.shared.topo().reads_can_leave_primary || self.client.mode_is_session() {
             return primary_write;
         }
         if let Some(read_only) = self.txn.deferred_read_only() {

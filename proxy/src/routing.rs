@@ -429,7 +429,7 @@ impl Session {
             }
             StatementKind::Begin { read_only }
                 if self.txn.is_idle()
-                    && !self.mode_is_session()
+                    && !self.client.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
                 self.txn.defer_begin(text.to_owned(), *read_only);
@@ -473,7 +473,7 @@ impl Session {
         match plan.kind {
             StatementKind::Begin { .. }
                 if self.txn.is_idle()
-                    && !self.mode_is_session()
+                    && !self.client.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
                 Some("BEGIN")

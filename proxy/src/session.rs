@@ -6,21 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use shardgate_config::PoolMode;
 use shardgate_pool::{HostChoice, PooledConn, QueryGuard};
 use shardgate_router::ShardIndex;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::attached::Detach;
 use crate::boundary::Boundary;
 use crate::cancel::CancelSlot;
 use crate::checkout::PoolCache;
+use crate::client::ClientIdentity;
 use crate::control::CountGuard;
 use crate::io::ClientIo;
-use crate::limits::CapSlot;
 use crate::login::{login, Login};
 use crate::multi_txn::InTransaction;
 use crate::pinning::Pin;
@@ -45,12 +44,10 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LOGIN_MESSAGE: usize = 65_536;
 
 pub struct Session {
-    pub(crate) id: u64,
     pub(crate) shared: Arc<Shared>,
     pub(crate) io: ClientIo,
-    pub(crate) mode: PoolMode,
-    pub(crate) database: String,
-    pub(crate) user: shardgate_config::User,
+    /// Who the client is (fixed at login) and the admissions it holds.
+    pub(crate) client: ClientIdentity,
     /// Server pools by shard and host, created on first use.
     pub(crate) pools: PoolCache,
     /// The shard and host of the current (or last) server connection.
@@ -98,13 +95,9 @@ pub struct Session {
     /// Bytes for the server, written at the next flush point.
     pub(crate) to_server: BytesMut,
     pub(crate) cancel: CancelSlot,
-    /// The BackendKeyData this client was given.
-    cancel_key: (i32, i32),
     /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
     pub(crate) encoding: crate::encoding::ClientEncoding,
     pub(crate) shutdown: crate::shutdown_signal::ShutdownSignal,
-    _permit: OwnedSemaphorePermit,
-    _cap_slot: CapSlot,
 }
 
 /// Entry point for an accepted connection.
@@ -157,7 +150,10 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
             Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
             Err(e) => info!(error = %e, "client session ended"),
         }
-        session.shared.cancels.unregister(session.cancel_key.0);
+        session
+            .shared
+            .cancels
+            .unregister(session.client.cancel_key().0);
         session.io.shutdown().await;
     }
     .instrument(span);
@@ -180,12 +176,8 @@ async fn end_of_shutdown(mut shutdown: watch::Receiver<bool>, timeout: Duration)
 }
 
 impl Session {
-    pub(crate) fn mode_is_session(&self) -> bool {
-        self.mode == PoolMode::Session
-    }
-
     pub(crate) fn releases_at_idle(&self) -> bool {
-        self.mode == PoolMode::Transaction && !self.pin.is_pinned()
+        self.client.mode_is_transaction() && !self.pin.is_pinned()
     }
 
     fn new(
@@ -196,20 +188,17 @@ impl Session {
         shutdown: watch::Receiver<bool>,
     ) -> Session {
         let config = shared.config();
-        let mode = login.user.pool_mode.unwrap_or(config.pool.mode);
         let (pid, secret, cancel) = shared.cancels.register();
         let shards = shared.topo().router.shard_names().len();
         let read_your_writes = login
             .user
             .read_your_writes
             .unwrap_or(config.replicas.read_your_writes);
+        let state = SessionState::from_startup(&login.params);
         Session {
-            id,
             shared: Arc::clone(shared),
             io,
-            mode,
-            database: login.database,
-            user: login.user,
+            client: ClientIdentity::new(id, login, config.pool.mode, (pid, secret)),
             pools: PoolCache::new(shared.pool_generation()),
             shard: shared.topo().router.default_shard(),
             host: HostChoice::Primary,
@@ -226,17 +215,14 @@ impl Session {
             boundary: Boundary::Request,
             statements: ClientStatements::new(config.pool.prepared_statements_per_client),
             pin: Pin::default(),
-            state: SessionState::from_startup(&login.params),
+            state,
             replies: ReplyQueue::default(),
             txn: TxnState::default(),
             // Allocated at the first statement (and kept): an idle login costs nothing here.
             to_server: BytesMut::new(),
             cancel,
-            cancel_key: (pid, secret),
             encoding: Default::default(),
             shutdown: crate::shutdown_signal::ShutdownSignal::new(shutdown),
-            _permit: login.permit,
-            _cap_slot: login.cap_slot,
         }
     }
 
@@ -262,12 +248,13 @@ impl Session {
         for (k, v) in &params {
             backend::write_parameter_status(&mut self.io.out, k, v);
         }
-        backend::write_backend_key_data(&mut self.io.out, self.cancel_key.0, self.cancel_key.1);
+        let (pid, secret) = self.client.cancel_key();
+        backend::write_backend_key_data(&mut self.io.out, pid, secret);
         self.io.push_ready(TransactionStatus::Idle);
         self.io.flush().await?;
         let pool = self.pool().name();
-        debug!(client = self.id, mode = %self.mode, %pool, "client logged in");
-        if self.mode == PoolMode::Session {
+        debug!(client = self.client.id(), mode = %self.client.mode(), %pool, "client logged in");
+        if self.client.mode_is_session() {
             Ok(Some(server))
         } else {
             self.release(&mut server).await;
@@ -496,7 +483,7 @@ impl Session {
         if server.status() != TransactionStatus::Idle {
             reset.push("ROLLBACK".to_owned());
         }
-        if self.mode == PoolMode::Session {
+        if self.client.mode_is_session() {
             reset.push(self.shared.config().pool.reset_query.clone());
         }
         let pinned = self.pin.is_pinned();
@@ -516,7 +503,7 @@ impl Session {
                 }
             }
         }
-        if self.mode == PoolMode::Session || pinned {
+        if self.client.mode_is_session() || pinned {
             // DISCARD ALL dropped the statements and settings.
             server.prepared().clear();
             server.set_session_fingerprint(0);

@@ -46,7 +46,7 @@ const MAX_BATCH_BYTES: usize = 1024 * 1024;
 impl Session {
     /// Whether transactions may span shards here: transaction pooling over several shards.
     pub(crate) fn spans_shards(&self) -> bool {
-        !self.mode_is_session() && {
+        !self.client.mode_is_session() && {
             let topo = self.shared.topo();
             topo.routing && topo.router.shard_names().len() > 1
         }
@@ -479,7 +479,7 @@ impl Session {
             "ROLLBACK"
         };
         debug!(
-            client = self.id,
+            client = self.client.id(),
             shards = others.len() + 1,
             tag,
             "transaction on several shards ended"
@@ -544,7 +544,7 @@ impl Session {
             guard,
         });
         debug!(
-            client = self.id,
+            client = self.client.id(),
             from = self.shard,
             to = shard,
             "transaction moves to another shard"
@@ -610,7 +610,10 @@ impl Session {
                 hint: Some("roll back and retry the transaction".into()),
             });
         }
-        debug!(client = self.id, shard, "shard joined the transaction");
+        debug!(
+            client = self.client.id(),
+            shard, "shard joined the transaction"
+        );
         Ok(Participant {
             shard,
             host,
