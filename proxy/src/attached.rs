@@ -74,7 +74,7 @@ impl Session {
                 if std::mem::take(&mut self.parked_in_transaction)
                     && self.replies.is_empty()
                     && !self.replies.refusing()
-                    && self.to_server.is_empty()
+                    && self.attachment.outgoing_is_empty()
                     && server.status() != TransactionStatus::Idle
                 {
                     // Asked again now that the previous request is done (it may have failed).
@@ -98,21 +98,21 @@ impl Session {
                             return Err(self.report_protocol_error(e).await);
                         }
                     }
-                } else if self.to_server.is_empty() {
+                } else if self.attachment.outgoing_is_empty() {
                     // The previous batch ended with Flush, not Sync: no ReadyForQuery is coming
                     // to release the connection (waiting for one hung the client). A Sync of
                     // the proxy's own ends the server's implicit transaction; its reply is
                     // swallowed and releases the connection.
-                    frontend::write_sync(&mut self.to_server);
+                    frontend::write_sync(self.attachment.outgoing());
                     self.push_expect(Expect::Swallow);
                 }
             }
             let reading = self.parked.is_empty();
             // Batch writes while more client messages are at hand, unless they are held back.
-            if !self.to_server.is_empty() && (!reading || !self.io.reader.has_buffered_frame()) {
-                let res = server.write_all(&self.to_server).await;
-                self.to_server.clear();
-                if let Err(e) = res {
+            if !self.attachment.outgoing_is_empty()
+                && (!reading || !self.io.reader.has_buffered_frame())
+            {
+                if let Err(e) = self.attachment.send(server).await {
                     return self.lose_server(&e.to_string()).await;
                 }
             }
@@ -155,7 +155,7 @@ impl Session {
                         // one turn of this loop (and its select!) per message. What the top of
                         // the loop does between messages (a parked batch, bytes for the
                         // server) stops it.
-                        if !self.parked.is_empty() || !self.to_server.is_empty() {
+                        if !self.parked.is_empty() || !self.attachment.outgoing_is_empty() {
                             break;
                         }
                         match server.try_frame() {

@@ -12,7 +12,6 @@ use shardgate_router::ShardIndex;
 use shardgate_wire::{backend, sqlstate};
 use tracing::debug;
 
-use crate::cancel::CancelTarget;
 use crate::control::CountGuard;
 use crate::session::Session;
 
@@ -67,15 +66,17 @@ impl Session {
             let shards = self.shared.topo().router.shard_names().len();
             self.read_your_writes.follow_shard_count(shards);
         }
-        let at = (self.shard, self.host);
+        let at = (self.attachment.shard(), self.attachment.host());
         if let Some(p) = self.pools.get(at) {
             return p.clone();
         }
-        let (role, host) = self.shared.host_of(self.shard, self.host);
+        let (role, host) = self
+            .shared
+            .host_of(self.attachment.shard(), self.attachment.host());
         let key = PoolKey {
             database: self.client.database().to_owned(),
             user: self.client.user().name.clone(),
-            shard: self.shard_name(self.shard),
+            shard: self.shard_name(self.attachment.shard()),
             role,
             host,
         };
@@ -110,19 +111,8 @@ impl Session {
                 Err(Replay::Refused(failure)) => return Err(failure),
             }
         };
-        self.aim_cancel_at(&server).await;
+        self.attachment.aim_cancel_at(&server).await;
         Ok((server, reported))
-    }
-
-    /// The client's CancelRequests go to `server` from now on.
-    pub(crate) async fn aim_cancel_at(&self, server: &ServerConn) {
-        let (pid, secret) = server.backend_key();
-        let target = Some(CancelTarget {
-            host: server.shared_host(),
-            pid,
-            secret,
-        });
-        crate::cancel::set_target(&self.cancel, target).await;
     }
 
     /// One checkout from `pool`, counted as waiting and timed for the query statistics.
@@ -132,7 +122,7 @@ impl Session {
         let checked_out = pool.checkout().await;
         drop(waiting);
         self.shared.topo().query_stats.checkout_wait(
-            self.shard,
+            self.attachment.shard(),
             pool.key().role,
             wait_started.elapsed(),
         );

@@ -76,7 +76,7 @@ impl Session {
         let at_default = shards.iter().position(|s| *s == default).unwrap_or(0);
         if let Some(conn) = conns.get_mut(at_default) {
             if let Err(e) = crate::reference::fill_insert(conn, &plan, &mut request).await {
-                crate::cancel::set_target(&self.cancel, None).await;
+                self.attachment.clear_cancel_target().await;
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
                 self.io.flush().await?;
                 return Ok(None);
@@ -91,7 +91,7 @@ impl Session {
             self.execute_many(&mut servers, &names, &request, &plan, false)
                 .await?
         };
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         let took = started.elapsed();
         for (shard, guard) in shards.iter().zip(&running) {
             self.count_many(*shard, guard.host().role, &plan, took);
@@ -162,7 +162,7 @@ impl Session {
                 Err(ScatterFailure::ClientGone) => {
                     // The connections still mid-result were marked broken: the pool
                     // closes them, which ends their statements.
-                    crate::cancel::set_target(&self.cancel, None).await;
+                    self.attachment.clear_cancel_target().await;
                     Err(SessionError::ClientGone)
                 }
             };
@@ -215,7 +215,7 @@ impl Session {
         role: BatchRole,
     ) -> Result<Option<PooledConn>, SessionError> {
         let version = self.shared.topology_version();
-        self.shard = shard;
+        self.attachment.set_shard(shard);
         let (mut server, guard) = match self.checkout_for(role).await {
             Ok(v) => v,
             Err(f) => {
@@ -234,8 +234,8 @@ impl Session {
             return Ok(None);
         }
         let active = crate::control::CountGuard::new(&self.shared.activity.active);
-        self.attach_guard(guard, active);
-        self.attached_version = version;
+        self.attachment.hold(guard, active);
+        self.attachment.routed_by(version);
         Ok(Some(server))
     }
 
@@ -251,14 +251,14 @@ impl Session {
         let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
         let mut running = Vec::with_capacity(shards.len());
         for shard in shards {
-            self.shard = *shard;
+            self.attachment.set_shard(*shard);
             match self.checkout_for(role).await {
                 Ok((conn, guard)) => {
                     conns.push(conn);
                     running.push(guard);
                 }
                 Err(f) => {
-                    crate::cancel::set_target(&self.cancel, None).await;
+                    self.attachment.clear_cancel_target().await;
                     self.fail_batch(batch, &f.code, &f.message, f.hint.as_deref());
                     self.io.flush().await?;
                     return Ok(None);
@@ -345,7 +345,7 @@ impl Session {
         mut request: ScatterRequest,
         streamed: Option<crate::scatter::Batches>,
     ) -> Result<ManyRan, SessionError> {
-        let here = self.shard;
+        let here = self.attachment.shard();
         let mut taken = match self.participants_for(&shards, server).await {
             Ok(taken) => taken,
             Err(e) => return Ok(ManyRan::Refused(e)),
@@ -435,7 +435,7 @@ impl Session {
         server: &mut PooledConn,
     ) -> Result<Vec<Participant>, RouteError> {
         let mut taken = Vec::with_capacity(shards.len());
-        let here = self.shard;
+        let here = self.attachment.shard();
         for &s in shards.iter().filter(|s| **s != here) {
             let joined = match self.txn_shards.take(s) {
                 Some(p) => Ok(p),

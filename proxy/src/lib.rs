@@ -5,6 +5,7 @@
 //! binary (main.rs) and the end-to-end tests both use it.
 
 mod attached;
+mod attachment;
 mod auth;
 mod boundary;
 mod bounds;

@@ -258,7 +258,7 @@ impl Session {
         if self.shared.config().pool.pinning == Pinning::Refuse {
             return Err(refusal(what));
         }
-        if self.host != HostChoice::Primary {
+        if self.attachment.host() != HostChoice::Primary {
             return Err(RouteError {
                 code: sqlstate::FEATURE_NOT_SUPPORTED,
                 message: format!(

@@ -109,14 +109,16 @@ impl Session {
             return;
         }
         if let Some(evicted) = server.prepared().insert(stmt.name.clone()) {
-            frontend::write_close(&mut self.to_server, b'S', &evicted);
+            frontend::write_close(self.attachment.outgoing(), b'S', &evicted);
             self.push_expect(Expect::Close { to_client: false });
         }
         // The name may still exist on the server although the proxy forgot it: an eviction's
         // Close that an error made the server skip. Closing a missing statement is no error.
-        frontend::write_close(&mut self.to_server, b'S', &stmt.name);
+        frontend::write_close(self.attachment.outgoing(), b'S', &stmt.name);
         self.push_expect(Expect::Close { to_client: false });
-        self.to_server.extend_from_slice(&stmt.parse_message);
+        self.attachment
+            .outgoing()
+            .extend_from_slice(&stmt.parse_message);
         self.push_expect(Expect::Parse {
             global: Some(Arc::clone(stmt)),
             to_client: client_parse,
@@ -177,7 +179,7 @@ impl Session {
             && self.txn.status() == TransactionStatus::Idle
             && !self.txn.has_deferred_begin()
         {
-            frontend::write_message(&mut self.to_server, frontend::EXECUTE, |b| {
+            frontend::write_message(self.attachment.outgoing(), frontend::EXECUTE, |b| {
                 b.extend_from_slice(REFUSED_BATCH_PORTAL);
                 b.extend_from_slice(&0i32.to_be_bytes());
             });
@@ -206,7 +208,9 @@ impl Session {
                 if !self.track_session_state(&self.sql(text), true) {
                     return Ok(Flow::Continue);
                 }
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment
+                    .outgoing()
+                    .extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
             }
             frontend::PARSE => {
@@ -215,7 +219,9 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 if parse.name.is_empty() {
-                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.attachment
+                        .outgoing()
+                        .extend_from_slice(frame.as_bytes());
                     self.push_expect(Expect::Parse {
                         global: None,
                         to_client: true,
@@ -247,36 +253,46 @@ impl Session {
                     Some(stmt) => {
                         self.ensure_prepared(server, stmt, false);
                         frontend::write_bind_renamed(
-                            &mut self.to_server,
+                            self.attachment.outgoing(),
                             &frame,
                             &bind,
                             &stmt.name,
                         );
                     }
                     // Unnamed, or unknown to this client: the server answers (26000 if unknown).
-                    None => self.to_server.extend_from_slice(frame.as_bytes()),
+                    None => self
+                        .attachment
+                        .outgoing()
+                        .extend_from_slice(frame.as_bytes()),
                 }
                 self.push_expect(Expect::Bind { global });
             }
             frontend::DESCRIBE => {
                 let target = frontend::describe(&frame).map_err(|e| self.protocol_error(e))?;
                 if target.kind == b'P' {
-                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.attachment
+                        .outgoing()
+                        .extend_from_slice(frame.as_bytes());
                     self.push_expect(Expect::DescribePortal);
                 } else {
                     match self.statements.get(target.name).cloned() {
                         Some(stmt) => {
                             self.ensure_prepared(server, &stmt, false);
-                            frontend::write_describe(&mut self.to_server, b'S', &stmt.name);
+                            frontend::write_describe(self.attachment.outgoing(), b'S', &stmt.name);
                         }
-                        None => self.to_server.extend_from_slice(frame.as_bytes()),
+                        None => self
+                            .attachment
+                            .outgoing()
+                            .extend_from_slice(frame.as_bytes()),
                     }
                     self.push_expect(Expect::DescribeStatement);
                 }
             }
             frontend::EXECUTE => {
                 frontend::execute(&frame).map_err(|e| self.protocol_error(e))?;
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment
+                    .outgoing()
+                    .extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Execute);
             }
             frontend::CLOSE => {
@@ -286,12 +302,16 @@ impl Session {
                     self.statements.remove(target.name);
                     self.push_expect(Expect::Synth(Synth::CloseComplete));
                 } else {
-                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.attachment
+                        .outgoing()
+                        .extend_from_slice(frame.as_bytes());
                     self.push_expect(Expect::Close { to_client: true });
                 }
             }
             frontend::SYNC => {
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment
+                    .outgoing()
+                    .extend_from_slice(frame.as_bytes());
                 // The server ignores a Sync during COPY FROM STDIN (tokio-postgres sends one
                 // right after the Execute that starts the COPY): nothing will answer it.
                 if !self.replies.in_copy_in() {
@@ -299,14 +319,18 @@ impl Session {
                 }
             }
             frontend::FUNCTION_CALL => {
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment
+                    .outgoing()
+                    .extend_from_slice(frame.as_bytes());
                 self.push_expect(Expect::Query);
             }
             frontend::FLUSH | frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
                 if matches!(frame.tag(), frontend::COPY_DONE | frontend::COPY_FAIL) {
                     self.replies.end_copy_in();
                 }
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment
+                    .outgoing()
+                    .extend_from_slice(frame.as_bytes());
             }
             frontend::TERMINATE => return Ok(Flow::Terminate),
             other => {

@@ -224,7 +224,7 @@ impl Session {
             // Only statements were prepared here: the BEGIN goes out with the batch, routed.
             return true;
         }
-        if self.shared.topology_version() != self.attached_version {
+        if self.attachment.map_changed(self.shared.topology_version()) {
             // A new shard map: shard indices may mean other shards now. Route afresh.
             return true;
         }
@@ -240,7 +240,7 @@ impl Session {
         }
         // Reads and writes may need different servers of the shard.
         if self.shared.topo().reads_can_leave_primary
-            && self.batch_role(batch).read != self.attached_read
+            && self.batch_role(batch).read != self.attachment.is_read()
         {
             return true;
         }
@@ -258,7 +258,7 @@ impl Session {
                 Ok(Some((_, plan))) if matches!(plan.kind, StatementKind::Begin { .. }) => {
                     return true
                 }
-                Ok(Some((Route::Shard(s), _))) => return s != self.shard,
+                Ok(Some((Route::Shard(s), _))) => return s != self.attachment.shard(),
                 Ok(Some(_)) => return true,
                 Ok(None) => {}
                 // A COPY or multi-row INSERT the proxy splits over shards runs detached;
@@ -309,16 +309,16 @@ impl Session {
         }
         if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.txn.status()) {
             // Pinned (see `pinning`): the session's state lives on this shard's connection.
-            if self.shared.topology_version() != self.attached_version {
+            if self.attachment.map_changed(self.shared.topology_version()) {
                 return Err(feature_error(
                     format!(
                         "the shard map changed while this session was pinned to shard {} by {why}",
-                        self.shard_name(self.shard)
+                        self.shard_name(self.attachment.shard())
                     ),
                     "reconnect: the session's state cannot follow its keys to their new shards",
                 ));
             }
-            let here = self.shard;
+            let here = self.attachment.shard();
             return match route {
                 Route::Shard(s) if s == here => Ok(()),
                 _ => Err(feature_error(
@@ -334,7 +334,7 @@ impl Session {
                 )),
             };
         }
-        if self.shared.topology_version() != self.attached_version {
+        if self.attachment.map_changed(self.shared.topology_version()) {
             // A rebalance published a new shard map while this transaction ran: its keys may
             // live elsewhere now, and shard indices may name other shards. The client retries.
             return Err(RouteError {
@@ -345,7 +345,7 @@ impl Session {
                 hint: Some("retry the transaction".into()),
             });
         }
-        let here = self.shard;
+        let here = self.attachment.shard();
         if self.txn.status() == TransactionStatus::Idle
             && !matches!(route, Route::Shard(s) if s == here)
         {

@@ -5,17 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use shardgate_pool::{HostChoice, PooledConn, QueryGuard};
-use shardgate_router::ShardIndex;
+use shardgate_pool::PooledConn;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::attached::Detach;
+use crate::attachment::Attachment;
 use crate::boundary::Boundary;
-use crate::cancel::CancelSlot;
 use crate::checkout::PoolCache;
 use crate::client::ClientIdentity;
 use crate::control::CountGuard;
@@ -50,15 +48,9 @@ pub struct Session {
     pub(crate) client: ClientIdentity,
     /// Server pools by shard and host, created on first use.
     pub(crate) pools: PoolCache,
-    /// The shard and host of the current (or last) server connection.
-    pub(crate) shard: ShardIndex,
-    pub(crate) host: HostChoice,
-    /// The current attachment was taken for reads only (on a replica, or the primary when
-    /// none was eligible).
-    pub(crate) attached_read: bool,
-    /// Counts the current attachment as a query running on its host (for balancing) and the
-    /// client as active.
-    pub(crate) query_guard: Option<(QueryGuard, CountGuard)>,
+    /// The current (or last) server connection's shard, host and map version, its guards,
+    /// the bytes waiting for it, and where cancels go.
+    pub(crate) attachment: Attachment,
     /// The client's transaction on shards other than the attached one.
     pub(crate) txn_shards: crate::multi_txn::TxnShards,
     /// The parked batch was read inside a transaction and may need other shards.
@@ -74,9 +66,6 @@ pub struct Session {
     pub(crate) parked: Vec<Frame>,
     /// A statement that may be (or is waiting to be) retried after a rebalance fence.
     pub(crate) fence: crate::fence::FenceRetry,
-    /// The shard-map version the current server connection was routed by: `shard` is an
-    /// index into that version's shard list.
-    pub(crate) attached_version: u64,
     /// Where the last client message processed left the client's request stream: after a
     /// Sync or Query the next message starts a new batch, which may go to another shard if no
     /// transaction is open; after an Execute the next statement of a pipelined batch may go
@@ -92,9 +81,6 @@ pub struct Session {
     /// The transaction as reported to the client: status, a deferred BEGIN, pending
     /// session effects.
     pub(crate) txn: TxnState,
-    /// Bytes for the server, written at the next flush point.
-    pub(crate) to_server: BytesMut,
-    pub(crate) cancel: CancelSlot,
     /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
     pub(crate) encoding: crate::encoding::ClientEncoding,
     pub(crate) shutdown: crate::shutdown_signal::ShutdownSignal,
@@ -200,10 +186,11 @@ impl Session {
             io,
             client: ClientIdentity::new(id, login, config.pool.mode, (pid, secret)),
             pools: PoolCache::new(shared.pool_generation()),
-            shard: shared.topo().router.default_shard(),
-            host: HostChoice::Primary,
-            attached_read: false,
-            query_guard: None,
+            attachment: Attachment::new(
+                shared.topo().router.default_shard(),
+                shared.topology_version(),
+                cancel,
+            ),
             txn_shards: Default::default(),
             parked_in_transaction: false,
             read_your_writes: ReadYourWrites::new(read_your_writes, shards),
@@ -211,16 +198,12 @@ impl Session {
             routing: RoutingState::default(),
             parked: Vec::new(),
             fence: Default::default(),
-            attached_version: shared.topology_version(),
             boundary: Boundary::Request,
             statements: ClientStatements::new(config.pool.prepared_statements_per_client),
             pin: Pin::default(),
             state,
             replies: ReplyQueue::default(),
             txn: TxnState::default(),
-            // Allocated at the first statement (and kept): an idle login costs nothing here.
-            to_server: BytesMut::new(),
-            cancel,
             encoding: Default::default(),
             shutdown: crate::shutdown_signal::ShutdownSignal::new(shutdown),
         }
@@ -265,14 +248,9 @@ impl Session {
     /// Gives a server connection back: clears the cancel target first, so a late cancel cannot
     /// reach whoever gets the connection next.
     async fn release(&mut self, server: &mut PooledConn) {
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         self.remember_write_position(server).await;
-        self.query_guard = None;
-    }
-
-    /// Counts the attachment as a query on its host and the client as active.
-    pub(crate) fn attach_guard(&mut self, guard: QueryGuard, active: CountGuard) {
-        self.query_guard = Some((guard, active));
+        self.attachment.drop_guard();
     }
 
     /// The main loop: an idle session waits for its client's next batch in a small future;
@@ -310,7 +288,7 @@ impl Session {
                 }
                 let version = self.shared.topology_version();
                 match self.route_batch(&batch) {
-                    Ok(Target::Shard(shard)) => self.shard = shard,
+                    Ok(Target::Shard(shard)) => self.attachment.set_shard(shard),
                     Ok(Target::Many { shards, plan }) => {
                         // A BEGIN in front (pgjdbc): deferred; the rest opens the
                         // transaction on the shards.
@@ -384,15 +362,15 @@ impl Session {
                         // A new shard map arrived while the batch waited for a connection:
                         // it was routed by the old one (the relay would refuse it with
                         // 40001, the map having changed under it). Route it again.
-                        crate::cancel::set_target(&self.cancel, None).await;
+                        self.attachment.clear_cancel_target().await;
                         drop((s, guard));
                         self.parked = batch;
                         return Ok(Next::Read);
                     }
                     Ok((s, guard)) => {
                         let active = CountGuard::new(&self.shared.activity.active);
-                        self.query_guard = Some((guard, active));
-                        self.attached_version = version;
+                        self.attachment.hold(guard, active);
+                        self.attachment.routed_by(version);
                         if self.releases_at_idle() {
                             self.fence.arm(&batch, self.txn.status(), version);
                         }
@@ -409,7 +387,7 @@ impl Session {
             }
         };
         if let Some(begin) = self.take_deferred_begin(&batch) {
-            frontend::write_query(&mut self.to_server, &begin);
+            frontend::write_query(self.attachment.outgoing(), &begin);
             self.push_expect(Expect::Swallow);
         }
         let outcome = self.attached(&mut server, batch).await;
@@ -470,11 +448,11 @@ impl Session {
     /// The client is leaving while holding `server`: leave the connection clean for the next
     /// client, or make sure it is closed.
     async fn cleanup(&mut self, server: &mut PooledConn) {
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         if server.is_broken() {
             return;
         }
-        if !self.replies.is_empty() || !self.to_server.is_empty() {
+        if !self.replies.is_empty() || !self.attachment.outgoing_is_empty() {
             // Mid-query: the server's state is unknown; close rather than guess.
             server.mark_broken();
             return;

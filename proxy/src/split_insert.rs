@@ -384,7 +384,7 @@ impl Session {
             )
             .await
         };
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         if let Some((shard, error)) = lost {
             self.io.push_error(
                 sqlstate::CONNECTION_FAILURE,
@@ -422,7 +422,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let here = self.shard;
+        let here = self.attachment.shard();
         let lost = {
             let mut members = self.shard_members(crate::multi_txn::in_shard_order(
                 &shards, here, server, &mut taken,

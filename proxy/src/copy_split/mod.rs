@@ -116,7 +116,7 @@ impl Session {
             self.copy_through(&mut members, &shards, &batch, &copy, false)
                 .await?
         };
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         self.remember_write_positions(&shards, &mut conns).await;
         drop(conns);
         drop(running);
@@ -146,7 +146,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let here = self.shard;
+        let here = self.attachment.shard();
         let end = {
             let mut members = self.shard_members(crate::multi_txn::in_shard_order(
                 &shards, here, server, &mut taken,
@@ -593,7 +593,7 @@ impl Session {
             }
             Ok(Err(out::OutFailure::Lost(name, e))) => Ok(Some((name, e.to_string()))),
             Err(e) => {
-                crate::cancel::set_target(&self.cancel, None).await;
+                self.attachment.clear_cancel_target().await;
                 for s in servers.iter_mut() {
                     s.mark_broken();
                 }

@@ -522,7 +522,7 @@ impl Session {
         wanted: Option<u64>,
         rows: Rows,
     ) -> Result<u64, HeldError> {
-        let here = self.shard;
+        let here = self.attachment.shard();
         let names: Vec<String> = stream.shards.iter().map(|s| self.shard_name(*s)).collect();
         let mut taken = self.participants_for(&stream.shards, server).await?;
         let resumed = {
@@ -695,7 +695,7 @@ impl Session {
             Ok(merge) => Ok((None, merge)),
             Err(ScatterFailure::Server(e)) => Ok((Some((e.shard.clone(), e.to_string())), None)),
             Err(ScatterFailure::ClientGone) => {
-                crate::cancel::set_target(&self.cancel, None).await;
+                self.attachment.clear_cancel_target().await;
                 Err(SessionError::ClientGone)
             }
         }

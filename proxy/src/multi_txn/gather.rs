@@ -45,7 +45,7 @@ impl Session {
             // Did this transaction write where the unsharded tables (and the coordinator's
             // copy of reference tables) live?
             let mut waiting = self.txn_shards.take(default);
-            let conn: Option<&mut ServerConn> = if self.shard == default {
+            let conn: Option<&mut ServerConn> = if self.attachment.shard() == default {
                 Some(&mut **server)
             } else if let Some(p) = taken.iter_mut().find(|p| p.shard == default) {
                 Some(&mut *p.conn)
@@ -90,7 +90,7 @@ impl Session {
             Ok(c) => c,
             Err(e) => return Ok(Gathered::Refused(e)),
         };
-        let here = self.shard;
+        let here = self.attachment.shard();
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let coord_name = self.shard_name(default);
         let config = self.shared.config();
@@ -139,14 +139,14 @@ impl Session {
         role: BatchRole,
         attached: &ServerConn,
     ) -> Result<Beside, RouteError> {
-        let saved = (self.shard, self.host, self.attached_read);
+        let saved = self.attachment.place();
         let may_have_written = self.read_your_writes.take_may_have_written();
-        self.shard = shard;
+        self.attachment.set_shard(shard);
         let checked_out = self.checkout_for(role).await;
-        let chosen = (self.host, self.attached_read);
-        (self.shard, self.host, self.attached_read) = saved;
+        let chosen = (self.attachment.host(), self.attachment.is_read());
+        self.attachment.set_place(saved);
         self.read_your_writes.set_may_have_written(may_have_written);
-        self.aim_cancel_at(attached).await;
+        self.attachment.aim_cancel_at(attached).await;
         let (conn, guard) = checked_out.map_err(|f| RouteError {
             code: if f.code == sqlstate::TOO_MANY_CONNECTIONS {
                 sqlstate::TOO_MANY_CONNECTIONS

@@ -168,7 +168,7 @@ impl Session {
             return false;
         }
         let here = match &first.route {
-            Ok(Route::Shard(s)) => *s == self.shard || self.runs_anywhere(&first.plan),
+            Ok(Route::Shard(s)) => *s == self.attachment.shard() || self.runs_anywhere(&first.plan),
             Ok(Route::Shards(_) | Route::AllShards) => false,
             // A multi-row INSERT over several shards runs split; other refusals are answered
             // in order by the relay.
@@ -242,7 +242,7 @@ impl Session {
             }
             Control::None => {}
         }
-        if self.shared.topology_version() != self.attached_version {
+        if self.attachment.map_changed(self.shared.topology_version()) {
             let e = RouteError {
                 code: sqlstate::SERIALIZATION_FAILURE,
                 message: "the shard map changed while this transaction ran (a rebalance moved keys between shards)".into(),
@@ -254,7 +254,9 @@ impl Session {
             return Ok(InTransaction::Attach(server, Vec::new()));
         }
         match first.route {
-            Ok(Route::Shard(s)) if s == self.shard => Ok(InTransaction::Attach(server, batch)),
+            Ok(Route::Shard(s)) if s == self.attachment.shard() => {
+                Ok(InTransaction::Attach(server, batch))
+            }
             Ok(Route::Shard(s)) => match self.switch_to(s, server).await {
                 Ok(conn) => Ok(InTransaction::Attach(conn, batch)),
                 Err((conn, e)) => {
@@ -438,7 +440,7 @@ impl Session {
         server: &'a mut PooledConn,
         others: &'a mut [Participant],
     ) -> Vec<Member<'a>> {
-        let here = self.shard;
+        let here = self.attachment.shard();
         self.shard_members(
             std::iter::once((here, &mut **server))
                 .chain(others.iter_mut().map(|p| (p.shard, &mut *p.conn))),
@@ -532,28 +534,27 @@ impl Session {
                 Err(e) => return Err((server, e)),
             },
         };
-        let (guard, active) = match self.query_guard.take() {
+        let (guard, active) = match self.attachment.take_guard() {
             Some(g) => g,
             None => return Err((server, internal("attached connection without a guard"))),
         };
         self.txn_shards.put(Participant {
-            shard: self.shard,
-            host: self.host,
-            read: self.attached_read,
+            shard: self.attachment.shard(),
+            host: self.attachment.host(),
+            read: self.attachment.is_read(),
             conn: server,
             guard,
         });
         debug!(
             client = self.client.id(),
-            from = self.shard,
+            from = self.attachment.shard(),
             to = shard,
             "transaction moves to another shard"
         );
-        self.shard = joined.shard;
-        self.host = joined.host;
-        self.attached_read = joined.read;
-        self.query_guard = Some((joined.guard, active));
-        self.aim_cancel_at(&joined.conn).await;
+        self.attachment
+            .set_place((joined.shard, joined.host, joined.read));
+        self.attachment.hold(joined.guard, active);
+        self.attachment.aim_cancel_at(&joined.conn).await;
         Ok(joined.conn)
     }
 
@@ -583,8 +584,8 @@ impl Session {
         }
         let join_sql = self.txn_shards.join_sql().unwrap_or_default();
         let role = BatchRole {
-            read: self.attached_read,
-            may_write: !self.attached_read,
+            read: self.attachment.is_read(),
+            may_write: !self.attachment.is_read(),
         };
         let Beside {
             mut conn,

@@ -104,7 +104,7 @@ impl Session {
     }
 
     /// Records one call of `frame`'s statement; primary or replica is the host of the last
-    /// checkout (`self.host`: a cross-shard batch takes the same role on every shard).
+    /// checkout (`self.attachment.host()`: a cross-shard batch takes the same role on every shard).
     fn record_statement(
         &self,
         frame: &Frame,
@@ -113,7 +113,10 @@ impl Session {
         route: StatementRoute,
         shards: u32,
     ) {
-        let replica = matches!(self.host, shardgate_pool::HostChoice::Replica(_));
+        let replica = matches!(
+            self.attachment.host(),
+            shardgate_pool::HostChoice::Replica(_)
+        );
         let log = &self.shared.query_log;
         // A named prepared statement's fingerprint was computed when it was interned.
         let fingerprint = (frame.tag() == frontend::BIND)
