@@ -44,7 +44,7 @@ impl Session {
                 let rest: Vec<Frame> = frames.collect();
                 if self.next_statement_elsewhere(&rest, server.status()) {
                     self.parked = rest;
-                    self.parked_in_transaction = true;
+                    self.txn.park_batch_in_transaction();
                     break;
                 }
                 frames = rest.into_iter();
@@ -71,7 +71,7 @@ impl Session {
         let mut clock = crate::timeouts::SessionClock::default();
         loop {
             if !self.parked.is_empty() && (self.replies.is_empty() || self.replies.refusing()) {
-                if std::mem::take(&mut self.parked_in_transaction)
+                if self.txn.take_parked_in_transaction()
                     && self.replies.is_empty()
                     && !self.replies.refusing()
                     && self.attachment.outgoing_is_empty()
@@ -189,7 +189,7 @@ impl Session {
                     let statement_start =
                         in_transaction && spans_shards && self.boundary == Boundary::Statement;
                     let starts_batch = rerouting
-                        && (!self.pin.is_pinned() || (in_transaction && self.txn_shards.is_multi()))
+                        && (!self.pin.is_pinned() || (in_transaction && self.txn.shards().is_multi()))
                         && !copy_message
                         && (self.boundary == Boundary::Request
                             || !lookahead.is_empty()
@@ -219,7 +219,7 @@ impl Session {
                                 }
                                 // Finish the previous request here first; then look again.
                                 self.parked = batch;
-                                self.parked_in_transaction = true;
+                                self.txn.park_batch_in_transaction();
                                 continue;
                             }
                         } else if self.belongs_elsewhere(&batch) {

@@ -355,7 +355,7 @@ impl Session {
                 .gather_in_transaction(server, &mut taken, &shards, gather, &request, &plan)
                 .await;
             for p in taken {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             let failed = match gathered? {
                 Gathered::Answered { failed } => failed,
@@ -382,7 +382,7 @@ impl Session {
         };
         if let Err(e) = crate::reference::fill_insert(evaluator, &plan, &mut request).await {
             for p in taken {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             return Ok(ManyRan::Refused(e));
         }
@@ -409,7 +409,7 @@ impl Session {
         for p in taken {
             self.count_many(p.shard, p.guard.host().role, &plan, took);
             failed |= p.conn.status() != TransactionStatus::InTransaction;
-            self.txn_shards.put(p);
+            self.txn.shards_mut().put(p);
         }
         let (broken, merge) = result?;
         if let Some((shard, error)) = broken {
@@ -437,7 +437,7 @@ impl Session {
         let mut taken = Vec::with_capacity(shards.len());
         let here = self.attachment.shard();
         for &s in shards.iter().filter(|s| **s != here) {
-            let joined = match self.txn_shards.take(s) {
+            let joined = match self.txn.shards_mut().take(s) {
                 Some(p) => Ok(p),
                 None => self.join(s, server).await,
             };
@@ -445,7 +445,7 @@ impl Session {
                 Ok(p) => taken.push(p),
                 Err(e) => {
                     for p in taken {
-                        self.txn_shards.put(p);
+                        self.txn.shards_mut().put(p);
                     }
                     return Err(e);
                 }
@@ -458,7 +458,7 @@ impl Session {
     /// transaction (25P02 until ROLLBACK), and the client gets its ReadyForQuery.
     pub(crate) fn end_many_in_transaction(&mut self, failed: bool) -> Result<(), SessionError> {
         if failed {
-            self.txn_shards.set_failed();
+            self.txn.shards_mut().set_failed();
             self.txn.note_error();
         }
         self.txn.set_status(if failed {

@@ -519,8 +519,8 @@ impl Session {
     /// At ReadyForQuery `I`: session effects of a transaction that committed become the
     /// client's state (and the server's); those of one that failed or rolled back are dropped.
     pub(crate) fn end_of_transaction(&mut self, server: &mut ServerConn) {
-        if !self.txn_shards.is_multi() {
-            self.txn_shards.reset();
+        if !self.txn.shards().is_multi() {
+            self.txn.shards_mut().reset();
         }
         if let Some(Settled { effects, committed }) = self.txn.settle() {
             if committed {

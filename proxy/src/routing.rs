@@ -292,7 +292,7 @@ impl Session {
             return Ok(());
         };
         self.note_transaction_statement(frame, &plan);
-        if self.txn_shards.is_multi() {
+        if self.txn.shards().is_multi() {
             self.check_multi_control(frame, &plan)?;
         }
         if self.txn.status() == TransactionStatus::Failed {

@@ -51,10 +51,6 @@ pub struct Session {
     /// The current (or last) server connection's shard, host and map version, its guards,
     /// the bytes waiting for it, and where cancels go.
     pub(crate) attachment: Attachment,
-    /// The client's transaction on shards other than the attached one.
-    pub(crate) txn_shards: crate::multi_txn::TxnShards,
-    /// The parked batch was read inside a transaction and may need other shards.
-    pub(crate) parked_in_transaction: bool,
     /// Read-your-writes: per shard, the WAL position this client's reads must see.
     pub(crate) read_your_writes: ReadYourWrites,
     /// The running request's start and statement (for metrics and the slow-query log).
@@ -191,8 +187,6 @@ impl Session {
                 shared.topology_version(),
                 cancel,
             ),
-            txn_shards: Default::default(),
-            parked_in_transaction: false,
             read_your_writes: ReadYourWrites::new(read_your_writes, shards),
             request: RequestTimer::default(),
             routing: RoutingState::default(),

@@ -443,7 +443,7 @@ impl Session {
             shards.contains(&here) && server.status() != TransactionStatus::InTransaction;
         for p in taken {
             failed |= p.conn.status() != TransactionStatus::InTransaction;
-            self.txn_shards.put(p);
+            self.txn.shards_mut().put(p);
         }
         if let Some((shard, error)) = lost {
             self.io.push_error(

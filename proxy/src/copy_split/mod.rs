@@ -155,7 +155,7 @@ impl Session {
                 .await
         };
         for p in taken {
-            self.txn_shards.put(p);
+            self.txn.shards_mut().put(p);
         }
         match end? {
             CopyEnd::Copied => Ok(()),
@@ -363,7 +363,7 @@ impl Session {
     ) -> Result<CopyEnd, SessionError> {
         self.io.out.extend_from_slice(&error);
         if in_transaction {
-            self.txn_shards.set_failed();
+            self.txn.shards_mut().set_failed();
             self.txn.note_error();
         }
         if phase == Phase::Starting {

@@ -44,7 +44,7 @@ impl Session {
         if plan.unsharded_tables || !plan.reference_tables.is_empty() {
             // Did this transaction write where the unsharded tables (and the coordinator's
             // copy of reference tables) live?
-            let mut waiting = self.txn_shards.take(default);
+            let mut waiting = self.txn.shards_mut().take(default);
             let conn: Option<&mut ServerConn> = if self.attachment.shard() == default {
                 Some(&mut **server)
             } else if let Some(p) = taken.iter_mut().find(|p| p.shard == default) {
@@ -63,7 +63,7 @@ impl Session {
                 None => false,
             };
             if let Some(p) = waiting {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             if wrote {
                 return Ok(Gathered::Refused(feature_error(
@@ -103,7 +103,8 @@ impl Session {
             max_buffered: config.limits.max_buffered_result,
         };
         let setup: String = self
-            .txn_shards
+            .txn
+            .shards()
             .locals()
             .iter()
             .map(|s| format!("{s};"))

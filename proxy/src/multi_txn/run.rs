@@ -137,7 +137,7 @@ impl Session {
         }
         if let Some(text) = self.frame_text(frame) {
             let control = Control::of(&text);
-            self.txn_shards.note(&text, &control);
+            self.txn.shards_mut().note(&text, &control);
         }
     }
 
@@ -154,14 +154,14 @@ impl Session {
         {
             return false;
         }
-        if self.txn_shards.failed() {
+        if self.txn.shards().failed() {
             return true;
         }
         let Some(first) = self.first_statement(batch) else {
             return false;
         };
         if first.control.is_control() {
-            return self.txn_shards.is_multi();
+            return self.txn.shards().is_multi();
         }
         if status == TransactionStatus::Failed || self.pin.is_pinned() {
             // The server answers 25P02 itself; a pinned session stays (and is refused).
@@ -213,7 +213,7 @@ impl Session {
         let Some(first) = self.first_statement(&batch) else {
             return Ok(InTransaction::Attach(server, batch));
         };
-        if self.txn_shards.failed() {
+        if self.txn.shards().failed() {
             return self.after_failure(server, batch, first).await;
         }
         match &first.control {
@@ -249,7 +249,7 @@ impl Session {
                 hint: Some("roll back and retry the transaction".into()),
             };
             self.read_rest_of_batch(&mut batch).await?;
-            self.txn_shards.set_failed();
+            self.txn.shards_mut().set_failed();
             self.fail_in_transaction(&batch, &e);
             return Ok(InTransaction::Attach(server, Vec::new()));
         }
@@ -349,7 +349,7 @@ impl Session {
     }
 
     fn multi_status(&self, attached: TransactionStatus) -> TransactionStatus {
-        if self.txn_shards.failed() {
+        if self.txn.shards().failed() {
             TransactionStatus::Failed
         } else {
             attached
@@ -395,26 +395,26 @@ impl Session {
             return Ok(());
         };
         let result = {
-            let mut others = self.txn_shards.take_all();
+            let mut others = self.txn.shards_mut().take_all();
             let mut members = self.members(server, &mut others);
             let result = run_everywhere(&mut members, &text).await;
             drop(members);
             for p in others {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             result
         };
         match result {
             Ok(()) => {
-                self.txn_shards.note(&text, &first.control);
+                self.txn.shards_mut().note(&text, &first.control);
                 if matches!(first.control, Control::RollbackTo(_)) {
-                    self.txn_shards.clear_failed();
+                    self.txn.shards_mut().clear_failed();
                 }
                 self.txn.set_status(TransactionStatus::InTransaction);
                 self.answer_one_statement(batch, answer, command_tag(&first.control));
             }
             Err(TxnError(error)) => {
-                self.txn_shards.set_failed();
+                self.txn.shards_mut().set_failed();
                 self.txn.set_status(TransactionStatus::Failed);
                 self.txn.note_error();
                 self.io.out.extend_from_slice(&error);
@@ -457,10 +457,10 @@ impl Session {
     ) -> Result<InTransaction, SessionError> {
         self.read_rest_of_batch(&mut batch).await?;
         let answer = self.one_statement(&batch);
-        let mut others = self.txn_shards.take_all();
+        let mut others = self.txn.shards_mut().take_all();
         // COMMIT of a failed transaction rolls back, as in PostgreSQL (no error).
         let commit = commit
-            && !self.txn_shards.failed()
+            && !self.txn.shards().failed()
             && server.status() != TransactionStatus::Failed
             && others
                 .iter()
@@ -491,7 +491,7 @@ impl Session {
                 self.remember_write_position_on(p.shard, &mut p.conn).await;
             }
         }
-        self.txn_shards.reset();
+        self.txn.shards_mut().reset();
         self.txn.set_status(TransactionStatus::Idle);
         self.routing.end_transaction();
         if !commit || outcome.is_err() {
@@ -527,7 +527,7 @@ impl Session {
         shard: ShardIndex,
         mut server: PooledConn,
     ) -> Result<PooledConn, (PooledConn, RouteError)> {
-        let joined = match self.txn_shards.take(shard) {
+        let joined = match self.txn.shards_mut().take(shard) {
             Some(p) => p,
             None => match self.join(shard, &mut server).await {
                 Ok(p) => p,
@@ -538,7 +538,7 @@ impl Session {
             Some(g) => g,
             None => return Err((server, internal("attached connection without a guard"))),
         };
-        self.txn_shards.put(Participant {
+        self.txn.shards_mut().put(Participant {
             shard: self.attachment.shard(),
             host: self.attachment.host(),
             read: self.attachment.is_read(),
@@ -565,7 +565,7 @@ impl Session {
         shard: ShardIndex,
         server: &mut ServerConn,
     ) -> Result<Participant, RouteError> {
-        if self.txn_shards.join_sql().is_none() {
+        if self.txn.shards().join_sql().is_none() {
             let sql = "SELECT current_setting('transaction_isolation') || ',' || current_setting('transaction_read_only') || ',' || current_setting('transaction_deferrable')";
             let value = super::fanout::query_value(server, sql)
                 .await
@@ -579,10 +579,11 @@ impl Session {
             let isolation = parts.next().unwrap_or("read committed");
             let read_only = parts.next() == Some("on");
             let deferrable = parts.next() == Some("on");
-            self.txn_shards
+            self.txn
+                .shards_mut()
                 .set_begin(begin_statement(isolation, read_only, deferrable));
         }
-        let join_sql = self.txn_shards.join_sql().unwrap_or_default();
+        let join_sql = self.txn.shards().join_sql().unwrap_or_default();
         let role = BatchRole {
             read: self.attachment.is_read(),
             may_write: !self.attachment.is_read(),
@@ -630,8 +631,8 @@ impl Session {
     /// connection was lost) or it ended on the attached connection alone: the other shards
     /// roll back.
     pub(crate) async fn end_other_shards(&mut self) {
-        if self.txn_shards.is_multi() {
-            let mut others = self.txn_shards.take_all();
+        if self.txn.shards().is_multi() {
+            let mut others = self.txn.shards_mut().take_all();
             let mut members: Vec<Member<'_>> = others
                 .iter_mut()
                 .map(|p| Member {
@@ -641,7 +642,7 @@ impl Session {
                 .collect();
             rollback_all(&mut members).await;
         }
-        self.txn_shards.reset();
+        self.txn.shards_mut().reset();
     }
 
     /// While other shards take part, transaction control may not reach the attached
