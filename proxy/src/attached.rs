@@ -87,7 +87,7 @@ impl Session {
                 }
                 if server.status() != TransactionStatus::Idle
                     || self.replies.refusing()
-                    || self.pin.is_pinned()
+                    || self.client_state.pin().is_pinned()
                 {
                     // The pipelined batch opened a transaction here after all, an error makes
                     // the server skip it up to its Sync, or the session got pinned here: it
@@ -189,7 +189,7 @@ impl Session {
                     let statement_start =
                         in_transaction && spans_shards && self.boundary == Boundary::Statement;
                     let starts_batch = rerouting
-                        && (!self.pin.is_pinned() || (in_transaction && self.txn.shards().is_multi()))
+                        && (!self.client_state.pin().is_pinned() || (in_transaction && self.txn.shards().is_multi()))
                         && !copy_message
                         && (self.boundary == Boundary::Request
                             || !lookahead.is_empty()

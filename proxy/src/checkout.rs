@@ -149,8 +149,8 @@ impl Session {
         collect: bool,
     ) -> Result<(PooledConn, Vec<(String, String)>), Replay> {
         let mut reported = Vec::new();
-        if server.session_fingerprint() != self.state.fingerprint() || collect {
-            let sql = self.state.replay_sql();
+        if server.session_fingerprint() != self.client_state.settings().fingerprint() || collect {
+            let sql = self.client_state.settings().replay_sql();
             match run_collecting(&mut server, &sql).await {
                 Ok(r) => reported = r,
                 Err(ServerError::Query { code, message }) => {
@@ -169,7 +169,7 @@ impl Session {
                     return Err(Replay::Closed(e));
                 }
             }
-            server.set_session_fingerprint(self.state.fingerprint());
+            server.set_session_fingerprint(self.client_state.settings().fingerprint());
         }
         Ok((server, reported))
     }

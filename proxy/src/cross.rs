@@ -510,7 +510,9 @@ impl Session {
                     let text = self.sql_for_shards(p.query)?;
                     if !p.name.is_empty() {
                         let stmt = self.intern_statement(p.query, &p.param_types);
-                        self.statements.insert(p.name.to_owned(), stmt);
+                        self.client_state
+                            .statements_mut()
+                            .insert(p.name.to_owned(), stmt);
                     } else {
                         self.routing
                             .set_unnamed(text.clone(), p.param_types.clone());
@@ -527,7 +529,8 @@ impl Session {
                         statement = if b.statement.is_empty() {
                             self.routing.unnamed().cloned()
                         } else {
-                            self.statements
+                            self.client_state
+                                .statements_mut()
                                 .get(b.statement)
                                 .map(|s| (s.query.clone(), s.param_types.clone()))
                         };
@@ -581,11 +584,11 @@ impl Session {
     /// the client's encoding.
     pub(crate) fn sql_for_shards(&self, bytes: &[u8]) -> Result<String, RouteError> {
         match std::str::from_utf8(bytes) {
-            Ok(text) if self.encoding.is_utf8() || text.is_ascii() => Ok(text.to_owned()),
+            Ok(text) if self.client_state.encoding().is_utf8() || text.is_ascii() => Ok(text.to_owned()),
             _ => Err(feature_error(
                 format!(
                     "a statement on several shards with non-ASCII text needs client_encoding UTF8 (this client uses {})",
-                    self.encoding.name()
+                    self.client_state.encoding().name()
                 ),
                 "SET client_encoding = 'UTF8' for it, or restrict it to one shard with its shard key",
             )),

@@ -13,6 +13,7 @@ mod broadcast;
 mod cancel;
 mod checkout;
 mod client;
+mod client_state;
 mod control;
 mod copy_split;
 mod cross;

@@ -242,7 +242,7 @@ impl Session {
                 .and_then(|p| pinning_statement(&self.sql(p.query))),
             frontend::BIND => {
                 let bind = frontend::bind(frame).ok()?;
-                self.statements.get(bind.statement)?.pins
+                self.client_state.statements_mut().get(bind.statement)?.pins
             }
             _ => None,
         })
@@ -252,7 +252,7 @@ impl Session {
     /// pin the session to it, or refuse the statement (`pool.pinning = "refuse"`, or a
     /// replica connection, whose client would later need the primary).
     pub(crate) fn pin_here(&mut self, what: &'static str) -> Result<(), RouteError> {
-        if !self.client.mode_is_transaction() || self.pin.is_pinned() {
+        if !self.client.mode_is_transaction() || self.client_state.pin().is_pinned() {
             return Ok(());
         }
         if self.shared.config().pool.pinning == Pinning::Refuse {
@@ -273,7 +273,9 @@ impl Session {
             });
         }
         let key = self.pool().key().clone();
-        self.pin.pin(what, &key, &self.shared.pins);
+        self.client_state
+            .pin_mut()
+            .pin(what, &key, &self.shared.pins);
         Ok(())
     }
 }

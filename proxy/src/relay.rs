@@ -153,7 +153,7 @@ impl Session {
         }
         for (name, effects, stmt) in parsed {
             self.txn.note_effects(effects);
-            self.statements.insert(name, stmt);
+            self.client_state.statements_mut().insert(name, stmt);
             backend::write_parse_complete(&mut self.io.out);
         }
         self.io.push_ready(self.txn.status());
@@ -230,14 +230,19 @@ impl Session {
                     let stmt = self.intern_statement(parse.query, &parse.param_types);
                     // Redefining a name replaces it (PostgreSQL would refuse with 42P05; drivers
                     // never rely on that, and the old text may live on other connections).
-                    self.statements
+                    self.client_state
+                        .statements_mut()
                         .insert(parse.name.to_owned(), Arc::clone(&stmt));
                     self.ensure_prepared(server, &stmt, true);
                 }
             }
             frontend::BIND => {
                 let bind = frontend::bind(&frame).map_err(|e| self.protocol_error(e))?;
-                let global = self.statements.get(bind.statement).cloned();
+                let global = self
+                    .client_state
+                    .statements_mut()
+                    .get(bind.statement)
+                    .cloned();
                 if let Some(stmt) = &global {
                     // Each execution acts on the session again (a prepared set_config), and
                     // a statement parsed without a server pins when it first runs.
@@ -275,7 +280,7 @@ impl Session {
                         .extend_from_slice(frame.as_bytes());
                     self.push_expect(Expect::DescribePortal);
                 } else {
-                    match self.statements.get(target.name).cloned() {
+                    match self.client_state.statements_mut().get(target.name).cloned() {
                         Some(stmt) => {
                             self.ensure_prepared(server, &stmt, false);
                             frontend::write_describe(self.attachment.outgoing(), b'S', &stmt.name);
@@ -299,7 +304,7 @@ impl Session {
                 let target = frontend::close(&frame).map_err(|e| self.protocol_error(e))?;
                 if target.kind == b'S' && !target.name.is_empty() {
                     // The client's name only: other clients may share the server statement.
-                    self.statements.remove(target.name);
+                    self.client_state.statements_mut().remove(target.name);
                     self.push_expect(Expect::Synth(Synth::CloseComplete));
                 } else {
                     self.attachment
@@ -526,13 +531,13 @@ impl Session {
             if committed {
                 // (Prepared statements dropped by DEALLOCATE/DISCARD ALL were forgotten at its
                 // CommandComplete: they are gone even if the transaction rolls back.)
-                self.state.apply(&effects);
-                if self.state.server_diverges(&effects) {
+                self.client_state.settings_mut().apply(&effects);
+                if self.client_state.settings().server_diverges(&effects) {
                     // E.g. a RESET took the server back to its own default, not the client's
                     // startup value: the next checkout replays the client's settings.
                     server.set_session_fingerprint(u64::MAX);
                 } else {
-                    server.set_session_fingerprint(self.state.fingerprint());
+                    server.set_session_fingerprint(self.client_state.settings().fingerprint());
                 }
             } else {
                 // Which SETs the server kept is unknown: one before a savepoint that was rolled

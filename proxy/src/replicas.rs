@@ -135,7 +135,8 @@ impl Session {
         if bind.statement.is_empty() {
             self.routing.unnamed().map(|(t, _)| t.clone())
         } else {
-            self.statements
+            self.client_state
+                .statements()
                 .peek(bind.statement)
                 .map(|s| s.query.clone())
         }

@@ -85,7 +85,7 @@ impl Session {
                 let bind = frontend::bind(frame).map_err(protocol_error)?;
                 if !bind.statement.is_empty() {
                     // Marks the statement used, for the client's statement cache.
-                    self.statements.get(bind.statement);
+                    self.client_state.statements_mut().get(bind.statement);
                 }
                 // Not known here: the server will say so.
                 let Some((text, types)) = self.bound_statement(bind.statement) else {
@@ -132,7 +132,7 @@ impl Session {
     fn bound_statement(&self, name: &str) -> Option<(&str, &[u32])> {
         let (text, types) = if name.is_empty() {
             self.routing.unnamed()?
-        } else if let Some(s) = self.statements.peek(name) {
+        } else if let Some(s) = self.client_state.statements().peek(name) {
             return Some((&s.query, &s.param_types));
         } else {
             // Parsed earlier in the batch being routed (JDBC sends Parse and Bind of a named
@@ -307,7 +307,9 @@ impl Session {
         {
             return Ok(());
         }
-        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.txn.status()) {
+        if let (Some(why), TransactionStatus::Idle) =
+            (self.client_state.pin().reason(), self.txn.status())
+        {
             // Pinned (see `pinning`): the session's state lives on this shard's connection.
             if self.attachment.map_changed(self.shared.topology_version()) {
                 return Err(feature_error(

@@ -16,12 +16,11 @@ use crate::attachment::Attachment;
 use crate::boundary::Boundary;
 use crate::checkout::PoolCache;
 use crate::client::ClientIdentity;
+use crate::client_state::ClientState;
 use crate::control::CountGuard;
 use crate::io::ClientIo;
 use crate::login::{login, Login};
 use crate::multi_txn::InTransaction;
-use crate::pinning::Pin;
-use crate::prepared::ClientStatements;
 use crate::query_stats::StatementRoute;
 use crate::read_your_writes::ReadYourWrites;
 use crate::replies::{Expect, ReplyQueue};
@@ -46,6 +45,9 @@ pub struct Session {
     pub(crate) io: ClientIo,
     /// Who the client is (fixed at login) and the admissions it holds.
     pub(crate) client: ClientIdentity,
+    /// The client's prepared statements, pin, settings and encoding: what outlives its server
+    /// connections.
+    pub(crate) client_state: ClientState,
     /// Server pools by shard and host, created on first use.
     pub(crate) pools: PoolCache,
     /// The current (or last) server connection's shard, host and map version, its guards,
@@ -67,18 +69,12 @@ pub struct Session {
     /// transaction is open; after an Execute the next statement of a pipelined batch may go
     /// to another shard of a multi-shard transaction.
     pub(crate) boundary: Boundary,
-    pub(crate) statements: ClientStatements,
-    /// Session state that cannot follow the client to another connection keeps it here.
-    pub(crate) pin: Pin,
-    pub(crate) state: SessionState,
     /// The replies the client is owed, in order, and whether its messages up to the next
     /// Sync are dropped.
     pub(crate) replies: ReplyQueue,
     /// The transaction as reported to the client: status, a deferred BEGIN, pending
     /// session effects.
     pub(crate) txn: TxnState,
-    /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
-    pub(crate) encoding: crate::encoding::ClientEncoding,
     pub(crate) shutdown: crate::shutdown_signal::ShutdownSignal,
 }
 
@@ -159,7 +155,7 @@ async fn end_of_shutdown(mut shutdown: watch::Receiver<bool>, timeout: Duration)
 
 impl Session {
     pub(crate) fn releases_at_idle(&self) -> bool {
-        self.client.mode_is_transaction() && !self.pin.is_pinned()
+        self.client.mode_is_transaction() && !self.client_state.pin().is_pinned()
     }
 
     fn new(
@@ -176,10 +172,14 @@ impl Session {
             .user
             .read_your_writes
             .unwrap_or(config.replicas.read_your_writes);
-        let state = SessionState::from_startup(&login.params);
+        let client_state = ClientState::new(
+            config.pool.prepared_statements_per_client,
+            SessionState::from_startup(&login.params),
+        );
         Session {
             shared: Arc::clone(shared),
             io,
+            client_state,
             client: ClientIdentity::new(id, login, config.pool.mode, (pid, secret)),
             pools: PoolCache::new(shared.pool_generation()),
             attachment: Attachment::new(
@@ -193,12 +193,8 @@ impl Session {
             parked: Vec::new(),
             fence: Default::default(),
             boundary: Boundary::Request,
-            statements: ClientStatements::new(config.pool.prepared_statements_per_client),
-            pin: Pin::default(),
-            state,
             replies: ReplyQueue::default(),
             txn: TxnState::default(),
-            encoding: Default::default(),
             shutdown: crate::shutdown_signal::ShutdownSignal::new(shutdown),
         }
     }
@@ -417,7 +413,7 @@ impl Session {
                 // (Its requests were answered with errors, a held statement's too.) Session
                 // state it was pinned for is gone with it.
                 self.fence.take_pending();
-                self.pin.release();
+                self.client_state.pin_mut().release();
                 self.end_other_shards().await;
                 self.release(&mut server).await;
             }
@@ -458,13 +454,13 @@ impl Session {
         if self.client.mode_is_session() {
             reset.push(self.shared.config().pool.reset_query.clone());
         }
-        let pinned = self.pin.is_pinned();
+        let pinned = self.client_state.pin().is_pinned();
         if pinned {
             // What pinned the session (temp tables, LISTEN, locks, cursors, statements,
             // settings) goes; RESET ALL inside DISCARD ALL keeps the role.
             reset.push("DISCARD ALL".to_owned());
             reset.push("RESET SESSION AUTHORIZATION; RESET ROLE".to_owned());
-            self.pin.release();
+            self.client_state.pin_mut().release();
         }
         for sql in reset {
             match tokio::time::timeout(CLEANUP_TIMEOUT, server.run_internal(&sql)).await {

@@ -224,7 +224,7 @@ impl Session {
         if split.is_none() {
             return Ok(None);
         }
-        if !self.encoding.is_utf8() && !sql.is_ascii() {
+        if !self.client_state.encoding().is_utf8() && !sql.is_ascii() {
             // The parts are sent as UTF-8 text: only text that reads the same in the client's
             // encoding (the caller answers with the statement's own refusal).
             return Ok(None);
@@ -244,7 +244,8 @@ impl Session {
                 .map(|(_, t)| t.clone())
                 .unwrap_or_default();
         }
-        self.statements
+        self.client_state
+            .statements()
             .peek(name)
             .map(|s| s.param_types.clone())
             .or_else(|| self.routing.batch_parse(name).map(|(_, t)| t.clone()))

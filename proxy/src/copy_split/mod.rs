@@ -66,7 +66,7 @@ impl Session {
         if self.shared.topo().router.shard_names().len() < 2 {
             return None;
         }
-        if !self.encoding.is_utf8() && !sql.is_ascii() {
+        if !self.client_state.encoding().is_utf8() && !sql.is_ascii() {
             // Shards are sent the text as UTF-8 (the caller answers with the plan's refusal).
             return None;
         }
@@ -251,7 +251,7 @@ impl Session {
                 &topo.router,
                 copy,
                 &position,
-                self.encoding,
+                self.client_state.encoding(),
                 items,
             );
             if let Err(e) = routed {

@@ -273,7 +273,7 @@ impl Session {
 
     /// Whether the batch reads held results (see [`super::HeldResults::claims`]).
     pub(crate) fn claims_held(&mut self, batch: &[Frame]) -> bool {
-        let encoding = self.encoding;
+        let encoding = self.client_state.encoding();
         self.txn
             .shards_mut()
             .held

@@ -110,7 +110,8 @@ impl Session {
                 if bind.statement.is_empty() {
                     return self.routing.unnamed().map(|(t, _)| t.clone());
                 }
-                self.statements
+                self.client_state
+                    .statements()
                     .peek(bind.statement)
                     .map(|s| s.query.clone())
                     .or_else(|| {
@@ -163,7 +164,7 @@ impl Session {
         if first.control.is_control() {
             return self.txn.shards().is_multi();
         }
-        if status == TransactionStatus::Failed || self.pin.is_pinned() {
+        if status == TransactionStatus::Failed || self.client_state.pin().is_pinned() {
             // The server answers 25P02 itself; a pinned session stays (and is refused).
             return false;
         }

@@ -96,7 +96,10 @@ impl Session {
                 if bind.statement.is_empty() {
                     self.routing.unnamed().map(|(t, _)| f(t))
                 } else {
-                    self.statements.peek(bind.statement).map(|s| f(&s.query))
+                    self.client_state
+                        .statements()
+                        .peek(bind.statement)
+                        .map(|s| f(&s.query))
                 }
             }
             _ => None,
@@ -123,7 +126,12 @@ impl Session {
             .then(|| frontend::bind(frame).ok())
             .flatten()
             .filter(|b| !b.statement.is_empty())
-            .and_then(|b| self.statements.peek(b.statement).map(|s| s.fingerprint));
+            .and_then(|b| {
+                self.client_state
+                    .statements()
+                    .peek(b.statement)
+                    .map(|s| s.fingerprint)
+            });
         self.with_statement_text(frame, |sql| {
             log.record(Sample {
                 sql,
@@ -170,7 +178,8 @@ impl Session {
         let types: Vec<u32> = if bind.statement.is_empty() {
             self.routing.unnamed().map(|(_, t)| t.clone())
         } else {
-            self.statements
+            self.client_state
+                .statements()
                 .peek(bind.statement)
                 .map(|s| s.param_types.clone())
         }
