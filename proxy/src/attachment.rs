@@ -5,6 +5,7 @@
 use bytes::BytesMut;
 use shardgate_pool::{HostChoice, QueryGuard, ServerConn, ServerError};
 use shardgate_router::ShardIndex;
+use shardgate_wire::Frame;
 
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::control::CountGuard;
@@ -110,6 +111,11 @@ impl Attachment {
     /// The bytes waiting to be written to the server.
     pub(crate) fn outgoing(&mut self) -> &mut BytesMut {
         &mut self.to_server
+    }
+
+    /// Queues a client message for the server as it came.
+    pub(crate) fn forward(&mut self, frame: &Frame) {
+        self.to_server.extend_from_slice(frame.as_bytes());
     }
 
     pub(crate) fn outgoing_is_empty(&self) -> bool {

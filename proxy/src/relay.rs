@@ -208,9 +208,7 @@ impl Session {
                 if !self.track_session_state(&self.sql(text), true) {
                     return Ok(Flow::Continue);
                 }
-                self.attachment
-                    .outgoing()
-                    .extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 self.push_expect(Expect::Query);
             }
             frontend::PARSE => {
@@ -219,9 +217,7 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 if parse.name.is_empty() {
-                    self.attachment
-                        .outgoing()
-                        .extend_from_slice(frame.as_bytes());
+                    self.attachment.forward(&frame);
                     self.push_expect(Expect::Parse {
                         global: None,
                         to_client: true,
@@ -265,19 +261,14 @@ impl Session {
                         );
                     }
                     // Unnamed, or unknown to this client: the server answers (26000 if unknown).
-                    None => self
-                        .attachment
-                        .outgoing()
-                        .extend_from_slice(frame.as_bytes()),
+                    None => self.attachment.forward(&frame),
                 }
                 self.push_expect(Expect::Bind { global });
             }
             frontend::DESCRIBE => {
                 let target = frontend::describe(&frame).map_err(|e| self.protocol_error(e))?;
                 if target.kind == b'P' {
-                    self.attachment
-                        .outgoing()
-                        .extend_from_slice(frame.as_bytes());
+                    self.attachment.forward(&frame);
                     self.push_expect(Expect::DescribePortal);
                 } else {
                     match self.client_state.statements_mut().get(target.name).cloned() {
@@ -285,19 +276,14 @@ impl Session {
                             self.ensure_prepared(server, &stmt, false);
                             frontend::write_describe(self.attachment.outgoing(), b'S', &stmt.name);
                         }
-                        None => self
-                            .attachment
-                            .outgoing()
-                            .extend_from_slice(frame.as_bytes()),
+                        None => self.attachment.forward(&frame),
                     }
                     self.push_expect(Expect::DescribeStatement);
                 }
             }
             frontend::EXECUTE => {
                 frontend::execute(&frame).map_err(|e| self.protocol_error(e))?;
-                self.attachment
-                    .outgoing()
-                    .extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 self.push_expect(Expect::Execute);
             }
             frontend::CLOSE => {
@@ -307,16 +293,12 @@ impl Session {
                     self.client_state.statements_mut().remove(target.name);
                     self.push_expect(Expect::Synth(Synth::CloseComplete));
                 } else {
-                    self.attachment
-                        .outgoing()
-                        .extend_from_slice(frame.as_bytes());
+                    self.attachment.forward(&frame);
                     self.push_expect(Expect::Close { to_client: true });
                 }
             }
             frontend::SYNC => {
-                self.attachment
-                    .outgoing()
-                    .extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 // The server ignores a Sync during COPY FROM STDIN (tokio-postgres sends one
                 // right after the Execute that starts the COPY): nothing will answer it.
                 if !self.replies.in_copy_in() {
@@ -324,18 +306,14 @@ impl Session {
                 }
             }
             frontend::FUNCTION_CALL => {
-                self.attachment
-                    .outgoing()
-                    .extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 self.push_expect(Expect::Query);
             }
             frontend::FLUSH | frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
                 if matches!(frame.tag(), frontend::COPY_DONE | frontend::COPY_FAIL) {
                     self.replies.end_copy_in();
                 }
-                self.attachment
-                    .outgoing()
-                    .extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
             }
             frontend::TERMINATE => return Ok(Flow::Terminate),
             other => {
