@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use shardgate_config::PoolMode;
 use shardgate_pool::PooledConn;
 use shardgate_wire::backend::TransactionStatus;
 use shardgate_wire::{frontend, sqlstate, Frame};
@@ -45,7 +44,7 @@ impl Session {
                 let rest: Vec<Frame> = frames.collect();
                 if self.next_statement_elsewhere(&rest, server.status()) {
                     self.parked = rest;
-                    self.parked_in_transaction = true;
+                    self.txn.park_batch_in_transaction();
                     break;
                 }
                 frames = rest.into_iter();
@@ -60,7 +59,7 @@ impl Session {
         let timeouts = config.timeouts.clone();
         let timed = crate::timeouts::any_session_timeout(&timeouts);
         drop(config);
-        let rerouting = self.mode == PoolMode::Transaction && {
+        let rerouting = self.client.mode_is_transaction() && {
             let topo = self.shared.topo();
             topo.router.shard_names().len() > 1 || topo.reads_can_leave_primary
         };
@@ -72,10 +71,10 @@ impl Session {
         let mut clock = crate::timeouts::SessionClock::default();
         loop {
             if !self.parked.is_empty() && (self.replies.is_empty() || self.replies.refusing()) {
-                if std::mem::take(&mut self.parked_in_transaction)
+                if self.txn.take_parked_in_transaction()
                     && self.replies.is_empty()
                     && !self.replies.refusing()
-                    && self.to_server.is_empty()
+                    && self.attachment.outgoing_is_empty()
                     && server.status() != TransactionStatus::Idle
                 {
                     // Asked again now that the previous request is done (it may have failed).
@@ -88,7 +87,7 @@ impl Session {
                 }
                 if server.status() != TransactionStatus::Idle
                     || self.replies.refusing()
-                    || self.pin.is_pinned()
+                    || self.client_state.pin().is_pinned()
                 {
                     // The pipelined batch opened a transaction here after all, an error makes
                     // the server skip it up to its Sync, or the session got pinned here: it
@@ -99,21 +98,21 @@ impl Session {
                             return Err(self.report_protocol_error(e).await);
                         }
                     }
-                } else if self.to_server.is_empty() {
+                } else if self.attachment.outgoing_is_empty() {
                     // The previous batch ended with Flush, not Sync: no ReadyForQuery is coming
                     // to release the connection (waiting for one hung the client). A Sync of
                     // the proxy's own ends the server's implicit transaction; its reply is
                     // swallowed and releases the connection.
-                    frontend::write_sync(&mut self.to_server);
+                    frontend::write_sync(self.attachment.outgoing());
                     self.push_expect(Expect::Swallow);
                 }
             }
             let reading = self.parked.is_empty();
             // Batch writes while more client messages are at hand, unless they are held back.
-            if !self.to_server.is_empty() && (!reading || !self.io.reader.has_buffered_frame()) {
-                let res = server.write_all(&self.to_server).await;
-                self.to_server.clear();
-                if let Err(e) = res {
+            if !self.attachment.outgoing_is_empty()
+                && (!reading || !self.io.reader.has_buffered_frame())
+            {
+                if let Err(e) = self.attachment.send(server).await {
                     return self.lose_server(&e.to_string()).await;
                 }
             }
@@ -156,7 +155,7 @@ impl Session {
                         // one turn of this loop (and its select!) per message. What the top of
                         // the loop does between messages (a parked batch, bytes for the
                         // server) stops it.
-                        if !self.parked.is_empty() || !self.to_server.is_empty() {
+                        if !self.parked.is_empty() || !self.attachment.outgoing_is_empty() {
                             break;
                         }
                         match server.try_frame() {
@@ -190,7 +189,7 @@ impl Session {
                     let statement_start =
                         in_transaction && spans_shards && self.boundary == Boundary::Statement;
                     let starts_batch = rerouting
-                        && (!self.pin.is_pinned() || (in_transaction && self.txn_shards.is_multi()))
+                        && (!self.client_state.pin().is_pinned() || (in_transaction && self.txn.shards().is_multi()))
                         && !copy_message
                         && (self.boundary == Boundary::Request
                             || !lookahead.is_empty()
@@ -220,7 +219,7 @@ impl Session {
                                 }
                                 // Finish the previous request here first; then look again.
                                 self.parked = batch;
-                                self.parked_in_transaction = true;
+                                self.txn.park_batch_in_transaction();
                                 continue;
                             }
                         } else if self.belongs_elsewhere(&batch) {

@@ -12,7 +12,6 @@ use shardgate_router::ShardIndex;
 use shardgate_wire::{backend, sqlstate};
 use tracing::debug;
 
-use crate::cancel::CancelTarget;
 use crate::control::CountGuard;
 use crate::session::Session;
 
@@ -67,19 +66,21 @@ impl Session {
             let shards = self.shared.topo().router.shard_names().len();
             self.read_your_writes.follow_shard_count(shards);
         }
-        let at = (self.shard, self.host);
+        let at = (self.attachment.shard(), self.attachment.host());
         if let Some(p) = self.pools.get(at) {
             return p.clone();
         }
-        let (role, host) = self.shared.host_of(self.shard, self.host);
+        let (role, host) = self
+            .shared
+            .host_of(self.attachment.shard(), self.attachment.host());
         let key = PoolKey {
-            database: self.database.clone(),
-            user: self.user.name.clone(),
-            shard: self.shard_name(self.shard),
+            database: self.client.database().to_owned(),
+            user: self.client.user().name.clone(),
+            shard: self.shard_name(self.attachment.shard()),
             role,
             host,
         };
-        let pool = self.shared.pool(key, &self.user);
+        let pool = self.shared.pool(key, self.client.user());
         self.pools.insert(at, pool.clone());
         pool
     }
@@ -110,19 +111,8 @@ impl Session {
                 Err(Replay::Refused(failure)) => return Err(failure),
             }
         };
-        self.aim_cancel_at(&server).await;
+        self.attachment.aim_cancel_at(&server).await;
         Ok((server, reported))
-    }
-
-    /// The client's CancelRequests go to `server` from now on.
-    pub(crate) async fn aim_cancel_at(&self, server: &ServerConn) {
-        let (pid, secret) = server.backend_key();
-        let target = Some(CancelTarget {
-            host: server.shared_host(),
-            pid,
-            secret,
-        });
-        crate::cancel::set_target(&self.cancel, target).await;
     }
 
     /// One checkout from `pool`, counted as waiting and timed for the query statistics.
@@ -132,7 +122,7 @@ impl Session {
         let checked_out = pool.checkout().await;
         drop(waiting);
         self.shared.topo().query_stats.checkout_wait(
-            self.shard,
+            self.attachment.shard(),
             pool.key().role,
             wait_started.elapsed(),
         );
@@ -159,8 +149,8 @@ impl Session {
         collect: bool,
     ) -> Result<(PooledConn, Vec<(String, String)>), Replay> {
         let mut reported = Vec::new();
-        if server.session_fingerprint() != self.state.fingerprint() || collect {
-            let sql = self.state.replay_sql();
+        if server.session_fingerprint() != self.client_state.settings().fingerprint() || collect {
+            let sql = self.client_state.settings().replay_sql();
             match run_collecting(&mut server, &sql).await {
                 Ok(r) => reported = r,
                 Err(ServerError::Query { code, message }) => {
@@ -179,7 +169,7 @@ impl Session {
                     return Err(Replay::Closed(e));
                 }
             }
-            server.set_session_fingerprint(self.state.fingerprint());
+            server.set_session_fingerprint(self.client_state.settings().fingerprint());
         }
         Ok((server, reported))
     }

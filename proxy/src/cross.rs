@@ -76,7 +76,7 @@ impl Session {
         let at_default = shards.iter().position(|s| *s == default).unwrap_or(0);
         if let Some(conn) = conns.get_mut(at_default) {
             if let Err(e) = crate::reference::fill_insert(conn, &plan, &mut request).await {
-                crate::cancel::set_target(&self.cancel, None).await;
+                self.attachment.clear_cancel_target().await;
                 self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
                 self.io.flush().await?;
                 return Ok(None);
@@ -91,7 +91,7 @@ impl Session {
             self.execute_many(&mut servers, &names, &request, &plan, false)
                 .await?
         };
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         let took = started.elapsed();
         for (shard, guard) in shards.iter().zip(&running) {
             self.count_many(*shard, guard.host().role, &plan, took);
@@ -162,7 +162,7 @@ impl Session {
                 Err(ScatterFailure::ClientGone) => {
                     // The connections still mid-result were marked broken: the pool
                     // closes them, which ends their statements.
-                    crate::cancel::set_target(&self.cancel, None).await;
+                    self.attachment.clear_cancel_target().await;
                     Err(SessionError::ClientGone)
                 }
             };
@@ -215,7 +215,7 @@ impl Session {
         role: BatchRole,
     ) -> Result<Option<PooledConn>, SessionError> {
         let version = self.shared.topology_version();
-        self.shard = shard;
+        self.attachment.set_shard(shard);
         let (mut server, guard) = match self.checkout_for(role).await {
             Ok(v) => v,
             Err(f) => {
@@ -234,8 +234,8 @@ impl Session {
             return Ok(None);
         }
         let active = crate::control::CountGuard::new(&self.shared.activity.active);
-        self.attach_guard(guard, active);
-        self.attached_version = version;
+        self.attachment.hold(guard, active);
+        self.attachment.routed_by(version);
         Ok(Some(server))
     }
 
@@ -251,14 +251,14 @@ impl Session {
         let mut conns: Vec<PooledConn> = Vec::with_capacity(shards.len());
         let mut running = Vec::with_capacity(shards.len());
         for shard in shards {
-            self.shard = *shard;
+            self.attachment.set_shard(*shard);
             match self.checkout_for(role).await {
                 Ok((conn, guard)) => {
                     conns.push(conn);
                     running.push(guard);
                 }
                 Err(f) => {
-                    crate::cancel::set_target(&self.cancel, None).await;
+                    self.attachment.clear_cancel_target().await;
                     self.fail_batch(batch, &f.code, &f.message, f.hint.as_deref());
                     self.io.flush().await?;
                     return Ok(None);
@@ -345,7 +345,7 @@ impl Session {
         mut request: ScatterRequest,
         streamed: Option<crate::scatter::Batches>,
     ) -> Result<ManyRan, SessionError> {
-        let here = self.shard;
+        let here = self.attachment.shard();
         let mut taken = match self.participants_for(&shards, server).await {
             Ok(taken) => taken,
             Err(e) => return Ok(ManyRan::Refused(e)),
@@ -355,7 +355,7 @@ impl Session {
                 .gather_in_transaction(server, &mut taken, &shards, gather, &request, &plan)
                 .await;
             for p in taken {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             let failed = match gathered? {
                 Gathered::Answered { failed } => failed,
@@ -382,7 +382,7 @@ impl Session {
         };
         if let Err(e) = crate::reference::fill_insert(evaluator, &plan, &mut request).await {
             for p in taken {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             return Ok(ManyRan::Refused(e));
         }
@@ -409,7 +409,7 @@ impl Session {
         for p in taken {
             self.count_many(p.shard, p.guard.host().role, &plan, took);
             failed |= p.conn.status() != TransactionStatus::InTransaction;
-            self.txn_shards.put(p);
+            self.txn.shards_mut().put(p);
         }
         let (broken, merge) = result?;
         if let Some((shard, error)) = broken {
@@ -435,9 +435,9 @@ impl Session {
         server: &mut PooledConn,
     ) -> Result<Vec<Participant>, RouteError> {
         let mut taken = Vec::with_capacity(shards.len());
-        let here = self.shard;
+        let here = self.attachment.shard();
         for &s in shards.iter().filter(|s| **s != here) {
-            let joined = match self.txn_shards.take(s) {
+            let joined = match self.txn.shards_mut().take(s) {
                 Some(p) => Ok(p),
                 None => self.join(s, server).await,
             };
@@ -445,7 +445,7 @@ impl Session {
                 Ok(p) => taken.push(p),
                 Err(e) => {
                     for p in taken {
-                        self.txn_shards.put(p);
+                        self.txn.shards_mut().put(p);
                     }
                     return Err(e);
                 }
@@ -458,7 +458,7 @@ impl Session {
     /// transaction (25P02 until ROLLBACK), and the client gets its ReadyForQuery.
     pub(crate) fn end_many_in_transaction(&mut self, failed: bool) -> Result<(), SessionError> {
         if failed {
-            self.txn_shards.set_failed();
+            self.txn.shards_mut().set_failed();
             self.txn.note_error();
         }
         self.txn.set_status(if failed {
@@ -510,7 +510,9 @@ impl Session {
                     let text = self.sql_for_shards(p.query)?;
                     if !p.name.is_empty() {
                         let stmt = self.intern_statement(p.query, &p.param_types);
-                        self.statements.insert(p.name.to_owned(), stmt);
+                        self.client_state
+                            .statements_mut()
+                            .insert(p.name.to_owned(), stmt);
                     } else {
                         self.routing.set_unnamed(&text, &p.param_types);
                     }
@@ -526,7 +528,8 @@ impl Session {
                         statement = if b.statement.is_empty() {
                             self.routing.unnamed().cloned()
                         } else {
-                            self.statements
+                            self.client_state
+                                .statements_mut()
                                 .get(b.statement)
                                 .map(|s| (s.query.clone(), s.param_types.clone()))
                         };
@@ -580,11 +583,11 @@ impl Session {
     /// the client's encoding.
     pub(crate) fn sql_for_shards(&self, bytes: &[u8]) -> Result<String, RouteError> {
         match std::str::from_utf8(bytes) {
-            Ok(text) if self.encoding.is_utf8() || text.is_ascii() => Ok(text.to_owned()),
+            Ok(text) if self.client_state.encoding().is_utf8() || text.is_ascii() => Ok(text.to_owned()),
             _ => Err(feature_error(
                 format!(
                     "a statement on several shards with non-ASCII text needs client_encoding UTF8 (this client uses {})",
-                    self.encoding.name()
+                    self.client_state.encoding().name()
                 ),
                 "SET client_encoding = 'UTF8' for it, or restrict it to one shard with its shard key",
             )),

@@ -110,14 +110,15 @@ impl ClientEncoding {
 impl Session {
     /// The client's SQL text as the server will read it.
     pub(crate) fn sql<'a>(&self, bytes: &'a [u8]) -> Cow<'a, str> {
-        self.encoding.decode(bytes)
+        self.client_state.encoding().decode(bytes)
     }
 
     /// Follows `client_encoding` in the server's ParameterStatus reports (login, SET, RESET).
     pub(crate) fn note_parameter(&mut self, params: &[(String, String)]) {
         for (name, value) in params {
             if name == "client_encoding" {
-                self.encoding = ClientEncoding::from_name(value);
+                self.client_state
+                    .set_encoding(ClientEncoding::from_name(value));
             }
         }
     }
@@ -132,13 +133,13 @@ impl Session {
     ) -> Arc<GlobalStatement> {
         let context = self.statement_context();
         match std::str::from_utf8(query) {
-            Ok(text) if self.encoding.is_utf8() || text.is_ascii() => {
+            Ok(text) if self.client_state.encoding().is_utf8() || text.is_ascii() => {
                 self.shared.statements.intern(text, param_types, &context)
             }
             _ => self.shared.statements.intern_encoded(
                 &self.sql(query),
                 query,
-                self.encoding.name(),
+                self.client_state.encoding().name(),
                 param_types,
                 &context,
             ),
@@ -152,7 +153,7 @@ impl Session {
         values: &[Option<&[u8]>],
         formats: &[i16],
     ) -> Option<Vec<Option<Vec<u8>>>> {
-        if self.encoding.is_utf8() {
+        if self.client_state.encoding().is_utf8() {
             return None;
         }
         let text_format = |i: usize| match formats {
@@ -167,7 +168,11 @@ impl Session {
                 .map(|(i, v)| {
                     v.map(|bytes| {
                         if text_format(i) {
-                            self.encoding.decode(bytes).into_owned().into_bytes()
+                            self.client_state
+                                .encoding()
+                                .decode(bytes)
+                                .into_owned()
+                                .into_bytes()
                         } else {
                             bytes.to_vec()
                         }

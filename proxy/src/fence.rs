@@ -86,7 +86,7 @@ impl Session {
         let message = backend::error_fields(frame)
             .map(|f| f.message)
             .unwrap_or_default();
-        tracing::info!(client = self.id, shard = self.shard, %message, "write hit a rebalance fence");
+        tracing::info!(client = self.client.id(), shard = self.attachment.shard(), %message, "write hit a rebalance fence");
         if let Some(armed) = self.fence.armed.take() {
             if only_query_pending {
                 self.fence.pending = Some(armed);
@@ -113,7 +113,7 @@ impl Session {
         }
         if self.shared.wait_for_newer(version, wait).await {
             tracing::info!(
-                client = self.id,
+                client = self.client.id(),
                 "retrying a fenced statement on the new shard map"
             );
             self.parked.insert(0, frame);

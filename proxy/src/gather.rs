@@ -74,14 +74,14 @@ impl Session {
             },
         )));
         for (shard, role) in wanted {
-            self.shard = shard;
+            self.attachment.set_shard(shard);
             match self.checkout_for(role).await {
                 Ok((conn, guard)) => {
                     conns.push(conn);
                     running.push((shard, guard));
                 }
                 Err(f) => {
-                    crate::cancel::set_target(&self.cancel, None).await;
+                    self.attachment.clear_cancel_target().await;
                     self.fail_batch(batch, &f.code, &f.message, f.hint.as_deref());
                     return self.io.flush().await;
                 }
@@ -117,7 +117,7 @@ impl Session {
             &mut self.io,
         )
         .await;
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         let took = started.elapsed();
         for (shard, guard) in &running {
             let role = guard.host().role;

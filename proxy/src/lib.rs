@@ -5,12 +5,15 @@
 //! binary (main.rs) and the end-to-end tests both use it.
 
 mod attached;
+mod attachment;
 mod auth;
 mod boundary;
 mod bounds;
 mod broadcast;
 mod cancel;
 mod checkout;
+mod client;
+mod client_state;
 mod control;
 mod copy_split;
 mod cross;

@@ -61,7 +61,11 @@ impl Session {
                         None if b.statement.is_empty() => {
                             self.routing.unnamed().map(|u| u.0.clone())
                         }
-                        None => self.statements.get(b.statement).map(|s| s.query.clone()),
+                        None => self
+                            .client_state
+                            .statements_mut()
+                            .get(b.statement)
+                            .map(|s| s.query.clone()),
                     };
                     if !frontend::bind_params(frame, &b).ok()?.values.is_empty() {
                         return None;
@@ -101,7 +105,7 @@ impl Session {
             } else {
                 let context = self.statement_context();
                 let global = self.shared.statements.intern(&query, &types, &context);
-                self.statements.insert(name, global);
+                self.client_state.statements_mut().insert(name, global);
             }
         }
         for frame in batch {

@@ -22,7 +22,7 @@ use shardgate_router::lexer::{code_tokens, code_words, leading_names, split_stat
 use shardgate_router::RouteError;
 use shardgate_wire::sqlstate;
 
-use shardgate_config::{Pinning, PoolMode};
+use shardgate_config::Pinning;
 use shardgate_pool::HostChoice;
 use shardgate_wire::{frontend, Frame};
 
@@ -230,7 +230,7 @@ impl Session {
     /// What in a detached batch would pin the session (its Queries, Parses, and the
     /// statements its Binds name).
     pub(crate) fn batch_pins(&mut self, batch: &[Frame]) -> Option<&'static str> {
-        if self.mode != PoolMode::Transaction {
+        if !self.client.mode_is_transaction() {
             return None;
         }
         batch.iter().find_map(|frame| match frame.tag() {
@@ -242,7 +242,7 @@ impl Session {
                 .and_then(|p| pinning_statement(&self.sql(p.query))),
             frontend::BIND => {
                 let bind = frontend::bind(frame).ok()?;
-                self.statements.get(bind.statement)?.pins
+                self.client_state.statements_mut().get(bind.statement)?.pins
             }
             _ => None,
         })
@@ -252,13 +252,13 @@ impl Session {
     /// pin the session to it, or refuse the statement (`pool.pinning = "refuse"`, or a
     /// replica connection, whose client would later need the primary).
     pub(crate) fn pin_here(&mut self, what: &'static str) -> Result<(), RouteError> {
-        if self.mode != PoolMode::Transaction || self.pin.is_pinned() {
+        if !self.client.mode_is_transaction() || self.client_state.pin().is_pinned() {
             return Ok(());
         }
         if self.shared.config().pool.pinning == Pinning::Refuse {
             return Err(refusal(what));
         }
-        if self.host != HostChoice::Primary {
+        if self.attachment.host() != HostChoice::Primary {
             return Err(RouteError {
                 code: sqlstate::FEATURE_NOT_SUPPORTED,
                 message: format!(
@@ -273,7 +273,9 @@ impl Session {
             });
         }
         let key = self.pool().key().clone();
-        self.pin.pin(what, &key, &self.shared.pins);
+        self.client_state
+            .pin_mut()
+            .pin(what, &key, &self.shared.pins);
         Ok(())
     }
 }

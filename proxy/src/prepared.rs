@@ -106,10 +106,14 @@ impl crate::session::Session {
     /// What changes the meaning of a client's statement text (see the module doc): its
     /// search_path, and the client itself while it is pinned.
     pub(crate) fn statement_context(&self) -> String {
-        let mut context = self.state.search_path().unwrap_or_default();
-        if self.pin.is_pinned() {
+        let mut context = self
+            .client_state
+            .settings()
+            .search_path()
+            .unwrap_or_default();
+        if self.client_state.pin().is_pinned() {
             // Its temp tables may shadow any name: a pinned client's statements are its own.
-            context.push_str(&format!("\u{0}client {}", self.id));
+            context.push_str(&format!("\u{0}client {}", self.client.id()));
         }
         context
     }

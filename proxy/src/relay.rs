@@ -118,14 +118,16 @@ impl Session {
             return;
         }
         if let Some(evicted) = server.prepared().insert(stmt.name.clone()) {
-            frontend::write_close(&mut self.to_server, b'S', &evicted);
+            frontend::write_close(self.attachment.outgoing(), b'S', &evicted);
             self.push_expect(Expect::Close { to_client: false });
         }
         // The name may still exist on the server although the proxy forgot it: an eviction's
         // Close that an error made the server skip. Closing a missing statement is no error.
-        frontend::write_close(&mut self.to_server, b'S', &stmt.name);
+        frontend::write_close(self.attachment.outgoing(), b'S', &stmt.name);
         self.push_expect(Expect::Close { to_client: false });
-        self.to_server.extend_from_slice(&stmt.parse_message);
+        self.attachment
+            .outgoing()
+            .extend_from_slice(&stmt.parse_message);
         self.push_expect(Expect::Parse {
             global: Some(Arc::clone(stmt)),
             to_client: client_parse,
@@ -164,7 +166,7 @@ impl Session {
         }
         for (name, effects, stmt) in parsed {
             self.txn.note_effects(effects);
-            self.statements.insert(name, stmt);
+            self.client_state.statements_mut().insert(name, stmt);
             backend::write_parse_complete(&mut self.io.out);
         }
         self.io.push_ready(self.txn.status());
@@ -190,7 +192,7 @@ impl Session {
             && self.txn.status() == TransactionStatus::Idle
             && !self.txn.has_deferred_begin()
         {
-            frontend::write_message(&mut self.to_server, frontend::EXECUTE, |b| {
+            frontend::write_message(self.attachment.outgoing(), frontend::EXECUTE, |b| {
                 b.extend_from_slice(REFUSED_BATCH_PORTAL);
                 b.extend_from_slice(&0i32.to_be_bytes());
             });
@@ -221,7 +223,7 @@ impl Session {
                 if !self.track_session_state(&sql, true) {
                     return Ok(Flow::Continue);
                 }
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 self.push_expect(Expect::Query);
             }
             frontend::PARSE => {
@@ -237,7 +239,7 @@ impl Session {
                     return Ok(Flow::Continue);
                 }
                 if parse.name.is_empty() {
-                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.attachment.forward(&frame);
                     self.push_expect(Expect::Parse {
                         global: None,
                         to_client: true,
@@ -246,7 +248,8 @@ impl Session {
                     let stmt = self.intern_statement(parse.query, &parse.param_types);
                     // Redefining a name replaces it (PostgreSQL would refuse with 42P05; drivers
                     // never rely on that, and the old text may live on other connections).
-                    self.statements
+                    self.client_state
+                        .statements_mut()
                         .insert(parse.name.to_owned(), Arc::clone(&stmt));
                     self.ensure_prepared(server, &stmt, true);
                 }
@@ -257,7 +260,11 @@ impl Session {
                     // The statistics use the named statement's own fingerprint.
                     self.request.note_fingerprint(None);
                 }
-                let global = self.statements.get(bind.statement).cloned();
+                let global = self
+                    .client_state
+                    .statements_mut()
+                    .get(bind.statement)
+                    .cloned();
                 if let Some(stmt) = &global {
                     // Each execution acts on the session again (a prepared set_config), and
                     // a statement parsed without a server pins when it first runs.
@@ -273,51 +280,51 @@ impl Session {
                     Some(stmt) => {
                         self.ensure_prepared(server, stmt, false);
                         frontend::write_bind_renamed(
-                            &mut self.to_server,
+                            self.attachment.outgoing(),
                             &frame,
                             &bind,
                             &stmt.name,
                         );
                     }
                     // Unnamed, or unknown to this client: the server answers (26000 if unknown).
-                    None => self.to_server.extend_from_slice(frame.as_bytes()),
+                    None => self.attachment.forward(&frame),
                 }
                 self.push_expect(Expect::Bind { global });
             }
             frontend::DESCRIBE => {
                 let target = frontend::describe(&frame).map_err(|e| self.protocol_error(e))?;
                 if target.kind == b'P' {
-                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.attachment.forward(&frame);
                     self.push_expect(Expect::DescribePortal);
                 } else {
-                    match self.statements.get(target.name).cloned() {
+                    match self.client_state.statements_mut().get(target.name).cloned() {
                         Some(stmt) => {
                             self.ensure_prepared(server, &stmt, false);
-                            frontend::write_describe(&mut self.to_server, b'S', &stmt.name);
+                            frontend::write_describe(self.attachment.outgoing(), b'S', &stmt.name);
                         }
-                        None => self.to_server.extend_from_slice(frame.as_bytes()),
+                        None => self.attachment.forward(&frame),
                     }
                     self.push_expect(Expect::DescribeStatement);
                 }
             }
             frontend::EXECUTE => {
                 frontend::execute(&frame).map_err(|e| self.protocol_error(e))?;
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 self.push_expect(Expect::Execute);
             }
             frontend::CLOSE => {
                 let target = frontend::close(&frame).map_err(|e| self.protocol_error(e))?;
                 if target.kind == b'S' && !target.name.is_empty() {
                     // The client's name only: other clients may share the server statement.
-                    self.statements.remove(target.name);
+                    self.client_state.statements_mut().remove(target.name);
                     self.push_expect(Expect::Synth(Synth::CloseComplete));
                 } else {
-                    self.to_server.extend_from_slice(frame.as_bytes());
+                    self.attachment.forward(&frame);
                     self.push_expect(Expect::Close { to_client: true });
                 }
             }
             frontend::SYNC => {
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 // The server ignores a Sync during COPY FROM STDIN (tokio-postgres sends one
                 // right after the Execute that starts the COPY): nothing will answer it.
                 if !self.replies.in_copy_in() {
@@ -325,14 +332,14 @@ impl Session {
                 }
             }
             frontend::FUNCTION_CALL => {
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
                 self.push_expect(Expect::Query);
             }
             frontend::FLUSH | frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
                 if matches!(frame.tag(), frontend::COPY_DONE | frontend::COPY_FAIL) {
                     self.replies.end_copy_in();
                 }
-                self.to_server.extend_from_slice(frame.as_bytes());
+                self.attachment.forward(&frame);
             }
             frontend::TERMINATE => return Ok(Flow::Terminate),
             other => {
@@ -521,20 +528,20 @@ impl Session {
     /// At ReadyForQuery `I`: session effects of a transaction that committed become the
     /// client's state (and the server's); those of one that failed or rolled back are dropped.
     pub(crate) fn end_of_transaction(&mut self, server: &mut ServerConn) {
-        if !self.txn_shards.is_multi() {
-            self.txn_shards.reset();
+        if !self.txn.shards().is_multi() {
+            self.txn.shards_mut().reset();
         }
         if let Some(Settled { effects, committed }) = self.txn.settle() {
             if committed {
                 // (Prepared statements dropped by DEALLOCATE/DISCARD ALL were forgotten at its
                 // CommandComplete: they are gone even if the transaction rolls back.)
-                self.state.apply(&effects);
-                if self.state.server_diverges(&effects) {
+                self.client_state.settings_mut().apply(&effects);
+                if self.client_state.settings().server_diverges(&effects) {
                     // E.g. a RESET took the server back to its own default, not the client's
                     // startup value: the next checkout replays the client's settings.
                     server.set_session_fingerprint(u64::MAX);
                 } else {
-                    server.set_session_fingerprint(self.state.fingerprint());
+                    server.set_session_fingerprint(self.client_state.settings().fingerprint());
                 }
             } else {
                 // Which SETs the server kept is unknown: one before a savepoint that was rolled
@@ -557,7 +564,7 @@ impl Session {
         // one, as after any error.
         let abandoned = self.replies.abandon();
         self.txn.abandon_effects();
-        if !self.txn.is_idle() || self.mode_is_session() {
+        if !self.txn.is_idle() || self.client.mode_is_session() {
             return Err(SessionError::ServerLost(msg));
         }
         for _ in 0..abandoned.requests {

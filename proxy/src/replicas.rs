@@ -61,13 +61,13 @@ impl Session {
         }
     }
 
-    /// Where a detached batch (about to be routed to `self.shard`) should run.
+    /// Where a detached batch (about to be routed to `self.attachment.shard()`) should run.
     pub(crate) fn batch_role(&mut self, batch: &[Frame]) -> BatchRole {
         let primary_write = BatchRole {
             read: false,
             may_write: true,
         };
-        if !self.shared.topo().reads_can_leave_primary || self.mode_is_session() {
+        if !self.shared.topo().reads_can_leave_primary || self.client.mode_is_session() {
             return primary_write;
         }
         if let Some(read_only) = self.txn.deferred_read_only() {
@@ -135,21 +135,22 @@ impl Session {
         if bind.statement.is_empty() {
             self.routing.unnamed().map(|(t, _)| t.clone())
         } else {
-            self.statements
+            self.client_state
+                .statements()
                 .peek(bind.statement)
                 .map(|s| s.query.clone())
         }
     }
 
-    /// Checks out a connection on `self.shard` for a batch: the primary, or for a read an
+    /// Checks out a connection on `self.attachment.shard()` for a batch: the primary, or for a read an
     /// eligible replica (trying the next one when one refuses the connection). Sets
-    /// `self.host` to the server taken.
+    /// `self.attachment.host()` to the server taken.
     pub(crate) async fn checkout_for(
         &mut self,
         role: BatchRole,
     ) -> Result<(PooledConn, QueryGuard), CheckoutFailure> {
         let BatchRole { read, may_write } = role;
-        let shard = self.shard;
+        let shard = self.attachment.shard();
         let Some(health) = self.shared.topo().health.shard(shard).cloned() else {
             return Err(CheckoutFailure::new(
                 sqlstate::INTERNAL_ERROR,
@@ -195,7 +196,7 @@ impl Session {
                 ));
             }
             debug!(shard = %health.name, read, ?choice, min_lsn = self.read_your_writes.read_after(shard), "server chosen");
-            self.host = choice;
+            self.attachment.set_host(choice);
             let Some(host) = health.host(choice).cloned() else {
                 return Err(CheckoutFailure::new(
                     sqlstate::INTERNAL_ERROR,
@@ -205,7 +206,7 @@ impl Session {
             };
             match self.checkout(false).await {
                 Ok((conn, _)) => {
-                    self.attached_read = read;
+                    self.attachment.set_read(read);
                     self.read_your_writes
                         .set_may_have_written(may_write && !read && choice == HostChoice::Primary);
                     return Ok((conn, host.start_query()));
@@ -231,7 +232,8 @@ impl Session {
         if !self.read_your_writes.take_may_have_written() {
             return;
         }
-        self.remember_write_position_on(self.shard, server).await;
+        self.remember_write_position_on(self.attachment.shard(), server)
+            .await;
     }
 
     /// [`Session::remember_write_position_on`] for each shard of a write on several shards.

@@ -85,7 +85,7 @@ impl Session {
                 let bind = frontend::bind(frame).map_err(protocol_error)?;
                 if !bind.statement.is_empty() {
                     // Marks the statement used, for the client's statement cache.
-                    self.statements.get(bind.statement);
+                    self.client_state.statements_mut().get(bind.statement);
                 }
                 // Not known here: the server will say so.
                 let Some((text, types)) = self.bound_statement(bind.statement) else {
@@ -135,7 +135,7 @@ impl Session {
     fn bound_statement(&self, name: &str) -> Option<(&str, &[u32])> {
         let (text, types) = if name.is_empty() {
             self.routing.unnamed()?
-        } else if let Some(s) = self.statements.peek(name) {
+        } else if let Some(s) = self.client_state.statements().peek(name) {
             return Some((&s.query, &s.param_types));
         } else {
             // Parsed earlier in the batch being routed (JDBC sends Parse and Bind of a named
@@ -227,7 +227,7 @@ impl Session {
             // Only statements were prepared here: the BEGIN goes out with the batch, routed.
             return true;
         }
-        if self.shared.topology_version() != self.attached_version {
+        if self.attachment.map_changed(self.shared.topology_version()) {
             // A new shard map: shard indices may mean other shards now. Route afresh.
             return true;
         }
@@ -243,7 +243,7 @@ impl Session {
         }
         // Reads and writes may need different servers of the shard.
         if self.shared.topo().reads_can_leave_primary
-            && self.batch_role(batch).read != self.attached_read
+            && self.batch_role(batch).read != self.attachment.is_read()
         {
             return true;
         }
@@ -261,7 +261,7 @@ impl Session {
                 Ok(Some((_, plan))) if matches!(plan.kind, StatementKind::Begin { .. }) => {
                     return true
                 }
-                Ok(Some((Route::Shard(s), _))) => return s != self.shard,
+                Ok(Some((Route::Shard(s), _))) => return s != self.attachment.shard(),
                 Ok(Some(_)) => return true,
                 Ok(None) => {}
                 // A COPY or multi-row INSERT the proxy splits over shards runs detached;
@@ -295,7 +295,7 @@ impl Session {
             return Ok(());
         };
         self.note_transaction_statement(frame, &plan);
-        if self.txn_shards.is_multi() {
+        if self.txn.shards().is_multi() {
             self.check_multi_control(frame, &plan)?;
         }
         if self.txn.status() == TransactionStatus::Failed {
@@ -310,18 +310,20 @@ impl Session {
         {
             return Ok(());
         }
-        if let (Some(why), TransactionStatus::Idle) = (self.pin.reason(), self.txn.status()) {
+        if let (Some(why), TransactionStatus::Idle) =
+            (self.client_state.pin().reason(), self.txn.status())
+        {
             // Pinned (see `pinning`): the session's state lives on this shard's connection.
-            if self.shared.topology_version() != self.attached_version {
+            if self.attachment.map_changed(self.shared.topology_version()) {
                 return Err(feature_error(
                     format!(
                         "the shard map changed while this session was pinned to shard {} by {why}",
-                        self.shard_name(self.shard)
+                        self.shard_name(self.attachment.shard())
                     ),
                     "reconnect: the session's state cannot follow its keys to their new shards",
                 ));
             }
-            let here = self.shard;
+            let here = self.attachment.shard();
             return match route {
                 Route::Shard(s) if s == here => Ok(()),
                 _ => Err(feature_error(
@@ -337,7 +339,7 @@ impl Session {
                 )),
             };
         }
-        if self.shared.topology_version() != self.attached_version {
+        if self.attachment.map_changed(self.shared.topology_version()) {
             // A rebalance published a new shard map while this transaction ran: its keys may
             // live elsewhere now, and shard indices may name other shards. The client retries.
             return Err(RouteError {
@@ -348,7 +350,7 @@ impl Session {
                 hint: Some("retry the transaction".into()),
             });
         }
-        let here = self.shard;
+        let here = self.attachment.shard();
         if self.txn.status() == TransactionStatus::Idle
             && !matches!(route, Route::Shard(s) if s == here)
         {
@@ -432,7 +434,7 @@ impl Session {
             }
             StatementKind::Begin { read_only }
                 if self.txn.is_idle()
-                    && !self.mode_is_session()
+                    && !self.client.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
                 self.txn.defer_begin(text.to_owned(), *read_only);
@@ -476,7 +478,7 @@ impl Session {
         match plan.kind {
             StatementKind::Begin { .. }
                 if self.txn.is_idle()
-                    && !self.mode_is_session()
+                    && !self.client.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
                 Some("BEGIN")

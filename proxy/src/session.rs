@@ -5,26 +5,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use shardgate_config::PoolMode;
-use shardgate_pool::{HostChoice, PooledConn, QueryGuard};
-use shardgate_router::ShardIndex;
+use shardgate_pool::PooledConn;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::attached::Detach;
+use crate::attachment::Attachment;
 use crate::boundary::Boundary;
-use crate::cancel::CancelSlot;
 use crate::checkout::PoolCache;
+use crate::client::ClientIdentity;
+use crate::client_state::ClientState;
 use crate::control::CountGuard;
 use crate::io::ClientIo;
-use crate::limits::CapSlot;
 use crate::login::{login, Login};
 use crate::multi_txn::InTransaction;
-use crate::pinning::Pin;
-use crate::prepared::ClientStatements;
 use crate::query_stats::StatementRoute;
 use crate::read_your_writes::ReadYourWrites;
 use crate::replies::{Expect, ReplyQueue};
@@ -45,27 +41,18 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LOGIN_MESSAGE: usize = 65_536;
 
 pub struct Session {
-    pub(crate) id: u64,
     pub(crate) shared: Arc<Shared>,
     pub(crate) io: ClientIo,
-    pub(crate) mode: PoolMode,
-    pub(crate) database: String,
-    pub(crate) user: shardgate_config::User,
+    /// Who the client is (fixed at login) and the admissions it holds.
+    pub(crate) client: ClientIdentity,
+    /// The client's prepared statements, pin, settings and encoding: what outlives its server
+    /// connections.
+    pub(crate) client_state: ClientState,
     /// Server pools by shard and host, created on first use.
     pub(crate) pools: PoolCache,
-    /// The shard and host of the current (or last) server connection.
-    pub(crate) shard: ShardIndex,
-    pub(crate) host: HostChoice,
-    /// The current attachment was taken for reads only (on a replica, or the primary when
-    /// none was eligible).
-    pub(crate) attached_read: bool,
-    /// Counts the current attachment as a query running on its host (for balancing) and the
-    /// client as active.
-    pub(crate) query_guard: Option<(QueryGuard, CountGuard)>,
-    /// The client's transaction on shards other than the attached one.
-    pub(crate) txn_shards: crate::multi_txn::TxnShards,
-    /// The parked batch was read inside a transaction and may need other shards.
-    pub(crate) parked_in_transaction: bool,
+    /// The current (or last) server connection's shard, host and map version, its guards,
+    /// the bytes waiting for it, and where cancels go.
+    pub(crate) attachment: Attachment,
     /// Read-your-writes: per shard, the WAL position this client's reads must see.
     pub(crate) read_your_writes: ReadYourWrites,
     /// The running request's start and statement (for metrics and the slow-query log).
@@ -77,34 +64,18 @@ pub struct Session {
     pub(crate) parked: Vec<Frame>,
     /// A statement that may be (or is waiting to be) retried after a rebalance fence.
     pub(crate) fence: crate::fence::FenceRetry,
-    /// The shard-map version the current server connection was routed by: `shard` is an
-    /// index into that version's shard list.
-    pub(crate) attached_version: u64,
     /// Where the last client message processed left the client's request stream: after a
     /// Sync or Query the next message starts a new batch, which may go to another shard if no
     /// transaction is open; after an Execute the next statement of a pipelined batch may go
     /// to another shard of a multi-shard transaction.
     pub(crate) boundary: Boundary,
-    pub(crate) statements: ClientStatements,
-    /// Session state that cannot follow the client to another connection keeps it here.
-    pub(crate) pin: Pin,
-    pub(crate) state: SessionState,
     /// The replies the client is owed, in order, and whether its messages up to the next
     /// Sync are dropped.
     pub(crate) replies: ReplyQueue,
     /// The transaction as reported to the client: status, a deferred BEGIN, pending
     /// session effects.
     pub(crate) txn: TxnState,
-    /// Bytes for the server, written at the next flush point.
-    pub(crate) to_server: BytesMut,
-    pub(crate) cancel: CancelSlot,
-    /// The BackendKeyData this client was given.
-    cancel_key: (i32, i32),
-    /// The client's `client_encoding` (as the server reports it): how to read its SQL text.
-    pub(crate) encoding: crate::encoding::ClientEncoding,
     pub(crate) shutdown: crate::shutdown_signal::ShutdownSignal,
-    _permit: OwnedSemaphorePermit,
-    _cap_slot: CapSlot,
 }
 
 /// Entry point for an accepted connection.
@@ -157,7 +128,10 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
             Ok(()) | Err(SessionError::ClientGone) => debug!("client disconnected"),
             Err(e) => info!(error = %e, "client session ended"),
         }
-        session.shared.cancels.unregister(session.cancel_key.0);
+        session
+            .shared
+            .cancels
+            .unregister(session.client.cancel_key().0);
         session.io.shutdown().await;
     }
     .instrument(span);
@@ -180,12 +154,8 @@ async fn end_of_shutdown(mut shutdown: watch::Receiver<bool>, timeout: Duration)
 }
 
 impl Session {
-    pub(crate) fn mode_is_session(&self) -> bool {
-        self.mode == PoolMode::Session
-    }
-
     pub(crate) fn releases_at_idle(&self) -> bool {
-        self.mode == PoolMode::Transaction && !self.pin.is_pinned()
+        self.client.mode_is_transaction() && !self.client_state.pin().is_pinned()
     }
 
     fn new(
@@ -196,47 +166,36 @@ impl Session {
         shutdown: watch::Receiver<bool>,
     ) -> Session {
         let config = shared.config();
-        let mode = login.user.pool_mode.unwrap_or(config.pool.mode);
         let (pid, secret, cancel) = shared.cancels.register();
         let shards = shared.topo().router.shard_names().len();
         let read_your_writes = login
             .user
             .read_your_writes
             .unwrap_or(config.replicas.read_your_writes);
+        let client_state = ClientState::new(
+            config.pool.prepared_statements_per_client,
+            SessionState::from_startup(&login.params),
+        );
         Session {
-            id,
             shared: Arc::clone(shared),
             io,
-            mode,
-            database: login.database,
-            user: login.user,
+            client_state,
+            client: ClientIdentity::new(id, login, config.pool.mode, (pid, secret)),
             pools: PoolCache::new(shared.pool_generation()),
-            shard: shared.topo().router.default_shard(),
-            host: HostChoice::Primary,
-            attached_read: false,
-            query_guard: None,
-            txn_shards: Default::default(),
-            parked_in_transaction: false,
+            attachment: Attachment::new(
+                shared.topo().router.default_shard(),
+                shared.topology_version(),
+                cancel,
+            ),
             read_your_writes: ReadYourWrites::new(read_your_writes, shards),
             request: RequestTimer::default(),
             routing: RoutingState::default(),
             parked: Vec::new(),
             fence: Default::default(),
-            attached_version: shared.topology_version(),
             boundary: Boundary::Request,
-            statements: ClientStatements::new(config.pool.prepared_statements_per_client),
-            pin: Pin::default(),
-            state: SessionState::from_startup(&login.params),
             replies: ReplyQueue::default(),
             txn: TxnState::default(),
-            // Allocated at the first statement (and kept): an idle login costs nothing here.
-            to_server: BytesMut::new(),
-            cancel,
-            cancel_key: (pid, secret),
-            encoding: Default::default(),
             shutdown: crate::shutdown_signal::ShutdownSignal::new(shutdown),
-            _permit: login.permit,
-            _cap_slot: login.cap_slot,
         }
     }
 
@@ -262,12 +221,13 @@ impl Session {
         for (k, v) in &params {
             backend::write_parameter_status(&mut self.io.out, k, v);
         }
-        backend::write_backend_key_data(&mut self.io.out, self.cancel_key.0, self.cancel_key.1);
+        let (pid, secret) = self.client.cancel_key();
+        backend::write_backend_key_data(&mut self.io.out, pid, secret);
         self.io.push_ready(TransactionStatus::Idle);
         self.io.flush().await?;
         let pool = self.pool().name();
-        debug!(client = self.id, mode = %self.mode, %pool, "client logged in");
-        if self.mode == PoolMode::Session {
+        debug!(client = self.client.id(), mode = %self.client.mode(), %pool, "client logged in");
+        if self.client.mode_is_session() {
             Ok(Some(server))
         } else {
             self.release(&mut server).await;
@@ -278,14 +238,9 @@ impl Session {
     /// Gives a server connection back: clears the cancel target first, so a late cancel cannot
     /// reach whoever gets the connection next.
     async fn release(&mut self, server: &mut PooledConn) {
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         self.remember_write_position(server).await;
-        self.query_guard = None;
-    }
-
-    /// Counts the attachment as a query on its host and the client as active.
-    pub(crate) fn attach_guard(&mut self, guard: QueryGuard, active: CountGuard) {
-        self.query_guard = Some((guard, active));
+        self.attachment.drop_guard();
     }
 
     /// The main loop: an idle session waits for its client's next batch in a small future;
@@ -323,7 +278,7 @@ impl Session {
                 }
                 let version = self.shared.topology_version();
                 match self.route_batch(&batch) {
-                    Ok(Target::Shard(shard)) => self.shard = shard,
+                    Ok(Target::Shard(shard)) => self.attachment.set_shard(shard),
                     Ok(Target::Many { shards, plan }) => {
                         // A BEGIN in front (pgjdbc): deferred; the rest opens the
                         // transaction on the shards.
@@ -397,15 +352,15 @@ impl Session {
                         // A new shard map arrived while the batch waited for a connection:
                         // it was routed by the old one (the relay would refuse it with
                         // 40001, the map having changed under it). Route it again.
-                        crate::cancel::set_target(&self.cancel, None).await;
+                        self.attachment.clear_cancel_target().await;
                         drop((s, guard));
                         self.parked = batch;
                         return Ok(Next::Read);
                     }
                     Ok((s, guard)) => {
                         let active = CountGuard::new(&self.shared.activity.active);
-                        self.query_guard = Some((guard, active));
-                        self.attached_version = version;
+                        self.attachment.hold(guard, active);
+                        self.attachment.routed_by(version);
                         if self.releases_at_idle() {
                             self.fence.arm(&batch, self.txn.status(), version);
                         }
@@ -422,7 +377,7 @@ impl Session {
             }
         };
         if let Some(begin) = self.take_deferred_begin(&batch) {
-            frontend::write_query(&mut self.to_server, &begin);
+            frontend::write_query(self.attachment.outgoing(), &begin);
             self.push_expect(Expect::Swallow);
         }
         let outcome = self.attached(&mut server, batch).await;
@@ -458,7 +413,7 @@ impl Session {
                 // (Its requests were answered with errors, a held statement's too.) Session
                 // state it was pinned for is gone with it.
                 self.fence.take_pending();
-                self.pin.release();
+                self.client_state.pin_mut().release();
                 self.end_other_shards().await;
                 self.release(&mut server).await;
             }
@@ -483,11 +438,11 @@ impl Session {
     /// The client is leaving while holding `server`: leave the connection clean for the next
     /// client, or make sure it is closed.
     async fn cleanup(&mut self, server: &mut PooledConn) {
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         if server.is_broken() {
             return;
         }
-        if !self.replies.is_empty() || !self.to_server.is_empty() {
+        if !self.replies.is_empty() || !self.attachment.outgoing_is_empty() {
             // Mid-query: the server's state is unknown; close rather than guess.
             server.mark_broken();
             return;
@@ -496,16 +451,16 @@ impl Session {
         if server.status() != TransactionStatus::Idle {
             reset.push("ROLLBACK".to_owned());
         }
-        if self.mode == PoolMode::Session {
+        if self.client.mode_is_session() {
             reset.push(self.shared.config().pool.reset_query.clone());
         }
-        let pinned = self.pin.is_pinned();
+        let pinned = self.client_state.pin().is_pinned();
         if pinned {
             // What pinned the session (temp tables, LISTEN, locks, cursors, statements,
             // settings) goes; RESET ALL inside DISCARD ALL keeps the role.
             reset.push("DISCARD ALL".to_owned());
             reset.push("RESET SESSION AUTHORIZATION; RESET ROLE".to_owned());
-            self.pin.release();
+            self.client_state.pin_mut().release();
         }
         for sql in reset {
             match tokio::time::timeout(CLEANUP_TIMEOUT, server.run_internal(&sql)).await {
@@ -516,7 +471,7 @@ impl Session {
                 }
             }
         }
-        if self.mode == PoolMode::Session || pinned {
+        if self.client.mode_is_session() || pinned {
             // DISCARD ALL dropped the statements and settings.
             server.prepared().clear();
             server.set_session_fingerprint(0);

@@ -224,7 +224,7 @@ impl Session {
         if split.is_none() {
             return Ok(None);
         }
-        if !self.encoding.is_utf8() && !sql.is_ascii() {
+        if !self.client_state.encoding().is_utf8() && !sql.is_ascii() {
             // The parts are sent as UTF-8 text: only text that reads the same in the client's
             // encoding (the caller answers with the statement's own refusal).
             return Ok(None);
@@ -244,7 +244,8 @@ impl Session {
                 .map(|(_, t)| t.clone())
                 .unwrap_or_default();
         }
-        self.statements
+        self.client_state
+            .statements()
             .peek(name)
             .map(|s| s.param_types.clone())
             .or_else(|| self.routing.batch_parse(name).map(|(_, t)| t.clone()))
@@ -384,7 +385,7 @@ impl Session {
             )
             .await
         };
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         if let Some((shard, error)) = lost {
             self.io.push_error(
                 sqlstate::CONNECTION_FAILURE,
@@ -422,7 +423,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let here = self.shard;
+        let here = self.attachment.shard();
         let lost = {
             let mut members = self.shard_members(crate::multi_txn::in_shard_order(
                 &shards, here, server, &mut taken,
@@ -443,7 +444,7 @@ impl Session {
             shards.contains(&here) && server.status() != TransactionStatus::InTransaction;
         for p in taken {
             failed |= p.conn.status() != TransactionStatus::InTransaction;
-            self.txn_shards.put(p);
+            self.txn.shards_mut().put(p);
         }
         if let Some((shard, error)) = lost {
             self.io.push_error(

@@ -233,20 +233,22 @@ impl crate::session::Session {
             self.request.tally = Default::default();
             return;
         };
-        let role = match self.host {
+        let role = match self.attachment.host() {
             shardgate_pool::HostChoice::Primary => Role::Primary,
             shardgate_pool::HostChoice::Replica(_) => Role::Replica,
         };
-        self.shared
-            .topo()
-            .query_stats
-            .query(self.shard, role, RouteKind::Single, took);
+        self.shared.topo().query_stats.query(
+            self.attachment.shard(),
+            role,
+            RouteKind::Single,
+            took,
+        );
         self.record_attached_request(&request, took);
         let log = &self.shared.config().log;
         if log.slow_query_ms > 0 && took.as_millis() >= u128::from(log.slow_query_ms) {
             let (statement, parameters) = self.describe_statement(&request, log.log_parameters);
             tracing::warn!(
-                shard = self.shard_name(self.shard),
+                shard = self.shard_name(self.attachment.shard()),
                 role = role_label(role),
                 duration_ms = took.as_millis() as u64,
                 statement,

@@ -150,7 +150,7 @@ impl Session {
                         shardgate_config::format_duration(limit)
                     ),
                 );
-                tracing::info!(shard = self.shard, "query_timeout: canceling the running request");
+                tracing::info!(shard = self.attachment.shard(), "query_timeout: canceling the running request");
                 return Ok(());
             }
             Expired::IdleInTransaction => (
@@ -165,7 +165,7 @@ impl Session {
             ),
         };
         tracing::info!(
-            shard = self.shard,
+            shard = self.attachment.shard(),
             kind = kind.label(),
             "timeout: disconnecting the client"
         );

@@ -1,13 +1,14 @@
 //! The client's transaction as the proxy sees it: the status it last reported, a BEGIN the
 //! proxy answered itself and holds back until the transaction's first statement says which
 //! shard it belongs to, and the session effects (SET, prepared statements by SQL, …) that
-//! become the client's state only if the transaction commits.
+//! become the client's state only if the transaction commits; and, for a transaction on
+//! several shards, its participants besides the attached connection (`multi_txn::TxnShards`).
 
 use shardgate_wire::backend::TransactionStatus;
 
+use crate::multi_txn::TxnShards;
 use crate::session_state::SessionEffect;
 
-#[derive(Debug)]
 pub(crate) struct TxnState {
     /// Transaction status as last reported to the client.
     status: TransactionStatus,
@@ -22,6 +23,10 @@ pub(crate) struct TxnState {
     failed: bool,
     /// A ROLLBACK completed while effects were pending.
     saw_rollback: bool,
+    /// The transaction on shards other than the attached one.
+    shards: TxnShards,
+    /// The parked batch was read inside a transaction and may need other shards.
+    parked_in_transaction: bool,
 }
 
 /// How a transaction with session effects ended (see [`TxnState::settle`]).
@@ -40,6 +45,8 @@ impl Default for TxnState {
             pending_effects: Vec::new(),
             failed: false,
             saw_rollback: false,
+            shards: TxnShards::default(),
+            parked_in_transaction: false,
         }
     }
 }
@@ -127,6 +134,27 @@ impl TxnState {
         self.failed = false;
         self.saw_rollback = false;
         settled
+    }
+
+    /// The transaction's participants besides the attached connection, and what a joining
+    /// shard replays.
+    pub(crate) fn shards(&self) -> &TxnShards {
+        &self.shards
+    }
+
+    pub(crate) fn shards_mut(&mut self) -> &mut TxnShards {
+        &mut self.shards
+    }
+
+    /// The batch just parked was read inside a transaction: once the request before it is
+    /// done, ask again whether it needs other shards.
+    pub(crate) fn park_batch_in_transaction(&mut self) {
+        self.parked_in_transaction = true;
+    }
+
+    /// Whether the parked batch was read inside a transaction (and forgets it).
+    pub(crate) fn take_parked_in_transaction(&mut self) -> bool {
+        std::mem::take(&mut self.parked_in_transaction)
     }
 
     /// The server connection was lost: its pending effects are gone with it.

@@ -66,7 +66,7 @@ impl Session {
         if self.shared.topo().router.shard_names().len() < 2 {
             return None;
         }
-        if !self.encoding.is_utf8() && !sql.is_ascii() {
+        if !self.client_state.encoding().is_utf8() && !sql.is_ascii() {
             // Shards are sent the text as UTF-8 (the caller answers with the plan's refusal).
             return None;
         }
@@ -116,7 +116,7 @@ impl Session {
             self.copy_through(&mut members, &shards, &batch, &copy, false)
                 .await?
         };
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.attachment.clear_cancel_target().await;
         self.remember_write_positions(&shards, &mut conns).await;
         drop(conns);
         drop(running);
@@ -146,7 +146,7 @@ impl Session {
                 return Ok(());
             }
         };
-        let here = self.shard;
+        let here = self.attachment.shard();
         let end = {
             let mut members = self.shard_members(crate::multi_txn::in_shard_order(
                 &shards, here, server, &mut taken,
@@ -155,7 +155,7 @@ impl Session {
                 .await
         };
         for p in taken {
-            self.txn_shards.put(p);
+            self.txn.shards_mut().put(p);
         }
         match end? {
             CopyEnd::Copied => Ok(()),
@@ -251,7 +251,7 @@ impl Session {
                 &topo.router,
                 copy,
                 &position,
-                self.encoding,
+                self.client_state.encoding(),
                 items,
             );
             if let Err(e) = routed {
@@ -363,7 +363,7 @@ impl Session {
     ) -> Result<CopyEnd, SessionError> {
         self.io.out.extend_from_slice(&error);
         if in_transaction {
-            self.txn_shards.set_failed();
+            self.txn.shards_mut().set_failed();
             self.txn.note_error();
         }
         if phase == Phase::Starting {
@@ -593,7 +593,7 @@ impl Session {
             }
             Ok(Err(out::OutFailure::Lost(name, e))) => Ok(Some((name, e.to_string()))),
             Err(e) => {
-                crate::cancel::set_target(&self.cancel, None).await;
+                self.attachment.clear_cancel_target().await;
                 for s in servers.iter_mut() {
                     s.mark_broken();
                 }

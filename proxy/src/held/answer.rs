@@ -193,15 +193,15 @@ impl Session {
                 *row_limit = first;
             }
             holding.streamed = Some(crate::scatter::Batches {
-                portal: self.txn_shards.held.next_portal_name(),
+                portal: self.txn.shards_mut().held.next_portal_name(),
                 rows: crate::scatter::batch_rows(Some(first)),
             });
         }
         let cursor = matches!(holding.kind, HoldKind::Cursor { .. });
-        if !holding.name.is_empty() && self.txn_shards.held.contains(&holding.name) {
+        if !holding.name.is_empty() && self.txn.shards().held.contains(&holding.name) {
             return Err(already_exists(&holding.name, cursor));
         }
-        if self.txn_shards.held.is_full() {
+        if self.txn.shards().held.is_full() {
             return Err(RouteError {
                 code: sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 message: format!(
@@ -263,15 +263,19 @@ impl Session {
                 backend::write_command_complete(&mut self.io.out, "DECLARE CURSOR");
             }
         }
-        let depth = self.txn_shards.savepoint_depth();
-        self.txn_shards.held.insert(holding.name, *result, depth);
+        let depth = self.txn.shards().savepoint_depth();
+        self.txn
+            .shards_mut()
+            .held
+            .insert(holding.name, *result, depth);
         false
     }
 
     /// Whether the batch reads held results (see [`super::HeldResults::claims`]).
     pub(crate) fn claims_held(&mut self, batch: &[Frame]) -> bool {
-        let encoding = self.encoding;
-        self.txn_shards
+        let encoding = self.client_state.encoding();
+        self.txn
+            .shards_mut()
             .held
             .claims(batch, |b| encoding.decode(b).into_owned())
     }
@@ -326,7 +330,7 @@ impl Session {
             message: e.to_string(),
             hint: None,
         };
-        if self.txn_shards.failed() && frame.tag() != frontend::CLOSE {
+        if self.txn.shards().failed() && frame.tag() != frontend::CLOSE {
             return Err(aborted().into());
         }
         let text = match frame.tag() {
@@ -363,7 +367,7 @@ impl Session {
             }
             frontend::BIND => {
                 let b = frontend::bind(frame).map_err(bad)?;
-                if !b.portal.is_empty() && self.txn_shards.held.contains(b.portal) {
+                if !b.portal.is_empty() && self.txn.shards().held.contains(b.portal) {
                     return Err(already_exists(b.portal, false).into());
                 }
                 let params = frontend::bind_params(frame, &b).map_err(bad)?;
@@ -390,7 +394,7 @@ impl Session {
                     }
                     (b'P', "", Some(c)) => self.describe_command(c)?,
                     (b'P', name, _) => {
-                        let held = self.txn_shards.held.results.get(name).ok_or_else(mixed)?;
+                        let held = self.txn.shards().held.results.get(name).ok_or_else(mixed)?;
                         write_description(&mut self.io.out, held.description.as_ref());
                     }
                     _ => return Err(mixed().into()),
@@ -401,7 +405,7 @@ impl Session {
                 match (portal, command.take()) {
                     ("", Some(c)) => self.run_cursor_command(server, &c, false).await?,
                     (name, _) => {
-                        if !self.txn_shards.held.contains(name) {
+                        if !self.txn.shards().held.contains(name) {
                             return Err(mixed().into());
                         }
                         let limit = u64::try_from(max_rows).ok().filter(|n| *n > 0);
@@ -413,7 +417,7 @@ impl Session {
             frontend::CLOSE => {
                 let c = frontend::close(frame).map_err(bad)?;
                 if c.kind == b'P' {
-                    self.txn_shards.held.results.remove(c.name);
+                    self.txn.shards_mut().held.results.remove(c.name);
                 }
                 backend::write_close_complete(&mut self.io.out);
             }
@@ -424,7 +428,7 @@ impl Session {
 
     /// An error in the transaction: as in PostgreSQL, everything but ROLLBACK fails now.
     fn fail_held_transaction(&mut self) {
-        self.txn_shards.set_failed();
+        self.txn.shards_mut().set_failed();
         self.txn.note_error();
         self.txn.set_status(TransactionStatus::Failed);
     }
@@ -439,7 +443,7 @@ impl Session {
     ) -> Result<(), HeldError> {
         match c {
             CursorCommand::Close(name) => {
-                self.txn_shards.held.results.remove(name);
+                self.txn.shards_mut().held.results.remove(name);
                 backend::write_command_complete(&mut self.io.out, "CLOSE CURSOR");
             }
             CursorCommand::CloseAll => {}
@@ -454,7 +458,8 @@ impl Session {
                     _ => return Err(not_forward().into()),
                 };
                 let held = self
-                    .txn_shards
+                    .txn
+                    .shards()
                     .held
                     .results
                     .get(name)
@@ -485,7 +490,7 @@ impl Session {
         limit: Option<u64>,
         rows: Rows,
     ) -> Result<u64, HeldError> {
-        let Some((name, mut held)) = self.txn_shards.held.results.remove_entry(name) else {
+        let Some((name, mut held)) = self.txn.shards_mut().held.results.remove_entry(name) else {
             return Err(no_cursor(name).into());
         };
         let mut n = 0u64;
@@ -510,7 +515,7 @@ impl Session {
             // The read is over (a shard's error); the transaction has failed.
             held.stream = None;
         }
-        self.txn_shards.held.results.insert(name, held);
+        self.txn.shards_mut().held.results.insert(name, held);
         outcome
     }
 
@@ -522,7 +527,7 @@ impl Session {
         wanted: Option<u64>,
         rows: Rows,
     ) -> Result<u64, HeldError> {
-        let here = self.shard;
+        let here = self.attachment.shard();
         let names: Vec<String> = stream.shards.iter().map(|s| self.shard_name(*s)).collect();
         let mut taken = self.participants_for(&stream.shards, server).await?;
         let resumed = {
@@ -554,7 +559,7 @@ impl Session {
             }
         };
         for p in taken {
-            self.txn_shards.put(p);
+            self.txn.shards_mut().put(p);
         }
         match resumed {
             Ok(Resumed::Rows { rows, .. }) => Ok(rows),
@@ -579,7 +584,8 @@ impl Session {
                 moving: false,
                 ..
             } => self
-                .txn_shards
+                .txn
+                .shards()
                 .held
                 .results
                 .get(name)
@@ -695,7 +701,7 @@ impl Session {
             Ok(merge) => Ok((None, merge)),
             Err(ScatterFailure::Server(e)) => Ok((Some((e.shard.clone(), e.to_string())), None)),
             Err(ScatterFailure::ClientGone) => {
-                crate::cancel::set_target(&self.cancel, None).await;
+                self.attachment.clear_cancel_target().await;
                 Err(SessionError::ClientGone)
             }
         }

@@ -44,8 +44,8 @@ impl Session {
         if plan.unsharded_tables || !plan.reference_tables.is_empty() {
             // Did this transaction write where the unsharded tables (and the coordinator's
             // copy of reference tables) live?
-            let mut waiting = self.txn_shards.take(default);
-            let conn: Option<&mut ServerConn> = if self.shard == default {
+            let mut waiting = self.txn.shards_mut().take(default);
+            let conn: Option<&mut ServerConn> = if self.attachment.shard() == default {
                 Some(&mut **server)
             } else if let Some(p) = taken.iter_mut().find(|p| p.shard == default) {
                 Some(&mut *p.conn)
@@ -63,7 +63,7 @@ impl Session {
                 None => false,
             };
             if let Some(p) = waiting {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             if wrote {
                 return Ok(Gathered::Refused(feature_error(
@@ -90,7 +90,7 @@ impl Session {
             Ok(c) => c,
             Err(e) => return Ok(Gathered::Refused(e)),
         };
-        let here = self.shard;
+        let here = self.attachment.shard();
         let names: Vec<String> = shards.iter().map(|s| self.shard_name(*s)).collect();
         let coord_name = self.shard_name(default);
         let config = self.shared.config();
@@ -103,7 +103,8 @@ impl Session {
             max_buffered: config.limits.max_buffered_result,
         };
         let setup: String = self
-            .txn_shards
+            .txn
+            .shards()
             .locals()
             .iter()
             .map(|s| format!("{s};"))
@@ -139,14 +140,14 @@ impl Session {
         role: BatchRole,
         attached: &ServerConn,
     ) -> Result<Beside, RouteError> {
-        let saved = (self.shard, self.host, self.attached_read);
+        let saved = self.attachment.place();
         let may_have_written = self.read_your_writes.take_may_have_written();
-        self.shard = shard;
+        self.attachment.set_shard(shard);
         let checked_out = self.checkout_for(role).await;
-        let chosen = (self.host, self.attached_read);
-        (self.shard, self.host, self.attached_read) = saved;
+        let chosen = (self.attachment.host(), self.attachment.is_read());
+        self.attachment.set_place(saved);
         self.read_your_writes.set_may_have_written(may_have_written);
-        self.aim_cancel_at(attached).await;
+        self.attachment.aim_cancel_at(attached).await;
         let (conn, guard) = checked_out.map_err(|f| RouteError {
             code: if f.code == sqlstate::TOO_MANY_CONNECTIONS {
                 sqlstate::TOO_MANY_CONNECTIONS

@@ -37,6 +37,6 @@ impl Session {
     /// which the client sends later: a Flush of the proxy's own gets their replies before the
     /// session switches to another shard for the batch's next statement.
     pub(crate) fn flush_statements_before_switch(&mut self) {
-        frontend::write_message(&mut self.to_server, frontend::FLUSH, |_| {});
+        frontend::write_message(self.attachment.outgoing(), frontend::FLUSH, |_| {});
     }
 }

@@ -46,7 +46,7 @@ const MAX_BATCH_BYTES: usize = 1024 * 1024;
 impl Session {
     /// Whether transactions may span shards here: transaction pooling over several shards.
     pub(crate) fn spans_shards(&self) -> bool {
-        !self.mode_is_session() && {
+        !self.client.mode_is_session() && {
             let topo = self.shared.topo();
             topo.routing && topo.router.shard_names().len() > 1
         }
@@ -110,7 +110,8 @@ impl Session {
                 if bind.statement.is_empty() {
                     return self.routing.unnamed().map(|(t, _)| t.clone());
                 }
-                self.statements
+                self.client_state
+                    .statements()
                     .peek(bind.statement)
                     .map(|s| s.query.clone())
                     .or_else(|| {
@@ -137,7 +138,7 @@ impl Session {
         }
         if let Some(text) = self.frame_text(frame) {
             let control = Control::of(&text);
-            self.txn_shards.note(&text, &control);
+            self.txn.shards_mut().note(&text, &control);
         }
     }
 
@@ -154,21 +155,21 @@ impl Session {
         {
             return false;
         }
-        if self.txn_shards.failed() {
+        if self.txn.shards().failed() {
             return true;
         }
         let Some(first) = self.first_statement(batch) else {
             return false;
         };
         if first.control.is_control() {
-            return self.txn_shards.is_multi();
+            return self.txn.shards().is_multi();
         }
-        if status == TransactionStatus::Failed || self.pin.is_pinned() {
+        if status == TransactionStatus::Failed || self.client_state.pin().is_pinned() {
             // The server answers 25P02 itself; a pinned session stays (and is refused).
             return false;
         }
         let here = match &first.route {
-            Ok(Route::Shard(s)) => *s == self.shard || self.runs_anywhere(&first.plan),
+            Ok(Route::Shard(s)) => *s == self.attachment.shard() || self.runs_anywhere(&first.plan),
             Ok(Route::Shards(_) | Route::AllShards) => false,
             // A multi-row INSERT over several shards runs split; other refusals are answered
             // in order by the relay.
@@ -213,7 +214,7 @@ impl Session {
         let Some(first) = self.first_statement(&batch) else {
             return Ok(InTransaction::Attach(server, batch));
         };
-        if self.txn_shards.failed() {
+        if self.txn.shards().failed() {
             return self.after_failure(server, batch, first).await;
         }
         match &first.control {
@@ -242,19 +243,21 @@ impl Session {
             }
             Control::None => {}
         }
-        if self.shared.topology_version() != self.attached_version {
+        if self.attachment.map_changed(self.shared.topology_version()) {
             let e = RouteError {
                 code: sqlstate::SERIALIZATION_FAILURE,
                 message: "the shard map changed while this transaction ran (a rebalance moved keys between shards)".into(),
                 hint: Some("roll back and retry the transaction".into()),
             };
             self.read_rest_of_batch(&mut batch).await?;
-            self.txn_shards.set_failed();
+            self.txn.shards_mut().set_failed();
             self.fail_in_transaction(&batch, &e);
             return Ok(InTransaction::Attach(server, Vec::new()));
         }
         match first.route {
-            Ok(Route::Shard(s)) if s == self.shard => Ok(InTransaction::Attach(server, batch)),
+            Ok(Route::Shard(s)) if s == self.attachment.shard() => {
+                Ok(InTransaction::Attach(server, batch))
+            }
             Ok(Route::Shard(s)) => match self.switch_to(s, server).await {
                 Ok(conn) => Ok(InTransaction::Attach(conn, batch)),
                 Err((conn, e)) => {
@@ -347,7 +350,7 @@ impl Session {
     }
 
     fn multi_status(&self, attached: TransactionStatus) -> TransactionStatus {
-        if self.txn_shards.failed() {
+        if self.txn.shards().failed() {
             TransactionStatus::Failed
         } else {
             attached
@@ -393,26 +396,26 @@ impl Session {
             return Ok(());
         };
         let result = {
-            let mut others = self.txn_shards.take_all();
+            let mut others = self.txn.shards_mut().take_all();
             let mut members = self.members(server, &mut others);
             let result = run_everywhere(&mut members, &text).await;
             drop(members);
             for p in others {
-                self.txn_shards.put(p);
+                self.txn.shards_mut().put(p);
             }
             result
         };
         match result {
             Ok(()) => {
-                self.txn_shards.note(&text, &first.control);
+                self.txn.shards_mut().note(&text, &first.control);
                 if matches!(first.control, Control::RollbackTo(_)) {
-                    self.txn_shards.clear_failed();
+                    self.txn.shards_mut().clear_failed();
                 }
                 self.txn.set_status(TransactionStatus::InTransaction);
                 self.answer_one_statement(batch, answer, command_tag(&first.control));
             }
             Err(TxnError(error)) => {
-                self.txn_shards.set_failed();
+                self.txn.shards_mut().set_failed();
                 self.txn.set_status(TransactionStatus::Failed);
                 self.txn.note_error();
                 self.io.out.extend_from_slice(&error);
@@ -438,7 +441,7 @@ impl Session {
         server: &'a mut PooledConn,
         others: &'a mut [Participant],
     ) -> Vec<Member<'a>> {
-        let here = self.shard;
+        let here = self.attachment.shard();
         self.shard_members(
             std::iter::once((here, &mut **server))
                 .chain(others.iter_mut().map(|p| (p.shard, &mut *p.conn))),
@@ -455,10 +458,10 @@ impl Session {
     ) -> Result<InTransaction, SessionError> {
         self.read_rest_of_batch(&mut batch).await?;
         let answer = self.one_statement(&batch);
-        let mut others = self.txn_shards.take_all();
+        let mut others = self.txn.shards_mut().take_all();
         // COMMIT of a failed transaction rolls back, as in PostgreSQL (no error).
         let commit = commit
-            && !self.txn_shards.failed()
+            && !self.txn.shards().failed()
             && server.status() != TransactionStatus::Failed
             && others
                 .iter()
@@ -479,7 +482,7 @@ impl Session {
             "ROLLBACK"
         };
         debug!(
-            client = self.id,
+            client = self.client.id(),
             shards = others.len() + 1,
             tag,
             "transaction on several shards ended"
@@ -489,7 +492,7 @@ impl Session {
                 self.remember_write_position_on(p.shard, &mut p.conn).await;
             }
         }
-        self.txn_shards.reset();
+        self.txn.shards_mut().reset();
         self.txn.set_status(TransactionStatus::Idle);
         self.routing.end_transaction();
         if !commit || outcome.is_err() {
@@ -525,35 +528,34 @@ impl Session {
         shard: ShardIndex,
         mut server: PooledConn,
     ) -> Result<PooledConn, (PooledConn, RouteError)> {
-        let joined = match self.txn_shards.take(shard) {
+        let joined = match self.txn.shards_mut().take(shard) {
             Some(p) => p,
             None => match self.join(shard, &mut server).await {
                 Ok(p) => p,
                 Err(e) => return Err((server, e)),
             },
         };
-        let (guard, active) = match self.query_guard.take() {
+        let (guard, active) = match self.attachment.take_guard() {
             Some(g) => g,
             None => return Err((server, internal("attached connection without a guard"))),
         };
-        self.txn_shards.put(Participant {
-            shard: self.shard,
-            host: self.host,
-            read: self.attached_read,
+        self.txn.shards_mut().put(Participant {
+            shard: self.attachment.shard(),
+            host: self.attachment.host(),
+            read: self.attachment.is_read(),
             conn: server,
             guard,
         });
         debug!(
-            client = self.id,
-            from = self.shard,
+            client = self.client.id(),
+            from = self.attachment.shard(),
             to = shard,
             "transaction moves to another shard"
         );
-        self.shard = joined.shard;
-        self.host = joined.host;
-        self.attached_read = joined.read;
-        self.query_guard = Some((joined.guard, active));
-        self.aim_cancel_at(&joined.conn).await;
+        self.attachment
+            .set_place((joined.shard, joined.host, joined.read));
+        self.attachment.hold(joined.guard, active);
+        self.attachment.aim_cancel_at(&joined.conn).await;
         Ok(joined.conn)
     }
 
@@ -564,7 +566,7 @@ impl Session {
         shard: ShardIndex,
         server: &mut ServerConn,
     ) -> Result<Participant, RouteError> {
-        if self.txn_shards.join_sql().is_none() {
+        if self.txn.shards().join_sql().is_none() {
             let sql = "SELECT current_setting('transaction_isolation') || ',' || current_setting('transaction_read_only') || ',' || current_setting('transaction_deferrable')";
             let value = super::fanout::query_value(server, sql)
                 .await
@@ -578,13 +580,14 @@ impl Session {
             let isolation = parts.next().unwrap_or("read committed");
             let read_only = parts.next() == Some("on");
             let deferrable = parts.next() == Some("on");
-            self.txn_shards
+            self.txn
+                .shards_mut()
                 .set_begin(begin_statement(isolation, read_only, deferrable));
         }
-        let join_sql = self.txn_shards.join_sql().unwrap_or_default();
+        let join_sql = self.txn.shards().join_sql().unwrap_or_default();
         let role = BatchRole {
-            read: self.attached_read,
-            may_write: !self.attached_read,
+            read: self.attachment.is_read(),
+            may_write: !self.attachment.is_read(),
         };
         let Beside {
             mut conn,
@@ -610,7 +613,10 @@ impl Session {
                 hint: Some("roll back and retry the transaction".into()),
             });
         }
-        debug!(client = self.id, shard, "shard joined the transaction");
+        debug!(
+            client = self.client.id(),
+            shard, "shard joined the transaction"
+        );
         Ok(Participant {
             shard,
             host,
@@ -626,8 +632,8 @@ impl Session {
     /// connection was lost) or it ended on the attached connection alone: the other shards
     /// roll back.
     pub(crate) async fn end_other_shards(&mut self) {
-        if self.txn_shards.is_multi() {
-            let mut others = self.txn_shards.take_all();
+        if self.txn.shards().is_multi() {
+            let mut others = self.txn.shards_mut().take_all();
             let mut members: Vec<Member<'_>> = others
                 .iter_mut()
                 .map(|p| Member {
@@ -637,7 +643,7 @@ impl Session {
                 .collect();
             rollback_all(&mut members).await;
         }
-        self.txn_shards.reset();
+        self.txn.shards_mut().reset();
     }
 
     /// While other shards take part, transaction control may not reach the attached

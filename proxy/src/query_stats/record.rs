@@ -96,7 +96,10 @@ impl Session {
                 if bind.statement.is_empty() {
                     self.routing.unnamed().map(|(t, _)| f(t))
                 } else {
-                    self.statements.peek(bind.statement).map(|s| f(&s.query))
+                    self.client_state
+                        .statements()
+                        .peek(bind.statement)
+                        .map(|s| f(&s.query))
                 }
             }
             _ => None,
@@ -104,8 +107,9 @@ impl Session {
     }
 
     /// Records one call of `frame`'s statement; primary or replica is the host of the last
-    /// checkout (`self.host`: a cross-shard batch takes the same role on every shard).
-    /// `fingerprint`: the statement's fingerprint hash when the relay computed it already.
+    /// checkout (`self.attachment.host()`: a cross-shard batch takes the same role on every
+    /// shard). `fingerprint`: the statement's fingerprint hash when the relay computed it
+    /// already.
     fn record_statement(
         &self,
         frame: &Frame,
@@ -115,8 +119,11 @@ impl Session {
         route: StatementRoute,
         shards: u32,
     ) {
+        let replica = matches!(
+            self.attachment.host(),
+            shardgate_pool::HostChoice::Replica(_)
+        );
         let log = &self.shared.query_log;
-        let replica = matches!(self.host, shardgate_pool::HostChoice::Replica(_));
         let sample = Sample {
             took,
             tally,
@@ -130,7 +137,12 @@ impl Session {
                 .then(|| frontend::bind(frame).ok())
                 .flatten()
                 .filter(|b| !b.statement.is_empty())
-                .and_then(|b| self.statements.peek(b.statement).map(|s| s.fingerprint))
+                .and_then(|b| {
+                    self.client_state
+                        .statements()
+                        .peek(b.statement)
+                        .map(|s| s.fingerprint)
+                })
         });
         // A statement tracked already needs no text (decoding it costs as much as the rest).
         if fingerprint.is_some_and(|hash| log.record_known(hash, &sample)) {
@@ -179,7 +191,8 @@ impl Session {
         let types: Vec<u32> = if bind.statement.is_empty() {
             self.routing.unnamed().map(|(_, t)| t.clone())
         } else {
-            self.statements
+            self.client_state
+                .statements()
                 .peek(bind.statement)
                 .map(|s| s.param_types.clone())
         }
