@@ -1,8 +1,6 @@
 //! The set of named prepared statements one server connection holds, least recently used first
 //! out when the cap is passed.
 
-use std::collections::HashMap;
-
 const NIL: usize = usize::MAX;
 
 struct Slot {
@@ -17,7 +15,8 @@ struct Slot {
 /// index into a slab of slots linked from most to least recently used.
 pub struct PreparedSet {
     capacity: usize,
-    index: HashMap<String, usize>,
+    /// foldhash: looked up at every Bind (names are the proxy's own `sg_N`).
+    index: foldhash::HashMap<String, usize>,
     slots: Vec<Slot>,
     free: Vec<usize>,
     /// Most recently used.
@@ -31,7 +30,7 @@ impl PreparedSet {
     pub fn new(capacity: usize) -> Self {
         PreparedSet {
             capacity: capacity.max(1),
-            index: HashMap::new(),
+            index: Default::default(),
             slots: Vec::new(),
             free: Vec::new(),
             newest: NIL,

@@ -3,8 +3,6 @@
 //! the replay of the client's session settings on it, and the error a client gets when none
 //! can be had.
 
-use std::collections::HashMap;
-
 use shardgate_pool::{
     CheckoutError, HostChoice, PoolKey, PooledConn, ServerConn, ServerError, ServerPool,
 };
@@ -20,7 +18,8 @@ use crate::session::Session;
 /// epoch (a failover moves a shard's writes to another host).
 #[derive(Debug)]
 pub(crate) struct PoolCache {
-    pools: HashMap<(ShardIndex, HostChoice), ServerPool>,
+    /// foldhash: looked up at every checkout.
+    pools: foldhash::HashMap<(ShardIndex, HostChoice), ServerPool>,
     /// The reload generation and role epoch `pools` belongs to.
     generation: (u64, u64),
 }
@@ -28,7 +27,7 @@ pub(crate) struct PoolCache {
 impl PoolCache {
     pub(crate) fn new(generation: (u64, u64)) -> PoolCache {
         PoolCache {
-            pools: HashMap::new(),
+            pools: Default::default(),
             generation,
         }
     }

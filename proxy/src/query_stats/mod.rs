@@ -13,7 +13,7 @@ mod histogram;
 mod record;
 pub(crate) mod tally;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -126,7 +126,9 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_hash: HashMap<u64, Entry>,
+    /// Keyed by the fingerprint hash, looked up at every call: foldhash (seeded per process)
+    /// instead of SipHash.
+    by_hash: foldhash::HashMap<u64, Entry>,
     evicted: u64,
 }
 
@@ -227,7 +229,7 @@ impl QueryLog {
 
     pub(crate) fn reset(&self) {
         let mut entries = self.lock();
-        entries.by_hash = HashMap::new();
+        entries.by_hash = Default::default();
         entries.evicted = 0;
     }
 }
