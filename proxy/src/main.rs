@@ -44,15 +44,44 @@ enum Command {
     Admin(shardgate_admin::cli::AdminArgs),
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). A filter of targets and levels
+/// only (`info`, `shardgate_pool=debug,warn`) uses `filter::Targets`; one with span or field
+/// directives needs `EnvFilter`, which takes a lock and a hash lookup at every enter and exit
+/// of a span: each client session's future enters its span at every poll, several times per
+/// transaction.
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let directives = std::env::var("RUST_LOG").unwrap_or_default();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let targets = if directives.trim().is_empty() {
+        Some(Targets::new().with_default(LevelFilter::INFO))
+    } else if directives.contains(['[', '{']) {
+        // Span and field directives (`[client]=debug`): `Targets` would read `[client]` as a
+        // target name.
+        None
+    } else {
+        directives.parse::<Targets>().ok()
+    };
+    match targets {
+        Some(targets) => tracing_subscriber::registry()
+            .with(fmt)
+            .with(targets)
+            .init(),
+        None => tracing_subscriber::registry()
+            .with(fmt)
+            .with(
+                tracing_subscriber::EnvFilter::try_new(&directives)
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     #[cfg(feature = "failpoints")]
     shardgate_rebalance::failpoints::setup_from_env();
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -733,3 +733,35 @@ async fn worker_threads_are_read_at_start_and_a_reload_says_so() {
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// `RUST_LOG` filters the same with either filter the binary picks: targets and levels only
+/// (the cheap `Targets`) or span directives (`EnvFilter`). A client's login is logged at debug
+/// inside its `client` span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_filters_by_target_and_by_span() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    for (rust_log, logged_in_shown) in [
+        ("warn", false),
+        ("warn,shardgate_proxy=debug", true),
+        ("warn,[client]=debug", true),
+        ("warn,[some_other_span]=debug", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let config = dir.path().join("shardgate.toml");
+        let log = dir.path().join("stderr.log");
+        std::fs::write(&config, config_text(&pg, port, admin, "size = 2", "")).unwrap();
+        let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+        let server = Server::spawn_logging(dir, config, port, admin, stderr, rust_log);
+        let client = connect(&server.url()).await;
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            text.contains("client logged in"),
+            logged_in_shown,
+            "RUST_LOG={rust_log}: {text}"
+        );
+        drop(server);
+    }
+}
