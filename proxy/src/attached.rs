@@ -50,17 +50,16 @@ impl Session {
                 frames = rest.into_iter();
             }
         }
-        // Settings read once per attachment (each read of the shared config or map is an
-        // atomic load; the relay loop turns several times per transaction).
-        let config = self.shared.config();
+        // Settings read once per attachment, from the session's view (refreshed by the
+        // messages just relayed).
+        let config = self.view.config();
         let idle_timeout = config.listen.client_idle_timeout;
         let max_held = config.pool.max_held_bytes;
         // With no session timeout set (the default) the loop reads no clock at all.
         let timeouts = config.timeouts.clone();
         let timed = crate::timeouts::any_session_timeout(&timeouts);
-        drop(config);
         let rerouting = self.client.mode_is_transaction() && {
-            let topo = self.shared.topo();
+            let topo = self.view.topo();
             topo.router.shard_names().len() > 1 || topo.reads_can_leave_primary
         };
         // The next batch's first messages, held until its Query or Bind says where it goes.

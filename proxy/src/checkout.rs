@@ -59,7 +59,11 @@ impl PoolCache {
 impl Session {
     /// The server pool of the current shard and host, created on first use.
     pub(crate) fn pool(&mut self) -> ServerPool {
-        if self.pools.refresh(self.shared.pool_generation()) {
+        let generation = (
+            self.shared.generation(),
+            self.view.topo().health.role_epoch(),
+        );
+        if self.pools.refresh(generation) {
             // A reload or a new shard map replaced pools (or hosts). Read-your-writes
             // positions follow the shard count.
             let shards = self.shared.topo().router.shard_names().len();
@@ -120,7 +124,7 @@ impl Session {
         let wait_started = std::time::Instant::now();
         let checked_out = pool.checkout().await;
         drop(waiting);
-        self.shared.topo().query_stats.checkout_wait(
+        self.view.topo().query_stats.checkout_wait(
             self.attachment.shard(),
             pool.key().role,
             wait_started.elapsed(),

@@ -25,7 +25,7 @@ impl Session {
         }
         let mut bytes = initial.iter().map(Frame::len).sum();
         let mut batch = initial;
-        let idle_timeout = self.shared.config().listen.client_idle_timeout;
+        let idle_timeout = self.view.config().listen.client_idle_timeout;
         loop {
             self.io.flush().await?;
             let frame = tokio::select! {

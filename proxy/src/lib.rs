@@ -54,6 +54,7 @@ mod tls;
 mod topology;
 mod two_phase;
 mod txn;
+mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,6 +138,8 @@ pub struct Shared {
     /// Bumped by each reload or shard-map change that changes pools: sessions drop the pools
     /// they cached.
     generation: AtomicU64,
+    /// Bumped by each replacement of `config` or `topo`: sessions' views reload (`view`).
+    view_generation: view::ViewGeneration,
     /// `listen.max_client_connections` as the client slots were last sized.
     max_clients: std::sync::atomic::AtomicUsize,
     activity: control::ClientActivity,
@@ -181,6 +184,7 @@ impl Shared {
             max_clients: config.listen.max_client_connections.into(),
             monitor: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
+            view_generation: Default::default(),
             config: ArcSwap::from_pointee(config),
             pools: Pools::new(host_policy),
             statements: prepared::StatementRegistry::default(),
@@ -200,6 +204,12 @@ impl Shared {
     /// The running configuration, to keep (across awaits, in a task).
     fn config_arc(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// Replaces the running configuration (a reload, a new shard map).
+    fn set_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+        self.view_generation.bump();
     }
 
     /// (Re)starts the health and lag monitor for the current hosts and settings.

@@ -184,6 +184,7 @@ impl Session {
         frame: Frame,
     ) -> Result<Flow, SessionError> {
         tracing::trace!(tag = %(frame.tag() as char), expect = ?self.replies.front(), "client message");
+        self.view.refresh(&self.shared);
         let ends_refusal = frame.tag() == frontend::SYNC && self.replies.refusing();
         if !self.replies.admits(frame.tag()) {
             return Ok(Flow::Continue);

@@ -157,7 +157,7 @@ impl Shared {
             .set_policy(shardgate_pool::HostPolicy::from_config(&new.pool));
         self.auth.store(Arc::new(auth::Authenticator::new(&new)));
         let new = Arc::new(new);
-        self.config.store(Arc::clone(&new));
+        self.set_config(Arc::clone(&new));
         if hosts_changed {
             // Same shard map and router; new hosts to watch and balance over.
             // Shards whose hosts did not change keep their failover state; the others start
@@ -170,7 +170,7 @@ impl Shared {
                 Some(&topo.health),
             );
             drop(topo);
-            self.topo.store(Arc::new(next));
+            self.set_topo(next);
         }
         if hosts_changed || old.replicas != new.replicas || old.users != new.users {
             self.restart_monitor();

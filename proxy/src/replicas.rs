@@ -67,7 +67,7 @@ impl Session {
             read: false,
             may_write: true,
         };
-        if !self.shared.topo().reads_can_leave_primary || self.client.mode_is_session() {
+        if !self.view.topo().reads_can_leave_primary || self.client.mode_is_session() {
             return primary_write;
         }
         if let Some(read_only) = self.txn.deferred_read_only() {
@@ -151,16 +151,19 @@ impl Session {
     ) -> Result<(PooledConn, QueryGuard), CheckoutFailure> {
         let BatchRole { read, may_write } = role;
         let shard = self.attachment.shard();
-        let Some(health) = self.shared.topo().health.shard(shard).cloned() else {
+        let Some(health) = self.view.topo().health.shard(shard).cloned() else {
             return Err(CheckoutFailure::new(
                 sqlstate::INTERNAL_ERROR,
                 format!("shard #{shard} is not in the topology"),
                 None,
             ));
         };
-        // An Arc, not a copy of the settings: this runs for every checkout.
-        let config = self.shared.config();
-        let settings = &config.replicas;
+        let settings = &self.view.config().replicas;
+        let (include_primary, fallback_to_primary) = (
+            settings.include_primary_in_reads,
+            settings.fallback_to_primary,
+        );
+        let (ban_initial, ban_max) = (settings.ban_initial, settings.ban_max);
         let mut tried: Vec<HostChoice> = Vec::new();
         loop {
             let choice = if read {
@@ -170,9 +173,9 @@ impl Session {
                     // it from a replica rather than fail it (availability over freshness).
                     min_lsn = 0;
                 }
-                match health.pick_read(min_lsn, settings.include_primary_in_reads, &tried) {
+                match health.pick_read(min_lsn, include_primary, &tried) {
                     Some(c) => c,
-                    None if settings.fallback_to_primary => HostChoice::Primary,
+                    None if fallback_to_primary => HostChoice::Primary,
                     None => {
                         return Err(CheckoutFailure::new(
                             sqlstate::CONNECTION_FAILURE,
@@ -212,7 +215,7 @@ impl Session {
                     return Ok((conn, host.start_query()));
                 }
                 Err(failure) if failure.is_connect_error() => {
-                    host.report_failure(settings.ban_initial, settings.ban_max, &failure.message);
+                    host.report_failure(ban_initial, ban_max, &failure.message);
                     if !read || choice == HostChoice::Primary {
                         return Err(failure);
                     }
@@ -261,7 +264,7 @@ impl Session {
             return;
         }
         let has_replicas = self
-            .shared
+            .view
             .topo()
             .health
             .shard(shard)

@@ -172,11 +172,8 @@ impl Session {
     /// (Parse/Describe only) goes to the default shard.
     pub(crate) fn route_batch(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
         self.check_lease()?;
-        {
-            let topo = self.shared.topo();
-            if !topo.routing {
-                return Ok(Target::Shard(topo.router.default_shard()));
-            }
+        if !self.view.topo().routing {
+            return Ok(Target::Shard(self.view.topo().router.default_shard()));
         }
         self.routing.clear_batch_parses();
         let target = self.route_batch_frames(batch);
@@ -280,7 +277,7 @@ impl Session {
         if matches!(frame.tag(), frontend::QUERY | frontend::BIND) {
             self.check_lease_for(frame)?;
         }
-        if !self.shared.topo().routing {
+        if !self.view.topo().routing {
             return Ok(());
         }
         let prerouted = match frame.tag() {
@@ -391,7 +388,7 @@ impl Session {
     /// Answers batches that need no server: `SHARDGATE ROUTE`, and a BEGIN (and an empty
     /// transaction's COMMIT/ROLLBACK) while the shard is not known yet. Returns whether it did.
     pub(crate) fn answer_locally(&mut self, batch: &[Frame]) -> bool {
-        let routing = self.shared.topo().routing;
+        let routing = self.view.topo().routing;
         if routing && self.answer_transaction_locally(batch) {
             return true;
         }

@@ -42,6 +42,8 @@ const MAX_LOGIN_MESSAGE: usize = 65_536;
 
 pub struct Session {
     pub(crate) shared: Arc<Shared>,
+    /// The config and shard map as of the last batch, message or ReadyForQuery (`view`).
+    pub(crate) view: crate::view::View,
     pub(crate) io: ClientIo,
     /// Who the client is (fixed at login) and the admissions it holds.
     pub(crate) client: ClientIdentity,
@@ -178,6 +180,7 @@ impl Session {
         );
         Session {
             shared: Arc::clone(shared),
+            view: crate::view::View::new(shared),
             io,
             client_state,
             client: ClientIdentity::new(id, login, config.pool.mode, (pid, secret)),
@@ -253,12 +256,14 @@ impl Session {
                 Some(step) => step,
                 None => {
                     let initial = std::mem::take(&mut self.parked);
+                    self.view.refresh(&self.shared);
                     match self.read_detached_batch(initial).await? {
                         Some(batch) => Step::Detached(batch),
                         None => return Ok(()),
                     }
                 }
             };
+            self.view.refresh(&self.shared);
             match Box::pin(self.serve(step)).await? {
                 Next::Read => {}
                 Next::Attach(server, batch) => next = Some(Step::Attached(server, batch)),

@@ -229,6 +229,7 @@ impl crate::session::Session {
 
     /// The server's ReadyForQuery ended a request: count it, and log it when slow.
     pub(crate) fn note_request_done(&mut self) {
+        self.view.refresh(&self.shared);
         let Some((request, took)) = self.request.finish() else {
             self.request.tally = Default::default();
             return;
@@ -237,14 +238,12 @@ impl crate::session::Session {
             shardgate_pool::HostChoice::Primary => Role::Primary,
             shardgate_pool::HostChoice::Replica(_) => Role::Replica,
         };
-        self.shared.topo().query_stats.query(
-            self.attachment.shard(),
-            role,
-            RouteKind::Single,
-            took,
-        );
+        self.view
+            .topo()
+            .query_stats
+            .query(self.attachment.shard(), role, RouteKind::Single, took);
         self.record_attached_request(&request, took);
-        let log = &self.shared.config().log;
+        let log = &self.view.config().log;
         if log.slow_query_ms > 0 && took.as_millis() >= u128::from(log.slow_query_ms) {
             let (statement, parameters) = self.describe_statement(&request, log.log_parameters);
             tracing::warn!(

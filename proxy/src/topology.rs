@@ -88,6 +88,17 @@ impl Shared {
         self.topo.load()
     }
 
+    /// The current shard map's routing state, to keep (a session's `view`).
+    pub(crate) fn topo_arc(&self) -> Arc<Topo> {
+        self.topo.load_full()
+    }
+
+    /// Replaces the shard map's routing state.
+    pub(crate) fn set_topo(&self, topo: Topo) {
+        self.topo.store(Arc::new(topo));
+        self.view_generation.bump();
+    }
+
     pub(crate) fn topology_version(&self) -> u64 {
         self.topo.load().version
     }
@@ -111,8 +122,8 @@ impl Shared {
         };
         drop(current);
         tracing::info!(version = map.version, shards = ?map.names(), "shard map changed");
-        self.config.store(Arc::new(config));
-        self.topo.store(Arc::new(topo));
+        self.set_config(Arc::new(config));
+        self.set_topo(topo);
         // Sessions drop the pools they cached by shard index.
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.restart_monitor();

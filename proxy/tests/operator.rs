@@ -765,3 +765,40 @@ async fn rust_log_filters_by_target_and_by_span() {
         drop(server);
     }
 }
+
+/// A reload reaches sessions already connected: their next batch reads the new settings (the
+/// session's view of the config is reloaded when the config was replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reaches_connected_sessions_at_their_next_batch() {
+    let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("shardgate.toml");
+    let text = config_text(&pg, port, admin, "size = 2", "");
+    std::fs::write(&config, &text).unwrap();
+    let server = Server::spawn(dir, config, port, admin, Stdio::null());
+    let client = connect(&server.url()).await;
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+
+    std::fs::write(
+        &server.config,
+        text.replace(
+            "shutdown_timeout = \"20s\"",
+            "shutdown_timeout = \"20s\"\nclient_idle_timeout = \"300ms\"",
+        ),
+    )
+    .unwrap();
+    let (status, body) = server.api("POST", "/api/v1/reload", "");
+    assert_eq!(status, 200, "{body}");
+    // One more batch, then idle: the new idle timeout closes the session.
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !client.is_closed() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the reloaded idle timeout did not close the connected session");
+}
