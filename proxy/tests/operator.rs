@@ -224,6 +224,29 @@ fn start_pg() -> PgCluster {
     pg
 }
 
+/// Starts shardgate on `pg` with the test config as `edit` changes it and its stderr in a
+/// file: the server, the log file's path and the config text written.
+fn spawn_logged(
+    pg: &PgCluster,
+    edit: impl FnOnce(String) -> String,
+    rust_log: &str,
+) -> (Server, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("shardgate.toml");
+    let log = dir.path().join("stderr.log");
+    let text = edit(config_text(pg, port, admin, "size = 2", ""));
+    std::fs::write(&config, &text).unwrap();
+    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+    let server = Server::spawn_logging(dir, config, port, admin, stderr, rust_log);
+    (server, log, text)
+}
+
+async fn select_one(client: &tokio_postgres::Client) {
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
 /// The value of a metric line `name{labels} value` (summed over label sets matching
 /// `label_filter`).
 fn metric(text: &str, name: &str, label_filter: &str) -> f64 {
@@ -697,20 +720,18 @@ name = "items"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_are_read_at_start_and_a_reload_says_so() {
     let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let config = dir.path().join("shardgate.toml");
-    let log = dir.path().join("stderr.log");
-    let text = config_text(&pg, port, admin, "size = 2", "").replace(
-        "shutdown_timeout = \"20s\"",
-        "shutdown_timeout = \"20s\"\nworker_threads = 1",
+    let (server, log, text) = spawn_logged(
+        &pg,
+        |t| {
+            t.replace(
+                "shutdown_timeout = \"20s\"",
+                "shutdown_timeout = \"20s\"\nworker_threads = 1",
+            )
+        },
+        "info",
     );
-    std::fs::write(&config, &text).unwrap();
-    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
-    let server = Server::spawn_logging(dir, config, port, admin, stderr, "info");
     let client = connect(&server.url()).await;
-    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
-    assert_eq!(one, 1);
+    select_one(&client).await;
     let started = std::fs::read_to_string(&log).unwrap();
     assert!(
         started.contains("worker_threads=1"),
@@ -730,8 +751,7 @@ async fn worker_threads_are_read_at_start_and_a_reload_says_so() {
             .contains("listen.worker_threads"),
         "{body}"
     );
-    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
-    assert_eq!(one, 1);
+    select_one(&client).await;
 }
 
 /// `RUST_LOG` filters the same with either filter the binary picks: targets and levels only
@@ -746,16 +766,9 @@ async fn rust_log_filters_by_target_and_by_span() {
         ("warn,[client]=debug", true),
         ("warn,[some_other_span]=debug", false),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let config = dir.path().join("shardgate.toml");
-        let log = dir.path().join("stderr.log");
-        std::fs::write(&config, config_text(&pg, port, admin, "size = 2", "")).unwrap();
-        let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
-        let server = Server::spawn_logging(dir, config, port, admin, stderr, rust_log);
+        let (server, log, _) = spawn_logged(&pg, |t| t, rust_log);
         let client = connect(&server.url()).await;
-        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
-        assert_eq!(one, 1);
+        select_one(&client).await;
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(
             text.contains("client logged in"),
@@ -771,15 +784,9 @@ async fn rust_log_filters_by_target_and_by_span() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_reaches_connected_sessions_at_their_next_batch() {
     let pg = tokio::task::spawn_blocking(start_pg).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let config = dir.path().join("shardgate.toml");
-    let text = config_text(&pg, port, admin, "size = 2", "");
-    std::fs::write(&config, &text).unwrap();
-    let server = Server::spawn(dir, config, port, admin, Stdio::null());
+    let (server, _, text) = spawn_logged(&pg, |t| t, "warn");
     let client = connect(&server.url()).await;
-    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
-    assert_eq!(one, 1);
+    select_one(&client).await;
 
     std::fs::write(
         &server.config,
@@ -792,8 +799,7 @@ async fn a_reload_reaches_connected_sessions_at_their_next_batch() {
     let (status, body) = server.api("POST", "/api/v1/reload", "");
     assert_eq!(status, 200, "{body}");
     // One more batch, then idle: the new idle timeout closes the session.
-    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
-    assert_eq!(one, 1);
+    select_one(&client).await;
     tokio::time::timeout(Duration::from_secs(10), async {
         while !client.is_closed() {
             tokio::time::sleep(Duration::from_millis(50)).await;
