@@ -599,7 +599,7 @@ mod mention_tests {
 
     #[test]
     fn finds_words_in_any_case_anywhere() {
-        const WORDS: WordSet = WordSet::new(&[b"set", b"discard"]);
+        static WORDS: WordSet = WordSet::new(&[b"set", b"discard"]);
         assert!(WORDS.found_in(b"SELECT 1; SeT search_path = a"));
         assert!(WORDS.found_in(b"discard all"));
         assert!(WORDS.found_in(b"x_set"));
@@ -608,10 +608,72 @@ mod mention_tests {
         assert!(!WORDS.found_in(b""));
         // Case folding of the pair filter must not admit look-alikes (`\x13` folds like `s`).
         assert!(!WORDS.found_in(b"\x13ET x"));
+        assert!(WORDS.found_in(b"sEt"));
+        assert!(WORDS.found_in(b"DISCARD"));
         assert!(!WORDS.found_in(b"discar"));
-        const TEMP: WordSet = WordSet::new(&[b"temp"]);
+        static TEMP: WordSet = WordSet::new(&[b"temp"]);
+        assert!(!TEMP.found_in(b"te"));
         assert!(TEMP.found_in(b"create TEMPORARY table"));
         assert!(TEMP.found_in(b"te\xc3\xa9 temp"));
         assert!(!TEMP.found_in(b"tem"));
+    }
+
+    /// The pair filter finds exactly what a plain case-folded substring search finds (seeded
+    /// texts over the words' letters in both cases, separators and non-ASCII bytes).
+    #[test]
+    fn agrees_with_a_plain_search() {
+        static WORDS: WordSet = WordSet::new(&[b"set", b"discard", b"temp", b"hold", b"prepare"]);
+        // Pieces: whole words, their starts and ends, noise; each byte's case flipped at
+        // random.
+        let pieces: [&[u8]; 12] = [
+            b"set",
+            b"se",
+            b"et",
+            b"discard",
+            b"discar",
+            b"temp",
+            b"tem",
+            b"hold",
+            b"prepare",
+            b" _;'",
+            b"\xc3\xa9",
+            b"\x13",
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut found, mut missed) = (0, 0);
+        for _ in 0..20_000 {
+            let mut text = Vec::new();
+            for _ in 0..next() % 4 {
+                text.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            for b in &mut text {
+                if next() % 2 == 0 {
+                    b.make_ascii_uppercase();
+                }
+            }
+            let lower = text.to_ascii_lowercase();
+            let plain = WORDS
+                .words
+                .iter()
+                .any(|w| lower.windows(w.len()).any(|x| x == *w));
+            assert_eq!(
+                WORDS.found_in(&text),
+                plain,
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+            if plain {
+                found += 1;
+            } else {
+                missed += 1;
+            }
+        }
+        assert!(found > 100 && missed > 100, "{found} / {missed}");
     }
 }
