@@ -24,6 +24,7 @@ mod gather;
 mod held;
 mod hosts;
 mod io;
+mod last_parse;
 mod limits;
 mod listener;
 mod login;

@@ -9,6 +9,7 @@ use shardgate_pool::ServerConn;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 
+use crate::last_parse::TextFacts;
 use crate::prepared::GlobalStatement;
 use crate::replies::{Expect, Synth};
 use crate::session::Session;
@@ -65,9 +66,32 @@ impl Session {
     /// Notes the fingerprint of the statement text the relay just read (once: the
     /// statistics would otherwise decode and walk the text again at its ReadyForQuery).
     fn note_fingerprint(&mut self, sql: &str) {
-        if self.shared.query_log.enabled() {
-            let hash = shardgate_router::fingerprint_hash(sql);
+        if let Some(hash) = self.fingerprint_if_tracked(sql) {
             self.request.note_fingerprint(Some(hash));
+        }
+    }
+
+    /// `sql`'s fingerprint hash when the statistics are on.
+    fn fingerprint_if_tracked(&self, sql: &str) -> Option<u64> {
+        self.shared
+            .query_log
+            .enabled()
+            .then(|| shardgate_router::fingerprint_hash(sql))
+    }
+
+    /// The fingerprint and session-word scan of an unnamed Parse's text: remembered for the
+    /// last one (`last_parse`), as drivers send the same text at every execution.
+    fn unnamed_parse_facts(&mut self, sql: &str) -> TextFacts {
+        match self.last_parse.get(sql) {
+            Some(facts) if facts.fingerprint.is_some() || !self.shared.query_log.enabled() => facts,
+            _ => {
+                let facts = TextFacts {
+                    fingerprint: self.fingerprint_if_tracked(sql),
+                    quiet: !crate::session_state::may_touch_session(sql),
+                };
+                self.last_parse.set(sql, facts);
+                facts
+            }
         }
     }
 
@@ -230,13 +254,19 @@ impl Session {
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
                 let sql = self.sql(parse.query);
-                if parse.name.is_empty() {
-                    self.note_fingerprint(&sql);
+                let quiet = if parse.name.is_empty() {
+                    let facts = self.unnamed_parse_facts(&sql);
+                    if facts.fingerprint.is_some() {
+                        self.request.note_fingerprint(facts.fingerprint);
+                    }
                     // Routing noted it already when it routes; a plain pooler's statistics
                     // need it too (the Bind that runs it names no text).
                     self.routing.set_unnamed(&sql, &parse.param_types);
-                }
-                if !self.track_session_state(&sql, false) {
+                    facts.quiet
+                } else {
+                    false
+                };
+                if !quiet && !self.track_session_state(&sql, false) {
                     return Ok(Flow::Continue);
                 }
                 if parse.name.is_empty() {

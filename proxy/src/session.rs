@@ -61,6 +61,8 @@ pub struct Session {
     pub(crate) request: RequestTimer,
     /// Routing hints and roles, and the statement texts Binds are routed by.
     pub(crate) routing: RoutingState,
+    /// The fingerprint and session-word scan of the last unnamed Parse text.
+    pub(crate) last_parse: crate::last_parse::LastParse,
     /// The start of the client's next batch, read while the server connection was still
     /// finishing the previous one, held back because it belongs to another shard.
     pub(crate) parked: Vec<Frame>,
@@ -193,6 +195,7 @@ impl Session {
             read_your_writes: ReadYourWrites::new(read_your_writes, shards),
             request: RequestTimer::default(),
             routing: RoutingState::default(),
+            last_parse: Default::default(),
             parked: Vec::new(),
             fence: Default::default(),
             boundary: Boundary::Request,

@@ -128,6 +128,17 @@ async fn transaction_mode_set_local_and_tracked_session_sets() {
     assert_eq!(show(&a, "work_mem").await, "4MB");
     assert_eq!(show(&b, "work_mem").await, "8MB");
 
+    // The same unnamed Parse sent again (drivers do so at every execution; the relay reuses
+    // what it read of the last one) is tracked again each time.
+    for _ in 0..2 {
+        b.query_typed("set work_mem = '16MB'", &[]).await.unwrap();
+        assert_eq!(show(&b, "work_mem").await, "16MB");
+        assert_eq!(show(&a, "work_mem").await, "4MB");
+        b.batch_execute("reset work_mem").await.unwrap();
+        assert_eq!(show(&b, "work_mem").await, "4MB");
+    }
+    b.execute("set work_mem = '8MB'", &[]).await.unwrap();
+
     // A SET in a rolled-back transaction is undone; in a committed one it stays.
     a.batch_execute("begin; set statement_timeout = '5s'; rollback")
         .await
