@@ -639,13 +639,8 @@ mod mention_tests {
             b"\xc3\xa9",
             b"\x13",
         ];
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
+        let mut next = move || rng.u64(..);
         let (mut found, mut missed) = (0, 0);
         for _ in 0..20_000 {
             let mut text = Vec::new();

@@ -347,13 +347,8 @@ mod tests {
         base.put_i16(1);
         base.put_i16(1);
         let base = base.to_vec();
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || rng.u64(..);
         let (mut accepted, mut refused) = (0, 0);
         for _ in 0..20_000 {
             let mut body = base.clone();
