@@ -59,11 +59,10 @@ impl PoolCache {
 impl Session {
     /// The server pool of the current shard and host, created on first use.
     pub(crate) fn pool(&mut self) -> ServerPool {
-        let generation = (
-            self.shared.generation(),
-            self.view.topo().health.role_epoch(),
-        );
-        if self.pools.refresh(generation) {
+        if self
+            .pools
+            .refresh(self.shared.pool_generation_in(self.view.topo()))
+        {
             // A reload or a new shard map replaced pools (or hosts). Read-your-writes
             // positions follow the shard count.
             let shards = self.shared.topo().router.shard_names().len();

@@ -525,14 +525,13 @@ impl Session {
                 frontend::BIND if bound.is_none() => {
                     let b = frontend::bind(frame).map_err(bad)?;
                     if statement.is_none() {
-                        statement = if b.statement.is_empty() {
-                            self.routing.unnamed().cloned()
-                        } else {
-                            self.client_state
-                                .statements_mut()
-                                .get(b.statement)
-                                .map(|s| (s.query.clone(), s.param_types.clone()))
-                        };
+                        if !b.statement.is_empty() {
+                            // Marks the statement used, for the client's statement cache.
+                            self.client_state.statements_mut().get(b.statement);
+                        }
+                        statement = self
+                            .known_statement(b.statement)
+                            .map(|(t, ty)| (t.to_owned(), ty.to_vec()));
                     }
                     let p = frontend::bind_params(frame, &b).map_err(bad)?;
                     bound = Some((

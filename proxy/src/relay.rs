@@ -259,9 +259,11 @@ impl Session {
                     if facts.fingerprint.is_some() {
                         self.request.note_fingerprint(facts.fingerprint);
                     }
-                    // Routing noted it already when it routes; a plain pooler's statistics
-                    // need it too (the Bind that runs it names no text).
-                    self.routing.set_unnamed(&sql, &parse.param_types);
+                    if !self.view.topo().routing {
+                        // Routing noted it already (`route_frame`); a plain pooler's
+                        // statistics need it too (the Bind that runs it names no text).
+                        self.routing.set_unnamed(&sql, &parse.param_types);
+                    }
                     facts.quiet
                 } else {
                     false

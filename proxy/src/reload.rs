@@ -41,7 +41,12 @@ impl Shared {
     /// What a session's cached pools belong to: the reload generation and the failovers the
     /// current host health followed (a failover gives a shard's writes another host).
     pub(crate) fn pool_generation(&self) -> (u64, u64) {
-        (self.generation(), self.topo().health.role_epoch())
+        self.pool_generation_in(&self.topo())
+    }
+
+    /// [`Self::pool_generation`] with the host health of `topo` (a session's view).
+    pub(crate) fn pool_generation_in(&self, topo: &crate::topology::Topo) -> (u64, u64) {
+        (self.generation(), topo.health.role_epoch())
     }
 
     /// Applies `new` (already validated) to the running proxy.

@@ -101,8 +101,11 @@ impl Session {
                     Ok(p) => self.shared.topo().router.plan(&self.sql(p.query)),
                     Err(_) => return primary_write,
                 },
-                frontend::BIND => match self.bound_statement_text(frame) {
-                    Some(text) => self.shared.topo().router.plan(&text),
+                frontend::BIND => match frontend::bind(frame)
+                    .ok()
+                    .and_then(|b| self.known_statement(b.statement))
+                {
+                    Some((text, _)) => self.shared.topo().router.plan(text),
                     None => return primary_write,
                 },
                 frontend::FUNCTION_CALL | frontend::COPY_DATA => return primary_write,
@@ -127,19 +130,6 @@ impl Session {
                 frontend::QUERY | frontend::EXECUTE | frontend::FUNCTION_CALL
             )
         })
-    }
-
-    /// The text of the statement a Bind executes.
-    pub(crate) fn bound_statement_text(&self, frame: &Frame) -> Option<String> {
-        let bind = frontend::bind(frame).ok()?;
-        if bind.statement.is_empty() {
-            self.routing.unnamed().map(|(t, _)| t.clone())
-        } else {
-            self.client_state
-                .statements()
-                .peek(bind.statement)
-                .map(|s| s.query.clone())
-        }
     }
 
     /// Checks out a connection on `self.attachment.shard()` for a batch: the primary, or for a read an

@@ -131,18 +131,24 @@ impl Session {
     }
 
     /// The text and parameter types of the statement a Bind names (`""`: the unnamed one), if
-    /// this session knows it.
+    /// the client prepared it (without marking it used in the client's statement cache).
+    pub(crate) fn known_statement(&self, name: &str) -> Option<(&str, &[u32])> {
+        if name.is_empty() {
+            let (text, types) = self.routing.unnamed()?;
+            return Some((text, types));
+        }
+        let s = self.client_state.statements().peek(name)?;
+        Some((&s.query, &s.param_types))
+    }
+
+    /// [`Self::known_statement`], or a statement parsed earlier in the batch being routed
+    /// (JDBC sends Parse and Bind of a named statement together; a pipelined Parse can be
+    /// held too).
     fn bound_statement(&self, name: &str) -> Option<(&str, &[u32])> {
-        let (text, types) = if name.is_empty() {
-            self.routing.unnamed()?
-        } else if let Some(s) = self.client_state.statements().peek(name) {
-            return Some((&s.query, &s.param_types));
-        } else {
-            // Parsed earlier in the batch being routed (JDBC sends Parse and Bind of a named
-            // statement together; a pipelined Parse can be held too).
-            self.routing.batch_parse(name)?
-        };
-        Some((text, types))
+        self.known_statement(name).or_else(|| {
+            let (text, types) = self.routing.batch_parse(name)?;
+            Some((text.as_str(), types.as_slice()))
+        })
     }
 
     /// A lease that ran out refuses every statement but a ROLLBACK: ending a transaction

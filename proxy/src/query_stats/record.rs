@@ -93,14 +93,7 @@ impl Session {
             }
             frontend::BIND => {
                 let bind = frontend::bind(frame).ok()?;
-                if bind.statement.is_empty() {
-                    self.routing.unnamed().map(|(t, _)| f(t))
-                } else {
-                    self.client_state
-                        .statements()
-                        .peek(bind.statement)
-                        .map(|s| f(&s.query))
-                }
+                self.known_statement(bind.statement).map(|(t, _)| f(t))
             }
             _ => None,
         }
@@ -188,21 +181,15 @@ impl Session {
         let Ok(params) = frontend::bind_params(frame, &bind) else {
             return;
         };
-        let types: Vec<u32> = if bind.statement.is_empty() {
-            self.routing.unnamed().map(|(_, t)| t.clone())
-        } else {
-            self.client_state
-                .statements()
-                .peek(bind.statement)
-                .map(|s| s.param_types.clone())
-        }
-        .unwrap_or_default();
+        let Some((sql, types)) = self.known_statement(bind.statement) else {
+            return;
+        };
         let bound = shardgate_router::BoundParams {
             values: &params.values,
             formats: &params.formats,
-            types: &types,
+            types,
         };
-        self.with_statement_text(frame, |sql| observer.observe(sql, Some(&bound), rows));
+        observer.observe(sql, Some(&bound), rows);
     }
 
     /// The relay refused `frame` (0A000 and the like, answered by the proxy): one refused call.
