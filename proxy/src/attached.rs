@@ -145,8 +145,7 @@ impl Session {
                                 return Ok(Detach::Release);
                             }
                             Flow::ServerGone(reason) => {
-                                self.parked.append(&mut lookahead);
-                                return self.lose_server(&reason).await;
+                                return self.lose_server_holding(&mut lookahead, &reason).await;
                             }
                             Flow::Continue | Flow::Terminate => {}
                         }
@@ -160,18 +159,10 @@ impl Session {
                         match server.try_frame() {
                             Ok(Some(next)) => frame = next,
                             Ok(None) => break,
-                            Err(e) => {
-                                self.parked.append(&mut lookahead);
-                                server.mark_broken();
-                                return self.lose_server(&e.to_string()).await;
-                            }
+                            Err(e) => return self.read_failed(server, &mut lookahead, e).await,
                         }
                     },
-                    Err(e) => {
-                        self.parked.append(&mut lookahead);
-                        server.mark_broken();
-                        return self.lose_server(&e.to_string()).await;
-                    }
+                    Err(e) => return self.read_failed(server, &mut lookahead, e).await,
                 },
                 msg = self.io.read_frame(), if reading => {
                     let Some(frame) = msg? else { return Err(SessionError::ClientGone) };
@@ -272,6 +263,30 @@ impl Session {
         self.server_lost(reason)?;
         self.io.flush().await?;
         Ok(Detach::ServerLost)
+    }
+
+    /// [`Session::lose_server`] while `lookahead` (the start of the client's next batch,
+    /// read but not yet routed) is held: it is kept for the detached loop (dropping it lost a
+    /// pipelined Parse, and its Describe then failed with 26000).
+    async fn lose_server_holding(
+        &mut self,
+        lookahead: &mut Vec<Frame>,
+        reason: &str,
+    ) -> Result<Detach, SessionError> {
+        self.parked.append(lookahead);
+        self.lose_server(reason).await
+    }
+
+    /// Reading from the server failed: its socket is not used again.
+    async fn read_failed(
+        &mut self,
+        server: &mut PooledConn,
+        lookahead: &mut Vec<Frame>,
+        error: impl std::fmt::Display,
+    ) -> Result<Detach, SessionError> {
+        server.mark_broken();
+        self.lose_server_holding(lookahead, &error.to_string())
+            .await
     }
 
     pub(crate) async fn report_protocol_error(&mut self, e: SessionError) -> SessionError {
