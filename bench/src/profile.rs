@@ -26,7 +26,8 @@ pub struct ProfileArgs {
     /// pgbench clients.
     #[arg(long, default_value_t = 8)]
     clients: u32,
-    /// Protocols to profile.
+    /// Workloads to profile: a protocol for `pgbench -S` (`simple`, `extended`, `prepared`),
+    /// or `tpcb` (pgbench's TPC-B-like script, `-M simple`: seven statements per transaction).
     #[arg(long, value_delimiter = ',', default_value = "simple,extended")]
     modes: Vec<String>,
     /// Idle clients logged in (before instrumentation starts) and held during the runs, to
@@ -324,15 +325,13 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let mut seen = Vec::new();
     for mode in &args.modes {
         let load = |t: u32| {
-            let mut a = vec![
-                "-S".to_string(),
-                "-M".into(),
-                mode.clone(),
+            let mut a = workload_args(mode);
+            a.extend([
                 "-c".into(),
                 args.clients.to_string(),
                 "-j".into(),
                 threads.clone(),
-            ];
+            ]);
             a.extend(pgbench_base_args(port));
             a.extend(["-t".into(), t.to_string(), DB.into()]);
             a
@@ -404,6 +403,22 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// pgbench's options for a workload of `--modes`.
+fn workload_args(mode: &str) -> Vec<String> {
+    match mode {
+        "tpcb" => vec!["-M".into(), "simple".into()],
+        protocol => vec!["-S".into(), "-M".into(), protocol.into()],
+    }
+}
+
+/// A workload's name in the report's headings.
+fn workload_title(mode: &str) -> String {
+    match mode {
+        "tpcb" => "TPC-B, -M simple".into(),
+        protocol => format!("-M {protocol}"),
+    }
+}
+
 fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut s = String::from("## Profile: instructions per transaction (callgrind)\n\n");
@@ -417,8 +432,9 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
     s.push_str(&format!(
         "- Command: `cargo run -p bench --release -- {}`: shardgate runs as \
          `valgrind --tool=callgrind --instr-atstart=no shardgate serve`; after an uninstrumented \
-         warm-up, `callgrind_control --instr=on --zero`, then `pgbench -S -M <mode> -c {} -t {}`, \
-         then `callgrind_control --dump`, read with `callgrind_annotate [--inclusive=yes]`.\n",
+         warm-up, `callgrind_control --instr=on --zero`, then `pgbench -S -M <mode> -c {} -t {}` \
+         (`tpcb`: the TPC-B-like script, `-M simple`), then `callgrind_control --dump`, read \
+         with `callgrind_annotate [--inclusive=yes]`.\n",
         command.join(" "),
         args.clients,
         args.transactions
@@ -456,8 +472,9 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
             ("inclusive (shardgate's own functions)", &p.inclusive),
         ] {
             s.push_str(&format!(
-                "\n### `-M {}`: top {} functions by {title} cost\n\n",
-                p.mode, args.top
+                "\n### `{}`: top {} functions by {title} cost\n\n",
+                workload_title(&p.mode),
+                args.top
             ));
             s.push_str("| % of Ir | Ir / tx | function |\n| ---: | ---: | --- |\n");
             for c in costs.iter().take(args.top) {
@@ -538,6 +555,14 @@ Ir                    file:function
                 c(30, "shardgate_wire::frontend::parse")
             ]
         );
+    }
+
+    #[test]
+    fn tpcb_runs_the_whole_script_in_the_simple_protocol() {
+        assert_eq!(workload_args("tpcb"), ["-M", "simple"]);
+        assert_eq!(workload_args("prepared"), ["-S", "-M", "prepared"]);
+        assert_eq!(workload_title("tpcb"), "TPC-B, -M simple");
+        assert_eq!(workload_title("extended"), "-M extended");
     }
 
     #[test]
