@@ -28,12 +28,7 @@ use shardgate_wire::{frontend, Frame};
 
 use crate::control::CountGuard;
 use crate::session::Session;
-use crate::session_state::WordSet;
-
-/// Words without which no statement can pin (lower-case; `temp` covers `temporary` and
-/// `pg_temp`): most statements are ruled out by this one scan.
-const TRIGGER_WORDS: WordSet =
-    WordSet::new(&[b"temp", b"listen", b"advisory", b"hold", b"prepare"]);
+use crate::session_state::SessionWords;
 
 /// Functions that take a session-level advisory lock (their `_xact_` forms end with the
 /// transaction and do not pin).
@@ -47,7 +42,13 @@ const SESSION_LOCK_FUNCTIONS: &[&str] = &[
 /// What in `sql` pins the session, named for the client (e.g. `CREATE TEMP TABLE`), or
 /// `None` when nothing does.
 pub(crate) fn pinning_statement(sql: &str) -> Option<&'static str> {
-    if !TRIGGER_WORDS.found_in(sql.as_bytes()) {
+    pinning_statement_of(sql, SessionWords::scan(sql))
+}
+
+/// [`pinning_statement`] of a text already scanned: most statements have none of the words
+/// a pinning statement needs.
+pub(crate) fn pinning_statement_of(sql: &str, words: SessionWords) -> Option<&'static str> {
+    if !words.may_pin() {
         return None;
     }
     // Temp objects the same text creates and drops again (a scratch table) leave nothing

@@ -13,7 +13,7 @@ use crate::last_parse::TextFacts;
 use crate::prepared::GlobalStatement;
 use crate::replies::{Expect, Synth};
 use crate::session::Session;
-use crate::session_state::session_effects;
+use crate::session_state::{session_effects_of, SessionWords};
 use crate::txn::Settled;
 use crate::SessionError;
 use shardgate_router::RouteError;
@@ -40,14 +40,16 @@ impl Session {
     /// if the text creates state a hand-over cannot carry, and notes its session effects.
     /// `false`: the statement was refused (`pool.pinning = "refuse"`), its error queued.
     fn track_session_state(&mut self, sql: &str, query: bool) -> bool {
-        // One scan rules out both checks for almost every statement.
-        if !crate::session_state::may_touch_session(sql) {
+        // One scan rules out both checks for almost every statement, and says which to run
+        // for the rest.
+        let words = SessionWords::scan(sql);
+        if !words.any() {
             return true;
         }
         // (Only a session that could be pinned pays for the pinning check.)
         if let Some(what) = self
             .releases_at_idle()
-            .then(|| crate::pinning::pinning_statement(sql))
+            .then(|| crate::pinning::pinning_statement_of(sql, words))
             .flatten()
         {
             if let Err(e) = self.pin_here(what) {
@@ -59,7 +61,7 @@ impl Session {
                 return false;
             }
         }
-        self.txn.note_effects(session_effects(sql));
+        self.txn.note_effects(session_effects_of(sql, words));
         true
     }
 
@@ -87,7 +89,7 @@ impl Session {
             _ => {
                 let facts = TextFacts {
                     fingerprint: self.fingerprint_if_tracked(sql),
-                    quiet: !crate::session_state::may_touch_session(sql),
+                    quiet: !SessionWords::scan(sql).any(),
                 };
                 self.last_parse.set(sql, facts);
                 facts
