@@ -44,20 +44,16 @@ pub(crate) struct HeldResult {
     rows: VecDeque<Bytes>,
     /// The rest of a streamed read, on the shards.
     stream: Option<HeldStream>,
-    /// The rows' size in bytes.
-    bytes: usize,
     /// How many savepoints were open when it was created (see [`HeldResults::rolled_back_to`]).
     depth: usize,
 }
 
 impl HeldResult {
     pub(crate) fn new(description: Option<Bytes>, rows: VecDeque<Bytes>) -> HeldResult {
-        let bytes = rows.iter().map(Bytes::len).sum();
         HeldResult {
             description,
             rows,
             stream: None,
-            bytes,
             depth: 0,
         }
     }
@@ -69,8 +65,6 @@ impl HeldResult {
                 .unwrap_or(usize::MAX)
                 .min(self.rows.len())
         });
-        let taken: usize = self.rows.iter().take(n).map(Bytes::len).sum();
-        self.bytes -= taken;
         self.rows.drain(..n)
     }
 }
@@ -121,15 +115,6 @@ impl HeldResults {
     /// The transaction ended: every portal and cursor with it.
     pub(crate) fn clear(&mut self) {
         self.results.clear();
-    }
-
-    /// Bytes held in all results, rows read ahead of streamed ones included.
-    #[allow(dead_code)]
-    pub(crate) fn bytes(&self) -> usize {
-        self.results
-            .values()
-            .map(|r| r.bytes + r.stream.as_ref().map_or(0, |s| s.merge.kept_bytes()))
-            .sum()
     }
 
     /// Whether the proxy answers this batch from held results: it executes or describes a
@@ -255,13 +240,11 @@ mod tests {
     }
 
     #[test]
-    fn takes_rows_in_parts_and_counts_bytes() {
+    fn takes_rows_in_parts() {
         let mut r = held(4);
-        assert_eq!(r.bytes, 1 + 2 + 3 + 4);
-        assert_eq!(r.take(Some(3)).count(), 3);
-        assert_eq!(r.bytes, 4);
+        let sizes: Vec<usize> = r.take(Some(3)).map(|row| row.len()).collect();
+        assert_eq!(sizes, [1, 2, 3]);
         assert_eq!(r.take(Some(3)).count(), 1);
         assert_eq!(r.take(None).count(), 0);
-        assert_eq!(r.bytes, 0);
     }
 }

@@ -63,15 +63,6 @@ impl HeldMerge {
     pub(crate) fn is_done(&self) -> bool {
         self.limit_left == Some(0) || self.parked.iter().all(|p| p.rows.is_empty() && !p.more)
     }
-
-    /// Rows read ahead and kept, in bytes.
-    pub(crate) fn kept_bytes(&self) -> usize {
-        self.parked
-            .iter()
-            .flat_map(|p| p.rows.iter())
-            .map(|r| r.len())
-            .sum()
-    }
 }
 
 /// Writes the next `rows` rows (all with `None`) of `merge` to `client`, reading on from the
