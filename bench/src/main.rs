@@ -732,9 +732,9 @@ fn render_compare_section(info: &RunInfo<'_>, table: &str, notes: &[String]) -> 
     s.push_str("## pgbench: direct vs PgBouncer vs shardgate\n\n");
     s.push_str(&format!("- Date: {}\n", machine::now_utc()));
     s.push_str(&format!(
-        "- Machine: {} CPUs ({}), {} GiB RAM, Linux {}. **Shared**: other engineers were \
-         compiling and testing on it during the run (1-minute load average {} at the start, {} \
-         at the end), so absolute figures are noisy; compare the ratios within this run.\n",
+        "- Machine: {} CPUs ({}), {} GiB RAM, Linux {}; 1-minute load average {} at the start, \
+         {} at the end (the run's own servers, proxies and pgbench count in it, and the machine \
+         may be shared), so absolute figures are noisy; compare the ratios within this run.\n",
         machine::nproc(),
         machine::cpu_model(),
         machine::mem_gib().map_or("?".into(), |g| format!("{g:.0}")),
