@@ -50,11 +50,11 @@ enum Command {
 /// of a span: each client session's future enters its span at every poll, several times per
 /// transaction.
 fn init_logging() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, Registry};
     let directives = std::env::var("RUST_LOG").unwrap_or_default();
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let targets = if directives.trim().is_empty() {
         Some(Targets::new().with_default(LevelFilter::INFO))
     } else if directives.contains(['[', '{']) {
@@ -64,19 +64,18 @@ fn init_logging() {
     } else {
         directives.parse::<Targets>().ok()
     };
-    match targets {
-        Some(targets) => tracing_subscriber::registry()
-            .with(fmt)
-            .with(targets)
-            .init(),
-        None => tracing_subscriber::registry()
-            .with(fmt)
-            .with(
-                tracing_subscriber::EnvFilter::try_new(&directives)
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .init(),
-    }
+    // `Targets` when it can read the directives: `EnvFilter` takes a lock and a hash lookup
+    // at every entry and exit of the session span, which is entered at every poll.
+    let filter: Box<dyn Layer<Registry> + Send + Sync> = match targets {
+        Some(targets) => Box::new(targets),
+        None => {
+            Box::new(EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info")))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
