@@ -249,7 +249,7 @@ async fn measure(
         );
     }
     let proxy_cpu = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        (Some(before), Some(after)) => Some(before.until(after)),
         _ => None,
     };
     Ok(Run {
@@ -779,7 +779,9 @@ fn render_compare_section(info: &RunInfo<'_>, table: &str, notes: &[String]) -> 
          time\"); ×direct and ×pgbouncer divide it by the same case's direct and PgBouncer TPS; \
          avg and p99 are per-transaction latencies from the pgbench logs (median over \
          repeats); CPU µs/tx is the proxy process's utime+stime (/proc/PID/stat) during the \
-         run divided by its transactions (it includes the clients' logins); RSS is the \
+         run divided by its transactions (it includes the clients' logins), and in parentheses \
+         its utime alone (the proxy's own code; the rest is the kernel's work in its \
+         syscalls); RSS is the \
          proxy's VmRSS after a run (largest over repeats). In `idle-N` cases N clients log in \
          to each proxy and stay connected (idle) while pgbench runs; the direct row there is \
          the same pgbench with no idle clients.\n",

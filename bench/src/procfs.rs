@@ -1,13 +1,36 @@
-//! What the benchmarks read about a proxy process from `/proc`: CPU time (utime + stime from
+//! What the benchmarks read about a proxy process from `/proc`: CPU time (utime and stime from
 //! `/proc/PID/stat`) and resident memory (`VmRSS` and `RssAnon` from `/proc/PID/status`).
 
 use std::time::Duration;
 
-/// CPU time the process has used so far (user + system), or `None` when it cannot be read.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+/// CPU time a process has used so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTime {
+    /// User and system time.
+    pub total: Duration,
+    /// User time: the process's own code (the rest is the kernel's work in its syscalls).
+    pub user: Duration,
+}
+
+impl CpuTime {
+    /// What was used between `self` and the later reading `after`.
+    pub fn until(self, after: CpuTime) -> CpuTime {
+        CpuTime {
+            total: after.total.saturating_sub(self.total),
+            user: after.user.saturating_sub(self.user),
+        }
+    }
+}
+
+/// CPU time the process has used so far, or `None` when it cannot be read.
+pub fn cpu_time(pid: u32) -> Option<CpuTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = parse_stat_cpu_ticks(&stat)?;
-    Some(ticks_to_duration(ticks, clock_ticks_per_second()))
+    let (user, system) = parse_stat_cpu_ticks(&stat)?;
+    let hz = clock_ticks_per_second();
+    Some(CpuTime {
+        total: ticks_to_duration(user + system, hz),
+        user: ticks_to_duration(user, hz),
+    })
 }
 
 /// Resident set size in KiB (`VmRSS`).
@@ -27,16 +50,16 @@ fn status_field_kib(pid: u32, field: &str) -> Option<u64> {
     parse_status_kib(&status, field)
 }
 
-/// `utime + stime` in clock ticks from the text of `/proc/PID/stat`. The command name (field
+/// `(utime, stime)` in clock ticks from the text of `/proc/PID/stat`. The command name (field
 /// 2) is in parentheses and may itself hold spaces or parentheses, so fields are counted from
 /// the last `)`: utime and stime are fields 14 and 15.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // fields[0] is field 3 (state), so field n is fields[n - 3].
     let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
     let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// A `Name:  123 kB` line of `/proc/PID/status`, in KiB.
@@ -71,7 +94,7 @@ mod tests {
 
     #[test]
     fn stat_cpu_ticks_after_odd_comm() {
-        assert_eq!(parse_stat_cpu_ticks(STAT), Some(325));
+        assert_eq!(parse_stat_cpu_ticks(STAT), Some((250, 75)));
         assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2"), None);
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
     }
@@ -86,6 +109,15 @@ mod tests {
     }
 
     #[test]
+    fn cpu_used_between_two_readings() {
+        let at = |total, user| CpuTime {
+            total: Duration::from_millis(total),
+            user: Duration::from_millis(user),
+        };
+        assert_eq!(at(100, 40).until(at(350, 90)), at(250, 50));
+    }
+
+    #[test]
     fn ticks_convert() {
         assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
         assert_eq!(ticks_to_duration(3, 1000), Duration::from_millis(3));
@@ -95,6 +127,6 @@ mod tests {
     fn reads_our_own_process() {
         let pid = std::process::id();
         assert!(rss_kib(pid).is_some_and(|k| k > 0));
-        assert!(cpu_time(pid).is_some());
+        assert!(cpu_time(pid).is_some_and(|t| t.user <= t.total));
     }
 }

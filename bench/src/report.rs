@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::procfs::CpuTime;
 use crate::stats::{median, Latency};
 
 /// What one pgbench run against one target measured.
@@ -11,8 +12,8 @@ pub struct Run {
     pub transactions: u64,
     /// From the per-transaction log.
     pub latency: Option<Latency>,
-    /// The proxy's CPU time (user + system) during the run; `None` for direct runs.
-    pub proxy_cpu: Option<Duration>,
+    /// The proxy's CPU time during the run; `None` for direct runs.
+    pub proxy_cpu: Option<CpuTime>,
     /// The proxy's resident memory after the run, KiB.
     pub proxy_rss_kib: Option<u64>,
     /// Its anonymous part (heap, stacks), KiB.
@@ -28,8 +29,10 @@ pub struct Summary {
     pub tps: f64,
     pub avg_ms: Option<f64>,
     pub p99_ms: Option<f64>,
-    /// Proxy CPU microseconds per transaction.
+    /// Proxy CPU microseconds per transaction (user and system).
     pub cpu_us_per_tx: Option<f64>,
+    /// The user part of it.
+    pub user_us_per_tx: Option<f64>,
     /// Largest proxy RSS seen after a run, MiB.
     pub rss_mib: Option<f64>,
     /// Largest anonymous part of it, MiB.
@@ -47,10 +50,8 @@ pub fn summarize(runs: &[Run]) -> Option<Summary> {
         tps,
         avg_ms: median(runs.iter().filter_map(|r| r.latency.map(|l| l.avg_ms))),
         p99_ms: median(runs.iter().filter_map(|r| r.latency.map(|l| l.p99_ms))),
-        cpu_us_per_tx: median(runs.iter().filter_map(|r| {
-            let cpu = r.proxy_cpu?;
-            (r.transactions > 0).then(|| cpu.as_secs_f64() * 1e6 / r.transactions as f64)
-        })),
+        cpu_us_per_tx: cpu_per_tx(runs, |cpu| cpu.total),
+        user_us_per_tx: cpu_per_tx(runs, |cpu| cpu.user),
         rss_mib: runs
             .iter()
             .filter_map(|r| r.proxy_rss_kib)
@@ -64,6 +65,14 @@ pub fn summarize(runs: &[Run]) -> Option<Summary> {
         syscalls_per_tx: per_tx(runs, |c| c.syscalls),
         switches_per_tx: per_tx(runs, |c| c.switches),
     })
+}
+
+/// The median over `runs` of proxy CPU microseconds per transaction.
+fn cpu_per_tx(runs: &[Run], part: impl Fn(&CpuTime) -> Duration) -> Option<f64> {
+    median(runs.iter().filter_map(|r| {
+        let cpu = part(r.proxy_cpu.as_ref()?);
+        (r.transactions > 0).then(|| cpu.as_secs_f64() * 1e6 / r.transactions as f64)
+    }))
 }
 
 /// The median over `runs` of a count per transaction.
@@ -132,7 +141,7 @@ const HEADERS: [&str; 10] = [
     "×pgbouncer",
     "avg ms",
     "p99 ms",
-    "CPU µs/tx",
+    "CPU (user) µs/tx",
     "RSS (anon) MiB",
     "notes",
 ];
@@ -150,7 +159,10 @@ fn cells(row: &Row) -> [String; 10] {
             format!("{:.0}", s.tps),
             opt(s.avg_ms, 3),
             opt(s.p99_ms, 3),
-            opt(s.cpu_us_per_tx, 1),
+            match (s.cpu_us_per_tx, s.user_us_per_tx) {
+                (Some(cpu), Some(user)) => format!("{cpu:.1} ({user:.1})"),
+                (cpu, _) => opt(cpu, 1),
+            },
             match (s.rss_mib, s.anon_mib) {
                 (Some(rss), Some(anon)) => format!("{rss:.1} ({anon:.1})"),
                 (rss, _) => opt(rss, 1),
@@ -261,7 +273,11 @@ mod tests {
                 p99_ms: p99,
                 count: tx as usize,
             }),
-            proxy_cpu: cpu_ms.map(Duration::from_millis),
+            // A fifth of the CPU time in user space.
+            proxy_cpu: cpu_ms.map(|ms| CpuTime {
+                total: Duration::from_millis(ms),
+                user: Duration::from_millis(ms / 5),
+            }),
             proxy_rss_kib: rss,
             proxy_anon_kib: rss.map(|k| k / 4),
             counts: None,
@@ -281,12 +297,14 @@ mod tests {
         assert_eq!(s.p99_ms, Some(2.0));
         // 100 µs, 50 µs, 300 µs per transaction.
         assert_eq!(s.cpu_us_per_tx, Some(100.0));
+        assert_eq!(s.user_us_per_tx, Some(20.0));
         assert_eq!(s.rss_mib, Some(4.0));
         // The test runs give a quarter of their RSS as anonymous.
         assert_eq!(s.anon_mib, Some(1.0));
         assert_eq!(summarize(&[]), None);
         let direct = summarize(&[run(10.0, 10, None, None, 1.0)]).unwrap();
         assert_eq!(direct.cpu_us_per_tx, None);
+        assert_eq!(direct.user_us_per_tx, None);
         assert_eq!(direct.rss_mib, None);
     }
 
