@@ -4,6 +4,8 @@
 //! statistics and the scan for words that may change session state. Both depend on the text
 //! alone, so for the same text (compared byte for byte) they are taken from here.
 
+use crate::session_state::SessionWords;
+
 /// Texts longer than this are not remembered (a bulk statement is rarely repeated).
 const MAX_TEXT: usize = 4096;
 
@@ -12,16 +14,15 @@ pub(crate) struct LastParse {
     text: String,
     /// Its fingerprint hash, when the statistics were on when it was read.
     fingerprint: Option<u64>,
-    /// No word in it can change session state or pin the session
-    /// (`session_state::may_touch_session` was false).
-    quiet: bool,
+    /// The words in it that may change session state or pin the session.
+    words: SessionWords,
 }
 
 /// What a text says, as far as the relay reads it.
 #[derive(Clone, Copy)]
 pub(crate) struct TextFacts {
     pub(crate) fingerprint: Option<u64>,
-    pub(crate) quiet: bool,
+    pub(crate) words: SessionWords,
 }
 
 impl LastParse {
@@ -29,7 +30,7 @@ impl LastParse {
     pub(crate) fn get(&self, sql: &str) -> Option<TextFacts> {
         (!self.text.is_empty() && self.text == sql).then_some(TextFacts {
             fingerprint: self.fingerprint,
-            quiet: self.quiet,
+            words: self.words,
         })
     }
 
@@ -42,7 +43,7 @@ impl LastParse {
         }
         self.text.push_str(sql);
         self.fingerprint = facts.fingerprint;
-        self.quiet = facts.quiet;
+        self.words = facts.words;
     }
 }
 
@@ -56,11 +57,11 @@ mod tests {
         assert!(last.get("").is_none());
         let facts = TextFacts {
             fingerprint: Some(7),
-            quiet: true,
+            words: SessionWords::scan("select set_config($1, 'x', false)"),
         };
         last.set("select $1", facts);
         let got = last.get("select $1").expect("known");
-        assert_eq!((got.fingerprint, got.quiet), (Some(7), true));
+        assert_eq!((got.fingerprint, got.words), (Some(7), facts.words));
         assert!(last.get("select $2").is_none());
         assert!(last.get("select $1 ").is_none());
         let long = "x".repeat(MAX_TEXT + 1);

@@ -39,10 +39,9 @@ impl Session {
     /// A Query's or Parse's text about to be forwarded: pins the session to this connection
     /// if the text creates state a hand-over cannot carry, and notes its session effects.
     /// `false`: the statement was refused (`pool.pinning = "refuse"`), its error queued.
-    fn track_session_state(&mut self, sql: &str, query: bool) -> bool {
-        // One scan rules out both checks for almost every statement, and says which to run
-        // for the rest.
-        let words = SessionWords::scan(sql);
+    /// `words`: the text's scan, which rules out both checks for almost every statement and
+    /// says which to run for the rest.
+    fn track_session_state(&mut self, sql: &str, words: SessionWords, query: bool) -> bool {
         if !words.any() {
             return true;
         }
@@ -89,7 +88,7 @@ impl Session {
             _ => {
                 let facts = TextFacts {
                     fingerprint: self.fingerprint_if_tracked(sql),
-                    quiet: !SessionWords::scan(sql).any(),
+                    words: SessionWords::scan(sql),
                 };
                 self.last_parse.set(sql, facts);
                 facts
@@ -247,7 +246,7 @@ impl Session {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
                 let sql = self.sql(text);
                 self.note_fingerprint(&sql);
-                if !self.track_session_state(&sql, true) {
+                if !self.track_session_state(&sql, SessionWords::scan(&sql), true) {
                     return Ok(Flow::Continue);
                 }
                 self.attachment.forward(&frame);
@@ -256,7 +255,7 @@ impl Session {
             frontend::PARSE => {
                 let parse = frontend::parse(&frame).map_err(|e| self.protocol_error(e))?;
                 let sql = self.sql(parse.query);
-                let quiet = if parse.name.is_empty() {
+                let words = if parse.name.is_empty() {
                     let facts = self.unnamed_parse_facts(&sql);
                     if facts.fingerprint.is_some() {
                         self.request.note_fingerprint(facts.fingerprint);
@@ -266,11 +265,11 @@ impl Session {
                         // statistics need it too (the Bind that runs it names no text).
                         self.routing.set_unnamed(&sql, &parse.param_types);
                     }
-                    facts.quiet
+                    facts.words
                 } else {
-                    false
+                    SessionWords::scan(&sql)
                 };
-                if !quiet && !self.track_session_state(&sql, false) {
+                if !self.track_session_state(&sql, words, false) {
                     return Ok(Flow::Continue);
                 }
                 if parse.name.is_empty() {

@@ -254,7 +254,7 @@ pub(crate) fn parse_options(options: &str) -> Vec<(String, String)> {
 /// [`session_effects_of`] nor `pinning::pinning_statement_of` can find anything, and each
 /// looks closer only when its own words are there (TPC-B's `UPDATE … SET` was scanned four
 /// times: 14% of the proxy's instructions).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SessionWords(u64);
 
 impl SessionWords {
