@@ -21,7 +21,7 @@ const RETRY_HINT: &str = "a rebalance moved this key to another shard while the 
 /// The statement that may be retried, and the one waiting to be.
 #[derive(Debug, Default)]
 pub(crate) struct FenceRetry {
-    /// The single simple-protocol statement on the server now, while none of its replies has
+    /// The lone simple-protocol Query on the server now, while none of its replies has
     /// reached the client, and the shard-map version it was routed by.
     armed: Option<(Frame, u64)>,
     /// A statement that hit a fence, to run again once a map newer than its version arrives.
@@ -32,21 +32,19 @@ impl FenceRetry {
     /// Called with each batch about to run: only a lone Query outside a transaction qualifies.
     pub(crate) fn arm(&mut self, batch: &[Frame], status: TransactionStatus, version: u64) {
         self.armed = match batch {
+            // Whether it is one statement is asked only if a fence error comes (rarely: this
+            // runs for every batch).
             [frame] if frame.tag() == frontend::QUERY && status == TransactionStatus::Idle => {
-                // Several statements run as one implicit transaction whose first results may
-                // already be on their way: only one statement is retried.
-                // (A `;` is the same byte in every client encoding the proxy accepts.)
-                let single = frontend::query_text(frame).is_ok_and(|t| {
-                    let end = t
-                        .iter()
-                        .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
-                        .map_or(0, |i| i + 1);
-                    !t[..end].contains(&b';')
-                });
-                single.then(|| (frame.clone(), version))
+                Some((frame.clone(), version))
             }
             _ => None,
         };
+    }
+
+    /// The armed statement, if it is one statement that can be retried (see
+    /// [`one_statement`]).
+    fn take_retryable(&mut self) -> Option<(Frame, u64)> {
+        self.armed.take().filter(|(frame, _)| one_statement(frame))
     }
 
     /// A reply went to the client: the statement can no longer be retried invisibly.
@@ -61,6 +59,19 @@ impl FenceRetry {
     pub(crate) fn has_pending(&self) -> bool {
         self.pending.is_some()
     }
+}
+
+/// A Query of one statement. Several statements run as one implicit transaction whose first
+/// results may already be on their way: only one statement is retried. (A `;` is the same byte
+/// in every client encoding the proxy accepts.)
+fn one_statement(query: &Frame) -> bool {
+    frontend::query_text(query).is_ok_and(|t| {
+        let end = t
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace() && *b != b';')
+            .map_or(0, |i| i + 1);
+        !t[..end].contains(&b';')
+    })
 }
 
 /// The server's error is a rebalance fence.
@@ -87,7 +98,7 @@ impl Session {
             .map(|f| f.message)
             .unwrap_or_default();
         tracing::info!(client = self.client.id(), shard = self.attachment.shard(), %message, "write hit a rebalance fence");
-        if let Some(armed) = self.fence.armed.take() {
+        if let Some(armed) = self.fence.take_retryable() {
             if only_query_pending {
                 self.fence.pending = Some(armed);
                 return true;
@@ -126,5 +137,49 @@ impl Session {
             );
             self.io.push_ready(self.txn.status());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(text: &str) -> Frame {
+        let mut b = BytesMut::new();
+        frontend::write_query(&mut b, text);
+        Frame::from_bytes(b.freeze())
+    }
+
+    #[test]
+    fn only_a_query_of_one_statement_is_retried() {
+        let mut fence = FenceRetry::default();
+        fence.arm(
+            &[query("UPDATE t SET v = 1 WHERE id = 7;  ")],
+            TransactionStatus::Idle,
+            3,
+        );
+        assert_eq!(fence.take_retryable().map(|(_, v)| v), Some(3));
+        fence.arm(
+            &[query("UPDATE t SET v = 1; UPDATE t SET v = 2")],
+            TransactionStatus::Idle,
+            3,
+        );
+        assert!(fence.take_retryable().is_none());
+        // A `;` inside a string only looks like two statements: the error goes to the client.
+        fence.arm(&[query("select ';'")], TransactionStatus::Idle, 3);
+        assert!(fence.take_retryable().is_none());
+        // Inside a transaction, or a batch of several messages: never armed.
+        fence.arm(&[query("select 1")], TransactionStatus::InTransaction, 3);
+        assert!(fence.take_retryable().is_none());
+        fence.arm(
+            &[query("select 1"), query("select 2")],
+            TransactionStatus::Idle,
+            3,
+        );
+        assert!(fence.take_retryable().is_none());
+        // A reply reached the client: disarmed.
+        fence.arm(&[query("select 1")], TransactionStatus::Idle, 3);
+        fence.disarm();
+        assert!(fence.take_retryable().is_none());
     }
 }
