@@ -95,12 +95,15 @@ impl Shared {
 
     /// Replaces the shard map's routing state.
     pub(crate) fn set_topo(&self, topo: Topo) {
+        let version = topo.version;
         self.topo.store(Arc::new(topo));
+        self.topo_version.store(version, Ordering::Release);
         self.view_generation.bump();
     }
 
+    /// The version of the shard map routing uses now.
     pub(crate) fn topology_version(&self) -> u64 {
-        self.topo.load().version
+        self.topo_version.load(Ordering::Acquire)
     }
 
     /// Switches to `map` if it is newer than what this proxy holds. A map the router refuses
