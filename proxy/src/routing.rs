@@ -402,19 +402,21 @@ impl Session {
         if frame.tag() != frontend::QUERY {
             return false;
         }
-        let Ok(text) = frontend::query_text(frame) else {
+        let Ok(bytes) = frontend::query_text(frame) else {
             return false;
         };
-        let text = &*self.sql(text);
-        // A plain pooler only answers SHARDGATE ROUTE itself: skip planning everything else.
+        // A plain pooler only answers SHARDGATE ROUTE itself: skip everything else before
+        // decoding the text. (Its first bytes are whole characters in every client encoding,
+        // and ASCII letters and spaces are the same bytes in all of them.)
         if !routing
-            && !text
-                .trim_start()
+            && !bytes
+                .trim_ascii_start()
                 .get(..9)
-                .is_some_and(|w| w.eq_ignore_ascii_case("shardgate"))
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"shardgate"))
         {
             return false;
         }
+        let text = &*self.sql(bytes);
         // By shape: a statement with literals must not be parsed again for this check.
         let plan = self.shared.topo().router.plan_query(text).plan;
         if plan.statement_count != 1 {
