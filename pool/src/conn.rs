@@ -353,24 +353,25 @@ impl ServerConn {
         self.check_idle()
     }
 
-    /// tokio's cached read readiness of the socket, without a syscall (polled with a no-op
-    /// waker: nobody waits on an idle connection, and the next real read registers its own).
+    /// tokio's cached read readiness of the socket, without a syscall: `try_read` into an
+    /// empty buffer returns `WouldBlock` from the cached state when the socket is not known to
+    /// be readable (the usual case), and reads nothing when it is. (`poll_read_ready` stored a
+    /// waker under a lock at every checkout.)
     fn maybe_readable(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        let ready = match self.reader.get_ref() {
-            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
-            Stream::Unix(s) => s.poll_read_ready(&mut cx),
+        let readable = |r: std::io::Result<usize>| !matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        match self.reader.get_ref() {
+            Stream::Tcp(s) => readable(s.try_read(&mut [])),
+            Stream::Unix(s) => readable(s.try_read(&mut [])),
             Stream::Tls(s) => {
                 let (tcp, tls) = s.stream.get_ref();
                 // Plaintext TLS already decrypted, or a close_notify it processed.
                 if !tls.is_handshaking() && !tls.wants_read() {
                     return true;
                 }
-                tcp.poll_read_ready(&mut cx)
+                readable(tcp.try_read(&mut []))
             }
-            Stream::Closed => return true,
-        };
-        ready.is_ready()
+            Stream::Closed => true,
+        }
     }
 
     /// Checks, without waiting, that an idle connection is still sound: if the server closed
