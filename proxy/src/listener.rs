@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::session::handle_client;
+use crate::shutdown_signal::ShutdownHub;
 use crate::Shared;
 use shardgate_wire::stream::Stream;
 
@@ -91,7 +92,8 @@ impl Listeners {
         shutdown: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
-        let (s, rx) = (Arc::clone(&shared), shutdown.clone());
+        let shutdown = ShutdownHub::follow(shutdown);
+        let (s, rx) = (Arc::clone(&shared), Arc::clone(&shutdown));
         let tcp = self.tcp;
         tasks.push(tokio::spawn(async move {
             loop {
@@ -100,7 +102,7 @@ impl Listeners {
                         tokio::spawn(handle_client(
                             Stream::Tcp(stream),
                             Arc::clone(&s),
-                            rx.clone(),
+                            Arc::clone(&rx),
                         ));
                     }
                     Err(e) => accept_error(e).await,
@@ -115,7 +117,7 @@ impl Listeners {
                             tokio::spawn(handle_client(
                                 Stream::Unix(stream),
                                 Arc::clone(&shared),
-                                shutdown.clone(),
+                                Arc::clone(&shutdown),
                             ));
                         }
                         Err(e) => accept_error(e).await,

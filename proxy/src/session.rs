@@ -8,7 +8,6 @@ use std::time::Duration;
 use shardgate_pool::PooledConn;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
-use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::attached::Detach;
@@ -27,6 +26,7 @@ use crate::replies::{Expect, ReplyQueue};
 use crate::routing::Target;
 use crate::routing_state::RoutingState;
 use crate::session_state::SessionState;
+use crate::shutdown_signal::{ShutdownHub, ShutdownSignal};
 use crate::stats::RequestTimer;
 use crate::txn::TxnState;
 use crate::{SessionError, Shared};
@@ -79,11 +79,11 @@ pub struct Session {
     /// The transaction as reported to the client: status, a deferred BEGIN, pending
     /// session effects.
     pub(crate) txn: TxnState,
-    pub(crate) shutdown: crate::shutdown_signal::ShutdownSignal,
+    pub(crate) shutdown: ShutdownSignal,
 }
 
 /// Entry point for an accepted connection.
-pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: Arc<ShutdownHub>) {
     let id = shared.next_client_id();
     let span = tracing::info_span!(
         "client",
@@ -91,7 +91,7 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
         user = tracing::field::Empty,
         db = tracing::field::Empty
     );
-    let hard_stop = end_of_shutdown(shutdown.clone(), shared.config().listen.shutdown_timeout);
+    let hard_stop = end_of_shutdown(shutdown.signal(), shared.config().listen.shutdown_timeout);
     let serve = async move {
         let config = shared.config();
         let mut io = ClientIo::new(stream, config.listen.max_message_size);
@@ -123,7 +123,7 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
                     }
                 };
         io.reader.set_limit(config.listen.max_message_size);
-        let mut session = Session::new(id, io, &shared, login, shutdown);
+        let mut session = Session::new(id, io, &shared, login, shutdown.signal());
         let result = match Box::pin(session.finish_login()).await {
             Ok(server) => session.run(server).await,
             Err(e) => Err(e),
@@ -142,18 +142,16 @@ pub async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown: watch:
     // Shutdown ends at its timeout whatever a session is doing (waiting on a server, a client
     // that does not read): the session is dropped then, closing both sockets.
     tokio::select! {
+        // In order: no random start (a thread-local RNG draw at every wake).
+        biased;
         () = serve => {}
         () = hard_stop => info!(client = id, "session ended: listen.shutdown_timeout passed"),
     }
 }
 
 /// Resolves `timeout` after shutdown starts; never if it does not.
-async fn end_of_shutdown(mut shutdown: watch::Receiver<bool>, timeout: Duration) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
+async fn end_of_shutdown(mut shutdown: ShutdownSignal, timeout: Duration) {
+    shutdown.requested().await;
     tokio::time::sleep(timeout).await;
 }
 
@@ -167,7 +165,7 @@ impl Session {
         io: ClientIo,
         shared: &Arc<Shared>,
         login: Login,
-        shutdown: watch::Receiver<bool>,
+        shutdown: ShutdownSignal,
     ) -> Session {
         let config = shared.config();
         let (pid, secret, cancel) = shared.cancels.register();
@@ -201,7 +199,7 @@ impl Session {
             boundary: Boundary::Request,
             replies: ReplyQueue::default(),
             txn: TxnState::default(),
-            shutdown: crate::shutdown_signal::ShutdownSignal::new(shutdown),
+            shutdown,
         }
     }
 
