@@ -79,6 +79,9 @@ pub fn peek_tagged_len(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameE
     Ok(Some(total))
 }
 
+/// Below this much free room a read first makes more (see `read_frame`).
+const MIN_READ_ROOM: usize = 128;
+
 /// Reads tagged messages from a stream. `read_frame` is cancel-safe: a frame is only taken out
 /// of the internal buffer once it is complete, so it can sit in a `tokio::select!`.
 pub struct FrameReader<R> {
@@ -159,10 +162,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.try_frame()? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
+            let room = self.buf.capacity() - self.buf.len();
+            if room < MIN_READ_ROOM || (self.filled && room < 1024) {
                 // 8 KiB more only while reads fill the buffer (a stream of messages, e.g.
                 // COPY data); otherwise 1 KiB, which a buffer whose frames are all gone takes
                 // back in place: thousands of mostly idle clients keep 1 KiB each, not 10.
+                // Not before the room is nearly used up: a frame still held (a client's
+                // statement until its reply ends) makes a reserve allocate a new buffer, and
+                // the first frame cut from it another shared header.
                 self.buf.reserve(if self.filled { 8 * 1024 } else { 1024 });
             }
             let room = self.buf.capacity() - self.buf.len();
