@@ -90,6 +90,14 @@ pub fn bind(frame: &Frame) -> Result<Bind<'_>, DecodeError> {
     })
 }
 
+/// The statement a Bind names, without checking the rest of it: for a Bind [`bind`] already
+/// accepted (the relay checks every Bind it forwards), read again for statistics.
+pub fn bind_statement(frame: &Frame) -> Result<&str, DecodeError> {
+    let mut c = cursor(frame, BIND)?;
+    c.cstr()?;
+    c.cstr()
+}
+
 /// Parameter formats and values of a Bind (None is SQL NULL).
 #[derive(Debug, PartialEq, Eq)]
 pub struct BindParams<'a> {
@@ -301,6 +309,7 @@ mod tests {
         let f = frame(b);
         let bd = bind(&f).unwrap();
         assert_eq!(bd.statement, "mine");
+        assert_eq!(bind_statement(&f).unwrap(), "mine");
         let mut out = BytesMut::new();
         write_bind_renamed(&mut out, &f, &bd, "sg_7");
         let f2 = frame(out);

@@ -92,8 +92,8 @@ impl Session {
                 Some(f(&self.sql(parse.query)))
             }
             frontend::BIND => {
-                let bind = frontend::bind(frame).ok()?;
-                self.known_statement(bind.statement).map(|(t, _)| f(t))
+                let statement = frontend::bind_statement(frame).ok()?;
+                self.known_statement(statement).map(|(t, _)| f(t))
             }
             _ => None,
         }
@@ -127,13 +127,13 @@ impl Session {
         // A named prepared statement's fingerprint was computed when it was interned.
         let fingerprint = fingerprint.or_else(|| {
             (frame.tag() == frontend::BIND)
-                .then(|| frontend::bind(frame).ok())
+                .then(|| frontend::bind_statement(frame).ok())
                 .flatten()
-                .filter(|b| !b.statement.is_empty())
-                .and_then(|b| {
+                .filter(|name| !name.is_empty())
+                .and_then(|name| {
                     self.client_state
                         .statements()
-                        .peek(b.statement)
+                        .peek(name)
                         .map(|s| s.fingerprint)
                 })
         });
