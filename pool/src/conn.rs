@@ -208,6 +208,16 @@ impl ServerConn {
         }
     }
 
+    /// Moves the whole DataRow and CopyData messages buffered now to `out` as they are (see
+    /// `FrameReader::forward_run`): a result's rows go to the client without a frame each.
+    /// They change nothing [`ServerConn::read_frame`] tracks. Returns their bytes.
+    pub fn forward_rows(&mut self, out: &mut BytesMut) -> usize {
+        self.reader.forward_run(
+            |tag| tag == backend::DATA_ROW || tag == backend::COPY_DATA,
+            out,
+        )
+    }
+
     /// Whether a whole message is already buffered, so reading it needs no I/O. The proxy
     /// delays flushing to the client while more replies are at hand.
     pub fn has_buffered_frame(&self) -> bool {

@@ -156,6 +156,11 @@ impl Session {
                         if !self.parked.is_empty() || !self.attachment.outgoing_is_empty() {
                             break;
                         }
+                        // A result's rows go on as they are, not a frame (and a turn of
+                        // `server_message`) each.
+                        if self.replies.passes_rows() && server.forward_rows(&mut self.io.out) > 0 {
+                            self.fence.disarm();
+                        }
                         match server.try_frame() {
                             Ok(Some(next)) => frame = next,
                             Ok(None) => break,

@@ -121,6 +121,12 @@ impl ReplyQueue {
         self.expect.front()
     }
 
+    /// The server's rows may go to the client as they come: the reply ahead is not one the
+    /// relay swallows or first checks for an error.
+    pub(crate) fn passes_rows(&self) -> bool {
+        !matches!(self.front(), Some(Expect::AbortImplicit | Expect::Swallow))
+    }
+
     pub(crate) fn pop_front(&mut self) -> Option<Expect> {
         self.expect.pop_front()
     }

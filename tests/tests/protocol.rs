@@ -930,3 +930,40 @@ async fn killed_server_connection_is_replaced() {
     drop((client, direct));
     env.stop().await;
 }
+
+/// A result's rows are relayed byte for byte (the relay copies runs of DataRow and CopyData
+/// without cutting frames): many rows of mixed widths and NULLs, a value larger than any read
+/// buffer, a COPY TO STDOUT and rows followed by an error, all in one Query, give the same
+/// messages through the proxy as from the server itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_relayed_byte_for_byte() {
+    let env = Env::start(Setup::default()).await;
+    let sql = "select g, repeat('x', g % 700), case when g % 5 = 0 then null else g::text end \
+               from generate_series(1, 20000) g; \
+               select repeat('y', 200000); \
+               copy (select g, g * 2 from generate_series(1, 5000) g) to stdout; \
+               select 10 / (g - 3) from generate_series(1, 5) g";
+    let mut via_proxy = RawClient::connect(env.port()).await;
+    let mut direct = RawClient::connect(env.cluster.port()).await;
+    via_proxy.send(&raw::query(sql)).await;
+    direct.send(&raw::query(sql)).await;
+    let relayed = via_proxy.read_until_ready().await;
+    let expected = direct.read_until_ready().await;
+    let count = |msgs: &[RawMsg], tag: u8| msgs.iter().filter(|m| m.tag == tag).count();
+    // 20,000 + 1 + 2 rows, 5,000 COPY lines, and the division by zero after two rows.
+    assert_eq!(count(&expected, b'D'), 20_003);
+    assert_eq!(count(&expected, b'd'), 5_000);
+    assert_eq!(count(&expected, b'E'), 1);
+    assert_eq!(tags(&relayed), tags(&expected));
+    for (i, (got, want)) in relayed.iter().zip(&expected).enumerate() {
+        assert!(
+            got.tag == want.tag && got.body == want.body,
+            "message {i} ({}) differs",
+            want.tag as char
+        );
+    }
+    // The connection went back to the pool at that ReadyForQuery and serves the next one.
+    via_proxy.send(&raw::query("select 1")).await;
+    assert_eq!(tags(&via_proxy.read_until_ready().await), "TDCZ");
+    env.stop().await;
+}

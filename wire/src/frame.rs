@@ -156,6 +156,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Moves the whole messages at the front of the buffer whose tag `pass` accepts to `out`,
+    /// as they are, without cutting a frame for each (a result's rows); returns their bytes.
+    /// A message that is not whole, has another tag or a bad length ends the run, for
+    /// [`FrameReader::try_frame`] to read or report.
+    pub fn forward_run(&mut self, pass: impl Fn(u8) -> bool, out: &mut BytesMut) -> usize {
+        let mut end = 0;
+        while let Some(&tag) = self.buf.get(end) {
+            if !pass(tag) {
+                break;
+            }
+            match peek_tagged_len(&self.buf[end..], self.limit) {
+                Ok(Some(n)) if self.buf.len() - end >= n => end += n,
+                _ => break,
+            }
+        }
+        if end > 0 {
+            out.extend_from_slice(&self.buf[..end]);
+            self.buf.advance(end);
+        }
+        end
+    }
+
     /// Reads the next whole frame; `Ok(None)` on a clean end of stream between messages.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
@@ -227,6 +249,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn forwards_a_run_of_whole_messages_of_one_kind() {
+        // Two whole D, a C, then a D cut short.
+        let mut data = vec![b'D', 0, 0, 0, 6, 1, 2, b'D', 0, 0, 0, 5, 3];
+        data.extend_from_slice(&[b'C', 0, 0, 0, 5, 0, b'D', 0, 0, 0, 9, 1]);
+        let mut reader = FrameReader::new(&data[..], 1024);
+        let first = reader.read_frame().await.unwrap().unwrap();
+        assert_eq!(first.body(), &[1, 2]);
+        let mut out = BytesMut::new();
+        // The next D goes as it is; the C stops the run and is read as a frame.
+        assert_eq!(reader.forward_run(|t| t == b'D', &mut out), 6);
+        assert_eq!(&out[..], &[b'D', 0, 0, 0, 5, 3]);
+        assert_eq!(reader.forward_run(|t| t == b'D', &mut out), 0);
+        assert_eq!(reader.read_frame().await.unwrap().unwrap().tag(), b'C');
+        // A message not yet whole stays for read_frame.
+        assert_eq!(reader.forward_run(|t| t == b'D', &mut out), 0);
+        assert_eq!(reader.buffered(), &[b'D', 0, 0, 0, 9, 1]);
+        // A bad length is left for read_frame to report.
+        let bad = [b'D', 0, 0, 0, 2];
+        let mut reader = FrameReader::new(&bad[..], 1024);
+        reader.buf.extend_from_slice(&bad);
+        assert_eq!(reader.forward_run(|t| t == b'D', &mut out), 0);
+        assert!(matches!(reader.try_frame(), Err(FrameError::BadLength(2))));
+    }
 
     #[tokio::test]
     async fn splits_frames_and_rejects_oversized() {
