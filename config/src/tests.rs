@@ -202,10 +202,18 @@ fn reference_tables_parse_and_cannot_also_be_sharded() {
 }
 
 #[test]
-fn worker_threads_default_to_one_per_core_and_are_bounded() {
-    assert_eq!(load(MINIMAL).unwrap().listen.worker_threads, 0);
+fn worker_threads_default_to_half_the_cores_and_are_bounded() {
+    let listen = load(MINIMAL).unwrap().listen;
+    assert_eq!(listen.worker_threads, 0);
+    assert_eq!(listen.threads(1), 1);
+    assert_eq!(listen.threads(2), 1);
+    assert_eq!(listen.threads(3), 1);
+    assert_eq!(listen.threads(16), 8);
     let text = format!("{MINIMAL}\n[listen]\nworker_threads = 2\n");
-    assert_eq!(load(&text).unwrap().listen.worker_threads, 2);
+    let listen = load(&text).unwrap().listen;
+    assert_eq!(listen.worker_threads, 2);
+    assert_eq!(listen.threads(2), 2);
+    assert_eq!(listen.threads(64), 2);
     let text = format!("{MINIMAL}\n[listen]\nworker_threads = 5000\n");
     let e = load(&text).unwrap_err().to_string();
     assert!(e.contains("listen.worker_threads"), "{e}");

@@ -84,15 +84,14 @@ fn main() -> anyhow::Result<()> {
     #[cfg(feature = "failpoints")]
     shardgate_rebalance::failpoints::setup_from_env();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve { config } = &cli.command {
-        // The one setting read before the runtime starts (a bad file fails again, with its
-        // reason, when `serve` loads it).
-        if let Ok(Some(threads)) = Config::load(config)
-            .map(|c| (c.listen.worker_threads > 0).then_some(c.listen.worker_threads))
-        {
-            builder.worker_threads(threads);
-        }
-    }
+    // The one setting read before the runtime starts (a bad file fails again, with its
+    // reason, when `serve` loads it); the other commands (the demo's proxy) take its default.
+    let listen = match &cli.command {
+        Command::Serve { config } => Config::load(config).map(|c| c.listen).unwrap_or_default(),
+        _ => Default::default(),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    builder.worker_threads(listen.threads(cores));
     let runtime = builder
         .enable_all()
         .build()
