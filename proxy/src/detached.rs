@@ -27,18 +27,27 @@ impl Session {
         let mut batch = initial;
         let idle_timeout = self.view.config().listen.client_idle_timeout;
         loop {
-            self.io.flush().await?;
-            let frame = tokio::select! {
-                // In order: no random start (a thread-local RNG draw per turn).
-                biased;
-                f = self.io.read_frame() => f?,
-                _ = sleep_or_forever(idle_timeout), if batch.is_empty() => {
-                    self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
-                    return Err(SessionError::IdleTimeout);
-                }
-                () = self.shutdown.fired(), if batch.is_empty() => {
-                    self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
-                    return Err(SessionError::Shutdown);
+            // A message already read (the rest of a pipelined batch) needs no wait.
+            let buffered = match self.io.buffered_frame() {
+                Ok(frame) => frame,
+                Err(e) => return Err(self.io.frame_error(e).await),
+            };
+            let frame = if let Some(frame) = buffered {
+                Some(frame)
+            } else {
+                self.io.flush().await?;
+                tokio::select! {
+                    // In order: no random start (a thread-local RNG draw per turn).
+                    biased;
+                    f = self.io.read_frame() => f?,
+                    _ = sleep_or_forever(idle_timeout), if batch.is_empty() => {
+                        self.io.fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle timeout", Some("listen.client_idle_timeout closed this idle connection; reconnect")).await;
+                        return Err(SessionError::IdleTimeout);
+                    }
+                    () = self.shutdown.fired(), if batch.is_empty() => {
+                        self.io.fatal(sqlstate::ADMIN_SHUTDOWN, "terminating connection because shardgate is shutting down", Some("reconnect to another shardgate instance")).await;
+                        return Err(SessionError::Shutdown);
+                    }
                 }
             };
             let Some(frame) = frame else { return Ok(None) };

@@ -63,6 +63,16 @@ impl ClientIo {
         }
     }
 
+    /// The next client message if it is already buffered whole: no I/O and no future (a
+    /// driver's pipelined batch arrives in one read, and its messages are taken from here).
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let frame = self.reader.try_frame()?;
+        if let Some(frame) = &frame {
+            crate::stats::bytes_received(frame.len());
+        }
+        Ok(frame)
+    }
+
     pub async fn frame_error(&mut self, e: FrameError) -> SessionError {
         match e {
             FrameError::TooLarge { claimed, limit } => {
