@@ -93,7 +93,7 @@ impl Listeners {
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         let shutdown = ShutdownHub::follow(shutdown);
-        let (s, rx) = (Arc::clone(&shared), Arc::clone(&shutdown));
+        let (s, hub) = (Arc::clone(&shared), Arc::clone(&shutdown));
         let tcp = self.tcp;
         tasks.push(tokio::spawn(async move {
             loop {
@@ -102,7 +102,7 @@ impl Listeners {
                         tokio::spawn(handle_client(
                             Stream::Tcp(stream),
                             Arc::clone(&s),
-                            Arc::clone(&rx),
+                            Arc::clone(&hub),
                         ));
                     }
                     Err(e) => accept_error(e).await,

@@ -739,10 +739,6 @@ mod mention_tests {
                 }
             }
             let lower = text.to_ascii_lowercase();
-            let plain = WORDS
-                .words
-                .iter()
-                .any(|w| lower.windows(w.len()).any(|x| x == *w));
             let each: u64 = WORDS
                 .words
                 .iter()
@@ -756,7 +752,7 @@ mod mention_tests {
                 "{:?}",
                 String::from_utf8_lossy(&text)
             );
-            if plain {
+            if each != 0 {
                 found += 1;
             } else {
                 missed += 1;

@@ -128,7 +128,7 @@ impl Drop for ShutdownSignal {
 mod tests {
     use super::*;
 
-    /// Polls once with a waker that counts its wakes.
+    /// A waker that counts its wakes.
     struct Counting(std::sync::atomic::AtomicUsize);
     impl std::task::Wake for Counting {
         fn wake(self: Arc<Self>) {
@@ -136,6 +136,7 @@ mod tests {
         }
     }
 
+    /// Polls `f` once with `waker`: whether it finished.
     fn poll_once(f: impl Future<Output = ()>, waker: &Waker) -> bool {
         let f = std::pin::pin!(f);
         f.poll(&mut Context::from_waker(waker)).is_ready()
