@@ -64,32 +64,27 @@ impl Session {
         true
     }
 
-    /// Notes the fingerprint of the statement text the relay just read (once: the
-    /// statistics would otherwise decode and walk the text again at its ReadyForQuery).
-    fn note_fingerprint(&mut self, sql: &str) {
-        if let Some(hash) = self.fingerprint_if_tracked(sql) {
-            self.request.note_fingerprint(Some(hash));
+    /// The fingerprint hash (when the statistics are on) and session words of a statement
+    /// text the relay just read, from one pass over it. The hash is noted for the statistics
+    /// (once: they would otherwise decode and walk the text again at its ReadyForQuery).
+    fn note_text(&mut self, sql: &str) -> SessionWords {
+        let (fingerprint, words) =
+            SessionWords::scan_with_fingerprint(sql, self.shared.query_log.enabled());
+        if fingerprint.is_some() {
+            self.request.note_fingerprint(fingerprint);
         }
-    }
-
-    /// `sql`'s fingerprint hash when the statistics are on.
-    fn fingerprint_if_tracked(&self, sql: &str) -> Option<u64> {
-        self.shared
-            .query_log
-            .enabled()
-            .then(|| shardgate_router::fingerprint_hash(sql))
+        words
     }
 
     /// The fingerprint and session-word scan of an unnamed Parse's text: remembered for the
     /// last one (`last_parse`), as drivers send the same text at every execution.
     fn unnamed_parse_facts(&mut self, sql: &str) -> TextFacts {
+        let tracked = self.shared.query_log.enabled();
         match self.last_parse.get(sql) {
-            Some(facts) if facts.fingerprint.is_some() || !self.shared.query_log.enabled() => facts,
+            Some(facts) if facts.fingerprint.is_some() || !tracked => facts,
             _ => {
-                let facts = TextFacts {
-                    fingerprint: self.fingerprint_if_tracked(sql),
-                    words: SessionWords::scan(sql),
-                };
+                let (fingerprint, words) = SessionWords::scan_with_fingerprint(sql, tracked);
+                let facts = TextFacts { fingerprint, words };
                 self.last_parse.set(sql, facts);
                 facts
             }
@@ -245,8 +240,8 @@ impl Session {
             frontend::QUERY => {
                 let text = frontend::query_text(&frame).map_err(|e| self.protocol_error(e))?;
                 let sql = self.sql(text);
-                self.note_fingerprint(&sql);
-                if !self.track_session_state(&sql, SessionWords::scan(&sql), true) {
+                let words = self.note_text(&sql);
+                if !self.track_session_state(&sql, words, true) {
                     return Ok(Flow::Continue);
                 }
                 self.attachment.forward(&frame);

@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
+use shardgate_router::WordSet;
+
 /// What a statement does to session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEffect {
@@ -262,6 +264,17 @@ impl SessionWords {
         SessionWords(SESSION_WORDS.found(sql.as_bytes()))
     }
 
+    /// The text's fingerprint hash and its session words, from one pass over it (the scan
+    /// alone when `fingerprint` is false: the statistics are off).
+    pub(crate) fn scan_with_fingerprint(sql: &str, fingerprint: bool) -> (Option<u64>, Self) {
+        if fingerprint {
+            let (hash, found) = shardgate_router::fingerprint_hash_and_words(sql, &SESSION_WORDS);
+            (Some(hash), SessionWords(found))
+        } else {
+            (None, SessionWords::scan(sql))
+        }
+    }
+
     /// Some word is there: the text may touch session state.
     pub(crate) fn any(self) -> bool {
         self.0 != 0
@@ -350,85 +363,9 @@ fn starts_session_statement(sql: &str) -> bool {
     false
 }
 
-/// Lower-case ASCII words (two letters or more, at most 64) to look for anywhere in a text,
-/// ignoring ASCII case. It runs on every statement, so the set is built at compile time: a
-/// byte that starts no word costs one table lookup, one that does a bit test of the pair it
-/// starts in a 1024-bit set of the words' first two letters (case folded), and only a hit
-/// compares whole words.
-pub(crate) struct WordSet {
-    words: &'static [&'static [u8]],
-    first: [bool; 256],
-    pairs: [u64; 16],
-    shortest: usize,
-}
-
-/// The 10-bit index of a byte pair: the low five bits of each byte with ASCII case folded.
-const fn pair_index(a: u8, b: u8) -> usize {
-    (((a | 0x20) & 0x1f) as usize) << 5 | ((b | 0x20) & 0x1f) as usize
-}
-
-impl WordSet {
-    pub(crate) const fn new(words: &'static [&'static [u8]]) -> WordSet {
-        assert!(words.len() <= 64, "a WordSet has at most 64 words");
-        let mut first = [false; 256];
-        let mut pairs = [0u64; 16];
-        let mut shortest = usize::MAX;
-        let mut i = 0;
-        while i < words.len() {
-            let w = words[i];
-            assert!(w.len() >= 2, "a WordSet word has two letters or more");
-            first[w[0].to_ascii_lowercase() as usize] = true;
-            first[w[0].to_ascii_uppercase() as usize] = true;
-            let p = pair_index(w[0], w[1]);
-            pairs[p >> 6] |= 1 << (p & 63);
-            if w.len() < shortest {
-                shortest = w.len();
-            }
-            i += 1;
-        }
-        WordSet {
-            words,
-            first,
-            pairs,
-            shortest,
-        }
-    }
-
-    /// The words `text` contains, ignoring ASCII case: bit `i` stands for `words[i]`.
-    pub(crate) fn found(&self, text: &[u8]) -> u64 {
-        let mut found = 0;
-        if text.len() < self.shortest {
-            return found;
-        }
-        for (i, pair) in text.windows(2).enumerate() {
-            if !self.first[usize::from(pair[0])] {
-                continue;
-            }
-            let p = pair_index(pair[0], pair[1]);
-            if self.pairs[p >> 6] & (1 << (p & 63)) != 0 {
-                found |= self.starting_at(&text[i..]);
-            }
-        }
-        found
-    }
-
-    fn starting_at(&self, text: &[u8]) -> u64 {
-        let mut found = 0;
-        for (i, w) in self.words.iter().enumerate() {
-            if text
-                .get(..w.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(w))
-            {
-                found |= 1 << i;
-            }
-        }
-        found
-    }
-}
-
 /// The words of [`SessionWords`] (`temp` covers `temporary` and `pg_temp`), in the order of
 /// the bits below.
-const SESSION_WORDS: WordSet = WordSet::new(&[
+static SESSION_WORDS: WordSet = WordSet::new(&[
     b"set",
     b"discard",
     b"deallocate",
@@ -644,13 +581,7 @@ mod tests {
 
 #[cfg(test)]
 mod mention_tests {
-    use super::{SessionWords, WordSet};
-
-    impl WordSet {
-        fn found_in(&self, text: &[u8]) -> bool {
-            self.found(text) != 0
-        }
-    }
+    use super::SessionWords;
 
     #[test]
     fn a_statement_starts_with_a_session_command_or_not() {
@@ -681,83 +612,20 @@ mod mention_tests {
         assert!(SessionWords::scan("RESET search_path").may_have_effects());
         assert!(SessionWords::scan("select pg_advisory_lock(1)").may_pin());
         assert!(!SessionWords::scan("SELECT abalance FROM pgbench_accounts WHERE aid = 1").any());
-    }
-
-    #[test]
-    fn finds_words_in_any_case_anywhere() {
-        static WORDS: WordSet = WordSet::new(&[b"set", b"discard"]);
-        assert!(WORDS.found_in(b"SELECT 1; SeT search_path = a"));
-        assert!(WORDS.found_in(b"discard all"));
-        assert!(WORDS.found_in(b"x_set"));
-        assert!(!WORDS.found_in(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"));
-        assert!(!WORDS.found_in(b"se"));
-        assert!(!WORDS.found_in(b""));
-        // Case folding of the pair filter must not admit look-alikes (`\x13` folds like `s`).
-        assert!(!WORDS.found_in(b"\x13ET x"));
-        assert!(WORDS.found_in(b"sEt"));
-        assert!(WORDS.found_in(b"DISCARD"));
-        assert!(!WORDS.found_in(b"discar"));
-        static TEMP: WordSet = WordSet::new(&[b"temp"]);
-        assert!(!TEMP.found_in(b"te"));
-        assert!(TEMP.found_in(b"create TEMPORARY table"));
-        assert!(TEMP.found_in(b"te\xc3\xa9 temp"));
-        assert!(!TEMP.found_in(b"tem"));
-    }
-
-    /// The pair filter finds exactly the words a plain case-folded substring search finds
-    /// (seeded texts over the words' letters in both cases, separators and non-ASCII bytes).
-    #[test]
-    fn agrees_with_a_plain_search() {
-        static WORDS: WordSet = WordSet::new(&[b"set", b"discard", b"temp", b"hold", b"prepare"]);
-        // Pieces: whole words, their starts and ends, noise; each byte's case flipped at
-        // random.
-        let pieces: [&[u8]; 12] = [
-            b"set",
-            b"se",
-            b"et",
-            b"discard",
-            b"discar",
-            b"temp",
-            b"tem",
-            b"hold",
-            b"prepare",
-            b" _;'",
-            b"\xc3\xa9",
-            b"\x13",
-        ];
-        let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
-        let mut next = move || rng.u64(..);
-        let (mut found, mut missed) = (0, 0);
-        for _ in 0..20_000 {
-            let mut text = Vec::new();
-            for _ in 0..next() % 4 {
-                text.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
-            }
-            for b in &mut text {
-                if next() % 2 == 0 {
-                    b.make_ascii_uppercase();
-                }
-            }
-            let lower = text.to_ascii_lowercase();
-            let each: u64 = WORDS
-                .words
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| lower.windows(w.len()).any(|x| x == **w))
-                .map(|(i, _)| 1 << i)
-                .sum();
+        // With the statistics on, the fingerprint's pass finds the same words.
+        for sql in [
+            "UPDATE pgbench_tellers SET tbalance = tbalance + 1",
+            "select pg_catalog.SET_CONFIG('work_mem', '9MB', false)",
+            "do $$ begin execute 'set work_mem = ''1MB'''; end $$ -- temp",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        ] {
+            let (hash, words) = SessionWords::scan_with_fingerprint(sql, true);
+            assert_eq!(words, SessionWords::scan(sql), "{sql}");
+            assert_eq!(hash, Some(shardgate_router::fingerprint_hash(sql)));
             assert_eq!(
-                WORDS.found(&text),
-                each,
-                "{:?}",
-                String::from_utf8_lossy(&text)
+                SessionWords::scan_with_fingerprint(sql, false),
+                (None, words)
             );
-            if each != 0 {
-                found += 1;
-            } else {
-                missed += 1;
-            }
         }
-        assert!(found > 100 && missed > 100, "{found} / {missed}");
     }
 }

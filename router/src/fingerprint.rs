@@ -19,6 +19,7 @@ use std::ops::Range;
 
 use crate::normalize::string_in_value_context;
 use crate::text::{Lexer, TokKind};
+use crate::words::WordSet;
 
 /// The fingerprint text is cut after this many bytes (a bulk statement's shape is its start).
 pub const MAX_FINGERPRINT_TEXT: usize = 4096;
@@ -32,11 +33,19 @@ trait Sink {
     /// Any other token, `sql[range]`.
     fn piece(&mut self, sql: &str, range: Range<usize>);
     fn placeholder(&mut self, n: usize);
+    /// A token the fingerprint leaves out (a comment) or replaces (a literal), `sql[range]`.
+    fn left_out(&mut self, sql: &str, range: Range<usize>);
 }
 
 /// FNV-1a, 64 bits: stable across processes and versions, so a fingerprint id means the same
-/// statement after a restart and on every proxy of a fleet.
-struct Fnv(u64);
+/// statement after a restart and on every proxy of a fleet. It also looks for the words of
+/// `words` in every token it reads (the words are letters and `_`, so none spans two tokens),
+/// so callers that need both pay for one pass over the text.
+struct Fnv<'w> {
+    hash: u64,
+    words: &'w WordSet,
+    found: u64,
+}
 
 /// ASCII lower case of every byte (other bytes as they are), one load per byte.
 static LOWER: [u8; 256] = {
@@ -49,36 +58,64 @@ static LOWER: [u8; 256] = {
     t
 };
 
-impl Fnv {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
+const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+impl<'w> Fnv<'w> {
+    fn new(words: &'w WordSet) -> Fnv<'w> {
+        Fnv {
+            hash: OFFSET,
+            words,
+            found: 0,
+        }
+    }
 
     fn byte(&mut self, b: u8) {
-        self.0 ^= u64::from(b);
-        self.0 = self.0.wrapping_mul(Fnv::PRIME);
+        self.hash = (self.hash ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+
+    /// The words in a token the hash does not read byte by byte.
+    fn look_in(&mut self, token: &[u8]) {
+        if token.len() > 1 {
+            self.found |= self.words.found(token);
+        }
     }
 }
 
-impl Sink for Fnv {
+impl Sink for Fnv<'_> {
     fn boundary(&mut self, _spaced: bool) {
         // Tokens, not spacing: `a=1` and `a = 1` are one statement.
         self.byte(0x1f);
     }
 
     fn word(&mut self, sql: &str, range: Range<usize>) {
-        let mut h = self.0;
-        for &b in &sql.as_bytes()[range] {
-            h = (h ^ u64::from(LOWER[usize::from(b)])).wrapping_mul(Fnv::PRIME);
+        let token = &sql.as_bytes()[range];
+        let mut h = self.hash;
+        for (i, &b) in token.iter().enumerate() {
+            h = (h ^ u64::from(LOWER[usize::from(b)])).wrapping_mul(PRIME);
+            // (A word's last byte starts no word: every word has two letters or more.)
+            if let Some(&next) = token.get(i + 1) {
+                let candidates = self.words.candidates(b, next);
+                if candidates != 0 {
+                    self.found |= self.words.found_at(token, i, candidates);
+                }
+            }
         }
-        self.0 = h;
+        self.hash = h;
     }
 
     fn piece(&mut self, sql: &str, range: Range<usize>) {
-        let mut h = self.0;
-        for &b in &sql.as_bytes()[range] {
-            h = (h ^ u64::from(b)).wrapping_mul(Fnv::PRIME);
+        let token = &sql.as_bytes()[range];
+        let mut h = self.hash;
+        for &b in token {
+            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
         }
-        self.0 = h;
+        self.hash = h;
+        self.look_in(token);
+    }
+
+    fn left_out(&mut self, sql: &str, range: Range<usize>) {
+        self.look_in(&sql.as_bytes()[range]);
     }
 
     fn placeholder(&mut self, n: usize) {
@@ -120,6 +157,8 @@ impl Sink for Text {
             self.0.push_str(&n.to_string());
         }
     }
+
+    fn left_out(&mut self, _sql: &str, _range: Range<usize>) {}
 }
 
 /// What a walk saw besides its pieces.
@@ -153,7 +192,11 @@ fn walk(sql: &str, sink: &mut impl Sink, first_placeholder: usize) -> Walked {
     for tok in Lexer::new(sql) {
         let (start, end) = (tok.range.start, tok.range.end);
         let replace = match tok.kind {
-            TokKind::Comment => continue,
+            TokKind::Comment => {
+                sink.left_out(sql, start..end);
+                continue;
+            }
+            // (No word of a set is in a number: `left_out` need not look.)
             TokKind::Number => true,
             TokKind::Quoted => bytes[start] == b'\'' && string_in_value_context(sql, prev),
             TokKind::Param => {
@@ -168,6 +211,9 @@ fn walk(sql: &str, sink: &mut impl Sink, first_placeholder: usize) -> Walked {
             sink.boundary(prev_end != start);
         }
         if replace {
+            if tok.kind == TokKind::Quoted {
+                sink.left_out(sql, start..end);
+            }
             sink.placeholder(next_placeholder);
             // Wrapping: `$18446744073709551615` in a text must not panic (the number is then
             // meaningless, but the same for every text of that shape).
@@ -186,13 +232,20 @@ fn walk(sql: &str, sink: &mut impl Sink, first_placeholder: usize) -> Walked {
 /// The fingerprint's hash: equal for texts that differ only in literal values, comments,
 /// whitespace and the case of unquoted words (the text shows one of them: the first seen). Allocates nothing.
 pub fn fingerprint_hash(sql: &str) -> u64 {
-    let mut h = Fnv(Fnv::OFFSET);
+    fingerprint_hash_and_words(sql, &WordSet::EMPTY).0
+}
+
+/// [`fingerprint_hash`] and, from the same pass, the words of `words` the text contains (as
+/// [`WordSet::found`] finds them in the whole text: in words, strings, quoted identifiers and
+/// comments alike).
+pub fn fingerprint_hash_and_words(sql: &str, words: &WordSet) -> (u64, u64) {
+    let mut h = Fnv::new(words);
     let walked = walk(sql, &mut h, 1);
     if walked.highest_param > 0 && walked.placeholders > 0 {
-        h = Fnv(Fnv::OFFSET);
+        h = Fnv::new(words);
         walk(sql, &mut h, walked.highest_param.wrapping_add(1));
     }
-    h.0
+    (h.hash, h.found)
 }
 
 /// The fingerprint's text (as first written: the case of its words is the text's own), cut
@@ -247,6 +300,78 @@ mod tests {
             fingerprint_hash("select * from t where a = 1"),
             fingerprint_hash("select * from u where a = 1")
         );
+    }
+
+    /// The hash is FNV-1a over the tokens joined by 0x1f (words lower-cased, literals `$n`), as
+    /// computed by hand: ids must not change between versions.
+    #[test]
+    fn the_hash_is_stable() {
+        assert_eq!(
+            fingerprint_hash("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+            0x2d9a_943d_3c7d_8bb2
+        );
+    }
+
+    /// The words found in the walk's tokens are the words a search of the whole text finds:
+    /// in words, strings, dollar bodies, quoted identifiers and comments, literals the
+    /// fingerprint replaces included (seeded texts built from SQL pieces).
+    #[test]
+    fn words_found_in_the_walk_are_those_of_the_whole_text() {
+        static WORDS: WordSet = WordSet::new(&[
+            b"set",
+            b"discard",
+            b"deallocate",
+            b"temp",
+            b"listen",
+            b"advisory",
+            b"hold",
+            b"prepare",
+            b"set_config",
+        ]);
+        let pieces: [&str; 24] = [
+            "set",
+            "SeT",
+            "se",
+            "t",
+            "temp",
+            "pg_temp",
+            "hold",
+            "prepare",
+            "set_config",
+            "x",
+            " ",
+            "'",
+            "''",
+            "$$",
+            "$a$",
+            "--",
+            "\n",
+            "/*",
+            "*/",
+            "\"",
+            "e'",
+            "1",
+            "1e",
+            ";",
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
+        let (mut with, mut without) = (0, 0);
+        for _ in 0..50_000 {
+            let mut sql = String::new();
+            for _ in 0..rng.usize(..8) {
+                sql.push_str(pieces[rng.usize(..pieces.len())]);
+            }
+            let whole = WORDS.found(sql.as_bytes());
+            let (hash, walked) = fingerprint_hash_and_words(&sql, &WORDS);
+            assert_eq!(walked, whole, "{sql:?}");
+            assert_eq!(hash, fingerprint_hash(&sql), "{sql:?}");
+            if whole != 0 {
+                with += 1;
+            } else {
+                without += 1;
+            }
+        }
+        assert!(with > 1000 && without > 1000, "{with} / {without}");
     }
 
     #[test]

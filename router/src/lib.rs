@@ -31,6 +31,7 @@ mod rules;
 mod shapes;
 mod split;
 mod text;
+mod words;
 
 #[cfg(test)]
 mod tests;
@@ -39,7 +40,9 @@ pub use cache::CacheStats;
 pub use copy_in::{
     CopyDataError, CopyFormat, CopyInSpec, CopyItem, CopyOutSpec, CopyRows, KeyField,
 };
-pub use fingerprint::{fingerprint_hash, fingerprint_text, MAX_FINGERPRINT_TEXT};
+pub use fingerprint::{
+    fingerprint_hash, fingerprint_hash_and_words, fingerprint_text, MAX_FINGERPRINT_TEXT,
+};
 pub use gather::{GatherRelation, GatherSpec};
 pub use merge::{AggregateKind, MergeAggregate, MergeSpec, RowCount, SortColumn, SortKey};
 pub use normalize::{normalize, Normalized};
@@ -56,6 +59,7 @@ pub use shapes::QueryPlan;
 pub use shardgate_config::KeyType;
 pub use split::{InsertPart, InsertRowKeys, InsertSplit};
 pub use text::{code_words, leading_names, normalize_sql, split_statements};
+pub use words::WordSet;
 
 /// The project's one SQL lexer, for the proxy's text checks (session tracking, pinning).
 pub mod lexer {
