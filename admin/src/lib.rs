@@ -15,6 +15,7 @@
 pub mod cli;
 mod client;
 pub mod control;
+pub mod histogram;
 pub mod metrics;
 pub mod queries;
 pub mod readiness;

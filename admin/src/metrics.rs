@@ -1,16 +1,17 @@
 //! The Prometheus exporter: one process-wide recorder, the description of every shardgate
 //! metric, and the gauges that come from [`ControlPlane`] snapshots, set at each scrape.
 //!
-//! The proxy and the pools record their counters and histograms with the `metrics` macros and
-//! the literal names listed in the README's "Metrics" section (they do not all depend on this
-//! crate, so the names cannot be shared constants); this module only describes them.
+//! The proxy and the pools record their counters with the `metrics` macros and the literal
+//! names listed in the README's "Metrics" section (they do not all depend on this crate, so
+//! the names cannot be shared constants); this module only describes them. The latency
+//! histograms are [`crate::histogram`]'s, rendered after the exporter's text.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
 use crate::control::ControlPlane;
@@ -18,24 +19,12 @@ use crate::control::ControlPlane;
 /// Content type of the text exposition format `render` produces.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// How often histograms are drained and descriptions published between scrapes.
+/// How often idle gauges are dropped and descriptions published between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Snapshot gauges not set for this long are dropped, so a pool or replica removed by a reload
 /// stops being exported. Every scrape sets the live ones again just before rendering.
 const SNAPSHOT_GAUGE_IDLE: Duration = Duration::from_secs(120);
-
-/// Pool checkouts are usually sub-millisecond; the upper buckets catch checkout timeouts.
-const CHECKOUT_WAIT_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-/// From point lookups (well under a millisecond on a local shard) to slow reports.
-const QUERY_DURATION_BUCKETS: &[f64] = &[
-    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0,
-];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -68,7 +57,7 @@ fn install_once() -> PrometheusHandle {
             upkeep.run_upkeep();
         });
     if let Err(e) = spawned {
-        // Rendering drains histograms too, so scrapes still see every sample.
+        // Rendering publishes descriptions too; only idle gauges then outlive their time.
         tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
     }
     describe();
@@ -76,31 +65,8 @@ fn install_once() -> PrometheusHandle {
 }
 
 fn builder() -> PrometheusBuilder {
-    let base =
-        || PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(SNAPSHOT_GAUGE_IDLE));
-    // The bucket lists are constants and non-empty, the only thing these calls check; fall
-    // back to the builder without them rather than fail (histograms would render as summaries).
-    let with_buckets = base()
-        .set_buckets(QUERY_DURATION_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("shardgate_checkout_wait_seconds".into()),
-                CHECKOUT_WAIT_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("shardgate_query_duration_seconds".into()),
-                QUERY_DURATION_BUCKETS,
-            )
-        });
-    match with_buckets {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "histogram buckets refused; histograms become summaries");
-            base()
-        }
-    }
+    // No histograms go through the exporter (see `histogram`): nothing to configure for them.
+    PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(SNAPSHOT_GAUGE_IDLE))
 }
 
 /// Help text and unit of every metric; the README's "Metrics" table says the same.
@@ -145,20 +111,10 @@ fn describe() {
         Unit::Count,
         "Pools dropped because the server refused their database (3D000) or login (28xxx)."
     );
-    describe_histogram!(
-        "shardgate_checkout_wait_seconds",
-        Unit::Seconds,
-        "Time a client waited to check out a server connection, per shard and role."
-    );
     describe_counter!(
         "shardgate_queries_total",
         Unit::Count,
         "Statements routed, per shard, role and route (single, multi, broadcast)."
-    );
-    describe_histogram!(
-        "shardgate_query_duration_seconds",
-        Unit::Seconds,
-        "Time from a statement's arrival to its last reply, per role and route."
     );
     describe_counter!(
         "shardgate_errors_total",
@@ -335,5 +291,7 @@ pub fn render(handle: &PrometheusHandle, control: &dyn ControlPlane) -> String {
     record_snapshot(control);
     crate::queries::record_top_queries(control);
     control.record_metrics();
-    handle.render()
+    let mut text = handle.render();
+    crate::histogram::render(&mut text);
+    text
 }

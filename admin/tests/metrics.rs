@@ -4,8 +4,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use common::{get, TestServer};
+use shardgate_admin::histogram;
 
 /// One sample line: name, labels, value.
 #[derive(Debug)]
@@ -234,10 +236,10 @@ fn snapshot_gauges_and_recorded_metrics() {
     assert_eq!(value(&samples, "shardgate_queries_total", &route), None);
     metrics::counter!("shardgate_queries_total", &route).increment(3);
     metrics::counter!("shardgate_errors_total", "class" => "23").increment(1);
-    metrics::histogram!("shardgate_query_duration_seconds", "role" => "primary", "route" => "single")
-        .record(0.003);
-    metrics::histogram!("shardgate_checkout_wait_seconds", "shard" => "s1", "role" => "primary")
-        .record(0.000_2);
+    let labels = [("role", "primary".into()), ("route", "single".into())];
+    histogram::histogram(&histogram::QUERY_DURATION, &labels).record(Duration::from_millis(3));
+    let labels = [("shard", "s1".into()), ("role", "primary".into())];
+    histogram::histogram(&histogram::CHECKOUT_WAIT, &labels).record(Duration::from_micros(200));
     metrics::counter!("shardgate_replica_transitions_total", "shard" => "s1", "host" => "h", "to" => "out")
         .increment(1);
     let (samples, types) = scrape(&server);

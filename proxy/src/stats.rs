@@ -4,10 +4,11 @@
 //!
 //! The names are the ones the admin crate describes and the README documents.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
+use metrics::Counter;
+use shardgate_admin::histogram::{self, LatencyHistogram, CHECKOUT_WAIT, QUERY_DURATION};
 use shardgate_pool::Role;
 
 /// How a request was routed.
@@ -55,9 +56,9 @@ pub(crate) struct QueryStats {
     /// [shard][role][route]
     queries: Vec<OnceLock<ShardCell>>,
     /// [role][route]
-    durations: Vec<OnceLock<Histogram>>,
+    durations: Vec<OnceLock<Arc<LatencyHistogram>>>,
     /// [shard][role]
-    checkout_waits: Vec<OnceLock<Histogram>>,
+    checkout_waits: Vec<OnceLock<Arc<LatencyHistogram>>>,
 }
 
 impl QueryStats {
@@ -88,10 +89,13 @@ impl QueryStats {
         }
         if let Some(h) = self.durations.get(role_index(role) * 3 + route.index()) {
             h.get_or_init(|| {
-                metrics::histogram!("shardgate_query_duration_seconds",
-                    "role" => role_label(role), "route" => route.label())
+                let labels = [
+                    ("role", role_label(role).into()),
+                    ("route", route.label().into()),
+                ];
+                histogram::histogram(&QUERY_DURATION, &labels)
             })
-            .record(took.as_secs_f64());
+            .record(took);
         }
     }
 
@@ -99,10 +103,13 @@ impl QueryStats {
     pub(crate) fn checkout_wait(&self, shard: usize, role: Role, waited: Duration) {
         if let Some(h) = self.checkout_waits.get(shard * 2 + role_index(role)) {
             h.get_or_init(|| {
-                metrics::histogram!("shardgate_checkout_wait_seconds",
-                    "shard" => self.shard_name(shard), "role" => role_label(role))
+                let labels = [
+                    ("shard", self.shard_name(shard)),
+                    ("role", role_label(role).into()),
+                ];
+                histogram::histogram(&CHECKOUT_WAIT, &labels)
             })
-            .record(waited.as_secs_f64());
+            .record(waited);
         }
     }
 }
