@@ -71,7 +71,7 @@ pub struct Listen {
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// Threads serving clients (0 = one per two CPU cores, at least one: see
-    /// [`Listen::threads`]). Read at start.
+    /// [`Listen::threads`]). One means a single-threaded runtime. Read at start.
     pub worker_threads: usize,
 }
 
@@ -81,6 +81,9 @@ impl Listen {
     /// application (a sidecar), and a worker per core made sessions wake on other threads, a
     /// context switch and cold caches each time: on the 2-core benchmark machine one worker
     /// spent 10-16% less CPU per transaction than two and served 3-15% more transactions.
+    /// With one, `shardgate serve` runs tokio's current-thread runtime: the multi-thread one
+    /// with a single worker still paid for work stealing and cross-thread wakes (10-13% more
+    /// CPU per transaction on pgbench `-S -c 32`).
     pub fn threads(&self, cores: usize) -> usize {
         if self.worker_threads > 0 {
             self.worker_threads

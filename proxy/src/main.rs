@@ -83,7 +83,6 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     #[cfg(feature = "failpoints")]
     shardgate_rebalance::failpoints::setup_from_env();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
     // The one setting read before the runtime starts (a bad file fails again, with its
     // reason, when `serve` loads it); the other commands (the demo's proxy) take its default.
     let listen = match &cli.command {
@@ -91,7 +90,17 @@ fn main() -> anyhow::Result<()> {
         _ => Default::default(),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    builder.worker_threads(listen.threads(cores));
+    let threads = listen.threads(cores);
+    // One thread: the current-thread runtime, without the multi-thread one's work stealing
+    // and cross-thread wakes (see `Listen::threads`). The demo blocks in place, which only
+    // the multi-thread runtime allows.
+    let mut builder = if threads == 1 && matches!(cli.command, Command::Serve { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
     let runtime = builder
         .enable_all()
         .build()
