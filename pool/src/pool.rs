@@ -308,6 +308,17 @@ impl ServerPool {
         Box::pin(self.checkout_waiting(None)).await
     }
 
+    /// [`ServerPool::checkout`]'s fast path alone: a connection when a place and an idle
+    /// connection are free, else `None` (nothing waited for, nothing held). A caller that
+    /// times checkouts reads no clock for this one: it did not wait.
+    pub fn try_checkout(&self) -> Option<PooledConn> {
+        let inner = &self.inner;
+        let permit = inner.gate.try_acquire()?;
+        // Without an idle connection the permit goes back as it drops.
+        let entry = inner.store.take_idle()?;
+        Some(PooledConn::new(entry, permit, &inner.store))
+    }
+
     /// The slow path: waits by the deadline for a permit (unless it has one) and then a
     /// connection, and fails at once if a connect fails meanwhile.
     async fn checkout_waiting(&self, permit: Option<Permit>) -> Result<PooledConn, CheckoutError> {

@@ -86,6 +86,25 @@ async fn reuses_idle_connections() {
     let other = pool.checkout().await.unwrap();
     assert_ne!(other.backend_key().0, pid);
     assert_eq!(pool.state().connections, 2);
+
+    // The fast path alone: the idle connection at once, or nothing (and nothing held).
+    drop(again);
+    let fast = pool.try_checkout().expect("an idle connection");
+    assert_eq!(fast.backend_key().0, pid);
+    assert!(pool.try_checkout().is_none(), "no idle connection left");
+    let state = pool.state();
+    assert_eq!((state.connections, state.idle, state.in_use), (2, 0, 2));
+    drop((fast, other));
+    assert_eq!(pool.state().idle, 2);
+    let full = settings(1);
+    let small = ServerPool::new(key(SCRAM_USER), pg.target(SCRAM_USER, Some(SCRAM_PW)), full);
+    let held = small.checkout().await.unwrap();
+    assert!(small.try_checkout().is_none(), "the pool is at its size");
+    drop(held);
+    assert!(
+        small.try_checkout().is_some(),
+        "a failed try gave its place back"
+    );
 }
 
 #[tokio::test]

@@ -117,8 +117,17 @@ impl Session {
         Ok((server, reported))
     }
 
-    /// One checkout from `pool`, counted as waiting and timed for the query statistics.
+    /// One checkout from `pool`, counted as waiting and timed for the query statistics (a
+    /// connection free at once waited for nothing: no clock read, no waiting count).
     async fn checkout_from(&mut self, pool: &ServerPool) -> Result<PooledConn, CheckoutFailure> {
+        if let Some(s) = pool.try_checkout() {
+            self.view.topo().query_stats.checkout_wait(
+                self.attachment.shard(),
+                pool.key().role,
+                std::time::Duration::ZERO,
+            );
+            return Ok(s);
+        }
         let waiting = CountGuard::new(&self.shared.activity.waiting);
         let wait_started = std::time::Instant::now();
         let checked_out = pool.checkout().await;
