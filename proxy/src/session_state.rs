@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use shardgate_router::WordSet;
+use shardgate_router::SESSION_WORDS;
 
 /// What a statement does to session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,19 +363,7 @@ fn starts_session_statement(sql: &str) -> bool {
     false
 }
 
-/// The words of [`SessionWords`] (`temp` covers `temporary` and `pg_temp`), in the order of
-/// the bits below.
-static SESSION_WORDS: WordSet = WordSet::new(&[
-    b"set",
-    b"discard",
-    b"deallocate",
-    b"temp",
-    b"listen",
-    b"advisory",
-    b"hold",
-    b"prepare",
-    b"set_config",
-]);
+// The bits of `SessionWords`, in the order of `shardgate_router::SESSION_WORDS`.
 /// Words without which no statement can change session state.
 const EFFECT_WORDS: u64 = 0b111;
 /// Words without which `pinning::pinning_statement_of` finds nothing.
@@ -598,6 +586,27 @@ mod mention_tests {
         assert!(starts("select ';'; discard all"));
         assert!(!starts("select ';' -- ; set x = 1"));
         assert!(starts("select 1; -- c\n do $$ begin end $$"));
+    }
+
+    /// The masks follow the router's word list by position: they must name these words.
+    #[test]
+    fn the_masks_name_the_routers_words() {
+        use super::{EFFECT_WORDS, PIN_WORDS, SESSION_WORDS, SET_CONFIG};
+        let named = |mask: u64| -> Vec<&str> {
+            SESSION_WORDS
+                .words()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, w)| std::str::from_utf8(w).unwrap())
+                .collect()
+        };
+        assert_eq!(named(EFFECT_WORDS), ["set", "discard", "deallocate"]);
+        assert_eq!(
+            named(PIN_WORDS),
+            ["temp", "listen", "advisory", "hold", "prepare"]
+        );
+        assert_eq!(named(SET_CONFIG), ["set_config"]);
     }
 
     #[test]

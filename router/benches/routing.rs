@@ -127,22 +127,11 @@ fn shapes(c: &mut Criterion) {
         })
     });
     // With the proxy's session words looked for in the same pass (its hot path).
-    static WORDS: shardgate_router::WordSet = shardgate_router::WordSet::new(&[
-        b"set",
-        b"discard",
-        b"deallocate",
-        b"temp",
-        b"listen",
-        b"advisory",
-        b"hold",
-        b"prepare",
-        b"set_config",
-    ]);
     c.bench_function("fingerprint hash and session words (pgbench -S)", |b| {
         b.iter(|| {
             shardgate_router::fingerprint_hash_and_words(
                 black_box("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
-                &WORDS,
+                &shardgate_router::SESSION_WORDS,
             )
         })
     });

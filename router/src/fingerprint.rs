@@ -317,17 +317,7 @@ mod tests {
     /// fingerprint replaces included (seeded texts built from SQL pieces).
     #[test]
     fn words_found_in_the_walk_are_those_of_the_whole_text() {
-        static WORDS: WordSet = WordSet::new(&[
-            b"set",
-            b"discard",
-            b"deallocate",
-            b"temp",
-            b"listen",
-            b"advisory",
-            b"hold",
-            b"prepare",
-            b"set_config",
-        ]);
+        use crate::words::SESSION_WORDS as WORDS;
         let pieces: [&str; 24] = [
             "set",
             "SeT",

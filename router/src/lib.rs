@@ -59,7 +59,7 @@ pub use shapes::QueryPlan;
 pub use shardgate_config::KeyType;
 pub use split::{InsertPart, InsertRowKeys, InsertSplit};
 pub use text::{code_words, leading_names, normalize_sql, split_statements};
-pub use words::WordSet;
+pub use words::{WordSet, SESSION_WORDS};
 
 /// The project's one SQL lexer, for the proxy's text checks (session tracking, pinning).
 pub mod lexer {

@@ -16,6 +16,23 @@ pub struct WordSet {
     shortest: usize,
 }
 
+/// The words the proxy's session tracking looks for in every statement (bits in this order):
+/// without one of them no statement can change session state (`set`, `discard`,
+/// `deallocate`: `reset` and `set_config` contain `set`) or pin a session (`temp`, which
+/// covers `temporary` and `pg_temp`, `listen`, `advisory`, `hold`, `prepare`); `set_config`
+/// has a bit of its own.
+pub static SESSION_WORDS: WordSet = WordSet::new(&[
+    b"set",
+    b"discard",
+    b"deallocate",
+    b"temp",
+    b"listen",
+    b"advisory",
+    b"hold",
+    b"prepare",
+    b"set_config",
+]);
+
 /// The 10-bit index of a byte pair: the low five bits of each byte with ASCII case folded.
 const fn pair_index(a: u8, b: u8) -> usize {
     (((a | 0x20) & 0x1f) as usize) << 5 | ((b | 0x20) & 0x1f) as usize
