@@ -107,6 +107,21 @@ async fn on_shard(env: &ShardedEnv, shard: usize, sql: &str) -> i64 {
     count(&env.connect_shard(shard).await, sql).await
 }
 
+/// Rows of `users` with `user_id` on `shard`, read there directly.
+async fn users_on(env: &ShardedEnv, shard: usize, user_id: i64) -> i64 {
+    let sql = format!("select count(*) from users where user_id = {user_id}");
+    on_shard(env, shard, &sql).await
+}
+
+/// Rows of `users` with `user_id`, read through `client`.
+async fn users_via(client: &Client, user_id: i64) -> i64 {
+    count(
+        client,
+        &format!("select count(*) from users where user_id = {user_id}"),
+    )
+    .await
+}
+
 /// 3,000+ users written through the proxy in the simple, extended (unnamed, text and binary
 /// parameters) and prepared protocols are each on exactly the shard the ring names; every one
 /// reads back by key in every protocol, IN lists span shards, and cross-shard count and
@@ -400,15 +415,7 @@ async fn pipelined_statements_for_different_shards() {
         }
     }
     for s in 0..3 {
-        assert_eq!(
-            on_shard(
-                &env,
-                s,
-                &format!("select count(*) from users where user_id = {k}")
-            )
-            .await,
-            0
-        );
+        assert_eq!(users_on(&env, s, k).await, 0);
     }
     raw.send(&common::raw::terminate()).await;
     drop(client);
@@ -447,25 +454,10 @@ async fn transactions_span_the_shards_they_touch() {
         .await
         .expect("the second shard joins");
     // It sees its own inserts, and commits them.
-    assert_eq!(
-        count(
-            &client,
-            &format!("select count(*) from users where user_id = {a}")
-        )
-        .await,
-        1
-    );
+    assert_eq!(users_via(&client, a).await, 1);
     assert_eq!(simple_value(&client, "select 1").await, "1");
     client.batch_execute("commit").await.expect("commit");
-    assert_eq!(
-        on_shard(
-            &env,
-            1,
-            &format!("select count(*) from users where user_id = {a}")
-        )
-        .await,
-        1
-    );
+    assert_eq!(users_on(&env, 1, a).await, 1);
     assert_eq!(
         count(
             &client,
@@ -494,24 +486,8 @@ async fn transactions_span_the_shards_they_touch() {
         assert_eq!(n, 1);
         tx.commit().await.expect("commit");
     }
-    assert_eq!(
-        on_shard(
-            &env,
-            2,
-            &format!("select count(*) from users where user_id = {a}")
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        on_shard(
-            &env,
-            0,
-            &format!("select count(*) from users where user_id = {b}")
-        )
-        .await,
-        1
-    );
+    assert_eq!(users_on(&env, 2, a).await, 1);
+    assert_eq!(users_on(&env, 0, b).await, 1);
 
     // Extended protocol throughout, BEGIN and COMMIT included (unnamed statements).
     let (a, b) = pair(1, 0);
@@ -537,24 +513,8 @@ async fn transactions_span_the_shards_they_touch() {
         .execute_typed("commit", &[])
         .await
         .expect("extended commit");
-    assert_eq!(
-        on_shard(
-            &env,
-            1,
-            &format!("select count(*) from users where user_id = {a}")
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        on_shard(
-            &env,
-            0,
-            &format!("select count(*) from users where user_id = {b}")
-        )
-        .await,
-        1
-    );
+    assert_eq!(users_on(&env, 1, a).await, 1);
+    assert_eq!(users_on(&env, 0, b).await, 1);
 
     // BEGIN and COMMIT with nothing between (answered by the proxy), then ROLLBACK likewise.
     client.batch_execute("begin").await.expect("begin");
@@ -586,15 +546,7 @@ async fn transactions_span_the_shards_they_touch() {
     );
     client.batch_execute("rollback").await.expect("rollback");
     for s in 0..3 {
-        assert_eq!(
-            on_shard(
-                &env,
-                s,
-                &format!("select count(*) from users where user_id = {a}")
-            )
-            .await,
-            0
-        );
+        assert_eq!(users_on(&env, s, a).await, 0);
     }
     // A statement without a sharded table first: the transaction runs on the default shard.
     let (a, b) = pair(0, 1);
@@ -656,24 +608,8 @@ async fn transactions_span_the_shards_they_touch() {
     assert_eq!(ready_status(&replies), b'T');
     let replies = raw.simple("commit").await;
     assert_eq!(ready_status(&replies), b'I', "{replies:?}");
-    assert_eq!(
-        on_shard(
-            &env,
-            2,
-            &format!("select count(*) from users where user_id = {a}")
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        on_shard(
-            &env,
-            1,
-            &format!("select count(*) from users where user_id = {b}")
-        )
-        .await,
-        1
-    );
+    assert_eq!(users_on(&env, 2, a).await, 1);
+    assert_eq!(users_on(&env, 1, b).await, 1);
 
     // BEGIN in the same batch as the first statement (as JDBC sends it).
     let (c, d) = pair(1, 2);
@@ -699,23 +635,8 @@ async fn transactions_span_the_shards_they_touch() {
     assert_eq!(common::first_error(&replies), None, "{replies:?}");
     let replies = raw.simple("commit").await;
     assert_eq!(common::first_error(&replies), None, "{replies:?}");
-    assert_eq!(
-        on_shard(
-            &env,
-            1,
-            &format!("select count(*) from users where user_id = {c}")
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        count(
-            &client,
-            &format!("select count(*) from users where user_id = {d}")
-        )
-        .await,
-        1
-    );
+    assert_eq!(users_on(&env, 1, c).await, 1);
+    assert_eq!(users_via(&client, d).await, 1);
     raw.send(&common::raw::terminate()).await;
 
     assert_usable(&client, "the transactions").await;
