@@ -120,22 +120,19 @@ impl Session {
     /// One checkout from `pool`, counted as waiting and timed for the query statistics (a
     /// connection free at once waited for nothing: no clock read, no waiting count).
     async fn checkout_from(&mut self, pool: &ServerPool) -> Result<PooledConn, CheckoutFailure> {
-        if let Some(s) = pool.try_checkout() {
-            self.view.topo().query_stats.checkout_wait(
-                self.attachment.shard(),
-                pool.key().role,
-                std::time::Duration::ZERO,
-            );
-            return Ok(s);
-        }
-        let waiting = CountGuard::new(&self.shared.activity.waiting);
-        let wait_started = std::time::Instant::now();
-        let checked_out = pool.checkout().await;
-        drop(waiting);
+        let (checked_out, waited) = match pool.try_checkout() {
+            Some(s) => (Ok(s), std::time::Duration::ZERO),
+            None => {
+                let _waiting = CountGuard::new(&self.shared.activity.waiting);
+                let wait_started = std::time::Instant::now();
+                let checked_out = pool.checkout().await;
+                (checked_out, wait_started.elapsed())
+            }
+        };
         self.view.topo().query_stats.checkout_wait(
             self.attachment.shard(),
             pool.key().role,
-            wait_started.elapsed(),
+            waited,
         );
         match checked_out {
             Ok(s) => Ok(s),
