@@ -93,37 +93,12 @@ pub(crate) async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown:
     );
     let hard_stop = end_of_shutdown(shutdown.signal(), shared.config().listen.shutdown_timeout);
     let serve = async move {
-        let config = shared.config();
-        let mut io = ClientIo::new(stream, config.listen.max_message_size);
-        io.write_timeout = config.timeouts.client_write_timeout;
-        io.reader
-            .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
-        let login =
-                // Boxed, as serving a batch: logins are rare, their state large.
-                match tokio::time::timeout(
-                    config.listen.startup_timeout,
-                    Box::pin(login(&mut io, &shared)),
-                )
-                    .await
-                {
-                    Ok(Ok(Some(login))) => login,
-                    Ok(Ok(None)) => return,
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "client startup ended");
-                        return;
-                    }
-                    Err(_) => {
-                        io.fatal(
-                            sqlstate::QUERY_CANCELED,
-                            "canceling authentication due to timeout",
-                            Some("finish startup within listen.startup_timeout"),
-                        )
-                        .await;
-                        return;
-                    }
-                };
-        io.reader.set_limit(config.listen.max_message_size);
-        let mut session = Session::new(id, io, &shared, login, shutdown.signal());
+        // Boxed: a login's state (the client's I/O before the session owns it, the config it
+        // read, SCRAM) is large and over once the session runs.
+        let Some(mut session) = Box::pin(start_session(id, stream, &shared, &shutdown)).await
+        else {
+            return;
+        };
         let result = match Box::pin(session.finish_login()).await {
             Ok(server) => session.run(server).await,
             Err(e) => Err(e),
@@ -149,10 +124,47 @@ pub(crate) async fn handle_client(stream: Stream, shared: Arc<Shared>, shutdown:
     }
 }
 
+/// Startup and authentication of a new client, up to its session; `None` when the client
+/// left, sent a cancel request, failed to log in or ran out of `listen.startup_timeout` (it
+/// was told why).
+async fn start_session(
+    id: u64,
+    stream: Stream,
+    shared: &Arc<Shared>,
+    shutdown: &Arc<ShutdownHub>,
+) -> Option<Session> {
+    let config = shared.config();
+    let mut io = ClientIo::new(stream, config.listen.max_message_size);
+    io.write_timeout = config.timeouts.client_write_timeout;
+    io.reader
+        .set_limit(MAX_LOGIN_MESSAGE.min(config.listen.max_message_size));
+    let login =
+        match tokio::time::timeout(config.listen.startup_timeout, login(&mut io, shared)).await {
+            Ok(Ok(Some(login))) => login,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                debug!(error = %e, "client startup ended");
+                return None;
+            }
+            Err(_) => {
+                io.fatal(
+                    sqlstate::QUERY_CANCELED,
+                    "canceling authentication due to timeout",
+                    Some("finish startup within listen.startup_timeout"),
+                )
+                .await;
+                return None;
+            }
+        };
+    io.reader.set_limit(config.listen.max_message_size);
+    Some(Session::new(id, io, shared, login, shutdown.signal()))
+}
+
 /// Resolves `timeout` after shutdown starts; never if it does not.
 async fn end_of_shutdown(mut shutdown: ShutdownSignal, timeout: Duration) {
     shutdown.requested().await;
-    tokio::time::sleep(timeout).await;
+    // Boxed, as in `sleep_or_forever`: every session waits like this.
+    Box::pin(tokio::time::sleep(timeout)).await;
 }
 
 impl Session {
@@ -503,10 +515,15 @@ enum Next {
     End,
 }
 
+/// Waits `d`; forever when `d` is zero (a timeout that is not set).
+///
+/// The timer is boxed: these waits sit in the state of every idle session (its next batch,
+/// the shutdown's hard stop), where an inline `Sleep` cost 152 bytes each even with no timeout
+/// set; the box is made only when one is.
 pub(crate) async fn sleep_or_forever(d: Duration) {
     if d.is_zero() {
         std::future::pending::<()>().await;
     } else {
-        tokio::time::sleep(d).await;
+        Box::pin(tokio::time::sleep(d)).await;
     }
 }

@@ -9,8 +9,9 @@
 //! leading_names}`) finds them without a full SQL parse, so the proxy and the router never
 //! disagree on where a statement ends.
 
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+
+use litemap::LiteMap;
 
 use shardgate_router::SESSION_WORDS;
 
@@ -40,12 +41,14 @@ enum Setting {
     Statement(String),
 }
 
-/// The client's session settings, by lower-cased parameter name.
+/// The client's session settings, by lower-cased parameter name. Sorted vectors, not B-trees:
+/// a client has a handful (two or three from its startup packet), and every idle session
+/// keeps them.
 #[derive(Debug, Default, Clone)]
 pub struct SessionState {
-    settings: BTreeMap<String, Setting>,
+    settings: LiteMap<String, Setting>,
     /// Values from the startup packet: what RESET goes back to, as on a direct connection.
-    startup: BTreeMap<String, String>,
+    startup: LiteMap<String, String>,
     fingerprint: u64,
 }
 

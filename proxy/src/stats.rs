@@ -197,6 +197,10 @@ impl RequestTimer {
             if let Some(done) = self.open.take() {
                 if self.sent.len() == MAX_REQUESTS_IN_FLIGHT {
                     self.sent.pop_front();
+                } else if self.sent.capacity() == 0 {
+                    // Room for one: a client rarely pipelines requests, and every idle
+                    // session keeps this (a first push made room for four, 288 bytes).
+                    self.sent.reserve_exact(1);
                 }
                 self.sent.push_back(done);
             }
