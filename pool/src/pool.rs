@@ -349,7 +349,12 @@ impl ServerPool {
             Some(permit) => permit,
             None => inner.gate.acquire(deadline).await?,
         };
-        let entry = inner.store.wait_for(deadline).await?;
+        // A permit is usually freed by a return that put its connection back just before: take
+        // it without registering as a waiter (locks, a notification) first.
+        let entry = match inner.store.take_idle() {
+            Some(entry) => entry,
+            None => inner.store.wait_for(deadline).await?,
+        };
         Some(PooledConn::new(entry, permit, &inner.store))
     }
 
