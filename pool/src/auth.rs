@@ -137,10 +137,8 @@ async fn authenticate(
                 send(reader, out).await?;
                 AuthState::ScramFirst(Box::new(scram))
             }
-            (AuthState::ScramFirst(mut scram), AuthRequest::SaslContinue { data }) => {
-                scram.update(data).map_err(|e| {
-                    ServerError::Auth(format!("bad SCRAM server-first message: {e}"))
-                })?;
+            (AuthState::ScramFirst(scram), AuthRequest::SaslContinue { data }) => {
+                let scram = salt_password(scram, data).await?;
                 pgfront::sasl_response(scram.message(), out).map_err(encode)?;
                 send(reader, out).await?;
                 AuthState::ScramFinal(scram)
@@ -163,6 +161,21 @@ async fn authenticate(
             }
         };
     }
+}
+
+/// SCRAM's client proof from the server-first message: PBKDF2 over the password with the
+/// server's salt and iteration count (4,096 HMAC rounds by default, about 10 ms of CPU). On a
+/// blocking thread: on the runtime's thread it stalled every session of a one-thread proxy
+/// each time a pool opened a connection.
+async fn salt_password(
+    mut scram: Box<ScramSha256>,
+    server_first: &[u8],
+) -> Result<Box<ScramSha256>, ServerError> {
+    let server_first = server_first.to_vec();
+    tokio::task::spawn_blocking(move || scram.update(&server_first).map(|()| scram))
+        .await
+        .map_err(|e| ServerError::Auth(format!("SCRAM proof computation failed: {e}")))?
+        .map_err(|e| ServerError::Auth(format!("bad SCRAM server-first message: {e}")))
 }
 
 fn password(target: &ConnectTarget) -> Result<&str, ServerError> {
