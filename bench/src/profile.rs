@@ -234,14 +234,18 @@ struct ModeProfile {
 }
 
 /// The inclusive cost of opening server connections: the largest of the `ServerConn::connect`
-/// functions (the outer one includes the inner).
+/// functions (the outer one includes the inner), plus SCRAM's client proof, which the pool
+/// computes on a blocking thread (`ScramSha256::update`, outside `connect`'s call tree).
 fn connect_cost(inclusive: &[Cost]) -> u64 {
-    inclusive
-        .iter()
-        .filter(|c| c.function.contains("ServerConn::connect"))
-        .map(|c| c.ir)
-        .max()
-        .unwrap_or(0)
+    let largest = |name: &str| {
+        inclusive
+            .iter()
+            .filter(|c| c.function.contains(name))
+            .map(|c| c.ir)
+            .max()
+            .unwrap_or(0)
+    };
+    largest("ServerConn::connect") + largest("ScramSha256::update")
 }
 
 pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
@@ -367,8 +371,9 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         let (total_ir, self_costs) = annotate(&dump, false)?;
         let (_, inclusive) = annotate(&dump, true)?;
         let self_costs = merge_by_name(self_costs);
-        let inclusive = ours_by_name(inclusive);
+        // Before keeping only shardgate's own functions: the SCRAM proof is postgres-protocol's.
         let connect_ir = connect_cost(&inclusive);
+        let inclusive = ours_by_name(inclusive);
         let per_tx = total_ir.saturating_sub(connect_ir) / result.transactions.max(1);
         eprintln!(
             "profile {mode}: {total_ir} instructions ({connect_ir} of them server logins) for {} \
@@ -527,6 +532,35 @@ Ir                    file:function
             "shardgate_proxy::relay::forward"
         );
         assert_eq!(parse_annotate("nothing here"), None);
+    }
+
+    #[test]
+    fn server_logins_count_connect_and_the_scram_proof_once_each() {
+        let c = |ir, f: &str| Cost {
+            ir,
+            percent: 0.0,
+            function: f.to_owned(),
+        };
+        let inclusive = [
+            c(
+                900,
+                "pool/src/conn.rs:shardgate_pool::conn::ServerConn::connect::{{closure}}",
+            ),
+            c(
+                400,
+                "pool/src/conn.rs:shardgate_pool::conn::ServerConn::connect_once::{{closure}}",
+            ),
+            c(
+                5_000,
+                "sasl.rs:postgres_protocol::authentication::sasl::ScramSha256::update",
+            ),
+            c(
+                70_000,
+                "proxy/src/session.rs:shardgate_proxy::session::Session::serve::{{closure}}",
+            ),
+        ];
+        assert_eq!(connect_cost(&inclusive), 5_900);
+        assert_eq!(connect_cost(&inclusive[3..]), 0);
     }
 
     #[test]
