@@ -19,10 +19,10 @@ mod commit;
 #[path = "multi_shard/txn_statements.rs"]
 mod statements;
 
-use std::fmt::{Debug, Display};
+use std::fmt::Display;
 
-use common::ShardedEnv;
-use env::{balance_on_shard, sqlstate};
+use common::{expect_sqlstate, ShardedEnv};
+use env::balance_on_shard;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// One account key on each of the first `n` shards.
@@ -76,20 +76,6 @@ async fn assert_balances(
             env.shard_of(key)
         );
     }
-}
-
-/// `result` is an error with SQLSTATE `code`; returns it for further checks.
-#[track_caller]
-fn expect_sqlstate<T: Debug>(
-    result: Result<T, tokio_postgres::Error>,
-    code: &str,
-) -> tokio_postgres::Error {
-    let e = match result {
-        Ok(v) => panic!("expected an error with SQLSTATE {code}, got {v:?}"),
-        Err(e) => e,
-    };
-    assert_eq!(sqlstate(&e).as_deref(), Some(code), "{e:?}");
-    e
 }
 
 /// The message of the server's (or proxy's) ErrorResponse, empty if there was none.

@@ -15,9 +15,7 @@ mod queries;
 #[path = "protocol/transactions.rs"]
 mod transactions;
 
-use std::fmt::Debug;
-
-use common::{sqlstate, Env, RawMsg};
+use common::{expect_sqlstate, Env, RawMsg};
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{GenericClient, SimpleQueryMessage};
 
@@ -50,20 +48,6 @@ where
         .await
         .unwrap_or_else(|e| panic!("query_one failed: {e}"))
         .get(0)
-}
-
-/// `result` is an error with SQLSTATE `code`; returns it for further checks.
-#[track_caller]
-fn expect_sqlstate<T: Debug>(
-    result: Result<T, tokio_postgres::Error>,
-    code: &str,
-) -> tokio_postgres::Error {
-    let e = match result {
-        Ok(v) => panic!("expected an error with SQLSTATE {code}, got {v:?}"),
-        Err(e) => e,
-    };
-    assert_eq!(sqlstate(&e).as_deref(), Some(code), "{e}");
-    e
 }
 
 /// A connection string through the proxy for `user`/`password` and database `db`.

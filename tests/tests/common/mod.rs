@@ -212,6 +212,20 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_owned())
 }
 
+/// `result` is an error with SQLSTATE `code`; returns it for further checks.
+#[track_caller]
+pub fn expect_sqlstate<T: std::fmt::Debug>(
+    result: Result<T, tokio_postgres::Error>,
+    code: &str,
+) -> tokio_postgres::Error {
+    let e = match result {
+        Ok(v) => panic!("expected an error with SQLSTATE {code}, got {v:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(sqlstate(&e).as_deref(), Some(code), "{e:?}");
+    e
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers for protocol.rs, isolation.rs and bad_input.rs.
 // ---------------------------------------------------------------------------------------------
