@@ -164,9 +164,9 @@ async fn authenticate(
 }
 
 /// SCRAM's client proof from the server-first message: PBKDF2 over the password with the
-/// server's salt and iteration count (4,096 HMAC rounds by default, about 10 ms of CPU). On a
-/// blocking thread: on the runtime's thread it stalled every session of a one-thread proxy
-/// each time a pool opened a connection.
+/// server's salt and iteration count (4,096 HMAC rounds by default: 28.6 million instructions
+/// in `bench profile`). On a blocking thread: on the runtime's thread it stalled every session
+/// of a one-thread proxy each time a pool opened a connection.
 async fn salt_password(
     mut scram: Box<ScramSha256>,
     server_first: &[u8],
