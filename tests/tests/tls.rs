@@ -154,6 +154,16 @@ async fn start_proxy(text: &str) -> ProxyHandle {
     shardgate_proxy::start(config).await.expect("start proxy")
 }
 
+/// A proxy in front of `cluster` with `[tls]` from `tls` and the shard host's `host_tls`.
+async fn proxy_for(cluster: &PgCluster, tls: &str, host_tls: &str) -> ProxyHandle {
+    start_proxy(&config_text(cluster, tls, host_tls)).await
+}
+
+/// The setup most tests share: clients must use TLS, and shardgate verifies the server fully.
+async fn tls_both_sides(cluster: &PgCluster, pki: &Pki) -> ProxyHandle {
+    proxy_for(cluster, &client_tls(pki, "require"), &verify_full(&pki.ca)).await
+}
+
 /// psql with a connection string, off the async runtime.
 async fn psql(url: String, sql: &'static str) -> Result<String, String> {
     tokio::task::spawn_blocking(move || psql_url(&url, sql).map_err(|e| e.to_string()))
@@ -161,8 +171,27 @@ async fn psql(url: String, sql: &'static str) -> Result<String, String> {
         .unwrap()
 }
 
+/// psql through `url` fails, and its error says `needle`.
+async fn assert_psql_fails(url: String, sql: &'static str, needle: &str) {
+    let out = psql(url, sql).await;
+    assert!(
+        out.as_ref().is_err_and(|e| e.contains(needle)),
+        "expected an error containing {needle:?}: {out:?}"
+    );
+}
+
 fn url(port: u16, host: &str, params: &str) -> String {
     format!("postgres://{USER}:{PASSWORD}@{host}:{port}/{DB}?{params}")
+}
+
+/// psql's parameters for verifying shardgate's certificate against `ca`.
+fn verify_full_params(ca: &Path) -> String {
+    format!("sslmode=verify-full&sslrootcert={}", ca.display())
+}
+
+/// A tokio-postgres connection string to shardgate on `port` (no TLS options).
+fn plain_conn(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB}")
 }
 
 /// tokio-postgres' rustls connector (tokio-postgres-rustls), trusting `ca`.
@@ -209,6 +238,17 @@ fn db_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A plaintext tokio-postgres connection through `conn` is refused with SQLSTATE `code`
+/// (`why` says what refuses it); returns the error's message and hint.
+async fn refused_plaintext(conn: &str, code: &str, why: &str) -> String {
+    let err = tokio_postgres::connect(conn, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect(why);
+    assert_eq!(sqlstate(&err).as_deref(), Some(code), "{why}: {err}");
+    db_text(&err)
+}
+
 /// Whether the server sees this session's connection (from shardgate) as encrypted.
 const SERVER_SIDE_SSL: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
 
@@ -217,22 +257,14 @@ async fn psql_with_require_and_verify_full_through_shardgate_to_a_tls_only_serve
     let pki = make_pki();
     let cluster = tls_only_cluster(&pki).await;
     // The server really refuses plaintext.
-    let direct = psql(
+    assert_psql_fails(
         url(cluster.port(), "127.0.0.1", "sslmode=disable"),
         "select 1",
+        "no encryption",
     )
     .await;
-    assert!(
-        direct.as_ref().is_err_and(|e| e.contains("no encryption")),
-        "{direct:?}"
-    );
 
-    let proxy = start_proxy(&config_text(
-        &cluster,
-        &client_tls(&pki, "require"),
-        &verify_full(&pki.ca),
-    ))
-    .await;
+    let proxy = tls_both_sides(&cluster, &pki).await;
     let port = proxy.addr().port();
     let out = psql(url(port, "127.0.0.1", "sslmode=require"), SERVER_SIDE_SSL).await;
     assert_eq!(out.as_deref(), Ok("t"), "sslmode=require");
@@ -245,26 +277,21 @@ async fn psql_with_require_and_verify_full_through_shardgate_to_a_tls_only_serve
         assert_eq!(out.as_deref(), Ok("1"), "{what} over TLS");
     }
     let wrong = format!("postgres://{USER}:wrong@127.0.0.1:{port}/{DB}?channel_binding=require");
-    let out = psql(wrong, "select 1").await;
-    assert!(
-        out.as_ref()
-            .is_err_and(|e| e.contains("password authentication failed")),
-        "{out:?}"
-    );
+    assert_psql_fails(wrong, "select 1", "password authentication failed").await;
 
     for host in ["127.0.0.1", "localhost"] {
-        let params = format!("sslmode=verify-full&sslrootcert={}", pki.ca.display());
+        let params = verify_full_params(&pki.ca);
         let out = psql(url(port, host, &params), "select 6 * 7").await;
         assert_eq!(out.as_deref(), Ok("42"), "verify-full via {host}");
     }
     // libpq itself checks shardgate's certificate: the wrong CA fails on the client.
-    let params = format!("sslmode=verify-full&sslrootcert={}", pki.other_ca.display());
-    let out = psql(url(port, "127.0.0.1", &params), "select 1").await;
-    assert!(
-        out.as_ref()
-            .is_err_and(|e| e.contains("certificate verify failed")),
-        "{out:?}"
-    );
+    let params = verify_full_params(&pki.other_ca);
+    assert_psql_fails(
+        url(port, "127.0.0.1", &params),
+        "select 1",
+        "certificate verify failed",
+    )
+    .await;
     proxy.shutdown().await;
     drop(pki.dir);
 }
@@ -275,38 +302,20 @@ async fn plaintext_clients_are_refused_under_require_and_served_under_allow() {
     let cluster = tls_only_cluster(&pki).await;
     let host_tls = verify_full(&pki.ca);
 
-    let proxy = start_proxy(&config_text(
-        &cluster,
-        &client_tls(&pki, "require"),
-        &host_tls,
-    ))
-    .await;
+    let proxy = tls_both_sides(&cluster, &pki).await;
     let port = proxy.addr().port();
-    let out = psql(url(port, "127.0.0.1", "sslmode=disable"), "select 1").await;
-    assert!(
-        out.as_ref().is_err_and(|e| e.contains("TLS is required")),
-        "{out:?}"
-    );
-    let conn = format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB}");
-    let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("a plaintext client is refused");
-    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
-    assert!(
-        db_text(&err).contains("sslmode=require"),
-        "{}",
-        db_text(&err)
-    );
+    assert_psql_fails(
+        url(port, "127.0.0.1", "sslmode=disable"),
+        "select 1",
+        "TLS is required",
+    )
+    .await;
+    let text = refused_plaintext(&plain_conn(port), "28000", "a plaintext client is refused").await;
+    assert!(text.contains("sslmode=require"), "{text}");
     proxy.shutdown().await;
 
     // allow: both kinds of client are served.
-    let proxy = start_proxy(&config_text(
-        &cluster,
-        &client_tls(&pki, "allow"),
-        &host_tls,
-    ))
-    .await;
+    let proxy = proxy_for(&cluster, &client_tls(&pki, "allow"), &host_tls).await;
     let port = proxy.addr().port();
     let plain = psql(url(port, "127.0.0.1", "sslmode=disable"), SERVER_SIDE_SSL).await;
     assert_eq!(
@@ -320,14 +329,14 @@ async fn plaintext_clients_are_refused_under_require_and_served_under_allow() {
 
     // disable (the default): SSLRequest is answered N, so sslmode=require fails on the client
     // and prefer falls back to plaintext.
-    let proxy = start_proxy(&config_text(&cluster, "", &host_tls)).await;
+    let proxy = proxy_for(&cluster, "", &host_tls).await;
     let port = proxy.addr().port();
-    let out = psql(url(port, "127.0.0.1", "sslmode=require"), "select 1").await;
-    assert!(
-        out.as_ref()
-            .is_err_and(|e| e.contains("does not support SSL")),
-        "{out:?}"
-    );
+    assert_psql_fails(
+        url(port, "127.0.0.1", "sslmode=require"),
+        "select 1",
+        "does not support SSL",
+    )
+    .await;
     let out = psql(url(port, "127.0.0.1", "sslmode=prefer"), "select 1").await;
     assert_eq!(out.as_deref(), Ok("1"));
     proxy.shutdown().await;
@@ -338,12 +347,7 @@ async fn plaintext_clients_are_refused_under_require_and_served_under_allow() {
 async fn tokio_postgres_with_rustls_through_shardgate() {
     let pki = make_pki();
     let cluster = tls_only_cluster(&pki).await;
-    let proxy = start_proxy(&config_text(
-        &cluster,
-        &client_tls(&pki, "require"),
-        &verify_full(&pki.ca),
-    ))
-    .await;
+    let proxy = tls_both_sides(&cluster, &pki).await;
     let port = proxy.addr().port();
     let client = connect_rustls(port, &pki.ca).await.expect("TLS connect");
     // Extended protocol with parameters, a prepared statement reused, a transaction.
@@ -379,17 +383,14 @@ async fn tokio_postgres_with_rustls_through_shardgate() {
 async fn server_sslmodes_and_a_wrong_ca() {
     let pki = make_pki();
     let cluster = tls_only_cluster(&pki).await;
-    let conn = |port: u16| {
-        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB}")
-    };
     // Without verification (require, prefer), and verify-ca: served, encrypted.
     for host_tls in [
         ", sslmode = \"require\"".to_string(),
         String::new(), // prefer, the default
         format!(", sslmode = \"verify-ca\", sslrootcert = {:?}", pki.ca),
     ] {
-        let proxy = start_proxy(&config_text(&cluster, "", &host_tls)).await;
-        let client = common::connect(&conn(proxy.addr().port())).await;
+        let proxy = proxy_for(&cluster, "", &host_tls).await;
+        let client = common::connect(&plain_conn(proxy.addr().port())).await;
         let ssl: bool = client.query_one(SERVER_SIDE_SSL, &[]).await.unwrap().get(0);
         assert!(ssl, "{host_tls}");
         drop(client);
@@ -398,13 +399,13 @@ async fn server_sslmodes_and_a_wrong_ca() {
 
     // verify-full with a CA that did not sign the server's certificate: 08006, and the
     // message says why.
-    let proxy = start_proxy(&config_text(&cluster, "", &verify_full(&pki.other_ca))).await;
-    let err = tokio_postgres::connect(&conn(proxy.addr().port()), tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("the shard host's certificate is refused");
-    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err}");
-    let text = db_text(&err);
+    let proxy = proxy_for(&cluster, "", &verify_full(&pki.other_ca)).await;
+    let text = refused_plaintext(
+        &plain_conn(proxy.addr().port()),
+        "08006",
+        "the shard host's certificate is refused",
+    )
+    .await;
     assert!(
         text.contains("TLS handshake failed (sslmode = verify-full)")
             && text.contains("UnknownIssuer"),
@@ -413,13 +414,14 @@ async fn server_sslmodes_and_a_wrong_ca() {
     proxy.shutdown().await;
 
     // sslmode = disable to a server that requires TLS: the server's own refusal comes through.
-    let proxy = start_proxy(&config_text(&cluster, "", ", sslmode = \"disable\"")).await;
-    let err = tokio_postgres::connect(&conn(proxy.addr().port()), tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("the server refuses plaintext");
-    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
-    assert!(db_text(&err).contains("no encryption"), "{}", db_text(&err));
+    let proxy = proxy_for(&cluster, "", ", sslmode = \"disable\"").await;
+    let text = refused_plaintext(
+        &plain_conn(proxy.addr().port()),
+        "28000",
+        "the server refuses plaintext",
+    )
+    .await;
+    assert!(text.contains("no encryption"), "{text}");
     proxy.shutdown().await;
     drop(pki.dir);
 }
@@ -444,12 +446,12 @@ async fn the_lag_monitor_uses_the_hosts_sslmode() {
     let pki = make_pki();
     let cluster = tls_only_cluster(&pki).await;
     // Right CA: the monitor's checks over TLS pass, the primary stays ready.
-    let proxy = start_proxy(&config_text(&cluster, "", &verify_full(&pki.ca))).await;
+    let proxy = proxy_for(&cluster, "", &verify_full(&pki.ca)).await;
     let (ready, reasons) = primary_state(&proxy, 8).await;
     assert!(ready, "{reasons:?}");
     proxy.shutdown().await;
     // Wrong CA: the monitor's connection fails verification and says so.
-    let proxy = start_proxy(&config_text(&cluster, "", &verify_full(&pki.other_ca))).await;
+    let proxy = proxy_for(&cluster, "", &verify_full(&pki.other_ca)).await;
     let (ready, reasons) = primary_state(&proxy, 25).await;
     assert!(!ready, "the monitor must not trust the wrong CA");
     assert!(
@@ -526,12 +528,7 @@ async fn a_reload_rereads_the_certificate() {
 async fn negotiation_edge_cases() {
     let pki = make_pki();
     let cluster = tls_only_cluster(&pki).await;
-    let proxy = start_proxy(&config_text(
-        &cluster,
-        &client_tls(&pki, "require"),
-        &verify_full(&pki.ca),
-    ))
-    .await;
+    let proxy = tls_both_sides(&cluster, &pki).await;
     let addr = proxy.addr();
     let request = |code: i32| {
         let mut b = 8i32.to_be_bytes().to_vec();
@@ -567,12 +564,7 @@ async fn negotiation_edge_cases() {
 async fn a_cancel_request_over_tls_reaches_a_tls_only_server() {
     let pki = make_pki();
     let cluster = tls_only_cluster(&pki).await;
-    let proxy = start_proxy(&config_text(
-        &cluster,
-        &client_tls(&pki, "require"),
-        &verify_full(&pki.ca),
-    ))
-    .await;
+    let proxy = tls_both_sides(&cluster, &pki).await;
     let client = connect_rustls(proxy.addr().port(), &pki.ca)
         .await
         .expect("TLS connect");
@@ -601,12 +593,8 @@ async fn a_cancel_request_over_tls_reaches_a_tls_only_server() {
 async fn a_terminated_tls_server_connection_is_not_handed_out_again() {
     let pki = make_pki();
     let cluster = tls_only_cluster(&pki).await;
-    let proxy = start_proxy(&config_text(&cluster, "", &verify_full(&pki.ca))).await;
-    let conn = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
-        proxy.addr().port()
-    );
-    let client = common::connect(&conn).await;
+    let proxy = proxy_for(&cluster, "", &verify_full(&pki.ca)).await;
+    let client = common::connect(&plain_conn(proxy.addr().port())).await;
     let pid: i32 = client
         .query_one("select pg_backend_pid()", &[])
         .await
