@@ -16,13 +16,125 @@ use common::failover::{
 use common::{admin_http, connect, init_logs, wait_for, DB, PASSWORD, USER};
 use shardgate_admin::control::ControlPlane;
 use shardgate_config::Config;
+use shardgate_proxy::ProxyControl;
 use shardgate_tests::{ClusterOptions, PgCluster};
+
+/// A host as shardgate names it.
+fn host(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// A client's connection string through the proxy listening on `port`.
+fn proxy_conn(port: u16) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5"
+    )
+}
+
+/// The config's `[[users]]` and shard s0 on `primary` with `replicas`, which every test's
+/// config ends with.
+fn users_and_shard(primary: u16, replicas: &[u16]) -> String {
+    let replicas: Vec<String> = replicas
+        .iter()
+        .map(|port| format!("{{ host = \"127.0.0.1\", port = {port} }}"))
+        .collect();
+    format!(
+        r#"
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = {primary} }}
+replicas = [{}]
+"#,
+        replicas.join(", ")
+    )
+}
+
+/// Shard s0 with `primary` and two replicas, and failure detection and bans short enough for
+/// a promotion to be followed within the tests' deadlines; `pool` adds `[pool]` keys.
+fn two_replica_config(primary: u16, [new_port, other_port]: [u16; 2], pool: &str) -> Config {
+    let text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+shutdown_timeout = "2s"
+
+[pool]
+checkout_timeout = "5s"
+connect_timeout = "2s"
+{pool}
+
+[replicas]
+check_interval = "200ms"
+failover_detect = "2s"
+ban_initial = "200ms"
+ban_max = "1s"
+{shard}"#,
+        shard = users_and_shard(primary, &[new_port, other_port])
+    );
+    Config::from_toml(&text, Path::new("test.toml")).expect("valid config")
+}
+
+/// Whether the replica on `port` serves reads.
+fn in_rotation(control: &ProxyControl, port: u16) -> bool {
+    control
+        .replicas()
+        .into_iter()
+        .any(|r| r.host.ends_with(&format!(":{port}")) && r.in_rotation)
+}
+
+/// Whether every replica in `ports` is in the rotation within `within`.
+async fn all_in_rotation(control: &ProxyControl, ports: &[u16], within: Duration) -> bool {
+    wait_for(within, || async move {
+        ports.iter().all(|&port| in_rotation(control, port))
+    })
+    .await
+}
+
+/// Points the standby behind `standby` at the new primary on `port`, as an operator would.
+async fn repoint(standby: &tokio_postgres::Client, port: u16, password: &str) {
+    standby
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={port} user=postgres \
+             password={password}'"
+        ))
+        .await
+        .expect("re-point the standby");
+    standby
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload the standby");
+}
+
+/// Row `id` was written, with `note`, to `new` and not to `old`.
+async fn assert_only_on_new(new: &PgCluster, old: &PgCluster, id: i64, note: &str) {
+    assert_eq!(
+        direct_value(new, &format!("SELECT note FROM items WHERE id = {id}")).await,
+        Some(note.to_owned()),
+        "row {id} on the new primary"
+    );
+    assert_eq!(
+        direct_value(old, &format!("SELECT count(*) FROM items WHERE id = {id}")).await,
+        Some("0".to_owned()),
+        "row {id} not on the old primary"
+    );
+}
+
+/// Drops clusters off the runtime: stopping PostgreSQL blocks.
+async fn drop_blocking<T: Send + 'static>(clusters: T) {
+    tokio::task::spawn_blocking(move || drop(clusters))
+        .await
+        .ok();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_a_promoted_replica_and_the_old_primary_is_fenced() {
     init_logs();
     let metrics = shardgate_admin::metrics::install();
-    let (primary, mut replicas) = tokio::task::spawn_blocking(|| {
+    let (primary, replicas) = tokio::task::spawn_blocking(|| {
         // The monitor reads which timeline a standby follows from pg_stat_wal_receiver.
         let (p, r) = primary_with_items(2, true);
         // A commit is acknowledged once both standbys have it: whichever is promoted has every
@@ -38,34 +150,7 @@ async fn writes_follow_a_promoted_replica_and_the_old_primary_is_fenced() {
     .await
     .expect("join");
     let (old_port, new_port, other_port) = (primary.port(), replicas[0].port(), replicas[1].port());
-    let text = format!(
-        r#"
-[listen]
-addr = "127.0.0.1:0"
-shutdown_timeout = "2s"
-
-[pool]
-size = 10
-checkout_timeout = "5s"
-connect_timeout = "2s"
-
-[replicas]
-check_interval = "200ms"
-failover_detect = "2s"
-ban_initial = "200ms"
-ban_max = "1s"
-
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-
-[[shards]]
-name = "s0"
-primary = {{ host = "127.0.0.1", port = {old_port} }}
-replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", port = {other_port} }}]
-"#
-    );
-    let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid config");
+    let config = two_replica_config(old_port, [new_port, other_port], "size = 10");
     let proxy = shardgate_proxy::start(config).await.expect("start proxy");
     let control = proxy.control(None);
     let admin = shardgate_admin::AdminServer::start(
@@ -78,21 +163,10 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
     .await
     .expect("admin server");
     let admin_port = admin.addr().port();
-    let conn_str = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
-        proxy.addr().port()
-    );
+    let conn_str = proxy_conn(proxy.addr().port());
     let ctl = &control;
-    let in_rotation = move |port: u16| {
-        ctl.replicas()
-            .into_iter()
-            .any(|r| r.host.ends_with(&format!(":{port}")) && r.in_rotation)
-    };
     assert!(
-        wait_for(Duration::from_secs(10), || async move {
-            in_rotation(new_port) && in_rotation(other_port)
-        })
-        .await,
+        all_in_rotation(&control, &[new_port, other_port], Duration::from_secs(10)).await,
         "both replicas in rotation: {:?}",
         control.replicas()
     );
@@ -119,26 +193,12 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
         control.shards()
     );
     let shard = control.shards().remove(0);
-    assert_eq!(shard.primary, format!("127.0.0.1:{new_port}"), "{shard:?}");
-    assert_eq!(
-        shard.configured_primary,
-        Some(format!("127.0.0.1:{old_port}"))
-    );
+    assert_eq!(shard.primary, host(new_port), "{shard:?}");
+    assert_eq!(shard.configured_primary, Some(host(old_port)));
 
     // The other replica: pointed at the new primary (or it leaves the rotation).
     let other = superuser(&replicas[1]).await;
-    other
-        .batch_execute(&format!(
-            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={new_port} user=postgres \
-             password={}'",
-            replicas[1].superuser_password()
-        ))
-        .await
-        .expect("re-point the other replica");
-    other
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .expect("reload the other replica");
+    repoint(&other, new_port, replicas[1].superuser_password()).await;
     let new_timeline = direct_value(
         &replicas[0],
         "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
@@ -154,16 +214,17 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
     .await;
     if follows {
         assert!(
-            wait_for(Duration::from_secs(10), || async move {
-                in_rotation(other_port)
-            })
-            .await,
+            all_in_rotation(&control, &[other_port], Duration::from_secs(10)).await,
             "the re-pointed replica serves reads again: {:?}",
             control.replicas()
         );
     } else {
         // It forked off the old timeline past the promotion point (it needs pg_rewind).
-        assert!(!in_rotation(other_port), "{:?}", control.replicas());
+        assert!(
+            !in_rotation(&control, other_port),
+            "{:?}",
+            control.replicas()
+        );
     }
     eprintln!(
         "other replica follows the new primary: {follows}; replicas: {:?}",
@@ -186,7 +247,7 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
     primary = blocking(primary, |p| p.restart().expect("restart the old primary")).await;
     assert!(
         wait_for(Duration::from_secs(10), || async move {
-            ctl.shards()[0].fenced == vec![format!("127.0.0.1:{old_port}")]
+            ctl.shards()[0].fenced == vec![host(old_port)]
         })
         .await,
         "the old primary is fenced: {:?}",
@@ -247,15 +308,15 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
         admin_port,
         shardgate_admin::cli::AdminCommand::Shards(shardgate_admin::cli::ShardsCommand::Hosts {
             name: "s0".into(),
-            primary: format!("127.0.0.1:{new_port}"),
-            replicas: vec![format!("127.0.0.1:{other_port}")],
+            primary: host(new_port),
+            replicas: vec![host(other_port)],
         }),
     )
     .await;
     eprintln!("shardgate admin shards hosts -> {out}");
     assert_eq!(code, 0, "{out}");
     let shard = control.shards().remove(0);
-    assert_eq!(shard.primary, format!("127.0.0.1:{new_port}"));
+    assert_eq!(shard.primary, host(new_port));
     assert_eq!(shard.configured_primary, None, "{shard:?}");
     assert!(shard.fenced.is_empty(), "{shard:?}");
     assert!(control.readiness().warnings.is_empty());
@@ -268,12 +329,7 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
     drop(other);
     admin.stop();
     proxy.shutdown().await;
-    tokio::task::spawn_blocking(move || {
-        replicas.clear();
-        drop(primary);
-    })
-    .await
-    .ok();
+    drop_blocking((replicas, primary)).await;
 }
 
 /// The hosts change through a reload too (file store): the primary the file names takes the
@@ -300,16 +356,8 @@ connect_timeout = "2s"
 [replicas]
 check_interval = "200ms"
 failover_detect = "2s"
-
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-
-[[shards]]
-name = "s0"
-primary = {{ host = "127.0.0.1", port = {primary} }}
-replicas = [{{ host = "127.0.0.1", port = {replica} }}]
-"#
+{shard}"#,
+            shard = users_and_shard(primary, &[replica])
         )
     };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -319,11 +367,7 @@ replicas = [{{ host = "127.0.0.1", port = {replica} }}]
         .await
         .expect("start proxy");
     let control = proxy.control(Some(path.clone()));
-    let conn_str = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
-        proxy.addr().port()
-    );
-    let c = connect(&conn_str).await;
+    let c = connect(&proxy_conn(proxy.addr().port())).await;
     c.execute("INSERT INTO items VALUES (1, 'old')", &[])
         .await
         .expect("write on the old primary");
@@ -334,7 +378,7 @@ replicas = [{{ host = "127.0.0.1", port = {replica} }}]
     let new_port = new.port();
     assert!(
         wait_for(Duration::from_secs(10), || async move {
-            ctl.shards()[0].fenced == vec![format!("127.0.0.1:{new_port}")]
+            ctl.shards()[0].fenced == vec![host(new_port)]
         })
         .await,
         "{:?}",
@@ -355,24 +399,17 @@ replicas = [{{ host = "127.0.0.1", port = {replica} }}]
         "{outcome:?}"
     );
     let shard = control.shards().remove(0);
-    assert_eq!(shard.primary, format!("127.0.0.1:{new_port}"), "{shard:?}");
+    assert_eq!(shard.primary, host(new_port), "{shard:?}");
     c.execute("INSERT INTO items VALUES (2, 'new')", &[])
         .await
         .expect("write after the reload, same client");
-    assert_eq!(
-        direct_value(&new, "SELECT note FROM items WHERE id = 2").await,
-        Some("new".to_owned())
-    );
-    assert_eq!(
-        direct_value(&old, "SELECT count(*) FROM items WHERE id = 2").await,
-        Some("0".to_owned())
-    );
+    assert_only_on_new(&new, &old, 2, "new").await;
     // The old primary, still a primary but not named so: fenced. The map version moved.
     let old_port = old.port();
     assert!(
         wait_for(Duration::from_secs(10), || async move {
             let s = ctl.shards().remove(0);
-            s.fenced == vec![format!("127.0.0.1:{old_port}")] && s.topology_version == 2
+            s.fenced == vec![host(old_port)] && s.topology_version == 2
         })
         .await,
         "{:?}",
@@ -381,12 +418,7 @@ replicas = [{{ host = "127.0.0.1", port = {replica} }}]
 
     drop(c);
     proxy.shutdown().await;
-    tokio::task::spawn_blocking(move || {
-        drop(new);
-        drop(old);
-    })
-    .await
-    .ok();
+    drop_blocking((new, old)).await;
 }
 
 /// With the postgres topology store, hosts named through one proxy's API reach every proxy of
@@ -419,20 +451,10 @@ check_interval = "200ms"
 store = "postgres://postgres:{meta_password}@127.0.0.1:{meta_port}/meta?connect_timeout=2"
 poll_interval = "200ms"
 proxy_id = "{proxy_id}"
-
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-
-[[shards]]
-name = "s0"
-primary = {{ host = "127.0.0.1", port = {old_port} }}
-replicas = [{{ host = "127.0.0.1", port = {new_port} }}]
-"#,
+{shard}"#,
             meta_password = meta.superuser_password(),
             meta_port = meta.port(),
-            old_port = old.port(),
-            new_port = new.port(),
+            shard = users_and_shard(old.port(), &[new.port()]),
         );
         Config::from_toml(&text, Path::new("fleet.toml")).expect("valid config")
     };
@@ -448,7 +470,7 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}]
         .set_hosts(
             "s0".into(),
             shardgate_admin::control::SetHostsRequest {
-                primary: format!("127.0.0.1:{}", new.port()),
+                primary: host(new.port()),
                 replicas: vec![],
             },
         )
@@ -460,40 +482,22 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}]
     assert!(
         wait_for(Duration::from_secs(10), || async move {
             let s = ctl_b.shards().remove(0);
-            s.primary == format!("127.0.0.1:{new_port}")
-                && s.topology_version == outcome.topology_version
+            s.primary == host(new_port) && s.topology_version == outcome.topology_version
         })
         .await,
         "proxy b follows: {:?}",
         control_b.shards()
     );
-    let c = connect(&format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
-        b.addr().port()
-    ))
-    .await;
+    let c = connect(&proxy_conn(b.addr().port())).await;
     c.execute("INSERT INTO items VALUES (7, 'via b')", &[])
         .await
         .expect("write through proxy b");
-    assert_eq!(
-        direct_value(&new, "SELECT note FROM items WHERE id = 7").await,
-        Some("via b".to_owned())
-    );
-    assert_eq!(
-        direct_value(&old, "SELECT count(*) FROM items WHERE id = 7").await,
-        Some("0".to_owned())
-    );
+    assert_only_on_new(&new, &old, 7, "via b").await;
 
     drop(c);
     a.shutdown().await;
     b.shutdown().await;
-    tokio::task::spawn_blocking(move || {
-        drop(new);
-        drop(old);
-        drop(meta);
-    })
-    .await
-    .ok();
+    drop_blocking((new, old, meta)).await;
 }
 
 /// The old primary stopped first, then a replica promoted (so the other replica has not gone
@@ -507,54 +511,15 @@ async fn a_replica_that_follows_the_promoted_host_serves_reads() {
         .expect("join");
     let [mut promoted, other]: [PgCluster; 2] = replicas.try_into().expect("two replicas");
     let (new_port, other_port) = (promoted.port(), other.port());
-    let text = format!(
-        r#"
-[listen]
-addr = "127.0.0.1:0"
-shutdown_timeout = "2s"
-
-[pool]
-connect_timeout = "2s"
-checkout_timeout = "5s"
-
-[replicas]
-check_interval = "200ms"
-failover_detect = "2s"
-ban_initial = "200ms"
-ban_max = "1s"
-
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-
-[[shards]]
-name = "s0"
-primary = {{ host = "127.0.0.1", port = {} }}
-replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", port = {other_port} }}]
-"#,
-        primary.port()
-    );
-    let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid config");
+    let config = two_replica_config(primary.port(), [new_port, other_port], "");
     let proxy = shardgate_proxy::start(config).await.expect("start proxy");
     let control = proxy.control(None);
-    let ctl = &control;
-    let in_rotation = move |port: u16| {
-        ctl.replicas()
-            .into_iter()
-            .any(|r| r.host.ends_with(&format!(":{port}")) && r.in_rotation)
-    };
     assert!(
-        wait_for(Duration::from_secs(10), || async move {
-            in_rotation(new_port) && in_rotation(other_port)
-        })
-        .await,
-        "{:?}",
+        all_in_rotation(&control, &[new_port, other_port], Duration::from_secs(10)).await,
+        "both replicas in rotation: {:?}",
         control.replicas()
     );
-    let conn_str = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5",
-        proxy.addr().port()
-    );
+    let conn_str = proxy_conn(proxy.addr().port());
     let c = connect(&conn_str).await;
     c.execute("INSERT INTO items VALUES (1, 'before')", &[])
         .await
@@ -576,23 +541,9 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
         control.shards()
     );
     let other_client = superuser(&other).await;
-    other_client
-        .batch_execute(&format!(
-            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={new_port} user=postgres \
-             password={}'",
-            promoted.superuser_password()
-        ))
-        .await
-        .expect("re-point");
-    other_client
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .expect("reload");
+    repoint(&other_client, new_port, promoted.superuser_password()).await;
     assert!(
-        wait_for(Duration::from_secs(15), || async move {
-            in_rotation(other_port)
-        })
-        .await,
+        all_in_rotation(&control, &[other_port], Duration::from_secs(15)).await,
         "the re-pointed replica follows the new timeline and serves reads: {:?}",
         control.replicas()
     );
@@ -621,11 +572,5 @@ replicas = [{{ host = "127.0.0.1", port = {new_port} }}, {{ host = "127.0.0.1", 
     drop(c);
     drop(other_client);
     proxy.shutdown().await;
-    tokio::task::spawn_blocking(move || {
-        drop(other);
-        drop(promoted);
-        drop(primary);
-    })
-    .await
-    .ok();
+    drop_blocking((other, promoted, primary)).await;
 }
