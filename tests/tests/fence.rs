@@ -27,29 +27,126 @@ fn host(c: &PgCluster) -> String {
     format!("{{ host = \"{}\", port = {} }}", c.host(), c.port())
 }
 
-/// A key that the two-shard ring [s0, s1] places on s1 (so the new map moves it).
-fn keys_moving_to_s1(n: usize) -> Vec<i64> {
+/// The first `n` keys that the two-shard ring [s0, s1] places on `shard` (those on s1 move
+/// when the new map is published).
+fn keys_on(shard: usize, n: usize) -> Vec<i64> {
     let ring = Ring::new(&["s0", "s1"], 14).expect("ring");
     (1..)
-        .filter(|k| ring.shard_for_hash(hashint8extended(*k, 0)) == 1)
+        .filter(|k| ring.shard_for_hash(hashint8extended(*k, 0)) == shard)
         .take(n)
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fenced_writes_are_retried_on_the_new_owner_or_answered_40001() {
+const SCHEMA: &str = "create table t (user_id bigint primary key, v int not null)";
+
+/// The topology store's server, with its `meta` database.
+fn start_meta() -> PgCluster {
+    let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
+    meta.psql("postgres", "create database meta")
+        .expect("meta db");
+    meta
+}
+
+/// The old owner `a` and the new owner `b`, both with table `t`, and the store's server.
+async fn old_and_new_owner_and_meta() -> (PgCluster, PgCluster, PgCluster) {
     let (a, b, meta) = tokio::task::spawn_blocking(|| {
-        let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
-        meta.psql("postgres", "create database meta")
-            .expect("meta db");
+        let meta = start_meta();
         (start("a"), start("b"), meta)
     })
     .await
     .expect("join");
-    let schema = "create table t (user_id bigint primary key, v int not null)";
     for c in [&a, &b] {
-        c.psql_as(USER, PASSWORD, "app", schema).expect("schema");
+        c.psql_as(USER, PASSWORD, "app", SCHEMA).expect("schema");
     }
+    (a, b, meta)
+}
+
+/// A proxy config: table `t` sharded, shard s0 on `s0`, the topology store on `meta`
+/// (`store_params` after its URL, `topology` more `[topology]` keys); `other` is more TOML.
+fn proxy_config(
+    file: &str,
+    meta: &PgCluster,
+    store_params: &str,
+    topology: &str,
+    other: &str,
+    s0: &PgCluster,
+) -> Config {
+    let text = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+{other}
+[topology]
+store = "postgres://postgres:postgres@127.0.0.1:{meta_port}/meta{store_params}"
+{topology}
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+[[sharding.tables]]
+name = "t"
+[[shards]]
+name = "s0"
+primary = {s0_host}
+"#,
+        meta_port = meta.port(),
+        s0_host = host(s0),
+    );
+    Config::from_toml(&text, Path::new(file)).expect("config")
+}
+
+/// The connection string of a client of `proxy`.
+fn proxy_url(proxy: &shardgate_proxy::ProxyHandle) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app",
+        proxy.addr().port()
+    )
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// Publishes the map with a second shard s1 on `b` to the store `config` names, as the
+/// rebalancer would at a cutover; the store is returned so it lives as long as the test.
+async fn publish_s1_on(config: &Config, b: &PgCluster) -> std::sync::Arc<Store> {
+    let store = Store::open(config, None).await.expect("open store");
+    let map = store.shard_map().await.expect("map");
+    let mut shards = map.shards.clone();
+    let mut s1 = shards[0].clone();
+    s1.name = "s1".into();
+    s1.primary.port = b.port();
+    shards.push(s1);
+    store.publish(map.version, shards).await.expect("publish");
+    store
+}
+
+/// The client got SQLSTATE `code`.
+fn assert_code(err: &tokio_postgres::Error, code: &str) {
+    assert_eq!(err.code().map(|c| c.code()), Some(code), "{err:?}");
+}
+
+/// `key` was written (v = 1) on its new owner `b`, and nothing on the old owner `a`.
+fn assert_moved(a: &PgCluster, b: &PgCluster, key: i64) {
+    assert_eq!(
+        b.psql("app", &format!("select v from t where user_id = {key}"))
+            .expect("query"),
+        "1",
+        "the write is on the key's new owner"
+    );
+    assert_eq!(
+        a.psql("app", "select count(*) from t").expect("query"),
+        "0",
+        "nothing written on the old owner"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_are_retried_on_the_new_owner_or_answered_40001() {
+    let (a, b, meta) = old_and_new_owner_and_meta().await;
     // Every write on the old owner hits the fence, as during a cutover.
     a.psql(
         "app",
@@ -62,50 +159,20 @@ async fn fenced_writes_are_retried_on_the_new_owner_or_answered_40001() {
     )
     .expect("fence");
 
-    let store_url = format!(
-        "postgres://postgres:postgres@127.0.0.1:{}/meta",
-        meta.port()
+    let config = proxy_config(
+        "fence.toml",
+        &meta,
+        "",
+        "poll_interval = \"200ms\"\nproxy_id = \"fence-test\"",
+        "[pool]\nsize = 4\n[rebalance]\nfence_wait = \"5s\"",
+        &a,
     );
-    let text = format!(
-        r#"
-[listen]
-addr = "127.0.0.1:0"
-[pool]
-size = 4
-[topology]
-store = "{store_url}"
-poll_interval = "200ms"
-proxy_id = "fence-test"
-[rebalance]
-fence_wait = "5s"
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-[[sharding.tables]]
-name = "t"
-[[shards]]
-name = "s0"
-primary = {}
-"#,
-        host(&a)
-    );
-    let config = Config::from_toml(&text, Path::new("fence.toml")).expect("config");
     let proxy = shardgate_proxy::start(config.clone()).await.expect("proxy");
-    let url = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app",
-        proxy.addr().port()
-    );
-    let connect = || async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        client
-    };
-    let keys = keys_moving_to_s1(3);
+    let url = proxy_url(&proxy);
+    let keys = keys_on(1, 3);
 
     // A lone simple-protocol INSERT is held while the map is still the old one ...
-    let simple = connect().await;
+    let simple = connect(&url).await;
     let held_key = keys[0];
     let held = tokio::spawn(async move {
         simple
@@ -121,49 +188,29 @@ primary = {}
     }
 
     // ... and runs on the new owner once the store has the map with s1.
-    let store = Store::open(&config, None).await.expect("open store");
-    let map = store.shard_map().await.expect("map");
-    let mut shards = map.shards.clone();
-    let mut s1 = shards[0].clone();
-    s1.name = "s1".into();
-    s1.primary.port = b.port();
-    shards.push(s1);
-    store.publish(map.version, shards).await.expect("publish");
+    let _store = publish_s1_on(&config, &b).await;
     tokio::time::timeout(Duration::from_secs(5), held)
         .await
         .expect("the held statement finishes")
         .expect("join")
         .expect("the retried statement succeeds");
-    assert_eq!(
-        b.psql(
-            "app",
-            &format!("select v from t where user_id = {held_key}")
-        )
-        .expect("query"),
-        "1"
-    );
-    assert_eq!(a.psql("app", "select count(*) from t").expect("query"), "0");
+    assert_moved(&a, &b, held_key);
 
     // Statements the proxy cannot retry get 40001: the extended protocol, and a transaction.
-    let s0_key = {
-        let ring = Ring::new(&["s0", "s1"], 14).expect("ring");
-        (1..)
-            .find(|k| ring.shard_for_hash(hashint8extended(*k, 0)) == 0)
-            .expect("a key")
-    };
-    let client = connect().await;
+    let s0_key = keys_on(0, 1)[0];
+    let client = connect(&url).await;
     let err = client
         .execute("insert into t (user_id, v) values ($1, 2)", &[&s0_key])
         .await
         .expect_err("fenced");
-    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    assert_code(&err, "40001");
     let err = client
         .batch_execute(&format!(
             "begin; insert into t (user_id, v) values ({s0_key}, 3); commit;"
         ))
         .await
         .expect_err("fenced");
-    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    assert_code(&err, "40001");
     // The connection is still usable, and writes to keys that are not fenced work.
     client.simple_query("rollback").await.expect("rollback");
     client
@@ -172,13 +219,13 @@ primary = {}
         .expect("a write on s1");
 
     // With no new map, a held statement gives up after fence_wait with 40001.
-    let late = connect().await;
+    let late = connect(&url).await;
     let started = std::time::Instant::now();
     let err = late
         .simple_query(&format!("insert into t (user_id, v) values ({s0_key}, 5)"))
         .await
         .expect_err("no new map comes");
-    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    assert_code(&err, "40001");
     assert!(
         started.elapsed() >= Duration::from_secs(4),
         "it waited for a new map"
@@ -195,51 +242,23 @@ primary = {}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_cut_off_from_the_store_refuses_statements_after_its_lease() {
     let (a, mut meta) = tokio::task::spawn_blocking(|| {
-        let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
-        meta.psql("postgres", "create database meta")
-            .expect("meta db");
+        let meta = start_meta();
         (start("a"), meta)
     })
     .await
     .expect("join");
-    a.psql_as(
-        USER,
-        PASSWORD,
-        "app",
-        "create table t (user_id bigint primary key, v int not null)",
-    )
-    .expect("schema");
-    let text = format!(
-        r#"
-[listen]
-addr = "127.0.0.1:0"
-[topology]
-store = "postgres://postgres:postgres@127.0.0.1:{}/meta?connect_timeout=1"
-poll_interval = "200ms"
-lease = "1s"
-proxy_id = "lease-test"
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-[[sharding.tables]]
-name = "t"
-[[shards]]
-name = "s0"
-primary = {}
-"#,
-        meta.port(),
-        host(&a)
+    a.psql_as(USER, PASSWORD, "app", SCHEMA).expect("schema");
+    let config = proxy_config(
+        "lease.toml",
+        &meta,
+        "?connect_timeout=1",
+        "poll_interval = \"200ms\"\nlease = \"1s\"\nproxy_id = \"lease-test\"",
+        "",
+        &a,
     );
-    let config = Config::from_toml(&text, Path::new("lease.toml")).expect("config");
     let proxy = shardgate_proxy::start(config).await.expect("proxy");
-    let url = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app",
-        proxy.addr().port()
-    );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let url = proxy_url(&proxy);
+    let client = connect(&url).await;
     let write = |k: i64| format!("insert into t (user_id, v) values ({k}, 1)");
     client
         .simple_query(&write(1))
@@ -249,19 +268,13 @@ primary = {}
     // out; the second will end it with the extended protocol, as JDBC does.
     let mut in_txn = Vec::new();
     for k in [20_000, 30_000] {
-        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
+        let c = connect(&url).await;
         c.batch_execute(&format!("begin; {}", write(k)))
             .await
             .expect("a transaction's write with the store up");
         in_txn.push(c);
     }
-    let (begun, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let begun = connect(&url).await;
     begun.simple_query("begin").await.expect("BEGIN");
     let extended_rollback = in_txn[1]
         .prepare("rollback")
@@ -297,7 +310,7 @@ primary = {}
             .simple_query(&write(k))
             .await
             .expect_err("a write in the transaction is refused past the lease");
-        assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
+        assert_code(&e, "57P03");
     }
     in_txn[0]
         .simple_query("rollback")
@@ -311,15 +324,14 @@ primary = {}
         .batch_execute(&format!("begin; {}", write(20_002)))
         .await
         .expect_err("a new transaction's write is refused past the lease");
-    assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
-    assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
+    assert_code(&e, "57P03");
     // A BEGIN alone waited for its first statement (no server yet); that statement is
     // refused, and the ROLLBACK ends the transaction.
     let e = begun
         .simple_query(&write(40_001))
         .await
         .expect_err("the first write of a transaction is refused past the lease");
-    assert_eq!(e.code().map(|c| c.code()), Some("57P03"), "{e:?}");
+    assert_code(&e, "57P03");
     begun
         .simple_query("rollback")
         .await
@@ -370,63 +382,26 @@ primary = {}
 /// goes where the new map says (it was answered 40001, the map having changed under it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_waited_for_a_connection_follows_a_new_map() {
-    let (a, b, meta) = tokio::task::spawn_blocking(|| {
-        let meta = PgCluster::start(ClusterOptions::default()).expect("start meta");
-        meta.psql("postgres", "create database meta")
-            .expect("meta db");
-        (start("a"), start("b"), meta)
-    })
-    .await
-    .expect("join");
-    let schema = "create table t (user_id bigint primary key, v int not null)";
-    for c in [&a, &b] {
-        c.psql_as(USER, PASSWORD, "app", schema).expect("schema");
-    }
-    let text = format!(
-        r#"
-[listen]
-addr = "127.0.0.1:0"
-[pool]
-size = 1
-checkout_timeout = "20s"
-[topology]
-store = "postgres://postgres:postgres@127.0.0.1:{}/meta"
-poll_interval = "100ms"
-proxy_id = "checkout-wait-test"
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-[[sharding.tables]]
-name = "t"
-[[shards]]
-name = "s0"
-primary = {}
-"#,
-        meta.port(),
-        host(&a)
+    let (a, b, meta) = old_and_new_owner_and_meta().await;
+    let config = proxy_config(
+        "checkout.toml",
+        &meta,
+        "",
+        "poll_interval = \"100ms\"\nproxy_id = \"checkout-wait-test\"",
+        "[pool]\nsize = 1\ncheckout_timeout = \"20s\"",
+        &a,
     );
-    let config = Config::from_toml(&text, Path::new("checkout.toml")).expect("config");
     let proxy = shardgate_proxy::start(config.clone()).await.expect("proxy");
-    let url = format!(
-        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname=app",
-        proxy.addr().port()
-    );
-    let connect = || async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        tokio::spawn(conn);
-        client
-    };
+    let url = proxy_url(&proxy);
     // Both log in first (a login takes a server connection once); then the only connection
     // to s0 is held by an open transaction.
-    let writer = connect().await;
-    let holder = connect().await;
+    let writer = connect(&url).await;
+    let holder = connect(&url).await;
     holder
         .batch_execute("begin; select count(*) from t")
         .await
         .expect("begin");
-    let key = keys_moving_to_s1(1)[0];
+    let key = keys_on(1, 1)[0];
     let write = tokio::spawn(async move {
         writer
             .simple_query(&format!("insert into t (user_id, v) values ({key}, 1)"))
@@ -440,14 +415,7 @@ primary = {}
     );
 
     // The new map moves the key to s1 while the write waits.
-    let store = Store::open(&config, None).await.expect("open store");
-    let map = store.shard_map().await.expect("map");
-    let mut shards = map.shards.clone();
-    let mut s1 = shards[0].clone();
-    s1.name = "s1".into();
-    s1.primary.port = b.port();
-    shards.push(s1);
-    store.publish(map.version, shards).await.expect("publish");
+    let _store = publish_s1_on(&config, &b).await;
     let control = proxy.control(None);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while control.shards().len() < 2 {
@@ -463,16 +431,6 @@ primary = {}
         .expect("the write finishes")
         .expect("join")
         .expect("the write succeeds");
-    assert_eq!(
-        b.psql("app", &format!("select v from t where user_id = {key}"))
-            .expect("query"),
-        "1",
-        "the write is on the key's new owner"
-    );
-    assert_eq!(
-        a.psql("app", "select count(*) from t").expect("query"),
-        "0",
-        "nothing written on the old owner"
-    );
+    assert_moved(&a, &b, key);
     proxy.shutdown().await;
 }
