@@ -7,8 +7,6 @@
 //! calls); the tests live in the submodules, kept in this one test binary so that CI builds
 //! and links it once.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -227,28 +225,7 @@ impl Server {
 
     /// One HTTP/1.1 request to the admin port; (status, body). Status 0 when nothing answers.
     fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.setup.admin)) else {
-            return (0, String::new());
-        };
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return (0, String::new());
-        }
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        let status = raw
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-        (status, body)
+        shardgate_tests::http::request(self.setup.admin, method, path, token, body)
     }
 
     /// A GET without a token, as probes and scrapers send it.

@@ -8,8 +8,6 @@
 //! The rows come from views over `generate_series` on each shard (nothing to load): shard `i`
 //! holds the keys `2g + i`, so together they hold `0 .. 2n` exactly once, interleaved.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::process::{Child, Command, Stdio};
@@ -253,25 +251,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// One HTTP/1.1 GET; (status, body). Status 0 when nothing answers.
 fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    shardgate_tests::http::request(port, "GET", path, token, "")
 }
 
 /// What a simple query streamed: rows (first column parsed as i64, summed), the count in

@@ -17,6 +17,7 @@
 
 pub mod corpus;
 pub mod drivers;
+pub mod http;
 mod lock;
 pub mod pgbench;
 pub mod proxy_config;

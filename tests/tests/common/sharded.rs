@@ -128,24 +128,7 @@ pub async fn start_shards(n: usize, schema: &str) -> Vec<PgCluster> {
 /// One HTTP/1.1 request to the admin server on `port` (no body); returns the status and body.
 /// Blocking: call it from `spawn_blocking`.
 pub fn admin_http(port: u16, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect admin");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .ok();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\
-         Connection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    shardgate_tests::http::request(port, method, path, None, "")
 }
 
 fn shard_conn_str(c: &PgCluster) -> String {
