@@ -319,6 +319,12 @@ impl ServerPool {
         Some(PooledConn::new(entry, permit, &inner.store))
     }
 
+    /// [`ServerPool::checkout`]'s slow path alone, for a caller whose
+    /// [`ServerPool::try_checkout`] just found nothing: the fast path is not tried twice.
+    pub async fn checkout_slow(&self) -> Result<PooledConn, CheckoutError> {
+        Box::pin(self.checkout_waiting(None)).await
+    }
+
     /// The slow path: waits by the deadline for a permit (unless it has one) and then a
     /// connection, and fails at once if a connect fails meanwhile.
     async fn checkout_waiting(&self, permit: Option<Permit>) -> Result<PooledConn, CheckoutError> {
@@ -346,15 +352,19 @@ impl ServerPool {
     async fn acquire(&self, permit: Option<Permit>, deadline: Instant) -> Option<PooledConn> {
         let inner = &self.inner;
         let permit = match permit {
+            // `checkout` found no idle connection with this permit a moment ago.
             Some(permit) => permit,
-            None => inner.gate.acquire(deadline).await?,
+            None => {
+                let permit = inner.gate.acquire(deadline).await?;
+                // A permit is usually freed by a return that put its connection back just
+                // before: take it without registering as a waiter (locks, a notification).
+                if let Some(entry) = inner.store.take_idle() {
+                    return Some(PooledConn::new(entry, permit, &inner.store));
+                }
+                permit
+            }
         };
-        // A permit is usually freed by a return that put its connection back just before: take
-        // it without registering as a waiter (locks, a notification) first.
-        let entry = match inner.store.take_idle() {
-            Some(entry) => entry,
-            None => inner.store.wait_for(deadline).await?,
-        };
+        let entry = inner.store.wait_for(deadline).await?;
         Some(PooledConn::new(entry, permit, &inner.store))
     }
 

@@ -105,6 +105,10 @@ async fn reuses_idle_connections() {
         small.try_checkout().is_some(),
         "a failed try gave its place back"
     );
+    // The slow path after a try takes the idle connection too, opening none.
+    let slow = small.checkout_slow().await.unwrap();
+    assert_eq!(small.state().connections, 1);
+    drop(slow);
 }
 
 #[tokio::test]

@@ -125,7 +125,7 @@ impl Session {
             None => {
                 let _waiting = CountGuard::new(&self.shared.activity.waiting);
                 let wait_started = std::time::Instant::now();
-                let checked_out = pool.checkout().await;
+                let checked_out = pool.checkout_slow().await;
                 (checked_out, wait_started.elapsed())
             }
         };
