@@ -227,8 +227,12 @@ async fn measure(
         _ => None,
     };
     let cpu_before = target.pid.and_then(procfs::cpu_time);
+    let machine_before = procfs::machine_time();
     let result = run_pgbench(args).await;
     let cpu_after = target.pid.and_then(procfs::cpu_time);
+    let machine = procfs::machine_time()
+        .zip(machine_before)
+        .map(|(after, before)| before.until(after));
     let counts = counter.map(syscalls::Counter::finish).transpose()?;
     let rss = target.pid.and_then(procfs::rss_kib);
     let anon = target.pid.and_then(procfs::rss_anon_kib);
@@ -260,6 +264,7 @@ async fn measure(
         proxy_rss_kib: rss,
         proxy_anon_kib: anon,
         counts,
+        machine,
     })
 }
 
@@ -781,7 +786,9 @@ fn render_compare_section(info: &RunInfo<'_>, table: &str, notes: &[String]) -> 
          repeats); CPU µs/tx is the proxy process's utime+stime (/proc/PID/stat) during the \
          run divided by its transactions (it includes the clients' logins), and in parentheses \
          its utime alone (the proxy's own code; the rest is the kernel's work in its \
-         syscalls); RSS is the \
+         syscalls); machine µs/tx is the busy time of all cores (/proc/stat: pgbench, \
+         PostgreSQL and the proxy together) per transaction, and in parentheses the machine's \
+         context switches per transaction; RSS is the \
          proxy's VmRSS after a run (largest over repeats). In `idle-N` cases N clients log in \
          to each proxy and stay connected (idle) while pgbench runs; the direct row there is \
          the same pgbench with no idle clients.\n",

@@ -1,5 +1,7 @@
 //! What the benchmarks read about a proxy process from `/proc`: CPU time (utime and stime from
-//! `/proc/PID/stat`) and resident memory (`VmRSS` and `RssAnon` from `/proc/PID/status`).
+//! `/proc/PID/stat`) and resident memory (`VmRSS` and `RssAnon` from `/proc/PID/status`); and
+//! about the whole machine (`/proc/stat`): the busy CPU time of all its processes, pgbench and
+//! PostgreSQL included, and its context switches.
 
 use std::time::Duration;
 
@@ -31,6 +33,56 @@ pub fn cpu_time(pid: u32) -> Option<CpuTime> {
         total: ticks_to_duration(user + system, hz),
         user: ticks_to_duration(user, hz),
     })
+}
+
+/// The busy CPU time of every core so far (user, nice, system, irq, softirq and steal) and the
+/// context switches since boot: between two readings, what a run cost the machine as a whole.
+/// A proxy can cost its neighbours too (how it wakes pgbench and PostgreSQL), so a TPS ratio
+/// follows this figure more than the proxy's own CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTime {
+    pub busy: Duration,
+    pub switches: u64,
+}
+
+impl MachineTime {
+    /// What was used between `self` and the later reading `after`.
+    pub fn until(self, after: MachineTime) -> MachineTime {
+        MachineTime {
+            busy: after.busy.saturating_sub(self.busy),
+            switches: after.switches.saturating_sub(self.switches),
+        }
+    }
+}
+
+/// The machine's busy time and context switches so far, or `None` when `/proc/stat` cannot be
+/// read.
+pub fn machine_time() -> Option<MachineTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let (busy, switches) = parse_proc_stat(&stat)?;
+    Some(MachineTime {
+        busy: ticks_to_duration(busy, clock_ticks_per_second()),
+        switches,
+    })
+}
+
+/// `(busy ticks, context switches)` from the text of `/proc/stat`: the first `cpu` line's user,
+/// nice, system, irq, softirq and steal (idle and iowait are not busy; guest time is already in
+/// user), and the `ctxt` line.
+pub fn parse_proc_stat(stat: &str) -> Option<(u64, u64)> {
+    let mut lines = stat.lines();
+    let cpu = lines.next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| ticks.get(i).copied().unwrap_or(0))
+        .sum();
+    let switches = lines.find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())?;
+    Some((busy, switches))
 }
 
 /// Resident set size in KiB (`VmRSS`).
@@ -115,6 +167,16 @@ mod tests {
             user: Duration::from_millis(user),
         };
         assert_eq!(at(100, 40).until(at(350, 90)), at(250, 50));
+    }
+
+    #[test]
+    fn machine_busy_time_and_switches() {
+        let stat = "cpu  100 5 40 9000 7 1 2 3 0 0\ncpu0 50 2 20 4500 3 0 1 1 0 0\n\
+                    intr 1 2 3\nctxt 123456\nbtime 1\n";
+        assert_eq!(parse_proc_stat(stat), Some((151, 123456)));
+        assert_eq!(parse_proc_stat("cpu  1 2 3\n"), None);
+        assert_eq!(parse_proc_stat("intr 1\nctxt 5\n"), None);
+        assert!(machine_time().is_some());
     }
 
     #[test]

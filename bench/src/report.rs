@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::procfs::CpuTime;
+use crate::procfs::{CpuTime, MachineTime};
 use crate::stats::{median, Latency};
 
 /// What one pgbench run against one target measured.
@@ -20,6 +20,8 @@ pub struct Run {
     pub proxy_anon_kib: Option<u64>,
     /// The proxy's syscalls and context switches during the run (`--syscalls`).
     pub counts: Option<crate::syscalls::Counts>,
+    /// The whole machine's busy CPU time and context switches during the run.
+    pub machine: Option<MachineTime>,
 }
 
 /// The figures of one (case, target) cell: medians over the repeats.
@@ -40,6 +42,9 @@ pub struct Summary {
     /// Proxy syscalls and context switches per transaction (medians), when counted.
     pub syscalls_per_tx: Option<f64>,
     pub switches_per_tx: Option<f64>,
+    /// The machine's busy CPU microseconds and context switches per transaction (medians).
+    pub machine_us_per_tx: Option<f64>,
+    pub machine_switches_per_tx: Option<f64>,
 }
 
 /// Medians over `runs` (the largest RSS); `None` without runs.
@@ -64,6 +69,8 @@ pub fn summarize(runs: &[Run]) -> Option<Summary> {
             .map(|k| k as f64 / 1024.0),
         syscalls_per_tx: per_tx(runs, |c| c.syscalls),
         switches_per_tx: per_tx(runs, |c| c.switches),
+        machine_us_per_tx: machine_per_tx(runs, |m| m.busy.as_secs_f64() * 1e6),
+        machine_switches_per_tx: machine_per_tx(runs, |m| m.switches as f64),
     })
 }
 
@@ -80,6 +87,14 @@ fn per_tx(runs: &[Run], count: impl Fn(&crate::syscalls::Counts) -> u64) -> Opti
     median(runs.iter().filter_map(|r| {
         let c = r.counts.as_ref()?;
         (r.transactions > 0).then(|| count(c) as f64 / r.transactions as f64)
+    }))
+}
+
+/// The median over `runs` of a machine-wide figure per transaction.
+fn machine_per_tx(runs: &[Run], figure: impl Fn(&MachineTime) -> f64) -> Option<f64> {
+    median(runs.iter().filter_map(|r| {
+        let m = r.machine.as_ref()?;
+        (r.transactions > 0).then(|| figure(m) / r.transactions as f64)
     }))
 }
 
@@ -133,7 +148,7 @@ pub fn add_ratios(rows: &mut [Row], direct: &str, pgbouncer: &str) {
     }
 }
 
-const HEADERS: [&str; 10] = [
+const HEADERS: [&str; 11] = [
     "case",
     "target",
     "TPS",
@@ -142,6 +157,7 @@ const HEADERS: [&str; 10] = [
     "avg ms",
     "p99 ms",
     "CPU (user) µs/tx",
+    "machine µs/tx (cs/tx)",
     "RSS (anon) MiB",
     "notes",
 ];
@@ -153,8 +169,8 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-fn cells(row: &Row) -> [String; 10] {
-    let (tps, avg, p99, cpu, rss, extra) = match &row.outcome {
+fn cells(row: &Row) -> [String; 11] {
+    let (tps, avg, p99, cpu, machine, rss, extra) = match &row.outcome {
         Outcome::Measured(s) => (
             format!("{:.0}", s.tps),
             opt(s.avg_ms, 3),
@@ -162,6 +178,10 @@ fn cells(row: &Row) -> [String; 10] {
             match (s.cpu_us_per_tx, s.user_us_per_tx) {
                 (Some(cpu), Some(user)) => format!("{cpu:.1} ({user:.1})"),
                 (cpu, _) => opt(cpu, 1),
+            },
+            match (s.machine_us_per_tx, s.machine_switches_per_tx) {
+                (Some(us), Some(cs)) => format!("{us:.1} ({cs:.1})"),
+                (us, _) => opt(us, 1),
             },
             match (s.rss_mib, s.anon_mib) {
                 (Some(rss), Some(anon)) => format!("{rss:.1} ({anon:.1})"),
@@ -191,26 +211,29 @@ fn cells(row: &Row) -> [String; 10] {
         avg,
         p99,
         cpu,
+        machine,
         rss,
         note,
     ]
 }
 
-fn dashes(note: String) -> (String, String, String, String, String, String) {
+type Figures = (String, String, String, String, String, String, String);
+
+fn dashes(note: String) -> Figures {
     let d = || "–".to_string();
-    (d(), d(), d(), d(), d(), note)
+    (d(), d(), d(), d(), d(), d(), note)
 }
 
 /// A Markdown table with padded columns (numbers right-aligned), readable as plain text too.
 pub fn render_table(rows: &[Row]) -> String {
-    let body: Vec<[String; 10]> = rows.iter().map(cells).collect();
+    let body: Vec<[String; 11]> = rows.iter().map(cells).collect();
     let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.chars().count()).collect();
     for r in &body {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let numeric = |i: usize| (2..9).contains(&i);
+    let numeric = |i: usize| (2..10).contains(&i);
     let line = |cells: &[String]| {
         let mut s = String::from("|");
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
@@ -281,6 +304,10 @@ mod tests {
             proxy_rss_kib: rss,
             proxy_anon_kib: rss.map(|k| k / 4),
             counts: None,
+            machine: Some(MachineTime {
+                busy: Duration::from_millis(tx * 2),
+                switches: tx * 3,
+            }),
         }
     }
 
@@ -301,6 +328,8 @@ mod tests {
         assert_eq!(s.rss_mib, Some(4.0));
         // The test runs give a quarter of their RSS as anonymous.
         assert_eq!(s.anon_mib, Some(1.0));
+        assert_eq!(s.machine_us_per_tx, Some(2000.0));
+        assert_eq!(s.machine_switches_per_tx, Some(3.0));
         assert_eq!(summarize(&[]), None);
         let direct = summarize(&[run(10.0, 10, None, None, 1.0)]).unwrap();
         assert_eq!(direct.cpu_us_per_tx, None);
