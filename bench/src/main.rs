@@ -83,6 +83,10 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct CompareArgs {
+    /// shardgate's `RUST_LOG`: its own default (`info`, which enables each session's span:
+    /// entered and left at every poll), or e.g. `warn` to leave that cost out.
+    #[arg(long, default_value = shardgate::DEFAULT_LOG)]
+    log: String,
     /// Seconds per pgbench run.
     #[arg(long, default_value_t = 8)]
     seconds: u32,
@@ -429,6 +433,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             max_client_connections: max_client_conn.max(10_000),
             shards: ports[..1].to_vec(),
             sharded: false,
+            log: args.log.clone(),
         };
         let (b, s) = (bin.clone(), settings.clone());
         let svc =

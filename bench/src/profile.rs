@@ -49,6 +49,10 @@ pub struct ProfileArgs {
     /// Copy the callgrind dumps here (for `callgrind_annotate --tree=caller` or kcachegrind).
     #[arg(long)]
     keep_dumps: Option<PathBuf>,
+    /// shardgate's `RUST_LOG`: its own default (`info`, which enables each session's span:
+    /// entered and left at every poll), or e.g. `warn` to leave that cost out.
+    #[arg(long, default_value = shardgate::DEFAULT_LOG)]
+    log: String,
 }
 
 /// One line of `callgrind_annotate` output: instructions, share, and the function.
@@ -285,6 +289,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         max_client_connections: args.idle + 1000,
         shards: vec![pg_port],
         sharded: false,
+        log: args.log.clone(),
     };
     let (vg, bin) = (valgrind.clone(), binary.clone());
     let mut svc = tokio::task::spawn_blocking(move || -> anyhow::Result<Service> {
@@ -306,7 +311,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
                 .arg("serve")
                 .arg("--config")
                 .arg(&config)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", &settings.log)
                 .current_dir(svc.dir());
             Ok(cmd)
         })?;

@@ -9,6 +9,10 @@ use anyhow::{bail, Context};
 
 use crate::service::{PidSource, Service};
 
+/// shardgate's own default `RUST_LOG` (`info`: each session's span is enabled, and entered
+/// and left at every poll of the session): what a benchmark measures unless told otherwise.
+pub const DEFAULT_LOG: &str = "info";
+
 /// Settings the benchmark varies.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -22,6 +26,8 @@ pub struct Settings {
     pub shards: Vec<u16>,
     /// Shard `pgbench_accounts` by `aid` (for the routed comparison).
     pub sharded: bool,
+    /// The proxy's `RUST_LOG`.
+    pub log: String,
 }
 
 /// The config file: transaction mode, one user with SCRAM, the pool size, loopback only.
@@ -74,7 +80,7 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-/// Starts `binary serve --config <dir>/shardgate.toml`, logging at `warn`.
+/// Starts `binary serve --config <dir>/shardgate.toml` with `RUST_LOG` set to `settings.log`.
 pub fn start(binary: &Path, mut settings: Settings, name: &str) -> anyhow::Result<Service> {
     let mut service = Service::new(name)?;
     service.start(PidSource::Child, |svc, port| {
@@ -87,7 +93,7 @@ pub fn start(binary: &Path, mut settings: Settings, name: &str) -> anyhow::Resul
         cmd.arg("serve")
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &settings.log)
             .current_dir(svc.dir());
         Ok(cmd)
     })?;
@@ -155,6 +161,7 @@ mod tests {
             max_client_connections: 12_000,
             shards: vec![5432, 5433],
             sharded: true,
+            log: DEFAULT_LOG.into(),
         };
         let text = render_config(&s);
         let c = shardgate_config::Config::from_toml(&text, Path::new("bench.toml")).unwrap();
