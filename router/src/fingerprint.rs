@@ -18,7 +18,7 @@
 use std::ops::Range;
 
 use crate::normalize::string_in_value_context;
-use crate::text::{Lexer, TokKind};
+use crate::text::{Lexer, Start, TokKind, START, WORD_BYTE};
 use crate::words::WordSet;
 
 /// The fingerprint text is cut after this many bytes (a bulk statement's shape is its start).
@@ -59,6 +59,8 @@ static LOWER: [u8; 256] = {
 };
 
 const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// Hashed between two tokens.
+const BOUNDARY: u8 = 0x1f;
 const PRIME: u64 = 0x0000_0100_0000_01b3;
 
 impl<'w> Fnv<'w> {
@@ -85,7 +87,7 @@ impl<'w> Fnv<'w> {
 impl Sink for Fnv<'_> {
     fn boundary(&mut self, _spaced: bool) {
         // Tokens, not spacing: `a=1` and `a = 1` are one statement.
-        self.byte(0x1f);
+        self.byte(BOUNDARY);
     }
 
     fn word(&mut self, sql: &str, range: Range<usize>) {
@@ -177,56 +179,157 @@ fn param_number(digits: &[u8]) -> Option<usize> {
     })
 }
 
-/// One pass over the tokens, numbering placeholders from `first_placeholder`. The numbers must
-/// follow the text's own highest parameter, which only the walk finds: callers walk once from
-/// 1 and again only if the text had both parameters and replaced literals (a Parse's `$1`
-/// with no literals, the usual case with parameters, takes one pass).
-fn walk(sql: &str, sink: &mut impl Sink, first_placeholder: usize) -> Walked {
-    let bytes = sql.as_bytes();
-    let mut next_placeholder = first_placeholder;
-    let mut walked = Walked {
-        highest_param: 0,
-        placeholders: 0,
-    };
-    let mut prev: Option<(TokKind, usize, usize)> = None;
-    for tok in Lexer::new(sql) {
-        let (start, end) = (tok.range.start, tok.range.end);
-        let replace = match tok.kind {
+/// The walk's state between tokens, and its rules for one token: shared by the walk over
+/// the lexer's tokens (any sink) and the hash's own loop ([`hash_walk`]).
+struct Walker<'s, S> {
+    sql: &'s str,
+    sink: S,
+    next_placeholder: usize,
+    walked: Walked,
+    /// The last token that was not a comment: (kind, start, end).
+    prev: Option<(TokKind, usize, usize)>,
+}
+
+impl<'s, S: Sink> Walker<'s, S> {
+    fn new(sql: &'s str, sink: S, first_placeholder: usize) -> Walker<'s, S> {
+        Walker {
+            sql,
+            sink,
+            next_placeholder: first_placeholder,
+            walked: Walked {
+                highest_param: 0,
+                placeholders: 0,
+            },
+            prev: None,
+        }
+    }
+
+    /// The token `sql[start..end]` of `kind`.
+    fn token(&mut self, kind: TokKind, start: usize, end: usize) {
+        let sql = self.sql;
+        let bytes = sql.as_bytes();
+        let replace = match kind {
             TokKind::Comment => {
-                sink.left_out(sql, start..end);
-                continue;
+                self.sink.left_out(sql, start..end);
+                return;
             }
             // (No word of a set is in a number: `left_out` need not look.)
             TokKind::Number => true,
-            TokKind::Quoted => bytes[start] == b'\'' && string_in_value_context(sql, prev),
+            TokKind::Quoted => bytes[start] == b'\'' && string_in_value_context(sql, self.prev),
             TokKind::Param => {
                 if let Some(n) = bytes.get(start + 1..end).and_then(param_number) {
-                    walked.highest_param = walked.highest_param.max(n);
+                    self.walked.highest_param = self.walked.highest_param.max(n);
                 }
                 false
             }
             _ => false,
         };
-        if let Some((_, _, prev_end)) = prev {
-            sink.boundary(prev_end != start);
+        if let Some((_, _, prev_end)) = self.prev {
+            self.sink.boundary(prev_end != start);
         }
         if replace {
-            if tok.kind == TokKind::Quoted {
-                sink.left_out(sql, start..end);
+            if kind == TokKind::Quoted {
+                self.sink.left_out(sql, start..end);
             }
-            sink.placeholder(next_placeholder);
+            self.sink.placeholder(self.next_placeholder);
             // Wrapping: `$18446744073709551615` in a text must not panic (the number is then
             // meaningless, but the same for every text of that shape).
-            next_placeholder = next_placeholder.wrapping_add(1);
-            walked.placeholders += 1;
-        } else if tok.kind == TokKind::Word {
-            sink.word(sql, start..end);
+            self.next_placeholder = self.next_placeholder.wrapping_add(1);
+            self.walked.placeholders += 1;
+        } else if kind == TokKind::Word {
+            self.sink.word(sql, start..end);
         } else {
-            sink.piece(sql, start..end);
+            self.sink.piece(sql, start..end);
         }
-        prev = Some((tok.kind, start, end));
+        self.prev = Some((kind, start, end));
     }
-    walked
+}
+
+/// One pass over the tokens, numbering placeholders from `first_placeholder`. The numbers must
+/// follow the text's own highest parameter, which only the walk finds: callers walk once from
+/// 1 and again only if the text had both parameters and replaced literals (a Parse's `$1`
+/// with no literals, the usual case with parameters, takes one pass).
+fn walk<S: Sink>(sql: &str, sink: S, first_placeholder: usize) -> (S, Walked) {
+    let mut w = Walker::new(sql, sink, first_placeholder);
+    for tok in Lexer::new(sql) {
+        w.token(tok.kind, tok.range.start, tok.range.end);
+    }
+    (w.sink, w.walked)
+}
+
+/// [`walk`] with the hash as its sink, as the hot path runs it on every statement. A word
+/// (most of a statement's bytes) is found and hashed in one loop over its bytes, where the
+/// lexer would find its end and the sink then read it again; any other token, and a word
+/// that is not plain ASCII or is the `E` of an `E'…'` string, goes through the lexer and the
+/// walk's own rules. `lexer_equivalence` proves both walks give the same hash and words.
+fn hash_walk<'w>(sql: &str, words: &'w WordSet, first_placeholder: usize) -> (Fnv<'w>, Walked) {
+    let bytes = sql.as_bytes();
+    let mut w = Walker::new(sql, Fnv::new(words), first_placeholder);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match START[usize::from(b)] {
+            Start::Space => {
+                i += 1;
+                continue;
+            }
+            Start::Letter => {
+                if let Some(end) = w.ascii_word(i) {
+                    i = end;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        let Some(tok) = Lexer::at(sql, i).next() else {
+            break;
+        };
+        w.token(tok.kind, tok.range.start, tok.range.end);
+        i = tok.range.end;
+    }
+    (w.sink, w.walked)
+}
+
+impl Walker<'_, Fnv<'_>> {
+    /// The word starting with the ASCII letter at `start`, hashed as [`Sink::word`] hashes it,
+    /// and its end; `None` (nothing noted) when the lexer must read it: a non-ASCII character
+    /// continues it, or it is the `E` of an `E'…'` string.
+    #[inline(always)]
+    fn ascii_word(&mut self, start: usize) -> Option<usize> {
+        let bytes = self.sql.as_bytes();
+        let mut h = self.sink.hash;
+        if self.prev.is_some() {
+            h = (h ^ u64::from(BOUNDARY)).wrapping_mul(PRIME);
+        }
+        // Words of the set that may start in the word; the pair of its last byte and the
+        // byte after it may add some, which the exact search below rules out.
+        let mut candidates = 0u64;
+        let mut end = start;
+        let mut b = bytes[start];
+        loop {
+            h = (h ^ u64::from(LOWER[usize::from(b)])).wrapping_mul(PRIME);
+            end += 1;
+            let Some(&next) = bytes.get(end) else {
+                break;
+            };
+            candidates |= self.sink.words.candidates(b, next);
+            if !WORD_BYTE[usize::from(next)] {
+                if !next.is_ascii() {
+                    return None;
+                }
+                break;
+            }
+            b = next;
+        }
+        if end == start + 1 && bytes[start] | 0x20 == b'e' && bytes.get(end) == Some(&b'\'') {
+            return None;
+        }
+        if candidates != 0 {
+            self.sink.found |= self.sink.words.found(&bytes[start..end]);
+        }
+        self.sink.hash = h;
+        self.prev = Some((TokKind::Word, start, end));
+        Some(end)
+    }
 }
 
 /// The fingerprint's hash: equal for texts that differ only in literal values, comments,
@@ -239,11 +342,9 @@ pub fn fingerprint_hash(sql: &str) -> u64 {
 /// [`WordSet::found`] finds them in the whole text: in words, strings, quoted identifiers and
 /// comments alike).
 pub fn fingerprint_hash_and_words(sql: &str, words: &WordSet) -> (u64, u64) {
-    let mut h = Fnv::new(words);
-    let walked = walk(sql, &mut h, 1);
+    let (mut h, walked) = hash_walk(sql, words, 1);
     if walked.highest_param > 0 && walked.placeholders > 0 {
-        h = Fnv::new(words);
-        walk(sql, &mut h, walked.highest_param.wrapping_add(1));
+        h = hash_walk(sql, words, walked.highest_param.wrapping_add(1)).0;
     }
     (h.hash, h.found)
 }
@@ -252,11 +353,10 @@ pub fn fingerprint_hash_and_words(sql: &str, words: &WordSet) -> (u64, u64) {
 /// at [`MAX_FINGERPRINT_TEXT`] bytes.
 pub fn fingerprint_text(sql: &str) -> String {
     let capacity = sql.len().min(MAX_FINGERPRINT_TEXT) + 8;
-    let mut t = Text(String::with_capacity(capacity));
-    let walked = walk(sql, &mut t, 1);
+    let (mut t, walked) = walk(sql, Text(String::with_capacity(capacity)), 1);
     if walked.highest_param > 0 && walked.placeholders > 0 {
         t.0.clear();
-        walk(sql, &mut t, walked.highest_param.wrapping_add(1));
+        t = walk(sql, t, walked.highest_param.wrapping_add(1)).0;
     }
     t.0
 }

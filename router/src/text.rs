@@ -41,7 +41,7 @@ fn is_word_char(c: char) -> bool {
 
 /// What a byte can begin, for the lexer's one-lookup dispatch (whitespace skip included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
+pub(crate) enum Start {
     /// ASCII whitespace (`u8::is_ascii_whitespace`).
     Space,
     /// An ASCII letter or `_`.
@@ -83,7 +83,7 @@ const fn start_table() -> [Start; 256] {
     t
 }
 
-static START: [Start; 256] = start_table();
+pub(crate) static START: [Start; 256] = start_table();
 
 /// Bytes that continue an unquoted word: ASCII letters, digits, `_` and `$` (non-ASCII bytes
 /// are not in it: the word loop leaves them to `char`).
@@ -98,7 +98,7 @@ const fn word_table() -> [bool; 256] {
     t
 }
 
-static WORD_BYTE: [bool; 256] = word_table();
+pub(crate) static WORD_BYTE: [bool; 256] = word_table();
 
 /// The character at byte `i` (`None` at the end, or if `i` is not a character boundary).
 fn char_at(sql: &str, i: usize) -> Option<char> {
@@ -122,6 +122,12 @@ pub struct Lexer<'a> {
 impl<'a> Lexer<'a> {
     pub fn new(sql: &'a str) -> Lexer<'a> {
         Lexer { sql, pos: 0 }
+    }
+
+    /// The tokens from byte `pos` on, which must start a token or white space (the
+    /// fingerprint's hash loop hands it the tokens it does not read itself).
+    pub(crate) fn at(sql: &'a str, pos: usize) -> Lexer<'a> {
+        Lexer { sql, pos }
     }
 }
 

@@ -1,8 +1,9 @@
-//! The byte-table lexer, the one-pass fingerprint and the normalizer give exactly what the
-//! reference implementations (`lexer_reference`, the code before the rewrite) give: the same
-//! tokens (kinds and ranges), the same fingerprint hashes and texts (hashes are persisted and
-//! compared across processes) and the same normalized statements, on hand-picked edge cases
-//! and on many seeded random SQL-ish texts.
+//! The byte-table lexer, the one-pass fingerprint (its hash loop that reads words itself
+//! included) and the normalizer give exactly what the reference implementations
+//! (`lexer_reference`, the code before the rewrite) give: the same tokens (kinds and ranges),
+//! the same fingerprint hashes and texts (hashes are persisted and compared across processes),
+//! the session words of the whole text, and the same normalized statements, on hand-picked
+//! edge cases and on many seeded random SQL-ish texts.
 
 use super::lexer_reference as reference;
 use crate::text::{Lexer, Tok};
@@ -198,6 +199,16 @@ fn assert_same(sql: &str) {
         crate::fingerprint_hash(sql),
         reference::fingerprint_hash(sql),
         "fingerprint hash of {sql:?}"
+    );
+    // The hot path's pass: the same hash, and the session words a search of the whole text
+    // finds (its word loop looks for them itself).
+    assert_eq!(
+        crate::fingerprint_hash_and_words(sql, &crate::SESSION_WORDS),
+        (
+            reference::fingerprint_hash(sql),
+            crate::SESSION_WORDS.found(sql.as_bytes())
+        ),
+        "fingerprint hash and session words of {sql:?}"
     );
     assert_eq!(
         crate::fingerprint_text(sql),
