@@ -772,8 +772,9 @@ fn render_compare_section(info: &RunInfo<'_>, table: &str, notes: &[String]) -> 
         "- Setup: transaction pooling, pool size {} in both proxies (PgBouncer \
          `default_pool_size`, shardgate `pool.size`), SCRAM-SHA-256 logins, everything on \
          127.0.0.1; pgbench scale {}, `-T {}` per run, {} repeats interleaved (each target in \
-         turn, then again), `-j 2` (`-j 1` at `-c 1`), per-transaction logs (`-l`) for latency.\n",
-        a.pool, a.scale, a.seconds, a.repeats
+         turn, then again), `-j 2` (`-j 1` at `-c 1`), per-transaction logs (`-l`) for latency; \
+         shardgate logs with `RUST_LOG={}` (`info` is its default).\n",
+        a.pool, a.scale, a.seconds, a.repeats, a.log
     ));
     s.push_str(&format!(
         "- Cases: {}\n\n",

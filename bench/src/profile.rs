@@ -455,6 +455,11 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
             args.idle
         ));
     }
+    s.push_str(&format!(
+        "- shardgate logs with `RUST_LOG={}` (`info`, its default, enables each session's \
+         span, entered and left at every poll of the session).\n",
+        args.log
+    ));
     s.push_str(
         "- Counts user-space instructions of the proxy only (not the kernel's work in its \
          syscalls); they include the run's client logins (SCRAM verification), spread over \
