@@ -4,29 +4,41 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration (expected e.g. \"500ms\", \"5s\", \"10m\", \"1h\")")]
+    NotANumber(String),
+    #[error("unknown duration unit `{unit}` in `{text}` (use ms, s, m or h)")]
+    UnknownUnit { unit: String, text: String },
+    #[error("duration `{0}` is out of range")]
+    OutOfRange(String),
+}
+
 /// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"10m"`, `"1h"`, `"0"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a duration (expected e.g. \"500ms\", \"5s\", \"10m\", \"1h\")")
-    })?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| DurationError::NotANumber(text.to_owned()))?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{text}` (use ms, s, m or h)"
-            ))
+            return Err(DurationError::UnknownUnit {
+                unit: other.to_owned(),
+                text: text.to_owned(),
+            })
         }
     };
     if !seconds.is_finite() || !(0.0..=1.0e9).contains(&seconds) {
-        return Err(format!("duration `{text}` is out of range"));
+        return Err(DurationError::OutOfRange(text.to_owned()));
     }
     Ok(Duration::from_secs_f64(seconds))
 }

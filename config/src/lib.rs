@@ -13,12 +13,12 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, parse_duration, DurationError};
 pub use schema::*;
 pub use sharding::*;
 pub use stats::Stats;
 pub use timeouts::Timeouts;
-pub use validate::check_shard_name;
+pub use validate::{check_shard_name, ShardNameError};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -87,7 +87,21 @@ fn durations_parse() {
     assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
     assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
     assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-    assert!(parse_duration("5 parsecs").is_err());
+    assert_eq!(
+        parse_duration("5 parsecs"),
+        Err(DurationError::UnknownUnit {
+            unit: "parsecs".into(),
+            text: "5 parsecs".into()
+        })
+    );
+    assert_eq!(
+        parse_duration("soon").unwrap_err().to_string(),
+        "`soon` is not a duration (expected e.g. \"500ms\", \"5s\", \"10m\", \"1h\")"
+    );
+    assert_eq!(
+        parse_duration("9999999999h"),
+        Err(DurationError::OutOfRange("9999999999h".into()))
+    );
     let text = format!("{MINIMAL}\n[pool]\ncheckout_timeout = \"2x\"\n");
     let e = load(&text).unwrap_err().to_string();
     assert!(e.contains("checkout_timeout") && e.contains("unit"), "{e}");
@@ -217,4 +231,15 @@ fn worker_threads_default_to_half_the_cores_and_are_bounded() {
     let text = format!("{MINIMAL}\n[listen]\nworker_threads = 5000\n");
     let e = load(&text).unwrap_err().to_string();
     assert!(e.contains("listen.worker_threads"), "{e}");
+}
+
+#[test]
+fn shard_names() {
+    assert_eq!(check_shard_name("s_1-a"), Ok(()));
+    assert_eq!(
+        check_shard_name("a b").unwrap_err().to_string(),
+        "`a b` must be 1 to 40 letters, digits, `_` or `-`"
+    );
+    assert_eq!(check_shard_name(""), Err(ShardNameError(String::new())));
+    assert!(check_shard_name(&"x".repeat(41)).is_err());
 }

@@ -6,18 +6,21 @@ use std::net::SocketAddr;
 use crate::{AuthMethod, Config, Host, SslMode, Tls, TlsMode};
 
 /// Returns `(key, what is wrong)` for the first problem found.
+/// A shard name that [`check_shard_name`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` must be 1 to 40 letters, digits, `_` or `-`")]
+pub struct ShardNameError(pub String);
+
 /// A shard name: non-empty ASCII letters, digits, `_` or `-` (it ends up in SQL identifiers
 /// and URLs), at most 40 characters.
-pub fn check_shard_name(name: &str) -> Result<(), String> {
+pub fn check_shard_name(name: &str) -> Result<(), ShardNameError> {
     if name.is_empty()
         || name.len() > 40
         || !name
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
     {
-        return Err(format!(
-            "`{name}` must be 1 to 40 letters, digits, `_` or `-`"
-        ));
+        return Err(ShardNameError(name.to_owned()));
     }
     Ok(())
 }
@@ -191,8 +194,8 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     let mut shard_names = HashSet::new();
     for (i, s) in c.shards.iter().enumerate() {
         let key = |f: &str| format!("shards[{i}].{f}");
-        if let Err(msg) = check_shard_name(&s.name) {
-            return err(&key("name"), msg);
+        if let Err(e) = check_shard_name(&s.name) {
+            return err(&key("name"), e.to_string());
         }
         if !shard_names.insert(s.name.as_str()) {
             return err(&key("name"), format!("shard `{}` is defined twice", s.name));

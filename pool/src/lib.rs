@@ -45,7 +45,7 @@ pub use pool::{
 pub use pools::Pools;
 pub use prepared::PreparedSet;
 pub use shardgate_wire::backend::TransactionStatus;
-pub use tls::connect_control;
+pub use tls::{connect_control, ControlConnectError};
 
 /// Compile-time checks: the proxy runs these futures in spawned tasks.
 #[cfg(test)]

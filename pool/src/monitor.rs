@@ -113,6 +113,7 @@ async fn connect(host: &Host, login: &MonitorLogin) -> Result<tokio_postgres::Cl
     )
     .await
     .map_err(|_| format!("connecting to {host} timed out"))?
+    .map_err(|e| e.to_string())
 }
 
 /// Starts the monitor; it runs until the handle is aborted.

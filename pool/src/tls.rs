@@ -283,18 +283,33 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+/// Why a control connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlConnectError {
+    /// The host's TLS settings cannot be used (root certificate, server name).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The connection or the login failed: tokio-postgres' error with its causes (its own
+    /// text, e.g. "error performing TLS handshake", does not say why).
+    #[error("{0}")]
+    Postgres(String),
+}
+
+impl From<tokio_postgres::Error> for ControlConnectError {
+    fn from(e: tokio_postgres::Error) -> ControlConnectError {
+        ControlConnectError::Postgres(with_causes(&e))
+    }
+}
+
 /// Opens a tokio-postgres control connection (the health and lag monitor, the rebalancer) to
 /// `host` with the same TLS rules as the data path, and drives it in a task.
 pub async fn connect_control(
     config: &mut tokio_postgres::Config,
     host: &Host,
-) -> Result<tokio_postgres::Client, String> {
+) -> Result<tokio_postgres::Client, ControlConnectError> {
     if !attempts_tls(host) {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| with_causes(&e))?;
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -306,10 +321,10 @@ pub async fn connect_control(
         tokio_postgres::config::SslMode::Prefer
     });
     let tls = MakeRustls {
-        connector: TlsConnector::from(client_config(host).map_err(|e| e.to_string())?),
-        name: server_name(host).map_err(|e| e.to_string())?,
+        connector: TlsConnector::from(client_config(host)?),
+        name: server_name(host)?,
     };
-    let (client, connection) = config.connect(tls).await.map_err(|e| with_causes(&e))?;
+    let (client, connection) = config.connect(tls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -210,11 +210,11 @@ impl Rebalancer {
     /// Validates the request, runs the pre-flight checks (refusing with 422 and the reason),
     /// records the job (409 if one is running) and starts it in the background.
     pub async fn add_shard(self: &Arc<Self>, req: AddShardRequest) -> Result<Job, RebalanceError> {
-        if let Err(msg) = shardgate_config::check_shard_name(&req.name) {
+        if let Err(e) = shardgate_config::check_shard_name(&req.name) {
             return Err(error(
                 400,
                 "bad_request",
-                format!("shard name {msg}"),
+                format!("shard name {e}"),
                 "choose another name",
             ));
         }
