@@ -55,8 +55,8 @@ pub fn summarize(runs: &[Run]) -> Option<Summary> {
         tps,
         avg_ms: median(runs.iter().filter_map(|r| r.latency.map(|l| l.avg_ms))),
         p99_ms: median(runs.iter().filter_map(|r| r.latency.map(|l| l.p99_ms))),
-        cpu_us_per_tx: cpu_per_tx(runs, |cpu| cpu.total),
-        user_us_per_tx: cpu_per_tx(runs, |cpu| cpu.user),
+        cpu_us_per_tx: median_per_tx(runs, |r| Some(micros(r.proxy_cpu?.total))),
+        user_us_per_tx: median_per_tx(runs, |r| Some(micros(r.proxy_cpu?.user))),
         rss_mib: runs
             .iter()
             .filter_map(|r| r.proxy_rss_kib)
@@ -67,35 +67,24 @@ pub fn summarize(runs: &[Run]) -> Option<Summary> {
             .filter_map(|r| r.proxy_anon_kib)
             .max()
             .map(|k| k as f64 / 1024.0),
-        syscalls_per_tx: per_tx(runs, |c| c.syscalls),
-        switches_per_tx: per_tx(runs, |c| c.switches),
-        machine_us_per_tx: machine_per_tx(runs, |m| m.busy.as_secs_f64() * 1e6),
-        machine_switches_per_tx: machine_per_tx(runs, |m| m.switches as f64),
+        syscalls_per_tx: median_per_tx(runs, |r| Some(r.counts?.syscalls as f64)),
+        switches_per_tx: median_per_tx(runs, |r| Some(r.counts?.switches as f64)),
+        machine_us_per_tx: median_per_tx(runs, |r| Some(micros(r.machine?.busy))),
+        machine_switches_per_tx: median_per_tx(runs, |r| Some(r.machine?.switches as f64)),
     })
 }
 
-/// The median over `runs` of proxy CPU microseconds per transaction.
-fn cpu_per_tx(runs: &[Run], part: impl Fn(&CpuTime) -> Duration) -> Option<f64> {
+/// The median over `runs` of `amount` (a run's total of something, when it was measured)
+/// per transaction.
+fn median_per_tx(runs: &[Run], amount: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
     median(runs.iter().filter_map(|r| {
-        let cpu = part(r.proxy_cpu.as_ref()?);
-        (r.transactions > 0).then(|| cpu.as_secs_f64() * 1e6 / r.transactions as f64)
+        let a = amount(r)?;
+        (r.transactions > 0).then(|| a / r.transactions as f64)
     }))
 }
 
-/// The median over `runs` of a count per transaction.
-fn per_tx(runs: &[Run], count: impl Fn(&crate::syscalls::Counts) -> u64) -> Option<f64> {
-    median(runs.iter().filter_map(|r| {
-        let c = r.counts.as_ref()?;
-        (r.transactions > 0).then(|| count(c) as f64 / r.transactions as f64)
-    }))
-}
-
-/// The median over `runs` of a machine-wide figure per transaction.
-fn machine_per_tx(runs: &[Run], figure: impl Fn(&MachineTime) -> f64) -> Option<f64> {
-    median(runs.iter().filter_map(|r| {
-        let m = r.machine.as_ref()?;
-        (r.transactions > 0).then(|| figure(m) / r.transactions as f64)
-    }))
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 /// What happened to one (case, target) cell.
