@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::failover::{
     admin_cli, blocking, direct_value, primary_with_items, superuser, Workload, STATEMENT_TIMEOUT,
 };
-use common::{admin_http, connect, init_logs, wait_for, DB, PASSWORD, USER};
+use common::{admin_http, connect, init_logs, users_and_shard, wait_for, DB, PASSWORD, USER};
 use shardgate_admin::control::ControlPlane;
 use shardgate_config::Config;
 use shardgate_proxy::ProxyControl;
@@ -28,28 +28,6 @@ fn host(port: u16) -> String {
 fn proxy_conn(port: u16) -> String {
     format!(
         "host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB} connect_timeout=5"
-    )
-}
-
-/// The config's `[[users]]` and shard s0 on `primary` with `replicas`, which every test's
-/// config ends with.
-fn users_and_shard(primary: u16, replicas: &[u16]) -> String {
-    let replicas: Vec<String> = replicas
-        .iter()
-        .map(|port| format!("{{ host = \"127.0.0.1\", port = {port} }}"))
-        .collect();
-    format!(
-        r#"
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-
-[[shards]]
-name = "s0"
-primary = {{ host = "127.0.0.1", port = {primary} }}
-replicas = [{}]
-"#,
-        replicas.join(", ")
     )
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect, init_logs, sqlstate, wait_for, DB, PASSWORD, USER};
+use common::{connect, init_logs, sqlstate, users_and_shard, wait_for, DB, PASSWORD, USER};
 use shardgate_admin::control::{ControlPlane, ReplicaInfo};
 use shardgate_config::Config;
 use shardgate_proxy::{ProxyControl, ProxyHandle};
@@ -40,10 +40,7 @@ impl ReplicaEnv {
         })
         .await
         .expect("join");
-        let replica_list: Vec<String> = replicas
-            .iter()
-            .map(|r| format!("{{ host = \"127.0.0.1\", port = {} }}", r.port()))
-            .collect();
+        let replica_ports: Vec<u16> = replicas.iter().map(|r| r.port()).collect();
         let text = format!(
             r#"
 [listen]
@@ -61,17 +58,8 @@ connect_timeout = "2s"
 [replicas]
 {replicas_toml}
 
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-
-[[shards]]
-name = "s0"
-primary = {{ host = "127.0.0.1", port = {primary} }}
-replicas = [{replica_list}]
-"#,
-            primary = primary.port(),
-            replica_list = replica_list.join(", "),
+{shard}"#,
+            shard = users_and_shard(primary.port(), &replica_ports),
         );
         let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid config");
         let proxy = shardgate_proxy::start(config).await.expect("start proxy");

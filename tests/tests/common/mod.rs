@@ -212,6 +212,28 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_owned())
 }
 
+/// A config's `[[users]]` (the test user) and shard s0 on `primary` with `replicas` (ports on
+/// 127.0.0.1), to end a config text with.
+pub fn users_and_shard(primary: u16, replicas: &[u16]) -> String {
+    let replicas: Vec<String> = replicas
+        .iter()
+        .map(|port| format!("{{ host = \"127.0.0.1\", port = {port} }}"))
+        .collect();
+    format!(
+        r#"
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+
+[[shards]]
+name = "s0"
+primary = {{ host = "127.0.0.1", port = {primary} }}
+replicas = [{}]
+"#,
+        replicas.join(", ")
+    )
+}
+
 /// `result` is an error with SQLSTATE `code`; returns it for further checks.
 #[track_caller]
 pub fn expect_sqlstate<T: std::fmt::Debug>(
