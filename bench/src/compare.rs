@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shardgate_tests::{pgbench_raw, Auth, ClusterOptions, PgCluster};
+use shardgate_tests::{Auth, ClusterOptions, PgCluster};
 
 use crate::cases::{self, Case, Workload};
 use crate::report::{self, Outcome, Row, Run};
@@ -15,8 +15,8 @@ use crate::service::{self, Service};
 use crate::stats::Latency;
 use crate::targets::{skip_reason, Kind, Target};
 use crate::{
-    idle, load_results, machine, pgbench_base_args, pgbench_log, pgbouncer, procfs, run_pgbench,
-    shardgate, syscalls, DB, PASSWORD, PGBENCH_ENV, USER,
+    idle, load_results, machine, pgbench_base_args, pgbench_init, pgbench_log, pgbouncer, procfs,
+    run_pgbench, shardgate, syscalls, DB, PASSWORD, USER,
 };
 
 #[derive(Args, Clone)]
@@ -219,21 +219,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     .await??;
     let ports: Vec<u16> = clusters.iter().map(|c| c.port()).collect();
     for port in &ports {
-        let mut init = vec![
-            "-i".to_string(),
-            "-s".into(),
-            args.scale.to_string(),
-            "-q".into(),
-        ];
-        init.extend(
-            pgbench_base_args(*port)
-                .into_iter()
-                .filter(|a| a != "--no-vacuum"),
-        );
-        init.push(DB.into());
-        tokio::task::spawn_blocking(move || pgbench_raw(&init, &PGBENCH_ENV))
-            .await?
-            .context("pgbench -i")?;
+        pgbench_init(*port, args.scale).await?;
     }
     let postgres_version = clusters[0]
         .psql("postgres", "show server_version")

@@ -34,7 +34,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use shardgate_tests::{pgbench, PgbenchResult};
+use shardgate_tests::{pgbench, pgbench_raw, PgbenchResult};
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-secret";
@@ -126,6 +126,26 @@ fn pgbench_base_args(port: u16) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// `pgbench -i -s <scale> -q` on the server at `port`: the tables every workload reads.
+async fn pgbench_init(port: u16, scale: u32) -> anyhow::Result<()> {
+    let mut init = vec![
+        "-i".to_string(),
+        "-s".into(),
+        scale.to_string(),
+        "-q".into(),
+    ];
+    init.extend(
+        pgbench_base_args(port)
+            .into_iter()
+            .filter(|a| a != "--no-vacuum"),
+    );
+    init.push(DB.into());
+    tokio::task::spawn_blocking(move || pgbench_raw(&init, &PGBENCH_ENV))
+        .await?
+        .context("pgbench -i")?;
+    Ok(())
 }
 
 async fn run_pgbench(args: Vec<String>) -> anyhow::Result<PgbenchResult> {

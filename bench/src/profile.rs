@@ -13,10 +13,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shardgate_tests::{pgbench_raw, Auth, ClusterOptions, PgCluster};
+use shardgate_tests::{Auth, ClusterOptions, PgCluster};
 
 use crate::service::{PidSource, Service};
-use crate::{pgbench_base_args, run_pgbench, shardgate, DB, PASSWORD, PGBENCH_ENV, USER};
+use crate::{pgbench_base_args, run_pgbench, shardgate, DB, PASSWORD, USER};
 
 #[derive(Args, Clone)]
 pub struct ProfileArgs {
@@ -269,16 +269,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     })
     .await??;
     let pg_port = cluster.port();
-    let mut init = vec!["-i".to_string(), "-s".into(), "1".into(), "-q".into()];
-    init.extend(
-        pgbench_base_args(pg_port)
-            .into_iter()
-            .filter(|a| a != "--no-vacuum"),
-    );
-    init.push(DB.into());
-    tokio::task::spawn_blocking(move || pgbench_raw(&init, &PGBENCH_ENV))
-        .await?
-        .context("pgbench -i")?;
+    crate::pgbench_init(pg_port, 1).await?;
 
     let settings = shardgate::Settings {
         port: 0,
