@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use crate::{AuthMethod, Config, Host, SslMode, Tls, TlsMode};
 
@@ -215,8 +216,8 @@ pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
                     "must be between 1 and 65535".into(),
                 );
             }
-            if let Err(msg) = check_host_tls(host) {
-                return err(&key(&format!("{field}.sslmode")), msg);
+            if let Err(e) = check_host_tls(host) {
+                return err(&key(&format!("{field}.sslmode")), e.to_string());
             }
         }
     }
@@ -408,26 +409,43 @@ fn check_client_tls(tls: &Tls) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// Why a host's `sslmode` and `sslrootcert` do not fit together.
+#[derive(Debug, thiserror::Error)]
+enum HostTlsError {
+    #[error(
+        "sslmode = \"{sslmode}\" cannot be met over a unix socket ({socket}), which never uses TLS"
+    )]
+    UnixSocket { sslmode: SslMode, socket: String },
+    #[error("sslmode = \"{0}\" needs sslrootcert (a PEM file of the CA certificates to trust)")]
+    NoRootCert(SslMode),
+    // `error` is in the message, so it is not also a `source` (it would print twice).
+    #[error("sslrootcert: cannot read {}: {error}", path.display())]
+    UnreadableRootCert {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
 /// A host's `sslmode` and `sslrootcert` fit together and the CA file is readable.
-fn check_host_tls(host: &Host) -> Result<(), String> {
+fn check_host_tls(host: &Host) -> Result<(), HostTlsError> {
     let verifies = matches!(host.sslmode, SslMode::VerifyCa | SslMode::VerifyFull);
     if host.host.starts_with('/')
         && host.sslmode != SslMode::Disable
         && host.sslmode != SslMode::Prefer
     {
-        return Err(format!(
-            "sslmode = \"{}\" cannot be met over a unix socket ({}), which never uses TLS",
-            host.sslmode, host.host
-        ));
+        return Err(HostTlsError::UnixSocket {
+            sslmode: host.sslmode,
+            socket: host.host.clone(),
+        });
     }
     match &host.sslrootcert {
-        None if verifies => Err(format!(
-            "sslmode = \"{}\" needs sslrootcert (a PEM file of the CA certificates to trust)",
-            host.sslmode
-        )),
+        None if verifies => Err(HostTlsError::NoRootCert(host.sslmode)),
         Some(path) if host.sslmode != SslMode::Disable => std::fs::File::open(path)
             .map(|_| ())
-            .map_err(|e| format!("sslrootcert: cannot read {}: {e}", path.display())),
+            .map_err(|error| HostTlsError::UnreadableRootCert {
+                path: path.clone(),
+                error,
+            }),
         _ => Ok(()),
     }
 }
