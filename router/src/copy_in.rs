@@ -30,6 +30,21 @@ pub enum CopyFormat {
     Binary,
 }
 
+/// Why shardgate cannot read a COPY's options (the text replaces the COPY's refusal message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CopySpecError {
+    #[error("COPY into a sharded table with ENCODING '{0}' cannot be split by shard (only UTF8)")]
+    Encoding(String),
+    #[error("COPY option {0} is not PostgreSQL's; shardgate cannot split this COPY")]
+    NotPostgres(CopyLegacyOption),
+    #[error("COPY {0} must be a single one-byte character")]
+    NotOneByte(&'static str),
+    #[error("COPY format \"{0}\" not recognized")]
+    UnknownFormat(String),
+    #[error("COPY into sharded table {table} without its shard key column {key_column} cannot be split by shard")]
+    NoKeyColumn { table: String, key_column: String },
+}
+
 /// A `COPY … TO STDOUT` over several shards: what the proxy must not repeat when it joins
 /// the shards' outputs (the header line, the binary file header and trailer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +58,7 @@ impl CopyOutSpec {
     pub(crate) fn of(
         options: &[CopyOption],
         legacy: &[CopyLegacyOption],
-    ) -> Result<CopyOutSpec, String> {
+    ) -> Result<CopyOutSpec, CopySpecError> {
         let mut o = Options::default();
         for opt in options {
             o.modern(opt, "")?;
@@ -85,7 +100,7 @@ impl CopyInSpec {
         columns: &[Ident],
         options: &[CopyOption],
         legacy: &[CopyLegacyOption],
-    ) -> Result<CopyInSpec, String> {
+    ) -> Result<CopyInSpec, CopySpecError> {
         let mut o = Options::default();
         for opt in options {
             o.modern(opt, &rule.key_column)?;
@@ -95,11 +110,10 @@ impl CopyInSpec {
         }
         let columns: Vec<String> = columns.iter().map(norm).collect();
         if !columns.is_empty() && !columns.contains(&rule.key_column) {
-            return Err(format!(
-                "COPY into sharded table {} without its shard key column {} cannot be split by shard",
-                table.to_string().to_lowercase(),
-                rule.key_column
-            ));
+            return Err(CopySpecError::NoKeyColumn {
+                table: table.to_string().to_lowercase(),
+                key_column: rule.key_column.clone(),
+            });
         }
         Ok(CopyInSpec {
             table: table.to_string(),
@@ -152,7 +166,7 @@ struct Options {
 }
 
 impl Options {
-    fn modern(&mut self, opt: &CopyOption, key: &str) -> Result<(), String> {
+    fn modern(&mut self, opt: &CopyOption, key: &str) -> Result<(), CopySpecError> {
         match opt {
             CopyOption::Format(f) => self.format = Some(f.value.to_lowercase()),
             CopyOption::Freeze(_) | CopyOption::ForceQuote(_) => {}
@@ -170,16 +184,14 @@ impl Options {
             CopyOption::Encoding(e) => {
                 let e = e.to_lowercase().replace(['-', '_'], "");
                 if e != "utf8" && e != "unicode" {
-                    return Err(format!(
-                        "COPY into a sharded table with ENCODING '{e}' cannot be split by shard (only UTF8)"
-                    ));
+                    return Err(CopySpecError::Encoding(e));
                 }
             }
         }
         Ok(())
     }
 
-    fn legacy(&mut self, opt: &CopyLegacyOption, key: &str) -> Result<(), String> {
+    fn legacy(&mut self, opt: &CopyLegacyOption, key: &str) -> Result<(), CopySpecError> {
         match opt {
             CopyLegacyOption::Binary => self.format = Some("binary".into()),
             CopyLegacyOption::Delimiter(c) => self.delimiter = Some(*c),
@@ -198,22 +210,16 @@ impl Options {
                     }
                 }
             }
-            other => {
-                return Err(format!(
-                    "COPY option {other} is not PostgreSQL's; shardgate cannot split this COPY"
-                ))
-            }
+            other => return Err(CopySpecError::NotPostgres(other.clone())),
         }
         Ok(())
     }
 
-    fn format(&self) -> Result<CopyFormat, String> {
-        let byte = |c: Option<char>, default: u8, what: &str| -> Result<u8, String> {
-            match c {
-                None => Ok(default),
-                Some(c) if c.is_ascii() => Ok(c as u8),
-                Some(_) => Err(format!("COPY {what} must be a single one-byte character")),
-            }
+    fn format(&self) -> Result<CopyFormat, CopySpecError> {
+        let byte = |c: Option<char>, default: u8, what: &'static str| match c {
+            None => Ok(default),
+            Some(c) if c.is_ascii() => Ok(c as u8),
+            Some(_) => Err(CopySpecError::NotOneByte(what)),
         };
         match self.format.as_deref().unwrap_or("text") {
             "text" => Ok(CopyFormat::Text {
@@ -236,7 +242,7 @@ impl Options {
                 })
             }
             "binary" => Ok(CopyFormat::Binary),
-            other => Err(format!("COPY format \"{other}\" not recognized")),
+            other => Err(CopySpecError::UnknownFormat(other.to_owned())),
         }
     }
 }

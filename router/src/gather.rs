@@ -42,15 +42,34 @@ pub struct GatherRelation {
     pub fetch_sql: String,
 }
 
+/// Why a read cannot be gathered (only logged: the read is refused for its first reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum GatherError {
+    #[error("only a SELECT can be gathered")]
+    NotSelect,
+    #[error("a CTE named like the sharded table {0} in a statement that needs gathering")]
+    CteNamedLikeTable(String),
+    #[error("a sharded table reference shardgate cannot locate in the text")]
+    NotInText,
+    #[error("a sharded table reference shardgate cannot locate")]
+    NotInTokens,
+    #[error("sharded tables named {0} in different schemas in one statement")]
+    SameNameInSchemas(String),
+    #[error("no sharded table found to gather")]
+    NoShardedTable,
+    #[error("overlapping table references")]
+    Overlapping,
+}
+
 /// The gather plan for the single statement `st` of `sql`, or why it cannot be gathered.
 pub(crate) fn gather_spec(
     sql: &str,
     st: &Statement,
     rules: &Rules,
     reason: String,
-) -> Result<GatherSpec, String> {
+) -> Result<GatherSpec, GatherError> {
     let Statement::Query(q) = st else {
-        return Err("only a SELECT can be gathered".into());
+        return Err(GatherError::NotSelect);
     };
     let ctes = cte_names(q);
     let mut names: Vec<ObjectName> = Vec::new();
@@ -69,25 +88,21 @@ pub(crate) fn gather_spec(
         let parts = name_parts(name);
         let last = parts.last().cloned().unwrap_or_default();
         if ctes.contains(&last) {
-            return Err(format!(
-                "a CTE named like the sharded table {last} in a statement that needs gathering"
-            ));
+            return Err(GatherError::CteNamedLikeTable(last));
         }
-        let first = name.0.first().and_then(|p| p.as_ident()).ok_or_else(|| {
-            "a sharded table reference shardgate cannot locate in the text".to_owned()
-        })?;
-        let start = offset_of(sql, &lines, first.span.start).ok_or_else(|| {
-            "a sharded table reference shardgate cannot locate in the text".to_owned()
-        })?;
-        let (range, idents) = name_tokens(sql, &toks, start, parts.len())
-            .ok_or_else(|| "a sharded table reference shardgate cannot locate".to_owned())?;
+        let first = name
+            .0
+            .first()
+            .and_then(|p| p.as_ident())
+            .ok_or(GatherError::NotInText)?;
+        let start = offset_of(sql, &lines, first.span.start).ok_or(GatherError::NotInText)?;
+        let (range, idents) =
+            name_tokens(sql, &toks, start, parts.len()).ok_or(GatherError::NotInTokens)?;
         let source = sql[range.clone()].to_owned();
         let temp = idents.last().cloned().unwrap_or_default();
         match relations.iter().find(|r| fold(&r.temp) == last) {
             Some(r) if fold_name(&r.source) != fold_name(&source) && parts.len() > 1 => {
-                return Err(format!(
-                    "sharded tables named {last} in different schemas in one statement"
-                ));
+                return Err(GatherError::SameNameInSchemas(last));
             }
             Some(_) => {}
             None => relations.push(GatherRelation {
@@ -99,7 +114,7 @@ pub(crate) fn gather_spec(
         edits.push((range, format!("pg_temp.{temp}")));
     }
     if relations.is_empty() {
-        return Err("no sharded table found to gather".into());
+        return Err(GatherError::NoShardedTable);
     }
     if let ([relation], [_]) = (relations.as_mut_slice(), names.as_slice()) {
         if let Some(filter) = pushed_filter(q) {
@@ -112,7 +127,7 @@ pub(crate) fn gather_spec(
     let mut at = 0;
     for (range, text) in edits {
         if range.start < at {
-            return Err("overlapping table references".into());
+            return Err(GatherError::Overlapping);
         }
         out.push_str(&sql[at..range.start]);
         out.push_str(&text);
@@ -299,7 +314,7 @@ mod tests {
         Rules::from_config(&c).unwrap()
     }
 
-    fn spec(sql: &str) -> Result<GatherSpec, String> {
+    fn spec(sql: &str) -> Result<GatherSpec, GatherError> {
         let st = Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .unwrap()
             .remove(0);

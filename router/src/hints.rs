@@ -13,12 +13,27 @@ pub(crate) struct Hints {
     pub role: Option<RoleHint>,
 }
 
+/// Why a `shardgate:` comment is not a hint this module reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HintError {
+    #[error("empty shardgate hint: {HINT_HELP}")]
+    Empty,
+    #[error("malformed shardgate hint `{0}`: {HINT_HELP}")]
+    Malformed(String),
+    #[error("shardgate hint `{0}` has no value")]
+    NoValue(String),
+    #[error("shardgate hint role={0}: write role=primary, role=replica or role=auto")]
+    BadRole(String),
+    #[error("unknown shardgate hint `{0}`: {HINT_HELP}")]
+    Unknown(String),
+}
+
 const HINT_HELP: &str = "write shard_key=<key>, shard=<name> or role=primary|replica|auto";
 
 /// The first `shardgate:` hint in the text's comments. `Err` names a `shardgate:` comment
 /// that does not say `shard_key=…`, `shard=…` or `role=…` (a typo should not silently route
 /// elsewhere).
-pub(crate) fn find_hints(sql: &str) -> Result<Hints, String> {
+pub(crate) fn find_hints(sql: &str) -> Result<Hints, HintError> {
     for comment in comments(sql) {
         let body = comment.trim_start();
         let Some(prefix) = body.get(..9) else {
@@ -38,7 +53,7 @@ pub(crate) fn find_hints(sql: &str) -> Result<Hints, String> {
             }
         }
         if hints == Hints::default() {
-            return Err(format!("empty shardgate hint: {HINT_HELP}"));
+            return Err(HintError::Empty);
         }
         return Ok(hints);
     }
@@ -47,7 +62,7 @@ pub(crate) fn find_hints(sql: &str) -> Result<Hints, String> {
 
 /// The routing (shard) part of the first hint only.
 #[cfg(test)]
-pub(crate) fn find_hint(sql: &str) -> Result<Option<Hint>, String> {
+pub(crate) fn find_hint(sql: &str) -> Result<Option<Hint>, HintError> {
     find_hints(sql).map(|h| h.route)
 }
 
@@ -76,26 +91,26 @@ fn split_pairs(text: &str) -> Vec<&str> {
     out.into_iter().filter(|p| !p.trim().is_empty()).collect()
 }
 
-fn parse_pair(text: &str) -> Result<Pair, String> {
+fn parse_pair(text: &str) -> Result<Pair, HintError> {
     let text = text.trim();
     let (name, value) = match text.split_once('=') {
         Some((n, v)) => (n.trim(), v.trim_start()),
-        None => return Err(format!("malformed shardgate hint `{text}`: {HINT_HELP}")),
+        None => return Err(HintError::Malformed(text.to_owned())),
     };
     let value = read_value(value);
     if value.is_empty() {
-        return Err(format!("shardgate hint `{name}` has no value"));
+        return Err(HintError::NoValue(name.to_owned()));
     }
     if name.eq_ignore_ascii_case("shard_key") {
         Ok(Pair::Route(Hint::ShardKey(value)))
     } else if name.eq_ignore_ascii_case("shard") {
         Ok(Pair::Route(Hint::Shard(value)))
     } else if name.eq_ignore_ascii_case("role") {
-        RoleHint::parse(&value).map(Pair::Role).ok_or_else(|| {
-            format!("shardgate hint role={value}: write role=primary, role=replica or role=auto")
-        })
+        RoleHint::parse(&value)
+            .map(Pair::Role)
+            .ok_or(HintError::BadRole(value))
     } else {
-        Err(format!("unknown shardgate hint `{name}`: {HINT_HELP}"))
+        Err(HintError::Unknown(name.to_owned()))
     }
 }
 

@@ -10,8 +10,63 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     BinaryOperator, Expr, Function, FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName,
-    ObjectNamePart, OrderByKind, Query, Select, SelectItem, SetExpr, Value, Visit,
+    ObjectNamePart, OrderByKind, Query, Select, SelectItem, SetExpr, SetOperator, Value, Visit,
 };
+
+/// What a read has that no merge in the proxy answers exactly; the text completes
+/// "… is not supported across shards".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MergeError {
+    #[error("{} over sharded tables", .0.to_string().to_uppercase())]
+    SetOperation(SetOperator),
+    #[error("a parenthesised or VALUES query over sharded tables")]
+    NotASelect,
+    #[error("DISTINCT")]
+    Distinct,
+    #[error("HAVING")]
+    Having,
+    #[error("window functions")]
+    Window,
+    #[error("{0}(DISTINCT …)")]
+    DistinctAggregate(String),
+    #[error("the ordered-set aggregate {0}")]
+    OrderedSetAggregate(String),
+    #[error("the aggregate {0} (only count, sum, min, max and avg merge)")]
+    OtherAggregate(String),
+    #[error("an expression over aggregates (select the aggregate itself)")]
+    OverAggregates,
+    #[error("GROUP BY ALL")]
+    GroupByAll,
+    #[error("GROUP BY with ROLLUP/CUBE/GROUPING SETS")]
+    GroupingSets,
+    #[error("GROUP BY an expression that is not in the select list")]
+    GroupByNotSelected,
+    #[error("aggregates with `*` in the select list")]
+    AggregatesWithWildcard,
+    #[error("ORDER BY ALL")]
+    OrderByAll,
+    #[error("ORDER BY … USING")]
+    OrderByUsing,
+    #[error("ORDER BY an expression that is not in the select list")]
+    OrderByNotSelected,
+    #[error("LIMIT BY")]
+    LimitBy,
+    #[error("a LIMIT that is not a number or a parameter")]
+    BadLimit,
+    #[error("an OFFSET that is not a number or a parameter")]
+    BadOffset,
+    #[error("LIMIT offset, count")]
+    OffsetCommaLimit,
+    #[error("FETCH … WITH TIES / PERCENT")]
+    FetchWithTies,
+    #[error("a FETCH count that is not a number or a parameter")]
+    BadFetch,
+    #[error("FOR UPDATE/SHARE with LIMIT/OFFSET (it would lock rows it does not return)")]
+    LockWithLimit,
+    /// A COPY (query) is merged by concatenation only.
+    #[error("COPY (query) with ORDER BY, LIMIT or aggregates")]
+    CopyNotConcatenation,
+}
 
 /// How the proxy merges the result sets of a read that ran on several shards.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -220,18 +275,18 @@ fn has_window<V: Visit>(v: &V) -> bool {
     has_call(v, |f| f.over.is_some())
 }
 
-fn mergeable_kind(f: &Function) -> Result<Option<&'static str>, String> {
+fn mergeable_kind(f: &Function) -> Result<Option<&'static str>, MergeError> {
     let name = function_name(&f.name);
     if !is_aggregate(f) {
         return Ok(None);
     }
     if let FunctionArguments::List(l) = &f.args {
         if l.duplicate_treatment == Some(sqlparser::ast::DuplicateTreatment::Distinct) {
-            return Err(format!("{name}(DISTINCT …)"));
+            return Err(MergeError::DistinctAggregate(name));
         }
     }
     if !f.within_group.is_empty() {
-        return Err(format!("the ordered-set aggregate {name}"));
+        return Err(MergeError::OrderedSetAggregate(name));
     }
     match name.as_str() {
         "count" => Ok(Some("count")),
@@ -239,9 +294,7 @@ fn mergeable_kind(f: &Function) -> Result<Option<&'static str>, String> {
         "min" => Ok(Some("min")),
         "max" => Ok(Some("max")),
         "avg" => Ok(Some("avg")),
-        _ => Err(format!(
-            "the aggregate {name} (only count, sum, min, max and avg merge)"
-        )),
+        _ => Err(MergeError::OtherAggregate(name)),
     }
 }
 
@@ -312,25 +365,20 @@ fn agg_of(item: &SelectItem) -> Option<&Function> {
 }
 
 /// How to merge a read that may run on several shards, or why it cannot be merged.
-pub(crate) fn merge_spec(q: &Query) -> Result<MergeSpec, String> {
+pub(crate) fn merge_spec(q: &Query) -> Result<MergeSpec, MergeError> {
     let s: &Select = match &*q.body {
         SetExpr::Select(s) => s,
-        SetExpr::SetOperation { op, .. } => {
-            return Err(format!(
-                "{} over sharded tables",
-                op.to_string().to_uppercase()
-            ))
-        }
-        _ => return Err("a parenthesised or VALUES query over sharded tables".into()),
+        SetExpr::SetOperation { op, .. } => return Err(MergeError::SetOperation(*op)),
+        _ => return Err(MergeError::NotASelect),
     };
     if s.distinct.is_some() {
-        return Err("DISTINCT".into());
+        return Err(MergeError::Distinct);
     }
     if s.having.is_some() {
-        return Err("HAVING".into());
+        return Err(MergeError::Having);
     }
     if has_window(&s.projection) || !s.named_window.is_empty() || has_window(&q.order_by) {
-        return Err("window functions".into());
+        return Err(MergeError::Window);
     }
     let items = &s.projection;
     let wildcard = items.iter().any(|i| {
@@ -359,37 +407,37 @@ pub(crate) fn merge_spec(q: &Query) -> Result<MergeSpec, String> {
             }
         }
         if has_aggregate_or_window(item) {
-            return Err("an expression over aggregates (select the aggregate itself)".into());
+            return Err(MergeError::OverAggregates);
         }
     }
     let grouped = match &s.group_by {
-        GroupByExpr::All(_) => return Err("GROUP BY ALL".into()),
+        GroupByExpr::All(_) => return Err(MergeError::GroupByAll),
         GroupByExpr::Expressions(exprs, mods) => {
             if !mods.is_empty() {
-                return Err("GROUP BY with ROLLUP/CUBE/GROUPING SETS".into());
+                return Err(MergeError::GroupingSets);
             }
             for e in exprs {
                 if matches!(e, Expr::GroupingSets(_) | Expr::Cube(_) | Expr::Rollup(_)) {
-                    return Err("GROUP BY with ROLLUP/CUBE/GROUPING SETS".into());
+                    return Err(MergeError::GroupingSets);
                 }
                 let col = output_column(e, items)
                     .filter(|_| !wildcard)
-                    .ok_or("GROUP BY an expression that is not in the select list")?;
+                    .ok_or(MergeError::GroupByNotSelected)?;
                 spec.group_by.push(col);
             }
             !exprs.is_empty()
         }
     };
     if (grouped || !spec.aggregates.is_empty() || !avgs.is_empty()) && wildcard {
-        return Err("aggregates with `*` in the select list".into());
+        return Err(MergeError::AggregatesWithWildcard);
     }
     if let Some(ob) = &q.order_by {
         let OrderByKind::Expressions(exprs) = &ob.kind else {
-            return Err("ORDER BY ALL".into());
+            return Err(MergeError::OrderByAll);
         };
         for o in exprs {
             if matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Using(_))) {
-                return Err("ORDER BY … USING".into());
+                return Err(MergeError::OrderByUsing);
             }
             let descending = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
             // A position (`ORDER BY 1`) counts output columns, which `*` expands: with a
@@ -407,7 +455,7 @@ pub(crate) fn merge_spec(q: &Query) -> Result<MergeSpec, String> {
                             .map(|i| i.value.to_lowercase())
                             .unwrap_or_default(),
                     ),
-                    _ => return Err("ORDER BY an expression that is not in the select list".into()),
+                    _ => return Err(MergeError::OrderByNotSelected),
                 },
             };
             spec.order_by.push(SortKey {
@@ -426,37 +474,32 @@ pub(crate) fn merge_spec(q: &Query) -> Result<MergeSpec, String> {
             limit_by,
         }) => {
             if !limit_by.is_empty() {
-                return Err("LIMIT BY".into());
+                return Err(MergeError::LimitBy);
             }
             if let Some(l) = limit {
                 if !matches!(l, Expr::Value(v) if v.value == Value::Null) {
-                    spec.limit =
-                        Some(row_count(l).ok_or("a LIMIT that is not a number or a parameter")?);
+                    spec.limit = Some(row_count(l).ok_or(MergeError::BadLimit)?);
                 }
             }
             if let Some(o) = offset {
-                spec.offset = Some(
-                    row_count(&o.value).ok_or("an OFFSET that is not a number or a parameter")?,
-                );
+                spec.offset = Some(row_count(&o.value).ok_or(MergeError::BadOffset)?);
                 offset_expr = Some(o.value.clone());
             }
         }
-        Some(LimitClause::OffsetCommaLimit { .. }) => return Err("LIMIT offset, count".into()),
+        Some(LimitClause::OffsetCommaLimit { .. }) => return Err(MergeError::OffsetCommaLimit),
     }
     if let Some(f) = &q.fetch {
         if f.with_ties || f.percent {
-            return Err("FETCH … WITH TIES / PERCENT".into());
+            return Err(MergeError::FetchWithTies);
         }
         let n = f
             .quantity
             .as_ref()
             .map_or(Some(RowCount::Value(1)), row_count);
-        spec.limit = Some(n.ok_or("a FETCH count that is not a number or a parameter")?);
+        spec.limit = Some(n.ok_or(MergeError::BadFetch)?);
     }
     if !q.locks.is_empty() && (spec.limit.is_some() || spec.offset.is_some()) {
-        return Err(
-            "FOR UPDATE/SHARE with LIMIT/OFFSET (it would lock rows it does not return)".into(),
-        );
+        return Err(MergeError::LockWithLimit);
     }
     if offset_expr.is_some() || !avgs.is_empty() {
         spec.shard_sql = Some(shard_query(q, items.len(), &avgs, offset_expr, &mut spec));

@@ -22,7 +22,7 @@ use crate::copy_in::{CopyInSpec, CopyOutSpec};
 use crate::gather::gather_spec;
 use crate::hints::find_hints;
 use crate::keys::union;
-use crate::merge::{merge_spec, MergeSpec};
+use crate::merge::{merge_spec, MergeError, MergeSpec};
 use crate::plan::{KeyExpr, Placement, Plan, Refusal, StatementKind};
 use crate::reference::{place_reference_ddl, place_reference_write, refuse_one_copy_writes};
 use crate::rules::norm;
@@ -84,10 +84,10 @@ impl Planner {
                 plan.hint = h.route;
                 plan.role_hint = h.role;
             }
-            Err(message) => {
+            Err(e) => {
                 plan.refusal.get_or_insert(Refusal {
                     code: "22023",
-                    message,
+                    message: e.to_string(),
                     hint: Some(
                         "write /* shardgate: shard_key=<key> */, /* shardgate: shard=<name> */ or /* shardgate: role=primary|replica|auto */"
                             .into(),
@@ -194,7 +194,7 @@ impl Planner {
                     let spec = merge_spec(q);
                     if let (SetExpr::SetOperation { .. }, Err(reason)) = (&*q.body, &spec) {
                         // Say "UNION", not "a subquery", for a set operation at the top.
-                        plan.unsupported_cross_shard = Some(reason.clone());
+                        plan.unsupported_cross_shard = Some(reason.to_string());
                     }
                     let spec = spec.map(|spec| self.group_on_shards(q, &plan, spec));
                     self.add_merge(&mut plan, spec);
@@ -225,7 +225,8 @@ impl Planner {
                         Ok(spec) => plan.copy_out = Some(spec),
                         Err(reason) => {
                             plan.merge = None;
-                            plan.unsupported_cross_shard.get_or_insert(reason);
+                            plan.unsupported_cross_shard
+                                .get_or_insert_with(|| reason.to_string());
                         }
                     }
                 }
@@ -360,14 +361,15 @@ impl Planner {
         plan.key_updates = an.key_updates;
     }
 
-    fn add_merge(&self, plan: &mut Plan, spec: Result<MergeSpec, String>) {
+    fn add_merge(&self, plan: &mut Plan, spec: Result<MergeSpec, MergeError>) {
         if plan.placement == Placement::Default {
             return;
         }
         match spec {
             Ok(spec) => plan.merge = Some(spec),
             Err(reason) => {
-                plan.unsupported_cross_shard.get_or_insert(reason);
+                plan.unsupported_cross_shard
+                    .get_or_insert_with(|| reason.to_string());
             }
         }
     }
@@ -402,10 +404,7 @@ impl Planner {
                 self.finish(plan, an);
                 match merge_spec(q) {
                     Ok(spec) if spec.is_concatenation() => self.add_merge(plan, Ok(spec)),
-                    Ok(_) => self.add_merge(
-                        plan,
-                        Err("COPY (query) with ORDER BY, LIMIT or aggregates".into()),
-                    ),
+                    Ok(_) => self.add_merge(plan, Err(MergeError::CopyNotConcatenation)),
                     Err(reason) => self.add_merge(plan, Err(reason)),
                 }
             }
@@ -450,7 +449,7 @@ impl Planner {
             }
             Err(reason) => {
                 if let Some(r) = plan.refusal.as_mut() {
-                    r.message = reason;
+                    r.message = reason.to_string();
                 }
             }
         }

@@ -103,7 +103,7 @@ impl Router {
                 "default shard `{default_name}` is not a configured shard"
             ))
         })?;
-        let rules = Rules::from_config(s).map_err(RouterError::Config)?;
+        let rules = Rules::from_config(s).map_err(|e| RouterError::Config(e.to_string()))?;
         Ok(Router {
             planner: Planner {
                 rules,

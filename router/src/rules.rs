@@ -70,6 +70,17 @@ pub(crate) struct TableRule {
     pub key_type: KeyType,
 }
 
+/// A table name of `[sharding]` that cannot be matched against references.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RulesError {
+    #[error("sharded table name `{0}` is not `table` or `schema.table`")]
+    ShardedTableName(String),
+    #[error("sharded table `{0}` has an empty key column")]
+    EmptyKeyColumn(String),
+    #[error("reference table name `{0}` is not `table` or `schema.table`")]
+    ReferenceTableName(String),
+}
+
 /// The sharded tables, ready for matching references.
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
@@ -79,24 +90,18 @@ pub(crate) struct Rules {
 }
 
 impl Rules {
-    pub(crate) fn from_config(s: &Sharding) -> Result<Rules, String> {
+    pub(crate) fn from_config(s: &Sharding) -> Result<Rules, RulesError> {
         let mut tables = Vec::new();
         for t in &s.tables {
             let mut parts = config_parts(&t.name);
             let name = parts.pop().unwrap_or_default();
             if name.is_empty() || parts.len() > 1 || parts.iter().any(String::is_empty) {
-                return Err(format!(
-                    "sharded table name `{}` is not `table` or `schema.table`",
-                    t.name
-                ));
+                return Err(RulesError::ShardedTableName(t.name.clone()));
             }
             let key = t.key_column.as_deref().unwrap_or(&s.key_column);
             let key_column = config_parts(key).pop().unwrap_or_default();
             if key_column.is_empty() {
-                return Err(format!(
-                    "sharded table `{}` has an empty key column",
-                    t.name
-                ));
+                return Err(RulesError::EmptyKeyColumn(t.name.clone()));
             }
             tables.push(TableRule {
                 schema: parts.pop(),
@@ -110,10 +115,7 @@ impl Rules {
             let mut parts = config_parts(&t.name);
             let name = parts.pop().unwrap_or_default();
             if name.is_empty() || parts.len() > 1 || parts.iter().any(String::is_empty) {
-                return Err(format!(
-                    "reference table name `{}` is not `table` or `schema.table`",
-                    t.name
-                ));
+                return Err(RulesError::ReferenceTableName(t.name.clone()));
             }
             references.push((parts.pop(), name));
         }
