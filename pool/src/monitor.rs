@@ -18,6 +18,22 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::budget::HostBudgets;
 use crate::failover::Observed;
 use crate::health::{Health, HostHealth, Lag, ShardHealth};
+use crate::tls::ControlConnectError;
+
+/// Why a host's check failed (the text is the host's failure reason).
+#[derive(Debug, thiserror::Error)]
+enum MonitorError {
+    #[error("connecting to {0} timed out")]
+    ConnectTimedOut(Host),
+    #[error(transparent)]
+    Connect(#[from] ControlConnectError),
+    #[error("health check timed out")]
+    QueryTimedOut,
+    #[error(transparent)]
+    Query(#[from] tokio_postgres::Error),
+    #[error("health check took longer than {0:?}")]
+    TookLonger(Duration),
+}
 
 /// Who the checks log in as, and where.
 #[derive(Clone)]
@@ -71,19 +87,22 @@ struct Clients {
 }
 
 impl Clients {
-    async fn position(&mut self, host: &Host, login: &MonitorLogin) -> Result<Position, String> {
+    async fn position(
+        &mut self,
+        host: &Host,
+        login: &MonitorLogin,
+    ) -> Result<Position, MonitorError> {
         let client = match self.open.remove(host) {
             Some(c) if !c.is_closed() => c,
             _ => connect(host, login).await?,
         };
         let row = tokio::time::timeout(login.connect_timeout, client.query_one(POSITION_SQL, &[]))
             .await
-            .map_err(|_| "health check timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
-        let lsn: i64 = row.try_get(1).map_err(|e| e.to_string())?;
-        let max_connections: i32 = row.try_get(2).map_err(|e| e.to_string())?;
-        let timeline: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
+            .map_err(|_| MonitorError::QueryTimedOut)??;
+        let in_recovery: bool = row.try_get(0)?;
+        let lsn: i64 = row.try_get(1)?;
+        let max_connections: i32 = row.try_get(2)?;
+        let timeline: Option<i64> = row.try_get(3)?;
         self.open.insert(host.clone(), client);
         Ok(Position {
             in_recovery,
@@ -94,7 +113,10 @@ impl Clients {
     }
 }
 
-async fn connect(host: &Host, login: &MonitorLogin) -> Result<tokio_postgres::Client, String> {
+async fn connect(
+    host: &Host,
+    login: &MonitorLogin,
+) -> Result<tokio_postgres::Client, MonitorError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&host.host)
@@ -112,8 +134,8 @@ async fn connect(host: &Host, login: &MonitorLogin) -> Result<tokio_postgres::Cl
         crate::tls::connect_control(&mut config, host),
     )
     .await
-    .map_err(|_| format!("connecting to {host} timed out"))?
-    .map_err(|e| e.to_string())
+    .map_err(|_| MonitorError::ConnectTimedOut(host.clone()))?
+    .map_err(MonitorError::from)
 }
 
 /// Starts the monitor; it runs until the handle is aborted.
@@ -180,7 +202,7 @@ async fn check_shard(
         }
         let answer = tokio::time::timeout(bound, clients.position(&host.host, login))
             .await
-            .unwrap_or_else(|_| Err(format!("health check took longer than {bound:?}")));
+            .unwrap_or_else(|_| Err(MonitorError::TookLonger(bound)));
         match answer {
             Ok(p) => {
                 host.report_up();
@@ -195,7 +217,7 @@ async fn check_shard(
                 }));
             }
             Err(e) => {
-                host.report_failure(settings.ban_initial, settings.ban_max, &e);
+                host.report_failure(settings.ban_initial, settings.ban_max, &e.to_string());
                 seen.push(None);
             }
         }
