@@ -438,8 +438,21 @@ fn labeled<T>(result: Result<T, Failure>) -> Result<T, Failure> {
     result.map_err(Failure::labeled)
 }
 
+/// Why an `--interval` was refused (clap shows the text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum IntervalError {
+    #[error("expected a duration like 500ms or 2s, got {0:?}")]
+    NotANumber(String),
+    #[error("unknown unit {0:?}: use ms, s or m")]
+    UnknownUnit(String),
+    #[error(transparent)]
+    OutOfRange(#[from] std::time::TryFromFloatSecsError),
+    #[error("{text} is too short: at least {}ms", MIN_INTERVAL.as_millis())]
+    TooShort { text: String },
+}
+
 /// `--interval`: a number and a unit (ms, s, m), at least 100ms.
-fn parse_interval(text: &str) -> Result<Duration, String> {
+fn parse_interval(text: &str) -> Result<Duration, IntervalError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -447,19 +460,18 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let number: f64 = number
         .parse()
-        .map_err(|_| format!("expected a duration like 500ms or 2s, got {text:?}"))?;
+        .map_err(|_| IntervalError::NotANumber(text.to_owned()))?;
     let seconds = match unit.trim() {
         "ms" => number / 1000.0,
         "s" | "" => number,
         "m" => number * 60.0,
-        other => return Err(format!("unknown unit {other:?}: use ms, s or m")),
+        other => return Err(IntervalError::UnknownUnit(other.to_owned())),
     };
-    let interval = Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())?;
+    let interval = Duration::try_from_secs_f64(seconds)?;
     if interval < MIN_INTERVAL {
-        return Err(format!(
-            "{text} is too short: at least {}ms",
-            MIN_INTERVAL.as_millis()
-        ));
+        return Err(IntervalError::TooShort {
+            text: text.to_owned(),
+        });
     }
     Ok(interval)
 }
