@@ -99,7 +99,7 @@ pub(crate) async fn simple_query(
             backend::DATA_ROW => {
                 let values = data_row_values(&frame).map_err(|e| {
                     conn.mark_broken();
-                    ServerError::Protocol(e)
+                    ServerError::Protocol(e.to_string())
                 })?;
                 rows.push(
                     values

@@ -108,35 +108,52 @@ pub(crate) fn type_name(oid: u32) -> Option<&'static str> {
     })
 }
 
-fn fixed<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
-    v.try_into()
-        .map_err(|_| format!("expected {N} bytes, got {}", v.len()))
+/// Why a value cannot be a sort key (the text is the client's 0A000 message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error("expected {expected} bytes, got {got}")]
+    Length { expected: usize, got: usize },
+    #[error("invalid UTF-8")]
+    InvalidUtf8,
+    #[error("bad float {0:?}")]
+    BadFloat(String),
+    #[error("cannot read a {what} value {value:?}")]
+    Unreadable { what: &'static str, value: String },
+    #[error("values of type {0} cannot be ordered across shards")]
+    UnorderableType(&'static str),
+    #[error("values of type OID {0} cannot be ordered across shards")]
+    UnorderableOid(u32),
 }
 
-fn utf8(v: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(v).map_err(|_| "invalid UTF-8".to_string())
+fn fixed<const N: usize>(v: &[u8]) -> Result<[u8; N], KeyError> {
+    v.try_into().map_err(|_| KeyError::Length {
+        expected: N,
+        got: v.len(),
+    })
 }
 
-fn text_float(s: &str) -> Result<f64, String> {
+fn utf8(v: &[u8]) -> Result<&str, KeyError> {
+    std::str::from_utf8(v).map_err(|_| KeyError::InvalidUtf8)
+}
+
+fn text_float(s: &str) -> Result<f64, KeyError> {
     match s {
         "NaN" => Ok(f64::NAN),
         "Infinity" => Ok(f64::INFINITY),
         "-Infinity" => Ok(f64::NEG_INFINITY),
-        _ => s.parse().map_err(|_| format!("bad float {s:?}")),
+        _ => s.parse().map_err(|_| KeyError::BadFloat(s.to_owned())),
     }
 }
 
 /// Decodes one value of type `oid` in `format` (0 text, 1 binary); `None` is SQL NULL.
-pub(crate) fn decode(oid: u32, format: i16, value: Option<&Bytes>) -> Result<Key, String> {
+pub(crate) fn decode(oid: u32, format: i16, value: Option<&Bytes>) -> Result<Key, KeyError> {
     let Some(v) = value else {
         return Ok(Key::Null);
     };
     let binary = format == 1;
-    let bad = |what: &str| {
-        format!(
-            "cannot read a {what} value {:?}",
-            String::from_utf8_lossy(v)
-        )
+    let bad = |what: &'static str| KeyError::Unreadable {
+        what,
+        value: String::from_utf8_lossy(v).into_owned(),
     };
     let key = match oid {
         INT2 | INT4 | INT8 | OID if !binary => {
@@ -216,8 +233,8 @@ pub(crate) fn decode(oid: u32, format: i16, value: Option<&Bytes>) -> Result<Key
         BYTEA | CHAR | NAME | TEXT | VARCHAR => Key::Bytes(v.clone()),
         other => {
             return Err(match type_name(other) {
-                Some(n) => format!("values of type {n} cannot be ordered across shards"),
-                None => format!("values of type OID {other} cannot be ordered across shards"),
+                Some(n) => KeyError::UnorderableType(n),
+                None => KeyError::UnorderableOid(other),
             })
         }
     };
@@ -527,9 +544,13 @@ mod tests {
 
     #[test]
     fn unknown_types_are_refused_by_name() {
-        let e = decode(3802, 0, Some(&Bytes::from_static(b"{}"))).unwrap_err();
+        let e = decode(3802, 0, Some(&Bytes::from_static(b"{}")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("jsonb"), "{e}");
-        let e = decode(99_999, 0, Some(&Bytes::from_static(b"x"))).unwrap_err();
+        let e = decode(99_999, 0, Some(&Bytes::from_static(b"x")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("99999"), "{e}");
         assert!(!is_sortable(3802) && is_sortable(NUMERIC));
     }

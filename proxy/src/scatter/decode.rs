@@ -21,6 +21,23 @@ pub(crate) struct Field {
     pub format: i16,
 }
 
+/// Why a backend message could not be read; `&'static str` names the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    #[error("unterminated string in {0}")]
+    Unterminated(&'static str),
+    #[error("invalid UTF-8 in {0}")]
+    InvalidUtf8(&'static str),
+    #[error("trailing bytes in {0}")]
+    TrailingBytes(&'static str),
+    #[error("negative RowDescription field count")]
+    NegativeFieldCount,
+    #[error("negative DataRow column count")]
+    NegativeColumnCount,
+}
+
 /// Cursor over a message body that reports truncation as an error.
 struct Reader<'a> {
     buf: &'a [u8],
@@ -28,54 +45,54 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(format!("truncated {}", self.what));
+            return Err(DecodeError::Truncated(self.what));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
         Ok(head)
     }
 
-    fn i16(&mut self) -> Result<i16, String> {
+    fn i16(&mut self) -> Result<i16, DecodeError> {
         let b = self.take(2)?;
         Ok(i16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn i32(&mut self) -> Result<i32, String> {
+    fn i32(&mut self) -> Result<i32, DecodeError> {
         let b = self.take(4)?;
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn cstr(&mut self) -> Result<&'a str, String> {
+    fn cstr(&mut self) -> Result<&'a str, DecodeError> {
         let end = self
             .buf
             .iter()
             .position(|b| *b == 0)
-            .ok_or_else(|| format!("unterminated string in {}", self.what))?;
+            .ok_or(DecodeError::Unterminated(self.what))?;
         let s = std::str::from_utf8(&self.buf[..end])
-            .map_err(|_| format!("invalid UTF-8 in {}", self.what))?;
+            .map_err(|_| DecodeError::InvalidUtf8(self.what))?;
         self.buf = &self.buf[end + 1..];
         Ok(s)
     }
 
-    fn finish(&self) -> Result<(), String> {
+    fn finish(&self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(format!("trailing bytes in {}", self.what))
+            Err(DecodeError::TrailingBytes(self.what))
         }
     }
 }
 
 /// The fields of a RowDescription frame.
-pub(crate) fn row_description(frame: &Frame) -> Result<Vec<Field>, String> {
+pub(crate) fn row_description(frame: &Frame) -> Result<Vec<Field>, DecodeError> {
     let mut r = Reader {
         buf: frame.body(),
         what: "RowDescription",
     };
     let n = r.i16()?;
-    let n = usize::try_from(n).map_err(|_| "negative RowDescription field count".to_string())?;
+    let n = usize::try_from(n).map_err(|_| DecodeError::NegativeFieldCount)?;
     let mut fields = Vec::with_capacity(n);
     for _ in 0..n {
         let name = r.cstr()?.to_owned();
@@ -126,14 +143,14 @@ pub(crate) fn result_format(formats: &[i16], i: usize) -> i16 {
 }
 
 /// The value ranges of a DataRow: `None` for NULL, else the byte range inside the frame.
-pub(crate) fn data_row(frame: &Frame) -> Result<Vec<Option<std::ops::Range<usize>>>, String> {
+pub(crate) fn data_row(frame: &Frame) -> Result<Vec<Option<std::ops::Range<usize>>>, DecodeError> {
     let body = frame.body();
     let mut r = Reader {
         buf: body,
         what: "DataRow",
     };
     let n = r.i16()?;
-    let n = usize::try_from(n).map_err(|_| "negative DataRow column count".to_string())?;
+    let n = usize::try_from(n).map_err(|_| DecodeError::NegativeColumnCount)?;
     let mut values = Vec::with_capacity(n);
     for _ in 0..n {
         let len = r.i32()?;
@@ -150,7 +167,7 @@ pub(crate) fn data_row(frame: &Frame) -> Result<Vec<Option<std::ops::Range<usize
 }
 
 /// The values of a DataRow as cheap slices of the frame (`None` for NULL).
-pub(crate) fn data_row_values(frame: &Frame) -> Result<Vec<Option<Bytes>>, String> {
+pub(crate) fn data_row_values(frame: &Frame) -> Result<Vec<Option<Bytes>>, DecodeError> {
     let bytes = frame.clone().into_bytes();
     Ok(data_row(frame)?
         .into_iter()
@@ -163,7 +180,7 @@ pub(crate) fn write_truncated_row(
     out: &mut BytesMut,
     frame: &Frame,
     keep: usize,
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     let ranges = data_row(frame)?;
     let bytes = frame.as_bytes();
     write_message(out, backend::DATA_ROW, |b| {
@@ -190,7 +207,7 @@ pub(crate) fn write_select_complete(out: &mut BytesMut, rows: u64) {
 }
 
 /// The (code, value) fields of an ErrorResponse or NoticeResponse.
-pub(crate) fn error_response_fields(frame: &Frame) -> Result<Vec<(u8, String)>, String> {
+pub(crate) fn error_response_fields(frame: &Frame) -> Result<Vec<(u8, String)>, DecodeError> {
     let mut r = Reader {
         buf: frame.body(),
         what: "ErrorResponse",
@@ -215,7 +232,7 @@ pub(crate) fn write_prefixed_error(
     frame: &Frame,
     prefix: &str,
     keep_position: bool,
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     let fields = error_response_fields(frame)?;
     write_message(out, backend::ERROR_RESPONSE, |b| {
         for (code, value) in &fields {
@@ -247,7 +264,7 @@ pub(crate) fn error_summary(frame: &Frame) -> (String, String) {
             };
             (get(b'C'), get(b'M'))
         }
-        Err(e) => ("XX000".into(), e),
+        Err(e) => ("XX000".into(), e.to_string()),
     }
 }
 

@@ -43,7 +43,8 @@ impl RowPlan {
                 let v = values
                     .get(c.index)
                     .ok_or_else(|| Stop::protocol("a row is shorter than its description"))?;
-                decode(c.type_oid, c.format, v.as_ref()).map_err(Stop::unsupported)
+                decode(c.type_oid, c.format, v.as_ref())
+                    .map_err(|e| Stop::unsupported(e.to_string()))
             })
             .collect()
     }

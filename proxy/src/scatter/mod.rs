@@ -37,7 +37,7 @@ use decode::write_prefixed_error;
 use execute::Ctx;
 use output::Output;
 pub(crate) use output::{ClientGone, ClientSink};
-use request::{row_count, shard_messages};
+use request::{row_count, shard_messages, RowCountError};
 pub(crate) use request::{write_bind, write_execute};
 pub(crate) use resume::{batch_rows, resume, HeldMerge, Resumed};
 pub(crate) use shard::join_all;
@@ -145,8 +145,8 @@ pub(crate) enum Stop {
 }
 
 impl Stop {
-    pub(crate) fn protocol(e: impl Into<String>) -> Stop {
-        Stop::Protocol(e.into())
+    pub(crate) fn protocol(e: impl std::fmt::Display) -> Stop {
+        Stop::Protocol(e.to_string())
     }
 
     pub(crate) fn unsupported(message: String) -> Stop {
@@ -426,7 +426,7 @@ async fn run_inner<C: ClientSink>(
         return Ok(None);
     }
     if let Some(e) = limit_error {
-        refuse(&mut out, INVALID_PARAMETER_VALUE, &e);
+        refuse(&mut out, INVALID_PARAMETER_VALUE, &e.to_string());
         return Ok(None);
     }
     match result {
@@ -484,7 +484,10 @@ async fn run_inner<C: ClientSink>(
 }
 
 /// Resolved LIMIT (None = all) and OFFSET.
-fn limits_of(spec: &MergeSpec, request: &ScatterRequest) -> Result<(Option<u64>, u64), String> {
+fn limits_of(
+    spec: &MergeSpec,
+    request: &ScatterRequest,
+) -> Result<(Option<u64>, u64), RowCountError> {
     let resolve = |c: &Option<shardgate_router::RowCount>| match c {
         None => Ok(None),
         Some(c) => row_count(c, request),

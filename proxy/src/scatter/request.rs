@@ -127,9 +127,27 @@ pub(crate) fn shard_messages(
     out
 }
 
+/// Why a LIMIT/OFFSET parameter has no row count (the text is the client's 22023 message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RowCountError {
+    #[error("there is no parameter ${0}")]
+    NoParameter(usize),
+    #[error("bad {0}")]
+    BadBinary(&'static str),
+    #[error("a binary LIMIT/OFFSET parameter of {0} bytes")]
+    BinaryLength(usize),
+    #[error("parameter ${0} is not an integer")]
+    NotAnInteger(usize),
+    #[error("LIMIT/OFFSET must not be negative")]
+    Negative,
+}
+
 /// The value of a LIMIT/OFFSET: a literal, or a client parameter (text, or binary int8, int4
 /// or int2). `Ok(None)` for a NULL parameter (no limit).
-pub(crate) fn row_count(count: &RowCount, request: &ScatterRequest) -> Result<Option<u64>, String> {
+pub(crate) fn row_count(
+    count: &RowCount,
+    request: &ScatterRequest,
+) -> Result<Option<u64>, RowCountError> {
     let n = match count {
         RowCount::Value(v) => return Ok(Some(*v)),
         RowCount::Param(n) => *n,
@@ -140,12 +158,10 @@ pub(crate) fn row_count(count: &RowCount, request: &ScatterRequest) -> Result<Op
         ..
     } = request
     else {
-        return Err(format!("there is no parameter ${n}"));
+        return Err(RowCountError::NoParameter(n));
     };
-    let index = n.checked_sub(1).ok_or("there is no parameter $0")?;
-    let value = params
-        .get(index)
-        .ok_or_else(|| format!("there is no parameter ${n}"))?;
+    let index = n.checked_sub(1).ok_or(RowCountError::NoParameter(0))?;
+    let value = params.get(index).ok_or(RowCountError::NoParameter(n))?;
     let Some(value) = value else {
         return Ok(None);
     };
@@ -154,22 +170,23 @@ pub(crate) fn row_count(count: &RowCount, request: &ScatterRequest) -> Result<Op
         [one] => *one,
         many => many.get(index).copied().unwrap_or(0),
     };
+    let bad = RowCountError::BadBinary;
     let v: i64 = if format == 1 {
         match value.len() {
-            8 => i64::from_be_bytes(value[..].try_into().map_err(|_| "bad int8")?),
-            4 => i32::from_be_bytes(value[..].try_into().map_err(|_| "bad int4")?).into(),
-            2 => i16::from_be_bytes(value[..].try_into().map_err(|_| "bad int2")?).into(),
-            l => return Err(format!("a binary LIMIT/OFFSET parameter of {l} bytes")),
+            8 => i64::from_be_bytes(value[..].try_into().map_err(|_| bad("int8"))?),
+            4 => i32::from_be_bytes(value[..].try_into().map_err(|_| bad("int4"))?).into(),
+            2 => i16::from_be_bytes(value[..].try_into().map_err(|_| bad("int2"))?).into(),
+            l => return Err(RowCountError::BinaryLength(l)),
         }
     } else {
         std::str::from_utf8(value)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("parameter ${n} is not an integer"))?
+            .ok_or(RowCountError::NotAnInteger(n))?
     };
     u64::try_from(v)
         .map(Some)
-        .map_err(|_| "LIMIT/OFFSET must not be negative".into())
+        .map_err(|_| RowCountError::Negative)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use shardgate_admin::control::{
@@ -22,7 +22,7 @@ use shardgate_admin::control::{
 };
 use shardgate_config::{Config, Host};
 use shardgate_pool::{ConnectTarget, MonitorLogin, ServerConn, ServerError};
-use shardgate_topology::{CommitDecision, Store};
+use shardgate_topology::{CommitDecision, Store, StoreError};
 use shardgate_wire::backend;
 use tokio::sync::watch;
 
@@ -77,6 +77,24 @@ impl RecoveryState {
     }
 }
 
+/// Why a store call or a shard's listing failed (the text goes to the round's report).
+#[derive(Debug, thiserror::Error)]
+enum RecoveryError {
+    #[error("no [[users]] entry to log in with")]
+    NoLogin,
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no answer within {QUERY_TIMEOUT:?}")]
+    TimedOut,
+    /// The listing query's ErrorResponse.
+    #[error("{message} (SQLSTATE {code})")]
+    Refused { message: String, code: String },
+    #[error("a malformed row of pg_prepared_xacts")]
+    MalformedRow,
+}
+
 /// A prepared transaction with a gid of ours, as a shard listed it.
 struct Prepared {
     gid: String,
@@ -91,7 +109,7 @@ struct Listing {
     shard: String,
     host: Host,
     /// The transactions, and whether that is all of them (under [`LIST_LIMIT`]).
-    result: Result<(Vec<Prepared>, bool), String>,
+    result: Result<(Vec<Prepared>, bool), RecoveryError>,
 }
 
 /// How a resolution ended.
@@ -191,7 +209,7 @@ pub(crate) async fn resolve_in_doubt(shared: &Shared) -> RecoveryReport {
                     "cannot list the shard's prepared transactions; skipped this round");
                 report.unreachable.push(ShardProblem {
                     shard: listing.shard,
-                    error,
+                    error: error.to_string(),
                 });
                 complete = false;
                 continue;
@@ -222,7 +240,7 @@ pub(crate) async fn resolve_in_doubt(shared: &Shared) -> RecoveryReport {
 
     // Read after the verdicts: a transaction of this proxy that was not in flight then had
     // its decision, if any, recorded before, so this read sees it. One read for the round.
-    let decided: Result<HashSet<(String, u64)>, String> =
+    let decided: Result<HashSet<(String, u64)>, RecoveryError> =
         if work.iter().all(|(_, _, todo)| todo.is_empty()) {
             Ok(HashSet::new())
         } else {
@@ -230,17 +248,21 @@ pub(crate) async fn resolve_in_doubt(shared: &Shared) -> RecoveryReport {
                 .await
                 .map(|all| all.into_iter().map(|d| (d.proxy, d.txid)).collect())
         };
-    let results = match &decided {
+    let results = match decided {
         Ok(decided) => {
             let rounds = work
                 .iter()
-                .map(|(shard, host, todo)| resolve_shard(&config, decided, shard, host, todo));
+                .map(|(shard, host, todo)| resolve_shard(&config, &decided, shard, host, todo));
             futures_util::future::join_all(rounds).await
         }
         Err(e) => {
-            let e = format!("cannot read the commit decisions: {e}");
+            let e = Arc::new(e);
             work.iter()
-                .map(|(_, _, todo)| todo.iter().map(|_| Err(e.clone())).collect())
+                .map(|(_, _, todo)| {
+                    todo.iter()
+                        .map(|_| Err(Failure::NoDecisions(e.clone())))
+                        .collect()
+                })
                 .collect()
         }
     };
@@ -299,7 +321,7 @@ pub(crate) async fn in_doubt(shared: &Shared) -> TransactionsReport {
     let (decisions, store_error) = match &shared.store {
         Some(store) => match bounded(store.commit_decisions()).await {
             Ok(d) => (d, None),
-            Err(e) => (Vec::new(), Some(e)),
+            Err(e) => (Vec::new(), Some(e.to_string())),
         },
         None => (Vec::new(), Some("no topology store".to_owned())),
     };
@@ -332,7 +354,7 @@ pub(crate) async fn in_doubt(shared: &Shared) -> TransactionsReport {
             }
             Err(error) => unreachable.push(ShardProblem {
                 shard: listing.shard,
-                error,
+                error: error.to_string(),
             }),
         }
     }
@@ -447,8 +469,8 @@ async fn list_all(shared: &Shared) -> Vec<Listing> {
 async fn list_shard(
     host: &Host,
     login: Option<&MonitorLogin>,
-) -> Result<(Vec<Prepared>, bool), String> {
-    let login = login.ok_or("no [[users]] entry to log in with")?;
+) -> Result<(Vec<Prepared>, bool), RecoveryError> {
+    let login = login.ok_or(RecoveryError::NoLogin)?;
     let target = ConnectTarget {
         host: host.clone(),
         user: login.user.clone(),
@@ -457,9 +479,7 @@ async fn list_shard(
         application_name: APPLICATION_NAME.into(),
         connect_timeout: login.connect_timeout,
     };
-    let mut conn = ServerConn::connect(&target)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut conn = ServerConn::connect(&target).await?;
     let sql = format!("{LIST_SQL}{LIST_LIMIT}");
     let frames = bounded(conn.query_frames(&sql)).await?;
     let mut rows = 0;
@@ -468,12 +488,14 @@ async fn list_shard(
         match frame.tag() {
             backend::ERROR_RESPONSE => {
                 let fields = backend::error_fields(frame).unwrap_or_default();
-                return Err(format!("{} (SQLSTATE {})", fields.message, fields.code));
+                return Err(RecoveryError::Refused {
+                    message: fields.message,
+                    code: fields.code,
+                });
             }
             backend::DATA_ROW => {
                 rows += 1;
-                let columns =
-                    text_columns(frame.body()).ok_or("a malformed row of pg_prepared_xacts")?;
+                let columns = text_columns(frame.body()).ok_or(RecoveryError::MalformedRow)?;
                 let text = |i: usize| columns.get(i).cloned().flatten().unwrap_or_default();
                 let gid = text(0);
                 // `sg_` gids another program wrote are not ours to resolve.
@@ -503,26 +525,22 @@ async fn resolve_shard(
     shard: &str,
     host: &Host,
     todo: &[Prepared],
-) -> Vec<Result<Outcome, String>> {
+) -> Vec<Result<Outcome, Failure>> {
     let mut conns: HashMap<(String, String), ServerConn> = HashMap::new();
     let mut outcomes = Vec::with_capacity(todo.len());
     let mut down: Option<String> = None;
     for p in todo {
         if let Some(why) = &down {
-            outcomes.push(Err(format!(
-                "skipped this round: the shard stopped answering ({why})"
-            )));
+            outcomes.push(Err(Failure::Skipped { why: why.clone() }));
             continue;
         }
         let commit = decided.contains(&(p.parsed.proxy.clone(), p.parsed.txid));
-        let outcome = match finish(config, &mut conns, host, p, commit).await {
-            Ok(outcome) => Ok(outcome),
-            Err(Failure::Transaction(e)) => Err(e),
-            Err(Failure::Shard(e)) => {
-                down = Some(e.clone());
-                Err(e)
+        let outcome = finish(config, &mut conns, host, p, commit).await;
+        if let Err(e) = &outcome {
+            if e.shard_down() {
+                down = Some(e.to_string());
             }
-        };
+        }
         match &outcome {
             Ok(Outcome::Committed) => {
                 tracing::info!(gid = %p.gid, shard, "in-doubt transaction committed (its decision was stored)")
@@ -542,12 +560,36 @@ async fn resolve_shard(
     outcomes
 }
 
-/// Why a resolution failed.
+/// Why a transaction was not resolved this round.
+#[derive(Debug, thiserror::Error)]
 enum Failure {
-    /// The shard did not answer (no connection, a lost one, no reply in time).
-    Shard(String),
     /// The shard refused this one (a login or database refused, the statement failed).
-    Transaction(String),
+    #[error(transparent)]
+    Refused(ServerError),
+    /// The shard did not answer (no connection, a lost one).
+    #[error(transparent)]
+    Down(ServerError),
+    #[error("no [[users]] entry to log in with")]
+    NoLogin,
+    #[error("the connection went missing")]
+    ConnectionMissing,
+    #[error("no answer within {QUERY_TIMEOUT:?}")]
+    TimedOut,
+    /// An earlier transaction of the shard found it down (`why`: that failure's text).
+    #[error("skipped this round: the shard stopped answering ({why})")]
+    Skipped { why: String },
+    #[error("cannot read the commit decisions: {0}")]
+    NoDecisions(Arc<RecoveryError>),
+}
+
+impl Failure {
+    /// Whether the shard itself failed, so its other transactions wait for the next round.
+    fn shard_down(&self) -> bool {
+        matches!(
+            self,
+            Failure::Down(_) | Failure::ConnectionMissing | Failure::TimedOut
+        )
+    }
 }
 
 /// `COMMIT PREPARED` (with `commit`) or `ROLLBACK PREPARED`, on `host` in the transaction's
@@ -564,7 +606,7 @@ async fn finish(
         .iter()
         .find(|u| u.server_user() == p.owner)
         .or_else(|| config.users.first())
-        .ok_or_else(|| Failure::Transaction("no [[users]] entry to log in with".into()))?;
+        .ok_or(Failure::NoLogin)?;
     let key = (p.database.clone(), user.server_user().to_owned());
     if !conns.contains_key(&key) {
         let target = ConnectTarget {
@@ -576,16 +618,12 @@ async fn finish(
             connect_timeout: config.pool.connect_timeout,
         };
         let conn = ServerConn::connect(&target).await.map_err(|e| match e {
-            ServerError::Refused { .. } | ServerError::Auth(_) => {
-                Failure::Transaction(e.to_string())
-            }
-            _ => Failure::Shard(e.to_string()),
+            ServerError::Refused { .. } | ServerError::Auth(_) => Failure::Refused(e),
+            _ => Failure::Down(e),
         })?;
         conns.insert(key.clone(), conn);
     }
-    let conn = conns
-        .get_mut(&key)
-        .ok_or_else(|| Failure::Shard("the connection went missing".into()))?;
+    let conn = conns.get_mut(&key).ok_or(Failure::ConnectionMissing)?;
     let verb = if commit {
         "COMMIT PREPARED"
     } else {
@@ -598,17 +636,15 @@ async fn finish(
         Ok(Ok(())) => Ok(Outcome::RolledBack),
         // undefined_object: no such prepared transaction (any more).
         Ok(Err(ServerError::Query { code, .. })) if code == "42704" => Ok(Outcome::Gone),
-        Ok(Err(e @ ServerError::Query { .. })) => Err(Failure::Transaction(e.to_string())),
+        Ok(Err(e @ ServerError::Query { .. })) => Err(Failure::Refused(e)),
         Ok(Err(e)) => {
             conns.remove(&key);
-            Err(Failure::Shard(e.to_string()))
+            Err(Failure::Down(e))
         }
         Err(_) => {
             // Mid-statement: the connection's state is unknown; closing it ends the statement.
             conns.remove(&key);
-            Err(Failure::Shard(format!(
-                "no answer within {QUERY_TIMEOUT:?}"
-            )))
+            Err(Failure::TimedOut)
         }
     }
 }
@@ -619,13 +655,13 @@ fn escaped_literal(text: &str) -> String {
     format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// A store call or server query, bounded by [`QUERY_TIMEOUT`], its error as text.
-async fn bounded<T, E: std::fmt::Display>(
+/// A store call or server query, bounded by [`QUERY_TIMEOUT`].
+async fn bounded<T, E: Into<RecoveryError>>(
     work: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, RecoveryError> {
     match tokio::time::timeout(QUERY_TIMEOUT, work).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {QUERY_TIMEOUT:?}")),
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(RecoveryError::TimedOut),
     }
 }
 
