@@ -424,7 +424,7 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut s = String::from("## Profile: instructions per transaction (callgrind)\n\n");
     s.push_str(&format!(
-        "- Date: {}; {}; shardgate {} (release build, `debug = 1`), {}\n",
+        "- Date: {}; {}; shardgate {} (release build: fat LTO, one codegen unit, `debug = 1`), {}\n",
         crate::machine::now_utc(),
         crate::machine::cpu_model(),
         crate::machine::git_rev(&shardgate::workspace_root()),
