@@ -53,6 +53,10 @@ pub struct ProfileArgs {
     /// entered and left at every poll), or e.g. `warn` to leave that cost out.
     #[arg(long, default_value = shardgate::DEFAULT_LOG)]
     log: String,
+    /// Route `pgbench_accounts` by `aid` (compare's `sg-sharded`: every statement planned and
+    /// routed by its key) instead of pooling plainly, for the routing's instructions.
+    #[arg(long)]
+    sharded: bool,
 }
 
 /// One line of `callgrind_annotate` output: instructions, share, and the function.
@@ -279,7 +283,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         pool_size: 20,
         max_client_connections: args.idle + 1000,
         shards: vec![pg_port],
-        sharded: false,
+        sharded: args.sharded,
         log: args.log.clone(),
     };
     let (vg, bin) = (valgrind.clone(), binary.clone());
@@ -440,6 +444,12 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
         args.clients,
         args.transactions
     ));
+    if args.sharded {
+        s.push_str(
+            "- shardgate routes `pgbench_accounts` by `aid` on its one shard (`--sharded`): \
+             every statement is planned and routed by its key.\n",
+        );
+    }
     if args.idle > 0 {
         s.push_str(&format!(
             "- {} idle clients were logged in (before instrumentation) and held during the runs.\n",
