@@ -50,6 +50,19 @@ pub(crate) fn feature_error(message: String, hint: &str) -> RouteError {
     }
 }
 
+/// The first words of the statements [`Session::answer_locally`] may answer.
+const LOCAL_ANSWER_WORDS: [&str; 9] = [
+    "shardgate",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "set",
+    "reset",
+];
+
 impl Session {
     /// A proxy whose lease on the topology ran out routes nothing (see `topology::Lease`).
     fn check_lease(&self) -> Result<(), RouteError> {
@@ -182,12 +195,15 @@ impl Session {
             return Ok(Target::Shard(self.view.topo().router.default_shard()));
         }
         self.routing.clear_batch_parses();
-        let target = self.route_batch_frames(batch);
+        self.routing.clear_prerouted();
+        // Read before routing: a route is kept only under the map it was made by.
+        let version = self.shared.topology_version();
+        let target = self.route_batch_frames(batch, version);
         self.routing.clear_batch_parses();
         target
     }
 
-    fn route_batch_frames(&mut self, batch: &[Frame]) -> Result<Target, RouteError> {
+    fn route_batch_frames(&mut self, batch: &[Frame], version: u64) -> Result<Target, RouteError> {
         for frame in batch {
             let routed = match self.route_frame(frame) {
                 Ok(routed) => routed,
@@ -211,7 +227,13 @@ impl Session {
                     continue;
                 }
                 return Ok(match route {
-                    Route::Shard(s) => Target::Shard(s),
+                    Route::Shard(s) => {
+                        // The relay checks this message against the shard next (`check_pinned`):
+                        // it takes this route instead of planning and routing it again.
+                        self.routing
+                            .set_prerouted(frame, version, Route::Shard(s), plan);
+                        Target::Shard(s)
+                    }
                     Route::Shards(shards) => Target::Many { shards, plan },
                     Route::AllShards => Target::Many {
                         shards: (0..self.shared.topo().router.shard_names().len()).collect(),
@@ -287,7 +309,9 @@ impl Session {
             return Ok(());
         }
         let prerouted = match frame.tag() {
-            frontend::QUERY | frontend::BIND => self.routing.take_prerouted(frame),
+            frontend::QUERY | frontend::BIND => self
+                .routing
+                .take_prerouted(frame, self.shared.topology_version()),
             _ => None,
         };
         let routed = match prerouted {
@@ -417,6 +441,15 @@ impl Session {
             return false;
         }
         let text = &*self.sql(bytes);
+        // Every statement answered here starts with one of these words (the router classifies
+        // BEGIN/START, COMMIT/END, ROLLBACK/ABORT, SET and RESET by their first word, and
+        // SHARDGATE ROUTE is the proxy's own): any other statement, the usual one, is not
+        // planned twice (routing plans it next).
+        if !shardgate_router::first_word(text)
+            .is_some_and(|w| LOCAL_ANSWER_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+        {
+            return false;
+        }
         // By shape: a statement with literals must not be parsed again for this check.
         let plan = self.shared.topo().router.plan_query(text).plan;
         if plan.statement_count != 1 {

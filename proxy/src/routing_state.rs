@@ -26,22 +26,54 @@ pub(crate) struct RoutingState {
     unnamed: Option<StatementText>,
     /// Named statements parsed in the batch being routed: (name, text, parameter types).
     batch_parses: Vec<(String, StatementText)>,
-    /// The route of a Query or Bind found while deciding where a batch of a transaction goes,
-    /// kept so the relay's check of the same message does not route it again.
-    prerouted: Option<(Frame, Route, Arc<Plan>)>,
+    /// The route of a Query or Bind found while deciding where a batch goes, kept so the
+    /// relay's check of the same message does not route it again; with the version of the
+    /// shard map it was routed by (a route under an older map is not reused).
+    prerouted: Option<Prerouted>,
+}
+
+/// A message's route kept by [`RoutingState::set_prerouted`].
+#[derive(Debug)]
+struct Prerouted {
+    frame: Frame,
+    version: u64,
+    route: Route,
+    plan: Arc<Plan>,
 }
 
 impl RoutingState {
-    /// Remembers the route of `frame` (a Query or Bind about to be forwarded).
-    pub(crate) fn set_prerouted(&mut self, frame: &Frame, route: Route, plan: Arc<Plan>) {
-        self.prerouted = Some((frame.clone(), route, plan));
+    /// Remembers the route of `frame` (a Query or Bind about to be forwarded), found under the
+    /// shard map of `version`.
+    pub(crate) fn set_prerouted(
+        &mut self,
+        frame: &Frame,
+        version: u64,
+        route: Route,
+        plan: Arc<Plan>,
+    ) {
+        self.prerouted = Some(Prerouted {
+            frame: frame.clone(),
+            version,
+            route,
+            plan,
+        });
+    }
+
+    /// Forgets a remembered route (routing a new batch: nothing from before may be reused).
+    pub(crate) fn clear_prerouted(&mut self) {
+        self.prerouted = None;
     }
 
     /// The route remembered for a message with exactly these bytes: the same message under the
     /// same routing state routes the same way.
-    pub(crate) fn take_prerouted(&mut self, frame: &Frame) -> Option<(Route, Arc<Plan>)> {
-        let (kept, route, plan) = self.prerouted.take()?;
-        (kept.as_bytes() == frame.as_bytes()).then_some((route, plan))
+    pub(crate) fn take_prerouted(
+        &mut self,
+        frame: &Frame,
+        version: u64,
+    ) -> Option<(Route, Arc<Plan>)> {
+        let kept = self.prerouted.take()?;
+        (kept.version == version && kept.frame.as_bytes() == frame.as_bytes())
+            .then_some((kept.route, kept.plan))
     }
 
     /// The routing hint in force: the transaction's, else the session's.

@@ -58,7 +58,7 @@ pub use router::{Route, RouteError, Router, RouterError};
 pub use shapes::QueryPlan;
 pub use shardgate_config::KeyType;
 pub use split::{InsertPart, InsertRowKeys, InsertSplit};
-pub use text::{code_words, leading_names, normalize_sql, split_statements};
+pub use text::{code_words, first_word, leading_names, normalize_sql, split_statements};
 pub use words::{WordSet, SESSION_WORDS};
 
 /// The project's one SQL lexer, for the proxy's text checks (session tracking, pinning).

@@ -496,6 +496,16 @@ pub fn leading_names(sql: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// The first word of a text, past comments, whitespace and empty statements (`;`): `None`
+/// when the first code token is not a word (`(`, a literal, nothing). Without allocating, for
+/// checks that run on every statement.
+pub fn first_word(sql: &str) -> Option<&str> {
+    Lexer::new(sql)
+        .find(|t| !matches!(t.kind, TokKind::Comment | TokKind::Semicolon))
+        .filter(|t| t.kind == TokKind::Word)
+        .map(|t| &sql[t.range])
+}
+
 /// The words of a text outside literals and comments (keywords and unquoted identifiers, as
 /// written), e.g. to find the functions a statement calls.
 pub fn code_words(sql: &str) -> impl Iterator<Item = &str> {
@@ -552,6 +562,19 @@ mod tests {
             vec!["BEGIN", "READ", "ONLY"]
         );
         assert_eq!(leading_words("'unterminated", 2), Vec::<String>::new());
+    }
+
+    #[test]
+    fn first_word_skips_comments_and_empty_statements() {
+        assert_eq!(
+            first_word("/* a */ -- b\n ; ;Begin; select 1"),
+            Some("Begin")
+        );
+        assert_eq!(first_word("  select 1"), Some("select"));
+        assert_eq!(first_word("(select 1)"), None);
+        assert_eq!(first_word("'x'"), None);
+        assert_eq!(first_word(" -- only a comment"), None);
+        assert_eq!(first_word("émoji_table"), Some("émoji_table"));
     }
 
     #[test]

@@ -146,6 +146,8 @@ impl Session {
     /// connection: a statement for another shard or for several, transaction control while
     /// other shards take part, anything after the transaction failed on another shard.
     pub(crate) fn needs_txn_shards(&mut self, batch: &[Frame], status: TransactionStatus) -> bool {
+        // Read before routing: a route is kept only under the map it was made by.
+        let version = self.shared.topology_version();
         if self.claims_held(batch) {
             return true;
         }
@@ -181,7 +183,8 @@ impl Session {
         if here {
             // The relay checks this statement again as it forwards it: with this route.
             if let Ok(route) = first.route {
-                self.routing.set_prerouted(&first.frame, route, first.plan);
+                self.routing
+                    .set_prerouted(&first.frame, version, route, first.plan);
             }
         }
         !here
