@@ -33,6 +33,12 @@ impl Session {
         if last.tag() != frontend::SYNC {
             return None;
         }
+        // A statement with parameters (the usual execution) is never one: said by the Bind's
+        // count before anything is decoded or copied.
+        let bind = body.iter().find(|f| f.tag() == frontend::BIND)?;
+        if frontend::bind_value_count(bind).ok()? != 0 {
+            return None;
+        }
         use frontend::{BIND as B, DESCRIBE as D, EXECUTE as E, PARSE as P};
         let tags: Vec<u8> = body.iter().map(Frame::tag).collect();
         if !matches!(

@@ -63,6 +63,13 @@ const LOCAL_ANSWER_WORDS: [&str; 9] = [
     "reset",
 ];
 
+/// Whether `text` starts with one of [`LOCAL_ANSWER_WORDS`] (else the proxy answers nothing
+/// of it itself, and need not plan it to know).
+fn starts_with_local_answer_word(text: &str) -> bool {
+    shardgate_router::first_word(text)
+        .is_some_and(|w| LOCAL_ANSWER_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
 impl Session {
     /// A proxy whose lease on the topology ran out routes nothing (see `topology::Lease`).
     fn check_lease(&self) -> Result<(), RouteError> {
@@ -445,9 +452,7 @@ impl Session {
         // BEGIN/START, COMMIT/END, ROLLBACK/ABORT, SET and RESET by their first word, and
         // SHARDGATE ROUTE is the proxy's own): any other statement, the usual one, is not
         // planned twice (routing plans it next).
-        if !shardgate_router::first_word(text)
-            .is_some_and(|w| LOCAL_ANSWER_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
-        {
+        if !starts_with_local_answer_word(text) {
             return false;
         }
         // By shape: a statement with literals must not be parsed again for this check.
@@ -509,6 +514,9 @@ impl Session {
     /// Whether BEGIN / COMMIT / ROLLBACK in `text` would be answered by the proxy now (see
     /// [`Session::answer_locally`]); returns the command tag.
     fn local_transaction_tag(&self, text: &str) -> Option<&'static str> {
+        if !starts_with_local_answer_word(text) {
+            return None;
+        }
         let plan = self.shared.topo().router.plan_query(text).plan;
         if plan.statement_count != 1 {
             return None;

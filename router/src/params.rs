@@ -79,13 +79,18 @@ fn parse_int8(text: &str) -> Result<i64, BadValue> {
         Some(b'+') => (false, &t[1..]),
         _ => (false, t),
     };
-    let lower = digits.get(..2).map(str::to_ascii_lowercase);
-    let (radix, body) = match lower.as_deref() {
-        Some("0x") => (16, &digits[2..]),
-        Some("0o") => (8, &digits[2..]),
-        Some("0b") => (2, &digits[2..]),
+    let (radix, body) = match digits.as_bytes() {
+        [b'0', b'x' | b'X', ..] => (16, &digits[2..]),
+        [b'0', b'o' | b'O', ..] => (8, &digits[2..]),
+        [b'0', b'b' | b'B', ..] => (2, &digits[2..]),
         _ => (10, digits),
     };
+    // Plain decimal digits that cannot overflow (the shard key of nearly every statement):
+    // no underscores, radixes or i128 to consider.
+    if radix == 10 && (1..=18).contains(&body.len()) && body.bytes().all(|b| b.is_ascii_digit()) {
+        let value = body.bytes().fold(0i64, |v, b| v * 10 + i64::from(b - b'0'));
+        return Ok(if negative { -value } else { value });
+    }
     if body.is_empty() || body.starts_with('_') || body.ends_with('_') || body.contains("__") {
         return Err(invalid());
     }
@@ -400,6 +405,20 @@ mod tests {
             "99999999999999999999999999999999x",
         ] {
             assert!(parse_int8(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Plain decimal text (the fast path, and the general loop past 18 digits) reads as
+    /// Rust's own parser reads it, overflow included.
+    #[test]
+    fn decimal_keys_read_as_rust_reads_them() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut text = String::from(["", "-", "+"][rng.usize(..3)]);
+            for _ in 0..rng.usize(1..=20) {
+                text.push(char::from(b'0' + rng.u8(..10)));
+            }
+            assert_eq!(parse_int8(&text).ok(), text.parse::<i64>().ok(), "{text}");
         }
     }
 

@@ -307,6 +307,18 @@ impl Router {
             (Some(h), _) => Route::Shard(self.hint_shard(h, plan)?),
             (None, Placement::Default) => Route::Shard(self.default_shard),
             (None, Placement::AllShards) => Route::AllShards,
+            (None, Placement::Keys { key_type, keys, .. })
+                if keys.len() == 1 && !matches!(keys[0], KeyExpr::ParamArray(_)) =>
+            {
+                // One key (`WHERE user_id = $1`, the usual statement): its shard, without
+                // building a set. A NULL parameter names none: the default shard.
+                let shard = match &keys[0] {
+                    KeyExpr::Value(v) => Some(self.shard_for_key(v)),
+                    KeyExpr::Param(n) => params.key(*n, *key_type)?.map(|v| self.shard_for_key(&v)),
+                    KeyExpr::ParamArray(_) => None,
+                };
+                Route::Shard(shard.unwrap_or(self.default_shard))
+            }
             (
                 None,
                 Placement::Keys {

@@ -98,6 +98,18 @@ pub fn bind_statement(frame: &Frame) -> Result<&str, DecodeError> {
     c.cstr()
 }
 
+/// How many parameter values a Bind carries, read past its names and formats without
+/// decoding them: for checks on every extended-protocol execution that only ask whether a
+/// statement has parameters.
+pub fn bind_value_count(frame: &Frame) -> Result<usize, DecodeError> {
+    let mut c = cursor(frame, BIND)?;
+    c.cstr_bytes()?;
+    c.cstr_bytes()?;
+    let nformats = c.count16()?;
+    c.take(nformats * 2)?;
+    c.count16()
+}
+
 /// Parameter formats and values of a Bind (None is SQL NULL).
 #[derive(Debug, PartialEq, Eq)]
 pub struct BindParams<'a> {
@@ -310,6 +322,7 @@ mod tests {
         let bd = bind(&f).unwrap();
         assert_eq!(bd.statement, "mine");
         assert_eq!(bind_statement(&f).unwrap(), "mine");
+        assert_eq!(bind_value_count(&f).unwrap(), 2);
         let mut out = BytesMut::new();
         write_bind_renamed(&mut out, &f, &bd, "sg_7");
         let f2 = frame(out);
@@ -383,6 +396,10 @@ mod tests {
                 .and_then(|_| c.cstr())
                 .and_then(|_| bind_params_from(&mut c));
             assert_eq!(read.is_ok(), full.is_ok(), "body {body:?}");
+            // The count read without decoding is the count of a Bind that decodes.
+            if let Ok(params) = full {
+                assert_eq!(bind_value_count(&f).ok(), Some(params.values.len()));
+            }
             if let Ok(params) = read {
                 assert!(params.is_ok(), "validated but unreadable: {body:?}");
                 accepted += 1;
