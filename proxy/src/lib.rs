@@ -27,6 +27,7 @@ mod io;
 mod last_parse;
 mod limits;
 mod listener;
+mod local_answer;
 mod login;
 mod multi_txn;
 mod one_statement;
