@@ -161,3 +161,53 @@ impl RoutingState {
         self.batch_parses.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(sql: &str) -> Frame {
+        let mut out = bytes::BytesMut::new();
+        shardgate_wire::frontend::write_query(&mut out, sql);
+        Frame::from_bytes(out.freeze())
+    }
+
+    fn plan() -> Arc<Plan> {
+        Arc::new(Plan::simple(
+            StatementKind::Read {
+                locking: false,
+                side_effects: false,
+            },
+            "SELECT",
+        ))
+    }
+
+    /// A kept route is reused once, only for the same bytes and only under the shard map it
+    /// was made by; anything else routes the message again.
+    #[test]
+    fn a_kept_route_is_reused_only_for_the_same_message_and_map() {
+        let mut state = RoutingState::default();
+        let frame = query("select 1 from t where user_id = 7");
+        state.set_prerouted(&frame, 3, Route::Shard(1), plan());
+        assert!(matches!(
+            state.take_prerouted(&frame, 3),
+            Some((Route::Shard(1), _))
+        ));
+        assert!(state.take_prerouted(&frame, 3).is_none(), "taken once");
+
+        state.set_prerouted(&frame, 3, Route::Shard(1), plan());
+        assert!(state.take_prerouted(&frame, 4).is_none(), "a newer map");
+        assert!(
+            state.take_prerouted(&frame, 3).is_none(),
+            "dropped by the miss"
+        );
+
+        state.set_prerouted(&frame, 3, Route::Shard(1), plan());
+        let other = query("select 1 from t where user_id = 8");
+        assert!(state.take_prerouted(&other, 3).is_none(), "other bytes");
+
+        state.set_prerouted(&frame, 3, Route::Shard(1), plan());
+        state.clear_prerouted();
+        assert!(state.take_prerouted(&frame, 3).is_none(), "cleared");
+    }
+}
