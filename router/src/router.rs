@@ -264,23 +264,36 @@ impl Router {
     ) -> Result<BTreeSet<ShardIndex>, RouteError> {
         let mut shards = BTreeSet::new();
         for k in keys {
-            match k {
-                KeyExpr::Value(v) => {
-                    shards.insert(self.shard_for_key(v));
+            self.each_key_shard(k, key_type, params, |s| {
+                shards.insert(s);
+            })?;
+        }
+        Ok(shards)
+    }
+
+    /// Passes `add` the shard of each key `k` names: one for a value or a parameter, none for
+    /// a NULL parameter, one per element of an array parameter.
+    fn each_key_shard(
+        &self,
+        k: &KeyExpr,
+        key_type: KeyType,
+        params: &BoundParams<'_>,
+        mut add: impl FnMut(ShardIndex),
+    ) -> Result<(), RouteError> {
+        match k {
+            KeyExpr::Value(v) => add(self.shard_for_key(v)),
+            KeyExpr::Param(n) => {
+                if let Some(v) = params.key(*n, key_type)? {
+                    add(self.shard_for_key(&v));
                 }
-                KeyExpr::Param(n) => {
-                    if let Some(v) = params.key(*n, key_type)? {
-                        shards.insert(self.shard_for_key(&v));
-                    }
-                }
-                KeyExpr::ParamArray(n) => {
-                    for v in params.key_array(*n, key_type)? {
-                        shards.insert(self.shard_for_key(&v));
-                    }
+            }
+            KeyExpr::ParamArray(n) => {
+                for v in params.key_array(*n, key_type)? {
+                    add(self.shard_for_key(&v));
                 }
             }
         }
-        Ok(shards)
+        Ok(())
     }
 
     /// Turns a plan into shards, given bound parameters and the session's hint.
@@ -310,14 +323,12 @@ impl Router {
             (None, Placement::Keys { key_type, keys, .. })
                 if keys.len() == 1 && !matches!(keys[0], KeyExpr::ParamArray(_)) =>
             {
-                // One key (`WHERE user_id = $1`, the usual statement): its shard, without
-                // building a set. A NULL parameter names none: the default shard.
-                let shard = match &keys[0] {
-                    KeyExpr::Value(v) => Some(self.shard_for_key(v)),
-                    KeyExpr::Param(n) => params.key(*n, *key_type)?.map(|v| self.shard_for_key(&v)),
-                    KeyExpr::ParamArray(_) => None,
-                };
-                Route::Shard(shard.unwrap_or(self.default_shard))
+                // One key that names at most one shard (`WHERE user_id = $1`, the usual
+                // statement): that shard without building a set; a NULL parameter names none,
+                // the default shard.
+                let mut shard = self.default_shard;
+                self.each_key_shard(&keys[0], *key_type, params, |s| shard = s)?;
+                Route::Shard(shard)
             }
             (
                 None,
