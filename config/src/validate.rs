@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use crate::{AuthMethod, Config, Host, SslMode, Tls, TlsMode};
 
-/// Returns `(key, what is wrong)` for the first problem found.
 /// A shard name that [`check_shard_name`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{0}` must be 1 to 40 letters, digits, `_` or `-`")]
@@ -26,6 +25,7 @@ pub fn check_shard_name(name: &str) -> Result<(), ShardNameError> {
     Ok(())
 }
 
+/// Returns `(key, what is wrong)` for the first problem found.
 pub(crate) fn validate(c: &Config) -> Result<(), (String, String)> {
     let err = |key: &str, msg: String| Err((key.to_owned(), msg));
 
