@@ -73,9 +73,6 @@ impl Session {
                             .get(b.statement)
                             .map(|s| s.query.clone()),
                     };
-                    if !frontend::bind_params(frame, &b).ok()?.values.is_empty() {
-                        return None;
-                    }
                 }
                 frontend::EXECUTE
                     if !frontend::execute(frame).is_ok_and(|(portal, _)| portal.is_empty()) =>
