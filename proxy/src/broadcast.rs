@@ -11,7 +11,8 @@
 //! answer is the client's.
 
 use bytes::BytesMut;
-use shardgate_wire::{backend, frontend, Frame};
+use shardgate_wire::backend::{self, CursorPosition};
+use shardgate_wire::{frontend, Frame};
 
 use crate::multi_txn::commit_all;
 use crate::multi_txn::fanout::{
@@ -127,7 +128,9 @@ fn answer(
                     }
                     _ => format!("shard {}: ", m.name),
                 };
-                if backend::write_error_with_prefix(out, error, &prefix).is_err() {
+                if backend::write_error_with_prefix(out, error, &prefix, CursorPosition::Keep)
+                    .is_err()
+                {
                     out.extend_from_slice(error.as_bytes());
                 }
                 return None;

@@ -7,7 +7,8 @@
 
 use bytes::BytesMut;
 use shardgate_router::InsertPart;
-use shardgate_wire::{backend, Frame};
+use shardgate_wire::backend::{self, CursorPosition};
+use shardgate_wire::Frame;
 
 use crate::multi_txn::commit_all;
 use crate::multi_txn::fanout::{
@@ -93,8 +94,13 @@ fn answer(
         match o {
             Outcome::Done(frames) => replies.push(frames),
             Outcome::Refused(error) => {
-                if backend::write_error_with_prefix(out, error, &format!("shard {}: ", m.name))
-                    .is_err()
+                if backend::write_error_with_prefix(
+                    out,
+                    error,
+                    &format!("shard {}: ", m.name),
+                    CursorPosition::Keep,
+                )
+                .is_err()
                 {
                     out.extend_from_slice(error.as_bytes());
                 }

@@ -328,12 +328,23 @@ pub fn write_no_data(out: &mut BytesMut) {
     out.put_slice(&[NO_DATA, 0, 0, 0, 4]);
 }
 
+/// Whether a re-encoded ErrorResponse keeps the server's cursor position (field `P`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorPosition {
+    Keep,
+    /// For a server that ran a text other than the client's, where the position would point
+    /// at the wrong place.
+    Omit,
+}
+
 /// Re-encodes an ErrorResponse with `prefix` put before its message (e.g. the shard's name),
-/// keeping every other field.
+/// keeping every other field (the cursor position as `position` says). Field values are copied
+/// as bytes: they are in the server's encoding, which need not be UTF-8.
 pub fn write_error_with_prefix(
     out: &mut BytesMut,
     frame: &Frame,
     prefix: &str,
+    position: CursorPosition,
 ) -> Result<(), DecodeError> {
     let mut c = Cursor::new(frame.tag(), frame.body());
     let mut fields = Vec::new();
@@ -346,6 +357,9 @@ pub fn write_error_with_prefix(
     }
     write_message(out, frame.tag(), |b| {
         for (kind, value) in &fields {
+            if *kind == b'P' && position == CursorPosition::Omit {
+                continue;
+            }
             b.put_u8(*kind);
             if *kind == b'M' {
                 b.put_slice(prefix.as_bytes());
@@ -371,6 +385,55 @@ mod tests {
         assert_eq!(e.code, "53300");
         assert_eq!(e.message, "too many");
         assert_eq!(e.severity, "ERROR");
+    }
+
+    /// An ErrorResponse with a Latin-1 message (not UTF-8) and a cursor position.
+    fn latin1_error() -> Frame {
+        let mut b = BytesMut::new();
+        write_message(&mut b, ERROR_RESPONSE, |b| {
+            for (k, v) in [
+                (b'S', &b"ERROR"[..]),
+                (b'C', b"22012"),
+                (b'M', b"division par z\xe9ro"),
+                (b'P', b"8"),
+            ] {
+                b.put_u8(k);
+                b.put_slice(v);
+                b.put_u8(0);
+            }
+            b.put_u8(0);
+        });
+        Frame::from_bytes(b.freeze())
+    }
+
+    /// The (kind, value) fields of an ErrorResponse, as bytes.
+    fn raw_fields(frame: &Frame) -> Vec<(u8, Vec<u8>)> {
+        let mut c = Cursor::new(frame.tag(), frame.body());
+        let mut fields = Vec::new();
+        while let Ok(kind @ 1..) = c.u8() {
+            fields.push((kind, c.cstr_bytes().unwrap().to_vec()));
+        }
+        c.finish().unwrap();
+        fields
+    }
+
+    #[test]
+    fn prefixed_error_keeps_non_utf8_bytes_and_can_omit_the_position() {
+        let error = latin1_error();
+        let mut b = BytesMut::new();
+        write_error_with_prefix(&mut b, &error, "shard s1: ", CursorPosition::Omit).unwrap();
+        assert_eq!(
+            raw_fields(&Frame::from_bytes(b.freeze())),
+            vec![
+                (b'S', b"ERROR".to_vec()),
+                (b'C', b"22012".to_vec()),
+                (b'M', b"shard s1: division par z\xe9ro".to_vec()),
+            ]
+        );
+        let mut b = BytesMut::new();
+        write_error_with_prefix(&mut b, &error, "shard s1: ", CursorPosition::Keep).unwrap();
+        let kept = raw_fields(&Frame::from_bytes(b.freeze()));
+        assert_eq!(kept.last(), Some(&(b'P', b"8".to_vec())));
     }
 
     #[test]

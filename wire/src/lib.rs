@@ -2,14 +2,15 @@
 //!
 //! shardgate forwards bytes: it cuts messages out of a stream by their 5-byte header and only
 //! decodes the few it has to look inside (the startup family, Query, Parse, Bind, Describe, Close
-//! from clients; ReadyForQuery, ErrorResponse, ParameterStatus, BackendKeyData and the auth
-//! requests from servers). Every decoder here works on one isolated frame whose length was
-//! checked first, never on the socket buffer, and returns an error instead of panicking on any
-//! input.
+//! from clients; ReadyForQuery, ErrorResponse, ParameterStatus, BackendKeyData, the auth
+//! requests, and the RowDescription and DataRow a cross-shard merge reads, from servers). Every
+//! decoder here works on one isolated frame whose length was checked first, never on the socket
+//! buffer, and returns an error instead of panicking on any input.
 
 pub mod backend;
 pub mod frame;
 pub mod frontend;
+pub mod row;
 pub mod sqlstate;
 pub mod startup;
 pub mod stream;

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use shardgate_pool::{ServerConn, ServerError};
-use shardgate_wire::{backend, sqlstate, Frame};
+use shardgate_wire::backend::{self, CursorPosition};
+use shardgate_wire::{sqlstate, Frame};
 
 use crate::scatter::join_all;
 
@@ -31,8 +32,13 @@ impl TxnError {
     /// A shard's own ErrorResponse, its message prefixed with the shard's name.
     pub(crate) fn from_shard(name: &str, frame: &Frame, what: &str) -> TxnError {
         let mut out = BytesMut::new();
-        if backend::write_error_with_prefix(&mut out, frame, &format!("shard {name}: {what}"))
-            .is_err()
+        if backend::write_error_with_prefix(
+            &mut out,
+            frame,
+            &format!("shard {name}: {what}"),
+            CursorPosition::Keep,
+        )
+        .is_err()
         {
             out.extend_from_slice(frame.as_bytes());
         }

@@ -9,9 +9,8 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::BytesMut;
 use shardgate_pool::{ServerConn, ServerError};
+use shardgate_wire::row::data_row_values;
 use shardgate_wire::{backend, frontend, Frame};
-
-use super::decode::data_row_values;
 
 /// Above this many remembered connections the cache starts over (ids are not reused, closed
 /// connections' entries would otherwise pile up).

@@ -15,11 +15,11 @@ use std::fmt::Write as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use shardgate_pool::ServerConn;
 use shardgate_router::{AggregateKind, MergeSpec};
+use shardgate_wire::row::{data_row_values, Field};
 use shardgate_wire::{backend, frontend};
 
 use super::collation::simple_query;
 use super::compare::type_name;
-use super::decode::{data_row_values, error_summary, Field};
 use super::output::{ClientSink, Output};
 use super::request::{write_bind, write_execute};
 use super::shard::ShardStream;
@@ -118,7 +118,9 @@ async fn cast_names(conn: &mut ServerConn, fields: &[Field]) -> Result<Vec<Strin
             .await
             .map_err(|e| Stop::Server(0, e))?
             .map_err(|e| {
-                Stop::internal(format!("looking up result types: {}", error_summary(&e).1))
+                let message =
+                    backend::error_fields(&e).map_or_else(|d| d.to_string(), |f| f.message);
+                Stop::internal(format!("looking up result types: {message}"))
             })?;
         for r in rows {
             if let [Some(oid), Some(name)] = r.as_slice() {

@@ -5,12 +5,12 @@
 
 use bytes::BytesMut;
 use shardgate_router::{MergeSpec, SortColumn};
+use shardgate_wire::row::{row_description, write_row_description, Field};
 use shardgate_wire::{backend, Frame};
 use tracing::debug;
 
 use super::collation::Collation;
 use super::compare::{self, Direction};
-use super::decode::{self, row_description, write_row_description, write_select_complete, Field};
 use super::merge::{self, RowPlan, SortColumnPlan};
 use super::output::{ClientSink, Output};
 use super::shard::{join_all, ShardStream};
@@ -147,7 +147,7 @@ impl Ctx<'_> {
             out.buf()
                 .extend_from_slice(&[backend::PORTAL_SUSPENDED, 0, 0, 0, 4]);
         } else {
-            write_select_complete(out.buf(), rows);
+            backend::write_command_complete(out.buf(), &format!("SELECT {rows}"));
         }
         Ok(merged)
     }
@@ -221,7 +221,7 @@ impl Ctx<'_> {
                 fields.truncate(fields.len().saturating_sub(hidden));
                 if let Some(formats) = formats {
                     for (i, f) in fields.iter_mut().enumerate() {
-                        f.format = decode::result_format(formats, i);
+                        f.format = result_format(formats, i);
                     }
                 }
                 write_row_description(out, &fields);
@@ -270,5 +270,15 @@ impl Ctx<'_> {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The format code of result column `i` under Bind result-format codes `formats` (none = all
+/// text, one = all that one, else one per column).
+fn result_format(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(0),
     }
 }

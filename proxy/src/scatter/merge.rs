@@ -6,10 +6,10 @@
 
 use std::cmp::Ordering;
 
+use shardgate_wire::row::{data_row_values, write_truncated_row};
 use shardgate_wire::Frame;
 
 use super::compare::{compare_rows, decode, Direction, Key};
-use super::decode::{data_row_values, write_truncated_row};
 use super::output::{ClientSink, Output};
 use super::shard::{join_all, ShardStream};
 use super::Stop;
@@ -197,10 +197,17 @@ fn smallest(heads: &[Option<(Frame, Vec<Key>)>], dirs: &[Direction]) -> Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scatter::decode::tests::row;
+    use shardgate_wire::backend::write_data_row;
+
+    /// A DataRow frame with the given values.
+    fn row(values: &[Option<&str>]) -> Frame {
+        let mut out = bytes::BytesMut::new();
+        write_data_row(&mut out, values);
+        Frame::from_bytes(out.freeze())
+    }
 
     fn head(v: i64) -> Option<(Frame, Vec<Key>)> {
-        Some((row(&[Some(v.to_string().as_bytes())]), vec![Key::Int(v)]))
+        Some((row(&[Some(&v.to_string())]), vec![Key::Int(v)]))
     }
 
     /// Simulates the merge loop on in-memory sorted streams.
@@ -265,7 +272,7 @@ mod tests {
             written: 0,
         };
         for v in ["a", "b", "c"] {
-            let r = row(&[Some(v.as_bytes()), Some(b"hidden")]);
+            let r = row(&[Some(v), Some("hidden")]);
             sink.push(&r, row_width(&r)).await.unwrap();
             if sink.full() {
                 break;

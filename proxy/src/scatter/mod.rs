@@ -15,7 +15,6 @@ mod collation;
 mod combine;
 mod compare;
 mod datetime;
-mod decode;
 mod execute;
 mod merge;
 mod numeric;
@@ -29,11 +28,9 @@ mod shard;
 use bytes::{Bytes, BytesMut};
 use shardgate_pool::{ServerConn, ServerError};
 use shardgate_router::MergeSpec;
-use shardgate_wire::backend::{self, Severity};
+use shardgate_wire::backend::{self, CursorPosition, Severity};
 use shardgate_wire::{sqlstate, Frame};
 
-pub(crate) use decode::data_row_values;
-use decode::write_prefixed_error;
 use execute::Ctx;
 use output::Output;
 pub(crate) use output::{ClientGone, ClientSink};
@@ -43,6 +40,8 @@ pub(crate) use resume::{batch_rows, resume, HeldMerge, Resumed};
 pub(crate) use shard::join_all;
 pub(crate) use shard::Batches;
 use shard::ShardStream;
+// For the callers outside the scatter that read DataRows through it.
+pub(crate) use shardgate_wire::row::data_row_values;
 
 /// One cross-shard read, already checked by the router to be mergeable.
 #[derive(Debug, Clone)]
@@ -508,19 +507,28 @@ fn refuse<C: ClientSink>(out: &mut Output<'_, C>, code: &str, message: &str) {
     backend::write_error(out.buf(), Severity::Error, code, message, hint);
 }
 
+/// Appends a shard's ErrorResponse with the shard named before its message. The cursor
+/// position is kept only when the shard ran the client's own text.
 pub(crate) fn write_shard_error(
     out: &mut BytesMut,
     frame: &Frame,
     shard: &str,
     keep_position: bool,
 ) {
-    if write_prefixed_error(out, frame, &format!("shard {shard}: "), keep_position).is_err() {
-        let (code, message) = decode::error_summary(frame);
+    let position = if keep_position {
+        CursorPosition::Keep
+    } else {
+        CursorPosition::Omit
+    };
+    if let Err(e) =
+        backend::write_error_with_prefix(out, frame, &format!("shard {shard}: "), position)
+    {
+        // A malformed ErrorResponse: none of its fields can be read, its SQLSTATE included.
         backend::write_error(
             out,
             Severity::Error,
-            &code,
-            &format!("shard {shard}: {message}"),
+            sqlstate::INTERNAL_ERROR,
+            &format!("shard {shard}: {e}"),
             None,
         );
     }
