@@ -34,22 +34,24 @@ impl Session {
         // transaction (outside one the batch is one implicit transaction on one shard).
         let spans_shards = self.spans_shards();
         let by_statement = !self.txn.is_idle() && !self.txn.has_deferred_begin() && spans_shards;
-        let mut frames = batch.into_iter();
+        let mut batch = batch;
+        let mut frames = batch.drain(..);
         while let Some(frame) = frames.next() {
             self.boundary = Boundary::after(frame.tag());
             if let Err(e) = self.client_message(server, frame) {
                 return Err(self.report_protocol_error(e).await);
             }
-            if by_statement && self.boundary == Boundary::Statement {
-                let rest: Vec<Frame> = frames.collect();
-                if self.next_statement_elsewhere(&rest, server.status()) {
-                    self.parked = rest;
-                    self.txn.park_batch_in_transaction();
-                    break;
-                }
-                frames = rest.into_iter();
+            if by_statement
+                && self.boundary == Boundary::Statement
+                && self.next_statement_elsewhere(frames.as_slice(), server.status())
+            {
+                self.parked = frames.by_ref().collect();
+                self.txn.park_batch_in_transaction();
+                break;
             }
         }
+        drop(frames);
+        self.keep_batch_buffer(batch);
         // Settings read once per attachment, from the session's view (refreshed by the
         // messages just relayed).
         let config = self.view.config();

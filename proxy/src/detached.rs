@@ -14,7 +14,20 @@ const MAX_DETACHED_BATCH_BYTES: usize = 1024 * 1024;
 /// little more).
 const EXTENDED_BATCH_FRAMES: usize = 8;
 
+/// A spent batch's allocation is kept for the next batch up to this many messages (a bulk
+/// pipeline's is let go: a session's memory stays bounded).
+const KEPT_BATCH_FRAMES: usize = 64;
+
 impl Session {
+    /// Keeps the allocation of a batch whose messages were all relayed for the client's next
+    /// batch, in `parked` while nothing is parked: one allocation per session, not per batch.
+    pub(crate) fn keep_batch_buffer(&mut self, mut spent: Vec<Frame>) {
+        if self.parked.capacity() == 0 && spent.capacity() <= KEPT_BATCH_FRAMES {
+            spent.clear();
+            self.parked = spent;
+        }
+    }
+
     /// Waits for the client's next unit of work while holding no server connection.
     pub(crate) async fn read_detached_batch(
         &mut self,

@@ -64,7 +64,8 @@ pub struct Session {
     /// The fingerprint and session-word scan of the last unnamed Parse text.
     pub(crate) last_parse: crate::last_parse::LastParse,
     /// The start of the client's next batch, read while the server connection was still
-    /// finishing the previous one, held back because it belongs to another shard.
+    /// finishing the previous one, held back because it belongs to another shard. Empty, it
+    /// keeps the last batch's allocation for the next (`keep_batch_buffer`).
     pub(crate) parked: Vec<Frame>,
     /// A statement that may be (or is waiting to be) retried after a rebalance fence.
     pub(crate) fence: crate::fence::FenceRetry,
