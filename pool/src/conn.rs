@@ -170,8 +170,8 @@ impl ServerConn {
     }
 
     /// The host, to keep (e.g. where the client's cancel requests go).
-    pub fn shared_host(&self) -> Arc<Host> {
-        Arc::clone(&self.host)
+    pub fn shared_host(&self) -> &Arc<Host> {
+        &self.host
     }
 
     /// ParameterStatus values seen at startup, as (name, value), in the order received.

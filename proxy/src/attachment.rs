@@ -7,7 +7,7 @@ use shardgate_pool::{HostChoice, QueryGuard, ServerConn, ServerError};
 use shardgate_router::ShardIndex;
 use shardgate_wire::Frame;
 
-use crate::cancel::{CancelSlot, CancelTarget};
+use crate::cancel::CancelSlot;
 use crate::control::CountGuard;
 
 pub(crate) struct Attachment {
@@ -132,17 +132,12 @@ impl Attachment {
     /// The client's CancelRequests go to `server` from now on.
     pub(crate) async fn aim_cancel_at(&self, server: &ServerConn) {
         let (pid, secret) = server.backend_key();
-        let target = Some(CancelTarget {
-            host: server.shared_host(),
-            pid,
-            secret,
-        });
-        crate::cancel::set_target(&self.cancel, target).await;
+        self.cancel.aim(server.shared_host(), pid, secret).await;
     }
 
     /// The client's CancelRequests go nowhere (before its connection goes back, or when the
     /// connection aimed at was not kept).
     pub(crate) async fn clear_cancel_target(&self) {
-        crate::cancel::set_target(&self.cancel, None).await;
+        self.cancel.disarm().await;
     }
 }

@@ -2,6 +2,7 @@
 //! for it reaches only the server connection running that client's query.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use shardgate_config::Host;
@@ -14,49 +15,108 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-/// Shared between the client's session (which sets and clears it) and cancel requests.
-/// While a cancel is being sent, setting a new target waits for it: the session clears the
-/// target before the server connection goes back to the pool, so a late cancel can never hit
-/// the next client's query.
+/// Shared between the client's session (which aims and disarms it) and cancel requests.
+/// While a cancel is being sent, disarming waits for it: the session disarms the slot before
+/// the server connection goes back to the pool, so a late cancel can never hit the next
+/// client's query.
 pub type CancelSlot = Arc<CancelCell>;
 
-/// Where a client's cancels go. A std mutex held only to read or swap the target (a session
-/// sets it twice per transaction, so that path takes no async lock and arms nothing), with a
-/// count of cancels being sent and a `Notify` for a session waiting on them.
+/// `CancelCell::state`: cancels go to the target.
+const ARMED: u32 = 1;
+/// `CancelCell::state`: one cancel being sent (the count is the bits above `ARMED`).
+const ONE_SENDING: u32 = 2;
+
+/// Where a client's cancels go. A session aims it and disarms it at every checkout and
+/// release, so that path is one atomic operation (and a lock only when the server connection
+/// differs from the last one aimed at); a `Notify` wakes a session waiting on cancels in
+/// flight.
 #[derive(Default)]
 pub struct CancelCell {
-    state: Mutex<CellState>,
+    /// `ARMED`, plus `ONE_SENDING` per cancel being sent. A cancel counts itself only while the
+    /// cell is armed, and the session disarms only when none is being sent, so a disarmed cell
+    /// has no cancel in flight.
+    state: AtomicU32,
+    /// The server backend cancels go to while armed. The session changes it only while the
+    /// cell is disarmed (no cancel reads it then).
+    target: Mutex<Option<CancelTarget>>,
     sent: tokio::sync::Notify,
 }
 
-#[derive(Default)]
-struct CellState {
-    target: Option<CancelTarget>,
-    /// Cancels being sent to `target` right now.
-    sending: u32,
-}
-
 impl CancelCell {
-    fn state(&self) -> std::sync::MutexGuard<'_, CellState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn target(&self) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
+        self.target.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets the target unless a cancel is being sent (then gives it back).
-    fn try_set(&self, target: Option<CancelTarget>) -> Result<(), Option<CancelTarget>> {
-        let mut state = self.state();
-        if state.sending > 0 {
-            return Err(target);
+    /// Disarms the cell unless a cancel is being sent; whether it is disarmed.
+    fn try_disarm(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(ARMED, 0, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == 0,
         }
-        state.target = target;
-        Ok(())
     }
 
-    /// The target, counted as being sent to until the guard drops.
+    /// Cancels go nowhere from now on (before the client's connection goes back), once the
+    /// cancels being sent are sent.
+    pub async fn disarm(&self) {
+        if self.try_disarm() {
+            return;
+        }
+        loop {
+            // Made before looking: it receives a `notify_waiters` from then on, so a send that
+            // ends right after the look still wakes us.
+            let sent = self.sent.notified();
+            if self.try_disarm() {
+                return;
+            }
+            sent.await;
+        }
+    }
+
+    /// Cancels go to the backend `pid` (key `secret`) on `host` from now on.
+    pub async fn aim(&self, host: &Arc<Host>, pid: i32, secret: i32) {
+        self.disarm().await;
+        {
+            let mut target = self.target();
+            let same = target
+                .as_ref()
+                .is_some_and(|t| t.pid == pid && t.secret == secret && Arc::ptr_eq(&t.host, host));
+            if !same {
+                *target = Some(CancelTarget {
+                    host: Arc::clone(host),
+                    pid,
+                    secret,
+                });
+            }
+        }
+        self.state.store(ARMED, Ordering::Release);
+    }
+
+    /// The target, counted as being sent to until the guard drops; `None` when disarmed.
     fn begin_send(&self) -> Option<(CancelTarget, Sending<'_>)> {
-        let mut state = self.state();
-        let target = state.target.clone()?;
-        state.sending += 1;
-        Some((target, Sending(self)))
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & ARMED == 0 {
+                return None;
+            }
+            // Bounded by the clients' cancel requests in flight at once, far below the count's
+            // 2^31: still, never wrap into the armed bit.
+            let counted = state.checked_add(ONE_SENDING)?;
+            match self.state.compare_exchange_weak(
+                state,
+                counted,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
+        }
+        let sending = Sending(self);
+        let target = self.target().clone()?;
+        Some((target, sending))
     }
 }
 
@@ -65,30 +125,10 @@ struct Sending<'a>(&'a CancelCell);
 
 impl Drop for Sending<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.state();
-        state.sending = state.sending.saturating_sub(1);
-        if state.sending == 0 {
-            drop(state);
+        let before = self.0.state.fetch_sub(ONE_SENDING, Ordering::AcqRel);
+        if before >> 1 == 1 {
             self.0.sent.notify_waiters();
         }
-    }
-}
-
-/// Sets where the client's cancels go (`None`: nowhere, before its connection goes back).
-/// Without a cancel in flight: one uncontended lock, no future made.
-pub async fn set_target(slot: &CancelCell, target: Option<CancelTarget>) {
-    let Err(mut target) = slot.try_set(target) else {
-        return;
-    };
-    loop {
-        // Made before looking: it receives a `notify_waiters` from then on, so a send that
-        // ends right after the look still wakes us.
-        let sent = slot.sent.notified();
-        match slot.try_set(target) {
-            Ok(()) => return,
-            Err(t) => target = t,
-        }
-        sent.await;
     }
 }
 
@@ -155,46 +195,69 @@ mod tests {
         f.poll(&mut Context::from_waker(Waker::noop())).is_ready()
     }
 
-    fn target(pid: i32) -> CancelTarget {
-        CancelTarget {
-            host: Arc::new(Host {
-                host: "127.0.0.1".into(),
-                port: 5432,
-                ..Host::default()
-            }),
-            pid,
-            secret: 7,
-        }
+    fn host(port: u16) -> Arc<Host> {
+        Arc::new(Host {
+            host: "127.0.0.1".into(),
+            port,
+            ..Host::default()
+        })
+    }
+
+    /// Where a cancel sent now goes: (port, pid).
+    fn aimed_at(slot: &CancelCell) -> Option<(u16, i32)> {
+        slot.begin_send().map(|(t, _)| (t.host.port, t.pid))
     }
 
     #[tokio::test]
     async fn a_new_target_waits_for_the_cancel_being_sent() {
         let slot = CancelSlot::default();
-        set_target(&slot, Some(target(1))).await;
+        assert_eq!(aimed_at(&slot), None, "nowhere before the first checkout");
+        slot.aim(&host(5432), 1, 7).await;
         let (sending_to, sending) = slot.begin_send().expect("a target is set");
         assert_eq!(sending_to.pid, 1);
         // The session's connection must not go back while the cancel is on its way.
-        let cleared = set_target(&slot, None);
+        let cleared = slot.disarm();
         tokio::pin!(cleared);
         assert!(!ready_now(cleared.as_mut()));
         drop(sending);
         cleared.await;
-        assert!(slot.begin_send().is_none(), "no target after clearing");
+        assert_eq!(aimed_at(&slot), None, "no target after clearing");
     }
 
     #[tokio::test]
     async fn two_cancels_in_flight_both_hold_the_target() {
         let slot = CancelSlot::default();
-        set_target(&slot, Some(target(2))).await;
+        slot.aim(&host(5432), 2, 7).await;
         let first = slot.begin_send().unwrap();
         let second = slot.begin_send().unwrap();
         drop(first);
-        let set = set_target(&slot, Some(target(3)));
+        let next_host = host(5433);
+        let set = slot.aim(&next_host, 3, 7);
         tokio::pin!(set);
         assert!(!ready_now(set.as_mut()));
+        assert_eq!(second.0.pid, 2, "the cancel in flight keeps its target");
         drop(second);
         set.await;
-        let now = slot.begin_send().map(|(t, _)| t.pid);
-        assert_eq!(now, Some(3));
+        assert_eq!(aimed_at(&slot), Some((5433, 3)));
+    }
+
+    /// Aimed again at the connection it was last aimed at, the cell keeps its target; at
+    /// another backend, or the same backend key on another host, it takes the new one.
+    #[tokio::test]
+    async fn aiming_again_takes_exactly_the_new_backend() {
+        let slot = CancelSlot::default();
+        let a = host(5432);
+        slot.aim(&a, 4, 9).await;
+        slot.disarm().await;
+        slot.aim(&a, 4, 9).await;
+        assert_eq!(aimed_at(&slot), Some((5432, 4)));
+        slot.disarm().await;
+        slot.aim(&host(5434), 4, 9).await;
+        assert_eq!(aimed_at(&slot), Some((5434, 4)));
+        slot.disarm().await;
+        slot.aim(&a, 5, 9).await;
+        assert_eq!(aimed_at(&slot), Some((5432, 5)));
+        let (target, _sending) = slot.begin_send().unwrap();
+        assert_eq!(target.secret, 9);
     }
 }
