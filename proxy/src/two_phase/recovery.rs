@@ -77,16 +77,21 @@ impl RecoveryState {
     }
 }
 
+/// The texts of the failures both a listing (`RecoveryError`) and one transaction's ending
+/// (`Failure`) can meet; the two enums classify them differently.
+const NO_LOGIN: &str = "no [[users]] entry to log in with";
+const NO_ANSWER: &str = "no answer within";
+
 /// Why a store call or a shard's listing failed (the text goes to the round's report).
 #[derive(Debug, thiserror::Error)]
 enum RecoveryError {
-    #[error("no [[users]] entry to log in with")]
+    #[error("{NO_LOGIN}")]
     NoLogin,
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no answer within {QUERY_TIMEOUT:?}")]
+    #[error("{NO_ANSWER} {QUERY_TIMEOUT:?}")]
     TimedOut,
     /// The listing query's ErrorResponse.
     #[error("{message} (SQLSTATE {code})")]
@@ -569,11 +574,11 @@ enum Failure {
     /// The shard did not answer (no connection, a lost one).
     #[error(transparent)]
     Down(ServerError),
-    #[error("no [[users]] entry to log in with")]
+    #[error("{NO_LOGIN}")]
     NoLogin,
     #[error("the connection went missing")]
     ConnectionMissing,
-    #[error("no answer within {QUERY_TIMEOUT:?}")]
+    #[error("{NO_ANSWER} {QUERY_TIMEOUT:?}")]
     TimedOut,
     /// An earlier transaction of the shard found it down (`why`: that failure's text).
     #[error("skipped this round: the shard stopped answering ({why})")]
