@@ -262,13 +262,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
                     )
                 })
                 .await??;
-                targets.push(Target {
-                    name: "pgbouncer".into(),
-                    kind: Kind::PgBouncer,
-                    port: svc.port(),
-                    pid: Some(svc.pid()),
-                    shards: 1,
-                });
+                targets.push(Target::proxy("pgbouncer", Kind::PgBouncer, &svc, 1));
                 if !bin.supports_prepared() {
                     notes.push(format!(
                         "PgBouncer {} predates max_prepared_statements (1.21): its `-M prepared` \
@@ -303,26 +297,14 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         let (b, s) = (bin.clone(), settings.clone());
         let svc =
             tokio::task::spawn_blocking(move || shardgate::start(&b, s, "shardgate")).await??;
-        targets.push(Target {
-            name: "shardgate".into(),
-            kind: Kind::Shardgate,
-            port: svc.port(),
-            pid: Some(svc.pid()),
-            shards: 1,
-        });
+        targets.push(Target::proxy("shardgate", Kind::Shardgate, &svc, 1));
         shardgate_services.push(svc);
         if let Some(base) = args.baseline_bin.clone() {
             let s = settings.clone();
             let svc =
                 tokio::task::spawn_blocking(move || shardgate::start(&base, s, "sg-baseline"))
                     .await??;
-            targets.push(Target {
-                name: "sg-baseline".into(),
-                kind: Kind::Shardgate,
-                port: svc.port(),
-                pid: Some(svc.pid()),
-                shards: 1,
-            });
+            targets.push(Target::proxy("sg-baseline", Kind::Shardgate, &svc, 1));
             shardgate_services.push(svc);
         }
         if shards > 1 || args.sharded {
@@ -335,17 +317,12 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             let svc =
                 tokio::task::spawn_blocking(move || shardgate::start(&b, s, "shardgate-routed"))
                     .await??;
-            targets.push(Target {
-                name: if shards == 1 {
-                    "sg-sharded".into()
-                } else {
-                    format!("sg-{shards}-shards")
-                },
-                kind: Kind::Routed,
-                port: svc.port(),
-                pid: Some(svc.pid()),
-                shards,
-            });
+            let name = if shards == 1 {
+                "sg-sharded".into()
+            } else {
+                format!("sg-{shards}-shards")
+            };
+            targets.push(Target::proxy(name, Kind::Routed, &svc, shards));
             shardgate_services.push(svc);
         }
     }

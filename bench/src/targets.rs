@@ -3,6 +3,7 @@
 
 use crate::cases::{Case, Protocol, Workload};
 use crate::pgbouncer;
+use crate::service::Service;
 
 /// Which kind of place pgbench connects to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,19 @@ pub struct Target {
     pub pid: Option<u32>,
     /// Servers behind it.
     pub shards: u32,
+}
+
+impl Target {
+    /// The proxy started as `service`, in front of `shards` servers.
+    pub fn proxy(name: impl Into<String>, kind: Kind, service: &Service, shards: u32) -> Target {
+        Target {
+            name: name.into(),
+            kind,
+            port: service.port(),
+            pid: Some(service.pid()),
+            shards,
+        }
+    }
 }
 
 /// Why `target` does not run `case`, if it does not.
