@@ -488,7 +488,7 @@ async fn key_index(m: &mut Member<'_>, spec: &CopyInSpec) -> Result<usize, Bytes
             Outcome::Done(frames) => frames
                 .iter()
                 .filter(|f| f.tag() == backend::DATA_ROW)
-                .filter_map(|f| crate::scatter::data_row_values(f).ok())
+                .filter_map(|f| shardgate_wire::row::data_row_values(f).ok())
                 .filter_map(|v| v.into_iter().next().flatten())
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .collect(),

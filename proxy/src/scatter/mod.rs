@@ -40,8 +40,6 @@ pub(crate) use resume::{batch_rows, resume, HeldMerge, Resumed};
 pub(crate) use shard::join_all;
 pub(crate) use shard::Batches;
 use shard::ShardStream;
-// For the callers outside the scatter that read DataRows through it.
-pub(crate) use shardgate_wire::row::data_row_values;
 
 /// One cross-shard read, already checked by the router to be mergeable.
 #[derive(Debug, Clone)]
