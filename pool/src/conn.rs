@@ -310,7 +310,11 @@ impl ServerConn {
         let Some(row) = replies.iter().find(|f| f.tag() == backend::DATA_ROW) else {
             return Ok(None);
         };
-        Ok(first_column(row.body()))
+        // The first value, as text (NULL, malformed or not UTF-8: none).
+        let first = shardgate_wire::row::data_row_values(row)
+            .ok()
+            .and_then(|values| values.into_iter().next().flatten());
+        Ok(first.and_then(|v| String::from_utf8(v.to_vec()).ok()))
     }
 
     /// Runs a proxy-internal simple query and returns every reply up to and including
@@ -483,16 +487,4 @@ impl std::fmt::Debug for ServerConn {
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
-}
-
-/// The first value of a DataRow body (a count, then length-prefixed values), as text.
-fn first_column(body: &[u8]) -> Option<String> {
-    let count = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
-    if count < 1 {
-        return None;
-    }
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    let len = usize::try_from(len).ok()?;
-    let value = body.get(6..6 + len)?;
-    String::from_utf8(value.to_vec()).ok()
 }

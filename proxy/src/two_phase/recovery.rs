@@ -23,7 +23,7 @@ use shardgate_admin::control::{
 use shardgate_config::{Config, Host};
 use shardgate_pool::{ConnectTarget, MonitorLogin, ServerConn, ServerError};
 use shardgate_topology::{CommitDecision, Store, StoreError};
-use shardgate_wire::backend;
+use shardgate_wire::{backend, row};
 use tokio::sync::watch;
 
 use super::gid::{self, Gid};
@@ -500,8 +500,15 @@ async fn list_shard(
             }
             backend::DATA_ROW => {
                 rows += 1;
-                let columns = text_columns(frame.body()).ok_or(RecoveryError::MalformedRow)?;
-                let text = |i: usize| columns.get(i).cloned().flatten().unwrap_or_default();
+                let columns =
+                    row::data_row_values(frame).map_err(|_| RecoveryError::MalformedRow)?;
+                let text = |i: usize| {
+                    columns
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
                 let gid = text(0);
                 // `sg_` gids another program wrote are not ours to resolve.
                 let Some(parsed) = gid::parse(&gid) else {
@@ -670,50 +677,9 @@ async fn bounded<T, E: Into<RecoveryError>>(
     }
 }
 
-/// The values of a DataRow body as text (`None` for NULL); `None` when it is malformed.
-fn text_columns(body: &[u8]) -> Option<Vec<Option<String>>> {
-    let count = u16::try_from(i16::from_be_bytes(body.get(..2)?.try_into().ok()?)).ok()?;
-    let mut at = 2;
-    let mut values = Vec::with_capacity(usize::from(count));
-    for _ in 0..count {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            values.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).ok()?;
-        let value = body.get(at..at.checked_add(len)?)?;
-        at += len;
-        values.push(Some(String::from_utf8_lossy(value).into_owned()));
-    }
-    Some(values)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn data_rows_decode() {
-        let mut body = vec![0, 3];
-        for value in [Some("sg_p_1_s0"), None, Some("")] {
-            match value {
-                Some(v) => {
-                    body.extend((v.len() as i32).to_be_bytes());
-                    body.extend(v.as_bytes());
-                }
-                None => body.extend((-1i32).to_be_bytes()),
-            }
-        }
-        assert_eq!(
-            text_columns(&body),
-            Some(vec![Some("sg_p_1_s0".into()), None, Some(String::new())])
-        );
-        assert_eq!(text_columns(&body[..body.len() - 1]), None);
-        assert_eq!(text_columns(&[0, 1, 0, 0, 0, 9, b'x']), None);
-        assert_eq!(text_columns(&[0xff, 0xff]), None);
-    }
 
     #[test]
     fn literals_are_escaped() {
