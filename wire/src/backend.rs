@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::frontend::{put_cstr, write_message};
+use crate::frontend::{put_cstr, put_value, write_message};
 use crate::{Cursor, DecodeError, Frame};
 
 pub const AUTHENTICATION: u8 = b'R';
@@ -305,13 +305,7 @@ pub fn write_data_row(out: &mut BytesMut, values: &[Option<&str>]) {
     write_message(out, DATA_ROW, |b| {
         b.put_i16(values.len() as i16);
         for v in values {
-            match v {
-                Some(v) => {
-                    b.put_i32(v.len() as i32);
-                    b.put_slice(v.as_bytes());
-                }
-                None => b.put_i32(-1),
-            }
+            put_value(b, v.map(str::as_bytes));
         }
     });
 }

@@ -232,6 +232,18 @@ pub fn put_cstr(out: &mut BytesMut, s: &str) {
     out.put_u8(0);
 }
 
+/// Appends a length-prefixed value as Bind parameters, DataRow columns and binary array
+/// elements carry it: length -1 and no bytes for NULL.
+pub fn put_value(out: &mut BytesMut, value: Option<&[u8]>) {
+    match value {
+        None => out.put_i32(-1),
+        Some(v) => {
+            out.put_i32(v.len() as i32);
+            out.put_slice(v);
+        }
+    }
+}
+
 /// Appends a message whose body is written by `body`, filling in the length afterwards.
 pub fn write_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out.put_u8(tag);

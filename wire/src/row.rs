@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::backend::{DATA_ROW, ROW_DESCRIPTION};
 use crate::frame::HEADER_LEN;
-use crate::frontend::{put_cstr, write_message};
+use crate::frontend::{put_cstr, put_value, write_message};
 use crate::{Cursor, DecodeError, Frame};
 
 /// One column of a RowDescription, as the server sent it.
@@ -98,13 +98,7 @@ pub fn write_truncated_row(
         let kept = &ranges[..keep.min(ranges.len())];
         b.put_i16(kept.len() as i16);
         for r in kept {
-            match r {
-                None => b.put_i32(-1),
-                Some(r) => {
-                    b.put_i32(r.len() as i32);
-                    b.put_slice(&bytes[r.clone()]);
-                }
-            }
+            put_value(b, r.clone().map(|r| &bytes[r]));
         }
     });
     Ok(())

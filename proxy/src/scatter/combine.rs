@@ -247,13 +247,7 @@ pub(crate) fn text_array(values: &[Option<Bytes>]) -> Bytes {
         b.put_i32(1);
     }
     for v in values {
-        match v {
-            None => b.put_i32(-1),
-            Some(v) => {
-                b.put_i32(v.len() as i32);
-                b.put_slice(v);
-            }
-        }
+        frontend::put_value(&mut b, v.as_deref());
     }
     b.freeze()
 }

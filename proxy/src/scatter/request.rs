@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shardgate_router::{MergeSpec, RowCount};
-use shardgate_wire::frontend::{self, put_cstr, write_message};
+use shardgate_wire::frontend::{self, put_cstr, put_value, write_message};
 
 use super::shard::Batches;
 use super::ScatterRequest;
@@ -35,13 +35,7 @@ fn write_bind_to(
         }
         b.put_i16(params.len() as i16);
         for p in params {
-            match p {
-                None => b.put_i32(-1),
-                Some(v) => {
-                    b.put_i32(v.len() as i32);
-                    b.put_slice(v);
-                }
-            }
+            put_value(b, p.as_deref());
         }
         b.put_i16(result_formats.len() as i16);
         for f in result_formats {
