@@ -3,7 +3,7 @@
 //! while the shard it belongs to is not known yet: deferred, and sent ahead of the
 //! transaction's first statement on that statement's shard.
 
-use shardgate_router::{ShardgateParam, StatementKind};
+use shardgate_router::{Plan, ShardgateParam, StatementKind};
 use shardgate_wire::{backend, frontend, Frame};
 
 use crate::routing::explain;
@@ -27,6 +27,28 @@ const LOCAL_ANSWER_WORDS: [&str; 9] = [
 fn starts_with_local_answer_word(text: &str) -> bool {
     shardgate_router::first_word(text)
         .is_some_and(|w| LOCAL_ANSWER_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
+/// Transaction control the proxy answers itself while the transaction's shard is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalTransaction {
+    /// Deferred, to go out ahead of the transaction's first statement.
+    Begin {
+        read_only: bool,
+    },
+    /// Of a transaction that ran nothing yet: its deferred BEGIN is dropped.
+    Commit,
+    Rollback,
+}
+
+impl LocalTransaction {
+    fn command_tag(self) -> &'static str {
+        match self {
+            LocalTransaction::Begin { .. } => "BEGIN",
+            LocalTransaction::Commit => "COMMIT",
+            LocalTransaction::Rollback => "ROLLBACK",
+        }
+    }
 }
 
 impl Session {
@@ -68,6 +90,12 @@ impl Session {
         if plan.statement_count != 1 {
             return false;
         }
+        if let Some(control) = self.local_transaction(&plan) {
+            self.take_local_transaction(control, text);
+            backend::write_command_complete(&mut self.io.out, control.command_tag());
+            self.io.push_ready(self.txn.status());
+            return true;
+        }
         match &plan.kind {
             StatementKind::ShardgateRoute(inner) => {
                 self.answer_route(inner);
@@ -83,16 +111,6 @@ impl Session {
                 self.io.push_ready(self.txn.status());
                 true
             }
-            StatementKind::Begin { read_only }
-                if self.txn.is_idle()
-                    && !self.client.mode_is_session()
-                    && self.shared.topo().defers_begin =>
-            {
-                self.txn.defer_begin(text.to_owned(), *read_only);
-                backend::write_command_complete(&mut self.io.out, "BEGIN");
-                self.io.push_ready(self.txn.status());
-                true
-            }
             // `SET TRANSACTION …` right after a deferred BEGIN goes out with it (and a READ
             // ONLY one lets the transaction use a replica).
             StatementKind::SetTransaction { read_only } => {
@@ -103,43 +121,52 @@ impl Session {
                 self.io.push_ready(self.txn.status());
                 true
             }
-            StatementKind::Commit | StatementKind::Rollback if self.txn.has_deferred_begin() => {
-                self.txn.drop_deferred_begin();
-                self.routing.end_transaction();
-                let tag = if plan.kind == StatementKind::Commit {
-                    "COMMIT"
-                } else {
-                    "ROLLBACK"
-                };
-                backend::write_command_complete(&mut self.io.out, tag);
-                self.io.push_ready(self.txn.status());
-                true
-            }
             _ => false,
         }
     }
 
-    /// Whether BEGIN / COMMIT / ROLLBACK in `text` would be answered by the proxy now (see
-    /// [`Session::answer_locally`]); returns the command tag.
-    fn local_transaction_tag(&self, text: &str) -> Option<&'static str> {
-        if !starts_with_local_answer_word(text) {
-            return None;
-        }
-        let plan = self.shared.topo().router.plan_query(text).plan;
+    /// The BEGIN / COMMIT / ROLLBACK that `plan` (of one statement) is, if the proxy answers it
+    /// now (see [`Session::answer_locally`]).
+    fn local_transaction(&self, plan: &Plan) -> Option<LocalTransaction> {
         if plan.statement_count != 1 {
             return None;
         }
         match plan.kind {
-            StatementKind::Begin { .. }
+            StatementKind::Begin { read_only }
                 if self.txn.is_idle()
                     && !self.client.mode_is_session()
                     && self.shared.topo().defers_begin =>
             {
-                Some("BEGIN")
+                Some(LocalTransaction::Begin { read_only })
             }
-            StatementKind::Commit if self.txn.has_deferred_begin() => Some("COMMIT"),
-            StatementKind::Rollback if self.txn.has_deferred_begin() => Some("ROLLBACK"),
+            StatementKind::Commit if self.txn.has_deferred_begin() => {
+                Some(LocalTransaction::Commit)
+            }
+            StatementKind::Rollback if self.txn.has_deferred_begin() => {
+                Some(LocalTransaction::Rollback)
+            }
             _ => None,
+        }
+    }
+
+    /// [`Session::local_transaction`] of a statement's text.
+    fn local_transaction_in(&self, text: &str) -> Option<LocalTransaction> {
+        if !starts_with_local_answer_word(text) {
+            return None;
+        }
+        self.local_transaction(&self.shared.topo().router.plan_query(text).plan)
+    }
+
+    /// Defers the BEGIN `text` opens, or drops the deferred one a COMMIT / ROLLBACK ends.
+    fn take_local_transaction(&mut self, control: LocalTransaction, text: &str) {
+        match control {
+            LocalTransaction::Begin { read_only } => {
+                self.txn.defer_begin(text.to_owned(), read_only)
+            }
+            LocalTransaction::Commit | LocalTransaction::Rollback => {
+                self.txn.drop_deferred_begin();
+                self.routing.end_transaction();
+            }
         }
     }
 
@@ -153,18 +180,11 @@ impl Session {
         let Some(stmt) = self.one_statement(batch) else {
             return false;
         };
-        let Some(tag) = self.local_transaction_tag(&stmt.text) else {
+        let Some(control) = self.local_transaction_in(&stmt.text) else {
             return false;
         };
-        if tag == "BEGIN" {
-            let read_only = self.shared.topo().router.plan(&stmt.text).kind
-                == StatementKind::Begin { read_only: true };
-            self.txn.defer_begin(stmt.text.clone(), read_only);
-        } else {
-            self.txn.drop_deferred_begin();
-            self.routing.end_transaction();
-        }
-        self.answer_one_statement(batch, stmt, tag);
+        self.take_local_transaction(control, &stmt.text);
+        self.answer_one_statement(batch, stmt, control.command_tag());
         true
     }
 
@@ -190,12 +210,11 @@ impl Session {
             4,
         ])));
         let stmt = self.one_statement(&begin)?;
-        if self.local_transaction_tag(&stmt.text) != Some("BEGIN") {
+        let control = self.local_transaction_in(&stmt.text)?;
+        if !matches!(control, LocalTransaction::Begin { .. }) {
             return None;
         }
-        let read_only = self.shared.topo().router.plan(&stmt.text).kind
-            == StatementKind::Begin { read_only: true };
-        self.txn.defer_begin(stmt.text.clone(), read_only);
+        self.take_local_transaction(control, &stmt.text);
         begin.pop();
         self.answer_statement_messages(&begin, stmt, "BEGIN");
         Some(batch[end + 1..].to_vec())
