@@ -12,7 +12,7 @@
 use bytes::BytesMut;
 use shardgate_pool::{PooledConn, ServerConn, ServerError};
 use shardgate_router::{GatherSpec, MergeSpec, ShardIndex};
-use shardgate_wire::backend::{self, Severity, TransactionStatus};
+use shardgate_wire::backend::{self, CursorPosition, Severity, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 
 use crate::replicas::BatchRole;
@@ -179,7 +179,7 @@ pub(crate) async fn run<C: ClientSink>(
         Err(e) => return Err(broken(e).into()),
         Ok(replies) => match replies.iter().find(|f| f.tag() == backend::ERROR_RESPONSE) {
             Some(e) => {
-                scatter::write_shard_error(client.buffer(), e, coord_name, false);
+                scatter::write_shard_error(client.buffer(), e, coord_name, CursorPosition::Omit);
                 Load::Answered
             }
             None => {
@@ -245,7 +245,7 @@ async fn load(
             match stop {
                 LoadStop::Broken(e) => return Err(e),
                 LoadStop::ShardError { shard, frame } => {
-                    scatter::write_shard_error(out, &frame, &shard, false);
+                    scatter::write_shard_error(out, &frame, &shard, CursorPosition::Omit);
                 }
                 LoadStop::Limit(message) => {
                     crate::stats::count_error(sqlstate::PROGRAM_LIMIT_EXCEEDED);

@@ -407,8 +407,13 @@ async fn run_inner<C: ClientSink>(
         out.take_back();
         return Err(f.into());
     }
+    // The shard's cursor position points into the client's text only if the shard ran it.
+    let position = if spec.shard_sql.is_none() {
+        CursorPosition::Keep
+    } else {
+        CursorPosition::Omit
+    };
     // Any shard's error wins over the rows, even one that came after the LIMIT was reached.
-    let keep_position = spec.shard_sql.is_none();
     if let Some(s) = streams.iter().find(|s| s.error.is_some()) {
         if out.sent() {
             tracing::debug!(
@@ -418,7 +423,7 @@ async fn run_inner<C: ClientSink>(
         }
         out.take_back();
         if let Some(e) = &s.error {
-            write_shard_error(out.buf(), e, s.name, keep_position);
+            write_shard_error(out.buf(), e, s.name, position);
         }
         return Ok(None);
     }
@@ -445,7 +450,7 @@ async fn run_inner<C: ClientSink>(
         }
         Err(Stop::Final(e)) => {
             out.take_back();
-            write_shard_error(out.buf(), &e, name(0), false);
+            write_shard_error(out.buf(), &e, name(0), CursorPosition::Omit);
         }
         Err(Stop::ShardFailed) => {
             // The error is in a stream (handled above); be safe anyway.
@@ -505,19 +510,14 @@ fn refuse<C: ClientSink>(out: &mut Output<'_, C>, code: &str, message: &str) {
     backend::write_error(out.buf(), Severity::Error, code, message, hint);
 }
 
-/// Appends a shard's ErrorResponse with the shard named before its message. The cursor
-/// position is kept only when the shard ran the client's own text.
+/// Appends a shard's ErrorResponse with the shard named before its message (its cursor
+/// position as `position` says: kept only when the shard ran the client's own text).
 pub(crate) fn write_shard_error(
     out: &mut BytesMut,
     frame: &Frame,
     shard: &str,
-    keep_position: bool,
+    position: CursorPosition,
 ) {
-    let position = if keep_position {
-        CursorPosition::Keep
-    } else {
-        CursorPosition::Omit
-    };
     if let Err(e) =
         backend::write_error_with_prefix(out, frame, &format!("shard {shard}: "), position)
     {

@@ -6,6 +6,7 @@
 //! again.
 
 use shardgate_pool::{ServerConn, ServerError};
+use shardgate_wire::backend::CursorPosition;
 
 use super::merge::{merge_rows, RowPlan};
 use super::output::{ClientSink, Output};
@@ -144,7 +145,7 @@ pub(crate) async fn resume<C: ClientSink>(
     }
     if let Some(s) = streams.iter().find(|s| s.error.is_some()) {
         if let Some(e) = &s.error {
-            write_shard_error(out.buf(), e, s.name, false);
+            write_shard_error(out.buf(), e, s.name, CursorPosition::Omit);
         }
         merge.parked.clear();
         return Ok(Resumed::Failed);
