@@ -22,6 +22,12 @@ use crate::session::Session;
 /// Where a detached batch goes.
 pub(crate) enum Target {
     Shard(ShardIndex),
+    /// Boxed: rare, and far larger than a shard index.
+    Elsewhere(Box<Elsewhere>),
+}
+
+/// Where a detached batch for more than one shard goes.
+pub(crate) enum Elsewhere {
     /// Several shards: a cross-shard read (merged) or a broadcast (DDL, or keyless writes when
     /// `sharding.keyless_writes = "broadcast"`).
     Many {
@@ -196,10 +202,10 @@ impl Session {
                 Ok(routed) => routed,
                 Err(e) => {
                     if let Some(split) = self.split_of(frame)? {
-                        return Ok(Target::SplitInsert(split));
+                        return Ok(Target::Elsewhere(Box::new(Elsewhere::SplitInsert(split))));
                     }
                     return match self.copy_of(frame) {
-                        Some(copy) => Ok(Target::SplitCopy(copy)),
+                        Some(copy) => Ok(Target::Elsewhere(Box::new(Elsewhere::SplitCopy(copy)))),
                         None => Err(e),
                     };
                 }
@@ -221,11 +227,13 @@ impl Session {
                             .set_prerouted(frame, version, Route::Shard(s), plan);
                         Target::Shard(s)
                     }
-                    Route::Shards(shards) => Target::Many { shards, plan },
-                    Route::AllShards => Target::Many {
+                    Route::Shards(shards) => {
+                        Target::Elsewhere(Box::new(Elsewhere::Many { shards, plan }))
+                    }
+                    Route::AllShards => Target::Elsewhere(Box::new(Elsewhere::Many {
                         shards: (0..self.shared.topo().router.shard_names().len()).collect(),
                         plan,
-                    },
+                    })),
                 });
             }
         }

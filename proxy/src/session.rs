@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_pool::PooledConn;
+use shardgate_router::RouteError;
 use shardgate_wire::backend::{self, TransactionStatus};
 use shardgate_wire::{frontend, sqlstate, Frame};
 use tracing::{debug, info, warn, Instrument};
@@ -23,7 +24,7 @@ use crate::multi_txn::InTransaction;
 use crate::query_stats::StatementRoute;
 use crate::read_your_writes::ReadYourWrites;
 use crate::replies::{Expect, ReplyQueue};
-use crate::routing::Target;
+use crate::routing::{Elsewhere, Target};
 use crate::routing_state::RoutingState;
 use crate::session_state::SessionState;
 use crate::shutdown_signal::{ShutdownHub, ShutdownSignal};
@@ -296,75 +297,21 @@ impl Session {
                     return Ok(Next::Read);
                 }
                 let version = self.shared.topology_version();
-                match self.route_batch(&batch) {
-                    Ok(Target::Shard(shard)) => self.attachment.set_shard(shard),
-                    Ok(Target::Many { shards, plan }) => {
-                        // A BEGIN in front (pgjdbc): deferred; the rest opens the
-                        // transaction on the shards.
-                        let batch = match self.split_leading_begin(&batch) {
-                            Some(rest) => {
-                                self.parked = rest;
-                                return Ok(Next::Read);
-                            }
-                            None => batch,
-                        };
-                        if let Some(what) = self.batch_pins(&batch) {
-                            let e = crate::pinning::many_shards_refusal(what);
-                            let record =
-                                self.start_batch_record(&batch, StatementRoute::Refused, 0);
-                            self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
-                            self.finish_batch_record(record);
-                            self.io.flush().await?;
-                            return Ok(Next::Read);
-                        }
-                        let route = StatementRoute::of_many(&plan);
-                        let record = self.start_batch_record(&batch, route, shards.len());
-                        // Boxed, as the other multi-shard paths: their futures are
-                        // large, and inline every session's task would carry their size
-                        // even idle (8.2 KB per session instead of 4.9 KB).
-                        let ran = Box::pin(self.run_many(batch, shards, plan)).await;
-                        self.finish_batch_record(record);
-                        if let Some(server) = ran? {
-                            return Ok(Next::Attach(server, Vec::new()));
-                        }
-                        return Ok(Next::Read);
+                // A batch for one shard is served here; the rest (several shards, a split, a
+                // refusal) by a boxed future of its own, so none of their state sits in this
+                // future, which every batch builds and copies into its box.
+                let elsewhere = match self.route_batch(&batch) {
+                    Ok(Target::Shard(shard)) => {
+                        self.attachment.set_shard(shard);
+                        None
                     }
-                    Ok(Target::SplitInsert(split)) => {
-                        let record = self.start_batch_record(
-                            &batch,
-                            StatementRoute::SplitInsert,
-                            split.parts.len(),
-                        );
-                        let ran = Box::pin(self.run_split(batch, split)).await;
-                        self.finish_batch_record(record);
-                        if let Some(server) = ran? {
-                            return Ok(Next::Attach(server, Vec::new()));
-                        }
-                        return Ok(Next::Read);
-                    }
-                    Ok(Target::SplitCopy(copy)) => {
-                        let shards = self.shared.topo().router.shard_names().len();
-                        let record =
-                            self.start_batch_record(&batch, StatementRoute::SplitCopy, shards);
-                        let ran = Box::pin(self.run_copy(batch, copy)).await;
-                        self.finish_batch_record(record);
-                        if let Some(server) = ran? {
-                            return Ok(Next::Attach(server, Vec::new()));
-                        }
-                        return Ok(Next::Read);
-                    }
-                    Err(e) => {
-                        if e.code == sqlstate::PROTOCOL_VIOLATION {
-                            self.io.fatal(e.code, &e.message, None).await;
-                            return Err(SessionError::Protocol(e.message));
-                        }
-                        let record = self.start_batch_record(&batch, StatementRoute::Refused, 0);
-                        self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
-                        self.finish_batch_record(record);
-                        self.io.flush().await?;
-                        return Ok(Next::Read);
-                    }
+                    Ok(Target::Elsewhere(to)) => Some(Ok(to)),
+                    Err(e) => Some(Err(e)),
+                };
+                if let Some(routed) = elsewhere {
+                    return Box::pin(self.serve_elsewhere(batch, routed)).await;
                 }
+
                 let role = self.batch_role(&batch);
                 match self.checkout_for(role).await {
                     Ok((s, guard)) if self.shared.topology_version() != version => {
@@ -452,6 +399,71 @@ impl Session {
             }
         }
         Ok(Next::Read)
+    }
+
+    /// Serves a detached batch that is not for one shard: runs it on several shards, splits
+    /// it by key, or answers the router's refusal. (Boxed by `serve`: these paths' futures are
+    /// large, and inline every batch's future would carry their size.)
+    async fn serve_elsewhere(
+        &mut self,
+        batch: Vec<Frame>,
+        routed: Result<Box<Elsewhere>, RouteError>,
+    ) -> Result<Next, SessionError> {
+        let ran = match routed.map(|to| *to) {
+            Ok(Elsewhere::Many { shards, plan }) => {
+                // A BEGIN in front (pgjdbc): deferred; the rest opens the
+                // transaction on the shards.
+                let batch = match self.split_leading_begin(&batch) {
+                    Some(rest) => {
+                        self.parked = rest;
+                        return Ok(Next::Read);
+                    }
+                    None => batch,
+                };
+                if let Some(what) = self.batch_pins(&batch) {
+                    let e = crate::pinning::many_shards_refusal(what);
+                    let record = self.start_batch_record(&batch, StatementRoute::Refused, 0);
+                    self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                    self.finish_batch_record(record);
+                    self.io.flush().await?;
+                    return Ok(Next::Read);
+                }
+                let route = StatementRoute::of_many(&plan);
+                let record = self.start_batch_record(&batch, route, shards.len());
+                let ran = self.run_many(batch, shards, plan).await;
+                self.finish_batch_record(record);
+                ran
+            }
+            Ok(Elsewhere::SplitInsert(split)) => {
+                let parts = split.parts.len();
+                let record = self.start_batch_record(&batch, StatementRoute::SplitInsert, parts);
+                let ran = self.run_split(batch, split).await;
+                self.finish_batch_record(record);
+                ran
+            }
+            Ok(Elsewhere::SplitCopy(copy)) => {
+                let shards = self.shared.topo().router.shard_names().len();
+                let record = self.start_batch_record(&batch, StatementRoute::SplitCopy, shards);
+                let ran = self.run_copy(batch, copy).await;
+                self.finish_batch_record(record);
+                ran
+            }
+            Err(e) => {
+                if e.code == sqlstate::PROTOCOL_VIOLATION {
+                    self.io.fatal(e.code, &e.message, None).await;
+                    return Err(SessionError::Protocol(e.message));
+                }
+                let record = self.start_batch_record(&batch, StatementRoute::Refused, 0);
+                self.fail_batch(&batch, e.code, &e.message, e.hint.as_deref());
+                self.finish_batch_record(record);
+                self.io.flush().await?;
+                return Ok(Next::Read);
+            }
+        };
+        Ok(match ran? {
+            Some(server) => Next::Attach(server, Vec::new()),
+            None => Next::Read,
+        })
     }
 
     /// The client is leaving while holding `server`: leave the connection clean for the next
