@@ -294,35 +294,33 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             sharded: false,
             log: args.log.clone(),
         };
-        let (b, s) = (bin.clone(), settings.clone());
-        let svc =
-            tokio::task::spawn_blocking(move || shardgate::start(&b, s, "shardgate")).await??;
-        targets.push(Target::proxy("shardgate", Kind::Shardgate, &svc, 1));
-        shardgate_services.push(svc);
-        if let Some(base) = args.baseline_bin.clone() {
-            let s = settings.clone();
-            let svc =
-                tokio::task::spawn_blocking(move || shardgate::start(&base, s, "sg-baseline"))
-                    .await??;
-            targets.push(Target::proxy("sg-baseline", Kind::Shardgate, &svc, 1));
-            shardgate_services.push(svc);
+        let mut proxies = vec![(bin.clone(), settings.clone(), "shardgate".to_owned())];
+        if let Some(base) = &args.baseline_bin {
+            proxies.push((base.clone(), settings.clone(), "sg-baseline".to_owned()));
         }
         if shards > 1 || args.sharded {
-            let s = shardgate::Settings {
+            let routed = shardgate::Settings {
                 shards: ports.clone(),
                 sharded: true,
                 ..settings
             };
-            let b = bin.clone();
-            let svc =
-                tokio::task::spawn_blocking(move || shardgate::start(&b, s, "shardgate-routed"))
-                    .await??;
             let name = if shards == 1 {
                 "sg-sharded".into()
             } else {
                 format!("sg-{shards}-shards")
             };
-            targets.push(Target::proxy(name, Kind::Routed, &svc, shards));
+            proxies.push((bin.clone(), routed, name));
+        }
+        for (bin, settings, name) in proxies {
+            let (kind, shards) = if settings.sharded {
+                (Kind::Routed, shards)
+            } else {
+                (Kind::Shardgate, 1)
+            };
+            let label = name.clone();
+            let svc = tokio::task::spawn_blocking(move || shardgate::start(&bin, settings, &label))
+                .await??;
+            targets.push(Target::proxy(name, kind, &svc, shards));
             shardgate_services.push(svc);
         }
     }
