@@ -250,7 +250,10 @@ impl Session {
     /// `SHARDGATE ROUTE <statement>`: one row saying where the statement would go and why.
     fn answer_route(&mut self, sql: &str) {
         let explained = explain(&self.shared.topo().router, sql, self.routing.hint());
-        backend::write_text_row_description(&mut self.io.out, &["shard", "role", "keys", "reason"]);
+        shardgate_wire::row::write_text_row_description(
+            &mut self.io.out,
+            &["shard", "role", "keys", "reason"],
+        );
         let row: Vec<Option<&str>> = explained.iter().map(|v| Some(v.as_str())).collect();
         backend::write_data_row(&mut self.io.out, &row);
         backend::write_command_complete(&mut self.io.out, "SELECT 1");

@@ -284,22 +284,6 @@ pub fn write_auth_sasl_final(out: &mut BytesMut, data: &[u8]) {
     });
 }
 
-/// Appends a RowDescription of text columns (as the proxy's own result sets use).
-pub fn write_text_row_description(out: &mut BytesMut, names: &[&str]) {
-    write_message(out, ROW_DESCRIPTION, |b| {
-        b.put_i16(names.len() as i16);
-        for name in names {
-            put_cstr(b, name);
-            b.put_i32(0); // table oid
-            b.put_i16(0); // column number
-            b.put_u32(25); // text
-            b.put_i16(-1); // variable length
-            b.put_i32(-1); // no type modifier
-            b.put_i16(0); // text format
-        }
-    });
-}
-
 /// Appends a DataRow; `None` is NULL.
 pub fn write_data_row(out: &mut BytesMut, values: &[Option<&str>]) {
     write_message(out, DATA_ROW, |b| {

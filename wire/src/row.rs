@@ -42,6 +42,27 @@ pub fn row_description(frame: &Frame) -> Result<Vec<Field>, DecodeError> {
     Ok(fields)
 }
 
+impl Field {
+    /// A text column of the proxy's own result sets: no table, variable length, text format.
+    pub fn text(name: &str) -> Field {
+        Field {
+            name: name.to_owned(),
+            table_oid: 0,
+            column: 0,
+            type_oid: 25,
+            type_len: -1,
+            type_mod: -1,
+            format: 0,
+        }
+    }
+}
+
+/// Appends a RowDescription of text columns named `names` (as the proxy's own result sets use).
+pub fn write_text_row_description(out: &mut BytesMut, names: &[&str]) {
+    let fields: Vec<Field> = names.iter().map(|n| Field::text(n)).collect();
+    write_row_description(out, &fields);
+}
+
 /// Appends a RowDescription with `fields`.
 pub fn write_row_description(out: &mut BytesMut, fields: &[Field]) {
     write_message(out, ROW_DESCRIPTION, |b| {
@@ -132,6 +153,15 @@ mod tests {
         let fields = vec![field("a", 23, 0), field("b", 25, 1)];
         let f = frame(|out| write_row_description(out, &fields));
         assert_eq!(row_description(&f).unwrap(), fields);
+    }
+
+    #[test]
+    fn text_row_description_is_text_columns() {
+        let f = frame(|out| write_text_row_description(out, &["shard", "role"]));
+        assert_eq!(
+            row_description(&f).unwrap(),
+            vec![field("shard", 25, 0), field("role", 25, 0)]
+        );
     }
 
     #[test]

@@ -116,8 +116,9 @@ mod tests {
     use super::*;
     use shardgate_wire::backend::{
         write_bind_complete, write_command_complete, write_data_row, write_error,
-        write_parse_complete, write_text_row_description, Severity,
+        write_parse_complete, Severity,
     };
+    use shardgate_wire::row::write_text_row_description;
 
     #[test]
     fn splits_a_result_into_prelude_description_and_rows() {

@@ -10,7 +10,7 @@
 //! client is told COMMIT, because the decision is durable.
 
 use shardgate_config::CrossShardTransactions;
-use shardgate_wire::{backend, sqlstate};
+use shardgate_wire::{backend, row, sqlstate};
 use tracing::{debug, warn};
 
 use super::fanout::{
@@ -37,7 +37,8 @@ pub(crate) async fn commit_all(
                 let wrote = frames
                     .iter()
                     .find(|f| f.tag() == backend::DATA_ROW)
-                    .is_some_and(|row| row.body().ends_with(b"t"));
+                    .and_then(|row| row::data_row_values(row).ok())
+                    .is_some_and(|values| matches!(&values[..], [Some(v)] if v[..] == *b"t"));
                 if wrote {
                     writers.push(i);
                 }
