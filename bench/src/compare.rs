@@ -15,8 +15,8 @@ use crate::service::{self, Service};
 use crate::stats::Latency;
 use crate::targets::{skip_reason, Kind, Target};
 use crate::{
-    idle, load_results, machine, pgbench_base_args, pgbench_init, pgbench_log, pgbouncer, procfs,
-    run_pgbench, shardgate, syscalls, DB, PASSWORD, USER,
+    floor, idle, load_results, machine, pgbench_base_args, pgbench_init, pgbench_log, pgbouncer,
+    procfs, run_pgbench, shardgate, syscalls, DB, PASSWORD, USER,
 };
 
 #[derive(Args, Clone)]
@@ -47,7 +47,8 @@ pub struct CompareArgs {
     /// Active pgbench clients during the connection-scale cases.
     #[arg(long, default_value_t = 8)]
     idle_active: u32,
-    /// Targets to run.
+    /// Targets to run: `direct`, `pgbouncer`, `shardgate` (with `sg-baseline`, `sg-sharded`
+    /// and `sg-N-shards` from their options), and `floor`, the least a tokio pooler does.
     #[arg(
         long,
         value_delimiter = ',',
@@ -176,7 +177,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
         })
         .max()
         .unwrap_or(0);
-    let proxies = u64::from(want("pgbouncer")) + u64::from(want("shardgate"));
+    let proxies =
+        u64::from(want("pgbouncer")) + u64::from(want("shardgate")) + u64::from(want("floor"));
     // The benchmark holds every idle connection on every proxy at once.
     let fd_limit = service::raise_nofile_limit(proxies * u64::from(max_idle) + 2048);
     let load_start = machine::load_average();
@@ -281,7 +283,18 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mut shardgate_services: Vec<Service> = Vec::new();
+    let mut proxy_services: Vec<Service> = Vec::new();
+    if want("floor") {
+        let (port, pool) = (ports[0], args.pool);
+        let svc = tokio::task::spawn_blocking(move || floor::start(port, pool)).await??;
+        targets.push(Target::proxy("floor", Kind::Floor, &svc, 1));
+        notes.push(
+            "floor: the least a transaction pooler on tokio does (bench/src/floor.rs), as a \
+             measuring stick for the runtime's and the socket calls' share of the CPU."
+                .into(),
+        );
+        proxy_services.push(svc);
+    }
     if let Some(bin) = &shardgate_bin {
         let settings = shardgate::Settings {
             port: 0,
@@ -321,7 +334,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             let svc = tokio::task::spawn_blocking(move || shardgate::start(&bin, settings, &label))
                 .await??;
             targets.push(Target::proxy(name, kind, &svc, shards));
-            shardgate_services.push(svc);
+            proxy_services.push(svc);
         }
     }
     if targets.is_empty() {
@@ -449,7 +462,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            check_alive(pgbouncer_service.as_mut(), &mut shardgate_services)?;
+            check_alive(pgbouncer_service.as_mut(), &mut proxy_services)?;
         }
         for clients in &held {
             if clients.closed() > 0 {
@@ -516,7 +529,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
 
     drop(pgbouncer_service);
-    drop(shardgate_services);
+    drop(proxy_services);
     tokio::task::spawn_blocking(move || drop(clusters)).await?;
     eprintln!("done in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     Ok(())
@@ -536,8 +549,8 @@ fn first_line(s: &str, max: usize) -> String {
 }
 
 /// Fails when a proxy died during the benchmark (its figures would be meaningless).
-fn check_alive(pgbouncer: Option<&mut Service>, shardgate: &mut [Service]) -> anyhow::Result<()> {
-    for svc in pgbouncer.into_iter().chain(shardgate.iter_mut()) {
+fn check_alive(pgbouncer: Option<&mut Service>, others: &mut [Service]) -> anyhow::Result<()> {
+    for svc in pgbouncer.into_iter().chain(others.iter_mut()) {
         if !svc.is_running() {
             bail!(
                 "{} exited during the benchmark:\n{}",

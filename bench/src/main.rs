@@ -12,6 +12,7 @@ mod cases;
 mod compare;
 mod copy;
 mod corpus;
+mod floor;
 mod gather;
 mod idle;
 mod machine;
@@ -73,6 +74,9 @@ enum Cmd {
     Copy(copy::CopyArgs),
     /// The generated cross-shard corpus, long, random seed: answers equal to one PostgreSQL.
     Corpus(corpus::CorpusArgs),
+    /// The minimal tokio transaction pooler that `compare --targets floor` starts.
+    #[command(hide = true)]
+    FloorPooler(floor::FloorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +92,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Cmd::FloorPooler(args) = cli.command {
+        return floor::serve(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                 Cmd::TwoPhase(args) => two_phase::run(args).await,
                 Cmd::Copy(args) => copy::run(args).await,
                 Cmd::Corpus(args) => corpus::run(args).await,
+                Cmd::FloorPooler(_) => bail!("the floor pooler runs on a runtime of its own"),
             }
         };
         // On Ctrl-C the work is dropped, which stops and removes every server it started.

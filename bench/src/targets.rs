@@ -13,6 +13,8 @@ pub enum Kind {
     Shardgate,
     /// shardgate routing over several shards (only for `-S`).
     Routed,
+    /// The minimal tokio pooler (`floor`).
+    Floor,
 }
 
 /// A place pgbench connects to.
@@ -54,6 +56,9 @@ pub fn skip_reason(
                     b.version_string()
                 )
             })
+        }
+        (Kind::Floor, Workload::Select(Protocol::Prepared)) => {
+            Some("the floor pooler keeps no named prepared statements".into())
         }
         (Kind::Routed, Workload::Select(_)) => None,
         // TPC-B's branch and teller rows have no aid: on one shard they meet the accounts.
