@@ -57,6 +57,14 @@ pub struct ProfileArgs {
     /// routed by its key) instead of pooling plainly, for the routing's instructions.
     #[arg(long)]
     sharded: bool,
+    /// Profile the floor pooler (`compare`'s `floor` target) instead of shardgate: what a
+    /// minimal tokio pooler spends per transaction, for scale.
+    #[arg(long, conflicts_with_all = ["sharded", "shardgate_bin", "idle"])]
+    floor: bool,
+    /// Run valgrind's cache model too (`--cache-sim=yes`, slower): level-1 instruction and
+    /// data cache misses per transaction, which instructions alone do not show.
+    #[arg(long)]
+    cache_sim: bool,
 }
 
 /// One line of `callgrind_annotate` output: instructions, share, and the function.
@@ -203,6 +211,8 @@ fn annotate(file: &Path, inclusive: bool) -> anyhow::Result<(u64, Vec<Cost>)> {
         ))
         .arg("--threshold=100")
         .arg("--auto=no")
+        // Instructions only, also when the dump has the cache model's events.
+        .arg("--show=Ir")
         .arg(file)
         .output()
         .context("running callgrind_annotate")?;
@@ -239,6 +249,38 @@ struct ModeProfile {
     connect_ir: u64,
     self_costs: Vec<Cost>,
     inclusive: Vec<Cost>,
+    /// With `--cache-sim`: the run's level-1 cache misses.
+    misses: Option<Misses>,
+}
+
+/// Level-1 cache misses of a run (valgrind's cache model: user space only, so fewer than with
+/// the kernel's work in between).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Misses {
+    instruction: u64,
+    data_read: u64,
+    data_write: u64,
+}
+
+impl Misses {
+    /// From a callgrind dump's `events:` names and `summary:` (or `totals:`) counts.
+    fn from_dump(text: &str) -> Option<Misses> {
+        let names = text.lines().find_map(|l| l.strip_prefix("events:"))?;
+        let counts = text.lines().find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })?;
+        let totals: Vec<(&str, u64)> = names
+            .split_whitespace()
+            .zip(counts.split_whitespace().map(|n| n.parse().unwrap_or(0)))
+            .collect();
+        let event = |name: &str| totals.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
+        Some(Misses {
+            instruction: event("I1mr")?,
+            data_read: event("D1mr")?,
+            data_write: event("D1mw")?,
+        })
+    }
 }
 
 /// The inclusive cost of opening server connections: the largest of the `ServerConn::connect`
@@ -263,6 +305,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     tool("callgrind_control")?;
     tool("callgrind_annotate")?;
     let binary = match &args.shardgate_bin {
+        _ if args.floor => std::env::current_exe().context("locating the benchmark")?,
         Some(p) => p.clone(),
         None => tokio::task::spawn_blocking(shardgate::build_release_binary).await??,
     };
@@ -286,28 +329,45 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
         sharded: args.sharded,
         log: args.log.clone(),
     };
-    let (vg, bin) = (valgrind.clone(), binary.clone());
+    let (vg, bin, floor, cache_sim) =
+        (valgrind.clone(), binary.clone(), args.floor, args.cache_sim);
     let mut svc = tokio::task::spawn_blocking(move || -> anyhow::Result<Service> {
-        let mut svc = Service::new("shardgate-callgrind")?;
+        let mut svc = Service::new(if floor {
+            "floor-callgrind"
+        } else {
+            "shardgate-callgrind"
+        })?;
         let mut settings = settings;
         svc.start(PidSource::Child, |svc, port| {
-            settings.port = port;
-            settings.admin_port = shardgate_tests::try_free_port()?;
-            let config = svc.dir().join("shardgate.toml");
-            std::fs::write(&config, shardgate::render_config(&settings))?;
             let mut cmd = Command::new(&vg);
             cmd.arg("--tool=callgrind")
                 .arg("--instr-atstart=no")
+                .arg(format!(
+                    "--cache-sim={}",
+                    if cache_sim { "yes" } else { "no" }
+                ))
                 .arg(format!(
                     "--callgrind-out-file={}/callgrind.out",
                     svc.dir().display()
                 ))
                 .arg(&bin)
-                .arg("serve")
+                .current_dir(svc.dir());
+            if floor {
+                cmd.arg("floor-pooler")
+                    .args(["--port", &port.to_string()])
+                    .args(["--server-port", &pg_port.to_string()])
+                    .args(["--user", USER, "--password", PASSWORD, "--database", DB])
+                    .args(["--pool", &settings.pool_size.to_string()]);
+                return Ok(cmd);
+            }
+            settings.port = port;
+            settings.admin_port = shardgate_tests::try_free_port()?;
+            let config = svc.dir().join("shardgate.toml");
+            std::fs::write(&config, shardgate::render_config(&settings))?;
+            cmd.arg("serve")
                 .arg("--config")
                 .arg(&config)
-                .env("RUST_LOG", &settings.log)
-                .current_dir(svc.dir());
+                .env("RUST_LOG", &settings.log);
             Ok(cmd)
         })?;
         Ok(svc)
@@ -368,6 +428,13 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("copying {} to {}", dump.display(), kept.display()))?;
             eprintln!("profile {mode}: dump kept as {}", kept.display());
         }
+        let misses = if args.cache_sim {
+            let text = std::fs::read_to_string(&dump)
+                .with_context(|| format!("reading {}", dump.display()))?;
+            Some(Misses::from_dump(&text).context("no cache-miss totals in the callgrind dump")?)
+        } else {
+            None
+        };
         let (total_ir, self_costs) = annotate(&dump, false)?;
         let (_, inclusive) = annotate(&dump, true)?;
         let self_costs = merge_by_name(self_costs);
@@ -387,6 +454,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
             connect_ir,
             self_costs,
             inclusive,
+            misses,
         });
     }
     drop(held);
@@ -434,6 +502,12 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
         crate::machine::git_rev(&shardgate::workspace_root()),
         crate::machine::program_version(Path::new("valgrind")),
     ));
+    if args.floor {
+        s.push_str(
+            "- Target: the floor pooler (`bench floor-pooler`, compare's `floor`: the least a \
+             tokio transaction pooler does), in place of `shardgate serve` below.\n",
+        );
+    }
     s.push_str(&format!(
         "- Command: `cargo run -p bench --release -- {}`: shardgate runs as \
          `valgrind --tool=callgrind --instr-atstart=no shardgate serve`; after an uninstrumented \
@@ -468,19 +542,40 @@ fn render(args: &ProfileArgs, profiles: &[ModeProfile]) -> String {
          two-phase recovery's round) are counted apart: instructions per transaction leave \
          them out.\n\n",
     );
+    if args.cache_sim {
+        s.push_str(
+            "- With `--cache-sim=yes`: valgrind's model of this machine's caches counts level-1 \
+             misses (user space only, so fewer than with the kernel's work in between; server \
+             logins included).\n\n",
+        );
+    }
     s.push_str(
-        "| mode | transactions | instructions | of them server logins | instructions / transaction |\n",
+        "| mode | transactions | instructions | of them server logins | instructions / transaction |",
     );
-    s.push_str("| --- | ---: | ---: | ---: | ---: |\n");
+    s.push_str(if args.cache_sim {
+        " L1i misses / tx | L1d read misses / tx | L1d write misses / tx |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    } else {
+        "\n| --- | ---: | ---: | ---: | ---: |\n"
+    });
     for p in profiles {
+        let tx = p.transactions.max(1);
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |",
             p.mode,
             p.transactions,
             p.total_ir,
             p.connect_ir,
-            p.total_ir.saturating_sub(p.connect_ir) / p.transactions.max(1)
+            p.total_ir.saturating_sub(p.connect_ir) / tx
         ));
+        if let Some(m) = p.misses {
+            s.push_str(&format!(
+                " {:.1} | {:.1} | {:.1} |",
+                m.instruction as f64 / tx as f64,
+                m.data_read as f64 / tx as f64,
+                m.data_write as f64 / tx as f64
+            ));
+        }
+        s.push('\n');
     }
     for p in profiles {
         for (title, costs) in [
@@ -528,6 +623,24 @@ Ir                    file:function
 -- Auto-annotated source: /work/main/proxy/src/session.rs
   5,000 ( 1.00%)  => tokio::runtime::task::raw::poll (30,659x)
 ";
+
+    #[test]
+    fn reads_cache_misses_from_a_dump() {
+        let dump = "version: 1\ncreator: callgrind-3.19.0\n\
+                    events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n\
+                    fn=(1) main\n16 5 1 1 0 0 0 0 0 0\n\
+                    summary: 1000 400 300 94 138 40 1 2 3\n";
+        assert_eq!(
+            Misses::from_dump(dump),
+            Some(Misses {
+                instruction: 94,
+                data_read: 138,
+                data_write: 40
+            })
+        );
+        // Without the cache model there are no miss events.
+        assert_eq!(Misses::from_dump("events: Ir\nsummary: 1000\n"), None);
+    }
 
     #[test]
     fn parses_totals_and_functions() {
