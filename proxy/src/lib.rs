@@ -156,6 +156,8 @@ pub struct Shared {
     pools: Pools,
     statements: prepared::StatementRegistry,
     pins: pinning::PinCounts,
+    /// Sessions keeping their serving future between batches (`session::KeptServes`).
+    kept_serves: session::KeptServes,
     cancels: cancel::CancelRegistry,
     client_slots: Arc<Semaphore>,
     client_caps: Arc<limits::ClientCaps>,
@@ -195,6 +197,7 @@ impl Shared {
             pools: Pools::new(host_policy),
             statements: prepared::StatementRegistry::default(),
             pins: pinning::PinCounts::default(),
+            kept_serves: session::KeptServes::default(),
             cancels: cancel::CancelRegistry::default(),
             next_client_id: AtomicU64::new(1),
         }
