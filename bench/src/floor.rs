@@ -188,7 +188,9 @@ async fn client(mut socket: TcpStream, pool: &Pool) -> anyhow::Result<()> {
         // Left inside a transaction: roll it back before the next client gets the connection.
         server.socket.write_all(b"Q\0\0\0\x0dROLLBACK\0").await?;
         loop {
-            server.socket.read_buf(&mut server.replies).await?;
+            if server.socket.read_buf(&mut server.replies).await? == 0 {
+                bail!("the server closed the connection during the rollback");
+            }
             if let Some(r) = whole_messages(&server.replies) {
                 server.replies.advance(r.len);
                 if r.syncs > 0 {
