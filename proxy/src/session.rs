@@ -2,6 +2,7 @@
 //! alternates between waiting with no server connection (detached) and forwarding while holding
 //! one (attached).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,20 +267,17 @@ impl Session {
     /// relay's state. Up to [`KEPT_SERVE_FUTURES`] sessions keep that box and read their
     /// next batches inside it (`serve_kept`); the others build one per batch.
     async fn run(&mut self, held: Option<PooledConn>) -> Result<(), SessionError> {
-        let mut next = held.map(|s| Step::Attached(s, Vec::new()));
+        let mut held = held.map(|s| Step::Attached(s, Vec::new()));
         loop {
-            let step = match next.take() {
+            let step = match held.take() {
                 Some(step) => step,
                 None => match self.next_batch().await? {
                     Some(step) => step,
                     None => return Ok(()),
                 },
             };
-            self.view.refresh(&self.shared);
-            match Box::pin(self.serve_kept(step)).await? {
-                Next::Read => {}
-                Next::Attach(server, batch) => next = Some(Step::Attached(server, batch)),
-                Next::End => return Ok(()),
+            if Box::pin(self.serve_kept(step)).await?.is_break() {
+                return Ok(());
             }
         }
     }
@@ -295,23 +293,24 @@ impl Session {
     /// Serves `step` and, while the session holds one of the kept places, the client's
     /// following batches too, so a busy client does not build and copy this 2 KB future
     /// into a new allocation for every batch (the largest source of cache misses per
-    /// transaction in `bench profile --cache-sim`). Without a place: `step` alone.
-    async fn serve_kept(&mut self, mut step: Step) -> Result<Next, SessionError> {
+    /// transaction in `bench profile --cache-sim`). Without a place: `step` alone, and
+    /// whatever stays attached to it. `Break` when the session is over, `Continue` for the
+    /// caller to read the next batch.
+    async fn serve_kept(&mut self, mut step: Step) -> Result<ControlFlow<()>, SessionError> {
         let shared = Arc::clone(&self.shared);
         let kept = shared.kept_serves.try_keep();
         loop {
+            self.view.refresh(&self.shared);
             // One call site each for `serve` and `next_batch`: their state machines are
             // inlined here, and a second copy made the code's cache misses outgrow the gain.
             step = match self.serve(step).await? {
                 Next::Read if kept.is_some() => match self.next_batch().await? {
-                    Some(next) => {
-                        self.view.refresh(&self.shared);
-                        next
-                    }
-                    None => return Ok(Next::End),
+                    Some(next) => next,
+                    None => return Ok(ControlFlow::Break(())),
                 },
+                Next::Read => return Ok(ControlFlow::Continue(())),
                 Next::Attach(server, batch) => Step::Attached(server, batch),
-                next => return Ok(next),
+                Next::End => return Ok(ControlFlow::Break(())),
             };
         }
     }
@@ -577,7 +576,7 @@ impl Drop for KeptServe<'_> {
     }
 }
 
-/// What serving a batch left the main loop to do.
+/// What serving a batch leaves `serve_kept` to do.
 enum Next {
     /// Read the client's next batch.
     Read,
