@@ -57,14 +57,32 @@ pub fn start(server_port: u16, pool: u32) -> anyhow::Result<Service> {
     let mut service = Service::new("floor")?;
     service.start(PidSource::Child, |_, port| {
         let mut cmd = Command::new(&exe);
-        cmd.arg("floor-pooler")
-            .args(["--port", &port.to_string()])
-            .args(["--server-port", &server_port.to_string()])
-            .args(["--user", USER, "--password", PASSWORD, "--database", DB])
-            .args(["--pool", &pool.to_string()]);
+        cmd.args(command_args(port, server_port, pool));
         Ok(cmd)
     })?;
     Ok(service)
+}
+
+/// The benchmark executable's arguments that run the floor pooler on `port` in front of the
+/// server on `server_port` with `pool` connections (the benchmark's user and database).
+pub fn command_args(port: u16, server_port: u16, pool: u32) -> Vec<String> {
+    [
+        "floor-pooler",
+        "--port",
+        &port.to_string(),
+        "--server-port",
+        &server_port.to_string(),
+        "--user",
+        USER,
+        "--password",
+        PASSWORD,
+        "--database",
+        DB,
+        "--pool",
+        &pool.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Serves until killed (on its own current-thread runtime).

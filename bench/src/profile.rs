@@ -353,11 +353,11 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
                 .arg(&bin)
                 .current_dir(svc.dir());
             if floor {
-                cmd.arg("floor-pooler")
-                    .args(["--port", &port.to_string()])
-                    .args(["--server-port", &pg_port.to_string()])
-                    .args(["--user", USER, "--password", PASSWORD, "--database", DB])
-                    .args(["--pool", &settings.pool_size.to_string()]);
+                cmd.args(crate::floor::command_args(
+                    port,
+                    pg_port,
+                    settings.pool_size,
+                ));
                 return Ok(cmd);
             }
             settings.port = port;
